@@ -1,0 +1,45 @@
+"""Every bound of the core, in one place (TigerBeetle: "put a limit on everything").
+
+The engine's own constants (frame sizes, in-flight limits) live in ``engine/constants.py`` and are
+derived from these where they must agree. The relationships between bounds are checked at import,
+so an inconsistent edit fails loudly rather than at run time.
+"""
+
+#: Events in one batch. 8,190 transfers of 128 bytes plus a 128-byte batch header fit 1 MiB.
+BATCH_EVENTS_MAX = 8190
+
+#: Size of every account and transfer record (docs/data-model.md).
+RECORD_SIZE_BYTES = 128
+
+#: Default capacity of the in-memory ledger; both are set when a ledger is opened.
+ACCOUNTS_MAX_DEFAULT = 1 << 21
+TRANSFERS_MAX_DEFAULT = 1 << 24
+
+#: Hard upper bounds on the capacities (dense indexes are u32).
+ACCOUNTS_MAX_LIMIT = 1 << 30
+TRANSFERS_MAX_LIMIT = (1 << 32) - 2
+
+#: Transfer codes are bucketed into this many activity counters per account.
+FEATURE_CODE_BUCKETS = 16
+
+#: Results returned by one get_account_transfers call.
+ACCOUNT_TRANSFERS_LIMIT_MAX = BATCH_EVENTS_MAX
+
+#: LMDB map size: the most the store may hold on disk. Sparse until written.
+LMDB_MAP_SIZE_BYTES_DEFAULT = 64 << 30
+
+#: A checkpoint of the in-memory state is written after this many logged batches, so that
+#: recovery replays at most this many batches.
+CHECKPOINT_INTERVAL_BATCHES_DEFAULT = 1024
+
+
+def _check(condition: bool, what: str) -> None:
+    # Not `assert`: these must hold under `python -O` too.
+    if not condition:
+        raise ImportError(f"core/constants.py is inconsistent: {what}")
+
+
+_check(BATCH_EVENTS_MAX * RECORD_SIZE_BYTES + RECORD_SIZE_BYTES <= 1 << 20, "a batch must fit 1 MiB")
+_check(ACCOUNTS_MAX_DEFAULT <= ACCOUNTS_MAX_LIMIT, "ACCOUNTS_MAX_DEFAULT too large")
+_check(TRANSFERS_MAX_DEFAULT <= TRANSFERS_MAX_LIMIT, "TRANSFERS_MAX_DEFAULT too large")
+_check(ACCOUNT_TRANSFERS_LIMIT_MAX <= BATCH_EVENTS_MAX, "page larger than a batch")

@@ -1,0 +1,933 @@
+# cython: boundscheck=False, wraparound=False
+"""The ledger state machine: batches of events in, one result code per event out.
+
+Design, in the spirit of TigerBeetle's state machine:
+
+* All state lives in arrays preallocated when the ledger is opened (``accounts_max``,
+  ``transfers_max``), indexed by dense u32 indexes; 128-bit ids map to indexes through
+  ``IdMap``. Nothing is allocated per event and no Python object is touched in the loops: the
+  loops run without the GIL.
+* The core has no clock: a batch is applied at a caller-given ``now_ns`` (the store logs it), so
+  the same batches always give the same state and results (replay, recovery).
+* Outcomes are result codes, checked in the documented order (docs/data-model.md); exceptions are
+  only for misuse at the Python boundary (wrong dtype, batch too large).
+* A linked chain is all-or-nothing: while inside a chain, every account and pending state an
+  event changes is saved to an undo log first, and a failure restores them in reverse.
+* Transfers are applied in two prefetching passes: the first resolves both account ids per event
+  while the id-map slots of events a few places ahead are being fetched, the second applies the
+  events while their account records are being fetched. With a million accounts, the records do
+  not fit any cache, and this overlaps the misses instead of paying them one by one.
+* Activity features for the pay score are updated after the batch by one typed pass over the
+  transfers it appended (failed events and undone chains never reach them).
+"""
+
+import numpy as np
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memset
+
+from core.idmap cimport IdMap, IDMAP_NOT_FOUND
+from core.records cimport (
+    tally_account_t, tally_transfer_t, result_t, TALLY_LIKELY, TALLY_UNLIKELY, TALLY_PREFETCH, tally_touch_pages,
+    ACCOUNT_LINKED, ACCOUNT_DEBITS_MUST_NOT_EXCEED_CREDITS, ACCOUNT_CREDITS_MUST_NOT_EXCEED_DEBITS,
+    ACCOUNT_CLOSED, ACCOUNT_FLAGS_KNOWN, ACCOUNT_RESERVED_SIZE,
+    TRANSFER_LINKED, TRANSFER_PENDING, TRANSFER_POST_PENDING, TRANSFER_VOID_PENDING,
+    TRANSFER_BALANCING_DEBIT, TRANSFER_BALANCING_CREDIT, TRANSFER_FLAGS_KNOWN,
+)
+from core.records cimport (
+    R_OK, R_LINKED_EVENT_FAILED, R_LINKED_EVENT_CHAIN_OPEN, R_TIMESTAMP_MUST_BE_ZERO,
+    R_RESERVED_FIELD, R_RESERVED_FLAG, R_ID_MUST_NOT_BE_ZERO, R_ID_MUST_NOT_BE_INT_MAX,
+    R_FLAGS_ARE_MUTUALLY_EXCLUSIVE, R_DEBITS_PENDING_MUST_BE_ZERO, R_DEBITS_POSTED_MUST_BE_ZERO,
+    R_CREDITS_PENDING_MUST_BE_ZERO, R_CREDITS_POSTED_MUST_BE_ZERO, R_LEDGER_MUST_NOT_BE_ZERO,
+    R_CODE_MUST_NOT_BE_ZERO, R_EXISTS_WITH_DIFFERENT_FLAGS, R_EXISTS_WITH_DIFFERENT_USER_DATA_128,
+    R_EXISTS_WITH_DIFFERENT_USER_DATA_64, R_EXISTS_WITH_DIFFERENT_USER_DATA_32,
+    R_EXISTS_WITH_DIFFERENT_LEDGER, R_EXISTS_WITH_DIFFERENT_CODE, R_EXISTS,
+    R_ACCOUNTS_LIMIT_REACHED, R_DEBIT_ACCOUNT_ID_MUST_NOT_BE_ZERO,
+    R_DEBIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX, R_CREDIT_ACCOUNT_ID_MUST_NOT_BE_ZERO,
+    R_CREDIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX, R_ACCOUNTS_MUST_BE_DIFFERENT,
+    R_PENDING_ID_MUST_BE_ZERO, R_PENDING_ID_MUST_NOT_BE_ZERO, R_PENDING_ID_MUST_NOT_BE_INT_MAX,
+    R_PENDING_ID_MUST_BE_DIFFERENT, R_TIMEOUT_RESERVED_FOR_PENDING_TRANSFER,
+    R_AMOUNT_MUST_NOT_BE_ZERO, R_DEBIT_ACCOUNT_NOT_FOUND, R_CREDIT_ACCOUNT_NOT_FOUND,
+    R_ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER, R_TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS,
+    R_PENDING_TRANSFER_NOT_FOUND, R_PENDING_TRANSFER_NOT_PENDING,
+    R_PENDING_TRANSFER_HAS_DIFFERENT_DEBIT_ACCOUNT_ID,
+    R_PENDING_TRANSFER_HAS_DIFFERENT_CREDIT_ACCOUNT_ID, R_PENDING_TRANSFER_HAS_DIFFERENT_LEDGER,
+    R_PENDING_TRANSFER_HAS_DIFFERENT_CODE, R_EXCEEDS_PENDING_TRANSFER_AMOUNT,
+    R_PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT, R_EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID,
+    R_EXISTS_WITH_DIFFERENT_CREDIT_ACCOUNT_ID, R_EXISTS_WITH_DIFFERENT_AMOUNT,
+    R_EXISTS_WITH_DIFFERENT_PENDING_ID, R_EXISTS_WITH_DIFFERENT_TIMEOUT,
+    R_PENDING_TRANSFER_ALREADY_POSTED, R_PENDING_TRANSFER_ALREADY_VOIDED,
+    R_PENDING_TRANSFER_EXPIRED, R_DEBIT_ACCOUNT_CLOSED, R_CREDIT_ACCOUNT_CLOSED,
+    R_OVERFLOWS_DEBITS_PENDING, R_OVERFLOWS_CREDITS_PENDING, R_OVERFLOWS_DEBITS_POSTED,
+    R_OVERFLOWS_CREDITS_POSTED, R_OVERFLOWS_DEBITS, R_OVERFLOWS_CREDITS, R_OVERFLOWS_TIMEOUT,
+    R_EXCEEDS_CREDITS, R_EXCEEDS_DEBITS, R_TRANSFERS_LIMIT_REACHED,
+)
+
+from core import constants
+from core.records import ACCOUNT_DTYPE, TRANSFER_DTYPE, ID_DTYPE, ids_array
+
+cdef extern from "<stdint.h>":
+    const uint64_t U64_MAX "UINT64_MAX"
+
+cdef enum:
+    NS_PER_S = 1000000000
+
+
+cdef inline bint is_max(uint64_t lo, uint64_t hi) noexcept nogil:
+    return lo == U64_MAX and hi == U64_MAX
+
+
+cdef inline bint add_overflows(uint64_t a, uint64_t b) noexcept nogil:
+    return a > U64_MAX - b
+
+
+cdef inline uint64_t expires_at_of(const tally_transfer_t *t) noexcept nogil:
+    # Validated not to overflow when the pending transfer was created.
+    return t.timestamp + <uint64_t> t.timeout * NS_PER_S if t.timeout != 0 else 0
+
+
+cdef inline uint64_t chain_end(const uint16_t *first_flags, size_t stride, uint64_t i,
+                               uint64_t count, uint16_t linked) noexcept nogil:
+    """Index of the last event of the chain starting at ``i`` (``i`` itself when unlinked)."""
+    cdef const char *p = <const char *> first_flags
+    while i < count - 1 and (<const uint16_t *> (p + i * stride))[0] & linked:
+        i += 1
+    return i
+
+
+cdef inline void fail_chain(uint32_t *results, uint64_t first, uint64_t last,
+                            uint64_t failed) noexcept nogil:
+    """Every event of a failed chain but the failing one reports linked_event_failed."""
+    cdef uint64_t k
+    for k in range(first, last + 1):
+        if k != failed:
+            results[k] = R_LINKED_EVENT_FAILED
+
+
+cdef inline bint expiry_before(const expiry_t *a, const expiry_t *b) noexcept nogil:
+    # Ties broken by index so that the heap's order, and hence replay, is deterministic.
+    return a.expires_at < b.expires_at or (
+        a.expires_at == b.expires_at and a.transfer_index < b.transfer_index)
+
+
+cdef object _buffer(dict arrays, str name, object dtype, uint64_t count):
+    # np.zeros maps fresh zero pages lazily: capacity costs address space until it is used.
+    array = np.zeros(max(count, 1), dtype=dtype)
+    arrays[name] = array
+    return array
+
+
+cdef class Ledger:
+    """The in-memory ledger state machine (no durability: see ``core.open``).
+
+    >>> led = Ledger(accounts_max=1000, transfers_max=10000)
+    >>> led.create_accounts(accounts_from_dicts([{"id": 1, "ledger": 156, "code": 1}]), now_ns=1)
+    array([0], dtype=uint32)
+    """
+
+    def __cinit__(self, uint64_t accounts_max=constants.ACCOUNTS_MAX_DEFAULT,
+                  uint64_t transfers_max=constants.TRANSFERS_MAX_DEFAULT):
+        if not 1 <= accounts_max <= constants.ACCOUNTS_MAX_LIMIT:
+            raise ValueError(f"accounts_max must be in 1..{constants.ACCOUNTS_MAX_LIMIT}")
+        if not 1 <= transfers_max <= constants.TRANSFERS_MAX_LIMIT:
+            raise ValueError(f"transfers_max must be in 1..{constants.TRANSFERS_MAX_LIMIT}")
+        cdef uint64_t batch_max = constants.BATCH_EVENTS_MAX
+        self.accounts_max = accounts_max
+        self.transfers_max = transfers_max
+        self.account_map = IdMap(accounts_max)
+        self.transfer_map = IdMap(transfers_max)
+        a = self._arrays = {}
+        self.account_rows = <tally_account_t *> np_ptr(_buffer(a, "accounts", ACCOUNT_DTYPE, accounts_max))
+        self.heads = <account_heads_t *> np_ptr(_buffer(a, "heads", np.uint32, 2 * accounts_max))
+        self.transfer_rows = <tally_transfer_t *> np_ptr(_buffer(a, "transfers", TRANSFER_DTYPE, transfers_max))
+        self.links = <transfer_links_t *> np_ptr(_buffer(a, "links", np.uint32, 4 * transfers_max))
+        self.states = <uint8_t *> np_ptr(_buffer(a, "states", np.uint8, transfers_max))
+        self.expiries = <expiry_t *> np_ptr(_buffer(a, "expiries", np.uint64, 2 * transfers_max))
+        self.spend_minor = <uint64_t *> np_ptr(_buffer(a, "spend_minor", np.uint64, accounts_max))
+        self.receive_minor = <uint64_t *> np_ptr(_buffer(a, "receive_minor", np.uint64, accounts_max))
+        self.code_counts = <uint32_t *> np_ptr(_buffer(a, "code_counts", np.uint32, CODE_BUCKETS * accounts_max))
+        self.first_activity_ts = <uint64_t *> np_ptr(_buffer(a, "first_activity_ts", np.uint64, accounts_max))
+        self.last_activity_ts = <uint64_t *> np_ptr(_buffer(a, "last_activity_ts", np.uint64, accounts_max))
+        self.scratch_debit = <uint32_t *> np_ptr(_buffer(a, "scratch_debit", np.uint32, batch_max))
+        self.scratch_credit = <uint32_t *> np_ptr(_buffer(a, "scratch_credit", np.uint32, batch_max))
+        self.account_undo = <account_undo_t *> np_ptr(
+            _buffer(a, "account_undo", np.uint8, 2 * batch_max * sizeof(account_undo_t)))
+        self.state_undo = <state_undo_t *> np_ptr(
+            _buffer(a, "state_undo", np.uint8, batch_max * sizeof(state_undo_t)))
+
+    # ---------------------------------------------------------------- Python API (the boundary)
+
+    def create_accounts(self, batch, uint64_t now_ns):
+        """Create a batch of accounts at engine time ``now_ns``; returns one Result per event.
+
+        ``batch`` is an ACCOUNT_DTYPE array (or a buffer of 128-byte records) of at most
+        ``BATCH_EVENTS_MAX`` events. The results are a uint32 array of ``core.Result`` codes.
+        """
+        cdef const unsigned char[::1] raw = _batch_bytes(batch, ACCOUNT_DTYPE)
+        cdef uint64_t count = raw.shape[0] // sizeof(tally_account_t)
+        results = np.empty(count, dtype=np.uint32)
+        cdef uint32_t[::1] out = results
+        cdef const unsigned char *events = &raw[0] if count else NULL
+        self._enter()
+        try:
+            with nogil:
+                base = self.begin_batch(now_ns, count)
+                if count:
+                    self.apply_accounts(<tally_account_t *> events, count, base, &out[0])
+        finally:
+            self.busy = False
+        return results
+
+    def create_transfers(self, batch, uint64_t now_ns):
+        """Create a batch of transfers at engine time ``now_ns``; returns one Result per event.
+
+        ``batch`` is a TRANSFER_DTYPE array (or a buffer of 128-byte records) of at most
+        ``BATCH_EVENTS_MAX`` events. The results are a uint32 array of ``core.Result`` codes.
+        """
+        cdef const unsigned char[::1] raw = _batch_bytes(batch, TRANSFER_DTYPE)
+        cdef uint64_t count = raw.shape[0] // sizeof(tally_transfer_t)
+        results = np.empty(count, dtype=np.uint32)
+        cdef uint32_t[::1] out = results
+        cdef const unsigned char *events = &raw[0] if count else NULL
+        cdef uint64_t start
+        self._enter()
+        try:
+            with nogil:
+                base = self.begin_batch(now_ns, count)
+                if count:
+                    start = self.transfer_count
+                    self.apply_transfers(<tally_transfer_t *> events, count, base, &out[0])
+                    self.update_features(start)
+        finally:
+            self.busy = False
+        return results
+
+    def lookup_accounts(self, ids):
+        """The accounts with these ids (ints or an ID_DTYPE array), in order; missing ids are left out."""
+        cdef const uint64_t[:, ::1] keys = _id_pairs(ids)
+        cdef Py_ssize_t i, n = keys.shape[0], found = 0
+        cdef uint32_t index
+        out = np.empty(n, dtype=ACCOUNT_DTYPE)
+        cdef tally_account_t *dst = <tally_account_t *> np_ptr(out)
+        for i in range(n):
+            index = self.account_map.get(keys[i, 0], keys[i, 1])
+            if index != IDMAP_NOT_FOUND:
+                dst[found] = self.account_rows[index]
+                found += 1
+        return out[:found].copy()
+
+    def lookup_transfers(self, ids):
+        """The transfers with these ids (ints or an ID_DTYPE array), in order; missing ids are left out."""
+        cdef const uint64_t[:, ::1] keys = _id_pairs(ids)
+        cdef Py_ssize_t i, n = keys.shape[0], found = 0
+        cdef uint32_t index
+        out = np.empty(n, dtype=TRANSFER_DTYPE)
+        cdef tally_transfer_t *dst = <tally_transfer_t *> np_ptr(out)
+        for i in range(n):
+            index = self.transfer_map.get(keys[i, 0], keys[i, 1])
+            if index != IDMAP_NOT_FOUND:
+                dst[found] = self.transfer_rows[index]
+                found += 1
+        return out[:found].copy()
+
+    def get_account_transfers(self, account_id, uint64_t timestamp_min=0, uint64_t timestamp_max=0,
+                              uint32_t limit=constants.ACCOUNT_TRANSFERS_LIMIT_MAX,
+                              bint debits=True, bint credits=True, bint reverse=False):
+        """Transfers debiting and/or crediting an account, in timestamp order, paged.
+
+        Returns at most ``limit`` (<= ACCOUNT_TRANSFERS_LIMIT_MAX) transfers with
+        ``timestamp_min <= timestamp <= timestamp_max`` (0 = unbounded), oldest first, or newest
+        first with ``reverse=True``. To page, pass the last timestamp seen plus one as
+        ``timestamp_min`` (or minus one as ``timestamp_max`` when reversed).
+        """
+        if limit > constants.ACCOUNT_TRANSFERS_LIMIT_MAX:
+            raise ValueError(f"limit must be <= {constants.ACCOUNT_TRANSFERS_LIMIT_MAX}")
+        cdef object key = int(account_id)
+        if not 0 <= key < (1 << 128):
+            raise OverflowError("account id does not fit 128 bits")
+        cdef uint32_t account = self.account_map.get(key & U64_MAX, key >> 64)
+        if account == IDMAP_NOT_FOUND or limit == 0:
+            return np.empty(0, dtype=TRANSFER_DTYPE)
+        cdef uint64_t hi_ts = timestamp_max if timestamp_max != 0 else U64_MAX
+        # Both chains run newest to oldest; merge them by timestamp, newest first.
+        cdef uint32_t d = self.heads[account].last_debit if debits else INDEX_NONE
+        cdef uint32_t c = self.heads[account].last_credit if credits else INDEX_NONE
+        cdef uint32_t t
+        picked = []
+        while d != INDEX_NONE or c != INDEX_NONE:
+            if c == INDEX_NONE or (d != INDEX_NONE and d > c):
+                t = d
+                d = self.links[t].prev_debit
+            else:
+                t = c
+                c = self.links[t].prev_credit
+            ts = self.transfer_rows[t].timestamp
+            if ts < timestamp_min:
+                break
+            if ts > hi_ts:
+                continue
+            picked.append(t)
+            if reverse and len(picked) == limit:
+                break
+        if not reverse:
+            picked = picked[::-1][:limit]
+        return self._arrays["transfers"][np.asarray(picked, dtype=np.int64)].copy()
+
+    def accounts(self):
+        """All accounts, in creation order (a copy)."""
+        return self._arrays["accounts"][:self.account_count].copy()
+
+    def features(self):
+        """Activity features per account index (copies): see docs/data-model.md."""
+        n = self.account_count
+        a = self._arrays
+        return {
+            "spend_minor": a["spend_minor"][:n].copy(),
+            "receive_minor": a["receive_minor"][:n].copy(),
+            "code_counts": a["code_counts"][:n * CODE_BUCKETS].reshape(n, CODE_BUCKETS).copy(),
+            "first_activity_ts": a["first_activity_ts"][:n].copy(),
+            "last_activity_ts": a["last_activity_ts"][:n].copy(),
+        }
+
+    def features_view(self):
+        """Zero-copy views of the activity features (valid until the next batch), for scoring."""
+        n = self.account_count
+        a = self._arrays
+        return {
+            "spend_minor": a["spend_minor"][:n],
+            "receive_minor": a["receive_minor"][:n],
+            "code_counts": a["code_counts"][:n * CODE_BUCKETS].reshape(n, CODE_BUCKETS),
+            "first_activity_ts": a["first_activity_ts"][:n],
+            "last_activity_ts": a["last_activity_ts"][:n],
+        }
+
+    def prefault(self):
+        """Touch every page of the preallocated state now, so that first use costs no page fault.
+
+        Buffers are mapped lazily; on a virtual machine the first touch of a page can cost
+        microseconds (this machine: about 3.5 s per GiB the first time), which would otherwise
+        land on the hot path. Call once at start-up. Returns the bytes touched.
+        """
+        cdef uint64_t total = 0
+        for name in ("accounts", "heads", "transfers", "links", "states", "expiries", "spend_minor",
+                     "receive_minor", "code_counts", "first_activity_ts", "last_activity_ts"):
+            total += _touch(self._arrays[name])
+        total += self.account_map.prefault() + self.transfer_map.prefault()
+        return total
+
+    # ---------------------------------------------------------------- checkpoint support
+
+    def snapshot(self):
+        """The whole state as named NumPy views (used) and scalars, for a checkpoint.
+
+        The views alias live memory: write them out before the next batch.
+        """
+        n_a, n_t, n_e = self.account_count, self.transfer_count, self.expiry_count
+        a = self._arrays
+        arrays = {
+            "accounts": a["accounts"][:n_a],
+            "heads": a["heads"][:2 * n_a],
+            "transfers": a["transfers"][:n_t],
+            "links": a["links"][:4 * n_t],
+            "states": a["states"][:n_t],
+            "expiries": a["expiries"][:2 * n_e],
+            "spend_minor": a["spend_minor"][:n_a],
+            "receive_minor": a["receive_minor"][:n_a],
+            "code_counts": a["code_counts"][:CODE_BUCKETS * n_a],
+            "first_activity_ts": a["first_activity_ts"][:n_a],
+            "last_activity_ts": a["last_activity_ts"][:n_a],
+        }
+        scalars = {"account_count": n_a, "transfer_count": n_t, "expiry_count": n_e,
+                   "last_timestamp": self.last_timestamp}
+        return arrays, scalars
+
+    def restore(self, arrays, scalars):
+        """Load a snapshot into this empty ledger and rebuild the id maps."""
+        if self.account_count or self.transfer_count:
+            raise RuntimeError("restore needs an empty ledger")
+        n_a, n_t, n_e = scalars["account_count"], scalars["transfer_count"], scalars["expiry_count"]
+        if n_a > self.accounts_max or n_t > self.transfers_max:
+            raise ValueError(f"snapshot holds {n_a} accounts / {n_t} transfers: more than this ledger's capacity")
+        for name, data in arrays.items():
+            target = self._arrays[name]
+            flat = np.frombuffer(data, dtype=target.dtype)
+            target[:flat.shape[0]] = flat
+        cdef uint64_t i
+        for i in range(n_a):
+            if self.account_map.put(self.account_rows[i].id_lo, self.account_rows[i].id_hi, i) != 0:
+                raise RuntimeError("account map full while restoring")
+        for i in range(n_t):
+            if self.transfer_map.put(self.transfer_rows[i].id_lo, self.transfer_rows[i].id_hi, i) != 0:
+                raise RuntimeError("transfer map full while restoring")
+        self.account_count = n_a
+        self.transfer_count = n_t
+        self.expiry_count = n_e
+        self.last_timestamp = scalars["last_timestamp"]
+
+    cdef _enter(self):
+        if self.busy:
+            raise RuntimeError("Ledger is already applying a batch (one caller at a time)")
+        self.busy = True
+
+    # ---------------------------------------------------------------- the state machine
+
+    cdef uint64_t begin_batch(self, uint64_t now_ns, uint64_t count) noexcept nogil:
+        """Assign the batch's base timestamp and expire what is due by then."""
+        cdef uint64_t base = now_ns
+        if base <= self.last_timestamp:
+            base = self.last_timestamp + 1
+        if count:
+            self.last_timestamp = base + count - 1
+        self.expire_pending(base)
+        return base
+
+    cdef void expire_pending(self, uint64_t now_ns) noexcept nogil:
+        cdef expiry_t top
+        cdef uint32_t t
+        cdef tally_account_t *dr
+        cdef tally_account_t *cr
+        while self.expiry_count and self.expiries[0].expires_at <= now_ns:
+            top = self.expiries[0]
+            self.expiry_pop()
+            t = top.transfer_index
+            if self.states[t] != STATE_PENDING:
+                continue  # posted or voided since: the heap entry is stale
+            self.states[t] = STATE_EXPIRED
+            dr = &self.account_rows[self.links[t].debit_index]
+            cr = &self.account_rows[self.links[t].credit_index]
+            dr.debits_pending -= self.transfer_rows[t].amount
+            cr.credits_pending -= self.transfer_rows[t].amount
+
+    cdef void expiry_push(self, uint64_t expires_at, uint32_t transfer_index) noexcept nogil:
+        cdef uint64_t i = self.expiry_count, parent
+        cdef expiry_t item
+        item.expires_at = expires_at
+        item.transfer_index = transfer_index
+        item._pad = 0
+        self.expiry_count += 1
+        while i > 0:
+            parent = (i - 1) >> 1
+            if not expiry_before(&item, &self.expiries[parent]):
+                break
+            self.expiries[i] = self.expiries[parent]
+            i = parent
+        self.expiries[i] = item
+
+    cdef void expiry_pop(self) noexcept nogil:
+        cdef uint64_t n = self.expiry_count - 1, i = 0, child
+        cdef expiry_t last = self.expiries[n]
+        self.expiry_count = n
+        while True:
+            child = 2 * i + 1
+            if child >= n:
+                break
+            if child + 1 < n and expiry_before(&self.expiries[child + 1], &self.expiries[child]):
+                child += 1
+            if not expiry_before(&self.expiries[child], &last):
+                break
+            self.expiries[i] = self.expiries[child]
+            i = child
+        if n:
+            self.expiries[i] = last
+
+    # -- accounts
+
+    cdef void apply_accounts(self, tally_account_t *events, uint64_t count, uint64_t base_ts,
+                             uint32_t *results) noexcept nogil:
+        cdef uint64_t i = 0, last, k, account_count
+        cdef result_t r
+        while i < count:
+            last = chain_end(&events[0].flags, sizeof(tally_account_t), i, count, ACCOUNT_LINKED)
+            if last == i and not (events[i].flags & ACCOUNT_LINKED):
+                results[i] = self.create_account(&events[i], base_ts + i)
+            else:
+                account_count = self.account_count
+                for k in range(i, last + 1):
+                    if k == count - 1 and events[k].flags & ACCOUNT_LINKED:
+                        r = R_LINKED_EVENT_CHAIN_OPEN
+                    else:
+                        r = self.create_account(&events[k], base_ts + k)
+                    results[k] = r
+                    if r != R_OK:
+                        self.rollback(account_count, self.transfer_count)
+                        fail_chain(results, i, last, k)
+                        break
+            i = last + 1
+
+    cdef result_t create_account(self, tally_account_t *e, uint64_t ts) noexcept nogil:
+        cdef uint32_t k, existing
+        cdef tally_account_t *a
+        if e.timestamp != 0:
+            return R_TIMESTAMP_MUST_BE_ZERO
+        for k in range(ACCOUNT_RESERVED_SIZE):
+            if e.reserved[k] != 0:
+                return R_RESERVED_FIELD
+        if e.flags & ~ACCOUNT_FLAGS_KNOWN:
+            return R_RESERVED_FLAG
+        if e.id_lo == 0 and e.id_hi == 0:
+            return R_ID_MUST_NOT_BE_ZERO
+        if is_max(e.id_lo, e.id_hi):
+            return R_ID_MUST_NOT_BE_INT_MAX
+        if (e.flags & ACCOUNT_DEBITS_MUST_NOT_EXCEED_CREDITS) and (e.flags & ACCOUNT_CREDITS_MUST_NOT_EXCEED_DEBITS):
+            return R_FLAGS_ARE_MUTUALLY_EXCLUSIVE
+        if e.debits_pending != 0:
+            return R_DEBITS_PENDING_MUST_BE_ZERO
+        if e.debits_posted != 0:
+            return R_DEBITS_POSTED_MUST_BE_ZERO
+        if e.credits_pending != 0:
+            return R_CREDITS_PENDING_MUST_BE_ZERO
+        if e.credits_posted != 0:
+            return R_CREDITS_POSTED_MUST_BE_ZERO
+        if e.ledger == 0:
+            return R_LEDGER_MUST_NOT_BE_ZERO
+        if e.code == 0:
+            return R_CODE_MUST_NOT_BE_ZERO
+        existing = self.account_map.get(e.id_lo, e.id_hi)
+        if existing != IDMAP_NOT_FOUND:
+            a = &self.account_rows[existing]
+            if (a.flags & ~ACCOUNT_LINKED) != (e.flags & ~ACCOUNT_LINKED):
+                return R_EXISTS_WITH_DIFFERENT_FLAGS
+            if a.user_data_128_lo != e.user_data_128_lo or a.user_data_128_hi != e.user_data_128_hi:
+                return R_EXISTS_WITH_DIFFERENT_USER_DATA_128
+            if a.user_data_64 != e.user_data_64:
+                return R_EXISTS_WITH_DIFFERENT_USER_DATA_64
+            if a.user_data_32 != e.user_data_32:
+                return R_EXISTS_WITH_DIFFERENT_USER_DATA_32
+            if a.ledger != e.ledger:
+                return R_EXISTS_WITH_DIFFERENT_LEDGER
+            if a.code != e.code:
+                return R_EXISTS_WITH_DIFFERENT_CODE
+            return R_EXISTS
+        if self.account_count >= self.accounts_max:
+            return R_ACCOUNTS_LIMIT_REACHED
+        k = <uint32_t> self.account_count
+        self.account_rows[k] = e[0]
+        self.account_rows[k].timestamp = ts
+        self.heads[k].last_debit = INDEX_NONE
+        self.heads[k].last_credit = INDEX_NONE
+        self.account_map.put(e.id_lo, e.id_hi, k)
+        self.account_count += 1
+        return R_OK
+
+    # -- transfers
+
+    cdef void apply_transfers(self, tally_transfer_t *events, uint64_t count, uint64_t base_ts,
+                              uint32_t *results) noexcept nogil:
+        cdef uint64_t i, k, last, ahead, account_count, transfer_count
+        cdef uint32_t *dr = self.scratch_debit
+        cdef uint32_t *cr = self.scratch_credit
+        cdef bint chained
+        cdef result_t r
+        # Pass 1: resolve both accounts of every event, fetching the map slots of the events
+        # PREFETCH_DISTANCE ahead. Accounts never change within a transfer batch.
+        for i in range(count):
+            ahead = i + PREFETCH_DISTANCE
+            if ahead < count:
+                self.account_map.prefetch(events[ahead].debit_account_id_lo, events[ahead].debit_account_id_hi)
+                self.account_map.prefetch(events[ahead].credit_account_id_lo, events[ahead].credit_account_id_hi)
+            dr[i] = self.account_map.get(events[i].debit_account_id_lo, events[i].debit_account_id_hi)
+            cr[i] = self.account_map.get(events[i].credit_account_id_lo, events[i].credit_account_id_hi)
+        # Pass 2: apply in order, fetching the account records and transfer-map slot ahead.
+        i = 0
+        while i < count:
+            last = chain_end(&events[0].flags, sizeof(tally_transfer_t), i, count, TRANSFER_LINKED)
+            chained = last != i or (events[i].flags & TRANSFER_LINKED) != 0
+            account_count = self.account_count
+            transfer_count = self.transfer_count
+            self.account_undo_count = 0
+            self.state_undo_count = 0
+            for k in range(i, last + 1):
+                ahead = k + PREFETCH_DISTANCE
+                if ahead < count:
+                    if dr[ahead] != INDEX_NONE:
+                        TALLY_PREFETCH(&self.account_rows[dr[ahead]])
+                    if cr[ahead] != INDEX_NONE:
+                        TALLY_PREFETCH(&self.account_rows[cr[ahead]])
+                    self.transfer_map.prefetch(events[ahead].id_lo, events[ahead].id_hi)
+                if chained and k == count - 1 and events[k].flags & TRANSFER_LINKED:
+                    r = R_LINKED_EVENT_CHAIN_OPEN
+                else:
+                    r = self.create_transfer(&events[k], base_ts + k, dr[k], cr[k], chained)
+                results[k] = r
+                if r != R_OK and chained:
+                    self.rollback(account_count, transfer_count)
+                    fail_chain(results, i, last, k)
+                    break
+            i = last + 1
+
+    cdef result_t create_transfer(self, tally_transfer_t *e, uint64_t ts, uint32_t debit_index,
+                                  uint32_t credit_index, bint in_chain) noexcept nogil:
+        cdef uint16_t flags = e.flags
+        cdef uint64_t reserved, amount, available, existing_index
+        cdef tally_account_t *dr
+        cdef tally_account_t *cr
+        cdef tally_transfer_t *x
+        cdef bint balancing
+        if e.timestamp != 0:
+            return R_TIMESTAMP_MUST_BE_ZERO
+        memcpy(&reserved, e.reserved, 8)
+        if reserved != 0:
+            return R_RESERVED_FIELD
+        if flags & ~TRANSFER_FLAGS_KNOWN:
+            return R_RESERVED_FLAG
+        if e.id_lo == 0 and e.id_hi == 0:
+            return R_ID_MUST_NOT_BE_ZERO
+        if is_max(e.id_lo, e.id_hi):
+            return R_ID_MUST_NOT_BE_INT_MAX
+        if ((flags & TRANSFER_PENDING != 0) + (flags & TRANSFER_POST_PENDING != 0)
+                + (flags & TRANSFER_VOID_PENDING != 0)) > 1 or (
+                (flags & (TRANSFER_BALANCING_DEBIT | TRANSFER_BALANCING_CREDIT))
+                and (flags & (TRANSFER_POST_PENDING | TRANSFER_VOID_PENDING))):
+            return R_FLAGS_ARE_MUTUALLY_EXCLUSIVE
+        if flags & (TRANSFER_POST_PENDING | TRANSFER_VOID_PENDING):
+            return self.post_or_void(e, ts, in_chain)
+
+        if e.pending_id_lo != 0 or e.pending_id_hi != 0:
+            return R_PENDING_ID_MUST_BE_ZERO
+        if e.timeout != 0 and not (flags & TRANSFER_PENDING):
+            return R_TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
+        if e.debit_account_id_lo == 0 and e.debit_account_id_hi == 0:
+            return R_DEBIT_ACCOUNT_ID_MUST_NOT_BE_ZERO
+        if is_max(e.debit_account_id_lo, e.debit_account_id_hi):
+            return R_DEBIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX
+        if e.credit_account_id_lo == 0 and e.credit_account_id_hi == 0:
+            return R_CREDIT_ACCOUNT_ID_MUST_NOT_BE_ZERO
+        if is_max(e.credit_account_id_lo, e.credit_account_id_hi):
+            return R_CREDIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX
+        if e.debit_account_id_lo == e.credit_account_id_lo and e.debit_account_id_hi == e.credit_account_id_hi:
+            return R_ACCOUNTS_MUST_BE_DIFFERENT
+        if e.amount == 0:
+            return R_AMOUNT_MUST_NOT_BE_ZERO
+        if e.ledger == 0:
+            return R_LEDGER_MUST_NOT_BE_ZERO
+        if e.code == 0:
+            return R_CODE_MUST_NOT_BE_ZERO
+        if debit_index == INDEX_NONE:
+            return R_DEBIT_ACCOUNT_NOT_FOUND
+        if credit_index == INDEX_NONE:
+            return R_CREDIT_ACCOUNT_NOT_FOUND
+        dr = &self.account_rows[debit_index]
+        cr = &self.account_rows[credit_index]
+        if dr.ledger != cr.ledger:
+            return R_ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER
+        if e.ledger != dr.ledger:
+            return R_TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS
+
+        existing_index = self.transfer_map.get(e.id_lo, e.id_hi)
+        if TALLY_UNLIKELY(existing_index != IDMAP_NOT_FOUND):
+            x = &self.transfer_rows[existing_index]
+            balancing = (flags & (TRANSFER_BALANCING_DEBIT | TRANSFER_BALANCING_CREDIT)) != 0
+            if (x.flags & ~TRANSFER_LINKED) != (flags & ~TRANSFER_LINKED):
+                return R_EXISTS_WITH_DIFFERENT_FLAGS
+            if x.debit_account_id_lo != e.debit_account_id_lo or x.debit_account_id_hi != e.debit_account_id_hi:
+                return R_EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID
+            if x.credit_account_id_lo != e.credit_account_id_lo or x.credit_account_id_hi != e.credit_account_id_hi:
+                return R_EXISTS_WITH_DIFFERENT_CREDIT_ACCOUNT_ID
+            if (e.amount < x.amount) if balancing else (e.amount != x.amount):
+                return R_EXISTS_WITH_DIFFERENT_AMOUNT
+            return exists_tail(e, x, True)
+
+        if dr.flags & ACCOUNT_CLOSED:
+            return R_DEBIT_ACCOUNT_CLOSED
+        if cr.flags & ACCOUNT_CLOSED:
+            return R_CREDIT_ACCOUNT_CLOSED
+
+        amount = e.amount
+        if flags & TRANSFER_BALANCING_DEBIT:
+            # debits_pending + debits_posted never overflows: overflows_debits guards it.
+            available = dr.debits_pending + dr.debits_posted
+            available = dr.credits_posted - available if dr.credits_posted > available else 0
+            if available == 0:
+                return R_EXCEEDS_CREDITS
+            if amount > available:
+                amount = available
+        if flags & TRANSFER_BALANCING_CREDIT:
+            available = cr.credits_pending + cr.credits_posted
+            available = cr.debits_posted - available if cr.debits_posted > available else 0
+            if available == 0:
+                return R_EXCEEDS_DEBITS
+            if amount > available:
+                amount = available
+
+        if flags & TRANSFER_PENDING:
+            if add_overflows(dr.debits_pending, amount):
+                return R_OVERFLOWS_DEBITS_PENDING
+            if add_overflows(cr.credits_pending, amount):
+                return R_OVERFLOWS_CREDITS_PENDING
+        else:
+            if add_overflows(dr.debits_posted, amount):
+                return R_OVERFLOWS_DEBITS_POSTED
+            if add_overflows(cr.credits_posted, amount):
+                return R_OVERFLOWS_CREDITS_POSTED
+        if add_overflows(dr.debits_pending + dr.debits_posted, amount):
+            return R_OVERFLOWS_DEBITS
+        if add_overflows(cr.credits_pending + cr.credits_posted, amount):
+            return R_OVERFLOWS_CREDITS
+        if e.timeout != 0 and add_overflows(ts, <uint64_t> e.timeout * NS_PER_S):
+            return R_OVERFLOWS_TIMEOUT
+        if (dr.flags & ACCOUNT_DEBITS_MUST_NOT_EXCEED_CREDITS
+                and dr.debits_pending + dr.debits_posted + amount > dr.credits_posted):
+            return R_EXCEEDS_CREDITS
+        if (cr.flags & ACCOUNT_CREDITS_MUST_NOT_EXCEED_DEBITS
+                and cr.credits_pending + cr.credits_posted + amount > cr.debits_posted):
+            return R_EXCEEDS_DEBITS
+        if self.transfer_count >= self.transfers_max:
+            return R_TRANSFERS_LIMIT_REACHED
+
+        if in_chain:
+            self.save_account(debit_index)
+            self.save_account(credit_index)
+        if flags & TRANSFER_PENDING:
+            dr.debits_pending += amount
+            cr.credits_pending += amount
+        else:
+            dr.debits_posted += amount
+            cr.credits_posted += amount
+        self.append_transfer(e, ts, debit_index, credit_index,
+                             STATE_PENDING if flags & TRANSFER_PENDING else STATE_SETTLED)
+        self.transfer_rows[self.transfer_count - 1].amount = amount
+        return R_OK
+
+    cdef result_t post_or_void(self, tally_transfer_t *e, uint64_t ts, bint in_chain) noexcept nogil:
+        cdef bint post = (e.flags & TRANSFER_POST_PENDING) != 0
+        cdef uint32_t p_index, existing_index, debit_index, credit_index
+        cdef tally_transfer_t *p
+        cdef tally_transfer_t *x
+        cdef tally_account_t *dr
+        cdef tally_account_t *cr
+        cdef uint64_t amount
+        cdef uint8_t state
+        if e.pending_id_lo == 0 and e.pending_id_hi == 0:
+            return R_PENDING_ID_MUST_NOT_BE_ZERO
+        if is_max(e.pending_id_lo, e.pending_id_hi):
+            return R_PENDING_ID_MUST_NOT_BE_INT_MAX
+        if e.pending_id_lo == e.id_lo and e.pending_id_hi == e.id_hi:
+            return R_PENDING_ID_MUST_BE_DIFFERENT
+        if e.timeout != 0:
+            return R_TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
+        p_index = self.transfer_map.get(e.pending_id_lo, e.pending_id_hi)
+        if p_index == IDMAP_NOT_FOUND:
+            return R_PENDING_TRANSFER_NOT_FOUND
+        p = &self.transfer_rows[p_index]
+        if not (p.flags & TRANSFER_PENDING):
+            return R_PENDING_TRANSFER_NOT_PENDING
+        if ((e.debit_account_id_lo or e.debit_account_id_hi) and
+                (e.debit_account_id_lo != p.debit_account_id_lo or e.debit_account_id_hi != p.debit_account_id_hi)):
+            return R_PENDING_TRANSFER_HAS_DIFFERENT_DEBIT_ACCOUNT_ID
+        if ((e.credit_account_id_lo or e.credit_account_id_hi) and
+                (e.credit_account_id_lo != p.credit_account_id_lo or e.credit_account_id_hi != p.credit_account_id_hi)):
+            return R_PENDING_TRANSFER_HAS_DIFFERENT_CREDIT_ACCOUNT_ID
+        if e.ledger != 0 and e.ledger != p.ledger:
+            return R_PENDING_TRANSFER_HAS_DIFFERENT_LEDGER
+        if e.code != 0 and e.code != p.code:
+            return R_PENDING_TRANSFER_HAS_DIFFERENT_CODE
+        if post:
+            if e.amount > p.amount:
+                return R_EXCEEDS_PENDING_TRANSFER_AMOUNT
+        elif e.amount != 0 and e.amount != p.amount:
+            return R_PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT
+
+        existing_index = self.transfer_map.get(e.id_lo, e.id_hi)
+        if existing_index != IDMAP_NOT_FOUND:
+            x = &self.transfer_rows[existing_index]
+            if (x.flags & ~TRANSFER_LINKED) != (e.flags & ~TRANSFER_LINKED):
+                return R_EXISTS_WITH_DIFFERENT_FLAGS
+            if x.pending_id_lo != e.pending_id_lo or x.pending_id_hi != e.pending_id_hi:
+                return R_EXISTS_WITH_DIFFERENT_PENDING_ID
+            if ((e.debit_account_id_lo or e.debit_account_id_hi) and
+                    (x.debit_account_id_lo != e.debit_account_id_lo or x.debit_account_id_hi != e.debit_account_id_hi)):
+                return R_EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID
+            if ((e.credit_account_id_lo or e.credit_account_id_hi) and
+                    (x.credit_account_id_lo != e.credit_account_id_lo or x.credit_account_id_hi != e.credit_account_id_hi)):
+                return R_EXISTS_WITH_DIFFERENT_CREDIT_ACCOUNT_ID
+            if e.amount != 0 and e.amount != x.amount:
+                return R_EXISTS_WITH_DIFFERENT_AMOUNT
+            return exists_tail(e, x, False)
+
+        state = self.states[p_index]
+        if state == STATE_POSTED:
+            return R_PENDING_TRANSFER_ALREADY_POSTED
+        if state == STATE_VOIDED:
+            return R_PENDING_TRANSFER_ALREADY_VOIDED
+        if state == STATE_EXPIRED or (p.timeout != 0 and expires_at_of(p) <= ts):
+            return R_PENDING_TRANSFER_EXPIRED
+        debit_index = self.links[p_index].debit_index
+        credit_index = self.links[p_index].credit_index
+        dr = &self.account_rows[debit_index]
+        cr = &self.account_rows[credit_index]
+        amount = (e.amount if e.amount != 0 else p.amount) if post else p.amount
+        if post:
+            if add_overflows(dr.debits_posted, amount):
+                return R_OVERFLOWS_DEBITS_POSTED
+            if add_overflows(cr.credits_posted, amount):
+                return R_OVERFLOWS_CREDITS_POSTED
+        if self.transfer_count >= self.transfers_max:
+            return R_TRANSFERS_LIMIT_REACHED
+
+        if in_chain:
+            self.save_account(debit_index)
+            self.save_account(credit_index)
+            self.state_undo[self.state_undo_count].transfer_index = p_index
+            self.state_undo[self.state_undo_count].state = state
+            self.state_undo_count += 1
+        dr.debits_pending -= p.amount
+        cr.credits_pending -= p.amount
+        if post:
+            dr.debits_posted += amount
+            cr.credits_posted += amount
+        self.states[p_index] = STATE_POSTED if post else STATE_VOIDED
+        self.append_transfer(e, ts, debit_index, credit_index, STATE_SETTLED)
+        x = &self.transfer_rows[self.transfer_count - 1]
+        x.debit_account_id_lo = p.debit_account_id_lo
+        x.debit_account_id_hi = p.debit_account_id_hi
+        x.credit_account_id_lo = p.credit_account_id_lo
+        x.credit_account_id_hi = p.credit_account_id_hi
+        x.ledger = p.ledger
+        x.code = p.code
+        x.amount = amount
+        return R_OK
+
+    cdef uint32_t append_transfer(self, tally_transfer_t *e, uint64_t ts, uint32_t debit_index,
+                                  uint32_t credit_index, uint8_t state) noexcept nogil:
+        """Store a new transfer (caller checked capacity) and thread it onto both accounts' chains."""
+        cdef uint32_t t = <uint32_t> self.transfer_count
+        cdef transfer_links_t *link = &self.links[t]
+        self.transfer_rows[t] = e[0]
+        self.transfer_rows[t].timestamp = ts
+        self.states[t] = state
+        link.debit_index = debit_index
+        link.credit_index = credit_index
+        link.prev_debit = self.heads[debit_index].last_debit
+        link.prev_credit = self.heads[credit_index].last_credit
+        self.heads[debit_index].last_debit = t
+        self.heads[credit_index].last_credit = t
+        self.transfer_map.put(e.id_lo, e.id_hi, t)
+        self.transfer_count += 1
+        return t
+
+    cdef void save_account(self, uint32_t index) noexcept nogil:
+        cdef account_undo_t *u = &self.account_undo[self.account_undo_count]
+        cdef tally_account_t *a = &self.account_rows[index]
+        u.index = index
+        u.heads = self.heads[index]
+        u.debits_pending = a.debits_pending
+        u.debits_posted = a.debits_posted
+        u.credits_pending = a.credits_pending
+        u.credits_posted = a.credits_posted
+        self.account_undo_count += 1
+
+    cdef void rollback(self, uint64_t account_count, uint64_t transfer_count) noexcept nogil:
+        """Undo a failed chain: restore saved accounts and states (newest first), drop new records."""
+        cdef account_undo_t *u
+        cdef tally_account_t *a
+        while self.account_undo_count:
+            self.account_undo_count -= 1
+            u = &self.account_undo[self.account_undo_count]
+            a = &self.account_rows[u.index]
+            self.heads[u.index] = u.heads
+            a.debits_pending = u.debits_pending
+            a.debits_posted = u.debits_posted
+            a.credits_pending = u.credits_pending
+            a.credits_posted = u.credits_posted
+        while self.state_undo_count:
+            self.state_undo_count -= 1
+            self.states[self.state_undo[self.state_undo_count].transfer_index] = \
+                self.state_undo[self.state_undo_count].state
+        while self.transfer_count > transfer_count:
+            self.transfer_count -= 1
+            self.transfer_map.remove(self.transfer_rows[self.transfer_count].id_lo,
+                                     self.transfer_rows[self.transfer_count].id_hi)
+            memset(&self.transfer_rows[self.transfer_count], 0, sizeof(tally_transfer_t))
+            memset(&self.links[self.transfer_count], 0, sizeof(transfer_links_t))
+            self.states[self.transfer_count] = 0
+        while self.account_count > account_count:
+            self.account_count -= 1
+            self.account_map.remove(self.account_rows[self.account_count].id_lo,
+                                    self.account_rows[self.account_count].id_hi)
+            memset(&self.account_rows[self.account_count], 0, sizeof(tally_account_t))
+
+    cdef void update_features(self, uint64_t transfer_start) noexcept nogil:
+        """Fold the transfers this batch appended into the per-account activity features."""
+        cdef uint64_t t
+        cdef tally_transfer_t *x
+        cdef transfer_links_t *link
+        cdef uint32_t bucket
+        for t in range(transfer_start, self.transfer_count):
+            x = &self.transfer_rows[t]
+            link = &self.links[t]
+            if x.flags & TRANSFER_PENDING:
+                if x.timeout != 0:
+                    self.expiry_push(expires_at_of(x), <uint32_t> t)
+            elif not (x.flags & TRANSFER_VOID_PENDING):
+                bucket = x.code if x.code < CODE_BUCKETS - 1 else CODE_BUCKETS - 1
+                self.spend_minor[link.debit_index] += x.amount
+                self.receive_minor[link.credit_index] += x.amount
+                self.code_counts[link.debit_index * CODE_BUCKETS + bucket] += 1
+                self.code_counts[link.credit_index * CODE_BUCKETS + bucket] += 1
+            touch(self.first_activity_ts, self.last_activity_ts, link.debit_index, x.timestamp)
+            touch(self.first_activity_ts, self.last_activity_ts, link.credit_index, x.timestamp)
+
+
+cdef inline void touch(uint64_t *first, uint64_t *last, uint32_t index, uint64_t ts) noexcept nogil:
+    if first[index] == 0:
+        first[index] = ts
+    last[index] = ts
+
+
+cdef inline result_t exists_tail(const tally_transfer_t *e, const tally_transfer_t *x,
+                                 bint compare_ledger_and_code_always) noexcept nogil:
+    """The exists_with_different_* checks shared by both transfer paths, after the amount."""
+    if x.user_data_128_lo != e.user_data_128_lo or x.user_data_128_hi != e.user_data_128_hi:
+        return R_EXISTS_WITH_DIFFERENT_USER_DATA_128
+    if x.user_data_64 != e.user_data_64:
+        return R_EXISTS_WITH_DIFFERENT_USER_DATA_64
+    if x.user_data_32 != e.user_data_32:
+        return R_EXISTS_WITH_DIFFERENT_USER_DATA_32
+    if x.timeout != e.timeout:
+        return R_EXISTS_WITH_DIFFERENT_TIMEOUT
+    if (compare_ledger_and_code_always or e.ledger != 0) and x.ledger != e.ledger:
+        return R_EXISTS_WITH_DIFFERENT_LEDGER
+    if (compare_ledger_and_code_always or e.code != 0) and x.code != e.code:
+        return R_EXISTS_WITH_DIFFERENT_CODE
+    return R_EXISTS
+
+
+cdef uint64_t _touch(object array):
+    """Write each page of an array's buffer once (with the value already there)."""
+    cdef unsigned char[::1] view = array.view(np.uint8).reshape(-1)
+    cdef uint64_t n = view.shape[0]
+    with nogil:
+        tally_touch_pages(&view[0], n)
+    return n
+
+
+cdef inline void *np_ptr(object array) except NULL:
+    cdef unsigned char[::1] view = array.view(np.uint8).reshape(-1)
+    return <void *> &view[0]
+
+
+cdef str _dtype_name(object dtype):
+    return "ACCOUNT_DTYPE" if dtype == ACCOUNT_DTYPE else "TRANSFER_DTYPE"
+
+
+cdef const unsigned char[::1] _batch_bytes(object batch, object dtype):
+    """The batch as raw bytes, after checking its type and size: errors here change nothing."""
+    if isinstance(batch, np.ndarray):
+        if batch.dtype != dtype:
+            raise TypeError(f"batch must be an array of {_dtype_name(dtype)} records, got dtype {batch.dtype}")
+        if batch.ndim != 1:
+            raise ValueError("batch must be one-dimensional")
+        batch = np.ascontiguousarray(batch).view(np.uint8)
+    cdef const unsigned char[::1] raw = batch
+    if raw.shape[0] % dtype.itemsize:
+        raise ValueError(f"batch size {raw.shape[0]} is not a multiple of {dtype.itemsize} bytes")
+    if raw.shape[0] // dtype.itemsize > constants.BATCH_EVENTS_MAX:
+        raise ValueError(f"batch has {raw.shape[0] // dtype.itemsize} events; at most {constants.BATCH_EVENTS_MAX}")
+    return raw
+
+
+cdef const uint64_t[:, ::1] _id_pairs(object ids):
+    array = ids_array(ids)
+    if array.shape[0] > constants.BATCH_EVENTS_MAX:
+        raise ValueError(f"at most {constants.BATCH_EVENTS_MAX} ids per lookup")
+    return array.view(np.uint64).reshape(-1, 2)

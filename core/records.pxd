@@ -1,0 +1,200 @@
+# Record layouts and result codes: the C-level contract of the ledger.
+#
+# Every struct here is 128 bytes, little-endian, packed, and documented field by field in
+# docs/data-model.md; records.pyx checks the sizes and offsets against the NumPy dtypes at import.
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+
+
+cdef extern from * nogil:
+    """
+    #if defined(__GNUC__)
+    #define TALLY_PACKED __attribute__((packed))
+    #define TALLY_LIKELY(x) __builtin_expect(!!(x), 1)
+    #define TALLY_UNLIKELY(x) __builtin_expect(!!(x), 0)
+    #define TALLY_PREFETCH(p) __builtin_prefetch((p), 1, 3)
+    #else
+    #define TALLY_PACKED
+    #define TALLY_LIKELY(x) (x)
+    #define TALLY_UNLIKELY(x) (x)
+    #define TALLY_PREFETCH(p) ((void)0)
+    #endif
+
+    /* Write every page once (volatile: the compiler must not drop the no-op store). */
+    static void tally_touch_pages(void *data, size_t size) {
+        volatile unsigned char *bytes = (volatile unsigned char *) data;
+        for (size_t i = 0; i < size; i += 4096) bytes[i] = bytes[i];
+    }
+
+    typedef struct TALLY_PACKED {
+        uint64_t id_lo, id_hi;          /* account id, not 0, not 2^128-1 */
+        uint64_t debits_pending;        /* minor units reserved by pending debits */
+        uint64_t debits_posted;         /* minor units debited */
+        uint64_t credits_pending;       /* minor units reserved by pending credits */
+        uint64_t credits_posted;        /* minor units credited */
+        uint64_t user_data_128_lo, user_data_128_hi;
+        uint64_t user_data_64;
+        uint32_t user_data_32;
+        uint32_t ledger;                /* ISO 4217 numeric currency */
+        uint16_t code;                  /* account kind */
+        uint16_t flags;                 /* account_flag_t */
+        uint8_t reserved[36];           /* must be zero */
+        uint64_t timestamp;             /* engine time of creation, ns */
+    } tally_account_t;
+
+    typedef struct TALLY_PACKED {
+        uint64_t id_lo, id_hi;          /* transfer id: the idempotency key */
+        uint64_t debit_account_id_lo, debit_account_id_hi;
+        uint64_t credit_account_id_lo, credit_account_id_hi;
+        uint64_t amount;                /* minor units */
+        uint64_t pending_id_lo, pending_id_hi;
+        uint64_t user_data_128_lo, user_data_128_hi;
+        uint64_t user_data_64;
+        uint32_t user_data_32;
+        uint32_t timeout;               /* seconds, pending transfers only */
+        uint32_t ledger;                /* ISO 4217 numeric currency */
+        uint16_t code;                  /* transfer kind */
+        uint16_t flags;                 /* transfer_flag_t */
+        uint8_t reserved[8];            /* must be zero */
+        uint64_t timestamp;             /* engine time, ns, strictly increasing */
+    } tally_transfer_t;
+    """
+    ctypedef struct tally_account_t:
+        uint64_t id_lo
+        uint64_t id_hi
+        uint64_t debits_pending
+        uint64_t debits_posted
+        uint64_t credits_pending
+        uint64_t credits_posted
+        uint64_t user_data_128_lo
+        uint64_t user_data_128_hi
+        uint64_t user_data_64
+        uint32_t user_data_32
+        uint32_t ledger
+        uint16_t code
+        uint16_t flags
+        uint8_t reserved[36]
+        uint64_t timestamp
+
+    ctypedef struct tally_transfer_t:
+        uint64_t id_lo
+        uint64_t id_hi
+        uint64_t debit_account_id_lo
+        uint64_t debit_account_id_hi
+        uint64_t credit_account_id_lo
+        uint64_t credit_account_id_hi
+        uint64_t amount
+        uint64_t pending_id_lo
+        uint64_t pending_id_hi
+        uint64_t user_data_128_lo
+        uint64_t user_data_128_hi
+        uint64_t user_data_64
+        uint32_t user_data_32
+        uint32_t timeout
+        uint32_t ledger
+        uint16_t code
+        uint16_t flags
+        uint8_t reserved[8]
+        uint64_t timestamp
+
+    bint TALLY_LIKELY(bint)
+    bint TALLY_UNLIKELY(bint)
+    void TALLY_PREFETCH(const void *)
+    void tally_touch_pages(void *data, size_t size)
+
+
+cdef enum:
+    ACCOUNT_SIZE = 128
+    TRANSFER_SIZE = 128
+    ACCOUNT_RESERVED_SIZE = 36
+    TRANSFER_RESERVED_SIZE = 8
+
+
+ctypedef enum account_flag_t:
+    ACCOUNT_LINKED = 1 << 0
+    ACCOUNT_DEBITS_MUST_NOT_EXCEED_CREDITS = 1 << 1
+    ACCOUNT_CREDITS_MUST_NOT_EXCEED_DEBITS = 1 << 2
+    ACCOUNT_CLOSED = 1 << 3
+    ACCOUNT_FLAGS_KNOWN = (1 << 4) - 1
+
+
+ctypedef enum transfer_flag_t:
+    TRANSFER_LINKED = 1 << 0
+    TRANSFER_PENDING = 1 << 1
+    TRANSFER_POST_PENDING = 1 << 2
+    TRANSFER_VOID_PENDING = 1 << 3
+    TRANSFER_BALANCING_DEBIT = 1 << 4
+    TRANSFER_BALANCING_CREDIT = 1 << 5
+    TRANSFER_FLAGS_KNOWN = (1 << 6) - 1
+
+
+# One result per event, checked in the documented order (docs/data-model.md).
+# Mirrored by the Python IntEnum core.Result; tests/test_records.py checks they match.
+cpdef enum result_t:
+    R_OK = 0
+    R_LINKED_EVENT_FAILED = 1
+    R_LINKED_EVENT_CHAIN_OPEN = 2
+    R_TIMESTAMP_MUST_BE_ZERO = 3
+    R_RESERVED_FIELD = 4
+    R_RESERVED_FLAG = 5
+    R_ID_MUST_NOT_BE_ZERO = 6
+    R_ID_MUST_NOT_BE_INT_MAX = 7
+    R_FLAGS_ARE_MUTUALLY_EXCLUSIVE = 8
+    R_DEBITS_PENDING_MUST_BE_ZERO = 9
+    R_DEBITS_POSTED_MUST_BE_ZERO = 10
+    R_CREDITS_PENDING_MUST_BE_ZERO = 11
+    R_CREDITS_POSTED_MUST_BE_ZERO = 12
+    R_LEDGER_MUST_NOT_BE_ZERO = 13
+    R_CODE_MUST_NOT_BE_ZERO = 14
+    R_EXISTS_WITH_DIFFERENT_FLAGS = 15
+    R_EXISTS_WITH_DIFFERENT_USER_DATA_128 = 16
+    R_EXISTS_WITH_DIFFERENT_USER_DATA_64 = 17
+    R_EXISTS_WITH_DIFFERENT_USER_DATA_32 = 18
+    R_EXISTS_WITH_DIFFERENT_LEDGER = 19
+    R_EXISTS_WITH_DIFFERENT_CODE = 20
+    R_EXISTS = 21
+    R_ACCOUNTS_LIMIT_REACHED = 22
+    R_DEBIT_ACCOUNT_ID_MUST_NOT_BE_ZERO = 23
+    R_DEBIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX = 24
+    R_CREDIT_ACCOUNT_ID_MUST_NOT_BE_ZERO = 25
+    R_CREDIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX = 26
+    R_ACCOUNTS_MUST_BE_DIFFERENT = 27
+    R_PENDING_ID_MUST_BE_ZERO = 28
+    R_PENDING_ID_MUST_NOT_BE_ZERO = 29
+    R_PENDING_ID_MUST_NOT_BE_INT_MAX = 30
+    R_PENDING_ID_MUST_BE_DIFFERENT = 31
+    R_TIMEOUT_RESERVED_FOR_PENDING_TRANSFER = 32
+    R_AMOUNT_MUST_NOT_BE_ZERO = 33
+    R_DEBIT_ACCOUNT_NOT_FOUND = 34
+    R_CREDIT_ACCOUNT_NOT_FOUND = 35
+    R_ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER = 36
+    R_TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS = 37
+    R_PENDING_TRANSFER_NOT_FOUND = 38
+    R_PENDING_TRANSFER_NOT_PENDING = 39
+    R_PENDING_TRANSFER_HAS_DIFFERENT_DEBIT_ACCOUNT_ID = 40
+    R_PENDING_TRANSFER_HAS_DIFFERENT_CREDIT_ACCOUNT_ID = 41
+    R_PENDING_TRANSFER_HAS_DIFFERENT_LEDGER = 42
+    R_PENDING_TRANSFER_HAS_DIFFERENT_CODE = 43
+    R_EXCEEDS_PENDING_TRANSFER_AMOUNT = 44
+    R_PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT = 45
+    R_EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID = 46
+    R_EXISTS_WITH_DIFFERENT_CREDIT_ACCOUNT_ID = 47
+    R_EXISTS_WITH_DIFFERENT_AMOUNT = 48
+    R_EXISTS_WITH_DIFFERENT_PENDING_ID = 49
+    R_EXISTS_WITH_DIFFERENT_TIMEOUT = 50
+    R_PENDING_TRANSFER_ALREADY_POSTED = 51
+    R_PENDING_TRANSFER_ALREADY_VOIDED = 52
+    R_PENDING_TRANSFER_EXPIRED = 53
+    R_DEBIT_ACCOUNT_CLOSED = 54
+    R_CREDIT_ACCOUNT_CLOSED = 55
+    R_OVERFLOWS_DEBITS_PENDING = 56
+    R_OVERFLOWS_CREDITS_PENDING = 57
+    R_OVERFLOWS_DEBITS_POSTED = 58
+    R_OVERFLOWS_CREDITS_POSTED = 59
+    R_OVERFLOWS_DEBITS = 60
+    R_OVERFLOWS_CREDITS = 61
+    R_OVERFLOWS_TIMEOUT = 62
+    R_EXCEEDS_CREDITS = 63
+    R_EXCEEDS_DEBITS = 64
+    R_TRANSFERS_LIMIT_REACHED = 65
+    R_COUNT = 66

@@ -1,0 +1,238 @@
+"""Record layouts as NumPy dtypes, result codes and flags as Python enums, and converters.
+
+The C structs in ``records.pxd`` are the source of truth; this module mirrors them for Python
+and checks at import that sizes and offsets agree, so the two can never drift apart silently.
+Batches cross the API as NumPy structured arrays viewed straight over the C records: no Python
+object per record on the hot path. The dict converters are for tests, tools and the REPL.
+"""
+
+import enum
+
+import numpy as np
+
+from core.records cimport (
+    tally_account_t, tally_transfer_t, ACCOUNT_SIZE, TRANSFER_SIZE, ACCOUNT_RESERVED_SIZE,
+    TRANSFER_RESERVED_SIZE, result_t,
+)
+
+_U64 = "<u8"
+_U32 = "<u4"
+_U16 = "<u2"
+
+ACCOUNT_DTYPE = np.dtype([
+    ("id_lo", _U64), ("id_hi", _U64),
+    ("debits_pending", _U64), ("debits_posted", _U64),
+    ("credits_pending", _U64), ("credits_posted", _U64),
+    ("user_data_128_lo", _U64), ("user_data_128_hi", _U64),
+    ("user_data_64", _U64), ("user_data_32", _U32),
+    ("ledger", _U32), ("code", _U16), ("flags", _U16),
+    ("reserved", f"V{ACCOUNT_RESERVED_SIZE}"),
+    ("timestamp", _U64),
+])
+
+TRANSFER_DTYPE = np.dtype([
+    ("id_lo", _U64), ("id_hi", _U64),
+    ("debit_account_id_lo", _U64), ("debit_account_id_hi", _U64),
+    ("credit_account_id_lo", _U64), ("credit_account_id_hi", _U64),
+    ("amount", _U64),
+    ("pending_id_lo", _U64), ("pending_id_hi", _U64),
+    ("user_data_128_lo", _U64), ("user_data_128_hi", _U64),
+    ("user_data_64", _U64), ("user_data_32", _U32),
+    ("timeout", _U32), ("ledger", _U32), ("code", _U16), ("flags", _U16),
+    ("reserved", f"V{TRANSFER_RESERVED_SIZE}"),
+    ("timestamp", _U64),
+])
+
+#: A 128-bit id as two little-endian halves, for id arrays passed to lookups.
+ID_DTYPE = np.dtype([("lo", _U64), ("hi", _U64)])
+
+U64_MAX = (1 << 64) - 1
+U128_MAX = (1 << 128) - 1
+
+
+def _check_layout():
+    cdef tally_account_t account
+    cdef tally_transfer_t transfer
+    c_offsets = {
+        ACCOUNT_DTYPE: {
+            "id_lo": <size_t> (<char *> &account.id_lo - <char *> &account),
+            "debits_pending": <size_t> (<char *> &account.debits_pending - <char *> &account),
+            "credits_posted": <size_t> (<char *> &account.credits_posted - <char *> &account),
+            "user_data_128_lo": <size_t> (<char *> &account.user_data_128_lo - <char *> &account),
+            "user_data_32": <size_t> (<char *> &account.user_data_32 - <char *> &account),
+            "ledger": <size_t> (<char *> &account.ledger - <char *> &account),
+            "code": <size_t> (<char *> &account.code - <char *> &account),
+            "flags": <size_t> (<char *> &account.flags - <char *> &account),
+            "reserved": <size_t> (<char *> &account.reserved - <char *> &account),
+            "timestamp": <size_t> (<char *> &account.timestamp - <char *> &account),
+        },
+        TRANSFER_DTYPE: {
+            "debit_account_id_lo": <size_t> (<char *> &transfer.debit_account_id_lo - <char *> &transfer),
+            "credit_account_id_lo": <size_t> (<char *> &transfer.credit_account_id_lo - <char *> &transfer),
+            "amount": <size_t> (<char *> &transfer.amount - <char *> &transfer),
+            "pending_id_lo": <size_t> (<char *> &transfer.pending_id_lo - <char *> &transfer),
+            "user_data_128_lo": <size_t> (<char *> &transfer.user_data_128_lo - <char *> &transfer),
+            "user_data_64": <size_t> (<char *> &transfer.user_data_64 - <char *> &transfer),
+            "timeout": <size_t> (<char *> &transfer.timeout - <char *> &transfer),
+            "ledger": <size_t> (<char *> &transfer.ledger - <char *> &transfer),
+            "code": <size_t> (<char *> &transfer.code - <char *> &transfer),
+            "flags": <size_t> (<char *> &transfer.flags - <char *> &transfer),
+            "reserved": <size_t> (<char *> &transfer.reserved - <char *> &transfer),
+            "timestamp": <size_t> (<char *> &transfer.timestamp - <char *> &transfer),
+        },
+    }
+    sizes = {ACCOUNT_DTYPE: (sizeof(account), ACCOUNT_SIZE), TRANSFER_DTYPE: (sizeof(transfer), TRANSFER_SIZE)}
+    for dtype, offsets in c_offsets.items():
+        c_size, documented = sizes[dtype]
+        if not (c_size == documented == dtype.itemsize):
+            raise ImportError(f"record size mismatch: C {c_size}, documented {documented}, dtype {dtype.itemsize}")
+        for name, c_offset in offsets.items():
+            if dtype.fields[name][1] != c_offset:
+                raise ImportError(f"offset of {name}: C {c_offset}, dtype {dtype.fields[name][1]}")
+
+
+_check_layout()
+
+
+# The C enum result_t (cpdef) is the single source of the codes; Python gets friendly names.
+Result = enum.IntEnum(
+    "Result", {member.name[2:].lower(): int(member) for member in result_t if member.name != "R_COUNT"}
+)
+Result.__doc__ = "Result code of one event; the order of checks is documented in docs/data-model.md."
+Result.__module__ = "core"
+
+
+class AccountFlags(enum.IntFlag):
+    """Account flags (u16)."""
+    none = 0
+    linked = 1 << 0
+    debits_must_not_exceed_credits = 1 << 1
+    credits_must_not_exceed_debits = 1 << 2
+    closed = 1 << 3
+
+
+class TransferFlags(enum.IntFlag):
+    """Transfer flags (u16)."""
+    none = 0
+    linked = 1 << 0
+    pending = 1 << 1
+    post_pending = 1 << 2
+    void_pending = 1 << 3
+    balancing_debit = 1 << 4
+    balancing_credit = 1 << 5
+
+
+class AccountCode(enum.IntEnum):
+    """Account kinds. The ledger only requires a non-zero code; products give them meaning."""
+    user_wallet = 1
+    merchant = 2
+    funding_card = 3
+    escrow = 4
+    fee = 5
+    fx_pool = 6
+    coupon_budget = 7
+    credit_line = 8
+    settlement = 9
+
+
+class TransferCode(enum.IntEnum):
+    """Business kinds of transfers; also the buckets of the per-account activity counts."""
+    payment = 1
+    refund = 2
+    p2p = 3
+    top_up = 4
+    withdrawal = 5
+    red_envelope_fund = 6
+    red_envelope_claim = 7
+    red_envelope_refund = 8
+    coupon = 9
+    fx = 10
+    fee = 11
+    settlement = 12
+
+
+class Currency(enum.IntEnum):
+    """A few ISO 4217 numeric currency codes used as ledger numbers."""
+    CNY = 156
+    HKD = 344
+    JPY = 392
+    USD = 840
+    EUR = 978
+
+
+def _id_fields(dtype):
+    """Names of the 128-bit fields of a record dtype (split into _lo/_hi)."""
+    return [name[:-3] for name in dtype.names if name.endswith("_lo")]
+
+
+def _from_dicts(rows, dtype):
+    wide = _id_fields(dtype)
+    out = np.zeros(len(rows), dtype=dtype)
+    reserved_size = dtype.fields["reserved"][0].itemsize
+    for i, row in enumerate(rows):
+        for key, value in row.items():
+            value = int(value)
+            if key in wide:
+                if not 0 <= value <= U128_MAX:
+                    raise OverflowError(f"{key}={value} does not fit 128 bits")
+                out[i][key + "_lo"] = value & U64_MAX
+                out[i][key + "_hi"] = value >> 64
+            elif key == "reserved":
+                out[i]["reserved"] = np.void(value.to_bytes(reserved_size, "little"))
+            elif key in dtype.names:
+                out[i][key] = value  # NumPy raises OverflowError when out of range
+            else:
+                raise KeyError(f"unknown field {key!r} for this record")
+    return out
+
+
+def accounts_from_dicts(rows):
+    """Build an account batch from dicts with whole 128-bit ints.
+
+    >>> batch = accounts_from_dicts([{"id": 1, "ledger": 156, "code": 1}])
+    """
+    return _from_dicts(rows, ACCOUNT_DTYPE)
+
+
+def transfers_from_dicts(rows):
+    """Build a transfer batch from dicts with whole 128-bit ints.
+
+    >>> batch = transfers_from_dicts([{"id": 7, "debit_account_id": 1, "credit_account_id": 2,
+    ...                                "amount": 100, "ledger": 156, "code": 1}])
+    """
+    return _from_dicts(rows, TRANSFER_DTYPE)
+
+
+def to_dicts(records):
+    """Records (an ACCOUNT_DTYPE or TRANSFER_DTYPE array) as dicts with whole 128-bit ints."""
+    dtype = records.dtype
+    wide = _id_fields(dtype)
+    rows = []
+    for record in records.tolist():
+        fields = dict(zip(dtype.names, record))
+        row = {}
+        for name in dtype.names:
+            if name.endswith("_hi") and name[:-3] in wide:
+                continue
+            if name.endswith("_lo") and name[:-3] in wide:
+                base = name[:-3]
+                row[base] = fields[name] | (fields[base + "_hi"] << 64)
+            elif name == "reserved":
+                row[name] = int.from_bytes(bytes(fields[name]), "little")
+            else:
+                row[name] = int(fields[name])
+        rows.append(row)
+    return rows
+
+
+def ids_array(ids):
+    """128-bit ids (ints, or an ID_DTYPE array) as a contiguous ID_DTYPE array."""
+    if isinstance(ids, np.ndarray) and ids.dtype == ID_DTYPE:
+        return np.ascontiguousarray(ids)
+    ids = [int(i) for i in ids]
+    out = np.zeros(len(ids), dtype=ID_DTYPE)
+    for k, value in enumerate(ids):
+        if not 0 <= value <= U128_MAX:
+            raise OverflowError(f"id {value} does not fit 128 bits")
+        out[k] = (value & U64_MAX, value >> 64)
+    return out

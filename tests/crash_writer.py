@@ -1,0 +1,27 @@
+"""Child process for the crash test: applies deterministic batches, acknowledging each on stdout.
+
+    python -m tests.crash_writer DATA_DIR CHECKPOINT_INTERVAL
+
+Prints "ack N" after batch N is committed (the store returned). Runs until killed.
+"""
+
+import sys
+
+import core
+from tests import workload
+
+
+def main():
+    data_dir, interval = sys.argv[1], int(sys.argv[2])
+    store = core.open(data_dir, accounts_max=100, transfers_max=2_000_000, checkpoint_interval_batches=interval)
+    if store.sequence == 0:
+        store.create_accounts(workload.account_batch(), workload.now_ns(0))
+        print("ack 1", flush=True)
+    while True:
+        seed = store.sequence  # batch N+1 is transfers of seed N
+        store.create_transfers(workload.transfer_batch(seed, size=1000), workload.now_ns(seed))
+        print(f"ack {store.sequence}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

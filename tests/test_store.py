@@ -1,0 +1,103 @@
+"""The durable store: every committed batch survives a reopen, bad input changes nothing."""
+
+import numpy as np
+import pytest
+
+import core
+from tests import workload
+
+
+def _fill(store, batches):
+    results = [store.create_accounts(workload.account_batch(), workload.now_ns(0))]
+    for seed in range(1, batches + 1):
+        results.append(store.create_transfers(workload.transfer_batch(seed), workload.now_ns(seed)))
+    return results
+
+
+def _state(ledger):
+    ids = list(range(1, workload.ACCOUNTS + 1))
+    return ledger.accounts(), ledger.lookup_transfers(
+        [seed * 1_000_000 + i for seed in range(1, 40) for i in range(1, 201)]), ledger.features(), ids
+
+
+def _assert_same(a, b):
+    accounts_a, transfers_a, features_a, _ = a
+    accounts_b, transfers_b, features_b, _ = b
+    assert np.array_equal(accounts_a, accounts_b)
+    assert np.array_equal(transfers_a, transfers_b)
+    for key in features_a:
+        assert np.array_equal(features_a[key], features_b[key]), key
+
+
+@pytest.mark.parametrize("checkpoint_interval_batches", [1, 4, 1000])
+def test_reopen_recovers_exactly_the_committed_state(data_dir, checkpoint_interval_batches):
+    with core.open(data_dir, accounts_max=100, transfers_max=20_000,
+                   checkpoint_interval_batches=checkpoint_interval_batches) as store:
+        results = _fill(store, 20)
+        before = _state(store.ledger)
+        sequence = store.sequence
+    assert sequence == 21
+    # Some events succeed and some fail: replay must reproduce both.
+    codes = np.concatenate(results)
+    assert (codes == core.Result.ok).sum() > 100 and (codes == core.Result.exceeds_credits).sum() > 0
+
+    with core.open(data_dir) as store:
+        assert store.sequence == sequence
+        _assert_same(before, _state(store.ledger))
+        replayed = store.recovery.replayed_batches
+        assert replayed == sequence % checkpoint_interval_batches
+        # The reopened store keeps going from where it was.
+        more = store.create_transfers(workload.transfer_batch(21), workload.now_ns(21))
+        assert more.shape == (200,)
+
+    # Same batches into an in-memory ledger: the same state (the store adds nothing of its own).
+    memory = core.Ledger(accounts_max=100, transfers_max=20_000)
+    _fill(memory, 20)
+    _assert_same(before, _state(memory))
+
+
+def test_bad_batches_raise_and_change_nothing(data_dir):
+    with core.open(data_dir, accounts_max=100, transfers_max=10_000) as store:
+        _fill(store, 2)
+        before, sequence = _state(store.ledger), store.sequence
+        with pytest.raises(ValueError, match="at most 8190"):
+            store.create_transfers(np.zeros(8191, dtype=core.TRANSFER_DTYPE))
+        with pytest.raises(TypeError, match="TRANSFER_DTYPE"):
+            store.create_transfers(np.zeros(3, dtype=core.ACCOUNT_DTYPE))
+        with pytest.raises(ValueError, match="multiple of 128"):
+            store.create_transfers(b"\x00" * 200)
+        with pytest.raises(ValueError, match="one-dimensional"):
+            store.create_transfers(np.zeros((2, 2), dtype=core.TRANSFER_DTYPE))
+        _assert_same(before, _state(store.ledger))
+        assert store.sequence == sequence
+
+
+def test_raw_bytes_batches_are_accepted(data_dir):
+    with core.open(data_dir, accounts_max=100, transfers_max=10_000) as store:
+        assert store.create_accounts(workload.account_batch().tobytes()).tolist() == [0] * workload.ACCOUNTS
+
+
+def test_failed_commit_poisons_the_store_until_reopened(data_dir):
+    # A map too small for the next batch: the commit fails after the batch was applied in memory.
+    with core.open(data_dir, accounts_max=100, transfers_max=100_000, map_size_bytes=1 << 20,
+                   checkpoint_interval_batches=1 << 20) as store:
+        store.create_accounts(workload.account_batch())
+        committed = store.sequence
+        big = np.concatenate([workload.transfer_batch(seed) for seed in range(1, 40)])
+        with pytest.raises(core.StoreFailedError):
+            store.create_transfers(big[:8190])
+        with pytest.raises(core.StoreFailedError):
+            store.lookup_accounts([1])
+    with core.open(data_dir) as store:
+        assert store.sequence == committed
+        assert store.ledger.transfer_count == 0
+
+
+def test_capacity_is_kept_and_may_grow(data_dir):
+    with core.open(data_dir, accounts_max=100, transfers_max=1_000) as store:
+        store.create_accounts(workload.account_batch())
+    with core.open(data_dir) as store:
+        assert (store.ledger.accounts_max, store.ledger.transfers_max) == (100, 1_000)
+    with core.open(data_dir, transfers_max=5_000) as store:
+        assert store.ledger.transfers_max == 5_000
+        assert store.ledger.account_count == workload.ACCOUNTS
