@@ -28,6 +28,10 @@ ACCOUNT_TRANSFERS_LIMIT_MAX = BATCH_EVENTS_MAX
 #: LMDB map size: the most the store may hold on disk. Sparse until written.
 LMDB_MAP_SIZE_BYTES_DEFAULT = 64 << 30
 
+#: Batches applied in memory but not yet committed, at most (the store's commit pipeline).
+COMMIT_PIPELINE_DEPTH_DEFAULT = 2
+COMMIT_PIPELINE_DEPTH_MAX = 16
+
 #: A checkpoint of the in-memory state is written after this many logged batches, so that
 #: recovery replays at most this many batches.
 CHECKPOINT_INTERVAL_BATCHES_DEFAULT = 1024

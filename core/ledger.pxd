@@ -28,9 +28,23 @@ cdef struct transfer_links_t:
     uint32_t prev_credit        # previous transfer crediting the same account, or INDEX_NONE
 
 
-cdef struct account_heads_t:
+# Everything a transfer reads or writes of an account, in two adjacent cache lines (128-byte
+# aligned): with a million accounts the payer's record is a cache miss per transfer, so it must
+# be one fetch, not one per array. The client-facing fields that transfers never touch (id,
+# user_data, timestamp) stay in the 128-byte wire records; lookups join the two.
+cdef struct account_hot_t:
+    uint64_t debits_pending     # minor units
+    uint64_t debits_posted      # minor units (also the "spend" activity feature)
+    uint64_t credits_pending    # minor units
+    uint64_t credits_posted     # minor units (also the "receive" activity feature)
+    uint32_t ledger
+    uint16_t flags
+    uint16_t code
     uint32_t last_debit         # newest transfer debiting the account, or INDEX_NONE
     uint32_t last_credit        # newest transfer crediting the account, or INDEX_NONE
+    uint64_t first_activity_ts  # ns, 0 = never
+    uint64_t last_activity_ts   # ns, 0 = never
+    uint32_t code_counts[16]    # settled transfers per code bucket (CODE_BUCKETS)
 
 
 cdef struct expiry_t:
@@ -41,12 +55,9 @@ cdef struct expiry_t:
 
 # What a linked chain must restore if one of its events fails.
 cdef struct account_undo_t:
+    account_hot_t saved
     uint32_t index
-    account_heads_t heads
-    uint64_t debits_pending
-    uint64_t debits_posted
-    uint64_t credits_pending
-    uint64_t credits_posted
+    uint32_t _pad
 
 
 cdef struct state_undo_t:
@@ -65,19 +76,12 @@ cdef class Ledger:
 
     cdef IdMap account_map
     cdef IdMap transfer_map
-    cdef tally_account_t *account_rows
-    cdef account_heads_t *heads
+    cdef tally_account_t *account_rows     # wire records: id, user_data, timestamp (balances in hot)
+    cdef account_hot_t *hot
     cdef tally_transfer_t *transfer_rows
     cdef transfer_links_t *links
     cdef uint8_t *states
     cdef expiry_t *expiries
-
-    # Activity features, per account index.
-    cdef uint64_t *spend_minor
-    cdef uint64_t *receive_minor
-    cdef uint32_t *code_counts              # [account_index * CODE_BUCKETS + bucket]
-    cdef uint64_t *first_activity_ts
-    cdef uint64_t *last_activity_ts
 
     # Per-batch scratch, preallocated for BATCH_EVENTS_MAX events.
     cdef uint32_t *scratch_debit
@@ -86,6 +90,8 @@ cdef class Ledger:
     cdef uint64_t account_undo_count
     cdef state_undo_t *state_undo
     cdef uint64_t state_undo_count
+    cdef uint32_t *expiring                 # pending transfers with a timeout, created this batch
+    cdef uint64_t expiring_count
 
     cdef dict _arrays                       # NumPy arrays owning every buffer above
 
@@ -102,8 +108,10 @@ cdef class Ledger:
     cdef uint32_t append_transfer(self, tally_transfer_t *e, uint64_t ts, uint32_t debit_index,
                                   uint32_t credit_index, uint8_t state) noexcept nogil
     cdef void save_account(self, uint32_t index) noexcept nogil
-    cdef void rollback(self, uint64_t account_count, uint64_t transfer_count) noexcept nogil
-    cdef void update_features(self, uint64_t transfer_start) noexcept nogil
+    cdef void rollback(self, uint64_t account_count, uint64_t transfer_count,
+                       uint64_t expiring_count) noexcept nogil
+    cdef void schedule_expiries(self) noexcept nogil
+    cdef void account_record(self, uint32_t index, tally_account_t *out) noexcept nogil
     cdef void expiry_push(self, uint64_t expires_at, uint32_t transfer_index) noexcept nogil
     cdef void expiry_pop(self) noexcept nogil
     cdef _enter(self)

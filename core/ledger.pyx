@@ -26,7 +26,9 @@ import numpy as np
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
-from core.idmap cimport IdMap, IDMAP_NOT_FOUND
+from core.idmap cimport (
+    IdMap, idmap_t, IDMAP_NOT_FOUND, idmap_get, idmap_home, idmap_put, idmap_remove,
+)
 from core.records cimport (
     tally_account_t, tally_transfer_t, result_t, TALLY_LIKELY, TALLY_UNLIKELY, TALLY_PREFETCH, tally_touch_pages,
     ACCOUNT_LINKED, ACCOUNT_DEBITS_MUST_NOT_EXCEED_CREDITS, ACCOUNT_CREDITS_MUST_NOT_EXCEED_DEBITS,
@@ -117,6 +119,24 @@ cdef object _buffer(dict arrays, str name, object dtype, uint64_t count):
     return array
 
 
+cdef object _aligned(dict arrays, str name, object dtype, uint64_t count, uint64_t alignment):
+    """Like _buffer, with the first record at an ``alignment``-byte boundary."""
+    raw = np.zeros(max(count, 1) * dtype.itemsize + alignment, dtype=np.uint8)
+    cdef uint64_t skip = (-raw.ctypes.data) % alignment
+    array = raw[skip:skip + max(count, 1) * dtype.itemsize].view(dtype)
+    arrays[name] = array
+    return array
+
+
+#: NumPy mirror of account_hot_t (ledger.pxd), for snapshots and feature views.
+HOT_DTYPE = np.dtype([
+    ("debits_pending", "<u8"), ("debits_posted", "<u8"), ("credits_pending", "<u8"),
+    ("credits_posted", "<u8"), ("ledger", "<u4"), ("flags", "<u2"), ("code", "<u2"),
+    ("last_debit", "<u4"), ("last_credit", "<u4"), ("first_activity_ts", "<u8"),
+    ("last_activity_ts", "<u8"), ("code_counts", "<u4", (CODE_BUCKETS,)),
+])
+
+
 cdef class Ledger:
     """The in-memory ledger state machine (no durability: see ``core.open``).
 
@@ -138,22 +158,20 @@ cdef class Ledger:
         self.transfer_map = IdMap(transfers_max)
         a = self._arrays = {}
         self.account_rows = <tally_account_t *> np_ptr(_buffer(a, "accounts", ACCOUNT_DTYPE, accounts_max))
-        self.heads = <account_heads_t *> np_ptr(_buffer(a, "heads", np.uint32, 2 * accounts_max))
+        self.hot = <account_hot_t *> np_ptr(_aligned(a, "hot", HOT_DTYPE, accounts_max, 128))
         self.transfer_rows = <tally_transfer_t *> np_ptr(_buffer(a, "transfers", TRANSFER_DTYPE, transfers_max))
         self.links = <transfer_links_t *> np_ptr(_buffer(a, "links", np.uint32, 4 * transfers_max))
         self.states = <uint8_t *> np_ptr(_buffer(a, "states", np.uint8, transfers_max))
         self.expiries = <expiry_t *> np_ptr(_buffer(a, "expiries", np.uint64, 2 * transfers_max))
-        self.spend_minor = <uint64_t *> np_ptr(_buffer(a, "spend_minor", np.uint64, accounts_max))
-        self.receive_minor = <uint64_t *> np_ptr(_buffer(a, "receive_minor", np.uint64, accounts_max))
-        self.code_counts = <uint32_t *> np_ptr(_buffer(a, "code_counts", np.uint32, CODE_BUCKETS * accounts_max))
-        self.first_activity_ts = <uint64_t *> np_ptr(_buffer(a, "first_activity_ts", np.uint64, accounts_max))
-        self.last_activity_ts = <uint64_t *> np_ptr(_buffer(a, "last_activity_ts", np.uint64, accounts_max))
         self.scratch_debit = <uint32_t *> np_ptr(_buffer(a, "scratch_debit", np.uint32, batch_max))
         self.scratch_credit = <uint32_t *> np_ptr(_buffer(a, "scratch_credit", np.uint32, batch_max))
         self.account_undo = <account_undo_t *> np_ptr(
             _buffer(a, "account_undo", np.uint8, 2 * batch_max * sizeof(account_undo_t)))
         self.state_undo = <state_undo_t *> np_ptr(
             _buffer(a, "state_undo", np.uint8, batch_max * sizeof(state_undo_t)))
+        self.expiring = <uint32_t *> np_ptr(_buffer(a, "expiring", np.uint32, batch_max))
+        if sizeof(account_hot_t) != HOT_DTYPE.itemsize or sizeof(account_hot_t) != 128:
+            raise ImportError("account_hot_t and HOT_DTYPE disagree")
 
     # ---------------------------------------------------------------- Python API (the boundary)
 
@@ -189,15 +207,13 @@ cdef class Ledger:
         results = np.empty(count, dtype=np.uint32)
         cdef uint32_t[::1] out = results
         cdef const unsigned char *events = &raw[0] if count else NULL
-        cdef uint64_t start
         self._enter()
         try:
             with nogil:
                 base = self.begin_batch(now_ns, count)
                 if count:
-                    start = self.transfer_count
                     self.apply_transfers(<tally_transfer_t *> events, count, base, &out[0])
-                    self.update_features(start)
+                    self.schedule_expiries()
         finally:
             self.busy = False
         return results
@@ -210,9 +226,9 @@ cdef class Ledger:
         out = np.empty(n, dtype=ACCOUNT_DTYPE)
         cdef tally_account_t *dst = <tally_account_t *> np_ptr(out)
         for i in range(n):
-            index = self.account_map.get(keys[i, 0], keys[i, 1])
+            index = idmap_get(&self.account_map.map, keys[i, 0], keys[i, 1])
             if index != IDMAP_NOT_FOUND:
-                dst[found] = self.account_rows[index]
+                self.account_record(index, &dst[found])
                 found += 1
         return out[:found].copy()
 
@@ -224,7 +240,7 @@ cdef class Ledger:
         out = np.empty(n, dtype=TRANSFER_DTYPE)
         cdef tally_transfer_t *dst = <tally_transfer_t *> np_ptr(out)
         for i in range(n):
-            index = self.transfer_map.get(keys[i, 0], keys[i, 1])
+            index = idmap_get(&self.transfer_map.map, keys[i, 0], keys[i, 1])
             if index != IDMAP_NOT_FOUND:
                 dst[found] = self.transfer_rows[index]
                 found += 1
@@ -245,13 +261,13 @@ cdef class Ledger:
         cdef object key = int(account_id)
         if not 0 <= key < (1 << 128):
             raise OverflowError("account id does not fit 128 bits")
-        cdef uint32_t account = self.account_map.get(key & U64_MAX, key >> 64)
+        cdef uint32_t account = idmap_get(&self.account_map.map, key & U64_MAX, key >> 64)
         if account == IDMAP_NOT_FOUND or limit == 0:
             return np.empty(0, dtype=TRANSFER_DTYPE)
         cdef uint64_t hi_ts = timestamp_max if timestamp_max != 0 else U64_MAX
         # Both chains run newest to oldest; merge them by timestamp, newest first.
-        cdef uint32_t d = self.heads[account].last_debit if debits else INDEX_NONE
-        cdef uint32_t c = self.heads[account].last_credit if credits else INDEX_NONE
+        cdef uint32_t d = self.hot[account].last_debit if debits else INDEX_NONE
+        cdef uint32_t c = self.hot[account].last_credit if credits else INDEX_NONE
         cdef uint32_t t
         picked = []
         while d != INDEX_NONE or c != INDEX_NONE:
@@ -275,30 +291,30 @@ cdef class Ledger:
 
     def accounts(self):
         """All accounts, in creation order (a copy)."""
-        return self._arrays["accounts"][:self.account_count].copy()
+        n = self.account_count
+        out = self._arrays["accounts"][:n].copy()
+        hot = self._arrays["hot"][:n]
+        for name in ("debits_pending", "debits_posted", "credits_pending", "credits_posted"):
+            out[name] = hot[name]
+        return out
 
     def features(self):
         """Activity features per account index (copies): see docs/data-model.md."""
-        n = self.account_count
-        a = self._arrays
-        return {
-            "spend_minor": a["spend_minor"][:n].copy(),
-            "receive_minor": a["receive_minor"][:n].copy(),
-            "code_counts": a["code_counts"][:n * CODE_BUCKETS].reshape(n, CODE_BUCKETS).copy(),
-            "first_activity_ts": a["first_activity_ts"][:n].copy(),
-            "last_activity_ts": a["last_activity_ts"][:n].copy(),
-        }
+        return {name: view.copy() for name, view in self.features_view().items()}
 
     def features_view(self):
-        """Zero-copy views of the activity features (valid until the next batch), for scoring."""
-        n = self.account_count
-        a = self._arrays
+        """Zero-copy views of the activity features (valid until the next batch), for scoring.
+
+        Settled debits are exactly ``debits_posted`` (and settled credits ``credits_posted``),
+        so the spend and receive sums are views of the balances, not copies kept beside them.
+        """
+        hot = self._arrays["hot"][:self.account_count]
         return {
-            "spend_minor": a["spend_minor"][:n],
-            "receive_minor": a["receive_minor"][:n],
-            "code_counts": a["code_counts"][:n * CODE_BUCKETS].reshape(n, CODE_BUCKETS),
-            "first_activity_ts": a["first_activity_ts"][:n],
-            "last_activity_ts": a["last_activity_ts"][:n],
+            "spend_minor": hot["debits_posted"],
+            "receive_minor": hot["credits_posted"],
+            "code_counts": hot["code_counts"],
+            "first_activity_ts": hot["first_activity_ts"],
+            "last_activity_ts": hot["last_activity_ts"],
         }
 
     def prefault(self):
@@ -309,8 +325,7 @@ cdef class Ledger:
         land on the hot path. Call once at start-up. Returns the bytes touched.
         """
         cdef uint64_t total = 0
-        for name in ("accounts", "heads", "transfers", "links", "states", "expiries", "spend_minor",
-                     "receive_minor", "code_counts", "first_activity_ts", "last_activity_ts"):
+        for name in ("accounts", "hot", "transfers", "links", "states", "expiries"):
             total += _touch(self._arrays[name])
         total += self.account_map.prefault() + self.transfer_map.prefault()
         return total
@@ -326,16 +341,11 @@ cdef class Ledger:
         a = self._arrays
         arrays = {
             "accounts": a["accounts"][:n_a],
-            "heads": a["heads"][:2 * n_a],
+            "hot": a["hot"][:n_a],
             "transfers": a["transfers"][:n_t],
             "links": a["links"][:4 * n_t],
             "states": a["states"][:n_t],
             "expiries": a["expiries"][:2 * n_e],
-            "spend_minor": a["spend_minor"][:n_a],
-            "receive_minor": a["receive_minor"][:n_a],
-            "code_counts": a["code_counts"][:CODE_BUCKETS * n_a],
-            "first_activity_ts": a["first_activity_ts"][:n_a],
-            "last_activity_ts": a["last_activity_ts"][:n_a],
         }
         scalars = {"account_count": n_a, "transfer_count": n_t, "expiry_count": n_e,
                    "last_timestamp": self.last_timestamp}
@@ -354,10 +364,10 @@ cdef class Ledger:
             target[:flat.shape[0]] = flat
         cdef uint64_t i
         for i in range(n_a):
-            if self.account_map.put(self.account_rows[i].id_lo, self.account_rows[i].id_hi, i) != 0:
+            if idmap_put(&self.account_map.map, self.account_rows[i].id_lo, self.account_rows[i].id_hi, i) != 0:
                 raise RuntimeError("account map full while restoring")
         for i in range(n_t):
-            if self.transfer_map.put(self.transfer_rows[i].id_lo, self.transfer_rows[i].id_hi, i) != 0:
+            if idmap_put(&self.transfer_map.map, self.transfer_rows[i].id_lo, self.transfer_rows[i].id_hi, i) != 0:
                 raise RuntimeError("transfer map full while restoring")
         self.account_count = n_a
         self.transfer_count = n_t
@@ -384,8 +394,8 @@ cdef class Ledger:
     cdef void expire_pending(self, uint64_t now_ns) noexcept nogil:
         cdef expiry_t top
         cdef uint32_t t
-        cdef tally_account_t *dr
-        cdef tally_account_t *cr
+        cdef account_hot_t *dr
+        cdef account_hot_t *cr
         while self.expiry_count and self.expiries[0].expires_at <= now_ns:
             top = self.expiries[0]
             self.expiry_pop()
@@ -393,8 +403,8 @@ cdef class Ledger:
             if self.states[t] != STATE_PENDING:
                 continue  # posted or voided since: the heap entry is stale
             self.states[t] = STATE_EXPIRED
-            dr = &self.account_rows[self.links[t].debit_index]
-            cr = &self.account_rows[self.links[t].credit_index]
+            dr = &self.hot[self.links[t].debit_index]
+            cr = &self.hot[self.links[t].credit_index]
             dr.debits_pending -= self.transfer_rows[t].amount
             cr.credits_pending -= self.transfer_rows[t].amount
 
@@ -449,7 +459,7 @@ cdef class Ledger:
                         r = self.create_account(&events[k], base_ts + k)
                     results[k] = r
                     if r != R_OK:
-                        self.rollback(account_count, self.transfer_count)
+                        self.rollback(account_count, self.transfer_count, self.expiring_count)
                         fail_chain(results, i, last, k)
                         break
             i = last + 1
@@ -482,7 +492,7 @@ cdef class Ledger:
             return R_LEDGER_MUST_NOT_BE_ZERO
         if e.code == 0:
             return R_CODE_MUST_NOT_BE_ZERO
-        existing = self.account_map.get(e.id_lo, e.id_hi)
+        existing = idmap_get(&self.account_map.map, e.id_lo, e.id_hi)
         if existing != IDMAP_NOT_FOUND:
             a = &self.account_rows[existing]
             if (a.flags & ~ACCOUNT_LINKED) != (e.flags & ~ACCOUNT_LINKED):
@@ -503,9 +513,13 @@ cdef class Ledger:
         k = <uint32_t> self.account_count
         self.account_rows[k] = e[0]
         self.account_rows[k].timestamp = ts
-        self.heads[k].last_debit = INDEX_NONE
-        self.heads[k].last_credit = INDEX_NONE
-        self.account_map.put(e.id_lo, e.id_hi, k)
+        memset(&self.hot[k], 0, sizeof(account_hot_t))
+        self.hot[k].ledger = e.ledger
+        self.hot[k].flags = e.flags
+        self.hot[k].code = e.code
+        self.hot[k].last_debit = INDEX_NONE
+        self.hot[k].last_credit = INDEX_NONE
+        idmap_put(&self.account_map.map, e.id_lo, e.id_hi, k)
         self.account_count += 1
         return R_OK
 
@@ -513,7 +527,7 @@ cdef class Ledger:
 
     cdef void apply_transfers(self, tally_transfer_t *events, uint64_t count, uint64_t base_ts,
                               uint32_t *results) noexcept nogil:
-        cdef uint64_t i, k, last, ahead, account_count, transfer_count
+        cdef uint64_t i, k, last, ahead, account_count, transfer_count, expiring_count
         cdef uint32_t *dr = self.scratch_debit
         cdef uint32_t *cr = self.scratch_credit
         cdef bint chained
@@ -523,10 +537,10 @@ cdef class Ledger:
         for i in range(count):
             ahead = i + PREFETCH_DISTANCE
             if ahead < count:
-                self.account_map.prefetch(events[ahead].debit_account_id_lo, events[ahead].debit_account_id_hi)
-                self.account_map.prefetch(events[ahead].credit_account_id_lo, events[ahead].credit_account_id_hi)
-            dr[i] = self.account_map.get(events[i].debit_account_id_lo, events[i].debit_account_id_hi)
-            cr[i] = self.account_map.get(events[i].credit_account_id_lo, events[i].credit_account_id_hi)
+                TALLY_PREFETCH(idmap_home(&self.account_map.map, events[ahead].debit_account_id_lo, events[ahead].debit_account_id_hi))
+                TALLY_PREFETCH(idmap_home(&self.account_map.map, events[ahead].credit_account_id_lo, events[ahead].credit_account_id_hi))
+            dr[i] = idmap_get(&self.account_map.map, events[i].debit_account_id_lo, events[i].debit_account_id_hi)
+            cr[i] = idmap_get(&self.account_map.map, events[i].credit_account_id_lo, events[i].credit_account_id_hi)
         # Pass 2: apply in order, fetching the account records and transfer-map slot ahead.
         i = 0
         while i < count:
@@ -534,23 +548,26 @@ cdef class Ledger:
             chained = last != i or (events[i].flags & TRANSFER_LINKED) != 0
             account_count = self.account_count
             transfer_count = self.transfer_count
+            expiring_count = self.expiring_count
             self.account_undo_count = 0
             self.state_undo_count = 0
             for k in range(i, last + 1):
                 ahead = k + PREFETCH_DISTANCE
                 if ahead < count:
                     if dr[ahead] != INDEX_NONE:
-                        TALLY_PREFETCH(&self.account_rows[dr[ahead]])
+                        TALLY_PREFETCH(&self.hot[dr[ahead]])
+                        TALLY_PREFETCH(&self.hot[dr[ahead]].code_counts)
                     if cr[ahead] != INDEX_NONE:
-                        TALLY_PREFETCH(&self.account_rows[cr[ahead]])
-                    self.transfer_map.prefetch(events[ahead].id_lo, events[ahead].id_hi)
+                        TALLY_PREFETCH(&self.hot[cr[ahead]])
+                        TALLY_PREFETCH(&self.hot[cr[ahead]].code_counts)
+                    TALLY_PREFETCH(idmap_home(&self.transfer_map.map, events[ahead].id_lo, events[ahead].id_hi))
                 if chained and k == count - 1 and events[k].flags & TRANSFER_LINKED:
                     r = R_LINKED_EVENT_CHAIN_OPEN
                 else:
                     r = self.create_transfer(&events[k], base_ts + k, dr[k], cr[k], chained)
                 results[k] = r
                 if r != R_OK and chained:
-                    self.rollback(account_count, transfer_count)
+                    self.rollback(account_count, transfer_count, expiring_count)
                     fail_chain(results, i, last, k)
                     break
             i = last + 1
@@ -559,8 +576,8 @@ cdef class Ledger:
                                   uint32_t credit_index, bint in_chain) noexcept nogil:
         cdef uint16_t flags = e.flags
         cdef uint64_t reserved, amount, available, existing_index
-        cdef tally_account_t *dr
-        cdef tally_account_t *cr
+        cdef account_hot_t *dr
+        cdef account_hot_t *cr
         cdef tally_transfer_t *x
         cdef bint balancing
         if e.timestamp != 0:
@@ -606,14 +623,14 @@ cdef class Ledger:
             return R_DEBIT_ACCOUNT_NOT_FOUND
         if credit_index == INDEX_NONE:
             return R_CREDIT_ACCOUNT_NOT_FOUND
-        dr = &self.account_rows[debit_index]
-        cr = &self.account_rows[credit_index]
+        dr = &self.hot[debit_index]
+        cr = &self.hot[credit_index]
         if dr.ledger != cr.ledger:
             return R_ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER
         if e.ledger != dr.ledger:
             return R_TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS
 
-        existing_index = self.transfer_map.get(e.id_lo, e.id_hi)
+        existing_index = idmap_get(&self.transfer_map.map, e.id_lo, e.id_hi)
         if TALLY_UNLIKELY(existing_index != IDMAP_NOT_FOUND):
             x = &self.transfer_rows[existing_index]
             balancing = (flags & (TRANSFER_BALANCING_DEBIT | TRANSFER_BALANCING_CREDIT)) != 0
@@ -680,9 +697,16 @@ cdef class Ledger:
         if flags & TRANSFER_PENDING:
             dr.debits_pending += amount
             cr.credits_pending += amount
+            touch(dr, ts)
+            touch(cr, ts)
+            if e.timeout != 0:
+                self.expiring[self.expiring_count] = <uint32_t> self.transfer_count
+                self.expiring_count += 1
         else:
             dr.debits_posted += amount
             cr.credits_posted += amount
+            settle(dr, e.code, ts)
+            settle(cr, e.code, ts)
         self.append_transfer(e, ts, debit_index, credit_index,
                              STATE_PENDING if flags & TRANSFER_PENDING else STATE_SETTLED)
         self.transfer_rows[self.transfer_count - 1].amount = amount
@@ -693,8 +717,8 @@ cdef class Ledger:
         cdef uint32_t p_index, existing_index, debit_index, credit_index
         cdef tally_transfer_t *p
         cdef tally_transfer_t *x
-        cdef tally_account_t *dr
-        cdef tally_account_t *cr
+        cdef account_hot_t *dr
+        cdef account_hot_t *cr
         cdef uint64_t amount
         cdef uint8_t state
         if e.pending_id_lo == 0 and e.pending_id_hi == 0:
@@ -705,7 +729,7 @@ cdef class Ledger:
             return R_PENDING_ID_MUST_BE_DIFFERENT
         if e.timeout != 0:
             return R_TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
-        p_index = self.transfer_map.get(e.pending_id_lo, e.pending_id_hi)
+        p_index = idmap_get(&self.transfer_map.map, e.pending_id_lo, e.pending_id_hi)
         if p_index == IDMAP_NOT_FOUND:
             return R_PENDING_TRANSFER_NOT_FOUND
         p = &self.transfer_rows[p_index]
@@ -727,7 +751,7 @@ cdef class Ledger:
         elif e.amount != 0 and e.amount != p.amount:
             return R_PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT
 
-        existing_index = self.transfer_map.get(e.id_lo, e.id_hi)
+        existing_index = idmap_get(&self.transfer_map.map, e.id_lo, e.id_hi)
         if existing_index != IDMAP_NOT_FOUND:
             x = &self.transfer_rows[existing_index]
             if (x.flags & ~TRANSFER_LINKED) != (e.flags & ~TRANSFER_LINKED):
@@ -753,8 +777,8 @@ cdef class Ledger:
             return R_PENDING_TRANSFER_EXPIRED
         debit_index = self.links[p_index].debit_index
         credit_index = self.links[p_index].credit_index
-        dr = &self.account_rows[debit_index]
-        cr = &self.account_rows[credit_index]
+        dr = &self.hot[debit_index]
+        cr = &self.hot[credit_index]
         amount = (e.amount if e.amount != 0 else p.amount) if post else p.amount
         if post:
             if add_overflows(dr.debits_posted, amount):
@@ -775,6 +799,11 @@ cdef class Ledger:
         if post:
             dr.debits_posted += amount
             cr.credits_posted += amount
+            settle(dr, p.code, ts)
+            settle(cr, p.code, ts)
+        else:
+            touch(dr, ts)
+            touch(cr, ts)
         self.states[p_index] = STATE_POSTED if post else STATE_VOIDED
         self.append_transfer(e, ts, debit_index, credit_index, STATE_SETTLED)
         x = &self.transfer_rows[self.transfer_count - 1]
@@ -797,81 +826,76 @@ cdef class Ledger:
         self.states[t] = state
         link.debit_index = debit_index
         link.credit_index = credit_index
-        link.prev_debit = self.heads[debit_index].last_debit
-        link.prev_credit = self.heads[credit_index].last_credit
-        self.heads[debit_index].last_debit = t
-        self.heads[credit_index].last_credit = t
-        self.transfer_map.put(e.id_lo, e.id_hi, t)
+        link.prev_debit = self.hot[debit_index].last_debit
+        link.prev_credit = self.hot[credit_index].last_credit
+        self.hot[debit_index].last_debit = t
+        self.hot[credit_index].last_credit = t
+        idmap_put(&self.transfer_map.map, e.id_lo, e.id_hi, t)
         self.transfer_count += 1
         return t
 
     cdef void save_account(self, uint32_t index) noexcept nogil:
         cdef account_undo_t *u = &self.account_undo[self.account_undo_count]
-        cdef tally_account_t *a = &self.account_rows[index]
         u.index = index
-        u.heads = self.heads[index]
-        u.debits_pending = a.debits_pending
-        u.debits_posted = a.debits_posted
-        u.credits_pending = a.credits_pending
-        u.credits_posted = a.credits_posted
+        u.saved = self.hot[index]
         self.account_undo_count += 1
 
-    cdef void rollback(self, uint64_t account_count, uint64_t transfer_count) noexcept nogil:
+    cdef void rollback(self, uint64_t account_count, uint64_t transfer_count,
+                       uint64_t expiring_count) noexcept nogil:
         """Undo a failed chain: restore saved accounts and states (newest first), drop new records."""
         cdef account_undo_t *u
-        cdef tally_account_t *a
+        self.expiring_count = expiring_count
         while self.account_undo_count:
             self.account_undo_count -= 1
             u = &self.account_undo[self.account_undo_count]
-            a = &self.account_rows[u.index]
-            self.heads[u.index] = u.heads
-            a.debits_pending = u.debits_pending
-            a.debits_posted = u.debits_posted
-            a.credits_pending = u.credits_pending
-            a.credits_posted = u.credits_posted
+            self.hot[u.index] = u.saved
         while self.state_undo_count:
             self.state_undo_count -= 1
             self.states[self.state_undo[self.state_undo_count].transfer_index] = \
                 self.state_undo[self.state_undo_count].state
         while self.transfer_count > transfer_count:
             self.transfer_count -= 1
-            self.transfer_map.remove(self.transfer_rows[self.transfer_count].id_lo,
+            idmap_remove(&self.transfer_map.map, self.transfer_rows[self.transfer_count].id_lo,
                                      self.transfer_rows[self.transfer_count].id_hi)
             memset(&self.transfer_rows[self.transfer_count], 0, sizeof(tally_transfer_t))
             memset(&self.links[self.transfer_count], 0, sizeof(transfer_links_t))
             self.states[self.transfer_count] = 0
         while self.account_count > account_count:
             self.account_count -= 1
-            self.account_map.remove(self.account_rows[self.account_count].id_lo,
+            idmap_remove(&self.account_map.map, self.account_rows[self.account_count].id_lo,
                                     self.account_rows[self.account_count].id_hi)
             memset(&self.account_rows[self.account_count], 0, sizeof(tally_account_t))
+            memset(&self.hot[self.account_count], 0, sizeof(account_hot_t))
 
-    cdef void update_features(self, uint64_t transfer_start) noexcept nogil:
-        """Fold the transfers this batch appended into the per-account activity features."""
-        cdef uint64_t t
-        cdef tally_transfer_t *x
-        cdef transfer_links_t *link
-        cdef uint32_t bucket
-        for t in range(transfer_start, self.transfer_count):
-            x = &self.transfer_rows[t]
-            link = &self.links[t]
-            if x.flags & TRANSFER_PENDING:
-                if x.timeout != 0:
-                    self.expiry_push(expires_at_of(x), <uint32_t> t)
-            elif not (x.flags & TRANSFER_VOID_PENDING):
-                bucket = x.code if x.code < CODE_BUCKETS - 1 else CODE_BUCKETS - 1
-                self.spend_minor[link.debit_index] += x.amount
-                self.receive_minor[link.credit_index] += x.amount
-                self.code_counts[link.debit_index * CODE_BUCKETS + bucket] += 1
-                self.code_counts[link.credit_index * CODE_BUCKETS + bucket] += 1
-            touch(self.first_activity_ts, self.last_activity_ts, link.debit_index, x.timestamp)
-            touch(self.first_activity_ts, self.last_activity_ts, link.credit_index, x.timestamp)
+    cdef void schedule_expiries(self) noexcept nogil:
+        """Put the batch's surviving pending transfers with a timeout on the expiry heap."""
+        cdef uint64_t k
+        cdef uint32_t t
+        for k in range(self.expiring_count):
+            t = self.expiring[k]
+            self.expiry_push(expires_at_of(&self.transfer_rows[t]), t)
+        self.expiring_count = 0
+
+    cdef void account_record(self, uint32_t index, tally_account_t *out) noexcept nogil:
+        """The wire record of an account: its cold row joined with its balances."""
+        out[0] = self.account_rows[index]
+        out.debits_pending = self.hot[index].debits_pending
+        out.debits_posted = self.hot[index].debits_posted
+        out.credits_pending = self.hot[index].credits_pending
+        out.credits_posted = self.hot[index].credits_posted
 
 
-cdef inline void touch(uint64_t *first, uint64_t *last, uint32_t index, uint64_t ts) noexcept nogil:
-    if first[index] == 0:
-        first[index] = ts
-    last[index] = ts
+cdef inline void touch(account_hot_t *a, uint64_t ts) noexcept nogil:
+    """Activity (any successful transfer): first and last timestamps."""
+    if a.first_activity_ts == 0:
+        a.first_activity_ts = ts
+    a.last_activity_ts = ts
+
+
+cdef inline void settle(account_hot_t *a, uint16_t code, uint64_t ts) noexcept nogil:
+    """A settled transfer (single-phase or post): counted in its code bucket, and activity."""
+    a.code_counts[code if code < CODE_BUCKETS - 1 else CODE_BUCKETS - 1] += 1
+    touch(a, ts)
 
 
 cdef inline result_t exists_tail(const tally_transfer_t *e, const tally_transfer_t *x,
