@@ -10,7 +10,7 @@ from core.records cimport tally_account_t, tally_transfer_t, result_t
 cdef enum:
     INDEX_NONE = 0xFFFFFFFF     # "no transfer" in chains, "not found" from lookups
     CODE_BUCKETS = 16           # activity counters per account (FEATURE_CODE_BUCKETS)
-    PREFETCH_DISTANCE = 12      # events looked ahead by the prefetching passes
+    PREFETCH_DISTANCE = 16      # events looked ahead by the prefetching passes
 
 
 ctypedef enum transfer_state_t:

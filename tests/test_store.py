@@ -78,19 +78,34 @@ def test_raw_bytes_batches_are_accepted(data_dir):
 
 
 def test_failed_commit_poisons_the_store_until_reopened(data_dir):
-    # A map too small for the next batch: the commit fails after the batch was applied in memory.
-    with core.open(data_dir, accounts_max=100, transfers_max=100_000, map_size_bytes=1 << 20,
+    # A map too small for the log: some commit fails after its batch was applied in memory.
+    big = np.concatenate([workload.transfer_batch(seed) for seed in range(1, 42)])[:8190]
+    with core.open(data_dir, accounts_max=100, transfers_max=1_000_000, map_size_bytes=1 << 20,
                    checkpoint_interval_batches=1 << 20) as store:
-        store.create_accounts(workload.account_batch())
+        store.create_accounts(workload.account_batch(), workload.now_ns(0))
+        for attempt in range(1, 100):
+            big["id_hi"] = attempt  # new ids each time, so each batch writes
+            try:
+                store.create_transfers(big, workload.now_ns(attempt))
+            except core.StoreFailedError:
+                break
+        else:
+            pytest.fail("the map never filled up")
         committed = store.sequence
-        big = np.concatenate([workload.transfer_batch(seed) for seed in range(1, 40)])
-        with pytest.raises(core.StoreFailedError):
-            store.create_transfers(big[:8190])
+        assert committed == attempt  # the accounts batch and attempt - 1 transfer batches
         with pytest.raises(core.StoreFailedError):
             store.lookup_accounts([1])
+        with pytest.raises(core.StoreFailedError):
+            store.create_transfers(big[:1])
     with core.open(data_dir) as store:
         assert store.sequence == committed
-        assert store.ledger.transfer_count == 0
+        expected = core.Ledger(accounts_max=100, transfers_max=1_000_000)
+        expected.create_accounts(workload.account_batch(), workload.now_ns(0))
+        for committed_attempt in range(1, attempt):
+            big["id_hi"] = committed_attempt
+            expected.create_transfers(big, workload.now_ns(committed_attempt))
+        assert store.ledger.transfer_count == expected.transfer_count
+        assert np.array_equal(store.ledger.accounts(), expected.accounts())
 
 
 def test_capacity_is_kept_and_may_grow(data_dir):
