@@ -105,7 +105,7 @@ cdef class Ledger:
     cdef result_t create_transfer(self, tally_transfer_t *e, uint64_t ts, uint32_t debit_index,
                                   uint32_t credit_index, bint in_chain) noexcept nogil
     cdef result_t post_or_void(self, tally_transfer_t *e, uint64_t ts, bint in_chain) noexcept nogil
-    cdef uint32_t append_transfer(self, tally_transfer_t *e, uint64_t ts, uint32_t debit_index,
+    cdef uint32_t append_transfer(self, const tally_transfer_t *row, uint32_t debit_index,
                                   uint32_t credit_index, uint8_t state) noexcept nogil
     cdef void save_account(self, uint32_t index) noexcept nogil
     cdef void rollback(self, uint64_t account_count, uint64_t transfer_count,

@@ -31,6 +31,7 @@ from core.idmap cimport (
 )
 from core.records cimport (
     tally_account_t, tally_transfer_t, result_t, TALLY_LIKELY, TALLY_UNLIKELY, TALLY_PREFETCH, tally_touch_pages,
+    tally_stream_store, tally_store_fence,
     ACCOUNT_LINKED, ACCOUNT_DEBITS_MUST_NOT_EXCEED_CREDITS, ACCOUNT_CREDITS_MUST_NOT_EXCEED_DEBITS,
     ACCOUNT_CLOSED, ACCOUNT_FLAGS_KNOWN, ACCOUNT_RESERVED_SIZE,
     TRANSFER_LINKED, TRANSFER_PENDING, TRANSFER_POST_PENDING, TRANSFER_VOID_PENDING,
@@ -159,8 +160,8 @@ cdef class Ledger:
         a = self._arrays = {}
         self.account_rows = <tally_account_t *> np_ptr(_buffer(a, "accounts", ACCOUNT_DTYPE, accounts_max))
         self.hot = <account_hot_t *> np_ptr(_aligned(a, "hot", HOT_DTYPE, accounts_max, 128))
-        self.transfer_rows = <tally_transfer_t *> np_ptr(_buffer(a, "transfers", TRANSFER_DTYPE, transfers_max))
-        self.links = <transfer_links_t *> np_ptr(_buffer(a, "links", np.uint32, 4 * transfers_max))
+        self.transfer_rows = <tally_transfer_t *> np_ptr(_aligned(a, "transfers", TRANSFER_DTYPE, transfers_max, 128))
+        self.links = <transfer_links_t *> np_ptr(_aligned(a, "links", np.dtype("<u4"), 4 * transfers_max, 64))
         self.states = <uint8_t *> np_ptr(_buffer(a, "states", np.uint8, transfers_max))
         self.expiries = <expiry_t *> np_ptr(_buffer(a, "expiries", np.uint64, 2 * transfers_max))
         self.scratch_debit = <uint32_t *> np_ptr(_buffer(a, "scratch_debit", np.uint32, batch_max))
@@ -214,6 +215,7 @@ cdef class Ledger:
                 if count:
                     self.apply_transfers(<tally_transfer_t *> events, count, base, &out[0])
                     self.schedule_expiries()
+                    tally_store_fence()
         finally:
             self.busy = False
         return results
@@ -707,9 +709,11 @@ cdef class Ledger:
             cr.credits_posted += amount
             settle(dr, e.code, ts)
             settle(cr, e.code, ts)
-        self.append_transfer(e, ts, debit_index, credit_index,
+        cdef tally_transfer_t row = e[0]
+        row.amount = amount
+        row.timestamp = ts
+        self.append_transfer(&row, debit_index, credit_index,
                              STATE_PENDING if flags & TRANSFER_PENDING else STATE_SETTLED)
-        self.transfer_rows[self.transfer_count - 1].amount = amount
         return R_OK
 
     cdef result_t post_or_void(self, tally_transfer_t *e, uint64_t ts, bint in_chain) noexcept nogil:
@@ -805,32 +809,35 @@ cdef class Ledger:
             touch(dr, ts)
             touch(cr, ts)
         self.states[p_index] = STATE_POSTED if post else STATE_VOIDED
-        self.append_transfer(e, ts, debit_index, credit_index, STATE_SETTLED)
-        x = &self.transfer_rows[self.transfer_count - 1]
-        x.debit_account_id_lo = p.debit_account_id_lo
-        x.debit_account_id_hi = p.debit_account_id_hi
-        x.credit_account_id_lo = p.credit_account_id_lo
-        x.credit_account_id_hi = p.credit_account_id_hi
-        x.ledger = p.ledger
-        x.code = p.code
-        x.amount = amount
+        cdef tally_transfer_t row = e[0]
+        row.debit_account_id_lo = p.debit_account_id_lo
+        row.debit_account_id_hi = p.debit_account_id_hi
+        row.credit_account_id_lo = p.credit_account_id_lo
+        row.credit_account_id_hi = p.credit_account_id_hi
+        row.ledger = p.ledger
+        row.code = p.code
+        row.amount = amount
+        row.timestamp = ts
+        self.append_transfer(&row, debit_index, credit_index, STATE_SETTLED)
         return R_OK
 
-    cdef uint32_t append_transfer(self, tally_transfer_t *e, uint64_t ts, uint32_t debit_index,
+    cdef uint32_t append_transfer(self, const tally_transfer_t *row, uint32_t debit_index,
                                   uint32_t credit_index, uint8_t state) noexcept nogil:
         """Store a new transfer (caller checked capacity) and thread it onto both accounts' chains."""
         cdef uint32_t t = <uint32_t> self.transfer_count
-        cdef transfer_links_t *link = &self.links[t]
-        self.transfer_rows[t] = e[0]
-        self.transfer_rows[t].timestamp = ts
+        cdef transfer_links_t link
+        # Rows and links are written once, in order, and rarely read soon after: streaming
+        # stores skip reading their cache lines from memory first.
+        tally_stream_store(&self.transfer_rows[t], row, sizeof(tally_transfer_t))
         self.states[t] = state
         link.debit_index = debit_index
         link.credit_index = credit_index
         link.prev_debit = self.hot[debit_index].last_debit
         link.prev_credit = self.hot[credit_index].last_credit
+        tally_stream_store(&self.links[t], &link, sizeof(transfer_links_t))
         self.hot[debit_index].last_debit = t
         self.hot[credit_index].last_credit = t
-        idmap_put(&self.transfer_map.map, e.id_lo, e.id_hi, t)
+        idmap_put(&self.transfer_map.map, row.id_lo, row.id_hi, t)
         self.transfer_count += 1
         return t
 

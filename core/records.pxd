@@ -20,6 +20,21 @@ cdef extern from * nogil:
     #define TALLY_PREFETCH(p) ((void)0)
     #endif
 
+    /* Copy `size` bytes (a multiple of 16, both 16-byte aligned) with non-temporal stores:
+       the destination's cache lines are not read first. tally_store_fence() orders them. */
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    static inline void tally_stream_store(void *dst, const void *src, size_t size) {
+        for (size_t i = 0; i < size; i += 16)
+            _mm_stream_si128((__m128i *)((char *)dst + i), _mm_loadu_si128((const __m128i *)((const char *)src + i)));
+    }
+    static inline void tally_store_fence(void) { _mm_sfence(); }
+    #else
+    #include <string.h>
+    static inline void tally_stream_store(void *dst, const void *src, size_t size) { memcpy(dst, src, size); }
+    static inline void tally_store_fence(void) {}
+    #endif
+
     /* Write every page once (volatile: the compiler must not drop the no-op store). */
     static void tally_touch_pages(void *data, size_t size) {
         volatile unsigned char *bytes = (volatile unsigned char *) data;
@@ -101,6 +116,8 @@ cdef extern from * nogil:
     bint TALLY_UNLIKELY(bint)
     void TALLY_PREFETCH(const void *)
     void tally_touch_pages(void *data, size_t size)
+    void tally_stream_store(void *dst, const void *src, size_t size)
+    void tally_store_fence()
 
 
 cdef enum:

@@ -1,0 +1,29 @@
+"""A tiny run of the core benchmark inside the test suite, so that it cannot rot."""
+
+import json
+
+from tally import bench_core, cli
+
+KEYS = ("durable_transfers_per_s", "memory_transfers_per_s", "recovery_transfers_per_s", "batch_p50_ms",
+        "batch_p99_ms", "lmdb_ceiling_per_s", "ratio_to_lmdb_ceiling")
+
+
+def test_bench_core_runs_and_reports_every_key(tmp_path, capsys):
+    assert cli.main(["bench", "core", "--json", "--accounts", "5000", "--transfers", "40000",
+                     "--data", str(tmp_path)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in KEYS:
+        assert result[key] > 0, key
+    assert result["failed_events"] == 0
+    assert result["recovered_state_equal"] is True
+    assert result["recovery_replayed_events"] == 40_000
+    assert "durable" in bench_core.summary(result)
+
+
+def test_cli_help_lists_subcommands(capsys):
+    try:
+        cli.main(["--help"])
+    except SystemExit as exit_:
+        assert exit_.code == 0
+    out = capsys.readouterr().out
+    assert "bench" in out and "info" in out
