@@ -53,7 +53,12 @@ OPERATION_CREATE_TRANSFERS = 2
 
 _SEQUENCE = struct.Struct(">Q")
 _CHUNK_KEY = struct.Struct(">I")
-_CHUNK_BYTES = 8 << 20
+#: Checkpointed arrays that only ever grow at their end (records are immutable once a batch is
+#: done): a checkpoint writes only their chunks from the previous checkpoint's end on. The value
+#: says whether the array holds 128-byte records, packed as in the log.
+_APPEND_ONLY = {"accounts": True, "transfers": True, "links": False}
+_CHUNK_RECORDS = 1 << 16        # records (or 4-u32 links) per chunk of an append-only array
+_CHUNK_BYTES = 8 << 20          # bytes per chunk of an array rewritten whole
 _STORE_VERSION = 1
 
 
@@ -71,10 +76,15 @@ class _Meta(msgspec.Struct, frozen=True):
     transfers_max: int
 
 
+class _ArrayMeta(msgspec.Struct, frozen=True):
+    chunks: int                   # chunk values stored under b"<name>/<chunk u32 BE>"
+    items: int                    # elements of the array (records for record arrays)
+
+
 class _CheckpointMeta(msgspec.Struct, frozen=True):
     sequence: int                 # last log sequence number the checkpoint includes
     scalars: dict[str, int]
-    chunks: dict[str, int]        # array name -> number of chunks
+    arrays: dict[str, _ArrayMeta]
 
 
 class RecoveryStats(msgspec.Struct, frozen=True):
@@ -149,6 +159,7 @@ class Store:
         self._checkpoint_db = self._env.open_db(b"checkpoint")
         meta = self._load_or_create_meta(accounts_max, transfers_max)
         self.ledger = Ledger(accounts_max=meta.accounts_max, transfers_max=meta.transfers_max)
+        self._checkpoint_meta: _CheckpointMeta | None = None
         if prefault:
             self.ledger.prefault()
         self.recovery = self._recover()
@@ -238,25 +249,42 @@ class Store:
         return self._committed_sequence
 
     def checkpoint(self) -> None:
-        """Write the whole in-memory state as the new checkpoint, in one synchronous commit.
+        """Write the in-memory state as the new checkpoint, in one synchronous commit.
 
         Waits for every submitted batch to be committed first, so that the checkpoint is exactly
-        the state after the last logged batch.
+        the state after the last logged batch. Append-only arrays (account and transfer records,
+        chain links) are written incrementally, from where the previous checkpoint ended; the
+        rest (balances and features, pending states, the expiry heap) is rewritten whole.
         """
         self._drain()
         arrays, scalars = self.ledger.snapshot()
-        chunks = {}
+        previous = self._checkpoint_meta.arrays if self._checkpoint_meta else {}
+        written = {}
         with self._env.begin(write=True, db=self._checkpoint_db) as txn:
-            txn.drop(self._checkpoint_db, delete=False)
             for name, array in arrays.items():
-                raw = np.ascontiguousarray(array).view(np.uint8).reshape(-1)
-                count = 0
-                for start in range(0, raw.shape[0], _CHUNK_BYTES):
-                    txn.put(name.encode() + b"/" + _CHUNK_KEY.pack(count), raw[start:start + _CHUNK_BYTES])
-                    count += 1
-                chunks[name] = count
-            meta = _CheckpointMeta(sequence=self._committed_sequence, scalars=scalars, chunks=chunks)
+                flat = np.ascontiguousarray(array).reshape(-1)
+                prefix = name.encode() + b"/"
+                old = previous.get(name)
+                if name in _APPEND_ONLY:
+                    per_chunk = _CHUNK_RECORDS * (4 if name == "links" else 1)
+                    chunks = -(-flat.shape[0] // per_chunk)
+                    # Rewrite from the chunk the previous checkpoint ended in (it may be partial).
+                    first = old.items // per_chunk if old and old.items <= flat.shape[0] else 0
+                    for i in range(first, chunks):
+                        part = flat[i * per_chunk:(i + 1) * per_chunk]
+                        txn.put(prefix + _CHUNK_KEY.pack(i),
+                                codec.pack(part) if _APPEND_ONLY[name] else part.view(np.uint8))
+                else:
+                    raw = flat.view(np.uint8)
+                    chunks = -(-raw.shape[0] // _CHUNK_BYTES)
+                    for i in range(chunks):
+                        txn.put(prefix + _CHUNK_KEY.pack(i), raw[i * _CHUNK_BYTES:(i + 1) * _CHUNK_BYTES])
+                for i in range(chunks, old.chunks if old else 0):
+                    txn.delete(prefix + _CHUNK_KEY.pack(i))
+                written[name] = _ArrayMeta(chunks=chunks, items=flat.shape[0])
+            meta = _CheckpointMeta(sequence=self._committed_sequence, scalars=scalars, arrays=written)
             txn.put(b"meta", msgspec.msgpack.encode(meta))
+        self._checkpoint_meta = meta
         self._batches_since_checkpoint = 0
 
     def close(self) -> None:
@@ -339,14 +367,10 @@ class Store:
             raw_meta = txn.get(b"meta")
             if raw_meta is not None:
                 meta = msgspec.msgpack.decode(bytes(raw_meta), type=_CheckpointMeta)
-                arrays = {}
-                for name, count in meta.chunks.items():
-                    parts = [txn.get(name.encode() + b"/" + _CHUNK_KEY.pack(i)) for i in range(count)]
-                    if any(part is None for part in parts):
-                        raise StoreError(f"{self.path}: checkpoint chunk of {name} missing")
-                    arrays[name] = b"".join(parts)
+                arrays = {name: self._load_array(txn, name, array_meta) for name, array_meta in meta.arrays.items()}
                 self.ledger.restore(arrays, meta.scalars)
                 checkpoint_sequence = meta.sequence
+                self._checkpoint_meta = meta
         loaded = time.perf_counter()
         batches = events = 0
         with self._env.begin(db=self._log, buffers=True) as txn:
@@ -357,6 +381,21 @@ class Store:
                     batches += 1
                     events += count
         return RecoveryStats(checkpoint_sequence, loaded - started, batches, events, time.perf_counter() - loaded)
+
+    def _load_array(self, txn, name, meta: _ArrayMeta) -> bytes:
+        parts = []
+        for i in range(meta.chunks):
+            part = txn.get(name.encode() + b"/" + _CHUNK_KEY.pack(i))
+            if part is None:
+                raise StoreError(f"{self.path}: checkpoint chunk {i} of {name} is missing")
+            if _APPEND_ONLY.get(name):
+                records = min(_CHUNK_RECORDS, meta.items - i * _CHUNK_RECORDS)
+                try:
+                    part = codec.unpack(part, records)
+                except ValueError as error:
+                    raise StoreError(f"{self.path}: checkpoint chunk {i} of {name}: {error}") from None
+            parts.append(part)
+        return b"".join(parts)
 
     def _replay_entry(self, sequence, value) -> int:
         if len(value) < LOG_HEADER.size:

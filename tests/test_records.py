@@ -75,3 +75,14 @@ def test_id_map_insert_lookup_remove():
     for index, key in enumerate(keys):
         assert ids.lookup(key) == (None if index % 2 == 0 else index)
     assert len(ids) == len(keys) // 2
+
+
+def test_hot_path_functions_are_declared_nogil():
+    # Cython refuses any Python object operation inside a nogil function at compile time, so
+    # this is the guarantee that the loops create no Python object per event.
+    pxd = (pathlib.Path(core.ledger.__file__).parent / "ledger.pxd").read_text()
+    pxd = re.sub(r"\s+", " ", pxd)
+    for name in ("apply_transfers", "create_transfer", "post_or_void", "append_transfer", "apply_accounts",
+                 "create_account", "rollback", "expire_pending", "schedule_expiries", "expiry_push"):
+        declaration = re.search(rf"cdef \w+ {name}\(self[^)]*\) noexcept nogil", pxd)
+        assert declaration, f"{name} must be declared noexcept nogil"

@@ -116,3 +116,22 @@ def test_capacity_is_kept_and_may_grow(data_dir):
     with core.open(data_dir, transfers_max=5_000) as store:
         assert store.ledger.transfers_max == 5_000
         assert store.ledger.account_count == workload.ACCOUNTS
+
+
+def test_incremental_checkpoints_across_chunk_boundaries(data_dir, monkeypatch):
+    # Tiny chunks, so that append-only arrays span many chunks and each checkpoint rewrites a
+    # partial last chunk and adds new ones, while the other arrays are rewritten whole.
+    monkeypatch.setattr(core.store, "_CHUNK_RECORDS", 7)
+    monkeypatch.setattr(core.store, "_CHUNK_BYTES", 1000)
+    with core.open(data_dir, accounts_max=100, transfers_max=20_000, checkpoint_interval_batches=3) as store:
+        _fill(store, 14)
+        before = _state(store.ledger)
+    with core.open(data_dir) as store:
+        assert store.recovery.checkpoint_sequence == 15
+        _assert_same(before, _state(store.ledger))
+        store.create_transfers(workload.transfer_batch(15), workload.now_ns(15))
+        store.checkpoint()
+        after = _state(store.ledger)
+    with core.open(data_dir) as store:
+        assert store.recovery.replayed_batches == 0
+        _assert_same(after, _state(store.ledger))
