@@ -27,3 +27,15 @@ def test_cli_help_lists_subcommands(capsys):
         assert exit_.code == 0
     out = capsys.readouterr().out
     assert "bench" in out and "info" in out
+
+
+def test_info_describes_a_data_directory(tmp_path, capsys):
+    import core
+    from tests import workload
+
+    with core.open(str(tmp_path / "data"), accounts_max=100, transfers_max=1000) as store:
+        store.create_accounts(workload.account_batch())
+    assert cli.main(["info", "--data", str(tmp_path / "data")]) == 0
+    out = capsys.readouterr().out
+    assert "batches logged   1" in out
+    assert f"accounts         {workload.ACCOUNTS}" in out

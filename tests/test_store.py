@@ -135,3 +135,20 @@ def test_incremental_checkpoints_across_chunk_boundaries(data_dir, monkeypatch):
     with core.open(data_dir) as store:
         assert store.recovery.replayed_batches == 0
         _assert_same(after, _state(store.ledger))
+
+
+def test_a_damaged_log_entry_is_reported_not_misread(data_dir):
+    import lmdb
+
+    with core.open(data_dir, accounts_max=100, transfers_max=10_000, checkpoint_interval_batches=1000) as store:
+        _fill(store, 3)
+    env = lmdb.open(data_dir, max_dbs=4)
+    log = env.open_db(b"log")
+    with env.begin(write=True, db=log) as txn:
+        key = (4).to_bytes(8, "big")
+        value = bytearray(txn.get(key))
+        value[40:48] = b"\xff" * 8  # inside the packed body: no longer a canonical packing
+        txn.put(key, bytes(value))
+    env.close()
+    with pytest.raises(core.StoreError, match="log entry 4"):
+        core.open(data_dir)
