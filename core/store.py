@@ -83,6 +83,7 @@ class _Meta(msgspec.Struct, frozen=True):
 class _ArrayMeta(msgspec.Struct, frozen=True):
     chunks: int                   # chunk values stored under b"<name>/<chunk u32 BE>"
     items: int                    # elements of the array (records for record arrays)
+    checksums: list[int]          # CRC-32 of each stored chunk value
 
 
 class _CheckpointMeta(msgspec.Struct, frozen=True):
@@ -277,18 +278,23 @@ class Store:
                     chunks = -(-flat.shape[0] // per_chunk)
                     # Rewrite from the chunk the previous checkpoint ended in (it may be partial).
                     first = old.items // per_chunk if old and old.items <= flat.shape[0] else 0
+                    checksums = list(old.checksums[:first]) if old else []
                     for i in range(first, chunks):
                         part = flat[i * per_chunk:(i + 1) * per_chunk]
-                        txn.put(prefix + _CHUNK_KEY.pack(i),
-                                codec.pack(part) if _APPEND_ONLY[name] else part.view(np.uint8))
+                        value = codec.pack(part) if _APPEND_ONLY[name] else part.view(np.uint8)
+                        txn.put(prefix + _CHUNK_KEY.pack(i), value)
+                        checksums.append(zlib.crc32(value))
                 else:
                     raw = flat.view(np.uint8)
                     chunks = -(-raw.shape[0] // _CHUNK_BYTES)
+                    checksums = []
                     for i in range(chunks):
-                        txn.put(prefix + _CHUNK_KEY.pack(i), raw[i * _CHUNK_BYTES:(i + 1) * _CHUNK_BYTES])
+                        value = raw[i * _CHUNK_BYTES:(i + 1) * _CHUNK_BYTES]
+                        txn.put(prefix + _CHUNK_KEY.pack(i), value)
+                        checksums.append(zlib.crc32(value))
                 for i in range(chunks, old.chunks if old else 0):
                     txn.delete(prefix + _CHUNK_KEY.pack(i))
-                written[name] = _ArrayMeta(chunks=chunks, items=flat.shape[0])
+                written[name] = _ArrayMeta(chunks=chunks, items=flat.shape[0], checksums=checksums)
             meta = _CheckpointMeta(sequence=self._committed_sequence, scalars=scalars, arrays=written)
             txn.put(b"meta", msgspec.msgpack.encode(meta))
         self._checkpoint_meta = meta
@@ -404,6 +410,8 @@ class Store:
             part = txn.get(name.encode() + b"/" + _CHUNK_KEY.pack(i))
             if part is None:
                 raise StoreError(f"{self.path}: checkpoint chunk {i} of {name} is missing")
+            if len(meta.checksums) != meta.chunks or zlib.crc32(part) != meta.checksums[i]:
+                raise StoreError(f"{self.path}: checkpoint chunk {i} of {name} is damaged (checksum mismatch)")
             if _APPEND_ONLY.get(name):
                 records = min(_CHUNK_RECORDS, meta.items - i * _CHUNK_RECORDS)
                 try:

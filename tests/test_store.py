@@ -152,3 +152,20 @@ def test_a_damaged_log_entry_is_reported_not_misread(data_dir):
     env.close()
     with pytest.raises(core.StoreError, match="log entry 4"):
         core.open(data_dir)
+
+
+def test_a_damaged_checkpoint_is_reported(data_dir):
+    import lmdb
+
+    with core.open(data_dir, accounts_max=100, transfers_max=10_000, checkpoint_interval_batches=2) as store:
+        _fill(store, 3)
+    env = lmdb.open(data_dir, max_dbs=4)
+    checkpoint = env.open_db(b"checkpoint")
+    with env.begin(write=True, db=checkpoint) as txn:
+        key = b"hot/" + (0).to_bytes(4, "big")
+        value = bytearray(txn.get(key))
+        value[100] ^= 1  # one bit of one balance
+        txn.put(key, bytes(value))
+    env.close()
+    with pytest.raises(core.StoreError, match="chunk 0 of hot is damaged"):
+        core.open(data_dir)
