@@ -137,6 +137,7 @@ def _run_payments_pipelined(store, batches, clock):
 
 def lmdb_ceiling(path: str, value_bytes: int, commits: int) -> float:
     """Synchronous commits/s of one appended ``value_bytes`` value each, with plain py-lmdb."""
+    os.makedirs(path, exist_ok=True)
     env = lmdb.open(path, map_size=max(4 << 30, 4 * value_bytes * commits), sync=True, metasync=True,
                     readahead=False, meminit=False)
     value = np.random.default_rng(0).integers(0, 256, value_bytes, dtype=np.uint8).tobytes()
