@@ -8,6 +8,9 @@ so an inconsistent edit fails loudly rather than at run time.
 #: Events in one batch. 8,190 transfers of 128 bytes plus a 128-byte batch header fit 1 MiB.
 BATCH_EVENTS_MAX = 8190
 
+#: Engine time (ns since the epoch) must stay below this: 2**63 ns is the year 2262.
+NOW_NS_LIMIT = 1 << 63
+
 #: Size of every account and transfer record (docs/data-model.md).
 RECORD_SIZE_BYTES = 128
 

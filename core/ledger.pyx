@@ -182,6 +182,7 @@ cdef class Ledger:
         ``batch`` is an ACCOUNT_DTYPE array (or a buffer of 128-byte records) of at most
         ``BATCH_EVENTS_MAX`` events. The results are a uint32 array of ``core.Result`` codes.
         """
+        _check_now(now_ns)
         cdef const unsigned char[::1] raw = _batch_bytes(batch, ACCOUNT_DTYPE)
         cdef uint64_t count = raw.shape[0] // sizeof(tally_account_t)
         results = np.empty(count, dtype=np.uint32)
@@ -203,6 +204,7 @@ cdef class Ledger:
         ``batch`` is a TRANSFER_DTYPE array (or a buffer of 128-byte records) of at most
         ``BATCH_EVENTS_MAX`` events. The results are a uint32 array of ``core.Result`` codes.
         """
+        _check_now(now_ns)
         cdef const unsigned char[::1] raw = _batch_bytes(batch, TRANSFER_DTYPE)
         cdef uint64_t count = raw.shape[0] // sizeof(tally_transfer_t)
         results = np.empty(count, dtype=np.uint32)
@@ -935,6 +937,13 @@ cdef uint64_t _touch(object array):
 cdef inline void *np_ptr(object array) except NULL:
     cdef unsigned char[::1] view = array.view(np.uint8).reshape(-1)
     return <void *> &view[0]
+
+
+cdef _check_now(uint64_t now_ns):
+    # Engine time is ns since the epoch; 2**63 ns is the year 2262. The bound keeps every
+    # timestamp and every pending expiry (timeout <= 2**32 s) far from u64 overflow.
+    if now_ns >= constants.NOW_NS_LIMIT:
+        raise ValueError(f"now_ns must be below {constants.NOW_NS_LIMIT}, got {now_ns}")
 
 
 cdef str _dtype_name(object dtype):

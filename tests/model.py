@@ -1,0 +1,361 @@
+"""A pure-Python reference model of the ledger, written from docs/data-model.md alone.
+
+Slow and plain on purpose: dicts and ints, one check after another in the documented order,
+a deep copy of the whole state to undo a failed linked chain. The property tests run random
+batches through this model and the compiled core and require identical results and state.
+It shares no code with the core (not even the result-code numbers).
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+
+U64 = (1 << 64) - 1
+U128 = (1 << 128) - 1
+NS_PER_S = 1_000_000_000
+CODE_BUCKETS = 16
+
+ACCOUNT_FIELDS = ("id", "debits_pending", "debits_posted", "credits_pending", "credits_posted", "user_data_128",
+                  "user_data_64", "user_data_32", "ledger", "code", "flags", "reserved", "timestamp")
+TRANSFER_FIELDS = ("id", "debit_account_id", "credit_account_id", "amount", "pending_id", "user_data_128",
+                   "user_data_64", "user_data_32", "timeout", "ledger", "code", "flags", "reserved", "timestamp")
+
+A_LINKED, A_DEBITS_LIMIT, A_CREDITS_LIMIT, A_CLOSED = 1, 2, 4, 8
+T_LINKED, T_PENDING, T_POST, T_VOID, T_BAL_DEBIT, T_BAL_CREDIT = 1, 2, 4, 8, 16, 32
+
+R = enum.IntEnum("R", [(name, code) for code, name in enumerate("""
+ok linked_event_failed linked_event_chain_open timestamp_must_be_zero reserved_field reserved_flag
+id_must_not_be_zero id_must_not_be_int_max flags_are_mutually_exclusive debits_pending_must_be_zero
+debits_posted_must_be_zero credits_pending_must_be_zero credits_posted_must_be_zero ledger_must_not_be_zero
+code_must_not_be_zero exists_with_different_flags exists_with_different_user_data_128
+exists_with_different_user_data_64 exists_with_different_user_data_32 exists_with_different_ledger
+exists_with_different_code exists accounts_limit_reached debit_account_id_must_not_be_zero
+debit_account_id_must_not_be_int_max credit_account_id_must_not_be_zero credit_account_id_must_not_be_int_max
+accounts_must_be_different pending_id_must_be_zero pending_id_must_not_be_zero pending_id_must_not_be_int_max
+pending_id_must_be_different timeout_reserved_for_pending_transfer amount_must_not_be_zero
+debit_account_not_found credit_account_not_found accounts_must_have_the_same_ledger
+transfer_must_have_the_same_ledger_as_accounts pending_transfer_not_found pending_transfer_not_pending
+pending_transfer_has_different_debit_account_id pending_transfer_has_different_credit_account_id
+pending_transfer_has_different_ledger pending_transfer_has_different_code exceeds_pending_transfer_amount
+pending_transfer_has_different_amount exists_with_different_debit_account_id
+exists_with_different_credit_account_id exists_with_different_amount exists_with_different_pending_id
+exists_with_different_timeout pending_transfer_already_posted pending_transfer_already_voided
+pending_transfer_expired debit_account_closed credit_account_closed overflows_debits_pending
+overflows_credits_pending overflows_debits_posted overflows_credits_posted overflows_debits overflows_credits
+overflows_timeout exceeds_credits exceeds_debits transfers_limit_reached
+""".split())])
+
+
+class ModelLedger:
+    def __init__(self, accounts_max: int, transfers_max: int):
+        self.accounts_max = accounts_max
+        self.transfers_max = transfers_max
+        self.accounts_by_id: dict[int, dict] = {}      # insertion order = creation order
+        self.transfers_by_id: dict[int, dict] = {}     # insertion order = timestamp order
+        self.state: dict[int, str] = {}                # pending transfer id -> pending/posted/voided/expired
+        self.activity: dict[int, dict] = {}            # account id -> features
+        self.last = 0
+
+    # -- batches
+
+    def _begin(self, now_ns, count):
+        base = max(now_ns, self.last + 1)
+        if count:
+            self.last = base + count - 1
+        for tid, state in self.state.items():
+            t = self.transfers_by_id[tid]
+            if state == "pending" and t["timeout"] and t["timestamp"] + t["timeout"] * NS_PER_S <= base:
+                self.state[tid] = "expired"
+                self.accounts_by_id[t["debit_account_id"]]["debits_pending"] -= t["amount"]
+                self.accounts_by_id[t["credit_account_id"]]["credits_pending"] -= t["amount"]
+        return base
+
+    def _run(self, events, now_ns, one, linked_flag):
+        events = [_fill(e, TRANSFER_FIELDS if one == self._transfer else ACCOUNT_FIELDS) for e in events]
+        base = self._begin(now_ns, len(events))
+        results = [None] * len(events)
+        i = 0
+        while i < len(events):
+            last = i
+            while last < len(events) - 1 and events[last]["flags"] & linked_flag:
+                last += 1
+            if last == i and not events[i]["flags"] & linked_flag:
+                results[i] = one(events[i], base + i)
+            else:
+                saved = copy.deepcopy((self.accounts_by_id, self.transfers_by_id, self.state, self.activity))
+                for k in range(i, last + 1):
+                    if k == len(events) - 1 and events[k]["flags"] & linked_flag:
+                        r = R.linked_event_chain_open
+                    else:
+                        r = one(events[k], base + k)
+                    results[k] = r
+                    if r != R.ok:
+                        self.accounts_by_id, self.transfers_by_id, self.state, self.activity = saved
+                        for j in range(i, last + 1):
+                            if j != k:
+                                results[j] = R.linked_event_failed
+                        break
+            i = last + 1
+        return [int(r) for r in results]
+
+    def create_accounts(self, events, now_ns):
+        return self._run(events, now_ns, self._account, A_LINKED)
+
+    def create_transfers(self, events, now_ns):
+        return self._run(events, now_ns, self._transfer, T_LINKED)
+
+    # -- one account
+
+    def _account(self, e, ts):
+        if e["timestamp"]:
+            return R.timestamp_must_be_zero
+        if e["reserved"]:
+            return R.reserved_field
+        if e["flags"] >= 16:
+            return R.reserved_flag
+        if e["id"] == 0:
+            return R.id_must_not_be_zero
+        if e["id"] == U128:
+            return R.id_must_not_be_int_max
+        if e["flags"] & A_DEBITS_LIMIT and e["flags"] & A_CREDITS_LIMIT:
+            return R.flags_are_mutually_exclusive
+        for name in ("debits_pending", "debits_posted", "credits_pending", "credits_posted"):
+            if e[name]:
+                return R[name + "_must_be_zero"]
+        if e["ledger"] == 0:
+            return R.ledger_must_not_be_zero
+        if e["code"] == 0:
+            return R.code_must_not_be_zero
+        a = self.accounts_by_id.get(e["id"])
+        if a is not None:
+            if a["flags"] & ~A_LINKED != e["flags"] & ~A_LINKED:
+                return R.exists_with_different_flags
+            for name in ("user_data_128", "user_data_64", "user_data_32", "ledger", "code"):
+                if a[name] != e[name]:
+                    return R["exists_with_different_" + name]
+            return R.exists
+        if len(self.accounts_by_id) >= self.accounts_max:
+            return R.accounts_limit_reached
+        self.accounts_by_id[e["id"]] = dict(e, timestamp=ts)
+        self.activity[e["id"]] = {"code_counts": [0] * CODE_BUCKETS, "first": 0, "last": 0}
+        return R.ok
+
+    # -- one transfer
+
+    def _transfer(self, e, ts):
+        f = e["flags"]
+        if e["timestamp"]:
+            return R.timestamp_must_be_zero
+        if e["reserved"]:
+            return R.reserved_field
+        if f >= 64:
+            return R.reserved_flag
+        if e["id"] == 0:
+            return R.id_must_not_be_zero
+        if e["id"] == U128:
+            return R.id_must_not_be_int_max
+        if bin(f & (T_PENDING | T_POST | T_VOID)).count("1") > 1 or (
+                f & (T_BAL_DEBIT | T_BAL_CREDIT) and f & (T_POST | T_VOID)):
+            return R.flags_are_mutually_exclusive
+        if f & (T_POST | T_VOID):
+            return self._post_or_void(e, ts)
+        if e["pending_id"]:
+            return R.pending_id_must_be_zero
+        if e["timeout"] and not f & T_PENDING:
+            return R.timeout_reserved_for_pending_transfer
+        for side in ("debit", "credit"):
+            if e[side + "_account_id"] == 0:
+                return R[side + "_account_id_must_not_be_zero"]
+            if e[side + "_account_id"] == U128:
+                return R[side + "_account_id_must_not_be_int_max"]
+        if e["debit_account_id"] == e["credit_account_id"]:
+            return R.accounts_must_be_different
+        if e["amount"] == 0:
+            return R.amount_must_not_be_zero
+        if e["ledger"] == 0:
+            return R.ledger_must_not_be_zero
+        if e["code"] == 0:
+            return R.code_must_not_be_zero
+        dr = self.accounts_by_id.get(e["debit_account_id"])
+        if dr is None:
+            return R.debit_account_not_found
+        cr = self.accounts_by_id.get(e["credit_account_id"])
+        if cr is None:
+            return R.credit_account_not_found
+        if dr["ledger"] != cr["ledger"]:
+            return R.accounts_must_have_the_same_ledger
+        if e["ledger"] != dr["ledger"]:
+            return R.transfer_must_have_the_same_ledger_as_accounts
+        x = self.transfers_by_id.get(e["id"])
+        if x is not None:
+            if x["flags"] & ~T_LINKED != f & ~T_LINKED:
+                return R.exists_with_different_flags
+            if x["debit_account_id"] != e["debit_account_id"]:
+                return R.exists_with_different_debit_account_id
+            if x["credit_account_id"] != e["credit_account_id"]:
+                return R.exists_with_different_credit_account_id
+            balancing = f & (T_BAL_DEBIT | T_BAL_CREDIT)
+            if (e["amount"] < x["amount"]) if balancing else (e["amount"] != x["amount"]):
+                return R.exists_with_different_amount
+            for name in ("user_data_128", "user_data_64", "user_data_32", "timeout", "ledger", "code"):
+                if x[name] != e[name]:
+                    return R["exists_with_different_" + name]
+            return R.exists
+        if dr["flags"] & A_CLOSED:
+            return R.debit_account_closed
+        if cr["flags"] & A_CLOSED:
+            return R.credit_account_closed
+        amount = e["amount"]
+        if f & T_BAL_DEBIT:
+            available = max(0, dr["credits_posted"] - dr["debits_pending"] - dr["debits_posted"])
+            if available == 0:
+                return R.exceeds_credits
+            amount = min(amount, available)
+        if f & T_BAL_CREDIT:
+            available = max(0, cr["debits_posted"] - cr["credits_pending"] - cr["credits_posted"])
+            if available == 0:
+                return R.exceeds_debits
+            amount = min(amount, available)
+        kind = "pending" if f & T_PENDING else "posted"
+        if dr["debits_" + kind] + amount > U64:
+            return R["overflows_debits_" + kind]
+        if cr["credits_" + kind] + amount > U64:
+            return R["overflows_credits_" + kind]
+        if dr["debits_pending"] + dr["debits_posted"] + amount > U64:
+            return R.overflows_debits
+        if cr["credits_pending"] + cr["credits_posted"] + amount > U64:
+            return R.overflows_credits
+        if e["timeout"] and ts + e["timeout"] * NS_PER_S > U64:
+            return R.overflows_timeout
+        if dr["flags"] & A_DEBITS_LIMIT and dr["debits_pending"] + dr["debits_posted"] + amount > dr["credits_posted"]:
+            return R.exceeds_credits
+        if cr["flags"] & A_CREDITS_LIMIT and cr["credits_pending"] + cr["credits_posted"] + amount > cr["debits_posted"]:
+            return R.exceeds_debits
+        if len(self.transfers_by_id) >= self.transfers_max:
+            return R.transfers_limit_reached
+        dr["debits_" + kind] += amount
+        cr["credits_" + kind] += amount
+        self.transfers_by_id[e["id"]] = dict(e, amount=amount, timestamp=ts)
+        if f & T_PENDING:
+            self.state[e["id"]] = "pending"
+            self._activity(dr["id"], cr["id"], ts, None)
+        else:
+            self._activity(dr["id"], cr["id"], ts, e["code"])
+        return R.ok
+
+    def _post_or_void(self, e, ts):
+        post = bool(e["flags"] & T_POST)
+        if e["pending_id"] == 0:
+            return R.pending_id_must_not_be_zero
+        if e["pending_id"] == U128:
+            return R.pending_id_must_not_be_int_max
+        if e["pending_id"] == e["id"]:
+            return R.pending_id_must_be_different
+        if e["timeout"]:
+            return R.timeout_reserved_for_pending_transfer
+        p = self.transfers_by_id.get(e["pending_id"])
+        if p is None:
+            return R.pending_transfer_not_found
+        if not p["flags"] & T_PENDING:
+            return R.pending_transfer_not_pending
+        for name in ("debit_account_id", "credit_account_id", "ledger", "code"):
+            if e[name] and e[name] != p[name]:
+                return R["pending_transfer_has_different_" + name]
+        if post and e["amount"] > p["amount"]:
+            return R.exceeds_pending_transfer_amount
+        if not post and e["amount"] and e["amount"] != p["amount"]:
+            return R.pending_transfer_has_different_amount
+        x = self.transfers_by_id.get(e["id"])
+        if x is not None:
+            if x["flags"] & ~T_LINKED != e["flags"] & ~T_LINKED:
+                return R.exists_with_different_flags
+            if x["pending_id"] != e["pending_id"]:
+                return R.exists_with_different_pending_id
+            for name in ("debit_account_id", "credit_account_id", "amount"):
+                if e[name] and e[name] != x[name]:
+                    return R["exists_with_different_" + name]
+            for name in ("user_data_128", "user_data_64", "user_data_32", "timeout"):
+                if x[name] != e[name]:
+                    return R["exists_with_different_" + name]
+            for name in ("ledger", "code"):
+                if e[name] and x[name] != e[name]:
+                    return R["exists_with_different_" + name]
+            return R.exists
+        state = self.state[p["id"]]
+        if state == "posted":
+            return R.pending_transfer_already_posted
+        if state == "voided":
+            return R.pending_transfer_already_voided
+        if state == "expired" or (p["timeout"] and p["timestamp"] + p["timeout"] * NS_PER_S <= ts):
+            return R.pending_transfer_expired
+        dr = self.accounts_by_id[p["debit_account_id"]]
+        cr = self.accounts_by_id[p["credit_account_id"]]
+        amount = (e["amount"] or p["amount"]) if post else p["amount"]
+        if post and dr["debits_posted"] + amount > U64:
+            return R.overflows_debits_posted
+        if post and cr["credits_posted"] + amount > U64:
+            return R.overflows_credits_posted
+        if len(self.transfers_by_id) >= self.transfers_max:
+            return R.transfers_limit_reached
+        dr["debits_pending"] -= p["amount"]
+        cr["credits_pending"] -= p["amount"]
+        if post:
+            dr["debits_posted"] += amount
+            cr["credits_posted"] += amount
+        self.state[p["id"]] = "posted" if post else "voided"
+        self.transfers_by_id[e["id"]] = dict(e, debit_account_id=p["debit_account_id"],
+                                             credit_account_id=p["credit_account_id"], ledger=p["ledger"],
+                                             code=p["code"], amount=amount, timestamp=ts)
+        self._activity(dr["id"], cr["id"], ts, p["code"] if post else None)
+        return R.ok
+
+    def _activity(self, debit_id, credit_id, ts, settled_code):
+        for account_id in (debit_id, credit_id):
+            f = self.activity[account_id]
+            if settled_code is not None:
+                f["code_counts"][min(settled_code, CODE_BUCKETS - 1)] += 1
+            if f["first"] == 0:
+                f["first"] = ts
+            f["last"] = ts
+
+    # -- reads
+
+    def lookup_accounts(self, ids):
+        return [dict(self.accounts_by_id[i]) for i in ids if i in self.accounts_by_id]
+
+    def lookup_transfers(self, ids):
+        return [dict(self.transfers_by_id[i]) for i in ids if i in self.transfers_by_id]
+
+    def get_account_transfers(self, account_id, timestamp_min=0, timestamp_max=0, limit=8190, debits=True,
+                              credits=True, reverse=False):
+        hi = timestamp_max or U64
+        found = [dict(t) for t in self.transfers_by_id.values()
+                 if ((debits and t["debit_account_id"] == account_id) or (credits and t["credit_account_id"] == account_id))
+                 and timestamp_min <= t["timestamp"] <= hi]
+        found.sort(key=lambda t: t["timestamp"], reverse=reverse)
+        return found[:limit]
+
+    def accounts(self):
+        return [dict(a) for a in self.accounts_by_id.values()]
+
+    def features(self):
+        """The activity features, each list indexed by account creation order (as ``core``'s arrays)."""
+        return self.features_by_index()
+
+    def features_by_index(self):
+        ids = list(self.accounts_by_id)
+        return {
+            "spend_minor": [self.accounts_by_id[i]["debits_posted"] for i in ids],
+            "receive_minor": [self.accounts_by_id[i]["credits_posted"] for i in ids],
+            "code_counts": [list(self.activity[i]["code_counts"]) for i in ids],
+            "first_activity_ts": [self.activity[i]["first"] for i in ids],
+            "last_activity_ts": [self.activity[i]["last"] for i in ids],
+        }
+
+
+def _fill(event, fields):
+    unknown = set(event) - set(fields)
+    if unknown:
+        raise KeyError(f"unknown fields {unknown}")
+    return {name: int(event.get(name, 0)) for name in fields}
