@@ -115,3 +115,4 @@ cdef class Ledger:
     cdef void expiry_push(self, uint64_t expires_at, uint32_t transfer_index) noexcept nogil
     cdef void expiry_pop(self) noexcept nogil
     cdef _enter(self)
+    cdef object _apply(self, bint transfers, object batch, uint64_t now_ns)

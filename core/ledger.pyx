@@ -182,21 +182,7 @@ cdef class Ledger:
         ``batch`` is an ACCOUNT_DTYPE array (or a buffer of 128-byte records) of at most
         ``BATCH_EVENTS_MAX`` events. The results are a uint32 array of ``core.Result`` codes.
         """
-        _check_now(now_ns)
-        cdef const unsigned char[::1] raw = _batch_bytes(batch, ACCOUNT_DTYPE)
-        cdef uint64_t count = raw.shape[0] // sizeof(tally_account_t)
-        results = np.empty(count, dtype=np.uint32)
-        cdef uint32_t[::1] out = results
-        cdef const unsigned char *events = &raw[0] if count else NULL
-        self._enter()
-        try:
-            with nogil:
-                base = self.begin_batch(now_ns, count)
-                if count:
-                    self.apply_accounts(<tally_account_t *> events, count, base, &out[0])
-        finally:
-            self.busy = False
-        return results
+        return self._apply(False, batch, now_ns)
 
     def create_transfers(self, batch, uint64_t now_ns):
         """Create a batch of transfers at engine time ``now_ns``; returns one Result per event.
@@ -204,9 +190,13 @@ cdef class Ledger:
         ``batch`` is a TRANSFER_DTYPE array (or a buffer of 128-byte records) of at most
         ``BATCH_EVENTS_MAX`` events. The results are a uint32 array of ``core.Result`` codes.
         """
+        return self._apply(True, batch, now_ns)
+
+    cdef object _apply(self, bint transfers, object batch, uint64_t now_ns):
+        # Every check of the input happens here, before the state is touched.
         _check_now(now_ns)
-        cdef const unsigned char[::1] raw = _batch_bytes(batch, TRANSFER_DTYPE)
-        cdef uint64_t count = raw.shape[0] // sizeof(tally_transfer_t)
+        cdef const unsigned char[::1] raw = _batch_bytes(batch, TRANSFER_DTYPE if transfers else ACCOUNT_DTYPE)
+        cdef uint64_t count = raw.shape[0] // 128
         results = np.empty(count, dtype=np.uint32)
         cdef uint32_t[::1] out = results
         cdef const unsigned char *events = &raw[0] if count else NULL
@@ -214,10 +204,12 @@ cdef class Ledger:
         try:
             with nogil:
                 base = self.begin_batch(now_ns, count)
-                if count:
+                if count and transfers:
                     self.apply_transfers(<tally_transfer_t *> events, count, base, &out[0])
                     self.schedule_expiries()
                     tally_store_fence()
+                elif count:
+                    self.apply_accounts(<tally_account_t *> events, count, base, &out[0])
         finally:
             self.busy = False
         return results

@@ -127,7 +127,7 @@ cdef enum:
     TRANSFER_RESERVED_SIZE = 8
 
 
-ctypedef enum account_flag_t:
+cpdef enum account_flag_t:
     ACCOUNT_LINKED = 1 << 0
     ACCOUNT_DEBITS_MUST_NOT_EXCEED_CREDITS = 1 << 1
     ACCOUNT_CREDITS_MUST_NOT_EXCEED_DEBITS = 1 << 2
@@ -135,7 +135,7 @@ ctypedef enum account_flag_t:
     ACCOUNT_FLAGS_KNOWN = (1 << 4) - 1
 
 
-ctypedef enum transfer_flag_t:
+cpdef enum transfer_flag_t:
     TRANSFER_LINKED = 1 << 0
     TRANSFER_PENDING = 1 << 1
     TRANSFER_POST_PENDING = 1 << 2

@@ -12,7 +12,7 @@ import numpy as np
 
 from core.records cimport (
     tally_account_t, tally_transfer_t, ACCOUNT_SIZE, TRANSFER_SIZE, ACCOUNT_RESERVED_SIZE,
-    TRANSFER_RESERVED_SIZE, result_t,
+    TRANSFER_RESERVED_SIZE, result_t, account_flag_t, transfer_flag_t,
 )
 
 _U64 = "<u8"
@@ -102,24 +102,19 @@ Result.__doc__ = "Result code of one event; the order of checks is documented in
 Result.__module__ = "core"
 
 
-class AccountFlags(enum.IntFlag):
-    """Account flags (u16)."""
-    none = 0
-    linked = 1 << 0
-    debits_must_not_exceed_credits = 1 << 1
-    credits_must_not_exceed_debits = 1 << 2
-    closed = 1 << 3
+def _flags(name, c_enum, prefix, doc):
+    # The C enums (cpdef, records.pxd) are the source; Python gets IntFlags with friendly names.
+    members = {"none": 0}
+    members.update({member.name[len(prefix):].lower(): int(member) for member in c_enum
+                    if not member.name.endswith("_KNOWN")})
+    flags = enum.IntFlag(name, members)
+    flags.__doc__ = doc
+    flags.__module__ = "core"
+    return flags
 
 
-class TransferFlags(enum.IntFlag):
-    """Transfer flags (u16)."""
-    none = 0
-    linked = 1 << 0
-    pending = 1 << 1
-    post_pending = 1 << 2
-    void_pending = 1 << 3
-    balancing_debit = 1 << 4
-    balancing_credit = 1 << 5
+AccountFlags = _flags("AccountFlags", account_flag_t, "ACCOUNT_", "Account flags (u16), docs/data-model.md.")
+TransferFlags = _flags("TransferFlags", transfer_flag_t, "TRANSFER_", "Transfer flags (u16), docs/data-model.md.")
 
 
 class AccountCode(enum.IntEnum):

@@ -86,3 +86,11 @@ def test_hot_path_functions_are_declared_nogil():
                  "create_account", "rollback", "expire_pending", "schedule_expiries", "expiry_push"):
         declaration = re.search(rf"cdef \w+ {name}\(self[^)]*\) noexcept nogil", pxd)
         assert declaration, f"{name} must be declared noexcept nogil"
+
+
+@pytest.mark.parametrize("heading,flags", [("Account flags (`core.AccountFlags`)", core.AccountFlags),
+                                           ("Transfer flags (`core.TransferFlags`)", core.TransferFlags)])
+def test_flags_match_the_documented_tables(heading, flags):
+    section = DOC.split(heading, 1)[1].split("\n\n", 2)[1]
+    documented = {name: 1 << int(bit) for bit, name in re.findall(r"^\| (\d+) \| `([a-z_]+)` \|", section, re.M)}
+    assert documented == {member.name: member.value for member in flags if member.value}
