@@ -448,6 +448,10 @@ cdef class Ledger:
                 results[i] = self.create_account(&events[i], base_ts + i)
             else:
                 account_count = self.account_count
+                # Account chains save nothing to undo (new accounts are simply dropped), but the
+                # undo logs may still hold a previous batch's entries: start them empty.
+                self.account_undo_count = 0
+                self.state_undo_count = 0
                 for k in range(i, last + 1):
                     if k == count - 1 and events[k].flags & ACCOUNT_LINKED:
                         r = R_LINKED_EVENT_CHAIN_OPEN

@@ -329,6 +329,8 @@ class ModelLedger:
 
     def get_account_transfers(self, account_id, timestamp_min=0, timestamp_max=0, limit=8190, debits=True,
                               credits=True, reverse=False):
+        if not 0 <= limit <= 8190:
+            raise ValueError("limit must be <= 8190")
         hi = timestamp_max or U64
         found = [dict(t) for t in self.transfers_by_id.values()
                  if ((debits and t["debit_account_id"] == account_id) or (credits and t["credit_account_id"] == account_id))

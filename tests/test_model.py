@@ -847,6 +847,12 @@ def test_account_history_orders_and_filters(history):
     assert m.get_account_transfers(MERCHANT)[0] == history.get(1)
 
 
+def test_account_history_limit_is_at_most_8190(history):
+    assert len(history.m.get_account_transfers(MERCHANT, limit=8190)) == 10
+    with pytest.raises(ValueError):
+        history.m.get_account_transfers(MERCHANT, limit=8191)
+
+
 def test_account_history_timestamp_bounds_are_inclusive(history):
     m = history.m
     ts = {t["id"]: t["timestamp"] for t in m.get_account_transfers(MERCHANT)}
@@ -962,3 +968,103 @@ def test_mixed_scenario_conserves_money(book):
     assert_conserved(book)
     assert book.balances(WALLET) == (0, 400, 0, 510)     # 60 posted + 340 clamped; the pending 100 expired
     assert book.get(6)["amount"] == 340
+
+
+# -- properties of the model alone (random batches; the comparison with the core is in test_properties.py)
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+PROPERTY_ACCOUNTS = [acct(1, code=3), acct(2, code=3), acct(3, flags=DEBITS_LIMIT), acct(4, flags=DEBITS_LIMIT),
+                     acct(5, ledger=USD, flags=CREDITS_LIMIT), acct(6, ledger=USD), acct(7, flags=CLOSED)]
+POOL = list(range(1, 13))
+
+GROUPS = {CNY: [1, 2, 3, 4, 7], USD: [5, 6]}
+
+
+def _rarely(usual, unusual):
+    """``usual`` values, and ``unusual`` ones in about one draw of ten."""
+    return st.integers(0, 9).flatmap(lambda roll: unusual if roll == 0 else usual)
+
+
+@st.composite
+def random_transfer(draw):
+    """Mostly well-formed transfers between accounts of one ledger, with a fault now and then.
+    Pending transfers take ids 1..6, the others 7..12; resolutions refer to 1..6."""
+    ledger = draw(st.sampled_from([CNY, CNY, USD]))
+    accounts = _rarely(st.sampled_from(GROUPS[ledger]), st.integers(0, 8))
+    flags = draw(_rarely(st.sampled_from([0, 0, 0, T_LINKED, PENDING, PENDING, T_LINKED | PENDING, POST, POST,
+                                          VOID, T_LINKED | POST, BAL_DEBIT, BAL_CREDIT, BAL_DEBIT | PENDING]),
+                         st.sampled_from([PENDING | POST, BAL_CREDIT | VOID, 1 << 7, 1 << 15])))
+    e = {"id": draw(_rarely(st.sampled_from(POOL[:6] if flags & PENDING else POOL[6:]), st.sampled_from(POOL))),
+         "flags": flags, "debit_account_id": draw(accounts), "credit_account_id": draw(accounts),
+         "amount": draw(_rarely(st.integers(1, 300), st.sampled_from([0, U64, U64 - 1, 1 << 63]))),
+         "ledger": draw(_rarely(st.just(ledger), st.sampled_from([0, CNY, USD]))),
+         "code": draw(_rarely(st.sampled_from([1, 2, 3]), st.sampled_from([0, 15, 0xFFFF])))}
+    if flags & PENDING:
+        e["timeout"] = draw(st.sampled_from([0, 0, 1, 2]))
+    if flags & (POST | VOID):
+        e["pending_id"] = draw(_rarely(st.sampled_from(POOL[:6]), st.sampled_from([0, U128] + POOL)))
+        if draw(st.booleans()):
+            e.update(debit_account_id=0, credit_account_id=0, ledger=0, code=0, amount=e["amount"] % 80)
+    return e
+
+
+random_batches = st.lists(st.tuples(st.sampled_from([0, 1, NS, 3 * NS, -NS]),
+                                    st.lists(random_transfer(), max_size=8)), min_size=1, max_size=10)
+
+
+def _replay_balances(m):
+    """Balances recomputed from the stored transfers and the pending states alone."""
+    sums = {a["id"]: dict(debits_pending=0, debits_posted=0, credits_pending=0, credits_posted=0)
+            for a in m.accounts()}
+    for t in m.lookup_transfers(list(m.transfers_by_id)):
+        if t["flags"] & PENDING:
+            if m.state[t["id"]] == "pending":
+                sums[t["debit_account_id"]]["debits_pending"] += t["amount"]
+                sums[t["credit_account_id"]]["credits_pending"] += t["amount"]
+        elif not t["flags"] & VOID:
+            sums[t["debit_account_id"]]["debits_posted"] += t["amount"]
+            sums[t["credit_account_id"]]["credits_posted"] += t["amount"]
+    return sums
+
+
+def _check_model_invariants(m):
+    by_ledger = {}
+    for a in m.accounts():
+        s = by_ledger.setdefault(a["ledger"], [0, 0, 0, 0])
+        for k, name in enumerate(("debits_pending", "credits_pending", "debits_posted", "credits_posted")):
+            s[k] += a[name]
+            assert 0 <= a[name] <= U64
+        if a["flags"] & DEBITS_LIMIT:
+            assert a["debits_pending"] + a["debits_posted"] <= a["credits_posted"]
+        if a["flags"] & CREDITS_LIMIT:
+            assert a["credits_pending"] + a["credits_posted"] <= a["debits_posted"]
+    for dp, cp, dpo, cpo in by_ledger.values():
+        assert dp == cp and dpo == cpo
+    replayed = _replay_balances(m)
+    for a in m.accounts():
+        assert {k: a[k] for k in replayed[a["id"]]} == replayed[a["id"]]
+    f = m.features()
+    assert f["spend_minor"] == [a["debits_posted"] for a in m.accounts()]
+    assert f["receive_minor"] == [a["credits_posted"] for a in m.accounts()]
+    stamps = [a["timestamp"] for a in m.accounts()] + [t["timestamp"] for t in m.transfers_by_id.values()]
+    assert len(set(stamps)) == len(stamps) and max(stamps) <= m.last
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(random_batches)
+def test_model_conserves_money_keeps_limits_and_ignores_retries(batches):
+    m = ModelLedger(10, 10)
+    now = T0
+    assert m.create_accounts(PROPERTY_ACCOUNTS, now) == [0] * len(PROPERTY_ACCOUNTS)
+    m.create_transfers([xfer(100, 1, 3, 500), xfer(101, 2, 4, 500), xfer(102, 6, 5, 500, ledger=USD)], now)
+    for step, events in batches:
+        now += step
+        first = m.create_transfers(events, now)
+        _check_model_invariants(m)
+        acknowledged = [e for e, r in zip(events, first) if r == R.ok]
+        m.create_transfers([], now)                  # let due expiries happen, then measure the retry alone
+        state = (m.accounts(), m.lookup_transfers(POOL), m.features())
+        retry = m.create_transfers(acknowledged, now)
+        assert R.ok not in retry
+        assert (m.accounts(), m.lookup_transfers(POOL), m.features()) == state
