@@ -51,6 +51,8 @@ cdef inline const idmap_slot_t *idmap_home(const idmap_t *m, uint64_t lo, uint64
 cdef inline uint32_t idmap_get(const idmap_t *m, uint64_t lo, uint64_t hi) noexcept nogil:
     cdef uint64_t s = idmap_slot(m, lo, hi)
     cdef const idmap_slot_t *slot
+    if lo == 0 and hi == 0:
+        return IDMAP_NOT_FOUND  # id 0 is reserved: it would match an empty slot
     while True:
         slot = &m.slots[s]
         if slot.lo == lo and slot.hi == hi:

@@ -204,3 +204,13 @@ def test_a_failed_account_chain_does_not_undo_an_earlier_transfer_batch(both):
     assert both.transfers([pay(10, 1, 3, 1, flags=1), pay(11, 1, 3, 1, flags=2)]) == [R.ok, R.ok]
     assert both.accounts([{"id": 0, "ledger": 0, "code": 0, "flags": 1}]) == [R.linked_event_chain_open]
     assert both.balance(1) == (1, 1, 0, 0)
+
+
+def test_reserved_ids_are_never_found(both):
+    both.transfers([pay(10, 1, 3, 5)])
+    for reserved in (0, (1 << 128) - 1):
+        assert len(both.core.lookup_accounts([reserved])) == 0
+        assert len(both.core.lookup_transfers([reserved])) == 0
+        assert len(both.core.get_account_transfers(reserved)) == 0
+    empty = core.Ledger(accounts_max=4, transfers_max=4)
+    assert len(empty.lookup_accounts([0])) == 0 and len(empty.lookup_transfers([0])) == 0

@@ -1051,7 +1051,7 @@ def _check_model_invariants(m):
     assert len(set(stamps)) == len(stamps) and max(stamps) <= m.last
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(random_batches)
 def test_model_conserves_money_keeps_limits_and_ignores_retries(batches):
     m = ModelLedger(10, 10)

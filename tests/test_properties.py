@@ -23,6 +23,7 @@ LEDGERS = [156, 840]
 ACCOUNTS_MAX = 7          # one less than the ids: accounts_limit_reached happens
 TRANSFERS_MAX = 23        # fewer than the setup plus the id pool: transfers_limit_reached happens
 START_NS = 1_700_000_000 * 10**9
+LOOKUP_IDS = TRANSFER_IDS + [0, U128, 99]  # reserved and unknown ids are never found
 
 SETUP_ACCOUNTS = [
     {"id": 1, "ledger": 156, "code": 3},                  # funding cards: may go negative
@@ -137,12 +138,13 @@ def _apply(core_ledger, model, kind, now_ns, events):
 
 def _assert_same_state(core_ledger, model):
     assert core.to_dicts(core_ledger.accounts()) == model.accounts()
-    assert core.to_dicts(core_ledger.lookup_transfers(TRANSFER_IDS)) == model.lookup_transfers(TRANSFER_IDS)
+    assert core.to_dicts(core_ledger.lookup_transfers(LOOKUP_IDS)) == model.lookup_transfers(LOOKUP_IDS)
+    assert core.to_dicts(core_ledger.lookup_accounts(LOOKUP_IDS)) == model.lookup_accounts(LOOKUP_IDS)
     features = core_ledger.features()
     expected = model.features_by_index()
     for key in expected:
         assert features[key].tolist() == expected[key], key
-    for account_id in ACCOUNT_IDS:
+    for account_id in ACCOUNT_IDS + [0, U128]:
         for reverse in (False, True):
             got = core.to_dicts(core_ledger.get_account_transfers(account_id, reverse=reverse))
             assert got == model.get_account_transfers(account_id, reverse=reverse)
