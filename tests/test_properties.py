@@ -122,18 +122,24 @@ batches = st.lists(st.tuples(time_steps_ns, steps_kinds).map(lambda t: (t[1][0],
     lambda steps: [("accounts", 0, SETUP_ACCOUNTS), ("transfers", 0, SETUP_TRANSFERS)] + steps)
 
 
-def _normalize(step_kind, events):
-    return events
+def _timed(steps):
+    """The steps with their engine time: (kind, now_ns, events)."""
+    now = START_NS
+    for kind, step_ns, events in steps:
+        now += step_ns
+        yield kind, now, events
+
+
+def _submit(ledger, kind, events, now_ns):
+    """Apply one batch of event dicts to a core ledger; returns the result codes as a list."""
+    if kind == "accounts":
+        return ledger.create_accounts(core.accounts_from_dicts(events), now_ns).tolist()
+    return ledger.create_transfers(core.transfers_from_dicts(events), now_ns).tolist()
 
 
 def _apply(core_ledger, model, kind, now_ns, events):
-    if kind == "accounts":
-        got = core_ledger.create_accounts(core.accounts_from_dicts(events), now_ns).tolist()
-        want = model.create_accounts(events, now_ns)
-    else:
-        got = core_ledger.create_transfers(core.transfers_from_dicts(events), now_ns).tolist()
-        want = model.create_transfers(events, now_ns)
-    return got, want
+    want = model.create_accounts(events, now_ns) if kind == "accounts" else model.create_transfers(events, now_ns)
+    return _submit(core_ledger, kind, events, now_ns), want
 
 
 def _assert_same_state(core_ledger, model):
@@ -155,10 +161,7 @@ def _assert_same_state(core_ledger, model):
 def _run_against_model(steps):
     core_ledger = core.Ledger(accounts_max=ACCOUNTS_MAX, transfers_max=TRANSFERS_MAX)
     model = ModelLedger(ACCOUNTS_MAX, TRANSFERS_MAX)
-    now = START_NS
-    for kind, step_ns, events in steps:
-        now += step_ns
-        events = _normalize(kind, events)
+    for kind, now, events in _timed(steps):
         got, want = _apply(core_ledger, model, kind, now, events)
         assert got == want, (kind, events)
         assert core_ledger.last_timestamp == model.last
@@ -196,14 +199,8 @@ def _check_invariants(ledger):
 @given(batches)
 def test_money_is_conserved_and_limits_hold(steps):
     ledger = core.Ledger(accounts_max=ACCOUNTS_MAX, transfers_max=TRANSFERS_MAX)
-    now = START_NS
-    for kind, step_ns, events in steps:
-        now += step_ns
-        events = _normalize(kind, events)
-        if kind == "accounts":
-            ledger.create_accounts(core.accounts_from_dicts(events), now)
-        else:
-            ledger.create_transfers(core.transfers_from_dicts(events), now)
+    for kind, now, events in _timed(steps):
+        _submit(ledger, kind, events, now)
         _check_invariants(ledger)
 
 
@@ -211,13 +208,8 @@ def test_money_is_conserved_and_limits_hold(steps):
 @given(batches)
 def test_a_retried_request_changes_nothing(steps):
     ledger = core.Ledger(accounts_max=ACCOUNTS_MAX, transfers_max=TRANSFERS_MAX)
-    now = START_NS
-    for kind, step_ns, events in steps:
-        now += step_ns
-        events = _normalize(kind, events)
-        build = core.accounts_from_dicts if kind == "accounts" else core.transfers_from_dicts
-        apply = ledger.create_accounts if kind == "accounts" else ledger.create_transfers
-        first = apply(build(events), now).tolist()
+    for kind, now, events in _timed(steps):
+        first = _submit(ledger, kind, events, now)
         acknowledged = [e for e, r in zip(events, first) if r == core.Result.ok]
         if not acknowledged:
             continue
@@ -226,7 +218,7 @@ def test_a_retried_request_changes_nothing(steps):
         accounts = ledger.accounts()
         transfers = ledger.lookup_transfers(TRANSFER_IDS)
         features = ledger.features()
-        retry = apply(build(acknowledged), now).tolist()
+        retry = _submit(ledger, kind, acknowledged, now)
         assert core.Result.ok not in retry
         assert np.array_equal(ledger.accounts(), accounts)
         assert np.array_equal(ledger.lookup_transfers(TRANSFER_IDS), transfers)

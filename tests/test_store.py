@@ -137,35 +137,31 @@ def test_incremental_checkpoints_across_chunk_boundaries(data_dir, monkeypatch):
         _assert_same(after, _state(store.ledger))
 
 
-def test_a_damaged_log_entry_is_reported_not_misread(data_dir):
+def _damage(data_dir, database, key, offset, mask):
+    """Flip bits of one stored value behind the store's back (the store must be closed)."""
     import lmdb
 
-    with core.open(data_dir, accounts_max=100, transfers_max=10_000, checkpoint_interval_batches=1000) as store:
-        _fill(store, 3)
     env = lmdb.open(data_dir, max_dbs=4)
-    log = env.open_db(b"log")
-    with env.begin(write=True, db=log) as txn:
-        key = (4).to_bytes(8, "big")
+    db = env.open_db(database)
+    with env.begin(write=True, db=db) as txn:
         value = bytearray(txn.get(key))
-        value[40:48] = b"\xff" * 8  # inside the packed body: no longer a canonical packing
+        value[offset] ^= mask
         txn.put(key, bytes(value))
     env.close()
-    with pytest.raises(core.StoreError, match="log entry 4"):
+
+
+def test_a_damaged_log_entry_is_reported_not_misread(data_dir):
+    with core.open(data_dir, accounts_max=100, transfers_max=10_000, checkpoint_interval_batches=1000) as store:
+        _fill(store, 3)
+    # Inside the packed body, a flip that still unpacks: only the checksum can tell.
+    _damage(data_dir, b"log", (4).to_bytes(8, "big"), 48, 0x01)  # lowest byte of the first transfer id
+    with pytest.raises(core.StoreError, match="log entry 4: checksum mismatch"):
         core.open(data_dir)
 
 
 def test_a_damaged_checkpoint_is_reported(data_dir):
-    import lmdb
-
     with core.open(data_dir, accounts_max=100, transfers_max=10_000, checkpoint_interval_batches=2) as store:
         _fill(store, 3)
-    env = lmdb.open(data_dir, max_dbs=4)
-    checkpoint = env.open_db(b"checkpoint")
-    with env.begin(write=True, db=checkpoint) as txn:
-        key = b"hot/" + (0).to_bytes(4, "big")
-        value = bytearray(txn.get(key))
-        value[100] ^= 1  # one bit of one balance
-        txn.put(key, bytes(value))
-    env.close()
+    _damage(data_dir, b"checkpoint", b"hot/" + (0).to_bytes(4, "big"), 100, 0x01)  # one balance bit
     with pytest.raises(core.StoreError, match="chunk 0 of hot is damaged"):
         core.open(data_dir)
