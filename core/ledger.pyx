@@ -30,7 +30,7 @@ from core.idmap cimport (
     IdMap, idmap_t, IDMAP_NOT_FOUND, idmap_get, idmap_home, idmap_put, idmap_remove,
 )
 from core.records cimport (
-    tally_account_t, tally_transfer_t, result_t, TALLY_LIKELY, TALLY_UNLIKELY, TALLY_PREFETCH, tally_touch_pages,
+    tally_account_t, tally_transfer_t, result_t, TALLY_UNLIKELY, TALLY_PREFETCH, tally_touch_pages,
     tally_stream_store, tally_store_fence,
     ACCOUNT_LINKED, ACCOUNT_DEBITS_MUST_NOT_EXCEED_CREDITS, ACCOUNT_CREDITS_MUST_NOT_EXCEED_DEBITS,
     ACCOUNT_CLOSED, ACCOUNT_FLAGS_KNOWN, ACCOUNT_RESERVED_SIZE,
@@ -127,6 +127,10 @@ cdef object _aligned(dict arrays, str name, object dtype, uint64_t count, uint64
     array = raw[skip:skip + max(count, 1) * dtype.itemsize].view(dtype)
     arrays[name] = array
     return array
+
+
+if CODE_BUCKETS != constants.FEATURE_CODE_BUCKETS:
+    raise ImportError("ledger.pxd CODE_BUCKETS and constants.FEATURE_CODE_BUCKETS disagree")
 
 
 #: NumPy mirror of account_hot_t (ledger.pxd), for snapshots and feature views.

@@ -203,9 +203,9 @@ class Store:
         """
         self._check_usable()
         if operation == OPERATION_CREATE_ACCOUNTS:
-            apply, dtype = self.ledger.create_accounts, ACCOUNT_DTYPE
+            apply = self.ledger.create_accounts
         elif operation == OPERATION_CREATE_TRANSFERS:
-            apply, dtype = self.ledger.create_transfers, TRANSFER_DTYPE
+            apply = self.ledger.create_transfers
         else:
             raise ValueError(f"unknown operation {operation}")
         if now_ns is None:
@@ -216,7 +216,7 @@ class Store:
         except BaseException:
             self._in_flight.release()
             raise
-        records = _raw(batch, dtype)
+        records = _raw(batch)
         count = records.shape[0] // constants.RECORD_SIZE_BYTES
         self._applied_sequence += 1
         # A ring of entry buffers: the one reused now belongs to a batch already committed,
@@ -459,7 +459,8 @@ def _decode_entry(sequence: int, value):
     return sequence, operation, now_ns, last_timestamp, body
 
 
-def _raw(batch, dtype) -> memoryview:
+def _raw(batch) -> memoryview:
+    """The batch's bytes (already validated by the ledger)."""
     if isinstance(batch, np.ndarray):
         return memoryview(np.ascontiguousarray(batch).view(np.uint8).reshape(-1))
     return memoryview(batch).cast("B")
