@@ -94,3 +94,14 @@ def test_flags_match_the_documented_tables(heading, flags):
     section = DOC.split(heading, 1)[1].split("\n\n", 2)[1]
     documented = {name: 1 << int(bit) for bit, name in re.findall(r"^\| (\d+) \| `([a-z_]+)` \|", section, re.M)}
     assert documented == {member.name: member.value for member in flags if member.value}
+
+
+def test_type_stubs_list_the_runtime_enum_members():
+    stub = (pathlib.Path(core.records.__file__).parent / "records.pyi").read_text()
+    for enum_type in (core.Result, core.AccountFlags, core.TransferFlags, core.AccountCode, core.TransferCode,
+                      core.Currency):
+        section = stub.split(f"class {enum_type.__name__}(", 1)[1].split("\n\n", 1)[0]
+        stubbed = dict(re.findall(r"^    (\w+) = (\d+)$", section, re.M))
+        stubbed.pop("none", None)  # IntFlag's zero value, not iterated at run time
+        assert {name: int(value) for name, value in stubbed.items()} == {
+            member.name: member.value for member in enum_type}

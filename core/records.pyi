@@ -1,0 +1,135 @@
+"""Type stubs for the compiled record definitions (core/records.pyx)."""
+
+import enum
+from typing import Any, Iterable
+
+import numpy as np
+import numpy.typing as npt
+
+ACCOUNT_DTYPE: np.dtype
+TRANSFER_DTYPE: np.dtype
+ID_DTYPE: np.dtype
+U64_MAX: int
+U128_MAX: int
+
+class Result(enum.IntEnum):
+    ok = 0
+    linked_event_failed = 1
+    linked_event_chain_open = 2
+    timestamp_must_be_zero = 3
+    reserved_field = 4
+    reserved_flag = 5
+    id_must_not_be_zero = 6
+    id_must_not_be_int_max = 7
+    flags_are_mutually_exclusive = 8
+    debits_pending_must_be_zero = 9
+    debits_posted_must_be_zero = 10
+    credits_pending_must_be_zero = 11
+    credits_posted_must_be_zero = 12
+    ledger_must_not_be_zero = 13
+    code_must_not_be_zero = 14
+    exists_with_different_flags = 15
+    exists_with_different_user_data_128 = 16
+    exists_with_different_user_data_64 = 17
+    exists_with_different_user_data_32 = 18
+    exists_with_different_ledger = 19
+    exists_with_different_code = 20
+    exists = 21
+    accounts_limit_reached = 22
+    debit_account_id_must_not_be_zero = 23
+    debit_account_id_must_not_be_int_max = 24
+    credit_account_id_must_not_be_zero = 25
+    credit_account_id_must_not_be_int_max = 26
+    accounts_must_be_different = 27
+    pending_id_must_be_zero = 28
+    pending_id_must_not_be_zero = 29
+    pending_id_must_not_be_int_max = 30
+    pending_id_must_be_different = 31
+    timeout_reserved_for_pending_transfer = 32
+    amount_must_not_be_zero = 33
+    debit_account_not_found = 34
+    credit_account_not_found = 35
+    accounts_must_have_the_same_ledger = 36
+    transfer_must_have_the_same_ledger_as_accounts = 37
+    pending_transfer_not_found = 38
+    pending_transfer_not_pending = 39
+    pending_transfer_has_different_debit_account_id = 40
+    pending_transfer_has_different_credit_account_id = 41
+    pending_transfer_has_different_ledger = 42
+    pending_transfer_has_different_code = 43
+    exceeds_pending_transfer_amount = 44
+    pending_transfer_has_different_amount = 45
+    exists_with_different_debit_account_id = 46
+    exists_with_different_credit_account_id = 47
+    exists_with_different_amount = 48
+    exists_with_different_pending_id = 49
+    exists_with_different_timeout = 50
+    pending_transfer_already_posted = 51
+    pending_transfer_already_voided = 52
+    pending_transfer_expired = 53
+    debit_account_closed = 54
+    credit_account_closed = 55
+    overflows_debits_pending = 56
+    overflows_credits_pending = 57
+    overflows_debits_posted = 58
+    overflows_credits_posted = 59
+    overflows_debits = 60
+    overflows_credits = 61
+    overflows_timeout = 62
+    exceeds_credits = 63
+    exceeds_debits = 64
+    transfers_limit_reached = 65
+
+class AccountFlags(enum.IntFlag):
+    none = 0
+    linked = 1
+    debits_must_not_exceed_credits = 2
+    credits_must_not_exceed_debits = 4
+    closed = 8
+
+class TransferFlags(enum.IntFlag):
+    none = 0
+    linked = 1
+    pending = 2
+    post_pending = 4
+    void_pending = 8
+    balancing_debit = 16
+    balancing_credit = 32
+
+class AccountCode(enum.IntEnum):
+    user_wallet = 1
+    merchant = 2
+    funding_card = 3
+    escrow = 4
+    fee = 5
+    fx_pool = 6
+    coupon_budget = 7
+    credit_line = 8
+    settlement = 9
+
+class TransferCode(enum.IntEnum):
+    payment = 1
+    refund = 2
+    p2p = 3
+    top_up = 4
+    withdrawal = 5
+    red_envelope_fund = 6
+    red_envelope_claim = 7
+    red_envelope_refund = 8
+    coupon = 9
+    fx = 10
+    fee = 11
+    settlement = 12
+
+class Currency(enum.IntEnum):
+    CNY = 156
+    HKD = 344
+    JPY = 392
+    USD = 840
+    EUR = 978
+
+
+def accounts_from_dicts(rows: Iterable[dict[str, int]]) -> npt.NDArray[np.void]: ...
+def transfers_from_dicts(rows: Iterable[dict[str, int]]) -> npt.NDArray[np.void]: ...
+def to_dicts(records: npt.NDArray[np.void]) -> list[dict[str, int]]: ...
+def ids_array(ids: Iterable[int] | npt.NDArray[Any]) -> npt.NDArray[np.void]: ...
