@@ -1,0 +1,182 @@
+"""Frames of the Tally wire protocol (docs/protocol.md): encoding, and incremental decoding.
+
+A frame is a u32 length prefix, a fixed 64-byte header (magic, version, operation, event count,
+request id, client id, status, body length, CRC-32, truncated HMAC-SHA256) and a body. The
+decoder never trusts a length before checking it against ``FRAME_BYTES_MAX``, never allocates
+for a frame it will reject, and reports every malformed frame as a ``FrameError`` with a status
+code from the documented table instead of raising. Bodies are returned as memoryviews, so record
+bodies reach the core without a Python object per record.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import struct
+import zlib
+from dataclasses import dataclass
+
+from engine import constants
+
+MAGIC = b"TALY"
+VERSION = 1
+
+#: length, magic, version, operation, event_count, request_id, client_id, status, body_length,
+#: checksum, mac, reserved.
+HEADER = struct.Struct("<I4sHHIQIIII16s8s")
+_CHECKSUM_OFFSET = 36
+_MAC_OFFSET = 40
+_LENGTH_PREFIX_BYTES = 4
+_ZERO_CHECK = bytes(4 + constants.MAC_BYTES)
+
+if HEADER.size != constants.FRAME_HEADER_BYTES:
+    raise ImportError("frame header layout disagrees with FRAME_HEADER_BYTES")
+
+
+class Status(enum.IntEnum):
+    """Frame-level status: why a frame was rejected (0: it was not)."""
+    ok = 0
+    too_large = 1
+    too_small = 2
+    bad_magic = 3
+    bad_version = 4
+    bad_length = 5
+    bad_checksum = 6
+    reserved_not_zero = 7
+    unknown_client = 8
+    bad_mac = 9
+    unknown_operation = 10
+    bad_record_size = 11
+    too_many_events = 12
+
+    @property
+    def closes_connection(self) -> bool:
+        """Whether the server must close the connection after answering this status."""
+        return self in _CLOSING
+
+
+_CLOSING = {Status.too_large, Status.too_small, Status.bad_magic, Status.bad_version, Status.bad_length,
+            Status.unknown_client, Status.bad_mac}
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    operation: int
+    request_id: int
+    client_id: int
+    event_count: int
+    status: int
+    body: memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class FrameError:
+    status: Status
+    request_id: int  # 0 when the header could not be read
+
+
+def _seal(header: bytearray, body, secret: bytes) -> None:
+    """Fill in the checksum and MAC of an encoded header (both computed with those fields zero)."""
+    header[_CHECKSUM_OFFSET:_MAC_OFFSET + constants.MAC_BYTES] = _ZERO_CHECK
+    checksum = zlib.crc32(body, zlib.crc32(header))
+    mac = hmac.new(secret, header, hashlib.sha256)
+    mac.update(body)
+    struct.pack_into("<I", header, _CHECKSUM_OFFSET, checksum)
+    header[_MAC_OFFSET:_MAC_OFFSET + constants.MAC_BYTES] = mac.digest()[:constants.MAC_BYTES]
+
+
+def encode(operation: int, request_id: int, body: bytes | memoryview = b"", *, client_id: int, secret: bytes,
+           event_count: int = 0, status: int = 0) -> bytes:
+    """One frame, ready to send.
+
+    >>> frame = encode(1000, 7, client_id=1, secret=b"s3cret")   # a ping
+    >>> len(frame)
+    64
+    """
+    body = memoryview(body).cast("B")
+    if len(body) > constants.FRAME_BODY_BYTES_MAX:
+        raise ValueError(f"body of {len(body)} bytes exceeds {constants.FRAME_BODY_BYTES_MAX}")
+    header = bytearray(HEADER.pack(HEADER.size - _LENGTH_PREFIX_BYTES + len(body), MAGIC, VERSION, operation,
+                                   event_count, request_id, client_id, status, len(body), 0, bytes(16), bytes(8)))
+    _seal(header, body, secret)
+    return bytes(header) + bytes(body)
+
+
+class Decoder:
+    """Splits a byte stream into frames; checks each one against the documented order.
+
+    ``secrets`` maps client ids to their secrets; ``operations`` is the set of known operations,
+    ``record_operations`` those whose body is ``event_count`` 128-byte records. Feed it what the
+    socket delivered; it returns the frames and errors completed so far. After an error that
+    closes the connection it ignores further input (``closed`` is set).
+    """
+
+    def __init__(self, secrets: dict[int, bytes], operations: set[int], record_operations: set[int]):
+        self._secrets = secrets
+        self._operations = operations
+        self._record_operations = record_operations
+        self._buffer = bytearray()
+        self.closed = False
+
+    def feed(self, data: bytes | memoryview) -> list[Frame | FrameError]:
+        out: list[Frame | FrameError] = []
+        if self.closed:
+            return out
+        self._buffer += data
+        while len(self._buffer) >= _LENGTH_PREFIX_BYTES:
+            (length,) = struct.unpack_from("<I", self._buffer, 0)
+            if length > constants.FRAME_BYTES_MAX - _LENGTH_PREFIX_BYTES:
+                return self._close(out, Status.too_large)
+            if length < HEADER.size - _LENGTH_PREFIX_BYTES:
+                return self._close(out, Status.too_small)
+            total = _LENGTH_PREFIX_BYTES + length
+            if len(self._buffer) < total:
+                break
+            raw = bytes(self._buffer[:total])
+            del self._buffer[:total]
+            result = self._check(raw)
+            out.append(result)
+            if isinstance(result, FrameError) and result.status.closes_connection:
+                self.closed = True
+                self._buffer.clear()
+                break
+        return out
+
+    def _close(self, out, status):
+        self.closed = True
+        self._buffer.clear()
+        out.append(FrameError(status, 0))
+        return out
+
+    def _check(self, raw: bytes) -> Frame | FrameError:
+        (_, magic, version, operation, event_count, request_id, client_id, status, body_length, checksum, mac,
+         reserved) = HEADER.unpack_from(raw, 0)
+        if magic != MAGIC:
+            return FrameError(Status.bad_magic, 0)
+        if version != VERSION:
+            return FrameError(Status.bad_version, 0)
+        if body_length != len(raw) - HEADER.size:
+            return FrameError(Status.bad_length, 0)
+        header = bytearray(raw[:HEADER.size])
+        body = memoryview(raw)[HEADER.size:]
+        header[_CHECKSUM_OFFSET:_MAC_OFFSET + constants.MAC_BYTES] = _ZERO_CHECK
+        if zlib.crc32(body, zlib.crc32(header)) != checksum:
+            return FrameError(Status.bad_checksum, request_id)
+        if reserved != bytes(8):
+            return FrameError(Status.reserved_not_zero, request_id)
+        secret = self._secrets.get(client_id)
+        if secret is None:
+            return FrameError(Status.unknown_client, request_id)
+        expected = hmac.new(secret, header, hashlib.sha256)
+        expected.update(body)
+        if not hmac.compare_digest(expected.digest()[:constants.MAC_BYTES], mac):
+            return FrameError(Status.bad_mac, request_id)
+        if operation not in self._operations:
+            return FrameError(Status.unknown_operation, request_id)
+        if operation in self._record_operations:
+            if body_length != event_count * 128:
+                return FrameError(Status.bad_record_size, request_id)
+            if event_count > constants.EVENTS_PER_REQUEST_MAX:  # a guard: such a body is too_large
+                return FrameError(Status.too_many_events, request_id)
+        return Frame(operation, request_id, client_id, event_count, status, body)
