@@ -34,7 +34,7 @@ def test_round_trip_in_any_split():
 
 def _resealed(frame: bytes, **changes) -> bytes:
     """The same body re-sent with header fields changed, checksum and MAC valid (a well-formed lie)."""
-    fields = dict(operation=2, request_id=9, client_id=1, event_count=3, **changes)
+    fields = {"operation": 2, "request_id": 9, "client_id": 1, "event_count": 3} | changes
     return encode(fields["operation"], fields["request_id"], frame[HEADER.size:], client_id=fields["client_id"],
                   secret=SECRETS.get(fields["client_id"], b"unknown"), event_count=fields["event_count"])
 
