@@ -1,6 +1,7 @@
 """The server and client on loopback: durable replies, request order, batching, bad frames."""
 
 import asyncio
+import contextlib
 import struct
 
 import numpy as np
@@ -19,82 +20,81 @@ def run(coroutine):
     return asyncio.run(coroutine)
 
 
-async def _serve(data_dir):
+@contextlib.asynccontextmanager
+async def serving(data_dir):
+    """A server on a loopback port over a fresh store; everything closed afterwards."""
     store = core.open(data_dir, accounts_max=1000, transfers_max=100_000)
     server = Server(store, SECRETS)
-    port = await server.start()
-    return store, server, port
+    try:
+        yield store, server, await server.start()
+    finally:
+        await server.close()
+        store.close()
 
 
 def test_create_and_look_up_over_the_wire(data_dir):
     async def scenario():
-        store, server, port = await _serve(data_dir)
-        client = await Client.connect("127.0.0.1", port, client_id=1, secret=SECRETS[1])
-        assert (await client.create_accounts(workload.account_batch())).tolist() == [0] * workload.ACCOUNTS
-        batch = workload.transfer_batch(1)
-        batch["flags"] = 0  # no pending holds: the results then do not depend on the clock
-        batch["timeout"] = 0
-        results = await client.create_transfers(batch)
-        # The same batches in memory give the same results.
-        memory = core.Ledger(accounts_max=1000, transfers_max=100_000)
-        memory.create_accounts(workload.account_batch(), 1)
-        assert results.tolist() == memory.create_transfers(batch, 2).tolist()
-        remote = await client.lookup_accounts(range(1, workload.ACCOUNTS + 1))
-        for balance in ("debits_pending", "debits_posted", "credits_pending", "credits_posted"):
-            assert np.array_equal(remote[balance], memory.accounts()[balance])  # timestamps differ: wall clock
-        ok_ids = batch["id_lo"][results == core.Result.ok].tolist()
-        assert len(await client.lookup_transfers(ok_ids)) == len(ok_ids) > 0
-        # Retrying what was acknowledged changes nothing, over the wire too.
-        retry = await client.create_transfers(batch[results == core.Result.ok])
-        assert set(retry.tolist()) == {core.Result.exists}
-        await client.ping()
-        client.close()
-        await server.close()
-        store.close()
+        async with serving(data_dir) as (store, server, port):
+            client = await Client.connect("127.0.0.1", port, client_id=1, secret=SECRETS[1])
+            assert (await client.create_accounts(workload.account_batch())).tolist() == [0] * workload.ACCOUNTS
+            batch = workload.transfer_batch(1)
+            batch["flags"] = 0  # no pending holds: the results then do not depend on the clock
+            batch["timeout"] = 0
+            results = await client.create_transfers(batch)
+            # The same batches in memory give the same results.
+            memory = core.Ledger(accounts_max=1000, transfers_max=100_000)
+            memory.create_accounts(workload.account_batch(), 1)
+            assert results.tolist() == memory.create_transfers(batch, 2).tolist()
+            remote = await client.lookup_accounts(range(1, workload.ACCOUNTS + 1))
+            for balance in ("debits_pending", "debits_posted", "credits_pending", "credits_posted"):
+                assert np.array_equal(remote[balance], memory.accounts()[balance])  # timestamps differ: wall clock
+            ok_ids = batch["id_lo"][results == core.Result.ok].tolist()
+            assert len(await client.lookup_transfers(ok_ids)) == len(ok_ids) > 0
+            # Retrying what was acknowledged changes nothing, over the wire too.
+            retry = await client.create_transfers(batch[results == core.Result.ok])
+            assert set(retry.tolist()) == {core.Result.exists}
+            await client.ping()
+            client.close()
     run(scenario())
 
 
 def test_concurrent_requests_from_many_clients_share_core_batches(data_dir):
     async def scenario():
-        store, server, port = await _serve(data_dir)
-        first = await Client.connect("127.0.0.1", port, client_id=1, secret=SECRETS[1])
-        await first.create_accounts(workload.account_batch())
-        clients = [await Client.connect("127.0.0.1", port, client_id=1 + i % 2, secret=SECRETS[1 + i % 2])
-                   for i in range(8)]
-        batches_before = server.batches
-        replies = await asyncio.gather(*[
-            c.create_transfers(workload.transfer_batch(100 + k * 8 + i, size=50))
-            for k in range(5) for i, c in enumerate(clients)])
-        assert sum(len(r) for r in replies) == 40 * 50
-        # 40 requests went into fewer core batches than requests.
-        assert server.batches - batches_before < 40
-        for c in clients + [first]:
-            c.close()
-        await server.close()
-        store.close()
+        async with serving(data_dir) as (store, server, port):
+            first = await Client.connect("127.0.0.1", port, client_id=1, secret=SECRETS[1])
+            await first.create_accounts(workload.account_batch())
+            clients = [await Client.connect("127.0.0.1", port, client_id=1 + i % 2, secret=SECRETS[1 + i % 2])
+                       for i in range(8)]
+            batches_before = server.batches
+            replies = await asyncio.gather(*[
+                c.create_transfers(workload.transfer_batch(100 + k * 8 + i, size=50))
+                for k in range(5) for i, c in enumerate(clients)])
+            assert sum(len(r) for r in replies) == 40 * 50
+            # 40 requests went into fewer core batches than requests.
+            assert server.batches - batches_before < 40
+            for c in clients + [first]:
+                c.close()
     run(scenario())
 
 
 def test_bad_frames_get_error_frames_and_change_nothing(data_dir):
     async def scenario():
-        store, server, port = await _serve(data_dir)
-        good = await Client.connect("127.0.0.1", port, client_id=1, secret=SECRETS[1])
-        await good.create_accounts(workload.account_batch())
-        before = store.ledger.accounts()
-        impostor = await Client.connect("127.0.0.1", port, client_id=1, secret=b"wrong")
-        with pytest.raises(ServerError) as raised:
-            await impostor.create_transfers(workload.transfer_batch(1))
-        assert raised.value.status == frame.Status.bad_mac
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(struct.pack("<I", 1 << 30) + b"garbage")
-        reply = await reader.read(1 << 16)
-        assert frame.Decoder({0: b""}, {0}, set()).feed(reply)[0].status == frame.Status.too_large
-        assert await reader.read(1) == b""  # closed by the server
-        assert np.array_equal(store.ledger.accounts(), before)
-        await good.ping()  # other clients are unaffected
-        good.close()
-        impostor.close()
-        writer.close()
-        await server.close()
-        store.close()
+        async with serving(data_dir) as (store, server, port):
+            good = await Client.connect("127.0.0.1", port, client_id=1, secret=SECRETS[1])
+            await good.create_accounts(workload.account_batch())
+            before = store.ledger.accounts()
+            impostor = await Client.connect("127.0.0.1", port, client_id=1, secret=b"wrong")
+            with pytest.raises(ServerError) as raised:
+                await impostor.create_transfers(workload.transfer_batch(1))
+            assert raised.value.status == frame.Status.bad_mac
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(struct.pack("<I", 1 << 30) + b"garbage")
+            reply = await reader.read(1 << 16)
+            assert frame.Decoder({0: b""}, {0}, set()).feed(reply)[0].status == frame.Status.too_large
+            assert await reader.read(1) == b""  # closed by the server
+            assert np.array_equal(store.ledger.accounts(), before)
+            await good.ping()  # other clients are unaffected
+            good.close()
+            impostor.close()
+            writer.close()
     run(scenario())
