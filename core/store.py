@@ -55,6 +55,9 @@ LOG_VERSION = 1
 OPERATION_CREATE_ACCOUNTS = 1
 OPERATION_CREATE_TRANSFERS = 2
 
+#: The record type of each logged operation: the one table the store, replay and the server use.
+RECORD_DTYPES = {OPERATION_CREATE_ACCOUNTS: ACCOUNT_DTYPE, OPERATION_CREATE_TRANSFERS: TRANSFER_DTYPE}
+
 _SEQUENCE = struct.Struct(">Q")
 _CHUNK_KEY = struct.Struct(">I")
 #: Checkpointed arrays that only ever grow at their end (records are immutable once a batch is
@@ -202,12 +205,9 @@ class Store:
         waits. Bad input raises here, before anything changes.
         """
         self._check_usable()
-        if operation == OPERATION_CREATE_ACCOUNTS:
-            apply = self.ledger.create_accounts
-        elif operation == OPERATION_CREATE_TRANSFERS:
-            apply = self.ledger.create_transfers
-        else:
+        if operation not in RECORD_DTYPES:
             raise ValueError(f"unknown operation {operation}")
+        apply = self._applier(operation)
         if now_ns is None:
             now_ns = self._clock_ns()
         self._in_flight.acquire()
@@ -404,6 +404,12 @@ class Store:
                 batches += 1
         return RecoveryStats(checkpoint_sequence, loaded - started, batches, events, time.perf_counter() - loaded)
 
+    def _applier(self, operation: int):
+        """The ledger method that applies a batch of ``operation`` (a key of RECORD_DTYPES)."""
+        if operation == OPERATION_CREATE_ACCOUNTS:
+            return self.ledger.create_accounts
+        return self.ledger.create_transfers
+
     def _load_array(self, txn, name, meta: _ArrayMeta) -> bytes:
         parts = []
         for i in range(meta.chunks):
@@ -423,12 +429,9 @@ class Store:
 
     def _replay_entry(self, sequence, operation, now_ns, last_timestamp, body) -> int:
         count = body.shape[0] // constants.RECORD_SIZE_BYTES
-        if operation == OPERATION_CREATE_ACCOUNTS:
-            self.ledger.create_accounts(body.view(ACCOUNT_DTYPE), now_ns)
-        elif operation == OPERATION_CREATE_TRANSFERS:
-            self.ledger.create_transfers(body.view(TRANSFER_DTYPE), now_ns)
-        else:
+        if operation not in RECORD_DTYPES:
             raise StoreError(f"log entry {sequence}: unknown operation {operation}")
+        self._applier(operation)(body.view(RECORD_DTYPES[operation]), now_ns)
         if self.ledger.last_timestamp != last_timestamp:
             raise StoreError(f"log entry {sequence}: replay diverged (timestamp {self.ledger.last_timestamp}, "
                              f"logged {last_timestamp})")
