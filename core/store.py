@@ -34,6 +34,7 @@ import struct
 import sys
 import threading
 import time
+import traceback
 import zlib
 
 import lmdb
@@ -107,13 +108,16 @@ class RecoveryStats(msgspec.Struct, frozen=True):
 class PendingBatch:
     """A batch applied in memory whose log entry is being committed."""
 
-    __slots__ = ("sequence", "_results", "_done", "_error")
+    __slots__ = ("sequence", "_results", "_done", "_error", "_callbacks", "_lock", "_finished")
 
     def __init__(self, sequence: int, results: np.ndarray):
         self.sequence = sequence
         self._results = results
         self._done = threading.Event()
         self._error: BaseException | None = None
+        self._callbacks: list = []
+        self._lock = threading.Lock()
+        self._finished = False
 
     def done(self) -> bool:
         return self._done.is_set()
@@ -128,8 +132,28 @@ class PendingBatch:
             raise StoreFailedError(f"commit of batch {self.sequence} failed: {self._error}") from self._error
         return self._results
 
+    def add_done_callback(self, callback) -> None:
+        """Call ``callback(self)`` once the commit is over (at once if it is), on the commit thread.
+
+        Callbacks run in commit order, before ``wait()`` returns: a server hands them to its event
+        loop (``call_soon_threadsafe``) rather than doing work on the commit thread.
+        """
+        with self._lock:
+            if not self._finished:
+                self._callbacks.append(callback)
+                return
+        callback(self)
+
     def _finish(self, error: BaseException | None) -> None:
         self._error = error
+        with self._lock:
+            self._finished = True
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:  # a consumer's bug must not stop the commits of everyone else
+                traceback.print_exc()
         self._done.set()
 
 

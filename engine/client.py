@@ -1,117 +1,359 @@
-"""The asyncio client library, first cut: one connection, requests matched to replies by id.
+"""The client library: what services use to submit payments to a Tally server.
 
->>> client = await Client.connect("127.0.0.1", port, client_id=1, secret=b"...")
->>> results = await client.create_transfers(batch)      # uint32 Result codes, after the commit
+>>> client = await Client.connect("127.0.0.1", 7420, client_id=1, secret=b"...")
+>>> results = await client.create_transfers(batch)       # uint32 core.Result codes, after the commit
+>>> await client.create_transfer(id=7, debit_account_id=1, credit_account_id=2, amount=100,
+...                              ledger=156, code=1)
+<Result.ok: 0>
+>>> client.close()
 
-Still to come (issue 3): automatic batching of concurrent single calls into one frame,
-reconnect-and-retry with the same ids, a blocking wrapper, typed results.
+* **Batches** (``create_accounts``/``create_transfers`` with a NumPy record batch) go out as one
+  frame each; any number can be in flight on one connection, replies are matched by request id.
+* **Single calls** (``create_account``/``create_transfer``) made concurrently are gathered into
+  one frame per event-loop turn (at most 8,190 events each): 10,000 concurrent calls cost two
+  frames, not 10,000. Each call returns its own ``core.Result``.
+* **Retries**: if the connection drops (or the server answers ``unavailable`` while it shuts
+  down), the client reconnects and re-sends every unanswered request with the same bodies, so
+  the same ids. That is safe because creates are idempotent: an event already applied answers
+  ``Result.exists`` (same id, same fields) instead of being applied twice.
+* ``BlockingClient`` wraps all of this for code without an event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 
 import numpy as np
 
 import core
-from engine import frame
-from engine.server import (
-    OPERATION_LOOKUP_ACCOUNTS, OPERATION_LOOKUP_TRANSFERS, OPERATION_PING, OPERATIONS,
+from engine import constants, frame
+from engine.protocol import (
+    CREATE_RECORD_DTYPES, FILTER_ENCODER, LOOKUP_RECORD_DTYPES, OPERATIONS, AccountTransfersFilter, Operation,
 )
-from core.store import OPERATION_CREATE_ACCOUNTS, OPERATION_CREATE_TRANSFERS
+
+RECONNECT_ATTEMPTS_DEFAULT = 5
+RECONNECT_BACKOFF_S = 0.05       # doubled after each failed attempt
+RECONNECT_BACKOFF_MAX_S = 1.0
 
 
 class ServerError(Exception):
-    """The server rejected a frame (``status`` is an ``engine.frame.Status``)."""
+    """The server rejected a request (``status`` is an ``engine.frame.Status``)."""
 
     def __init__(self, status: int):
         super().__init__(f"server rejected the request: {frame.Status(status).name}")
         self.status = frame.Status(status)
 
 
+#: Statuses after which the request is re-sent on a new connection (the server went away).
+_RETRY = {frame.Status.unavailable}
+
+
+class _Request:
+    __slots__ = ("operation", "body", "event_count", "future")
+
+    def __init__(self, operation, body, event_count, future):
+        self.operation = operation
+        self.body = body
+        self.event_count = event_count
+        self.future = future
+
+
 class _ReplyReader(asyncio.Protocol):
     def __init__(self, client: "Client"):
         self.client = client
+        self.decoder = client._new_decoder()
 
     def data_received(self, data):
-        for item in self.client._decoder.feed(data):
+        for item in self.decoder.feed(data):
             self.client._deliver(item)
 
     def connection_lost(self, exc):
-        self.client._fail_all(ConnectionError("connection to the Tally server lost"))
+        self.client._connection_lost(self)
 
 
 class Client:
-    def __init__(self, client_id: int, secret: bytes):
+    """An asyncio connection to a Tally server; see the module's docstring."""
+
+    def __init__(self, host: str, port: int, client_id: int, secret: bytes, *, ssl=None,
+                 reconnect_attempts: int = RECONNECT_ATTEMPTS_DEFAULT):
+        self.host, self.port, self.ssl = host, port, ssl
         self.client_id = client_id
         self.secret = secret
-        # Replies are signed with this client's secret; error frames for unreadable headers with
-        # client id 0 and an empty secret.
-        self._decoder = frame.Decoder({client_id: secret, 0: b""}, OPERATIONS | {0}, set())
+        self.reconnect_attempts = reconnect_attempts
+        self.frames_sent = 0       # frames written, retries included (for tests and stats)
+        self.reconnects = 0
+        self._retries = 0          # reconnects since the last good reply
         self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future] = {}
+        self._waiting: dict[int, _Request] = {}
         self._transport: asyncio.Transport | None = None
+        self._reader: _ReplyReader | None = None
+        self._reconnecting: asyncio.Task | None = None
+        self._closed = False
+        # Single calls waiting for the next flush: operation -> (record bytes, futures).
+        self._gathering: dict[int, tuple[list[bytes], list[asyncio.Future]]] = {}
+        self._flush_scheduled = False
 
     @classmethod
-    async def connect(cls, host: str, port: int, *, client_id: int, secret: bytes) -> "Client":
-        client = cls(client_id, secret)
-        client._transport, _ = await asyncio.get_running_loop().create_connection(
-            lambda: _ReplyReader(client), host, port)
+    async def connect(cls, host: str, port: int, *, client_id: int, secret: bytes, ssl=None,
+                      reconnect_attempts: int = RECONNECT_ATTEMPTS_DEFAULT) -> "Client":
+        client = cls(host, port, client_id, secret, ssl=ssl, reconnect_attempts=reconnect_attempts)
+        await client._open()
         return client
 
-    async def request(self, operation: int, body: bytes | memoryview = b"", event_count: int = 0) -> frame.Frame:
-        request_id = next(self._ids)
-        future = asyncio.get_running_loop().create_future()
-        self._waiting[request_id] = future
-        self._transport.write(frame.encode(operation, request_id, body, client_id=self.client_id,
-                                           secret=self.secret, event_count=event_count))
-        reply = await future
-        if reply.status != frame.Status.ok:
-            raise ServerError(reply.status)
-        return reply
+    # ------------------------------------------------------------------ operations
 
     async def create_accounts(self, batch: np.ndarray) -> np.ndarray:
-        reply = await self.request(OPERATION_CREATE_ACCOUNTS, _bytes(batch, core.ACCOUNT_DTYPE), len(batch))
-        return np.frombuffer(reply.body, dtype=np.uint32).copy()
+        """Create a batch of accounts (``core.ACCOUNT_DTYPE``): one ``core.Result`` code per account."""
+        return await self._create(Operation.create_accounts, batch)
 
     async def create_transfers(self, batch: np.ndarray) -> np.ndarray:
-        reply = await self.request(OPERATION_CREATE_TRANSFERS, _bytes(batch, core.TRANSFER_DTYPE), len(batch))
-        return np.frombuffer(reply.body, dtype=np.uint32).copy()
+        """Create a batch of transfers (``core.TRANSFER_DTYPE``): one ``core.Result`` code per transfer."""
+        return await self._create(Operation.create_transfers, batch)
+
+    async def create_account(self, **fields) -> core.Result:
+        """Create one account (fields as in ``core.accounts_from_dicts``), batched with concurrent calls."""
+        return await self._gather(Operation.create_accounts, core.accounts_from_dicts([fields]))
+
+    async def create_transfer(self, **fields) -> core.Result:
+        """Create one transfer (fields as in ``core.transfers_from_dicts``), batched with concurrent calls."""
+        return await self._gather(Operation.create_transfers, core.transfers_from_dicts([fields]))
 
     async def lookup_accounts(self, ids) -> np.ndarray:
-        reply = await self.request(OPERATION_LOOKUP_ACCOUNTS, core.ids_array(ids).tobytes())
-        return np.frombuffer(reply.body, dtype=core.ACCOUNT_DTYPE).copy()
+        """The accounts with these ids that exist, in order (``core.ACCOUNT_DTYPE``)."""
+        return await self._lookup(Operation.lookup_accounts, ids)
 
     async def lookup_transfers(self, ids) -> np.ndarray:
-        reply = await self.request(OPERATION_LOOKUP_TRANSFERS, core.ids_array(ids).tobytes())
+        """The transfers with these ids that exist, in order (``core.TRANSFER_DTYPE``)."""
+        return await self._lookup(Operation.lookup_transfers, ids)
+
+    async def get_account_transfers(self, account_id: int, **query) -> np.ndarray:
+        """One page of an account's transfers; ``query`` as in ``engine.protocol.AccountTransfersFilter``."""
+        body = FILTER_ENCODER.encode(AccountTransfersFilter(account_id=account_id, **query))
+        reply = await self.request(Operation.get_account_transfers, body)
         return np.frombuffer(reply.body, dtype=core.TRANSFER_DTYPE).copy()
 
     async def ping(self) -> None:
-        await self.request(OPERATION_PING)
+        await self.request(Operation.ping)
+
+    async def request(self, operation: int, body: bytes | memoryview = b"", event_count: int = 0) -> frame.Frame:
+        """Send one request and wait for its reply (re-sent after a reconnect); raises ServerError."""
+        if self._closed:
+            raise ConnectionError("the client is closed")
+        request_id = next(self._ids)
+        request = _Request(operation, body, event_count, asyncio.get_running_loop().create_future())
+        self._waiting[request_id] = request
+        if self._transport is not None:
+            self._send(request_id, request)
+        return await request.future
 
     def close(self) -> None:
+        """Close the connection; unanswered requests fail with ConnectionError."""
+        self._closed = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
         if self._transport is not None:
             self._transport.close()
+        self._fail_all(ConnectionError("the client was closed"))
+
+    # ------------------------------------------------------------------ internals
+
+    async def _create(self, operation: int, batch: np.ndarray) -> np.ndarray:
+        dtype = CREATE_RECORD_DTYPES[operation]
+        if batch.dtype != dtype:
+            raise TypeError(f"batch dtype must be {dtype}")
+        if len(batch) > constants.EVENTS_PER_REQUEST_MAX:
+            raise ValueError(f"a batch holds at most {constants.EVENTS_PER_REQUEST_MAX} events")
+        body = memoryview(np.ascontiguousarray(batch)).cast("B")
+        reply = await self.request(operation, body, len(batch))
+        return np.frombuffer(reply.body, dtype=np.uint32).copy()
+
+    async def _lookup(self, operation: int, ids) -> np.ndarray:
+        ids = core.ids_array(ids)
+        if len(ids) > constants.EVENTS_PER_REQUEST_MAX:
+            raise ValueError(f"a lookup holds at most {constants.EVENTS_PER_REQUEST_MAX} ids")
+        reply = await self.request(operation, ids.tobytes())
+        return np.frombuffer(reply.body, dtype=LOOKUP_RECORD_DTYPES[operation]).copy()
+
+    async def _gather(self, operation: int, record: np.ndarray) -> core.Result:
+        future = asyncio.get_running_loop().create_future()
+        records, futures = self._gathering.setdefault(operation, ([], []))
+        records.append(record.tobytes())
+        futures.append(future)
+        if not self._flush_scheduled:
+            # Every call made in this turn of the event loop joins the same frame.
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        return core.Result(await future)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        gathering, self._gathering = self._gathering, {}
+        for operation, (records, futures) in gathering.items():
+            for start in range(0, len(records), constants.EVENTS_PER_REQUEST_MAX):
+                chunk = futures[start:start + constants.EVENTS_PER_REQUEST_MAX]
+                body = b"".join(records[start:start + constants.EVENTS_PER_REQUEST_MAX])
+                task = asyncio.ensure_future(self.request(operation, body, len(chunk)))
+                task.add_done_callback(lambda done, chunk=chunk: _scatter(done, chunk))
+
+    def _send(self, request_id: int, request: _Request) -> None:
+        header = frame.encode_header(request.operation, request_id, request.body, client_id=self.client_id,
+                                     secret=self.secret, event_count=request.event_count)
+        self._transport.write(header)
+        if len(request.body):
+            self._transport.write(request.body)
+        self.frames_sent += 1
+
+    def _new_decoder(self) -> frame.Decoder:
+        # Replies are signed with this client's secret; error frames for unreadable headers with
+        # client id 0 and an empty secret.
+        return frame.Decoder({self.client_id: self.secret, 0: b""}, set(OPERATIONS) | {0}, set())
+
+    async def _open(self) -> None:
+        loop = asyncio.get_running_loop()
+        transport, reader = await loop.create_connection(lambda: _ReplyReader(self), self.host, self.port,
+                                                         ssl=self.ssl)
+        self._transport, self._reader = transport, reader
 
     def _deliver(self, item) -> None:
-        if isinstance(item, frame.FrameError):
+        if isinstance(item, frame.FrameError):  # the server's reply did not check: do not trust the stream
             self._fail_all(ServerError(item.status))
+            if self._transport is not None:
+                self._transport.close()
             return
-        future = self._waiting.pop(item.request_id, None)
-        if future is not None and not future.done():
-            future.set_result(item)
+        if item.status in _RETRY:
+            return  # the server is going away: the request is re-sent after reconnecting
+        request = self._waiting.pop(item.request_id, None)
+        if request is not None:
+            if item.status != frame.Status.ok:
+                request.future.set_exception(ServerError(item.status))
+            elif not request.future.done():
+                request.future.set_result(item)
+                self._retries = 0
         elif item.request_id == 0 and item.status != frame.Status.ok:
-            self._fail_all(ServerError(item.status))  # the server could not read our frame
+            self._fail_all(ServerError(item.status))  # the server could not read one of our frames
+
+    def _connection_lost(self, reader: _ReplyReader) -> None:
+        if reader is not self._reader:
+            return
+        self._transport = self._reader = None
+        if self._closed:
+            return
+        if not self._waiting or self.reconnect_attempts == 0:
+            self._fail_all(ConnectionError("connection to the Tally server lost"))
+            return
+        self._reconnecting = asyncio.ensure_future(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = RECONNECT_BACKOFF_S
+        self._retries += 1
+        if self._retries > self.reconnect_attempts:  # reconnecting works, but nothing gets answered
+            self._fail_all(ConnectionError(f"no reply from {self.host}:{self.port} after "
+                                           f"{self.reconnect_attempts} reconnects"))
+            return
+        for _ in range(self.reconnect_attempts):
+            await asyncio.sleep(delay)
+            try:
+                await self._open()
+            except OSError:
+                delay = min(2 * delay, RECONNECT_BACKOFF_MAX_S)
+                continue
+            self.reconnects += 1
+            for request_id, request in sorted(self._waiting.items()):
+                self._send(request_id, request)  # same bodies: the same ids, so retries are idempotent
+            return
+        self._fail_all(ConnectionError(f"could not reconnect to {self.host}:{self.port}"))
 
     def _fail_all(self, error: Exception) -> None:
-        for future in self._waiting.values():
+        waiting, self._waiting = self._waiting, {}
+        for request in waiting.values():
+            if not request.future.done():
+                request.future.set_exception(error)
+
+
+def _scatter(done: asyncio.Future, futures: list[asyncio.Future]) -> None:
+    """Hand each gathered single call its own result code (or the frame's error)."""
+    if done.cancelled():
+        for future in futures:
+            future.cancel()
+        return
+    error = done.exception()
+    if error is not None:
+        for future in futures:
             if not future.done():
                 future.set_exception(error)
-        self._waiting.clear()
+        return
+    codes = np.frombuffer(done.result().body, dtype=np.uint32).tolist()
+    for future, code in zip(futures, codes):
+        if not future.done():
+            future.set_result(code)
 
 
-def _bytes(batch: np.ndarray, dtype) -> memoryview:
-    if batch.dtype != dtype:
-        raise TypeError(f"batch dtype must be {dtype}")
-    return memoryview(np.ascontiguousarray(batch)).cast("B")
+def failures(results: np.ndarray) -> list[tuple[int, core.Result]]:
+    """The events of a batch that did not succeed, as (index, result code name) pairs.
+
+    >>> failures(await client.create_transfers(batch))
+    [(3, <Result.exceeds_credits: 42>)]
+    """
+    return [(int(i), core.Result(int(results[i]))) for i in np.flatnonzero(results != core.Result.ok)]
+
+
+class BlockingClient:
+    """The same client for code without an event loop: each call blocks until its reply.
+
+    >>> with BlockingClient("127.0.0.1", 7420, client_id=1, secret=b"...") as client:
+    ...     client.create_transfers(batch)
+
+    It runs an event loop on a background thread; calls from several threads are batched
+    together like concurrent calls of the asyncio client.
+    """
+
+    def __init__(self, host: str, port: int, *, client_id: int, secret: bytes, ssl=None,
+                 reconnect_attempts: int = RECONNECT_ATTEMPTS_DEFAULT):
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="tally-client", daemon=True)
+        self._thread.start()
+        self._client: Client = self._call(Client.connect(host, port, client_id=client_id, secret=secret, ssl=ssl,
+                                                         reconnect_attempts=reconnect_attempts))
+
+    def _call(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def create_accounts(self, batch):
+        return self._call(self._client.create_accounts(batch))
+
+    def create_transfers(self, batch):
+        return self._call(self._client.create_transfers(batch))
+
+    def create_account(self, **fields):
+        return self._call(self._client.create_account(**fields))
+
+    def create_transfer(self, **fields):
+        return self._call(self._client.create_transfer(**fields))
+
+    def lookup_accounts(self, ids):
+        return self._call(self._client.lookup_accounts(ids))
+
+    def lookup_transfers(self, ids):
+        return self._call(self._client.lookup_transfers(ids))
+
+    def get_account_transfers(self, account_id, **query):
+        return self._call(self._client.get_account_transfers(account_id, **query))
+
+    def ping(self):
+        return self._call(self._client.ping())
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._loop.call_soon_threadsafe(self._client.close)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -27,7 +27,7 @@ VERSION = 1
 HEADER = struct.Struct("<I4sHHIQIIII16s8s")
 _CHECKSUM_OFFSET = 36
 _MAC_OFFSET = 40
-_LENGTH_PREFIX_BYTES = 4
+LENGTH_PREFIX_BYTES = 4
 _ZERO_CHECK = bytes(4 + constants.MAC_BYTES)
 
 if HEADER.size != constants.FRAME_HEADER_BYTES:
@@ -49,6 +49,8 @@ class Status(enum.IntEnum):
     unknown_operation = 10
     bad_record_size = 11
     too_many_events = 12
+    bad_body = 13
+    unavailable = 14
 
     @property
     def closes_connection(self) -> bool:
@@ -57,7 +59,7 @@ class Status(enum.IntEnum):
 
 
 _CLOSING = {Status.too_large, Status.too_small, Status.bad_magic, Status.bad_version, Status.bad_length,
-            Status.unknown_client, Status.bad_mac}
+            Status.unknown_client, Status.bad_mac, Status.unavailable}
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,21 @@ def _seal(header: bytearray, body, secret: bytes) -> None:
     header[_MAC_OFFSET:_MAC_OFFSET + constants.MAC_BYTES] = mac.digest()[:constants.MAC_BYTES]
 
 
+def encode_header(operation: int, request_id: int, body: bytes | memoryview = b"", *, client_id: int,
+                  secret: bytes, event_count: int = 0, status: int = 0) -> bytes:
+    """The sealed 64-byte header of a frame carrying ``body`` (sent right after it).
+
+    Large bodies are sent as they are, after this header, so that they are never copied.
+    """
+    body = memoryview(body).cast("B")
+    if len(body) > constants.FRAME_BODY_BYTES_MAX:
+        raise ValueError(f"body of {len(body)} bytes exceeds {constants.FRAME_BODY_BYTES_MAX}")
+    header = bytearray(HEADER.pack(HEADER.size - LENGTH_PREFIX_BYTES + len(body), MAGIC, VERSION, operation,
+                                   event_count, request_id, client_id, status, len(body), 0, bytes(16), bytes(8)))
+    _seal(header, body, secret)
+    return bytes(header)
+
+
 def encode(operation: int, request_id: int, body: bytes | memoryview = b"", *, client_id: int, secret: bytes,
            event_count: int = 0, status: int = 0) -> bytes:
     """One frame, ready to send.
@@ -94,62 +111,38 @@ def encode(operation: int, request_id: int, body: bytes | memoryview = b"", *, c
     >>> len(frame)
     64
     """
-    body = memoryview(body).cast("B")
-    if len(body) > constants.FRAME_BODY_BYTES_MAX:
-        raise ValueError(f"body of {len(body)} bytes exceeds {constants.FRAME_BODY_BYTES_MAX}")
-    header = bytearray(HEADER.pack(HEADER.size - _LENGTH_PREFIX_BYTES + len(body), MAGIC, VERSION, operation,
-                                   event_count, request_id, client_id, status, len(body), 0, bytes(16), bytes(8)))
-    _seal(header, body, secret)
-    return bytes(header) + bytes(body)
+    return encode_header(operation, request_id, body, client_id=client_id, secret=secret,
+                         event_count=event_count, status=status) + bytes(body)
 
 
-class Decoder:
-    """Splits a byte stream into frames; checks each one against the documented order.
+def frame_bytes(buffer, offset: int = 0) -> int | Status:
+    """The size of the frame starting at ``offset`` (length prefix included), once 4 bytes are there.
+
+    Returns ``too_large`` or ``too_small`` instead when the length cannot be a frame: the caller
+    must then close the connection without reading on (the stream cannot be re-synchronised).
+    """
+    (length,) = struct.unpack_from("<I", buffer, offset)
+    if length > constants.FRAME_BYTES_MAX - LENGTH_PREFIX_BYTES:
+        return Status.too_large
+    if length < HEADER.size - LENGTH_PREFIX_BYTES:
+        return Status.too_small
+    return LENGTH_PREFIX_BYTES + length
+
+
+class Checker:
+    """Checks complete frames against the documented order (docs/protocol.md).
 
     ``secrets`` maps client ids to their secrets; ``operations`` is the set of known operations,
-    ``record_operations`` those whose body is ``event_count`` 128-byte records. Feed it what the
-    socket delivered; it returns the frames and errors completed so far. After an error that
-    closes the connection it ignores further input (``closed`` is set).
+    ``record_operations`` those whose body is ``event_count`` 128-byte records.
     """
 
     def __init__(self, secrets: dict[int, bytes], operations: set[int], record_operations: set[int]):
         self._secrets = secrets
         self._operations = operations
         self._record_operations = record_operations
-        self._buffer = bytearray()
-        self.closed = False
 
-    def feed(self, data: bytes | memoryview) -> list[Frame | FrameError]:
-        out: list[Frame | FrameError] = []
-        if self.closed:
-            return out
-        self._buffer += data
-        while len(self._buffer) >= _LENGTH_PREFIX_BYTES:
-            (length,) = struct.unpack_from("<I", self._buffer, 0)
-            if length > constants.FRAME_BYTES_MAX - _LENGTH_PREFIX_BYTES:
-                return self._close(out, Status.too_large)
-            if length < HEADER.size - _LENGTH_PREFIX_BYTES:
-                return self._close(out, Status.too_small)
-            total = _LENGTH_PREFIX_BYTES + length
-            if len(self._buffer) < total:
-                break
-            raw = bytes(self._buffer[:total])
-            del self._buffer[:total]
-            result = self._check(raw)
-            out.append(result)
-            if isinstance(result, FrameError) and result.status.closes_connection:
-                self.closed = True
-                self._buffer.clear()
-                break
-        return out
-
-    def _close(self, out, status):
-        self.closed = True
-        self._buffer.clear()
-        out.append(FrameError(status, 0))
-        return out
-
-    def _check(self, raw: bytes) -> Frame | FrameError:
+    def check(self, raw: memoryview) -> Frame | FrameError:
+        """``raw`` is one whole frame (``frame_bytes`` long); the Frame's body is a view into it."""
         (_, magic, version, operation, event_count, request_id, client_id, status, body_length, checksum, mac,
          reserved) = HEADER.unpack_from(raw, 0)
         if magic != MAGIC:
@@ -159,7 +152,7 @@ class Decoder:
         if body_length != len(raw) - HEADER.size:
             return FrameError(Status.bad_length, 0)
         header = bytearray(raw[:HEADER.size])
-        body = memoryview(raw)[HEADER.size:]
+        body = raw[HEADER.size:]
         header[_CHECKSUM_OFFSET:_MAC_OFFSET + constants.MAC_BYTES] = _ZERO_CHECK
         if zlib.crc32(body, zlib.crc32(header)) != checksum:
             return FrameError(Status.bad_checksum, request_id)
@@ -180,3 +173,40 @@ class Decoder:
             if event_count > constants.EVENTS_PER_REQUEST_MAX:  # a guard: such a body is too_large
                 return FrameError(Status.too_many_events, request_id)
         return Frame(operation, request_id, client_id, event_count, status, body)
+
+
+class Decoder:
+    """Splits a byte stream into frames and checks each one (see ``Checker``).
+
+    Feed it what the socket delivered; it returns the frames and errors completed so far. After
+    an error that closes the connection it ignores further input (``closed`` is set).
+    """
+
+    def __init__(self, secrets: dict[int, bytes], operations: set[int], record_operations: set[int]):
+        self._checker = Checker(secrets, operations, record_operations)
+        self._buffer = bytearray()
+        self.closed = False
+
+    def feed(self, data: bytes | memoryview) -> list[Frame | FrameError]:
+        out: list[Frame | FrameError] = []
+        if self.closed:
+            return out
+        self._buffer += data
+        while len(self._buffer) >= LENGTH_PREFIX_BYTES:
+            total = frame_bytes(self._buffer)
+            if isinstance(total, Status):
+                self.closed = True
+                self._buffer.clear()
+                out.append(FrameError(total, 0))
+                return out
+            if len(self._buffer) < total:
+                break
+            raw = bytes(self._buffer[:total])
+            del self._buffer[:total]
+            result = self._checker.check(memoryview(raw))
+            out.append(result)
+            if isinstance(result, FrameError) and result.status.closes_connection:
+                self.closed = True
+                self._buffer.clear()
+                break
+        return out

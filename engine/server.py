@@ -1,154 +1,388 @@
-"""The Tally server, first cut: frames in, batches through the durable core, replies out.
+"""The Tally server: frames in, batches through the durable core, replies out.
 
-Requests from every connection go through one queue, in arrival order. The batcher packs
-consecutive create requests of the same operation from any number of connections into one core
-batch (at most BATCH_EVENTS_MAX events, never splitting a request), applies it, waits for its
-commit without blocking the event loop, and only then answers each request with its slice of
-the results. Lookups and pings wait their turn in the same queue, so every reply on a connection
-comes in request order and a lookup sees everything acknowledged before it.
+The way of a request (shared/ARCHITECTURE.md):
 
-Still to come (issue 3): pipelining the next batch while one commits, per-connection and global
-in-flight limits with pause_reading, graceful shutdown on signals, TLS, the config file.
+* **Connection** (``asyncio.BufferedProtocol``): the socket reads straight into the
+  connection's receive buffer; complete frames are checked there (length, magic, checksum, MAC:
+  ``engine.frame.Checker``) and handed to the server. Nothing is allocated per record.
+* **Stages**: the server appends each request to the newest *stage* in arrival order. A create
+  request's records are copied into the open create stage of the same operation, so that events
+  from every connection form one contiguous batch of at most ``BATCH_EVENTS_MAX`` records (a
+  request is never split). Lookups, pings and error replies form *ordered* stages of their own.
+* **Batcher**: one task takes the oldest stage as soon as the core is free (no timer: while the
+  core works, the next stage fills up) and runs it on the core thread, where ``Store.submit``
+  applies it with the GIL released. Batch N+1 is applied while batch N commits; replies for a
+  batch are written only after its commit (``PendingBatch.add_done_callback``). Ordered stages
+  run after every earlier batch is committed, so each connection's replies keep request order
+  and a lookup sees everything acknowledged before it.
+* **Limits** (``engine.constants``): requests and bytes in flight per connection and over all
+  connections, and the reply bytes a client leaves unread: past any of them the server stops
+  reading from that connection (``pause_reading``) until replies go out. An overloaded server
+  slows its clients down; its memory does not grow.
+* **Shutdown** (``Server.close``): stop accepting, stop reading, finish, commit and answer every
+  request already received, then close the connections.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 
 import numpy as np
 
 import core
-from core.store import RECORD_DTYPES
 from engine import constants, frame
+from engine.protocol import (
+    CREATE_RECORD_DTYPES, FILTER_DECODER, ID_BYTES, LOOKUP_RECORD_DTYPES, OPERATIONS, Operation,
+)
 
-OPERATION_LOOKUP_ACCOUNTS = 3
-OPERATION_LOOKUP_TRANSFERS = 4
-OPERATION_PING = 1000
-
-CREATE_OPERATIONS = RECORD_DTYPES  # the logged operations are exactly the create operations
-OPERATIONS = set(CREATE_OPERATIONS) | {OPERATION_LOOKUP_ACCOUNTS, OPERATION_LOOKUP_TRANSFERS, OPERATION_PING}
-ID_BYTES = 16
+_NO_BODY = memoryview(b"")
 
 
-class Connection(asyncio.Protocol):
-    """One client connection: decodes frames, queues them, writes replies."""
+class Connection(asyncio.BufferedProtocol):
+    """One client connection: frames are read into its buffer, checked and handed to the server."""
 
     def __init__(self, server: "Server"):
         self.server = server
-        self.decoder = frame.Decoder(server.secrets, OPERATIONS, set(CREATE_OPERATIONS))
         self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray(constants.RECEIVE_BUFFER_BYTES_MIN)
+        self._view = memoryview(self._buffer)
+        self._start = 0                  # first unread byte in the buffer
+        self._end = 0                    # end of the bytes received
+        self.in_flight_requests = 0      # received and not yet answered
+        self.in_flight_bytes = 0
+        self.finished = False            # a closing error was seen, or the server is shutting down
+        self._writing_paused = False
+        self._reading_paused = False
+        self._stall_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio callbacks
 
     def connection_made(self, transport):
         self.transport = transport
+        transport.set_write_buffer_limits(high=constants.WRITE_BUFFER_BYTES_HIGH)
+        self.server.connection_opened(self)
 
     def connection_lost(self, exc):
         self.transport = None
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+        self.server.connection_closed(self)
 
-    def data_received(self, data):
-        for item in self.decoder.feed(data):
-            if isinstance(item, frame.FrameError):
-                self.server.queue_error(self, item)
-            else:
-                self.server.queue_request(self, item)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._end == len(self._buffer):  # only a partial frame is left, at the end: move it
+            self._make_room(len(self._buffer) + (constants.RECEIVE_BUFFER_BYTES_MIN if self._start == 0 else 0))
+        return self._view[self._end:]
 
-    def reply(self, request: frame.Frame, body: bytes | memoryview = b"", event_count: int = 0,
-              status: int = frame.Status.ok, close: bool = False) -> None:
+    def buffer_updated(self, nbytes: int) -> None:
+        self._end += nbytes
+        while not self.finished and self._end - self._start >= frame.LENGTH_PREFIX_BYTES:
+            total = frame.frame_bytes(self._buffer, self._start)
+            if isinstance(total, frame.Status):  # the stream cannot be framed any further
+                self._accept(frame.FrameError(total, 0), 0)
+                break
+            if self._end - self._start < total:
+                if self._start + total > len(self._buffer):
+                    self._make_room(total)
+                break
+            item = self.server.checker.check(self._view[self._start:self._start + total])
+            self._start += total
+            self._accept(item, total)
+        if self._start == self._end:
+            self._start = self._end = 0
+        if self.finished:
+            self._start = self._end = 0  # what follows a closing error is never read
+
+    def pause_writing(self):
+        # The client does not read its replies: stop taking its requests, and give up on it if
+        # it stays that way.
+        self._writing_paused = True
+        self.update_reading()
+        self._stall_timer = asyncio.get_running_loop().call_later(constants.WRITE_STALL_TIMEOUT_S, self._stalled)
+
+    def resume_writing(self):
+        self._writing_paused = False
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        self.update_reading()
+
+    # -- the server's side
+
+    def _accept(self, item, nbytes: int) -> None:
+        if isinstance(item, frame.FrameError) and item.status.closes_connection:
+            self.finished = True
+        self.in_flight_requests += 1
+        self.in_flight_bytes += nbytes
+        self.server.accept(self, item, nbytes)
+        self.update_reading()
+
+    def answered(self, nbytes: int) -> None:
+        self.in_flight_requests -= 1
+        self.in_flight_bytes -= nbytes
+        if self.finished and self.in_flight_requests == 0 and self.transport is not None:
+            self.transport.close()  # after the last reply: close() flushes what is queued
+
+    def reply(self, operation: int, request_id: int, client_id: int, body=_NO_BODY, event_count: int = 0,
+              status: int = frame.Status.ok) -> None:
         if self.transport is None or self.transport.is_closing():
             return  # the client left; what it sent was still applied and is durable
-        secret = self.server.secrets.get(request.client_id, b"")
-        self.transport.write(frame.encode(request.operation, request.request_id, body, client_id=request.client_id,
-                                          secret=secret, event_count=event_count, status=status))
-        if close:
-            self.transport.close()
+        secret = self.server.secrets.get(client_id, b"")
+        self.transport.write(frame.encode_header(operation, request_id, body, client_id=client_id, secret=secret,
+                                                 event_count=event_count, status=status))
+        if len(body):
+            self.transport.write(body)
+
+    def update_reading(self) -> None:
+        """Pause or resume reading according to the limits."""
+        if self.transport is None:
+            return
+        server = self.server
+        pause = (self.finished or self._writing_paused
+                 or self.in_flight_requests >= constants.IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX
+                 or self.in_flight_bytes >= constants.IN_FLIGHT_BYTES_PER_CONNECTION_MAX
+                 or server.in_flight_bytes >= constants.IN_FLIGHT_BYTES_MAX)
+        if pause and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+            server.paused.add(self)
+        elif not pause and self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+            server.paused.discard(self)
+
+    def _make_room(self, frame_bytes: int) -> None:
+        # Move the partial frame to the front, into a bigger buffer if the frame needs one.
+        pending = bytes(self._view[self._start:self._end])
+        size = max(len(self._buffer), frame_bytes)
+        if size > len(self._buffer):
+            self._buffer = bytearray(size)
+            self._view = memoryview(self._buffer)
+        self._view[:len(pending)] = pending
+        self._start, self._end = 0, len(pending)
+
+    def _stalled(self) -> None:
+        if self._writing_paused and self.transport is not None:
+            self.transport.abort()
+
+
+class _Stage:
+    """Requests run together: a create batch (records of one operation), or ordered requests."""
+
+    __slots__ = ("operation", "buffer", "view", "events", "nbytes", "requests")
+
+    def __init__(self, operation: int | None):
+        self.operation = operation  # None for an ordered stage
+        self.buffer = bytearray()
+        self.view = memoryview(self.buffer)
+        self.events = 0
+        self.nbytes = 0
+        # (connection, operation, request_id, client_id, first_event, event_count, frame_bytes, payload)
+        self.requests: list = []
+
+    def room_for(self, operation: int, events: int) -> bool:
+        return operation == self.operation and self.events + events <= constants.EVENTS_PER_REQUEST_MAX
+
+    def add_records(self, body: memoryview) -> None:
+        end = self.nbytes + len(body)
+        if end > len(self.buffer):
+            # Grow by doubling: a stage's memory stays within twice the bytes it holds.
+            grown = bytearray(min(max(2 * len(self.buffer), end), constants.FRAME_BODY_BYTES_MAX))
+            grown[:self.nbytes] = self.view[:self.nbytes]
+            self.buffer, self.view = grown, memoryview(grown)
+        self.view[self.nbytes:end] = body
+        self.nbytes = end
+
+    def records(self) -> np.ndarray:
+        return np.frombuffer(self.buffer, dtype=CREATE_RECORD_DTYPES[self.operation], count=self.events)
 
 
 class Server:
-    """Serves a ``core.Store`` to authenticated clients (``secrets``: client id -> secret)."""
+    """Serves a ``core.Store`` to authenticated clients (``secrets``: client id -> secret bytes).
+
+    >>> server = Server(core.open("data"), {1: b"secret of service 1"})
+    >>> port = await server.start("127.0.0.1", 7420)
+    >>> ...
+    >>> await server.close()      # answers everything received, then closes
+    """
 
     def __init__(self, store: core.Store, secrets: dict[int, bytes]):
         self.store = store
         self.secrets = secrets
-        self._queue: collections.deque = collections.deque()
+        self.checker = frame.Checker(secrets, set(OPERATIONS), set(CREATE_RECORD_DTYPES))
+        self.connections: set[Connection] = set()
+        self.paused: set[Connection] = set()
+        self.in_flight_bytes = 0
+        self._stages: collections.deque[_Stage] = collections.deque()
         self._work = asyncio.Event()
         self._server: asyncio.base_events.Server | None = None
         self._batcher: asyncio.Task | None = None
-        self.batches = 0  # core batches applied (for tests and stats)
+        self._core = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tally-core")
+        self._closing = False
+        self._failed = False
+        self._busy = False       # the batcher is running a stage on the core thread
+        self._unanswered = 0     # batches submitted whose replies are not out yet
+        self.batches = 0  # core batches submitted (for tests and stats)
+        self.events = 0   # events in them
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Listen; returns the port."""
+    async def start(self, host: str = "127.0.0.1", port: int = 0, *, ssl=None) -> int:
+        """Listen on ``host:port`` (0: any free port); returns the port."""
         loop = asyncio.get_running_loop()
         self._batcher = loop.create_task(self._run())
-        self._server = await loop.create_server(lambda: Connection(self), host, port)
+        self._server = await loop.create_server(lambda: Connection(self), host, port, ssl=ssl)
         return self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
+        """Graceful shutdown: stop accepting and reading, answer all that was received, close."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
-        while self._queue:  # finish what was accepted
+        for connection in list(self.connections):
+            connection.finished = True
+            connection.update_reading()
+            if connection.in_flight_requests == 0 and connection.transport is not None:
+                connection.transport.close()
+        while self._stages or self._busy or self._unanswered:
+            self._work.set()
             await asyncio.sleep(0.001)
         if self._batcher is not None:
             self._batcher.cancel()
+        if self._server is not None:
+            await self._server.wait_closed()
+        self._core.shutdown(wait=True)
 
-    def queue_request(self, connection: Connection, request: frame.Frame) -> None:
-        self._queue.append((connection, request, None))
+    # -- connections
+
+    def connection_opened(self, connection: Connection) -> None:
+        if self._closing or len(self.connections) >= constants.CONNECTIONS_MAX:
+            connection.transport.abort()
+            return
+        self.connections.add(connection)
+
+    def connection_closed(self, connection: Connection) -> None:
+        self.connections.discard(connection)
+        self.paused.discard(connection)
+
+    def accept(self, connection: Connection, item, nbytes: int) -> None:
+        """Queue one checked frame (or frame error) from ``connection``."""
+        self.in_flight_bytes += nbytes
+        if isinstance(item, frame.FrameError):
+            self._ordered_stage().requests.append((connection, 0, item.request_id, 0, 0, 0, nbytes, item.status))
+        elif item.operation in CREATE_RECORD_DTYPES:
+            stage = self._stages[-1] if self._stages else None
+            if stage is None or not stage.room_for(item.operation, item.event_count):
+                stage = _Stage(item.operation)
+                self._stages.append(stage)
+            stage.requests.append((connection, item.operation, item.request_id, item.client_id, stage.events,
+                                   item.event_count, nbytes, None))
+            stage.add_records(item.body)
+            stage.events += item.event_count
+        else:
+            payload = bytes(item.body)  # ids or a filter: small, and the receive buffer moves on
+            self._ordered_stage().requests.append((connection, item.operation, item.request_id, item.client_id,
+                                                   0, 0, nbytes, payload))
         self._work.set()
 
-    def queue_error(self, connection: Connection, error: frame.FrameError) -> None:
-        self._queue.append((connection, None, error))
-        self._work.set()
+    def _ordered_stage(self) -> _Stage:
+        if not self._stages or self._stages[-1].operation is not None:
+            self._stages.append(_Stage(None))
+        return self._stages[-1]
+
+    def _answered(self, connection: Connection, nbytes: int) -> None:
+        self.in_flight_bytes -= nbytes
+        connection.answered(nbytes)
+        if self.paused and self.in_flight_bytes < constants.IN_FLIGHT_BYTES_MAX:
+            for paused in list(self.paused):
+                paused.update_reading()
+
+    # -- the batcher
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            await self._work.wait()
-            self._work.clear()
-            while self._queue:
-                connection, request, error = self._queue[0]
-                if error is not None:
-                    self._queue.popleft()
-                    _answer_error(connection, error)
-                elif request.operation in CREATE_OPERATIONS:
-                    await self._apply_creates(request.operation)
+            if not self._stages:
+                self._work.clear()
+                await self._work.wait()
+                continue
+            stage = self._stages.popleft()
+            self._busy = True
+            try:
+                if self._failed:
+                    self._fail(stage)
+                elif stage.operation is None:
+                    replies = await loop.run_in_executor(self._core, self._run_ordered, stage)
+                    for request, reply in zip(stage.requests, replies):
+                        self._send(request, *reply)
                 else:
-                    self._queue.popleft()
-                    self._answer_read(connection, request)
+                    pending = await loop.run_in_executor(self._core, self.store.submit, stage.operation,
+                                                         stage.records())
+                    self.batches += 1
+                    self.events += stage.events
+                    self._unanswered += 1
+                    pending.add_done_callback(
+                        lambda done, stage=stage: loop.call_soon_threadsafe(self._answer_batch, stage, done))
+            except core.StoreError:  # a commit failed (now, or for an earlier batch)
+                self._fail(stage)
+            finally:
+                self._busy = False
 
-    async def _apply_creates(self, operation: int) -> None:
-        """One core batch from the consecutive create requests of ``operation`` at the queue's head."""
-        taken, events = [], 0
-        while self._queue:
-            connection, request, error = self._queue[0]
-            if error is not None or request.operation != operation:
-                break
-            if events + request.event_count > constants.EVENTS_PER_REQUEST_MAX:
-                break
-            taken.append(self._queue.popleft())
-            events += request.event_count
-        records = np.frombuffer(b"".join(request.body for _, request, _ in taken), dtype=CREATE_OPERATIONS[operation])
-        pending = self.store.submit(operation, records)
-        self.batches += 1
-        await asyncio.get_running_loop().run_in_executor(None, pending.wait)
-        results = pending.result()
-        start = 0
-        for connection, request, _ in taken:
-            part = results[start:start + request.event_count]
-            start += request.event_count
-            connection.reply(request, part.tobytes(), event_count=request.event_count)
-
-    def _answer_read(self, connection: Connection, request: frame.Frame) -> None:
-        if request.operation == OPERATION_PING:
-            connection.reply(request)
+    def _answer_batch(self, stage: _Stage, pending) -> None:
+        self._unanswered -= 1
+        try:
+            results = pending.result()
+        except core.StoreError:
+            self._fail(stage)
             return
-        if len(request.body) % ID_BYTES or len(request.body) // ID_BYTES > constants.EVENTS_PER_REQUEST_MAX:
-            connection.reply(request, status=frame.Status.bad_record_size)
-            return
-        ids = np.frombuffer(request.body, dtype=core.ID_DTYPE)
-        lookup = self.store.lookup_accounts if request.operation == OPERATION_LOOKUP_ACCOUNTS else self.store.lookup_transfers
-        found = lookup(ids)
-        connection.reply(request, found.tobytes(), event_count=len(found))
+        view = memoryview(results).cast("B")
+        for request in stage.requests:
+            first, count = request[4], request[5]
+            self._send(request, frame.Status.ok, view[first * 4:(first + count) * 4], count)
 
+    def _run_ordered(self, stage: _Stage) -> list[tuple]:
+        """On the core thread, after every earlier batch is committed: (status, body, event_count) each."""
+        replies = []
+        for _, operation, _, _, _, _, _, payload in stage.requests:
+            if operation == 0:  # a frame error: payload is its status
+                replies.append((payload, _NO_BODY, 0))
+            elif operation == Operation.ping:
+                replies.append((frame.Status.ok, _NO_BODY, 0))
+            elif operation in LOOKUP_RECORD_DTYPES:
+                if len(payload) % ID_BYTES or len(payload) // ID_BYTES > constants.EVENTS_PER_REQUEST_MAX:
+                    replies.append((frame.Status.bad_record_size, _NO_BODY, 0))
+                    continue
+                ids = np.frombuffer(payload, dtype=core.ID_DTYPE)
+                lookup = (self.store.lookup_accounts if operation == Operation.lookup_accounts
+                          else self.store.lookup_transfers)
+                found = lookup(ids)
+                replies.append((frame.Status.ok, memoryview(found).cast("B"), len(found)))
+            else:  # get_account_transfers
+                replies.append(self._account_transfers(payload))
+        return replies
 
-def _answer_error(connection: Connection, error: frame.FrameError) -> None:
-    request = frame.Frame(0, error.request_id, 0, 0, 0, memoryview(b""))
-    connection.reply(request, status=error.status, close=error.status.closes_connection)
+    def _account_transfers(self, payload: bytes) -> tuple:
+        try:
+            query = FILTER_DECODER.decode(payload)
+        except Exception:  # msgspec.DecodeError / ValidationError: the body is not a filter
+            return frame.Status.bad_body, _NO_BODY, 0
+        if query.check() is not None:
+            return frame.Status.bad_body, _NO_BODY, 0
+        found = self.store.get_account_transfers(
+            query.account_id, timestamp_min=query.timestamp_min, timestamp_max=query.timestamp_max,
+            limit=query.limit, debits=query.debits, credits=query.credits, reverse=query.reverse)
+        return frame.Status.ok, memoryview(found).cast("B"), len(found)
+
+    def _send(self, request: tuple, status: int, body, event_count: int) -> None:
+        connection, operation, request_id, client_id, _, _, nbytes, _ = request
+        connection.reply(operation, request_id, client_id, body, event_count, status)
+        self._answered(connection, nbytes)
+
+    def _fail(self, stage: _Stage) -> None:
+        """The store failed (a commit did): nothing more can be acknowledged. Say so and close."""
+        self._failed = True
+        for request in stage.requests:
+            request[0].finished = True
+            self._send(request, frame.Status.unavailable, _NO_BODY, 0)
+        for connection in list(self.connections):
+            connection.finished = True
+            connection.update_reading()

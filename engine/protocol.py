@@ -1,0 +1,64 @@
+"""The operations of the wire protocol and their bodies (docs/protocol.md), shared by server and client.
+
+Record operations carry fixed 128-byte records (``core.ACCOUNT_DTYPE``/``TRANSFER_DTYPE``) so that
+a batch is one contiguous buffer from the socket to the core; control messages (today the
+``get_account_transfers`` filter) are msgpack, decoded by msgspec into a typed, validated struct.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+from core import constants as core_constants
+from core.records import ACCOUNT_DTYPE, TRANSFER_DTYPE
+
+
+class Operation(enum.IntEnum):
+    create_accounts = 1
+    create_transfers = 2
+    lookup_accounts = 3
+    lookup_transfers = 4
+    get_account_transfers = 5
+    # 100-199: reserved for the payment products (red envelopes, coupons, cross-border...).
+    ping = 1000
+
+
+#: Record operations: the body is ``event_count`` records of this type; the reply one u32
+#: ``core.Result`` per record. These are exactly the operations the store logs.
+CREATE_RECORD_DTYPES = {Operation.create_accounts: ACCOUNT_DTYPE, Operation.create_transfers: TRANSFER_DTYPE}
+
+#: Lookups: the body is 16-byte ids (at most ``EVENTS_PER_REQUEST_MAX``); the reply the records found.
+LOOKUP_RECORD_DTYPES = {Operation.lookup_accounts: ACCOUNT_DTYPE, Operation.lookup_transfers: TRANSFER_DTYPE}
+
+OPERATIONS = frozenset(Operation)
+ID_BYTES = 16
+RESULT_BYTES = 4
+
+_U64_MAX = (1 << 64) - 1
+
+
+class AccountTransfersFilter(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Body of ``get_account_transfers``: one page of an account's transfers (msgpack map)."""
+    account_id: int
+    timestamp_min: int = 0          # engine ns, inclusive; 0 = unbounded
+    timestamp_max: int = 0          # engine ns, inclusive; 0 = unbounded
+    limit: int = core_constants.ACCOUNT_TRANSFERS_LIMIT_MAX
+    debits: bool = True
+    credits: bool = True
+    reverse: bool = False
+
+    def check(self) -> str | None:
+        """Why this filter is out of range, or None."""
+        if not 0 <= self.account_id < 1 << 128:
+            return "account_id must fit 128 bits"
+        if not (0 <= self.timestamp_min <= _U64_MAX and 0 <= self.timestamp_max <= _U64_MAX):
+            return "timestamps must fit 64 bits"
+        if not 0 <= self.limit <= core_constants.ACCOUNT_TRANSFERS_LIMIT_MAX:
+            return f"limit must be in 0..{core_constants.ACCOUNT_TRANSFERS_LIMIT_MAX}"
+        return None
+
+
+FILTER_ENCODER = msgspec.msgpack.Encoder()
+FILTER_DECODER = msgspec.msgpack.Decoder(AccountTransfersFilter)
