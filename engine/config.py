@@ -1,0 +1,139 @@
+"""The server's configuration file (TOML), validated with msgspec.
+
+    # .tally/config.toml
+    [server]
+    data = ".tally/data"      # LMDB data directory
+    host = "127.0.0.1"
+    port = 7420
+    # accounts_max = 2097152, transfers_max = 16777216   (fixed when the data directory is created)
+    # tls_cert = "cert.pem", tls_key = "key.pem"          (optional: serve TLS only)
+    # prefault = false                                     (true: touch all memory at start)
+
+    [[clients]]               # one table per client service
+    id = 1
+    secret = "hex of at least 16 random bytes"
+
+``load`` reads and checks a file; ``create_default`` writes one with a fresh random secret for
+client 1, which is what ``tally serve`` does on first start when no file exists.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as random_secrets
+import tomllib
+
+import msgspec
+
+from core import constants as core_constants
+
+DEFAULT_CONFIG_PATH = os.path.join(".tally", "config.toml")
+DEFAULT_DATA_DIR = os.path.join(".tally", "data")
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7420
+SECRET_BYTES_MIN = 16
+_U32_MAX = (1 << 32) - 1
+
+
+class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
+    data: str = DEFAULT_DATA_DIR
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    accounts_max: int = core_constants.ACCOUNTS_MAX_DEFAULT
+    transfers_max: int = core_constants.TRANSFERS_MAX_DEFAULT
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    prefault: bool = False    # touch all ledger memory at start: slower start, no page faults later
+    checkpoint_interval_batches: int = core_constants.CHECKPOINT_INTERVAL_BATCHES_DEFAULT
+
+
+class ClientCredentials(msgspec.Struct, forbid_unknown_fields=True):
+    id: int
+    secret: str  # hex
+
+    @property
+    def secret_bytes(self) -> bytes:
+        return bytes.fromhex(self.secret)
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True):
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    clients: list[ClientCredentials] = []
+
+    def secrets(self) -> dict[int, bytes]:
+        """Client id -> secret, as the server checks frames with them."""
+        return {client.id: client.secret_bytes for client in self.clients}
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, malformed or inconsistent."""
+
+
+def load(path: str) -> Config:
+    """Read and check a configuration file; relative paths in it are relative to the working directory."""
+    try:
+        with open(path, "rb") as file:
+            raw = tomllib.load(file)
+        config = msgspec.convert(raw, Config)
+    except (OSError, tomllib.TOMLDecodeError, msgspec.ValidationError) as error:
+        raise ConfigError(f"{path}: {error}") from error
+    problem = check(config)
+    if problem:
+        raise ConfigError(f"{path}: {problem}")
+    return config
+
+
+def check(config: Config) -> str | None:
+    """What is wrong with a configuration, or None."""
+    if not config.clients:
+        return "no [[clients]]: nobody could connect"
+    ids = [client.id for client in config.clients]
+    if len(set(ids)) != len(ids):
+        return "client ids must be unique"
+    for client in config.clients:
+        if not 1 <= client.id <= _U32_MAX:
+            return f"client id {client.id} must be in 1..{_U32_MAX} (0 is reserved)"
+        try:
+            secret = client.secret_bytes
+        except ValueError:
+            return f"the secret of client {client.id} is not hex"
+        if len(secret) < SECRET_BYTES_MIN:
+            return f"the secret of client {client.id} is shorter than {SECRET_BYTES_MIN} bytes"
+    if not 0 <= config.server.port <= 65535:
+        return "port must be in 0..65535"
+    if (config.server.tls_cert is None) != (config.server.tls_key is None):
+        return "tls_cert and tls_key go together"
+    return None
+
+
+def create_default(path: str, *, data: str = DEFAULT_DATA_DIR, port: int = DEFAULT_PORT) -> Config:
+    """Write a configuration with one client (id 1) and a fresh random secret; returns it."""
+    config = Config(server=ServerSettings(data=data, port=port),
+                    clients=[ClientCredentials(id=1, secret=random_secrets.token_hex(32))])
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    text = (
+        "# Tally server configuration (engine/config.py documents every key).\n"
+        "[server]\n"
+        f"data = {_toml_string(config.server.data)}\n"
+        f"host = {_toml_string(config.server.host)}\n"
+        f"port = {config.server.port}\n"
+        "\n"
+        "[[clients]]\n"
+        "id = 1\n"
+        f"secret = \"{config.clients[0].secret}\"\n"
+    )
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # it holds a secret
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+    return config
+
+
+def load_or_create(path: str) -> Config:
+    """``load``, creating the default file first if there is none."""
+    if not os.path.exists(path):
+        create_default(path)
+    return load(path)
+
+
+def _toml_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
