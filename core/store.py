@@ -104,6 +104,7 @@ class RecoveryStats(msgspec.Struct, frozen=True):
     replayed_batches: int
     replayed_events: int
     replay_s: float
+    checkpoint_error: str | None = None   # why the checkpoint was not used (the whole log was replayed)
 
 
 class PendingBatch:
@@ -189,15 +190,14 @@ class Store:
                               readahead=False, meminit=False)
         self._log = self._env.open_db(b"log")
         self._meta_db = self._env.open_db(b"meta")
-        # Checkpoints have an environment (and so a write lock) of their own: see _start_checkpoint.
-        self._checkpoint_env = lmdb.open(os.path.join(path, CHECKPOINT_SUBDIRECTORY), map_size=map_size_bytes,
-                                         sync=True, metasync=True, readahead=False, meminit=False)
+        self._checkpoint_env = self._open_checkpoint_env(map_size_bytes)
         self._checkpointer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tally-checkpoint")
         self._checkpointing: concurrent.futures.Future | None = None
         self._snapshot_buffers: dict[str, np.ndarray] = {}
         meta = self._load_or_create_meta(accounts_max, transfers_max)
         self.ledger = Ledger(accounts_max=meta.accounts_max, transfers_max=meta.transfers_max)
         self._checkpoint_meta: _CheckpointMeta | None = None
+        self._prefault = prefault
         if prefault:
             self.ledger.prefault()
         self.recovery = self._recover()
@@ -439,6 +439,25 @@ class Store:
             pending._finish(self._failed)
             self._in_flight.release()
 
+    def _open_checkpoint_env(self, map_size_bytes: int):
+        """The checkpoints' LMDB environment: its own write lock, and no fsync.
+
+        Its own environment, so that writing a checkpoint never holds up a log commit; no
+        fsync, because a checkpoint only saves replay time: the OS writes it back smoothly
+        instead of in one burst that would stall the log's synchronous commits. After a power
+        loss it may be damaged; recovery then replays the whole log (``_recover``). If it cannot
+        even be opened, it is set aside and a new one started.
+        """
+        directory = os.path.join(self.path, CHECKPOINT_SUBDIRECTORY)
+        options = dict(map_size=map_size_bytes, sync=False, metasync=False, readahead=False, meminit=False)
+        try:
+            return lmdb.open(directory, **options)
+        except lmdb.Error as error:
+            aside = f"{directory}.damaged-{time.time_ns()}"
+            print(f"tally: {self.path}: checkpoint environment unreadable ({error}); moved to {aside}", file=sys.stderr)
+            os.rename(directory, aside)
+            return lmdb.open(directory, **options)
+
     def _load_or_create_meta(self, accounts_max, transfers_max) -> _Meta:
         with self._env.begin(write=True, db=self._meta_db) as txn:
             stored = txn.get(b"meta")
@@ -463,14 +482,27 @@ class Store:
     def _recover(self) -> RecoveryStats:
         started = time.perf_counter()
         checkpoint_sequence = 0
-        with self._checkpoint_env.begin(buffers=True) as txn:
-            raw_meta = txn.get(b"meta")
-            if raw_meta is not None:
-                meta = msgspec.msgpack.decode(bytes(raw_meta), type=_CheckpointMeta)
-                arrays = {name: self._load_array(txn, name, array_meta) for name, array_meta in meta.arrays.items()}
-                self.ledger.restore(arrays, meta.scalars)
-                checkpoint_sequence = meta.sequence
-                self._checkpoint_meta = meta
+        checkpoint_error = None
+        try:
+            with self._checkpoint_env.begin(buffers=True) as txn:
+                raw_meta = txn.get(b"meta")
+                if raw_meta is not None:
+                    meta = msgspec.msgpack.decode(bytes(raw_meta), type=_CheckpointMeta)
+                    arrays = {name: self._load_array(txn, name, array_meta)
+                              for name, array_meta in meta.arrays.items()}
+                    self.ledger.restore(arrays, meta.scalars)
+                    checkpoint_sequence = meta.sequence
+                    self._checkpoint_meta = meta
+        except (StoreError, lmdb.Error, msgspec.DecodeError) as error:
+            # A checkpoint only saves replay time: the log holds every batch since the first.
+            # So a damaged one (its writes are not synced: see _open_checkpoint_env) is reported
+            # and the whole log is replayed instead. The next checkpoint rewrites everything.
+            checkpoint_error = str(error)
+            print(f"tally: {self.path}: checkpoint not used, replaying the whole log: {error}", file=sys.stderr)
+            self.ledger = Ledger(accounts_max=self.ledger.accounts_max, transfers_max=self.ledger.transfers_max)
+            if self._prefault:
+                self.ledger.prefault()
+            checkpoint_sequence, self._checkpoint_meta = 0, None
         loaded = time.perf_counter()
         batches = events = 0
         # Entry N+1 is read and unpacked on a second thread (unpacking holds no GIL) while
@@ -489,7 +521,8 @@ class Store:
             if decoding is not None:
                 events += self._replay_entry(*decoding.result())
                 batches += 1
-        return RecoveryStats(checkpoint_sequence, loaded - started, batches, events, time.perf_counter() - loaded)
+        return RecoveryStats(checkpoint_sequence, loaded - started, batches, events, time.perf_counter() - loaded,
+                             checkpoint_error)
 
     def _applier(self, operation: int):
         """The ledger method that applies a batch of ``operation`` (a key of RECORD_DTYPES)."""

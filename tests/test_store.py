@@ -173,9 +173,30 @@ def test_a_damaged_log_entry_is_reported_not_misread(data_dir):
         core.open(data_dir)
 
 
-def test_a_damaged_checkpoint_is_reported(data_dir):
+def test_a_damaged_checkpoint_is_reported_and_the_whole_log_replayed(data_dir):
     with core.open(data_dir, accounts_max=100, transfers_max=10_000, checkpoint_interval_batches=2) as store:
         _fill(store, 3)
+        before = _state(store.ledger)
+        sequence = store.sequence
     _damage(data_dir, b"checkpoint", b"hot/" + (0).to_bytes(4, "big"), 100, 0x01)  # one balance bit
-    with pytest.raises(core.StoreError, match="chunk 0 of hot is damaged"):
-        core.open(data_dir)
+    with core.open(data_dir) as store:
+        assert "chunk 0 of hot is damaged" in store.recovery.checkpoint_error
+        assert store.recovery.checkpoint_sequence == 0 and store.recovery.replayed_batches == sequence
+        _assert_same(before, _state(store.ledger))
+        store.checkpoint()  # a new, whole checkpoint replaces the damaged one
+    with core.open(data_dir) as store:
+        assert store.recovery.checkpoint_error is None and store.recovery.replayed_batches == 0
+        _assert_same(before, _state(store.ledger))
+
+
+def test_an_unreadable_checkpoint_environment_is_set_aside(data_dir):
+    with core.open(data_dir, accounts_max=100, transfers_max=10_000, checkpoint_interval_batches=2) as store:
+        _fill(store, 3)
+        before = _state(store.ledger)
+    checkpoint_file = os.path.join(data_dir, core.store.CHECKPOINT_SUBDIRECTORY, "data.mdb")
+    with open(checkpoint_file, "r+b") as file:
+        file.write(b"\xff" * 8192)  # both LMDB meta pages
+    with core.open(data_dir) as store:
+        assert store.recovery.checkpoint_sequence == 0
+        _assert_same(before, _state(store.ledger))
+    assert any(name.startswith(core.store.CHECKPOINT_SUBDIRECTORY + ".damaged-") for name in os.listdir(data_dir))
