@@ -194,6 +194,7 @@ class Store:
         self._checkpointer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tally-checkpoint")
         self._checkpointing: concurrent.futures.Future | None = None
         self._snapshot_buffers: dict[str, np.ndarray] = {}
+        self._pack_scratch = memoryview(bytearray(codec.packed_size_max(_CHUNK_RECORDS)))
         meta = self._load_or_create_meta(accounts_max, transfers_max)
         self.ledger = Ledger(accounts_max=meta.accounts_max, transfers_max=meta.transfers_max)
         self._checkpoint_meta: _CheckpointMeta | None = None
@@ -361,7 +362,12 @@ class Store:
                     checksums = list(old.checksums[:first]) if old else []
                     for i in range(first, chunks):
                         part = flat[i * per_chunk:(i + 1) * per_chunk]
-                        value = codec.pack(part) if _APPEND_ONLY[name] else part.view(np.uint8)
+                        if _APPEND_ONLY[name]:
+                            # Into a kept scratch buffer: packing then holds no GIL and allocates
+                            # nothing (a fresh buffer per chunk cost page faults with the GIL held).
+                            value = self._pack_scratch[:codec.pack_into(part, self._pack_scratch)]
+                        else:
+                            value = part.view(np.uint8)
                         txn.put(prefix + _CHUNK_KEY.pack(i), value)
                         checksums.append(zlib.crc32(value))
                 else:
