@@ -39,6 +39,11 @@ from engine.protocol import (
 
 _NO_BODY = memoryview(b"")
 SPARE_BUFFERS_MAX = 4  # full-size batch buffers kept for reuse
+#: Offset of the low byte of ``flags`` in each create operation's record, and the linked bit.
+_FLAGS_OFFSET = {operation: dtype.fields["flags"][1] for operation, dtype in CREATE_RECORD_DTYPES.items()}
+_LINKED = int(core.TransferFlags.linked)
+if _LINKED != int(core.AccountFlags.linked) or _LINKED > 0xFF:
+    raise ImportError("the linked flag must be the same low bit in accounts and transfers")
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -171,7 +176,7 @@ class Connection(asyncio.BufferedProtocol):
 class _Stage:
     """Requests run together: a create batch (records of one operation), or ordered requests."""
 
-    __slots__ = ("operation", "buffer", "view", "events", "nbytes", "requests")
+    __slots__ = ("operation", "buffer", "view", "events", "nbytes", "requests", "sealed")
 
     def __init__(self, operation: int | None, buffer: bytearray | None = None):
         self.operation = operation  # None for an ordered stage
@@ -179,11 +184,13 @@ class _Stage:
         self.view = memoryview(self.buffer)
         self.events = 0
         self.nbytes = 0
+        self.sealed = False  # no other request may follow (the last one left a linked chain open)
         # (connection, operation, request_id, client_id, first_event, event_count, frame_bytes, payload)
         self.requests: list = []
 
     def room_for(self, operation: int, events: int) -> bool:
-        return operation == self.operation and self.events + events <= constants.EVENTS_PER_REQUEST_MAX
+        return (not self.sealed and operation == self.operation
+                and self.events + events <= constants.EVENTS_PER_REQUEST_MAX)
 
     def add_records(self, body: memoryview) -> None:
         end = self.nbytes + len(body)
@@ -291,6 +298,11 @@ class Server:
                                    item.event_count, nbytes, None))
             stage.add_records(item.body)
             stage.events += item.event_count
+            # A request whose last event is linked leaves its chain open: it must end the batch,
+            # where the core fails the chain (linked_event_chain_open), rather than run on into
+            # another request's events.
+            if item.event_count and item.body[-128 + _FLAGS_OFFSET[item.operation]] & _LINKED:
+                stage.sealed = True
         else:
             payload = bytes(item.body)  # ids or a filter: small, and the receive buffer moves on
             self._ordered_stage().requests.append((connection, item.operation, item.request_id, item.client_id,

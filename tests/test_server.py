@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import struct
+import threading
 
 import numpy as np
 import pytest
@@ -97,4 +98,49 @@ def test_bad_frames_get_error_frames_and_change_nothing(data_dir):
             good.close()
             impostor.close()
             writer.close()
+    run(scenario())
+
+
+def test_an_open_chain_never_runs_into_another_request(data_dir):
+    # Two requests gathered into one core batch: the first ends with a linked event (its chain
+    # is open). It must fail alone, as at the end of a batch, not absorb the second request.
+    async def scenario():
+        async with serving(data_dir) as (store, server, port):
+            one = await Client.connect("127.0.0.1", port, client_id=1, secret=SECRETS[1])
+            two = await Client.connect("127.0.0.1", port, client_id=2, secret=SECRETS[2])
+            await one.create_accounts(core.accounts_from_dicts([{"id": i, "ledger": 156, "code": 1} for i in (1, 2)]))
+
+            def transfer(id_, amount, flags=0):
+                return core.transfers_from_dicts([{"id": id_, "debit_account_id": 1, "credit_account_id": 2,
+                                                   "amount": amount, "ledger": 156, "code": 1, "flags": flags}])
+
+            # Hold the core thread inside a first batch, so that the next two requests are
+            # gathered into one stage while it waits.
+            entered, gate = threading.Event(), threading.Event()
+            submit = store.submit
+
+            def held_submit(*args, **kwargs):
+                if not gate.is_set():
+                    entered.set()
+                    gate.wait(10)
+                return submit(*args, **kwargs)
+
+            store.submit = held_submit
+            blocker = asyncio.ensure_future(two.create_transfers(transfer(9, 1)))
+            while not entered.is_set():
+                await asyncio.sleep(0.001)
+            first = asyncio.ensure_future(one.create_transfers(transfer(10, 5, int(core.TransferFlags.linked))))
+            second = asyncio.ensure_future(two.create_transfers(transfer(11, 7)))
+            while sum(len(stage.requests) for stage in server._stages) < 2:
+                await asyncio.sleep(0.001)
+            batches_before = server.batches
+            gate.set()
+            assert (await blocker).tolist() == [core.Result.ok]
+            assert (await first).tolist() == [core.Result.linked_event_chain_open]
+            assert (await second).tolist() == [core.Result.ok]
+            assert server.batches - batches_before == 3  # the blocker, then one batch per request
+            accounts = await two.lookup_accounts([1])
+            assert accounts["debits_posted"].tolist() == [1 + 7]
+            one.close()
+            two.close()
     run(scenario())
