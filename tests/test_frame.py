@@ -100,3 +100,16 @@ def test_any_flipped_byte_is_rejected(position, mask):
     results = decoder().feed(bytes(frame)) + decoder().feed(b"")
     # Either rejected, or (a length that grew) still waiting for bytes: never accepted.
     assert all(isinstance(r, FrameError) for r in results)
+
+
+def test_the_status_table_in_the_protocol_doc_matches_the_code():
+    import pathlib
+    import re
+
+    doc = (pathlib.Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    section = doc.split("## Checks and statuses", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (\d+) \| `(\w+)` \|(.*)\|$", section, flags=re.M)
+    assert [(int(number), name) for number, name, _ in rows] == [(s.value, s.name) for s in Status]
+    for number, name, rest in rows:
+        treatment = rest.rsplit("|", 1)[1]
+        assert ("connection closed" in treatment) == Status(int(number)).closes_connection, name
