@@ -1,5 +1,5 @@
 # Two entry points for a fresh clone (Python 3.11, nothing installed):
-#   make bench   set up .venv, build the core, run the core benchmark on an embedded LMDB directory
+#   make bench   set up .venv, build the core, run a local server and a short load on an embedded LMDB directory
 #   make test    set up .venv, build the core, run the whole test suite
 # Everything is installed into .venv by the project's own files (pyproject.toml).
 
@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup bench test test-slow clean
+.PHONY: setup bench bench-core test test-slow clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml setup.py $(wildcard core/*.pyx core/*.pxd)
 	touch $(STAMP)
 
 bench: setup
+	$(BIN)/tally bench e2e --data .tally/bench --accounts 200000 --seconds 3
+
+bench-core: setup
 	$(BIN)/tally bench core --data .tally/bench --transfers 2000000
 
 test: setup

@@ -428,22 +428,32 @@ class Store:
         self._check_usable()
 
     def _commit_loop(self):
-        # The only thread that writes the log. One write transaction and one synchronous commit
-        # per batch, in submission order; py-lmdb drops the GIL in put and commit.
-        while True:
-            item = self._commits.get()
-            if item is None:
-                return
-            pending, entry = item
-            if self._failed is None:
+        # The only thread that writes the log, in submission order; py-lmdb drops the GIL in put
+        # and commit. Group commit: every batch already waiting goes into the same write
+        # transaction, so that a slow fsync is paid once for all of them instead of once each
+        # (results are still released only after the commit that holds their batch).
+        stopping = False
+        while not stopping:
+            group = [self._commits.get()]
+            while True:
+                try:
+                    group.append(self._commits.get_nowait())
+                except queue.Empty:
+                    break
+            if group[-1] is None:
+                stopping = True
+                group.pop()
+            if self._failed is None and group:
                 try:
                     with self._env.begin(write=True, db=self._log) as txn:
-                        txn.put(_SEQUENCE.pack(pending.sequence), entry, append=True)
-                    self._committed_sequence = pending.sequence
+                        for pending, entry in group:
+                            txn.put(_SEQUENCE.pack(pending.sequence), entry, append=True)
+                    self._committed_sequence = group[-1][0].sequence
                 except BaseException as error:  # the disk, the map size: nothing more is acked
                     self._failed = error
-            pending._finish(self._failed)
-            self._in_flight.release()
+            for pending, _ in group:
+                pending._finish(self._failed)
+                self._in_flight.release()
 
     def _open_checkpoint_env(self, map_size_bytes: int):
         """The checkpoints' LMDB environment: its own write lock, and no fsync.
