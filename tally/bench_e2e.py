@@ -110,14 +110,16 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _start_server(base_dir: str, accounts: int, transfers_max: int, secret: bytes) -> tuple[subprocess.Popen, int]:
+def _start_server(base_dir: str, accounts: int, transfers_max: int, secret: bytes, prefault: bool = True,
+                  checkpoint_interval_batches: int = constants.CHECKPOINT_INTERVAL_BATCHES_DEFAULT
+                  ) -> tuple[subprocess.Popen, int]:
     config_path = os.path.join(base_dir, "config.toml")
     with open(config_path, "w") as file:
         file.write(
             "[server]\n"
             f"data = \"{os.path.join(base_dir, 'server')}\"\n"
-            "host = \"127.0.0.1\"\nport = 0\nprefault = true\n"
-            f"checkpoint_interval_batches = {os.environ.get('TALLY_E2E_CHECKPOINT_INTERVAL', 1024)}\n"
+            f"host = \"127.0.0.1\"\nport = 0\nprefault = {'true' if prefault else 'false'}\n"
+            f"checkpoint_interval_batches = {checkpoint_interval_batches}\n"
             f"accounts_max = {accounts}\ntransfers_max = {transfers_max}\n"
             f"[[clients]]\nid = 1\nsecret = \"{secret.hex()}\"\n")
     process = subprocess.Popen([sys.executable, "-m", "tally", "serve", "--config", config_path],
@@ -229,7 +231,9 @@ def _ms(latencies_ns: np.ndarray, q: float) -> float:
 
 def run(seconds: float = 5.0, connections: int = 4, depth: int = 2, accounts: int = 1_000_000,
         core_transfers: int = 2_000_000, half_load_request_events: int = 256, data_dir: str | None = None,
+        prefault: bool = True, checkpoint_interval_batches: int = constants.CHECKPOINT_INTERVAL_BATCHES_DEFAULT,
         progress=None) -> dict:
+    """The whole benchmark (see the module's docstring); ``prefault=False`` only for smoke tests."""
     say = progress or (lambda message: None)
     base_dir = data_dir or tempfile.mkdtemp(prefix="tally-e2e-")
     os.makedirs(base_dir, exist_ok=True)
@@ -240,9 +244,10 @@ def run(seconds: float = 5.0, connections: int = 4, depth: int = 2, accounts: in
         wallets, _, _ = bench_core._population(accounts)
         # The wire cannot beat the core: room for the peak at the core's rate, plus half of it.
         transfers_max = int(wallets + core_rate * 1.2 * (WARMUP_S + seconds * 1.5)) + 1_000_000
-        say(f"starting the server (prefaulting room for {transfers_max:,} transfers)")
+        say(f"starting the server ({'prefaulting ' if prefault else ''}room for {transfers_max:,} transfers)")
         secret = secrets.token_bytes(32)
-        process, port = _start_server(base_dir, accounts, min(transfers_max, constants.TRANSFERS_MAX_LIMIT), secret)
+        process, port = _start_server(base_dir, accounts, min(transfers_max, constants.TRANSFERS_MAX_LIMIT), secret,
+                                      prefault, checkpoint_interval_batches)
         try:
             try:
                 import uvloop
@@ -278,6 +283,7 @@ def run(seconds: float = 5.0, connections: int = 4, depth: int = 2, accounts: in
         "failed_events": peak["failed"] + half["failed"],
         "server_exit_code": server_exit,
         "config": {"seconds": seconds, "connections": connections, "depth": depth, "accounts": accounts,
+                   "checkpoint_interval_batches": checkpoint_interval_batches,
                    "request_events": constants.BATCH_EVENTS_MAX, "half_load_request_events": half_load_request_events,
                    "core_transfers": core_transfers},
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},

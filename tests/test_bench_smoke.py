@@ -39,3 +39,17 @@ def test_info_describes_a_data_directory(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "batches logged   1" in out
     assert f"accounts         {workload.ACCOUNTS}" in out
+
+
+def test_bench_e2e_runs_a_server_process_and_reports_every_key(tmp_path):
+    from tally import bench_e2e
+
+    result = bench_e2e.run(seconds=0.5, connections=2, accounts=3000, core_transfers=16_380,
+                           half_load_request_events=64, data_dir=str(tmp_path), prefault=False)
+    for key in ("transfers_per_s", "core_transfers_per_s", "ratio_to_core", "p50_ms", "p99_ms", "p999_ms",
+                "half_load_p99_ms"):
+        assert result[key] > 0, key
+    assert result["failed_events"] == 0
+    assert result["server_exit_code"] == 0  # SIGTERM: a graceful shutdown
+    assert result["peak_requests"] > 0 and result["half_load_requests"] > 0
+    assert "end to end" in bench_e2e.summary(result)
