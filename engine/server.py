@@ -33,8 +33,9 @@ import numpy as np
 
 import core
 from engine import constants, frame
+from core import constants as core_constants
 from engine.protocol import (
-    CREATE_RECORD_DTYPES, FILTER_DECODER, ID_BYTES, LOOKUP_RECORD_DTYPES, OPERATIONS, Operation,
+    CREATE_RECORD_DTYPES, FILTER_DECODER, ID_BYTES, LOOKUP_RECORD_DTYPES, OPERATIONS, RESULT_BYTES, Operation,
 )
 
 _NO_BODY = memoryview(b"")
@@ -83,7 +84,12 @@ class Connection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._end += nbytes
-        while not self.finished and self._end - self._start >= frame.LENGTH_PREFIX_BYTES:
+        self._handle_frames()
+
+    def _handle_frames(self) -> None:
+        """Check and hand over the complete frames received, while the limits allow."""
+        while (not self.finished and not self._over_limits()
+               and self._end - self._start >= frame.LENGTH_PREFIX_BYTES):
             total = frame.frame_bytes(self._buffer, self._start)
             if isinstance(total, frame.Status):  # the stream cannot be framed any further
                 self._accept(frame.FrameError(total, 0), 0)
@@ -95,6 +101,8 @@ class Connection(asyncio.BufferedProtocol):
             item = self.server.checker.check(self._view[self._start:self._start + total])
             self._start += total
             self._accept(item, total)
+        # Frames past a limit stay in the buffer (reading is paused meanwhile): they are
+        # handled when replies bring the counts down (update_reading).
         if self._start == self._end:
             self._start = self._end = 0
         if self.finished:
@@ -116,13 +124,21 @@ class Connection(asyncio.BufferedProtocol):
 
     # -- the server's side
 
-    def _accept(self, item, nbytes: int) -> None:
+    def _accept(self, item, frame_bytes: int) -> None:
         if isinstance(item, frame.FrameError) and item.status.closes_connection:
             self.finished = True
+        # A request's budget is the larger of its frame and its largest possible reply, so that
+        # the replies a slow reader leaves queued stay within the limits too.
+        nbytes = max(frame_bytes, _reply_bytes_max(item))
         self.in_flight_requests += 1
         self.in_flight_bytes += nbytes
         self.server.accept(self, item, nbytes)
         self.update_reading()
+
+    def _over_limits(self) -> bool:
+        return (self.in_flight_requests >= constants.IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX
+                or self.in_flight_bytes >= constants.IN_FLIGHT_BYTES_PER_CONNECTION_MAX
+                or self.server.in_flight_bytes >= constants.IN_FLIGHT_BYTES_MAX)
 
     def answered(self, nbytes: int) -> None:
         self.in_flight_requests -= 1
@@ -145,10 +161,12 @@ class Connection(asyncio.BufferedProtocol):
         if self.transport is None:
             return
         server = self.server
-        pause = (self.finished or self._writing_paused
-                 or self.in_flight_requests >= constants.IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX
-                 or self.in_flight_bytes >= constants.IN_FLIGHT_BYTES_PER_CONNECTION_MAX
-                 or server.in_flight_bytes >= constants.IN_FLIGHT_BYTES_MAX)
+        pause = self.finished or self._writing_paused or self._over_limits()
+        if not pause and self._end - self._start >= frame.LENGTH_PREFIX_BYTES:
+            self._handle_frames()  # frames held back at a limit: their turn now
+            if self.transport is None:
+                return
+            pause = self.finished or self._over_limits()
         if pause and not self._reading_paused:
             self._reading_paused = True
             self.transport.pause_reading()
@@ -171,6 +189,17 @@ class Connection(asyncio.BufferedProtocol):
     def _stalled(self) -> None:
         if self._writing_paused and self.transport is not None:
             self.transport.abort()
+
+
+def _reply_bytes_max(item) -> int:
+    """The largest reply a checked request can get (error frames and create results are small)."""
+    if isinstance(item, frame.FrameError):
+        return frame.HEADER.size
+    if item.operation in LOOKUP_RECORD_DTYPES:
+        return frame.HEADER.size + len(item.body) // ID_BYTES * 128
+    if item.operation == Operation.get_account_transfers:
+        return frame.HEADER.size + core_constants.ACCOUNT_TRANSFERS_LIMIT_MAX * 128
+    return frame.HEADER.size + item.event_count * RESULT_BYTES
 
 
 class _Stage:
@@ -289,7 +318,7 @@ class Server:
     def _stage(self, connection: Connection, item, nbytes: int) -> None:
         if isinstance(item, frame.FrameError):
             self._ordered_stage().requests.append((connection, 0, item.request_id, 0, 0, 0, nbytes, item.status))
-        elif item.operation in CREATE_RECORD_DTYPES:
+        elif item.operation in CREATE_RECORD_DTYPES and item.event_count:
             stage = self._stages[-1] if self._stages else None
             if stage is None or not stage.room_for(item.operation, item.event_count):
                 stage = _Stage(item.operation, self._spare_buffers.pop() if self._spare_buffers else None)
@@ -390,11 +419,14 @@ class Server:
 
     def _run_ordered(self, stage: _Stage) -> list[tuple]:
         """On the core thread, after every earlier batch is committed: (status, body, event_count) each."""
+        # Every earlier batch's replies are handed to the loop before these (replies keep
+        # request order on each connection), and lookups see everything acknowledged.
+        self.store.wait_committed()
         replies = []
         for _, operation, _, _, _, _, _, payload in stage.requests:
             if operation == 0:  # a frame error: payload is its status
                 replies.append((payload, _NO_BODY, 0))
-            elif operation == Operation.ping:
+            elif operation == Operation.ping or operation in CREATE_RECORD_DTYPES:  # a create of no events
                 replies.append((frame.Status.ok, _NO_BODY, 0))
             elif operation in LOOKUP_RECORD_DTYPES:
                 if len(payload) % ID_BYTES or len(payload) // ID_BYTES > constants.EVENTS_PER_REQUEST_MAX:
