@@ -420,12 +420,10 @@ class Store:
         if self._env is None:
             raise StoreError("the store is closed")
 
-    def wait_committed(self) -> None:
-        """Wait until every submitted batch is committed; StoreFailedError if a commit failed.
-
-        Callbacks of those batches (``PendingBatch.add_done_callback``) have run when it returns.
-        """
-        self._drain()
+    @property
+    def last_submitted(self) -> "PendingBatch | None":
+        """The last batch submitted (committed or not), None before the first."""
+        return self._last_pending
 
     def _drain(self):
         """Wait until every submitted batch is committed; raise if a commit failed."""

@@ -372,7 +372,18 @@ class Server:
                 if self._failed:
                     loop.call_soon_threadsafe(self._fail, stage)
                 elif stage.operation is None:
-                    loop.call_soon_threadsafe(self._answer_ordered, stage, self._run_ordered(stage))
+                    # Run now, against every batch applied so far; reply once the last of them
+                    # is committed: after their replies (request order on every connection),
+                    # and never showing a client state that is not yet durable.
+                    replies = self._run_ordered(stage)
+                    last = self.store.last_submitted
+                    if last is None:
+                        loop.call_soon_threadsafe(self._answer_ordered, stage, replies, None)
+                    else:
+                        with self._lock:
+                            self._unanswered += 1
+                        last.add_done_callback(lambda done, stage=stage, replies=replies: loop.call_soon_threadsafe(
+                            self._answer_ordered, stage, replies, done))
                 else:
                     with self._lock:
                         self._unanswered += 1
@@ -392,7 +403,15 @@ class Server:
                 with self._lock:
                     self._busy = False
 
-    def _answer_ordered(self, stage: _Stage, replies: list[tuple]) -> None:
+    def _answer_ordered(self, stage: _Stage, replies: list[tuple], after) -> None:
+        if after is not None:
+            with self._lock:
+                self._unanswered -= 1
+            try:
+                after.result()
+            except core.StoreError:  # what these replies saw was never made durable
+                self._fail(stage)
+                return
         for request, reply in zip(stage.requests, replies):
             self._send(request, *reply)
 
@@ -418,10 +437,7 @@ class Server:
             self._send(request, frame.Status.ok, view[first * 4:(first + count) * 4], count)
 
     def _run_ordered(self, stage: _Stage) -> list[tuple]:
-        """On the core thread, after every earlier batch is committed: (status, body, event_count) each."""
-        # Every earlier batch's replies are handed to the loop before these (replies keep
-        # request order on each connection), and lookups see everything acknowledged.
-        self.store.wait_committed()
+        """On the core thread: (status, body, event_count) for each request of an ordered stage."""
         replies = []
         for _, operation, _, _, _, _, _, payload in stage.requests:
             if operation == 0:  # a frame error: payload is its status
@@ -433,8 +449,9 @@ class Server:
                     replies.append((frame.Status.bad_record_size, _NO_BODY, 0))
                     continue
                 ids = np.frombuffer(payload, dtype=core.ID_DTYPE)
-                lookup = (self.store.lookup_accounts if operation == Operation.lookup_accounts
-                          else self.store.lookup_transfers)
+                # The ledger itself: the store's lookups would first wait for every commit.
+                ledger = self.store.ledger
+                lookup = ledger.lookup_accounts if operation == Operation.lookup_accounts else ledger.lookup_transfers
                 found = lookup(ids)
                 replies.append((frame.Status.ok, memoryview(found).cast("B"), len(found)))
             else:  # get_account_transfers
@@ -448,7 +465,7 @@ class Server:
             return frame.Status.bad_body, _NO_BODY, 0
         if query.check() is not None:
             return frame.Status.bad_body, _NO_BODY, 0
-        found = self.store.get_account_transfers(
+        found = self.store.ledger.get_account_transfers(
             query.account_id, timestamp_min=query.timestamp_min, timestamp_max=query.timestamp_max,
             limit=query.limit, debits=query.debits, credits=query.credits, reverse=query.reverse)
         return frame.Status.ok, memoryview(found).cast("B"), len(found)
