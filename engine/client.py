@@ -142,10 +142,15 @@ class Client:
         if self._closed:
             raise ConnectionError("the client is closed")
         request_id = next(self._ids)
+        if self._transport is None and self.reconnect_attempts == 0 and self._reconnecting is None:
+            raise ConnectionError("not connected to the Tally server")
         request = _Request(operation, body, event_count, asyncio.get_running_loop().create_future())
         self._waiting[request_id] = request
         if self._transport is not None:
             self._send(request_id, request)
+        elif self._reconnecting is None or self._reconnecting.done():
+            # The connection went while nothing was waiting: this request reconnects.
+            self._reconnecting = asyncio.ensure_future(self._reconnect())
         return await request.future
 
     def close(self) -> None:
@@ -226,9 +231,11 @@ class Client:
             return  # the server is going away: the request is re-sent after reconnecting
         request = self._waiting.pop(item.request_id, None)
         if request is not None:
-            if item.status != frame.Status.ok:
+            if request.future.done():  # cancelled by its caller meanwhile
+                pass
+            elif item.status != frame.Status.ok:
                 request.future.set_exception(ServerError(item.status))
-            elif not request.future.done():
+            else:
                 request.future.set_result(item)
                 self._retries = 0
         elif item.request_id == 0 and item.status != frame.Status.ok:

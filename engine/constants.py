@@ -57,5 +57,9 @@ WRITE_BUFFER_BYTES_HIGH = 2 * FRAME_BYTES_MAX
 #: A client that reads none of its replies for this long is disconnected.
 WRITE_STALL_TIMEOUT_S = 30.0
 
+#: After its last reply to a closing connection, the server waits this long for the client to
+#: close its side (reading and dropping what it still sends) before closing anyway.
+CLOSE_LINGER_S = 1.0
+
 _check(IN_FLIGHT_BYTES_PER_CONNECTION_MAX >= FRAME_BYTES_MAX, "a connection must be able to send a full frame")
 _check(IN_FLIGHT_BYTES_MAX >= IN_FLIGHT_BYTES_PER_CONNECTION_MAX, "the global limit must admit one connection's")

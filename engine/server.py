@@ -63,6 +63,9 @@ class Connection(asyncio.BufferedProtocol):
         self._writing_paused = False
         self._reading_paused = False
         self._stall_timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._draining = False           # EOF sent after the last reply: input is dropped
+        self._peer_eof = False
 
     # -- asyncio callbacks
 
@@ -73,8 +76,9 @@ class Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc):
         self.transport = None
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
+        for timer in (self._stall_timer, self._linger_timer):
+            if timer is not None:
+                timer.cancel()
         self.server.connection_closed(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -83,8 +87,17 @@ class Connection(asyncio.BufferedProtocol):
         return self._view[self._end:]
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._draining:  # closing: what the client still sends is dropped unread
+            return
         self._end += nbytes
         self._handle_frames()
+
+    def eof_received(self):
+        self._peer_eof = True
+        if self._draining or self.in_flight_requests == 0:
+            return False  # nothing more to send: close (after what is queued)
+        self.finished = True  # no more requests; the replies still go out, then close_gently
+        return True
 
     def _handle_frames(self) -> None:
         """Check and hand over the complete frames received, while the limits allow."""
@@ -143,8 +156,31 @@ class Connection(asyncio.BufferedProtocol):
     def answered(self, nbytes: int) -> None:
         self.in_flight_requests -= 1
         self.in_flight_bytes -= nbytes
-        if self.finished and self.in_flight_requests == 0 and self.transport is not None:
-            self.transport.close()  # after the last reply: close() flushes what is queued
+        if self.finished and self.in_flight_requests == 0:
+            self.close_gently()
+
+    def close_gently(self) -> None:
+        """Close after the last reply without losing it.
+
+        A plain close() with the client's later requests still unread in the socket makes
+        the kernel send a reset, and the client may lose replies already on their way. So:
+        send EOF after the replies, read and drop whatever the client still sends, and close
+        when it does (or after ``CLOSE_LINGER_S``).
+        """
+        transport = self.transport
+        if transport is None or self._draining:
+            return
+        if self._peer_eof or not transport.can_write_eof():  # nothing unread / TLS: no half-close
+            transport.close()
+            return
+        self._draining = True
+        transport.write_eof()
+        self._start = self._end = 0
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+            self.server.paused.discard(self)
+        self._linger_timer = asyncio.get_running_loop().call_later(constants.CLOSE_LINGER_S, transport.close)
 
     def reply(self, operation: int, request_id: int, client_id: int, body=_NO_BODY, event_count: int = 0,
               status: int = frame.Status.ok) -> None:
@@ -158,7 +194,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def update_reading(self) -> None:
         """Pause or resume reading according to the limits."""
-        if self.transport is None:
+        if self.transport is None or self._draining:
             return
         server = self.server
         pause = self.finished or self._writing_paused or self._over_limits()
@@ -284,8 +320,8 @@ class Server:
         for connection in list(self.connections):
             connection.finished = True
             connection.update_reading()
-            if connection.in_flight_requests == 0 and connection.transport is not None:
-                connection.transport.close()
+            if connection.in_flight_requests == 0:
+                connection.close_gently()
         while self._stages or self._busy or self._unanswered:
             await asyncio.sleep(0.001)
         with self._lock:
@@ -293,6 +329,13 @@ class Server:
             self._stage_ready.notify()
         if self._core is not None:
             self._core.join()
+        # Let the connections finish closing gently (each closes within CLOSE_LINGER_S).
+        deadline = asyncio.get_running_loop().time() + constants.CLOSE_LINGER_S + 0.5
+        while self.connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.005)
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.abort()
         if self._server is not None:
             await self._server.wait_closed()
 
