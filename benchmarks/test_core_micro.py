@@ -76,7 +76,7 @@ def test_codec_pack(benchmark, population):
 def test_durable_create_transfers(benchmark, population, tmp_path):
     accounts, topups, payments = population
     store = core.open(str(tmp_path / "store"), accounts_max=ACCOUNTS,
-                      transfers_max=ACCOUNTS + BATCH * (ROUNDS + 10), checkpoint_interval_batches=1 << 20)
+                      transfers_max=ACCOUNTS + BATCH * (ROUNDS + 10), checkpoint_interval_events=1 << 40)
     for batch in accounts:
         store.create_accounts(batch)
     for batch in topups:

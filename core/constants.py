@@ -35,9 +35,11 @@ LMDB_MAP_SIZE_BYTES_DEFAULT = 64 << 30
 COMMIT_PIPELINE_DEPTH_DEFAULT = 2
 COMMIT_PIPELINE_DEPTH_MAX = 16
 
-#: A checkpoint of the in-memory state is written after this many logged batches, so that
-#: recovery replays at most this many batches.
-CHECKPOINT_INTERVAL_BATCHES_DEFAULT = 1024
+#: A checkpoint of the in-memory state is taken after this many logged events, so that recovery
+#: replays about this many (a few seconds' worth). Counted in events, not batches: a checkpoint
+#: rewrites the balances of every account, so under light load (small batches) a count of
+#: batches would take one far too often for the replay it saves.
+CHECKPOINT_INTERVAL_EVENTS_DEFAULT = 1024 * BATCH_EVENTS_MAX
 
 
 def _check(condition: bool, what: str) -> None:

@@ -9,7 +9,7 @@ Design:
   synchronous commit per batch; results are returned only after the commit. Keys only ever
   grow, so each put is an append (``MDB_APPEND``) that dirties the last leaf page and a run of
   fresh overflow pages: no random page writes per batch, whatever the ids are.
-* **State is a checkpoint plus the log after it.** Every ``checkpoint_interval_batches`` batches,
+* **State is a checkpoint plus the log after it.** Every ``checkpoint_interval_events`` events,
   the whole in-memory state is written in one transaction to the ``checkpoint`` database, tagged
   with the last sequence number it covers. Opening a store loads the newest checkpoint and
   replays the log after it through the same state machine; since the core has no clock and no
@@ -174,17 +174,19 @@ class Store:
 
     def __init__(self, path, *, accounts_max: int | None = None, transfers_max: int | None = None,
                  map_size_bytes: int = constants.LMDB_MAP_SIZE_BYTES_DEFAULT,
-                 checkpoint_interval_batches: int = constants.CHECKPOINT_INTERVAL_BATCHES_DEFAULT,
+                 checkpoint_interval_events: int = constants.CHECKPOINT_INTERVAL_EVENTS_DEFAULT,
+                 checkpoint_interval_batches: int | None = None,
                  commit_pipeline_depth: int = constants.COMMIT_PIPELINE_DEPTH_DEFAULT,
                  prefault: bool = False, clock_ns=time.time_ns):
-        if checkpoint_interval_batches < 1:
-            raise ValueError("checkpoint_interval_batches must be >= 1")
+        if checkpoint_interval_events < 1 or (checkpoint_interval_batches is not None and checkpoint_interval_batches < 1):
+            raise ValueError("checkpoint intervals must be >= 1")
         if not 1 <= commit_pipeline_depth <= constants.COMMIT_PIPELINE_DEPTH_MAX:
             raise ValueError(f"commit_pipeline_depth must be in 1..{constants.COMMIT_PIPELINE_DEPTH_MAX}")
         os.makedirs(path, exist_ok=True)
         self.path = path
         self._clock_ns = clock_ns
-        self._checkpoint_interval = checkpoint_interval_batches
+        self._checkpoint_interval_events = checkpoint_interval_events
+        self._checkpoint_interval_batches = checkpoint_interval_batches  # None: by events only
         self._failed: BaseException | None = None
         self._env = lmdb.open(path, map_size=map_size_bytes, max_dbs=4, sync=True, metasync=True,
                               readahead=False, meminit=False)
@@ -204,6 +206,7 @@ class Store:
         self.recovery = self._recover()
         self._committed_sequence = self._applied_sequence = self._last_sequence()
         self._batches_since_checkpoint = self.recovery.replayed_batches
+        self._events_since_checkpoint = self.recovery.replayed_events
         self._last_pending: PendingBatch | None = None
         self._in_flight = threading.BoundedSemaphore(commit_pipeline_depth)
         self._entries = [bytearray(LOG_HEADER.size + codec.packed_size_max(constants.BATCH_EVENTS_MAX))
@@ -263,6 +266,7 @@ class Store:
         self._last_pending = pending
         self._commits.put((pending, memoryview(entry)[:LOG_HEADER.size + body_bytes]))
         self._batches_since_checkpoint += 1
+        self._events_since_checkpoint += count
         if self._checkpoint_due():
             self._start_checkpoint()
         return pending
@@ -290,7 +294,8 @@ class Store:
     def checkpoint(self) -> None:
         """Write the in-memory state as the new checkpoint now, and wait until it is durable.
 
-        The store also checkpoints by itself every ``checkpoint_interval_batches`` batches, in
+        The store also checkpoints by itself every ``checkpoint_interval_events`` events (and
+        every ``checkpoint_interval_batches`` batches, if that is set), in
         the background (see ``_start_checkpoint``); this waits for such a checkpoint first.
         """
         self._wait_checkpoint()
@@ -313,7 +318,7 @@ class Store:
         arrays, scalars = self.ledger.snapshot()
         arrays = {name: array if name in _APPEND_ONLY else self._snapshot_copy(name, array)
                   for name, array in arrays.items()}
-        self._batches_since_checkpoint = 0
+        self._batches_since_checkpoint = self._events_since_checkpoint = 0
         self._checkpointing = self._checkpointer.submit(
             self._write_checkpoint, self._applied_sequence, self._last_pending, arrays, scalars)
 
@@ -334,7 +339,9 @@ class Store:
             checkpointing.result()
 
     def _checkpoint_due(self) -> bool:
-        if self._batches_since_checkpoint < self._checkpoint_interval:
+        if (self._events_since_checkpoint < self._checkpoint_interval_events
+                and (self._checkpoint_interval_batches is None
+                     or self._batches_since_checkpoint < self._checkpoint_interval_batches)):
             return False
         if self._checkpointing is None:
             return True

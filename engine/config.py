@@ -44,7 +44,7 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     tls_cert: str | None = None
     tls_key: str | None = None
     prefault: bool = False    # touch all ledger memory at start: slower start, no page faults later
-    checkpoint_interval_batches: int = core_constants.CHECKPOINT_INTERVAL_BATCHES_DEFAULT
+    checkpoint_interval_events: int = core_constants.CHECKPOINT_INTERVAL_EVENTS_DEFAULT
 
 
 class ClientCredentials(msgspec.Struct, forbid_unknown_fields=True):

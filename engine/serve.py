@@ -27,7 +27,7 @@ async def serve(config: Config, *, announce=print) -> None:
     settings = config.server
     ssl = tls_context(settings.tls_cert, settings.tls_key) if settings.tls_cert else None
     store = core.open(settings.data, accounts_max=settings.accounts_max, transfers_max=settings.transfers_max,
-                      prefault=settings.prefault, checkpoint_interval_batches=settings.checkpoint_interval_batches)
+                      prefault=settings.prefault, checkpoint_interval_events=settings.checkpoint_interval_events)
     try:
         server = Server(store, config.secrets())
         port = await server.start(settings.host, settings.port, ssl=ssl)

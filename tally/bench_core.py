@@ -187,7 +187,7 @@ def run(accounts: int = 1_000_000, transfers: int = 4_000_000, batch_size: int =
 
     say(f"durable store in {store_dir}")
     clock = _Clock()
-    store = core.open(store_dir, checkpoint_interval_batches=1 << 30, prefault=True, **capacity)
+    store = core.open(store_dir, checkpoint_interval_events=1 << 40, prefault=True, **capacity)
     _apply_all(store, account_batches, topup_batches, clock)
     store.checkpoint()  # recovery below then replays exactly the payments
     first_payment_sequence = store.sequence + 1

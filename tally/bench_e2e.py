@@ -90,7 +90,7 @@ def _core_rate(base_dir: str, accounts: int, transfers: int) -> float:
     wallets, _, _ = bench_core._population(accounts)
     store_dir = os.path.join(base_dir, "core")
     store = core.open(store_dir, accounts_max=accounts, transfers_max=transfers + wallets,
-                      checkpoint_interval_batches=1 << 30, prefault=True)
+                      checkpoint_interval_events=1 << 40, prefault=True)
     try:
         clock = bench_core._Clock()
         bench_core._apply_all(store, account_batches, topup_batches, clock)
@@ -111,7 +111,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _start_server(base_dir: str, accounts: int, transfers_max: int, secret: bytes, prefault: bool = True,
-                  checkpoint_interval_batches: int = constants.CHECKPOINT_INTERVAL_BATCHES_DEFAULT
+                  checkpoint_interval_events: int = constants.CHECKPOINT_INTERVAL_EVENTS_DEFAULT
                   ) -> tuple[subprocess.Popen, int]:
     config_path = os.path.join(base_dir, "config.toml")
     with open(config_path, "w") as file:
@@ -119,7 +119,7 @@ def _start_server(base_dir: str, accounts: int, transfers_max: int, secret: byte
             "[server]\n"
             f"data = \"{os.path.join(base_dir, 'server')}\"\n"
             f"host = \"127.0.0.1\"\nport = 0\nprefault = {'true' if prefault else 'false'}\n"
-            f"checkpoint_interval_batches = {checkpoint_interval_batches}\n"
+            f"checkpoint_interval_events = {checkpoint_interval_events}\n"
             f"accounts_max = {accounts}\ntransfers_max = {transfers_max}\n"
             f"[[clients]]\nid = 1\nsecret = \"{secret.hex()}\"\n")
     process = subprocess.Popen([sys.executable, "-m", "tally", "serve", "--config", config_path],
@@ -231,7 +231,7 @@ def _ms(latencies_ns: np.ndarray, q: float) -> float:
 
 def run(seconds: float = 5.0, connections: int = 4, depth: int = 2, accounts: int = 1_000_000,
         core_transfers: int = 2_000_000, half_load_request_events: int = 256, data_dir: str | None = None,
-        prefault: bool = True, checkpoint_interval_batches: int = constants.CHECKPOINT_INTERVAL_BATCHES_DEFAULT,
+        prefault: bool = True, checkpoint_interval_events: int = constants.CHECKPOINT_INTERVAL_EVENTS_DEFAULT,
         progress=None) -> dict:
     """The whole benchmark (see the module's docstring); ``prefault=False`` only for smoke tests."""
     say = progress or (lambda message: None)
@@ -247,7 +247,7 @@ def run(seconds: float = 5.0, connections: int = 4, depth: int = 2, accounts: in
         say(f"starting the server ({'prefaulting ' if prefault else ''}room for {transfers_max:,} transfers)")
         secret = secrets.token_bytes(32)
         process, port = _start_server(base_dir, accounts, min(transfers_max, constants.TRANSFERS_MAX_LIMIT), secret,
-                                      prefault, checkpoint_interval_batches)
+                                      prefault, checkpoint_interval_events)
         try:
             try:
                 import uvloop
@@ -283,7 +283,7 @@ def run(seconds: float = 5.0, connections: int = 4, depth: int = 2, accounts: in
         "failed_events": peak["failed"] + half["failed"],
         "server_exit_code": server_exit,
         "config": {"seconds": seconds, "connections": connections, "depth": depth, "accounts": accounts,
-                   "checkpoint_interval_batches": checkpoint_interval_batches,
+                   "checkpoint_interval_events": checkpoint_interval_events,
                    "request_events": constants.BATCH_EVENTS_MAX, "half_load_request_events": half_load_request_events,
                    "core_transfers": core_transfers},
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},

@@ -61,7 +61,7 @@ def _bench_e2e(args) -> int:
     progress = None if args.json else (lambda message: print(f"· {message}", file=sys.stderr))
     result = bench_e2e.run(seconds=args.seconds, connections=args.connections, depth=args.depth,
                            accounts=args.accounts, half_load_request_events=args.half_load_request_events,
-                           checkpoint_interval_batches=args.checkpoint_interval, data_dir=args.data, progress=progress)
+                           checkpoint_interval_events=args.checkpoint_interval, data_dir=args.data, progress=progress)
     print(json.dumps(result) if args.json else bench_e2e.summary(result))
     return 0 if result["failed_events"] == 0 and result["server_exit_code"] == 0 else 1
 
@@ -116,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     e2e.add_argument("--accounts", type=int, default=1_000_000, help="accounts (default 1,000,000)")
     e2e.add_argument("--half-load-request-events", type=int, default=256,
                      help="payments per request in the half-load run (default 256)")
-    e2e.add_argument("--checkpoint-interval", type=int, default=1024,
-                     help="the server's checkpoint interval in batches (default 1,024, as tally serve)")
+    e2e.add_argument("--checkpoint-interval", type=int, default=1024 * 8190,
+                     help="the server's checkpoint interval in events (default 8,386,560, as tally serve)")
     e2e.add_argument("--data", default=None, help="directory for the stores (default: a temporary one, removed)")
     e2e.set_defaults(run=_bench_e2e)
 

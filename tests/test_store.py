@@ -200,3 +200,24 @@ def test_an_unreadable_checkpoint_environment_is_set_aside(data_dir):
         assert store.recovery.checkpoint_sequence == 0
         _assert_same(before, _state(store.ledger))
     assert any(name.startswith(core.store.CHECKPOINT_SUBDIRECTORY + ".damaged-") for name in os.listdir(data_dir))
+
+
+def test_checkpoints_are_counted_in_events_not_batches(data_dir):
+    # 200-event batches and a 1,000-event interval: a checkpoint every 5 batches or so, and none
+    # from batch counts alone (the default counts events only).
+    with core.open(data_dir, accounts_max=100, transfers_max=20_000, checkpoint_interval_events=1000) as store:
+        _fill(store, 12)
+        before = _state(store.ledger)
+        sequence = store.sequence
+    with core.open(data_dir) as store:
+        checkpointed = store.recovery.checkpoint_sequence
+        assert checkpointed + store.recovery.replayed_batches == sequence
+        assert 5 <= checkpointed <= sequence and store.recovery.replayed_events < sequence * 200 // 2
+        _assert_same(before, _state(store.ledger))
+    # Tiny batches never reach a large event interval: no checkpoint at all.
+    with core.open(data_dir + "-small", accounts_max=100, transfers_max=20_000) as store:
+        store.create_accounts(workload.account_batch(), workload.now_ns(0))
+        for seed in range(1, 30):
+            store.create_transfers(workload.transfer_batch(seed)[:1], workload.now_ns(seed))
+    with core.open(data_dir + "-small") as store:
+        assert store.recovery.checkpoint_sequence == 0 and store.recovery.replayed_batches == 30
