@@ -187,10 +187,10 @@ class Connection(asyncio.BufferedProtocol):
         if self.transport is None or self.transport.is_closing():
             return  # the client left; what it sent was still applied and is durable
         secret = self.server.secrets.get(client_id, b"")
-        self.transport.write(frame.encode_header(operation, request_id, body, client_id=client_id, secret=secret,
-                                                 event_count=event_count, status=status))
-        if len(body):
-            self.transport.write(body)
+        header = frame.encode_header(operation, request_id, body, client_id=client_id, secret=secret,
+                                     event_count=event_count, status=status)
+        # One writev for header and body (two writes would cost two system calls per reply).
+        self.transport.writelines((header, body)) if len(body) else self.transport.write(header)
 
     def update_reading(self) -> None:
         """Pause or resume reading according to the limits."""

@@ -13,7 +13,8 @@ Method (every figure from one run on one machine, so that the ratios mean someth
    ``seconds`` after one second of warm-up: ``transfers_per_s`` counts payments answered in the
    window; ``p50_ms``/``p99_ms``/``p999_ms`` are request latencies, send to reply.
    ``ratio_to_core = transfers_per_s / core_transfers_per_s``.
-4. **half load** (open loop): requests of ``half_load_request_events`` payments are scheduled at
+4. **half load** (open loop), ``SETTLE_S`` after the peak (whose checkpoint then runs in the
+   background): requests of ``half_load_request_events`` payments are scheduled at
    a fixed interval adding up to half the measured peak, round-robin over the connections, each
    sent at its scheduled time whether or not earlier ones were answered; latency is measured
    from the scheduled time, so a stall is charged to every request it delays (no coordinated
@@ -46,6 +47,7 @@ NS_PER_S = 1_000_000_000
 WARMUP_S = 1.0
 PAYMENT_POOL = 1 << 20          # pre-drawn payers, payees and amounts, sliced per request
 SERVER_START_TIMEOUT_S = 300.0  # prefaulting gigabytes on a VM takes a while
+SETTLE_S = 5.0                  # pause between the peak and the half-load run
 
 
 class PaymentStream:
@@ -71,12 +73,9 @@ class PaymentStream:
         """``count`` payments with fresh ids, in ``out`` if given (reused: no page faults), else new."""
         if self._offset + count > PAYMENT_POOL:
             self._offset = 0
-        if out is None:
-            batch = self._pool[self._offset:self._offset + count].copy()
-        else:
-            batch = out[:count]
-            # As raw bytes: a structured-array assignment goes field by field, several times slower.
-            batch.view(np.uint8)[:] = self._pool[self._offset:self._offset + count].view(np.uint8)
+        batch = np.empty(count, dtype=core.TRANSFER_DTYPE) if out is None else out[:count]
+        # As raw bytes: a structured-array copy goes field by field, several times slower.
+        batch.view(np.uint8)[:] = self._pool[self._offset:self._offset + count].view(np.uint8)
         self._offset += count
         batch["id_lo"] = np.arange(self._next_id, self._next_id + count, dtype=np.uint64)
         self._next_id += count
@@ -205,7 +204,7 @@ async def _open_loop(clients, stream: PaymentStream, rate_per_s: float, request_
 
 
 async def _drive(port: int, secret: bytes, *, accounts: int, connections: int, depth: int, seconds: float,
-                 half_load_request_events: int, server_pid: int, say) -> dict:
+                 half_load_request_events: int, server_pid: int, settle_s: float, say) -> dict:
     from engine.client import Client
 
     clients = [await Client.connect("127.0.0.1", port, client_id=1, secret=secret) for _ in range(connections)]
@@ -217,6 +216,9 @@ async def _drive(port: int, secret: bytes, *, accounts: int, connections: int, d
             f"{seconds:g} s")
         peak = await _closed_loop(clients, stream, depth, seconds, server_pid)
         peak_rate = peak["transfers"] / seconds
+        # The peak leaves background work behind (a checkpoint of what it wrote): half load is
+        # measured once that has settled, as a steady state, including its own checkpoints.
+        await asyncio.sleep(settle_s)
         say(f"half load: {peak_rate / 2:,.0f} payments/s open loop, requests of {half_load_request_events}")
         half = await _open_loop(clients, stream, peak_rate / 2, half_load_request_events, seconds)
     finally:
@@ -256,7 +258,7 @@ def run(seconds: float = 5.0, connections: int = 4, depth: int = 2, accounts: in
                 runner = asyncio.run
             driven = runner(_drive(port, secret, accounts=accounts, connections=connections, depth=depth,
                                    seconds=seconds, half_load_request_events=half_load_request_events,
-                                   server_pid=process.pid, say=say))
+                                   server_pid=process.pid, settle_s=SETTLE_S if prefault else 0.0, say=say))
         finally:
             process.send_signal(signal.SIGTERM)
             server_exit = process.wait(timeout=120)
