@@ -193,7 +193,8 @@ class Store:
         self._log = self._env.open_db(b"log")
         self._meta_db = self._env.open_db(b"meta")
         self._checkpoint_env = self._open_checkpoint_env(map_size_bytes)
-        self._checkpointer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tally-checkpoint")
+        self._checkpointer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tally-checkpoint",
+                                                                   initializer=_lower_thread_priority)
         self._checkpointing: concurrent.futures.Future | None = None
         self._snapshot_buffers: dict[str, np.ndarray] = {}
         self._pack_scratch = memoryview(bytearray(codec.packed_size_max(_CHUNK_RECORDS)))
@@ -584,6 +585,18 @@ class Store:
             raise StoreError(f"log entry {sequence}: replay diverged (timestamp {self.ledger.last_timestamp}, "
                              f"logged {last_timestamp})")
         return count
+
+
+#: Niceness of the checkpoint thread: it only saves replay time, so it yields the CPU to the
+#: threads that apply, commit and answer batches (its heavy parts hold no GIL).
+CHECKPOINT_THREAD_NICENESS = 10
+
+
+def _lower_thread_priority() -> None:
+    try:  # Linux: setpriority on a thread id applies to that thread alone
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CHECKPOINT_THREAD_NICENESS)
+    except (AttributeError, OSError):  # elsewhere, or not permitted: run at normal priority
+        pass
 
 
 def _entry_checksum(header, body) -> int:
