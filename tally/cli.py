@@ -15,8 +15,7 @@ import json
 import os
 import sys
 
-DEFAULT_DATA_DIR = os.path.join(".tally", "data")
-DEFAULT_CONFIG = os.path.join(".tally", "config.toml")
+from engine.config import DEFAULT_CONFIG_PATH, DEFAULT_DATA_DIR
 
 
 def _serve(args) -> int:
@@ -85,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the server (stops gracefully on SIGINT/SIGTERM)")
-    serve.add_argument("--config", default=DEFAULT_CONFIG,
-                       help=f"configuration file, created with a fresh client secret if missing (default {DEFAULT_CONFIG})")
+    serve.add_argument("--config", default=DEFAULT_CONFIG_PATH,
+                       help=f"configuration file, created with a fresh client secret if missing (default {DEFAULT_CONFIG_PATH})")
     serve.add_argument("--data", help=f"data directory (default: the config's, {DEFAULT_DATA_DIR})")
     serve.add_argument("--host", help="address to listen on (default: the config's, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: the config's, 7420; 0 picks a free one)")
