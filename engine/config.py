@@ -128,10 +128,10 @@ def create_default(path: str, *, data: str = DEFAULT_DATA_DIR, port: int = DEFAU
     return config
 
 
-def load_or_create(path: str) -> Config:
-    """``load``, creating the default file first if there is none."""
+def load_or_create(path: str, *, data: str | None = None, port: int | None = None) -> Config:
+    """``load``, creating the default file first if there is none (with ``data``/``port`` if given)."""
     if not os.path.exists(path):
-        create_default(path)
+        create_default(path, data=data or DEFAULT_DATA_DIR, port=DEFAULT_PORT if port is None else port)
     return load(path)
 
 

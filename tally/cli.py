@@ -24,7 +24,7 @@ def _serve(args) -> int:
     from engine import config as config_module, serve
 
     try:
-        config = config_module.load_or_create(args.config)
+        config = config_module.load_or_create(args.config, data=args.data, port=args.port)
     except config_module.ConfigError as error:
         print(f"tally serve: {error}", file=sys.stderr)
         return 2
