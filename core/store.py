@@ -27,6 +27,7 @@ Lookups never touch LMDB: they are answered from memory.
 
 from __future__ import annotations
 
+import builtins
 import concurrent.futures
 import os
 import queue
@@ -69,6 +70,7 @@ _CHUNK_RECORDS = 1 << 16        # records (or 4-u32 links) per chunk of an appen
 _CHUNK_BYTES = 8 << 20          # bytes per chunk of an array rewritten whole
 _STORE_VERSION = 2              # 2: checkpoints in their own environment
 CHECKPOINT_SUBDIRECTORY = "checkpoint"
+LOCK_FILE_NAME = "tally.lock"
 
 
 class StoreError(Exception):
@@ -148,14 +150,19 @@ class PendingBatch:
 
     def _finish(self, error: BaseException | None) -> None:
         self._error = error
-        with self._lock:
-            self._finished = True
-            callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            try:
-                callback(self)
-            except Exception:  # a consumer's bug must not stop the commits of everyone else
-                traceback.print_exc()
+        while True:
+            # Callbacks added while these run join the queue (not run at once on their own
+            # thread), so that all of them run in the order they were added.
+            with self._lock:
+                callbacks, self._callbacks = self._callbacks, []
+                if not callbacks:
+                    self._finished = True
+                    break
+            for callback in callbacks:
+                try:
+                    callback(self)
+                except Exception:  # a consumer's bug must not stop the commits of everyone else
+                    traceback.print_exc()
         self._done.set()
 
 
@@ -184,6 +191,7 @@ class Store:
             raise ValueError(f"commit_pipeline_depth must be in 1..{constants.COMMIT_PIPELINE_DEPTH_MAX}")
         os.makedirs(path, exist_ok=True)
         self.path = path
+        self._lock_file = _lock_directory(path)
         self._clock_ns = clock_ns
         self._checkpoint_interval_events = checkpoint_interval_events
         self._checkpoint_interval_batches = checkpoint_interval_batches  # None: by events only
@@ -413,6 +421,7 @@ class Store:
             self._checkpoint_env.close()
             self._env.close()
             self._env = None
+            self._lock_file.close()  # releases the directory's lock
 
     def __enter__(self):
         return self
@@ -460,7 +469,10 @@ class Store:
                 try:
                     with self._env.begin(write=True, db=self._log) as txn:
                         for pending, entry in group:
-                            txn.put(_SEQUENCE.pack(pending.sequence), entry, append=True)
+                            # An append refused (a key not after the last) must never be acked.
+                            if not txn.put(_SEQUENCE.pack(pending.sequence), entry, append=True):
+                                raise StoreError(f"log entry {pending.sequence} was not appended: "
+                                                 "the log does not end where this store thinks it does")
                     self._committed_sequence = group[-1][0].sequence
                 except BaseException as error:  # the disk, the map size: nothing more is acked
                     self._failed = error
@@ -519,10 +531,12 @@ class Store:
                     meta = msgspec.msgpack.decode(bytes(raw_meta), type=_CheckpointMeta)
                     arrays = {name: self._load_array(txn, name, array_meta)
                               for name, array_meta in meta.arrays.items()}
+                    if meta.sequence > self._last_sequence():
+                        raise StoreError(f"checkpoint at batch {meta.sequence} is past the log's end")
                     self.ledger.restore(arrays, meta.scalars)
                     checkpoint_sequence = meta.sequence
                     self._checkpoint_meta = meta
-        except (StoreError, lmdb.Error, msgspec.DecodeError) as error:
+        except Exception as error:  # noqa: BLE001 - whatever is wrong with it, the log is enough
             # A checkpoint only saves replay time: the log holds every batch since the first.
             # So a damaged one (its writes are not synced: see _open_checkpoint_env) is reported
             # and the whole log is replayed instead. The next checkpoint rewrites everything.
@@ -597,6 +611,23 @@ def _lower_thread_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CHECKPOINT_THREAD_NICENESS)
     except (AttributeError, OSError):  # elsewhere, or not permitted: run at normal priority
         pass
+
+
+def _lock_directory(path: str):
+    """Hold an exclusive lock on the data directory while a store has it open.
+
+    Two processes appending to one log would number their batches from the same end; a second
+    ``core.open`` of a directory in use fails at once instead.
+    """
+    import fcntl
+
+    lock_file = builtins.open(os.path.join(path, LOCK_FILE_NAME), "a+b")  # held until close()
+    try:
+        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.close()
+        raise StoreError(f"{path}: in use by another process (its lock file {LOCK_FILE_NAME} is held)") from None
+    return lock_file
 
 
 def _entry_checksum(header, body) -> int:

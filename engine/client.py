@@ -109,7 +109,11 @@ class Client:
         return await self._create(Operation.create_accounts, batch)
 
     async def create_transfers(self, batch: np.ndarray) -> np.ndarray:
-        """Create a batch of transfers (``core.TRANSFER_DTYPE``): one ``core.Result`` code per transfer."""
+        """Create a batch of transfers (``core.TRANSFER_DTYPE``): one ``core.Result`` code per transfer.
+
+        The batch is sent without a copy, and re-sent as it is after a reconnect: do not change
+        it until the call returns (a changed batch would be a different request under one id).
+        """
         return await self._create(Operation.create_transfers, batch)
 
     async def create_account(self, **fields) -> core.Result:
@@ -130,7 +134,7 @@ class Client:
 
     async def get_account_transfers(self, account_id: int, **query) -> np.ndarray:
         """One page of an account's transfers; ``query`` as in ``engine.protocol.AccountTransfersFilter``."""
-        body = FILTER_ENCODER.encode(AccountTransfersFilter(account_id=account_id, **query))
+        body = FILTER_ENCODER.encode(AccountTransfersFilter.of(account_id, **query))
         reply = await self.request(Operation.get_account_transfers, body)
         return np.frombuffer(reply.body, dtype=core.TRANSFER_DTYPE).copy()
 
@@ -255,6 +259,7 @@ class Client:
         delay = RECONNECT_BACKOFF_S
         self._retries += 1
         if self._retries > self.reconnect_attempts:  # reconnecting works, but nothing gets answered
+            self._retries = 0  # a later request may find the server working again
             self._fail_all(ConnectionError(f"no reply from {self.host}:{self.port} after "
                                            f"{self.reconnect_attempts} reconnects"))
             return
@@ -269,6 +274,7 @@ class Client:
             for request_id, request in sorted(self._waiting.items()):
                 self._send(request_id, request)  # same bodies: the same ids, so retries are idempotent
             return
+        self._retries = 0  # given up on these requests; a later one may find the server back
         self._fail_all(ConnectionError(f"could not reconnect to {self.host}:{self.port}"))
 
     def _fail_all(self, error: Exception) -> None:

@@ -40,8 +40,12 @@ _U64_MAX = (1 << 64) - 1
 
 
 class AccountTransfersFilter(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """Body of ``get_account_transfers``: one page of an account's transfers (msgpack map)."""
-    account_id: int
+    """Body of ``get_account_transfers``: one page of an account's transfers (msgpack map).
+
+    ``account_id`` is a msgpack int when it fits 64 bits, else 16 bytes little-endian (msgpack
+    bin): msgpack integers stop at 2**64 - 1 and ids are 128-bit.
+    """
+    account_id: int | bytes
     timestamp_min: int = 0          # engine ns, inclusive; 0 = unbounded
     timestamp_max: int = 0          # engine ns, inclusive; 0 = unbounded
     limit: int = core_constants.ACCOUNT_TRANSFERS_LIMIT_MAX
@@ -49,9 +53,25 @@ class AccountTransfersFilter(msgspec.Struct, forbid_unknown_fields=True, omit_de
     credits: bool = True
     reverse: bool = False
 
+    @classmethod
+    def of(cls, account_id: int, **query) -> "AccountTransfersFilter":
+        """The filter for ``account_id`` (any 128-bit id), encoded as the protocol says."""
+        if account_id >= 1 << 64:
+            return cls(account_id=account_id.to_bytes(16, "little"), **query)
+        return cls(account_id=account_id, **query)
+
+    @property
+    def account(self) -> int:
+        """``account_id`` as an int, whichever way it was sent."""
+        if isinstance(self.account_id, bytes):
+            return int.from_bytes(self.account_id, "little")
+        return self.account_id
+
     def check(self) -> str | None:
         """Why this filter is out of range, or None."""
-        if not 0 <= self.account_id < 1 << 128:
+        if isinstance(self.account_id, bytes) and len(self.account_id) != 16:
+            return "account_id as bytes must be 16 bytes, little-endian"
+        if not 0 <= self.account < 1 << 128:
             return "account_id must fit 128 bits"
         if not (0 <= self.timestamp_min <= _U64_MAX and 0 <= self.timestamp_max <= _U64_MAX):
             return "timestamps must fit 64 bits"

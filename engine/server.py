@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
+import traceback
 
 import numpy as np
 
@@ -66,6 +67,7 @@ class Connection(asyncio.BufferedProtocol):
         self._linger_timer: asyncio.TimerHandle | None = None
         self._draining = False           # EOF sent after the last reply: input is dropped
         self._peer_eof = False
+        self._handling = False           # inside _handle_frames (it is not re-entered)
 
     # -- asyncio callbacks
 
@@ -91,6 +93,7 @@ class Connection(asyncio.BufferedProtocol):
             return
         self._end += nbytes
         self._handle_frames()
+        self.update_reading()  # also when no frame was taken: a limit may hold them back
 
     def eof_received(self):
         self._peer_eof = True
@@ -101,6 +104,15 @@ class Connection(asyncio.BufferedProtocol):
 
     def _handle_frames(self) -> None:
         """Check and hand over the complete frames received, while the limits allow."""
+        if self._handling:  # re-entered from update_reading: the loop below goes on
+            return
+        self._handling = True
+        try:
+            self._handle_frames_now()
+        finally:
+            self._handling = False
+
+    def _handle_frames_now(self) -> None:
         while (not self.finished and not self._over_limits()
                and self._end - self._start >= frame.LENGTH_PREFIX_BYTES):
             total = frame.frame_bytes(self._buffer, self._start)
@@ -235,7 +247,9 @@ def _reply_bytes_max(item) -> int:
         return frame.HEADER.size + len(item.body) // ID_BYTES * 128
     if item.operation == Operation.get_account_transfers:
         return frame.HEADER.size + core_constants.ACCOUNT_TRANSFERS_LIMIT_MAX * 128
-    return frame.HEADER.size + item.event_count * RESULT_BYTES
+    if item.operation in CREATE_RECORD_DTYPES:
+        return frame.HEADER.size + item.event_count * RESULT_BYTES
+    return frame.HEADER.size  # ping: its event_count means nothing and books nothing
 
 
 class _Stage:
@@ -430,17 +444,21 @@ class Server:
                 else:
                     with self._lock:
                         self._unanswered += 1
-                    pending = self.store.submit(stage.operation, stage.records())
+                    try:
+                        pending = self.store.submit(stage.operation, stage.records())
+                    except BaseException:
+                        with self._lock:
+                            self._unanswered -= 1
+                        raise
+                    pending.add_done_callback(
+                        lambda done, stage=stage: loop.call_soon_threadsafe(self._answer_batch, stage, done))
                     self._recycle(stage)
                     self.batches += 1
                     self.events += stage.events
-                    pending.add_done_callback(
-                        lambda done, stage=stage: loop.call_soon_threadsafe(self._answer_batch, stage, done))
-            except core.StoreError:  # a commit failed (now, or for an earlier batch)
+            except Exception as error:  # a commit failed (now, or earlier), or a bug: fail safe
+                if not isinstance(error, core.StoreError):
+                    traceback.print_exc()
                 self._failed = True
-                if stage.operation is not None:
-                    with self._lock:
-                        self._unanswered -= 1
                 loop.call_soon_threadsafe(self._fail, stage)
             finally:
                 with self._lock:
@@ -509,7 +527,7 @@ class Server:
         if query.check() is not None:
             return frame.Status.bad_body, _NO_BODY, 0
         found = self.store.ledger.get_account_transfers(
-            query.account_id, timestamp_min=query.timestamp_min, timestamp_max=query.timestamp_max,
+            query.account, timestamp_min=query.timestamp_min, timestamp_max=query.timestamp_max,
             limit=query.limit, debits=query.debits, credits=query.credits, reverse=query.reverse)
         return frame.Status.ok, memoryview(found).cast("B"), len(found)
 
@@ -521,9 +539,13 @@ class Server:
     def _fail(self, stage: _Stage) -> None:
         """The store failed (a commit did): nothing more can be acknowledged. Say so and close."""
         self._failed = True
+        if self._server is not None:
+            self._server.close()  # stop accepting: this process must be restarted
         for request in stage.requests:
             request[0].finished = True
             self._send(request, frame.Status.unavailable, _NO_BODY, 0)
         for connection in list(self.connections):
             connection.finished = True
             connection.update_reading()
+            if connection.in_flight_requests == 0:
+                connection.close_gently()

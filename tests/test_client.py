@@ -780,3 +780,38 @@ def test_load_or_create_writes_a_private_file_with_a_fresh_secret(tmp_path):
     assert config_module.load(path).secrets() == config.secrets()
     other = config_module.load_or_create(str(tmp_path / "other.toml"))
     assert other.secrets() != config.secrets()  # a fresh secret each time
+
+
+def test_get_account_transfers_of_an_account_id_beyond_64_bits(data_dir):
+    big = (1 << 100) + 5
+
+    async def scenario():
+        async with serving(data_dir) as (store, server, port):
+            client = await connect(port)
+            await client.create_accounts(core.accounts_from_dicts(
+                [{"id": big, "ledger": CNY, "code": 1}, {"id": 2, "ledger": CNY, "code": 1}]))
+            assert (await client.create_transfers(core.transfers_from_dicts([
+                {"id": 9, "debit_account_id": big, "credit_account_id": 2, "amount": 3, "ledger": CNY,
+                 "code": 1}]))).tolist() == [0]
+            page = await client.get_account_transfers(big)
+            assert page["id_lo"].tolist() == [9]
+            client.close()
+    run(scenario())
+
+
+def test_a_client_that_gave_up_reconnects_when_asked_again(data_dir):
+    async def scenario():
+        async with serving(data_dir) as (store, server, port):
+            client = await connect(port, reconnect_attempts=1)
+            await client.ping()
+        # The server is gone: the client gives up on requests, more than once...
+        for _ in range(3):
+            with pytest.raises(ConnectionError):
+                await client.ping()
+        # ...and once a server is back on the port, a new request gets through.
+        async with serving(data_dir, port=port):
+            try:
+                await client.ping()
+            finally:
+                client.close()
+    run(scenario())

@@ -144,3 +144,63 @@ def test_an_open_chain_never_runs_into_another_request(data_dir):
             one.close()
             two.close()
     run(scenario())
+
+
+def test_a_pings_event_count_books_no_in_flight_budget(data_dir):
+    # A ping's event_count means nothing: it must not count as 2**32 results in the budget that
+    # pauses every connection.
+    async def scenario():
+        async with serving(data_dir) as (store, server, port):
+            booked = []
+            accept = server.accept
+            server.accept = lambda connection, item, nbytes: (booked.append(nbytes), accept(connection, item, nbytes))
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(frame.encode(1000, 5, client_id=1, secret=SECRETS[1], event_count=0xFFFF_FFFF))
+            decoder = frame.Decoder({1: SECRETS[1], 0: b""}, {1000, 0}, set())
+            replies = []
+            while not replies:
+                replies += decoder.feed(await reader.read(4096))
+            assert (replies[0].request_id, replies[0].status) == (5, frame.Status.ok)
+            assert booked == [frame.HEADER.size]
+            writer.close()
+    run(scenario())
+
+
+def test_a_request_held_back_by_the_global_limit_is_answered_once_the_backlog_clears(data_dir, monkeypatch):
+    from engine import constants
+
+    monkeypatch.setattr(constants, "IN_FLIGHT_BYTES_MAX", constants.FRAME_BYTES_MAX)
+
+    async def scenario():
+        async with serving(data_dir) as (store, server, port):
+            busy = await Client.connect("127.0.0.1", port, client_id=1, secret=SECRETS[1])
+            await busy.create_accounts(workload.account_batch())
+            entered, gate = threading.Event(), threading.Event()
+            submit = store.submit
+
+            def held_submit(*args, **kwargs):
+                if not gate.is_set():
+                    entered.set()
+                    gate.wait(10)
+                return submit(*args, **kwargs)
+
+            store.submit = held_submit
+            big = workload.transfer_batch(1)
+            big = np.resize(big, 4 * 2700)  # four requests: together more than the global limit
+            big["id_lo"] = np.arange(1, len(big) + 1) + 10_000_000
+            backlog = [asyncio.ensure_future(busy.create_transfers(big[i:i + 2700])) for i in range(0, len(big), 2700)]
+            while not entered.is_set():
+                await asyncio.sleep(0.001)
+            while server.in_flight_bytes < constants.IN_FLIGHT_BYTES_MAX:
+                await asyncio.sleep(0.001)
+            # Over the global limit: this ping is held back in its connection's buffer.
+            waiting = await Client.connect("127.0.0.1", port, client_id=2, secret=SECRETS[2])
+            ping = asyncio.ensure_future(waiting.ping())
+            await asyncio.sleep(0.05)
+            assert not ping.done()
+            gate.set()
+            await asyncio.wait_for(ping, 5)  # answered without the client sending anything more
+            await asyncio.gather(*backlog)
+            busy.close()
+            waiting.close()
+    run(asyncio.wait_for(scenario(), 20))

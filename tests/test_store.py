@@ -221,3 +221,25 @@ def test_checkpoints_are_counted_in_events_not_batches(data_dir):
             store.create_transfers(workload.transfer_batch(seed)[:1], workload.now_ns(seed))
     with core.open(data_dir + "-small") as store:
         assert store.recovery.checkpoint_sequence == 0 and store.recovery.replayed_batches == 30
+
+
+def test_a_data_directory_in_use_cannot_be_opened_twice(data_dir):
+    with core.open(data_dir, accounts_max=100, transfers_max=1000) as store:
+        with pytest.raises(core.StoreError, match="in use by another process"):
+            core.open(data_dir)
+        store.create_accounts(workload.account_batch(), workload.now_ns(0))
+    with core.open(data_dir) as store:  # released on close
+        assert store.sequence == 1
+
+
+def test_an_append_the_log_refuses_is_never_acknowledged(data_dir):
+    # Another writer got to the log first (here: behind the store's back): the store's next
+    # sequence number is taken, LMDB refuses the append, and the batch must fail, not be acked.
+    with core.open(data_dir, accounts_max=100, transfers_max=1000) as store:
+        store.create_accounts(workload.account_batch(), workload.now_ns(0))
+        env = store._env
+        with env.begin(write=True, db=store._log) as txn:
+            txn.put((2).to_bytes(8, "big"), b"someone else's entry", append=True)
+        with pytest.raises(core.StoreFailedError, match="was not appended"):
+            store.create_transfers(workload.transfer_batch(1), workload.now_ns(1))
+        assert isinstance(store._failed, core.StoreError)
