@@ -5,8 +5,9 @@ Design:
 * **The log is the source of truth.** Every batch that changes state is appended, as it came in
   (its 128-byte records, failed events included, losslessly packed by ``core.codec`` to about a
   fifth of their size, since the commit cost is the bytes written) with the engine time it was
-  applied at, to the ``log`` database under a big-endian sequence number. One write transaction and one
-  synchronous commit per batch; results are returned only after the commit. Keys only ever
+  applied at, to the ``log`` database under a big-endian sequence number, in a write transaction
+  with a synchronous commit (batches waiting together share one: group commit); results are
+  returned only after the commit. Keys only ever
   grow, so each put is an append (``MDB_APPEND``) that dirties the last leaf page and a run of
   fresh overflow pages: no random page writes per batch, whatever the ids are.
 * **State is a checkpoint plus the log after it.** Every ``checkpoint_interval_events`` events,

@@ -9,12 +9,13 @@ The way of a request (shared/ARCHITECTURE.md):
   request's records are copied into the open create stage of the same operation, so that events
   from every connection form one contiguous batch of at most ``BATCH_EVENTS_MAX`` records (a
   request is never split). Lookups, pings and error replies form *ordered* stages of their own.
-* **Batcher**: one task takes the oldest stage as soon as the core is free (no timer: while the
-  core works, the next stage fills up) and runs it on the core thread, where ``Store.submit``
-  applies it with the GIL released. Batch N+1 is applied while batch N commits; replies for a
-  batch are written only after its commit (``PendingBatch.add_done_callback``). Ordered stages
-  run after every earlier batch is committed, so each connection's replies keep request order
-  and a lookup sees everything acknowledged before it.
+* **Batcher**: the core thread takes the oldest stage as soon as it is free (no timer: while
+  the core works, the next stage fills up) and runs it: ``Store.submit`` applies a batch with
+  the GIL released. Batch N+1 is applied while batch N commits; replies for a batch are written
+  only after its commit (``PendingBatch.add_done_callback``). Ordered stages run at once on the
+  core thread (lookups see every batch applied before them) and their replies go out after the
+  last batch submitted before them is committed: each connection's replies keep request order,
+  and no reply shows state that is not yet durable.
 * **Limits** (``engine.constants``): requests and bytes in flight per connection and over all
   connections, and the reply bytes a client leaves unread: past any of them the server stops
   reading from that connection (``pause_reading``) until replies go out. An overloaded server

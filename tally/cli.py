@@ -76,6 +76,8 @@ def _info(args) -> int:
         print(f"transfers        {store.ledger.transfer_count:,} of {store.ledger.transfers_max:,}")
         print(f"recovered in     {stats.checkpoint_load_s + stats.replay_s:.3f} s "
               f"(checkpoint at batch {stats.checkpoint_sequence:,}, {stats.replayed_batches:,} batches replayed)")
+        if stats.checkpoint_error:
+            print(f"checkpoint       not used ({stats.checkpoint_error}): the whole log was replayed")
     return 0
 
 
