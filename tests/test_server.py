@@ -33,6 +33,21 @@ async def serving(data_dir):
         store.close()
 
 
+def hold_core(store):
+    """Make the core thread wait inside its next batch: (entered, gate) events; set gate to go on."""
+    entered, gate = threading.Event(), threading.Event()
+    submit = store.submit
+
+    def held_submit(*args, **kwargs):
+        if not gate.is_set():
+            entered.set()
+            gate.wait(10)
+        return submit(*args, **kwargs)
+
+    store.submit = held_submit
+    return entered, gate
+
+
 def test_create_and_look_up_over_the_wire(data_dir):
     async def scenario():
         async with serving(data_dir) as (store, server, port):
@@ -116,16 +131,7 @@ def test_an_open_chain_never_runs_into_another_request(data_dir):
 
             # Hold the core thread inside a first batch, so that the next two requests are
             # gathered into one stage while it waits.
-            entered, gate = threading.Event(), threading.Event()
-            submit = store.submit
-
-            def held_submit(*args, **kwargs):
-                if not gate.is_set():
-                    entered.set()
-                    gate.wait(10)
-                return submit(*args, **kwargs)
-
-            store.submit = held_submit
+            entered, gate = hold_core(store)
             blocker = asyncio.ensure_future(two.create_transfers(transfer(9, 1)))
             while not entered.is_set():
                 await asyncio.sleep(0.001)
@@ -175,16 +181,7 @@ def test_a_request_held_back_by_the_global_limit_is_answered_once_the_backlog_cl
         async with serving(data_dir) as (store, server, port):
             busy = await Client.connect("127.0.0.1", port, client_id=1, secret=SECRETS[1])
             await busy.create_accounts(workload.account_batch())
-            entered, gate = threading.Event(), threading.Event()
-            submit = store.submit
-
-            def held_submit(*args, **kwargs):
-                if not gate.is_set():
-                    entered.set()
-                    gate.wait(10)
-                return submit(*args, **kwargs)
-
-            store.submit = held_submit
+            entered, gate = hold_core(store)
             big = workload.transfer_batch(1)
             big = np.resize(big, 4 * 2700)  # four requests: together more than the global limit
             big["id_lo"] = np.arange(1, len(big) + 1) + 10_000_000
