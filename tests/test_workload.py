@@ -1,0 +1,105 @@
+"""Workload files (loadgen/workload.py): parsing, refusals, and the open-loop schedules."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from loadgen.workload import Rate, Workload, WorkloadError, load
+
+EXAMPLE = """
+seconds = 30
+[population]
+users = 1_000_000
+merchants = 10_000
+merchant_zipf_s = 1.1
+[mix]
+payment = 80
+p2p = 10
+hold = 5
+refund = 5
+[rate]
+shape = "burst"
+per_s = 50_000
+burst_at_s = 10
+burst_factor = 10
+burst_s = 1
+"""
+
+
+def test_the_documented_example_loads(tmp_path):
+    path = tmp_path / "payments.toml"
+    path.write_text(EXAMPLE)
+    workload = load(str(path))
+    assert workload.population.users == 1_000_000 and workload.rate.shape == "burst"
+    assert workload.mix.probabilities() == {"payment": 0.8, "p2p": 0.1, "hold": 0.05, "refund": 0.05}
+    # The same workload as JSON.
+    json_path = tmp_path / "payments.json"
+    json_path.write_text(json.dumps({"seconds": 30, "rate": {"shape": "ramp", "per_s": 1000}}))
+    assert load(str(json_path)).rate.shape == "ramp"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("seconds = 0", "seconds must be"),
+    ("[population]\nusers = 0", "population.users"),
+    ("[population]\nmerchant_zipf_s = 9.0", "merchant_zipf_s"),
+    ("[mix]\npayment = 0", "at least one weight"),
+    ("[mix]\nrefund = -1", "finite and >= 0"),
+    ("[mix]\nbribe = 1", "bribe"),
+    ("[rate]\nshape = \"sine\"", "shape"),
+    ("[rate]\nper_s = 0", "rate.per_s"),
+    ("[rate]\nper_s = 1e9", "rate.per_s"),
+    ("[rate]\nshape = \"burst\"\nburst_factor = 0.5", "burst_factor"),
+    ("seconds = \"ten\"", "seconds"),
+    ("not toml at all [", ""),
+])
+def test_bad_files_are_refused_with_the_key_named(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(WorkloadError, match=message):
+        load(str(path))
+
+
+def test_a_constant_rate_schedules_evenly():
+    times = Rate(shape="constant", per_s=1000).send_times_s(2.0)
+    assert len(times) == 2000
+    assert np.allclose(np.diff(times), 0.001)
+
+
+def test_a_burst_jumps_tenfold_for_its_second():
+    rate = Rate(shape="burst", per_s=1000, burst_at_s=1.0, burst_factor=10, burst_s=1.0)
+    times = rate.send_times_s(3.0)
+    per_second = np.histogram(times, bins=[0, 1, 2, 3])[0]
+    assert per_second.tolist() == [1000, 10_000, 1000]
+
+
+def test_a_ramp_rises_linearly():
+    times = Rate(shape="ramp", start_per_s=0, per_s=2000).send_times_s(2.0)
+    assert len(times) == 2000  # the integral: (0 + 2000) / 2 * 2 s
+    assert np.histogram(times, bins=[0, 1, 2])[0].tolist() == [500, 1500]
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=st.sampled_from(["constant", "ramp", "burst"]), per_s=st.floats(1, 5000),
+       seconds=st.floats(0.01, 3.0), burst_at=st.floats(0, 3), factor=st.floats(1, 20))
+def test_schedules_are_sorted_within_the_run_and_match_the_rates_integral(shape, per_s, seconds, burst_at, factor):
+    rate = Rate(shape=shape, per_s=per_s, start_per_s=per_s / 3, burst_at_s=burst_at, burst_factor=factor,
+                burst_s=0.5)
+    assert rate.check() is None
+    times = rate.send_times_s(seconds)
+    assert np.all(np.diff(times) >= 0) and (len(times) == 0 or (times[0] >= 0 and times[-1] <= seconds))
+    # The number of requests is the rate's integral over the run, computed here analytically
+    # (the schedule's 1 ms grid may cut a burst's edge by up to one step's worth).
+    if shape == "constant":
+        expected, slack = per_s * seconds, 1
+    elif shape == "ramp":
+        expected, slack = (per_s / 3 + per_s) / 2 * seconds, 1
+    else:
+        overlap = max(0.0, min(seconds, burst_at + 0.5) - min(seconds, burst_at))
+        expected, slack = per_s * seconds + per_s * (factor - 1) * overlap, 1 + 2 * per_s * factor / 1000
+    assert abs(len(times) - expected) <= slack
+
+
+def test_defaults_are_a_valid_workload():
+    assert Workload().check() is None
