@@ -52,7 +52,7 @@ def test_the_documented_example_loads(tmp_path):
     ("[rate]\nper_s = 1e9", "rate.per_s"),
     ("[rate]\nshape = \"burst\"\nburst_factor = 0.5", "burst_factor"),
     ("seconds = \"ten\"", "seconds"),
-    ("not toml at all [", ""),
+    ("not toml at all [", "bad.toml: "),  # a TOML syntax error, named with the file
 ])
 def test_bad_files_are_refused_with_the_key_named(tmp_path, text, message):
     path = tmp_path / "bad.toml"
