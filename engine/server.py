@@ -172,6 +172,13 @@ class Connection(asyncio.BufferedProtocol):
         if self.finished and self.in_flight_requests == 0:
             self.close_gently()
 
+    def finish(self) -> None:
+        """Take no more requests; close once those taken in are answered (at once if none)."""
+        self.finished = True
+        self.update_reading()
+        if self.in_flight_requests == 0:
+            self.close_gently()
+
     def close_gently(self) -> None:
         """Close after the last reply without losing it.
 
@@ -333,10 +340,7 @@ class Server:
         if self._server is not None:
             self._server.close()
         for connection in list(self.connections):
-            connection.finished = True
-            connection.update_reading()
-            if connection.in_flight_requests == 0:
-                connection.close_gently()
+            connection.finish()
         while self._stages or self._busy or self._unanswered:
             await asyncio.sleep(0.001)
         with self._lock:
@@ -546,7 +550,4 @@ class Server:
             request[0].finished = True
             self._send(request, frame.Status.unavailable, _NO_BODY, 0)
         for connection in list(self.connections):
-            connection.finished = True
-            connection.update_reading()
-            if connection.in_flight_requests == 0:
-                connection.close_gently()
+            connection.finish()
