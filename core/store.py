@@ -301,6 +301,28 @@ class Store:
         """Sequence number of the last committed batch (0 when the log is empty)."""
         return self._committed_sequence
 
+    def state_hash(self) -> str:
+        """Hex digest of the committed state (``core.replay_log.state_hash``); waits for the commits."""
+        self._drain()
+        from core import replay_log  # here, not at the top: replay_log imports this module
+        return replay_log.state_hash(self.ledger)
+
+    def log_entries(self, first_sequence: int = 1):
+        """The committed log entries from ``first_sequence`` on, in order, checked and unpacked.
+
+        Yields ``(sequence, operation, now_ns, last_timestamp, body)`` as recovery replays them
+        (``body``: the batch's 128-byte records, a uint8 array). Read-only: one LMDB read
+        transaction, held until the iteration ends; finish or close the iterator before closing
+        the store.
+        """
+        if self._env is None:
+            raise StoreError("the store is closed")
+        with self._env.begin(db=self._log, buffers=True) as txn:
+            cursor = txn.cursor()
+            if cursor.set_range(_SEQUENCE.pack(first_sequence)):
+                for key, value in cursor:
+                    yield _decode_entry(_SEQUENCE.unpack(key)[0], value)
+
     def checkpoint(self) -> None:
         """Write the in-memory state as the new checkpoint now, and wait until it is durable.
 

@@ -11,11 +11,21 @@ out-of-range values are refused with the key's path in the message)::
     merchants = 10_000
     merchant_zipf_s = 1.1          # merchant popularity: rank r has weight 1 / r**s
 
-    [mix]                          # relative weights of the operations
-    payment = 80
-    p2p = 10
-    hold = 5                       # two-phase: a pending transfer, then capture or void
-    refund = 5
+    wallet_balance_minor = 1_000_000  # each wallet is topped up from a funding card first
+
+    [mix]                          # relative weights of the requests
+    payment = 80                   # wallet -> merchant (Zipf-chosen)
+    p2p = 10                       # wallet -> wallet
+    hold = 5                       # two-phase: half are holds, half resolve an earlier hold
+    refund = 5                     # merchant -> wallet, returning an earlier payment
+
+    [payments]
+    amount_median_minor = 3_000    # amounts are log-normal around this (fen: 30 CNY)
+    amount_sigma = 1.0
+    hold_s = 1.0                   # a hold is resolved at least this long after it was made
+    capture_ratio = 0.9            # the rest are voided
+    partial_capture_ratio = 0.2    # captures of part of the amount (a rental's final bill)
+    refund_after_s = 1.0           # a payment is refunded at least this long after it was made
 
     [rate]
     shape = "burst"                # "constant", "ramp" or "burst"
@@ -26,7 +36,9 @@ out-of-range values are refused with the key's path in the message)::
     burst_s = 1                    # ...for this long
 
 ``Rate.per_s_at(t)`` gives the offered rate at ``t`` seconds; ``Rate.send_times_s(seconds)``
-the open-loop schedule (request k is due at its time whatever the server's speed).
+the open-loop schedule (request k is due at its time whatever the server's speed), and
+``Rate.schedule(seconds)`` the same schedule as a function, for runs too long to list.
+``loadgen.generator`` turns a workload into requests.
 """
 
 from __future__ import annotations
@@ -45,20 +57,24 @@ MERCHANTS_MAX = 1 << 24
 RATE_PER_S_MAX = 100_000_000
 SECONDS_MAX = 24 * 3600
 SCHEDULE_REQUESTS_MAX = 1 << 31
+AMOUNT_MINOR_MAX = 1 << 40
 
 
 class Population(msgspec.Struct, forbid_unknown_fields=True):
     users: int = 100_000
     merchants: int = 1_000
     merchant_zipf_s: float = 1.1
+    wallet_balance_minor: int = 1_000_000
 
     def check(self) -> str | None:
-        if not 1 <= self.users <= USERS_MAX:
-            return f"population.users must be in 1..{USERS_MAX}"
+        if not 2 <= self.users <= USERS_MAX:  # p2p needs two wallets
+            return f"population.users must be in 2..{USERS_MAX}"
         if not 1 <= self.merchants <= MERCHANTS_MAX:
             return f"population.merchants must be in 1..{MERCHANTS_MAX}"
         if not 0.0 <= self.merchant_zipf_s <= 5.0:
             return "population.merchant_zipf_s must be in 0..5"
+        if not 0 <= self.wallet_balance_minor <= AMOUNT_MINOR_MAX:
+            return f"population.wallet_balance_minor must be in 0..{AMOUNT_MINOR_MAX}"
         return None
 
 
@@ -81,6 +97,29 @@ class Mix(msgspec.Struct, forbid_unknown_fields=True):
         weights = msgspec.structs.asdict(self)
         total = sum(weights.values())
         return {name: weight / total for name, weight in weights.items()}
+
+
+class Payments(msgspec.Struct, forbid_unknown_fields=True):
+    """Amounts, and how two-phase payments and refunds follow the requests they depend on."""
+    amount_median_minor: int = 3_000
+    amount_sigma: float = 1.0
+    hold_s: float = 1.0
+    capture_ratio: float = 0.9
+    partial_capture_ratio: float = 0.2
+    refund_after_s: float = 1.0
+
+    def check(self) -> str | None:
+        if not 1 <= self.amount_median_minor <= AMOUNT_MINOR_MAX:
+            return f"payments.amount_median_minor must be in 1..{AMOUNT_MINOR_MAX}"
+        if not 0.0 <= self.amount_sigma <= 4.0:
+            return "payments.amount_sigma must be in 0..4"
+        for name in ("capture_ratio", "partial_capture_ratio"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                return f"payments.{name} must be in 0..1"
+        for name in ("hold_s", "refund_after_s"):
+            if not 0.0 <= getattr(self, name) <= SECONDS_MAX:
+                return f"payments.{name} must be in 0..{SECONDS_MAX}"
+        return None
 
 
 class Rate(msgspec.Struct, forbid_unknown_fields=True):
@@ -111,33 +150,63 @@ class Rate(msgspec.Struct, forbid_unknown_fields=True):
             return self.per_s * self.burst_factor
         return self.per_s
 
-    def send_times_s(self, seconds: float) -> np.ndarray:
-        """When each request is due, in seconds from the start: the open-loop schedule.
+    def schedule(self, seconds: float) -> "Schedule":
+        """The open-loop schedule: request k is due when the integral of the rate reaches k.
 
-        Request k is due when the integral of the rate reaches k (so a ramp or a burst is
-        followed exactly, not in steps), computed on a 1 ms grid and interpolated.
+        So a ramp or a burst is followed exactly, not in steps; the integral is computed on a
+        1 ms grid (where a burst's edges fall) and interpolated.
         """
         steps = max(1, int(math.ceil(seconds * 1000)))
-        grid = np.linspace(0.0, seconds, steps + 1)
-        middles = (grid[:-1] + grid[1:]) / 2  # exact for a ramp, and a burst edge falls on the grid
+        grid_s = np.linspace(0.0, seconds, steps + 1)
+        middles = (grid_s[:-1] + grid_s[1:]) / 2  # exact for a ramp
         rates = np.array([self.per_s_at(t, seconds) for t in middles])
-        cumulative = np.concatenate(([0.0], np.cumsum(rates * np.diff(grid))))
+        cumulative = np.concatenate(([0.0], np.cumsum(rates * np.diff(grid_s))))
         total = int(math.floor(cumulative[-1] + 1e-6))  # not lost to rounding in the sum
         if total > SCHEDULE_REQUESTS_MAX:
             raise ValueError(f"{total:,} requests: more than {SCHEDULE_REQUESTS_MAX:,} in one run")
-        return np.interp(np.arange(total, dtype=np.float64), cumulative, grid)
+        return Schedule(grid_s, cumulative, total)
+
+    def send_times_s(self, seconds: float) -> np.ndarray:
+        """When each request is due, in seconds from the start (the whole schedule as an array)."""
+        schedule = self.schedule(seconds)
+        return schedule.times_s(0, schedule.total)
+
+    def scaled(self, factor: float) -> "Rate":
+        """The same shape at ``factor`` times the rate (a worker's share of the load)."""
+        return msgspec.structs.replace(self, per_s=self.per_s * factor, start_per_s=self.start_per_s * factor)
+
+
+class Schedule:
+    """When each request of an open-loop run is due, without listing them all."""
+
+    def __init__(self, grid_s: np.ndarray, cumulative: np.ndarray, total: int):
+        self._grid_s = grid_s
+        self._cumulative = cumulative
+        self.total = total
+        self.seconds = float(grid_s[-1])
+
+    def due_by(self, t_s: float) -> int:
+        """How many requests are due by ``t_s`` seconds from the start."""
+        if t_s >= self.seconds:
+            return self.total  # the last request is due at the end even if the sum rounded below it
+        return min(self.total, int(math.floor(float(np.interp(t_s, self._grid_s, self._cumulative)) + 1e-6)))
+
+    def times_s(self, first: int, end: int) -> np.ndarray:
+        """The due times of requests ``first`` .. ``end - 1``, in seconds from the start."""
+        return np.interp(np.arange(first, end, dtype=np.float64), self._cumulative, self._grid_s)
 
 
 class Workload(msgspec.Struct, forbid_unknown_fields=True):
     seconds: float = 10.0
     population: Population = msgspec.field(default_factory=Population)
     mix: Mix = msgspec.field(default_factory=Mix)
+    payments: Payments = msgspec.field(default_factory=Payments)
     rate: Rate = msgspec.field(default_factory=Rate)
 
     def check(self) -> str | None:
         if not 0 < self.seconds <= SECONDS_MAX:
             return f"seconds must be in (0, {SECONDS_MAX}]"
-        return self.population.check() or self.mix.check() or self.rate.check()
+        return self.population.check() or self.mix.check() or self.payments.check() or self.rate.check()
 
 
 class WorkloadError(Exception):

@@ -31,8 +31,6 @@ import os
 import platform
 import secrets
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,12 +39,12 @@ import numpy as np
 
 import core
 from core import constants
-from tally import bench_core
+from loadgen.runner import loop_runner
+from tally import bench_core, local_server
 
 NS_PER_S = 1_000_000_000
 WARMUP_S = 1.0
 PAYMENT_POOL = 1 << 20          # pre-drawn payers, payees and amounts, sliced per request
-SERVER_START_TIMEOUT_S = 300.0  # prefaulting gigabytes on a VM takes a while
 SETTLE_S = 5.0                  # pause between the peak and the half-load run
 
 
@@ -107,29 +105,6 @@ def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as file:
         fields = file.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _start_server(base_dir: str, accounts: int, transfers_max: int, secret: bytes, prefault: bool = True,
-                  checkpoint_interval_events: int = constants.CHECKPOINT_INTERVAL_EVENTS_DEFAULT
-                  ) -> tuple[subprocess.Popen, int]:
-    config_path = os.path.join(base_dir, "config.toml")
-    with open(config_path, "w") as file:
-        file.write(
-            "[server]\n"
-            f"data = \"{os.path.join(base_dir, 'server')}\"\n"
-            f"host = \"127.0.0.1\"\nport = 0\nprefault = {'true' if prefault else 'false'}\n"
-            f"checkpoint_interval_events = {checkpoint_interval_events}\n"
-            f"accounts_max = {accounts}\ntransfers_max = {transfers_max}\n"
-            f"[[clients]]\nid = 1\nsecret = \"{secret.hex()}\"\n")
-    process = subprocess.Popen([sys.executable, "-m", "tally", "serve", "--config", config_path],
-                               stdout=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    line = process.stdout.readline()  # "tally serve: listening on 127.0.0.1:PORT ..."
-    if "listening on" not in line or time.monotonic() > deadline:
-        process.kill()
-        raise RuntimeError(f"the server did not start: {line!r}")
-    port = int(line.split("listening on ", 1)[1].split(",", 1)[0].split()[0].rsplit(":", 1)[1])
-    return process, port
 
 
 async def _setup(clients, accounts: int) -> None:
@@ -248,20 +223,15 @@ def run(seconds: float = 5.0, connections: int = 4, depth: int = 2, accounts: in
         transfers_max = int(wallets + core_rate * 1.2 * (WARMUP_S + seconds * 1.5)) + 1_000_000
         say(f"starting the server ({'prefaulting ' if prefault else ''}room for {transfers_max:,} transfers)")
         secret = secrets.token_bytes(32)
-        process, port = _start_server(base_dir, accounts, min(transfers_max, constants.TRANSFERS_MAX_LIMIT), secret,
-                                      prefault, checkpoint_interval_events)
+        process, port = local_server.start(
+            base_dir, secret=secret, accounts_max=accounts, transfers_max=min(transfers_max, constants.TRANSFERS_MAX_LIMIT),
+            prefault=prefault, checkpoint_interval_events=checkpoint_interval_events)
         try:
-            try:
-                import uvloop
-                runner = uvloop.run
-            except ImportError:  # pragma: no cover
-                runner = asyncio.run
-            driven = runner(_drive(port, secret, accounts=accounts, connections=connections, depth=depth,
+            driven = loop_runner()(_drive(port, secret, accounts=accounts, connections=connections, depth=depth,
                                    seconds=seconds, half_load_request_events=half_load_request_events,
                                    server_pid=process.pid, settle_s=SETTLE_S if prefault else 0.0, say=say))
         finally:
-            process.send_signal(signal.SIGTERM)
-            server_exit = process.wait(timeout=120)
+            server_exit = local_server.stop(process)
     finally:
         if data_dir is None:
             shutil.rmtree(base_dir, ignore_errors=True)

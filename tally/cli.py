@@ -3,6 +3,11 @@
     tally serve [--config FILE] [--data DIR] [--host H] [--port N] [--tls-cert F --tls-key F]
     tally bench core [--json] [--accounts N] [--transfers N] [--data DIR]
     tally bench e2e [--json] [--seconds N] [--connections N]
+    tally bench loadgen [--json] [--seconds N]
+    tally load run [WORKLOAD] [--rate N] [--seconds N] [--mode open|closed] [--record F] [--report DIR]
+    tally load replay TRACE [--speed X] [--connections N] [--report DIR]
+    tally replay-log --data DIR --into NEWDIR
+    tally demo [--seconds N] [--rate N]
     tally info [--data DIR]
 
 Arguments are parsed here and nothing else is done here: each sub-command calls into its part.
@@ -65,6 +70,123 @@ def _bench_e2e(args) -> int:
     return 0 if result["failed_events"] == 0 and result["server_exit_code"] == 0 else 1
 
 
+def _target(args):
+    """The server and client identity of a load command: --host/--port/--client-id over the config's."""
+    from engine import config as config_module
+    from loadgen.runner import Target
+
+    config = config_module.load(args.config)
+    clients = {client.id: client.secret_bytes for client in config.clients}
+    client_id = args.client_id if args.client_id is not None else config.clients[0].id
+    if client_id not in clients:
+        raise config_module.ConfigError(f"{args.config}: no client {client_id}")
+    return Target(args.host or config.server.host, args.port if args.port is not None else config.server.port,
+                  client_id, clients[client_id])
+
+
+def _workload(args):
+    import msgspec
+
+    from loadgen import workload as workload_module
+
+    workload = workload_module.load(args.workload) if args.workload else workload_module.Workload()
+    if args.seconds is not None:
+        workload = msgspec.structs.replace(workload, seconds=args.seconds)
+    if args.rate is not None:
+        workload = msgspec.structs.replace(workload, rate=msgspec.structs.replace(workload.rate, per_s=args.rate))
+    population = {name: value for name, value in (("users", args.users), ("merchants", args.merchants))
+                  if value is not None}
+    if population:
+        workload = msgspec.structs.replace(
+            workload, population=msgspec.structs.replace(workload.population, **population))
+    problem = workload.check()
+    if problem:
+        raise workload_module.WorkloadError(problem)
+    return workload
+
+
+def _finish_report(report: dict, args, extra_summary: str = "") -> None:
+    from loadgen import report as report_module
+
+    if args.report:
+        json_path, html_path = report_module.write(report, args.report)
+        report["paths"] = {"json": json_path, "html": html_path}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(report_module.summary(report))
+        if extra_summary:
+            print(extra_summary)
+
+
+def _load_run(args) -> int:
+    from engine.config import ConfigError
+    from loadgen import runner
+    from loadgen.workload import WorkloadError
+
+    try:
+        workload, target = _workload(args), _target(args)
+        options = runner.Options(mode=args.mode, connections=args.connections, depth=args.depth,
+                                 frame_events=args.frame_events, workers=args.workers, seed=args.seed,
+                                 record=args.record, progress=not (args.json or args.quiet),
+                                 command=" ".join(["tally"] + sys.argv[1:]))
+        report = runner.run(target, workload, options)
+    except (WorkloadError, ConfigError, runner.LoadError) as error:
+        print(f"tally load run: {error}", file=sys.stderr)
+        return 2
+    if args.record:
+        report["notes"].append(f"trace recorded in {args.record}")
+    _finish_report(report, args)
+    return 0 if report["requests"]["failed_to_send"] == 0 else 1
+
+
+def _load_replay(args) -> int:
+    from engine.config import ConfigError
+    from loadgen import replay, runner
+
+    try:
+        report = replay.run(_target(args), args.trace, speed=args.speed, connections=args.connections,
+                            progress=not (args.json or args.quiet), allow_truncated=args.allow_truncated,
+                            command=" ".join(["tally"] + sys.argv[1:]))
+    except (ConfigError, runner.LoadError) as error:
+        print(f"tally load replay: {error}", file=sys.stderr)
+        return 2
+    _finish_report(report, args, replay.comparison_summary(report))
+    return 0 if report["comparison"]["equal"] else 1
+
+
+def _replay_log(args) -> int:
+    import core
+    from core import replay_log
+
+    progress = None if args.json else (lambda done, total: print(f"\r· replayed {done:,} of {total:,} batches",
+                                                                  end="", file=sys.stderr))
+    try:
+        result = replay_log.run(args.data, args.into, progress=progress)
+    except (replay_log.ReplayLogError, core.StoreError) as error:
+        print(f"\ntally replay-log: {error}", file=sys.stderr)
+        return 2
+    if progress is not None:
+        print(file=sys.stderr)
+    print(json.dumps(result) if args.json else replay_log.summary(result))
+    return 0 if result["equal"] else 1
+
+
+def _demo(args) -> int:
+    from tally import demo
+
+    return demo.run(directory=args.dir, seconds=args.seconds, rate_per_s=args.rate, users=args.users)
+
+
+def _bench_loadgen(args) -> int:
+    from tally import bench_loadgen
+
+    result = bench_loadgen.run(seconds=args.seconds, connections=args.connections, depth=args.depth,
+                               workers=args.workers)
+    print(json.dumps(result) if args.json else bench_loadgen.summary(result))
+    return 0
+
+
 def _info(args) -> int:
     import core
 
@@ -121,6 +243,68 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the server's checkpoint interval in events (default 8,386,560, as tally serve)")
     e2e.add_argument("--data", default=None, help="directory for the stores (default: a temporary one, removed)")
     e2e.set_defaults(run=_bench_e2e)
+
+    loadgen_bench = bench_kinds.add_parser(
+        "loadgen", help="the load generator's own ceiling: closed loop against a sink that answers at once")
+    loadgen_bench.add_argument("--json", action="store_true", help="print one JSON object")
+    loadgen_bench.add_argument("--seconds", type=float, default=5.0, help="length of the run (default 5)")
+    loadgen_bench.add_argument("--connections", type=int, default=2, help="connections (default 2)")
+    loadgen_bench.add_argument("--depth", type=int, default=2, help="frames in flight per connection (default 2)")
+    loadgen_bench.add_argument("--workers", type=int, default=1, help="load generator processes (default 1)")
+    loadgen_bench.set_defaults(run=_bench_loadgen)
+
+    load = commands.add_parser("load", help="run load against a server, or replay a recorded trace")
+    load_kinds = load.add_subparsers(dest="kind", required=True, metavar="KIND")
+    run = load_kinds.add_parser("run", help="open-loop (scheduled) or closed-loop load from a workload file")
+    run.add_argument("workload", nargs="?", help="workload file, TOML or JSON (loadgen/workload.py; default: "
+                                                 "100,000 users, 1,000 merchants, payments at 10,000/s for 10 s)")
+    run.add_argument("--rate", type=float, help="requests/s (the workload's rate.per_s)")
+    run.add_argument("--seconds", type=float, help="length of the run (the workload's seconds)")
+    run.add_argument("--users", type=int, help="wallets of the population")
+    run.add_argument("--merchants", type=int, help="merchants of the population")
+    run.add_argument("--mode", choices=("open", "closed"), default="open",
+                     help="open: requests at their scheduled times, latency from then (default); "
+                          "closed: --depth frames in flight per connection, as fast as answered")
+    run.add_argument("--connections", type=int, default=4, help="connections (default 4)")
+    run.add_argument("--depth", type=int, default=2, help="closed loop: frames in flight per connection (default 2)")
+    run.add_argument("--frame-events", type=int, default=8190, help="closed loop: requests per frame (default 8,190)")
+    run.add_argument("--workers", type=int, default=1, help="load generator processes (default 1)")
+    run.add_argument("--seed", type=int, default=1, help="random seed of the requests (default 1)")
+    run.add_argument("--record", metavar="FILE", help="write the trace of every request (docs/trace-format.md)")
+    run.set_defaults(run=_load_run)
+    replay = load_kinds.add_parser("replay", help="re-send a recorded trace at its times and compare result codes")
+    replay.add_argument("trace", help="a trace written by tally load run --record")
+    replay.add_argument("--speed", type=float, default=1.0, help="time scale: 2.0 replays twice as fast (default 1)")
+    replay.add_argument("--connections", type=int, default=1,
+                        help="connections (default 1: the order of one connection reproduces results exactly)")
+    replay.add_argument("--allow-truncated", action="store_true",
+                        help="replay what a killed run's .partial trace holds")
+    replay.set_defaults(run=_load_replay)
+    for sub in (run, replay):
+        sub.add_argument("--config", default=DEFAULT_CONFIG_PATH,
+                         help=f"the server's config file, for its address and a client secret (default {DEFAULT_CONFIG_PATH})")
+        sub.add_argument("--host", help="server address (default: the config's)")
+        sub.add_argument("--port", type=int, help="server port (default: the config's)")
+        sub.add_argument("--client-id", type=int, help="client id to authenticate as (default: the config's first)")
+        sub.add_argument("--report", metavar="DIR", help="write report.json and report.html here")
+        sub.add_argument("--json", action="store_true", help="print the report as one JSON object")
+        sub.add_argument("--quiet", action="store_true", help="no progress line")
+
+    replay_log = commands.add_parser(
+        "replay-log", help="re-apply a data directory's log into a fresh store and compare the state hashes")
+    replay_log.add_argument("--data", required=True, help="the data directory whose log is replayed (not in use)")
+    replay_log.add_argument("--into", required=True, help="a new (empty or missing) directory for the replayed store")
+    replay_log.add_argument("--json", action="store_true", help="print one JSON object")
+    replay_log.set_defaults(run=_replay_log)
+
+    demo = commands.add_parser("demo", help="start a local server, run a short realistic load, report, stop")
+    demo.add_argument("--dir", default=os.path.join(".tally", "demo"),
+                      help="the demo's directory: server data, config, trace and report (default .tally/demo; "
+                           "its server data is started afresh each time)")
+    demo.add_argument("--seconds", type=float, default=10.0, help="length of the load (default 10)")
+    demo.add_argument("--rate", type=float, default=20_000.0, help="requests/s, open loop (default 20,000)")
+    demo.add_argument("--users", type=int, default=50_000, help="wallets (default 50,000)")
+    demo.set_defaults(run=_demo)
 
     info = commands.add_parser("info", help="open a data directory (recovering it) and describe it")
     info.add_argument("--data", default=DEFAULT_DATA_DIR, help=f"data directory (default {DEFAULT_DATA_DIR})")

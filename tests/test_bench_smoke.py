@@ -53,3 +53,12 @@ def test_bench_e2e_runs_a_server_process_and_reports_every_key(tmp_path):
     assert result["server_exit_code"] == 0  # SIGTERM: a graceful shutdown
     assert result["peak_requests"] > 0 and result["half_load_requests"] > 0
     assert "end to end" in bench_e2e.summary(result)
+
+
+def test_bench_loadgen_offers_load_against_its_sink():
+    from tally import bench_loadgen
+
+    result = bench_loadgen.run(seconds=1.0, connections=1, depth=1)
+    # A sink answers everything: every kind of the mix was generated, sent and answered.
+    assert result["requests_per_s"] > 0 and result["requests_per_cpu_s"] > 0
+    assert set(result["kinds"]) >= {"payment", "p2p", "hold", "refund"}

@@ -1,0 +1,181 @@
+"""`tally load replay`: re-send a recorded trace at its recorded times, and compare the answers.
+
+The trace (``loadgen.trace``) holds every request of a run in send order, with the time it was
+due and the result code it got. Replay sends:
+
+1. the **setup** requests (the population's accounts and top-ups) first, in order, one frame
+   after another on the first connection, untimed, as the run did;
+2. the **timed** requests at ``scheduled_ns / speed`` from the replay's start, open loop
+   (``loadgen.runner.open_loop``: latency from the scheduled time), in send order.
+
+It then compares the number of requests per (kind, result code) with the recording. Against
+a server initialised as the recorded one was (a fresh data directory, when the trace starts
+with its setup), a trace recorded on **one connection** and replayed on one connection gets
+exactly the recorded counts: the server applies one connection's requests in order, and
+results depend only on that order (no request of the generator has a timeout, so engine time
+does not matter). With several connections, requests on different connections may be applied
+in another order than they were recorded in, and counts may differ where they depend on each
+other (a capture racing its hold); the comparison says so rather than hiding it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+
+import core
+from engine.protocol import Operation
+from loadgen import runner, trace
+from loadgen.generator import Kind, SETUP_KINDS
+from loadgen.runner import CODES, KINDS, LoadError, Options, Target, _Tally
+
+SPEED_MAX = 1000.0
+
+
+class TraceSource(runner._Source):
+    """The timed requests of a trace, due at their recorded times divided by ``speed``."""
+
+    def __init__(self, data: trace.TraceData, rows: np.ndarray, speed: float):
+        self.data = data
+        self.rows = rows
+        self.total = len(rows)
+        self._due_ns = (data.scheduled_ns[rows].astype(np.float64) / speed).astype(np.uint64)
+
+    def due_by(self, t_ns: int) -> int:
+        return int(np.searchsorted(self._due_ns, t_ns, side="right"))
+
+    def due_ns(self, first: int, end: int) -> np.ndarray:
+        return self._due_ns[first:end]
+
+    def take(self, first: int, end: int, now_ns: int):
+        rows = self.rows[first:end]
+        operations = self.data.operation[rows]
+        # Consecutive requests of one operation go in one frame; a change of operation starts another.
+        cuts = np.flatnonzero(operations[1:] != operations[:-1]) + 1
+        frames = []
+        for part in np.split(np.arange(len(rows)), cuts):
+            selected = rows[part]
+            operation = int(operations[part[0]])
+            records = np.ascontiguousarray(self.data.events[selected]).view(trace.OPERATION_DTYPES[operation])
+            frames.append((operation, self.data.request_index[selected], records.reshape(-1),
+                           self.data.kind[selected]))
+        return frames
+
+
+async def _send_setup(client, data: trace.TraceData, rows: np.ndarray, codes: np.ndarray) -> None:
+    """The setup requests in order: frames of one operation, ``SETUP_DEPTH`` in flight."""
+    operations = data.operation[rows]
+    cuts = np.flatnonzero(operations[1:] != operations[:-1]) + 1
+    for part in np.split(np.arange(len(rows)), cuts):
+        if not len(part):
+            continue
+        operation = int(operations[part[0]])
+        send = client.create_accounts if operation == Operation.create_accounts else client.create_transfers
+        frames = [rows[part[i:i + runner.FRAME_EVENTS_MAX]] for i in range(0, len(part), runner.FRAME_EVENTS_MAX)]
+        for start in range(0, len(frames), runner.SETUP_DEPTH):
+            group = frames[start:start + runner.SETUP_DEPTH]
+            replies = await asyncio.gather(*(
+                send(np.ascontiguousarray(data.events[selected]).view(trace.OPERATION_DTYPES[operation]).reshape(-1))
+                for selected in group))
+            for selected, results in zip(group, replies):
+                np.add.at(codes, (data.kind[selected].astype(np.int64), np.minimum(results, CODES - 1)), 1)
+
+
+def counts_by_kind(codes: np.ndarray) -> dict[str, dict[str, int]]:
+    """A (kind, code) count matrix as {kind name: {result name: count}}."""
+    names = {int(result): result.name for result in core.Result}
+    return {Kind(kind).name if kind < KINDS else str(kind):
+            {names.get(int(code), str(int(code))): int(codes[kind, code]) for code in np.flatnonzero(codes[kind])}
+            for kind in range(codes.shape[0]) if codes[kind].any()}
+
+
+def compare(recorded: dict, replayed: dict) -> dict:
+    """Per (kind, result) differences between two ``counts_by_kind`` dicts; empty when equal."""
+    differences = {}
+    for kind in sorted(set(recorded) | set(replayed)):
+        a, b = recorded.get(kind, {}), replayed.get(kind, {})
+        for code in sorted(set(a) | set(b)):
+            if a.get(code, 0) != b.get(code, 0):
+                differences[f"{kind}/{code}"] = {"recorded": a.get(code, 0), "replayed": b.get(code, 0)}
+    return differences
+
+
+async def _replay(target: Target, data: trace.TraceData, speed: float, connections: int, progress) -> tuple:
+    setup_kinds = set(data.header.get("setup_kinds", [int(k) for k in SETUP_KINDS]))
+    is_setup = np.isin(data.kind, list(setup_kinds)) & (data.scheduled_ns == 0)
+    setup_rows = np.flatnonzero(is_setup)
+    timed_rows = np.flatnonzero(~is_setup)
+    # Timed requests in due order (send order breaks ties): what the recording's sender did.
+    timed_rows = timed_rows[np.lexsort((data.request_index[timed_rows], data.scheduled_ns[timed_rows]))]
+    clients = await runner._connect(target, connections)
+    setup_codes = np.zeros((KINDS, CODES), dtype=np.int64)
+    try:
+        await _send_setup(clients[0], data, setup_rows, setup_codes)
+        tally = _Tally(start_ns=time.perf_counter_ns())
+        ticker = asyncio.ensure_future(runner._progress(tally, progress)) if progress else None
+        try:
+            await runner.open_loop(clients, TraceSource(data, timed_rows, speed), tally)
+        finally:
+            if ticker is not None:
+                ticker.cancel()
+        raw = tally.raw()
+        raw["elapsed_s"] = (time.perf_counter_ns() - tally.start_ns) / runner.NS_PER_S
+        return raw, setup_codes, len(setup_rows)
+    finally:
+        for client in clients:
+            client.close()
+
+
+def run(target: Target, path: str, *, speed: float = 1.0, connections: int = 1, progress: bool = False,
+        allow_truncated: bool = False, command: str = "") -> dict:
+    """Replay the trace at ``path``; the report (mode ``replay``) with a ``comparison`` section."""
+    if not 0 < speed <= SPEED_MAX:
+        raise LoadError(f"speed must be in (0, {SPEED_MAX:g}]")
+    try:
+        data = trace.read(path, allow_truncated=allow_truncated)
+    except trace.TraceError as error:
+        raise LoadError(str(error)) from error
+    if not data.complete and not allow_truncated:  # pragma: no cover - read() raises first
+        raise LoadError(f"{path}: the trace is not complete")
+    recorded_codes = np.zeros((max(KINDS, int(data.kind.max(initial=0)) + 1), CODES), dtype=np.int64)
+    np.add.at(recorded_codes, (data.kind.astype(np.int64), np.minimum(data.result, CODES - 1)), 1)
+    duration_s = float(data.scheduled_ns.max(initial=0)) / runner.NS_PER_S / speed
+    line = runner.ProgressLine(max(duration_s, 1.0)) if progress else None
+    started_at = runner._utc_now()
+    try:
+        raw, setup_codes, setup_requests = runner.loop_runner()(_replay(target, data, speed, connections, line))
+    finally:
+        if line is not None:
+            line.end()
+    replayed_codes = raw["codes"] + setup_codes
+    recorded, replayed = counts_by_kind(recorded_codes), counts_by_kind(replayed_codes)
+    differences = compare(recorded, replayed)
+    recorded_connections = data.header.get("connections")
+    report = runner.build_report(
+        [raw], None, Options(connections=connections, command=command), run_id=data.header.get("run_id", 0),
+        setup_requests=setup_requests, started_at=started_at, connections=connections, mode="replay",
+        target_per_s=(raw["scheduled"] / duration_s) if duration_s > 0 else None,
+        duration_s=max(duration_s, 1e-9) if raw["scheduled"] else raw["elapsed_s"],
+        config_extra={"trace": str(path), "speed": speed, "recorded": data.header,
+                      "trace_complete": data.complete})
+    report["comparison"] = {
+        "equal": not differences, "recorded": recorded, "replayed": replayed, "differences": differences,
+        "exact_expected": recorded_connections == 1 and connections == 1,
+    }
+    if differences and not report["comparison"]["exact_expected"]:
+        report["notes"].append(f"recorded on {recorded_connections} connection(s), replayed on {connections}: "
+                               "requests on different connections may be applied in another order")
+    return report
+
+
+def comparison_summary(report: dict) -> str:
+    comparison = report["comparison"]
+    total = sum(sum(codes.values()) for codes in comparison["recorded"].values())
+    if comparison["equal"]:
+        return f"result codes: identical to the recording ({total:,} requests, every kind and code)"
+    lines = [f"result codes: DIFFERENT from the recording in {len(comparison['differences'])} (kind, code) pairs:"]
+    for key, counts in list(comparison["differences"].items())[:12]:
+        lines.append(f"  {key:<40} recorded {counts['recorded']:>12,}  replayed {counts['replayed']:>12,}")
+    return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""A `tally serve` process on loopback, for the benchmarks, the demo and the tests.
+
+>>> process, port = local_server.start(base_dir, secret=secret)     # data in base_dir/server
+>>> ...
+>>> local_server.stop(process)                                        # SIGTERM: a graceful stop
+0
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from core import constants
+
+SERVER_START_TIMEOUT_S = 300.0  # prefaulting gigabytes on a VM takes a while
+SERVER_STOP_TIMEOUT_S = 120.0
+
+
+def start(base_dir: str, *, secret: bytes, accounts_max: int = constants.ACCOUNTS_MAX_DEFAULT,
+          transfers_max: int = constants.TRANSFERS_MAX_DEFAULT, prefault: bool = False,
+          checkpoint_interval_events: int = constants.CHECKPOINT_INTERVAL_EVENTS_DEFAULT
+          ) -> tuple[subprocess.Popen, int]:
+    """Write ``base_dir/config.toml`` (client 1 with ``secret``), start the server on a free port.
+
+    Returns the process and its port once it listens.
+    """
+    os.makedirs(base_dir, exist_ok=True)
+    config_path = os.path.join(base_dir, "config.toml")
+    with open(config_path, "w") as file:
+        file.write(
+            "[server]\n"
+            f"data = \"{os.path.join(base_dir, 'server')}\"\n"
+            f"host = \"127.0.0.1\"\nport = 0\nprefault = {'true' if prefault else 'false'}\n"
+            f"checkpoint_interval_events = {checkpoint_interval_events}\n"
+            f"accounts_max = {accounts_max}\ntransfers_max = {transfers_max}\n"
+            f"[[clients]]\nid = 1\nsecret = \"{secret.hex()}\"\n")
+    os.chmod(config_path, 0o600)
+    process = subprocess.Popen([sys.executable, "-m", "tally", "serve", "--config", config_path],
+                               stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    line = process.stdout.readline()  # "tally serve: listening on 127.0.0.1:PORT ..."
+    if "listening on" not in line or time.monotonic() > deadline:
+        process.kill()
+        process.wait()
+        raise RuntimeError(f"the server did not start: {line!r}")
+    port = int(line.split("listening on ", 1)[1].split(",", 1)[0].split()[0].rsplit(":", 1)[1])
+    return process, port
+
+
+def stop(process: subprocess.Popen) -> int:
+    """Stop the server gracefully (SIGTERM); its exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=SERVER_STOP_TIMEOUT_S)
+    finally:
+        if process.stdout is not None:
+            process.stdout.close()

@@ -1,0 +1,269 @@
+"""The load generator: requests from a workload, HDR recording, open and closed loop against a real
+server process, recording and replay (exact result counts), workers, and the `tally load` commands."""
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hdrh.histogram import HdrHistogram
+from hypothesis import given, settings, strategies as st
+
+import core
+from loadgen import replay, runner, trace
+from loadgen.generator import LOAD_ID_BASE, Kind, Population, RequestGenerator
+from loadgen.histogram import LATENCY_US_HIGHEST, LatencyHistogram
+from loadgen.workload import Mix, Payments, Population as PopulationSpec, Rate, Workload
+from tally import local_server
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NS_PER_S = 1_000_000_000
+
+
+def small_workload(seconds=2.0, per_s=2_000.0, users=500, hold_s=0.2, refund_after_s=0.2, **mix):
+    mix = mix or {"payment": 70, "p2p": 10, "hold": 10, "refund": 10}
+    return Workload(seconds=seconds, population=PopulationSpec(users=users, merchants=20, wallet_balance_minor=200_000),
+                    mix=Mix(**mix), payments=Payments(hold_s=hold_s, refund_after_s=refund_after_s),
+                    rate=Rate(per_s=per_s))
+
+
+# ----------------------------------------------------------------------------- histogram
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=LATENCY_US_HIGHEST * 2), min_size=1, max_size=300))
+def test_array_recording_equals_hdrh_value_by_value(values):
+    ours = LatencyHistogram()
+    ours.record(np.array(values, dtype=np.int64))
+    theirs = HdrHistogram(1, LATENCY_US_HIGHEST, 3)
+    for value in values:
+        theirs.record_value(min(max(value, 1), LATENCY_US_HIGHEST))
+    assert list(ours.hdr.counts) == list(theirs.counts)
+    assert (ours.count, ours.hdr.get_min_value(), ours.hdr.get_max_value()) == \
+        (theirs.get_total_count(), theirs.get_min_value(), theirs.get_max_value())
+    for percentile in (50, 99, 99.99):
+        assert ours.value_at(percentile) == theirs.get_value_at_percentile(percentile)
+
+
+def test_histograms_merge_exactly_through_their_encoding():
+    rng = np.random.default_rng(3)
+    parts = [rng.integers(1, 10 ** 6, 5_000) for _ in range(3)]
+    merged, whole = LatencyHistogram(), LatencyHistogram()
+    for part in parts:
+        one = LatencyHistogram()
+        one.record(part)
+        merged.add(LatencyHistogram.decode(one.encode()))
+    whole.record(np.concatenate(parts))
+    assert merged.summary() == whole.summary() and merged.spectrum() == whole.spectrum()
+
+
+# ----------------------------------------------------------------------------- generator
+
+
+def apply_setup(ledger, population):
+    for batch in population.account_batches():
+        assert not ledger.create_accounts(batch, now_ns=1).any()
+    for batch in population.top_up_batches():
+        assert not ledger.create_transfers(batch, now_ns=2).any()
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2 ** 32), weights=st.lists(st.integers(0, 10), min_size=4, max_size=4).filter(any),
+       chunk=st.integers(1, 3_000))
+def test_generated_requests_are_valid_and_follow_their_dependencies(seed, weights, chunk):
+    workload = small_workload(hold_s=0.0, refund_after_s=0.0,
+                              **dict(zip(("payment", "p2p", "hold", "refund"), weights)))
+    population = Population(workload, run_id=77)
+    ledger = core.Ledger(accounts_max=1_000, transfers_max=100_000)
+    apply_setup(ledger, population)
+    generator = RequestGenerator(workload, population, seed=seed)
+    seen_ids, holds, refunded = set(), {}, set()
+    payments = {}
+    for step in range(6):
+        indexes, batch, kinds = generator.next(chunk, now_ns=step * NS_PER_S)
+        results = ledger.create_transfers(batch, now_ns=10 * NS_PER_S + step)
+        ids = batch["id_lo"].tolist()
+        assert ids == (LOAD_ID_BASE + indexes).tolist() and not seen_ids & set(ids)
+        seen_ids.update(ids)
+        assert (batch["id_hi"] == 77).all()
+        for row, kind, result in zip(batch, kinds.tolist(), results.tolist()):
+            kind = Kind(kind)
+            if kind is Kind.hold:
+                holds[int(row["id_lo"])] = result
+            elif kind in (Kind.capture, Kind.void):
+                pending = int(row["pending_id_lo"])
+                assert pending in holds, "a resolution follows a hold made earlier, and only once"
+                hold_result = holds.pop(pending)
+                # A hold a dry wallet refused leaves nothing to resolve; every other resolution works.
+                expected = core.Result.ok if hold_result == core.Result.ok else core.Result.pending_transfer_not_found
+                assert result == expected, (kind, core.Result(result))
+                continue
+            elif kind is Kind.payment:
+                payments[int(row["id_lo"])] = (int(row["debit_account_id_lo"]), int(row["credit_account_id_lo"]),
+                                               int(row["amount"]))
+            elif kind is Kind.refund:
+                key = (int(row["credit_account_id_lo"]), int(row["debit_account_id_lo"]), int(row["amount"]))
+                assert key in set(payments.values()), "a refund returns an earlier payment to its payer"
+                assert key not in refunded or list(payments.values()).count(key) > 1
+                refunded.add(key)
+            # Wallets are funded well; only a dry wallet may refuse a payment, P2P or hold.
+            allowed = (core.Result.ok,) if kind is Kind.refund else (core.Result.ok, core.Result.exceeds_credits)
+            assert result in allowed, (kind, core.Result(result))
+    # Money is neither created nor destroyed: debits equal credits over all accounts.
+    accounts = ledger.accounts()
+    assert int(accounts["debits_posted"].sum()) == int(accounts["credits_posted"].sum())
+    assert int(accounts["debits_pending"].sum()) == int(accounts["credits_pending"].sum())
+
+
+def test_the_mix_is_followed_and_a_seed_repeats_itself():
+    workload = small_workload(hold_s=0.0, refund_after_s=0.0)
+    population = Population(workload, run_id=5)
+    one, two = RequestGenerator(workload, population, seed=9), RequestGenerator(workload, population, seed=9)
+    kinds = []
+    for step in range(20):
+        a, b = one.next(5_000, step), two.next(5_000, step)
+        assert a[1].tobytes() == b[1].tobytes() and (a[2] == b[2]).all()
+        kinds.append(a[2])
+    counts = np.bincount(np.concatenate(kinds), minlength=len(Kind)) / 100_000
+    assert abs(counts[Kind.payment] + counts[Kind.refund] - 0.8) < 0.01   # refunds replace payments early on
+    assert abs(counts[Kind.p2p] - 0.1) < 0.01
+    assert abs(counts[Kind.hold] + counts[Kind.capture] + counts[Kind.void] - 0.1) < 0.01
+    assert counts[Kind.capture] > 4 * counts[Kind.void] > 0       # capture_ratio 0.9
+
+
+def test_follow_ups_wait_for_their_delay():
+    workload = small_workload(hold_s=1.0, refund_after_s=1.0, payment=1, hold=1, refund=1)
+    generator = RequestGenerator(workload, Population(workload, run_id=1), seed=1)
+    _, _, early = generator.next(3_000, now_ns=0)
+    _, _, still_early = generator.next(3_000, now_ns=NS_PER_S - 1)
+    _, _, later = generator.next(3_000, now_ns=NS_PER_S)
+    for kinds in (early, still_early):
+        assert not np.isin(kinds, [Kind.capture, Kind.void, Kind.refund]).any()
+    assert np.isin(later, [Kind.capture, Kind.void]).sum() > 0 and (later == Kind.refund).sum() > 0
+
+
+# ----------------------------------------------------------------------------- against a server
+
+
+@pytest.fixture
+def server(tmp_path):
+    secret = secrets.token_bytes(32)
+    process, port = local_server.start(str(tmp_path / "srv"), secret=secret, accounts_max=50_000,
+                                       transfers_max=2_000_000)
+    yield runner.Target("127.0.0.1", port, 1, secret), str(tmp_path / "srv")
+    assert local_server.stop(process) == 0
+
+
+def fresh_server(tmp_path, name):
+    secret = secrets.token_bytes(32)
+    process, port = local_server.start(str(tmp_path / name), secret=secret, accounts_max=50_000,
+                                       transfers_max=2_000_000)
+    return process, runner.Target("127.0.0.1", port, 1, secret)
+
+
+def test_open_loop_sends_on_schedule_records_and_replays_exactly(server, tmp_path):
+    target, _ = server
+    path = str(tmp_path / "run.tly")
+    workload = small_workload(seconds=2.0, per_s=3_000.0)
+    report = runner.run(target, workload, runner.Options(connections=1, record=path, seed=4))
+    scheduled = workload.rate.schedule(2.0).total
+    assert report["requests"] == {"scheduled": scheduled, "sent": scheduled, "answered": scheduled,
+                                  "failed_to_send": 0, "dropped": 0}
+    assert abs(report["achieved_per_s"] - 3_000) / 3_000 < 0.01
+    assert sum(report["result_codes"].values()) == scheduled and report["result_codes"]["ok"] > 0.9 * scheduled
+    assert set(report["kinds"]) >= {"payment", "p2p", "hold", "refund"}
+    assert report["latency_us"]["count"] == scheduled and report["latency_us"]["p50"] > 0
+    assert len(report["timeline"]["t_s"]) >= 2 and sum(report["timeline"]["offered_per_s"]) == scheduled
+    assert report["distribution"][-1][0] == 100.0
+
+    data = trace.read(path)
+    setup_requests = report["config"]["setup_requests"]
+    assert len(data) == setup_requests + scheduled and data.complete
+    assert (np.diff(data.request_index.astype(np.int64)) == 1).all()
+    timed = ~np.isin(data.kind, [Kind.account, Kind.top_up])
+    assert timed.sum() == scheduled
+    assert data.result_counts(timed)[0] == report["result_codes"]["ok"]
+    # Due times are the schedule's: request k at k / rate.
+    due_s = data.scheduled_ns[setup_requests:].astype(np.float64) / NS_PER_S
+    assert np.allclose(due_s, np.arange(scheduled) / 3_000.0, atol=2e-3)
+
+    # Replayed on a fresh server, in one connection, at twice the speed: the same counts.
+    process, fresh = fresh_server(tmp_path, "fresh")
+    try:
+        replayed = replay.run(fresh, path, speed=2.0)
+        again = replay.run(fresh, path, speed=4.0)   # now everything exists already
+    finally:
+        assert local_server.stop(process) == 0
+    assert replayed["comparison"]["equal"], replayed["comparison"]["differences"]
+    assert replayed["comparison"]["exact_expected"]
+    assert replayed["requests"]["answered"] == scheduled
+    assert replayed["duration_s"] == pytest.approx(max(due_s) / 2, rel=0.01)
+    # The comparison can fail: a second replay on the same server finds every id taken.
+    assert not again["comparison"]["equal"]
+    assert again["comparison"]["replayed"]["payment"].get("exists", 0) > 0
+
+
+def test_closed_loop_keeps_frames_in_flight_and_has_no_target(server):
+    target, _ = server
+    report = runner.run(target, small_workload(seconds=1.0),
+                        runner.Options(mode="closed", connections=2, depth=2, frame_events=500))
+    assert report["target_per_s"] is None and report["mode"] == "closed"
+    answered = report["requests"]["answered"]
+    assert answered >= 4 * 500 and answered % 500 == 0 and report["requests"]["failed_to_send"] == 0
+    assert report["config"]["depth"] == 2
+
+
+def test_two_workers_merge_their_counts_and_histograms(server):
+    target, _ = server
+    workload = small_workload(seconds=2.0, per_s=2_000.0)
+    report = runner.run(target, workload, runner.Options(connections=2, workers=2))
+    scheduled = workload.rate.schedule(2.0).total
+    # Each worker has half the rate; together the schedule, within a request per worker.
+    assert abs(report["requests"]["answered"] - scheduled) <= 2
+    assert report["latency_us"]["count"] == report["requests"]["answered"]
+    assert sum(report["timeline"]["answered_per_s"]) == report["requests"]["answered"]
+
+
+def test_the_load_commands_end_to_end(server, tmp_path):
+    target, data_dir = server
+    config = tmp_path / "srv" / "config.toml"
+    report_dir = tmp_path / "report"
+    workload_file = tmp_path / "w.toml"
+    workload_file.write_text("seconds = 1\n[population]\nusers = 300\nmerchants = 10\n[rate]\nper_s = 1000\n")
+    out = subprocess.run([sys.executable, "-m", "tally", "load", "run", str(workload_file), "--config", str(config),
+                          "--port", str(target.port), "--report", str(report_dir), "--json", "--connections", "2"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    printed = json.loads(out.stdout)
+    assert printed["requests"]["answered"] == 1_000
+    with open(report_dir / "report.json") as file:
+        assert json.load(file)["requests"] == printed["requests"]
+    assert (report_dir / "report.html").read_text().count("<svg") == 3
+
+    bad = subprocess.run([sys.executable, "-m", "tally", "load", "run", str(workload_file), "--config", str(config),
+                          "--port", str(target.port), "--rate", "0"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "rate.per_s" in bad.stderr
+    missing = subprocess.run([sys.executable, "-m", "tally", "load", "replay", str(tmp_path / "nope.tly"),
+                              "--config", str(config), "--port", str(target.port)], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60)
+    assert missing.returncode == 2 and "nope.tly" in missing.stderr
+
+
+def test_setup_refusals_name_the_result(tmp_path):
+    secret = secrets.token_bytes(32)
+    process, port = local_server.start(str(tmp_path / "tiny"), secret=secret, accounts_max=100, transfers_max=10_000)
+    try:
+        with pytest.raises(runner.LoadError, match="accounts_limit_reached"):
+            runner.run(runner.Target("127.0.0.1", port, 1, secret), small_workload(seconds=1.0),
+                       runner.Options(connections=1))
+    finally:
+        assert local_server.stop(process) == 0
+    with pytest.raises(runner.LoadError, match="cannot connect"):
+        runner.run(runner.Target("127.0.0.1", port, 1, secret), small_workload(seconds=1.0), runner.Options())
+    with pytest.raises(runner.LoadError, match="single worker"):
+        runner.run(runner.Target("127.0.0.1", port, 1, secret), small_workload(), runner.Options(workers=2,
+                                                                                                  record="x.tly"))
