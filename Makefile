@@ -1,5 +1,6 @@
 # Two entry points for a fresh clone (Python 3.11, nothing installed):
-#   make bench   set up .venv, build the core, run a local server and a short load on an embedded LMDB directory
+#   make demo    set up .venv, build the core, run a local server and a short realistic load on an embedded
+#                LMDB directory (.tally/demo): summary, HTML report, trace, replay-log check
 #   make test    set up .venv, build the core, run the whole test suite
 # Everything is installed into .venv by the project's own files (pyproject.toml).
 
@@ -8,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup bench bench-core test test-slow clean
+.PHONY: setup demo bench bench-core bench-loadgen test test-slow clean
 
 setup: $(STAMP)
 
@@ -18,11 +19,17 @@ $(STAMP): pyproject.toml setup.py $(wildcard core/*.pyx core/*.pxd)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+demo: setup
+	$(BIN)/tally demo
+
 bench: setup
 	$(BIN)/tally bench e2e --data .tally/bench --accounts 200000 --seconds 3
 
 bench-core: setup
 	$(BIN)/tally bench core --data .tally/bench --transfers 2000000
+
+bench-loadgen: setup
+	$(BIN)/tally bench loadgen
 
 test: setup
 	$(BIN)/python -m pytest -q

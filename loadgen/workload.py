@@ -161,7 +161,8 @@ class Rate(msgspec.Struct, forbid_unknown_fields=True):
         middles = (grid_s[:-1] + grid_s[1:]) / 2  # exact for a ramp
         rates = np.array([self.per_s_at(t, seconds) for t in middles])
         cumulative = np.concatenate(([0.0], np.cumsum(rates * np.diff(grid_s))))
-        total = int(math.floor(cumulative[-1] + 1e-6))  # not lost to rounding in the sum
+        # Not lost to rounding in the sum: 30 s at 200,000/s is 6,000,000 requests, not 5,999,999.
+        total = int(math.floor(cumulative[-1] * (1 + 1e-12) + 1e-6))
         if total > SCHEDULE_REQUESTS_MAX:
             raise ValueError(f"{total:,} requests: more than {SCHEDULE_REQUESTS_MAX:,} in one run")
         return Schedule(grid_s, cumulative, total)
@@ -189,7 +190,8 @@ class Schedule:
         """How many requests are due by ``t_s`` seconds from the start."""
         if t_s >= self.seconds:
             return self.total  # the last request is due at the end even if the sum rounded below it
-        return min(self.total, int(math.floor(float(np.interp(t_s, self._grid_s, self._cumulative)) + 1e-6)))
+        due = float(np.interp(t_s, self._grid_s, self._cumulative))
+        return min(self.total, int(math.floor(due * (1 + 1e-12) + 1e-6)))
 
     def times_s(self, first: int, end: int) -> np.ndarray:
         """The due times of requests ``first`` .. ``end - 1``, in seconds from the start."""
