@@ -29,12 +29,12 @@ import core
 from engine.protocol import Operation
 from loadgen import runner, trace
 from loadgen.generator import Kind, SETUP_KINDS
-from loadgen.runner import CODES, KINDS, LoadError, Options, Target, _Tally
+from loadgen.runner import CODES, KINDS, LoadError, Options, Target, Tally
 
 SPEED_MAX = 1000.0
 
 
-class TraceSource(runner._Source):
+class TraceSource:
     """The timed requests of a trace, due at their recorded times divided by ``speed``."""
 
     def __init__(self, data: trace.TraceData, rows: np.ndarray, speed: float):
@@ -109,12 +109,12 @@ async def _replay(target: Target, data: trace.TraceData, speed: float, connectio
     timed_rows = np.flatnonzero(~is_setup)
     # Timed requests in due order (send order breaks ties): what the recording's sender did.
     timed_rows = timed_rows[np.lexsort((data.request_index[timed_rows], data.scheduled_ns[timed_rows]))]
-    clients = await runner._connect(target, connections)
+    clients = await runner.connect(target, connections)
     setup_codes = np.zeros((KINDS, CODES), dtype=np.int64)
     try:
         await _send_setup(clients[0], data, setup_rows, setup_codes)
-        tally = _Tally(start_ns=time.perf_counter_ns())
-        ticker = asyncio.ensure_future(runner._progress(tally, progress)) if progress else None
+        tally = Tally(start_ns=time.perf_counter_ns())
+        ticker = asyncio.ensure_future(runner.progress_ticker(tally, progress)) if progress else None
         try:
             await runner.open_loop(clients, TraceSource(data, timed_rows, speed), tally)
         finally:
@@ -143,7 +143,7 @@ def run(target: Target, path: str, *, speed: float = 1.0, connections: int = 1, 
     np.add.at(recorded_codes, (data.kind.astype(np.int64), np.minimum(data.result, CODES - 1)), 1)
     duration_s = float(data.scheduled_ns.max(initial=0)) / runner.NS_PER_S / speed
     line = runner.ProgressLine(max(duration_s, 1.0)) if progress else None
-    started_at = runner._utc_now()
+    started_at = runner.utc_now()
     try:
         raw, setup_codes, setup_requests = runner.loop_runner()(_replay(target, data, speed, connections, line))
     finally:

@@ -33,6 +33,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import msgspec
 import numpy as np
@@ -96,7 +97,7 @@ class LoadError(Exception):
 
 
 @dataclass
-class _Tally:
+class Tally:
     """What one worker saw, kept compact: counts, and histograms per second of reply time."""
     start_ns: int
     total: LatencyHistogram = field(default_factory=LatencyHistogram)
@@ -191,7 +192,7 @@ def _now_ns() -> int:
 # --------------------------------------------------------------------------- sending
 
 
-async def _connect(target: Target, count: int):
+async def connect(target: Target, count: int):
     from engine.client import Client
 
     try:
@@ -201,7 +202,7 @@ async def _connect(target: Target, count: int):
         raise LoadError(f"cannot connect to {target.host}:{target.port}: {error}") from error
 
 
-async def _send_frame(client, operation: int, indexes, scheduled_ns, kinds, batch, tally: _Tally, recorder,
+async def _send_frame(client, operation: int, indexes, scheduled_ns, kinds, batch, tally: Tally, recorder,
                       connection: int) -> None:
     """Send one frame of requests and account for its answer (latency from the scheduled times)."""
     count = len(batch)
@@ -223,16 +224,21 @@ async def _send_frame(client, operation: int, indexes, scheduled_ns, kinds, batc
         recorder.append(operation, indexes, scheduled_ns, connection, kinds, results, batch)
 
 
-class _Source:
-    """What an open-loop sender sends: requests with due times (generated or from a trace)."""
+class RequestSource(Protocol):
+    """What an open-loop sender sends: requests with due times (generated, or from a trace)."""
     total: int
 
-    def due_by(self, t_ns: int) -> int: ...
-    def due_ns(self, first: int, end: int) -> np.ndarray: ...
-    def take(self, first: int, end: int, now_ns: int): ...   # -> [(operation, indexes, batch, kinds)]
+    def due_by(self, t_ns: int) -> int:
+        """How many requests are due ``t_ns`` after the start."""
+
+    def due_ns(self, first: int, end: int) -> np.ndarray:
+        """The due times (ns from the start) of requests ``first`` .. ``end - 1``."""
+
+    def take(self, first: int, end: int, now_ns: int) -> list:
+        """Requests ``first`` .. ``end - 1`` as frames: [(operation, request indexes, records, kinds)]."""
 
 
-class GeneratedSource(_Source):
+class GeneratedSource:
     """A workload's schedule and generator."""
 
     def __init__(self, workload: Workload, generator: RequestGenerator, index_offset: int):
@@ -271,7 +277,7 @@ class GeneratedSource(_Source):
         return [(Operation.create_transfers, indexes, batch, kinds)]
 
 
-async def open_loop(clients, source: _Source, tally: _Tally, recorder=None,
+async def open_loop(clients, source: RequestSource, tally: Tally, recorder=None,
                     drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
     """Send every request of ``source`` at its due time (see the module's docstring)."""
     sent = frames = 0
@@ -314,7 +320,7 @@ async def open_loop(clients, source: _Source, tally: _Tally, recorder=None,
         await _drain(tasks, tally, drain_timeout_s)
 
 
-async def _drain(tasks: set, tally: _Tally, timeout_s: float) -> None:
+async def _drain(tasks: set, tally: Tally, timeout_s: float) -> None:
     """Wait for the answers still out; past ``timeout_s`` they are counted as failed."""
     _, late = await asyncio.wait(set(tasks), timeout=timeout_s)
     if late:
@@ -325,7 +331,7 @@ async def _drain(tasks: set, tally: _Tally, timeout_s: float) -> None:
         tally.fail(unanswered, TimeoutError(f"no answer within {timeout_s:g} s of the last send"))
 
 
-async def closed_loop(clients, generator: RequestGenerator, tally: _Tally, seconds: float, depth: int,
+async def closed_loop(clients, generator: RequestGenerator, tally: Tally, seconds: float, depth: int,
                       frame_events: int, index_offset: int, recorder=None) -> None:
     """Keep ``depth`` frames of ``frame_events`` in flight on every connection for ``seconds``."""
     stop_ns = int(seconds * NS_PER_S)
@@ -401,8 +407,8 @@ async def _load(plan: _Plan, clients, recorder, report_progress) -> dict:
     delay_s = plan.start_at_s - time.time()
     if delay_s > 0:
         await asyncio.sleep(delay_s)
-    tally = _Tally(start_ns=_now_ns())
-    progress = asyncio.ensure_future(_progress(tally, report_progress)) if report_progress else None
+    tally = Tally(start_ns=_now_ns())
+    progress = asyncio.ensure_future(progress_ticker(tally, report_progress)) if report_progress else None
     try:
         if options.mode == "closed":
             await closed_loop(clients, generator, tally, workload.seconds, options.depth, options.frame_events,
@@ -419,7 +425,7 @@ async def _load(plan: _Plan, clients, recorder, report_progress) -> dict:
     return raw
 
 
-async def _progress(tally: _Tally, report_progress) -> None:
+async def progress_ticker(tally: Tally, report_progress) -> None:
     """Once a second: the last whole second's offered and answered requests and its p99."""
     while True:
         await asyncio.sleep(1.0 - ((_now_ns() - tally.start_ns) / NS_PER_S) % 1.0 + 0.01)
@@ -439,7 +445,7 @@ def _at(per_second: list, second: int) -> int:
 async def _single_process(plan: _Plan, report_progress) -> dict:
     """workers == 1: setup, load and recording in this process's event loop."""
     workload = msgspec.json.decode(plan.workload_json, type=Workload)
-    clients = await _connect(plan.target, plan.connections)
+    clients = await connect(plan.target, plan.connections)
     recorder = None
     try:
         if plan.options.record:
@@ -463,7 +469,7 @@ async def _single_process(plan: _Plan, report_progress) -> dict:
 
 async def _setup_only(plan: _Plan) -> int:
     workload = msgspec.json.decode(plan.workload_json, type=Workload)
-    clients = await _connect(plan.target, 1)
+    clients = await connect(plan.target, 1)
     try:
         return await setup(clients[0], Population(workload, plan.run_id))
     finally:
@@ -471,7 +477,7 @@ async def _setup_only(plan: _Plan) -> int:
 
 
 async def _worker_main(plan: _Plan, report_progress) -> dict:
-    clients = await _connect(plan.target, plan.connections)
+    clients = await connect(plan.target, plan.connections)
     try:
         return await _load(plan, clients, None, report_progress)
     finally:
@@ -500,10 +506,10 @@ def trace_header(workload: Workload, plan: _Plan) -> dict:
     return {"format": "tally-load-trace", "workload": msgspec.to_builtins(workload), "mode": plan.options.mode,
             "seed": plan.options.seed, "run_id": plan.run_id, "connections": plan.connections,
             "kinds": {int(kind): kind.name for kind in Kind}, "setup_kinds": [int(k) for k in SETUP_KINDS],
-            "command": plan.options.command, "created_at": _utc_now()}
+            "command": plan.options.command, "created_at": utc_now()}
 
 
-def _utc_now() -> str:
+def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
@@ -553,7 +559,7 @@ def run(target: Target, workload: Workload, options: Options) -> dict:
     run_id = options.run_id or (secrets.randbits(62) | 1)
     workload_json = msgspec.json.encode(workload)
     progress = ProgressLine(workload.seconds, options.workers) if options.progress else None
-    started_at = _utc_now()
+    started_at = utc_now()
     plans = [_Plan(target, workload_json, options, run_id, worker, options.workers, 0,
                    options.connections // options.workers + (worker < options.connections % options.workers), 0.0)
              for worker in range(options.workers)]
