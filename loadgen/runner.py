@@ -520,6 +520,7 @@ class ProgressLine:
         self.seconds = seconds
         self.workers = workers
         self.stream = stream or sys.stderr
+        self._tty = self.stream.isatty()
         self._seconds: dict[int, list] = {}
 
     def __call__(self, second, offered, answered, p99_us, worker: int = 0) -> None:
@@ -535,13 +536,16 @@ class ProgressLine:
         p99 = f"{entry[2] / 1000:,.2f} ms" if entry[2] is not None else "-"
         width = 24
         done = min(width, int(width * (second + 1) / max(self.seconds, 1e-9)))
-        self.stream.write(f"\r[{'#' * done}{'.' * (width - done)}] {second + 1:>4}/{self.seconds:g} s  "
-                          f"offered {entry[0]:>10,}/s  answered {entry[1]:>10,}/s  p99 {p99:>10}   ")
+        line = (f"[{'#' * done}{'.' * (width - done)}] {second + 1:>4}/{self.seconds:g} s  "
+                f"offered {entry[0]:>10,}/s  answered {entry[1]:>10,}/s  p99 {p99:>10}")
+        # On a terminal the line is redrawn in place; in a log, one line a second.
+        self.stream.write(f"\r{line}   " if self._tty else f"{line}\n")
         self.stream.flush()
 
     def end(self) -> None:
-        self.stream.write("\n")
-        self.stream.flush()
+        if self._tty:
+            self.stream.write("\n")
+            self.stream.flush()
 
 
 def run(target: Target, workload: Workload, options: Options) -> dict:

@@ -75,8 +75,13 @@ def _target(args):
     from engine import config as config_module
     from loadgen.runner import Target
 
+    if not os.path.exists(args.config):
+        raise config_module.ConfigError(f"{args.config}: no such file (tally serve writes it on first start; "
+                                        "or give the server's --config)")
     config = config_module.load(args.config)
     clients = {client.id: client.secret_bytes for client in config.clients}
+    if not clients:
+        raise config_module.ConfigError(f"{args.config}: no [[clients]] to authenticate as")
     client_id = args.client_id if args.client_id is not None else config.clients[0].id
     if client_id not in clients:
         raise config_module.ConfigError(f"{args.config}: no client {client_id}")
