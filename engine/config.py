@@ -45,6 +45,7 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     tls_key: str | None = None
     prefault: bool = False    # touch all ledger memory at start: slower start, no page faults later
     checkpoint_interval_events: int = core_constants.CHECKPOINT_INTERVAL_EVENTS_DEFAULT
+    state_hash_on_exit: bool = False   # print the ledger's state hash after a graceful stop (tally replay-log compares)
 
 
 class ClientCredentials(msgspec.Struct, forbid_unknown_fields=True):

@@ -40,6 +40,9 @@ async def serve(config: Config, *, announce=print) -> None:
         await stop.wait()
         announce("tally serve: shutting down (answering what was received)")
         await server.close()
+        if settings.state_hash_on_exit:
+            # The live state, to compare with what replaying the log gives (tally replay-log).
+            announce(f"tally serve: state hash {store.state_hash()}")
     finally:
         store.close()
 

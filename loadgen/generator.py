@@ -19,12 +19,18 @@ The requests (``Mix``, ``Payments``):
 * ``p2p``: a wallet pays another wallet.
 * ``hold``: half the weight makes holds (a pending transfer to a merchant), half resolves the
   oldest hold made at least ``hold_s`` earlier: captured (``post_pending``, fully or partly)
-  with probability ``capture_ratio``, else voided. With no hold old enough, a hold is made.
+  with probability ``capture_ratio``, else voided. With no hold old enough, a payment is made
+  (so holds never outnumber resolutions and none waits for ever).
 * ``refund``: a merchant returns a payment made at least ``refund_after_s`` earlier, to its
   payer and of its amount; each payment is refunded at most once. With none old enough, a
   payment is made.
 
-Given the same workload, seed and run id, the same calls give the same requests.
+Follow-ups are only for requests the server did not refuse: the load generator reports each
+answer (``answered``), and a payment or hold refused by then (a dry wallet) is never refunded
+or resolved. One whose answer has not arrived yet is assumed accepted.
+
+Given the same workload, seed and run id, and the same answers at the same points, the same
+calls give the same requests.
 """
 
 from __future__ import annotations
@@ -138,13 +144,37 @@ class _Queue:
         self.tail += count
         self.head = max(self.head, self.tail - self.capacity)  # full: the oldest are dropped
 
-    def pop_ready(self, wanted: int, now_ns: int) -> np.ndarray:
-        """Up to ``wanted`` of the oldest entries ready by ``now_ns`` (ready times only grow)."""
-        available = min(wanted, self.tail - self.head)
-        positions = (self.head + np.arange(available)) % self.capacity
-        ready = int(np.searchsorted(self.ready_ns[positions] > now_ns, True))  # a prefix is ready
-        self.head += ready
-        return self.columns[:, positions[:ready]]
+    def pop_ready(self, wanted: int, now_ns: int, refused: "_Refusals") -> np.ndarray:
+        """Up to ``wanted`` of the oldest entries ready by ``now_ns`` (ready times only grow),
+        skipping those the server refused."""
+        taken = []
+        while wanted > 0 and self.tail > self.head:
+            available = min(wanted, self.tail - self.head)
+            positions = (self.head + np.arange(available)) % self.capacity
+            ready = int(np.searchsorted(self.ready_ns[positions] > now_ns, True))  # a prefix is ready
+            if not ready:
+                break
+            self.head += ready
+            columns = self.columns[:, positions[:ready]]
+            columns = columns[:, ~refused.contains(columns[0] - np.uint64(LOAD_ID_BASE))]
+            taken.append(columns)
+            wanted -= columns.shape[1]
+        return np.concatenate(taken, axis=1) if taken else self.columns[:, :0]
+
+
+class _Refusals:
+    """Which recent requests the server refused: a ring indexed by request number."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.index = np.full(capacity, -1, dtype=np.int64)   # the request number a slot holds
+
+    def add(self, indexes: np.ndarray) -> None:
+        self.index[indexes.astype(np.int64) % self.capacity] = indexes.astype(np.int64)
+
+    def contains(self, indexes: np.ndarray) -> np.ndarray:
+        indexes = indexes.astype(np.int64)
+        return self.index[indexes % self.capacity] == indexes
 
 
 class RequestGenerator:
@@ -168,6 +198,13 @@ class RequestGenerator:
         self._stride = stride
         self._holds = _Queue(QUEUE_CAPACITY)
         self._refundable = _Queue(QUEUE_CAPACITY)
+        self._refused = _Refusals(QUEUE_CAPACITY)
+
+    def answered(self, indexes: np.ndarray, kinds: np.ndarray, results: np.ndarray) -> None:
+        """The server's answers to requests ``indexes`` (as ``next`` numbered them)."""
+        refused = (results != core.Result.ok) & ((kinds == Kind.payment) | (kinds == Kind.hold))
+        if refused.any():
+            self._refused.add(indexes[refused])
 
     def next(self, count: int, now_ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The next ``count`` requests, made at ``now_ns`` (ns from the run's start).
@@ -184,10 +221,10 @@ class RequestGenerator:
 
         # Follow-ups first: each takes an old enough earlier request, or falls back to a new one.
         resolve = np.flatnonzero(slots == _RESOLVE)
-        holds = self._holds.pop_ready(len(resolve), now_ns)
-        resolved, slots[resolve[holds.shape[1]:]] = resolve[:holds.shape[1]], _HOLD
+        holds = self._holds.pop_ready(len(resolve), now_ns, self._refused)
+        resolved, slots[resolve[holds.shape[1]:]] = resolve[:holds.shape[1]], _PAYMENT
         refund = np.flatnonzero(slots == _REFUND)
-        refunded = self._refundable.pop_ready(len(refund), now_ns)
+        refunded = self._refundable.pop_ready(len(refund), now_ns, self._refused)
         refunds, slots[refund[refunded.shape[1]:]] = refund[:refunded.shape[1]], _PAYMENT
 
         new = np.flatnonzero((slots == _PAYMENT) | (slots == _P2P) | (slots == _HOLD))

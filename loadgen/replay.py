@@ -39,9 +39,11 @@ class TraceSource:
 
     def __init__(self, data: trace.TraceData, rows: np.ndarray, speed: float):
         self.data = data
-        self.rows = rows
+        self.rows = rows   # in send order (request_index)
         self.total = len(rows)
-        self._due_ns = (data.scheduled_ns[rows].astype(np.float64) / speed).astype(np.uint64)
+        # Sent in send order: a request is due no earlier than the one sent before it.
+        due_ns = (data.scheduled_ns[rows].astype(np.float64) / speed).astype(np.uint64)
+        self._due_ns = np.maximum.accumulate(due_ns) if len(due_ns) else due_ns
 
     def due_by(self, t_ns: int) -> int:
         return int(np.searchsorted(self._due_ns, t_ns, side="right"))
@@ -86,7 +88,7 @@ async def _send_setup(client, data: trace.TraceData, rows: np.ndarray, codes: np
 def counts_by_kind(codes: np.ndarray) -> dict[str, dict[str, int]]:
     """A (kind, code) count matrix as {kind name: {result name: count}}."""
     names = {int(result): result.name for result in core.Result}
-    return {Kind(kind).name if kind < KINDS else str(kind):
+    return {Kind(kind).name:
             {names.get(int(code), str(int(code))): int(codes[kind, code]) for code in np.flatnonzero(codes[kind])}
             for kind in range(codes.shape[0]) if codes[kind].any()}
 
@@ -106,14 +108,13 @@ async def _replay(target: Target, data: trace.TraceData, speed: float, connectio
     setup_kinds = set(data.header.get("setup_kinds", [int(k) for k in SETUP_KINDS]))
     is_setup = np.isin(data.kind, list(setup_kinds)) & (data.scheduled_ns == 0)
     setup_rows = np.flatnonzero(is_setup)
-    timed_rows = np.flatnonzero(~is_setup)
-    # Timed requests in due order (send order breaks ties): what the recording's sender did.
-    timed_rows = timed_rows[np.lexsort((data.request_index[timed_rows], data.scheduled_ns[timed_rows]))]
+    timed_rows = np.flatnonzero(~is_setup)   # read() sorted the trace by request_index: send order
     clients = await runner.connect(target, connections)
     setup_codes = np.zeros((KINDS, CODES), dtype=np.int64)
     try:
         await _send_setup(clients[0], data, setup_rows, setup_codes)
-        tally = Tally(start_ns=time.perf_counter_ns())
+        window_ns = int(data.scheduled_ns[timed_rows].max(initial=0) / speed)
+        tally = Tally(start_ns=time.perf_counter_ns(), window_ns=window_ns)
         ticker = asyncio.ensure_future(runner.progress_ticker(tally, progress)) if progress else None
         try:
             await runner.open_loop(clients, TraceSource(data, timed_rows, speed), tally)
@@ -137,9 +138,10 @@ def run(target: Target, path: str, *, speed: float = 1.0, connections: int = 1, 
         data = trace.read(path, allow_truncated=allow_truncated)
     except trace.TraceError as error:
         raise LoadError(str(error)) from error
-    if not data.complete and not allow_truncated:  # pragma: no cover - read() raises first
-        raise LoadError(f"{path}: the trace is not complete")
-    recorded_codes = np.zeros((max(KINDS, int(data.kind.max(initial=0)) + 1), CODES), dtype=np.int64)
+    unknown = np.setdiff1d(data.kind, np.arange(KINDS))
+    if len(unknown):
+        raise LoadError(f"{path}: request kinds {unknown.tolist()} are unknown to this version (0..{KINDS - 1})")
+    recorded_codes = np.zeros((KINDS, CODES), dtype=np.int64)
     np.add.at(recorded_codes, (data.kind.astype(np.int64), np.minimum(data.result, CODES - 1)), 1)
     duration_s = float(data.scheduled_ns.max(initial=0)) / runner.NS_PER_S / speed
     line = runner.ProgressLine(max(duration_s, 1.0)) if progress else None

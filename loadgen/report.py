@@ -589,13 +589,11 @@ def _cards(report: dict) -> str:
     cards.append(_card("answered", _count(req["answered"]),
                        f"of {_count(req['sent'])} sent · {_count(req['scheduled'])} scheduled"))
     failed = int(req["failed_to_send"] or 0)
-    dropped = int(_dict(report.get("requests")).get("dropped") or 0)
     # Refusals such as exceeds_credits are the ledger's answers, not failures of the run; what
-    # went unanswered or unsent is.
+    # went unanswered is.
     cards.append(_card("not ok", f"{errors:,}",
-                       f"failed to send {failed:,} · unanswered {_count(unanswered)}"
-                       + (f" · not sent (backlog) {dropped:,}" if dropped else ""),
-                       warn=failed > 0 or bool(unanswered) or dropped > 0))
+                       f"failed to send {failed:,} · unanswered {_count(unanswered)}",
+                       warn=failed > 0 or bool(unanswered)))
     cards.append(_card("send lag p99", _ms(lag.get("p99")),
                        f"p50 {_ms(lag.get('p50'))} · max {_ms(lag.get('max'))}",
                        title="How late the load generator sent requests relative to their "
@@ -680,9 +678,6 @@ def summary(report: dict) -> str:
     lines.append(f"requests  {_count(req['answered'])} answered of {_count(req['sent'])} sent, "
                  f"{_count(req['scheduled'])} scheduled, "
                  f"{_count(req['failed_to_send'])} failed to send")
-    dropped = int(_dict(report.get("requests")).get("dropped") or 0)
-    if dropped:
-        lines.append(f"not sent  {dropped:,}: too many unanswered (the server fell too far behind)")
     lines.append("latency   " + "  ".join(f"{key} {_ms(lat.get(key))}" for key in PERCENTILES))
     lines.append(f"          mean {_ms(lat.get('mean'))} over {_count(lat.get('count'))} answers; "
                  f"send lag p50 {_ms(lag.get('p50'))}  p99 {_ms(lag.get('p99'))}  "

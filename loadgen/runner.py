@@ -50,9 +50,9 @@ NS_PER_US = 1_000
 FRAME_EVENTS_MAX = engine_constants.EVENTS_PER_REQUEST_MAX
 #: Frames of the setup phase in flight at once.
 SETUP_DEPTH = 8
-#: An open-loop worker stops sending (and counts requests as dropped) past this many unanswered
-#: requests: a server that fell this far behind has answered the question, and the batches
-#: waiting would otherwise fill memory (128 bytes each).
+#: An open-loop run holds requests back past this many unanswered (over all workers): they are
+#: sent once answers make room, still timed from their scheduled time (so the backlog shows in
+#: the latency, as it would for the services waiting), and memory stays bounded (128 bytes a request).
 BACKLOG_REQUESTS_MAX = 1 << 22
 #: The open-loop sender wakes at most once per tick and sends what has come due: the event
 #: loop's timers resolve about a millisecond anyway, and waking for every request of a fast
@@ -111,7 +111,8 @@ class Tally:
     scheduled: int = 0
     sent: int = 0
     answered_count: int = 0
-    dropped: int = 0                    # not sent: the backlog limit was reached
+    window_ns: int = 0                  # the measured window: answers before its end count in the rate
+    answered_in_window: int = 0
     failed_to_send: int = 0             # the connection failed: no answer
     errors: dict = field(default_factory=dict)  # error text -> requests
     in_flight: int = 0
@@ -149,6 +150,8 @@ class Tally:
             self._record_waiting()
         _bump(self.answered, second, len(results))
         self.answered_count += len(results)
+        if reply_ns < self.window_ns:
+            self.answered_in_window += len(results)
         # One bincount for the whole frame: kind * CODES + code.
         self.codes += np.bincount(kinds.astype(np.int64) * CODES + np.minimum(results, CODES - 1),
                                   minlength=KINDS * CODES).reshape(KINDS, CODES)
@@ -176,7 +179,8 @@ class Tally:
         return {"total": self.total.encode(), "send_lag": self.send_lag.encode(), "intervals": self.intervals,
                 "offered": self.offered, "answered": self.answered, "codes": self.codes,
                 "scheduled": self.scheduled, "sent": self.sent, "answered_count": self.answered_count,
-                "dropped": self.dropped, "failed_to_send": self.failed_to_send, "errors": self.errors}
+                "answered_in_window": self.answered_in_window, "failed_to_send": self.failed_to_send,
+                "errors": self.errors}
 
 
 def _bump(per_second: list, second: int, count: int) -> None:
@@ -203,7 +207,7 @@ async def connect(target: Target, count: int):
 
 
 async def _send_frame(client, operation: int, indexes, scheduled_ns, kinds, batch, tally: Tally, recorder,
-                      connection: int) -> None:
+                      connection: int, on_answer=None) -> None:
     """Send one frame of requests and account for its answer (latency from the scheduled times)."""
     count = len(batch)
     tally.in_flight += count
@@ -220,6 +224,8 @@ async def _send_frame(client, operation: int, indexes, scheduled_ns, kinds, batc
     reply_ns = _now_ns() - tally.start_ns
     latencies_us = (reply_ns - scheduled_ns.astype(np.int64)) // NS_PER_US
     tally.answer(reply_ns, latencies_us, kinds, results)
+    if on_answer is not None:
+        on_answer(indexes, kinds, results)
     if recorder is not None:
         recorder.append(operation, indexes, scheduled_ns, connection, kinds, results, batch)
 
@@ -255,6 +261,9 @@ class GeneratedSource:
     def due_ns(self, first: int, end: int) -> np.ndarray:
         return (self.schedule.times_s(first, end) * NS_PER_S).astype(np.uint64)
 
+    def answered(self, indexes, kinds, results) -> None:
+        self.generator.answered(indexes - np.uint64(self.index_offset), kinds, results)
+
     def take(self, first: int, end: int, now_ns: int):
         # Requests are generated GENERATE_BLOCK at a time and handed out in the ticks' slices:
         # a generator call costs tens of NumPy calls, whatever its size.
@@ -278,41 +287,43 @@ class GeneratedSource:
 
 
 async def open_loop(clients, source: RequestSource, tally: Tally, recorder=None,
-                    drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+                    drain_timeout_s: float = DRAIN_TIMEOUT_S, backlog_max: int = BACKLOG_REQUESTS_MAX) -> None:
     """Send every request of ``source`` at its due time (see the module's docstring)."""
     sent = frames = 0
     tasks: set[asyncio.Task] = set()
     loop = asyncio.get_running_loop()
+    on_answer = getattr(source, "answered", None)
     while sent < source.total:
         now_ns = _now_ns() - tally.start_ns
         due = source.due_by(now_ns)
-        if due > sent:
-            scheduled_ns = source.due_ns(sent, due)
+        if due > tally.scheduled:
+            scheduled_ns = source.due_ns(tally.scheduled, due)
             first_second, last_second = int(scheduled_ns[0]) // NS_PER_S, int(scheduled_ns[-1]) // NS_PER_S
             if first_second == last_second:
-                tally.offer(int(scheduled_ns[0]), due - sent)
+                tally.offer(int(scheduled_ns[0]), due - tally.scheduled)
             else:
                 for second, count in zip(*np.unique(scheduled_ns // NS_PER_S, return_counts=True)):
                     _bump(tally.offered, int(second), int(count))
-            tally.scheduled += due - sent
-            if tally.in_flight + (due - sent) > BACKLOG_REQUESTS_MAX:
-                tally.dropped += due - sent
-            else:
-                for first in range(sent, due, FRAME_EVENTS_MAX):
-                    end = min(due, first + FRAME_EVENTS_MAX)
-                    for operation, indexes, batch, kinds in source.take(first, end, now_ns):
-                        connection = frames % len(clients)
-                        frames += 1
-                        rows = scheduled_ns[first - sent:first - sent + len(batch)]
-                        task = loop.create_task(_send_frame(clients[connection], operation, indexes, rows, kinds,
-                                                            batch, tally, recorder, connection))
-                        tasks.add(task)
-                        task.add_done_callback(tasks.discard)
-                        first += len(batch)
-                sent_ns = _now_ns() - tally.start_ns
-                tally.lag((sent_ns - scheduled_ns.astype(np.int64)) // NS_PER_US)
-                tally.sent += due - sent
-            sent = due
+            tally.scheduled = due
+        # Past the backlog limit, requests wait here (their latency still runs from their due time).
+        end = min(due, sent + max(0, backlog_max - tally.in_flight))
+        if end > sent:
+            scheduled_ns = source.due_ns(sent, end)
+            for first in range(sent, end, FRAME_EVENTS_MAX):
+                last = min(end, first + FRAME_EVENTS_MAX)
+                for operation, indexes, batch, kinds in source.take(first, last, now_ns):
+                    connection = frames % len(clients)
+                    frames += 1
+                    rows = scheduled_ns[first - sent:first - sent + len(batch)]
+                    task = loop.create_task(_send_frame(clients[connection], operation, indexes, rows, kinds,
+                                                        batch, tally, recorder, connection, on_answer))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    first += len(batch)
+            sent_ns = _now_ns() - tally.start_ns
+            tally.lag((sent_ns - scheduled_ns.astype(np.int64)) // NS_PER_US)
+            tally.sent += end - sent
+            sent = end
         if sent < source.total:
             wait_ns = int(source.due_ns(sent, sent + 1)[0]) - (_now_ns() - tally.start_ns)
             await asyncio.sleep(max(wait_ns, TICK_NS) / NS_PER_S)
@@ -336,6 +347,9 @@ async def closed_loop(clients, generator: RequestGenerator, tally: Tally, second
     """Keep ``depth`` frames of ``frame_events`` in flight on every connection for ``seconds``."""
     stop_ns = int(seconds * NS_PER_S)
 
+    def on_answer(indexes, kinds, results):
+        generator.answered(indexes - np.uint64(index_offset), kinds, results)
+
     async def lane(connection: int) -> None:
         client = clients[connection]
         while True:
@@ -348,7 +362,7 @@ async def closed_loop(clients, generator: RequestGenerator, tally: Tally, second
             tally.sent += len(batch)
             await _send_frame(client, Operation.create_transfers, indexes + np.uint64(index_offset),
                               np.full(len(batch), now_ns, dtype=np.uint64), kinds, batch, tally, recorder,
-                              connection)
+                              connection, on_answer)
 
     await asyncio.gather(*(lane(c) for c in range(len(clients)) for _ in range(depth)))
 
@@ -407,7 +421,8 @@ async def _load(plan: _Plan, clients, recorder, report_progress) -> dict:
     delay_s = plan.start_at_s - time.time()
     if delay_s > 0:
         await asyncio.sleep(delay_s)
-    tally = Tally(start_ns=_now_ns())
+    tally = Tally(start_ns=_now_ns(), window_ns=int(workload.seconds * NS_PER_S))
+    late_start_s = max(0.0, -delay_s)   # a worker ready after the common start (the merge assumes aligned seconds)
     progress = asyncio.ensure_future(progress_ticker(tally, report_progress)) if report_progress else None
     try:
         if options.mode == "closed":
@@ -416,12 +431,13 @@ async def _load(plan: _Plan, clients, recorder, report_progress) -> dict:
         else:
             share = msgspec.structs.replace(workload, rate=workload.rate.scaled(1.0 / plan.workers))
             await open_loop(clients, GeneratedSource(share, generator, plan.index_offset), tally, recorder,
-                            options.drain_timeout_s)
+                            options.drain_timeout_s, BACKLOG_REQUESTS_MAX // plan.workers)
     finally:
         if progress is not None:
             progress.cancel()
     raw = tally.raw()
     raw["elapsed_s"] = (_now_ns() - tally.start_ns) / NS_PER_S
+    raw["late_start_s"] = late_start_s
     return raw
 
 
@@ -462,7 +478,9 @@ async def _single_process(plan: _Plan, report_progress) -> dict:
         return raw
     finally:
         if recorder is not None:
-            recorder.close()   # a failed run's trace: closed so that what was recorded stays readable
+            # A failed or interrupted run: what was recorded stays in FILE.partial (readable with
+            # allow_truncated), never under the name of a finished trace.
+            recorder.abort()
         for client in clients:
             client.close()
 
@@ -523,7 +541,7 @@ class ProgressLine:
         self._tty = self.stream.isatty()
         self._seconds: dict[int, list] = {}
 
-    def __call__(self, second, offered, answered, p99_us, worker: int = 0) -> None:
+    def __call__(self, second, offered, answered, p99_us) -> None:
         entry = self._seconds.setdefault(second, [0, 0, None, 0])
         entry[0] += offered
         entry[1] += answered
@@ -593,8 +611,8 @@ def _run_workers(plans: list[_Plan], progress) -> tuple[list[dict], int]:
             while not all(f.done() for f in futures):
                 time.sleep(0.05)
                 while queue is not None and not queue.empty():
-                    worker, second, offered, answered, p99_us = queue.get()
-                    progress(second, offered, answered, p99_us, worker)
+                    _, second, offered, answered, p99_us = queue.get()
+                    progress(second, offered, answered, p99_us)
             return [f.result() for f in futures], setup_requests
 
 
@@ -611,7 +629,8 @@ def merge(raws: list[dict]) -> dict:
     offered = np.zeros(seconds, dtype=np.int64)
     answered = np.zeros(seconds, dtype=np.int64)
     codes = np.zeros((KINDS, CODES), dtype=np.int64)
-    merged = {"scheduled": 0, "sent": 0, "answered_count": 0, "dropped": 0, "failed_to_send": 0, "errors": {}}
+    merged = {"scheduled": 0, "sent": 0, "answered_count": 0, "answered_in_window": 0, "failed_to_send": 0,
+              "errors": {}}
     for raw in raws:
         total.add(LatencyHistogram.decode(raw["total"]))
         send_lag.add(LatencyHistogram.decode(raw["send_lag"]))
@@ -621,12 +640,13 @@ def merge(raws: list[dict]) -> dict:
         offered[:len(raw["offered"])] += raw["offered"]
         answered[:len(raw["answered"])] += raw["answered"]
         codes += raw["codes"]
-        for key in ("scheduled", "sent", "answered_count", "dropped", "failed_to_send"):
+        for key in ("scheduled", "sent", "answered_count", "answered_in_window", "failed_to_send"):
             merged[key] += raw[key]
         for error, count in raw["errors"].items():
             merged["errors"][error] = merged["errors"].get(error, 0) + count
     merged.update(total=total, send_lag=send_lag, intervals=intervals, offered=offered, answered=answered,
-                  codes=codes, elapsed_s=max(r["elapsed_s"] for r in raws))
+                  codes=codes, elapsed_s=max(r["elapsed_s"] for r in raws),
+                  late_start_s=max(r.get("late_start_s", 0.0) for r in raws))
     return merged
 
 
@@ -657,7 +677,6 @@ def build_report(raws: list[dict], workload: Workload | None, options: Options, 
     result_codes = {names.get(code, str(code)): int(codes[:, code].sum()) for code in np.flatnonzero(codes.sum(0))}
     kinds = {Kind(kind).name: {names.get(code, str(code)): int(codes[kind, code]) for code in np.flatnonzero(codes[kind])}
              for kind in range(KINDS) if codes[kind].any()}
-    answered_in_window = int(merged["answered"][:int(math.ceil(duration_s))].sum())
     config = {"workload": msgspec.to_builtins(workload) if workload is not None else None,
               "connections": connections, "workers": options.workers, "seed": options.seed, "run_id": run_id,
               "setup_requests": setup_requests}
@@ -670,9 +689,12 @@ def build_report(raws: list[dict], workload: Workload | None, options: Options, 
                      "(no coordinated omission)")
     else:
         notes.append("closed loop: latency is from send to reply; the rate is what the server sustained")
-    if merged["dropped"]:
-        notes.append(f"{merged['dropped']:,} requests were not sent: more than {BACKLOG_REQUESTS_MAX:,} "
-                     "were unanswered (the server fell too far behind)")
+    if merged["sent"] and mode != "closed":
+        notes.append(f"at most {BACKLOG_REQUESTS_MAX:,} requests are unanswered at once; later ones wait to be "
+                     "sent, their latency still counted from their scheduled time")
+    if merged["late_start_s"] > 0.1:
+        notes.append(f"a worker started {merged['late_start_s']:.2f} s after the others: per-second figures "
+                     "of the workers are not aligned")
     report = {
         "format": "tally-load-report", "version": 1,
         "command": options.command, "started_at": started_at, "mode": mode,
@@ -681,8 +703,9 @@ def build_report(raws: list[dict], workload: Workload | None, options: Options, 
         "duration_s": duration_s,
         "target_per_s": target_per_s,
         "requests": {"scheduled": merged["scheduled"], "sent": merged["sent"], "answered": merged["answered_count"],
-                     "failed_to_send": merged["failed_to_send"], "dropped": merged["dropped"]},
-        "achieved_per_s": round(answered_in_window / duration_s, 1),
+                     "failed_to_send": merged["failed_to_send"]},
+        # Answers that arrived within the run's window, over the window (late answers are in the timeline).
+        "achieved_per_s": round(merged["answered_in_window"] / duration_s, 1),
         "result_codes": result_codes,
         "kinds": kinds,
         "latency_us": merged["total"].summary(),

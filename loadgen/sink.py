@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 
-from engine import frame
+from engine import constants, frame
 from engine.protocol import Operation
 
 _CREATES = {Operation.create_accounts, Operation.create_transfers}
-_OK_CODES = bytes(4 * 8190)    # every reply body is a prefix of this: u32 zeros
+_OK_CODES = bytes(4 * constants.EVENTS_PER_REQUEST_MAX)    # every reply body is a prefix of this: u32 zeros
 
 
 class _Sink(asyncio.Protocol):

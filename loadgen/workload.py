@@ -35,7 +35,7 @@ out-of-range values are refused with the key's path in the message)::
     burst_factor = 10              # ...by this factor (the red-envelope spike at midnight)
     burst_s = 1                    # ...for this long
 
-``Rate.per_s_at(t)`` gives the offered rate at ``t`` seconds; ``Rate.send_times_s(seconds)``
+``Rate.per_s_at(t_s, seconds)`` gives the offered rate at ``t_s`` seconds; ``Rate.send_times_s(seconds)``
 the open-loop schedule (request k is due at its time whatever the server's speed), and
 ``Rate.schedule(seconds)`` the same schedule as a function, for runs too long to list.
 ``loadgen.generator`` turns a workload into requests.
@@ -136,19 +136,24 @@ class Rate(msgspec.Struct, forbid_unknown_fields=True):
                 return f"rate.{name} must be finite and >= 0"
         if not 0 < self.per_s <= RATE_PER_S_MAX:
             return f"rate.per_s must be in (0, {RATE_PER_S_MAX}]"
-        if self.start_per_s > RATE_PER_S_MAX or self.per_s * self.burst_factor > RATE_PER_S_MAX:
+        peak_per_s = self.per_s * self.burst_factor if self.shape == "burst" else self.per_s
+        if self.start_per_s > RATE_PER_S_MAX or peak_per_s > RATE_PER_S_MAX:
             return f"rates must stay <= {RATE_PER_S_MAX}/s"
         if self.shape == "burst" and (self.burst_factor < 1 or self.burst_s <= 0):
             return "a burst needs burst_factor >= 1 and burst_s > 0"
         return None
 
-    def per_s_at(self, t_s: float, seconds: float) -> float:
-        """The offered rate (requests/s) at ``t_s`` seconds into a run of ``seconds``."""
+    def per_s_at(self, t_s, seconds: float):
+        """The offered rate (requests/s) at ``t_s`` seconds (a number or an array) into a run of ``seconds``."""
+        t_s = np.asarray(t_s, dtype=np.float64)
         if self.shape == "ramp":
-            return self.start_per_s + (self.per_s - self.start_per_s) * min(max(t_s / seconds, 0.0), 1.0)
-        if self.shape == "burst" and self.burst_at_s <= t_s < self.burst_at_s + self.burst_s:
-            return self.per_s * self.burst_factor
-        return self.per_s
+            rate = self.start_per_s + (self.per_s - self.start_per_s) * np.clip(t_s / seconds, 0.0, 1.0)
+        elif self.shape == "burst":
+            in_burst = (self.burst_at_s <= t_s) & (t_s < self.burst_at_s + self.burst_s)
+            rate = np.where(in_burst, self.per_s * self.burst_factor, self.per_s)
+        else:
+            rate = np.full(t_s.shape, self.per_s)
+        return float(rate) if rate.ndim == 0 else rate
 
     def schedule(self, seconds: float) -> "Schedule":
         """The open-loop schedule: request k is due when the integral of the rate reaches k.
@@ -159,7 +164,7 @@ class Rate(msgspec.Struct, forbid_unknown_fields=True):
         steps = max(1, int(math.ceil(seconds * 1000)))
         grid_s = np.linspace(0.0, seconds, steps + 1)
         middles = (grid_s[:-1] + grid_s[1:]) / 2  # exact for a ramp
-        rates = np.array([self.per_s_at(t, seconds) for t in middles])
+        rates = self.per_s_at(middles, seconds)
         cumulative = np.concatenate(([0.0], np.cumsum(rates * np.diff(grid_s))))
         # Not lost to rounding in the sum: 30 s at 200,000/s is 6,000,000 requests, not 5,999,999.
         total = int(math.floor(cumulative[-1] * (1 + 1e-12) + 1e-6))
@@ -187,11 +192,14 @@ class Schedule:
         self.seconds = float(grid_s[-1])
 
     def due_by(self, t_s: float) -> int:
-        """How many requests are due by ``t_s`` seconds from the start."""
+        """How many requests are due by ``t_s`` seconds from the start (request k is due once
+        the rate's integral reaches k, so request 0 is due at 0)."""
+        if t_s < 0:
+            return 0
         if t_s >= self.seconds:
             return self.total  # the last request is due at the end even if the sum rounded below it
-        due = float(np.interp(t_s, self._grid_s, self._cumulative))
-        return min(self.total, int(math.floor(due * (1 + 1e-12) + 1e-6)))
+        integral = float(np.interp(t_s, self._grid_s, self._cumulative))
+        return min(self.total, int(math.floor(integral * (1 + 1e-12) + 1e-6)) + 1)
 
     def times_s(self, first: int, end: int) -> np.ndarray:
         """The due times of requests ``first`` .. ``end - 1``, in seconds from the start."""
@@ -208,7 +216,15 @@ class Workload(msgspec.Struct, forbid_unknown_fields=True):
     def check(self) -> str | None:
         if not 0 < self.seconds <= SECONDS_MAX:
             return f"seconds must be in (0, {SECONDS_MAX}]"
-        return self.population.check() or self.mix.check() or self.payments.check() or self.rate.check()
+        problem = self.population.check() or self.mix.check() or self.payments.check() or self.rate.check()
+        if problem:
+            return problem
+        # The most requests the rate can add up to (the schedule is built only when a run starts).
+        peak_per_s = max(self.rate.per_s * (self.rate.burst_factor if self.rate.shape == "burst" else 1.0),
+                         self.rate.start_per_s)
+        if peak_per_s * self.seconds > SCHEDULE_REQUESTS_MAX:
+            return f"rate x seconds may reach {peak_per_s * self.seconds:,.0f} requests: at most {SCHEDULE_REQUESTS_MAX:,} a run"
+        return None
 
 
 class WorkloadError(Exception):

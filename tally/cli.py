@@ -20,6 +20,7 @@ import json
 import os
 import sys
 
+from core import constants as core_constants
 from engine.config import DEFAULT_CONFIG_PATH, DEFAULT_DATA_DIR
 
 
@@ -272,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "closed: --depth frames in flight per connection, as fast as answered")
     run.add_argument("--connections", type=int, default=4, help="connections (default 4)")
     run.add_argument("--depth", type=int, default=2, help="closed loop: frames in flight per connection (default 2)")
-    run.add_argument("--frame-events", type=int, default=8190, help="closed loop: requests per frame (default 8,190)")
+    run.add_argument("--frame-events", type=int, default=core_constants.BATCH_EVENTS_MAX,
+                     help="closed loop: requests per frame (default 8,190)")
     run.add_argument("--workers", type=int, default=1, help="load generator processes (default 1)")
     run.add_argument("--seed", type=int, default=1, help="random seed of the requests (default 1)")
     run.add_argument("--record", metavar="FILE", help="write the trace of every request (docs/trace-format.md)")

@@ -5,11 +5,12 @@
    a realistic open-loop mix (payments, P2P, holds captured or voided, refunds) at a fixed rate
    with a short 3x burst (the red-envelope spike), recording the trace (``DIR/trace.tly``);
 3. writes the report (``DIR/report/report.html`` and ``report.json``) and prints the summary;
-4. stops the server gracefully and re-applies its log into a fresh store (``tally replay-log``):
-   the state hashes must be equal.
+4. stops the server gracefully (it prints the hash of its live state) and re-applies its log
+   into a fresh store (``tally replay-log``): the hashes must be equal.
 
-Everything stays under ``DIR`` (default ``.tally/demo``); its server data and the replayed copy
-are started afresh on each run, so runs do not add up.
+Everything stays under ``DIR`` (default ``.tally/demo``, marked as the demo's by a
+``.tally-demo`` file); its server data and the replayed copy are started afresh on each run, so
+runs do not add up. A directory that is not the demo's is refused, never emptied.
 """
 
 from __future__ import annotations
@@ -37,20 +38,44 @@ def workload(seconds: float, rate_per_s: float, users: int) -> Workload:
         rate=Rate(shape="burst", per_s=rate_per_s, burst_at_s=seconds * 0.6, burst_factor=3.0, burst_s=1.0))
 
 
+MARKER = ".tally-demo"
+
+
+def _prepare(directory: str) -> str | None:
+    """Make ``directory`` the demo's (or refuse); remove the last run's server data and copy."""
+    if os.path.lexists(directory):
+        if os.path.islink(directory) or not os.path.isdir(directory):
+            return f"{directory} is not a directory"
+        if os.listdir(directory) and not os.path.isfile(os.path.join(directory, MARKER)):
+            return f"{directory} is not empty and not a tally demo directory (no {MARKER}): choose another --dir"
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, MARKER), "w") as file:
+        file.write("made by tally demo: server/, replayed/, report/ and trace.tly are replaced on each run\n")
+    for name in ("server", "replayed", "config.toml"):
+        path = os.path.join(directory, name)
+        if os.path.islink(path) or os.path.isfile(path):
+            os.unlink(path)
+        elif os.path.isdir(path):
+            shutil.rmtree(path)
+    return None
+
+
 def run(directory: str, seconds: float = 10.0, rate_per_s: float = 20_000.0, users: int = 50_000) -> int:
     demo_workload = workload(seconds, rate_per_s, users)
     problem = demo_workload.check()
     if problem:
         print(f"tally demo: {problem}", file=sys.stderr)
         return 2
+    problem = _prepare(directory)
+    if problem:
+        print(f"tally demo: {problem}", file=sys.stderr)
+        return 2
     server_dir, replayed_dir = os.path.join(directory, "server"), os.path.join(directory, "replayed")
-    for path in (server_dir, replayed_dir):
-        shutil.rmtree(path, ignore_errors=True)
     transfers = demo_workload.rate.schedule(seconds).total
     secret = secrets.token_bytes(32)
     say(f"starting tally serve on a fresh data directory, {server_dir}")
     process, port = local_server.start(directory, secret=secret, accounts_max=2 * users + 1_000,
-                                       transfers_max=2 * (users + transfers) + 1_000_000)
+                                       transfers_max=2 * (users + transfers) + 1_000_000, state_hash_on_exit=True)
     trace_path = os.path.join(directory, "trace.tly")
     try:
         say(f"{users:,} wallets, {demo_workload.population.merchants:,} merchants; "
@@ -58,18 +83,23 @@ def run(directory: str, seconds: float = 10.0, rate_per_s: float = 20_000.0, use
         report = runner.run(runner.Target("127.0.0.1", port, 1, secret), demo_workload,
                             runner.Options(connections=4, record=trace_path, progress=True, command="tally demo"))
     finally:
-        server_exit = local_server.stop(process)
+        server_exit, server_output = local_server.stop_and_read(process)
+    live_hash = next((line.rsplit(" ", 1)[1] for line in server_output.splitlines()
+                      if line.startswith("tally serve: state hash ")), None)
     json_path, html_path = report_module.write(report, os.path.join(directory, "report"))
     report["paths"] = {"json": json_path, "html": html_path}
     print(report_module.summary(report))
     print(f"trace: {trace_path} (replay it: tally load replay {trace_path}, against a fresh server)")
     say("re-applying the server's log into a fresh store (tally replay-log)")
-    replayed = replay_log.run(os.path.join(directory, "server"), replayed_dir)
-    print(f"replay-log: {replayed['batches']:,} batches, {replayed['events']:,} events, state hash "
-          f"{'equal' if replayed['equal'] else 'DIFFERENT'} ({replayed['replayed_hash'][:16]}…)")
+    replayed = replay_log.run(server_dir, replayed_dir)
+    # The server's live state at its stop against the state its log rebuilds in a fresh store.
+    equal = replayed["equal"] and replayed["replayed_hash"] == live_hash
+    print(f"replay-log: {replayed['batches']:,} batches, {replayed['events']:,} events; state hash of the live "
+          f"server {(live_hash or 'missing')[:16]}…, of its log replayed {replayed['replayed_hash'][:16]}…: "
+          f"{'equal' if equal else 'DIFFERENT'}")
     failed = report["requests"]["failed_to_send"]
-    ok = server_exit == 0 and replayed["equal"] and failed == 0
+    ok = server_exit == 0 and equal and failed == 0
     if not ok:
         print(f"tally demo: server exit {server_exit}, {failed} requests without an answer, "
-              f"replay-log {'equal' if replayed['equal'] else 'different'}", file=sys.stderr)
+              f"state hashes {'equal' if equal else 'different'}", file=sys.stderr)
     return 0 if ok else 1

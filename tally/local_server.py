@@ -8,11 +8,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import select
 import signal
 import subprocess
 import sys
-import time
 
 from core import constants
 
@@ -22,8 +23,8 @@ SERVER_STOP_TIMEOUT_S = 120.0
 
 def start(base_dir: str, *, secret: bytes, accounts_max: int = constants.ACCOUNTS_MAX_DEFAULT,
           transfers_max: int = constants.TRANSFERS_MAX_DEFAULT, prefault: bool = False,
-          checkpoint_interval_events: int = constants.CHECKPOINT_INTERVAL_EVENTS_DEFAULT
-          ) -> tuple[subprocess.Popen, int]:
+          checkpoint_interval_events: int = constants.CHECKPOINT_INTERVAL_EVENTS_DEFAULT,
+          state_hash_on_exit: bool = False) -> tuple[subprocess.Popen, int]:
     """Write ``base_dir/config.toml`` (client 1 with ``secret``), start the server on a free port.
 
     Returns the process and its port once it listens.
@@ -33,17 +34,19 @@ def start(base_dir: str, *, secret: bytes, accounts_max: int = constants.ACCOUNT
     with open(config_path, "w") as file:
         file.write(
             "[server]\n"
-            f"data = \"{os.path.join(base_dir, 'server')}\"\n"
+            f"data = {json.dumps(os.path.join(base_dir, 'server'))}\n"   # a JSON string is a TOML basic string
             f"host = \"127.0.0.1\"\nport = 0\nprefault = {'true' if prefault else 'false'}\n"
             f"checkpoint_interval_events = {checkpoint_interval_events}\n"
             f"accounts_max = {accounts_max}\ntransfers_max = {transfers_max}\n"
+            f"state_hash_on_exit = {'true' if state_hash_on_exit else 'false'}\n"
             f"[[clients]]\nid = 1\nsecret = \"{secret.hex()}\"\n")
     os.chmod(config_path, 0o600)
     process = subprocess.Popen([sys.executable, "-m", "tally", "serve", "--config", config_path],
                                stdout=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    line = process.stdout.readline()  # "tally serve: listening on 127.0.0.1:PORT ..."
-    if "listening on" not in line or time.monotonic() > deadline:
+    # Wait for "tally serve: listening on 127.0.0.1:PORT ..." at most the timeout.
+    ready, _, _ = select.select([process.stdout], [], [], SERVER_START_TIMEOUT_S)
+    line = process.stdout.readline() if ready else "(no line within the timeout)"
+    if "listening on" not in line:
         process.kill()
         process.wait()
         raise RuntimeError(f"the server did not start: {line!r}")
@@ -53,10 +56,16 @@ def start(base_dir: str, *, secret: bytes, accounts_max: int = constants.ACCOUNT
 
 def stop(process: subprocess.Popen) -> int:
     """Stop the server gracefully (SIGTERM); its exit code."""
+    return stop_and_read(process)[0]
+
+
+def stop_and_read(process: subprocess.Popen) -> tuple[int, str]:
+    """Stop the server gracefully (SIGTERM); its exit code and what it printed after starting."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
     try:
-        return process.wait(timeout=SERVER_STOP_TIMEOUT_S)
-    finally:
-        if process.stdout is not None:
-            process.stdout.close()
+        output, _ = process.communicate(timeout=SERVER_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+    return process.returncode, output or ""

@@ -171,7 +171,7 @@ def test_open_loop_sends_on_schedule_records_and_replays_exactly(server, tmp_pat
     report = runner.run(target, workload, runner.Options(connections=1, record=path, seed=4))
     scheduled = workload.rate.schedule(2.0).total
     assert report["requests"] == {"scheduled": scheduled, "sent": scheduled, "answered": scheduled,
-                                  "failed_to_send": 0, "dropped": 0}
+                                  "failed_to_send": 0}
     assert abs(report["achieved_per_s"] - 3_000) / 3_000 < 0.01
     assert sum(report["result_codes"].values()) == scheduled and report["result_codes"]["ok"] > 0.9 * scheduled
     assert set(report["kinds"]) >= {"payment", "p2p", "hold", "refund"}
@@ -267,3 +267,108 @@ def test_setup_refusals_name_the_result(tmp_path):
     with pytest.raises(runner.LoadError, match="single worker"):
         runner.run(runner.Target("127.0.0.1", port, 1, secret), small_workload(), runner.Options(workers=2,
                                                                                                   record="x.tly"))
+
+
+# ----------------------------------------------------------------------------- measurement, without a server
+
+
+class InstantClient:
+    """Answers every frame ``ok`` at once, or at ``per_s`` requests a second (one frame at a time)."""
+
+    def __init__(self, per_s=None):
+        self.per_s = per_s
+        self.lock = None
+
+    async def create_transfers(self, batch):
+        import asyncio
+
+        if self.per_s:
+            self.lock = self.lock or asyncio.Lock()
+            async with self.lock:
+                await asyncio.sleep(len(batch) / self.per_s)
+        return np.zeros(len(batch), dtype=np.uint32)
+
+    create_accounts = create_transfers
+
+    def close(self):
+        pass
+
+
+def fake_server(monkeypatch, per_s=None):
+    async def connect(target, count):
+        client = InstantClient(per_s)   # one server: its capacity is shared by the connections
+        return [client] * count
+    monkeypatch.setattr(runner, "connect", connect)
+    return runner.Target("127.0.0.1", 1, 1, b"x" * 32)
+
+
+def test_latency_is_measured_from_each_requests_due_time_not_one_gap_later(monkeypatch):
+    """Request 0 is due at 0 and request k at k / rate: at 10/s a request sent a gap late would
+    show 100 ms of latency that no server caused."""
+    target = fake_server(monkeypatch)
+    report = runner.run(target, small_workload(seconds=1.0, per_s=10.0, users=10), runner.Options(connections=1))
+    assert report["requests"]["answered"] == 10
+    assert report["latency_us"]["p50"] < 20_000 and report["send_lag_us"]["p50"] < 20_000
+
+
+def test_a_backlog_past_the_limit_waits_and_its_latency_is_counted(monkeypatch):
+    """A server at half the offered rate: requests past the backlog limit wait to be sent, every one
+    is sent in the end, and each is timed from its due time (the backlog shows in the latency)."""
+    target = fake_server(monkeypatch, per_s=1_000.0)
+    monkeypatch.setattr(runner, "BACKLOG_REQUESTS_MAX", 200)
+    report = runner.run(target, small_workload(seconds=2.0, per_s=2_000.0, users=50),
+                        runner.Options(connections=1))
+    assert report["requests"]["sent"] == report["requests"]["answered"] == 4_000
+    # The last request was due at 2 s and answered at about 4 s: the backlog is in the latency.
+    assert report["latency_us"]["max"] > 1_500_000 and report["latency_us"]["p50"] > 500_000
+    assert report["achieved_per_s"] < 1_200          # only what the server answered within the 2 s
+
+
+def test_achieved_counts_only_answers_within_a_fractional_window(monkeypatch):
+    target = fake_server(monkeypatch, per_s=1_000.0)
+    report = runner.run(target, small_workload(seconds=0.6, per_s=2_000.0, users=50), runner.Options(connections=1))
+    assert report["achieved_per_s"] <= 1_100         # the server's rate, not answers over ceil(0.6)
+
+
+def test_a_failed_run_leaves_its_trace_unfinished(monkeypatch, tmp_path):
+    class Refusing(InstantClient):
+        async def create_accounts(self, batch):
+            return np.full(len(batch), core.Result.accounts_limit_reached, dtype=np.uint32)
+
+    async def connect(target, count):
+        return [Refusing() for _ in range(count)]
+    monkeypatch.setattr(runner, "connect", connect)
+    path = tmp_path / "failed.tly"
+    with pytest.raises(runner.LoadError, match="accounts_limit_reached"):
+        runner.run(runner.Target("h", 1, 1, b"x"), small_workload(), runner.Options(connections=1, record=str(path)))
+    assert not path.exists()
+    with pytest.raises(trace.TraceError):
+        trace.read(str(path) + ".partial")
+    assert len(trace.read(str(path) + ".partial", allow_truncated=True)) > 0
+
+
+def test_follow_ups_skip_what_the_server_refused():
+    workload = small_workload(hold_s=0.0, refund_after_s=0.0, payment=1, hold=1, refund=1)
+    generator = RequestGenerator(workload, Population(workload, run_id=1), seed=2)
+    indexes, batch, kinds = generator.next(3_000, now_ns=0)
+    refused = np.isin(kinds, [Kind.payment, Kind.hold])
+    generator.answered(indexes, kinds, np.where(refused, core.Result.exceeds_credits, 0).astype(np.uint32))
+    _, later, later_kinds = generator.next(3_000, now_ns=NS_PER_S)
+    # Every earlier payment and hold was refused: nothing to refund or resolve.
+    assert not np.isin(later_kinds, [Kind.capture, Kind.void, Kind.refund]).any()
+
+
+def test_the_demo_refuses_a_directory_that_is_not_its_own(tmp_path):
+    from tally import demo
+
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "data.mdb").write_bytes(b"x")
+    assert "not a tally demo directory" in demo._prepare(str(tmp_path / "precious"))
+    assert (tmp_path / "precious" / "data.mdb").exists()
+    (tmp_path / "file").write_text("x")
+    assert "not a directory" in demo._prepare(str(tmp_path / "file"))
+    mine = tmp_path / "mine"
+    assert demo._prepare(str(mine)) is None and (mine / demo.MARKER).exists()
+    (mine / "server").mkdir()
+    (mine / "server" / "data.mdb").write_bytes(b"old")
+    assert demo._prepare(str(mine)) is None and not (mine / "server").exists()
