@@ -107,7 +107,7 @@ def run(source_dir: str, into_dir: str, *, progress=None) -> dict:
     try:
         source = Store(source_dir)
     except StoreError as error:
-        raise StoreError(f"replay-log: cannot open the source: {error}") from error
+        raise StoreError(f"cannot open the source: {error}") from error
     try:
         source_hash = source.state_hash()
         batches_total = source.sequence

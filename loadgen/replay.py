@@ -32,6 +32,7 @@ from loadgen.generator import Kind, SETUP_KINDS
 from loadgen.runner import CODES, KINDS, LoadError, Options, Target, Tally
 
 SPEED_MAX = 1000.0
+DIFFERENCES_SHOWN = 12   # lines of a terminal summary; the report has them all
 
 
 class TraceSource:
@@ -178,6 +179,11 @@ def comparison_summary(report: dict) -> str:
     if comparison["equal"]:
         return f"result codes: identical to the recording ({total:,} requests, every kind and code)"
     lines = [f"result codes: DIFFERENT from the recording in {len(comparison['differences'])} (kind, code) pairs:"]
-    for key, counts in list(comparison["differences"].items())[:12]:
+    shown = list(comparison["differences"].items())[:DIFFERENCES_SHOWN]
+    for key, counts in shown:
         lines.append(f"  {key:<40} recorded {counts['recorded']:>12,}  replayed {counts['replayed']:>12,}")
+    if len(comparison["differences"]) > len(shown):
+        lines.append(f"  ... and {len(comparison['differences']) - len(shown)} more (all of them: --json or the report)")
+    if not comparison["exact_expected"]:
+        lines.append("  (exact counts are expected only for a trace recorded and replayed on one connection)")
     return "\n".join(lines)

@@ -149,6 +149,10 @@ def _diff_pct(achieved: float | None, target: float | None) -> float | None:
 # Units
 
 
+def _mode_name(mode: str) -> str:
+    return "replay of a trace" if mode == "replay" else f"{mode} loop"
+
+
 def _ms(value_us) -> str:
     """Microseconds as milliseconds, three significant digits; seconds from 100 s up (an
     outlier of an hour reads "3,600 s", not "3,600,000 ms")."""
@@ -506,11 +510,11 @@ def html(report: dict) -> str:
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>Tally load report — {e(mode)} loop, {e(started)}</title>",
+        f"<title>Tally load report — {e(_mode_name(mode))}, {e(started)}</title>",
         f"<style>{_CSS}</style>",
         "</head><body><main>",
         "<h1>Tally load report</h1>",
-        (f'<p class="meta">{e(mode)} loop · {e(_seconds(duration))} measured · started '
+        (f'<p class="meta">{e(_mode_name(mode))} · {e(_seconds(duration))} measured · started '
          f"{e(started or '–')}</p>"),
     ]
     if report.get("command"):
@@ -666,7 +670,8 @@ def summary(report: dict) -> str:
     req = _requests(report)
     lat = _dict(report.get("latency_us"))
     lag = _dict(report.get("send_lag_us"))
-    lines = [(f"tally load run: {report.get('mode') or '?'} loop, "
+    mode = str(report.get("mode") or "?")
+    lines = [(f"tally load {'replay' if mode == 'replay' else 'run'}: {_mode_name(mode)}, "
               f"{_seconds(_num(report.get('duration_s')))} measured, "
               f"started {report.get('started_at') or '–'}")]
     if target is not None:

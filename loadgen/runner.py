@@ -113,6 +113,7 @@ class Tally:
     answered_count: int = 0
     window_ns: int = 0                  # the measured window: answers before its end count in the rate
     answered_in_window: int = 0
+    progress_reported: int = -1         # the last second the progress line showed
     failed_to_send: int = 0             # the connection failed: no answer
     errors: dict = field(default_factory=dict)  # error text -> requests
     in_flight: int = 0
@@ -135,7 +136,7 @@ class Tally:
             self.send_lag.record(np.concatenate(self.lags))
             self.lags, self.lags_count = [], 0
 
-    def _record_waiting(self) -> None:
+    def record_waiting(self) -> None:
         if self.waiting:
             self.second.record(np.concatenate(self.waiting))
             self.waiting, self.waiting_count = [], 0
@@ -147,7 +148,7 @@ class Tally:
         self.waiting.append(latencies_us)
         self.waiting_count += len(latencies_us)
         if self.waiting_count >= RECORD_BATCH:
-            self._record_waiting()
+            self.record_waiting()
         _bump(self.answered, second, len(results))
         self.answered_count += len(results)
         if reply_ns < self.window_ns:
@@ -158,7 +159,7 @@ class Tally:
 
     def roll(self, second: int) -> None:
         """Close the per-second histogram of ``current_second`` (and mark empty seconds between)."""
-        self._record_waiting()
+        self.record_waiting()
         self.total.add(self.second)
         while len(self.intervals) < self.current_second:
             self.intervals.append(None)
@@ -435,6 +436,7 @@ async def _load(plan: _Plan, clients, recorder, report_progress) -> dict:
     finally:
         if progress is not None:
             progress.cancel()
+            report_seconds(tally, int(math.ceil(workload.seconds)), report_progress)   # the last one(s)
     raw = tally.raw()
     raw["elapsed_s"] = (_now_ns() - tally.start_ns) / NS_PER_S
     raw["late_start_s"] = late_start_s
@@ -445,13 +447,21 @@ async def progress_ticker(tally: Tally, report_progress) -> None:
     """Once a second: the last whole second's offered and answered requests and its p99."""
     while True:
         await asyncio.sleep(1.0 - ((_now_ns() - tally.start_ns) / NS_PER_S) % 1.0 + 0.01)
-        second = (_now_ns() - tally.start_ns) // NS_PER_S - 1
-        if second < 0:
-            continue
-        p99_us = tally.second.value_at(99.0) if tally.current_second == second and tally.second.count else None
-        if second < len(tally.intervals) and tally.intervals[second] is not None:
+        report_seconds(tally, (_now_ns() - tally.start_ns) // NS_PER_S, report_progress)
+
+
+def report_seconds(tally: Tally, end_second: int, report_progress) -> None:
+    """Report the seconds not reported yet, up to ``end_second`` (excluded)."""
+    for second in range(tally.progress_reported + 1, end_second):
+        if second == tally.current_second:
+            tally.record_waiting()
+            p99_us = tally.second.value_at(99.0) if tally.second.count else None
+        elif second < len(tally.intervals) and tally.intervals[second] is not None:
             p99_us = LatencyHistogram.decode(tally.intervals[second]).value_at(99.0)
+        else:
+            p99_us = None
         report_progress(second, _at(tally.offered, second), _at(tally.answered, second), p99_us)
+        tally.progress_reported = second
 
 
 def _at(per_second: list, second: int) -> int:
@@ -554,7 +564,7 @@ class ProgressLine:
         p99 = f"{entry[2] / 1000:,.2f} ms" if entry[2] is not None else "-"
         width = 24
         done = min(width, int(width * (second + 1) / max(self.seconds, 1e-9)))
-        line = (f"[{'#' * done}{'.' * (width - done)}] {second + 1:>4}/{self.seconds:g} s  "
+        line = (f"[{'#' * done}{'.' * (width - done)}] {second + 1:>4}/{self.seconds:.3g} s  "
                 f"offered {entry[0]:>10,}/s  answered {entry[1]:>10,}/s  p99 {p99:>10}")
         # On a terminal the line is redrawn in place; in a log, one line a second.
         self.stream.write(f"\r{line}   " if self._tty else f"{line}\n")

@@ -219,6 +219,8 @@ class Workload(msgspec.Struct, forbid_unknown_fields=True):
         problem = self.population.check() or self.mix.check() or self.payments.check() or self.rate.check()
         if problem:
             return problem
+        if self.rate.shape == "burst" and self.rate.burst_at_s >= self.seconds:
+            return f"rate.burst_at_s ({self.rate.burst_at_s:g}) is after the run's end ({self.seconds:g} s)"
         # The most requests the rate can add up to (the schedule is built only when a run starts).
         peak_per_s = max(self.rate.per_s * (self.rate.burst_factor if self.rate.shape == "burst" else 1.0),
                          self.rate.start_per_s)

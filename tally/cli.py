@@ -196,7 +196,12 @@ def _bench_loadgen(args) -> int:
 def _info(args) -> int:
     import core
 
-    with core.open(args.data) as store:
+    try:
+        store = core.open(args.data)
+    except core.StoreError as error:
+        print(f"tally info: {error}", file=sys.stderr)
+        return 2
+    with store:
         stats = store.recovery
         print(f"data directory   {os.path.abspath(args.data)}")
         print(f"batches logged   {store.sequence:,}")

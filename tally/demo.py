@@ -89,12 +89,14 @@ def run(directory: str, seconds: float = 10.0, rate_per_s: float = 20_000.0, use
     json_path, html_path = report_module.write(report, os.path.join(directory, "report"))
     report["paths"] = {"json": json_path, "html": html_path}
     print(report_module.summary(report))
-    print(f"trace: {trace_path} (replay it: tally load replay {trace_path}, against a fresh server)")
+    print(f"trace: {trace_path} (to replay it, against a fresh server: .venv/bin/tally serve --data /tmp/fresh "
+          f"--port 7421, then .venv/bin/tally load replay {trace_path} --port 7421)")
     say("re-applying the server's log into a fresh store (tally replay-log)")
     replayed = replay_log.run(server_dir, replayed_dir)
     # The server's live state at its stop against the state its log rebuilds in a fresh store.
     equal = replayed["equal"] and replayed["replayed_hash"] == live_hash
-    print(f"replay-log: {replayed['batches']:,} batches, {replayed['events']:,} events; state hash of the live "
+    print(f"replay-log: {replayed['batches']:,} batches, {replayed['events']:,} events (setup included); "
+          f"state hash of the live "
           f"server {(live_hash or 'missing')[:16]}…, of its log replayed {replayed['replayed_hash'][:16]}…: "
           f"{'equal' if equal else 'DIFFERENT'}")
     failed = report["requests"]["failed_to_send"]
