@@ -26,7 +26,6 @@ import time
 import numpy as np
 
 import core
-from engine.protocol import Operation
 from loadgen import runner, trace
 from loadgen.generator import Kind, SETUP_KINDS
 from loadgen.runner import CODES, KINDS, LoadError, Options, Target, Tally
@@ -68,22 +67,20 @@ class TraceSource:
 
 
 async def _send_setup(client, data: trace.TraceData, rows: np.ndarray, codes: np.ndarray) -> None:
-    """The setup requests in order: frames of one operation, ``SETUP_DEPTH`` in flight."""
+    """The setup requests in order: frames of one operation, as the run sent them."""
     operations = data.operation[rows]
     cuts = np.flatnonzero(operations[1:] != operations[:-1]) + 1
-    for part in np.split(np.arange(len(rows)), cuts):
+    for part in np.split(rows, cuts):
         if not len(part):
             continue
-        operation = int(operations[part[0]])
-        send = client.create_accounts if operation == Operation.create_accounts else client.create_transfers
-        frames = [rows[part[i:i + runner.FRAME_EVENTS_MAX]] for i in range(0, len(part), runner.FRAME_EVENTS_MAX)]
-        for start in range(0, len(frames), runner.SETUP_DEPTH):
-            group = frames[start:start + runner.SETUP_DEPTH]
-            replies = await asyncio.gather(*(
-                send(np.ascontiguousarray(data.events[selected]).view(trace.OPERATION_DTYPES[operation]).reshape(-1))
-                for selected in group))
-            for selected, results in zip(group, replies):
-                np.add.at(codes, (data.kind[selected].astype(np.int64), np.minimum(results, CODES - 1)), 1)
+        operation = int(data.operation[part[0]])
+        frames = [part[i:i + runner.FRAME_EVENTS_MAX] for i in range(0, len(part), runner.FRAME_EVENTS_MAX)]
+        batches = (np.ascontiguousarray(data.events[selected]).view(trace.OPERATION_DTYPES[operation]).reshape(-1)
+                   for selected in frames)
+        selected_rows = iter(frames)
+        async for _, results in runner.send_in_order(client, operation, batches):
+            selected = next(selected_rows)
+            np.add.at(codes, (data.kind[selected].astype(np.int64), np.minimum(results, CODES - 1)), 1)
 
 
 def counts_by_kind(codes: np.ndarray) -> dict[str, dict[str, int]]:

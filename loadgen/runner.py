@@ -368,6 +368,17 @@ async def closed_loop(clients, generator: RequestGenerator, tally: Tally, second
     await asyncio.gather(*(lane(c) for c in range(len(clients)) for _ in range(depth)))
 
 
+async def send_in_order(client, operation: int, batches):
+    """Send ``batches`` of one operation in order, ``SETUP_DEPTH`` frames in flight (the untimed
+    setup of a run or a replay); yields (batch, result codes) in order."""
+    send = client.create_accounts if operation == Operation.create_accounts else client.create_transfers
+    batches = list(batches)
+    for start in range(0, len(batches), SETUP_DEPTH):
+        group = batches[start:start + SETUP_DEPTH]
+        for batch, results in zip(group, await asyncio.gather(*(send(batch) for batch in group))):
+            yield batch, results
+
+
 async def setup(client, population: Population, recorder=None, first_index: int = 0) -> int:
     """Create the population's accounts and top-ups (in order, ``SETUP_DEPTH`` frames in flight).
 
@@ -377,21 +388,16 @@ async def setup(client, population: Population, recorder=None, first_index: int 
     index = first_index
     for operation, kind, batches in ((Operation.create_accounts, Kind.account, population.account_batches()),
                                      (Operation.create_transfers, Kind.top_up, population.top_up_batches())):
-        send = client.create_accounts if operation == Operation.create_accounts else client.create_transfers
-        batches = list(batches)
-        for start in range(0, len(batches), SETUP_DEPTH):
-            group = batches[start:start + SETUP_DEPTH]
-            replies = await asyncio.gather(*(send(batch) for batch in group))
-            for batch, results in zip(group, replies):
-                indexes = np.arange(index, index + len(batch), dtype=np.uint64)
-                index += len(batch)
-                if recorder is not None:
-                    recorder.append(operation, indexes, np.zeros(len(batch), dtype=np.uint64), 0,
-                                    np.full(len(batch), kind, dtype=np.uint8), results, batch)
-                if results.any():
-                    codes = {core.Result(int(c)).name: int(n) for c, n in zip(*np.unique(results, return_counts=True))
-                             if c}
-                    raise LoadError(f"setting up the population failed: {codes}")
+        async for batch, results in send_in_order(client, operation, batches):
+            indexes = np.arange(index, index + len(batch), dtype=np.uint64)
+            index += len(batch)
+            if recorder is not None:
+                recorder.append(operation, indexes, np.zeros(len(batch), dtype=np.uint64), 0,
+                                np.full(len(batch), kind, dtype=np.uint8), results, batch)
+            if results.any():
+                codes = {core.Result(int(c)).name: int(n) for c, n in zip(*np.unique(results, return_counts=True))
+                         if c}
+                raise LoadError(f"setting up the population failed: {codes}")
     return index - first_index
 
 
