@@ -328,7 +328,12 @@ def main(argv: list[str] | None = None) -> int:
     # NumPy's BLAS threads spin while idle and would steal a core from the ledger.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        # A run stopped by hand: what it recorded stays in FILE.partial; servers it started were stopped.
+        print("\ntally: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
