@@ -227,7 +227,7 @@ async def _send_frame(client, operation: int, indexes, scheduled_ns, kinds, batc
     tally.answer(reply_ns, latencies_us, kinds, results)
     if on_answer is not None:
         on_answer(indexes, kinds, results)
-    if recorder is not None:
+    if recorder is not None and not recorder.closed:   # closed: an interrupted run's trace was aborted
         recorder.append(operation, indexes, scheduled_ns, connection, kinds, results, batch)
 
 
@@ -442,7 +442,9 @@ async def _load(plan: _Plan, clients, recorder, report_progress) -> dict:
     finally:
         if progress is not None:
             progress.cancel()
-            report_seconds(tally, int(math.ceil(workload.seconds)), report_progress)   # the last one(s)
+            # The last second(s) of the run, not those an interrupted run never reached.
+            elapsed_seconds = (_now_ns() - tally.start_ns) // NS_PER_S + 1
+            report_seconds(tally, min(int(math.ceil(workload.seconds)), elapsed_seconds), report_progress)
     raw = tally.raw()
     raw["elapsed_s"] = (_now_ns() - tally.start_ns) / NS_PER_S
     raw["late_start_s"] = late_start_s

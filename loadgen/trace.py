@@ -217,6 +217,11 @@ class TraceWriter:
                           if background else None)
         self._allocate(int(Operation.create_transfers))
 
+    @property
+    def closed(self) -> bool:
+        """Closed or aborted: appends are refused."""
+        return self._closed
+
     # -- the hot path
 
     def append(self, operation: int, request_index: Any, scheduled_ns: Any, connection: Any, kind: Any,
