@@ -80,7 +80,7 @@ async def _send_setup(client, data: trace.TraceData, rows: np.ndarray, codes: np
         selected_rows = iter(frames)
         async for _, results in runner.send_in_order(client, operation, batches):
             selected = next(selected_rows)
-            np.add.at(codes, (data.kind[selected].astype(np.int64), np.minimum(results, CODES - 1)), 1)
+            codes += runner.count_codes(data.kind[selected], results)
 
 
 def counts_by_kind(codes: np.ndarray) -> dict[str, dict[str, int]]:
@@ -139,8 +139,7 @@ def run(target: Target, path: str, *, speed: float = 1.0, connections: int = 1, 
     unknown = np.setdiff1d(data.kind, np.arange(KINDS))
     if len(unknown):
         raise LoadError(f"{path}: request kinds {unknown.tolist()} are unknown to this version (0..{KINDS - 1})")
-    recorded_codes = np.zeros((KINDS, CODES), dtype=np.int64)
-    np.add.at(recorded_codes, (data.kind.astype(np.int64), np.minimum(data.result, CODES - 1)), 1)
+    recorded_codes = runner.count_codes(data.kind, data.result)
     duration_s = float(data.scheduled_ns.max(initial=0)) / runner.NS_PER_S / speed
     line = runner.ProgressLine(max(duration_s, 1.0)) if progress else None
     started_at = runner.utc_now()

@@ -122,8 +122,14 @@ class Tally:
     lags: list = field(default_factory=list)          # send lags not yet recorded
     lags_count: int = 0
 
-    def offer(self, at_ns: int, count: int) -> None:
-        _bump(self.offered, at_ns // NS_PER_S, count)
+    def offer(self, due_ns: np.ndarray) -> None:
+        """Count requests offered, in the second each was due (or sent, in closed loop)."""
+        first_second, last_second = int(due_ns[0]) // NS_PER_S, int(due_ns[-1]) // NS_PER_S
+        if first_second == last_second:   # nearly always: one wake-up's requests
+            _bump(self.offered, first_second, len(due_ns))
+        else:
+            for second, count in zip(*np.unique(due_ns // NS_PER_S, return_counts=True)):
+                _bump(self.offered, int(second), int(count))
 
     def lag(self, lags_us: np.ndarray) -> None:
         self.lags.append(lags_us)
@@ -153,9 +159,7 @@ class Tally:
         self.answered_count += len(results)
         if reply_ns < self.window_ns:
             self.answered_in_window += len(results)
-        # One bincount for the whole frame: kind * CODES + code.
-        self.codes += np.bincount(kinds.astype(np.int64) * CODES + np.minimum(results, CODES - 1),
-                                  minlength=KINDS * CODES).reshape(KINDS, CODES)
+        self.codes += count_codes(kinds, results)
 
     def roll(self, second: int) -> None:
         """Close the per-second histogram of ``current_second`` (and mark empty seconds between)."""
@@ -182,6 +186,12 @@ class Tally:
                 "scheduled": self.scheduled, "sent": self.sent, "answered_count": self.answered_count,
                 "answered_in_window": self.answered_in_window, "failed_to_send": self.failed_to_send,
                 "errors": self.errors}
+
+
+def count_codes(kinds: np.ndarray, results: np.ndarray) -> np.ndarray:
+    """Requests per (kind, result code): a KINDS x CODES matrix, from one bincount."""
+    return np.bincount(kinds.astype(np.int64) * CODES + np.minimum(results, CODES - 1),
+                       minlength=KINDS * CODES).reshape(KINDS, CODES)
 
 
 def _bump(per_second: list, second: int, count: int) -> None:
@@ -298,13 +308,7 @@ async def open_loop(clients, source: RequestSource, tally: Tally, recorder=None,
         now_ns = _now_ns() - tally.start_ns
         due = source.due_by(now_ns)
         if due > tally.scheduled:
-            scheduled_ns = source.due_ns(tally.scheduled, due)
-            first_second, last_second = int(scheduled_ns[0]) // NS_PER_S, int(scheduled_ns[-1]) // NS_PER_S
-            if first_second == last_second:
-                tally.offer(int(scheduled_ns[0]), due - tally.scheduled)
-            else:
-                for second, count in zip(*np.unique(scheduled_ns // NS_PER_S, return_counts=True)):
-                    _bump(tally.offered, int(second), int(count))
+            tally.offer(source.due_ns(tally.scheduled, due))
             tally.scheduled = due
         # Past the backlog limit, requests wait here (their latency still runs from their due time).
         end = min(due, sent + max(0, backlog_max - tally.in_flight))
@@ -358,12 +362,12 @@ async def closed_loop(clients, generator: RequestGenerator, tally: Tally, second
             if now_ns >= stop_ns:
                 return
             indexes, batch, kinds = generator.next(frame_events, now_ns)
-            tally.offer(now_ns, len(batch))
+            sent_ns = np.full(len(batch), now_ns, dtype=np.uint64)
+            tally.offer(sent_ns)
             tally.scheduled += len(batch)
             tally.sent += len(batch)
-            await _send_frame(client, Operation.create_transfers, indexes + np.uint64(index_offset),
-                              np.full(len(batch), now_ns, dtype=np.uint64), kinds, batch, tally, recorder,
-                              connection, on_answer)
+            await _send_frame(client, Operation.create_transfers, indexes + np.uint64(index_offset), sent_ns, kinds,
+                              batch, tally, recorder, connection, on_answer)
 
     await asyncio.gather(*(lane(c) for c in range(len(clients)) for _ in range(depth)))
 
