@@ -26,11 +26,12 @@ except ImportError as error:  # pragma: no cover - exercised only on a broken in
 
 from core import constants
 from core.constants import BATCH_EVENTS_MAX
+from core.ids import new_id, new_ids
 
 __all__ = [
     "ACCOUNT_DTYPE", "TRANSFER_DTYPE", "ID_DTYPE", "Result", "AccountFlags", "TransferFlags",
     "AccountCode", "TransferCode", "Currency", "accounts_from_dicts", "transfers_from_dicts",
-    "to_dicts", "ids_array", "Ledger", "IdMap", "constants", "BATCH_EVENTS_MAX",
+    "to_dicts", "ids_array", "Ledger", "IdMap", "constants", "BATCH_EVENTS_MAX", "new_id", "new_ids",
 ]
 
 from core.store import Store, StoreError, StoreFailedError, RecoveryStats, open  # noqa: E402,A004

@@ -2,10 +2,17 @@
 
 >>> client = await Client.connect("127.0.0.1", 7420, client_id=1, secret=b"...")
 >>> results = await client.create_transfers(batch)       # uint32 core.Result codes, after the commit
->>> await client.create_transfer(id=7, debit_account_id=1, credit_account_id=2, amount=100,
+>>> await client.create_transfer(id=new_id(), debit_account_id=1, credit_account_id=2, amount=100,
 ...                              ledger=156, code=1)
 <Result.ok: 0>
 >>> client.close()
+
+* **Ids**: ``new_id()`` (re-exported from ``core.ids``) makes time-ordered u128 ids: the
+  millisecond in the high 48 bits, random bits below, strictly increasing per process. Services
+  should make transfer and account ids with it (or ``core.new_ids(n)`` for a batch): the server's
+  id index then grows by appends and a new id is proven new without a disk read. Any other
+  unique id works, at that cost (docs/data-model.md, "Ids"). Make the id once per payment and
+  keep it for retries: it is the idempotency key.
 
 * **Batches** (``create_accounts``/``create_transfers`` with a NumPy record batch) go out as one
   frame each; any number can be in flight on one connection, replies are matched by request id.
@@ -28,6 +35,7 @@ import threading
 import numpy as np
 
 import core
+from core.ids import new_id  # noqa: F401 - re-exported: services make their ids with it
 from engine import constants, frame
 from engine.protocol import (
     CREATE_RECORD_DTYPES, FILTER_ENCODER, LOOKUP_RECORD_DTYPES, OPERATIONS, AccountTransfersFilter, Operation,
@@ -74,7 +82,12 @@ class _ReplyReader(asyncio.Protocol):
 
 
 class Client:
-    """An asyncio connection to a Tally server; see the module's docstring."""
+    """An asyncio connection to a Tally server; see the module's docstring.
+
+    Ids are the caller's: make transfer (and account) ids with ``engine.client.new_id()`` (time-
+    ordered, so the server's id index appends and proves them new without a disk read), once per
+    payment, and reuse that id when retrying the payment so a duplicate answers ``exists``.
+    """
 
     def __init__(self, host: str, port: int, client_id: int, secret: bytes, *, ssl=None,
                  reconnect_attempts: int = RECONNECT_ATTEMPTS_DEFAULT):
