@@ -1,0 +1,130 @@
+"""Child process for the durability test: submits batches, marking each submit and ack in a trace.
+
+    python -m tests.durability_writer DATA_DIR TRACE MODE LOG_ENV
+
+Run under the LD_PRELOAD shim of tests/fsync_shim.c with TALLY_SYNC_TRACE=TRACE, so that the
+shim's lines (the writes and syncs of the store's files) and this process's "SUBMIT n" (written
+just before batch n is handed to the store) and "ACK n" (written as soon as its results are back)
+lines land in one file, in the order they happened: every line is one write() on an O_APPEND
+descriptor of that file.
+
+MODE is how results are waited for:
+
+* ``blocking``: ``store.create_accounts`` / ``store.create_transfers``, one batch at a time;
+* ``pipelined``: ``store.submit`` with several batches in flight, each acked once its
+  ``PendingBatch.result()`` returns (oldest first, as soon as it is done or the window is full),
+  so that acks are written while later batches are being committed;
+* ``callback``: ``store.submit``, each batch acked from ``PendingBatch.add_done_callback``, on the
+  commit thread: the earliest moment a server can learn that a batch is done.
+
+LOG_ENV is how the log's LMDB environment (the store directory itself, not its checkpoint
+sub-environment) is opened: ``as-is`` (as core/store.py says), or with one of its options forced
+by wrapping ``lmdb.open``: ``sync=False`` or ``metasync=False`` (the test's negative controls).
+"""
+
+import collections
+import os
+import sys
+
+import lmdb
+
+import core
+from core.store import OPERATION_CREATE_ACCOUNTS, OPERATION_CREATE_TRANSFERS
+from tests import workload
+
+TRANSFER_BATCHES = {"blocking": 12, "pipelined": 24, "callback": 24}
+PIPELINE_DEPTH = 4   # commit_pipeline_depth of the pipelined modes
+WINDOW = 6           # batches submitted but not yet acked, at most (pipelined mode)
+
+
+def _force_log_env_option(data_dir: str, option: str):
+    """Wrap lmdb.open so that the environment at data_dir (only) is opened with `option` forced."""
+    name, value = option.split("=")
+    forced = {"False": False, "True": True}[value]
+    real_open = lmdb.open
+    target = os.path.realpath(data_dir)
+    patched = []
+
+    def open_forcing(path, *args, **kwargs):
+        if os.path.realpath(path) == target:
+            kwargs[name] = forced
+            patched.append(path)
+        return real_open(path, *args, **kwargs)
+
+    lmdb.open = open_forcing
+    return patched
+
+
+def main():
+    data_dir, trace_path, mode, log_env = sys.argv[1:5]
+    trace = os.open(trace_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def mark(text: str) -> None:
+        os.write(trace, (text + "\n").encode())
+
+    patched = _force_log_env_option(data_dir, log_env) if log_env != "as-is" else None
+    store = core.open(data_dir, accounts_max=100, transfers_hot_max=100_000,
+                      checkpoint_interval_batches=3,  # checkpoints (unsynced, by design) run too
+                      commit_pipeline_depth=1 if mode == "blocking" else PIPELINE_DEPTH)
+    if patched is not None and not patched:
+        sys.exit(f"durability_writer: core.open did not open {data_dir} through lmdb.open: "
+                 f"{log_env} was not forced")
+    mark("OPEN")
+    batches = [(OPERATION_CREATE_ACCOUNTS, workload.account_batch(), workload.now_ns(0))]
+    batches += [(OPERATION_CREATE_TRANSFERS, workload.transfer_batch(seed), workload.now_ns(seed))
+                for seed in range(1, TRANSFER_BATCHES[mode] + 1)]
+
+    def check(sequence, results, batch):
+        if results.shape != (len(batch),):
+            sys.exit(f"durability_writer: batch {sequence}: {results.shape} results for {len(batch)} events")
+
+    if mode == "blocking":
+        for operation, batch, now_ns in batches:
+            sequence = store.sequence + 1
+            mark(f"SUBMIT {sequence}")
+            if operation == OPERATION_CREATE_ACCOUNTS:
+                results = store.create_accounts(batch, now_ns)
+            else:
+                results = store.create_transfers(batch, now_ns)
+            mark(f"ACK {sequence}")
+            check(sequence, results, batch)
+            if store.sequence != sequence:
+                sys.exit(f"durability_writer: acked batch {sequence}, store at {store.sequence}")
+    elif mode == "pipelined":
+        in_flight = collections.deque()
+
+        def ack_oldest():
+            pending, batch = in_flight.popleft()
+            results = pending.result()
+            mark(f"ACK {pending.sequence}")
+            check(pending.sequence, results, batch)
+
+        for number, (operation, batch, now_ns) in enumerate(batches, start=store.sequence + 1):
+            mark(f"SUBMIT {number}")
+            pending = store.submit(operation, batch, now_ns)
+            assert pending.sequence == number, (pending.sequence, number)
+            in_flight.append((pending, batch))
+            while in_flight and (in_flight[0][0].done() or len(in_flight) >= WINDOW):
+                ack_oldest()
+        while in_flight:
+            ack_oldest()
+    elif mode == "callback":
+        # Callbacks run before result() could return (it would wait for them): results are
+        # checked below, after all of them, and a failed commit ends the run with an error.
+        submitted = []
+        for number, (operation, batch, now_ns) in enumerate(batches, start=store.sequence + 1):
+            mark(f"SUBMIT {number}")
+            pending = store.submit(operation, batch, now_ns)
+            assert pending.sequence == number, (pending.sequence, number)
+            pending.add_done_callback(lambda done: mark(f"ACK {done.sequence}"))
+            submitted.append((pending, batch))
+        for pending, batch in submitted:
+            check(pending.sequence, pending.result(), batch)
+    else:
+        sys.exit(f"durability_writer: unknown mode {mode}")
+    store.close()
+    mark("CLOSED")
+
+
+if __name__ == "__main__":
+    main()
