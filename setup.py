@@ -22,7 +22,7 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=["-O2", "-fno-strict-aliasing"] + ([] if DEBUG else ["-DNDEBUG"]),
     )
-    for name in ("records", "idmap", "ledger", "codec")
+    for name in ("records", "idmap", "filter", "ledger", "codec")
 ]
 
 setup(

@@ -34,7 +34,7 @@ def population():
 
 def _ledger(population):
     accounts, topups, payments = population
-    ledger = core.Ledger(accounts_max=ACCOUNTS, transfers_max=ACCOUNTS + BATCH * (ROUNDS + 10))
+    ledger = core.Ledger(accounts_max=ACCOUNTS, transfers_hot_max=ACCOUNTS + BATCH * (ROUNDS + 10))
     ledger.prefault()
     for batch in accounts:
         ledger.create_accounts(batch, time.time_ns())
@@ -76,7 +76,7 @@ def test_codec_pack(benchmark, population):
 def test_durable_create_transfers(benchmark, population, tmp_path):
     accounts, topups, payments = population
     store = core.open(str(tmp_path / "store"), accounts_max=ACCOUNTS,
-                      transfers_max=ACCOUNTS + BATCH * (ROUNDS + 10), checkpoint_interval_events=1 << 40)
+                      transfers_hot_max=ACCOUNTS + BATCH * (ROUNDS + 10), checkpoint_interval_events=1 << 40)
     for batch in accounts:
         store.create_accounts(batch)
     for batch in topups:

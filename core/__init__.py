@@ -1,7 +1,7 @@
 """Tally's compiled core: records, the ledger state machine, and the durable LMDB store.
 
 >>> import core
->>> led = core.Ledger(accounts_max=100, transfers_max=1000)
+>>> led = core.Ledger(accounts_max=100, transfers_hot_max=1000)
 >>> led.create_accounts(core.accounts_from_dicts([
 ...     {"id": 1, "ledger": core.Currency.CNY, "code": core.AccountCode.funding_card},
 ...     {"id": 2, "ledger": core.Currency.CNY, "code": core.AccountCode.user_wallet,

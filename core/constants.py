@@ -14,13 +14,26 @@ NOW_NS_LIMIT = 1 << 63
 #: Size of every account and transfer record (docs/data-model.md).
 RECORD_SIZE_BYTES = 128
 
-#: Default capacity of the in-memory ledger; both are set when a ledger is opened.
+#: Default capacities of the in-memory state (docs/tiering.md): accounts, the hot window of
+#: recent transfers (older ones are in the cold tier; about 210 bytes of memory per transfer
+#: held), and the pending table (unresolved pending transfers, 200 bytes each).
 ACCOUNTS_MAX_DEFAULT = 1 << 21
-TRANSFERS_MAX_DEFAULT = 1 << 24
+TRANSFERS_HOT_MAX_DEFAULT = 1 << 21
+PENDING_MAX_DEFAULT = 1 << 20
 
-#: Hard upper bounds on the capacities (dense indexes are u32).
+#: Hard upper bounds on the capacities (dense indexes and ring slots are u32).
 ACCOUNTS_MAX_LIMIT = 1 << 30
-TRANSFERS_MAX_LIMIT = (1 << 32) - 2
+TRANSFERS_HOT_MAX_LIMIT = 1 << 31
+PENDING_MAX_LIMIT = 1 << 30
+
+#: Transfers per cold-tier epoch: the unit the store writes to LMDB in one transaction (fixed
+#: when a data directory is created; recovery and replay write identical epochs). The hot window
+#: must hold an epoch plus a batch: transfers_hot_max >= cold_epoch_transfers + BATCH_EVENTS_MAX.
+COLD_EPOCH_TRANSFERS_DEFAULT = 1 << 19
+
+#: Memory of the filter over cold transfer ids: 2**31 bits, about 1 % false positives at
+#: 200 M cold transfers (each costs one LMDB lookup in the prefetch, never a wrong answer).
+ID_FILTER_BYTES_DEFAULT = 256 << 20
 
 #: Transfer codes are bucketed into this many activity counters per account.
 FEATURE_CODE_BUCKETS = 16
@@ -50,5 +63,8 @@ def _check(condition: bool, what: str) -> None:
 
 _check(BATCH_EVENTS_MAX * RECORD_SIZE_BYTES + RECORD_SIZE_BYTES <= 1 << 20, "a batch must fit 1 MiB")
 _check(ACCOUNTS_MAX_DEFAULT <= ACCOUNTS_MAX_LIMIT, "ACCOUNTS_MAX_DEFAULT too large")
-_check(TRANSFERS_MAX_DEFAULT <= TRANSFERS_MAX_LIMIT, "TRANSFERS_MAX_DEFAULT too large")
+_check(TRANSFERS_HOT_MAX_DEFAULT <= TRANSFERS_HOT_MAX_LIMIT, "TRANSFERS_HOT_MAX_DEFAULT too large")
+_check(PENDING_MAX_DEFAULT <= PENDING_MAX_LIMIT, "PENDING_MAX_DEFAULT too large")
+_check(TRANSFERS_HOT_MAX_DEFAULT >= COLD_EPOCH_TRANSFERS_DEFAULT + BATCH_EVENTS_MAX, "hot window below an epoch + a batch")
+_check(ID_FILTER_BYTES_DEFAULT % 64 == 0, "filter size not a multiple of 64 bytes")
 _check(ACCOUNT_TRANSFERS_LIMIT_MAX <= BATCH_EVENTS_MAX, "page larger than a batch")

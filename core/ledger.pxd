@@ -1,14 +1,17 @@
-# The ledger state machine: accounts, transfers, two-phase state, expiry and activity features,
-# all in preallocated arrays indexed by dense u32 indexes, with 128-bit ids mapped by IdMap.
+# The ledger state machine: accounts, a bounded window of recent transfers, unresolved pending
+# transfers, expiry and activity features, all in preallocated arrays; 128-bit ids mapped by
+# IdMap. Older transfers live in the store's cold tier (docs/tiering.md): what a batch needs of
+# them is handed to the ledger before the batch runs (prefetch), so the loops never do I/O.
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
+from core.filter cimport IdFilter
 from core.idmap cimport IdMap
 from core.records cimport tally_account_t, tally_transfer_t, result_t
 
 
 cdef enum:
-    INDEX_NONE = 0xFFFFFFFF     # "no transfer" in chains, "not found" from lookups
+    INDEX_NONE = 0xFFFFFFFF     # "no slot / no entry"
     CODE_BUCKETS = 16           # activity counters per account (FEATURE_CODE_BUCKETS)
     PREFETCH_DISTANCE = 16      # events looked ahead by the prefetching passes
 
@@ -19,13 +22,18 @@ ctypedef enum transfer_state_t:
     STATE_POSTED = 2
     STATE_VOIDED = 3
     STATE_EXPIRED = 4
+    STATE_FREE = 0xFF           # a pending-table entry not in use
 
 
+# One per ring slot: which transfer the slot holds and its place in both accounts' chains.
+# Chains hold transfer numbers + 1 (0 = none); a link is followed only while the number is in
+# the hot window, so evicted transfers need no unlinking.
 cdef struct transfer_links_t:
+    uint64_t number_plus1       # the transfer number held by this slot, plus 1 (0: empty)
+    uint64_t prev_debit         # number + 1 of the previous transfer debiting the same account
+    uint64_t prev_credit        # number + 1 of the previous transfer crediting the same account
     uint32_t debit_index        # dense index of the debit account
     uint32_t credit_index       # dense index of the credit account
-    uint32_t prev_debit         # previous transfer debiting the same account, or INDEX_NONE
-    uint32_t prev_credit        # previous transfer crediting the same account, or INDEX_NONE
 
 
 # Everything a transfer reads or writes of an account, in two adjacent cache lines (128-byte
@@ -40,16 +48,30 @@ cdef struct account_hot_t:
     uint32_t ledger
     uint16_t flags
     uint16_t code
-    uint32_t last_debit         # newest transfer debiting the account, or INDEX_NONE
-    uint32_t last_credit        # newest transfer crediting the account, or INDEX_NONE
+    uint32_t last_debit         # ring slot of the newest transfer debiting the account, or INDEX_NONE
+    uint32_t last_credit        # ring slot of the newest transfer crediting the account, or INDEX_NONE
     uint64_t first_activity_ts  # ns, 0 = never
     uint64_t last_activity_ts   # ns, 0 = never
     uint32_t code_counts[16]    # settled transfers per code bucket (CODE_BUCKETS)
 
 
+# A pending transfer from its creation until it is resolved and the resolution is in the cold
+# tier (the store prunes it then). 160 bytes.
+cdef struct pending_t:
+    tally_transfer_t row
+    uint64_t number             # the pending transfer's number
+    uint64_t resolved_at        # transfer_count when it was posted, voided or expired
+    uint32_t debit_index
+    uint32_t credit_index
+    uint32_t heap_pos           # its place in the expiry heap, or INDEX_NONE
+    uint8_t state               # transfer_state_t (STATE_FREE: entry unused)
+    uint8_t _pad[3]
+
+
 cdef struct expiry_t:
     uint64_t expires_at         # ns
-    uint32_t transfer_index
+    uint64_t number             # the pending transfer's number: ties broken by it (determinism)
+    uint32_t entry              # pending-table entry
     uint32_t _pad
 
 
@@ -61,27 +83,44 @@ cdef struct account_undo_t:
 
 
 cdef struct state_undo_t:
-    uint32_t transfer_index
+    uint64_t resolved_at
+    uint32_t entry
     uint8_t state
 
 
 cdef class Ledger:
     cdef readonly uint64_t accounts_max
-    cdef readonly uint64_t transfers_max
+    cdef readonly uint64_t transfers_hot_max    # transfers held in memory (the hot window)
+    cdef readonly uint64_t pending_max          # pending-table entries
     cdef readonly uint64_t account_count
-    cdef readonly uint64_t transfer_count
-    cdef readonly uint64_t last_timestamp   # ns, the last one assigned to an event
-    cdef readonly uint64_t expiry_count     # entries in the expiry heap (some may be resolved)
-    cdef bint busy                          # a batch is being applied (no re-entry)
+    cdef readonly uint64_t transfer_count       # transfers ever applied (their numbers: 0..count-1)
+    cdef readonly uint64_t hot_first            # oldest transfer number still in memory
+    cdef readonly uint64_t cold_count           # transfers [0, cold_count) are in the cold tier
+    cdef readonly uint64_t last_timestamp       # ns, the last one assigned to an event
+    cdef readonly uint64_t expiry_count         # entries in the expiry heap
+    cdef readonly uint64_t pending_count        # pending-table entries in use
+    cdef readonly uint64_t pending_high         # pending-table entries ever used (free ones below)
+    cdef readonly uint64_t cold_id_max_lo       # the largest id in the cold tier (0: none): a
+    cdef readonly uint64_t cold_id_max_hi       # larger one is new without a filter probe
+    cdef bint busy                              # a batch is being applied (no re-entry)
 
     cdef IdMap account_map
-    cdef IdMap transfer_map
-    cdef tally_account_t *account_rows     # wire records: id, user_data, timestamp (balances in hot)
+    cdef IdMap transfer_map                     # hot window: id -> ring slot
+    cdef IdMap pending_map                      # id -> pending-table entry
+    cdef IdMap cold_map                         # this batch's prefetched cold transfers: id -> cache index
+    cdef IdFilter cold_filter                   # over every cold id; None without a cold tier
+    cdef uint64_t ring_mask                     # ring slots - 1 (a power of two >= transfers_hot_max)
+    cdef tally_account_t *account_rows          # wire records: id, user_data, timestamp (balances in hot)
     cdef account_hot_t *hot
-    cdef tally_transfer_t *transfer_rows
-    cdef transfer_links_t *links
-    cdef uint8_t *states
-    cdef expiry_t *expiries
+    cdef tally_transfer_t *transfer_rows        # the ring
+    cdef transfer_links_t *links                # the ring's links
+    cdef pending_t *pendings
+    cdef uint32_t *pending_free                 # stack of free entries below pending_high
+    cdef uint64_t pending_free_count
+    cdef expiry_t *expiries                     # a binary heap of pending-table entries with a timeout
+    cdef tally_transfer_t *cold_rows            # prefetch cache
+    cdef uint8_t *cold_states
+    cdef uint64_t cold_cached
 
     # Per-batch scratch, preallocated for BATCH_EVENTS_MAX events.
     cdef uint32_t *scratch_debit
@@ -90,12 +129,13 @@ cdef class Ledger:
     cdef uint64_t account_undo_count
     cdef state_undo_t *state_undo
     cdef uint64_t state_undo_count
-    cdef uint32_t *expiring                 # pending transfers with a timeout, created this batch
+    cdef uint32_t *expiring                     # pending-table entries with a timeout, created this batch
     cdef uint64_t expiring_count
 
-    cdef dict _arrays                       # NumPy arrays owning every buffer above
+    cdef dict _arrays                           # NumPy arrays owning every buffer above
 
     cdef uint64_t begin_batch(self, uint64_t now_ns, uint64_t count) noexcept nogil
+    cdef void evict(self, uint64_t count) noexcept nogil
     cdef void expire_pending(self, uint64_t now_ns) noexcept nogil
     cdef void apply_accounts(self, tally_account_t *events, uint64_t count, uint64_t base_ts,
                              uint32_t *results) noexcept nogil
@@ -105,14 +145,22 @@ cdef class Ledger:
     cdef result_t create_transfer(self, tally_transfer_t *e, uint64_t ts, uint32_t debit_index,
                                   uint32_t credit_index, bint in_chain) noexcept nogil
     cdef result_t post_or_void(self, tally_transfer_t *e, uint64_t ts, bint in_chain) noexcept nogil
-    cdef uint32_t append_transfer(self, const tally_transfer_t *row, uint32_t debit_index,
-                                  uint32_t credit_index, uint8_t state) noexcept nogil
+    cdef const tally_transfer_t *find_transfer(self, uint64_t lo, uint64_t hi) noexcept nogil
+    cdef uint8_t cold_state(self, uint64_t lo, uint64_t hi) noexcept nogil
+    cdef void append_transfer(self, const tally_transfer_t *row, uint32_t debit_index,
+                              uint32_t credit_index) noexcept nogil
+    cdef uint32_t pending_insert(self, const tally_transfer_t *row, uint32_t debit_index,
+                                 uint32_t credit_index) noexcept nogil
+    cdef void pending_release(self, uint32_t entry) noexcept nogil
     cdef void save_account(self, uint32_t index) noexcept nogil
     cdef void rollback(self, uint64_t account_count, uint64_t transfer_count,
                        uint64_t expiring_count) noexcept nogil
     cdef void schedule_expiries(self) noexcept nogil
     cdef void account_record(self, uint32_t index, tally_account_t *out) noexcept nogil
-    cdef void expiry_push(self, uint64_t expires_at, uint32_t transfer_index) noexcept nogil
-    cdef void expiry_pop(self) noexcept nogil
+    cdef bint chain_valid(self, uint32_t slot, uint32_t account, bint debit) noexcept nogil
+    cdef void heap_place(self, uint64_t i, expiry_t item) noexcept nogil
+    cdef void heap_sift_up(self, uint64_t i, expiry_t item) noexcept nogil
+    cdef void heap_sift_down(self, uint64_t i, expiry_t item) noexcept nogil
+    cdef void heap_remove(self, uint64_t i) noexcept nogil
     cdef _enter(self)
     cdef object _apply(self, bint transfers, object batch, uint64_t now_ns)

@@ -4,8 +4,12 @@
 Design, in the spirit of TigerBeetle's state machine:
 
 * All state lives in arrays preallocated when the ledger is opened (``accounts_max``,
-  ``transfers_max``), indexed by dense u32 indexes; 128-bit ids map to indexes through
-  ``IdMap``. Nothing is allocated per event and no Python object is touched in the loops: the
+  ``transfers_hot_max``, ``pending_max``), indexed by dense u32 indexes; 128-bit ids map to
+  indexes through ``IdMap``. Transfers are numbered in the order they are applied and held in a
+  ring of the ``transfers_hot_max`` newest (the hot window); older ones are in the store's cold
+  tier, and whatever a batch needs of them is prefetched into a per-batch cache before the
+  batch runs (docs/tiering.md). Without a cold tier (a bare ``Ledger``) the ring never wraps and
+  ``transfers_hot_max`` is the ledger's capacity. Nothing is allocated per event and no Python object is touched in the loops: the
   loops run without the GIL.
 * The core has no clock: a batch is applied at a caller-given ``now_ns`` (the store logs it), so
   the same batches always give the same state and results (replay, recovery).
@@ -26,6 +30,7 @@ import numpy as np
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
+from core.filter cimport IdFilter, idfilter_t, idfilter_maybe
 from core.idmap cimport (
     IdMap, idmap_t, IDMAP_NOT_FOUND, idmap_get, idmap_home, idmap_put, idmap_remove,
 )
@@ -69,6 +74,9 @@ from core.records cimport (
 from core import constants
 from core.records import ACCOUNT_DTYPE, TRANSFER_DTYPE, ID_DTYPE, ids_array
 
+cdef extern from "assert.h" nogil:
+    void tally_assert "assert"(bint)
+
 cdef extern from "<stdint.h>":
     const uint64_t U64_MAX "UINT64_MAX"
 
@@ -78,6 +86,11 @@ cdef enum:
 
 cdef inline bint is_max(uint64_t lo, uint64_t hi) noexcept nogil:
     return lo == U64_MAX and hi == U64_MAX
+
+
+cdef inline bint id_above(uint64_t lo, uint64_t hi, uint64_t max_lo, uint64_t max_hi) noexcept nogil:
+    """Whether the 128-bit id (hi, lo) is above (max_hi, max_lo)."""
+    return hi > max_hi or (hi == max_hi and lo > max_lo)
 
 
 cdef inline bint add_overflows(uint64_t a, uint64_t b) noexcept nogil:
@@ -108,9 +121,8 @@ cdef inline void fail_chain(uint32_t *results, uint64_t first, uint64_t last,
 
 
 cdef inline bint expiry_before(const expiry_t *a, const expiry_t *b) noexcept nogil:
-    # Ties broken by index so that the heap's order, and hence replay, is deterministic.
-    return a.expires_at < b.expires_at or (
-        a.expires_at == b.expires_at and a.transfer_index < b.transfer_index)
+    # Ties broken by transfer number so that the heap's order, and hence replay, is deterministic.
+    return a.expires_at < b.expires_at or (a.expires_at == b.expires_at and a.number < b.number)
 
 
 cdef object _buffer(dict arrays, str name, object dtype, uint64_t count):
@@ -141,33 +153,74 @@ HOT_DTYPE = np.dtype([
     ("last_activity_ts", "<u8"), ("code_counts", "<u4", (CODE_BUCKETS,)),
 ])
 
+#: NumPy mirror of transfer_links_t: one per ring slot.
+LINKS_DTYPE = np.dtype([
+    ("number_plus1", "<u8"), ("prev_debit", "<u8"), ("prev_credit", "<u8"),
+    ("debit_index", "<u4"), ("credit_index", "<u4"),
+])
+
+#: NumPy mirror of pending_t: one per pending-table entry.
+PENDING_DTYPE = np.dtype([
+    ("row", TRANSFER_DTYPE), ("number", "<u8"), ("resolved_at", "<u8"), ("debit_index", "<u4"),
+    ("credit_index", "<u4"), ("heap_pos", "<u4"), ("state", "u1"), ("_pad", "u1", (3,)),
+])
+
+#: NumPy mirror of expiry_t: the expiry heap.
+EXPIRY_DTYPE = np.dtype([("expires_at", "<u8"), ("number", "<u8"), ("entry", "<u4"), ("_pad", "<u4")])
+
+#: A resolved pending transfer's final state, as the cold tier's status table holds it.
+STATUS_DTYPE = np.dtype([("timestamp", "<u8"), ("state", "u1")])
+
+#: Transfer states (transfer_state_t), as the cold tier's status table stores them.
+STATE_NAMES = {STATE_SETTLED: "settled", STATE_PENDING: "pending", STATE_POSTED: "posted",
+               STATE_VOIDED: "voided", STATE_EXPIRED: "expired"}
+
 
 cdef class Ledger:
     """The in-memory ledger state machine (no durability: see ``core.open``).
 
-    >>> led = Ledger(accounts_max=1000, transfers_max=10000)
+    >>> led = Ledger(accounts_max=1000, transfers_hot_max=10000)
     >>> led.create_accounts(accounts_from_dicts([{"id": 1, "ledger": 156, "code": 1}]), now_ns=1)
     array([0], dtype=uint32)
+
+    ``transfers_hot_max`` transfers are held in memory; a bare ledger refuses more with
+    ``transfers_limit_reached``, a store (``core.open``) moves older ones to its cold tier.
+    ``pending_max`` bounds the pending transfers not yet resolved (and, in a store, resolved but
+    not yet in the cold tier); past it a new pending transfer gets ``transfers_limit_reached``.
     """
 
     def __cinit__(self, uint64_t accounts_max=constants.ACCOUNTS_MAX_DEFAULT,
-                  uint64_t transfers_max=constants.TRANSFERS_MAX_DEFAULT):
+                  uint64_t transfers_hot_max=constants.TRANSFERS_HOT_MAX_DEFAULT,
+                  uint64_t pending_max=constants.PENDING_MAX_DEFAULT):
         if not 1 <= accounts_max <= constants.ACCOUNTS_MAX_LIMIT:
             raise ValueError(f"accounts_max must be in 1..{constants.ACCOUNTS_MAX_LIMIT}")
-        if not 1 <= transfers_max <= constants.TRANSFERS_MAX_LIMIT:
-            raise ValueError(f"transfers_max must be in 1..{constants.TRANSFERS_MAX_LIMIT}")
+        if not 1 <= transfers_hot_max <= constants.TRANSFERS_HOT_MAX_LIMIT:
+            raise ValueError(f"transfers_hot_max must be in 1..{constants.TRANSFERS_HOT_MAX_LIMIT}")
+        if not 1 <= pending_max <= constants.PENDING_MAX_LIMIT:
+            raise ValueError(f"pending_max must be in 1..{constants.PENDING_MAX_LIMIT}")
         cdef uint64_t batch_max = constants.BATCH_EVENTS_MAX
+        cdef uint64_t ring = 1
+        while ring < transfers_hot_max:
+            ring <<= 1
         self.accounts_max = accounts_max
-        self.transfers_max = transfers_max
+        self.transfers_hot_max = transfers_hot_max
+        self.pending_max = pending_max
+        self.ring_mask = ring - 1
         self.account_map = IdMap(accounts_max)
-        self.transfer_map = IdMap(transfers_max)
+        self.transfer_map = IdMap(transfers_hot_max)
+        self.pending_map = IdMap(pending_max)
+        self.cold_map = IdMap(2 * batch_max)
+        self.cold_filter = None
         a = self._arrays = {}
         self.account_rows = <tally_account_t *> np_ptr(_buffer(a, "accounts", ACCOUNT_DTYPE, accounts_max))
         self.hot = <account_hot_t *> np_ptr(_aligned(a, "hot", HOT_DTYPE, accounts_max, 128))
-        self.transfer_rows = <tally_transfer_t *> np_ptr(_aligned(a, "transfers", TRANSFER_DTYPE, transfers_max, 128))
-        self.links = <transfer_links_t *> np_ptr(_aligned(a, "links", np.dtype("<u4"), 4 * transfers_max, 64))
-        self.states = <uint8_t *> np_ptr(_buffer(a, "states", np.uint8, transfers_max))
-        self.expiries = <expiry_t *> np_ptr(_buffer(a, "expiries", np.uint64, 2 * transfers_max))
+        self.transfer_rows = <tally_transfer_t *> np_ptr(_aligned(a, "transfers", TRANSFER_DTYPE, ring, 128))
+        self.links = <transfer_links_t *> np_ptr(_aligned(a, "links", LINKS_DTYPE, ring, 64))
+        self.pendings = <pending_t *> np_ptr(_aligned(a, "pendings", PENDING_DTYPE, pending_max, 64))
+        self.pending_free = <uint32_t *> np_ptr(_buffer(a, "pending_free", np.uint32, pending_max))
+        self.expiries = <expiry_t *> np_ptr(_buffer(a, "expiries", EXPIRY_DTYPE, pending_max))
+        self.cold_rows = <tally_transfer_t *> np_ptr(_aligned(a, "cold_rows", TRANSFER_DTYPE, 2 * batch_max, 128))
+        self.cold_states = <uint8_t *> np_ptr(_buffer(a, "cold_states", np.uint8, 2 * batch_max))
         self.scratch_debit = <uint32_t *> np_ptr(_buffer(a, "scratch_debit", np.uint32, batch_max))
         self.scratch_credit = <uint32_t *> np_ptr(_buffer(a, "scratch_credit", np.uint32, batch_max))
         self.account_undo = <account_undo_t *> np_ptr(
@@ -177,6 +230,9 @@ cdef class Ledger:
         self.expiring = <uint32_t *> np_ptr(_buffer(a, "expiring", np.uint32, batch_max))
         if sizeof(account_hot_t) != HOT_DTYPE.itemsize or sizeof(account_hot_t) != 128:
             raise ImportError("account_hot_t and HOT_DTYPE disagree")
+        if (sizeof(transfer_links_t) != LINKS_DTYPE.itemsize or sizeof(pending_t) != PENDING_DTYPE.itemsize
+                or sizeof(expiry_t) != EXPIRY_DTYPE.itemsize):
+            raise ImportError("ledger.pxd structs and their NumPy mirrors disagree")
 
     # ---------------------------------------------------------------- Python API (the boundary)
 
@@ -193,6 +249,8 @@ cdef class Ledger:
 
         ``batch`` is a TRANSFER_DTYPE array (or a buffer of 128-byte records) of at most
         ``BATCH_EVENTS_MAX`` events. The results are a uint32 array of ``core.Result`` codes.
+        With a cold tier, call ``prefetch_scan`` and ``load_prefetched`` first (``core.Store``
+        does).
         """
         return self._apply(True, batch, now_ns)
 
@@ -204,6 +262,7 @@ cdef class Ledger:
         results = np.empty(count, dtype=np.uint32)
         cdef uint32_t[::1] out = results
         cdef const unsigned char *events = &raw[0] if count else NULL
+        cdef uint64_t k
         self._enter()
         try:
             with nogil:
@@ -214,9 +273,180 @@ cdef class Ledger:
                     tally_store_fence()
                 elif count:
                     self.apply_accounts(<tally_account_t *> events, count, base, &out[0])
+                # The prefetch cache serves one batch.
+                for k in range(self.cold_cached):
+                    idmap_remove(&self.cold_map.map, self.cold_rows[k].id_lo, self.cold_rows[k].id_hi)
+                self.cold_cached = 0
         finally:
             self.busy = False
         return results
+
+    # -- the cold tier's side (docs/tiering.md): used by core.Store
+
+    def attach_filter(self, IdFilter cold_filter):
+        """The filter over every cold id, probed by ``prefetch_scan``."""
+        self.cold_filter = cold_filter
+
+    def prefetch_scan(self, batch):
+        """The ids a transfer batch may need from the cold tier (an ID_DTYPE array, maybe empty).
+
+        Evicts what the batch will need room for first (so the scan sees the hot window the
+        batch will run against). Listed: an event id neither hot nor pending that the filter
+        does not rule out; a ``pending_id`` not in the pending table that is either hot with a
+        pending row (resolved and pruned: its status is cold) or not ruled out by the filter.
+        """
+        cdef const unsigned char[::1] raw = _batch_bytes(batch, TRANSFER_DTYPE)
+        cdef uint64_t count = raw.shape[0] // 128, i, n = 0
+        out = np.empty(2 * count, dtype=ID_DTYPE)
+        cdef uint64_t[:, ::1] ids = out.view(np.uint64).reshape(-1, 2) if count else None
+        cdef const tally_transfer_t *e
+        cdef uint32_t slot
+        cdef bint wanted
+        if self.cold_filter is None or count == 0:
+            return out[:0]
+        cdef const idmap_t *hot_map = &self.transfer_map.map
+        cdef const idmap_t *pending_map = &self.pending_map.map
+        cdef const idfilter_t *f = &self.cold_filter.filter
+        self._enter()
+        try:
+            with nogil:
+                self.evict(count)
+                for i in range(count):
+                    e = &(<const tally_transfer_t *> &raw[0])[i]
+                    # Time-ordered ids (core.new_id) are above every cold id: new, no probe.
+                    if (e.id_lo or e.id_hi) and not is_max(e.id_lo, e.id_hi) \
+                            and not id_above(e.id_lo, e.id_hi, self.cold_id_max_lo, self.cold_id_max_hi) \
+                            and idmap_get(hot_map, e.id_lo, e.id_hi) == IDMAP_NOT_FOUND \
+                            and idmap_get(pending_map, e.id_lo, e.id_hi) == IDMAP_NOT_FOUND \
+                            and idfilter_maybe(f, e.id_lo, e.id_hi):
+                        ids[n, 0] = e.id_lo
+                        ids[n, 1] = e.id_hi
+                        n += 1
+                    if not (e.flags & (TRANSFER_POST_PENDING | TRANSFER_VOID_PENDING)):
+                        continue
+                    if (e.pending_id_lo == 0 and e.pending_id_hi == 0) or is_max(e.pending_id_lo, e.pending_id_hi):
+                        continue
+                    if idmap_get(pending_map, e.pending_id_lo, e.pending_id_hi) != IDMAP_NOT_FOUND:
+                        continue
+                    slot = idmap_get(hot_map, e.pending_id_lo, e.pending_id_hi)
+                    if slot != IDMAP_NOT_FOUND:
+                        wanted = (self.transfer_rows[slot].flags & TRANSFER_PENDING) != 0
+                    else:
+                        wanted = not id_above(e.pending_id_lo, e.pending_id_hi, self.cold_id_max_lo,
+                                              self.cold_id_max_hi) and idfilter_maybe(f, e.pending_id_lo, e.pending_id_hi)
+                    if wanted:
+                        ids[n, 0] = e.pending_id_lo
+                        ids[n, 1] = e.pending_id_hi
+                        n += 1
+        finally:
+            self.busy = False
+        return out[:n]
+
+    def load_prefetched(self, rows, states):
+        """Hand the next batch the cold transfers it needs: TRANSFER_DTYPE rows, u8 states."""
+        rows = np.ascontiguousarray(rows, dtype=TRANSFER_DTYPE)
+        cdef const uint8_t[::1] state_view = np.ascontiguousarray(states, dtype=np.uint8)
+        cdef uint64_t n = rows.shape[0], k
+        if n != <uint64_t> state_view.shape[0] or n > 2 * constants.BATCH_EVENTS_MAX:
+            raise ValueError(f"{n} rows and {state_view.shape[0]} states; at most {2 * constants.BATCH_EVENTS_MAX}")
+        cdef const tally_transfer_t *src = <const tally_transfer_t *> np_ptr(rows) if n else NULL
+        self._enter()
+        try:
+            for k in range(self.cold_cached):
+                idmap_remove(&self.cold_map.map, self.cold_rows[k].id_lo, self.cold_rows[k].id_hi)
+            self.cold_cached = 0
+            for k in range(n):
+                if idmap_get(&self.cold_map.map, src[k].id_lo, src[k].id_hi) != IDMAP_NOT_FOUND:
+                    continue
+                self.cold_rows[self.cold_cached] = src[k]
+                self.cold_states[self.cold_cached] = state_view[k]
+                idmap_put(&self.cold_map.map, src[k].id_lo, src[k].id_hi, <uint32_t> self.cold_cached)
+                self.cold_cached += 1
+        finally:
+            self.busy = False
+
+    def set_cold_id_max(self, id_):
+        """Every id in the cold tier is at most ``id_`` (it only grows)."""
+        cdef object value = int(id_)
+        cdef uint64_t lo = value & U64_MAX, hi = value >> 64
+        if id_above(lo, hi, self.cold_id_max_lo, self.cold_id_max_hi):
+            self.cold_id_max_lo, self.cold_id_max_hi = lo, hi
+
+    @property
+    def cold_id_max(self):
+        return (self.cold_id_max_hi << 64) | self.cold_id_max_lo
+
+    def set_cold_count(self, uint64_t cold_count):
+        """Transfers ``[0, cold_count)`` are now readable from the cold tier: they may be evicted."""
+        if not self.cold_count <= cold_count <= self.transfer_count:
+            raise ValueError(f"cold_count {cold_count} outside {self.cold_count}..{self.transfer_count}")
+        self.cold_count = cold_count
+
+    def prune_resolved(self, uint64_t before):
+        """Drop pending-table entries resolved before transfer number ``before`` (their status
+        is in the cold tier). Returns how many were dropped."""
+        cdef uint64_t i, pruned = 0
+        self._enter()
+        try:
+            for i in range(self.pending_high):
+                if (self.pendings[i].state != STATE_FREE and self.pendings[i].state != STATE_PENDING
+                        and self.pendings[i].resolved_at < before):
+                    self.pending_release(<uint32_t> i)
+                    pruned += 1
+        finally:
+            self.busy = False
+        return pruned
+
+    def resolved_between(self, uint64_t first, uint64_t last):
+        """Statuses of the pendings resolved at transfer numbers ``[first, last)``, by timestamp:
+        a structured array of (timestamp, state)."""
+        entries = self._arrays["pendings"][:self.pending_high]
+        chosen = entries[(entries["state"] != STATE_FREE) & (entries["state"] != STATE_PENDING)
+                         & (entries["resolved_at"] >= first) & (entries["resolved_at"] < last)]
+        out = np.empty(chosen.shape[0], dtype=STATUS_DTYPE)
+        out["timestamp"] = chosen["row"]["timestamp"]
+        out["state"] = chosen["state"]
+        return np.sort(out, order="timestamp")
+
+    def unresolved_pendings(self):
+        """The unresolved pending transfers' entries, by number (a copy)."""
+        entries = self._arrays["pendings"][:self.pending_high]
+        chosen = entries[entries["state"] == STATE_PENDING]
+        return chosen[np.argsort(chosen["number"], kind="stable")]
+
+    def transfers_range(self, uint64_t first, uint64_t last):
+        """Rows of transfers ``[first, last)`` (all in the hot window), in order: a copy."""
+        return self._ring_range("transfers", first, last)
+
+    def links_range(self, uint64_t first, uint64_t last):
+        """Links of transfers ``[first, last)`` (all in the hot window), in order: a copy."""
+        return self._ring_range("links", first, last)
+
+    def _ring_range(self, str name, uint64_t first, uint64_t last):
+        if not self.hot_first <= first <= last <= self.transfer_count:
+            raise ValueError(f"transfers {first}..{last} are not all in memory ({self.hot_first}..{self.transfer_count})")
+        ring = self._arrays[name]
+        ring_size = self.ring_mask + 1
+        a, b = first % ring_size, last - first
+        if a + b <= ring_size:
+            return ring[a:a + b].copy()
+        return np.concatenate((ring[a:], ring[:a + b - ring_size]))
+
+    def hot_first_timestamp(self):
+        """Timestamp of the oldest transfer in memory (last_timestamp + 1 when none is)."""
+        if self.hot_first < self.transfer_count:
+            return self.transfer_rows[self.hot_first & self.ring_mask].timestamp
+        return self.last_timestamp + 1
+
+    def account_index(self, account_id):
+        """Dense index of an account id, or None."""
+        cdef object key = int(account_id)
+        if not 0 <= key < (1 << 128):
+            raise OverflowError("account id does not fit 128 bits")
+        cdef uint32_t index = idmap_get(&self.account_map.map, key & U64_MAX, key >> 64)
+        return None if index == IDMAP_NOT_FOUND else index
+
+    # -- reads
 
     def lookup_accounts(self, ids):
         """The accounts with these ids (ints or an ID_DTYPE array), in order; missing ids are left out."""
@@ -233,28 +463,37 @@ cdef class Ledger:
         return out[:found].copy()
 
     def lookup_transfers(self, ids):
-        """The transfers with these ids (ints or an ID_DTYPE array), in order; missing ids are left out."""
+        """The transfers in memory with these ids (ints or an ID_DTYPE array), in order; missing
+        ids are left out. A store also looks in its cold tier (``Store.lookup_transfers``)."""
+        rows, found = self.lookup_transfers_hot(ids)
+        return rows[found]
+
+    def lookup_transfers_hot(self, ids):
+        """(rows, found): a row per id (zeros where not in memory) and a bool mask of those found."""
         cdef const uint64_t[:, ::1] keys = _id_pairs(ids)
-        cdef Py_ssize_t i, n = keys.shape[0], found = 0
-        cdef uint32_t index
-        out = np.empty(n, dtype=TRANSFER_DTYPE)
+        cdef Py_ssize_t i, n = keys.shape[0]
+        cdef const tally_transfer_t *row
+        out = np.zeros(n, dtype=TRANSFER_DTYPE)
+        found = np.zeros(n, dtype=bool)
         cdef tally_transfer_t *dst = <tally_transfer_t *> np_ptr(out)
+        cdef uint8_t[::1] hit = found.view(np.uint8)
         for i in range(n):
-            index = idmap_get(&self.transfer_map.map, keys[i, 0], keys[i, 1])
-            if index != IDMAP_NOT_FOUND:
-                dst[found] = self.transfer_rows[index]
-                found += 1
-        return out[:found].copy()
+            row = self.find_transfer(keys[i, 0], keys[i, 1])
+            if row != NULL:
+                dst[i] = row[0]
+                hit[i] = 1
+        return out, found
 
     def get_account_transfers(self, account_id, uint64_t timestamp_min=0, uint64_t timestamp_max=0,
                               uint32_t limit=constants.ACCOUNT_TRANSFERS_LIMIT_MAX,
                               bint debits=True, bint credits=True, bint reverse=False):
-        """Transfers debiting and/or crediting an account, in timestamp order, paged.
+        """Transfers in memory debiting and/or crediting an account, in timestamp order, paged.
 
         Returns at most ``limit`` (<= ACCOUNT_TRANSFERS_LIMIT_MAX) transfers with
         ``timestamp_min <= timestamp <= timestamp_max`` (0 = unbounded), oldest first, or newest
         first with ``reverse=True``. To page, pass the last timestamp seen plus one as
-        ``timestamp_min`` (or minus one as ``timestamp_max`` when reversed).
+        ``timestamp_min`` (or minus one as ``timestamp_max`` when reversed). Only the hot window
+        is searched: ``Store.get_account_transfers`` continues into the cold tier.
         """
         if limit > constants.ACCOUNT_TRANSFERS_LIMIT_MAX:
             raise ValueError(f"limit must be <= {constants.ACCOUNT_TRANSFERS_LIMIT_MAX}")
@@ -265,18 +504,25 @@ cdef class Ledger:
         if account == IDMAP_NOT_FOUND or limit == 0:
             return np.empty(0, dtype=TRANSFER_DTYPE)
         cdef uint64_t hi_ts = timestamp_max if timestamp_max != 0 else U64_MAX
-        # Both chains run newest to oldest; merge them by timestamp, newest first.
+        # Both chains run newest to oldest; merge them by transfer number, newest first.
         cdef uint32_t d = self.hot[account].last_debit if debits else INDEX_NONE
         cdef uint32_t c = self.hot[account].last_credit if credits else INDEX_NONE
         cdef uint32_t t
+        cdef uint64_t ts, next_number
+        if d != INDEX_NONE and not self.chain_valid(d, account, True):
+            d = INDEX_NONE
+        if c != INDEX_NONE and not self.chain_valid(c, account, False):
+            c = INDEX_NONE
         picked = []
         while d != INDEX_NONE or c != INDEX_NONE:
-            if c == INDEX_NONE or (d != INDEX_NONE and d > c):
+            if c == INDEX_NONE or (d != INDEX_NONE and self.links[d].number_plus1 > self.links[c].number_plus1):
                 t = d
-                d = self.links[t].prev_debit
+                next_number = self.links[t].prev_debit
+                d = <uint32_t> ((next_number - 1) & self.ring_mask) if next_number > self.hot_first else INDEX_NONE
             else:
                 t = c
-                c = self.links[t].prev_credit
+                next_number = self.links[t].prev_credit
+                c = <uint32_t> ((next_number - 1) & self.ring_mask) if next_number > self.hot_first else INDEX_NONE
             ts = self.transfer_rows[t].timestamp
             if ts < timestamp_min:
                 break
@@ -317,6 +563,16 @@ cdef class Ledger:
             "last_activity_ts": hot["last_activity_ts"],
         }
 
+    def memory_bytes(self):
+        """Bytes reserved per part of the in-memory state (address space; touched lazily)."""
+        a = self._arrays
+        return {
+            "accounts": a["accounts"].nbytes + a["hot"].nbytes + self.account_map.capacity_slots * 24,
+            "hot_window": a["transfers"].nbytes + a["links"].nbytes + self.transfer_map.capacity_slots * 24,
+            "pending": a["pendings"].nbytes + a["expiries"].nbytes + a["pending_free"].nbytes
+                       + self.pending_map.capacity_slots * 24,
+        }
+
     def prefault(self):
         """Touch every page of the preallocated state now, so that first use costs no page fault.
 
@@ -325,52 +581,82 @@ cdef class Ledger:
         land on the hot path. Call once at start-up. Returns the bytes touched.
         """
         cdef uint64_t total = 0
-        for name in ("accounts", "hot", "transfers", "links", "states", "expiries"):
+        for name in ("accounts", "hot", "transfers", "links", "pendings", "pending_free", "expiries"):
             total += _touch(self._arrays[name])
-        total += self.account_map.prefault() + self.transfer_map.prefault()
+        total += self.account_map.prefault() + self.transfer_map.prefault() + self.pending_map.prefault()
         return total
 
     # ---------------------------------------------------------------- checkpoint support
 
     def snapshot(self):
-        """The whole state as named NumPy views (used) and scalars, for a checkpoint.
+        """The in-place state as named NumPy views (used parts) and scalars, for a checkpoint.
 
-        The views alias live memory: write them out before the next batch.
+        The views alias live memory: copy or write them out before the next batch. The
+        transfers in memory are not included: a checkpoint takes the ring's unflushed tail
+        with ``transfers_range``/``links_range`` (see ``core.Store``).
         """
-        n_a, n_t, n_e = self.account_count, self.transfer_count, self.expiry_count
         a = self._arrays
         arrays = {
-            "accounts": a["accounts"][:n_a],
-            "hot": a["hot"][:n_a],
-            "transfers": a["transfers"][:n_t],
-            "links": a["links"][:4 * n_t],
-            "states": a["states"][:n_t],
-            "expiries": a["expiries"][:2 * n_e],
+            "accounts": a["accounts"][:self.account_count],
+            "hot": a["hot"][:self.account_count],
+            "pendings": a["pendings"][:self.pending_high],
+            "expiries": a["expiries"][:self.expiry_count],
         }
-        scalars = {"account_count": n_a, "transfer_count": n_t, "expiry_count": n_e,
+        scalars = {"account_count": self.account_count, "transfer_count": self.transfer_count,
+                   "expiry_count": self.expiry_count, "pending_high": self.pending_high,
                    "last_timestamp": self.last_timestamp}
         return arrays, scalars
 
-    def restore(self, arrays, scalars):
-        """Load a snapshot into this empty ledger and rebuild the id maps."""
+    def restore(self, arrays, scalars, tail_rows=None, tail_links=None):
+        """Load a snapshot into this empty ledger, with the transfers ``[cold_count,
+        transfer_count)`` (``tail_rows``/``tail_links``, in order) back in the ring, and rebuild
+        the id maps, the pending table's free list and the heap positions."""
         if self.account_count or self.transfer_count:
             raise RuntimeError("restore needs an empty ledger")
-        n_a, n_t, n_e = scalars["account_count"], scalars["transfer_count"], scalars["expiry_count"]
-        if n_a > self.accounts_max or n_t > self.transfers_max:
-            raise ValueError(f"snapshot holds {n_a} accounts / {n_t} transfers: more than this ledger's capacity")
-        for name, data in arrays.items():
-            target = self._arrays[name]
-            flat = np.frombuffer(data, dtype=target.dtype)
-            target[:flat.shape[0]] = flat
-        cdef uint64_t i
+        cdef uint64_t n_a = scalars["account_count"], n_t = scalars["transfer_count"]
+        cdef uint64_t n_e = scalars["expiry_count"], n_p = scalars["pending_high"]
+        tail_rows = np.empty(0, TRANSFER_DTYPE) if tail_rows is None else np.frombuffer(tail_rows, TRANSFER_DTYPE)
+        tail_links = np.empty(0, LINKS_DTYPE) if tail_links is None else np.frombuffer(tail_links, LINKS_DTYPE)
+        cdef uint64_t n_tail = tail_rows.shape[0]
+        if (n_a > self.accounts_max or n_p > self.pending_max or n_e > n_p or n_tail > n_t
+                or n_tail > self.transfers_hot_max or tail_links.shape[0] != n_tail):
+            raise ValueError(f"snapshot holds {n_a} accounts / {n_p} pending entries / {n_tail} hot transfers: "
+                             "more than this ledger's capacity")
+        for name in ("accounts", "hot", "pendings", "expiries"):
+            flat = np.frombuffer(arrays[name], dtype=self._arrays[name].dtype)
+            self._arrays[name][:flat.shape[0]] = flat
+        cdef uint64_t i, slot, first = n_t - n_tail
         for i in range(n_a):
             if idmap_put(&self.account_map.map, self.account_rows[i].id_lo, self.account_rows[i].id_hi, i) != 0:
                 raise RuntimeError("account map full while restoring")
-        for i in range(n_t):
-            if idmap_put(&self.transfer_map.map, self.transfer_rows[i].id_lo, self.transfer_rows[i].id_hi, i) != 0:
+        self.pending_high = n_p
+        for i in range(n_p):
+            if self.pendings[i].state == STATE_FREE:
+                self.pending_free[self.pending_free_count] = <uint32_t> i
+                self.pending_free_count += 1
+            elif idmap_put(&self.pending_map.map, self.pendings[i].row.id_lo, self.pendings[i].row.id_hi, i) != 0:
+                raise RuntimeError("pending map full while restoring")
+            else:
+                self.pending_count += 1
+        ring = self._arrays["transfers"]
+        ring_links = self._arrays["links"]
+        # Chain heads are ring slots, which depend on the ring's size (it may have grown since):
+        # thread them again from the transfers back in the ring; older ones are cold.
+        hot = self._arrays["hot"][:n_a]
+        hot["last_debit"] = 0xFFFFFFFF  # INDEX_NONE
+        hot["last_credit"] = 0xFFFFFFFF
+        for i in range(n_tail):
+            slot = (first + i) & self.ring_mask
+            ring[slot] = tail_rows[i]
+            ring_links[slot] = tail_links[i]
+            self.hot[self.links[slot].debit_index].last_debit = <uint32_t> slot
+            self.hot[self.links[slot].credit_index].last_credit = <uint32_t> slot
+            if idmap_put(&self.transfer_map.map, self.transfer_rows[slot].id_lo, self.transfer_rows[slot].id_hi,
+                         <uint32_t> slot) != 0:
                 raise RuntimeError("transfer map full while restoring")
         self.account_count = n_a
         self.transfer_count = n_t
+        self.hot_first = self.cold_count = first
         self.expiry_count = n_e
         self.last_timestamp = scalars["last_timestamp"]
 
@@ -382,63 +668,156 @@ cdef class Ledger:
     # ---------------------------------------------------------------- the state machine
 
     cdef uint64_t begin_batch(self, uint64_t now_ns, uint64_t count) noexcept nogil:
-        """Assign the batch's base timestamp and expire what is due by then."""
+        """Assign the batch's base timestamp, make room in the ring, expire what is due by then."""
         cdef uint64_t base = now_ns
         if base <= self.last_timestamp:
             base = self.last_timestamp + 1
         if count:
             self.last_timestamp = base + count - 1
+        self.evict(count)
         self.expire_pending(base)
         return base
 
+    cdef void evict(self, uint64_t count) noexcept nogil:
+        """Drop the oldest hot transfers that are already cold, as far as ``count`` new ones need.
+
+        Lazy on purpose: the window stays as large as configured. Without a cold tier nothing is
+        ever cold and a full ring refuses new transfers (transfers_limit_reached).
+        """
+        cdef uint64_t target, slot
+        if self.transfer_count + count <= self.hot_first + self.transfers_hot_max:
+            return
+        target = self.transfer_count + count - self.transfers_hot_max
+        if target > self.cold_count:
+            target = self.cold_count
+        while self.hot_first < target:
+            slot = self.hot_first & self.ring_mask
+            idmap_remove(&self.transfer_map.map, self.transfer_rows[slot].id_lo, self.transfer_rows[slot].id_hi)
+            self.links[slot].number_plus1 = 0
+            self.hot_first += 1
+
     cdef void expire_pending(self, uint64_t now_ns) noexcept nogil:
-        cdef expiry_t top
-        cdef uint32_t t
+        cdef pending_t *p
         cdef account_hot_t *dr
         cdef account_hot_t *cr
         while self.expiry_count and self.expiries[0].expires_at <= now_ns:
-            top = self.expiries[0]
-            self.expiry_pop()
-            t = top.transfer_index
-            if self.states[t] != STATE_PENDING:
-                continue  # posted or voided since: the heap entry is stale
-            self.states[t] = STATE_EXPIRED
-            dr = &self.hot[self.links[t].debit_index]
-            cr = &self.hot[self.links[t].credit_index]
-            dr.debits_pending -= self.transfer_rows[t].amount
-            cr.credits_pending -= self.transfer_rows[t].amount
+            p = &self.pendings[self.expiries[0].entry]
+            self.heap_remove(0)
+            if p.state != STATE_PENDING:
+                continue  # posted or voided since, not yet pruned
+            p.state = STATE_EXPIRED
+            p.resolved_at = self.transfer_count
+            dr = &self.hot[p.debit_index]
+            cr = &self.hot[p.credit_index]
+            dr.debits_pending -= p.row.amount
+            cr.credits_pending -= p.row.amount
 
-    cdef void expiry_push(self, uint64_t expires_at, uint32_t transfer_index) noexcept nogil:
-        cdef uint64_t i = self.expiry_count, parent
-        cdef expiry_t item
-        item.expires_at = expires_at
-        item.transfer_index = transfer_index
-        item._pad = 0
-        self.expiry_count += 1
+    # -- the expiry heap: entries know their place, so that a pruned entry leaves the heap at once
+    # and the heap never holds more than the pending table.
+
+    cdef void heap_place(self, uint64_t i, expiry_t item) noexcept nogil:
+        self.expiries[i] = item
+        self.pendings[item.entry].heap_pos = <uint32_t> i
+
+    cdef void heap_sift_up(self, uint64_t i, expiry_t item) noexcept nogil:
+        cdef uint64_t parent
         while i > 0:
             parent = (i - 1) >> 1
             if not expiry_before(&item, &self.expiries[parent]):
                 break
-            self.expiries[i] = self.expiries[parent]
+            self.heap_place(i, self.expiries[parent])
             i = parent
-        self.expiries[i] = item
+        self.heap_place(i, item)
 
-    cdef void expiry_pop(self) noexcept nogil:
-        cdef uint64_t n = self.expiry_count - 1, i = 0, child
-        cdef expiry_t last = self.expiries[n]
-        self.expiry_count = n
+    cdef void heap_sift_down(self, uint64_t i, expiry_t item) noexcept nogil:
+        cdef uint64_t n = self.expiry_count, child
         while True:
             child = 2 * i + 1
             if child >= n:
                 break
             if child + 1 < n and expiry_before(&self.expiries[child + 1], &self.expiries[child]):
                 child += 1
-            if not expiry_before(&self.expiries[child], &last):
+            if not expiry_before(&self.expiries[child], &item):
                 break
-            self.expiries[i] = self.expiries[child]
+            self.heap_place(i, self.expiries[child])
             i = child
-        if n:
-            self.expiries[i] = last
+        self.heap_place(i, item)
+
+    cdef void heap_remove(self, uint64_t i) noexcept nogil:
+        cdef expiry_t last
+        self.pendings[self.expiries[i].entry].heap_pos = INDEX_NONE
+        self.expiry_count -= 1
+        if i == self.expiry_count:
+            return
+        last = self.expiries[self.expiry_count]
+        if i > 0 and expiry_before(&last, &self.expiries[(i - 1) >> 1]):
+            self.heap_sift_up(i, last)
+        else:
+            self.heap_sift_down(i, last)
+
+    # -- the pending table
+
+    cdef uint32_t pending_insert(self, const tally_transfer_t *row, uint32_t debit_index,
+                                 uint32_t credit_index) noexcept nogil:
+        """Enter a new pending transfer (the caller checked there is room)."""
+        cdef uint32_t entry
+        cdef pending_t *p
+        if self.pending_free_count:
+            self.pending_free_count -= 1
+            entry = self.pending_free[self.pending_free_count]
+        else:
+            entry = <uint32_t> self.pending_high
+            self.pending_high += 1
+        p = &self.pendings[entry]
+        p.row = row[0]
+        p.number = self.transfer_count - 1
+        p.resolved_at = 0
+        p.debit_index = debit_index
+        p.credit_index = credit_index
+        p.heap_pos = INDEX_NONE
+        p.state = STATE_PENDING
+        if idmap_put(&self.pending_map.map, row.id_lo, row.id_hi, entry) != 0:
+            tally_assert(False)
+        self.pending_count += 1
+        return entry
+
+    cdef void pending_release(self, uint32_t entry) noexcept nogil:
+        cdef pending_t *p = &self.pendings[entry]
+        idmap_remove(&self.pending_map.map, p.row.id_lo, p.row.id_hi)
+        if p.heap_pos != INDEX_NONE:
+            self.heap_remove(p.heap_pos)
+        p.state = STATE_FREE
+        self.pending_free[self.pending_free_count] = entry
+        self.pending_free_count += 1
+        self.pending_count -= 1
+
+    cdef const tally_transfer_t *find_transfer(self, uint64_t lo, uint64_t hi) noexcept nogil:
+        """A transfer by id: hot window, pending table, then this batch's prefetched cold rows."""
+        cdef uint32_t i = idmap_get(&self.transfer_map.map, lo, hi)
+        if i != IDMAP_NOT_FOUND:
+            return &self.transfer_rows[i]
+        i = idmap_get(&self.pending_map.map, lo, hi)
+        if i != IDMAP_NOT_FOUND:
+            return &self.pendings[i].row
+        if self.cold_cached:
+            i = idmap_get(&self.cold_map.map, lo, hi)
+            if i != IDMAP_NOT_FOUND:
+                return &self.cold_rows[i]
+        return NULL
+
+    cdef uint8_t cold_state(self, uint64_t lo, uint64_t hi) noexcept nogil:
+        """State of a pending transfer no longer in the pending table (prefetched with its row)."""
+        cdef uint32_t i = idmap_get(&self.cold_map.map, lo, hi) if self.cold_cached else IDMAP_NOT_FOUND
+        if i == IDMAP_NOT_FOUND:
+            return STATE_FREE  # not prefetched: the caller answers without changing anything
+        return self.cold_states[i]
+
+    cdef bint chain_valid(self, uint32_t slot, uint32_t account, bint debit) noexcept nogil:
+        """Whether an account's chain head (a ring slot) still holds one of its transfers."""
+        cdef transfer_links_t *l = &self.links[slot]
+        if l.number_plus1 == 0 or l.number_plus1 <= self.hot_first:
+            return False
+        return (l.debit_index if debit else l.credit_index) == account
 
     # -- accounts
 
@@ -582,7 +961,7 @@ cdef class Ledger:
         cdef uint64_t reserved, amount, available, existing_index
         cdef account_hot_t *dr
         cdef account_hot_t *cr
-        cdef tally_transfer_t *x
+        cdef const tally_transfer_t *x
         cdef bint balancing
         if e.timestamp != 0:
             return R_TIMESTAMP_MUST_BE_ZERO
@@ -634,9 +1013,8 @@ cdef class Ledger:
         if e.ledger != dr.ledger:
             return R_TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS
 
-        existing_index = idmap_get(&self.transfer_map.map, e.id_lo, e.id_hi)
-        if TALLY_UNLIKELY(existing_index != IDMAP_NOT_FOUND):
-            x = &self.transfer_rows[existing_index]
+        x = self.find_transfer(e.id_lo, e.id_hi)
+        if TALLY_UNLIKELY(x != NULL):
             balancing = (flags & (TRANSFER_BALANCING_DEBIT | TRANSFER_BALANCING_CREDIT)) != 0
             if (x.flags & ~TRANSFER_LINKED) != (flags & ~TRANSFER_LINKED):
                 return R_EXISTS_WITH_DIFFERENT_FLAGS
@@ -692,7 +1070,9 @@ cdef class Ledger:
         if (cr.flags & ACCOUNT_CREDITS_MUST_NOT_EXCEED_DEBITS
                 and cr.credits_pending + cr.credits_posted + amount > cr.debits_posted):
             return R_EXCEEDS_DEBITS
-        if self.transfer_count >= self.transfers_max:
+        if self.transfer_count - self.hot_first >= self.transfers_hot_max:
+            return R_TRANSFERS_LIMIT_REACHED
+        if flags & TRANSFER_PENDING and self.pending_count >= self.pending_max:
             return R_TRANSFERS_LIMIT_REACHED
 
         if in_chain:
@@ -703,9 +1083,6 @@ cdef class Ledger:
             cr.credits_pending += amount
             touch(dr, ts)
             touch(cr, ts)
-            if e.timeout != 0:
-                self.expiring[self.expiring_count] = <uint32_t> self.transfer_count
-                self.expiring_count += 1
         else:
             dr.debits_posted += amount
             cr.credits_posted += amount
@@ -714,15 +1091,21 @@ cdef class Ledger:
         cdef tally_transfer_t row = e[0]
         row.amount = amount
         row.timestamp = ts
-        self.append_transfer(&row, debit_index, credit_index,
-                             STATE_PENDING if flags & TRANSFER_PENDING else STATE_SETTLED)
+        self.append_transfer(&row, debit_index, credit_index)
+        cdef uint32_t entry
+        if flags & TRANSFER_PENDING:
+            entry = self.pending_insert(&row, debit_index, credit_index)
+            if e.timeout != 0:
+                self.expiring[self.expiring_count] = entry
+                self.expiring_count += 1
         return R_OK
 
     cdef result_t post_or_void(self, tally_transfer_t *e, uint64_t ts, bint in_chain) noexcept nogil:
         cdef bint post = (e.flags & TRANSFER_POST_PENDING) != 0
-        cdef uint32_t p_index, existing_index, debit_index, credit_index
-        cdef tally_transfer_t *p
-        cdef tally_transfer_t *x
+        cdef uint32_t entry, debit_index, credit_index
+        cdef const tally_transfer_t *p
+        cdef const tally_transfer_t *x
+        cdef pending_t *pending = NULL
         cdef account_hot_t *dr
         cdef account_hot_t *cr
         cdef uint64_t amount
@@ -735,10 +1118,18 @@ cdef class Ledger:
             return R_PENDING_ID_MUST_BE_DIFFERENT
         if e.timeout != 0:
             return R_TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
-        p_index = idmap_get(&self.transfer_map.map, e.pending_id_lo, e.pending_id_hi)
-        if p_index == IDMAP_NOT_FOUND:
-            return R_PENDING_TRANSFER_NOT_FOUND
-        p = &self.transfer_rows[p_index]
+        # Unresolved (or recently resolved) pendings are in the table whatever their age; a
+        # pending resolved long ago has its row and final state in the prefetch cache.
+        entry = idmap_get(&self.pending_map.map, e.pending_id_lo, e.pending_id_hi)
+        if entry != IDMAP_NOT_FOUND:
+            pending = &self.pendings[entry]
+            p = &pending.row
+            state = pending.state
+        else:
+            p = self.find_transfer(e.pending_id_lo, e.pending_id_hi)
+            if p == NULL:
+                return R_PENDING_TRANSFER_NOT_FOUND
+            state = self.cold_state(e.pending_id_lo, e.pending_id_hi) if p.flags & TRANSFER_PENDING else STATE_SETTLED
         if not (p.flags & TRANSFER_PENDING):
             return R_PENDING_TRANSFER_NOT_PENDING
         if ((e.debit_account_id_lo or e.debit_account_id_hi) and
@@ -757,9 +1148,8 @@ cdef class Ledger:
         elif e.amount != 0 and e.amount != p.amount:
             return R_PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT
 
-        existing_index = idmap_get(&self.transfer_map.map, e.id_lo, e.id_hi)
-        if existing_index != IDMAP_NOT_FOUND:
-            x = &self.transfer_rows[existing_index]
+        x = self.find_transfer(e.id_lo, e.id_hi)
+        if x != NULL:
             if (x.flags & ~TRANSFER_LINKED) != (e.flags & ~TRANSFER_LINKED):
                 return R_EXISTS_WITH_DIFFERENT_FLAGS
             if x.pending_id_lo != e.pending_id_lo or x.pending_id_hi != e.pending_id_hi:
@@ -774,15 +1164,19 @@ cdef class Ledger:
                 return R_EXISTS_WITH_DIFFERENT_AMOUNT
             return exists_tail(e, x, False)
 
-        state = self.states[p_index]
         if state == STATE_POSTED:
             return R_PENDING_TRANSFER_ALREADY_POSTED
         if state == STATE_VOIDED:
             return R_PENDING_TRANSFER_ALREADY_VOIDED
         if state == STATE_EXPIRED or (p.timeout != 0 and expires_at_of(p) <= ts):
             return R_PENDING_TRANSFER_EXPIRED
-        debit_index = self.links[p_index].debit_index
-        credit_index = self.links[p_index].credit_index
+        if pending == NULL:
+            # A pending state outside the pending table, or a status the store did not
+            # prefetch: an invariant is broken. Refuse without changing anything.
+            tally_assert(False)
+            return R_PENDING_TRANSFER_NOT_FOUND
+        debit_index = pending.debit_index
+        credit_index = pending.credit_index
         dr = &self.hot[debit_index]
         cr = &self.hot[credit_index]
         amount = (e.amount if e.amount != 0 else p.amount) if post else p.amount
@@ -791,15 +1185,17 @@ cdef class Ledger:
                 return R_OVERFLOWS_DEBITS_POSTED
             if add_overflows(cr.credits_posted, amount):
                 return R_OVERFLOWS_CREDITS_POSTED
-        if self.transfer_count >= self.transfers_max:
+        if self.transfer_count - self.hot_first >= self.transfers_hot_max:
             return R_TRANSFERS_LIMIT_REACHED
 
         if in_chain:
             self.save_account(debit_index)
             self.save_account(credit_index)
-            self.state_undo[self.state_undo_count].transfer_index = p_index
+            self.state_undo[self.state_undo_count].entry = entry
             self.state_undo[self.state_undo_count].state = state
+            self.state_undo[self.state_undo_count].resolved_at = pending.resolved_at
             self.state_undo_count += 1
+        tally_assert(dr.debits_pending >= p.amount and cr.credits_pending >= p.amount)
         dr.debits_pending -= p.amount
         cr.credits_pending -= p.amount
         if post:
@@ -810,7 +1206,8 @@ cdef class Ledger:
         else:
             touch(dr, ts)
             touch(cr, ts)
-        self.states[p_index] = STATE_POSTED if post else STATE_VOIDED
+        pending.state = STATE_POSTED if post else STATE_VOIDED
+        pending.resolved_at = self.transfer_count
         cdef tally_transfer_t row = e[0]
         row.debit_account_id_lo = p.debit_account_id_lo
         row.debit_account_id_hi = p.debit_account_id_hi
@@ -820,28 +1217,33 @@ cdef class Ledger:
         row.code = p.code
         row.amount = amount
         row.timestamp = ts
-        self.append_transfer(&row, debit_index, credit_index, STATE_SETTLED)
+        self.append_transfer(&row, debit_index, credit_index)
         return R_OK
 
-    cdef uint32_t append_transfer(self, const tally_transfer_t *row, uint32_t debit_index,
-                                  uint32_t credit_index, uint8_t state) noexcept nogil:
-        """Store a new transfer (caller checked capacity) and thread it onto both accounts' chains."""
-        cdef uint32_t t = <uint32_t> self.transfer_count
+    cdef void append_transfer(self, const tally_transfer_t *row, uint32_t debit_index,
+                              uint32_t credit_index) noexcept nogil:
+        """Store a new transfer (caller checked there is room) and thread it onto both chains."""
+        cdef uint64_t n = self.transfer_count
+        cdef uint32_t slot = <uint32_t> (n & self.ring_mask)
+        cdef uint32_t head
         cdef transfer_links_t link
+        tally_assert(n - self.hot_first < self.transfers_hot_max and self.links[slot].number_plus1 == 0)
         # Rows and links are written once, in order, and rarely read soon after: streaming
         # stores skip reading their cache lines from memory first.
-        tally_stream_store(&self.transfer_rows[t], row, sizeof(tally_transfer_t))
-        self.states[t] = state
+        tally_stream_store(&self.transfer_rows[slot], row, sizeof(tally_transfer_t))
+        link.number_plus1 = n + 1
+        head = self.hot[debit_index].last_debit
+        link.prev_debit = self.links[head].number_plus1 if head != INDEX_NONE and self.chain_valid(head, debit_index, True) else 0
+        head = self.hot[credit_index].last_credit
+        link.prev_credit = self.links[head].number_plus1 if head != INDEX_NONE and self.chain_valid(head, credit_index, False) else 0
         link.debit_index = debit_index
         link.credit_index = credit_index
-        link.prev_debit = self.hot[debit_index].last_debit
-        link.prev_credit = self.hot[credit_index].last_credit
-        tally_stream_store(&self.links[t], &link, sizeof(transfer_links_t))
-        self.hot[debit_index].last_debit = t
-        self.hot[credit_index].last_credit = t
-        idmap_put(&self.transfer_map.map, row.id_lo, row.id_hi, t)
-        self.transfer_count += 1
-        return t
+        tally_stream_store(&self.links[slot], &link, sizeof(transfer_links_t))
+        self.hot[debit_index].last_debit = slot
+        self.hot[credit_index].last_credit = slot
+        if idmap_put(&self.transfer_map.map, row.id_lo, row.id_hi, slot) != 0:
+            tally_assert(False)
+        self.transfer_count = n + 1
 
     cdef void save_account(self, uint32_t index) noexcept nogil:
         cdef account_undo_t *u = &self.account_undo[self.account_undo_count]
@@ -851,8 +1253,11 @@ cdef class Ledger:
 
     cdef void rollback(self, uint64_t account_count, uint64_t transfer_count,
                        uint64_t expiring_count) noexcept nogil:
-        """Undo a failed chain: restore saved accounts and states (newest first), drop new records."""
+        """Undo a failed chain: restore saved accounts and pending states (newest first), drop
+        new records."""
         cdef account_undo_t *u
+        cdef state_undo_t *s
+        cdef uint32_t slot, entry
         self.expiring_count = expiring_count
         while self.account_undo_count:
             self.account_undo_count -= 1
@@ -860,15 +1265,19 @@ cdef class Ledger:
             self.hot[u.index] = u.saved
         while self.state_undo_count:
             self.state_undo_count -= 1
-            self.states[self.state_undo[self.state_undo_count].transfer_index] = \
-                self.state_undo[self.state_undo_count].state
+            s = &self.state_undo[self.state_undo_count]
+            self.pendings[s.entry].state = s.state
+            self.pendings[s.entry].resolved_at = s.resolved_at
         while self.transfer_count > transfer_count:
             self.transfer_count -= 1
-            idmap_remove(&self.transfer_map.map, self.transfer_rows[self.transfer_count].id_lo,
-                                     self.transfer_rows[self.transfer_count].id_hi)
-            memset(&self.transfer_rows[self.transfer_count], 0, sizeof(tally_transfer_t))
-            memset(&self.links[self.transfer_count], 0, sizeof(transfer_links_t))
-            self.states[self.transfer_count] = 0
+            slot = <uint32_t> (self.transfer_count & self.ring_mask)
+            if self.transfer_rows[slot].flags & TRANSFER_PENDING:
+                entry = idmap_get(&self.pending_map.map, self.transfer_rows[slot].id_lo, self.transfer_rows[slot].id_hi)
+                tally_assert(entry != IDMAP_NOT_FOUND)
+                self.pending_release(entry)
+            idmap_remove(&self.transfer_map.map, self.transfer_rows[slot].id_lo, self.transfer_rows[slot].id_hi)
+            memset(&self.transfer_rows[slot], 0, sizeof(tally_transfer_t))
+            memset(&self.links[slot], 0, sizeof(transfer_links_t))
         while self.account_count > account_count:
             self.account_count -= 1
             idmap_remove(&self.account_map.map, self.account_rows[self.account_count].id_lo,
@@ -879,10 +1288,16 @@ cdef class Ledger:
     cdef void schedule_expiries(self) noexcept nogil:
         """Put the batch's surviving pending transfers with a timeout on the expiry heap."""
         cdef uint64_t k
-        cdef uint32_t t
+        cdef expiry_t item
+        cdef pending_t *p
         for k in range(self.expiring_count):
-            t = self.expiring[k]
-            self.expiry_push(expires_at_of(&self.transfer_rows[t]), t)
+            p = &self.pendings[self.expiring[k]]
+            item.expires_at = expires_at_of(&p.row)
+            item.number = p.number
+            item.entry = self.expiring[k]
+            item._pad = 0
+            self.expiry_count += 1
+            self.heap_sift_up(self.expiry_count - 1, item)
         self.expiring_count = 0
 
     cdef void account_record(self, uint32_t index, tally_account_t *out) noexcept nogil:

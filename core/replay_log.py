@@ -7,34 +7,23 @@ log after it). Since the state machine has no clock and no randomness, the two m
 this checks determinism, and, run with a new build over a production log, it tests an upgrade
 on real traffic (docs/storage.md, "Replaying a log").
 
-The state hash (``state_hash``) covers exactly what ``Ledger.snapshot`` returns, which is what a
-checkpoint stores: the used rows of every state array and the scalar counters. It leaves out
-
-* the capacities (``accounts_max``/``transfers_max``): configuration, not content; a store may
-  be reopened with larger ones (``core.open``) and its state is the same. The snapshot holds
-  only the used part of each array, so the capacity cannot leak in through it either;
-* the id maps: derived from the account and transfer rows (which are hashed) and laid out by
-  capacity; a checkpoint does not store them either, they are rebuilt from the rows;
-* per-batch scratch (undo logs, the batch's expiring list): empty between batches.
+The state hash is ``core.state_hash``: accounts, unresolved pendings, scalars and the whole
+history through a chain of per-epoch digests, independent of capacities and of when the cold
+tier was written (its module doc says exactly what it covers).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import queue
-import struct
 import threading
 import time
 
-import numpy as np
 
 from core import constants
+from core.state_hash import state_hash  # noqa: F401 - the hash replay-log compares, re-exported
 from core.store import RECORD_DTYPES, Store, StoreError
 
-#: Versions the hash's encoding: a change to it (not to the state) changes every hash.
-STATE_HASH_DOMAIN = b"tally state hash 1\n"
-STATE_HASH_DIGEST_BYTES = 32
 
 #: ``progress(batches_done, batches_total)`` is called after every this many batches, and at the end.
 PROGRESS_INTERVAL_BATCHES = 256
@@ -42,7 +31,6 @@ PROGRESS_INTERVAL_BATCHES = 256
 #: Log entries read and unpacked ahead of the one being applied (each at most about 1 MiB).
 READ_AHEAD_ENTRIES = 4
 
-_LENGTH = struct.Struct("<Q")
 _LMDB_DATA_FILE = "data.mdb"
 
 
@@ -57,32 +45,6 @@ class ReplayDivergedError(ReplayLogError):
         super().__init__(f"log entry {sequence}: replay diverged (timestamp {replayed_timestamp}, "
                          f"logged {logged_timestamp})")
         self.sequence = sequence
-
-
-def state_hash(ledger) -> str:
-    """Hex BLAKE2b-256 digest of the ledger's state: what ``ledger.snapshot()`` holds.
-
-    Arrays in name order, each as its name, dtype, element count and byte length, then its used
-    bytes; then the scalars (counts, last timestamp) in name order, each as name and u64 value.
-    Every variable-length part is length-prefixed, so no two states share an encoding. Two
-    ledgers with the same content hash equal whatever their capacities (see the module doc).
-    """
-    arrays, scalars = ledger.snapshot()
-    digest = hashlib.blake2b(STATE_HASH_DOMAIN, digest_size=STATE_HASH_DIGEST_BYTES)
-    digest.update(_LENGTH.pack(len(arrays)))
-    for name in sorted(arrays):
-        array = np.ascontiguousarray(arrays[name]).reshape(-1)
-        raw = array.view(np.uint8)
-        _update_text(digest, name)
-        _update_text(digest, str(array.dtype.descr))
-        digest.update(_LENGTH.pack(array.shape[0]))
-        digest.update(_LENGTH.pack(raw.shape[0]))
-        digest.update(raw)  # hashlib drops the GIL for large buffers
-    digest.update(_LENGTH.pack(len(scalars)))
-    for name in sorted(scalars):
-        _update_text(digest, name)
-        digest.update(_LENGTH.pack(int(scalars[name])))
-    return digest.hexdigest()
 
 
 def run(source_dir: str, into_dir: str, *, progress=None) -> dict:
@@ -116,7 +78,9 @@ def run(source_dir: str, into_dir: str, *, progress=None) -> dict:
                              2 * os.path.getsize(os.path.join(source_dir, _LMDB_DATA_FILE)))
         os.makedirs(into_dir, exist_ok=True)
         target = Store(into_dir, accounts_max=source.ledger.accounts_max,
-                       transfers_max=source.ledger.transfers_max, map_size_bytes=map_size_bytes)
+                       transfers_hot_max=source.ledger.transfers_hot_max, pending_max=source.ledger.pending_max,
+                       cold_epoch_transfers=source.stats()["cold_epoch_transfers"],
+                       id_filter_bytes=source.filter.size_bytes, map_size_bytes=map_size_bytes)
         try:
             batches = events = 0
             last = None
@@ -169,12 +133,6 @@ def summary(result: dict) -> str:
 
 
 # ---------------------------------------------------------------------- internals
-
-def _update_text(digest, text: str) -> None:
-    data = text.encode()
-    digest.update(_LENGTH.pack(len(data)))
-    digest.update(data)
-
 
 def _check_source(source_dir: str) -> None:
     # core.open would create a store where none is: check first, so that a typo fails cleanly.

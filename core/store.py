@@ -1,4 +1,5 @@
-"""The durable ledger: the in-memory state machine, made durable by an LMDB log of batches.
+"""The durable ledger: the in-memory state machine, made durable by an LMDB log of batches, with
+its history tiered into a cold LMDB tier so that memory stays bounded (docs/tiering.md).
 
 Design:
 
@@ -7,28 +8,29 @@ Design:
   fifth of their size, since the commit cost is the bytes written) with the engine time it was
   applied at, to the ``log`` database under a big-endian sequence number, in a write transaction
   with a synchronous commit (batches waiting together share one: group commit); results are
-  returned only after the commit. Keys only ever
-  grow, so each put is an append (``MDB_APPEND``) that dirties the last leaf page and a run of
-  fresh overflow pages: no random page writes per batch, whatever the ids are.
-* **State is a checkpoint plus the log after it.** Every ``checkpoint_interval_events`` events,
-  the whole in-memory state is written in one transaction to the ``checkpoint`` database, tagged
-  with the last sequence number it covers. Opening a store loads the newest checkpoint and
-  replays the log after it through the same state machine; since the core has no clock and no
-  randomness of its own, the result is exactly the state before the crash. Each replayed batch
-  is checked to end at the timestamp the log recorded for it.
+  returned only after the commit. Keys only ever grow, so each put is an append
+  (``MDB_APPEND``).
+* **Hot and cold.** The ledger holds accounts, a window of recent transfers, and every pending
+  transfer until it is resolved. Each complete *epoch* of transfers is written to the cold tier
+  (``core.cold``) by the background thread, committed only after the log commit of its last
+  batch; then the ledger may reuse those slots. Before a transfer batch runs, whatever it needs
+  from the cold tier is read (prefetch), so the batch loop never does I/O.
+* **State is a checkpoint plus the log after it.** Every ``checkpoint_interval_events`` events
+  the in-memory state (nothing that grows with the history) is written to the checkpoint
+  environment. Opening a store loads the newest checkpoint and replays the log after it through
+  the same state machine; since the core has no clock and no randomness of its own, the result
+  is exactly the state before the crash.
 * **Apply, then commit, then reply.** A batch is applied in memory first (bad input raises
   before anything changes), then its log entry is committed by the commit thread, and only then
-  are its results released. ``submit`` pipelines this: batch N+1 is applied while batch N is
-  being committed (a bounded number in flight), which is how the store approaches the raw LMDB
-  commit rate. If a commit fails, memory is ahead of the disk: the store refuses all further work
-  (``StoreFailedError``) until reopened, which recovers exactly the committed batches.
-
-Lookups never touch LMDB: they are answered from memory.
+  are its results released. If a commit (or a cold-tier write) fails, the store refuses all
+  further work (``StoreFailedError``) until reopened, which recovers exactly the committed
+  batches.
 """
 
 from __future__ import annotations
 
 import builtins
+import collections
 import concurrent.futures
 import os
 import queue
@@ -44,8 +46,11 @@ import msgspec
 import numpy as np
 
 from core import codec, constants
+from core.cold import ColdTier
+from core.filter import IdFilter
 from core.ledger import Ledger
-from core.records import ACCOUNT_DTYPE, TRANSFER_DTYPE
+from core.records import ACCOUNT_DTYPE, TRANSFER_DTYPE, TransferFlags, ids_array
+from core.state_hash import CHAIN_EMPTY, state_hash
 
 #: Log entry header: magic, format version, operation, event count, packed body bytes, now_ns,
 #: last timestamp after the batch, CRC-32 of the rest of the header and the body, reserved.
@@ -63,15 +68,18 @@ RECORD_DTYPES = {OPERATION_CREATE_ACCOUNTS: ACCOUNT_DTYPE, OPERATION_CREATE_TRAN
 
 _SEQUENCE = struct.Struct(">Q")
 _CHUNK_KEY = struct.Struct(">I")
-#: Checkpointed arrays that only ever grow at their end (records are immutable once a batch is
-#: done): a checkpoint writes only their chunks from the previous checkpoint's end on. The value
-#: says whether the array holds 128-byte records, packed as in the log.
-_APPEND_ONLY = {"accounts": True, "transfers": True, "links": False}
-_CHUNK_RECORDS = 1 << 16        # records (or 4-u32 links) per chunk of an append-only array
-_CHUNK_BYTES = 8 << 20          # bytes per chunk of an array rewritten whole
-_STORE_VERSION = 2              # 2: checkpoints in their own environment
+#: How each checkpointed array is stored: account rows only ever grow at their end (written
+#: incrementally, packed like the log); the ring's tail is packed records written whole; the id
+#: filter's regions are written when they changed; the rest are raw bytes written whole.
+_APPEND_RECORDS, _RECORDS, _RAW, _FILTER = "append_records", "records", "raw", "filter"
+_ARRAY_KINDS = {"accounts": _APPEND_RECORDS, "tail_rows": _RECORDS, "filter": _FILTER}
+_NEVER_WRITTEN = -1             # checksum of a filter region never written (all zeros)
+_CHUNK_RECORDS = 1 << 16        # records per chunk of a record array
+_CHUNK_BYTES = 8 << 20          # bytes per chunk of a raw array
+_STORE_VERSION = 3              # 3: hot window and cold tier; 2: checkpoints in their own environment
 CHECKPOINT_SUBDIRECTORY = "checkpoint"
 LOCK_FILE_NAME = "tally.lock"
+_U64_MAX = (1 << 64) - 1
 
 
 class StoreError(Exception):
@@ -85,7 +93,10 @@ class StoreFailedError(StoreError):
 class _Meta(msgspec.Struct, frozen=True):
     version: int
     accounts_max: int
-    transfers_max: int
+    transfers_hot_max: int
+    pending_max: int
+    cold_epoch_transfers: int
+    id_filter_bytes: int
 
 
 class _ArrayMeta(msgspec.Struct, frozen=True):
@@ -98,6 +109,9 @@ class _CheckpointMeta(msgspec.Struct, frozen=True):
     sequence: int                 # last log sequence number the checkpoint includes
     scalars: dict[str, int]
     arrays: dict[str, _ArrayMeta]
+    cold_epochs: int              # epochs in the cold tier when it was taken
+    cold_chain: bytes             # their state-hash chain
+    filter_added: int
 
 
 class RecoveryStats(msgspec.Struct, frozen=True):
@@ -108,6 +122,13 @@ class RecoveryStats(msgspec.Struct, frozen=True):
     replayed_events: int
     replay_s: float
     checkpoint_error: str | None = None   # why the checkpoint was not used (the whole log was replayed)
+
+
+class _Job(msgspec.Struct):
+    """Work for the background thread: a cold-tier flush or a checkpoint, in submission order."""
+    kind: str                     # "flush" | "checkpoint"
+    future: concurrent.futures.Future
+    pin: int                      # a checkpoint reads the ring from here on: no eviction past it
 
 
 class PendingBatch:
@@ -178,9 +199,16 @@ class Store:
     Results come back only after the batch is committed to disk (synchronous commit).
     ``prefault=True`` touches all preallocated memory at open (see ``Ledger.prefault``): a
     server should, so that page faults never land on the hot path.
+
+    Memory is set by ``accounts_max``, ``transfers_hot_max`` (the hot window), ``pending_max``
+    and ``id_filter_bytes``; the history has no limit but the disk (docs/tiering.md). Capacities
+    may grow when a directory is reopened; ``cold_epoch_transfers`` and ``id_filter_bytes`` are
+    fixed when it is created.
     """
 
-    def __init__(self, path, *, accounts_max: int | None = None, transfers_max: int | None = None,
+    def __init__(self, path, *, accounts_max: int | None = None, transfers_hot_max: int | None = None,
+                 pending_max: int | None = None, cold_epoch_transfers: int | None = None,
+                 id_filter_bytes: int | None = None,
                  map_size_bytes: int = constants.LMDB_MAP_SIZE_BYTES_DEFAULT,
                  checkpoint_interval_events: int = constants.CHECKPOINT_INTERVAL_EVENTS_DEFAULT,
                  checkpoint_interval_batches: int | None = None,
@@ -201,23 +229,25 @@ class Store:
                               readahead=False, meminit=False)
         self._log = self._env.open_db(b"log")
         self._meta_db = self._env.open_db(b"meta")
+        self._meta = self._load_or_create_meta(accounts_max, transfers_hot_max, pending_max,
+                                               cold_epoch_transfers, id_filter_bytes)
+        self._epoch_transfers = self._meta.cold_epoch_transfers
         self._checkpoint_env = self._open_checkpoint_env(map_size_bytes)
-        self._checkpointer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tally-checkpoint",
-                                                                   initializer=_lower_thread_priority)
-        self._checkpointing: concurrent.futures.Future | None = None
+        self.cold = ColdTier(self._checkpoint_env, self._epoch_transfers)
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tally-cold",
+                                                             initializer=_lower_thread_priority)
+        self._jobs: collections.deque[_Job] = collections.deque()
         self._snapshot_buffers: dict[str, np.ndarray] = {}
         self._pack_scratch = memoryview(bytearray(codec.packed_size_max(_CHUNK_RECORDS)))
-        meta = self._load_or_create_meta(accounts_max, transfers_max)
-        self.ledger = Ledger(accounts_max=meta.accounts_max, transfers_max=meta.transfers_max)
-        self._checkpoint_meta: _CheckpointMeta | None = None
         self._prefault = prefault
-        if prefault:
-            self.ledger.prefault()
+        self._checkpoint_meta: _CheckpointMeta | None = None
+        self._prefetched_ids = self._prefetch_misses = 0
+        self._fresh_state()
+        self._last_pending: PendingBatch | None = None
         self.recovery = self._recover()
         self._committed_sequence = self._applied_sequence = self._last_sequence()
         self._batches_since_checkpoint = self.recovery.replayed_batches
         self._events_since_checkpoint = self.recovery.replayed_events
-        self._last_pending: PendingBatch | None = None
         self._in_flight = threading.BoundedSemaphore(commit_pipeline_depth)
         self._entries = [bytearray(LOG_HEADER.size + codec.packed_size_max(constants.BATCH_EVENTS_MAX))
                          for _ in range(commit_pipeline_depth + 1)]
@@ -228,6 +258,23 @@ class Store:
         # default) for the GIL after each commit; at 0.2 ms it hands back promptly
         # (shared/ARCHITECTURE.md has the measurement).
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.0002))
+
+    def _fresh_state(self) -> None:
+        """An empty ledger, filter and cold progress (before a checkpoint is loaded into them)."""
+        meta = self._meta
+        self.ledger = Ledger(accounts_max=meta.accounts_max, transfers_hot_max=meta.transfers_hot_max,
+                             pending_max=meta.pending_max)
+        self.filter = IdFilter(meta.id_filter_bytes)
+        self.ledger.attach_filter(self.filter)
+        # Per account: the newest cold epoch holding one of its transfers, plus 1 (0: none).
+        self._last_epoch = np.zeros(meta.accounts_max, dtype=np.uint32)
+        self._cold_epochs = 0             # epochs in the cold tier (advanced by the background thread)
+        self._cold_chain = CHAIN_EMPTY
+        self._cold_id_max = 0             # the largest id in the cold tier
+        self._flush_queued_epochs = 0     # epochs handed to the background thread
+        self._pruned_below = 0            # pending entries resolved before this were pruned
+        if self._prefault:
+            self.ledger.prefault()
 
     # ------------------------------------------------------------------ operations
 
@@ -251,12 +298,11 @@ class Store:
         self._check_usable()
         if operation not in RECORD_DTYPES:
             raise ValueError(f"unknown operation {operation}")
-        apply = self._applier(operation)
         if now_ns is None:
             now_ns = self._clock_ns()
         self._in_flight.acquire()
         try:
-            results = apply(batch, now_ns)
+            results = self._apply(operation, batch, now_ns)
         except BaseException:
             self._in_flight.release()
             raise
@@ -277,9 +323,40 @@ class Store:
         self._commits.put((pending, memoryview(entry)[:LOG_HEADER.size + body_bytes]))
         self._batches_since_checkpoint += 1
         self._events_since_checkpoint += count
+        self._queue_flush()
         if self._checkpoint_due():
             self._start_checkpoint()
         return pending
+
+    def _apply(self, operation: int, batch, now_ns: int) -> np.ndarray:
+        """Apply one batch in memory (submit and recovery): room in the ring, prefetch, apply."""
+        if operation == OPERATION_CREATE_ACCOUNTS:
+            return self.ledger.create_accounts(batch, now_ns)
+        count = _raw(batch).shape[0] // constants.RECORD_SIZE_BYTES
+        room = self.ledger.transfers_hot_max - self._epoch_transfers
+        if room < count <= constants.BATCH_EVENTS_MAX:  # (larger batches: the ledger's own error)
+            raise ValueError(f"a batch of {count} transfers does not fit the hot window's room for new ones "
+                             f"({room}: transfers_hot_max - cold_epoch_transfers)")
+        self._reap()
+        self._make_room(min(count, room))  # a batch too large is refused by the ledger next
+        ids = self.ledger.prefetch_scan(batch)  # evicts what the batch needs room for first
+        if ids.shape[0]:
+            ids = np.unique(ids)
+            rows, states, found = self.cold.lookup(ids, self.ledger.hot_first_timestamp())
+            self._prefetched_ids += ids.shape[0]
+            self._prefetch_misses += ids.shape[0] - int(found.sum())
+            # A pending resolved and pruned while its row is still hot: its row is in memory, its
+            # final state only in the cold tier.
+            missing = np.flatnonzero(~found)
+            if missing.shape[0]:
+                hot_rows, hot = self.ledger.lookup_transfers_hot(ids[missing])
+                hot &= (hot_rows["flags"] & int(TransferFlags.pending)) != 0
+                if hot.any():
+                    rows[missing[hot]] = hot_rows[hot]
+                    states[missing[hot]] = self.cold.states_of(hot_rows[hot])
+                    found[missing[hot]] = True
+            self.ledger.load_prefetched(rows[found], states[found])
+        return self.ledger.create_transfers(batch, now_ns)
 
     def lookup_accounts(self, ids):
         """Accounts by id, from memory, after every submitted batch is committed."""
@@ -287,14 +364,40 @@ class Store:
         return self.ledger.lookup_accounts(ids)
 
     def lookup_transfers(self, ids):
-        """Transfers by id, from memory, after every submitted batch is committed."""
+        """Transfers by id (ints or an ID_DTYPE array), in order, missing ones left out: from the
+        hot window and the pending table, else from the cold tier; after every submitted batch
+        is committed."""
         self._drain()
-        return self.ledger.lookup_transfers(ids)
+        ids = ids_array(ids)
+        rows, found = self.ledger.lookup_transfers_hot(ids)
+        missing = np.flatnonzero(~found)
+        if missing.shape[0] and self.ledger.hot_first:
+            cold_rows, _, cold_found = self.cold.lookup(ids[missing], self.ledger.hot_first_timestamp())
+            rows[missing[cold_found]] = cold_rows[cold_found]
+            found[missing[cold_found]] = True
+        return rows[found]
 
-    def get_account_transfers(self, account_id, **query):
-        """See ``Ledger.get_account_transfers``; after every submitted batch is committed."""
+    def get_account_transfers(self, account_id, *, timestamp_min: int = 0, timestamp_max: int = 0,
+                              limit: int = constants.ACCOUNT_TRANSFERS_LIMIT_MAX, debits: bool = True,
+                              credits: bool = True, reverse: bool = False):
+        """See ``Ledger.get_account_transfers``, over the whole history: the hot window, then the
+        account's cold epochs; after every submitted batch is committed."""
         self._drain()
-        return self.ledger.get_account_transfers(account_id, **query)
+        query = dict(timestamp_min=timestamp_min, timestamp_max=timestamp_max, limit=limit, debits=debits,
+                     credits=credits, reverse=reverse)
+        hot = self.ledger.get_account_transfers(account_id, **query)
+        account = self.ledger.account_index(account_id)
+        if not self.ledger.hot_first or account is None or limit == 0 or (reverse and hot.shape[0] >= limit):
+            return hot
+        wanted = limit - hot.shape[0] if reverse else limit
+        stamps = self.cold.account_history(
+            account, int(self._last_epoch[account]), timestamp_min=timestamp_min,
+            timestamp_max=timestamp_max or _U64_MAX, boundary_ts=self.ledger.hot_first_timestamp(),
+            limit=wanted, debits=debits, credits=credits, reverse=reverse)
+        cold = self.cold.rows_by_timestamps(stamps)
+        if reverse:
+            return np.concatenate((hot, cold))
+        return np.concatenate((cold, hot[:limit - cold.shape[0]]))
 
     @property
     def sequence(self) -> int:
@@ -302,10 +405,40 @@ class Store:
         return self._committed_sequence
 
     def state_hash(self) -> str:
-        """Hex digest of the committed state (``core.replay_log.state_hash``); waits for the commits."""
+        """Hex digest of the committed state over the whole history (``core.state_hash``);
+        waits for the commits and the background thread."""
         self._drain()
-        from core import replay_log  # here, not at the top: replay_log imports this module
-        return replay_log.state_hash(self.ledger)
+        self._reap(wait_all=True)
+        return state_hash(self.ledger, epoch_transfers=self._epoch_transfers, chain=self._cold_chain,
+                          chained_epochs=self._cold_epochs)
+
+    def stats(self) -> dict:
+        """Sizes and counters of the hot and cold tiers (``tally info``)."""
+        led = self.ledger
+        disk = {"log": _file_bytes(os.path.join(self.path, "data.mdb")),
+                "checkpoint_environment": _file_bytes(os.path.join(self.path, CHECKPOINT_SUBDIRECTORY, "data.mdb"))}
+        disk.update({f"cold_{name}": size for name, size in self.cold.disk_bytes().items()})
+        return {
+            "transfers": led.transfer_count,
+            "transfers_hot": led.transfer_count - led.hot_first,
+            "transfers_hot_max": led.transfers_hot_max,
+            "transfers_cold": self._cold_epochs * self._epoch_transfers,
+            "cold_epochs": self._cold_epochs,
+            "cold_epoch_transfers": self._epoch_transfers,
+            "pending_entries": led.pending_count,
+            "pending_max": led.pending_max,
+            "accounts": led.account_count,
+            "accounts_max": led.accounts_max,
+            "filter_bytes": self.filter.size_bytes,
+            "filter_ids": self.filter.added,
+            "filter_positives": self._prefetched_ids,
+            "filter_false_positives": self._prefetch_misses,
+            "cold_lookups": self.cold.lookups,
+            "cold_lookups_missed": self.cold.lookups_missed,
+            "memory_bytes": led.memory_bytes() | {"filter": self.filter.size_bytes,
+                                                   "last_epoch": self._last_epoch.nbytes},
+            "disk_bytes": disk,
+        }
 
     def log_entries(self, first_sequence: int = 1):
         """The committed log entries from ``first_sequence`` on, in order, checked and unpacked.
@@ -324,35 +457,97 @@ class Store:
                     yield _decode_entry(_SEQUENCE.unpack(key)[0], value)
 
     def checkpoint(self) -> None:
-        """Write the in-memory state as the new checkpoint now, and wait until it is durable.
+        """Write the in-memory state as the new checkpoint now, and wait until it is written.
 
         The store also checkpoints by itself every ``checkpoint_interval_events`` events (and
-        every ``checkpoint_interval_batches`` batches, if that is set), in
-        the background (see ``_start_checkpoint``); this waits for such a checkpoint first.
+        every ``checkpoint_interval_batches`` batches, if that is set), in the background.
         """
-        self._wait_checkpoint()
+        self._reap(wait_all=True)
         self._check_usable()
         self._start_checkpoint()
-        self._wait_checkpoint()
+        self._reap(wait_all=True)
+
+    # ------------------------------------------------------------------ the background thread
+
+    def _reap(self, *, wait_one: bool = False, wait_all: bool = False) -> None:
+        """Take in finished background jobs, in order: the cold tier's progress lets the ledger
+        evict and prune. A failed job fails the store (the log still holds everything)."""
+        while self._jobs and (wait_all or wait_one or self._jobs[0].future.done()):
+            job = self._jobs.popleft()
+            wait_one = False
+            try:
+                job.future.result()
+            except BaseException as error:
+                self._failed = self._failed or error
+                raise StoreFailedError(f"the cold tier or a checkpoint could not be written: {error}") from error
+        cold_count = self._cold_epochs * self._epoch_transfers
+        pins = [job.pin for job in self._jobs if job.kind == "checkpoint"]
+        evictable = min([cold_count] + pins)
+        if evictable > self.ledger.cold_count:
+            self.ledger.set_cold_id_max(self._cold_id_max)  # before eviction: those ids leave the hot map
+            self.ledger.set_cold_count(evictable)
+        if cold_count > self._pruned_below:
+            self.ledger.prune_resolved(cold_count)
+            self._pruned_below = cold_count
+
+    def _make_room(self, count: int) -> None:
+        """Wait until the ring can take ``count`` more transfers (backpressure on the cold tier)."""
+        ledger = self.ledger
+        while ledger.transfer_count + count > ledger.cold_count + ledger.transfers_hot_max:
+            if not self._jobs:
+                self._queue_flush()
+                if not self._jobs:
+                    raise StoreError("no room in the hot window and no epoch to write: "
+                                     f"transfers_hot_max {ledger.transfers_hot_max} is too small")
+            self._reap(wait_one=True)
+
+    def _queue_flush(self) -> None:
+        """Hand every complete epoch not yet handed over to the background thread."""
+        complete = self.ledger.transfer_count // self._epoch_transfers
+        first = self._flush_queued_epochs
+        if complete <= first:
+            return
+        size = self._epoch_transfers
+        statuses = [self.ledger.resolved_between(e * size, (e + 1) * size) for e in range(first, complete)]
+        future = self._worker.submit(self._flush, first, complete, statuses, self._last_pending)
+        self._jobs.append(_Job("flush", future, 0))
+        self._flush_queued_epochs = complete
+
+    def _flush(self, first: int, last: int, statuses: list, last_pending: "PendingBatch | None") -> None:
+        """Write epochs ``[first, last)`` to the cold tier (background thread), one transaction each."""
+        size = self._epoch_transfers
+        for epoch in range(first, last):
+            rows = self.ledger.transfers_range(epoch * size, (epoch + 1) * size)
+            links = self.ledger.links_range(epoch * size, (epoch + 1) * size)
+            with self._checkpoint_env.begin(write=True) as txn:
+                chain, touched, values = self.cold.write_epoch(txn, epoch, rows, links, statuses[epoch - first],
+                                                               self._cold_chain, self._last_epoch)
+                if last_pending is not None:
+                    last_pending.result()  # never hold a transfer the log does not (raises, aborting)
+            self._last_epoch[touched] = values
+            self.filter.add_rows(rows)
+            self._cold_id_max = max(self._cold_id_max, _id_max(rows))
+            self._cold_chain = chain
+            self._cold_epochs = epoch + 1  # last: the submitting thread may now evict the epoch
 
     def _start_checkpoint(self) -> None:
-        """Snapshot the state after the last applied batch; write it on the checkpoint thread.
+        """Snapshot the state after the last applied batch; write it on the background thread.
 
-        Only the arrays that change in place (balances and features, pending states, the expiry
-        heap) are copied here, on the submitting thread, between two batches: a few tens of
-        milliseconds per million accounts. Append-only arrays (account and transfer records,
-        chain links) are read by the checkpoint thread straight from the ledger: their rows up to
-        the snapshot's counts never change again, and new rows go after them. The checkpoint
-        lives in its own LMDB environment, so that writing it never holds up a log commit, and
-        it is committed only after the batch it ends with is: it never covers an entry the log
-        does not have.
+        The arrays that change in place (balances and features, the pending table, the expiry
+        heap) are copied here, between two batches. Account rows only grow at their end and are
+        read in place; the ring's transfers not yet in the cold tier are read by the background
+        thread, and the ring is pinned (no eviction past them) until it has. The checkpoint is
+        committed only after the batch it ends with is: it never covers an entry the log does
+        not have.
         """
         arrays, scalars = self.ledger.snapshot()
-        arrays = {name: array if name in _APPEND_ONLY else self._snapshot_copy(name, array)
+        arrays = {name: array if name == "accounts" else self._snapshot_copy(name, array)
                   for name, array in arrays.items()}
         self._batches_since_checkpoint = self._events_since_checkpoint = 0
-        self._checkpointing = self._checkpointer.submit(
-            self._write_checkpoint, self._applied_sequence, self._last_pending, arrays, scalars)
+        pin = self.ledger.cold_count
+        future = self._worker.submit(self._write_checkpoint, self._applied_sequence, self._last_pending, arrays,
+                                     scalars)
+        self._jobs.append(_Job("checkpoint", future, pin))
 
     def _snapshot_copy(self, name: str, array: np.ndarray) -> np.ndarray:
         # Into a buffer kept from one checkpoint to the next: fresh memory would cost a page
@@ -364,70 +559,77 @@ class Store:
         np.copyto(buffer[:array.shape[0]], array)
         return buffer[:array.shape[0]]
 
-    def _wait_checkpoint(self) -> None:
-        """Wait for the checkpoint being written, if any; raise what writing it raised."""
-        if self._checkpointing is not None:
-            checkpointing, self._checkpointing = self._checkpointing, None
-            checkpointing.result()
-
     def _checkpoint_due(self) -> bool:
+        self._reap()
         if (self._events_since_checkpoint < self._checkpoint_interval_events
                 and (self._checkpoint_interval_batches is None
                      or self._batches_since_checkpoint < self._checkpoint_interval_batches)):
             return False
-        if self._checkpointing is None:
-            return True
-        if not self._checkpointing.done():
-            return False  # the previous one is still being written: try again after the next batch
-        try:
-            self._wait_checkpoint()
-        except Exception:  # the log still holds everything; report it, and try again
-            traceback.print_exc()
-        return True
+        # One checkpoint at a time: if the last is still being written, try after the next batch.
+        return not any(job.kind == "checkpoint" for job in self._jobs)
 
     def _write_checkpoint(self, sequence: int, last_pending: "PendingBatch | None", arrays, scalars) -> None:
+        # The cold tier's progress now (flushes run on this thread, in order): the checkpoint
+        # holds the ring from there on.
+        cold_count = self._cold_epochs * self._epoch_transfers
+        count = scalars["transfer_count"]
+        arrays = dict(arrays, tail_rows=self.ledger.transfers_range(cold_count, count),
+                      tail_links=self.ledger.links_range(cold_count, count),
+                      last_epoch=self._last_epoch[:scalars["account_count"]], filter=self.filter.words())
+        scalars = dict(scalars, cold_count=cold_count, cold_id_max_lo=self._cold_id_max & _U64_MAX,
+                       cold_id_max_hi=self._cold_id_max >> 64)
         previous = self._checkpoint_meta.arrays if self._checkpoint_meta else {}
         written = {}
         with self._checkpoint_env.begin(write=True) as txn:
             for name, array in arrays.items():
-                flat = np.ascontiguousarray(array).reshape(-1)
-                prefix = name.encode() + b"/"
-                old = previous.get(name)
-                if name in _APPEND_ONLY:
-                    per_chunk = _CHUNK_RECORDS * (4 if name == "links" else 1)
-                    chunks = -(-flat.shape[0] // per_chunk)
-                    # Rewrite from the chunk the previous checkpoint ended in (it may be partial).
-                    first = old.items // per_chunk if old and old.items <= flat.shape[0] else 0
-                    checksums = list(old.checksums[:first]) if old else []
-                    for i in range(first, chunks):
-                        part = flat[i * per_chunk:(i + 1) * per_chunk]
-                        if _APPEND_ONLY[name]:
-                            # Into a kept scratch buffer: packing then holds no GIL and allocates
-                            # nothing (a fresh buffer per chunk cost page faults with the GIL held).
-                            value = self._pack_scratch[:codec.pack_into(part, self._pack_scratch)]
-                        else:
-                            value = part.view(np.uint8)
-                        txn.put(prefix + _CHUNK_KEY.pack(i), value)
-                        checksums.append(zlib.crc32(value))
-                else:
-                    raw = flat.view(np.uint8)
-                    chunks = -(-raw.shape[0] // _CHUNK_BYTES)
-                    checksums = []
-                    for i in range(chunks):
-                        value = raw[i * _CHUNK_BYTES:(i + 1) * _CHUNK_BYTES]
-                        txn.put(prefix + _CHUNK_KEY.pack(i), value)
-                        checksums.append(zlib.crc32(value))
-                for i in range(chunks, old.chunks if old else 0):
-                    txn.delete(prefix + _CHUNK_KEY.pack(i))
-                written[name] = _ArrayMeta(chunks=chunks, items=flat.shape[0], checksums=checksums)
-            meta = _CheckpointMeta(sequence=sequence, scalars=scalars, arrays=written)
+                written[name] = self._write_array(txn, name, np.ascontiguousarray(array).reshape(-1), previous.get(name))
+            meta = _CheckpointMeta(sequence=sequence, scalars=scalars, arrays=written, cold_epochs=self._cold_epochs,
+                                   cold_chain=self._cold_chain, filter_added=self.filter.added)
             txn.put(b"meta", msgspec.msgpack.encode(meta))
             if last_pending is not None:
                 last_pending.result()  # raises (and aborts this transaction) if its commit failed
         self._checkpoint_meta = meta
 
+    def _write_array(self, txn, name: str, flat: np.ndarray, old: _ArrayMeta | None) -> _ArrayMeta:
+        prefix = name.encode() + b"/"
+        kind = _ARRAY_KINDS.get(name, _RAW)
+        if kind == _FILTER:
+            # Only the regions changed since the last checkpoint; a region never written (its
+            # checksum is _NEVER_WRITTEN) is all zeros.
+            raw = flat.view(np.uint8)
+            region = self.filter.region_bytes
+            chunks = -(-raw.shape[0] // region)
+            checksums = list(old.checksums) if old and old.chunks == chunks else [_NEVER_WRITTEN] * chunks
+            changed = self.filter.take_dirty()
+            for i in changed:
+                value = raw[i * region:(i + 1) * region]
+                txn.put(prefix + _CHUNK_KEY.pack(i), value)
+                checksums[i] = zlib.crc32(value)
+        elif kind == _RAW:
+            raw = flat.view(np.uint8)
+            chunks = -(-raw.shape[0] // _CHUNK_BYTES)
+            checksums = []
+            for i in range(chunks):
+                value = raw[i * _CHUNK_BYTES:(i + 1) * _CHUNK_BYTES]
+                txn.put(prefix + _CHUNK_KEY.pack(i), value)
+                checksums.append(zlib.crc32(value))
+        else:
+            chunks = -(-flat.shape[0] // _CHUNK_RECORDS)
+            # Append-only rows: rewrite from the chunk the previous checkpoint ended in (it may be partial).
+            first = old.items // _CHUNK_RECORDS if kind == _APPEND_RECORDS and old and old.items <= flat.shape[0] else 0
+            checksums = list(old.checksums[:first]) if first else []
+            for i in range(first, chunks):
+                part = flat[i * _CHUNK_RECORDS:(i + 1) * _CHUNK_RECORDS]
+                # Into a kept scratch buffer: packing then holds no GIL and allocates nothing.
+                value = self._pack_scratch[:codec.pack_into(part, self._pack_scratch)]
+                txn.put(prefix + _CHUNK_KEY.pack(i), value)
+                checksums.append(zlib.crc32(value))
+        for i in range(chunks, old.chunks if old else 0):
+            txn.delete(prefix + _CHUNK_KEY.pack(i))
+        return _ArrayMeta(chunks=chunks, items=flat.shape[0], checksums=checksums)
+
     def close(self) -> None:
-        """Wait for submitted batches and a checkpoint being written, stop the threads, close LMDB."""
+        """Wait for submitted batches and the background thread, stop the threads, close LMDB."""
         if self._env is None:
             return
         try:
@@ -437,10 +639,10 @@ class Store:
             self._commits.put(None)
             self._committer.join()
             try:
-                self._wait_checkpoint()
-            except Exception:  # the log holds everything the checkpoint would have
+                self._reap(wait_all=True)
+            except Exception:  # the log holds everything the cold tier and the checkpoint would have
                 traceback.print_exc()
-            self._checkpointer.shutdown(wait=True)
+            self._worker.shutdown(wait=True)
             self._checkpoint_env.close()
             self._env.close()
             self._env = None
@@ -504,16 +706,17 @@ class Store:
                 self._in_flight.release()
 
     def _open_checkpoint_env(self, map_size_bytes: int):
-        """The checkpoints' LMDB environment: its own write lock, and no fsync.
+        """The cold tier's and the checkpoints' LMDB environment: its own write lock, no fsync.
 
-        Its own environment, so that writing a checkpoint never holds up a log commit; no
-        fsync, because a checkpoint only saves replay time: the OS writes it back smoothly
-        instead of in one burst that would stall the log's synchronous commits. After a power
-        loss it may be damaged; recovery then replays the whole log (``_recover``). If it cannot
-        even be opened, it is set aside and a new one started.
+        Its own environment, so that writing an epoch or a checkpoint never holds up a log
+        commit; no fsync, because the log holds everything it does: the OS writes it back
+        smoothly instead of in bursts that would stall the log's synchronous commits. After a
+        power loss it may be damaged; recovery then replays the whole log (``_recover``). If it
+        cannot even be opened, it is set aside and a new one started.
         """
         directory = os.path.join(self.path, CHECKPOINT_SUBDIRECTORY)
-        options = dict(map_size=map_size_bytes, sync=False, metasync=False, readahead=False, meminit=False)
+        options = dict(map_size=map_size_bytes, max_dbs=8, sync=False, metasync=False, readahead=False,
+                       meminit=False)
         try:
             return lmdb.open(directory, **options)
         except lmdb.Error as error:
@@ -522,19 +725,35 @@ class Store:
             os.rename(directory, aside)
             return lmdb.open(directory, **options)
 
-    def _load_or_create_meta(self, accounts_max, transfers_max) -> _Meta:
+    def _load_or_create_meta(self, accounts_max, transfers_hot_max, pending_max, cold_epoch_transfers,
+                             id_filter_bytes) -> _Meta:
         with self._env.begin(write=True, db=self._meta_db) as txn:
             stored = txn.get(b"meta")
             if stored is not None:
+                version = msgspec.msgpack.decode(stored, type=dict).get("version")
+                if version != _STORE_VERSION:
+                    raise StoreError(f"{self.path}: store format {version}, this build reads {_STORE_VERSION}")
                 meta = msgspec.msgpack.decode(stored, type=_Meta)
-                if meta.version != _STORE_VERSION:
-                    raise StoreError(f"{self.path}: store format {meta.version}, this build reads {_STORE_VERSION}")
+                for name, value in (("cold_epoch_transfers", cold_epoch_transfers), ("id_filter_bytes", id_filter_bytes)):
+                    if value is not None and value != getattr(meta, name):
+                        raise StoreError(f"{self.path}: {name} is {getattr(meta, name)}, fixed when the directory "
+                                         f"was created; {value} asked")
                 # Capacities may grow on reopen, never shrink below what was configured.
-                meta = _Meta(_STORE_VERSION, max(meta.accounts_max, accounts_max or 0),
-                             max(meta.transfers_max, transfers_max or 0))
+                meta = msgspec.structs.replace(meta, accounts_max=max(meta.accounts_max, accounts_max or 0),
+                                               transfers_hot_max=max(meta.transfers_hot_max, transfers_hot_max or 0),
+                                               pending_max=max(meta.pending_max, pending_max or 0))
             else:
                 meta = _Meta(_STORE_VERSION, accounts_max or constants.ACCOUNTS_MAX_DEFAULT,
-                             transfers_max or constants.TRANSFERS_MAX_DEFAULT)
+                             transfers_hot_max or constants.TRANSFERS_HOT_MAX_DEFAULT,
+                             pending_max or constants.PENDING_MAX_DEFAULT,
+                             cold_epoch_transfers or min(constants.COLD_EPOCH_TRANSFERS_DEFAULT,
+                                                         max(1, (transfers_hot_max or constants.TRANSFERS_HOT_MAX_DEFAULT) // 4)),
+                             id_filter_bytes or constants.ID_FILTER_BYTES_DEFAULT)
+            if meta.transfers_hot_max <= meta.cold_epoch_transfers:
+                raise StoreError(f"transfers_hot_max ({meta.transfers_hot_max}) must exceed cold_epoch_transfers "
+                                 f"({meta.cold_epoch_transfers})")
+            if meta.id_filter_bytes % 64:
+                raise StoreError(f"id_filter_bytes ({meta.id_filter_bytes}) must be a multiple of 64")
             txn.put(b"meta", msgspec.msgpack.encode(meta))
         return meta
 
@@ -553,21 +772,29 @@ class Store:
                 if raw_meta is not None:
                     meta = msgspec.msgpack.decode(bytes(raw_meta), type=_CheckpointMeta)
                     arrays = {name: self._load_array(txn, name, array_meta)
-                              for name, array_meta in meta.arrays.items()}
+                              for name, array_meta in meta.arrays.items() if name != "filter"}
+                    self._load_filter(txn, meta.arrays["filter"])
                     if meta.sequence > self._last_sequence():
                         raise StoreError(f"checkpoint at batch {meta.sequence} is past the log's end")
-                    self.ledger.restore(arrays, meta.scalars)
+                    if meta.scalars["cold_count"] != meta.cold_epochs * self._epoch_transfers:
+                        raise StoreError("checkpoint's cold count and epochs disagree")
+                    self.ledger.restore(arrays, meta.scalars, arrays["tail_rows"], arrays["tail_links"])
+                    self.filter.set_added(meta.filter_added)
+                    last_epoch = np.frombuffer(arrays["last_epoch"], dtype=np.uint32)
+                    self._last_epoch[:last_epoch.shape[0]] = last_epoch
+                    self._cold_epochs = self._flush_queued_epochs = meta.cold_epochs
+                    self._cold_chain = meta.cold_chain
+                    self._cold_id_max = (meta.scalars["cold_id_max_hi"] << 64) | meta.scalars["cold_id_max_lo"]
+                    self.ledger.set_cold_id_max(self._cold_id_max)
                     checkpoint_sequence = meta.sequence
                     self._checkpoint_meta = meta
         except Exception as error:  # noqa: BLE001 - whatever is wrong with it, the log is enough
             # A checkpoint only saves replay time: the log holds every batch since the first.
             # So a damaged one (its writes are not synced: see _open_checkpoint_env) is reported
-            # and the whole log is replayed instead. The next checkpoint rewrites everything.
+            # and the whole log is replayed instead; the cold tier is written again on the way.
             checkpoint_error = str(error)
             print(f"tally: {self.path}: checkpoint not used, replaying the whole log: {error}", file=sys.stderr)
-            self.ledger = Ledger(accounts_max=self.ledger.accounts_max, transfers_max=self.ledger.transfers_max)
-            if self._prefault:
-                self.ledger.prefault()
+            self._fresh_state()
             checkpoint_sequence, self._checkpoint_meta = 0, None
         loaded = time.perf_counter()
         batches = events = 0
@@ -590,12 +817,6 @@ class Store:
         return RecoveryStats(checkpoint_sequence, loaded - started, batches, events, time.perf_counter() - loaded,
                              checkpoint_error)
 
-    def _applier(self, operation: int):
-        """The ledger method that applies a batch of ``operation`` (a key of RECORD_DTYPES)."""
-        if operation == OPERATION_CREATE_ACCOUNTS:
-            return self.ledger.create_accounts
-        return self.ledger.create_transfers
-
     def _load_array(self, txn, name, meta: _ArrayMeta) -> bytes:
         parts = []
         for i in range(meta.chunks):
@@ -604,7 +825,7 @@ class Store:
                 raise StoreError(f"{self.path}: checkpoint chunk {i} of {name} is missing")
             if len(meta.checksums) != meta.chunks or zlib.crc32(part) != meta.checksums[i]:
                 raise StoreError(f"{self.path}: checkpoint chunk {i} of {name} is damaged (checksum mismatch)")
-            if _APPEND_ONLY.get(name):
+            if _ARRAY_KINDS.get(name, _RAW) in (_APPEND_RECORDS, _RECORDS):
                 records = min(_CHUNK_RECORDS, meta.items - i * _CHUNK_RECORDS)
                 try:
                     part = codec.unpack(part, records)
@@ -613,15 +834,42 @@ class Store:
             parts.append(part)
         return b"".join(parts)
 
+    def _load_filter(self, txn, meta: _ArrayMeta) -> None:
+        """Load the filter's regions straight into it (regions never written stay zero)."""
+        if meta.chunks * self.filter.region_bytes < self.filter.size_bytes or len(meta.checksums) != meta.chunks:
+            raise StoreError(f"{self.path}: checkpoint filter has {meta.chunks} regions, this one {self.filter.size_bytes} bytes")
+        for i, checksum in enumerate(meta.checksums):
+            if checksum == _NEVER_WRITTEN:
+                continue
+            part = txn.get(b"filter/" + _CHUNK_KEY.pack(i))
+            if part is None or zlib.crc32(part) != checksum:
+                raise StoreError(f"{self.path}: checkpoint chunk {i} of filter is missing or damaged")
+            self.filter.load_region(i, part)
+
     def _replay_entry(self, sequence, operation, now_ns, last_timestamp, body) -> int:
         count = body.shape[0] // constants.RECORD_SIZE_BYTES
         if operation not in RECORD_DTYPES:
             raise StoreError(f"log entry {sequence}: unknown operation {operation}")
-        self._applier(operation)(body.view(RECORD_DTYPES[operation]), now_ns)
+        self._apply(operation, body.view(RECORD_DTYPES[operation]), now_ns)
         if self.ledger.last_timestamp != last_timestamp:
             raise StoreError(f"log entry {sequence}: replay diverged (timestamp {self.ledger.last_timestamp}, "
                              f"logged {last_timestamp})")
+        self._queue_flush()
         return count
+
+
+def _id_max(rows: np.ndarray) -> int:
+    """The largest 128-bit id among transfer rows."""
+    hi = int(rows["id_hi"].max())
+    return (hi << 64) | int(rows["id_lo"][rows["id_hi"] == hi].max())
+
+
+def _file_bytes(path: str) -> int:
+    """Bytes a file takes on disk (LMDB files are sparse up to their map size)."""
+    try:
+        return os.stat(path).st_blocks * 512
+    except OSError:
+        return 0
 
 
 #: Niceness of the checkpoint thread: it only saves replay time, so it yields the CPU to the

@@ -5,7 +5,9 @@
     data = ".tally/data"      # LMDB data directory
     host = "127.0.0.1"
     port = 7420
-    # accounts_max = 2097152, transfers_max = 16777216   (fixed when the data directory is created)
+    # accounts_max = 2097152        accounts (may grow when the data directory is reopened)
+    # transfers_hot_max = 2097152   recent transfers held in memory; older ones are in the cold tier
+    # pending_max = 1048576         unresolved pending transfers held in memory
     # tls_cert = "cert.pem", tls_key = "key.pem"          (optional: serve TLS only)
     # prefault = false                                     (true: touch all memory at start)
 
@@ -40,7 +42,8 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     accounts_max: int = core_constants.ACCOUNTS_MAX_DEFAULT
-    transfers_max: int = core_constants.TRANSFERS_MAX_DEFAULT
+    transfers_hot_max: int = core_constants.TRANSFERS_HOT_MAX_DEFAULT
+    pending_max: int = core_constants.PENDING_MAX_DEFAULT
     tls_cert: str | None = None
     tls_key: str | None = None
     prefault: bool = False    # touch all ledger memory at start: slower start, no page faults later

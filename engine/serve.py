@@ -26,7 +26,8 @@ async def serve(config: Config, *, announce=print) -> None:
     """Serve until SIGINT/SIGTERM; ``announce`` gets one line once the port is open."""
     settings = config.server
     ssl = tls_context(settings.tls_cert, settings.tls_key) if settings.tls_cert else None
-    store = core.open(settings.data, accounts_max=settings.accounts_max, transfers_max=settings.transfers_max,
+    store = core.open(settings.data, accounts_max=settings.accounts_max, transfers_hot_max=settings.transfers_hot_max,
+                      pending_max=settings.pending_max,
                       prefault=settings.prefault, checkpoint_interval_events=settings.checkpoint_interval_events)
     try:
         server = Server(store, config.secrets())

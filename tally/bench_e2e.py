@@ -86,7 +86,7 @@ def _core_rate(base_dir: str, accounts: int, transfers: int) -> float:
     payment_batches = bench_core.build_payment_batches(accounts, transfers, constants.BATCH_EVENTS_MAX)
     wallets, _, _ = bench_core._population(accounts)
     store_dir = os.path.join(base_dir, "core")
-    store = core.open(store_dir, accounts_max=accounts, transfers_max=transfers + wallets,
+    store = core.open(store_dir, accounts_max=accounts,
                       checkpoint_interval_events=1 << 40, prefault=True)
     try:
         clock = bench_core._Clock()
@@ -219,12 +219,10 @@ def run(seconds: float = 5.0, connections: int = 4, depth: int = 2, accounts: in
         say(f"in-process core: {core_transfers:,} payments over {accounts:,} accounts")
         core_rate = _core_rate(base_dir, accounts, core_transfers)
         wallets, _, _ = bench_core._population(accounts)
-        # The wire cannot beat the core: room for the peak at the core's rate, plus half of it.
-        transfers_max = int(wallets + core_rate * 1.2 * (WARMUP_S + seconds * 1.5)) + 1_000_000
-        say(f"starting the server ({'prefaulting ' if prefault else ''}room for {transfers_max:,} transfers)")
+        say(f"starting the server ({'prefaulting ' if prefault else ''}default hot window)")
         secret = secrets.token_bytes(32)
         process, port = local_server.start(
-            base_dir, secret=secret, accounts_max=accounts, transfers_max=min(transfers_max, constants.TRANSFERS_MAX_LIMIT),
+            base_dir, secret=secret, accounts_max=accounts,
             prefault=prefault, checkpoint_interval_events=checkpoint_interval_events)
         try:
             driven = loop_runner()(_drive(port, secret, accounts=accounts, connections=connections, depth=depth,

@@ -194,6 +194,8 @@ def _bench_loadgen(args) -> int:
 
 
 def _info(args) -> int:
+    import msgspec
+
     import core
 
     try:
@@ -203,10 +205,23 @@ def _info(args) -> int:
         return 2
     with store:
         stats = store.recovery
+        tiers = store.stats()
+        if args.json:
+            print(json.dumps({"sequence": store.sequence, "recovery": msgspec.structs.asdict(stats)} | tiers))
+            return 0
+        mib = 1 << 20
         print(f"data directory   {os.path.abspath(args.data)}")
         print(f"batches logged   {store.sequence:,}")
-        print(f"accounts         {store.ledger.account_count:,} of {store.ledger.accounts_max:,}")
-        print(f"transfers        {store.ledger.transfer_count:,} of {store.ledger.transfers_max:,}")
+        print(f"accounts         {tiers['accounts']:,} of {tiers['accounts_max']:,}")
+        print(f"transfers        {tiers['transfers']:,}: {tiers['transfers_hot']:,} in memory (hot window of "
+              f"{tiers['transfers_hot_max']:,}), {tiers['transfers_cold']:,} in the cold tier "
+              f"({tiers['cold_epochs']:,} epochs of {tiers['cold_epoch_transfers']:,})")
+        print(f"pending table    {tiers['pending_entries']:,} of {tiers['pending_max']:,}")
+        print(f"id filter        {tiers['filter_bytes'] / mib:,.0f} MiB over {tiers['filter_ids']:,} cold ids; "
+              f"since start: {tiers['filter_positives']:,} positives, {tiers['filter_false_positives']:,} false")
+        print(f"cold lookups     {tiers['cold_lookups']:,} ({tiers['cold_lookups_missed']:,} found nothing)")
+        print("memory (MiB)     " + ", ".join(f"{name} {size / mib:,.0f}" for name, size in tiers["memory_bytes"].items()))
+        print("disk (MiB)       " + ", ".join(f"{name} {size / mib:,.1f}" for name, size in tiers["disk_bytes"].items()))
         print(f"recovered in     {stats.checkpoint_load_s + stats.replay_s:.3f} s "
               f"(checkpoint at batch {stats.checkpoint_sequence:,}, {stats.replayed_batches:,} batches replayed)")
         if stats.checkpoint_error:
@@ -320,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="open a data directory (recovering it) and describe it")
     info.add_argument("--data", default=DEFAULT_DATA_DIR, help=f"data directory (default {DEFAULT_DATA_DIR})")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(run=_info)
     return parser
 

@@ -71,11 +71,10 @@ def run(directory: str, seconds: float = 10.0, rate_per_s: float = 20_000.0, use
         print(f"tally demo: {problem}", file=sys.stderr)
         return 2
     server_dir, replayed_dir = os.path.join(directory, "server"), os.path.join(directory, "replayed")
-    transfers = demo_workload.rate.schedule(seconds).total
     secret = secrets.token_bytes(32)
     say(f"starting tally serve on a fresh data directory, {server_dir}")
     process, port = local_server.start(directory, secret=secret, accounts_max=2 * users + 1_000,
-                                       transfers_max=2 * (users + transfers) + 1_000_000, state_hash_on_exit=True)
+                                       state_hash_on_exit=True)
     trace_path = os.path.join(directory, "trace.tly")
     try:
         say(f"{users:,} wallets, {demo_workload.population.merchants:,} merchants; "

@@ -22,7 +22,7 @@ SERVER_STOP_TIMEOUT_S = 120.0
 
 
 def start(base_dir: str, *, secret: bytes, accounts_max: int = constants.ACCOUNTS_MAX_DEFAULT,
-          transfers_max: int = constants.TRANSFERS_MAX_DEFAULT, prefault: bool = False,
+          transfers_hot_max: int = constants.TRANSFERS_HOT_MAX_DEFAULT, prefault: bool = False,
           checkpoint_interval_events: int = constants.CHECKPOINT_INTERVAL_EVENTS_DEFAULT,
           state_hash_on_exit: bool = False) -> tuple[subprocess.Popen, int]:
     """Write ``base_dir/config.toml`` (client 1 with ``secret``), start the server on a free port.
@@ -37,7 +37,7 @@ def start(base_dir: str, *, secret: bytes, accounts_max: int = constants.ACCOUNT
             f"data = {json.dumps(os.path.join(base_dir, 'server'))}\n"   # a JSON string is a TOML basic string
             f"host = \"127.0.0.1\"\nport = 0\nprefault = {'true' if prefault else 'false'}\n"
             f"checkpoint_interval_events = {checkpoint_interval_events}\n"
-            f"accounts_max = {accounts_max}\ntransfers_max = {transfers_max}\n"
+            f"accounts_max = {accounts_max}\ntransfers_hot_max = {transfers_hot_max}\n"
             f"state_hash_on_exit = {'true' if state_hash_on_exit else 'false'}\n"
             f"[[clients]]\nid = 1\nsecret = \"{secret.hex()}\"\n")
     os.chmod(config_path, 0o600)

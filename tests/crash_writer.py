@@ -13,7 +13,7 @@ from tests import workload
 
 def main():
     data_dir, interval = sys.argv[1], int(sys.argv[2])
-    store = core.open(data_dir, accounts_max=100, transfers_max=2_000_000, checkpoint_interval_batches=interval)
+    store = core.open(data_dir, accounts_max=100, transfers_hot_max=2_000_000, checkpoint_interval_batches=interval)
     if store.sequence == 0:
         store.create_accounts(workload.account_batch(), workload.now_ns(0))
         print("ack 1", flush=True)

@@ -33,7 +33,7 @@ def test_info_describes_a_data_directory(tmp_path, capsys):
     import core
     from tests import workload
 
-    with core.open(str(tmp_path / "data"), accounts_max=100, transfers_max=1000) as store:
+    with core.open(str(tmp_path / "data"), accounts_max=100, transfers_hot_max=1000) as store:
         store.create_accounts(workload.account_batch())
     assert cli.main(["info", "--data", str(tmp_path / "data")]) == 0
     out = capsys.readouterr().out

@@ -36,9 +36,9 @@ def run(coroutine, timeout=30):
 
 
 @contextlib.asynccontextmanager
-async def serving(data_dir, *, port=0, ssl_context=None, accounts_max=20_000, transfers_max=200_000):
+async def serving(data_dir, *, port=0, ssl_context=None, accounts_max=20_000, transfers_hot_max=200_000):
     """A server over a store in ``data_dir`` on a loopback port; closed (gracefully) afterwards."""
-    store = core.open(data_dir, accounts_max=accounts_max, transfers_max=transfers_max)
+    store = core.open(data_dir, accounts_max=accounts_max, transfers_hot_max=transfers_hot_max)
     server = Server(store, SECRETS)
     try:
         yield store, server, await server.start("127.0.0.1", port, ssl=ssl_context)
@@ -488,7 +488,7 @@ class ThreadedServer:
     """A server running on a background thread's event loop, for code without one."""
 
     def __init__(self, data_dir):
-        self.store = core.open(data_dir, accounts_max=1000, transfers_max=100_000)
+        self.store = core.open(data_dir, accounts_max=1000, transfers_hot_max=100_000)
         self.server = Server(self.store, SECRETS)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)

@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _expected_state(batches: int):
     """The state after exactly `batches` committed batches, computed in memory."""
-    ledger = core.Ledger(accounts_max=100, transfers_max=2_000_000)
+    ledger = core.Ledger(accounts_max=100, transfers_hot_max=2_000_000)
     ledger.create_accounts(workload.account_batch(), workload.now_ns(0))
     for seed in range(1, batches):
         ledger.create_transfers(workload.transfer_batch(seed, size=1000), workload.now_ns(seed))

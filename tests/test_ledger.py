@@ -25,9 +25,9 @@ ACCOUNTS = [
 class Both:
     """Applies every batch to the core and the model and checks they agree."""
 
-    def __init__(self, accounts_max=100, transfers_max=100):
-        self.core = core.Ledger(accounts_max=accounts_max, transfers_max=transfers_max)
-        self.model = ModelLedger(accounts_max, transfers_max)
+    def __init__(self, accounts_max=100, transfers_hot_max=100):
+        self.core = core.Ledger(accounts_max=accounts_max, transfers_hot_max=transfers_hot_max)
+        self.model = ModelLedger(accounts_max, transfers_hot_max)
         self.now = T0
         assert self.accounts(ACCOUNTS) == [R.ok] * len(ACCOUNTS)
 
@@ -135,7 +135,7 @@ def test_overflows_and_limits(both):
     assert both.transfers([pay(11, 1, 3, 1)]) == [R.overflows_debits_posted]
     assert both.transfers([pay(12, 1, 3, 1, flags=2)]) == [R.overflows_debits]
     assert both.transfers([pay(13, 3, 1, 1)]) == [R.ok]
-    small = Both(accounts_max=len(ACCOUNTS), transfers_max=2)
+    small = Both(accounts_max=len(ACCOUNTS), transfers_hot_max=2)
     assert small.accounts([{"id": 50, "ledger": CNY, "code": 1}]) == [R.accounts_limit_reached]
     assert small.transfers([pay(1, 1, 3, 1), pay(2, 1, 3, 1), pay(3, 1, 3, 1)]) == [R.ok, R.ok, R.transfers_limit_reached]
 
@@ -212,5 +212,5 @@ def test_reserved_ids_are_never_found(both):
         assert len(both.core.lookup_accounts([reserved])) == 0
         assert len(both.core.lookup_transfers([reserved])) == 0
         assert len(both.core.get_account_transfers(reserved)) == 0
-    empty = core.Ledger(accounts_max=4, transfers_max=4)
+    empty = core.Ledger(accounts_max=4, transfers_hot_max=4)
     assert len(empty.lookup_accounts([0])) == 0 and len(empty.lookup_transfers([0])) == 0

@@ -77,7 +77,7 @@ def test_generated_requests_are_valid_and_follow_their_dependencies(seed, weight
     workload = small_workload(hold_s=0.0, refund_after_s=0.0,
                               **dict(zip(("payment", "p2p", "hold", "refund"), weights)))
     population = Population(workload, run_id=77)
-    ledger = core.Ledger(accounts_max=1_000, transfers_max=100_000)
+    ledger = core.Ledger(accounts_max=1_000, transfers_hot_max=100_000)
     apply_setup(ledger, population)
     generator = RequestGenerator(workload, population, seed=seed)
     seen_ids, holds, refunded = set(), {}, set()
@@ -152,7 +152,7 @@ def test_follow_ups_wait_for_their_delay():
 def server(tmp_path):
     secret = secrets.token_bytes(32)
     process, port = local_server.start(str(tmp_path / "srv"), secret=secret, accounts_max=50_000,
-                                       transfers_max=2_000_000)
+                                       transfers_hot_max=2_000_000)
     yield runner.Target("127.0.0.1", port, 1, secret), str(tmp_path / "srv")
     assert local_server.stop(process) == 0
 
@@ -160,7 +160,7 @@ def server(tmp_path):
 def fresh_server(tmp_path, name):
     secret = secrets.token_bytes(32)
     process, port = local_server.start(str(tmp_path / name), secret=secret, accounts_max=50_000,
-                                       transfers_max=2_000_000)
+                                       transfers_hot_max=2_000_000)
     return process, runner.Target("127.0.0.1", port, 1, secret)
 
 
@@ -255,7 +255,7 @@ def test_the_load_commands_end_to_end(server, tmp_path):
 
 def test_setup_refusals_name_the_result(tmp_path):
     secret = secrets.token_bytes(32)
-    process, port = local_server.start(str(tmp_path / "tiny"), secret=secret, accounts_max=100, transfers_max=10_000)
+    process, port = local_server.start(str(tmp_path / "tiny"), secret=secret, accounts_max=100, transfers_hot_max=10_000)
     try:
         with pytest.raises(runner.LoadError, match="accounts_limit_reached"):
             runner.run(runner.Target("127.0.0.1", port, 1, secret), small_workload(seconds=1.0),

@@ -41,8 +41,8 @@ def codes(*names):
 class Book:
     """A model ledger with a clock that moves one second per batch unless told otherwise."""
 
-    def __init__(self, accounts_max=100, transfers_max=100):
-        self.m = ModelLedger(accounts_max, transfers_max)
+    def __init__(self, accounts_max=100, transfers_hot_max=100):
+        self.m = ModelLedger(accounts_max, transfers_hot_max)
         self.now = T0
 
     def accounts(self, events, now=None, step=NS):
@@ -791,7 +791,7 @@ def test_overflow_is_checked_before_the_account_limits(book):
 
 
 def test_transfers_limit_reached_for_every_kind():
-    b = Book(transfers_max=2)
+    b = Book(transfers_hot_max=2)
     b.accounts([acct(1), acct(2)])
     assert b.transfers([xfer(1, 1, 2, 5, flags=PENDING), xfer(2, 1, 2, 5, flags=PENDING),
                         xfer(3, 1, 2, 5), resolve(4, 1), resolve(5, 2, flags=VOID), xfer(1, 1, 2, 5, flags=PENDING)]) == [

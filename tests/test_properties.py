@@ -159,7 +159,7 @@ def _assert_same_state(core_ledger, model):
 
 
 def _run_against_model(steps):
-    core_ledger = core.Ledger(accounts_max=ACCOUNTS_MAX, transfers_max=TRANSFERS_MAX)
+    core_ledger = core.Ledger(accounts_max=ACCOUNTS_MAX, transfers_hot_max=TRANSFERS_MAX)
     model = ModelLedger(ACCOUNTS_MAX, TRANSFERS_MAX)
     for kind, now, events in _timed(steps):
         got, want = _apply(core_ledger, model, kind, now, events)
@@ -198,7 +198,7 @@ def _check_invariants(ledger):
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches)
 def test_money_is_conserved_and_limits_hold(steps):
-    ledger = core.Ledger(accounts_max=ACCOUNTS_MAX, transfers_max=TRANSFERS_MAX)
+    ledger = core.Ledger(accounts_max=ACCOUNTS_MAX, transfers_hot_max=TRANSFERS_MAX)
     for kind, now, events in _timed(steps):
         _submit(ledger, kind, events, now)
         _check_invariants(ledger)
@@ -207,7 +207,7 @@ def test_money_is_conserved_and_limits_hold(steps):
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches)
 def test_a_retried_request_changes_nothing(steps):
-    ledger = core.Ledger(accounts_max=ACCOUNTS_MAX, transfers_max=TRANSFERS_MAX)
+    ledger = core.Ledger(accounts_max=ACCOUNTS_MAX, transfers_hot_max=TRANSFERS_MAX)
     for kind, now, events in _timed(steps):
         first = _submit(ledger, kind, events, now)
         acknowledged = [e for e, r in zip(events, first) if r == core.Result.ok]

@@ -83,7 +83,8 @@ def test_hot_path_functions_are_declared_nogil():
     pxd = (pathlib.Path(core.ledger.__file__).parent / "ledger.pxd").read_text()
     pxd = re.sub(r"\s+", " ", pxd)
     for name in ("apply_transfers", "create_transfer", "post_or_void", "append_transfer", "apply_accounts",
-                 "create_account", "rollback", "expire_pending", "schedule_expiries", "expiry_push"):
+                 "create_account", "rollback", "expire_pending", "schedule_expiries", "evict", "heap_sift_up",
+                 "heap_sift_down", "heap_remove", "pending_insert", "pending_release"):
         declaration = re.search(rf"cdef \w+ {name}\(self[^)]*\) noexcept nogil", pxd)
         assert declaration, f"{name} must be declared noexcept nogil"
 

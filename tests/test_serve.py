@@ -26,7 +26,7 @@ LISTENING = re.compile(r"^tally serve: listening on ([0-9.]+):(\d+)")
 
 def write_config(tmp_path, extra=""):
     path = tmp_path / "config.toml"
-    path.write_text("[server]\naccounts_max = 10000\ntransfers_max = 1000000\n" + extra
+    path.write_text("[server]\naccounts_max = 10000\ntransfers_hot_max = 1000000\n" + extra
                     + "".join(f'[[clients]]\nid = {i}\nsecret = "{s.hex()}"\n' for i, s in SECRETS.items()))
     return str(path)
 

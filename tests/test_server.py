@@ -24,7 +24,7 @@ def run(coroutine):
 @contextlib.asynccontextmanager
 async def serving(data_dir):
     """A server on a loopback port over a fresh store; everything closed afterwards."""
-    store = core.open(data_dir, accounts_max=1000, transfers_max=100_000)
+    store = core.open(data_dir, accounts_max=1000, transfers_hot_max=100_000)
     server = Server(store, SECRETS)
     try:
         yield store, server, await server.start()
@@ -58,7 +58,7 @@ def test_create_and_look_up_over_the_wire(data_dir):
             batch["timeout"] = 0
             results = await client.create_transfers(batch)
             # The same batches in memory give the same results.
-            memory = core.Ledger(accounts_max=1000, transfers_max=100_000)
+            memory = core.Ledger(accounts_max=1000, transfers_hot_max=100_000)
             memory.create_accounts(workload.account_batch(), 1)
             assert results.tolist() == memory.create_transfers(batch, 2).tolist()
             remote = await client.lookup_accounts(range(1, workload.ACCOUNTS + 1))

@@ -149,7 +149,7 @@ class Env:
 
 @contextlib.asynccontextmanager
 async def serving(data_dir):
-    store = core.open(data_dir, accounts_max=1000, transfers_max=100_000)
+    store = core.open(data_dir, accounts_max=1000, transfers_hot_max=100_000)
     server = Server(store, SECRETS)
     good = None
     try:
@@ -560,7 +560,7 @@ def test_a_request_that_leaves_a_linked_chain_open_does_not_chain_into_the_next_
             if follower == "fails":
                 other["debit_account_id_lo"] = 2   # a wallet with no money: exceeds_credits
             # What each request gives on its own, in a ledger in memory with the same state.
-            memory = core.Ledger(accounts_max=1000, transfers_max=100_000)
+            memory = core.Ledger(accounts_max=1000, transfers_hot_max=100_000)
             memory.create_accounts(workload.account_batch(), 1)
             memory.create_transfers(transfers(1, 10, amount=100), 2)
             alone = (memory.create_transfers(open_chain, 3).tolist(), memory.create_transfers(other, 4).tolist())

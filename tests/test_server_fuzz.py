@@ -102,7 +102,7 @@ class LiveServer:
 
     def __init__(self, path: str):
         self.path = path
-        self.store = core.open(path, accounts_max=ACCOUNTS_MAX, transfers_max=TRANSFERS_MAX)
+        self.store = core.open(path, accounts_max=ACCOUNTS_MAX, transfers_hot_max=TRANSFERS_MAX)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="fuzzed-server", daemon=True)
         self.thread.start()
@@ -371,7 +371,7 @@ class Mirror:
     """The ledger as the documented protocol says it must be: valid frames applied in order."""
 
     def __init__(self):
-        self.ledger = core.Ledger(accounts_max=ACCOUNTS_MAX, transfers_max=TRANSFERS_MAX)
+        self.ledger = core.Ledger(accounts_max=ACCOUNTS_MAX, transfers_hot_max=TRANSFERS_MAX)
         self.now = time.time_ns()
 
     def _now(self) -> int:

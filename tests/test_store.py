@@ -33,7 +33,7 @@ def _assert_same(a, b):
 
 @pytest.mark.parametrize("checkpoint_interval_batches", [1, 4, 1000])
 def test_reopen_recovers_exactly_the_committed_state(data_dir, checkpoint_interval_batches):
-    with core.open(data_dir, accounts_max=100, transfers_max=20_000,
+    with core.open(data_dir, accounts_max=100, transfers_hot_max=20_000,
                    checkpoint_interval_batches=checkpoint_interval_batches) as store:
         results = _fill(store, 20)
         before = _state(store.ledger)
@@ -59,13 +59,13 @@ def test_reopen_recovers_exactly_the_committed_state(data_dir, checkpoint_interv
         assert more.shape == (200,)
 
     # Same batches into an in-memory ledger: the same state (the store adds nothing of its own).
-    memory = core.Ledger(accounts_max=100, transfers_max=20_000)
+    memory = core.Ledger(accounts_max=100, transfers_hot_max=20_000)
     _fill(memory, 20)
     _assert_same(before, _state(memory))
 
 
 def test_bad_batches_raise_and_change_nothing(data_dir):
-    with core.open(data_dir, accounts_max=100, transfers_max=10_000) as store:
+    with core.open(data_dir, accounts_max=100, transfers_hot_max=10_000) as store:
         _fill(store, 2)
         before, sequence = _state(store.ledger), store.sequence
         with pytest.raises(ValueError, match="at most 8190"):
@@ -81,14 +81,14 @@ def test_bad_batches_raise_and_change_nothing(data_dir):
 
 
 def test_raw_bytes_batches_are_accepted(data_dir):
-    with core.open(data_dir, accounts_max=100, transfers_max=10_000) as store:
+    with core.open(data_dir, accounts_max=100, transfers_hot_max=10_000) as store:
         assert store.create_accounts(workload.account_batch().tobytes()).tolist() == [0] * workload.ACCOUNTS
 
 
 def test_failed_commit_poisons_the_store_until_reopened(data_dir):
     # A map too small for the log: some commit fails after its batch was applied in memory.
     big = np.concatenate([workload.transfer_batch(seed) for seed in range(1, 42)])[:8190]
-    with core.open(data_dir, accounts_max=100, transfers_max=1_000_000, map_size_bytes=1 << 20,
+    with core.open(data_dir, accounts_max=100, transfers_hot_max=1_000_000, map_size_bytes=1 << 20,
                    checkpoint_interval_batches=1 << 20) as store:
         store.create_accounts(workload.account_batch(), workload.now_ns(0))
         for attempt in range(1, 100):
@@ -107,7 +107,7 @@ def test_failed_commit_poisons_the_store_until_reopened(data_dir):
             store.create_transfers(big[:1])
     with core.open(data_dir) as store:
         assert store.sequence == committed
-        expected = core.Ledger(accounts_max=100, transfers_max=1_000_000)
+        expected = core.Ledger(accounts_max=100, transfers_hot_max=1_000_000)
         expected.create_accounts(workload.account_batch(), workload.now_ns(0))
         for committed_attempt in range(1, attempt):
             big["id_hi"] = committed_attempt
@@ -117,12 +117,12 @@ def test_failed_commit_poisons_the_store_until_reopened(data_dir):
 
 
 def test_capacity_is_kept_and_may_grow(data_dir):
-    with core.open(data_dir, accounts_max=100, transfers_max=1_000) as store:
+    with core.open(data_dir, accounts_max=100, transfers_hot_max=1_000) as store:
         store.create_accounts(workload.account_batch())
     with core.open(data_dir) as store:
-        assert (store.ledger.accounts_max, store.ledger.transfers_max) == (100, 1_000)
-    with core.open(data_dir, transfers_max=5_000) as store:
-        assert store.ledger.transfers_max == 5_000
+        assert (store.ledger.accounts_max, store.ledger.transfers_hot_max) == (100, 1_000)
+    with core.open(data_dir, transfers_hot_max=5_000) as store:
+        assert store.ledger.transfers_hot_max == 5_000
         assert store.ledger.account_count == workload.ACCOUNTS
 
 
@@ -131,7 +131,7 @@ def test_incremental_checkpoints_across_chunk_boundaries(data_dir, monkeypatch):
     # partial last chunk and adds new ones, while the other arrays are rewritten whole.
     monkeypatch.setattr(core.store, "_CHUNK_RECORDS", 7)
     monkeypatch.setattr(core.store, "_CHUNK_BYTES", 1000)
-    with core.open(data_dir, accounts_max=100, transfers_max=20_000, checkpoint_interval_batches=3) as store:
+    with core.open(data_dir, accounts_max=100, transfers_hot_max=20_000, checkpoint_interval_batches=3) as store:
         _fill(store, 14)
         before = _state(store.ledger)
     with core.open(data_dir) as store:
@@ -165,7 +165,7 @@ def _damage(data_dir, database, key, offset, mask):
 
 
 def test_a_damaged_log_entry_is_reported_not_misread(data_dir):
-    with core.open(data_dir, accounts_max=100, transfers_max=10_000, checkpoint_interval_batches=1000) as store:
+    with core.open(data_dir, accounts_max=100, transfers_hot_max=10_000, checkpoint_interval_batches=1000) as store:
         _fill(store, 3)
     # Inside the packed body, a flip that still unpacks: only the checksum can tell.
     _damage(data_dir, b"log", (4).to_bytes(8, "big"), 48, 0x01)  # lowest byte of the first transfer id
@@ -174,7 +174,7 @@ def test_a_damaged_log_entry_is_reported_not_misread(data_dir):
 
 
 def test_a_damaged_checkpoint_is_reported_and_the_whole_log_replayed(data_dir):
-    with core.open(data_dir, accounts_max=100, transfers_max=10_000, checkpoint_interval_batches=2) as store:
+    with core.open(data_dir, accounts_max=100, transfers_hot_max=10_000, checkpoint_interval_batches=2) as store:
         _fill(store, 3)
         before = _state(store.ledger)
         sequence = store.sequence
@@ -190,7 +190,7 @@ def test_a_damaged_checkpoint_is_reported_and_the_whole_log_replayed(data_dir):
 
 
 def test_an_unreadable_checkpoint_environment_is_set_aside(data_dir):
-    with core.open(data_dir, accounts_max=100, transfers_max=10_000, checkpoint_interval_batches=2) as store:
+    with core.open(data_dir, accounts_max=100, transfers_hot_max=10_000, checkpoint_interval_batches=2) as store:
         _fill(store, 3)
         before = _state(store.ledger)
     checkpoint_file = os.path.join(data_dir, core.store.CHECKPOINT_SUBDIRECTORY, "data.mdb")
@@ -205,7 +205,7 @@ def test_an_unreadable_checkpoint_environment_is_set_aside(data_dir):
 def test_checkpoints_are_counted_in_events_not_batches(data_dir):
     # 200-event batches and a 1,000-event interval: a checkpoint every 5 batches or so, and none
     # from batch counts alone (the default counts events only).
-    with core.open(data_dir, accounts_max=100, transfers_max=20_000, checkpoint_interval_events=1000) as store:
+    with core.open(data_dir, accounts_max=100, transfers_hot_max=20_000, checkpoint_interval_events=1000) as store:
         _fill(store, 12)
         before = _state(store.ledger)
         sequence = store.sequence
@@ -215,7 +215,7 @@ def test_checkpoints_are_counted_in_events_not_batches(data_dir):
         assert 5 <= checkpointed <= sequence and store.recovery.replayed_events < sequence * 200 // 2
         _assert_same(before, _state(store.ledger))
     # Tiny batches never reach a large event interval: no checkpoint at all.
-    with core.open(data_dir + "-small", accounts_max=100, transfers_max=20_000) as store:
+    with core.open(data_dir + "-small", accounts_max=100, transfers_hot_max=20_000) as store:
         store.create_accounts(workload.account_batch(), workload.now_ns(0))
         for seed in range(1, 30):
             store.create_transfers(workload.transfer_batch(seed)[:1], workload.now_ns(seed))
@@ -224,7 +224,7 @@ def test_checkpoints_are_counted_in_events_not_batches(data_dir):
 
 
 def test_a_data_directory_in_use_cannot_be_opened_twice(data_dir):
-    with core.open(data_dir, accounts_max=100, transfers_max=1000) as store:
+    with core.open(data_dir, accounts_max=100, transfers_hot_max=1000) as store:
         with pytest.raises(core.StoreError, match="in use by another process"):
             core.open(data_dir)
         store.create_accounts(workload.account_batch(), workload.now_ns(0))
@@ -235,7 +235,7 @@ def test_a_data_directory_in_use_cannot_be_opened_twice(data_dir):
 def test_an_append_the_log_refuses_is_never_acknowledged(data_dir):
     # Another writer got to the log first (here: behind the store's back): the store's next
     # sequence number is taken, LMDB refuses the append, and the batch must fail, not be acked.
-    with core.open(data_dir, accounts_max=100, transfers_max=1000) as store:
+    with core.open(data_dir, accounts_max=100, transfers_hot_max=1000) as store:
         store.create_accounts(workload.account_batch(), workload.now_ns(0))
         env = store._env
         with env.begin(write=True, db=store._log) as txn:

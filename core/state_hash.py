@@ -1,0 +1,101 @@
+"""The state hash: one digest of a ledger's whole state, history included, without reading it.
+
+``tally replay-log`` compares it between a store and its log replayed (docs/storage.md); it
+lives with the state it covers, and both ``core.store`` and ``core.replay_log`` use it.
+
+What it covers (docs/tiering.md): the accounts (records and balances with their features), the
+unresolved pending transfers (by number), the scalars (counts, last timestamp) and every
+transfer ever applied, through a *chain* of epoch digests: epoch ``e`` (transfers
+``[e*E, (e+1)*E)``) has a digest of its rows and of the pending statuses resolved in it, and the
+chain is ``H(chain || digest)`` from the first epoch on. The store keeps the chain of the epochs
+in its cold tier; complete epochs not yet written there, and the open epoch, are digested from
+memory. So the hash does not depend on when the cold tier was written, on the hot window's size,
+on the pending table's layout, or on the capacities: only on the content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import numpy as np
+
+from core import constants
+
+#: Versions the hash's encoding: a change to it (not to the state) changes every hash.
+STATE_HASH_DOMAIN = b"tally state hash 2\n"
+STATE_HASH_DIGEST_BYTES = 32
+EPOCH_DIGEST_DOMAIN = b"tally epoch 1\n"
+#: The chain before the first epoch.
+CHAIN_EMPTY = bytes(STATE_HASH_DIGEST_BYTES)
+
+_LENGTH = struct.Struct("<Q")
+
+
+def epoch_digest(rows: np.ndarray, statuses: np.ndarray) -> bytes:
+    """Digest of one epoch: its transfer rows in order, then its statuses (by timestamp)."""
+    digest = hashlib.blake2b(EPOCH_DIGEST_DOMAIN, digest_size=STATE_HASH_DIGEST_BYTES)
+    for part in (rows, statuses):
+        raw = np.ascontiguousarray(part).view(np.uint8).reshape(-1)
+        digest.update(_LENGTH.pack(raw.shape[0]))
+        digest.update(raw)  # hashlib drops the GIL for large buffers
+    return digest.digest()
+
+
+def chain_next(chain: bytes, digest: bytes) -> bytes:
+    """The chain after one more epoch."""
+    return hashlib.blake2b(chain + digest, digest_size=STATE_HASH_DIGEST_BYTES).digest()
+
+
+def state_hash(ledger, *, epoch_transfers: int = constants.COLD_EPOCH_TRANSFERS_DEFAULT,
+               chain: bytes = CHAIN_EMPTY, chained_epochs: int = 0) -> str:
+    """Hex BLAKE2b-256 digest of a ledger's state.
+
+    ``chain`` is the chain over the first ``chained_epochs`` epochs (a store's cold tier); the
+    ledger must hold every transfer after them in memory. A bare ``Ledger`` passes neither.
+    """
+    count = ledger.transfer_count
+    complete = count // epoch_transfers
+    for epoch in range(chained_epochs, complete):
+        first, last = epoch * epoch_transfers, (epoch + 1) * epoch_transfers
+        chain = chain_next(chain, epoch_digest(ledger.transfers_range(first, last), ledger.resolved_between(first, last)))
+    tail_first = complete * epoch_transfers
+    tail = epoch_digest(ledger.transfers_range(tail_first, count), ledger.resolved_between(tail_first, count))
+    arrays, scalars = ledger.snapshot()
+    pendings = ledger.unresolved_pendings()
+    # Chain heads are ring slots: where the hot window happens to be, not content.
+    hot = arrays["hot"].copy()
+    hot["last_debit"] = 0
+    hot["last_credit"] = 0
+    parts = {
+        "accounts": arrays["accounts"],
+        "hot": hot,
+        "pending_rows": pendings["row"],
+        "pending_numbers": pendings["number"],
+        "pending_accounts": np.stack([pendings["debit_index"], pendings["credit_index"]], axis=-1),
+    }
+    digest = hashlib.blake2b(STATE_HASH_DOMAIN, digest_size=STATE_HASH_DIGEST_BYTES)
+    digest.update(_LENGTH.pack(len(parts)))
+    for name in sorted(parts):
+        array = np.ascontiguousarray(parts[name]).reshape(-1)
+        raw = array.view(np.uint8)
+        _update_text(digest, name)
+        _update_text(digest, str(array.dtype.descr))
+        digest.update(_LENGTH.pack(array.shape[0]))
+        digest.update(_LENGTH.pack(raw.shape[0]))
+        digest.update(raw)
+    digest.update(_LENGTH.pack(epoch_transfers))
+    digest.update(chain)
+    digest.update(tail)
+    kept = {name: scalars[name] for name in ("account_count", "transfer_count", "last_timestamp")}
+    digest.update(_LENGTH.pack(len(kept)))
+    for name in sorted(kept):
+        _update_text(digest, name)
+        digest.update(_LENGTH.pack(int(kept[name])))
+    return digest.hexdigest()
+
+
+def _update_text(digest, text: str) -> None:
+    encoded = text.encode()
+    digest.update(_LENGTH.pack(len(encoded)))
+    digest.update(encoded)

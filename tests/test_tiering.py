@@ -1,0 +1,206 @@
+"""The tiered store agrees with the reference model exactly, with most of the history cold.
+
+The same random batches as ``tests/test_properties.py`` (valid and invalid events, retries,
+two-phase posts and voids, expiries, linked chains, balancing transfers) run through a
+``core.Store`` whose hot window holds 11 transfers, written to the cold tier one at a time, with
+an id filter whose every bit is set (it answers "maybe" for every id): so most lookups,
+retries, posts, voids and history pages go to LMDB through the prefetch. The store is closed and
+reopened at a random point (recovery from a checkpoint plus the log, the ring's tail restored,
+the rest cold), and after every batch the results, accounts, features, lookups and every
+account's history pages must equal the model's. The state hash must survive the reopen and
+equal ``tally replay-log``'s.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import core
+from core import replay_log
+from tests.model import ModelLedger
+from tests.test_properties import ACCOUNTS_MAX, ACCOUNT_IDS, TRANSFER_IDS, LOOKUP_IDS, U128, _timed, batches
+
+TINY = dict(transfers_hot_max=11, cold_epoch_transfers=1, id_filter_bytes=64, pending_max=256,
+            checkpoint_interval_batches=3)
+
+
+def _saturate_filter(store):
+    """Every bit set: every id the hot window does not hold is looked up in LMDB."""
+    store.filter.words()[:] = np.iinfo(np.uint64).max
+
+
+class _Tiered:
+    """A store seen through the ledger's interface, for the shared assertions."""
+
+    def __init__(self, path):
+        self.path = path
+        self.store = core.open(path, accounts_max=ACCOUNTS_MAX, **TINY)
+        _saturate_filter(self.store)
+
+    def reopen(self):
+        self.store.close()
+        self.store = core.open(self.path)
+        _saturate_filter(self.store)
+
+    def apply(self, kind, events, now_ns):
+        if kind == "accounts":
+            return self.store.create_accounts(core.accounts_from_dicts(events), now_ns).tolist()
+        return self.store.create_transfers(core.transfers_from_dicts(events), now_ns).tolist()
+
+
+def _assert_same_state(tiered: _Tiered, model: ModelLedger):
+    store = tiered.store
+    assert core.to_dicts(store.ledger.accounts()) == model.accounts()
+    assert core.to_dicts(store.lookup_transfers(LOOKUP_IDS)) == model.lookup_transfers(LOOKUP_IDS)
+    features = store.ledger.features()
+    for key, expected in model.features_by_index().items():
+        assert features[key].tolist() == expected, key
+    for account_id in ACCOUNT_IDS + [0, U128]:
+        whole = model.get_account_transfers(account_id)
+        for reverse in (False, True):
+            got = core.to_dicts(store.get_account_transfers(account_id, reverse=reverse))
+            assert got == model.get_account_transfers(account_id, reverse=reverse)
+        for limit, debits, credits in ((2, False, True), (3, True, False), (1, True, True)):
+            for reverse in (False, True):
+                got = core.to_dicts(store.get_account_transfers(account_id, limit=limit, debits=debits,
+                                                                credits=credits, reverse=reverse))
+                assert got == model.get_account_transfers(account_id, limit=limit, debits=debits,
+                                                          credits=credits, reverse=reverse)
+        if len(whole) > 2:  # a page bounded by timestamps on both sides
+            low, high = whole[1]["timestamp"], whole[-2]["timestamp"]
+            got = core.to_dicts(store.get_account_transfers(account_id, timestamp_min=low, timestamp_max=high))
+            assert got == model.get_account_transfers(account_id, timestamp_min=low, timestamp_max=high)
+
+
+def _run(steps, reopen_at, tmp_path_factory):
+    tiered = _Tiered(str(tmp_path_factory.mktemp("tiered")))
+    model = ModelLedger(ACCOUNTS_MAX, 1 << 40)  # no transfer limit: the history is unbounded
+    try:
+        for number, (kind, now, events) in enumerate(_timed(steps)):
+            if number == reopen_at:
+                before = tiered.store.state_hash()
+                tiered.reopen()
+                assert tiered.store.state_hash() == before
+            want = model.create_accounts(events, now) if kind == "accounts" else model.create_transfers(events, now)
+            assert tiered.apply(kind, events, now) == want, (kind, events)
+            assert tiered.store.ledger.last_timestamp == model.last
+            _assert_same_state(tiered, model)
+        stats = tiered.store.stats()
+        assert stats["transfers_hot"] <= TINY["transfers_hot_max"]
+        return tiered
+    finally:
+        tiered.store.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(steps=batches, reopen_at=st.integers(0, 15))
+def test_tiered_store_matches_the_model(steps, reopen_at, tmp_path_factory):
+    _run(steps, reopen_at, tmp_path_factory)
+
+
+@pytest.mark.slow
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(steps=batches, reopen_at=st.integers(0, 15))
+def test_tiered_store_matches_the_model_long(steps, reopen_at, tmp_path_factory):
+    _run(steps, reopen_at, tmp_path_factory)
+
+
+def _payments(count, first_id, accounts=6, ledger=156):
+    return core.transfers_from_dicts([
+        {"id": first_id + k, "debit_account_id": 1 + k % accounts, "credit_account_id": 1 + (k + 1) % accounts,
+         "amount": 1 + k % 7, "ledger": ledger, "code": 1} for k in range(count)])
+
+
+def _open_small(path, **extra):
+    return core.open(path, accounts_max=16, transfers_hot_max=64, cold_epoch_transfers=16, id_filter_bytes=4096,
+                     pending_max=64, **extra)
+
+
+def test_memory_stays_bounded_while_history_grows(tmp_path):
+    with _open_small(str(tmp_path)) as store:
+        store.create_accounts(core.accounts_from_dicts([{"id": i, "ledger": 156, "code": 1} for i in range(1, 7)]))
+        for batch in range(100):
+            assert (store.create_transfers(_payments(40, 1_000 + 40 * batch)) == 0).all()
+            assert store.ledger.transfer_count - store.ledger.hot_first <= 64
+        stats = store.stats()
+        assert stats["transfers"] == 4_000 and stats["transfers_cold"] >= 4_000 - 64 - 16
+        # Every id ever accepted is still known: a retry of the first batch answers exists.
+        retry = store.create_transfers(_payments(40, 1_000))
+        assert (retry == core.Result.exists).all()
+        assert store.stats()["transfers"] == 4_000
+        assert len(store.lookup_transfers(list(range(1_000, 5_000, 97)))) == len(range(1_000, 5_000, 97))
+        # An account's whole history pages back to its first transfer.
+        pages, timestamp_max = [], 0
+        while True:
+            page = store.get_account_transfers(1, timestamp_max=timestamp_max, limit=100, reverse=True)
+            if page.shape[0] == 0:
+                break
+            pages.append(page)
+            timestamp_max = int(page["timestamp"][-1]) - 1
+        history = np.concatenate(pages)
+        assert history.shape[0] == 100 * 13  # per batch: 7 debits (k = 0, 6, ... 36) and 6 credits
+        assert (np.diff(history["timestamp"].astype(np.int64)) < 0).all()
+        involved = (history["debit_account_id_lo"] == 1) | (history["credit_account_id_lo"] == 1)
+        assert involved.all()
+
+
+def test_a_pending_transfer_posts_long_after_it_went_cold(tmp_path):
+    with _open_small(str(tmp_path)) as store:
+        store.create_accounts(core.accounts_from_dicts([{"id": i, "ledger": 156, "code": 1} for i in range(1, 7)]))
+        hold = core.transfers_from_dicts([{"id": 7, "debit_account_id": 1, "credit_account_id": 2, "amount": 50,
+                                           "ledger": 156, "code": 1, "flags": core.TransferFlags.pending}])
+        assert store.create_transfers(hold).tolist() == [0]
+        for batch in range(20):
+            store.create_transfers(_payments(40, 1_000 + 40 * batch))
+        assert store.ledger.hot_first > 1  # the hold's row left the hot window
+        post = core.transfers_from_dicts([{"id": 8, "pending_id": 7, "flags": core.TransferFlags.post_pending}])
+        assert store.create_transfers(post).tolist() == [0]
+        store.checkpoint()
+        for batch in range(20, 40):
+            store.create_transfers(_payments(40, 1_000 + 40 * batch))
+        # The post went cold too and the pending was pruned from memory: its status answers.
+        assert store.ledger.pending_count == 0
+        again = core.transfers_from_dicts([{"id": 9, "pending_id": 7, "flags": core.TransferFlags.void_pending}])
+        assert store.create_transfers(again).tolist() == [core.Result.pending_transfer_already_posted]
+        assert store.create_transfers(post).tolist() == [core.Result.exists]
+        balances = store.lookup_accounts([1, 2])
+        assert balances["debits_pending"].tolist() == [0, 0]
+
+
+def test_replay_log_over_a_tiered_store_gives_the_same_hash(tmp_path):
+    source = str(tmp_path / "source")
+    with _open_small(source, checkpoint_interval_batches=7) as store:
+        store.create_accounts(core.accounts_from_dicts([{"id": i, "ledger": 156, "code": 1} for i in range(1, 7)]))
+        for batch in range(30):
+            store.create_transfers(_payments(40, 1_000 + 40 * batch))
+        live = store.state_hash()
+    result = replay_log.run(source, str(tmp_path / "into"))
+    assert result["equal"] and result["source_hash"] == live == result["replayed_hash"]
+
+
+def test_a_batch_larger_than_the_window_can_take_is_refused_untouched(tmp_path):
+    with _open_small(str(tmp_path)) as store:
+        store.create_accounts(core.accounts_from_dicts([{"id": i, "ledger": 156, "code": 1} for i in range(1, 7)]))
+        before = store.state_hash()
+        with pytest.raises(ValueError, match="hot window"):
+            store.create_transfers(_payments(64 - 16 + 1, 1_000))
+        assert store.state_hash() == before
+
+
+def test_time_ordered_ids_are_proven_new_without_the_filter(tmp_path):
+    # With every filter bit set, a new id would cost an LMDB lookup, unless it is above every
+    # cold id (core.new_id's ids are): then no lookup at all.
+    with _open_small(str(tmp_path)) as store:
+        _saturate_filter(store)
+        store.create_accounts(core.accounts_from_dicts([{"id": i, "ledger": 156, "code": 1} for i in range(1, 7)]))
+        for batch in range(20):
+            ids = core.new_ids(40)
+            payments = _payments(40, 0)
+            payments["id_lo"], payments["id_hi"] = ids["lo"], ids["hi"]
+            assert (store.create_transfers(payments) == 0).all()
+        assert store.stats()["cold_epochs"] > 0 and store.stats()["filter_positives"] == 0
+        # Ids below the cold maximum (not time-ordered) do go to LMDB, and are new all the same.
+        assert (store.create_transfers(_payments(40, 1_000)) == 0).all()
+        assert store.stats()["filter_positives"] == 40 and store.stats()["filter_false_positives"] == 40
