@@ -9,6 +9,7 @@ puts (one LMDB put per id, sorted).
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import lmdb
@@ -87,28 +88,37 @@ class ColdTier:
         timestamps = rows["timestamp"]
         # Blocks: appended (their keys are the epoch's first timestamps, above every earlier one).
         block_items = []
+        packed = []
         for start in range(0, rows.shape[0], BLOCK_TRANSFERS):
             part = rows[start:start + BLOCK_TRANSFERS]
             _BLOCK_HEADER.pack_into(self._scratch, 0, part.shape[0])
             size = codec.pack_into(part, self._scratch, _BLOCK_HEADER.size)
             block_items.append((_U64.pack(int(timestamps[start])), bytes(self._scratch[:_BLOCK_HEADER.size + size])))
+            packed.append(memoryview(block_items[-1][1])[_BLOCK_HEADER.size:])
         _put_sorted(txn, self.blocks, block_items)
         # The id index, sorted: appends when ids grow with time (core.new_id), sorted puts if not.
-        keys = id_keys(rows)
-        order = np.lexsort((keys["lo"], keys["hi"]))
-        key_bytes = keys[order].tobytes()
-        value_bytes = timestamps[order].astype(">u8").tobytes()
-        _put_sorted(txn, self.ids, [(key_bytes[i * 16:i * 16 + 16], value_bytes[i * 8:i * 8 + 8])
-                                     for i in range(order.shape[0])])
+        # Key: the id then its timestamp (no value): the items are built by C loops, not per id.
+        keys = np.empty(rows.shape[0], dtype=[("hi", ">u8"), ("lo", ">u8"), ("timestamp", ">u8")])
+        keys["hi"], keys["lo"], keys["timestamp"] = rows["id_hi"], rows["id_lo"], timestamps
+        if not _ids_sorted(keys):
+            keys = keys[np.lexsort((keys["lo"], keys["hi"]))]
+        _put_sorted(txn, self.ids, list(zip(keys.view("V24").tolist(), itertools.repeat(b"", keys.shape[0]))))
         # Account history: every account touched, its link to its previous epoch, its transfers.
         debit, credit = links["debit_index"], links["credit_index"]
-        touched = np.unique(np.concatenate((debit, credit)))
-        entries = np.empty(2 * rows.shape[0] + touched.shape[0], dtype=HISTORY_DTYPE)
+        mark = np.zeros(last_epoch.shape[0], dtype=bool)
+        mark[debit] = True
+        mark[credit] = True
+        touched = np.flatnonzero(mark).astype(np.uint32)
         n = rows.shape[0]
-        entries["account"][:n], entries["kind"][:n], entries["value"][:n] = debit, KIND_DEBIT, timestamps
-        entries["account"][n:2 * n], entries["kind"][n:2 * n], entries["value"][n:2 * n] = credit, KIND_CREDIT, timestamps
-        entries["account"][2 * n:], entries["kind"][2 * n:], entries["value"][2 * n:] = touched, KIND_LINK, last_epoch[touched]
-        entries = entries[np.lexsort((entries["value"], entries["kind"] != KIND_LINK, entries["account"]))]
+        entries = np.empty(touched.shape[0] + 2 * n, dtype=HISTORY_DTYPE)
+        for at, accounts, kind, values in ((0, touched, KIND_LINK, last_epoch[touched]),
+                                           (touched.shape[0], debit, KIND_DEBIT, timestamps),
+                                           (touched.shape[0] + n, credit, KIND_CREDIT, timestamps)):
+            part = entries[at:at + accounts.shape[0]]
+            part["account"], part["kind"], part["value"] = accounts, kind, values
+        # A stable sort by account: per account its link, then its debits, then its credits, each
+        # in timestamp order (the order they were laid out in).
+        entries = entries[np.argsort(entries["account"], kind="stable")]
         history_items = []
         for number, start in enumerate(range(0, entries.shape[0], HISTORY_CHUNK_ENTRIES)):
             chunk = entries[start:start + HISTORY_CHUNK_ENTRIES]
@@ -117,7 +127,7 @@ class ColdTier:
         # Statuses of the pendings resolved in this epoch, by the pending's timestamp.
         _put_sorted(txn, self.status, [(_U64.pack(int(ts)), bytes((int(state),)))
                                         for ts, state in zip(statuses["timestamp"], statuses["state"])])
-        chain = chain_next(chain, epoch_digest(rows, statuses))
+        chain = chain_next(chain, epoch_digest(packed, statuses))
         txn.put(b"meta", msgspec.msgpack.encode(ColdMeta(epoch + 1, chain)), db=self.meta_db)
         return chain, touched, np.full(touched.shape[0], epoch + 1, dtype=np.uint32)
 
@@ -139,10 +149,11 @@ class ColdTier:
         key_bytes = id_keys(ids).tobytes()
         with self.env.begin(buffers=True) as txn:
             stamps = np.zeros(n, dtype=np.uint64)
+            cursor = txn.cursor(db=self.ids)
             for i in range(n):
-                value = txn.get(key_bytes[i * 16:i * 16 + 16], db=self.ids)
-                if value is not None:
-                    ts = _U64.unpack(value)[0]
+                key = key_bytes[i * 16:i * 16 + 16]
+                if cursor.set_range(key) and bytes(cursor.key())[:16] == key:
+                    ts = _U64.unpack_from(bytes(cursor.key()), 16)[0]
                     if ts < boundary_ts:
                         stamps[i] = ts
                         found[i] = True
@@ -255,6 +266,12 @@ class ColdTier:
                 stat = txn.stat(db)
                 out[name] = (stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]) * stat["psize"]
         return out
+
+
+def _ids_sorted(keys: np.ndarray) -> bool:
+    """Whether (hi, lo) keys are already in increasing order (core.new_id's ids are)."""
+    hi, lo = keys["hi"], keys["lo"]
+    return bool(np.all((hi[1:] > hi[:-1]) | ((hi[1:] == hi[:-1]) & (lo[1:] > lo[:-1]))))
 
 
 def _put_sorted(txn, db, items: list) -> None:

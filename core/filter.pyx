@@ -5,7 +5,11 @@ import numpy as np
 
 from libc.stdint cimport uint8_t, uint64_t
 
+from core.records cimport TALLY_PREFETCH, tally_touch_pages
 from core.records import ID_DTYPE, ids_array
+
+cdef enum:
+    AHEAD = 8   # ids looked ahead: their lines are fetched while the current one is set
 
 
 cdef class IdFilter:
@@ -32,6 +36,13 @@ cdef class IdFilter:
     @property
     def size_bytes(self):
         return self.filter.blocks * IDFILTER_BLOCK_BYTES
+
+    def prefault(self):
+        """Touch every page now (see Ledger.prefault). Returns the bytes touched."""
+        cdef unsigned char[::1] view = self._buffer.view(np.uint8)
+        with nogil:
+            tally_touch_pages(&view[0], view.shape[0])
+        return view.shape[0]
 
     def words(self):
         """The filter's words (a live view), for checkpoints and the fill figure."""
@@ -69,6 +80,8 @@ cdef class IdFilter:
         cdef Py_ssize_t i, n = keys.shape[0]
         with nogil:
             for i in range(n):
+                if i + AHEAD < n:
+                    TALLY_PREFETCH(idfilter_block(&self.filter, idfilter_hash(keys[i + AHEAD, 0], keys[i + AHEAD, 1])))
                 dirty[idfilter_add(&self.filter, keys[i, 0], keys[i, 1]) >> IDFILTER_REGION_SHIFT] = 1
         self.added += n
 
@@ -79,6 +92,8 @@ cdef class IdFilter:
         cdef Py_ssize_t i, n = words.shape[0]
         with nogil:
             for i in range(n):
+                if i + AHEAD < n:
+                    TALLY_PREFETCH(idfilter_block(&self.filter, idfilter_hash(words[i + AHEAD, 0], words[i + AHEAD, 1])))
                 dirty[idfilter_add(&self.filter, words[i, 0], words[i, 1]) >> IDFILTER_REGION_SHIFT] = 1
         self.added += n
 

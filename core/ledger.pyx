@@ -30,7 +30,7 @@ import numpy as np
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
-from core.filter cimport IdFilter, idfilter_t, idfilter_maybe
+from core.filter cimport IdFilter, idfilter_t, idfilter_maybe, idfilter_block, idfilter_hash
 from core.idmap cimport (
     IdMap, idmap_t, IDMAP_NOT_FOUND, idmap_get, idmap_home, idmap_put, idmap_remove,
 )
@@ -312,13 +312,17 @@ cdef class Ledger:
             with nogil:
                 self.evict(count)
                 for i in range(count):
+                    if i + PREFETCH_DISTANCE < count:
+                        e = &(<const tally_transfer_t *> &raw[0])[i + PREFETCH_DISTANCE]
+                        TALLY_PREFETCH(idfilter_block(f, idfilter_hash(e.id_lo, e.id_hi)))
                     e = &(<const tally_transfer_t *> &raw[0])[i]
-                    # Time-ordered ids (core.new_id) are above every cold id: new, no probe.
+                    # Cheapest first: time-ordered ids (core.new_id) are above every cold id; most
+                    # new ids are then ruled out by the filter, before the hot map is probed.
                     if (e.id_lo or e.id_hi) and not is_max(e.id_lo, e.id_hi) \
                             and not id_above(e.id_lo, e.id_hi, self.cold_id_max_lo, self.cold_id_max_hi) \
+                            and idfilter_maybe(f, e.id_lo, e.id_hi) \
                             and idmap_get(hot_map, e.id_lo, e.id_hi) == IDMAP_NOT_FOUND \
-                            and idmap_get(pending_map, e.id_lo, e.id_hi) == IDMAP_NOT_FOUND \
-                            and idfilter_maybe(f, e.id_lo, e.id_hi):
+                            and idmap_get(pending_map, e.id_lo, e.id_hi) == IDMAP_NOT_FOUND:
                         ids[n, 0] = e.id_lo
                         ids[n, 1] = e.id_hi
                         n += 1
@@ -415,11 +419,12 @@ cdef class Ledger:
         return chosen[np.argsort(chosen["number"], kind="stable")]
 
     def transfers_range(self, uint64_t first, uint64_t last):
-        """Rows of transfers ``[first, last)`` (all in the hot window), in order: a copy."""
+        """Rows of transfers ``[first, last)`` (all in the hot window), in order: a read-only
+        view of the ring (or a copy where the range wraps), valid while none of them is evicted."""
         return self._ring_range("transfers", first, last)
 
     def links_range(self, uint64_t first, uint64_t last):
-        """Links of transfers ``[first, last)`` (all in the hot window), in order: a copy."""
+        """Links of transfers ``[first, last)`` (all in the hot window), like ``transfers_range``."""
         return self._ring_range("links", first, last)
 
     def _ring_range(self, str name, uint64_t first, uint64_t last):
@@ -429,7 +434,9 @@ cdef class Ledger:
         ring_size = self.ring_mask + 1
         a, b = first % ring_size, last - first
         if a + b <= ring_size:
-            return ring[a:a + b].copy()
+            view = ring[a:a + b]  # read-only: these slots are not reused while the caller holds them
+            view.flags.writeable = False
+            return view
         return np.concatenate((ring[a:], ring[:a + b - ring_size]))
 
     def hot_first_timestamp(self):
@@ -684,13 +691,17 @@ cdef class Ledger:
         Lazy on purpose: the window stays as large as configured. Without a cold tier nothing is
         ever cold and a full ring refuses new transfers (transfers_limit_reached).
         """
-        cdef uint64_t target, slot
+        cdef uint64_t target, slot, ahead
         if self.transfer_count + count <= self.hot_first + self.transfers_hot_max:
             return
         target = self.transfer_count + count - self.transfers_hot_max
         if target > self.cold_count:
             target = self.cold_count
         while self.hot_first < target:
+            ahead = self.hot_first + PREFETCH_DISTANCE
+            if ahead < target:
+                slot = ahead & self.ring_mask
+                TALLY_PREFETCH(idmap_home(&self.transfer_map.map, self.transfer_rows[slot].id_lo, self.transfer_rows[slot].id_hi))
             slot = self.hot_first & self.ring_mask
             idmap_remove(&self.transfer_map.map, self.transfer_rows[slot].id_lo, self.transfer_rows[slot].id_hi)
             self.links[slot].number_plus1 = 0

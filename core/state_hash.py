@@ -20,7 +20,7 @@ import struct
 
 import numpy as np
 
-from core import constants
+from core import codec, constants
 
 #: Versions the hash's encoding: a change to it (not to the state) changes every hash.
 STATE_HASH_DOMAIN = b"tally state hash 2\n"
@@ -32,13 +32,17 @@ CHAIN_EMPTY = bytes(STATE_HASH_DIGEST_BYTES)
 _LENGTH = struct.Struct("<Q")
 
 
-def epoch_digest(rows: np.ndarray, statuses: np.ndarray) -> bytes:
-    """Digest of one epoch: its transfer rows in order, then its statuses (by timestamp)."""
+def epoch_digest(packed_rows, statuses: np.ndarray) -> bytes:
+    """Digest of one epoch: its transfer rows in order, packed by ``core.codec`` (canonical, and
+    a fifth of the bytes to hash), given whole or in consecutive parts; then its statuses."""
     digest = hashlib.blake2b(EPOCH_DIGEST_DOMAIN, digest_size=STATE_HASH_DIGEST_BYTES)
-    for part in (rows, statuses):
-        raw = np.ascontiguousarray(part).view(np.uint8).reshape(-1)
-        digest.update(_LENGTH.pack(raw.shape[0]))
-        digest.update(raw)  # hashlib drops the GIL for large buffers
+    parts = [packed_rows] if isinstance(packed_rows, (bytes, bytearray, memoryview)) else packed_rows
+    digest.update(_LENGTH.pack(sum(len(part) for part in parts)))
+    for part in parts:
+        digest.update(part)  # hashlib drops the GIL for large buffers
+    raw = np.ascontiguousarray(statuses).view(np.uint8).reshape(-1)
+    digest.update(_LENGTH.pack(raw.shape[0]))
+    digest.update(raw)
     return digest.digest()
 
 
@@ -58,9 +62,10 @@ def state_hash(ledger, *, epoch_transfers: int = constants.COLD_EPOCH_TRANSFERS_
     complete = count // epoch_transfers
     for epoch in range(chained_epochs, complete):
         first, last = epoch * epoch_transfers, (epoch + 1) * epoch_transfers
-        chain = chain_next(chain, epoch_digest(ledger.transfers_range(first, last), ledger.resolved_between(first, last)))
+        chain = chain_next(chain, epoch_digest(codec.pack(ledger.transfers_range(first, last)),
+                                               ledger.resolved_between(first, last)))
     tail_first = complete * epoch_transfers
-    tail = epoch_digest(ledger.transfers_range(tail_first, count), ledger.resolved_between(tail_first, count))
+    tail = epoch_digest(codec.pack(ledger.transfers_range(tail_first, count)), ledger.resolved_between(tail_first, count))
     arrays, scalars = ledger.snapshot()
     pendings = ledger.unresolved_pendings()
     # Chain heads are ring slots: where the hot window happens to be, not content.

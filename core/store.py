@@ -242,6 +242,10 @@ class Store:
         self._prefault = prefault
         self._checkpoint_meta: _CheckpointMeta | None = None
         self._prefetched_ids = self._prefetch_misses = 0
+        # Checkpoints since open: how many, the longest write (background) and the longest pause
+        # of the submitting thread while the in-place arrays were copied.
+        self.checkpoints_written = 0
+        self.checkpoint_write_max_s = self.checkpoint_stall_max_s = 0.0
         self._fresh_state()
         self._last_pending: PendingBatch | None = None
         self.recovery = self._recover()
@@ -275,6 +279,7 @@ class Store:
         self._pruned_below = 0            # pending entries resolved before this were pruned
         if self._prefault:
             self.ledger.prefault()
+            self.filter.prefault()
 
     # ------------------------------------------------------------------ operations
 
@@ -434,6 +439,9 @@ class Store:
             "filter_positives": self._prefetched_ids,
             "filter_false_positives": self._prefetch_misses,
             "cold_lookups": self.cold.lookups,
+            "checkpoints_written": self.checkpoints_written,
+            "checkpoint_write_max_s": self.checkpoint_write_max_s,
+            "checkpoint_stall_max_s": self.checkpoint_stall_max_s,
             "cold_lookups_missed": self.cold.lookups_missed,
             "memory_bytes": led.memory_bytes() | {"filter": self.filter.size_bytes,
                                                    "last_epoch": self._last_epoch.nbytes},
@@ -540,9 +548,11 @@ class Store:
         committed only after the batch it ends with is: it never covers an entry the log does
         not have.
         """
+        started = time.perf_counter()
         arrays, scalars = self.ledger.snapshot()
         arrays = {name: array if name == "accounts" else self._snapshot_copy(name, array)
                   for name, array in arrays.items()}
+        self.checkpoint_stall_max_s = max(self.checkpoint_stall_max_s, time.perf_counter() - started)
         self._batches_since_checkpoint = self._events_since_checkpoint = 0
         pin = self.ledger.cold_count
         future = self._worker.submit(self._write_checkpoint, self._applied_sequence, self._last_pending, arrays,
@@ -569,6 +579,7 @@ class Store:
         return not any(job.kind == "checkpoint" for job in self._jobs)
 
     def _write_checkpoint(self, sequence: int, last_pending: "PendingBatch | None", arrays, scalars) -> None:
+        started = time.perf_counter()
         # The cold tier's progress now (flushes run on this thread, in order): the checkpoint
         # holds the ring from there on.
         cold_count = self._cold_epochs * self._epoch_transfers
@@ -589,6 +600,8 @@ class Store:
             if last_pending is not None:
                 last_pending.result()  # raises (and aborts this transaction) if its commit failed
         self._checkpoint_meta = meta
+        self.checkpoints_written += 1
+        self.checkpoint_write_max_s = max(self.checkpoint_write_max_s, time.perf_counter() - started)
 
     def _write_array(self, txn, name: str, flat: np.ndarray, old: _ArrayMeta | None) -> _ArrayMeta:
         prefix = name.encode() + b"/"

@@ -170,7 +170,8 @@ def run(accounts: int = 1_000_000, transfers: int = 4_000_000, batch_size: int =
     clock = _Clock()
 
     say("in-memory ledger")
-    memory = core.Ledger(**capacity)
+    # A bare ledger has no cold tier: room in memory for every transfer of the run.
+    memory = core.Ledger(transfers_hot_max=max(transfers + wallets, constants.TRANSFERS_HOT_MAX_DEFAULT), **capacity)
     memory.prefault()
     _apply_all(memory, account_batches, topup_batches, clock)
     memory_latencies, memory_failed = _run_payments(memory, payment_batches, clock)

@@ -184,6 +184,19 @@ def _demo(args) -> int:
     return demo.run(directory=args.dir, seconds=args.seconds, rate_per_s=args.rate, users=args.users)
 
 
+def _bench_soak(args) -> int:
+    from tally import bench_soak
+
+    progress = lambda message: print(f"· {message}", file=sys.stderr)  # noqa: E731 - long run: always say
+    result = bench_soak.run(transfers=args.transfers, accounts=args.accounts, sample=args.sample,
+                            data_dir=args.data, random_ids=args.random_ids, progress=progress, keep=args.keep)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(bench_soak.summary(result))
+    return 0 if result["lookups_ok"] and result["retry_exists_ok"] and not result["failed_events"] else 1
+
+
 def _bench_loadgen(args) -> int:
     from tally import bench_loadgen
 
@@ -278,6 +291,17 @@ def build_parser() -> argparse.ArgumentParser:
     loadgen_bench.add_argument("--depth", type=int, default=2, help="frames in flight per connection (default 2)")
     loadgen_bench.add_argument("--workers", type=int, default=1, help="load generator processes (default 1)")
     loadgen_bench.set_defaults(run=_bench_loadgen)
+
+    soak = bench_kinds.add_parser(
+        "soak", help="hundreds of millions of payments through one store: bounded memory, rates, recovery, cold lookups")
+    soak.add_argument("--json", action="store_true", help="print one JSON object")
+    soak.add_argument("--transfers", type=int, default=200_000_000, help="payments (default 200,000,000)")
+    soak.add_argument("--accounts", type=int, default=1_000_000, help="accounts (default 1,000,000)")
+    soak.add_argument("--sample", type=int, default=100_000, help="payments looked up and re-sent (default 100,000)")
+    soak.add_argument("--random-ids", action="store_true", help="scrambled payment ids (default: increasing)")
+    soak.add_argument("--data", default=None, help="directory for the store (default: a temporary one)")
+    soak.add_argument("--keep", action="store_true", help="keep the store afterwards (for tally replay-log)")
+    soak.set_defaults(run=_bench_soak)
 
     load = commands.add_parser("load", help="run load against a server, or replay a recorded trace")
     load_kinds = load.add_subparsers(dest="kind", required=True, metavar="KIND")
