@@ -45,7 +45,7 @@ import lmdb
 import msgspec
 import numpy as np
 
-from core import codec, constants
+from core import codec, constants, memory
 from core.cold import ColdTier
 from core.filter import IdFilter
 from core.ledger import Ledger
@@ -221,6 +221,7 @@ class Store:
         os.makedirs(path, exist_ok=True)
         self.path = path
         self._lock_file = _lock_directory(path)
+        memory.fix_malloc_thresholds()
         self._clock_ns = clock_ns
         self._checkpoint_interval_events = checkpoint_interval_events
         self._checkpoint_interval_batches = checkpoint_interval_batches  # None: by events only
@@ -537,6 +538,9 @@ class Store:
             self._cold_id_max = max(self._cold_id_max, _id_max(rows))
             self._cold_chain = chain
             self._cold_epochs = epoch + 1  # last: the submitting thread may now evict the epoch
+        # Pages LMDB glimpsed while appending stay mapped (core/memory.py): let them go.
+        for environment in (self.path, os.path.join(self.path, CHECKPOINT_SUBDIRECTORY)):
+            memory.release_mapped_file(os.path.join(environment, "data.mdb"))
 
     def _start_checkpoint(self) -> None:
         """Snapshot the state after the last applied batch; write it on the background thread.

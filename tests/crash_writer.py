@@ -13,7 +13,8 @@ from tests import workload
 
 def main():
     data_dir, interval = sys.argv[1], int(sys.argv[2])
-    store = core.open(data_dir, accounts_max=100, transfers_hot_max=2_000_000, checkpoint_interval_batches=interval)
+    # A small hot window: most of the history goes to the cold tier while the kills land.
+    store = core.open(data_dir, accounts_max=100, checkpoint_interval_batches=interval, **workload.TIERS)
     if store.sequence == 0:
         store.create_accounts(workload.account_batch(), workload.now_ns(0))
         print("ack 1", flush=True)

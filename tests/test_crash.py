@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import core
+from core.state_hash import state_hash
 from tests import workload
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,6 +55,13 @@ def _crash_rounds(data_dir, rounds, seed):
             assert np.array_equal(store.ledger.accounts(), expected.accounts())
             assert store.ledger.transfer_count == expected.transfer_count
             assert store.ledger.last_timestamp == expected.last_timestamp
+            # The whole history, cold tier included (written by the killed process, maybe
+            # partly past its last checkpoint), is what the batches lead to.
+            assert store.state_hash() == state_hash(expected, epoch_transfers=workload.TIERS["cold_epoch_transfers"])
+            sample = [seed * 1_000_000 + 1 + offset for seed in range(1, recovered, 3) for offset in (0, 500)]
+            assert np.array_equal(store.lookup_transfers(sample), expected.lookup_transfers(sample))
+            cold_epochs = store.stats()["cold_epochs"]
+    assert cold_epochs > 0, "the kills never reached the cold tier"
     return acked
 
 

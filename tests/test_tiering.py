@@ -204,3 +204,27 @@ def test_time_ordered_ids_are_proven_new_without_the_filter(tmp_path):
         # Ids below the cold maximum (not time-ordered) do go to LMDB, and are new all the same.
         assert (store.create_transfers(_payments(40, 1_000)) == 0).all()
         assert store.stats()["filter_positives"] == 40 and store.stats()["filter_false_positives"] == 40
+
+
+def test_a_full_cold_tier_refuses_new_batches_and_loses_nothing(tmp_path):
+    path = str(tmp_path / "store")
+    memory = core.Ledger(accounts_max=16, transfers_hot_max=1 << 16)
+    accounts = core.accounts_from_dicts([{"id": i, "ledger": 156, "code": 1} for i in range(1, 7)])
+    memory.create_accounts(accounts, 1)
+    acknowledged = 0
+    with pytest.raises(core.StoreFailedError, match="cold tier.*MDB_MAP_FULL"):
+        with _open_small(path, map_size_bytes=1 << 20) as store:
+            store.create_accounts(accounts, 1)
+            for batch in range(10_000):  # far more than 1 MiB of cold tier holds
+                payments = _payments(40, 1_000 + 40 * batch)
+                store.create_transfers(payments, 2 + batch)
+                memory.create_transfers(payments, 2 + batch)
+                acknowledged += 1
+    assert 0 < acknowledged < 10_000
+    # Reopened with room, the store has every acknowledged batch and what they lead to.
+    with _open_small(path, map_size_bytes=64 << 20) as store:
+        assert store.sequence in (acknowledged + 1, acknowledged + 2)  # + accounts, + one unacknowledged
+        if store.sequence == acknowledged + 2:
+            memory.create_transfers(_payments(40, 1_000 + 40 * acknowledged), 2 + acknowledged)
+        assert store.state_hash() == replay_log.state_hash(memory, epoch_transfers=16)
+        assert (store.create_transfers(_payments(40, 1_000)) == core.Result.exists).all()

@@ -6,6 +6,9 @@ import core
 
 ACCOUNTS = 64
 
+#: Store options for durability tests: a hot window of 4,096 transfers, epochs of 1,024.
+TIERS = {"transfers_hot_max": 4096, "cold_epoch_transfers": 1024, "id_filter_bytes": 1 << 16}
+
 
 def account_batch():
     rows = [{"id": i, "ledger": core.Currency.CNY, "code": core.AccountCode.user_wallet,
