@@ -9,6 +9,7 @@ puts (one LMDB put per id, sorted).
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import struct
 
@@ -20,8 +21,9 @@ from core import codec
 from core.records import ID_DTYPE, TRANSFER_DTYPE, TransferFlags
 from core.state_hash import CHAIN_EMPTY, chain_next, epoch_digest
 
-#: Transfers per block of the ``blocks`` database (one LMDB value, packed by core.codec).
-BLOCK_TRANSFERS = 256
+#: Transfers per block of the ``blocks`` database (one LMDB value, packed by core.codec): about
+#: 30 KiB, so that the last of its overflow pages wastes little (256 wasted a third of 3 pages).
+BLOCK_TRANSFERS = 1024
 #: Entries per chunk of the ``history`` database.
 HISTORY_CHUNK_ENTRIES = 4096
 
@@ -64,6 +66,7 @@ class ColdTier:
         self.history = env.open_db(b"history")
         self.status = env.open_db(b"status")
         self.meta_db = env.open_db(b"cold")
+        self.chains = env.open_db(b"chains")   # epoch u32 BE -> the hash chain after it
         self._scratch = bytearray(_BLOCK_HEADER.size + codec.packed_size_max(BLOCK_TRANSFERS))
         # Statistics (read by tally info): lookups that went to LMDB, and how many found nothing.
         self.lookups = 0
@@ -73,6 +76,13 @@ class ColdTier:
         with self.env.begin(db=self.meta_db) as txn:
             raw = txn.get(b"meta")
         return msgspec.msgpack.decode(raw, type=ColdMeta) if raw else ColdMeta(0, CHAIN_EMPTY)
+
+    def chain_at(self, epochs: int) -> bytes | None:
+        """The hash chain stored after the first ``epochs`` epochs (None: not stored)."""
+        if epochs == 0:
+            return CHAIN_EMPTY
+        with self.env.begin(db=self.chains) as txn:
+            return txn.get(struct.pack(">I", epochs - 1))
 
     # ------------------------------------------------------------------ writing an epoch
 
@@ -129,6 +139,7 @@ class ColdTier:
                                         for ts, state in zip(statuses["timestamp"], statuses["state"])])
         chain = chain_next(chain, epoch_digest(packed, statuses))
         txn.put(b"meta", msgspec.msgpack.encode(ColdMeta(epoch + 1, chain)), db=self.meta_db)
+        txn.put(struct.pack(">I", epoch), chain, db=self.chains)
         return chain, touched, np.full(touched.shape[0], epoch + 1, dtype=np.uint32)
 
     # ------------------------------------------------------------------ reads
@@ -209,7 +220,9 @@ class ColdTier:
                         boundary_ts: int, limit: int, debits: bool, credits: bool, reverse: bool) -> np.ndarray:
         """Timestamps of an account's cold transfers in ``[timestamp_min, timestamp_max]`` and
         below ``boundary_ts``: the newest ``limit`` newest first (``reverse``), else the oldest
-        ``limit`` oldest first. Walks the account's epochs from the newest, one chunk read each."""
+        ``limit`` oldest first. Walks the account's epochs from the newest (its chunks in each):
+        a newest-first page stops once it has ``limit``; an oldest-first page walks back to
+        ``timestamp_min`` (memory bounded by ``limit``): page forward with ``timestamp_min``."""
         upper = min(timestamp_max, boundary_ts - 1)
         kinds = [kind for kind, wanted in ((KIND_DEBIT, debits), (KIND_CREDIT, credits)) if wanted]
         picked: list[np.ndarray] = []
@@ -228,6 +241,10 @@ class ColdTier:
                     total += stamps.shape[0]
                 if reverse and total >= limit:
                     break
+                if not reverse and total > 2 * limit:
+                    # Oldest first: only the oldest ``limit`` matter, and older epochs come next.
+                    kept = np.concatenate(picked)[-limit:]
+                    picked, total = [kept], kept.shape[0]
                 transfers = entries["value"][entries["kind"] != KIND_LINK]
                 if transfers.shape[0] and int(transfers.max()) < timestamp_min:
                     break  # every older epoch is older still
@@ -281,9 +298,7 @@ def _put_sorted(txn, db, items: list) -> None:
         return
     cursor = txn.cursor(db=db)
     last = bytes(cursor.key()) if cursor.last() else b""
-    split = 0
-    while split < len(items) and items[split][0] <= last:
-        split += 1
+    split = bisect.bisect_right(items, last, key=lambda item: item[0]) if last and items[0][0] <= last else 0
     if split:
         cursor.putmulti(items[:split], overwrite=True)
     if split < len(items):

@@ -12,6 +12,7 @@ from core.records cimport tally_account_t, tally_transfer_t, result_t
 
 cdef enum:
     INDEX_NONE = 0xFFFFFFFF     # "no slot / no entry"
+    PRUNE_LAG_EPOCHS = 3        # a resolved pending leaves the table this many epochs after its own
     CODE_BUCKETS = 16           # activity counters per account (FEATURE_CODE_BUCKETS)
     PREFETCH_DISTANCE = 16      # events looked ahead by the prefetching passes
 
@@ -100,6 +101,8 @@ cdef class Ledger:
     cdef readonly uint64_t expiry_count         # entries in the expiry heap
     cdef readonly uint64_t pending_count        # pending-table entries in use
     cdef readonly uint64_t pending_high         # pending-table entries ever used (free ones below)
+    cdef readonly uint64_t prune_epoch_transfers   # 0: never prune (no cold tier to hold statuses)
+    cdef uint64_t pruned_below                  # entries resolved before this number are gone
     cdef readonly uint64_t cold_id_max_lo       # the largest id in the cold tier (0: none): a
     cdef readonly uint64_t cold_id_max_hi       # larger one is new without a filter probe
     cdef bint busy                              # a batch is being applied (no re-entry)
@@ -136,6 +139,7 @@ cdef class Ledger:
 
     cdef uint64_t begin_batch(self, uint64_t now_ns, uint64_t count) noexcept nogil
     cdef void evict(self, uint64_t count) noexcept nogil
+    cdef void prune(self) noexcept nogil
     cdef void expire_pending(self, uint64_t now_ns) noexcept nogil
     cdef void apply_accounts(self, tally_account_t *events, uint64_t count, uint64_t base_ts,
                              uint32_t *results) noexcept nogil

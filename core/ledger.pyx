@@ -386,20 +386,25 @@ cdef class Ledger:
             raise ValueError(f"cold_count {cold_count} outside {self.cold_count}..{self.transfer_count}")
         self.cold_count = cold_count
 
-    def prune_resolved(self, uint64_t before):
-        """Drop pending-table entries resolved before transfer number ``before`` (their status
-        is in the cold tier). Returns how many were dropped."""
-        cdef uint64_t i, pruned = 0
-        self._enter()
-        try:
-            for i in range(self.pending_high):
-                if (self.pendings[i].state != STATE_FREE and self.pendings[i].state != STATE_PENDING
-                        and self.pendings[i].resolved_at < before):
-                    self.pending_release(<uint32_t> i)
-                    pruned += 1
-        finally:
-            self.busy = False
-        return pruned
+    def enable_pruning(self, uint64_t epoch_transfers):
+        """Let resolved pendings leave the pending table once their status is in the cold tier.
+
+        Deterministic, so that results are a function of the log: at the start of each batch,
+        entries resolved before epoch ``transfer_count // epoch_transfers - PRUNE_LAG_EPOCHS``
+        are dropped. The store makes sure those epochs are written first (it waits if not).
+        """
+        if epoch_transfers == 0:
+            raise ValueError("epoch_transfers must be positive")
+        self.prune_epoch_transfers = epoch_transfers
+        self.pruned_below = 0
+
+    def prune_boundary(self, uint64_t transfer_count):
+        """Entries resolved before this transfer number are dropped by the next batch."""
+        cdef uint64_t epochs
+        if self.prune_epoch_transfers == 0:
+            return 0
+        epochs = transfer_count // self.prune_epoch_transfers
+        return (epochs - PRUNE_LAG_EPOCHS) * self.prune_epoch_transfers if epochs > PRUNE_LAG_EPOCHS else 0
 
     def resolved_between(self, uint64_t first, uint64_t last):
         """Statuses of the pendings resolved at transfer numbers ``[first, last)``, by timestamp:
@@ -616,8 +621,9 @@ cdef class Ledger:
 
     def restore(self, arrays, scalars, tail_rows=None, tail_links=None):
         """Load a snapshot into this empty ledger, with the transfers ``[cold_count,
-        transfer_count)`` (``tail_rows``/``tail_links``, in order) back in the ring, and rebuild
-        the id maps, the pending table's free list and the heap positions."""
+        transfer_count)`` (``tail_rows``/``tail_links``, in order) back in the ring; rebuild the
+        id maps, the pending table's free list and the accounts' chain heads (the heap and its
+        positions come with the snapshot)."""
         if self.account_count or self.transfer_count:
             raise RuntimeError("restore needs an empty ledger")
         cdef uint64_t n_a = scalars["account_count"], n_t = scalars["transfer_count"]
@@ -664,6 +670,7 @@ cdef class Ledger:
         self.account_count = n_a
         self.transfer_count = n_t
         self.hot_first = self.cold_count = first
+        self.pruned_below = 0  # the next batch prunes what a continuous run's would
         self.expiry_count = n_e
         self.last_timestamp = scalars["last_timestamp"]
 
@@ -682,8 +689,26 @@ cdef class Ledger:
         if count:
             self.last_timestamp = base + count - 1
         self.evict(count)
+        self.prune()
         self.expire_pending(base)
         return base
+
+    cdef void prune(self) noexcept nogil:
+        """Drop pending entries resolved before the prune boundary (see ``enable_pruning``)."""
+        cdef uint64_t epochs, boundary, i
+        if self.prune_epoch_transfers == 0:
+            return
+        epochs = self.transfer_count // self.prune_epoch_transfers
+        if epochs <= PRUNE_LAG_EPOCHS:
+            return
+        boundary = (epochs - PRUNE_LAG_EPOCHS) * self.prune_epoch_transfers
+        if boundary <= self.pruned_below:
+            return
+        for i in range(self.pending_high):
+            if (self.pendings[i].state != STATE_FREE and self.pendings[i].state != STATE_PENDING
+                    and self.pendings[i].resolved_at < boundary):
+                self.pending_release(<uint32_t> i)
+        self.pruned_below = boundary
 
     cdef void evict(self, uint64_t count) noexcept nogil:
         """Drop the oldest hot transfers that are already cold, as far as ``count`` new ones need.

@@ -12,7 +12,7 @@ Two things grow a long-running store's RSS that are not its state:
 * **Heap fragmentation from large temporaries.** glibc serves allocations above the mmap
   threshold with their own mappings, returned on free; but it raises that threshold after each
   such free (up to 32 MiB), after which the background thread's per-epoch arrays come from its
-  arena and are not given back. ``fix_malloc_thresholds`` pins the threshold.
+  arena and are not given back. ``fix_malloc_thresholds`` pins the threshold at 4 MiB.
 
 Both are Linux/glibc measures and do nothing elsewhere.
 """
@@ -26,8 +26,10 @@ import sys
 
 _MADV_DONTNEED = 4
 _M_MMAP_THRESHOLD = -3
-#: Allocations from this size up get their own mapping, returned to the system when freed.
-MMAP_THRESHOLD_BYTES = 256 << 10
+#: Allocations from this size up get their own mapping, returned to the system when freed. Above
+#: the server's largest frame (1 MiB), which stays in the arenas (no page faults per request);
+#: below the per-epoch arrays (tens of MiB).
+MMAP_THRESHOLD_BYTES = 4 << 20
 
 _libc = None
 if sys.platform.startswith("linux"):

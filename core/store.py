@@ -114,6 +114,10 @@ class _CheckpointMeta(msgspec.Struct, frozen=True):
     filter_added: int
 
 
+class _ColdTierDamaged(StoreError):
+    """The cold tier lacks epochs a checkpoint relies on (a power loss): it is rebuilt by replay."""
+
+
 class RecoveryStats(msgspec.Struct, frozen=True):
     """What opening the store did: the checkpoint it loaded and the log it replayed."""
     checkpoint_sequence: int
@@ -233,6 +237,7 @@ class Store:
         self._meta = self._load_or_create_meta(accounts_max, transfers_hot_max, pending_max,
                                                cold_epoch_transfers, id_filter_bytes)
         self._epoch_transfers = self._meta.cold_epoch_transfers
+        self._map_size_bytes = map_size_bytes
         self._checkpoint_env = self._open_checkpoint_env(map_size_bytes)
         self.cold = ColdTier(self._checkpoint_env, self._epoch_transfers)
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tally-cold",
@@ -277,10 +282,14 @@ class Store:
         self._cold_chain = CHAIN_EMPTY
         self._cold_id_max = 0             # the largest id in the cold tier
         self._flush_queued_epochs = 0     # epochs handed to the background thread
-        self._pruned_below = 0            # pending entries resolved before this were pruned
+        self.ledger.enable_pruning(self._epoch_transfers)
         if self._prefault:
             self.ledger.prefault()
             self.filter.prefault()
+            # The checkpoint's copy of the balances, touched now rather than in the first one.
+            hot = self.ledger.snapshot()[0]["hot"]
+            self._snapshot_buffers["hot"] = np.zeros(self.ledger.accounts_max, dtype=hot.dtype)
+            self._snapshot_buffers["hot"].view(np.uint8)[::4096] = 0
 
     # ------------------------------------------------------------------ operations
 
@@ -337,6 +346,8 @@ class Store:
     def _apply(self, operation: int, batch, now_ns: int) -> np.ndarray:
         """Apply one batch in memory (submit and recovery): room in the ring, prefetch, apply."""
         if operation == OPERATION_CREATE_ACCOUNTS:
+            self._reap()
+            self._make_room(0)  # the batch still prunes
             return self.ledger.create_accounts(batch, now_ns)
         count = _raw(batch).shape[0] // constants.RECORD_SIZE_BYTES
         room = self.ledger.transfers_hot_max - self._epoch_transfers
@@ -355,7 +366,7 @@ class Store:
             # final state only in the cold tier.
             missing = np.flatnonzero(~found)
             if missing.shape[0]:
-                hot_rows, hot = self.ledger.lookup_transfers_hot(ids[missing])
+                hot_rows, hot = _in_chunks(self.ledger.lookup_transfers_hot, ids[missing])
                 hot &= (hot_rows["flags"] & int(TransferFlags.pending)) != 0
                 if hot.any():
                     rows[missing[hot]] = hot_rows[hot]
@@ -369,15 +380,17 @@ class Store:
         self._drain()
         return self.ledger.lookup_accounts(ids)
 
-    def lookup_transfers(self, ids):
+    def lookup_transfers(self, ids, *, wait_for_commits: bool = True):
         """Transfers by id (ints or an ID_DTYPE array), in order, missing ones left out: from the
         hot window and the pending table, else from the cold tier; after every submitted batch
-        is committed."""
-        self._drain()
+        is committed (``wait_for_commits=False``: as applied, for a caller that holds its reply
+        until then itself, as the server does)."""
+        if wait_for_commits:
+            self._drain()
         ids = ids_array(ids)
         rows, found = self.ledger.lookup_transfers_hot(ids)
         missing = np.flatnonzero(~found)
-        if missing.shape[0] and self.ledger.hot_first:
+        if missing.shape[0] and self.ledger.hot_first:  # nothing is cold before the first eviction
             cold_rows, _, cold_found = self.cold.lookup(ids[missing], self.ledger.hot_first_timestamp())
             rows[missing[cold_found]] = cold_rows[cold_found]
             found[missing[cold_found]] = True
@@ -385,10 +398,12 @@ class Store:
 
     def get_account_transfers(self, account_id, *, timestamp_min: int = 0, timestamp_max: int = 0,
                               limit: int = constants.ACCOUNT_TRANSFERS_LIMIT_MAX, debits: bool = True,
-                              credits: bool = True, reverse: bool = False):
+                              credits: bool = True, reverse: bool = False, wait_for_commits: bool = True):
         """See ``Ledger.get_account_transfers``, over the whole history: the hot window, then the
-        account's cold epochs; after every submitted batch is committed."""
-        self._drain()
+        account's cold epochs; after every submitted batch is committed (``wait_for_commits``:
+        see ``lookup_transfers``)."""
+        if wait_for_commits:
+            self._drain()
         query = dict(timestamp_min=timestamp_min, timestamp_max=timestamp_max, limit=limit, debits=debits,
                      credits=credits, reverse=reverse)
         hot = self.ledger.get_account_transfers(account_id, **query)
@@ -495,14 +510,13 @@ class Store:
         if evictable > self.ledger.cold_count:
             self.ledger.set_cold_id_max(self._cold_id_max)  # before eviction: those ids leave the hot map
             self.ledger.set_cold_count(evictable)
-        if cold_count > self._pruned_below:
-            self.ledger.prune_resolved(cold_count)
-            self._pruned_below = cold_count
 
     def _make_room(self, count: int) -> None:
-        """Wait until the ring can take ``count`` more transfers (backpressure on the cold tier)."""
+        """Wait until the ring can take ``count`` more transfers and the epochs the next batch
+        prunes the statuses of are written (backpressure on the cold tier)."""
         ledger = self.ledger
-        while ledger.transfer_count + count > ledger.cold_count + ledger.transfers_hot_max:
+        while (ledger.transfer_count + count > ledger.cold_count + ledger.transfers_hot_max
+               or self._cold_epochs * self._epoch_transfers < ledger.prune_boundary(ledger.transfer_count)):
             if not self._jobs:
                 self._queue_flush()
                 if not self._jobs:
@@ -574,7 +588,6 @@ class Store:
         return buffer[:array.shape[0]]
 
     def _checkpoint_due(self) -> bool:
-        self._reap()
         if (self._events_since_checkpoint < self._checkpoint_interval_events
                 and (self._checkpoint_interval_batches is None
                      or self._batches_since_checkpoint < self._checkpoint_interval_batches)):
@@ -584,6 +597,9 @@ class Store:
 
     def _write_checkpoint(self, sequence: int, last_pending: "PendingBatch | None", arrays, scalars) -> None:
         started = time.perf_counter()
+        # The epochs this checkpoint builds on must survive a power loss before it refers to them
+        # (their commits were not synced): recovery would otherwise answer a cold id as new.
+        self._checkpoint_env.sync(True)
         # The cold tier's progress now (flushes run on this thread, in order): the checkpoint
         # holds the ring from there on.
         cold_count = self._cold_epochs * self._epoch_transfers
@@ -603,6 +619,7 @@ class Store:
             txn.put(b"meta", msgspec.msgpack.encode(meta))
             if last_pending is not None:
                 last_pending.result()  # raises (and aborts this transaction) if its commit failed
+        self._checkpoint_env.sync(True)
         self._checkpoint_meta = meta
         self.checkpoints_written += 1
         self.checkpoint_write_max_s = max(self.checkpoint_write_max_s, time.perf_counter() - started)
@@ -732,7 +749,7 @@ class Store:
         cannot even be opened, it is set aside and a new one started.
         """
         directory = os.path.join(self.path, CHECKPOINT_SUBDIRECTORY)
-        options = dict(map_size=map_size_bytes, max_dbs=8, sync=False, metasync=False, readahead=False,
+        options = dict(map_size=map_size_bytes, max_dbs=10, sync=False, metasync=False, readahead=False,
                        meminit=False)
         try:
             return lmdb.open(directory, **options)
@@ -795,6 +812,9 @@ class Store:
                         raise StoreError(f"checkpoint at batch {meta.sequence} is past the log's end")
                     if meta.scalars["cold_count"] != meta.cold_epochs * self._epoch_transfers:
                         raise StoreError("checkpoint's cold count and epochs disagree")
+                    if self.cold.chain_at(meta.cold_epochs) != meta.cold_chain:
+                        raise _ColdTierDamaged(f"the cold tier does not hold the {meta.cold_epochs} epochs "
+                                               "the checkpoint builds on")
                     self.ledger.restore(arrays, meta.scalars, arrays["tail_rows"], arrays["tail_links"])
                     self.filter.set_added(meta.filter_added)
                     last_epoch = np.frombuffer(arrays["last_epoch"], dtype=np.uint32)
@@ -811,6 +831,12 @@ class Store:
             # and the whole log is replayed instead; the cold tier is written again on the way.
             checkpoint_error = str(error)
             print(f"tally: {self.path}: checkpoint not used, replaying the whole log: {error}", file=sys.stderr)
+            if isinstance(error, _ColdTierDamaged):  # start the environment afresh: replay refills it
+                self._checkpoint_env.close()
+                directory = os.path.join(self.path, CHECKPOINT_SUBDIRECTORY)
+                os.rename(directory, f"{directory}.damaged-{time.time_ns()}")
+                self._checkpoint_env = self._open_checkpoint_env(self._map_size_bytes)
+                self.cold = ColdTier(self._checkpoint_env, self._epoch_transfers)
             self._fresh_state()
             checkpoint_sequence, self._checkpoint_meta = 0, None
         loaded = time.perf_counter()
@@ -873,6 +899,14 @@ class Store:
                              f"logged {last_timestamp})")
         self._queue_flush()
         return count
+
+
+def _in_chunks(lookup, ids: np.ndarray):
+    """``lookup(ids)`` -> (rows, found) for more ids than one lookup takes (a prefetch lists up to
+    two per event)."""
+    step = constants.BATCH_EVENTS_MAX
+    parts = [lookup(ids[at:at + step]) for at in range(0, ids.shape[0], step)]
+    return np.concatenate([rows for rows, _ in parts]), np.concatenate([found for _, found in parts])
 
 
 def _id_max(rows: np.ndarray) -> int:

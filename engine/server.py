@@ -515,10 +515,11 @@ class Server:
                     replies.append((frame.Status.bad_record_size, _NO_BODY, 0))
                     continue
                 ids = np.frombuffer(payload, dtype=core.ID_DTYPE)
-                # The ledger itself: the store's lookups would first wait for every commit.
-                ledger = self.store.ledger
-                lookup = ledger.lookup_accounts if operation == Operation.lookup_accounts else ledger.lookup_transfers
-                found = lookup(ids)
+                # Not waiting for the commits: this reply already goes out after them, in order.
+                if operation == Operation.lookup_accounts:
+                    found = self.store.ledger.lookup_accounts(ids)
+                else:
+                    found = self.store.lookup_transfers(ids, wait_for_commits=False)  # hot, then cold
                 replies.append((frame.Status.ok, memoryview(found).cast("B"), len(found)))
             else:  # get_account_transfers
                 replies.append(self._account_transfers(payload))
@@ -531,9 +532,10 @@ class Server:
             return frame.Status.bad_body, _NO_BODY, 0
         if query.check() is not None:
             return frame.Status.bad_body, _NO_BODY, 0
-        found = self.store.ledger.get_account_transfers(
+        found = self.store.get_account_transfers(
             query.account, timestamp_min=query.timestamp_min, timestamp_max=query.timestamp_max,
-            limit=query.limit, debits=query.debits, credits=query.credits, reverse=query.reverse)
+            limit=query.limit, debits=query.debits, credits=query.credits, reverse=query.reverse,
+            wait_for_commits=False)
         return frame.Status.ok, memoryview(found).cast("B"), len(found)
 
     def _send(self, request: tuple, status: int, body, event_count: int) -> None:

@@ -8,7 +8,8 @@ Method (docs/tiering.md has the design it checks):
    pipelined as the server does. Payment ``k`` is a pure function of ``k`` (payer uniform over
    the wallets, payee Zipf(1.1) over the merchants, amount 1..10,000, id ``k + 1``, or a
    scrambled id with ``--random-ids``), so that it is generated batch by batch (nothing
-   pre-generated: 200 M payments would be 25 GB) and can be checked later. Every
+   pre-generated: 200 M payments would be 25 GB) and can be checked later; the ids grow with
+   ``k`` above every setup id, as time-ordered ids (``core.new_id``) do. Every
    ``progress_batches`` batches it reports the payments committed, the time and its RSS.
 2. When the last payment is committed the writer reports its peak RSS, the checkpoint figures
    and the store's sizes, and the parent **kills it with SIGKILL** (no close, no final
@@ -69,8 +70,9 @@ class Payments:
         x = _splitmix64(k + np.uint64(1))
         y = _splitmix64(x)
         out = np.zeros(k.shape[0], dtype=core.TRANSFER_DTYPE)
+        # Increasing ids above the setup's (as core.new_id's would be), or scrambled ones.
         out["id_lo"] = _splitmix64(k ^ np.uint64(0x5EED)) if self.random_ids else k + np.uint64(1)
-        out["id_hi"] = 1 if self.random_ids else 0  # scrambled ids never collide with k + 1
+        out["id_hi"] = 2 if self.random_ids else 1
         out["debit_account_id_lo"] = np.uint64(1) + x % np.uint64(self.wallets)
         merchant = np.minimum(np.searchsorted(self.cdf, (y >> np.uint64(11)).astype(np.float64) / 2.0**53),
                               self.merchants - 1)
