@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo bench bench-core bench-loadgen test test-slow clean
+.PHONY: setup demo bench bench-core bench-loadgen bench-soak test test-slow test-debug clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,22 @@ test: setup
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
+
+# The state machine's C asserts (balances never wrap, id-map inserts succeed, undo logs empty
+# after a rollback, a pending state only in the pending table) exist only in a TALLY_DEBUG build:
+# build one in a copy of the tree and run the property, tiering and store tests against it.
+DEBUG_TREE := build/debug-tree
+test-debug: setup
+	$(BIN)/python -m pip install --quiet "Cython>=3.0.10" setuptools wheel
+	rm -rf $(DEBUG_TREE) && mkdir -p $(DEBUG_TREE)
+	cp -r core engine tests setup.py pyproject.toml $(DEBUG_TREE)/
+	rm -f $(DEBUG_TREE)/core/*.so $(DEBUG_TREE)/core/*.c
+	cd $(DEBUG_TREE) && TALLY_DEBUG=1 $(CURDIR)/$(BIN)/python setup.py --quiet build_ext --inplace
+	cd $(DEBUG_TREE) && PYTHONPATH=. $(CURDIR)/$(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/test_properties.py tests/test_tiering.py tests/test_ledger.py tests/test_store.py tests/test_crash.py
+
+bench-soak: setup
+	$(BIN)/tally bench soak
 
 clean:
 	rm -rf $(VENV) build .tally core/*.c core/*.so core/*.html

@@ -20,7 +20,8 @@ extensions = [
         [f"core/{name}.pyx"],
         include_dirs=[numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-        extra_compile_args=["-O2", "-fno-strict-aliasing"] + ([] if DEBUG else ["-DNDEBUG"]),
+        # Python's own CFLAGS carry -DNDEBUG: a debug build must undo it for the asserts to exist.
+        extra_compile_args=["-O2", "-fno-strict-aliasing"] + (["-UNDEBUG"] if DEBUG else ["-DNDEBUG"]),
     )
     for name in ("records", "idmap", "filter", "ledger", "codec")
 ]

@@ -745,6 +745,7 @@ cdef class Ledger:
             p.resolved_at = self.transfer_count
             dr = &self.hot[p.debit_index]
             cr = &self.hot[p.credit_index]
+            tally_assert(dr.debits_pending >= p.row.amount and cr.credits_pending >= p.row.amount)
             dr.debits_pending -= p.row.amount
             cr.credits_pending -= p.row.amount
 
@@ -1124,6 +1125,11 @@ cdef class Ledger:
             cr.credits_posted += amount
             settle(dr, e.code, ts)
             settle(cr, e.code, ts)
+        # Balances never wrap (the overflow checks above guarantee it; TALLY_DEBUG builds check).
+        tally_assert(dr.debits_pending >= (amount if flags & TRANSFER_PENDING else 0)
+                     and dr.debits_posted >= (0 if flags & TRANSFER_PENDING else amount)
+                     and dr.debits_pending + dr.debits_posted >= dr.debits_posted
+                     and cr.credits_pending + cr.credits_posted >= cr.credits_posted)
         cdef tally_transfer_t row = e[0]
         row.amount = amount
         row.timestamp = ts
@@ -1314,6 +1320,8 @@ cdef class Ledger:
             idmap_remove(&self.transfer_map.map, self.transfer_rows[slot].id_lo, self.transfer_rows[slot].id_hi)
             memset(&self.transfer_rows[slot], 0, sizeof(tally_transfer_t))
             memset(&self.links[slot], 0, sizeof(transfer_links_t))
+        # Every undo entry was applied, newest first: the logs are empty again.
+        tally_assert(self.account_undo_count == 0 and self.state_undo_count == 0)
         while self.account_count > account_count:
             self.account_count -= 1
             idmap_remove(&self.account_map.map, self.account_rows[self.account_count].id_lo,

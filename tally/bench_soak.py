@@ -227,7 +227,7 @@ def run(transfers: int = 200_000_000, accounts: int = 1_000_000, sample: int = 1
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
     }
     if not keep:
-        shutil.rmtree(store_dir, ignore_errors=True)
+        shutil.rmtree(base_dir if data_dir is None else store_dir, ignore_errors=True)
     return result
 
 

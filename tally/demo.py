@@ -88,7 +88,8 @@ def run(directory: str, seconds: float = 10.0, rate_per_s: float = 20_000.0, use
     json_path, html_path = report_module.write(report, os.path.join(directory, "report"))
     report["paths"] = {"json": json_path, "html": html_path}
     print(report_module.summary(report))
-    print(f"trace: {trace_path} (to replay it, against a fresh server: .venv/bin/tally serve --data /tmp/fresh "
+    fresh_dir = os.path.join(directory, "fresh")
+    print(f"trace: {trace_path} (to replay it, against a fresh server: .venv/bin/tally serve --data {fresh_dir} "
           f"--port 7421, then .venv/bin/tally load replay {trace_path} --port 7421)")
     say("re-applying the server's log into a fresh store (tally replay-log)")
     replayed = replay_log.run(server_dir, replayed_dir)
