@@ -20,7 +20,7 @@ import threading
 import time
 
 
-from core import constants
+from core import constants, memory
 from core.state_hash import state_hash  # noqa: F401 - the hash replay-log compares, re-exported
 from core.store import RECORD_DTYPES, Store, StoreError
 
@@ -96,8 +96,11 @@ def run(source_dir: str, into_dir: str, *, progress=None) -> dict:
                     raise ReplayDivergedError(sequence, target.ledger.last_timestamp, last_timestamp)
                 batches += 1
                 events += body.shape[0] // constants.RECORD_SIZE_BYTES
-                if progress is not None and batches % PROGRESS_INTERVAL_BATCHES == 0:
-                    progress(batches, batches_total)
+                if batches % PROGRESS_INTERVAL_BATCHES == 0:
+                    # The source's log is read through LMDB's map: let its pages go as we pass.
+                    memory.release_mapped_file(os.path.join(source_dir, _LMDB_DATA_FILE))
+                    if progress is not None:
+                        progress(batches, batches_total)
             if last is not None:
                 last.result()  # commits finish in order: raises if this or any earlier one failed
             seconds = time.perf_counter() - started

@@ -77,8 +77,9 @@ _NEVER_WRITTEN = -1             # checksum of a filter region never written (all
 _SNAPSHOT_PIECE_BYTES = 4 << 20  # a checkpoint's copies are made in pieces of this size
 _CHUNK_RECORDS = 1 << 16        # records per chunk of a record array
 _CHUNK_BYTES = 8 << 20          # bytes per chunk of a raw array
-_STORE_VERSION = 3              # 3: hot window and cold tier; 2: checkpoints in their own environment
+_STORE_VERSION = 4              # 4: the cold tier in its own environment; 3: hot window and cold tier
 CHECKPOINT_SUBDIRECTORY = "checkpoint"
+COLD_SUBDIRECTORY = "cold"
 LOCK_FILE_NAME = "tally.lock"
 _U64_MAX = (1 << 64) - 1
 
@@ -240,7 +241,8 @@ class Store:
         self._epoch_transfers = self._meta.cold_epoch_transfers
         self._map_size_bytes = map_size_bytes
         self._checkpoint_env = self._open_checkpoint_env(map_size_bytes)
-        self.cold = ColdTier(self._checkpoint_env, self._epoch_transfers)
+        self._cold_env = self._open_cold_env(map_size_bytes)
+        self.cold = ColdTier(self._cold_env, self._epoch_transfers)
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tally-cold",
                                                              initializer=_lower_thread_priority)
         self._jobs: collections.deque[_Job] = collections.deque()
@@ -438,7 +440,8 @@ class Store:
         """Sizes and counters of the hot and cold tiers (``tally info``)."""
         led = self.ledger
         disk = {"log": _file_bytes(os.path.join(self.path, "data.mdb")),
-                "checkpoint_environment": _file_bytes(os.path.join(self.path, CHECKPOINT_SUBDIRECTORY, "data.mdb"))}
+                "checkpoint_environment": _file_bytes(os.path.join(self.path, CHECKPOINT_SUBDIRECTORY, "data.mdb")),
+                "cold_environment": _file_bytes(os.path.join(self.path, COLD_SUBDIRECTORY, "data.mdb"))}
         disk.update({f"cold_{name}": size for name, size in self.cold.disk_bytes().items()})
         return {
             "transfers": led.transfer_count,
@@ -543,7 +546,7 @@ class Store:
         for epoch in range(first, last):
             rows = self.ledger.transfers_range(epoch * size, (epoch + 1) * size)
             links = self.ledger.links_range(epoch * size, (epoch + 1) * size)
-            with self._checkpoint_env.begin(write=True) as txn:
+            with self._cold_env.begin(write=True) as txn:
                 chain, touched, values = self.cold.write_epoch(txn, epoch, rows, links, statuses[epoch - first],
                                                                self._cold_chain, self._last_epoch)
                 if last_pending is not None:
@@ -554,7 +557,7 @@ class Store:
             self._cold_chain = chain
             self._cold_epochs = epoch + 1  # last: the submitting thread may now evict the epoch
         # Pages LMDB glimpsed while appending stay mapped (core/memory.py): let them go.
-        for environment in (self.path, os.path.join(self.path, CHECKPOINT_SUBDIRECTORY)):
+        for environment in (self.path, os.path.join(self.path, COLD_SUBDIRECTORY)):
             memory.release_mapped_file(os.path.join(environment, "data.mdb"))
 
     def _start_checkpoint(self) -> None:
@@ -603,9 +606,6 @@ class Store:
 
     def _write_checkpoint(self, sequence: int, last_pending: "PendingBatch | None", arrays, scalars) -> None:
         started = time.perf_counter()
-        # The epochs this checkpoint builds on must survive a power loss before it refers to them
-        # (their commits were not synced): recovery would otherwise answer a cold id as new.
-        self._checkpoint_env.sync(True)
         # The cold tier's progress now (flushes run on this thread, in order): the checkpoint
         # holds the ring from there on.
         cold_count = self._cold_epochs * self._epoch_transfers
@@ -625,7 +625,6 @@ class Store:
             txn.put(b"meta", msgspec.msgpack.encode(meta))
             if last_pending is not None:
                 last_pending.result()  # raises (and aborts this transaction) if its commit failed
-        self._checkpoint_env.sync(True)
         self._checkpoint_meta = meta
         self.checkpoints_written += 1
         self.checkpoint_write_max_s = max(self.checkpoint_write_max_s, time.perf_counter() - started)
@@ -683,6 +682,7 @@ class Store:
             except Exception:  # the log holds everything the cold tier and the checkpoint would have
                 traceback.print_exc()
             self._worker.shutdown(wait=True)
+            self._cold_env.close()
             self._checkpoint_env.close()
             self._env.close()
             self._env = None
@@ -746,22 +746,36 @@ class Store:
                 self._in_flight.release()
 
     def _open_checkpoint_env(self, map_size_bytes: int):
-        """The cold tier's and the checkpoints' LMDB environment: its own write lock, no fsync.
+        """The checkpoints' LMDB environment: its own write lock, no fsync.
 
-        Its own environment, so that writing an epoch or a checkpoint never holds up a log
-        commit; no fsync, because the log holds everything it does: the OS writes it back
-        smoothly instead of in bursts that would stall the log's synchronous commits. After a
-        power loss it may be damaged; recovery then replays the whole log (``_recover``). If it
-        cannot even be opened, it is set aside and a new one started.
+        Its own environment, so that writing a checkpoint never holds up a log commit; no fsync,
+        because a checkpoint only saves replay time: the OS writes its hundreds of megabytes back
+        smoothly instead of in a burst that would stall the log's synchronous commits. After a
+        power loss it may be damaged (chunk checksums tell); recovery then replays the whole log
+        (``_recover``). If it cannot even be opened, it is set aside and a new one started.
         """
-        directory = os.path.join(self.path, CHECKPOINT_SUBDIRECTORY)
-        options = dict(map_size=map_size_bytes, max_dbs=10, sync=False, metasync=False, readahead=False,
+        return self._open_side_env(CHECKPOINT_SUBDIRECTORY, map_size_bytes, sync=False)
+
+    def _open_cold_env(self, map_size_bytes: int):
+        """The cold tier's LMDB environment: each epoch's commit syncs its data, not its meta page.
+
+        LMDB's "ACI without D": a power loss may undo the last epochs (replay writes them again)
+        but never leaves the environment inconsistent, which matters because idempotency now
+        depends on it (an id lost from the cold tier would be answered as new). An epoch is a few
+        MB, so its sync is short; the checkpoints' large writes stay in their own unsynced
+        environment.
+        """
+        return self._open_side_env(COLD_SUBDIRECTORY, map_size_bytes, sync=True)
+
+    def _open_side_env(self, subdirectory: str, map_size_bytes: int, *, sync: bool):
+        directory = os.path.join(self.path, subdirectory)
+        options = dict(map_size=map_size_bytes, max_dbs=10, sync=sync, metasync=False, readahead=False,
                        meminit=False)
         try:
             return lmdb.open(directory, **options)
         except lmdb.Error as error:
             aside = f"{directory}.damaged-{time.time_ns()}"
-            print(f"tally: {self.path}: checkpoint environment unreadable ({error}); moved to {aside}", file=sys.stderr)
+            print(f"tally: {self.path}: {subdirectory} environment unreadable ({error}); moved to {aside}", file=sys.stderr)
             os.rename(directory, aside)
             return lmdb.open(directory, **options)
 
@@ -837,12 +851,12 @@ class Store:
             # and the whole log is replayed instead; the cold tier is written again on the way.
             checkpoint_error = str(error)
             print(f"tally: {self.path}: checkpoint not used, replaying the whole log: {error}", file=sys.stderr)
-            if isinstance(error, _ColdTierDamaged):  # start the environment afresh: replay refills it
-                self._checkpoint_env.close()
-                directory = os.path.join(self.path, CHECKPOINT_SUBDIRECTORY)
+            if isinstance(error, _ColdTierDamaged):  # start the cold tier afresh: replay refills it
+                self._cold_env.close()
+                directory = os.path.join(self.path, COLD_SUBDIRECTORY)
                 os.rename(directory, f"{directory}.damaged-{time.time_ns()}")
-                self._checkpoint_env = self._open_checkpoint_env(self._map_size_bytes)
-                self.cold = ColdTier(self._checkpoint_env, self._epoch_transfers)
+                self._cold_env = self._open_cold_env(self._map_size_bytes)
+                self.cold = ColdTier(self._cold_env, self._epoch_transfers)
             self._fresh_state()
             checkpoint_sequence, self._checkpoint_meta = 0, None
         loaded = time.perf_counter()
