@@ -1,6 +1,6 @@
 """Keeping the process's resident memory what the configuration says, whatever the history.
 
-Two things grow a long-running store's RSS that are not its state:
+What grows a long-running store's RSS without being its state:
 
 * **Page cache mapped by LMDB's reads.** LMDB reads through a shared read-only map of its file.
   Every page it touches stays mapped in the process (and the kernel maps up to 16 neighbouring
@@ -9,12 +9,9 @@ Two things grow a long-running store's RSS that are not its state:
   the kernel may reclaim, but they count in RSS. ``release_mapped_file`` unmaps them from this
   process (``madvise(MADV_DONTNEED)``; the pages stay in the page cache and are mapped again on
   the next access, so LMDB's pointers stay valid).
-* **Heap fragmentation from large temporaries.** glibc serves allocations above the mmap
-  threshold with their own mappings, returned on free; but it raises that threshold after each
-  such free (up to 32 MiB), after which the background thread's per-epoch arrays come from its
-  arena and are not given back. ``fix_malloc_thresholds`` pins the threshold at 4 MiB.
 
-Both are Linux/glibc measures and do nothing elsewhere.
+A Linux measure; it does nothing elsewhere. (Pinning glibc's mmap threshold was tried too: it
+changed neither the resident size nor the checkpoint stalls, and was dropped.)
 """
 
 from __future__ import annotations
@@ -25,11 +22,6 @@ import os
 import sys
 
 _MADV_DONTNEED = 4
-_M_MMAP_THRESHOLD = -3
-#: Allocations from this size up get their own mapping, returned to the system when freed. Above
-#: the server's largest frame (1 MiB), which stays in the arenas (no page faults per request);
-#: below the per-epoch arrays (tens of MiB).
-MMAP_THRESHOLD_BYTES = 4 << 20
 
 _libc = None
 if sys.platform.startswith("linux"):
@@ -38,18 +30,6 @@ if sys.platform.startswith("linux"):
         _libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     except (OSError, AttributeError):
         _libc = None
-
-_malloc_fixed = False
-
-
-def fix_malloc_thresholds() -> None:
-    """Pin glibc's mmap threshold (once per process): large temporaries go back to the system."""
-    global _malloc_fixed
-    if _malloc_fixed or _libc is None or not hasattr(_libc, "mallopt"):
-        return
-    _libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
-    _malloc_fixed = True
-
 
 def release_mapped_file(path: str) -> int:
     """Unmap this process's resident pages of ``path``'s mappings; returns the bytes advised."""

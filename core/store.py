@@ -227,7 +227,6 @@ class Store:
         os.makedirs(path, exist_ok=True)
         self.path = path
         self._lock_file = _lock_directory(path)
-        memory.fix_malloc_thresholds()
         self._clock_ns = clock_ns
         self._checkpoint_interval_events = checkpoint_interval_events
         self._checkpoint_interval_batches = checkpoint_interval_batches  # None: by events only
@@ -626,6 +625,7 @@ class Store:
             if last_pending is not None:
                 last_pending.result()  # raises (and aborts this transaction) if its commit failed
         self._checkpoint_meta = meta
+        memory.release_mapped_file(os.path.join(self.path, CHECKPOINT_SUBDIRECTORY, "data.mdb"))
         self.checkpoints_written += 1
         self.checkpoint_write_max_s = max(self.checkpoint_write_max_s, time.perf_counter() - started)
 
