@@ -67,3 +67,5 @@ cdef class IdFilter:
     cdef object _buffer          # NumPy uint64 array owning the words
     cdef object _dirty           # NumPy uint8 per region: changed since take_dirty()
     cdef readonly uint64_t added # ids added (duplicates counted)
+
+    cdef _add_words(self, const uint64_t[:, ::1] words)

@@ -74,20 +74,14 @@ cdef class IdFilter:
 
     def add_ids(self, ids):
         """Add ids (ints or an ID_DTYPE array)."""
-        array = ids_array(ids)
-        cdef const uint64_t[:, ::1] keys = array.view(np.uint64).reshape(-1, 2)
-        cdef uint8_t[::1] dirty = self._dirty
-        cdef Py_ssize_t i, n = keys.shape[0]
-        with nogil:
-            for i in range(n):
-                if i + AHEAD < n:
-                    TALLY_PREFETCH(idfilter_block(&self.filter, idfilter_hash(keys[i + AHEAD, 0], keys[i + AHEAD, 1])))
-                dirty[idfilter_add(&self.filter, keys[i, 0], keys[i, 1]) >> IDFILTER_REGION_SHIFT] = 1
-        self.added += n
+        self._add_words(ids_array(ids).view(np.uint64).reshape(-1, 2))
 
     def add_rows(self, rows):
         """Add the ids of transfer rows (a TRANSFER_DTYPE array; ``id_lo``/``id_hi`` first)."""
-        cdef const uint64_t[:, ::1] words = np.ascontiguousarray(rows).view(np.uint64).reshape(-1, 16)
+        self._add_words(np.ascontiguousarray(rows).view(np.uint64).reshape(-1, 16))
+
+    cdef _add_words(self, const uint64_t[:, ::1] words):
+        """Add the ids in the first two words (lo, hi) of each row of ``words``."""
         cdef uint8_t[::1] dirty = self._dirty
         cdef Py_ssize_t i, n = words.shape[0]
         with nogil:

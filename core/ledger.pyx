@@ -290,8 +290,8 @@ cdef class Ledger:
     def prefetch_scan(self, batch):
         """The ids a transfer batch may need from the cold tier (an ID_DTYPE array, maybe empty).
 
-        Evicts what the batch will need room for first (so the scan sees the hot window the
-        batch will run against). Listed: an event id neither hot nor pending that the filter
+        Evicts what the batch will need room for and prunes the pending table first (so the
+        scan sees the hot window and the pending table the batch will run against). Listed: an event id neither hot nor pending that the filter
         does not rule out; a ``pending_id`` not in the pending table that is either hot with a
         pending row (resolved and pruned: its status is cold) or not ruled out by the filter.
         """
@@ -310,7 +310,10 @@ cdef class Ledger:
         self._enter()
         try:
             with nogil:
+                # The batch must be scanned against the window and the pending table it will run
+                # against: evict and prune first (begin_batch then has nothing left to do).
                 self.evict(count)
+                self.prune()
                 for i in range(count):
                     if i + PREFETCH_DISTANCE < count:
                         e = &(<const tally_transfer_t *> &raw[0])[i + PREFETCH_DISTANCE]

@@ -339,3 +339,23 @@ def test_a_cold_tier_behind_its_checkpoint_is_rebuilt_from_the_log(tmp_path):
         assert store.state_hash() == after != before
         assert (store.create_transfers(_payments(40, 1_000)) == core.Result.exists).all()
     assert any(name.startswith("cold.damaged-") for name in os.listdir(path))
+
+
+def test_a_pending_pruned_at_the_start_of_a_batch_is_still_known_in_it(tmp_path):
+    # A resolved pending leaves the pending table at the start of some batch (3 epochs after its
+    # resolution). The prefetch of that batch must see the table as the batch will, or a void of
+    # it in that very batch would find nothing: every batch here voids it, and each must answer
+    # that it expired.
+    with _open_small(str(tmp_path)) as store:
+        store.create_accounts(core.accounts_from_dicts([{"id": i, "ledger": 156, "code": 1} for i in range(1, 7)]), 1)
+        hold = core.transfers_from_dicts([{"id": 7, "debit_account_id": 1, "credit_account_id": 2, "amount": 50,
+                                           "ledger": 156, "code": 1, "flags": core.TransferFlags.pending,
+                                           "timeout": 1}])
+        assert store.create_transfers(hold, 2).tolist() == [0]
+        for batch in range(12):  # 16 payments a batch: an epoch each; the hold expires in the first
+            void = core.transfers_from_dicts([{"id": 90_000 + batch, "pending_id": 7,
+                                               "flags": core.TransferFlags.void_pending}])
+            results = store.create_transfers(np.concatenate((_payments(16, 1_000 + 16 * batch), void)),
+                                             2_000_000_000 * (batch + 2))
+            assert results[-1] == core.Result.pending_transfer_expired, batch
+        assert store.ledger.pending_count == 0  # it did leave the table
