@@ -540,21 +540,28 @@ class Store:
         self._flush_queued_epochs = complete
 
     def _flush(self, first: int, last: int, statuses: list, last_pending: "PendingBatch | None") -> None:
-        """Write epochs ``[first, last)`` to the cold tier (background thread), one transaction each."""
+        """Write epochs ``[first, last)`` to the cold tier (background thread) in one transaction:
+        one sync however many epochs a lagging flush (or a recovery's replay) has to catch up."""
         size = self._epoch_transfers
-        for epoch in range(first, last):
-            rows = self.ledger.transfers_range(epoch * size, (epoch + 1) * size)
-            links = self.ledger.links_range(epoch * size, (epoch + 1) * size)
-            with self._cold_env.begin(write=True) as txn:
+        # Readers follow self._last_epoch into the cold tier: it may only point at committed
+        # epochs, so the transaction works on a copy, published after the commit.
+        last_epoch = self._last_epoch.copy()
+        chain, id_max = self._cold_chain, self._cold_id_max
+        with self._cold_env.begin(write=True) as txn:
+            for epoch in range(first, last):
+                rows = self.ledger.transfers_range(epoch * size, (epoch + 1) * size)
+                links = self.ledger.links_range(epoch * size, (epoch + 1) * size)
                 chain, touched, values = self.cold.write_epoch(txn, epoch, rows, links, statuses[epoch - first],
-                                                               self._cold_chain, self._last_epoch)
-                if last_pending is not None:
-                    last_pending.result()  # never hold a transfer the log does not (raises, aborting)
-            self._last_epoch[touched] = values
-            self.filter.add_rows(rows)
-            self._cold_id_max = max(self._cold_id_max, _id_max(rows))
-            self._cold_chain = chain
-            self._cold_epochs = epoch + 1  # last: the submitting thread may now evict the epoch
+                                                               chain, last_epoch)
+                last_epoch[touched] = values
+                id_max = max(id_max, _id_max(rows))
+            if last_pending is not None:
+                last_pending.result()  # never hold a transfer the log does not (raises, aborting)
+        np.copyto(self._last_epoch, last_epoch)
+        self.filter.add_rows(self.ledger.transfers_range(first * size, last * size))
+        self._cold_id_max = id_max
+        self._cold_chain = chain
+        self._cold_epochs = last  # last: the submitting thread may now evict these epochs
         # Pages LMDB glimpsed while appending stay mapped (core/memory.py): let them go.
         for environment in (self.path, os.path.join(self.path, COLD_SUBDIRECTORY)):
             memory.release_mapped_file(os.path.join(environment, "data.mdb"))
