@@ -14,7 +14,6 @@ import itertools
 import struct
 
 import lmdb
-import msgspec
 import numpy as np
 
 from core import codec
@@ -39,11 +38,6 @@ _BLOCK_HEADER = struct.Struct("<I")
 _HISTORY_KEY = struct.Struct(">III")   # epoch, first account of the chunk, chunk number in the epoch
 
 
-class ColdMeta(msgspec.Struct, frozen=True):
-    epochs: int          # epochs written, 0..epochs-1
-    chain: bytes         # state_hash chain over them
-
-
 def id_keys(rows_or_ids: np.ndarray) -> np.ndarray:
     """Ids as 16-byte big-endian keys (hi then lo): byte order sorts like the 128-bit ints."""
     if rows_or_ids.dtype == ID_DTYPE:
@@ -65,17 +59,11 @@ class ColdTier:
         self.ids = env.open_db(b"ids")
         self.history = env.open_db(b"history")
         self.status = env.open_db(b"status")
-        self.meta_db = env.open_db(b"cold")
         self.chains = env.open_db(b"chains")   # epoch u32 BE -> the hash chain after it
         self._scratch = bytearray(_BLOCK_HEADER.size + codec.packed_size_max(BLOCK_TRANSFERS))
         # Statistics (read by tally info): lookups that went to LMDB, and how many found nothing.
         self.lookups = 0
         self.lookups_missed = 0
-
-    def stored_meta(self) -> ColdMeta:
-        with self.env.begin(db=self.meta_db) as txn:
-            raw = txn.get(b"meta")
-        return msgspec.msgpack.decode(raw, type=ColdMeta) if raw else ColdMeta(0, CHAIN_EMPTY)
 
     def chain_at(self, epochs: int) -> bytes | None:
         """The hash chain stored after the first ``epochs`` epochs (None: not stored)."""
@@ -138,7 +126,6 @@ class ColdTier:
         _put_sorted(txn, self.status, [(_U64.pack(int(ts)), bytes((int(state),)))
                                         for ts, state in zip(statuses["timestamp"], statuses["state"])])
         chain = chain_next(chain, epoch_digest(packed, statuses))
-        txn.put(b"meta", msgspec.msgpack.encode(ColdMeta(epoch + 1, chain)), db=self.meta_db)
         txn.put(struct.pack(">I", epoch), chain, db=self.chains)
         return chain, touched, np.full(touched.shape[0], epoch + 1, dtype=np.uint32)
 
