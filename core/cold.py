@@ -75,11 +75,12 @@ class ColdTier:
     # ------------------------------------------------------------------ writing an epoch
 
     def write_epoch(self, txn, epoch: int, rows: np.ndarray, links: np.ndarray, statuses: np.ndarray,
-                    chain: bytes, last_epoch: np.ndarray) -> tuple[bytes, np.ndarray, np.ndarray]:
+                    chain: bytes, last_epoch: np.ndarray) -> tuple[bytes, np.ndarray, int]:
         """Write epoch ``epoch`` (its rows and links in order, the statuses resolved in it).
 
         ``last_epoch`` (per account: newest epoch holding it + 1) is read, not changed: returns
-        the new chain and the (accounts, values) to set in it once the transaction commits.
+        the new chain, the accounts to set to ``epoch + 1`` in it once the transaction commits,
+        and the bytes written (keys and values).
         Keys that are already there (a replay after a crash rewrites the epochs written after
         the checkpoint) are overwritten with identical values.
         """
@@ -127,7 +128,9 @@ class ColdTier:
                                         for ts, state in zip(statuses["timestamp"], statuses["state"])])
         chain = chain_next(chain, epoch_digest(packed, statuses))
         txn.put(struct.pack(">I", epoch), chain, db=self.chains)
-        return chain, touched, np.full(touched.shape[0], epoch + 1, dtype=np.uint32)
+        written = (sum(len(key) + len(value) for key, value in block_items) + keys.nbytes
+                   + sum(len(key) + len(value) for key, value in history_items) + 9 * statuses.shape[0])
+        return chain, touched, written
 
     # ------------------------------------------------------------------ reads
 

@@ -1,7 +1,7 @@
 """Replay a data directory's committed log into a fresh store and compare the state hashes.
 
 ``tally replay-log --data DIR --into NEWDIR``: every committed batch of ``DIR``'s log is applied
-again, in order, at its logged engine time, into a new store at ``NEWDIR``; then the state hash
+again (archived segments first: docs/tiering.md), in order, at its logged engine time, into a new store at ``NEWDIR``; then the state hash
 of the result is compared with that of ``DIR`` as a server would recover it (checkpoint plus the
 log after it). Since the state machine has no clock and no randomness, the two must be equal:
 this checks determinism, and, run with a new build over a production log, it tests an upgrade
@@ -75,7 +75,8 @@ def run(source_dir: str, into_dir: str, *, progress=None) -> dict:
         batches_total = source.sequence
         # The target's log is the source's again, packed the same way: room for it, and then some.
         map_size_bytes = max(constants.LMDB_MAP_SIZE_BYTES_DEFAULT,
-                             2 * os.path.getsize(os.path.join(source_dir, _LMDB_DATA_FILE)))
+                             2 * (os.path.getsize(os.path.join(source_dir, _LMDB_DATA_FILE))
+                                  + source.archive.disk_bytes()))
         os.makedirs(into_dir, exist_ok=True)
         target = Store(into_dir, accounts_max=source.ledger.accounts_max,
                        transfers_hot_max=source.ledger.transfers_hot_max, pending_max=source.ledger.pending_max,

@@ -12,12 +12,13 @@ Design:
   (``MDB_APPEND``).
 * **Hot and cold.** The ledger holds accounts, a window of recent transfers, and every pending
   transfer until it is resolved. Each complete *epoch* of transfers is written to the cold tier
-  (``core.cold``) by the background thread, committed only after the log commit of its last
+  (``core.cold``) by a background thread, committed only after the log commit of its last
   batch; then the ledger may reuse those slots. Before a transfer batch runs, whatever it needs
   from the cold tier is read (prefetch), so the batch loop never does I/O.
 * **State is a checkpoint plus the log after it.** Every ``checkpoint_interval_events`` events
   the in-memory state (nothing that grows with the history) is written to the checkpoint
-  environment. Opening a store loads the newest checkpoint and replays the log after it through
+  environment by a second background thread. Opening a store loads the newest checkpoint and
+  replays the log (archived segments first, if it needs them) after it through
   the same state machine; since the core has no clock and no randomness of its own, the result
   is exactly the state before the crash.
 * **Apply, then commit, then reply.** A batch is applied in memory first (bad input raises
@@ -32,8 +33,10 @@ from __future__ import annotations
 import builtins
 import collections
 import concurrent.futures
+import itertools
 import os
 import queue
+import shutil
 import struct
 import sys
 import threading
@@ -46,6 +49,7 @@ import msgspec
 import numpy as np
 
 from core import codec, constants, memory
+from core.archive import ArchiveError, LogArchive
 from core.cold import ColdTier
 from core.filter import IdFilter
 from core.ledger import Ledger
@@ -75,10 +79,13 @@ _APPEND_RECORDS, _RECORDS, _RAW, _FILTER = "append_records", "records", "raw", "
 _ARRAY_KINDS = {"accounts": _APPEND_RECORDS, "tail_rows": _RECORDS, "filter": _FILTER}
 _NEVER_WRITTEN = -1             # checksum of a filter region never written (all zeros)
 _SNAPSHOT_PIECE_BYTES = 4 << 20  # a checkpoint's copies are made in pieces of this size
+_BACKGROUND_EVENTS_MAX = 1024   # background jobs remembered (Store.background_events)
 _CHUNK_RECORDS = 1 << 16        # records per chunk of a record array
 _CHUNK_BYTES = 8 << 20          # bytes per chunk of a raw array
 _STORE_VERSION = 4              # 4: the cold tier in its own environment; 3: hot window and cold tier
 CHECKPOINT_SUBDIRECTORY = "checkpoint"
+ARCHIVE_SUBDIRECTORY = "archive"
+_ARCHIVE_DELETE_SLICE_ENTRIES = 1024  # log entries forgotten per write transaction when archiving
 COLD_SUBDIRECTORY = "cold"
 LOCK_FILE_NAME = "tally.lock"
 _U64_MAX = (1 << 64) - 1
@@ -99,6 +106,12 @@ class _Meta(msgspec.Struct, frozen=True):
     pending_max: int
     cold_epoch_transfers: int
     id_filter_bytes: int
+
+
+class _ArchiveMeta(msgspec.Struct, frozen=True):
+    """Where the log's archived entries are (meta key b"archive"; absent: nothing archived)."""
+    archived_through: int = 0     # entries 1..archived_through are in segments, not in the log
+    directory: str = ARCHIVE_SUBDIRECTORY  # relative to the data directory, or absolute
 
 
 class _ArrayMeta(msgspec.Struct, frozen=True):
@@ -130,11 +143,20 @@ class RecoveryStats(msgspec.Struct, frozen=True):
     checkpoint_error: str | None = None   # why the checkpoint was not used (the whole log was replayed)
 
 
-class _Job(msgspec.Struct):
-    """Work for the background thread: a cold-tier flush or a checkpoint, in submission order."""
+class BackgroundEvent(msgspec.Struct, frozen=True):
+    """One finished background job: a cold-tier flush or a checkpoint write."""
     kind: str                     # "flush" | "checkpoint"
+    started_unix_s: float         # wall clock, to line it up with a load report's time axis
+    duration_s: float             # the whole job on the background thread
+    bytes_written: int            # values put into LMDB
+    stall_s: float = 0.0          # checkpoint: the submitting thread's pause for the copies
+    commit_s: float = 0.0         # the LMDB commit (with its sync, for a flush)
+
+
+class _Job(msgspec.Struct):
+    """A checkpoint being written on its background thread."""
     future: concurrent.futures.Future
-    pin: int                      # a checkpoint reads the ring from here on: no eviction past it
+    pin: int                      # it reads the ring from here on: no eviction past it
 
 
 class PendingBatch:
@@ -237,14 +259,26 @@ class Store:
         self._meta_db = self._env.open_db(b"meta")
         self._meta = self._load_or_create_meta(accounts_max, transfers_hot_max, pending_max,
                                                cold_epoch_transfers, id_filter_bytes)
+        self._archive_meta = self._load_archive_meta()
         self._epoch_transfers = self._meta.cold_epoch_transfers
         self._map_size_bytes = map_size_bytes
         self._checkpoint_env = self._open_checkpoint_env(map_size_bytes)
         self._cold_env = self._open_cold_env(map_size_bytes)
         self.cold = ColdTier(self._cold_env, self._epoch_transfers)
-        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tally-cold",
-                                                             initializer=_lower_thread_priority)
-        self._jobs: collections.deque[_Job] = collections.deque()
+        # Two background threads: epochs are flushed while a checkpoint is written (a checkpoint
+        # takes seconds; the next batches need the epochs written within PRUNE_LAG_EPOCHS).
+        self._flusher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tally-cold",
+                                                              initializer=_lower_thread_priority)
+        self._checkpointer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tally-checkpoint",
+                                                                   initializer=_lower_thread_priority)
+        self._flush_jobs: collections.deque[concurrent.futures.Future] = collections.deque()
+        self._checkpoint_job: _Job | None = None
+        # Guards the cold tier's published progress (epochs, chain, id max, per-account newest
+        # epoch, the filter's bits): a flush publishes under it, a checkpoint reads it under it.
+        # A checkpoint taken at transfer count N may only see epochs up to N // epoch size:
+        # flushes past ``_capture_limit`` wait until the checkpoint has read (``_cold_published``).
+        self._cold_published = threading.Condition()
+        self._capture_limit: int | None = None
         self._snapshot_buffers: dict[str, np.ndarray] = {}
         self._pack_scratch = memoryview(bytearray(codec.packed_size_max(_CHUNK_RECORDS)))
         self._prefault = prefault
@@ -254,6 +288,9 @@ class Store:
         # of the submitting thread while the in-place arrays were copied.
         self.checkpoints_written = 0
         self.checkpoint_write_max_s = self.checkpoint_stall_max_s = 0.0
+        # The latest background jobs (bounded), for operators and load reports: when each ran,
+        # how long its parts took, how much it wrote.
+        self.background_events: collections.deque[BackgroundEvent] = collections.deque(maxlen=_BACKGROUND_EVENTS_MAX)
         self._fresh_state()
         self._last_pending: PendingBatch | None = None
         self.recovery = self._recover()
@@ -429,7 +466,7 @@ class Store:
 
     def state_hash(self) -> str:
         """Hex digest of the committed state over the whole history (``core.state_hash``);
-        waits for the commits and the background thread."""
+        waits for the commits and the background threads."""
         self._drain()
         self._reap(wait_all=True)
         return state_hash(self.ledger, epoch_transfers=self._epoch_transfers, chain=self._cold_chain,
@@ -442,7 +479,11 @@ class Store:
                 "checkpoint_environment": _file_bytes(os.path.join(self.path, CHECKPOINT_SUBDIRECTORY, "data.mdb")),
                 "cold_environment": _file_bytes(os.path.join(self.path, COLD_SUBDIRECTORY, "data.mdb"))}
         disk.update({f"cold_{name}": size for name, size in self.cold.disk_bytes().items()})
+        disk["archive"] = self.archive.disk_bytes()
         return {
+            "log_first": self._archive_meta.archived_through + 1,
+            "archived_through": self._archive_meta.archived_through,
+            "archive_directory": self.archive.directory,
             "transfers": led.transfer_count,
             "transfers_hot": led.transfer_count - led.hot_first,
             "transfers_hot_max": led.transfers_hot_max,
@@ -477,11 +518,8 @@ class Store:
         """
         if self._env is None:
             raise StoreError("the store is closed")
-        with self._env.begin(db=self._log, buffers=True) as txn:
-            cursor = txn.cursor()
-            if cursor.set_range(_SEQUENCE.pack(first_sequence)):
-                for key, value in cursor:
-                    yield _decode_entry(_SEQUENCE.unpack(key)[0], value)
+        for sequence, value in self._log_raw(first_sequence):
+            yield _decode_entry(sequence, value)
 
     def checkpoint(self) -> None:
         """Write the in-memory state as the new checkpoint now, and wait until it is written.
@@ -494,25 +532,94 @@ class Store:
         self._start_checkpoint()
         self._reap(wait_all=True)
 
+    def archive_log(self, into: str | None = None) -> dict:
+        """Move the log's entries covered by a checkpoint into segment files (docs/tiering.md,
+        "Log retention"); the log keeps the entries after them. Returns what was done.
+
+        Writes a checkpoint now and syncs the checkpoint and cold environments first, so that
+        recovery normally needs nothing archived. ``into`` sets the archive directory (kept in
+        the store's meta; segments already archived elsewhere are moved there). Segments are
+        durable before their entries leave the log; a crash in between leaves a segment that
+        the next run replaces. Idempotent: a second run archives only what came since.
+        """
+        self.checkpoint()
+        self._checkpoint_env.sync(True)
+        self._cold_env.sync(True)
+        through = self._checkpoint_meta.sequence
+        self._move_archive(into)
+        archive, start = self.archive, self._archive_meta.archived_through
+        archive.remove_after(start)
+        first = start + 1
+        segments = []
+        if first <= through:
+            raw = self._log_raw(first)
+            try:
+                segments = archive.write(itertools.takewhile(lambda item: item[0] <= through, raw))
+            finally:
+                raw.close()  # ends its read transaction before the deletes below
+            self._forget_archived(first, through)
+        return {"archived_through": self._archive_meta.archived_through, "entries": max(0, through - start),
+                "segments": [segment.path for segment in segments],
+                "segment_bytes": sum(os.path.getsize(segment.path) for segment in segments),
+                "directory": self.archive.directory, "log_first": self._archive_meta.archived_through + 1,
+                "log_last": self.sequence}
+
+    def _forget_archived(self, first: int, through: int) -> None:
+        """Delete log entries ``first..through`` (already in durable segments), a slice per
+        transaction, each raising ``archived_through`` with its deletes."""
+        for slice_first in range(first, through + 1, _ARCHIVE_DELETE_SLICE_ENTRIES):
+            slice_last = min(slice_first + _ARCHIVE_DELETE_SLICE_ENTRIES - 1, through)
+            meta = msgspec.structs.replace(self._archive_meta, archived_through=slice_last)
+            with self._env.begin(write=True, db=self._log) as txn:
+                for sequence in range(slice_first, slice_last + 1):
+                    txn.delete(_SEQUENCE.pack(sequence))
+                txn.put(b"archive", msgspec.msgpack.encode(meta), db=self._meta_db)
+            self._archive_meta = meta
+
+    def _move_archive(self, into: str | None) -> None:
+        """Record ``into`` as the archive directory, moving the segments already archived."""
+        if into is None:
+            return
+        old = self.archive
+        new = LogArchive(os.path.abspath(into))
+        if os.path.realpath(old.directory) != os.path.realpath(new.directory):
+            os.makedirs(new.directory, exist_ok=True)
+            for segment in old.segments():
+                shutil.move(segment.path, os.path.join(new.directory, os.path.basename(segment.path)))
+        meta = msgspec.structs.replace(self._archive_meta, directory=new.directory)
+        with self._env.begin(write=True, db=self._meta_db) as txn:
+            txn.put(b"archive", msgspec.msgpack.encode(meta))
+        self._archive_meta = meta
+
     # ------------------------------------------------------------------ the background thread
 
     def _reap(self, *, wait_one: bool = False, wait_all: bool = False) -> None:
-        """Take in finished background jobs, in order: the cold tier's progress lets the ledger
-        evict and prune. A failed job fails the store (the log still holds everything)."""
-        while self._jobs and (wait_all or wait_one or self._jobs[0].future.done()):
-            job = self._jobs.popleft()
+        """Take in finished background jobs: the cold tier's progress lets the ledger evict and
+        prune. ``wait_one`` waits for the oldest flush (or, with none, the checkpoint). A failed
+        job fails the store (the log still holds everything)."""
+        if wait_one and not self._flush_jobs and self._checkpoint_job is not None:
+            wait_one, wait_checkpoint = False, True
+        else:
+            wait_checkpoint = wait_all
+        while self._flush_jobs and (wait_all or wait_one or self._flush_jobs[0].done()):
             wait_one = False
-            try:
-                job.future.result()
-            except BaseException as error:
-                self._failed = self._failed or error
-                raise StoreFailedError(f"the cold tier or a checkpoint could not be written: {error}") from error
+            self._job_result(self._flush_jobs.popleft())
+        job = self._checkpoint_job
+        if job is not None and (wait_checkpoint or job.future.done()):
+            self._checkpoint_job = None
+            self._job_result(job.future)
         cold_count = self._cold_epochs * self._epoch_transfers
-        pins = [job.pin for job in self._jobs if job.kind == "checkpoint"]
-        evictable = min([cold_count] + pins)
+        evictable = cold_count if self._checkpoint_job is None else min(cold_count, self._checkpoint_job.pin)
         if evictable > self.ledger.cold_count:
             self.ledger.set_cold_id_max(self._cold_id_max)  # before eviction: those ids leave the hot map
             self.ledger.set_cold_count(evictable)
+
+    def _job_result(self, future: concurrent.futures.Future) -> None:
+        try:
+            future.result()
+        except BaseException as error:
+            self._failed = self._failed or error
+            raise StoreFailedError(f"the cold tier or a checkpoint could not be written: {error}") from error
 
     def _make_room(self, count: int) -> None:
         """Wait until the ring can take ``count`` more transfers and the epochs the next batch
@@ -520,9 +627,9 @@ class Store:
         ledger = self.ledger
         while (ledger.transfer_count + count > ledger.cold_count + ledger.transfers_hot_max
                or self._cold_epochs * self._epoch_transfers < ledger.prune_boundary(ledger.transfer_count)):
-            if not self._jobs:
+            if not self._flush_jobs and self._checkpoint_job is None:
                 self._queue_flush()
-                if not self._jobs:
+                if not self._flush_jobs:
                     raise StoreError("no room in the hot window and no epoch to write: "
                                      f"transfers_hot_max {ledger.transfers_hot_max} is too small")
             self._reap(wait_one=True)
@@ -535,8 +642,7 @@ class Store:
             return
         size = self._epoch_transfers
         statuses = [self.ledger.resolved_between(e * size, (e + 1) * size) for e in range(first, complete)]
-        future = self._worker.submit(self._flush, first, complete, statuses, self._last_pending)
-        self._jobs.append(_Job("flush", future, 0))
+        self._flush_jobs.append(self._flusher.submit(self._flush, first, complete, statuses, self._last_pending))
         self._flush_queued_epochs = complete
 
     def _flush(self, first: int, last: int, statuses: list, last_pending: "PendingBatch | None") -> None:
@@ -545,29 +651,39 @@ class Store:
         size = self._epoch_transfers
         # Readers follow self._last_epoch into the cold tier: it may only point at committed
         # epochs, so the transaction works on a copy, published after the commit.
+        started_unix_s, started = time.time(), time.perf_counter()
         last_epoch = self._last_epoch.copy()
         chain, id_max = self._cold_chain, self._cold_id_max
+        written = 0
         with self._cold_env.begin(write=True) as txn:
             for epoch in range(first, last):
                 rows = self.ledger.transfers_range(epoch * size, (epoch + 1) * size)
                 links = self.ledger.links_range(epoch * size, (epoch + 1) * size)
-                chain, touched, values = self.cold.write_epoch(txn, epoch, rows, links, statuses[epoch - first],
-                                                               chain, last_epoch)
-                last_epoch[touched] = values
+                chain, touched, epoch_bytes = self.cold.write_epoch(txn, epoch, rows, links, statuses[epoch - first],
+                                                                    chain, last_epoch)
+                last_epoch[touched] = epoch + 1
+                written += epoch_bytes
                 id_max = max(id_max, _id_max(rows))
             if last_pending is not None:
                 last_pending.result()  # never hold a transfer the log does not (raises, aborting)
-        np.copyto(self._last_epoch, last_epoch)
-        self.filter.add_rows(self.ledger.transfers_range(first * size, last * size))
-        self._cold_id_max = id_max
-        self._cold_chain = chain
-        self._cold_epochs = last  # last: the submitting thread may now evict these epochs
+            commit_started = time.perf_counter()
+        commit_s = time.perf_counter() - commit_started
+        with self._cold_published:
+            while self._capture_limit is not None and last > self._capture_limit:
+                self._cold_published.wait()  # a checkpoint of an earlier state is reading it
+            np.copyto(self._last_epoch, last_epoch)
+            self.filter.add_rows(self.ledger.transfers_range(first * size, last * size))
+            self._cold_id_max = id_max
+            self._cold_chain = chain
+            self._cold_epochs = last  # last: the submitting thread may now evict these epochs
         # Pages LMDB glimpsed while appending stay mapped (core/memory.py): let them go.
         for environment in (self.path, os.path.join(self.path, COLD_SUBDIRECTORY)):
             memory.release_mapped_file(os.path.join(environment, "data.mdb"))
+        self.background_events.append(BackgroundEvent("flush", started_unix_s, time.perf_counter() - started,
+                                                       written, commit_s=commit_s))
 
     def _start_checkpoint(self) -> None:
-        """Snapshot the state after the last applied batch; write it on the background thread.
+        """Snapshot the state after the last applied batch; write it on the checkpoint thread.
 
         The arrays that change in place (balances and features, the pending table, the expiry
         heap) are copied here, between two batches. Account rows only grow at their end and are
@@ -580,12 +696,15 @@ class Store:
         arrays, scalars = self.ledger.snapshot()
         arrays = {name: array if name == "accounts" else self._snapshot_copy(name, array)
                   for name, array in arrays.items()}
-        self.checkpoint_stall_max_s = max(self.checkpoint_stall_max_s, time.perf_counter() - started)
+        stall_s = time.perf_counter() - started
+        self.checkpoint_stall_max_s = max(self.checkpoint_stall_max_s, stall_s)
         self._batches_since_checkpoint = self._events_since_checkpoint = 0
+        with self._cold_published:
+            self._capture_limit = scalars["transfer_count"] // self._epoch_transfers
         pin = self.ledger.cold_count
-        future = self._worker.submit(self._write_checkpoint, self._applied_sequence, self._last_pending, arrays,
-                                     scalars)
-        self._jobs.append(_Job("checkpoint", future, pin))
+        future = self._checkpointer.submit(self._write_checkpoint, self._applied_sequence, self._last_pending,
+                                           arrays, scalars, pin, stall_s)
+        self._checkpoint_job = _Job(future, pin)
 
     def _snapshot_copy(self, name: str, array: np.ndarray) -> np.ndarray:
         # Into a buffer kept from one checkpoint to the next: fresh memory would cost a page
@@ -608,36 +727,65 @@ class Store:
                      or self._batches_since_checkpoint < self._checkpoint_interval_batches)):
             return False
         # One checkpoint at a time: if the last is still being written, try after the next batch.
-        return not any(job.kind == "checkpoint" for job in self._jobs)
+        return self._checkpoint_job is None
 
-    def _write_checkpoint(self, sequence: int, last_pending: "PendingBatch | None", arrays, scalars) -> None:
-        started = time.perf_counter()
-        # The cold tier's progress now (flushes run on this thread, in order): the checkpoint
-        # holds the ring from there on.
-        cold_count = self._cold_epochs * self._epoch_transfers
-        count = scalars["transfer_count"]
-        arrays = dict(arrays, tail_rows=self.ledger.transfers_range(cold_count, count),
-                      tail_links=self.ledger.links_range(cold_count, count),
-                      last_epoch=self._last_epoch[:scalars["account_count"]], filter=self.filter.words())
-        scalars = dict(scalars, cold_count=cold_count, cold_id_max_lo=self._cold_id_max & _U64_MAX,
-                       cold_id_max_hi=self._cold_id_max >> 64)
+    def _write_checkpoint(self, sequence: int, last_pending: "PendingBatch | None", arrays, scalars, pin: int,
+                          stall_s: float) -> None:
+        try:
+            self._write_checkpoint_now(sequence, last_pending, arrays, scalars, pin, stall_s)
+        finally:  # on failure too: flushes must not wait for a capture that will not come
+            with self._cold_published:
+                self._capture_limit = None
+                self._cold_published.notify_all()
+
+    def _write_checkpoint_now(self, sequence: int, last_pending: "PendingBatch | None", arrays, scalars, pin: int,
+                              stall_s: float) -> None:
+        started_unix_s, started = time.time(), time.perf_counter()
         previous = self._checkpoint_meta.arrays if self._checkpoint_meta else {}
-        written = {}
+        written, bytes_written = {}, 0
+        count = scalars["transfer_count"]
         with self._checkpoint_env.begin(write=True) as txn:
+            with self._cold_published:
+                # The cold tier's progress now (at most the epochs complete at the snapshot: later
+                # flushes wait): the checkpoint holds the ring from there on (pinned until written).
+                # The filter changes only under this lock: its regions are written under it too.
+                cold_epochs, cold_chain, cold_id_max = self._cold_epochs, self._cold_chain, self._cold_id_max
+                filter_added = self.filter.added
+                last_epoch = self._last_epoch[:scalars["account_count"]].copy()
+                written["filter"], bytes_written = self._write_array(txn, "filter", self.filter.words(),
+                                                                     previous.get("filter"))
+                self._capture_limit = None
+                self._cold_published.notify_all()
+            cold_count = cold_epochs * self._epoch_transfers
+            if not pin <= cold_count <= count:  # the ring holds [pin, count): nothing else to read
+                raise AssertionError(f"checkpoint reads transfers [{cold_count}, {count}) of a ring pinned at {pin}")
+            arrays = dict(arrays, tail_rows=self.ledger.transfers_range(cold_count, count),
+                          tail_links=self.ledger.links_range(cold_count, count), last_epoch=last_epoch)
+            scalars = dict(scalars, cold_count=cold_count, cold_id_max_lo=cold_id_max & _U64_MAX,
+                           cold_id_max_hi=cold_id_max >> 64)
             for name, array in arrays.items():
-                written[name] = self._write_array(txn, name, np.ascontiguousarray(array).reshape(-1), previous.get(name))
-            meta = _CheckpointMeta(sequence=sequence, scalars=scalars, arrays=written, cold_epochs=self._cold_epochs,
-                                   cold_chain=self._cold_chain, filter_added=self.filter.added)
+                written[name], array_bytes = self._write_array(txn, name, np.ascontiguousarray(array).reshape(-1),
+                                                               previous.get(name))
+                bytes_written += array_bytes
+            meta = _CheckpointMeta(sequence=sequence, scalars=scalars, arrays=written, cold_epochs=cold_epochs,
+                                   cold_chain=cold_chain, filter_added=filter_added)
             txn.put(b"meta", msgspec.msgpack.encode(meta))
             if last_pending is not None:
                 last_pending.result()  # raises (and aborts this transaction) if its commit failed
+            commit_started = time.perf_counter()
+        commit_s = time.perf_counter() - commit_started
         self._checkpoint_meta = meta
         memory.release_mapped_file(os.path.join(self.path, CHECKPOINT_SUBDIRECTORY, "data.mdb"))
         self.checkpoints_written += 1
-        self.checkpoint_write_max_s = max(self.checkpoint_write_max_s, time.perf_counter() - started)
+        duration_s = time.perf_counter() - started
+        self.checkpoint_write_max_s = max(self.checkpoint_write_max_s, duration_s)
+        self.background_events.append(BackgroundEvent("checkpoint", started_unix_s, duration_s,
+                                                       bytes_written, stall_s=stall_s, commit_s=commit_s))
 
-    def _write_array(self, txn, name: str, flat: np.ndarray, old: _ArrayMeta | None) -> _ArrayMeta:
+    def _write_array(self, txn, name: str, flat: np.ndarray, old: _ArrayMeta | None) -> tuple[_ArrayMeta, int]:
+        """Write what changed of one array; returns its new meta and the bytes written."""
         prefix = name.encode() + b"/"
+        written = 0
         kind = _ARRAY_KINDS.get(name, _RAW)
         if kind == _FILTER:
             # Only the regions changed since the last checkpoint; a region never written (its
@@ -651,6 +799,7 @@ class Store:
                 value = raw[i * region:(i + 1) * region]
                 txn.put(prefix + _CHUNK_KEY.pack(i), value)
                 checksums[i] = zlib.crc32(value)
+                written += len(value)
         elif kind == _RAW:
             raw = flat.view(np.uint8)
             chunks = -(-raw.shape[0] // _CHUNK_BYTES)
@@ -659,6 +808,7 @@ class Store:
                 value = raw[i * _CHUNK_BYTES:(i + 1) * _CHUNK_BYTES]
                 txn.put(prefix + _CHUNK_KEY.pack(i), value)
                 checksums.append(zlib.crc32(value))
+                written += len(value)
         else:
             chunks = -(-flat.shape[0] // _CHUNK_RECORDS)
             # Append-only rows: rewrite from the chunk the previous checkpoint ended in (it may be partial).
@@ -670,12 +820,13 @@ class Store:
                 value = self._pack_scratch[:codec.pack_into(part, self._pack_scratch)]
                 txn.put(prefix + _CHUNK_KEY.pack(i), value)
                 checksums.append(zlib.crc32(value))
+                written += len(value)
         for i in range(chunks, old.chunks if old else 0):
             txn.delete(prefix + _CHUNK_KEY.pack(i))
-        return _ArrayMeta(chunks=chunks, items=flat.shape[0], checksums=checksums)
+        return _ArrayMeta(chunks=chunks, items=flat.shape[0], checksums=checksums), written
 
     def close(self) -> None:
-        """Wait for submitted batches and the background thread, stop the threads, close LMDB."""
+        """Wait for submitted batches and the background threads, stop the threads, close LMDB."""
         if self._env is None:
             return
         try:
@@ -688,7 +839,8 @@ class Store:
                 self._reap(wait_all=True)
             except Exception:  # the log holds everything the cold tier and the checkpoint would have
                 traceback.print_exc()
-            self._worker.shutdown(wait=True)
+            self._flusher.shutdown(wait=True)
+            self._checkpointer.shutdown(wait=True)
             self._cold_env.close()
             self._checkpoint_env.close()
             self._env.close()
@@ -821,7 +973,33 @@ class Store:
     def _last_sequence(self) -> int:
         with self._env.begin(db=self._log) as txn:
             cursor = txn.cursor()
-            return _SEQUENCE.unpack(cursor.key())[0] if cursor.last() else 0
+            last = _SEQUENCE.unpack(cursor.key())[0] if cursor.last() else 0
+        return max(last, self._archive_meta.archived_through)
+
+    def _load_archive_meta(self) -> _ArchiveMeta:
+        with self._env.begin(db=self._meta_db) as txn:
+            stored = txn.get(b"archive")
+        return _ArchiveMeta() if stored is None else msgspec.msgpack.decode(stored, type=_ArchiveMeta)
+
+    @property
+    def archive(self) -> LogArchive:
+        """The archived segments of this store's log (``archive_log``)."""
+        return LogArchive(os.path.join(self.path, self._archive_meta.directory))
+
+    def _log_raw(self, first_sequence: int):
+        """``(sequence, entry bytes)`` from ``first_sequence`` on: the archived segments, then the
+        log. Holds an LMDB read transaction while it reads the log."""
+        through = self._archive_meta.archived_through
+        if first_sequence <= through:
+            try:
+                yield from self.archive.entries(first_sequence, through)
+            except ArchiveError as error:
+                raise StoreError(f"{self.path}: the log's entries up to {through} are archived, and: {error}") from error
+        with self._env.begin(db=self._log, buffers=True) as txn:
+            cursor = txn.cursor()
+            if cursor.set_range(_SEQUENCE.pack(max(first_sequence, through + 1))):
+                for key, value in cursor:
+                    yield _SEQUENCE.unpack(key)[0], value
 
     def _recover(self) -> RecoveryStats:
         started = time.perf_counter()
@@ -870,17 +1048,14 @@ class Store:
         batches = events = 0
         # Entry N+1 is read and unpacked on a second thread (unpacking holds no GIL) while
         # entry N is applied: the replay then costs about what the state machine does.
-        with self._env.begin(db=self._log, buffers=True) as txn, \
-                concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tally-replay") as reader:
-            cursor = txn.cursor()
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tally-replay") as reader:
             decoding = None
-            if cursor.set_range(_SEQUENCE.pack(checkpoint_sequence + 1)):
-                for key, value in cursor:
-                    upcoming = reader.submit(_decode_entry, _SEQUENCE.unpack(key)[0], value)
-                    if decoding is not None:
-                        events += self._replay_entry(*decoding.result())
-                        batches += 1
-                    decoding = upcoming
+            for sequence, value in self._log_raw(checkpoint_sequence + 1):
+                upcoming = reader.submit(_decode_entry, sequence, value)
+                if decoding is not None:
+                    events += self._replay_entry(*decoding.result())
+                    batches += 1
+                decoding = upcoming
             if decoding is not None:
                 events += self._replay_entry(*decoding.result())
                 batches += 1

@@ -38,7 +38,9 @@ async def serve(config: Config, *, announce=print) -> None:
             loop.add_signal_handler(signum, stop.set)
         announce(f"tally serve: listening on {settings.host}:{port}{' (TLS)' if ssl else ''}, "
                  f"data {settings.data}, {store.sequence:,} batches logged")
+        reporter = asyncio.create_task(_announce_checkpoints(store, announce))
         await stop.wait()
+        reporter.cancel()
         announce("tally serve: shutting down (answering what was received)")
         await server.close()
         if settings.state_hash_on_exit:
@@ -46,6 +48,20 @@ async def serve(config: Config, *, announce=print) -> None:
             announce(f"tally serve: state hash {store.state_hash()}")
     finally:
         store.close()
+
+
+async def _announce_checkpoints(store: core.Store, announce, period_s: float = 1.0) -> None:
+    """One line per checkpoint written: when, how long, how much (operators line these up
+    with latency; the store keeps the latest in ``store.background_events``)."""
+    announced_unix_s = 0.0
+    while True:
+        await asyncio.sleep(period_s)
+        for event in list(store.background_events):
+            if event.kind == "checkpoint" and event.started_unix_s > announced_unix_s:
+                announced_unix_s = event.started_unix_s
+                announce(f"tally serve: checkpoint at {event.started_unix_s:.3f}: {event.bytes_written / 2**20:,.0f} MiB "
+                         f"in {event.duration_s:.3f} s (commit {event.commit_s:.3f} s, "
+                         f"batches paused {event.stall_s * 1e3:.1f} ms)")
 
 
 def run(config: Config, *, announce=None) -> int:

@@ -206,6 +206,24 @@ def _bench_loadgen(args) -> int:
     return 0
 
 
+def _log_archive(args) -> int:
+    import core
+
+    try:
+        with core.open(args.data) as store:
+            result = store.archive_log(into=args.into)
+    except core.StoreError as error:
+        print(f"tally log archive: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"archived entries up to {result['archived_through']:,} ({result['entries']:,} now, "
+              f"{len(result['segments'])} segment(s), {result['segment_bytes'] / (1 << 20):,.1f} MiB) "
+              f"in {result['directory']}; the log holds {result['log_first']:,}..{result['log_last']:,}")
+    return 0
+
+
 def _info(args) -> int:
     import msgspec
 
@@ -235,6 +253,9 @@ def _info(args) -> int:
         print(f"cold lookups     {tiers['cold_lookups']:,} ({tiers['cold_lookups_missed']:,} found nothing)")
         print("memory (MiB)     " + ", ".join(f"{name} {size / mib:,.0f}" for name, size in tiers["memory_bytes"].items()))
         print("disk (MiB)       " + ", ".join(f"{name} {size / mib:,.1f}" for name, size in tiers["disk_bytes"].items()))
+        print(f"log              entries {tiers['log_first']:,}..{store.sequence:,}; "
+              + (f"1..{tiers['archived_through']:,} archived in {tiers['archive_directory']}"
+                 if tiers["archived_through"] else "nothing archived (tally log archive)"))
         print(f"recovered in     {stats.checkpoint_load_s + stats.replay_s:.3f} s "
               f"(checkpoint at batch {stats.checkpoint_sequence:,}, {stats.replayed_batches:,} batches replayed)")
         if stats.checkpoint_error:
@@ -356,6 +377,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=20_000.0, help="requests/s, open loop (default 20,000)")
     demo.add_argument("--users", type=int, default=50_000, help="wallets (default 50,000)")
     demo.set_defaults(run=_demo)
+
+    log = commands.add_parser("log", help="manage the log of processed batches")
+    log_kinds = log.add_subparsers(dest="log_command", required=True, metavar="ACTION")
+    archive = log_kinds.add_parser(
+        "archive", help="move log entries covered by a checkpoint into segment files (docs/tiering.md)")
+    archive.add_argument("--data", default=DEFAULT_DATA_DIR, help=f"data directory, not in use (default {DEFAULT_DATA_DIR})")
+    archive.add_argument("--into", help="archive directory (default DATA/archive, or the one set before); "
+                                        "segments archived elsewhere before are moved here")
+    archive.add_argument("--json", action="store_true", help="print one JSON object")
+    archive.set_defaults(run=_log_archive)
 
     info = commands.add_parser("info", help="open a data directory (recovering it) and describe it")
     info.add_argument("--data", default=DEFAULT_DATA_DIR, help=f"data directory (default {DEFAULT_DATA_DIR})")

@@ -359,3 +359,47 @@ def test_a_pending_pruned_at_the_start_of_a_batch_is_still_known_in_it(tmp_path)
                                              2_000_000_000 * (batch + 2))
             assert results[-1] == core.Result.pending_transfer_expired, batch
         assert store.ledger.pending_count == 0  # it did leave the table
+
+
+def test_epochs_are_flushed_while_a_checkpoint_is_written(tmp_path, monkeypatch):
+    # Checkpoints and flushes run on two threads: a slow checkpoint must not hold up the flushes
+    # (the next batches need their epochs written within a few epochs), and it must still hold
+    # the state of its own moment: the cold tier's progress at most up to its snapshot (a flush
+    # past that waits until the checkpoint has read it), the filter and per-account epochs with it.
+    from core.store import Store
+
+    release = __import__("threading").Event()
+    write_array = Store._write_array
+
+    def slow_write_array(self, txn, name, *args):
+        if name == "hot":  # after the checkpoint has read the cold tier's progress
+            release.wait(10)
+        return write_array(self, txn, name, *args)
+
+    monkeypatch.setattr(Store, "_write_array", slow_write_array)
+    path = str(tmp_path / "store")
+    roomy = dict(accounts_max=16, transfers_hot_max=4096, cold_epoch_transfers=16, id_filter_bytes=4096)
+    with core.open(path, **roomy) as store:  # room in the ring for the batches behind the pin
+        store.create_accounts(core.accounts_from_dicts([{"id": i, "ledger": 156, "code": 1} for i in range(1, 7)]))
+        for batch in range(5):
+            store.create_transfers(_payments(40, 1_000 + 40 * batch))
+        store._start_checkpoint()  # held in its write of the balances
+        captured = store.ledger.transfer_count // store._epoch_transfers
+        for batch in range(5, 40):
+            store.create_transfers(_payments(40, 1_000 + 40 * batch))
+        deadline = time.monotonic() + 10
+        while store._cold_epochs <= captured + 2 and time.monotonic() < deadline:
+            store._reap()
+            time.sleep(0.01)
+        assert store._checkpoint_job is not None and not store._checkpoint_job.future.done()
+        assert store._cold_epochs > captured + 2  # flushed past the checkpoint's moment meanwhile
+        release.set()
+        store._reap(wait_all=True)
+        assert store._checkpoint_meta.cold_epochs <= captured
+        expected = store.state_hash()
+        sequence = store._checkpoint_meta.sequence
+    with core.open(path, **roomy) as store:  # a clean close writes no checkpoint: this one is loaded
+        assert store.recovery.checkpoint_error is None
+        assert store.recovery.checkpoint_sequence == sequence
+        assert store.state_hash() == expected
+        assert (store.create_transfers(_payments(40, 1_000)) == core.Result.exists).all()
