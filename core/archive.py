@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import struct
 import zlib
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ _TRAILER = struct.Struct("<QI4s")
 _TRAILER_MAGIC = b"SEG!"
 _CHECK_PIECE_BYTES = 8 << 20
 _NAME = re.compile(r"^log-(\d{20})-(\d{20})\.tseg$")
+_TEMPORARY_NAME = re.compile(r"^log-(\d{20})\.tmp$")
 
 
 class ArchiveError(Exception):
@@ -71,21 +73,59 @@ class LogArchive:
     def disk_bytes(self) -> int:
         return sum(os.path.getsize(segment.path) for segment in self.segments())
 
-    def remove_after(self, sequence: int) -> None:
-        """Delete segments (and temporary files) that start after ``sequence``: leftovers of an
-        archive run that crashed before the log forgot their entries."""
+    def remove_range(self, first: int, last: int) -> None:
+        """Delete the segments and temporary files of entries ``first..last`` (the leftovers of
+        an archive run that stopped before the log forgot them; the store says which)."""
         for segment in self.segments():
-            if segment.first > sequence:
+            if first <= segment.first and segment.last <= last:
                 os.unlink(segment.path)
         if os.path.isdir(self.directory):
             for name in os.listdir(self.directory):
-                if name.endswith(".tmp"):
+                match = _TEMPORARY_NAME.match(name)
+                if match and first <= int(match[1]) <= last:
                     os.unlink(os.path.join(self.directory, name))
+            _fsync_directory(self.directory)
+
+    def make_directory(self) -> None:
+        """Create the directory (and missing parents), each new entry synced into its parent."""
+        missing = []
+        path = os.path.abspath(self.directory)
+        while not os.path.isdir(path):
+            missing.append(path)
+            path = os.path.dirname(path)
+        for path in reversed(missing):
+            os.mkdir(path)
+            _fsync_directory(os.path.dirname(path))
+
+    def take_over(self, segments: list[Segment]) -> list[Segment]:
+        """Put durable copies of ``segments`` (of another directory) here, hard links on the same
+        filesystem; the originals stay until the caller has recorded the move and removes them."""
+        self.make_directory()
+        copies = []
+        for segment in segments:
+            target = os.path.join(self.directory, os.path.basename(segment.path))
+            temporary = os.path.join(self.directory, f"log-{segment.first:020d}.tmp")
+            try:
+                os.link(segment.path, temporary)
+            except OSError:  # another filesystem (or no hard links): copy, then sync the copy
+                shutil.copyfile(segment.path, temporary)
+                with open(temporary, "rb+") as file:
+                    os.fsync(file.fileno())
+            os.replace(temporary, target)
+            copies.append(Segment(target, segment.first, segment.last))
+        _fsync_directory(self.directory)
+        return copies
+
+    def remove(self, segments: list[Segment]) -> None:
+        for segment in segments:
+            os.unlink(segment.path)
+        if segments:
+            _fsync_directory(self.directory)
 
     def write(self, entries) -> list[Segment]:
         """Write ``(sequence, entry bytes)`` items (consecutive) to new segments, streamed (memory
         does not grow with the count), each durable before this returns; returns them."""
-        os.makedirs(self.directory, exist_ok=True)
+        self.make_directory()
         written: list[Segment] = []
         segment = None
         for sequence, entry in entries:

@@ -3,10 +3,21 @@
 
 import numpy as np
 
-from libc.stdint cimport uint8_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint64_t
 
 from core.records cimport TALLY_PREFETCH, tally_touch_pages
 from core.records import ID_DTYPE, ids_array
+
+cdef extern from * nogil:
+    """
+    /* A region's dirty byte is set after the bits it covers (release) and taken by exchange:
+       a checkpoint reading the filter while the flush thread adds ids never loses a change. */
+    static inline unsigned char tally_take_u8(unsigned char *p) { return __atomic_exchange_n(p, 0, __ATOMIC_ACQ_REL); }
+    static inline void tally_mark_u8(unsigned char *p) { __atomic_store_n(p, 1, __ATOMIC_RELEASE); }
+    """
+    unsigned char tally_take_u8(unsigned char *p)
+    void tally_mark_u8(unsigned char *p)
+
 
 cdef enum:
     AHEAD = 8   # ids looked ahead: their lines are fetched while the current one is set
@@ -54,10 +65,23 @@ cdef class IdFilter:
         return 1 << IDFILTER_REGION_SHIFT
 
     def take_dirty(self):
-        """Indexes of the regions changed since the last call (or load), and mark them clean."""
-        changed = np.flatnonzero(self._dirty)
-        self._dirty[:] = 0
-        return changed
+        """Indexes of the regions changed since the last call (or load), and mark them clean.
+
+        Safe beside ``add_ids``/``add_rows`` on another thread (the flush thread adds while a
+        checkpoint writes): a region changed after it was taken is marked again, and its bits are
+        in memory before its mark, so a later read of a taken region sees every change whose mark
+        was taken, and any other change stays marked for the next call.
+        """
+        cdef uint8_t[::1] dirty = self._dirty
+        changed = np.empty(dirty.shape[0], dtype=np.int64)
+        cdef int64_t[::1] out = changed
+        cdef Py_ssize_t r, n = 0
+        with nogil:
+            for r in range(dirty.shape[0]):
+                if tally_take_u8(&dirty[r]):
+                    out[n] = r
+                    n += 1
+        return changed[:n]
 
     def load_region(self, uint64_t region, data):
         """Set one region's bytes (from a checkpoint); it is then clean."""
@@ -88,7 +112,7 @@ cdef class IdFilter:
             for i in range(n):
                 if i + AHEAD < n:
                     TALLY_PREFETCH(idfilter_block(&self.filter, idfilter_hash(words[i + AHEAD, 0], words[i + AHEAD, 1])))
-                dirty[idfilter_add(&self.filter, words[i, 0], words[i, 1]) >> IDFILTER_REGION_SHIFT] = 1
+                tally_mark_u8(&dirty[idfilter_add(&self.filter, words[i, 0], words[i, 1]) >> IDFILTER_REGION_SHIFT])
         self.added += n
 
     def maybe(self, id_):

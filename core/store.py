@@ -36,7 +36,6 @@ import concurrent.futures
 import itertools
 import os
 import queue
-import shutil
 import struct
 import sys
 import threading
@@ -112,6 +111,7 @@ class _ArchiveMeta(msgspec.Struct, frozen=True):
     """Where the log's archived entries are (meta key b"archive"; absent: nothing archived)."""
     archived_through: int = 0     # entries 1..archived_through are in segments, not in the log
     directory: str = ARCHIVE_SUBDIRECTORY  # relative to the data directory, or absolute
+    writing_through: int = 0      # a run archiving up to here started (its leftovers are ours)
 
 
 class _ArrayMeta(msgspec.Struct, frozen=True):
@@ -281,6 +281,7 @@ class Store:
         self._capture_limit: int | None = None
         self._snapshot_buffers: dict[str, np.ndarray] = {}
         self._pack_scratch = memoryview(bytearray(codec.packed_size_max(_CHUNK_RECORDS)))
+        self._filter_scratch: np.ndarray | None = None  # one filter region, for checkpoints
         self._prefault = prefault
         self._checkpoint_meta: _CheckpointMeta | None = None
         self._prefetched_ids = self._prefetch_misses = 0
@@ -548,11 +549,17 @@ class Store:
         through = self._checkpoint_meta.sequence
         self._move_archive(into)
         archive, start = self.archive, self._archive_meta.archived_through
-        archive.remove_after(start)
+        if self._archive_meta.writing_through > start:  # an earlier run stopped half-way: its files
+            archive.remove_range(start + 1, self._archive_meta.writing_through)
+        strangers = [segment.path for segment in archive.segments() if segment.last > start]
+        if strangers:
+            raise StoreError(f"{archive.directory} holds segments past this store's archived entries (1..{start}), "
+                             f"e.g. {strangers[0]}: another store's? Give each store an archive directory of its own")
         first = start + 1
         segments = []
         if first <= through:
-            raw = self._log_raw(first)
+            self._put_archive_meta(msgspec.structs.replace(self._archive_meta, writing_through=through))
+            raw = self._release_as_read(self._log_raw(first))
             try:
                 segments = archive.write(itertools.takewhile(lambda item: item[0] <= through, raw))
             finally:
@@ -576,20 +583,36 @@ class Store:
                 txn.put(b"archive", msgspec.msgpack.encode(meta), db=self._meta_db)
             self._archive_meta = meta
 
+    def _release_as_read(self, items, every_bytes: int = 256 << 20):
+        """Pass ``(sequence, entry)`` items through, letting the log's mapped pages go every
+        ``every_bytes`` read (archiving reads the whole log once: see core/memory.py)."""
+        read = 0
+        for item in items:
+            yield item
+            read += len(item[1])
+            if read >= every_bytes:
+                memory.release_mapped_file(os.path.join(self.path, "data.mdb"))
+                read = 0
+
+    def _put_archive_meta(self, meta: _ArchiveMeta) -> None:
+        with self._env.begin(write=True, db=self._meta_db) as txn:
+            txn.put(b"archive", msgspec.msgpack.encode(meta))
+        self._archive_meta = meta
+
     def _move_archive(self, into: str | None) -> None:
-        """Record ``into`` as the archive directory, moving the segments already archived."""
+        """Record ``into`` as the archive directory, the segments already archived moved there:
+        durable copies first, then the meta, then the old files (a crash leaves at worst
+        duplicates, never a segment only half moved)."""
         if into is None:
             return
         old = self.archive
         new = LogArchive(os.path.abspath(into))
-        if os.path.realpath(old.directory) != os.path.realpath(new.directory):
-            os.makedirs(new.directory, exist_ok=True)
-            for segment in old.segments():
-                shutil.move(segment.path, os.path.join(new.directory, os.path.basename(segment.path)))
-        meta = msgspec.structs.replace(self._archive_meta, directory=new.directory)
-        with self._env.begin(write=True, db=self._meta_db) as txn:
-            txn.put(b"archive", msgspec.msgpack.encode(meta))
-        self._archive_meta = meta
+        if os.path.realpath(old.directory) == os.path.realpath(new.directory):
+            return
+        moved = [segment for segment in old.segments() if segment.last <= self._archive_meta.archived_through]
+        new.take_over(moved)
+        self._put_archive_meta(msgspec.structs.replace(self._archive_meta, directory=new.directory))
+        old.remove(moved)
 
     # ------------------------------------------------------------------ the background thread
 
@@ -702,8 +725,14 @@ class Store:
         with self._cold_published:
             self._capture_limit = scalars["transfer_count"] // self._epoch_transfers
         pin = self.ledger.cold_count
-        future = self._checkpointer.submit(self._write_checkpoint, self._applied_sequence, self._last_pending,
-                                           arrays, scalars, pin, stall_s)
+        try:
+            future = self._checkpointer.submit(self._write_checkpoint, self._applied_sequence, self._last_pending,
+                                               arrays, scalars, pin, stall_s)
+        except BaseException:
+            with self._cold_published:  # no checkpoint will read: the flushes must not wait for one
+                self._capture_limit = None
+                self._cold_published.notify_all()
+            raise
         self._checkpoint_job = _Job(future, pin)
 
     def _snapshot_copy(self, name: str, array: np.ndarray) -> np.ndarray:
@@ -748,14 +777,16 @@ class Store:
             with self._cold_published:
                 # The cold tier's progress now (at most the epochs complete at the snapshot: later
                 # flushes wait): the checkpoint holds the ring from there on (pinned until written).
-                # The filter changes only under this lock: its regions are written under it too.
                 cold_epochs, cold_chain, cold_id_max = self._cold_epochs, self._cold_chain, self._cold_id_max
                 filter_added = self.filter.added
                 last_epoch = self._last_epoch[:scalars["account_count"]].copy()
-                written["filter"], bytes_written = self._write_array(txn, "filter", self.filter.words(),
-                                                                     previous.get("filter"))
                 self._capture_limit = None
                 self._cold_published.notify_all()
+            # The filter is read after the capture, while flushes add to it: it holds every id
+            # of the captured epochs (added before they were published) and maybe later ones,
+            # which only cost a lookup.
+            written["filter"], bytes_written = self._write_array(txn, "filter", self.filter.words(),
+                                                                 previous.get("filter"))
             cold_count = cold_epochs * self._epoch_transfers
             if not pin <= cold_count <= count:  # the ring holds [pin, count): nothing else to read
                 raise AssertionError(f"checkpoint reads transfers [{cold_count}, {count}) of a ring pinned at {pin}")
@@ -795,8 +826,14 @@ class Store:
             chunks = -(-raw.shape[0] // region)
             checksums = list(old.checksums) if old and old.chunks == chunks else [_NEVER_WRITTEN] * chunks
             changed = self.filter.take_dirty()
+            if self._filter_scratch is None:
+                self._filter_scratch = np.empty(region, dtype=np.uint8)
+            scratch = self._filter_scratch
             for i in changed:
-                value = raw[i * region:(i + 1) * region]
+                # Copied first: the flush thread may be adding bits (IdFilter.take_dirty says why
+                # none is lost), and the checksum must be of exactly the bytes stored.
+                value = scratch[:raw[i * region:(i + 1) * region].shape[0]]
+                np.copyto(value, raw[i * region:(i + 1) * region])
                 txn.put(prefix + _CHUNK_KEY.pack(i), value)
                 checksums[i] = zlib.crc32(value)
                 written += len(value)
@@ -990,6 +1027,7 @@ class Store:
         """``(sequence, entry bytes)`` from ``first_sequence`` on: the archived segments, then the
         log. Holds an LMDB read transaction while it reads the log."""
         through = self._archive_meta.archived_through
+        first_sequence = max(first_sequence, 1)
         if first_sequence <= through:
             try:
                 yield from self.archive.entries(first_sequence, through)
@@ -1056,6 +1094,9 @@ class Store:
                     events += self._replay_entry(*decoding.result())
                     batches += 1
                 decoding = upcoming
+                # ``value`` may point into the log's map, valid while the generator's read
+                # transaction is: done with it before the generator moves on (and maybe ends it).
+                concurrent.futures.wait([upcoming])
             if decoding is not None:
                 events += self._replay_entry(*decoding.result())
                 batches += 1

@@ -138,3 +138,39 @@ def test_tally_log_archive_moves_segments_into_a_new_directory(tmp_path, capsys)
         assert store.recovery.replayed_batches == 11 and store.state_hash() == expected
     assert cli.main(["info", "--data", path]) == 0
     assert f"1..11 archived in {elsewhere}" in capsys.readouterr().out
+
+
+def test_segments_this_store_did_not_write_are_refused_and_left_alone(tmp_path):
+    # A copy of a data directory pointed at the same archive directory as the original: the
+    # copy must not take the original's newer segments for leftovers of its own.
+    original, copy, shared = str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "shared")
+    with _open(original) as store:
+        store.create_accounts(ACCOUNTS)
+        _fill(store, 0, 5)
+        store.archive_log(into=shared)
+    shutil.copytree(original, copy)
+    with _open(original) as store:
+        _fill(store, 5, 5)
+        store.archive_log()
+        expected = store.state_hash()
+    open(os.path.join(shared, "operator-notes.tmp"), "w").write("not ours")
+    with _open(copy) as store:
+        _fill(store, 5, 3)  # diverges from the original
+        with pytest.raises(core.StoreError, match="another store's"):
+            store.archive_log()
+    assert [(s.first, s.last) for s in LogArchive(shared).segments()] == [(1, 6), (7, 11)]
+    assert os.path.exists(os.path.join(shared, "operator-notes.tmp"))
+    assert replay_log.run(original, str(tmp_path / "replayed"))["equal"]
+    with _open(original) as store:
+        assert store.state_hash() == expected
+
+
+def test_log_entries_start_at_the_first_entry_whatever_is_asked(tmp_path):
+    with _open(str(tmp_path / "store")) as store:
+        store.create_accounts(ACCOUNTS)
+        _fill(store, 0, 3)
+        assert [entry[0] for entry in store.log_entries(0)] == [1, 2, 3, 4]
+        store.archive_log()
+        _fill(store, 3, 1)
+        assert [entry[0] for entry in store.log_entries(0)] == [1, 2, 3, 4, 5]
+        assert [entry[0] for entry in store.log_entries(4)] == [4, 5]
