@@ -86,22 +86,23 @@ class ColdTier:
         """
         timestamps = rows["timestamp"]
         # Blocks: appended (their keys are the epoch's first timestamps, above every earlier one).
-        block_items = []
+        block_keys, block_values = [], []
         packed = []
         for start in range(0, rows.shape[0], BLOCK_TRANSFERS):
             part = rows[start:start + BLOCK_TRANSFERS]
             _BLOCK_HEADER.pack_into(self._scratch, 0, part.shape[0])
             size = codec.pack_into(part, self._scratch, _BLOCK_HEADER.size)
-            block_items.append((_U64.pack(int(timestamps[start])), bytes(self._scratch[:_BLOCK_HEADER.size + size])))
-            packed.append(memoryview(block_items[-1][1])[_BLOCK_HEADER.size:])
-        _put_sorted(txn, self.blocks, block_items)
+            block_keys.append(_U64.pack(int(timestamps[start])))
+            block_values.append(bytes(self._scratch[:_BLOCK_HEADER.size + size]))
+            packed.append(memoryview(block_values[-1])[_BLOCK_HEADER.size:])
+        _put_sorted(txn, self.blocks, block_keys, block_values)
         # The id index, sorted: appends when ids grow with time (core.new_id), sorted puts if not.
         # Key: the id then its timestamp (no value): the items are built by C loops, not per id.
         keys = np.empty(rows.shape[0], dtype=[("hi", ">u8"), ("lo", ">u8"), ("timestamp", ">u8")])
         keys["hi"], keys["lo"], keys["timestamp"] = rows["id_hi"], rows["id_lo"], timestamps
         if not _ids_sorted(keys):
             keys = keys[np.lexsort((keys["lo"], keys["hi"]))]
-        _put_sorted(txn, self.ids, list(zip(keys.view("V24").tolist(), itertools.repeat(b"", keys.shape[0]))))
+        _put_sorted(txn, self.ids, keys.view("V24").tolist(), b"")
         # Account history: every account touched, its link to its previous epoch, its transfers.
         debit, credit = links["debit_index"], links["credit_index"]
         mark = np.zeros(last_epoch.shape[0], dtype=bool)
@@ -118,18 +119,20 @@ class ColdTier:
         # A stable sort by account: per account its link, then its debits, then its credits, each
         # in timestamp order (the order they were laid out in).
         entries = entries[np.argsort(entries["account"], kind="stable")]
-        history_items = []
+        history_keys, history_values = [], []
         for number, start in enumerate(range(0, entries.shape[0], HISTORY_CHUNK_ENTRIES)):
             chunk = entries[start:start + HISTORY_CHUNK_ENTRIES]
-            history_items.append((_HISTORY_KEY.pack(epoch, int(chunk["account"][0]), number), chunk.tobytes()))
-        _put_sorted(txn, self.history, history_items)
+            history_keys.append(_HISTORY_KEY.pack(epoch, int(chunk["account"][0]), number))
+            history_values.append(chunk.tobytes())
+        _put_sorted(txn, self.history, history_keys, history_values)
         # Statuses of the pendings resolved in this epoch, by the pending's timestamp.
-        _put_sorted(txn, self.status, [(_U64.pack(int(ts)), bytes((int(state),)))
-                                        for ts, state in zip(statuses["timestamp"], statuses["state"])])
+        # Keys: the timestamps as big-endian u64 (sorted: statuses come in timestamp order).
+        status_keys = statuses["timestamp"].astype(">u8").view("V8").tolist()
+        _put_sorted(txn, self.status, status_keys, [bytes((state,)) for state in statuses["state"].tolist()])
         chain = chain_next(chain, epoch_digest(packed, statuses))
         txn.put(struct.pack(">I", epoch), chain, db=self.chains)
-        written = (sum(len(key) + len(value) for key, value in block_items) + keys.nbytes
-                   + sum(len(key) + len(value) for key, value in history_items) + 9 * statuses.shape[0])
+        written = (sum(map(len, block_keys)) + sum(map(len, block_values)) + keys.nbytes
+                   + sum(map(len, history_keys)) + sum(map(len, history_values)) + 9 * statuses.shape[0])
         return chain, touched, written
 
     # ------------------------------------------------------------------ reads
@@ -281,17 +284,25 @@ def _ids_sorted(keys: np.ndarray) -> bool:
     return bool(np.all((hi[1:] > hi[:-1]) | ((hi[1:] == hi[:-1]) & (lo[1:] > lo[:-1]))))
 
 
-def _put_sorted(txn, db, items: list) -> None:
-    """Put items sorted by key: those after the database's last key as appends (MDB_APPEND),
-    the rest as ordinary puts (overwriting equal keys)."""
-    if not items:
+def _put_sorted(txn, db, keys: list, values) -> None:
+    """Put sorted keys with their values (a list, or one value for all): those after the
+    database's last key as appends (MDB_APPEND), the rest as ordinary puts (overwriting equal
+    keys). The (key, value) pairs are made one at a time as LMDB takes them: a list of tens of
+    thousands of tuples per epoch would survive young collections and set off full ones (10 –
+    30 ms each, every few seconds, on the server's request path)."""
+    if not keys:
         return
     cursor = txn.cursor(db=db)
     last = bytes(cursor.key()) if cursor.last() else b""
-    split = bisect.bisect_right(items, last, key=lambda item: item[0]) if last and items[0][0] <= last else 0
+    split = bisect.bisect_right(keys, last) if last and keys[0] <= last else 0
+
+    def pairs(start, end):
+        taken = values[start:end] if isinstance(values, list) else itertools.repeat(values, end - start)
+        return zip(keys[start:end], taken)
+
     if split:
-        cursor.putmulti(items[:split], overwrite=True)
-    if split < len(items):
-        consumed, _ = cursor.putmulti(items[split:], append=True)
-        if consumed != len(items) - split:
-            raise lmdb.Error(f"cold tier: {len(items) - split - consumed} appends refused")
+        cursor.putmulti(pairs(0, split), overwrite=True)
+    if split < len(keys):
+        consumed, _ = cursor.putmulti(pairs(split, len(keys)), append=True)
+        if consumed != len(keys) - split:
+            raise lmdb.Error(f"cold tier: {len(keys) - split - consumed} appends refused")

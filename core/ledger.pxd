@@ -5,6 +5,7 @@
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
+from core.cow cimport cow_t
 from core.filter cimport IdFilter
 from core.idmap cimport IdMap
 from core.records cimport tally_account_t, tally_transfer_t, result_t
@@ -115,6 +116,7 @@ cdef class Ledger:
     cdef uint64_t ring_mask                     # ring slots - 1 (a power of two >= transfers_hot_max)
     cdef tally_account_t *account_rows          # wire records: id, user_data, timestamp (balances in hot)
     cdef account_hot_t *hot
+    cdef cow_t hot_cow                          # a checkpoint's copy of ``hot`` being taken (core/cow.pxd)
     cdef tally_transfer_t *transfer_rows        # the ring
     cdef transfer_links_t *links                # the ring's links
     cdef pending_t *pendings

@@ -30,6 +30,7 @@ import numpy as np
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
+from core.cow cimport COW_REGION_SHIFT, cow_t, cow_before_write, cow_copy_all
 from core.filter cimport IdFilter, idfilter_t, idfilter_maybe, idfilter_block, idfilter_hash
 from core.idmap cimport (
     IdMap, idmap_t, IDMAP_NOT_FOUND, idmap_get, idmap_home, idmap_put, idmap_remove,
@@ -214,6 +215,10 @@ cdef class Ledger:
         a = self._arrays = {}
         self.account_rows = <tally_account_t *> np_ptr(_buffer(a, "accounts", ACCOUNT_DTYPE, accounts_max))
         self.hot = <account_hot_t *> np_ptr(_aligned(a, "hot", HOT_DTYPE, accounts_max, 128))
+        self.hot_cow.state = <uint8_t *> np_ptr(_buffer(
+            a, "hot_cow_state", np.uint8, (accounts_max * sizeof(account_hot_t) >> COW_REGION_SHIFT) + 1))
+        self.hot_cow.source = <char *> self.hot
+        self.hot_cow.bytes = 0
         self.transfer_rows = <tally_transfer_t *> np_ptr(_aligned(a, "transfers", TRANSFER_DTYPE, ring, 128))
         self.links = <transfer_links_t *> np_ptr(_aligned(a, "links", LINKS_DTYPE, ring, 64))
         self.pendings = <pending_t *> np_ptr(_aligned(a, "pendings", PENDING_DTYPE, pending_max, 64))
@@ -622,6 +627,37 @@ cdef class Ledger:
                    "last_timestamp": self.last_timestamp}
         return arrays, scalars
 
+    def begin_hot_snapshot(self, target):
+        """Start a copy-on-write copy of the accounts' hot records (balances, features) as they
+        are now into ``target`` (a HOT_DTYPE array of at least ``account_count`` records): the
+        copy is finished by ``copy_hot_snapshot`` on another thread while batches go on; each
+        batch copies a record's region itself before it first changes it. ``end_hot_snapshot``
+        once the copy is done. Returns the view of ``target`` that will hold it."""
+        if self.hot_cow.bytes:
+            raise RuntimeError("a hot snapshot is already being taken")
+        if self.busy:
+            raise RuntimeError("a batch is being applied")
+        cdef uint64_t n = self.account_count * sizeof(account_hot_t)
+        view = target[:self.account_count]
+        if target.dtype != HOT_DTYPE or not target.flags.c_contiguous or target.shape[0] < self.account_count:
+            raise ValueError("target must be a contiguous HOT_DTYPE array of at least account_count records")
+        if n == 0:
+            return view
+        cdef unsigned char[::1] raw = view.view(np.uint8)
+        self.hot_cow.target = <char *> &raw[0]
+        memset(self.hot_cow.state, 1, (n + (1 << COW_REGION_SHIFT) - 1) >> COW_REGION_SHIFT)
+        self.hot_cow.bytes = n
+        return view
+
+    def copy_hot_snapshot(self):
+        """Finish the copy begun by ``begin_hot_snapshot`` (another thread may call this; no GIL)."""
+        with nogil:
+            cow_copy_all(&self.hot_cow)
+
+    def end_hot_snapshot(self):
+        """The copy is finished (``copy_hot_snapshot`` returned): batches stop checking."""
+        self.hot_cow.bytes = 0
+
     def restore(self, arrays, scalars, tail_rows=None, tail_links=None):
         """Load a snapshot into this empty ledger, with the transfers ``[cold_count,
         transfer_count)`` (``tail_rows``/``tail_links``, in order) back in the ring; rebuild the
@@ -746,6 +782,8 @@ cdef class Ledger:
                 continue  # posted or voided since, not yet pruned
             p.state = STATE_EXPIRED
             p.resolved_at = self.transfer_count
+            guard_hot(&self.hot_cow, p.debit_index)
+            guard_hot(&self.hot_cow, p.credit_index)
             dr = &self.hot[p.debit_index]
             cr = &self.hot[p.credit_index]
             tally_assert(dr.debits_pending >= p.row.amount and cr.credits_pending >= p.row.amount)
@@ -936,6 +974,7 @@ cdef class Ledger:
         k = <uint32_t> self.account_count
         self.account_rows[k] = e[0]
         self.account_rows[k].timestamp = ts
+        guard_hot(&self.hot_cow, k)
         memset(&self.hot[k], 0, sizeof(account_hot_t))
         self.hot[k].ledger = e.ledger
         self.hot[k].flags = e.flags
@@ -1115,6 +1154,8 @@ cdef class Ledger:
         if flags & TRANSFER_PENDING and self.pending_count >= self.pending_max:
             return R_TRANSFERS_LIMIT_REACHED
 
+        guard_hot(&self.hot_cow, debit_index)
+        guard_hot(&self.hot_cow, credit_index)
         if in_chain:
             self.save_account(debit_index)
             self.save_account(credit_index)
@@ -1233,6 +1274,8 @@ cdef class Ledger:
         if self.transfer_count - self.hot_first >= self.transfers_hot_max:
             return R_TRANSFERS_LIMIT_REACHED
 
+        guard_hot(&self.hot_cow, debit_index)
+        guard_hot(&self.hot_cow, credit_index)
         if in_chain:
             self.save_account(debit_index)
             self.save_account(credit_index)
@@ -1307,6 +1350,7 @@ cdef class Ledger:
         while self.account_undo_count:
             self.account_undo_count -= 1
             u = &self.account_undo[self.account_undo_count]
+            guard_hot(&self.hot_cow, u.index)
             self.hot[u.index] = u.saved
         while self.state_undo_count:
             self.state_undo_count -= 1
@@ -1330,6 +1374,7 @@ cdef class Ledger:
             idmap_remove(&self.account_map.map, self.account_rows[self.account_count].id_lo,
                                     self.account_rows[self.account_count].id_hi)
             memset(&self.account_rows[self.account_count], 0, sizeof(tally_account_t))
+            guard_hot(&self.hot_cow, <uint32_t> self.account_count)
             memset(&self.hot[self.account_count], 0, sizeof(account_hot_t))
 
     cdef void schedule_expiries(self) noexcept nogil:
@@ -1354,6 +1399,11 @@ cdef class Ledger:
         out.debits_posted = self.hot[index].debits_posted
         out.credits_pending = self.hot[index].credits_pending
         out.credits_posted = self.hot[index].credits_posted
+
+
+cdef inline void guard_hot(cow_t *cow, uint32_t index) noexcept nogil:
+    """Before the first write into an account's hot record while a checkpoint copies them."""
+    cow_before_write(cow, <uint64_t> index * sizeof(account_hot_t), sizeof(account_hot_t))
 
 
 cdef inline void touch(account_hot_t *a, uint64_t ts) noexcept nogil:

@@ -47,7 +47,7 @@ import lmdb
 import msgspec
 import numpy as np
 
-from core import codec, constants, memory
+from core import codec, constants, memory, writeback
 from core.archive import ArchiveError, LogArchive
 from core.cold import ColdTier
 from core.filter import IdFilter
@@ -267,12 +267,14 @@ class Store:
         self.cold = ColdTier(self._cold_env, self._epoch_transfers)
         # Two background threads: epochs are flushed while a checkpoint is written (a checkpoint
         # takes seconds; the next batches need the epochs written within PRUNE_LAG_EPOCHS).
-        self._flusher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tally-cold",
-                                                              initializer=_lower_thread_priority)
+        # The flushes run at normal priority: the next batches wait for them (a niced flush
+        # thread fell behind whenever a checkpoint was being written beside it).
+        self._flusher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tally-cold")
         self._checkpointer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tally-checkpoint",
                                                                    initializer=_lower_thread_priority)
         self._flush_jobs: collections.deque[concurrent.futures.Future] = collections.deque()
         self._checkpoint_job: _Job | None = None
+        self._writeback: concurrent.futures.Future | None = None  # the last checkpoint's pages going to disk
         # Guards the cold tier's published progress (epochs, chain, id max, per-account newest
         # epoch, the filter's bits): a flush publishes under it, a checkpoint reads it under it.
         # A checkpoint taken at transfer count N may only see epochs up to N // epoch size:
@@ -630,7 +632,13 @@ class Store:
         job = self._checkpoint_job
         if job is not None and (wait_checkpoint or job.future.done()):
             self._checkpoint_job = None
+            concurrent.futures.wait([job.future])
+            self.ledger.end_hot_snapshot()  # its copy of the balances is finished
             self._job_result(job.future)
+            # Its pages go to disk now, paced, on the same thread: the ring is not pinned for it.
+            self._writeback = self._checkpointer.submit(self._write_back_checkpoint)
+        if wait_all and self._writeback is not None:
+            self._writeback.result()
         cold_count = self._cold_epochs * self._epoch_transfers
         evictable = cold_count if self._checkpoint_job is None else min(cold_count, self._checkpoint_job.pin)
         if evictable > self.ledger.cold_count:
@@ -717,7 +725,11 @@ class Store:
         """
         started = time.perf_counter()
         arrays, scalars = self.ledger.snapshot()
-        arrays = {name: array if name == "accounts" else self._snapshot_copy(name, array)
+        # The balances (the largest part: 129 MB for a million accounts) are copied on write,
+        # finished by the checkpoint thread; the pending table and heap are copied here.
+        arrays = {name: (array if name == "accounts" else
+                         self.ledger.begin_hot_snapshot(self._snapshot_buffer(name, array)) if name == "hot" else
+                         self._snapshot_copy(name, array))
                   for name, array in arrays.items()}
         stall_s = time.perf_counter() - started
         self.checkpoint_stall_max_s = max(self.checkpoint_stall_max_s, stall_s)
@@ -729,20 +741,25 @@ class Store:
             future = self._checkpointer.submit(self._write_checkpoint, self._applied_sequence, self._last_pending,
                                                arrays, scalars, pin, stall_s)
         except BaseException:
+            self.ledger.end_hot_snapshot()
             with self._cold_published:  # no checkpoint will read: the flushes must not wait for one
                 self._capture_limit = None
                 self._cold_published.notify_all()
             raise
         self._checkpoint_job = _Job(future, pin)
 
-    def _snapshot_copy(self, name: str, array: np.ndarray) -> np.ndarray:
-        # Into a buffer kept from one checkpoint to the next: fresh memory would cost a page
-        # fault per 4 KiB on every checkpoint (on this VM about 0.45 s per 128 MiB). In pieces,
-        # letting the other threads run between them (only this thread changes the array).
+    def _snapshot_buffer(self, name: str, array: np.ndarray) -> np.ndarray:
+        # Kept from one checkpoint to the next: fresh memory would cost a page fault per 4 KiB
+        # on every checkpoint (on this VM about 0.45 s per 128 MiB).
         buffer = self._snapshot_buffers.get(name)
         if buffer is None or buffer.shape[0] < array.shape[0]:
             buffer = np.empty(max(array.shape[0], 2 * buffer.shape[0] if buffer is not None else 0), array.dtype)
             self._snapshot_buffers[name] = buffer
+        return buffer
+
+    def _snapshot_copy(self, name: str, array: np.ndarray) -> np.ndarray:
+        # In pieces, letting the other threads run between them (only this thread changes it).
+        buffer = self._snapshot_buffer(name, array)
         step = max(1, _SNAPSHOT_PIECE_BYTES // array.dtype.itemsize)
         for start in range(0, array.shape[0], step):
             end = min(start + step, array.shape[0])
@@ -755,8 +772,9 @@ class Store:
                 and (self._checkpoint_interval_batches is None
                      or self._batches_since_checkpoint < self._checkpoint_interval_batches)):
             return False
-        # One checkpoint at a time: if the last is still being written, try after the next batch.
-        return self._checkpoint_job is None
+        # One checkpoint at a time: if the last is still being written (or written back), try
+        # after the next batch.
+        return self._checkpoint_job is None and (self._writeback is None or self._writeback.done())
 
     def _write_checkpoint(self, sequence: int, last_pending: "PendingBatch | None", arrays, scalars, pin: int,
                           stall_s: float) -> None:
@@ -770,6 +788,7 @@ class Store:
     def _write_checkpoint_now(self, sequence: int, last_pending: "PendingBatch | None", arrays, scalars, pin: int,
                               stall_s: float) -> None:
         started_unix_s, started = time.time(), time.perf_counter()
+        self._checkpoint_pacer = [0, started]  # bytes written, since
         previous = self._checkpoint_meta.arrays if self._checkpoint_meta else {}
         written, bytes_written = {}, 0
         count = scalars["transfer_count"]
@@ -782,6 +801,7 @@ class Store:
                 last_epoch = self._last_epoch[:scalars["account_count"]].copy()
                 self._capture_limit = None
                 self._cold_published.notify_all()
+            self._copy_hot_snapshot()
             # The filter is read after the capture, while flushes add to it: it holds every id
             # of the captured epochs (added before they were published) and maybe later ones,
             # which only cost a lookup.
@@ -813,6 +833,29 @@ class Store:
         self.background_events.append(BackgroundEvent("checkpoint", started_unix_s, duration_s,
                                                        bytes_written, stall_s=stall_s, commit_s=commit_s))
 
+    def _copy_hot_snapshot(self) -> None:
+        """Finish the balances' copy-on-write copy (core/cow.pxd), at once and with no GIL: until
+        it is done, each batch copies the records it is first to change."""
+        self.ledger.copy_hot_snapshot()
+
+    def _write_back_checkpoint(self) -> None:
+        """Start the checkpoint's pages to disk ourselves, paced (core/writeback.py says why)."""
+        try:
+            writeback.write_back(os.path.join(self.path, CHECKPOINT_SUBDIRECTORY, "data.mdb"),
+                                 bytes_per_s=CHECKPOINT_WRITEBACK_BYTES_PER_S)
+        except OSError as error:  # the kernel will write it back itself: worth a line, not a failure
+            print(f"tally: {self.path}: checkpoint writeback: {error}", file=sys.stderr)
+
+    def _pace(self, nbytes: int) -> None:
+        """Hold a checkpoint's writing to ``CHECKPOINT_WRITE_BYTES_PER_S``: its copying and
+        checksumming would otherwise take a core for a second or two in one burst, and the flush
+        thread, which the next batches wait for, would fall behind."""
+        pacer = self._checkpoint_pacer
+        pacer[0] += nbytes
+        ahead_s = pacer[0] / CHECKPOINT_WRITE_BYTES_PER_S - (time.perf_counter() - pacer[1])
+        if ahead_s > 0.001:
+            time.sleep(ahead_s)
+
     def _write_array(self, txn, name: str, flat: np.ndarray, old: _ArrayMeta | None) -> tuple[_ArrayMeta, int]:
         """Write what changed of one array; returns its new meta and the bytes written."""
         prefix = name.encode() + b"/"
@@ -837,6 +880,7 @@ class Store:
                 txn.put(prefix + _CHUNK_KEY.pack(i), value)
                 checksums[i] = zlib.crc32(value)
                 written += len(value)
+                self._pace(len(value))
         elif kind == _RAW:
             raw = flat.view(np.uint8)
             chunks = -(-raw.shape[0] // _CHUNK_BYTES)
@@ -846,6 +890,7 @@ class Store:
                 txn.put(prefix + _CHUNK_KEY.pack(i), value)
                 checksums.append(zlib.crc32(value))
                 written += len(value)
+                self._pace(len(value))
         else:
             chunks = -(-flat.shape[0] // _CHUNK_RECORDS)
             # Append-only rows: rewrite from the chunk the previous checkpoint ended in (it may be partial).
@@ -858,6 +903,7 @@ class Store:
                 txn.put(prefix + _CHUNK_KEY.pack(i), value)
                 checksums.append(zlib.crc32(value))
                 written += len(value)
+                self._pace(len(value))
         for i in range(chunks, old.chunks if old else 0):
             txn.delete(prefix + _CHUNK_KEY.pack(i))
         return _ArrayMeta(chunks=chunks, items=flat.shape[0], checksums=checksums), written
@@ -1169,6 +1215,10 @@ def _file_bytes(path: str) -> int:
 #: Niceness of the checkpoint thread: it only saves replay time, so it yields the CPU to the
 #: threads that apply, commit and answer batches (its heavy parts hold no GIL).
 CHECKPOINT_THREAD_NICENESS = 10
+#: A checkpoint's writes are spread out at this rate (hundreds of MB: about 2 s at the default).
+CHECKPOINT_WRITE_BYTES_PER_S = 256 << 20
+#: Then its pages are written back to disk at this pace (over the whole checkpoint file).
+CHECKPOINT_WRITEBACK_BYTES_PER_S = 256 << 20
 
 
 def _lower_thread_priority() -> None:

@@ -32,6 +32,10 @@ all rates in requests per second::
           "p50_us": [...], "p99_us": [...], "p999_us": [...], "max_us": [...],
       },                                       # latencies of that second's answers; null if none
       "send_lag_us": {"p50": .., "p99": .., "max": ..},  # generator lateness vs its schedule
+      "started_unix_s": 1796615291.8 | None,   # wall clock of second 0 of the timeline
+      "marks": [{"t_s": 33.2, "duration_s": 0.9, "label": "checkpoint", "detail": "..."}],
+                                               # server events on the time axis (optional:
+                                               # add_server_events, from DATA/events.jsonl)
       "notes": ["..."],                        # free-form lines
       "paths": {"json": "...", "html": "..."}, # optional, set by the caller after write(), so
     }                                          # that summary() can say where the files are
@@ -48,7 +52,7 @@ import math
 import os
 from dataclasses import dataclass
 
-__all__ = ["html", "summary", "write"]
+__all__ = ["add_server_events", "html", "summary", "write"]
 
 FORMAT = "tally-load-report"
 VERSION = 1
@@ -75,6 +79,34 @@ def write(report: dict, directory: str) -> tuple[str, str]:
     with open(html_path, "w", encoding="utf-8") as f:
         f.write(html(report))
     return json_path, html_path
+
+
+def add_server_events(report: dict, path: str) -> int:
+    """Mark the server's checkpoints of ``path`` (``tally serve``'s ``DATA/events.jsonl``, one
+    JSON object per line) that fall within the run on the report's time axis; returns how many.
+    Needs the report's ``started_unix_s`` and the two clocks to agree (the same host)."""
+    start = _num(report.get("started_unix_s"))
+    if start is None or not os.path.exists(path):
+        return 0
+    t_s, _ = _timeline(report)
+    end = start + (max(t_s) + 1.0 if t_s else _num(report.get("duration_s")) or 0.0)
+    marks = []
+    with open(path, encoding="utf-8") as file:
+        for line in file:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a server killed mid-write
+            at = _num(_dict(event).get("started_unix_s"))
+            if at is None or not start <= at < end:
+                continue
+            duration = _num(event.get("duration_s")) or 0.0
+            stall = _num(event.get("stall_s")) or 0.0
+            marks.append({"t_s": round(at - start, 3), "duration_s": round(duration, 3),
+                          "label": str(event.get("kind") or "event"),
+                          "detail": f"{duration:.2f} s, batches paused {stall * 1e3:.0f} ms"})
+    report["marks"] = sorted(_list(report.get("marks")) + marks, key=lambda mark: mark["t_s"])
+    return len(marks)
 
 
 def _jsonable(value):
@@ -414,7 +446,7 @@ def _throughput_chart(report: dict) -> str:
                               _COLORS[6], dashed=True, width=1.2))
     y_hi = max([p[1] for s in series for p in s.points if p is not None] + [1.0])
     y = _linear_axis(0.0, y_hi * 1.05, "requests/s")
-    return _chart("Throughput over time", series, x, y, "no requests")
+    return _chart("Throughput over time", series + _mark_series(report, y), x, y, "no requests")
 
 
 def _latency_chart(report: dict) -> str:
@@ -424,7 +456,18 @@ def _latency_chart(report: dict) -> str:
                ("p99.9", "p999_us", _COLORS[4]), ("max", "max_us", _COLORS[1]))]
     y = _latency_axis([p[1] for s in series for p in s.points if p is not None])
     x = _time_axis(t_s, report.get("duration_s"))
-    return _chart("Latency percentiles over time", series, x, y, "no answered requests")
+    return _chart("Latency percentiles over time", series + _mark_series(report, y), x, y, "no answered requests")
+
+
+def _mark_series(report: dict, y: _Axis) -> list[_Series]:
+    """The report's marks (server checkpoints) as dashed vertical lines, one series per label."""
+    by_label: dict[str, list] = {}
+    for mark in _list(report.get("marks")):
+        at = _num(_dict(mark).get("t_s"))
+        if at is not None:
+            by_label.setdefault(str(mark.get("label") or "event"), []).extend([(at, y.lo), (at, y.hi), None])
+    return [_Series(f"{label} (server)", points, "#7a7f8a", dashed=True, width=1.2)
+            for label, points in sorted(by_label.items())]
 
 
 def _latency_axis(values_ms: list[float]) -> _Axis:
@@ -525,12 +568,14 @@ def html(report: dict) -> str:
     parts.append(_figure(_throughput_chart(report),
                          "Requests per second, per one-second bucket. Offered: scheduled (open "
                          "loop) or sent (closed loop); answered: responses received in that "
-                         "second. The dashed line is the workload's mean target rate."))
+                         "second. The dashed line is the workload's mean target rate; grey dashed "
+                         "lines mark the server's checkpoints, when the server's events were found."))
     parts.append("<h2>Latency percentiles over time</h2>")
     parts.append(_figure(_latency_chart(report),
                          "Percentiles of the requests answered in each second; log scale, since "
                          "a server falling behind moves latency from milliseconds to seconds. "
-                         "Gaps are seconds in which nothing was answered."))
+                         "Gaps are seconds in which nothing was answered. Grey dashed lines: the "
+                         "server's checkpoints."))
     parts.append("<h2>Latency distribution</h2>")
     parts.append(_figure(_distribution_chart(report),
                          "The HDR percentile spectrum of the whole run: x is 1/(1−p) on a log "
@@ -696,6 +741,14 @@ def summary(report: dict) -> str:
     if rest:
         entries.append(f"{len(rest)} other codes {sum(totals[c] for c in rest):,}")
     lines += _wrap("results   ", entries or ["none"])
+    by_label: dict[str, list[dict]] = {}
+    for mark in _list(report.get("marks")):
+        by_label.setdefault(str(_dict(mark).get("label") or "event"), []).append(_dict(mark))
+    for label, marks in sorted(by_label.items()):
+        longest = max((_num(mark.get("duration_s")) or 0.0) for mark in marks)
+        lines.append(f"server    {len(marks)} {label}(s) at "
+                     + ", ".join(f"{_num(mark.get('t_s')) or 0:.0f}" for mark in marks[:12])
+                     + (" …" if len(marks) > 12 else "") + f" s (longest {longest:.2f} s)")
     paths = report.get("paths")
     if isinstance(paths, dict):
         paths = list(paths.values())

@@ -433,6 +433,7 @@ async def _load(plan: _Plan, clients, recorder, report_progress) -> dict:
     if delay_s > 0:
         await asyncio.sleep(delay_s)
     tally = Tally(start_ns=_now_ns(), window_ns=int(workload.seconds * NS_PER_S))
+    start_unix_s = time.time()  # second 0 of the timeline, to line server events up with it
     late_start_s = max(0.0, -delay_s)   # a worker ready after the common start (the merge assumes aligned seconds)
     progress = asyncio.ensure_future(progress_ticker(tally, report_progress)) if report_progress else None
     try:
@@ -452,6 +453,7 @@ async def _load(plan: _Plan, clients, recorder, report_progress) -> dict:
     raw = tally.raw()
     raw["elapsed_s"] = (_now_ns() - tally.start_ns) / NS_PER_S
     raw["late_start_s"] = late_start_s
+    raw["start_unix_s"] = start_unix_s
     return raw
 
 
@@ -720,6 +722,7 @@ def build_report(raws: list[dict], workload: Workload | None, options: Options, 
     report = {
         "format": "tally-load-report", "version": 1,
         "command": options.command, "started_at": started_at, "mode": mode,
+        "started_unix_s": min((r["start_unix_s"] for r in raws if "start_unix_s" in r), default=None),
         "config": config,
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
         "duration_s": duration_s,

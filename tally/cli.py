@@ -125,6 +125,22 @@ def _finish_report(report: dict, args, extra_summary: str = "") -> None:
             print(extra_summary)
 
 
+def _mark_server_events(report: dict, args) -> None:
+    """Checkpoints of the server (its DATA/events.jsonl: --server-events, or the config's data
+    directory when it is on this host) as marks on the report's time axis."""
+    from engine import config as config_module
+    from engine.serve import EVENTS_FILE
+    from loadgen import report as report_module
+
+    path = args.server_events
+    if path is None:
+        path = os.path.join(config_module.load(args.config).server.data, EVENTS_FILE)
+        if not os.path.exists(path):
+            return
+    marked = report_module.add_server_events(report, path)
+    report["notes"].append(f"{marked} server checkpoint(s) marked, from {path}")
+
+
 def _load_run(args) -> int:
     from engine.config import ConfigError
     from loadgen import runner
@@ -142,6 +158,7 @@ def _load_run(args) -> int:
         return 2
     if args.record:
         report["notes"].append(f"trace recorded in {args.record}")
+    _mark_server_events(report, args)
     _finish_report(report, args)
     return 0 if report["requests"]["failed_to_send"] == 0 else 1
 
@@ -337,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="open: requests at their scheduled times, latency from then (default); "
                           "closed: --depth frames in flight per connection, as fast as answered")
     run.add_argument("--connections", type=int, default=4, help="connections (default 4)")
+    run.add_argument("--server-events", metavar="FILE",
+                     help="the server's events (DATA/events.jsonl, default: from the config's data directory "
+                          "if it is on this host): its checkpoints are marked on the report's time axis")
     run.add_argument("--depth", type=int, default=2, help="closed loop: frames in flight per connection (default 2)")
     run.add_argument("--frame-events", type=int, default=core_constants.BATCH_EVENTS_MAX,
                      help="closed loop: requests per frame (default 8,190)")

@@ -199,3 +199,24 @@ def test_summary_fits_a_screen():
     assert f"{report['achieved_per_s']:,.0f}/s" in text
     assert "/tmp/out/report.html" in text
     assert "2 other codes 3" in text  # ok and the top three errors by name, the last two summed
+
+
+def test_server_checkpoints_within_the_run_become_marks_on_both_time_charts(tmp_path):
+    report = synthetic_report(seconds=30)
+    report["started_unix_s"] = 1_000_000.0
+    events = tmp_path / "events.jsonl"
+    lines = [{"kind": "checkpoint", "started_unix_s": 1_000_012.5, "duration_s": 0.9, "stall_s": 0.07},
+             {"kind": "checkpoint", "started_unix_s": 999_990.0, "duration_s": 1.0},   # before the run
+             {"kind": "flush", "started_unix_s": 1_000_020.0, "duration_s": 0.3},
+             {"kind": "checkpoint", "started_unix_s": 1_000_031.0, "duration_s": 1.0}]  # after it
+    events.write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"kind": "checkp')  # cut short
+    assert report_module.add_server_events(report, str(events)) == 2
+    assert [(m["t_s"], m["label"]) for m in report["marks"]] == [(12.5, "checkpoint"), (20.0, "flush")]
+    page = report_module.html(report)
+    assert page.count("checkpoint (server)") == 2 and page.count("flush (server)") == 2
+    summary = report_module.summary(report)
+    assert "server    1 checkpoint(s) at 12 s (longest 0.90 s)" in summary
+    assert "server    1 flush(s) at 20 s (longest 0.30 s)" in summary
+    # No wall-clock start (an old report): nothing is marked rather than marked wrongly.
+    del report["started_unix_s"]
+    assert report_module.add_server_events(report, str(events)) == 0

@@ -2,6 +2,7 @@
 flight (every acknowledged request is durable, exit code 0), configuration errors, TLS."""
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -238,3 +239,25 @@ def test_serve_with_tls(tmp_path, certificate):
     assert code == 0, err
     with core.open(data_dir) as store:
         assert store.ledger.transfer_count == 1
+
+
+def test_serve_prints_its_checkpoints_and_logs_them_for_load_reports(tmp_path):
+    data_dir = str(tmp_path / "data")
+    config = write_config(tmp_path, "checkpoint_interval_events = 50\n")
+    with Served(config, data_dir) as served:
+        async def scenario():
+            client = await Client.connect("127.0.0.1", served.port, client_id=2, secret=SECRETS[2])
+            await set_up_accounts(client)
+            for i in range(6):  # a checkpoint due each batch, one at a time (with its writeback)
+                await client.create_transfers(core.transfers_from_dicts(
+                    [transfer(1000 * (i + 1) + j, FUNDING, MERCHANT, 1) for j in range(60)]))
+            await asyncio.sleep(1.5)  # the server reports its background jobs once a second
+            client.close()
+        run(scenario())
+        code, out, err = served.stop(signal.SIGTERM)
+    assert code == 0, err
+    printed = re.findall(r"^tally serve: checkpoint at [0-9.]+: .* MiB in [0-9.]+ s", out, re.M)
+    events = [json.loads(line) for line in open(os.path.join(data_dir, "events.jsonl"))]
+    checkpoints = [event for event in events if event["kind"] == "checkpoint"]
+    assert len(checkpoints) == len(printed) >= 2
+    assert all(event["bytes_written"] > 0 and event["duration_s"] >= event["commit_s"] >= 0 for event in checkpoints)

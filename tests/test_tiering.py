@@ -440,3 +440,64 @@ def test_the_filter_loses_no_change_to_a_checkpoint_reading_it_while_ids_are_add
         part = slice(region * region_words, (region + 1) * region_words)
         mirror[part] = live.words()[part]
     assert live.added > 0 and np.array_equal(mirror, live.words())
+
+
+def test_a_checkpoint_holds_the_balances_of_its_moment_while_batches_change_them(tmp_path, monkeypatch):
+    # The balances are copied on write (core/cow.pxd): the checkpoint thread is held before it
+    # copies anything, while batches change accounts in every way there is (payments, holds,
+    # posts, voids, expiries, a linked chain rolled back, new accounts). What the checkpoint
+    # stores must be the balances at its snapshot, byte for byte, and reopening from it must
+    # give the state before close exactly.
+    import threading
+
+    from core.store import Store
+
+    go = threading.Event()
+    at_snapshot = []
+    start, copy = Store._start_checkpoint, Store._copy_hot_snapshot
+
+    def recording_start(self):
+        at_snapshot.append(self.ledger.snapshot()[0]["hot"].copy())
+        return start(self)
+
+    def held_copy(self):
+        go.wait(10)
+        return copy(self)
+
+    monkeypatch.setattr(Store, "_start_checkpoint", recording_start)
+    monkeypatch.setattr(Store, "_copy_hot_snapshot", held_copy)
+    path = str(tmp_path / "store")
+    options = dict(accounts_max=4096, transfers_hot_max=4096, cold_epoch_transfers=64, id_filter_bytes=4096,
+                   pending_max=512)
+    accounts = [{"id": i, "ledger": 156, "code": 1} for i in range(1, 3001)]
+    with core.open(path, **options) as store:
+        store.create_accounts(core.accounts_from_dicts(accounts))
+        batches = _two_phase_batches(6)
+        for number, batch in enumerate(batches[:3]):
+            store.create_transfers(batch, 1_000_000_000 * (number + 1))
+        store._start_checkpoint()
+        for number, batch in enumerate(batches[3:]):
+            store.create_transfers(batch, 1_000_000_000 * (number + 5))  # posts, voids, expiries
+        spread = [{"id": 90_000 + k, "debit_account_id": 1 + (k * 37) % 3000, "credit_account_id": 1 + (k * 11) % 3000,
+                   "amount": 1, "ledger": 156, "code": 2} for k in range(2000)]
+        store.create_transfers(core.transfers_from_dicts(spread), 10_000_000_000)
+        chain = [{"id": 95_000, "debit_account_id": 7, "credit_account_id": 8, "amount": 5, "ledger": 156, "code": 1,
+                  "flags": core.TransferFlags.linked},
+                 {"id": 95_001, "debit_account_id": 9, "credit_account_id": 99_999, "amount": 5, "ledger": 156,
+                  "code": 1}]
+        assert store.create_transfers(core.transfers_from_dicts(chain), 11_000_000_000).tolist() == [
+            core.Result.linked_event_failed, core.Result.credit_account_not_found]
+        store.create_accounts(core.accounts_from_dicts([{"id": 5000 + i, "ledger": 156, "code": 1}
+                                                        for i in range(10)]))
+        go.set()
+        store._reap(wait_all=True)
+        meta = store._checkpoint_meta
+        with store._checkpoint_env.begin(buffers=True) as txn:
+            stored = np.frombuffer(store._load_array(txn, "hot", meta.arrays["hot"]), dtype=at_snapshot[0].dtype)
+        assert len(at_snapshot) == 1 and np.array_equal(stored, at_snapshot[0])
+        assert not np.array_equal(stored, store.ledger.snapshot()[0]["hot"][:stored.shape[0]])  # it did change
+        expected = store.state_hash()
+    monkeypatch.undo()
+    with core.open(path) as store:
+        assert store.recovery.checkpoint_sequence == meta.sequence and store.recovery.replayed_batches == 6
+        assert store.state_hash() == expected
