@@ -36,6 +36,7 @@ import concurrent.futures
 import itertools
 import os
 import queue
+import shutil
 import struct
 import sys
 import threading
@@ -275,6 +276,7 @@ class Store:
         self._flush_jobs: collections.deque[concurrent.futures.Future] = collections.deque()
         self._checkpoint_job: _Job | None = None
         self._writeback: concurrent.futures.Future | None = None  # the last checkpoint's pages going to disk
+        self._writeback_stop = threading.Event()
         # Guards the cold tier's published progress (epochs, chain, id max, per-account newest
         # epoch, the filter's bits): a flush publishes under it, a checkpoint reads it under it.
         # A checkpoint taken at transfer count N may only see epochs up to N // epoch size:
@@ -631,14 +633,19 @@ class Store:
             self._job_result(self._flush_jobs.popleft())
         job = self._checkpoint_job
         if job is not None and (wait_checkpoint or job.future.done()):
-            self._checkpoint_job = None
             concurrent.futures.wait([job.future])
+            self._checkpoint_job = None
             self.ledger.end_hot_snapshot()  # its copy of the balances is finished
             self._job_result(job.future)
             # Its pages go to disk now, paced, on the same thread: the ring is not pinned for it.
+            self._writeback_stop.clear()
             self._writeback = self._checkpointer.submit(self._write_back_checkpoint)
         if wait_all and self._writeback is not None:
+            # Whoever waits for everything (close, an explicit checkpoint, archiving) does not
+            # wait for the pacing: the rest is left to the kernel.
+            self._writeback_stop.set()
             self._writeback.result()
+            self._writeback = None
         cold_count = self._cold_epochs * self._epoch_transfers
         evictable = cold_count if self._checkpoint_job is None else min(cold_count, self._checkpoint_job.pin)
         if evictable > self.ledger.cold_count:
@@ -649,6 +656,7 @@ class Store:
         try:
             future.result()
         except BaseException as error:
+            error = _with_disk_hint(error, self.path)
             self._failed = self._failed or error
             raise StoreFailedError(f"the cold tier or a checkpoint could not be written: {error}") from error
 
@@ -716,28 +724,27 @@ class Store:
     def _start_checkpoint(self) -> None:
         """Snapshot the state after the last applied batch; write it on the checkpoint thread.
 
-        The arrays that change in place (balances and features, the pending table, the expiry
-        heap) are copied here, between two batches. Account rows only grow at their end and are
-        read in place; the ring's transfers not yet in the cold tier are read by the background
-        thread, and the ring is pinned (no eviction past them) until it has. The checkpoint is
-        committed only after the batch it ends with is: it never covers an entry the log does
-        not have.
+        The pending table and the expiry heap are copied here, between two batches; the balances
+        and features (the largest part: 129 MB for a million accounts) are copied on write
+        (core/cow.pxd), finished by the checkpoint thread. Account rows only grow at their end
+        and are read in place; the ring's transfers not yet in the cold tier are read by the
+        checkpoint thread, and the ring is pinned (no eviction past them) until it has. The
+        checkpoint is committed only after the batch it ends with is: it never covers an entry
+        the log does not have.
         """
         started = time.perf_counter()
         arrays, scalars = self.ledger.snapshot()
-        # The balances (the largest part: 129 MB for a million accounts) are copied on write,
-        # finished by the checkpoint thread; the pending table and heap are copied here.
-        arrays = {name: (array if name == "accounts" else
-                         self.ledger.begin_hot_snapshot(self._snapshot_buffer(name, array)) if name == "hot" else
-                         self._snapshot_copy(name, array))
+        arrays = {name: array if name in ("accounts", "hot") else self._snapshot_copy(name, array)
                   for name, array in arrays.items()}
+        # Last, so that nothing can fail between it and the hand-off below but the hand-off.
+        arrays["hot"] = self.ledger.begin_hot_snapshot(self._snapshot_buffer("hot", arrays["hot"]))
         stall_s = time.perf_counter() - started
         self.checkpoint_stall_max_s = max(self.checkpoint_stall_max_s, stall_s)
         self._batches_since_checkpoint = self._events_since_checkpoint = 0
-        with self._cold_published:
-            self._capture_limit = scalars["transfer_count"] // self._epoch_transfers
         pin = self.ledger.cold_count
         try:
+            with self._cold_published:
+                self._capture_limit = scalars["transfer_count"] // self._epoch_transfers
             future = self._checkpointer.submit(self._write_checkpoint, self._applied_sequence, self._last_pending,
                                                arrays, scalars, pin, stall_s)
         except BaseException:
@@ -788,7 +795,6 @@ class Store:
     def _write_checkpoint_now(self, sequence: int, last_pending: "PendingBatch | None", arrays, scalars, pin: int,
                               stall_s: float) -> None:
         started_unix_s, started = time.time(), time.perf_counter()
-        self._checkpoint_pacer = [0, started]  # bytes written, since
         previous = self._checkpoint_meta.arrays if self._checkpoint_meta else {}
         written, bytes_written = {}, 0
         count = scalars["transfer_count"]
@@ -802,6 +808,7 @@ class Store:
                 self._capture_limit = None
                 self._cold_published.notify_all()
             self._copy_hot_snapshot()
+            self._checkpoint_pacer = [0, time.perf_counter()]  # bytes written, since
             # The filter is read after the capture, while flushes add to it: it holds every id
             # of the captured epochs (added before they were published) and maybe later ones,
             # which only cost a lookup.
@@ -842,8 +849,8 @@ class Store:
         """Start the checkpoint's pages to disk ourselves, paced (core/writeback.py says why)."""
         try:
             writeback.write_back(os.path.join(self.path, CHECKPOINT_SUBDIRECTORY, "data.mdb"),
-                                 bytes_per_s=CHECKPOINT_WRITEBACK_BYTES_PER_S)
-        except OSError as error:  # the kernel will write it back itself: worth a line, not a failure
+                                 bytes_per_s=CHECKPOINT_WRITEBACK_BYTES_PER_S, stop=self._writeback_stop)
+        except Exception as error:  # noqa: BLE001 - the kernel writes it back anyway: a line, not a failure
             print(f"tally: {self.path}: checkpoint writeback: {error}", file=sys.stderr)
 
     def _pace(self, nbytes: int) -> None:
@@ -982,7 +989,7 @@ class Store:
                                                  "the log does not end where this store thinks it does")
                     self._committed_sequence = group[-1][0].sequence
                 except BaseException as error:  # the disk, the map size: nothing more is acked
-                    self._failed = error
+                    self._failed = _with_disk_hint(error, self.path)
             for pending, _ in group:
                 pending._finish(self._failed)
                 self._in_flight.release()
@@ -991,8 +998,9 @@ class Store:
         """The checkpoints' LMDB environment: its own write lock, no fsync.
 
         Its own environment, so that writing a checkpoint never holds up a log commit; no fsync,
-        because a checkpoint only saves replay time: the OS writes its hundreds of megabytes back
-        smoothly instead of in a burst that would stall the log's synchronous commits. After a
+        because a checkpoint only saves replay time and a sync of hundreds of megabytes would
+        stall the log's synchronous commits: the checkpoint thread writes the pages back itself,
+        paced (``_write_back_checkpoint``). After a
         power loss it may be damaged (chunk checksums tell); recovery then replays the whole log
         (``_recover``). If it cannot even be opened, it is set aside and a new one started.
         """
@@ -1267,6 +1275,24 @@ def _decode_entry(sequence: int, value):
     except ValueError as error:
         raise StoreError(f"log entry {sequence}: {error}") from None
     return sequence, operation, now_ns, last_timestamp, body
+
+
+#: Below this much free space, a failed write is reported as the likely effect of a full disk.
+_DISK_NEARLY_FULL_BYTES = 256 << 20
+
+
+def _with_disk_hint(error: BaseException, path: str) -> BaseException:
+    """A full disk reaches LMDB as an I/O error on commit: say so, with the free space."""
+    if not isinstance(error, (lmdb.Error, OSError)):
+        return error
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return error
+    if free >= _DISK_NEARLY_FULL_BYTES:
+        return error
+    return StoreError(f"{error} (the disk holding {path} has {free:,} bytes free: full? Free space and reopen; "
+                      "nothing unacknowledged was lost)")
 
 
 def _raw(batch) -> memoryview:

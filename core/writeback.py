@@ -32,11 +32,12 @@ if sys.platform.startswith("linux"):
         _sync_file_range = None
 
 
-def write_back(path: str, *, bytes_per_s: float, piece_bytes: int = 8 << 20) -> int:
+def write_back(path: str, *, bytes_per_s: float, piece_bytes: int = 8 << 20, stop=None) -> int:
     """Write ``path``'s dirty pages back to the disk, ``piece_bytes`` at a time, at most
     ``bytes_per_s`` (counting the whole file: clean pieces cost almost nothing but their share of
-    the time). Returns the bytes covered; 0 where ``sync_file_range`` is missing. Not a durability
-    barrier: no disk cache flush, no metadata."""
+    the time), until done or ``stop`` (a ``threading.Event``) is set. Returns the bytes covered;
+    0 where ``sync_file_range`` is missing. Not a durability barrier: no disk cache flush, no
+    metadata."""
     if _sync_file_range is None:
         return 0
     flags = _SYNC_FILE_RANGE_WAIT_BEFORE | _SYNC_FILE_RANGE_WRITE | _SYNC_FILE_RANGE_WAIT_AFTER
@@ -45,13 +46,18 @@ def write_back(path: str, *, bytes_per_s: float, piece_bytes: int = 8 << 20) -> 
         size = os.fstat(descriptor).st_size
         started = time.perf_counter()
         for offset in range(0, size, piece_bytes):
+            if stop is not None and stop.is_set():
+                return offset
             piece = min(piece_bytes, size - offset)
             if _sync_file_range(descriptor, offset, piece, flags) != 0:
                 errno = ctypes.get_errno()
                 raise OSError(errno, f"sync_file_range {path}: {os.strerror(errno)}")
             ahead_s = (offset + piece) / bytes_per_s - (time.perf_counter() - started)
             if ahead_s > 0.001:
-                time.sleep(ahead_s)
+                if stop is not None:
+                    stop.wait(ahead_s)
+                else:
+                    time.sleep(ahead_s)
         return size
     finally:
         os.close(descriptor)

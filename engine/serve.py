@@ -24,6 +24,7 @@ from engine.server import Server
 EVENTS_FILE = "events.jsonl"
 #: A cold-tier flush taking at least this long is an event too (they normally take tens of ms).
 SLOW_FLUSH_S = 0.25
+EVENTS_FILE_BYTES_MAX = 16 << 20
 
 
 def tls_context(cert: str, key: str) -> ssl_module.SSLContext:
@@ -48,14 +49,17 @@ async def serve(config: Config, *, announce=print) -> None:
             loop.add_signal_handler(signum, stop.set)
         # Everything made so far (modules, the store, the server) lives as long as the process:
         # out of the collector's sight, a full collection scans only what came since.
+        gc.collect()
         gc.freeze()
         announce(f"tally serve: listening on {settings.host}:{port}{' (TLS)' if ssl else ''}, "
                  f"data {settings.data}, {store.sequence:,} batches logged")
-        reporter = asyncio.create_task(_report_background(store, announce, os.path.join(settings.data, EVENTS_FILE)))
+        events = _EventReporter(store, announce, os.path.join(settings.data, EVENTS_FILE))
+        reporter = asyncio.create_task(events.run())
         await stop.wait()
         reporter.cancel()
         announce("tally serve: shutting down (answering what was received)")
         await server.close()
+        events.report()  # the jobs of the last second
         if settings.state_hash_on_exit:
             # The live state, to compare with what replaying the log gives (tally replay-log).
             announce(f"tally serve: state hash {store.state_hash()}")
@@ -63,27 +67,46 @@ async def serve(config: Config, *, announce=print) -> None:
         store.close()
 
 
-async def _report_background(store: core.Store, announce, events_path: str, period_s: float = 1.0) -> None:
+class _EventReporter:
     """Per checkpoint written (and per cold-tier flush slower than ``SLOW_FLUSH_S``), a JSON
-    line appended to ``events_path`` (``DATA/events.jsonl``), which ``tally load run`` marks on
-    its report's time axis; per checkpoint, a line for the operator too. The store keeps the
-    latest jobs in ``store.background_events``."""
-    seen: set[int] = set()  # ids of the events in the store's (bounded) deque already looked at
-    while True:
-        await asyncio.sleep(period_s)
-        events = list(store.background_events)  # appended by two threads as their jobs finish
+    line appended to ``DATA/events.jsonl``, which ``tally load run`` marks on its report's time
+    axis (the file is rotated to ``events.jsonl.1`` past ``EVENTS_FILE_BYTES_MAX``); per
+    checkpoint, a line for the operator too. The store keeps its latest jobs in
+    ``store.background_events``, appended by two threads as the jobs finish."""
+
+    def __init__(self, store: core.Store, announce, path: str):
+        self.store, self.announce, self.path = store, announce, path
+        # The events looked at, by identity: a previous list keeps them alive, so no id is reused.
+        self._seen: list = []
+        self._failed = False
+
+    async def run(self, period_s: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(period_s)
+            self.report()
+
+    def report(self) -> None:
+        events = list(self.store.background_events)
+        seen = {id(event) for event in self._seen}
         fresh = [event for event in events if id(event) not in seen
                  and (event.kind == "checkpoint" or event.duration_s >= SLOW_FLUSH_S)]
-        seen = {id(event) for event in events}
+        self._seen = events
         for event in fresh:
-            if event.kind != "checkpoint":
-                continue
-            announce(f"tally serve: checkpoint at {event.started_unix_s:.3f}: {event.bytes_written / 2**20:,.0f} MiB "
-                     f"in {event.duration_s:.3f} s (commit {event.commit_s:.3f} s, "
-                     f"batches paused {event.stall_s * 1e3:.1f} ms)")
-        if fresh:
-            with open(events_path, "ab") as file:
+            if event.kind == "checkpoint":
+                self.announce(f"tally serve: checkpoint at {event.started_unix_s:.3f}: "
+                              f"{event.bytes_written / 2**20:,.0f} MiB in {event.duration_s:.3f} s "
+                              f"(commit {event.commit_s:.3f} s, batches paused {event.stall_s * 1e3:.1f} ms)")
+        if not fresh:
+            return
+        try:
+            if os.path.exists(self.path) and os.path.getsize(self.path) > EVENTS_FILE_BYTES_MAX:
+                os.replace(self.path, self.path + ".1")
+            with open(self.path, "ab") as file:
                 file.write(b"".join(msgspec.json.encode(event) + b"\n" for event in fresh))
+        except OSError as error:
+            if not self._failed:  # once: the server goes on without its events file
+                self.announce(f"tally serve: cannot write {self.path}: {error}")
+                self._failed = True
 
 
 def run(config: Config, *, announce=None) -> int:

@@ -91,7 +91,7 @@ def add_server_events(report: dict, path: str) -> int:
     t_s, _ = _timeline(report)
     end = start + (max(t_s) + 1.0 if t_s else _num(report.get("duration_s")) or 0.0)
     marks = []
-    with open(path, encoding="utf-8") as file:
+    with open(path, encoding="utf-8", errors="replace") as file:
         for line in file:
             try:
                 event = json.loads(line)
@@ -102,9 +102,10 @@ def add_server_events(report: dict, path: str) -> int:
                 continue
             duration = _num(event.get("duration_s")) or 0.0
             stall = _num(event.get("stall_s")) or 0.0
-            marks.append({"t_s": round(at - start, 3), "duration_s": round(duration, 3),
-                          "label": str(event.get("kind") or "event"),
-                          "detail": f"{duration:.2f} s, batches paused {stall * 1e3:.0f} ms"})
+            kind = str(event.get("kind") or "event")
+            detail = f"{duration:.2f} s" + (f", batches paused {stall * 1e3:.0f} ms" if kind == "checkpoint" else "")
+            marks.append({"t_s": round(at - start, 3), "duration_s": round(duration, 3), "label": kind,
+                          "detail": detail})
     report["marks"] = sorted(_list(report.get("marks")) + marks, key=lambda mark: mark["t_s"])
     return len(marks)
 

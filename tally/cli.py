@@ -138,7 +138,7 @@ def _mark_server_events(report: dict, args) -> None:
         if not os.path.exists(path):
             return
     marked = report_module.add_server_events(report, path)
-    report["notes"].append(f"{marked} server checkpoint(s) marked, from {path}")
+    report["notes"].append(f"{marked} server event(s) (checkpoints, slow flushes) marked, from {path}")
 
 
 def _load_run(args) -> int:

@@ -442,17 +442,21 @@ def test_the_filter_loses_no_change_to_a_checkpoint_reading_it_while_ids_are_add
     assert live.added > 0 and np.array_equal(mirror, live.words())
 
 
-def test_a_checkpoint_holds_the_balances_of_its_moment_while_batches_change_them(tmp_path, monkeypatch):
+@pytest.mark.parametrize("copier", ["held", "racing"])
+def test_a_checkpoint_holds_the_balances_of_its_moment_while_batches_change_them(tmp_path, monkeypatch, copier):
     # The balances are copied on write (core/cow.pxd): the checkpoint thread is held before it
-    # copies anything, while batches change accounts in every way there is (payments, holds,
-    # posts, voids, expiries, a linked chain rolled back, new accounts). What the checkpoint
-    # stores must be the balances at its snapshot, byte for byte, and reopening from it must
-    # give the state before close exactly.
+    # copies anything ("held": the batches copy what they change) or copies while the batches
+    # run ("racing": both sides claim regions), while batches change accounts in every way
+    # there is (payments, holds, posts, voids, expiries, a linked chain rolled back, new
+    # accounts). What the checkpoint stores must be the balances at its snapshot, byte for
+    # byte, and reopening from it must give the state before close exactly.
     import threading
 
     from core.store import Store
 
     go = threading.Event()
+    if copier == "racing":
+        go.set()
     at_snapshot = []
     start, copy = Store._start_checkpoint, Store._copy_hot_snapshot
 
@@ -501,3 +505,17 @@ def test_a_checkpoint_holds_the_balances_of_its_moment_while_batches_change_them
     with core.open(path) as store:
         assert store.recovery.checkpoint_sequence == meta.sequence and store.recovery.replayed_batches == 6
         assert store.state_hash() == expected
+
+
+def test_a_write_failing_on_a_full_disk_says_so(tmp_path, monkeypatch):
+    # LMDB reports a full disk as an I/O error on commit: the store's error names the cause.
+    import collections
+
+    from core import store as store_module
+
+    error = store_module._with_disk_hint(OSError(5, "Input/output error"), str(tmp_path))
+    assert isinstance(error, OSError)  # plenty of space here: left as it was
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(store_module.shutil, "disk_usage", lambda path: usage(1 << 40, 1 << 40, 4096))
+    error = store_module._with_disk_hint(OSError(5, "Input/output error"), str(tmp_path))
+    assert "4,096 bytes free: full?" in str(error) and "Input/output error" in str(error)
