@@ -779,9 +779,14 @@ class Store:
                 and (self._checkpoint_interval_batches is None
                      or self._batches_since_checkpoint < self._checkpoint_interval_batches)):
             return False
-        # One checkpoint at a time: if the last is still being written (or written back), try
-        # after the next batch.
-        return self._checkpoint_job is None and (self._writeback is None or self._writeback.done())
+        # One checkpoint at a time: if the last is still being written, try after the next batch.
+        if self._checkpoint_job is not None:
+            return False
+        # A writeback still going (only with checkpoints closer together than it takes) is cut
+        # short: the kernel writes the rest, and the checkpoint runs after its current piece.
+        if self._writeback is not None and not self._writeback.done():
+            self._writeback_stop.set()
+        return True
 
     def _write_checkpoint(self, sequence: int, last_pending: "PendingBatch | None", arrays, scalars, pin: int,
                           stall_s: float) -> None:
