@@ -128,10 +128,11 @@ class LogArchive:
         self.make_directory()
         written: list[Segment] = []
         segment = None
+        expected = None
         for sequence, entry in entries:
-            if segment is not None and sequence != segment.next_sequence:
-                raise ArchiveError(f"entry {sequence} follows {segment.next_sequence - 1}: "
-                                   "entries to archive must be consecutive")
+            if expected is not None and sequence != expected:
+                raise ArchiveError(f"entry {sequence} follows {expected - 1}: entries to archive must be consecutive")
+            expected = sequence + 1
             if segment is None:
                 segment = _SegmentWriter(self.directory, sequence)
             segment.append(entry)

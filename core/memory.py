@@ -23,17 +23,18 @@ import sys
 
 _MADV_DONTNEED = 4
 
-_libc = None
+#: The C library on Linux (None elsewhere), for the calls Python lacks (also core.writeback's).
+libc = None
 if sys.platform.startswith("linux"):
     try:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        _libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     except (OSError, AttributeError):
-        _libc = None
+        libc = None
 
 def release_mapped_file(path: str) -> int:
     """Unmap this process's resident pages of ``path``'s mappings; returns the bytes advised."""
-    if _libc is None:
+    if libc is None:
         return 0
     target = os.path.realpath(path)
     advised = 0
@@ -47,6 +48,6 @@ def release_mapped_file(path: str) -> int:
         if len(fields) < 6 or fields[5].strip() != target:
             continue
         start, end = (int(part, 16) for part in fields[0].split("-"))
-        if _libc.madvise(start, end - start, _MADV_DONTNEED) == 0:
+        if libc.madvise(start, end - start, _MADV_DONTNEED) == 0:
             advised += end - start
     return advised

@@ -872,6 +872,15 @@ class Store:
         """Write what changed of one array; returns its new meta and the bytes written."""
         prefix = name.encode() + b"/"
         written = 0
+
+        def put(i: int, value) -> int:
+            """Store chunk ``i`` (paced); returns its checksum."""
+            nonlocal written
+            txn.put(prefix + _CHUNK_KEY.pack(i), value)
+            written += len(value)
+            self._pace(len(value))
+            return zlib.crc32(value)
+
         kind = _ARRAY_KINDS.get(name, _RAW)
         if kind == _FILTER:
             # Only the regions changed since the last checkpoint; a region never written (its
@@ -887,22 +896,16 @@ class Store:
             for i in changed:
                 # Copied first: the flush thread may be adding bits (IdFilter.take_dirty says why
                 # none is lost), and the checksum must be of exactly the bytes stored.
-                value = scratch[:raw[i * region:(i + 1) * region].shape[0]]
-                np.copyto(value, raw[i * region:(i + 1) * region])
-                txn.put(prefix + _CHUNK_KEY.pack(i), value)
-                checksums[i] = zlib.crc32(value)
-                written += len(value)
-                self._pace(len(value))
+                part = raw[i * region:(i + 1) * region]
+                value = scratch[:part.shape[0]]
+                np.copyto(value, part)
+                checksums[i] = put(i, value)
         elif kind == _RAW:
             raw = flat.view(np.uint8)
             chunks = -(-raw.shape[0] // _CHUNK_BYTES)
             checksums = []
             for i in range(chunks):
-                value = raw[i * _CHUNK_BYTES:(i + 1) * _CHUNK_BYTES]
-                txn.put(prefix + _CHUNK_KEY.pack(i), value)
-                checksums.append(zlib.crc32(value))
-                written += len(value)
-                self._pace(len(value))
+                checksums.append(put(i, raw[i * _CHUNK_BYTES:(i + 1) * _CHUNK_BYTES]))
         else:
             chunks = -(-flat.shape[0] // _CHUNK_RECORDS)
             # Append-only rows: rewrite from the chunk the previous checkpoint ended in (it may be partial).
@@ -911,11 +914,7 @@ class Store:
             for i in range(first, chunks):
                 part = flat[i * _CHUNK_RECORDS:(i + 1) * _CHUNK_RECORDS]
                 # Into a kept scratch buffer: packing then holds no GIL and allocates nothing.
-                value = self._pack_scratch[:codec.pack_into(part, self._pack_scratch)]
-                txn.put(prefix + _CHUNK_KEY.pack(i), value)
-                checksums.append(zlib.crc32(value))
-                written += len(value)
-                self._pace(len(value))
+                checksums.append(put(i, self._pack_scratch[:codec.pack_into(part, self._pack_scratch)]))
         for i in range(chunks, old.chunks if old else 0):
             txn.delete(prefix + _CHUNK_KEY.pack(i))
         return _ArrayMeta(chunks=chunks, items=flat.shape[0], checksums=checksums), written

@@ -12,24 +12,19 @@ of a log commit. Elsewhere it does nothing (the kernel's own writeback applies).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
-import sys
 import time
+
+from core.memory import libc
 
 _SYNC_FILE_RANGE_WAIT_BEFORE = 1
 _SYNC_FILE_RANGE_WRITE = 2
 _SYNC_FILE_RANGE_WAIT_AFTER = 4
 
-_sync_file_range = None
-if sys.platform.startswith("linux"):
-    try:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        _sync_file_range = _libc.sync_file_range
-        _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-        _sync_file_range.restype = ctypes.c_int
-    except (OSError, AttributeError):
-        _sync_file_range = None
+_sync_file_range = getattr(libc, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    _sync_file_range.restype = ctypes.c_int
 
 
 def write_back(path: str, *, bytes_per_s: float, piece_bytes: int = 8 << 20, stop=None) -> int:
