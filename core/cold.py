@@ -1,10 +1,13 @@
-"""The cold tier: transfers older than the hot window, in LMDB, written one epoch at a time.
+"""The cold tier: records older than the hot window, in LMDB, written one epoch at a time.
 
-See docs/tiering.md for the shape. This module owns the cold databases of the checkpoint
-environment: how an epoch is laid out when written, and the reads the store needs (ids to
-rows, pending statuses, an account's history). Everything here runs on whole arrays: a Python
-call per *looked-up* id or per chunk, never per transfer of an epoch, except for the id index's
-puts (one LMDB put per id, sorted).
+See docs/tiering.md for the shape and docs/tables.md for the generic part. ``ColdTable`` is one
+table's cold databases (any 128-byte records with an id and a commit timestamp: transfers now,
+the products' records later): blocks of records by timestamp, the id index, the final states of
+records that changed after they were written, and the hash chain of its epochs. ``ColdTier`` is
+the transfer table: a ``ColdTable`` plus each account's history (a secondary index paged by
+``get_account_transfers``). Everything here runs on whole arrays: a Python call per
+*looked-up* id or per chunk, never per record of an epoch, except for the id index's puts (one
+LMDB put per id, sorted).
 """
 
 from __future__ import annotations
@@ -17,8 +20,13 @@ import lmdb
 import numpy as np
 
 from core import codec
+from core.checkpoint import RAW, RECORDS
 from core.records import ID_DTYPE, TRANSFER_DTYPE, TransferFlags
 from core.state_hash import CHAIN_EMPTY, chain_next, epoch_digest
+
+#: What the transfer table checkpoints of itself besides the ledger's arrays (core/checkpoint.py):
+#: the ring's transfers not yet cold and their links, and per account its newest cold epoch.
+CHECKPOINT_ARRAYS = {"tail_rows": RECORDS, "tail_links": RAW, "last_epoch": RAW}
 
 #: Transfers per block of the ``blocks`` database (one LMDB value, packed by core.codec): about
 #: 30 KiB, so that the last of its overflow pages wastes little (256 wasted a third of 3 pages).
@@ -49,17 +57,33 @@ def id_keys(rows_or_ids: np.ndarray) -> np.ndarray:
     return keys
 
 
-class ColdTier:
-    """The cold databases in ``env`` (the store's checkpoint environment)."""
+class ColdTable:
+    """One table's cold databases in ``env``: records of ``dtype`` (128 bytes, fields ``id_lo``,
+    ``id_hi`` and ``timestamp``; timestamps strictly increase in commit order), written an epoch
+    at a time after their log commit.
 
-    def __init__(self, env: lmdb.Environment, epoch_transfers: int):
+    ``db_prefix`` names its databases (``<prefix>blocks``, ``ids``, ``status``, ``chains``; the
+    transfer table's prefix is empty). A record that may change after it was written (a pending
+    transfer, an open order) has its final state stored under its timestamp when it stops
+    changing (``statuses``: a structured array of ``timestamp`` and ``state`` of ``state_dtype``,
+    any fixed width); ``has_status(rows)`` says which rows may have one, and a lookup gives ``missing``
+    for those that have none yet.
+    """
+
+    def __init__(self, env: lmdb.Environment, *, dtype: np.dtype, epoch_records: int, db_prefix: bytes = b"",
+                 has_status=None, state_dtype=np.uint8, missing=0):
+        if dtype.itemsize != 128 or not {"id_lo", "id_hi", "timestamp"} <= set(dtype.names or ()):
+            raise ValueError("a cold table's records are 128 bytes with id_lo, id_hi and timestamp")
         self.env = env
-        self.epoch_transfers = epoch_transfers
-        self.blocks = env.open_db(b"blocks")
-        self.ids = env.open_db(b"ids")
-        self.history = env.open_db(b"history")
-        self.status = env.open_db(b"status")
-        self.chains = env.open_db(b"chains")   # epoch u32 BE -> the hash chain after it
+        self.dtype = dtype
+        self.epoch_records = epoch_records
+        self._has_status = has_status
+        self.state_dtype = np.dtype(state_dtype)
+        self._missing = missing
+        self.blocks = env.open_db(db_prefix + b"blocks")
+        self.ids = env.open_db(db_prefix + b"ids")
+        self.status = env.open_db(db_prefix + b"status")
+        self.chains = env.open_db(db_prefix + b"chains")   # epoch u32 BE -> the hash chain after it
         self._scratch = bytearray(_BLOCK_HEADER.size + codec.packed_size_max(BLOCK_TRANSFERS))
         # Statistics (read by tally info): lookups that went to LMDB, and how many found nothing.
         self.lookups = 0
@@ -74,16 +98,11 @@ class ColdTier:
 
     # ------------------------------------------------------------------ writing an epoch
 
-    def write_epoch(self, txn, epoch: int, rows: np.ndarray, links: np.ndarray, statuses: np.ndarray,
-                    chain: bytes, last_epoch: np.ndarray) -> tuple[bytes, np.ndarray, int]:
-        """Write epoch ``epoch`` (its rows and links in order, the statuses resolved in it).
-
-        ``last_epoch`` (per account: newest epoch holding it + 1) is read, not changed: returns
-        the new chain, the accounts to set to ``epoch + 1`` in it once the transaction commits,
-        and the bytes written (keys and values).
-        Keys that are already there (a replay after a crash rewrites the epochs written after
-        the checkpoint) are overwritten with identical values.
-        """
+    def write_epoch(self, txn, epoch: int, rows: np.ndarray, statuses: np.ndarray, chain: bytes) -> tuple[bytes, int]:
+        """Write epoch ``epoch`` (its rows in order, the final states reached in it); returns the
+        new chain and the bytes written (keys and values). Keys that are already there (a replay
+        after a crash rewrites the epochs written after the checkpoint) are overwritten with
+        identical values."""
         timestamps = rows["timestamp"]
         # Blocks: appended (their keys are the epoch's first timestamps, above every earlier one).
         block_keys, block_values = [], []
@@ -103,50 +122,35 @@ class ColdTier:
         if not _ids_sorted(keys):
             keys = keys[np.lexsort((keys["lo"], keys["hi"]))]
         _put_sorted(txn, self.ids, keys.view("V24").tolist(), b"")
-        # Account history: every account touched, its link to its previous epoch, its transfers.
-        debit, credit = links["debit_index"], links["credit_index"]
-        mark = np.zeros(last_epoch.shape[0], dtype=bool)
-        mark[debit] = True
-        mark[credit] = True
-        touched = np.flatnonzero(mark).astype(np.uint32)
-        n = rows.shape[0]
-        entries = np.empty(touched.shape[0] + 2 * n, dtype=HISTORY_DTYPE)
-        for at, accounts, kind, values in ((0, touched, KIND_LINK, last_epoch[touched]),
-                                           (touched.shape[0], debit, KIND_DEBIT, timestamps),
-                                           (touched.shape[0] + n, credit, KIND_CREDIT, timestamps)):
-            part = entries[at:at + accounts.shape[0]]
-            part["account"], part["kind"], part["value"] = accounts, kind, values
-        # A stable sort by account: per account its link, then its debits, then its credits, each
-        # in timestamp order (the order they were laid out in).
-        entries = entries[np.argsort(entries["account"], kind="stable")]
-        history_keys, history_values = [], []
-        for number, start in enumerate(range(0, entries.shape[0], HISTORY_CHUNK_ENTRIES)):
-            chunk = entries[start:start + HISTORY_CHUNK_ENTRIES]
-            history_keys.append(_HISTORY_KEY.pack(epoch, int(chunk["account"][0]), number))
-            history_values.append(chunk.tobytes())
-        _put_sorted(txn, self.history, history_keys, history_values)
-        # Statuses of the pendings resolved in this epoch, by the pending's timestamp.
+        # Final states reached in this epoch, by the record's timestamp.
         # Keys: the timestamps as big-endian u64 (sorted: statuses come in timestamp order).
         status_keys = statuses["timestamp"].astype(">u8").view("V8").tolist()
-        _put_sorted(txn, self.status, status_keys, [bytes((state,)) for state in statuses["state"].tolist()])
+        state_values = np.ascontiguousarray(statuses["state"])
+        if state_values.dtype != self.state_dtype:
+            raise ValueError(f"statuses hold {state_values.dtype}, this table {self.state_dtype}")
+        state_bytes = state_values.dtype.itemsize
+        _put_sorted(txn, self.status, status_keys,
+                    [state_values[i:i + 1].tobytes() for i in range(state_values.shape[0])] if state_bytes > 1
+                    else [bytes((state,)) for state in state_values.tolist()])
         chain = chain_next(chain, epoch_digest(packed, statuses))
         txn.put(struct.pack(">I", epoch), chain, db=self.chains)
         written = (sum(map(len, block_keys)) + sum(map(len, block_values)) + keys.nbytes
-                   + sum(map(len, history_keys)) + sum(map(len, history_values)) + 9 * statuses.shape[0])
-        return chain, touched, written
+                   + statuses.shape[0] * (8 + state_bytes))
+        return chain, written
 
     # ------------------------------------------------------------------ reads
 
     def lookup(self, ids: np.ndarray, boundary_ts: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(rows, states, found) for ids (ID_DTYPE): the cold transfers with these ids, their
-        state (settled, or a pending's final status; STATE_MISSING if it has none) and a mask.
+        """(rows, states, found) for ids (ID_DTYPE): the cold records with these ids, their
+        final state (``missing`` if they may have one and have none yet; zero for records that
+        never change) and a mask.
 
-        Anything at or after ``boundary_ts`` (the oldest transfer in memory) is ignored: memory
+        Anything at or after ``boundary_ts`` (the oldest record in memory) is ignored: memory
         answers for it, and after a crash LMDB may hold epochs the store has not reached again.
         """
         n = ids.shape[0]
-        rows = np.zeros(n, dtype=TRANSFER_DTYPE)
-        states = np.zeros(n, dtype=np.uint8)
+        rows = np.zeros(n, dtype=self.dtype)
+        states = self._new_states(n)
         found = np.zeros(n, dtype=bool)
         if n == 0:
             return rows, states, found
@@ -169,12 +173,12 @@ class ColdTier:
         return rows, states, found
 
     def rows_by_timestamps(self, timestamps: np.ndarray) -> np.ndarray:
-        """The cold transfers with these timestamps (each must be cold), in the given order."""
+        """The cold records with these timestamps (each must be cold), in the given order."""
         with self.env.begin(buffers=True) as txn:
             return self._rows_by_timestamps(txn, timestamps)
 
     def _rows_by_timestamps(self, txn, timestamps: np.ndarray) -> np.ndarray:
-        out = np.zeros(timestamps.shape[0], dtype=TRANSFER_DTYPE)
+        out = np.zeros(timestamps.shape[0], dtype=self.dtype)
         cursor = txn.cursor(db=self.blocks)
         decoded: dict[bytes, np.ndarray] = {}
         for i, ts in enumerate(timestamps.tolist()):
@@ -187,7 +191,7 @@ class ColdTier:
             if block is None:
                 value = cursor.value()
                 count = _BLOCK_HEADER.unpack_from(value, 0)[0]
-                block = codec.unpack(memoryview(value)[_BLOCK_HEADER.size:], count).view(TRANSFER_DTYPE)
+                block = codec.unpack(memoryview(value)[_BLOCK_HEADER.size:], count).view(self.dtype)
                 decoded[block_key] = block
             at = int(np.searchsorted(block["timestamp"], np.uint64(ts)))  # a Python int would be compared as a float
             if at >= block.shape[0] or int(block["timestamp"][at]) != ts:
@@ -196,18 +200,75 @@ class ColdTier:
         return out
 
     def states_of(self, rows: np.ndarray) -> np.ndarray:
-        """The state of each transfer row: settled, or a pending's final status from the cold
-        tier (STATE_MISSING if it has none)."""
+        """The final state of each row (``missing`` if it may have one and has none yet)."""
         with self.env.begin(buffers=True) as txn:
             return self._states(txn, rows)
 
+    def _new_states(self, n: int) -> np.ndarray:
+        return np.zeros(n, dtype=self.state_dtype)
+
     def _states(self, txn, rows: np.ndarray) -> np.ndarray:
-        states = np.zeros(rows.shape[0], dtype=np.uint8)  # settled
-        pending = (rows["flags"] & int(TransferFlags.pending)) != 0
-        for i in np.flatnonzero(pending).tolist():
+        states = self._new_states(rows.shape[0])
+        if self._has_status is None:
+            return states
+        raw = states.view(np.uint8).reshape(rows.shape[0], -1)
+        for i in np.flatnonzero(self._has_status(rows)).tolist():
             value = txn.get(_U64.pack(int(rows["timestamp"][i])), db=self.status)
-            states[i] = value[0] if value is not None else STATE_MISSING
+            if value is None:
+                states[i] = self._missing
+            else:
+                raw[i] = np.frombuffer(value, dtype=np.uint8)
         return states
+
+    def disk_bytes(self) -> dict[str, int]:
+        """Bytes of LMDB pages per cold database."""
+        return _pages_bytes(self.env, {"blocks": self.blocks, "ids": self.ids, "status": self.status})
+
+
+class ColdTier(ColdTable):
+    """The transfer table's cold tier: a ``ColdTable`` of transfers (a pending transfer's final
+    state is its status) plus each account's history."""
+
+    def __init__(self, env: lmdb.Environment, epoch_transfers: int):
+        super().__init__(env, dtype=TRANSFER_DTYPE, epoch_records=epoch_transfers, has_status=_pending,
+                         missing=STATE_MISSING)
+        self.epoch_transfers = epoch_transfers
+        self.history = env.open_db(b"history")
+
+    def write_epoch(self, txn, epoch: int, rows: np.ndarray, links: np.ndarray, statuses: np.ndarray,  # type: ignore[override]
+                    chain: bytes, last_epoch: np.ndarray) -> tuple[bytes, np.ndarray, int]:
+        """Write epoch ``epoch`` (its rows and links in order, the statuses resolved in it).
+
+        ``last_epoch`` (per account: newest epoch holding it + 1) is read, not changed: returns
+        the new chain, the accounts to set to ``epoch + 1`` in it once the transaction commits,
+        and the bytes written (keys and values).
+        """
+        chain, written = super().write_epoch(txn, epoch, rows, statuses, chain)
+        timestamps = rows["timestamp"]
+        # Account history: every account touched, its link to its previous epoch, its transfers.
+        debit, credit = links["debit_index"], links["credit_index"]
+        mark = np.zeros(last_epoch.shape[0], dtype=bool)
+        mark[debit] = True
+        mark[credit] = True
+        touched = np.flatnonzero(mark).astype(np.uint32)
+        n = rows.shape[0]
+        entries = np.empty(touched.shape[0] + 2 * n, dtype=HISTORY_DTYPE)
+        for at, accounts, kind, values in ((0, touched, KIND_LINK, last_epoch[touched]),
+                                           (touched.shape[0], debit, KIND_DEBIT, timestamps),
+                                           (touched.shape[0] + n, credit, KIND_CREDIT, timestamps)):
+            part = entries[at:at + accounts.shape[0]]
+            part["account"], part["kind"], part["value"] = accounts, kind, values
+        # A stable sort by account: per account its link, then its debits, then its credits, each
+        # in timestamp order (the order they were laid out in).
+        entries = entries[np.argsort(entries["account"], kind="stable")]
+        history_keys, history_values = [], []
+        for number, start in enumerate(range(0, entries.shape[0], HISTORY_CHUNK_ENTRIES)):
+            chunk = entries[start:start + HISTORY_CHUNK_ENTRIES]
+            history_keys.append(_HISTORY_KEY.pack(epoch, int(chunk["account"][0]), number))
+            history_values.append(chunk.tobytes())
+        _put_sorted(txn, self.history, history_keys, history_values)
+        written += sum(map(len, history_keys)) + sum(map(len, history_values))
+        return chain, touched, written
 
     def account_history(self, account: int, newest_epoch_plus1: int, *, timestamp_min: int, timestamp_max: int,
                         boundary_ts: int, limit: int, debits: bool, credits: bool, reverse: bool) -> np.ndarray:
@@ -268,14 +329,21 @@ class ColdTier:
         return np.concatenate(parts) if parts else np.empty(0, dtype=HISTORY_DTYPE)
 
     def disk_bytes(self) -> dict[str, int]:
-        """Bytes of LMDB pages per cold database."""
-        out = {}
-        with self.env.begin() as txn:
-            for name, db in (("blocks", self.blocks), ("ids", self.ids), ("history", self.history),
-                             ("status", self.status)):
-                stat = txn.stat(db)
-                out[name] = (stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]) * stat["psize"]
-        return out
+        return super().disk_bytes() | _pages_bytes(self.env, {"history": self.history})
+
+
+def _pending(rows: np.ndarray) -> np.ndarray:
+    return (rows["flags"] & int(TransferFlags.pending)) != 0
+
+
+def _pages_bytes(env, databases: dict) -> dict[str, int]:
+    """Bytes of LMDB pages per database."""
+    out = {}
+    with env.begin() as txn:
+        for name, db in databases.items():
+            stat = txn.stat(db)
+            out[name] = (stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]) * stat["psize"]
+    return out
 
 
 def _ids_sorted(keys: np.ndarray) -> bool:

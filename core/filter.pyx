@@ -6,7 +6,12 @@ import numpy as np
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 
 from core.records cimport TALLY_PREFETCH, tally_touch_pages
+from core.checkpoint import REGIONS
 from core.records import ID_DTYPE, ids_array
+
+#: The store checkpoints its filter as one array of regions written when they changed
+#: (core/checkpoint.py: an IdFilter provides what a REGIONS array's owner must).
+CHECKPOINT_ARRAYS = {"filter": REGIONS}
 
 cdef extern from * nogil:
     """

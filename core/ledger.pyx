@@ -73,6 +73,7 @@ from core.records cimport (
 )
 
 from core import constants
+from core.checkpoint import APPEND_RECORDS, COPY_ON_WRITE, RAW
 from core.records import ACCOUNT_DTYPE, TRANSFER_DTYPE, ID_DTYPE, ids_array
 
 cdef extern from "assert.h" nogil:
@@ -168,6 +169,11 @@ PENDING_DTYPE = np.dtype([
 
 #: NumPy mirror of expiry_t: the expiry heap.
 EXPIRY_DTYPE = np.dtype([("expires_at", "<u8"), ("number", "<u8"), ("entry", "<u4"), ("_pad", "<u4")])
+
+#: The arrays ``Ledger.snapshot`` gives a checkpoint, and their kinds (core/checkpoint.py):
+#: account rows only grow; the balances are copied on write; the pending table and the expiry
+#: heap are copied between two batches.
+CHECKPOINT_ARRAYS = {"accounts": APPEND_RECORDS, "hot": COPY_ON_WRITE, "pendings": RAW, "expiries": RAW}
 
 #: A resolved pending transfer's final state, as the cold tier's status table holds it.
 STATUS_DTYPE = np.dtype([("timestamp", "<u8"), ("state", "u1")])
@@ -626,6 +632,23 @@ cdef class Ledger:
                    "expiry_count": self.expiry_count, "pending_high": self.pending_high,
                    "last_timestamp": self.last_timestamp}
         return arrays, scalars
+
+    def hash_parts(self):
+        """The in-memory state the state hash covers (``core.state_hash``), by name: what is
+        content, not layout. The transfers are not here: the hash chains them by epoch."""
+        arrays, _ = self.snapshot()
+        pendings = self.unresolved_pendings()
+        # Chain heads are ring slots: where the hot window happens to be, not content.
+        hot = arrays["hot"].copy()
+        hot["last_debit"] = 0
+        hot["last_credit"] = 0
+        return {
+            "accounts": arrays["accounts"],
+            "hot": hot,
+            "pending_rows": pendings["row"],
+            "pending_numbers": pendings["number"],
+            "pending_accounts": np.stack([pendings["debit_index"], pendings["credit_index"]], axis=-1),
+        }
 
     def begin_hot_snapshot(self, target):
         """Start a copy-on-write copy of the accounts' hot records (balances, features) as they

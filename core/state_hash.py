@@ -66,19 +66,8 @@ def state_hash(ledger, *, epoch_transfers: int = constants.COLD_EPOCH_TRANSFERS_
                                                ledger.resolved_between(first, last)))
     tail_first = complete * epoch_transfers
     tail = epoch_digest(codec.pack(ledger.transfers_range(tail_first, count)), ledger.resolved_between(tail_first, count))
-    arrays, scalars = ledger.snapshot()
-    pendings = ledger.unresolved_pendings()
-    # Chain heads are ring slots: where the hot window happens to be, not content.
-    hot = arrays["hot"].copy()
-    hot["last_debit"] = 0
-    hot["last_credit"] = 0
-    parts = {
-        "accounts": arrays["accounts"],
-        "hot": hot,
-        "pending_rows": pendings["row"],
-        "pending_numbers": pendings["number"],
-        "pending_accounts": np.stack([pendings["debit_index"], pendings["credit_index"]], axis=-1),
-    }
+    _, scalars = ledger.snapshot()
+    parts = ledger.hash_parts()
     digest = hashlib.blake2b(STATE_HASH_DOMAIN, digest_size=STATE_HASH_DIGEST_BYTES)
     digest.update(_LENGTH.pack(len(parts)))
     for name in sorted(parts):

@@ -48,7 +48,10 @@ import lmdb
 import msgspec
 import numpy as np
 
-from core import codec, constants, memory, writeback
+from core import checkpoint, codec, constants, memory, writeback
+from core import cold as cold_module
+from core import filter as filter_module
+from core import ledger as ledger_module
 from core.archive import ArchiveError, LogArchive
 from core.cold import ColdTier
 from core.filter import IdFilter
@@ -71,17 +74,12 @@ OPERATION_CREATE_TRANSFERS = 2
 RECORD_DTYPES = {OPERATION_CREATE_ACCOUNTS: ACCOUNT_DTYPE, OPERATION_CREATE_TRANSFERS: TRANSFER_DTYPE}
 
 _SEQUENCE = struct.Struct(">Q")
-_CHUNK_KEY = struct.Struct(">I")
-#: How each checkpointed array is stored: account rows only ever grow at their end (written
-#: incrementally, packed like the log); the ring's tail is packed records written whole; the id
-#: filter's regions are written when they changed; the rest are raw bytes written whole.
-_APPEND_RECORDS, _RECORDS, _RAW, _FILTER = "append_records", "records", "raw", "filter"
-_ARRAY_KINDS = {"accounts": _APPEND_RECORDS, "tail_rows": _RECORDS, "filter": _FILTER}
-_NEVER_WRITTEN = -1             # checksum of a filter region never written (all zeros)
+#: Every checkpointed array, declared by the component that owns it (core/checkpoint.py).
+CHECKPOINT_ARRAYS = checkpoint.registry(ledger_module.CHECKPOINT_ARRAYS, cold_module.CHECKPOINT_ARRAYS,
+                                        filter_module.CHECKPOINT_ARRAYS)
 _SNAPSHOT_PIECE_BYTES = 4 << 20  # a checkpoint's copies are made in pieces of this size
 _BACKGROUND_EVENTS_MAX = 1024   # background jobs remembered (Store.background_events)
-_CHUNK_RECORDS = 1 << 16        # records per chunk of a record array
-_CHUNK_BYTES = 8 << 20          # bytes per chunk of a raw array
+_SIDE_DATABASES_MAX = 64        # LMDB databases of the cold and checkpoint environments (4 per cold table)
 _STORE_VERSION = 4              # 4: the cold tier in its own environment; 3: hot window and cold tier
 CHECKPOINT_SUBDIRECTORY = "checkpoint"
 ARCHIVE_SUBDIRECTORY = "archive"
@@ -115,16 +113,10 @@ class _ArchiveMeta(msgspec.Struct, frozen=True):
     writing_through: int = 0      # a run archiving up to here started (its leftovers are ours)
 
 
-class _ArrayMeta(msgspec.Struct, frozen=True):
-    chunks: int                   # chunk values stored under b"<name>/<chunk u32 BE>"
-    items: int                    # elements of the array (records for record arrays)
-    checksums: list[int]          # CRC-32 of each stored chunk value
-
-
 class _CheckpointMeta(msgspec.Struct, frozen=True):
     sequence: int                 # last log sequence number the checkpoint includes
     scalars: dict[str, int]
-    arrays: dict[str, _ArrayMeta]
+    arrays: dict[str, checkpoint.ArrayMeta]
     cold_epochs: int              # epochs in the cold tier when it was taken
     cold_chain: bytes             # their state-hash chain
     filter_added: int
@@ -284,8 +276,7 @@ class Store:
         self._cold_published = threading.Condition()
         self._capture_limit: int | None = None
         self._snapshot_buffers: dict[str, np.ndarray] = {}
-        self._pack_scratch = memoryview(bytearray(codec.packed_size_max(_CHUNK_RECORDS)))
-        self._filter_scratch: np.ndarray | None = None  # one filter region, for checkpoints
+        self._array_writer = checkpoint.ArrayWriter(CHECKPOINT_WRITE_BYTES_PER_S)
         self._prefault = prefault
         self._checkpoint_meta: _CheckpointMeta | None = None
         self._prefetched_ids = self._prefetch_misses = 0
@@ -734,10 +725,16 @@ class Store:
         """
         started = time.perf_counter()
         arrays, scalars = self.ledger.snapshot()
-        arrays = {name: array if name in ("accounts", "hot") else self._snapshot_copy(name, array)
-                  for name, array in arrays.items()}
-        # Last, so that nothing can fail between it and the hand-off below but the hand-off.
-        arrays["hot"] = self.ledger.begin_hot_snapshot(self._snapshot_buffer("hot", arrays["hot"]))
+        # By kind (core/checkpoint.py): appended rows are read in place, the rest copied now,
+        # except the copy-on-write array (the balances), whose copy begins last, so that nothing
+        # can fail between it and the hand-off below but the hand-off.
+        kinds = {name: CHECKPOINT_ARRAYS[name] for name in arrays}
+        if list(kinds.values()).count(checkpoint.COPY_ON_WRITE) != 1:
+            raise AssertionError(f"the ledger has one copy-on-write array (its balances), not {kinds}")
+        copy_on_write = next(name for name, kind in kinds.items() if kind == checkpoint.COPY_ON_WRITE)
+        arrays = {name: self._snapshot_copy(name, array) if kinds[name] not in (checkpoint.APPEND_RECORDS, checkpoint.COPY_ON_WRITE)
+                  else array for name, array in arrays.items()}
+        arrays[copy_on_write] = self.ledger.begin_hot_snapshot(self._snapshot_buffer(copy_on_write, arrays[copy_on_write]))
         stall_s = time.perf_counter() - started
         self.checkpoint_stall_max_s = max(self.checkpoint_stall_max_s, stall_s)
         self._batches_since_checkpoint = self._events_since_checkpoint = 0
@@ -813,12 +810,11 @@ class Store:
                 self._capture_limit = None
                 self._cold_published.notify_all()
             self._copy_hot_snapshot()
-            self._checkpoint_pacer = [0, time.perf_counter()]  # bytes written, since
+            self._array_writer.begin(txn)
             # The filter is read after the capture, while flushes add to it: it holds every id
             # of the captured epochs (added before they were published) and maybe later ones,
             # which only cost a lookup.
-            written["filter"], bytes_written = self._write_array(txn, "filter", self.filter.words(),
-                                                                 previous.get("filter"))
+            written["filter"], bytes_written = self._write_array("filter", self.filter, previous.get("filter"))
             cold_count = cold_epochs * self._epoch_transfers
             if not pin <= cold_count <= count:  # the ring holds [pin, count): nothing else to read
                 raise AssertionError(f"checkpoint reads transfers [{cold_count}, {count}) of a ring pinned at {pin}")
@@ -826,9 +822,10 @@ class Store:
                           tail_links=self.ledger.links_range(cold_count, count), last_epoch=last_epoch)
             scalars = dict(scalars, cold_count=cold_count, cold_id_max_lo=cold_id_max & _U64_MAX,
                            cold_id_max_hi=cold_id_max >> 64)
+            if written.keys() | arrays.keys() != CHECKPOINT_ARRAYS.keys():
+                raise AssertionError(f"a checkpoint writes every declared array: {sorted(written.keys() | arrays.keys())}")
             for name, array in arrays.items():
-                written[name], array_bytes = self._write_array(txn, name, np.ascontiguousarray(array).reshape(-1),
-                                                               previous.get(name))
+                written[name], array_bytes = self._write_array(name, array, previous.get(name))
                 bytes_written += array_bytes
             meta = _CheckpointMeta(sequence=sequence, scalars=scalars, arrays=written, cold_epochs=cold_epochs,
                                    cold_chain=cold_chain, filter_added=filter_added)
@@ -858,66 +855,9 @@ class Store:
         except Exception as error:  # noqa: BLE001 - the kernel writes it back anyway: a line, not a failure
             print(f"tally: {self.path}: checkpoint writeback: {error}", file=sys.stderr)
 
-    def _pace(self, nbytes: int) -> None:
-        """Hold a checkpoint's writing to ``CHECKPOINT_WRITE_BYTES_PER_S``: its copying and
-        checksumming would otherwise take a core for a second or two in one burst, and the flush
-        thread, which the next batches wait for, would fall behind."""
-        pacer = self._checkpoint_pacer
-        pacer[0] += nbytes
-        ahead_s = pacer[0] / CHECKPOINT_WRITE_BYTES_PER_S - (time.perf_counter() - pacer[1])
-        if ahead_s > 0.001:
-            time.sleep(ahead_s)
-
-    def _write_array(self, txn, name: str, flat: np.ndarray, old: _ArrayMeta | None) -> tuple[_ArrayMeta, int]:
-        """Write what changed of one array; returns its new meta and the bytes written."""
-        prefix = name.encode() + b"/"
-        written = 0
-
-        def put(i: int, value) -> int:
-            """Store chunk ``i`` (paced); returns its checksum."""
-            nonlocal written
-            txn.put(prefix + _CHUNK_KEY.pack(i), value)
-            written += len(value)
-            self._pace(len(value))
-            return zlib.crc32(value)
-
-        kind = _ARRAY_KINDS.get(name, _RAW)
-        if kind == _FILTER:
-            # Only the regions changed since the last checkpoint; a region never written (its
-            # checksum is _NEVER_WRITTEN) is all zeros.
-            raw = flat.view(np.uint8)
-            region = self.filter.region_bytes
-            chunks = -(-raw.shape[0] // region)
-            checksums = list(old.checksums) if old and old.chunks == chunks else [_NEVER_WRITTEN] * chunks
-            changed = self.filter.take_dirty()
-            if self._filter_scratch is None:
-                self._filter_scratch = np.empty(region, dtype=np.uint8)
-            scratch = self._filter_scratch
-            for i in changed:
-                # Copied first: the flush thread may be adding bits (IdFilter.take_dirty says why
-                # none is lost), and the checksum must be of exactly the bytes stored.
-                part = raw[i * region:(i + 1) * region]
-                value = scratch[:part.shape[0]]
-                np.copyto(value, part)
-                checksums[i] = put(i, value)
-        elif kind == _RAW:
-            raw = flat.view(np.uint8)
-            chunks = -(-raw.shape[0] // _CHUNK_BYTES)
-            checksums = []
-            for i in range(chunks):
-                checksums.append(put(i, raw[i * _CHUNK_BYTES:(i + 1) * _CHUNK_BYTES]))
-        else:
-            chunks = -(-flat.shape[0] // _CHUNK_RECORDS)
-            # Append-only rows: rewrite from the chunk the previous checkpoint ended in (it may be partial).
-            first = old.items // _CHUNK_RECORDS if kind == _APPEND_RECORDS and old and old.items <= flat.shape[0] else 0
-            checksums = list(old.checksums[:first]) if first else []
-            for i in range(first, chunks):
-                part = flat[i * _CHUNK_RECORDS:(i + 1) * _CHUNK_RECORDS]
-                # Into a kept scratch buffer: packing then holds no GIL and allocates nothing.
-                checksums.append(put(i, self._pack_scratch[:codec.pack_into(part, self._pack_scratch)]))
-        for i in range(chunks, old.chunks if old else 0):
-            txn.delete(prefix + _CHUNK_KEY.pack(i))
-        return _ArrayMeta(chunks=chunks, items=flat.shape[0], checksums=checksums), written
+    def _write_array(self, name: str, array, old: checkpoint.ArrayMeta | None) -> tuple[checkpoint.ArrayMeta, int]:
+        """Write what changed of one declared array (``core.checkpoint``); meta and bytes written."""
+        return self._array_writer.write(name, CHECKPOINT_ARRAYS[name], array, old)
 
     def close(self) -> None:
         """Wait for submitted batches and the background threads, stop the threads, close LMDB."""
@@ -1023,7 +963,7 @@ class Store:
 
     def _open_side_env(self, subdirectory: str, map_size_bytes: int, *, sync: bool):
         directory = os.path.join(self.path, subdirectory)
-        options = dict(map_size=map_size_bytes, max_dbs=10, sync=sync, metasync=False, readahead=False,
+        options = dict(map_size=map_size_bytes, max_dbs=_SIDE_DATABASES_MAX, sync=sync, metasync=False, readahead=False,
                        meminit=False)
         try:
             return lmdb.open(directory, **options)
@@ -1106,9 +1046,12 @@ class Store:
                 raw_meta = txn.get(b"meta")
                 if raw_meta is not None:
                     meta = msgspec.msgpack.decode(bytes(raw_meta), type=_CheckpointMeta)
-                    arrays = {name: self._load_array(txn, name, array_meta)
-                              for name, array_meta in meta.arrays.items() if name != "filter"}
-                    self._load_filter(txn, meta.arrays["filter"])
+                    if meta.arrays.keys() != CHECKPOINT_ARRAYS.keys():
+                        raise StoreError(f"checkpoint holds arrays {sorted(meta.arrays)}, "
+                                         f"this version declares {sorted(CHECKPOINT_ARRAYS)}")
+                    arrays = {name: self._load_array(txn, name, array_meta) for name, array_meta in meta.arrays.items()
+                              if CHECKPOINT_ARRAYS[name] != checkpoint.REGIONS}
+                    checkpoint.load_regions(txn, "filter", meta.arrays["filter"], self.filter)
                     if meta.sequence > self._last_sequence():
                         raise StoreError(f"checkpoint at batch {meta.sequence} is past the log's end")
                     if meta.scalars["cold_count"] != meta.cold_epochs * self._epoch_transfers:
@@ -1161,34 +1104,8 @@ class Store:
         return RecoveryStats(checkpoint_sequence, loaded - started, batches, events, time.perf_counter() - loaded,
                              checkpoint_error)
 
-    def _load_array(self, txn, name, meta: _ArrayMeta) -> bytes:
-        parts = []
-        for i in range(meta.chunks):
-            part = txn.get(name.encode() + b"/" + _CHUNK_KEY.pack(i))
-            if part is None:
-                raise StoreError(f"{self.path}: checkpoint chunk {i} of {name} is missing")
-            if len(meta.checksums) != meta.chunks or zlib.crc32(part) != meta.checksums[i]:
-                raise StoreError(f"{self.path}: checkpoint chunk {i} of {name} is damaged (checksum mismatch)")
-            if _ARRAY_KINDS.get(name, _RAW) in (_APPEND_RECORDS, _RECORDS):
-                records = min(_CHUNK_RECORDS, meta.items - i * _CHUNK_RECORDS)
-                try:
-                    part = codec.unpack(part, records)
-                except ValueError as error:
-                    raise StoreError(f"{self.path}: checkpoint chunk {i} of {name}: {error}") from None
-            parts.append(part)
-        return b"".join(parts)
-
-    def _load_filter(self, txn, meta: _ArrayMeta) -> None:
-        """Load the filter's regions straight into it (regions never written stay zero)."""
-        if meta.chunks * self.filter.region_bytes < self.filter.size_bytes or len(meta.checksums) != meta.chunks:
-            raise StoreError(f"{self.path}: checkpoint filter has {meta.chunks} regions, this one {self.filter.size_bytes} bytes")
-        for i, checksum in enumerate(meta.checksums):
-            if checksum == _NEVER_WRITTEN:
-                continue
-            part = txn.get(b"filter/" + _CHUNK_KEY.pack(i))
-            if part is None or zlib.crc32(part) != checksum:
-                raise StoreError(f"{self.path}: checkpoint chunk {i} of filter is missing or damaged")
-            self.filter.load_region(i, part)
+    def _load_array(self, txn, name, meta: checkpoint.ArrayMeta) -> bytes:
+        return checkpoint.load(txn, name, CHECKPOINT_ARRAYS[name], meta)
 
     def _replay_entry(self, sequence, operation, now_ns, last_timestamp, body) -> int:
         count = body.shape[0] // constants.RECORD_SIZE_BYTES

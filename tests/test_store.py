@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import core
+import core.checkpoint
 from tests import workload
 
 
@@ -129,8 +130,8 @@ def test_capacity_is_kept_and_may_grow(data_dir):
 def test_incremental_checkpoints_across_chunk_boundaries(data_dir, monkeypatch):
     # Tiny chunks, so that append-only arrays span many chunks and each checkpoint rewrites a
     # partial last chunk and adds new ones, while the other arrays are rewritten whole.
-    monkeypatch.setattr(core.store, "_CHUNK_RECORDS", 7)
-    monkeypatch.setattr(core.store, "_CHUNK_BYTES", 1000)
+    monkeypatch.setattr(core.checkpoint, "CHUNK_RECORDS", 7)
+    monkeypatch.setattr(core.checkpoint, "CHUNK_BYTES", 1000)
     with core.open(data_dir, accounts_max=100, transfers_hot_max=20_000, checkpoint_interval_batches=3) as store:
         store.create_accounts(workload.account_batch(), workload.now_ns(0))
         for seed in range(1, 14):

@@ -371,10 +371,10 @@ def test_epochs_are_flushed_while_a_checkpoint_is_written(tmp_path, monkeypatch)
     release = __import__("threading").Event()
     write_array = Store._write_array
 
-    def slow_write_array(self, txn, name, *args):
+    def slow_write_array(self, name, *args):
         if name == "hot":  # after the checkpoint has read the cold tier's progress
             release.wait(10)
-        return write_array(self, txn, name, *args)
+        return write_array(self, name, *args)
 
     monkeypatch.setattr(Store, "_write_array", slow_write_array)
     path = str(tmp_path / "store")

@@ -1,0 +1,165 @@
+"""The generic parts of the tiered store (docs/tables.md): a cold table of records that are not
+transfers, and the registry of checkpointed arrays."""
+
+import lmdb
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import core
+from core import checkpoint, cold, state_hash
+from core.records import ID_DTYPE
+
+#: A product-like record: 128 bytes, an id, a commit timestamp, fields of its own (an order).
+ORDER_DTYPE = np.dtype([("id_lo", "<u8"), ("id_hi", "<u8"), ("merchant", "<u8"), ("amount", "<u8"),
+                        ("timestamp", "<u8"), ("expires_at", "<u8"), ("state", "u1"), ("_pad", "V79")])
+#: Its final state once it stops changing: more than a byte (paid amount, refunded amount, state).
+FINAL_DTYPE = np.dtype([("paid", "<u8"), ("refunded", "<u8"), ("state", "u1"), ("_pad", "V7")])
+STATUS_DTYPE = np.dtype([("timestamp", "<u8"), ("state", FINAL_DTYPE)])
+EPOCH = 64
+
+
+def _orders(first: int, count: int, ids: np.ndarray) -> np.ndarray:
+    rows = np.zeros(count, dtype=ORDER_DTYPE)
+    rows["id_lo"], rows["id_hi"] = ids[first:first + count] & 0xFFFFFFFFFFFFFFFF, ids[first:first + count] >> 64
+    rows["timestamp"] = 1_000 + np.arange(first, first + count, dtype=np.uint64) * 7
+    rows["merchant"] = np.arange(first, first + count) % 5
+    rows["amount"] = 100 + np.arange(first, first + count)
+    rows["state"] = np.arange(first, first + count) % 3  # 0: final at once, 1 or 2: changes later
+    return rows
+
+
+def _ids_as(values) -> np.ndarray:
+    return core.ids_array(values)
+
+
+@settings(max_examples=25, deadline=None)
+@given(time_ordered=st.booleans(), epochs=st.integers(1, 4), seed=st.integers(0, 2**32 - 1))
+def test_a_cold_table_of_other_records_round_trips(tmp_path_factory, time_ordered, epochs, seed):
+    rng = np.random.default_rng(seed)
+    total = epochs * EPOCH
+    if time_ordered:
+        ids = np.array([(1 << 80) + i for i in range(total)], dtype=object)
+    else:
+        ids = np.array([int(x) << 64 | int(y) for x, y in rng.integers(1, 2**63, size=(total, 2))], dtype=object)
+    env = lmdb.open(str(tmp_path_factory.mktemp("cold")), map_size=1 << 26, max_dbs=16)
+    table = cold.ColdTable(env, dtype=ORDER_DTYPE, epoch_records=EPOCH, db_prefix=b"orders.",
+                           has_status=lambda rows: rows["state"] != 0, state_dtype=FINAL_DTYPE,
+                           missing=np.zeros((), FINAL_DTYPE))
+    transfers = cold.ColdTier(env, EPOCH)  # a second table in the same environment
+    chain = cold.CHAIN_EMPTY
+    every = np.concatenate([_orders(e * EPOCH, EPOCH, ids) for e in range(epochs)])
+    # Orders with state 1 reach a final state (an epoch later, as a real table's would); state 2
+    # are still open: their lookups give ``missing``.
+    finals = every[every["state"] == 1]
+    for epoch in range(epochs):
+        rows = every[epoch * EPOCH:(epoch + 1) * EPOCH]
+        done = finals[(finals["timestamp"] >= (rows["timestamp"][0] - EPOCH * 7)) & (finals["timestamp"] < rows["timestamp"][0])]
+        statuses = np.zeros(done.shape[0], dtype=STATUS_DTYPE)
+        statuses["timestamp"] = done["timestamp"]
+        statuses["state"]["paid"] = done["amount"]
+        statuses["state"]["refunded"] = done["amount"] // 3
+        statuses["state"]["state"] = 7
+        with env.begin(write=True) as txn:
+            chain, written = table.write_epoch(txn, epoch, rows, statuses, chain)
+            assert written > 0
+        assert table.chain_at(epoch + 1) == chain
+        with env.begin(write=True) as txn:  # a replay rewrites an epoch: same keys, same values
+            assert table.write_epoch(txn, epoch, rows, statuses, table.chain_at(epoch))[0] == chain
+    written_finals = finals[finals["timestamp"] < every["timestamp"][(epochs - 1) * EPOCH]]
+    pick = rng.permutation(total)[:50]
+    wanted = _ids_as([int(ids[i]) for i in pick] + [(1 << 100) + 5])  # and one never written
+    boundary = int(every["timestamp"][-1]) + 1
+    rows, states, found = table.lookup(wanted, boundary)
+    assert found.tolist() == [True] * pick.shape[0] + [False]
+    assert rows[:-1].tobytes() == every[pick].tobytes()
+    for k, i in enumerate(pick.tolist()):
+        row = every[i]
+        if row["state"] == 0:
+            assert states[k].tobytes() == bytes(FINAL_DTYPE.itemsize)
+        elif row["timestamp"] in written_finals["timestamp"]:
+            assert int(states[k]["paid"]) == int(row["amount"]) and int(states[k]["state"]) == 7
+            assert int(states[k]["refunded"]) == int(row["amount"]) // 3
+        else:
+            assert states[k].tobytes() == bytes(FINAL_DTYPE.itemsize)  # ``missing``: not final yet
+    # Anything at or after the boundary (memory holds it) is not the cold table's to answer.
+    last_epoch_first = int(every["timestamp"][(epochs - 1) * EPOCH])
+    _, _, found = table.lookup(_ids_as([int(ids[total - 1])]), last_epoch_first)
+    assert not found[0]
+    # The transfer table beside it saw none of it: the tables' databases are apart.
+    assert not transfers.lookup(_ids_as([int(ids[0])]), boundary)[2][0]
+    assert table.disk_bytes()["ids"] > 0 and transfers.disk_bytes()["ids"] == 0
+    env.close()
+
+
+def test_a_cold_table_takes_only_its_own_records_and_states(tmp_path):
+    env = lmdb.open(str(tmp_path), map_size=1 << 24, max_dbs=16)
+    with pytest.raises(ValueError, match="128 bytes"):
+        cold.ColdTable(env, dtype=np.dtype([("id_lo", "<u8"), ("id_hi", "<u8"), ("timestamp", "<u8")]),
+                       epoch_records=EPOCH)
+    table = cold.ColdTable(env, dtype=ORDER_DTYPE, epoch_records=EPOCH, db_prefix=b"orders.", state_dtype=FINAL_DTYPE)
+    wrong = np.zeros(1, dtype=[("timestamp", "<u8"), ("state", "u1")])
+    with env.begin(write=True) as txn, pytest.raises(ValueError, match="statuses hold"):
+        table.write_epoch(txn, 0, _orders(0, EPOCH, np.arange(1, EPOCH + 1, dtype=object)), wrong, cold.CHAIN_EMPTY)
+    env.close()
+
+
+def test_the_epoch_chain_is_the_state_hash_chain():
+    rows = _orders(0, EPOCH, np.arange(1, EPOCH + 1, dtype=object))
+    statuses = np.zeros(0, dtype=STATUS_DTYPE)
+    from core import codec
+    expected = state_hash.chain_next(state_hash.CHAIN_EMPTY, state_hash.epoch_digest(codec.pack(rows), statuses))
+    import tempfile
+    with tempfile.TemporaryDirectory() as directory:
+        env = lmdb.open(directory, map_size=1 << 24, max_dbs=16)
+        table = cold.ColdTable(env, dtype=ORDER_DTYPE, epoch_records=EPOCH, state_dtype=FINAL_DTYPE)
+        with env.begin(write=True) as txn:
+            assert table.write_epoch(txn, 0, rows, statuses, state_hash.CHAIN_EMPTY)[0] == expected
+        env.close()
+
+
+def test_the_registry_refuses_a_name_declared_twice_or_an_unknown_kind():
+    assert checkpoint.registry({"a": checkpoint.RAW}, {"b": checkpoint.REGIONS}) == {"a": "raw", "b": "regions"}
+    with pytest.raises(ValueError, match="declared twice"):
+        checkpoint.registry({"a": checkpoint.RAW}, {"a": checkpoint.RECORDS})
+    with pytest.raises(ValueError, match="unknown kind"):
+        checkpoint.registry({"a": "sometimes"})
+    with pytest.raises(ValueError, match="separates"):
+        checkpoint.registry({"a/b": checkpoint.RAW})
+
+
+def test_every_array_a_checkpoint_writes_is_declared_by_its_owner(tmp_path):
+    # The store names no array itself: a checkpoint holds exactly the declared arrays, each
+    # written by its declared kind, and a checkpoint whose arrays differ is not used (the log is).
+    from core import ledger, filter as id_filter
+    from core.store import CHECKPOINT_ARRAYS
+    declared = {**ledger.CHECKPOINT_ARRAYS, **cold.CHECKPOINT_ARRAYS, **id_filter.CHECKPOINT_ARRAYS}
+    assert CHECKPOINT_ARRAYS == declared
+    path = str(tmp_path / "store")
+    with core.open(path, accounts_max=64, transfers_hot_max=1024, cold_epoch_transfers=16, id_filter_bytes=4096) as store:
+        store.create_accounts(core.accounts_from_dicts([{"id": i, "ledger": 156, "code": 1} for i in range(1, 5)]))
+        store.create_transfers(core.transfers_from_dicts(
+            [{"id": 100 + i, "debit_account_id": 1 + i % 4, "credit_account_id": 1 + (i + 1) % 4, "amount": 3,
+              "ledger": 156, "code": 1} for i in range(40)]))
+        store.checkpoint()
+        assert set(store._checkpoint_meta.arrays) == set(declared)
+        expected = store.state_hash()
+    with core.open(path) as store:
+        assert store.recovery.checkpoint_sequence == 2 and store.recovery.replayed_batches == 0
+        assert store.state_hash() == expected
+
+
+def test_a_checkpoint_with_an_undeclared_array_is_not_used(tmp_path, monkeypatch):
+    import core.store
+    path = str(tmp_path / "store")
+    with core.open(path, accounts_max=64, transfers_hot_max=1024, cold_epoch_transfers=16, id_filter_bytes=4096) as store:
+        store.create_accounts(core.accounts_from_dicts([{"id": i, "ledger": 156, "code": 1} for i in range(1, 5)]))
+        store.checkpoint()
+        expected = store.state_hash()
+    # A later version that declares one more array: the old checkpoint lacks it, so the whole log
+    # is replayed instead (nothing is guessed).
+    monkeypatch.setattr(core.store, "CHECKPOINT_ARRAYS", {**core.store.CHECKPOINT_ARRAYS, "coupons": checkpoint.RAW})
+    with core.open(path) as store:
+        assert store.recovery.checkpoint_error and "coupons" in store.recovery.checkpoint_error
+        assert store.recovery.replayed_batches == 1
+        assert store.state_hash() == expected
