@@ -5,8 +5,8 @@ filter; later each product table and the pay score's arrays: docs/tables.md). Ea
 *declares* the arrays it checkpoints and their kind, in a ``CHECKPOINT_ARRAYS`` mapping next
 to its code; the store merges the declarations with ``registry`` (a name declared twice, or a
 kind this module does not know, is an error at import, not a checkpoint silently missing an
-array) and writes and reads every array through this module by its kind. The store itself
-knows no array by name.
+array) and writes and reads every array through this module by its kind. The store names only what it
+builds itself (the transfer table's tail and cold progress) and the owner of each ``REGIONS`` array.
 
 Kinds (what changes between two checkpoints decides how an array is written):
 
@@ -54,8 +54,19 @@ class CheckpointError(Exception):
 
 class ArrayMeta(msgspec.Struct, frozen=True):
     chunks: int                   # chunk values stored under b"<name>/<chunk u32 BE>"
-    items: int                    # elements of the array (records for record arrays)
+    items: int                    # records for the packed kinds, bytes for the others
     checksums: list[int]          # CRC-32 of each stored chunk value
+    kind: str = ""                # its kind when written ("": written before kinds were recorded)
+
+
+def check_declared(stored: Mapping[str, ArrayMeta], declared: Mapping[str, str]) -> None:
+    """A checkpoint is loaded only if it holds exactly the declared arrays, each of its declared
+    kind: bytes are never read the way another version wrote them otherwise."""
+    if stored.keys() != declared.keys():
+        raise CheckpointError(f"checkpoint holds arrays {sorted(stored)}, this version declares {sorted(declared)}")
+    for name, meta in stored.items():
+        if meta.kind and meta.kind != declared[name]:
+            raise CheckpointError(f"checkpoint array {name} was written as {meta.kind}, is declared {declared[name]}")
 
 
 def registry(*declarations: Mapping[str, str]) -> dict[str, str]:
@@ -94,6 +105,10 @@ class ArrayWriter:
         """Write the next arrays into ``txn``; pacing starts now."""
         self._txn = txn
         self._paced_bytes, self._paced_since = 0, time.perf_counter()
+
+    def end(self) -> None:
+        """Done with the transaction (it is not kept past its commit)."""
+        self._txn = None
 
     def write(self, name: str, kind: str, array, old: ArrayMeta | None) -> tuple[ArrayMeta, int]:
         """Write what changed of one array (``array``: the array, or for ``REGIONS`` its owner)
@@ -144,7 +159,7 @@ class ArrayWriter:
                 checksums.append(put(i, self._pack_scratch[:codec.pack_into(part, self._pack_scratch)]))
         for i in range(chunks, old.chunks if old else 0):
             txn.delete(chunk_key(name, i))
-        return ArrayMeta(chunks=chunks, items=items, checksums=checksums), written
+        return ArrayMeta(chunks=chunks, items=items, checksums=checksums, kind=kind), written
 
     def _pace(self, nbytes: int) -> None:
         self._paced_bytes += nbytes

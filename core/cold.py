@@ -30,7 +30,7 @@ CHECKPOINT_ARRAYS = {"tail_rows": RECORDS, "tail_links": RAW, "last_epoch": RAW}
 
 #: Transfers per block of the ``blocks`` database (one LMDB value, packed by core.codec): about
 #: 30 KiB, so that the last of its overflow pages wastes little (256 wasted a third of 3 pages).
-BLOCK_TRANSFERS = 1024
+BLOCK_RECORDS = 1024
 #: Entries per chunk of the ``history`` database.
 HISTORY_CHUNK_ENTRIES = 4096
 
@@ -65,26 +65,33 @@ class ColdTable:
     ``db_prefix`` names its databases (``<prefix>blocks``, ``ids``, ``status``, ``chains``; the
     transfer table's prefix is empty). A record that may change after it was written (a pending
     transfer, an open order) has its final state stored under its timestamp when it stops
-    changing (``statuses``: a structured array of ``timestamp`` and ``state`` of ``state_dtype``,
-    any fixed width); ``has_status(rows)`` says which rows may have one, and a lookup gives ``missing``
-    for those that have none yet.
+    changing (``statuses``: a structured array of ``timestamp`` and ``state`` of ``state_dtype``:
+    a scalar or a structured dtype with no implicit padding, whose explicit padding fields are
+    zero like records' reserved bytes, since its bytes are stored and hashed as they are);
+    ``has_status(rows)`` says which rows may have one, and a lookup gives ``missing`` for those
+    that have none yet.
     """
 
-    def __init__(self, env: lmdb.Environment, *, dtype: np.dtype, epoch_records: int, db_prefix: bytes = b"",
+    def __init__(self, env: lmdb.Environment, *, dtype: np.dtype, db_prefix: bytes = b"",
                  has_status=None, state_dtype=np.uint8, missing=0):
         if dtype.itemsize != 128 or not {"id_lo", "id_hi", "timestamp"} <= set(dtype.names or ()):
             raise ValueError("a cold table's records are 128 bytes with id_lo, id_hi and timestamp")
+        state_dtype = np.dtype(state_dtype)
+        if state_dtype.subdtype is not None or (
+                state_dtype.names and sum(state_dtype.fields[name][0].itemsize for name in state_dtype.names)
+                != state_dtype.itemsize):
+            raise ValueError(f"a final state's dtype is a scalar or a structure without implicit padding, "
+                             f"not {state_dtype}")
         self.env = env
         self.dtype = dtype
-        self.epoch_records = epoch_records
         self._has_status = has_status
-        self.state_dtype = np.dtype(state_dtype)
+        self.state_dtype = state_dtype
         self._missing = missing
         self.blocks = env.open_db(db_prefix + b"blocks")
         self.ids = env.open_db(db_prefix + b"ids")
         self.status = env.open_db(db_prefix + b"status")
         self.chains = env.open_db(db_prefix + b"chains")   # epoch u32 BE -> the hash chain after it
-        self._scratch = bytearray(_BLOCK_HEADER.size + codec.packed_size_max(BLOCK_TRANSFERS))
+        self._scratch = bytearray(_BLOCK_HEADER.size + codec.packed_size_max(BLOCK_RECORDS))
         # Statistics (read by tally info): lookups that went to LMDB, and how many found nothing.
         self.lookups = 0
         self.lookups_missed = 0
@@ -107,8 +114,8 @@ class ColdTable:
         # Blocks: appended (their keys are the epoch's first timestamps, above every earlier one).
         block_keys, block_values = [], []
         packed = []
-        for start in range(0, rows.shape[0], BLOCK_TRANSFERS):
-            part = rows[start:start + BLOCK_TRANSFERS]
+        for start in range(0, rows.shape[0], BLOCK_RECORDS):
+            part = rows[start:start + BLOCK_RECORDS]
             _BLOCK_HEADER.pack_into(self._scratch, 0, part.shape[0])
             size = codec.pack_into(part, self._scratch, _BLOCK_HEADER.size)
             block_keys.append(_U64.pack(int(timestamps[start])))
@@ -211,11 +218,14 @@ class ColdTable:
         states = self._new_states(rows.shape[0])
         if self._has_status is None:
             return states
-        raw = states.view(np.uint8).reshape(rows.shape[0], -1)
+        raw = states.view(np.uint8).reshape(rows.shape[0], self.state_dtype.itemsize)
         for i in np.flatnonzero(self._has_status(rows)).tolist():
             value = txn.get(_U64.pack(int(rows["timestamp"][i])), db=self.status)
             if value is None:
                 states[i] = self._missing
+            elif len(value) != self.state_dtype.itemsize:
+                raise LookupError(f"cold tier: the state of timestamp {int(rows['timestamp'][i])} has "
+                                  f"{len(value)} bytes, not {self.state_dtype.itemsize}")
             else:
                 raw[i] = np.frombuffer(value, dtype=np.uint8)
         return states
@@ -230,20 +240,20 @@ class ColdTier(ColdTable):
     state is its status) plus each account's history."""
 
     def __init__(self, env: lmdb.Environment, epoch_transfers: int):
-        super().__init__(env, dtype=TRANSFER_DTYPE, epoch_records=epoch_transfers, has_status=_pending,
+        super().__init__(env, dtype=TRANSFER_DTYPE, has_status=_pending,
                          missing=STATE_MISSING)
         self.epoch_transfers = epoch_transfers
         self.history = env.open_db(b"history")
 
-    def write_epoch(self, txn, epoch: int, rows: np.ndarray, links: np.ndarray, statuses: np.ndarray,  # type: ignore[override]
-                    chain: bytes, last_epoch: np.ndarray) -> tuple[bytes, np.ndarray, int]:
+    def write_transfer_epoch(self, txn, epoch: int, rows: np.ndarray, links: np.ndarray, statuses: np.ndarray,
+                             chain: bytes, last_epoch: np.ndarray) -> tuple[bytes, np.ndarray, int]:
         """Write epoch ``epoch`` (its rows and links in order, the statuses resolved in it).
 
         ``last_epoch`` (per account: newest epoch holding it + 1) is read, not changed: returns
         the new chain, the accounts to set to ``epoch + 1`` in it once the transaction commits,
         and the bytes written (keys and values).
         """
-        chain, written = super().write_epoch(txn, epoch, rows, statuses, chain)
+        chain, written = self.write_epoch(txn, epoch, rows, statuses, chain)
         timestamps = rows["timestamp"]
         # Account history: every account touched, its link to its previous epoch, its transfers.
         debit, credit = links["debit_index"], links["credit_index"]

@@ -79,7 +79,7 @@ CHECKPOINT_ARRAYS = checkpoint.registry(ledger_module.CHECKPOINT_ARRAYS, cold_mo
                                         filter_module.CHECKPOINT_ARRAYS)
 _SNAPSHOT_PIECE_BYTES = 4 << 20  # a checkpoint's copies are made in pieces of this size
 _BACKGROUND_EVENTS_MAX = 1024   # background jobs remembered (Store.background_events)
-_SIDE_DATABASES_MAX = 64        # LMDB databases of the cold and checkpoint environments (4 per cold table)
+_SIDE_DATABASES_MAX = 64        # LMDB databases of the cold and checkpoint environments (4 per cold table, 5 for transfers)
 _STORE_VERSION = 4              # 4: the cold tier in its own environment; 3: hot window and cold tier
 CHECKPOINT_SUBDIRECTORY = "checkpoint"
 ARCHIVE_SUBDIRECTORY = "archive"
@@ -689,7 +689,7 @@ class Store:
             for epoch in range(first, last):
                 rows = self.ledger.transfers_range(epoch * size, (epoch + 1) * size)
                 links = self.ledger.links_range(epoch * size, (epoch + 1) * size)
-                chain, touched, epoch_bytes = self.cold.write_epoch(txn, epoch, rows, links, statuses[epoch - first],
+                chain, touched, epoch_bytes = self.cold.write_transfer_epoch(txn, epoch, rows, links, statuses[epoch - first],
                                                                     chain, last_epoch)
                 last_epoch[touched] = epoch + 1
                 written += epoch_bytes
@@ -810,23 +810,25 @@ class Store:
                 self._capture_limit = None
                 self._cold_published.notify_all()
             self._copy_hot_snapshot()
-            self._array_writer.begin(txn)
-            # The filter is read after the capture, while flushes add to it: it holds every id
-            # of the captured epochs (added before they were published) and maybe later ones,
-            # which only cost a lookup.
-            written["filter"], bytes_written = self._write_array("filter", self.filter, previous.get("filter"))
             cold_count = cold_epochs * self._epoch_transfers
             if not pin <= cold_count <= count:  # the ring holds [pin, count): nothing else to read
                 raise AssertionError(f"checkpoint reads transfers [{cold_count}, {count}) of a ring pinned at {pin}")
-            arrays = dict(arrays, tail_rows=self.ledger.transfers_range(cold_count, count),
+            # The filter first, read after the capture while flushes add to it: it holds every id
+            # of the captured epochs (added before they were published) and maybe later ones,
+            # which only cost a lookup. Then the ledger's arrays and the transfer table's.
+            arrays = dict(self._regions_owners(), **arrays, tail_rows=self.ledger.transfers_range(cold_count, count),
                           tail_links=self.ledger.links_range(cold_count, count), last_epoch=last_epoch)
+            if arrays.keys() != CHECKPOINT_ARRAYS.keys():
+                raise AssertionError(f"a checkpoint writes the declared arrays, not {sorted(arrays)}")
             scalars = dict(scalars, cold_count=cold_count, cold_id_max_lo=cold_id_max & _U64_MAX,
                            cold_id_max_hi=cold_id_max >> 64)
-            if written.keys() | arrays.keys() != CHECKPOINT_ARRAYS.keys():
-                raise AssertionError(f"a checkpoint writes every declared array: {sorted(written.keys() | arrays.keys())}")
-            for name, array in arrays.items():
-                written[name], array_bytes = self._write_array(name, array, previous.get(name))
-                bytes_written += array_bytes
+            self._array_writer.begin(txn)
+            try:
+                for name, array in arrays.items():
+                    written[name], array_bytes = self._write_array(name, array, previous.get(name))
+                    bytes_written += array_bytes
+            finally:
+                self._array_writer.end()
             meta = _CheckpointMeta(sequence=sequence, scalars=scalars, arrays=written, cold_epochs=cold_epochs,
                                    cold_chain=cold_chain, filter_added=filter_added)
             txn.put(b"meta", msgspec.msgpack.encode(meta))
@@ -854,6 +856,10 @@ class Store:
                                  bytes_per_s=CHECKPOINT_WRITEBACK_BYTES_PER_S, stop=self._writeback_stop)
         except Exception as error:  # noqa: BLE001 - the kernel writes it back anyway: a line, not a failure
             print(f"tally: {self.path}: checkpoint writeback: {error}", file=sys.stderr)
+
+    def _regions_owners(self) -> dict:
+        """The ``REGIONS`` arrays (core/checkpoint.py) by name: their owners write and load them."""
+        return {"filter": self.filter}
 
     def _write_array(self, name: str, array, old: checkpoint.ArrayMeta | None) -> tuple[checkpoint.ArrayMeta, int]:
         """Write what changed of one declared array (``core.checkpoint``); meta and bytes written."""
@@ -1046,12 +1052,14 @@ class Store:
                 raw_meta = txn.get(b"meta")
                 if raw_meta is not None:
                     meta = msgspec.msgpack.decode(bytes(raw_meta), type=_CheckpointMeta)
-                    if meta.arrays.keys() != CHECKPOINT_ARRAYS.keys():
-                        raise StoreError(f"checkpoint holds arrays {sorted(meta.arrays)}, "
-                                         f"this version declares {sorted(CHECKPOINT_ARRAYS)}")
-                    arrays = {name: self._load_array(txn, name, array_meta) for name, array_meta in meta.arrays.items()
-                              if CHECKPOINT_ARRAYS[name] != checkpoint.REGIONS}
-                    checkpoint.load_regions(txn, "filter", meta.arrays["filter"], self.filter)
+                    checkpoint.check_declared(meta.arrays, CHECKPOINT_ARRAYS)
+                    owners = self._regions_owners()
+                    arrays = {}
+                    for name, array_meta in meta.arrays.items():
+                        if CHECKPOINT_ARRAYS[name] == checkpoint.REGIONS:
+                            checkpoint.load_regions(txn, name, array_meta, owners[name])
+                        else:
+                            arrays[name] = self._load_array(txn, name, array_meta)
                     if meta.sequence > self._last_sequence():
                         raise StoreError(f"checkpoint at batch {meta.sequence} is past the log's end")
                     if meta.scalars["cold_count"] != meta.cold_epochs * self._epoch_transfers:

@@ -4,6 +4,7 @@
     tally bench core [--json] [--accounts N] [--transfers N] [--data DIR]
     tally bench e2e [--json] [--seconds N] [--connections N]
     tally bench loadgen [--json] [--seconds N]
+    tally bench latency [--json] [--seconds N] [--rates R,R,R] [--connections N]
     tally load run [WORKLOAD] [--rate N] [--seconds N] [--mode open|closed] [--record F] [--report DIR]
     tally load replay TRACE [--speed X] [--connections N] [--report DIR]
     tally replay-log --data DIR --into NEWDIR
@@ -201,6 +202,24 @@ def _demo(args) -> int:
     return demo.run(directory=args.dir, seconds=args.seconds, rate_per_s=args.rate, users=args.users)
 
 
+def _bench_latency(args) -> int:
+    from tally import bench_latency
+
+    try:
+        rates = tuple(int(rate) for rate in args.rates.split(","))
+    except ValueError:
+        rates = ()
+    if not rates or min(rates) < 1:
+        print(f"tally bench latency: --rates must be positive integers separated by commas, not {args.rates!r}",
+              file=sys.stderr)
+        return 2
+    progress = lambda message: print(f"· {message}", file=sys.stderr)  # noqa: E731 - minutes: always say
+    result = bench_latency.run(rates, seconds=args.seconds, connections=args.connections, data_dir=args.data,
+                               progress=progress)
+    print(json.dumps(result) if args.json else bench_latency.summary(result))
+    return 0 if all(r["server_exit_code"] == 0 for r in result["rates"]) else 1
+
+
 def _bench_soak(args) -> int:
     from tally import bench_soak
 
@@ -329,6 +348,16 @@ def build_parser() -> argparse.ArgumentParser:
     loadgen_bench.add_argument("--depth", type=int, default=2, help="frames in flight per connection (default 2)")
     loadgen_bench.add_argument("--workers", type=int, default=1, help="load generator processes (default 1)")
     loadgen_bench.set_defaults(run=_bench_loadgen)
+
+    latency = bench_kinds.add_parser(
+        "latency", help="a fresh default server per rate, the default mix open loop: p50/p99, worst second, server CPU")
+    latency.add_argument("--json", action="store_true", help="print one JSON object")
+    latency.add_argument("--seconds", type=float, default=60.0, help="length of each rate's run (default 60)")
+    latency.add_argument("--rates", default="10000,50000,200000",
+                         help="requests per second, comma-separated (default 10000,50000,200000)")
+    latency.add_argument("--connections", type=int, default=64, help="client connections (default 64)")
+    latency.add_argument("--data", default=None, help="directory for the servers' data (default: a temporary one)")
+    latency.set_defaults(run=_bench_latency)
 
     soak = bench_kinds.add_parser(
         "soak", help="hundreds of millions of payments through one store: bounded memory, rates, recovery, cold lookups")

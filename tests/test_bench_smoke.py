@@ -63,3 +63,26 @@ def test_bench_loadgen_offers_load_against_its_sink():
     # refunds wait a second for their payments, longer than this run).
     assert result["requests_per_s"] > 0 and result["requests_per_cpu_s"] > 0
     assert set(result["kinds"]) >= {"payment", "p2p", "hold"}
+
+
+def test_bench_latency_measures_each_rate_against_a_fresh_server(tmp_path):
+    from loadgen.workload import Population, Workload
+    from tally import bench_latency
+
+    result = bench_latency.run((300, 600), seconds=2.0, connections=3, data_dir=str(tmp_path), prefault=False,
+                               workload=Workload(population=Population(users=2_000, merchants=50)))
+    assert [r["rate_per_s"] for r in result["rates"]] == [300, 600]
+    for r in result["rates"]:
+        assert r["server_exit_code"] == 0
+        assert r["answered"] > 0 and r["achieved_per_s"] > 0
+        assert 0 < r["p50_ms"] <= r["p99_ms"] <= r["p999_ms"] <= r["max_ms"]
+        assert r["worst_second_p99_ms"] > 0
+        assert r["server_cpu_us_per_request"] > 0  # the server's own CPU, sampled from /proc
+        assert r["send_lag_p99_ms"] >= 0
+    assert "worst s p99" in bench_latency.summary(result)
+
+
+def test_bench_latency_refuses_rates_that_are_not_positive(capsys):
+    for rates in ("0", "10000,-5", "fast", ""):
+        assert cli.main(["bench", "latency", "--rates", rates]) == 2
+        assert "--rates must be positive integers" in capsys.readouterr().err

@@ -14,7 +14,9 @@ from core.records import ID_DTYPE
 ORDER_DTYPE = np.dtype([("id_lo", "<u8"), ("id_hi", "<u8"), ("merchant", "<u8"), ("amount", "<u8"),
                         ("timestamp", "<u8"), ("expires_at", "<u8"), ("state", "u1"), ("_pad", "V79")])
 #: Its final state once it stops changing: more than a byte (paid amount, refunded amount, state).
-FINAL_DTYPE = np.dtype([("paid", "<u8"), ("refunded", "<u8"), ("state", "u1"), ("_pad", "V7")])
+FINAL_DTYPE = np.dtype([("paid", "<u8"), ("refunded", "<u8"), ("state", "u1"), ("_pad", "u1", (7,))])
+#: What a lookup gives for a record whose final state is not written yet (not zero: told apart).
+MISSING = np.array((0, 0, 0xEE, 0), dtype=FINAL_DTYPE)[()]
 STATUS_DTYPE = np.dtype([("timestamp", "<u8"), ("state", FINAL_DTYPE)])
 EPOCH = 64
 
@@ -43,9 +45,9 @@ def test_a_cold_table_of_other_records_round_trips(tmp_path_factory, time_ordere
     else:
         ids = np.array([int(x) << 64 | int(y) for x, y in rng.integers(1, 2**63, size=(total, 2))], dtype=object)
     env = lmdb.open(str(tmp_path_factory.mktemp("cold")), map_size=1 << 26, max_dbs=16)
-    table = cold.ColdTable(env, dtype=ORDER_DTYPE, epoch_records=EPOCH, db_prefix=b"orders.",
+    table = cold.ColdTable(env, dtype=ORDER_DTYPE, db_prefix=b"orders.",
                            has_status=lambda rows: rows["state"] != 0, state_dtype=FINAL_DTYPE,
-                           missing=np.zeros((), FINAL_DTYPE))
+                           missing=MISSING)
     transfers = cold.ColdTier(env, EPOCH)  # a second table in the same environment
     chain = cold.CHAIN_EMPTY
     every = np.concatenate([_orders(e * EPOCH, EPOCH, ids) for e in range(epochs)])
@@ -76,12 +78,12 @@ def test_a_cold_table_of_other_records_round_trips(tmp_path_factory, time_ordere
     for k, i in enumerate(pick.tolist()):
         row = every[i]
         if row["state"] == 0:
-            assert states[k].tobytes() == bytes(FINAL_DTYPE.itemsize)
+            assert states[k].tobytes() == bytes(FINAL_DTYPE.itemsize)  # never changes: no state
         elif row["timestamp"] in written_finals["timestamp"]:
             assert int(states[k]["paid"]) == int(row["amount"]) and int(states[k]["state"]) == 7
             assert int(states[k]["refunded"]) == int(row["amount"]) // 3
         else:
-            assert states[k].tobytes() == bytes(FINAL_DTYPE.itemsize)  # ``missing``: not final yet
+            assert states[k].tobytes() == MISSING.tobytes()  # may change, not final yet
     # Anything at or after the boundary (memory holds it) is not the cold table's to answer.
     last_epoch_first = int(every["timestamp"][(epochs - 1) * EPOCH])
     _, _, found = table.lookup(_ids_as([int(ids[total - 1])]), last_epoch_first)
@@ -95,27 +97,52 @@ def test_a_cold_table_of_other_records_round_trips(tmp_path_factory, time_ordere
 def test_a_cold_table_takes_only_its_own_records_and_states(tmp_path):
     env = lmdb.open(str(tmp_path), map_size=1 << 24, max_dbs=16)
     with pytest.raises(ValueError, match="128 bytes"):
-        cold.ColdTable(env, dtype=np.dtype([("id_lo", "<u8"), ("id_hi", "<u8"), ("timestamp", "<u8")]),
-                       epoch_records=EPOCH)
-    table = cold.ColdTable(env, dtype=ORDER_DTYPE, epoch_records=EPOCH, db_prefix=b"orders.", state_dtype=FINAL_DTYPE)
+        cold.ColdTable(env, dtype=np.dtype([("id_lo", "<u8"), ("id_hi", "<u8"), ("timestamp", "<u8")]))
+    table = cold.ColdTable(env, dtype=ORDER_DTYPE, db_prefix=b"orders.", state_dtype=FINAL_DTYPE)
     wrong = np.zeros(1, dtype=[("timestamp", "<u8"), ("state", "u1")])
     with env.begin(write=True) as txn, pytest.raises(ValueError, match="statuses hold"):
         table.write_epoch(txn, 0, _orders(0, EPOCH, np.arange(1, EPOCH + 1, dtype=object)), wrong, cold.CHAIN_EMPTY)
     env.close()
 
 
-def test_the_epoch_chain_is_the_state_hash_chain():
-    rows = _orders(0, EPOCH, np.arange(1, EPOCH + 1, dtype=object))
-    statuses = np.zeros(0, dtype=STATUS_DTYPE)
+def test_the_epoch_chain_is_the_state_hash_chain_of_rows_and_final_states(tmp_path):
     from core import codec
+    rows = _orders(0, EPOCH, np.arange(1, EPOCH + 1, dtype=object))
+    statuses = np.zeros(2, dtype=STATUS_DTYPE)
+    statuses["timestamp"] = rows["timestamp"][:2]
+    statuses["state"]["paid"] = 5
     expected = state_hash.chain_next(state_hash.CHAIN_EMPTY, state_hash.epoch_digest(codec.pack(rows), statuses))
-    import tempfile
-    with tempfile.TemporaryDirectory() as directory:
-        env = lmdb.open(directory, map_size=1 << 24, max_dbs=16)
-        table = cold.ColdTable(env, dtype=ORDER_DTYPE, epoch_records=EPOCH, state_dtype=FINAL_DTYPE)
-        with env.begin(write=True) as txn:
-            assert table.write_epoch(txn, 0, rows, statuses, state_hash.CHAIN_EMPTY)[0] == expected
-        env.close()
+    env = lmdb.open(str(tmp_path), map_size=1 << 24, max_dbs=16)
+    table = cold.ColdTable(env, dtype=ORDER_DTYPE, state_dtype=FINAL_DTYPE, has_status=lambda r: r["state"] != 0)
+    with env.begin(write=True) as txn:
+        assert table.write_epoch(txn, 0, rows, statuses, state_hash.CHAIN_EMPTY)[0] == expected
+    changed = statuses.copy()
+    changed["state"]["paid"][1] = 6  # another final state, another chain
+    assert state_hash.chain_next(state_hash.CHAIN_EMPTY,
+                                 state_hash.epoch_digest(codec.pack(rows), changed)) != expected
+    assert table.states_of(rows[:0]).shape == (0,)  # nothing asked, nothing read
+    env.close()
+
+
+def test_a_cold_table_refuses_states_it_could_not_store_or_hash_exactly(tmp_path):
+    env = lmdb.open(str(tmp_path), map_size=1 << 24, max_dbs=16)
+    for bad in (np.dtype(("u1", (4,))), np.dtype({"names": ["a"], "formats": ["<u8"], "itemsize": 16})):
+        with pytest.raises(ValueError, match="padding"):
+            cold.ColdTable(env, dtype=ORDER_DTYPE, state_dtype=bad)
+    # A stored state of another width (another version's table) is an error, not a misread.
+    narrow = cold.ColdTable(env, dtype=ORDER_DTYPE, db_prefix=b"t.", state_dtype=np.uint8,
+                            has_status=lambda r: np.ones(r.shape[0], bool))
+    rows = _orders(0, 4, np.arange(1, 5, dtype=object))
+    statuses = np.zeros(1, dtype=[("timestamp", "<u8"), ("state", "u1")])
+    statuses["timestamp"], statuses["state"] = rows["timestamp"][0], 5
+    with env.begin(write=True) as txn:
+        narrow.write_epoch(txn, 0, rows, statuses, cold.CHAIN_EMPTY)
+    assert narrow.states_of(rows[:1]).tolist() == [5]
+    wide = cold.ColdTable(env, dtype=ORDER_DTYPE, db_prefix=b"t.", state_dtype="<u4",
+                          has_status=lambda r: np.ones(r.shape[0], bool))
+    with pytest.raises(LookupError, match="1 bytes, not 4"):
+        wide.states_of(rows[:1])
+    env.close()
 
 
 def test_the_registry_refuses_a_name_declared_twice_or_an_unknown_kind():
@@ -131,9 +158,10 @@ def test_the_registry_refuses_a_name_declared_twice_or_an_unknown_kind():
 def test_every_array_a_checkpoint_writes_is_declared_by_its_owner(tmp_path):
     # The store names no array itself: a checkpoint holds exactly the declared arrays, each
     # written by its declared kind, and a checkpoint whose arrays differ is not used (the log is).
-    from core import ledger, filter as id_filter
     from core.store import CHECKPOINT_ARRAYS
-    declared = {**ledger.CHECKPOINT_ARRAYS, **cold.CHECKPOINT_ARRAYS, **id_filter.CHECKPOINT_ARRAYS}
+    declared = {"accounts": checkpoint.APPEND_RECORDS, "hot": checkpoint.COPY_ON_WRITE, "pendings": checkpoint.RAW,
+                "expiries": checkpoint.RAW, "tail_rows": checkpoint.RECORDS, "tail_links": checkpoint.RAW,
+                "last_epoch": checkpoint.RAW, "filter": checkpoint.REGIONS}
     assert CHECKPOINT_ARRAYS == declared
     path = str(tmp_path / "store")
     with core.open(path, accounts_max=64, transfers_hot_max=1024, cold_epoch_transfers=16, id_filter_bytes=4096) as store:
@@ -142,7 +170,7 @@ def test_every_array_a_checkpoint_writes_is_declared_by_its_owner(tmp_path):
             [{"id": 100 + i, "debit_account_id": 1 + i % 4, "credit_account_id": 1 + (i + 1) % 4, "amount": 3,
               "ledger": 156, "code": 1} for i in range(40)]))
         store.checkpoint()
-        assert set(store._checkpoint_meta.arrays) == set(declared)
+        assert {name: meta.kind for name, meta in store._checkpoint_meta.arrays.items()} == declared
         expected = store.state_hash()
     with core.open(path) as store:
         assert store.recovery.checkpoint_sequence == 2 and store.recovery.replayed_batches == 0
@@ -162,4 +190,17 @@ def test_a_checkpoint_with_an_undeclared_array_is_not_used(tmp_path, monkeypatch
     with core.open(path) as store:
         assert store.recovery.checkpoint_error and "coupons" in store.recovery.checkpoint_error
         assert store.recovery.replayed_batches == 1
+        assert store.state_hash() == expected
+
+
+def test_a_checkpoint_array_of_another_kind_is_not_read_as_this_one(tmp_path, monkeypatch):
+    import core.store
+    path = str(tmp_path / "store")
+    with core.open(path, accounts_max=64, transfers_hot_max=1024, cold_epoch_transfers=16, id_filter_bytes=4096) as store:
+        store.create_accounts(core.accounts_from_dicts([{"id": i, "ledger": 156, "code": 1} for i in range(1, 5)]))
+        store.checkpoint()
+        expected = store.state_hash()
+    monkeypatch.setattr(core.store, "CHECKPOINT_ARRAYS", {**core.store.CHECKPOINT_ARRAYS, "pendings": checkpoint.RECORDS})
+    with core.open(path) as store:
+        assert "pendings was written as raw" in store.recovery.checkpoint_error
         assert store.state_hash() == expected

@@ -299,13 +299,13 @@ def test_a_full_pending_table_refuses_the_same_events_whatever_the_background_th
 
     fast, fast_hash = run(str(tmp_path / "fast"))
     assert any(core.Result.transfers_limit_reached in codes for codes in fast)  # the limit is reached
-    write_epoch = cold.ColdTier.write_epoch
+    write_epoch = cold.ColdTier.write_transfer_epoch
 
     def slow_write_epoch(self, *args, **kwargs):
         time.sleep(0.02)
         return write_epoch(self, *args, **kwargs)
 
-    monkeypatch.setattr(cold.ColdTier, "write_epoch", slow_write_epoch)
+    monkeypatch.setattr(cold.ColdTier, "write_transfer_epoch", slow_write_epoch)
     slow, slow_hash = run(str(tmp_path / "slow"))
     assert slow == fast and slow_hash == fast_hash
     result = replay_log.run(str(tmp_path / "slow"), str(tmp_path / "replayed"))

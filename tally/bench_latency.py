@@ -1,0 +1,160 @@
+"""`tally bench latency`: what a payment waits under ordinary load, at several rates.
+
+Method (issue 13's bar; every rate in one run of the command, one after another):
+
+1. For each rate a **fresh server** (``tally serve --prefault``, the default configuration, a new
+   data directory) is started on loopback; this process is the load generator (one process, one
+   event loop, as ``tally load run``).
+2. The **default workload** (``loadgen.workload.Workload()``: its population and mix of
+   payments, P2P transfers, holds and refunds) runs open loop at the rate for ``seconds`` over
+   ``connections`` connections: each request is sent at its scheduled time whether or not
+   earlier ones were answered, and its latency is measured from that time, so a stall is charged
+   to every request it delays (no coordinated omission).
+3. Per rate: ``p50_ms``, ``p99_ms``, ``p999_ms`` over the run; ``worst_second_p99_ms``, the
+   highest p99 of any second of the run; ``send_lag_p99_ms``, how late the generator sent
+   (if it is high, the figures describe the generator, not the server);
+   ``server_cpu_us_per_request``, the server process's CPU time (user + system, from
+   ``/proc/PID/stat``, sampled every 0.1 s) between the run's first and last second, over the
+   requests answered in it; ``checkpoints``, those the server wrote during the run.
+
+Both processes share the machine's cores, as they would on a small host.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+
+import msgspec
+
+from engine import serve
+from loadgen import runner
+from loadgen.workload import Workload
+from tally import local_server
+
+RATES_PER_S = (10_000, 50_000, 200_000)
+CPU_SAMPLE_S = 0.1
+_CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux ``/proc``)."""
+    with open(f"/proc/{pid}/stat") as file:
+        fields = file.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS_PER_S  # utime, stime (fields 14, 15)
+
+
+class _CpuSampler:
+    """(unix time, CPU seconds) of a process every ``CPU_SAMPLE_S``, on a thread of its own."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.samples.append((time.time(), process_cpu_s(self.pid)))
+            except OSError:
+                return
+            if self._stop.wait(CPU_SAMPLE_S):
+                return
+
+    def cpu_s_between(self, start_unix_s: float, end_unix_s: float) -> float:
+        """CPU seconds used between two moments (the samples nearest inside them)."""
+        inside = [cpu for at, cpu in self.samples if start_unix_s <= at <= end_unix_s]
+        return inside[-1] - inside[0] if len(inside) >= 2 else float("nan")
+
+
+def run_rate(rate_per_s: int, *, seconds: float, connections: int, base_dir: str, workload: Workload | None = None,
+             prefault: bool = True) -> dict:
+    """One rate against one fresh server."""
+    secret = secrets.token_bytes(32)
+    process, port = local_server.start(base_dir, secret=secret, prefault=prefault)
+    try:
+        workload = msgspec.structs.replace(workload or Workload(), seconds=seconds)
+        workload = msgspec.structs.replace(workload, rate=msgspec.structs.replace(workload.rate, per_s=rate_per_s))
+        with _CpuSampler(process.pid) as sampler:
+            report = runner.run(runner.Target("127.0.0.1", port, 1, secret), workload,
+                                runner.Options(mode="open", connections=connections))
+    finally:
+        exit_code, _ = local_server.stop_and_read(process)
+    start = report["started_unix_s"]
+    answered = report["requests"]["answered"]
+    cpu_s = sampler.cpu_s_between(start, start + report["duration_s"])
+    seconds_p99 = [value for value in report["timeline"]["p99_us"] if value is not None]
+    latency, lag = report["latency_us"], report["send_lag_us"]
+    return {
+        "rate_per_s": rate_per_s,
+        "achieved_per_s": report["achieved_per_s"],
+        "answered": answered,
+        "result_codes": report["result_codes"],
+        "p50_ms": latency["p50"] / 1000,
+        "p99_ms": latency["p99"] / 1000,
+        "p999_ms": latency["p99.9"] / 1000,
+        "max_ms": latency["max"] / 1000,
+        "worst_second_p99_ms": max(seconds_p99) / 1000 if seconds_p99 else None,
+        "seconds_p99_over_25_ms": sum(value > 25_000 for value in seconds_p99),
+        "send_lag_p99_ms": lag["p99"] / 1000,
+        "server_cpu_us_per_request": round(cpu_s / answered * 1e6, 2) if answered else None,
+        "server_exit_code": exit_code,
+        "checkpoints": _checkpoints_between(os.path.join(base_dir, "server"), start, start + report["duration_s"]),
+    }
+
+
+def _checkpoints_between(data_dir: str, start_unix_s: float, end_unix_s: float) -> int:
+    """Checkpoints the server began in the run (its ``events.jsonl``)."""
+    try:
+        with open(os.path.join(data_dir, serve.EVENTS_FILE), "rb") as file:
+            events = [msgspec.json.decode(line) for line in file if line.strip()]
+    except OSError:
+        return 0
+    return sum(event.get("kind") == "checkpoint" and start_unix_s <= event.get("started_unix_s", 0) <= end_unix_s
+               for event in events)
+
+
+def run(rates: tuple[int, ...] = RATES_PER_S, *, seconds: float = 60.0, connections: int = 64,
+        data_dir: str | None = None, progress=None, workload: Workload | None = None, prefault: bool = True) -> dict:
+    """Every rate in turn (``workload`` and ``prefault``: smaller set-ups, for tests)."""
+    base = data_dir or tempfile.mkdtemp(prefix="tally-bench-latency-")
+    results = []
+    try:
+        for rate in rates:
+            if progress:
+                progress(f"{rate:,} requests/s for {seconds:g} s over {connections} connections (fresh server)")
+            directory = os.path.join(base, f"rate-{rate}")
+            results.append(run_rate(rate, seconds=seconds, connections=connections, base_dir=directory,
+                                    workload=workload, prefault=prefault))
+            shutil.rmtree(directory, ignore_errors=True)  # a 200,000/s minute is gigabytes
+    finally:
+        if data_dir is None:
+            shutil.rmtree(base, ignore_errors=True)
+    return {"seconds": seconds, "connections": connections, "machine": platform.machine(),
+            "cpus": os.cpu_count(), "rates": results}
+
+
+def summary(result: dict) -> str:
+    lines = [f"tally bench latency: {result['seconds']:g} s per rate, {result['connections']} connections, "
+             "fresh default server (prefault), default mix, open loop",
+             f"{'rate/s':>9} {'achieved':>10} {'p50 ms':>7} {'p99 ms':>7} {'p99.9':>7} {'worst s p99':>11} "
+             f"{'send lag p99':>12} {'server CPU us/req':>17}"]
+    for r in result["rates"]:
+        lines.append(f"{r['rate_per_s']:>9,} {r['achieved_per_s']:>10,.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} "
+                     f"{r['p999_ms']:>7.2f} {r['worst_second_p99_ms'] or 0:>11.2f} {r['send_lag_p99_ms']:>12.2f} "
+                     f"{r['server_cpu_us_per_request'] or 0:>17.2f}")
+    return "\n".join(lines)
