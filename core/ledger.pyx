@@ -391,6 +391,11 @@ cdef class Ledger:
             self.cold_id_max_lo, self.cold_id_max_hi = lo, hi
 
     @property
+    def next_expiry_ns(self):
+        """When the soonest pending transfer with a timeout expires (engine time, ns); 0: none."""
+        return self.expiries[0].expires_at if self.expiry_count else 0
+
+    @property
     def cold_id_max(self):
         return (self.cold_id_max_hi << 64) | self.cold_id_max_lo
 

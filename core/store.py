@@ -378,6 +378,33 @@ class Store:
             self._start_checkpoint()
         return pending
 
+    def pulse(self, now_ns: int | None = None) -> "PendingBatch | None":
+        """Advance the engine clock on an idle store: if a pending transfer's timeout is due by
+        ``now_ns`` (the store's clock by default), submit an empty batch, which expires it.
+
+        The batch is logged like any other, so replay expires the same transfers at the same
+        engine time. Returns its ``PendingBatch``, or None when nothing is due (nothing is
+        logged). A server calls this when no request has come for a while (``engine.server``);
+        any batch expires what is due before its events, so a busy one never needs to.
+        """
+        next_expiry_ns = self.ledger.next_expiry_ns
+        if next_expiry_ns == 0:
+            return None
+        if now_ns is None:
+            now_ns = self.now_ns()
+        if now_ns < next_expiry_ns:
+            return None
+        return self.submit(OPERATION_CREATE_TRANSFERS, np.empty(0, dtype=TRANSFER_DTYPE), now_ns)
+
+    def now_ns(self) -> int:
+        """The engine clock's reading now (the time a batch submitted now would be applied at)."""
+        return self._clock_ns()
+
+    @property
+    def next_expiry_ns(self) -> int:
+        """Engine time (ns) at which the soonest pending timeout expires; 0: none."""
+        return self.ledger.next_expiry_ns
+
     def _apply(self, operation: int, batch, now_ns: int) -> np.ndarray:
         """Apply one batch in memory (submit and recovery): room in the ring, prefetch, apply."""
         if operation == OPERATION_CREATE_ACCOUNTS:

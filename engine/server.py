@@ -42,6 +42,9 @@ from engine.protocol import (
 
 _NO_BODY = memoryview(b"")
 SPARE_BUFFERS_MAX = 4  # full-size batch buffers kept for reuse
+#: An idle core thread looks at the engine clock at least this often while a pending timeout is
+#: ahead (it sleeps until the soonest one is due, and never longer than this, whatever the clock).
+PULSE_WAIT_MAX_S = 1.0
 #: Offset of the low byte of ``flags`` in each create operation's record, and the linked bit.
 _FLAGS_OFFSET = {operation: dtype.fields["flags"][1] for operation, dtype in CREATE_RECORD_DTYPES.items()}
 _LINKED = int(core.TransferFlags.linked)
@@ -420,18 +423,31 @@ class Server:
         full, which is when the next stage fills up); their replies are handed to the event
         loop when their commit is done. No round trip through the event loop per batch: a
         thread hand-off costs about a millisecond on a VM.
+
+        The engine clock runs while no request comes: an idle core thread sleeps until the
+        soonest pending timeout is due, then pulses (``Store.pulse``: a logged empty batch that
+        expires it), so that holds are released on time with no client traffic, and replay
+        releases them at the same engine time.
         """
         loop = self._loop
         while True:
             with self._lock:
                 while not self._stages and not self._stopping:
-                    self._stage_ready.wait()
-                if not self._stages:
+                    wait_s = self._pulse_wait_s()
+                    if wait_s == 0.0:
+                        break
+                    self._stage_ready.wait(wait_s)
+                if self._stages:
+                    stage = self._stages.popleft()
+                elif self._stopping:
                     return
-                stage = self._stages.popleft()
+                else:
+                    stage = None  # idle, and a timeout is due
                 self._busy = True
             try:
-                if self._failed:
+                if stage is None:
+                    self.store.pulse()
+                elif self._failed:
                     loop.call_soon_threadsafe(self._fail, stage)
                 elif stage.operation is None:
                     # Run now, against every batch applied so far; reply once the last of them
@@ -464,10 +480,20 @@ class Server:
                 if not isinstance(error, core.StoreError):
                     traceback.print_exc()
                 self._failed = True
-                loop.call_soon_threadsafe(self._fail, stage)
+                loop.call_soon_threadsafe(self._fail, stage if stage is not None else _Stage(None))
             finally:
                 with self._lock:
                     self._busy = False
+
+    def _pulse_wait_s(self) -> float | None:
+        """How long the idle core thread may sleep: until the soonest pending timeout is due
+        (0.0: it is), None when no timeout is pending (a batch that creates one wakes it)."""
+        if self._failed:
+            return None
+        next_expiry_ns = self.store.next_expiry_ns
+        if next_expiry_ns == 0:
+            return None
+        return min(max(0.0, (next_expiry_ns - self.store.now_ns()) / 1e9), PULSE_WAIT_MAX_S)
 
     def _answer_ordered(self, stage: _Stage, replies: list[tuple], after) -> None:
         if after is not None:

@@ -15,7 +15,10 @@ Method (issue 13's bar; every rate in one run of the command, one after another)
    (if it is high, the figures describe the generator, not the server);
    ``server_cpu_us_per_request``, the server process's CPU time (user + system, from
    ``/proc/PID/stat``, sampled every 0.1 s) between the run's first and last second, over the
-   requests answered in it; ``checkpoints``, those the server wrote during the run.
+   requests answered in it; ``checkpoints``, those the server wrote during the run;
+   ``host_steal_pct``, the share of the machine's CPU time the hypervisor gave to others during
+   the run (``/proc/stat``): on a shared VM, seconds of high steal are seconds of high latency
+   that no change to Tally explains, so read the figures beside it.
 
 Both processes share the machine's cores, as they would on a small host.
 """
@@ -47,6 +50,13 @@ def process_cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as file:
         fields = file.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS_PER_S  # utime, stime (fields 14, 15)
+
+
+def host_cpu_ticks() -> tuple[int, int]:
+    """(steal, total) CPU ticks of the whole machine so far (Linux ``/proc/stat``)."""
+    with open("/proc/stat") as file:
+        values = [int(value) for value in file.readline().split()[1:]]
+    return values[7], sum(values[:8])  # user nice system idle iowait irq softirq steal
 
 
 class _CpuSampler:
@@ -90,8 +100,10 @@ def run_rate(rate_per_s: int, *, seconds: float, connections: int, base_dir: str
         workload = msgspec.structs.replace(workload or Workload(), seconds=seconds)
         workload = msgspec.structs.replace(workload, rate=msgspec.structs.replace(workload.rate, per_s=rate_per_s))
         with _CpuSampler(process.pid) as sampler:
+            steal_before, total_before = host_cpu_ticks()
             report = runner.run(runner.Target("127.0.0.1", port, 1, secret), workload,
                                 runner.Options(mode="open", connections=connections))
+            steal_after, total_after = host_cpu_ticks()
     finally:
         exit_code, _ = local_server.stop_and_read(process)
     start = report["started_unix_s"]
@@ -113,6 +125,7 @@ def run_rate(rate_per_s: int, *, seconds: float, connections: int, base_dir: str
         "send_lag_p99_ms": lag["p99"] / 1000,
         "server_cpu_us_per_request": round(cpu_s / answered * 1e6, 2) if answered else None,
         "server_exit_code": exit_code,
+        "host_steal_pct": round(100 * (steal_after - steal_before) / max(1, total_after - total_before), 1),
         "checkpoints": _checkpoints_between(os.path.join(base_dir, "server"), start, start + report["duration_s"]),
     }
 
@@ -152,9 +165,9 @@ def summary(result: dict) -> str:
     lines = [f"tally bench latency: {result['seconds']:g} s per rate, {result['connections']} connections, "
              "fresh default server (prefault), default mix, open loop",
              f"{'rate/s':>9} {'achieved':>10} {'p50 ms':>7} {'p99 ms':>7} {'p99.9':>7} {'worst s p99':>11} "
-             f"{'send lag p99':>12} {'server CPU us/req':>17}"]
+             f"{'send lag p99':>12} {'server CPU us/req':>17} {'steal %':>7}"]
     for r in result["rates"]:
         lines.append(f"{r['rate_per_s']:>9,} {r['achieved_per_s']:>10,.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} "
                      f"{r['p999_ms']:>7.2f} {r['worst_second_p99_ms'] or 0:>11.2f} {r['send_lag_p99_ms']:>12.2f} "
-                     f"{r['server_cpu_us_per_request'] or 0:>17.2f}")
+                     f"{r['server_cpu_us_per_request'] or 0:>17.2f} {r['host_steal_pct']:>7.1f}")
     return "\n".join(lines)

@@ -201,3 +201,44 @@ def test_a_request_held_back_by_the_global_limit_is_answered_once_the_backlog_cl
             busy.close()
             waiting.close()
     run(asyncio.wait_for(scenario(), 20))
+
+
+def test_an_idle_server_releases_an_expired_hold_by_itself_and_replay_does_too(tmp_path):
+    # The engine clock runs with no client traffic: the core thread sleeps until the hold's
+    # timeout is due, then logs an empty batch (Store.pulse) that expires it.
+    import time
+
+    from core import replay_log
+
+    data = str(tmp_path / "data")
+
+    async def scenario():
+        async with serving(data) as (store, server, port):
+            client = await Client.connect("127.0.0.1", port, client_id=1, secret=SECRETS[1])
+            await client.create_accounts(core.accounts_from_dicts(
+                [{"id": 1, "ledger": 156, "code": 1}, {"id": 2, "ledger": 156, "code": 1}]))
+            hold = core.transfers_from_dicts([{"id": 10, "debit_account_id": 1, "credit_account_id": 2, "amount": 5,
+                                               "ledger": 156, "code": 1, "flags": int(core.TransferFlags.pending),
+                                               "timeout": 1}])
+            assert (await client.create_transfers(hold)).tolist() == [core.Result.ok]
+            created = time.monotonic()
+            sequence = store.sequence
+            assert (await client.lookup_accounts([1]))["debits_pending"].tolist() == [5]
+            while (await client.lookup_accounts([1]))["debits_pending"][0] != 0:
+                assert time.monotonic() - created < 2.0, "a 1 s hold was not released within 2 s of an idle server"
+                await asyncio.sleep(0.02)
+            # Released by one logged pulse (lookups log nothing); then nothing is due, nothing logged.
+            assert store.sequence == sequence + 1 and store.next_expiry_ns == 0
+            await asyncio.sleep(0.3)
+            assert store.sequence == sequence + 1
+            # Expired: it can no longer be posted.
+            post = core.transfers_from_dicts([{"id": 11, "pending_id": 10, "amount": 5, "ledger": 156, "code": 1,
+                                               "flags": int(core.TransferFlags.post_pending)}])
+            assert (await client.create_transfers(post)).tolist() == [core.Result.pending_transfer_expired]
+            client.close()
+
+    run(scenario())
+    result = replay_log.run(data, str(tmp_path / "replayed"))
+    assert result["equal"]
+    with core.open(str(tmp_path / "replayed")) as replayed:
+        assert replayed.lookup_accounts([1])["debits_pending"].tolist() == [0]

@@ -248,3 +248,31 @@ def test_an_append_the_log_refuses_is_never_acknowledged(data_dir):
         with pytest.raises(core.StoreFailedError, match="was not appended"):
             store.create_transfers(workload.transfer_batch(1), workload.now_ns(1))
         assert isinstance(store._failed, core.StoreError)
+
+
+def test_a_pulse_logs_an_empty_batch_only_when_a_timeout_is_due(data_dir):
+    from core import replay_log
+
+    with core.open(data_dir, accounts_max=16, transfers_hot_max=4096) as store:
+        store.create_accounts(core.accounts_from_dicts([{"id": 1, "ledger": 156, "code": 1},
+                                                        {"id": 2, "ledger": 156, "code": 1}]), 1_000)
+        assert store.pulse(10**12) is None and store.next_expiry_ns == 0  # nothing pending
+        hold = core.transfers_from_dicts([{"id": 10, "debit_account_id": 1, "credit_account_id": 2, "amount": 5,
+                                           "ledger": 156, "code": 1, "flags": int(core.TransferFlags.pending),
+                                           "timeout": 3}])
+        assert store.create_transfers(hold, 2_000).tolist() == [core.Result.ok]
+        due_ns = store.next_expiry_ns
+        assert due_ns == 2_000 + 3 * 10**9
+        assert store.pulse(due_ns - 1) is None and store.sequence == 2  # not yet: nothing logged
+        store.pulse(due_ns).result()
+        assert store.sequence == 3 and store.next_expiry_ns == 0
+        assert store.lookup_accounts([1])["debits_pending"].tolist() == [0]
+        assert store.pulse(due_ns + 10**9) is None and store.sequence == 3
+        entries = list(store.log_entries(3))
+        assert [(operation, now_ns, body.shape[0]) for _, operation, now_ns, _, body in entries] == [
+            (core.store.OPERATION_CREATE_TRANSFERS, due_ns, 0)]
+        expected = store.state_hash()
+    with core.open(data_dir) as reopened:  # recovery replays the pulse at its logged engine time
+        assert reopened.state_hash() == expected
+        assert reopened.lookup_accounts([1])["debits_pending"].tolist() == [0]
+    assert replay_log.run(data_dir, data_dir + "-replayed")["equal"]
