@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py $(wildcard core/*.pyx core/*.pxd)
+$(STAMP): pyproject.toml setup.py $(wildcard core/*.pyx core/*.pxd engine/*.pyx engine/*.pxd)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
@@ -45,7 +45,7 @@ test-debug: setup
 	$(BIN)/python -m pip install --quiet "Cython>=3.0.10" setuptools wheel
 	rm -rf $(DEBUG_TREE) && mkdir -p $(DEBUG_TREE)
 	cp -r core engine tests setup.py pyproject.toml $(DEBUG_TREE)/
-	rm -f $(DEBUG_TREE)/core/*.so $(DEBUG_TREE)/core/*.c
+	rm -f $(DEBUG_TREE)/core/*.so $(DEBUG_TREE)/core/*.c $(DEBUG_TREE)/engine/*.so $(DEBUG_TREE)/engine/*.c
 	cd $(DEBUG_TREE) && TALLY_DEBUG=1 $(CURDIR)/$(BIN)/python setup.py --quiet build_ext --inplace
 	cd $(DEBUG_TREE) && PYTHONPATH=. $(CURDIR)/$(BIN)/python -m pytest -q -p no:cacheprovider \
 		tests/test_properties.py tests/test_tiering.py tests/test_ledger.py tests/test_store.py tests/test_crash.py
@@ -54,4 +54,4 @@ bench-soak: setup
 	$(BIN)/tally bench soak
 
 clean:
-	rm -rf $(VENV) build .tally core/*.c core/*.so core/*.html
+	rm -rf $(VENV) build .tally core/*.c core/*.so core/*.html engine/*.c engine/*.so engine/*.html

@@ -1,6 +1,6 @@
 """Builds Tally's compiled core.
 
-Every ``core/*.pyx`` is one extension module. Compiler directives are set here once for the
+Every ``core/*.pyx`` is one extension module, and ``engine/wire.pyx`` another. Compiler directives are set here once for the
 whole core; bounds checks stay on by default and are turned off per function, right after an
 explicit length check, in the hot loops. ``TALLY_DEBUG=1`` builds with C asserts and
 line tracing off-limits checks kept for debugging.
@@ -24,6 +24,10 @@ extensions = [
         extra_compile_args=["-O2", "-fno-strict-aliasing"] + (["-UNDEBUG"] if DEBUG else ["-DNDEBUG"]),
     )
     for name in ("records", "idmap", "filter", "ledger", "codec")
+] + [
+    # The wire protocol's frame checks and seals (engine/wire.pyx): plain C, no NumPy.
+    Extension("engine.wire", ["engine/wire.pyx"],
+              extra_compile_args=["-O2", "-fno-strict-aliasing"] + (["-UNDEBUG"] if DEBUG else ["-DNDEBUG"])),
 ]
 
 setup(

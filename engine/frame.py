@@ -6,18 +6,19 @@ decoder never trusts a length before checking it against ``FRAME_BYTES_MAX``, ne
 for a frame it will reject, and reports every malformed frame as a ``FrameError`` with a status
 code from the documented table instead of raising. Bodies are returned as memoryviews, so record
 bodies reach the core without a Python object per record.
+
+The checks and seals run in C (``engine.wire``: one call per frame, no Python object per check);
+``tests/frame_reference.py`` keeps the plain-Python definition they are tested against.
 """
 
 from __future__ import annotations
 
 import enum
-import hashlib
-import hmac
+import functools
 import struct
-import zlib
 from dataclasses import dataclass
 
-from engine import constants
+from engine import constants, wire
 
 MAGIC = b"TALY"
 VERSION = 1
@@ -25,10 +26,7 @@ VERSION = 1
 #: length, magic, version, operation, event_count, request_id, client_id, status, body_length,
 #: checksum, mac, reserved.
 HEADER = struct.Struct("<I4sHHIQIIII16s8s")
-_CHECKSUM_OFFSET = 36
-_MAC_OFFSET = 40
 LENGTH_PREFIX_BYTES = 4
-_ZERO_CHECK = bytes(4 + constants.MAC_BYTES)
 
 if HEADER.size != constants.FRAME_HEADER_BYTES:
     raise ImportError("frame header layout disagrees with FRAME_HEADER_BYTES")
@@ -58,6 +56,9 @@ class Status(enum.IntEnum):
         return self in _CLOSING
 
 
+if [status.value for status in Status][:13] != list(range(13)):
+    raise ImportError("engine.frame.Status and engine/wire.pyx's statuses must agree")
+
 _CLOSING = {Status.too_large, Status.too_small, Status.bad_magic, Status.bad_version, Status.bad_length,
             Status.unknown_client, Status.bad_mac, Status.unavailable}
 
@@ -78,14 +79,10 @@ class FrameError:
     request_id: int  # 0 when the header could not be read
 
 
-def _seal(header: bytearray, body, secret: bytes) -> None:
-    """Fill in the checksum and MAC of an encoded header (both computed with those fields zero)."""
-    header[_CHECKSUM_OFFSET:_MAC_OFFSET + constants.MAC_BYTES] = _ZERO_CHECK
-    checksum = zlib.crc32(body, zlib.crc32(header))
-    mac = hmac.new(secret, header, hashlib.sha256)
-    mac.update(body)
-    struct.pack_into("<I", header, _CHECKSUM_OFFSET, checksum)
-    header[_MAC_OFFSET:_MAC_OFFSET + constants.MAC_BYTES] = mac.digest()[:constants.MAC_BYTES]
+@functools.lru_cache(maxsize=256)
+def mac_key(secret: bytes) -> wire.MacKey:
+    """A secret made ready for sealing (kept: making one costs two SHA-256 blocks)."""
+    return wire.MacKey(secret)
 
 
 def encode_header(operation: int, request_id: int, body: bytes | memoryview = b"", *, client_id: int,
@@ -98,9 +95,12 @@ def encode_header(operation: int, request_id: int, body: bytes | memoryview = b"
     if len(body) > constants.FRAME_BODY_BYTES_MAX:
         raise ValueError(f"body of {len(body)} bytes exceeds {constants.FRAME_BODY_BYTES_MAX}")
     header = bytearray(HEADER.pack(HEADER.size - LENGTH_PREFIX_BYTES + len(body), MAGIC, VERSION, operation,
-                                   event_count, request_id, client_id, status, len(body), 0, bytes(16), bytes(8)))
-    _seal(header, body, secret)
+                                   event_count, request_id, client_id, status, len(body), 0, _NO_MAC, _NO_RESERVED))
+    mac_key(secret).seal(header, body)
     return bytes(header)
+
+
+_NO_MAC, _NO_RESERVED = bytes(constants.MAC_BYTES), bytes(8)
 
 
 def encode(operation: int, request_id: int, body: bytes | memoryview = b"", *, client_id: int, secret: bytes,
@@ -137,42 +137,21 @@ class Checker:
     """
 
     def __init__(self, secrets: dict[int, bytes], operations: set[int], record_operations: set[int]):
-        self._secrets = secrets
-        self._operations = operations
-        self._record_operations = record_operations
+        self._checker = wire.FrameChecker(secrets, operations, record_operations)
+        #: ``check_at(buffer, offset, end)``: the compiled check of the frame at ``offset``
+        #: (``engine.wire.FrameChecker.check_at``), for callers that read frames in place.
+        self.check_at = self._checker.check_at
 
     def check(self, raw: memoryview) -> Frame | FrameError:
         """``raw`` is one whole frame (``frame_bytes`` long); the Frame's body is a view into it."""
-        (_, magic, version, operation, event_count, request_id, client_id, status, body_length, checksum, mac,
-         reserved) = HEADER.unpack_from(raw, 0)
-        if magic != MAGIC:
-            return FrameError(Status.bad_magic, 0)
-        if version != VERSION:
-            return FrameError(Status.bad_version, 0)
-        if body_length != len(raw) - HEADER.size:
-            return FrameError(Status.bad_length, 0)
-        header = bytearray(raw[:HEADER.size])
-        body = raw[HEADER.size:]
-        header[_CHECKSUM_OFFSET:_MAC_OFFSET + constants.MAC_BYTES] = _ZERO_CHECK
-        if zlib.crc32(body, zlib.crc32(header)) != checksum:
-            return FrameError(Status.bad_checksum, request_id)
-        if reserved != bytes(8):
-            return FrameError(Status.reserved_not_zero, request_id)
-        secret = self._secrets.get(client_id)
-        if secret is None:
-            return FrameError(Status.unknown_client, request_id)
-        expected = hmac.new(secret, header, hashlib.sha256)
-        expected.update(body)
-        if not hmac.compare_digest(expected.digest()[:constants.MAC_BYTES], mac):
-            return FrameError(Status.bad_mac, request_id)
-        if operation not in self._operations:
-            return FrameError(Status.unknown_operation, request_id)
-        if operation in self._record_operations:
-            if body_length != event_count * 128:
-                return FrameError(Status.bad_record_size, request_id)
-            if event_count > constants.EVENTS_PER_REQUEST_MAX:  # a guard: such a body is too_large
-                return FrameError(Status.too_many_events, request_id)
-        return Frame(operation, request_id, client_id, event_count, status, body)
+        status, total, operation, event_count, request_id, client_id, header_status = self.check_at(raw, 0, len(raw))
+        if status == wire.INCOMPLETE or (status in (Status.too_large, Status.too_small)) or total != len(raw):
+            if status in (Status.too_large, Status.too_small):
+                return FrameError(Status(status), 0)
+            return FrameError(Status.bad_length, 0)  # not one whole frame: the caller framed it wrong
+        if status != Status.ok:
+            return FrameError(Status(status), request_id)
+        return Frame(operation, request_id, client_id, event_count, header_status, memoryview(raw)[HEADER.size:])
 
 
 class Decoder:

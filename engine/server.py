@@ -3,8 +3,8 @@
 The way of a request (shared/ARCHITECTURE.md):
 
 * **Connection** (``asyncio.BufferedProtocol``): the socket reads straight into the
-  connection's receive buffer; complete frames are checked there (length, magic, checksum, MAC:
-  ``engine.frame.Checker``) and handed to the server. Nothing is allocated per record.
+  connection's receive buffer; complete frames are checked there, in C (length, magic,
+  checksum, MAC: ``engine.wire``), and handed to the server. Nothing is allocated per record.
 * **Stages**: the server appends each request to the newest *stage* in arrival order. A create
   request's records are copied into the open create stage of the same operation, so that events
   from every connection form one contiguous batch of at most ``BATCH_EVENTS_MAX`` records (a
@@ -34,7 +34,7 @@ import traceback
 import numpy as np
 
 import core
-from engine import constants, frame
+from engine import constants, frame, wire
 from core import constants as core_constants
 from engine.protocol import (
     CREATE_RECORD_DTYPES, FILTER_DECODER, ID_BYTES, LOOKUP_RECORD_DTYPES, OPERATIONS, RESULT_BYTES, Operation,
@@ -117,17 +117,22 @@ class Connection(asyncio.BufferedProtocol):
             self._handling = False
 
     def _handle_frames_now(self) -> None:
-        while (not self.finished and not self._over_limits()
-               and self._end - self._start >= frame.LENGTH_PREFIX_BYTES):
-            total = frame.frame_bytes(self._buffer, self._start)
-            if isinstance(total, frame.Status):  # the stream cannot be framed any further
-                self._accept(frame.FrameError(total, 0), 0)
-                break
-            if self._end - self._start < total:
+        check_at = self.server.checker.check_at  # compiled (engine.wire): one call per frame
+        while not self.finished and not self._over_limits():
+            status, total, operation, event_count, request_id, client_id, header_status = check_at(
+                self._buffer, self._start, self._end)
+            if status == wire.INCOMPLETE:
                 if self._start + total > len(self._buffer):
                     self._make_room(total)
                 break
-            item = self.server.checker.check(self._view[self._start:self._start + total])
+            if total == 0:  # too_large / too_small: the stream cannot be framed any further
+                self._accept(frame.FrameError(frame.Status(status), 0), 0)
+                break
+            if status == frame.Status.ok:
+                item = frame.Frame(operation, request_id, client_id, event_count, header_status,
+                                   self._view[self._start + frame.HEADER.size:self._start + total])
+            else:
+                item = frame.FrameError(frame.Status(status), request_id)
             self._start += total
             self._accept(item, total)
         # Frames past a limit stay in the buffer (reading is paused meanwhile): they are
