@@ -13,7 +13,8 @@ import struct
 import zlib
 
 from engine import constants
-from engine.frame import HEADER, LENGTH_PREFIX_BYTES, MAGIC, VERSION, Frame, FrameError, Status
+from engine import frame
+from engine.frame import HEADER, MAGIC, VERSION, Frame, FrameError, Status
 
 _CHECKSUM_OFFSET = 36
 _MAC_OFFSET = 40
@@ -30,31 +31,14 @@ def _seal(header: bytearray, body, secret: bytes) -> None:
     header[_MAC_OFFSET:_MAC_OFFSET + constants.MAC_BYTES] = mac.digest()[:constants.MAC_BYTES]
 
 
-def encode_header(operation: int, request_id: int, body: bytes | memoryview = b"", *, client_id: int,
-                  secret: bytes, event_count: int = 0, status: int = 0) -> bytes:
-    """The sealed 64-byte header of a frame carrying ``body`` (sent right after it).
-
-    Large bodies are sent as they are, after this header, so that they are never copied.
-    """
-    body = memoryview(body).cast("B")
-    if len(body) > constants.FRAME_BODY_BYTES_MAX:
-        raise ValueError(f"body of {len(body)} bytes exceeds {constants.FRAME_BODY_BYTES_MAX}")
-    header = bytearray(HEADER.pack(HEADER.size - LENGTH_PREFIX_BYTES + len(body), MAGIC, VERSION, operation,
-                                   event_count, request_id, client_id, status, len(body), 0, bytes(16), bytes(8)))
-    _seal(header, body, secret)
-    return bytes(header)
-
-
 def encode(operation: int, request_id: int, body: bytes | memoryview = b"", *, client_id: int, secret: bytes,
            event_count: int = 0, status: int = 0) -> bytes:
-    """One frame, ready to send.
-
-    >>> frame = encode(1000, 7, client_id=1, secret=b"s3cret")   # a ping
-    >>> len(frame)
-    64
-    """
-    return encode_header(operation, request_id, body, client_id=client_id, secret=secret,
-                         event_count=event_count, status=status) + bytes(body)
+    """One frame sealed by ``_seal``: ``engine.frame.encode``'s header fields, this module's seal."""
+    body = bytes(memoryview(body).cast("B"))
+    header = bytearray(frame.encode_header(operation, request_id, body, client_id=client_id, secret=b"",
+                                           event_count=event_count, status=status))
+    _seal(header, body, secret)
+    return bytes(header) + body
 
 
 class Checker:
