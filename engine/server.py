@@ -29,12 +29,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
+import time
 import traceback
 
 import numpy as np
 
 import core
 from engine import constants, frame, wire
+from engine.metrics import RequestMetrics
 from core import constants as core_constants
 from engine.protocol import (
     CREATE_RECORD_DTYPES, FILTER_DECODER, ID_BYTES, LOOKUP_RECORD_DTYPES, OPERATIONS, RESULT_BYTES, Operation,
@@ -271,7 +273,8 @@ def _reply_bytes_max(item) -> int:
 class _Stage:
     """Requests run together: a create batch (records of one operation), or ordered requests."""
 
-    __slots__ = ("operation", "buffer", "view", "events", "nbytes", "requests", "sealed")
+    __slots__ = ("operation", "buffer", "view", "events", "nbytes", "requests", "sealed", "arrivals_ns",
+                 "taken_ns", "applied_ns", "committed_ns")
 
     def __init__(self, operation: int | None, buffer: bytearray | None = None):
         self.operation = operation  # None for an ordered stage
@@ -282,6 +285,10 @@ class _Stage:
         self.sealed = False  # no other request may follow (the last one left a linked chain open)
         # (connection, operation, request_id, client_id, first_event, event_count, frame_bytes, payload)
         self.requests: list = []
+        # For engine.metrics (time.perf_counter_ns): each request's arrival; when the core thread
+        # took the stage, finished applying it and saw the commit its replies wait for.
+        self.arrivals_ns: list[int] = []
+        self.taken_ns = self.applied_ns = self.committed_ns = 0
 
     def room_for(self, operation: int, events: int) -> bool:
         return (not self.sealed and operation == self.operation
@@ -299,6 +306,12 @@ class _Stage:
 
     def records(self) -> np.ndarray:
         return np.frombuffer(self.buffer, dtype=CREATE_RECORD_DTYPES[self.operation], count=self.events)
+
+
+def _committed(stage: _Stage) -> _Stage:
+    """Note when the commit a stage's replies wait for was done (on the commit thread)."""
+    stage.committed_ns = time.perf_counter_ns()
+    return stage
 
 
 class Server:
@@ -333,6 +346,7 @@ class Server:
         self._unanswered = 0     # batches submitted whose replies are not out yet
         self.batches = 0  # core batches submitted (for tests and stats)
         self.events = 0   # events in them
+        self.metrics = RequestMetrics({int(operation): operation.name for operation in Operation} | {0: "error"})
 
     async def start(self, host: str = "127.0.0.1", port: int = 0, *, ssl=None) -> int:
         """Listen on ``host:port`` (0: any free port); returns the port."""
@@ -381,13 +395,16 @@ class Server:
     def accept(self, connection: Connection, item, nbytes: int) -> None:
         """Queue one checked frame (or frame error) from ``connection``."""
         self.in_flight_bytes += nbytes
+        arrival_ns = time.perf_counter_ns()
         with self._lock:
-            self._stage(connection, item, nbytes)
+            self._stage(connection, item, nbytes).arrivals_ns.append(arrival_ns)
             self._stage_ready.notify()
 
-    def _stage(self, connection: Connection, item, nbytes: int) -> None:
+    def _stage(self, connection: Connection, item, nbytes: int) -> _Stage:
+        """Append the request to the stage it belongs to; returns that stage."""
         if isinstance(item, frame.FrameError):
-            self._ordered_stage().requests.append((connection, 0, item.request_id, 0, 0, 0, nbytes, item.status))
+            stage = self._ordered_stage()
+            stage.requests.append((connection, 0, item.request_id, 0, 0, 0, nbytes, item.status))
         elif item.operation in CREATE_RECORD_DTYPES and item.event_count:
             stage = self._stages[-1] if self._stages else None
             if stage is None or not stage.room_for(item.operation, item.event_count):
@@ -404,8 +421,9 @@ class Server:
                 stage.sealed = True
         else:
             payload = bytes(item.body)  # ids or a filter: small, and the receive buffer moves on
-            self._ordered_stage().requests.append((connection, item.operation, item.request_id, item.client_id,
-                                                   0, 0, nbytes, payload))
+            stage = self._ordered_stage()
+            stage.requests.append((connection, item.operation, item.request_id, item.client_id, 0, 0, nbytes, payload))
+        return stage
 
     def _ordered_stage(self) -> _Stage:
         if not self._stages or self._stages[-1].operation is not None:
@@ -444,6 +462,7 @@ class Server:
                     self._stage_ready.wait(wait_s)
                 if self._stages:
                     stage = self._stages.popleft()
+                    stage.taken_ns = time.perf_counter_ns()
                 elif self._stopping:
                     return
                 else:
@@ -459,14 +478,16 @@ class Server:
                     # is committed: after their replies (request order on every connection),
                     # and never showing a client state that is not yet durable.
                     replies = self._run_ordered(stage)
+                    stage.applied_ns = time.perf_counter_ns()
                     last = self.store.last_submitted
                     if last is None:
+                        stage.committed_ns = stage.applied_ns
                         loop.call_soon_threadsafe(self._answer_ordered, stage, replies, None)
                     else:
                         with self._lock:
                             self._unanswered += 1
                         last.add_done_callback(lambda done, stage=stage, replies=replies: loop.call_soon_threadsafe(
-                            self._answer_ordered, stage, replies, done))
+                            self._answer_ordered, _committed(stage), replies, done))
                 else:
                     with self._lock:
                         self._unanswered += 1
@@ -476,8 +497,9 @@ class Server:
                         with self._lock:
                             self._unanswered -= 1
                         raise
+                    stage.applied_ns = time.perf_counter_ns()
                     pending.add_done_callback(
-                        lambda done, stage=stage: loop.call_soon_threadsafe(self._answer_batch, stage, done))
+                        lambda done, stage=stage: loop.call_soon_threadsafe(self._answer_batch, _committed(stage), done))
                     self._recycle(stage)
                     self.batches += 1
                     self.events += stage.events
@@ -511,6 +533,13 @@ class Server:
                 return
         for request, reply in zip(stage.requests, replies):
             self._send(request, *reply)
+        replied_ns = time.perf_counter_ns()
+        by_operation: dict[int, list[int]] = {}
+        for request, arrival_ns in zip(stage.requests, stage.arrivals_ns):
+            by_operation.setdefault(request[1], []).append(arrival_ns)
+        for operation, arrivals_ns in by_operation.items():
+            self.metrics.record_batch(operation, len(arrivals_ns), arrivals_ns, stage.taken_ns, stage.applied_ns,
+                                      stage.committed_ns, replied_ns)
 
     def _recycle(self, stage: _Stage) -> None:
         # The store has packed the records into its log entry: the buffer can take the next
@@ -532,6 +561,8 @@ class Server:
         for request in stage.requests:
             first, count = request[4], request[5]
             self._send(request, frame.Status.ok, view[first * 4:(first + count) * 4], count)
+        self.metrics.record_batch(stage.operation, len(stage.requests), stage.arrivals_ns, stage.taken_ns,
+                                  stage.applied_ns, stage.committed_ns, time.perf_counter_ns())
 
     def _run_ordered(self, stage: _Stage) -> list[tuple]:
         """On the core thread: (status, body, event_count) for each request of an ordered stage."""
