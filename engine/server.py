@@ -176,8 +176,8 @@ class Connection(asyncio.BufferedProtocol):
                 or self.in_flight_bytes >= constants.IN_FLIGHT_BYTES_PER_CONNECTION_MAX
                 or self.server.in_flight_bytes >= constants.IN_FLIGHT_BYTES_MAX)
 
-    def answered(self, nbytes: int) -> None:
-        self.in_flight_requests -= 1
+    def answered(self, nbytes: int, requests: int = 1) -> None:
+        self.in_flight_requests -= requests
         self.in_flight_bytes -= nbytes
         if self.finished and self.in_flight_requests == 0:
             self.close_gently()
@@ -221,6 +221,11 @@ class Connection(asyncio.BufferedProtocol):
                                      event_count=event_count, status=status)
         # One writev for header and body (two writes would cost two system calls per reply).
         self.transport.writelines((header, body)) if len(body) else self.transport.write(header)
+
+    def reply_frames(self, frames: bytearray) -> None:
+        """Sealed reply frames built together (``engine.wire.ReplySealer``): one write."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(frames)
 
     def update_reading(self) -> None:
         """Pause or resume reading according to the limits."""
@@ -327,6 +332,7 @@ class Server:
         self.store = store
         self.secrets = secrets
         self.checker = frame.Checker(secrets, set(OPERATIONS), set(CREATE_RECORD_DTYPES))
+        self._sealer = wire.ReplySealer(secrets)
         self.connections: set[Connection] = set()
         self.paused: set[Connection] = set()
         self.in_flight_bytes = 0
@@ -430,9 +436,9 @@ class Server:
             self._stages.append(_Stage(None))
         return self._stages[-1]
 
-    def _answered(self, connection: Connection, nbytes: int) -> None:
+    def _answered(self, connection: Connection, nbytes: int, requests: int = 1) -> None:
         self.in_flight_bytes -= nbytes
-        connection.answered(nbytes)
+        connection.answered(nbytes, requests)
         if self.paused and self.in_flight_bytes < constants.IN_FLIGHT_BYTES_MAX:
             for paused in list(self.paused):
                 paused.update_reading()
@@ -557,10 +563,10 @@ class Server:
         except core.StoreError:
             self._fail(stage)
             return
-        view = memoryview(results).cast("B")
-        for request in stage.requests:
-            first, count = request[4], request[5]
-            self._send(request, frame.Status.ok, view[first * 4:(first + count) * 4], count)
+        # Every reply of the batch built and sealed in one C pass, one write per connection.
+        for connection, (frames, requests, nbytes) in self._sealer.batch_replies(stage.requests, results).items():
+            connection.reply_frames(frames)
+            self._answered(connection, nbytes, requests)
         self.metrics.record_batch(stage.operation, len(stage.requests), stage.arrivals_ns, stage.taken_ns,
                                   stage.applied_ns, stage.committed_ns, time.perf_counter_ns())
 

@@ -91,3 +91,27 @@ def test_check_at_reads_frames_in_place_and_reports_incomplete_ones():
     assert checker.check_at(stream, 2, 2 + 10)[:2] == (wire.INCOMPLETE, len(one))  # length known
     with pytest.raises(ValueError):
         checker.check_at(stream, 2, len(stream) + 1)
+
+
+@settings(max_examples=150, deadline=None)
+@given(counts=st.lists(st.sampled_from([0, 1, 3, 1024, 1025, 2000]), min_size=1, max_size=8),
+       connections=st.lists(st.sampled_from("abc"), min_size=8, max_size=8),
+       clients=st.lists(st.sampled_from([1, 2, 7, 99]), min_size=8, max_size=8))
+def test_batch_replies_are_the_frames_encode_gives(counts, connections, clients):
+    # 99 is an unknown client: its replies are sealed with the empty key, as error replies are.
+    results = bytes((i * 13) & 0xFF for i in range(4 * sum(counts)))
+    requests, first = [], 0
+    for k, count in enumerate(counts):
+        requests.append((connections[k], 2, 1000 + k, clients[k], first, count, 64 + 128 * count, None))
+        first += count
+    grouped = wire.ReplySealer(SECRETS).batch_replies(requests, results)
+    for connection in set(connections[:len(counts)]):
+        mine = [r for r in requests if r[0] == connection]
+        expected = b"".join(
+            frame.encode(2, r[2], results[r[4] * 4:(r[4] + r[5]) * 4], client_id=r[3],
+                         secret=SECRETS.get(r[3], b""), event_count=r[5]) for r in mine)
+        frames, replies, nbytes = grouped[connection]
+        assert bytes(frames) == expected
+        assert (replies, nbytes) == (len(mine), sum(r[6] for r in mine))
+    with pytest.raises(ValueError, match="outside"):
+        wire.ReplySealer(SECRETS).batch_replies([("a", 2, 1, 1, 0, len(results) // 4 + 1, 64, None)], results)
