@@ -132,10 +132,14 @@ def create_default(path: str, *, data: str = DEFAULT_DATA_DIR, port: int = DEFAU
     return config
 
 
-def load_or_create(path: str, *, data: str | None = None, port: int | None = None) -> Config:
-    """``load``, creating the default file first if there is none (with ``data``/``port`` if given)."""
+def load_or_create(path: str) -> Config:
+    """``load``, creating the default file first if there is none.
+
+    The file gets the defaults, never a first run's --data/--port: those are overrides of one
+    run, and a later plain ``tally serve`` must use .tally/data and 7420, as documented.
+    """
     if not os.path.exists(path):
-        create_default(path, data=data or DEFAULT_DATA_DIR, port=DEFAULT_PORT if port is None else port)
+        create_default(path)
     return load(path)
 
 

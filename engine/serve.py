@@ -7,6 +7,7 @@ it already received, closes the connections and the store, and returns 0.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import os
 import signal
@@ -27,6 +28,11 @@ SLOW_FLUSH_S = 0.25
 EVENTS_FILE_BYTES_MAX = 16 << 20
 
 
+class ServeError(Exception):
+    """The server cannot start for a reason the operator fixes (the port taken, the data directory
+    in use): ``tally serve`` says it in one line, without a traceback."""
+
+
 def tls_context(cert: str, key: str) -> ssl_module.SSLContext:
     context = ssl_module.create_default_context(ssl_module.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
@@ -37,12 +43,21 @@ async def serve(config: Config, *, announce=print) -> None:
     """Serve until SIGINT/SIGTERM; ``announce`` gets one line once the port is open."""
     settings = config.server
     ssl = tls_context(settings.tls_cert, settings.tls_key) if settings.tls_cert else None
-    store = core.open(settings.data, accounts_max=settings.accounts_max, transfers_hot_max=settings.transfers_hot_max,
-                      pending_max=settings.pending_max,
-                      prefault=settings.prefault, checkpoint_interval_events=settings.checkpoint_interval_events)
+    try:
+        store = core.open(settings.data, accounts_max=settings.accounts_max,
+                          transfers_hot_max=settings.transfers_hot_max, pending_max=settings.pending_max,
+                          prefault=settings.prefault, checkpoint_interval_events=settings.checkpoint_interval_events)
+    except core.StoreError as error:  # e.g. held by another server: an operator's error, not a crash
+        raise ServeError(str(error)) from error
     try:
         server = Server(store, config.secrets())
-        port = await server.start(settings.host, settings.port, ssl=ssl)
+        try:
+            port = await server.start(settings.host, settings.port, ssl=ssl)
+        except OSError as error:
+            await server.close()  # its core thread is running: stop it before the store closes
+            if error.errno == errno.EADDRINUSE:
+                raise ServeError(f"port {settings.port} on {settings.host} is in use") from error
+            raise ServeError(f"cannot listen on {settings.host}:{settings.port}: {error}") from error
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

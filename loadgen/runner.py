@@ -208,13 +208,31 @@ def _now_ns() -> int:
 
 
 async def connect(target: Target, count: int):
-    from engine.client import Client
+    from engine.client import Client, ServerError
+    from engine.frame import Status
 
+    address = f"{target.host}:{target.port}"
     try:
-        return [await Client.connect(target.host, target.port, client_id=target.client_id, secret=target.secret)
-                for _ in range(count)]
+        clients = [await Client.connect(target.host, target.port, client_id=target.client_id, secret=target.secret)]
+        # A ping first: a wrong secret is then one clear error before the run makes anything (a
+        # trace file), not a ServerError in the middle of the setup.
+        try:
+            await clients[0].ping()
+        except ServerError as error:
+            clients[0].close()
+            if error.status == Status.bad_mac:
+                raise LoadError(f"the server at {address} refused our MAC: check the client secret in --config "
+                                f"(client {target.client_id})") from None
+            if error.status == Status.unknown_client:
+                raise LoadError(f"the server at {address} does not know client {target.client_id}: "
+                                "check --client-id and the client ids in --config") from None
+            raise LoadError(f"the server at {address} refused a ping: {error}") from error
+        for _ in range(count - 1):
+            clients.append(await Client.connect(target.host, target.port, client_id=target.client_id,
+                                                secret=target.secret))
+        return clients
     except OSError as error:
-        raise LoadError(f"cannot connect to {target.host}:{target.port}: {error}") from error
+        raise LoadError(f"cannot connect to {address}: {error}") from error
 
 
 async def _send_frame(client, operation: int, indexes, scheduled_ns, kinds, batch, tally: Tally, recorder,

@@ -131,11 +131,12 @@ class Rate(msgspec.Struct, forbid_unknown_fields=True):
     burst_s: float = 1.0
 
     def check(self) -> str | None:
-        for name in ("per_s", "start_per_s", "burst_at_s", "burst_factor", "burst_s"):
-            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
-                return f"rate.{name} must be finite and >= 0"
+        # per_s first, with its one range: 0, -5, nan and inf (from a file or --rate) get the same message.
         if not 0 < self.per_s <= RATE_PER_S_MAX:
             return f"rate.per_s must be in (0, {RATE_PER_S_MAX}]"
+        for name in ("start_per_s", "burst_at_s", "burst_factor", "burst_s"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                return f"rate.{name} must be finite and >= 0"
         peak_per_s = self.per_s * self.burst_factor if self.shape == "burst" else self.per_s
         if self.start_per_s > RATE_PER_S_MAX or peak_per_s > RATE_PER_S_MAX:
             return f"rates must stay <= {RATE_PER_S_MAX}/s"
@@ -234,12 +235,26 @@ class WorkloadError(Exception):
 
 
 def load(path: str) -> Workload:
-    """Read a workload from a ``.toml`` or ``.json`` file, and check it."""
+    """Read a workload from a TOML or JSON file, and check it.
+
+    ``.toml`` is read as TOML and ``.json`` as JSON; any other name by its content (JSON starts
+    with ``{``), so a TOML file named ``.yaml`` or ``.txt`` is not met with a JSON parser's error.
+    """
     try:
         with open(path, "rb") as file:
-            raw = tomllib.load(file) if path.endswith(".toml") else json.load(file)
+            data = file.read()
+        if path.endswith(".toml"):
+            kind = "TOML"
+        elif path.endswith(".json"):
+            kind = "JSON"
+        else:
+            kind = "JSON" if data.lstrip().startswith(b"{") else "TOML"
+        try:
+            raw = json.loads(data) if kind == "JSON" else tomllib.loads(data.decode())
+        except ValueError as error:  # JSONDecodeError, TOMLDecodeError and UnicodeDecodeError are ValueErrors
+            raise WorkloadError(f"{path}: not valid {kind}: {error}") from error
         workload = msgspec.convert(raw, Workload)
-    except (OSError, ValueError, tomllib.TOMLDecodeError, msgspec.ValidationError) as error:
+    except (OSError, msgspec.ValidationError) as error:
         raise WorkloadError(f"{path}: {error}") from error
     problem = workload.check()
     if problem:

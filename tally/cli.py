@@ -31,7 +31,7 @@ def _serve(args) -> int:
     from engine import config as config_module, serve
 
     try:
-        config = config_module.load_or_create(args.config, data=args.data, port=args.port)
+        config = config_module.load_or_create(args.config)  # --data/--port override it below, unsaved
     except config_module.ConfigError as error:
         print(f"tally serve: {error}", file=sys.stderr)
         return 2
@@ -45,7 +45,11 @@ def _serve(args) -> int:
     if problem:
         print(f"tally serve: {problem}", file=sys.stderr)
         return 2
-    return serve.run(config)
+    try:
+        return serve.run(config)
+    except serve.ServeError as error:
+        print(f"tally serve: {error}", file=sys.stderr)
+        return 2
 
 
 def _bench_core(args) -> int:
@@ -242,9 +246,23 @@ def _bench_loadgen(args) -> int:
     return 0
 
 
+def _data_directory_problem(path: str) -> str | None:
+    """Why ``path`` is not an existing Tally data directory, or None. Commands that only read or
+    tidy a store check first: core.open would make an empty store at a mistyped path."""
+    if not os.path.isdir(path):
+        return f"{path}: no such data directory"
+    if not os.path.isfile(os.path.join(path, "data.mdb")):
+        return f"{path}: not a Tally data directory (no data.mdb)"
+    return None
+
+
 def _log_archive(args) -> int:
     import core
 
+    problem = _data_directory_problem(args.data)
+    if problem:
+        print(f"tally log archive: {problem}", file=sys.stderr)
+        return 2
     try:
         with core.open(args.data) as store:
             result = store.archive_log(into=args.into)
@@ -265,6 +283,10 @@ def _info(args) -> int:
 
     import core
 
+    problem = _data_directory_problem(args.data)
+    if problem:
+        print(f"tally info: {problem}", file=sys.stderr)
+        return 2
     try:
         store = core.open(args.data)
     except core.StoreError as error:
@@ -299,11 +321,16 @@ def _info(args) -> int:
     return 0
 
 
+def _command(subparsers, name: str, *, help: str) -> argparse.ArgumentParser:  # noqa: A002 - argparse's name
+    """A sub-command whose --help opens with what it does (its line in the parent's list)."""
+    return subparsers.add_parser(name, help=help, description=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tally", description="Tally payment engine.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the server (stops gracefully on SIGINT/SIGTERM)")
+    serve = _command(commands, "serve", help="run the server (stops gracefully on SIGINT/SIGTERM)")
     serve.add_argument("--config", default=DEFAULT_CONFIG_PATH,
                        help=f"configuration file, created with a fresh client secret if missing (default {DEFAULT_CONFIG_PATH})")
     serve.add_argument("--data", help=f"data directory (default: the config's, {DEFAULT_DATA_DIR})")
@@ -314,10 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--prefault", action="store_true", help="touch all ledger memory at start")
     serve.set_defaults(run=_serve)
 
-    bench = commands.add_parser("bench", help="run a benchmark")
+    bench = _command(commands, "bench", help="run a benchmark")
     bench_kinds = bench.add_subparsers(dest="kind", required=True, metavar="KIND")
-    core_bench = bench_kinds.add_parser(
-        "core", help="in-process core: durable and in-memory transfers/s, recovery, LMDB ceiling")
+    core_bench = _command(
+        bench_kinds, "core",
+        help="in-process core: durable and in-memory transfers/s, recovery, LMDB ceiling")
     core_bench.add_argument("--json", action="store_true", help="print one JSON object")
     core_bench.add_argument("--accounts", type=int, default=1_000_000, help="accounts (default 1,000,000)")
     core_bench.add_argument("--transfers", type=int, default=4_000_000, help="payments (default 4,000,000)")
@@ -326,8 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="directory for the LMDB stores (default: a temporary directory, removed after)")
     core_bench.set_defaults(run=_bench_core)
 
-    e2e = bench_kinds.add_parser(
-        "e2e", help="server process + client process on loopback: transfers/s, latency, ratio to the core")
+    e2e = _command(
+        bench_kinds, "e2e",
+        help="server process + client process on loopback: transfers/s, latency, ratio to the core")
     e2e.add_argument("--json", action="store_true", help="print one JSON object")
     e2e.add_argument("--seconds", type=float, default=5.0, help="length of the peak and half-load runs (default 5)")
     e2e.add_argument("--connections", type=int, default=4, help="client connections (default 4)")
@@ -340,8 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     e2e.add_argument("--data", default=None, help="directory for the stores (default: a temporary one, removed)")
     e2e.set_defaults(run=_bench_e2e)
 
-    loadgen_bench = bench_kinds.add_parser(
-        "loadgen", help="the load generator's own ceiling: closed loop against a sink that answers at once")
+    loadgen_bench = _command(
+        bench_kinds, "loadgen",
+        help="the load generator's own ceiling: closed loop against a sink that answers at once")
     loadgen_bench.add_argument("--json", action="store_true", help="print one JSON object")
     loadgen_bench.add_argument("--seconds", type=float, default=5.0, help="length of the run (default 5)")
     loadgen_bench.add_argument("--connections", type=int, default=2, help="connections (default 2)")
@@ -349,8 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     loadgen_bench.add_argument("--workers", type=int, default=1, help="load generator processes (default 1)")
     loadgen_bench.set_defaults(run=_bench_loadgen)
 
-    latency = bench_kinds.add_parser(
-        "latency", help="a fresh default server per rate, the default mix open loop: p50/p99, worst second, server CPU")
+    latency = _command(
+        bench_kinds, "latency",
+        help="a fresh default server per rate, the default mix open loop: p50/p99, worst second, server CPU")
     latency.add_argument("--json", action="store_true", help="print one JSON object")
     latency.add_argument("--seconds", type=float, default=60.0, help="length of each rate's run (default 60)")
     latency.add_argument("--rates", default="10000,50000,200000",
@@ -359,8 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     latency.add_argument("--data", default=None, help="directory for the servers' data (default: a temporary one)")
     latency.set_defaults(run=_bench_latency)
 
-    soak = bench_kinds.add_parser(
-        "soak", help="hundreds of millions of payments through one store: bounded memory, rates, recovery, cold lookups")
+    soak = _command(
+        bench_kinds, "soak",
+        help="hundreds of millions of payments through one store: bounded memory, rates, recovery, cold lookups")
     soak.add_argument("--json", action="store_true", help="print one JSON object")
     soak.add_argument("--transfers", type=int, default=200_000_000, help="payments (default 200,000,000)")
     soak.add_argument("--accounts", type=int, default=1_000_000, help="accounts (default 1,000,000)")
@@ -370,9 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--keep", action="store_true", help="keep the store afterwards (for tally replay-log)")
     soak.set_defaults(run=_bench_soak)
 
-    load = commands.add_parser("load", help="run load against a server, or replay a recorded trace")
+    load = _command(commands, "load", help="run load against a server, or replay a recorded trace")
     load_kinds = load.add_subparsers(dest="kind", required=True, metavar="KIND")
-    run = load_kinds.add_parser("run", help="open-loop (scheduled) or closed-loop load from a workload file")
+    run = _command(load_kinds, "run", help="open-loop (scheduled) or closed-loop load from a workload file")
     run.add_argument("workload", nargs="?", help="workload file, TOML or JSON (loadgen/workload.py; default: "
                                                  "100,000 users, 1,000 merchants, payments at 10,000/s for 10 s)")
     run.add_argument("--rate", type=float, help="requests/s (the workload's rate.per_s)")
@@ -393,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=1, help="random seed of the requests (default 1)")
     run.add_argument("--record", metavar="FILE", help="write the trace of every request (docs/trace-format.md)")
     run.set_defaults(run=_load_run)
-    replay = load_kinds.add_parser("replay", help="re-send a recorded trace at its times and compare result codes")
+    replay = _command(load_kinds, "replay", help="re-send a recorded trace at its times and compare result codes")
     replay.add_argument("trace", help="a trace written by tally load run --record")
     replay.add_argument("--speed", type=float, default=1.0, help="time scale: 2.0 replays twice as fast (default 1)")
     replay.add_argument("--connections", type=int, default=1,
@@ -411,14 +443,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--json", action="store_true", help="print the report as one JSON object")
         sub.add_argument("--quiet", action="store_true", help="no progress line")
 
-    replay_log = commands.add_parser(
-        "replay-log", help="re-apply a data directory's log into a fresh store and compare the state hashes")
+    replay_log = _command(
+        commands, "replay-log",
+        help="re-apply a data directory's log into a fresh store and compare the state hashes")
     replay_log.add_argument("--data", required=True, help="the data directory whose log is replayed (not in use)")
     replay_log.add_argument("--into", required=True, help="a new (empty or missing) directory for the replayed store")
     replay_log.add_argument("--json", action="store_true", help="print one JSON object")
     replay_log.set_defaults(run=_replay_log)
 
-    demo = commands.add_parser("demo", help="start a local server, run a short realistic load, report, stop")
+    demo = _command(commands, "demo", help="start a local server, run a short realistic load, report, stop")
     demo.add_argument("--dir", default=os.path.join(".tally", "demo"),
                       help="the demo's directory: server data, config, trace and report (default .tally/demo; "
                            "its server data is started afresh each time)")
@@ -427,17 +460,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--users", type=int, default=50_000, help="wallets (default 50,000)")
     demo.set_defaults(run=_demo)
 
-    log = commands.add_parser("log", help="manage the log of processed batches")
+    log = _command(commands, "log", help="manage the log of processed batches")
     log_kinds = log.add_subparsers(dest="log_command", required=True, metavar="ACTION")
-    archive = log_kinds.add_parser(
-        "archive", help="move log entries covered by a checkpoint into segment files (docs/tiering.md)")
+    archive = _command(
+        log_kinds, "archive",
+        help="move log entries covered by a checkpoint into segment files (docs/tiering.md)")
     archive.add_argument("--data", default=DEFAULT_DATA_DIR, help=f"data directory, not in use (default {DEFAULT_DATA_DIR})")
     archive.add_argument("--into", help="archive directory (default DATA/archive, or the one set before); "
                                         "segments archived elsewhere before are moved here")
     archive.add_argument("--json", action="store_true", help="print one JSON object")
     archive.set_defaults(run=_log_archive)
 
-    info = commands.add_parser("info", help="open a data directory (recovering it) and describe it")
+    info = _command(commands, "info", help="open a data directory (recovering it) and describe it")
     info.add_argument("--data", default=DEFAULT_DATA_DIR, help=f"data directory (default {DEFAULT_DATA_DIR})")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(run=_info)

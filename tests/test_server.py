@@ -16,6 +16,9 @@ from tests import workload
 
 SECRETS = {1: b"service-one", 2: b"service-two"}
 
+# Every test here on both event loops: stock asyncio, and uvloop as tally serve runs (conftest.py).
+pytestmark = pytest.mark.usefixtures("event_loop_kind")
+
 
 def run(coroutine):
     return asyncio.run(coroutine)
