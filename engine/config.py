@@ -10,6 +10,8 @@
     # pending_max = 1048576         unresolved pending transfers held in memory
     # tls_cert = "cert.pem", tls_key = "key.pem"          (optional: serve TLS only)
     # prefault = false                                     (true: touch all memory at start)
+    # metrics_port = 9420      latency histograms in the Prometheus text format at
+    #                          http://metrics_host:metrics_port/metrics (0, the default: off)
 
     [[clients]]               # one table per client service
     id = 1
@@ -49,6 +51,8 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     prefault: bool = False    # touch all ledger memory at start: slower start, no page faults later
     checkpoint_interval_events: int = core_constants.CHECKPOINT_INTERVAL_EVENTS_DEFAULT
     state_hash_on_exit: bool = False   # print the ledger's state hash after a graceful stop (tally replay-log compares)
+    metrics_port: int = 0              # serve /metrics (engine/metrics.py) on this port; 0: off
+    metrics_host: str = DEFAULT_HOST
 
 
 class ClientCredentials(msgspec.Struct, forbid_unknown_fields=True):
@@ -105,6 +109,8 @@ def check(config: Config) -> str | None:
             return f"the secret of client {client.id} is shorter than {SECRET_BYTES_MIN} bytes"
     if not 0 <= config.server.port <= 65535:
         return "port must be in 0..65535"
+    if not 0 <= config.server.metrics_port <= 65535:
+        return "metrics_port must be in 0..65535 (0: no metrics endpoint)"
     if (config.server.tls_cert is None) != (config.server.tls_key is None):
         return "tls_cert and tls_key go together"
     return None

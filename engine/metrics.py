@@ -128,3 +128,27 @@ def start_endpoint(metrics: RequestMetrics, host: str, port: int):
     registry.register(_Collector(metrics))
     server, thread = start_http_server(port, addr=host, registry=registry)
     return server, thread, server.server_port
+
+
+def table(text: str) -> str:
+    """The Prometheus text this module serves, as a table (``tally metrics``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts: dict[tuple[str, str], float] = {}
+    quantiles: dict[tuple[str, str], dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "tally_request_stage_seconds_count":
+                counts[(labels["operation"], labels["stage"])] = sample.value
+            elif sample.name == "tally_request_stage_quantile_seconds":
+                quantiles.setdefault((labels["operation"], labels["stage"]), {})[labels["quantile"]] = sample.value
+    if not counts:
+        return "no request has been answered yet"
+    lines = [f"{'operation':<22} {'stage':<7} {'requests':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9}"]
+    for operation, stage in sorted(counts, key=lambda key: (key[0], STAGES.index(key[1]) if key[1] in STAGES else 99)):
+        q = quantiles.get((operation, stage), {})
+        lines.append(f"{operation:<22} {stage:<7} {counts[(operation, stage)]:>10,.0f} "
+                     + " ".join(f"{q.get(name, float('nan')) * 1e3:>{width}.2f}"
+                                for name, width in (("0.5", 8), ("0.99", 8), ("0.999", 9))))
+    return "\n".join(lines)

@@ -17,6 +17,7 @@ import sys
 import msgspec
 
 import core
+from engine import metrics
 from engine.config import Config
 from engine.server import Server
 
@@ -64,16 +65,28 @@ async def serve(config: Config, *, announce=print) -> None:
             loop.add_signal_handler(signum, stop.set)
         # Everything made so far (modules, the store, the server) lives as long as the process:
         # out of the collector's sight, a full collection scans only what came since.
+        metrics_http = None
+        if settings.metrics_port:
+            try:
+                metrics_http, _, metrics_port = metrics.start_endpoint(server.metrics, settings.metrics_host,
+                                                                      settings.metrics_port)
+            except OSError as error:
+                await server.close()
+                raise ServeError(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: "
+                                 f"{error.strerror or error}") from error
         gc.collect()
         gc.freeze()
         announce(f"tally serve: listening on {settings.host}:{port}{' (TLS)' if ssl else ''}, "
-                 f"data {settings.data}, {store.sequence:,} batches logged")
+                 f"data {settings.data}, {store.sequence:,} batches logged"
+                 + (f", metrics on http://{settings.metrics_host}:{metrics_port}/metrics" if metrics_http else ""))
         events = _EventReporter(store, announce, os.path.join(settings.data, EVENTS_FILE))
         reporter = asyncio.create_task(events.run())
         await stop.wait()
         reporter.cancel()
         announce("tally serve: shutting down (answering what was received)")
         await server.close()
+        if metrics_http is not None:
+            metrics_http.shutdown()
         events.report()  # the jobs of the last second
         if settings.state_hash_on_exit:
             # The live state, to compare with what replaying the log gives (tally replay-log).

@@ -10,6 +10,7 @@
     tally replay-log --data DIR --into NEWDIR
     tally demo [--seconds N] [--rate N]
     tally info [--data DIR]
+    tally metrics [--config FILE] [--host H] [--port N]
 
 Arguments are parsed here and nothing else is done here: each sub-command calls into its part.
 """
@@ -278,6 +279,33 @@ def _log_archive(args) -> int:
     return 0
 
 
+def _metrics(args) -> int:
+    import urllib.request
+
+    from engine import config as config_module, metrics
+
+    host, port = args.host, args.port
+    if host is None or port is None:
+        try:
+            settings = config_module.load(args.config).server
+        except (OSError, config_module.ConfigError) as error:
+            print(f"tally metrics: {error} (or give --host and --port)", file=sys.stderr)
+            return 2
+        host = settings.metrics_host if host is None else host
+        port = settings.metrics_port if port is None else port
+    if not port:
+        print("tally metrics: the server's metrics_port is 0 (off): set it in the config's [server] table",
+              file=sys.stderr)
+        return 2
+    try:
+        text = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10).read().decode()
+    except OSError as error:
+        print(f"tally metrics: cannot read http://{host}:{port}/metrics: {error}", file=sys.stderr)
+        return 2
+    print(metrics.table(text))
+    return 0
+
+
 def _info(args) -> int:
     import msgspec
 
@@ -475,6 +503,13 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--data", default=DEFAULT_DATA_DIR, help=f"data directory (default {DEFAULT_DATA_DIR})")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(run=_info)
+
+    metrics = _command(commands, "metrics",
+                       help="a running server's latency per operation and stage (its metrics_port must be set)")
+    metrics.add_argument("--config", default=DEFAULT_CONFIG_PATH, help=f"the server's config (default {DEFAULT_CONFIG_PATH})")
+    metrics.add_argument("--host", default=None, help="metrics host (default: the config's metrics_host)")
+    metrics.add_argument("--port", type=int, default=None, help="metrics port (default: the config's metrics_port)")
+    metrics.set_defaults(run=_metrics)
     return parser
 
 

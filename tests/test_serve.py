@@ -261,3 +261,36 @@ def test_serve_prints_its_checkpoints_and_logs_them_for_load_reports(tmp_path):
     checkpoints = [event for event in events if event["kind"] == "checkpoint"]
     assert len(checkpoints) == len(printed) >= 1  # (how many: as the checkpoint thread keeps up)
     assert all(event["bytes_written"] > 0 and event["duration_s"] >= event["commit_s"] >= 0 for event in checkpoints)
+
+
+def test_serve_exposes_its_latency_histograms_and_tally_metrics_prints_them(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a free port for the metrics endpoint
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
+    path = write_config(tmp_path, f"metrics_port = {metrics_port}\n")
+    with Served(path, str(tmp_path / "data")) as served:
+        assert f"metrics on http://127.0.0.1:{metrics_port}/metrics" in served.first_line
+
+        async def scenario():
+            client = await Client.connect("127.0.0.1", served.port, client_id=1, secret=SECRETS[1])
+            await client.create_accounts(core.accounts_from_dicts([{"id": 1, "ledger": 156, "code": 1}]))
+            for _ in range(3):
+                await client.lookup_accounts([1])
+            client.close()
+        run(scenario())
+        shown = subprocess.run([sys.executable, "-m", "tally", "metrics", "--config", path], cwd=ROOT,
+                               capture_output=True, text=True, timeout=30)
+        code, _, err = served.stop()
+    assert code == 0, err
+    assert shown.returncode == 0, shown.stderr
+    rows = {tuple(line.split()[:3]) for line in shown.stdout.splitlines()[1:]}
+    assert ("create_accounts", "total", "1") in rows and ("lookup_accounts", "commit", "3") in rows
+
+
+def test_metrics_of_a_server_without_the_endpoint_is_one_line(tmp_path):
+    path = write_config(tmp_path)
+    shown = subprocess.run([sys.executable, "-m", "tally", "metrics", "--config", path], cwd=ROOT,
+                           capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 2 and "metrics_port is 0" in shown.stderr
