@@ -40,8 +40,9 @@ class LatencyHistogram:
     def count(self) -> int:
         return self.hdr.get_total_count()
 
-    def record(self, values_us: np.ndarray) -> None:
-        """Record every value of an integer array (clamped to 1 µs .. one hour)."""
+    def record(self, values_us: np.ndarray, counts: np.ndarray | None = None) -> None:
+        """Record every value of an integer array (clamped to 1 µs .. one hour), each once or
+        ``counts[i]`` times."""
         if len(values_us) == 0:
             return
         values = np.clip(np.asarray(values_us, dtype=np.int64), LATENCY_US_LOWEST, LATENCY_US_HIGHEST)
@@ -51,10 +52,16 @@ class LatencyHistogram:
         bit_length = np.frexp((values | self._sub_bucket_mask).astype(np.float64))[1].astype(np.int64)
         bucket = bit_length - (self._half_magnitude + 1)
         index = ((bucket + 1) << self._half_magnitude) + (values >> bucket) - (1 << self._half_magnitude)
-        slots, counts = np.unique(index, return_counts=True)
-        self._counts[slots] += counts.astype(np.uint64)
+        if counts is None:
+            slots, per_slot = np.unique(index, return_counts=True)
+            self._counts[slots] += per_slot.astype(np.uint64)
+            recorded = len(values)
+        else:
+            counts = np.asarray(counts, dtype=np.uint64)
+            np.add.at(self._counts, index, counts)
+            recorded = int(counts.sum())
         h = self.hdr
-        h.total_count += len(values)
+        h.total_count += recorded
         h.min_value = min(h.min_value, int(values.min()))
         h.max_value = max(h.max_value, int(values.max()))
 

@@ -3,6 +3,8 @@
 import asyncio
 import urllib.request
 
+import numpy as np
+
 import core
 from engine import metrics as metrics_module
 from engine.client import Client
@@ -67,3 +69,21 @@ def test_the_prometheus_endpoint_serves_the_histograms(data_dir):
     p99 = ("tally_request_stage_quantile_seconds", (("operation", "create_transfers"), ("quantile", "0.99"),
                                                     ("stage", "apply")))
     assert samples[p99] > 0
+
+
+def test_weighted_recording_is_hdrh_s_record_value_with_a_count():
+    from hdrh.histogram import HdrHistogram
+
+    from loadgen.histogram import LatencyHistogram
+
+    values = np.array([1, 5, 5, 999, 1000, 1001, 123_456, 7_000_000, 10**10], dtype=np.int64)
+    counts = np.array([3, 1, 2, 7, 1, 1, 4, 2, 1], dtype=np.uint64)
+    ours = LatencyHistogram()
+    ours.record(values, counts)
+    reference = HdrHistogram(1, 3_600_000_000, 3)
+    for value, count in zip(values.tolist(), counts.tolist()):
+        reference.record_value(min(value, 3_600_000_000), count)
+    assert ours.count == reference.get_total_count() == int(counts.sum())
+    for percentile in (1, 25, 50, 90, 99, 99.9, 100):
+        assert ours.value_at(percentile) == reference.get_value_at_percentile(percentile)
+    assert ours.hdr.get_max_value() == reference.get_max_value()
