@@ -10,15 +10,20 @@
 
 The compiled extensions are required: there is no pure-Python fallback, and importing without
 them fails loudly (build with ``pip install -e .``).
+
+The wire's vocabulary (record layouts and dtypes, result codes, flags, codes, ids) is loaded
+at once; the state machine and the store (``Ledger``, ``IdMap``, ``open``, ``Store`` ...) on
+first use: a service that only needs the client library (``engine.client``) or the load
+generator never loads LMDB or the ledger (tests/test_client_imports.py).
 """
+
+import importlib
 
 try:
     from core.records import (
         ACCOUNT_DTYPE, TRANSFER_DTYPE, ID_DTYPE, Result, AccountFlags, TransferFlags, AccountCode,
         TransferCode, Currency, accounts_from_dicts, transfers_from_dicts, to_dicts, ids_array,
     )
-    from core.ledger import Ledger
-    from core.idmap import IdMap
 except ImportError as error:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
         "Tally's compiled core is not built: run `pip install -e .` (see README.md)"
@@ -28,12 +33,25 @@ from core import constants
 from core.constants import BATCH_EVENTS_MAX
 from core.ids import new_id, new_ids
 
+#: Loaded on first use: name -> the module that defines it.
+_LAZY = {"Ledger": "core.ledger", "IdMap": "core.idmap", "Store": "core.store", "StoreError": "core.store",
+         "StoreFailedError": "core.store", "RecoveryStats": "core.store", "open": "core.store"}
+
 __all__ = [
     "ACCOUNT_DTYPE", "TRANSFER_DTYPE", "ID_DTYPE", "Result", "AccountFlags", "TransferFlags",
     "AccountCode", "TransferCode", "Currency", "accounts_from_dicts", "transfers_from_dicts",
-    "to_dicts", "ids_array", "Ledger", "IdMap", "constants", "BATCH_EVENTS_MAX", "new_id", "new_ids",
+    "to_dicts", "ids_array", "constants", "BATCH_EVENTS_MAX", "new_id", "new_ids", *_LAZY,
 ]
 
-from core.store import Store, StoreError, StoreFailedError, RecoveryStats, open  # noqa: E402,A004
 
-__all__ += ["Store", "StoreError", "StoreFailedError", "RecoveryStats", "open"]
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
