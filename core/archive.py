@@ -23,6 +23,8 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from core.durable import fsync_directory
+
 #: A segment file is closed once it holds this many bytes (entries are at most about 1 MiB).
 ARCHIVE_SEGMENT_BYTES_MAX = 1 << 30
 
@@ -84,7 +86,7 @@ class LogArchive:
                 match = _TEMPORARY_NAME.match(name)
                 if match and first <= int(match[1]) <= last:
                     os.unlink(os.path.join(self.directory, name))
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
 
     def make_directory(self) -> None:
         """Create the directory (and missing parents), each new entry synced into its parent."""
@@ -95,7 +97,7 @@ class LogArchive:
             path = os.path.dirname(path)
         for path in reversed(missing):
             os.mkdir(path)
-            _fsync_directory(os.path.dirname(path))
+            fsync_directory(os.path.dirname(path))
 
     def take_over(self, segments: list[Segment]) -> list[Segment]:
         """Put durable copies of ``segments`` (of another directory) here, hard links on the same
@@ -113,14 +115,14 @@ class LogArchive:
                     os.fsync(file.fileno())
             os.replace(temporary, target)
             copies.append(Segment(target, segment.first, segment.last))
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         return copies
 
     def remove(self, segments: list[Segment]) -> None:
         for segment in segments:
             os.unlink(segment.path)
         if segments:
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
 
     def write(self, entries) -> list[Segment]:
         """Write ``(sequence, entry bytes)`` items (consecutive) to new segments, streamed (memory
@@ -236,13 +238,6 @@ class _SegmentWriter:
         last = self.next_sequence - 1
         path = os.path.join(self.directory, f"log-{self.first:020d}-{last:020d}.tseg")
         os.rename(self.temporary, path)
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         return Segment(path, self.first, last)
 
-
-def _fsync_directory(directory: str) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

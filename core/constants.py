@@ -46,6 +46,14 @@ ACCOUNT_TRANSFERS_LIMIT_MAX = BATCH_EVENTS_MAX
 #: LMDB map size: the most the store may hold on disk. Sparse until written.
 LMDB_MAP_SIZE_BYTES_DEFAULT = 64 << 30
 
+#: The journal (docs/journal.md): the ring that makes log entries durable ahead of the LMDB log.
+#: It holds the entries acknowledged and not yet sunk into the LMDB log; an entry (at most
+#: about 1 MiB) must fit a quarter of it.
+JOURNAL_BYTES_DEFAULT = 32 << 20
+#: The sink puts the journal's entries into the LMDB log at least this often (and whenever a
+#: quarter of the ring is waiting).
+JOURNAL_SINK_INTERVAL_S = 0.1
+
 #: Batches applied in memory but not yet committed, at most (the store's commit pipeline).
 COMMIT_PIPELINE_DEPTH_DEFAULT = 2
 COMMIT_PIPELINE_DEPTH_MAX = 16

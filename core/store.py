@@ -6,10 +6,13 @@ Design:
 * **The log is the source of truth.** Every batch that changes state is appended, as it came in
   (its 128-byte records, failed events included, losslessly packed by ``core.codec`` to about a
   fifth of their size, since the commit cost is the bytes written) with the engine time it was
-  applied at, to the ``log`` database under a big-endian sequence number, in a write transaction
-  with a synchronous commit (batches waiting together share one: group commit); results are
-  returned only after the commit. Keys only ever grow, so each put is an append
-  (``MDB_APPEND``).
+  applied at, to the ``log`` database under a big-endian sequence number. It is made durable
+  first in the **journal** (``core.journal``, docs/journal.md): one write and one ``fdatasync``
+  of a preallocated ring per group of batches waiting together (group commit); results are
+  returned only after that sync. The sink thread then puts the entries into the LMDB log, many
+  groups per synced LMDB commit, and the ring's space is reused. Opening a store first moves
+  the journal's synced entries into the LMDB log, so everything else reads the LMDB log. Keys
+  only ever grow, so each put is an append (``MDB_APPEND``).
 * **Hot and cold.** The ledger holds accounts, a window of recent transfers, and every pending
   transfer until it is resolved. Each complete *epoch* of transfers is written to the cold tier
   (``core.cold``) by a background thread, committed only after the log commit of its last
@@ -48,7 +51,7 @@ import lmdb
 import msgspec
 import numpy as np
 
-from core import checkpoint, codec, constants, memory, writeback
+from core import checkpoint, codec, constants, journal, memory, writeback
 from core import cold as cold_module
 from core import filter as filter_module
 from core import ledger as ledger_module
@@ -74,6 +77,9 @@ OPERATION_CREATE_TRANSFERS = 2
 RECORD_DTYPES = {OPERATION_CREATE_ACCOUNTS: ACCOUNT_DTYPE, OPERATION_CREATE_TRANSFERS: TRANSFER_DTYPE}
 
 _SEQUENCE = struct.Struct(">Q")
+#: The journal's position, stored with each sink: generation, next sequence, offset, ring bytes.
+_JOURNAL_POSITION = struct.Struct("<QQQQ")
+JOURNAL_FILE = "journal"
 #: Every checkpointed array, declared by the component that owns it (core/checkpoint.py).
 CHECKPOINT_ARRAYS = checkpoint.registry(ledger_module.CHECKPOINT_ARRAYS, cold_module.CHECKPOINT_ARRAYS,
                                         filter_module.CHECKPOINT_ARRAYS)
@@ -234,6 +240,7 @@ class Store:
                  checkpoint_interval_events: int = constants.CHECKPOINT_INTERVAL_EVENTS_DEFAULT,
                  checkpoint_interval_batches: int | None = None,
                  commit_pipeline_depth: int = constants.COMMIT_PIPELINE_DEPTH_DEFAULT,
+                 journal_bytes: int = constants.JOURNAL_BYTES_DEFAULT,
                  prefault: bool = False, clock_ns=time.time_ns):
         if checkpoint_interval_events < 1 or (checkpoint_interval_batches is not None and checkpoint_interval_batches < 1):
             raise ValueError("checkpoint intervals must be >= 1")
@@ -253,6 +260,7 @@ class Store:
         self._meta = self._load_or_create_meta(accounts_max, transfers_hot_max, pending_max,
                                                cold_epoch_transfers, id_filter_bytes)
         self._archive_meta = self._load_archive_meta()
+        self._journal = self._open_journal(journal_bytes, prefault)
         self._epoch_transfers = self._meta.cold_epoch_transfers
         self._map_size_bytes = map_size_bytes
         self._checkpoint_env = self._open_checkpoint_env(map_size_bytes)
@@ -297,6 +305,16 @@ class Store:
         self._entries = [bytearray(LOG_HEADER.size + codec.packed_size_max(constants.BATCH_EVENTS_MAX))
                          for _ in range(commit_pipeline_depth + 1)]
         self._commits: queue.SimpleQueue = queue.SimpleQueue()
+        # What the journal holds and the LMDB log does not yet: (sequence, entry, end offset in
+        # the ring, ring bytes held), handed from the commit thread to the sink thread.
+        self._sink_items: collections.deque = collections.deque()
+        self._sink_bytes = 0
+        self._sink_wanted = False        # someone waits for the LMDB log to catch up
+        self._sink_stopping = False
+        self._sunk_sequence = self._committed_sequence
+        self._sink_ready = threading.Condition()
+        self._sinker = threading.Thread(target=self._sink_loop, name="tally-sink", daemon=True)
+        self._sinker.start()
         self._committer = threading.Thread(target=self._commit_loop, name="tally-commit", daemon=True)
         self._committer.start()
         # A commit thread beside a busy main thread waits a whole switch interval (5 ms by
@@ -499,6 +517,7 @@ class Store:
         """Sizes and counters of the hot and cold tiers (``tally info``)."""
         led = self.ledger
         disk = {"log": _file_bytes(os.path.join(self.path, "data.mdb")),
+                "journal": _file_bytes(os.path.join(self.path, JOURNAL_FILE)),
                 "checkpoint_environment": _file_bytes(os.path.join(self.path, CHECKPOINT_SUBDIRECTORY, "data.mdb")),
                 "cold_environment": _file_bytes(os.path.join(self.path, COLD_SUBDIRECTORY, "data.mdb"))}
         disk.update({f"cold_{name}": size for name, size in self.cold.disk_bytes().items()})
@@ -541,6 +560,8 @@ class Store:
         """
         if self._env is None:
             raise StoreError("the store is closed")
+        if self._failed is None:
+            self.sink_journal()  # what only the journal holds yet goes into the LMDB log first
         for sequence, value in self._log_raw(first_sequence):
             yield _decode_entry(sequence, value)
 
@@ -566,6 +587,7 @@ class Store:
         the next run replaces. Idempotent: a second run archives only what came since.
         """
         self.checkpoint()
+        self.sink_journal()  # the entries it covers are in the LMDB log, not only in the journal
         self._checkpoint_env.sync(True)
         self._cold_env.sync(True)
         through = self._checkpoint_meta.sequence
@@ -902,6 +924,10 @@ class Store:
         finally:
             self._commits.put(None)
             self._committer.join()
+            with self._sink_ready:  # what the journal holds goes into the LMDB log, then the sink ends
+                self._sink_stopping = True
+                self._sink_ready.notify_all()
+            self._sinker.join()
             try:
                 self._reap(wait_all=True)
             except Exception:  # the log holds everything the cold tier and the checkpoint would have
@@ -910,6 +936,7 @@ class Store:
             self._checkpointer.shutdown(wait=True)
             self._cold_env.close()
             self._checkpoint_env.close()
+            self._journal.close()
             self._env.close()
             self._env = None
             self._lock_file.close()  # releases the directory's lock
@@ -924,7 +951,8 @@ class Store:
 
     def _check_usable(self):
         if self._failed is not None:
-            raise StoreFailedError("a commit failed earlier; reopen the store to recover") from self._failed
+            raise StoreFailedError(f"a commit failed earlier; reopen the store to recover ({self._failed})") \
+                from self._failed
         if self._env is None:
             raise StoreError("the store is closed")
 
@@ -956,20 +984,127 @@ class Store:
             if group[-1] is None:
                 stopping = True
                 group.pop()
-            if self._failed is None and group:
+            # A group made durable is acknowledged even if the sink fails meanwhile (the journal
+            # holds it, and a reopen recovers it); the store's failure stops the groups after.
+            error = self._failed
+            if error is None and group:
+                try:
+                    self._journal_group(group)
+                    self._committed_sequence = group[-1][0].sequence
+                except BaseException as failure:  # the disk: nothing more is acked
+                    error = self._failed = self._failed or _with_disk_hint(failure, self.path)
+            for pending, _ in group:
+                pending._finish(error)
+                self._in_flight.release()
+
+    def _journal_group(self, group: list) -> None:
+        """Make a group of log entries durable in the journal (commit thread), in parts that
+        fit half the ring, and hand copies of them to the sink (the entry buffers are reused
+        once their batches are acked)."""
+        part, part_bytes = [], 0
+        half = self._journal.capacity_bytes // 2
+        for index, (pending, entry) in enumerate(group):
+            part.append((pending.sequence, entry))
+            part_bytes += journal.frame_bytes(len(entry))
+            last = index == len(group) - 1
+            if last or part_bytes + journal.frame_bytes(len(group[index + 1][1])) > half:
+                placed = self._journal.append(part)
+                with self._sink_ready:
+                    for (sequence, entry_view), (end_offset, held) in zip(part, placed):
+                        self._sink_items.append((sequence, bytes(entry_view), end_offset, held))
+                        self._sink_bytes += held
+                    if self._sink_bytes >= self._journal.capacity_bytes // 4:
+                        self._sink_ready.notify_all()
+                part, part_bytes = [], 0
+
+    def _sink_loop(self) -> None:
+        """The sink thread: every ``JOURNAL_SINK_INTERVAL_S`` (or when a quarter of the ring is
+        waiting, or someone waits for it), the journal's entries go into the LMDB log with the
+        journal position after them, in one synced commit; then their ring space is reused."""
+        while True:
+            with self._sink_ready:
+                self._sink_ready.wait_for(
+                    lambda: self._sink_stopping or self._sink_wanted
+                    or self._sink_bytes >= self._journal.capacity_bytes // 4,
+                    timeout=constants.JOURNAL_SINK_INTERVAL_S)
+                items = list(self._sink_items)
+                self._sink_items.clear()
+                self._sink_bytes = 0
+                stopping = self._sink_stopping
+            if items and self._failed is None:
                 try:
                     with self._env.begin(write=True, db=self._log) as txn:
-                        for pending, entry in group:
-                            # An append refused (a key not after the last) must never be acked.
-                            if not txn.put(_SEQUENCE.pack(pending.sequence), entry, append=True):
-                                raise StoreError(f"log entry {pending.sequence} was not appended: "
+                        for sequence, entry, _, _ in items:
+                            # An append refused (a key not after the last) must never happen.
+                            if not txn.put(_SEQUENCE.pack(sequence), entry, append=True):
+                                raise StoreError(f"log entry {sequence} was not appended: "
                                                  "the log does not end where this store thinks it does")
-                    self._committed_sequence = group[-1][0].sequence
-                except BaseException as error:  # the disk, the map size: nothing more is acked
-                    self._failed = _with_disk_hint(error, self.path)
-            for pending, _ in group:
-                pending._finish(self._failed)
-                self._in_flight.release()
+                        sequence, _, end_offset, _ = items[-1]
+                        self._put_journal_position(txn, self._journal.generation, sequence + 1, end_offset,
+                                                   self._journal.capacity_bytes)
+                    self._journal.release(sum(item[3] for item in items))
+                except BaseException as error:  # the disk, the map size: the journal still holds them
+                    self._failed = self._failed or _with_disk_hint(error, self.path)
+                    self._journal.fail(self._failed)
+            with self._sink_ready:
+                if items and self._failed is None:
+                    self._sunk_sequence = items[-1][0]
+                self._sink_wanted = bool(self._sink_items) and self._sink_wanted
+                self._sink_ready.notify_all()
+            if stopping and not items:
+                return
+
+    def sink_journal(self) -> None:
+        """Wait until every committed batch is in the LMDB log, not only in the journal (for
+        readers of the LMDB log on an open store: ``log_entries``, ``archive_log``)."""
+        self._drain()
+        target = self._committed_sequence
+        with self._sink_ready:
+            while self._sunk_sequence < target and self._failed is None:
+                self._sink_wanted = True
+                self._sink_ready.notify_all()
+                self._sink_ready.wait(constants.JOURNAL_SINK_INTERVAL_S)
+        self._check_usable()
+
+    def _put_journal_position(self, txn, generation: int, next_sequence: int, offset: int, capacity: int) -> None:
+        """Where recovery reads the journal from: the frame after the LMDB log's last entry."""
+        txn.put(b"journal", _JOURNAL_POSITION.pack(generation, next_sequence, offset, capacity), db=self._meta_db)
+
+    def _open_journal(self, journal_bytes: int, prefault: bool) -> journal.Journal:
+        """Open the journal; move the entries it holds beyond the LMDB log (synced before a
+        crash, not yet sunk) into the LMDB log, then start it afresh with a new generation."""
+        if journal_bytes < JOURNAL_BYTES_MIN or journal_bytes % journal.ALIGN_BYTES:
+            raise ValueError(f"journal_bytes must be a multiple of {journal.ALIGN_BYTES} and at least "
+                             f"{JOURNAL_BYTES_MIN} (four of the largest log entries)")
+        ring = journal.Journal(os.path.join(self.path, JOURNAL_FILE), journal_bytes)
+        try:
+            last = self._last_sequence()
+            with self._env.begin(db=self._meta_db) as txn:
+                stored = txn.get(b"journal")
+            frames, generation = [], 0
+            if stored is not None:
+                generation, next_sequence, offset, capacity = _JOURNAL_POSITION.unpack(stored)
+                if next_sequence != last + 1:
+                    raise StoreError(f"{self.path}: the journal's position (entry {next_sequence}) does not follow "
+                                     f"the log's last entry ({last})")
+                frames = list(ring.scan(offset, next_sequence, generation, capacity))
+            try:
+                with self._env.begin(write=True) as txn:
+                    for sequence, entry, _ in frames:
+                        if not txn.put(_SEQUENCE.pack(sequence), entry, append=True, db=self._log):
+                            raise StoreError(f"{self.path}: journal entry {sequence} does not follow the log")
+                    self._put_journal_position(txn, generation + 1, last + len(frames) + 1, 0, journal_bytes)
+            except lmdb.MapFullError:
+                raise StoreError(f"{self.path}: the journal holds {len(frames)} acknowledged batches the log has no "
+                                 "room for: reopen with a larger map_size_bytes") from None
+            ring.start(generation + 1)
+            if prefault:
+                ring.prefill()
+        except BaseException:
+            ring.close()
+            raise
+        self.journal_recovered_batches = len(frames)
+        return ring
 
     def _open_checkpoint_env(self, map_size_bytes: int):
         """The checkpoints' LMDB environment: its own write lock, no fsync.
@@ -1152,6 +1287,11 @@ class Store:
                              f"logged {last_timestamp})")
         self._queue_flush()
         return count
+
+
+#: The smallest journal: four of the largest log entries (a batch of BATCH_EVENTS_MAX events).
+JOURNAL_BYTES_MIN = journal.FRAMES_PER_RING_MIN * journal.frame_bytes(
+    LOG_HEADER.size + codec.packed_size_max(constants.BATCH_EVENTS_MAX))
 
 
 def _in_chunks(lookup, ids: np.ndarray):

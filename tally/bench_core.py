@@ -244,6 +244,7 @@ def run(accounts: int = 1_000_000, transfers: int = 4_000_000, batch_size: int =
 def _log_bytes(store, first_sequence: int) -> int:
     """Bytes of the log entries from ``first_sequence`` on."""
     total = 0
+    store.sink_journal()
     with store._env.begin(db=store._log, buffers=True) as txn:
         cursor = txn.cursor()
         if cursor.set_range(core.store._SEQUENCE.pack(first_sequence)):

@@ -8,13 +8,16 @@ Prints "ack N" after batch N is committed (the store returned). Runs until kille
 import sys
 
 import core
+from core.store import JOURNAL_BYTES_MIN
 from tests import workload
 
 
 def main():
     data_dir, interval = sys.argv[1], int(sys.argv[2])
-    # A small hot window: most of the history goes to the cold tier while the kills land.
-    store = core.open(data_dir, accounts_max=100, checkpoint_interval_batches=interval, **workload.TIERS)
+    # A small hot window: most of the history goes to the cold tier while the kills land; the
+    # smallest journal: it wraps every few dozen batches, so kills land across its laps too.
+    store = core.open(data_dir, accounts_max=100, checkpoint_interval_batches=interval,
+                      journal_bytes=JOURNAL_BYTES_MIN, **workload.TIERS)
     if store.sequence == 0:
         store.create_accounts(workload.account_batch(), workload.now_ns(0))
         print("ack 1", flush=True)

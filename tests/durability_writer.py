@@ -1,6 +1,6 @@
 """Child process for the durability test: submits batches, marking each submit and ack in a trace.
 
-    python -m tests.durability_writer DATA_DIR TRACE MODE LOG_ENV
+    python -m tests.durability_writer DATA_DIR TRACE MODE JOURNAL
 
 Run under the LD_PRELOAD shim of tests/fsync_shim.c with TALLY_SYNC_TRACE=TRACE, so that the
 shim's lines (the writes and syncs of the store's files) and this process's "SUBMIT n" (written
@@ -17,16 +17,13 @@ MODE is how results are waited for:
 * ``callback``: ``store.submit``, each batch acked from ``PendingBatch.add_done_callback``, on the
   commit thread: the earliest moment a server can learn that a batch is done.
 
-LOG_ENV is how the log's LMDB environment (the store directory itself, not its checkpoint
-sub-environment) is opened: ``as-is`` (as core/store.py says), or with one of its options forced
-by wrapping ``lmdb.open``: ``sync=False`` or ``metasync=False`` (the test's negative controls).
+JOURNAL is ``as-is`` (as core/store.py opens it), or ``journal-unsynced``: its ``fdatasync``
+left out (the test's negative control).
 """
 
 import collections
 import os
 import sys
-
-import lmdb
 
 import core
 from core.store import OPERATION_CREATE_ACCOUNTS, OPERATION_CREATE_TRANSFERS
@@ -37,38 +34,32 @@ PIPELINE_DEPTH = 4   # commit_pipeline_depth of the pipelined modes
 WINDOW = 6           # batches submitted but not yet acked, at most (pipelined mode)
 
 
-def _force_log_env_option(data_dir: str, option: str):
-    """Wrap lmdb.open so that the environment at data_dir (only) is opened with `option` forced."""
-    name, value = option.split("=")
-    forced = {"False": False, "True": True}[value]
-    real_open = lmdb.open
-    target = os.path.realpath(data_dir)
-    patched = []
+def _unsync_the_journal() -> None:
+    """Make every journal the store opens skip its fdatasync (the negative control)."""
+    from core import journal
 
-    def open_forcing(path, *args, **kwargs):
-        if os.path.realpath(path) == target:
-            kwargs[name] = forced
-            patched.append(path)
-        return real_open(path, *args, **kwargs)
+    real_init = journal.Journal.__init__
 
-    lmdb.open = open_forcing
-    return patched
+    def init_unsynced(self, path, capacity_bytes, *, sync=True):
+        real_init(self, path, capacity_bytes, sync=False)
+
+    journal.Journal.__init__ = init_unsynced
 
 
 def main():
-    data_dir, trace_path, mode, log_env = sys.argv[1:5]
+    data_dir, trace_path, mode, journal_mode = sys.argv[1:5]
     trace = os.open(trace_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def mark(text: str) -> None:
         os.write(trace, (text + "\n").encode())
 
-    patched = _force_log_env_option(data_dir, log_env) if log_env != "as-is" else None
+    if journal_mode == "journal-unsynced":
+        _unsync_the_journal()
+    elif journal_mode != "as-is":
+        sys.exit(f"durability_writer: unknown journal mode {journal_mode}")
     store = core.open(data_dir, accounts_max=100, transfers_hot_max=100_000,
                       checkpoint_interval_batches=3,  # checkpoints (unsynced, by design) run too
                       commit_pipeline_depth=1 if mode == "blocking" else PIPELINE_DEPTH)
-    if patched is not None and not patched:
-        sys.exit(f"durability_writer: core.open did not open {data_dir} through lmdb.open: "
-                 f"{log_env} was not forced")
     mark("OPEN")
     batches = [(OPERATION_CREATE_ACCOUNTS, workload.account_batch(), workload.now_ns(0))]
     batches += [(OPERATION_CREATE_TRANSFERS, workload.transfer_batch(seed), workload.now_ns(seed))

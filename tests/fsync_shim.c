@@ -4,7 +4,7 @@
  * Use:    LD_PRELOAD=./fsync_shim.so TALLY_SYNC_TRACE=/path/to/trace python ...
  *
  * Every call to fsync, fdatasync, msync, sync_file_range, syncfs, sync, and to write, pwrite,
- * pwrite64, writev, pwritev, pwritev64 on a regular file (other than the trace itself) is passed
+ * pwrite64, writev, pwritev, pwritev64, pwritev2, pwritev64v2 (Python's os.pwritev) on a regular file (other than the trace itself) is passed
  * on to libc (dlsym(RTLD_NEXT, ...)) and then, once it has returned, appended to the trace as
  * one line, in one write() on an O_APPEND descriptor, so lines from several threads and the
  * process's own appends to the same file (the test's "ACK n" lines) never interleave and appear
@@ -53,6 +53,8 @@ static ssize_t (*real_pwrite64)(int, const void *, size_t, off64_t);
 static ssize_t (*real_writev)(int, const struct iovec *, int);
 static ssize_t (*real_pwritev)(int, const struct iovec *, int, off_t);
 static ssize_t (*real_pwritev64)(int, const struct iovec *, int, off64_t);
+static ssize_t (*real_pwritev2)(int, const struct iovec *, int, off_t, int);
+static ssize_t (*real_pwritev64v2)(int, const struct iovec *, int, off64_t, int);
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static pthread_mutex_t trace_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -84,6 +86,8 @@ static void init(void) {
     real_writev = next("writev");
     real_pwritev = next("pwritev");
     real_pwritev64 = next("pwritev64");
+    real_pwritev2 = next("pwritev2");
+    real_pwritev64v2 = next("pwritev64v2");
     const char *path = getenv("TALLY_SYNC_TRACE");
     if (path != NULL && *path != '\0') {
         int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
@@ -319,6 +323,26 @@ ssize_t pwritev64(int fd, const struct iovec *iov, int iovcnt, off64_t offset) {
     int saved = errno;
     if (traced(fd))
         trace_fd_call("pwritev64", fd, (long long)offset, (long long)iov_bytes(iov, iovcnt), result, "");
+    errno = saved;
+    return result;
+}
+
+ssize_t pwritev2(int fd, const struct iovec *iov, int iovcnt, off_t offset, int flags) {
+    ensure();
+    ssize_t result = real_pwritev2(fd, iov, iovcnt, offset, flags);
+    int saved = errno;
+    if (traced(fd))
+        trace_fd_call("pwritev2", fd, (long long)offset, (long long)iov_bytes(iov, iovcnt), result, "");
+    errno = saved;
+    return result;
+}
+
+ssize_t pwritev64v2(int fd, const struct iovec *iov, int iovcnt, off64_t offset, int flags) {
+    ensure();
+    ssize_t result = real_pwritev64v2(fd, iov, iovcnt, offset, flags);
+    int saved = errno;
+    if (traced(fd))
+        trace_fd_call("pwritev64v2", fd, (long long)offset, (long long)iov_bytes(iov, iovcnt), result, "");
     errno = saved;
     return result;
 }

@@ -17,36 +17,28 @@ line one write() on an O_APPEND descriptor: the trace is the order things happen
 bundles liblmdb statically, but liblmdb calls these functions through libc's dynamic symbols, so
 LD_PRELOAD sees every one of them (the trace checks below fail if it stops seeing them).
 
-What LMDB does per commit (observed; ``sync=True, metasync=True`` as core/store.py opens the
-log): ``pwrite``/``writev`` of the dirty pages to data.mdb, ``fdatasync`` of data.mdb, then one
-``pwrite`` of the meta page (offset < 2 pages) through a second descriptor of data.mdb opened with
-O_DSYNC, which is synchronous in itself: no sync call follows it. With ``sync=False`` there is
-no fdatasync and the meta page goes through the ordinary descriptor; with ``metasync=False``
-the fdatasync stays but the meta page write (the commit point) is not synced before the commit
-returns. The write-ahead of the next commit may already be under way when a batch is acked
-(group commit with batches in flight).
+What makes a batch durable (docs/journal.md): the commit thread writes each group of batches
+to the journal, ``<store>/journal``, as frames (one ``pwritev``), then ``fdatasync``s it; only
+then are the batches acknowledged. The LMDB log (``data.mdb``) is written later by the sink,
+in synced commits, and the journal's space is reused only after them.
 
-The rule checked, for the log's own file ``<store>/data.mdb`` (not ``checkpoint/data.mdb``,
-whose environment is deliberately not synced: a checkpoint only saves replay time):
+The rule checked, for the journal's file (not ``checkpoint/data.mdb``, whose environment is
+deliberately not synced: a checkpoint only saves replay time):
 
-* at each "ACK n", every write to data.mdb up to the last commit point before that ACK (the last
-  meta page write: the commit that holds batch n has ended before its ack) is durable: written
-  through an O_DSYNC/O_SYNC descriptor, or followed, before the ACK, by a successful fsync,
-  fdatasync or synchronous msync of data.mdb (or sync/syncfs). sync_file_range does not count: it
-  neither flushes metadata nor the device's cache. Writes after that last commit point belong to
-  a commit still in progress (a later group) and are judged at their own acks.
-* between "SUBMIT n" and "ACK n" there is at least one commit point, so the rule is never
-  vacuous (a shim that stopped seeing the calls fails here, instead of passing).
-
-The checker assumes, as LMDB guarantees, that one thread at a time writes data.mdb (write
-transactions are serialized), so a sync logged after a write started after that write returned.
+* at each "ACK n", the write of batch n's frame (its place in the journal is read from the
+  file after the run: the child's few batches never wrap the ring) happened after "SUBMIT n"
+  and is durable: written through an O_DSYNC/O_SYNC descriptor, or followed, before the ACK, by a
+  successful fsync or fdatasync of the journal (or sync/syncfs). sync_file_range does not count:
+  it neither flushes metadata nor the device's cache. Writes of later groups under way at an
+  ack are judged at their own acks.
+* so the rule is never vacuous: an ack with no write of its frame since its SUBMIT is a
+  violation (a shim that stopped seeing the calls fails here, instead of passing).
 
 Checked in three ways of waiting for results (blocking calls, pipelined ``submit`` with
 ``PendingBatch.result()``, and ``add_done_callback`` on the commit thread, the earliest point a
-server can reply), and shown to be able to fail: the same child with the log environment forced
-to ``sync=False``, or to ``metasync=False`` (the subtler bug: every data page is synced, but the
-commit point of the last transaction is not, so the batch just acked can vanish), must produce
-violations.
+server can reply), and shown to be able to fail: the same child with the journal's sync turned
+off must produce a violation at every ack. The LMDB log environment must stay synchronous (the
+journal's space is reused after its commits): ``test_the_log_environment_syncs_its_commits``.
 
 If ``cc`` is missing the test fails (it does not skip): durability must not go unchecked
 silently.
@@ -65,12 +57,10 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIM_SOURCE = os.path.join(ROOT, "tests", "fsync_shim.c")
 TRACE_ENV = "TALLY_SYNC_TRACE"
-PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")  # LMDB's page size: the OS page size
-META_BYTES = 2 * PAGE_BYTES              # LMDB's two meta pages lead the file
 
 SYNC_CALLS = {"fsync", "fdatasync", "msync"}     # durable for the file they name (msync: MS_SYNC)
 GLOBAL_SYNC_CALLS = {"sync", "syncfs"}           # durable for every file (of the file system)
-WRITE_CALLS = {"write", "pwrite", "pwrite64", "writev", "pwritev", "pwritev64"}
+WRITE_CALLS = {"write", "pwrite", "pwrite64", "writev", "pwritev", "pwritev64", "pwritev2", "pwritev64v2"}
 
 
 # ---------------------------------------------------------------------- the shim
@@ -90,14 +80,14 @@ def shim(tmp_path_factory) -> str:
     return library
 
 
-def _run_child(shim: str, tmp_path, mode: str, log_env: str) -> tuple[list[str], str]:
+def _run_child(shim: str, tmp_path, mode: str, journal_mode: str) -> tuple[list[str], str]:
     """Run tests/durability_writer.py under the shim; the trace's lines and the store's path."""
     data_dir = str(tmp_path / "store")
     trace = str(tmp_path / "trace")
     env = dict(os.environ)
     env["LD_PRELOAD"] = shim + (" " + env["LD_PRELOAD"] if env.get("LD_PRELOAD") else "")
     env[TRACE_ENV] = trace
-    child = subprocess.run([sys.executable, "-m", "tests.durability_writer", data_dir, trace, mode, log_env],
+    child = subprocess.run([sys.executable, "-m", "tests.durability_writer", data_dir, trace, mode, journal_mode],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert child.returncode == 0, f"durability_writer failed ({child.returncode}):\n{child.stdout}{child.stderr}"
     assert "cannot be preloaded" not in child.stderr, child.stderr
@@ -124,8 +114,8 @@ class Event:
 class Verdict:
     violations: list[str]
     acks: int = 0
-    commits: int = 0       # commit points (meta page writes) of the log
-    syncs: int = 0         # sync calls on the log
+    writes: int = 0        # writes to the journal
+    syncs: int = 0         # sync calls on the journal
     calls: dict = dataclasses.field(default_factory=dict)   # (call, file) -> count, every file
 
 
@@ -139,12 +129,28 @@ def _parse(number: int, text: str) -> Event | None:
     return Event(number, text, call, dsync == "1", int(offset), int(length), int(result), path)
 
 
-def check_trace(lines: list[str], data_dir: str) -> Verdict:
-    """Violations of "every acked batch's log writes were durable before its ack" (module docstring)."""
-    log_file = os.path.join(os.path.realpath(data_dir), "data.mdb")
+def journal_frames(data_dir: str) -> dict[int, tuple[int, int]]:
+    """Batch sequence -> (start, end) of its frame in the journal, read from the file."""
+    from core import journal
+
+    with open(os.path.join(data_dir, "journal"), "rb") as file:
+        data = file.read()
+    frames, offset = {}, 0
+    while offset + journal.HEADER.size <= len(data):
+        magic, _, kind, _, sequence, length, _ = journal.HEADER.unpack_from(data, offset)
+        if magic != journal.MAGIC or kind != journal.KIND_ENTRY:
+            break
+        frames[sequence] = (offset, offset + journal.frame_bytes(length))
+        offset = frames[sequence][1]
+    return frames
+
+
+def check_trace(lines: list[str], data_dir: str, frames: dict[int, tuple[int, int]]) -> Verdict:
+    """Violations of "every acked batch's journal frame was durable before its ack" (module docstring)."""
+    journal_file = os.path.join(os.path.realpath(data_dir), "journal")
     verdict = Verdict([])
-    unsynced: list[Event] = []     # writes to the log, in order, not yet made durable
-    last_commit = 0                # trace line of the last commit point (meta page write)
+    writes: list[Event] = []        # successful writes to the journal, in order
+    last_sync = 0                   # trace line of the last successful sync covering the journal
     submitted: dict[int, int] = {}  # batch -> trace line of its SUBMIT
     for number, text in enumerate(lines, start=1):
         words = text.split()
@@ -156,17 +162,22 @@ def check_trace(lines: list[str], data_dir: str) -> Verdict:
             verdict.acks += 1
             if batch not in submitted:
                 verdict.violations.append(f"line {number}: ACK {batch} without a SUBMIT {batch} before it")
-            elif last_commit < submitted[batch]:
+                continue
+            if batch not in frames:
+                verdict.violations.append(f"line {number}: ACK {batch}, but the journal holds no frame of it")
+                continue
+            start = frames[batch][0]
+            covering = [event for event in writes
+                        if event.offset <= start < event.offset + event.result and event.line > submitted[batch]]
+            if not covering:
                 verdict.violations.append(
-                    f"line {number}: ACK {batch}, but no commit point of {log_file} since SUBMIT {batch} "
-                    f"(line {submitted[batch]}): the shim does not see the store's writes, or the batch "
-                    "was acknowledged before it was committed at all")
-            exposed = [event for event in unsynced if event.line <= last_commit]
-            if exposed:
-                listed = "\n    ".join(f"line {event.line}: {event.text}" for event in exposed[:6])
+                    f"line {number}: ACK {batch}, but no write of its frame (offset {start}) to {journal_file} since "
+                    f"SUBMIT {batch} (line {submitted[batch]}): the shim does not see the store's writes, or the "
+                    "batch was acknowledged before it was written")
+            elif not (covering[-1].dsync or last_sync > covering[-1].line):
                 verdict.violations.append(
-                    f"line {number}: ACK {batch} with {len(exposed)} committed write(s) to the log not yet "
-                    f"synced:\n    {listed}")
+                    f"line {number}: ACK {batch} with its frame written (line {covering[-1].line}: "
+                    f"{covering[-1].text}) and not yet synced")
             continue
         event = _parse(number, text)
         if event is None:
@@ -174,23 +185,20 @@ def check_trace(lines: list[str], data_dir: str) -> Verdict:
         inside = event.path.startswith(os.path.realpath(data_dir) + os.sep)
         where = os.path.relpath(event.path, os.path.realpath(data_dir)) if inside else os.path.basename(event.path)
         verdict.calls[(event.call, where)] = verdict.calls.get((event.call, where), 0) + 1
-        if event.call in GLOBAL_SYNC_CALLS or (event.call in SYNC_CALLS and event.path == log_file):
+        if event.call in GLOBAL_SYNC_CALLS or (event.call in SYNC_CALLS and event.path == journal_file):
             if event.result == 0:
-                verdict.syncs += event.path == log_file
-                unsynced.clear()  # whatever was written before is on disk now
-        elif event.call in WRITE_CALLS and event.path == log_file:
-            if event.offset < META_BYTES:
-                verdict.commits += 1
-                last_commit = number
-            if not (event.dsync and event.result >= 0):
-                unsynced.append(event)
+                verdict.syncs += event.path == journal_file
+                last_sync = number
+        elif event.call in WRITE_CALLS and event.path == journal_file and event.result > 0:
+            verdict.writes += 1
+            writes.append(event)
     return verdict
 
 
 def _describe(verdict: Verdict) -> str:
     calls = ", ".join(f"{call} {where}: {count}" for (call, where), count in sorted(verdict.calls.items())
                       if "pycache" not in where and not where.endswith(".pyc"))
-    return f"{verdict.acks} acks, {verdict.commits} log commits, {verdict.syncs} log syncs; calls: {calls}"
+    return f"{verdict.acks} acks, {verdict.writes} journal writes, {verdict.syncs} journal syncs; calls: {calls}"
 
 
 # ---------------------------------------------------------------------- the tests
@@ -199,37 +207,39 @@ MODES = ["blocking", "pipelined", "callback"]
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_every_ack_follows_a_sync_of_its_log_writes(shim, tmp_path, mode):
+def test_every_ack_follows_a_sync_of_its_journal_write(shim, tmp_path, mode):
     lines, data_dir = _run_child(shim, tmp_path, mode, "as-is")
-    verdict = check_trace(lines, data_dir)
+    verdict = check_trace(lines, data_dir, journal_frames(data_dir))
     assert not verdict.violations, (f"{len(verdict.violations)} violation(s), the first:\n"
                                     + "\n".join(verdict.violations[:5]) + "\n" + _describe(verdict))
     submits = sum(line.startswith("SUBMIT ") for line in lines)
     assert verdict.acks == submits > 10, _describe(verdict)
-    assert verdict.syncs >= 1 and verdict.commits >= 1, _describe(verdict)
-    # The checkpoint environment was written (unsynced, by design) and told apart from the log:
-    # the rule above is about the log's file, not every data.mdb in the directory.
+    assert verdict.syncs >= 1 and verdict.writes >= 1, _describe(verdict)
+    # The checkpoint environment was written (unsynced, by design) and told apart from the
+    # journal; the LMDB log was written by the sink.
     assert any(where == os.path.join("checkpoint", "data.mdb") and call in WRITE_CALLS
                for call, where in verdict.calls), _describe(verdict)
+    assert any(where == "data.mdb" and call in WRITE_CALLS for call, where in verdict.calls), _describe(verdict)
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("log_env", ["sync=False", "metasync=False"])
-def test_the_check_fails_when_the_log_is_not_synced(shim, tmp_path, mode, log_env):
-    """Negative control: the same run with the log environment's syncing turned off must fail."""
-    lines, data_dir = _run_child(shim, tmp_path, mode, log_env)
-    verdict = check_trace(lines, data_dir)
-    assert verdict.acks > 10
+def test_the_check_fails_when_the_journal_is_not_synced(shim, tmp_path, mode):
+    """Negative control: the same run with the journal's fdatasync left out must fail at every ack."""
+    lines, data_dir = _run_child(shim, tmp_path, mode, "journal-unsynced")
+    verdict = check_trace(lines, data_dir, journal_frames(data_dir))
+    assert verdict.acks > 10 and verdict.syncs == 0, _describe(verdict)
     unsynced_acks = [v for v in verdict.violations if "not yet synced" in v]
-    assert unsynced_acks, _describe(verdict)
-    if mode != "pipelined":
-        # Each ack comes before the next commit starts (blocking: the next batch is submitted
-        # after it; callback: on the commit thread, right after the commit), so each one finds at
-        # least its own commit point unsynced. Pipelined, the next commit's fdatasync may land
-        # before an ack of metasync=False and cover it (this is timing).
-        assert len(unsynced_acks) == verdict.acks, "\n".join(verdict.violations)
-    if log_env == "sync=False":
-        assert verdict.syncs == 0, _describe(verdict)
+    assert len(unsynced_acks) == verdict.acks, "\n".join(verdict.violations)
+
+
+def test_the_log_environment_syncs_its_commits(tmp_path):
+    """The journal's space is reused once the sink's LMDB commit returns: that commit must be
+    synchronous, data and meta page (docs/journal.md)."""
+    import core
+
+    with core.open(str(tmp_path / "store"), accounts_max=16, transfers_hot_max=4096) as store:
+        flags = store._env.flags()
+        assert flags["sync"] and flags["metasync"], flags
 
 
 def _trace(*lines: str) -> list[str]:
@@ -245,19 +255,28 @@ def _trace(*lines: str) -> list[str]:
 
 
 def test_checker_rules_on_synthetic_traces():
-    commit = ["pwrite 0 65536 data.mdb", "fdatasync 0 0 data.mdb", "pwrite 1 32 data.mdb"]
-    assert check_trace(_trace("SUBMIT 1", *commit, "ACK 1"), "/s").violations == []
-    # The meta page written without O_DSYNC and not synced after: the commit point is exposed.
-    bad = _trace("SUBMIT 1", "pwrite 0 65536 data.mdb", "fdatasync 0 0 data.mdb", "pwrite 0 32 data.mdb", "ACK 1")
-    assert [v.split(" with ")[0] for v in check_trace(bad, "/s").violations] == ["line 5: ACK 1"]
-    # A later group's writes under way at an ack are not that ack's business...
-    ahead = _trace("SUBMIT 1", "SUBMIT 2", *commit, "pwrite 0 69632 data.mdb", "ACK 1", "fdatasync 0 0 data.mdb",
-                   "pwrite 1 4128 data.mdb", "ACK 2")
-    assert check_trace(ahead, "/s").violations == []
-    # ...but they are at their own, if no sync came between.
-    late = _trace("SUBMIT 1", "SUBMIT 2", *commit, "pwrite 0 69632 data.mdb", "ACK 1", "pwrite 1 4128 data.mdb",
-                  "ACK 2")
-    assert len(check_trace(late, "/s").violations) == 1
-    # Other files do not count, neither as writes nor as syncs; an ack with no commit is reported.
-    other = _trace("SUBMIT 1", "pwrite 0 0 checkpoint/data.mdb", "fdatasync 0 0 checkpoint/data.mdb", "ACK 1")
-    assert "no commit point" in check_trace(other, "/s").violations[0]
+    frames = {1: (0, 100), 2: (100, 200), 3: (4096, 4196)}
+    assert check_trace(_trace("SUBMIT 1", "pwritev 0 0 journal", "fdatasync 0 0 journal", "ACK 1"),
+                       "/s", frames).violations == []
+    # Written through O_DSYNC: durable by itself.
+    assert check_trace(_trace("SUBMIT 1", "pwritev 1 0 journal", "ACK 1"), "/s", frames).violations == []
+    # Not synced before the ack; or synced, but another file.
+    for unsynced in (["pwritev 0 0 journal", "ACK 1", "fdatasync 0 0 journal"],
+                     ["pwritev 0 0 journal", "fdatasync 0 0 data.mdb", "ACK 1"]):
+        violations = check_trace(_trace("SUBMIT 1", *unsynced), "/s", frames).violations
+        assert len(violations) == 1 and "not yet synced" in violations[0], violations
+    # A sync before the write does not cover it.
+    violations = check_trace(_trace("SUBMIT 1", "fdatasync 0 0 journal", "pwritev 0 0 journal", "ACK 1"),
+                             "/s", frames).violations
+    assert len(violations) == 1 and "not yet synced" in violations[0], violations
+    # A later group's write under way at an ack is not that ack's business...
+    ahead = _trace("SUBMIT 1", "SUBMIT 2", "SUBMIT 3", "pwritev 0 0 journal", "fdatasync 0 0 journal",
+                   "pwritev 0 4096 journal", "ACK 1", "ACK 2", "fdatasync 0 0 journal", "ACK 3")
+    assert check_trace(ahead, "/s", frames).violations == []
+    # ...but it is at its own, if no sync came between.
+    late = _trace("SUBMIT 1", "SUBMIT 3", "pwritev 0 0 journal", "fdatasync 0 0 journal", "pwritev 0 4096 journal",
+                  "ACK 1", "ACK 3")
+    assert len(check_trace(late, "/s", frames).violations) == 1
+    # No write of the frame since its SUBMIT (an earlier write of that place does not count).
+    stale = _trace("pwritev 0 0 journal", "fdatasync 0 0 journal", "SUBMIT 1", "ACK 1")
+    assert "no write of its frame" in check_trace(stale, "/s", frames).violations[0]

@@ -237,17 +237,24 @@ def test_a_data_directory_in_use_cannot_be_opened_twice(data_dir):
         assert store.sequence == 1
 
 
-def test_an_append_the_log_refuses_is_never_acknowledged(data_dir):
-    # Another writer got to the log first (here: behind the store's back): the store's next
-    # sequence number is taken, LMDB refuses the append, and the batch must fail, not be acked.
+def test_an_append_the_log_refuses_fails_the_store(data_dir):
+    # Another writer got to the LMDB log first (here: behind the store's back): the sink's append
+    # of the store's next sequence number is refused. The batch was already acknowledged (it is
+    # durable in the journal), so the store fails: nothing later is acknowledged, and a reopen
+    # refuses the directory (its journal no longer follows the log) rather than mix two writers.
     with core.open(data_dir, accounts_max=100, transfers_hot_max=1000) as store:
         store.create_accounts(workload.account_batch(), workload.now_ns(0))
-        env = store._env
-        with env.begin(write=True, db=store._log) as txn:
+        store.sink_journal()
+        with store._env.begin(write=True, db=store._log) as txn:
             txn.put((2).to_bytes(8, "big"), b"someone else's entry", append=True)
+        store.create_transfers(workload.transfer_batch(1), workload.now_ns(1))  # in the journal
         with pytest.raises(core.StoreFailedError, match="was not appended"):
-            store.create_transfers(workload.transfer_batch(1), workload.now_ns(1))
+            store.sink_journal()
         assert isinstance(store._failed, core.StoreError)
+        with pytest.raises(core.StoreFailedError):
+            store.create_transfers(workload.transfer_batch(2), workload.now_ns(2))
+    with pytest.raises(core.StoreError, match="does not follow"):
+        core.open(data_dir)
 
 
 def test_a_pulse_logs_an_empty_batch_only_when_a_timeout_is_due(data_dir):
