@@ -127,6 +127,11 @@ class Journal:
         self._offset = offset
         self._used_bytes = 0
 
+    def truncate(self) -> None:
+        """Empty the file, synced (a new store: no earlier store's frames may be read as its own)."""
+        os.ftruncate(self._fd, 0)
+        os.fsync(self._fd)
+
     def prefill(self) -> None:
         """Write the file full of zeros up to the ring's size (if it is shorter), synced: no
         later commit then changes the file's size or allocates blocks (metadata to sync)."""

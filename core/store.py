@@ -86,7 +86,11 @@ CHECKPOINT_ARRAYS = checkpoint.registry(ledger_module.CHECKPOINT_ARRAYS, cold_mo
 _SNAPSHOT_PIECE_BYTES = 4 << 20  # a checkpoint's copies are made in pieces of this size
 _BACKGROUND_EVENTS_MAX = 1024   # background jobs remembered (Store.background_events)
 _SIDE_DATABASES_MAX = 64        # LMDB databases of the cold and checkpoint environments (4 per cold table, 5 for transfers)
-_STORE_VERSION = 4              # 4: the cold tier in its own environment; 3: hot window and cold tier
+_STORE_VERSION = 5              # 5: the journal; 4: the cold tier in its own environment; 3: hot window and cold tier
+#: Formats this build opens and upgrades: a format-4 directory has no journal yet (a clean
+#: one); once opened here it is format 5, which older builds refuse (they would not read the
+#: journal's acknowledged batches).
+_STORE_VERSIONS_UPGRADED = (4,)
 CHECKPOINT_SUBDIRECTORY = "checkpoint"
 ARCHIVE_SUBDIRECTORY = "archive"
 _ARCHIVE_DELETE_SLICE_ENTRIES = 1024  # log entries forgotten per write transaction when archiving
@@ -311,6 +315,7 @@ class Store:
         self._sink_bytes = 0
         self._sink_wanted = False        # someone waits for the LMDB log to catch up
         self._sink_stopping = False
+        self._sink_error: BaseException | None = None
         self._sunk_sequence = self._committed_sequence
         self._sink_ready = threading.Condition()
         self._sinker = threading.Thread(target=self._sink_loop, name="tally-sink", daemon=True)
@@ -558,10 +563,7 @@ class Store:
         transaction, held until the iteration ends; finish or close the iterator before closing
         the store.
         """
-        if self._env is None:
-            raise StoreError("the store is closed")
-        if self._failed is None:
-            self.sink_journal()  # what only the journal holds yet goes into the LMDB log first
+        self.sink_journal()  # what only the journal holds yet goes into the LMDB log first
         for sequence, value in self._log_raw(first_sequence):
             yield _decode_entry(sequence, value)
 
@@ -984,23 +986,27 @@ class Store:
             if group[-1] is None:
                 stopping = True
                 group.pop()
-            # A group made durable is acknowledged even if the sink fails meanwhile (the journal
-            # holds it, and a reopen recovers it); the store's failure stops the groups after.
-            error = self._failed
-            if error is None and group:
+            # Each part of a group made durable is acknowledged, even if the sink fails meanwhile
+            # (the journal holds it, and a reopen recovers it); a failure stops what comes after.
+            done = 0
+            if self._failed is None and group:
                 try:
-                    self._journal_group(group)
-                    self._committed_sequence = group[-1][0].sequence
+                    for part in self._journal_group(group):
+                        self._committed_sequence = part[-1][0].sequence
+                        for pending, _ in part:
+                            pending._finish(None)
+                            self._in_flight.release()
+                        done += len(part)
                 except BaseException as failure:  # the disk: nothing more is acked
-                    error = self._failed = self._failed or _with_disk_hint(failure, self.path)
-            for pending, _ in group:
-                pending._finish(error)
+                    self._failed = self._failed or _with_disk_hint(failure, self.path)
+            for pending, _ in group[done:]:
+                pending._finish(self._failed)
                 self._in_flight.release()
 
-    def _journal_group(self, group: list) -> None:
+    def _journal_group(self, group: list):
         """Make a group of log entries durable in the journal (commit thread), in parts that
         fit half the ring, and hand copies of them to the sink (the entry buffers are reused
-        once their batches are acked)."""
+        once their batches are acked); yields each part once it is durable."""
         part, part_bytes = [], 0
         half = self._journal.capacity_bytes // 2
         for index, (pending, entry) in enumerate(group):
@@ -1015,6 +1021,7 @@ class Store:
                         self._sink_bytes += held
                     if self._sink_bytes >= self._journal.capacity_bytes // 4:
                         self._sink_ready.notify_all()
+                yield group[index + 1 - len(part):index + 1]
                 part, part_bytes = [], 0
 
     def _sink_loop(self) -> None:
@@ -1031,7 +1038,10 @@ class Store:
                 self._sink_items.clear()
                 self._sink_bytes = 0
                 stopping = self._sink_stopping
-            if items and self._failed is None:
+            # Sunk whatever else failed (a flush, a checkpoint): acknowledged entries belong in the
+            # LMDB log, and the commit thread may be waiting for their room. Only the sink's own
+            # failure stops it.
+            if items and self._sink_error is None:
                 try:
                     with self._env.begin(write=True, db=self._log) as txn:
                         for sequence, entry, _, _ in items:
@@ -1044,10 +1054,11 @@ class Store:
                                                    self._journal.capacity_bytes)
                     self._journal.release(sum(item[3] for item in items))
                 except BaseException as error:  # the disk, the map size: the journal still holds them
-                    self._failed = self._failed or _with_disk_hint(error, self.path)
-                    self._journal.fail(self._failed)
+                    self._sink_error = _with_disk_hint(error, self.path)
+                    self._failed = self._failed or self._sink_error
+                    self._journal.fail(self._sink_error)
             with self._sink_ready:
-                if items and self._failed is None:
+                if items and self._sink_error is None:
                     self._sunk_sequence = items[-1][0]
                 self._sink_wanted = bool(self._sink_items) and self._sink_wanted
                 self._sink_ready.notify_all()
@@ -1055,16 +1066,22 @@ class Store:
                 return
 
     def sink_journal(self) -> None:
-        """Wait until every committed batch is in the LMDB log, not only in the journal (for
-        readers of the LMDB log on an open store: ``log_entries``, ``archive_log``)."""
-        self._drain()
+        """Wait until every batch made durable is in the LMDB log, not only in the journal (for
+        readers of the LMDB log on an open store: ``log_entries``, ``archive_log``). Also on a
+        failed store, unless the sink itself failed (StoreFailedError)."""
+        if self._env is None:
+            raise StoreError("the store is closed")
+        if self._failed is None and self._last_pending is not None:
+            self._last_pending.wait()
         target = self._committed_sequence
         with self._sink_ready:
-            while self._sunk_sequence < target and self._failed is None:
+            while self._sunk_sequence < target and self._sink_error is None:
                 self._sink_wanted = True
                 self._sink_ready.notify_all()
                 self._sink_ready.wait(constants.JOURNAL_SINK_INTERVAL_S)
-        self._check_usable()
+        if self._sink_error is not None:
+            raise StoreFailedError(f"the journal's entries could not be put into the log ({self._sink_error}); "
+                                   "reopen the store to recover them") from self._sink_error
 
     def _put_journal_position(self, txn, generation: int, next_sequence: int, offset: int, capacity: int) -> None:
         """Where recovery reads the journal from: the frame after the LMDB log's last entry."""
@@ -1082,7 +1099,9 @@ class Store:
             with self._env.begin(db=self._meta_db) as txn:
                 stored = txn.get(b"journal")
             frames, generation = [], 0
-            if stored is not None:
+            if stored is None:  # a new store (or one from before the journal): nothing of it to read
+                ring.truncate()
+            else:
                 generation, next_sequence, offset, capacity = _JOURNAL_POSITION.unpack(stored)
                 if next_sequence != last + 1:
                     raise StoreError(f"{self.path}: the journal's position (entry {next_sequence}) does not follow "
@@ -1147,9 +1166,9 @@ class Store:
             stored = txn.get(b"meta")
             if stored is not None:
                 version = msgspec.msgpack.decode(stored, type=dict).get("version")
-                if version != _STORE_VERSION:
+                if version != _STORE_VERSION and version not in _STORE_VERSIONS_UPGRADED:
                     raise StoreError(f"{self.path}: store format {version}, this build reads {_STORE_VERSION}")
-                meta = msgspec.msgpack.decode(stored, type=_Meta)
+                meta = msgspec.structs.replace(msgspec.msgpack.decode(stored, type=_Meta), version=_STORE_VERSION)
                 for name, value in (("cold_epoch_transfers", cold_epoch_transfers), ("id_filter_bytes", id_filter_bytes)):
                     if value is not None and value != getattr(meta, name):
                         raise StoreError(f"{self.path}: {name} is {getattr(meta, name)}, fixed when the directory "

@@ -227,7 +227,7 @@ def test_the_check_fails_when_the_journal_is_not_synced(shim, tmp_path, mode):
     """Negative control: the same run with the journal's fdatasync left out must fail at every ack."""
     lines, data_dir = _run_child(shim, tmp_path, mode, "journal-unsynced")
     verdict = check_trace(lines, data_dir, journal_frames(data_dir))
-    assert verdict.acks > 10 and verdict.syncs == 0, _describe(verdict)
+    assert verdict.acks > 10, _describe(verdict)
     unsynced_acks = [v for v in verdict.violations if "not yet synced" in v]
     assert len(unsynced_acks) == verdict.acks, "\n".join(verdict.violations)
 

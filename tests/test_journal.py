@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -187,3 +188,73 @@ def test_acknowledged_batches_only_in_the_journal_survive_a_crash(tmp_path):
         assert [entry[0] for entry in store.log_entries()] == list(range(1, acked + 1))
     with core.open(crashed, accounts_max=100, **workload.TIERS) as store:  # a clean reopen: nothing to recover
         assert store.journal_recovered_batches == 0 and store.sequence == acked
+
+
+def test_the_sink_goes_on_when_something_else_failed_the_store(tmp_path):
+    # A failed flush or checkpoint fails the store; the acknowledged entries still go into the
+    # LMDB log (and a commit thread waiting for the ring's room is not left hanging).
+    import core
+    from core.store import JOURNAL_BYTES_MIN
+    from tests import workload
+
+    path = str(tmp_path / "store")
+    with core.open(path, accounts_max=100, journal_bytes=JOURNAL_BYTES_MIN, **workload.TIERS) as store:
+        store.create_accounts(workload.account_batch(), workload.now_ns(0))
+        for seed in range(1, 6):
+            store.create_transfers(workload.transfer_batch(seed), workload.now_ns(seed))
+        acked = store.sequence
+        store._failed = core.StoreError("a flush failed")  # as Store._job_result records it
+        store.sink_journal()
+        assert store._sunk_sequence == acked
+    with core.open(path, accounts_max=100, **workload.TIERS) as store:
+        assert store.journal_recovered_batches == 0 and store.sequence == acked
+
+
+def test_a_new_store_does_not_read_a_journal_left_in_its_directory(tmp_path):
+    import core
+    from tests import workload
+
+    path = str(tmp_path / "store")
+    with core.open(path, accounts_max=100, **workload.TIERS) as store:
+        store.create_accounts(workload.account_batch(), workload.now_ns(0))
+    for name in os.listdir(path):  # the directory reset, all but the journal
+        if name != "journal":
+            target = os.path.join(path, name)
+            shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
+    assert os.path.getsize(os.path.join(path, "journal")) > 0
+    store = core.open(path, accounts_max=100, **workload.TIERS)
+    try:  # emptied before the new store's first frame: its first generation cannot meet old frames
+        assert os.path.getsize(os.path.join(path, "journal")) == 0 and store.sequence == 0
+    finally:
+        store.close()
+
+
+def test_a_format_4_directory_is_upgraded_and_older_builds_refuse_it(tmp_path):
+    import lmdb
+    import msgspec
+
+    import core
+
+    path = str(tmp_path / "store")
+    with core.open(path, accounts_max=16, transfers_hot_max=4096):
+        pass
+
+    def stored_version(new=None):
+        env = lmdb.open(path, max_dbs=4)
+        with env.begin(write=new is not None) as txn:
+            meta_db = env.open_db(b"meta", txn=txn)
+            meta = msgspec.msgpack.decode(txn.get(b"meta", db=meta_db), type=dict)
+            if new is not None:
+                meta["version"] = new
+                txn.put(b"meta", msgspec.msgpack.encode(meta), db=meta_db)
+        env.close()
+        return meta["version"]
+
+    assert stored_version() == 5
+    stored_version(new=4)  # as the build before the journal left it
+    with core.open(path):
+        pass
+    assert stored_version() == 5  # a format-4 build ("this build reads 4") refuses it now
+    stored_version(new=3)
+    with pytest.raises(core.StoreError, match="store format 3"):
+        core.open(path)
