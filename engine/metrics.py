@@ -153,8 +153,9 @@ def start_endpoint(metrics: RequestMetrics, host: str, port: int):
     return server, thread, server.server_port
 
 
-def table(text: str) -> str:
-    """The Prometheus text this module serves, as a table (``tally metrics``)."""
+def parse(text: str) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], dict[str, float]]]:
+    """The Prometheus text this module serves, read back: per (operation, stage) the request
+    count, and the quantiles in seconds by their label ("0.5", "0.99", "0.999")."""
     from prometheus_client.parser import text_string_to_metric_families
 
     counts: dict[tuple[str, str], float] = {}
@@ -166,6 +167,12 @@ def table(text: str) -> str:
                 counts[(labels["operation"], labels["stage"])] = sample.value
             elif sample.name == "tally_request_stage_quantile_seconds":
                 quantiles.setdefault((labels["operation"], labels["stage"]), {})[labels["quantile"]] = sample.value
+    return counts, quantiles
+
+
+def table(text: str) -> str:
+    """The Prometheus text this module serves, as a table (``tally metrics``)."""
+    counts, quantiles = parse(text)
     if not counts:
         return "no request has been answered yet"
     lines = [f"{'operation':<22} {'stage':<7} {'requests':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9}"]

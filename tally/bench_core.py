@@ -34,6 +34,7 @@ import lmdb
 import numpy as np
 
 import core
+import core.store  # the store module itself (core loads it lazily): its log header and keys
 from core import constants
 
 NS_PER_S = 1_000_000_000

@@ -18,7 +18,12 @@ Method (issue 13's bar; every rate in one run of the command, one after another)
    requests answered in it; ``checkpoints``, those the server wrote during the run;
    ``host_steal_pct``, the share of the machine's CPU time the hypervisor gave to others during
    the run (``/proc/stat``): on a shared VM, seconds of high steal are seconds of high latency
-   that no change to Tally explains, so read the figures beside it.
+   that no change to Tally explains, so read the figures beside it;
+   ``server_p50_ms``/``server_p99_ms``/``server_p999_ms`` and ``server_stage_p99_ms``, the
+   server's own histograms (``engine.metrics``, read from its metrics endpoint at the end: from a
+   frame's arrival to its reply written, per stage queue/apply/commit/reply; they include the
+   setup's top-up requests, about a hundred): the part of the latency that is the server's,
+   without the load generator's send lag and reply handling.
 
 Both processes share the machine's cores, as they would on a small host.
 """
@@ -29,13 +34,15 @@ import os
 import platform
 import secrets
 import shutil
+import socket
 import tempfile
 import threading
 import time
+import urllib.request
 
 import msgspec
 
-from engine import serve
+from engine import metrics, serve
 from loadgen import runner
 from loadgen.workload import Workload
 from tally import local_server
@@ -95,7 +102,9 @@ def run_rate(rate_per_s: int, *, seconds: float, connections: int, base_dir: str
              prefault: bool = True) -> dict:
     """One rate against one fresh server."""
     secret = secrets.token_bytes(32)
-    process, port = local_server.start(base_dir, secret=secret, prefault=prefault)
+    metrics_port = _free_port()
+    process, port = local_server.start(base_dir, secret=secret, prefault=prefault, metrics_port=metrics_port)
+    server_side = {}
     try:
         workload = msgspec.structs.replace(workload or Workload(), seconds=seconds)
         workload = msgspec.structs.replace(workload, rate=msgspec.structs.replace(workload.rate, per_s=rate_per_s))
@@ -104,6 +113,7 @@ def run_rate(rate_per_s: int, *, seconds: float, connections: int, base_dir: str
             report = runner.run(runner.Target("127.0.0.1", port, 1, secret), workload,
                                 runner.Options(mode="open", connections=connections))
             steal_after, total_after = host_cpu_ticks()
+        server_side = _server_latency(metrics_port)
     finally:
         exit_code, _ = local_server.stop_and_read(process)
     start = report["started_unix_s"]
@@ -123,11 +133,32 @@ def run_rate(rate_per_s: int, *, seconds: float, connections: int, base_dir: str
         "worst_second_p99_ms": max(seconds_p99) / 1000 if seconds_p99 else None,
         "seconds_p99_over_25_ms": sum(value > 25_000 for value in seconds_p99),
         "send_lag_p99_ms": lag["p99"] / 1000,
+        **server_side,
         "server_cpu_us_per_request": round(cpu_s / answered * 1e6, 2) if answered else None,
         "server_exit_code": exit_code,
         "host_steal_pct": round(100 * (steal_after - steal_before) / max(1, total_after - total_before), 1),
         "checkpoints": _checkpoints_between(os.path.join(base_dir, "server"), start, start + report["duration_s"]),
     }
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _server_latency(metrics_port: int) -> dict:
+    """The server's own view of ``create_transfers`` (``engine.metrics``: from a frame's arrival
+    to its reply written, and each stage's p99), read from its metrics endpoint: what the server
+    adds, without the load generator's send lag and reply handling."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    _, quantiles = metrics.parse(text)
+    total = quantiles.get(("create_transfers", "total"), {})
+    out = {f"server_{name}_ms": round(total[label] * 1e3, 3) for name, label in
+           (("p50", "0.5"), ("p99", "0.99"), ("p999", "0.999")) if label in total}
+    out["server_stage_p99_ms"] = {stage: round(quantiles[("create_transfers", stage)]["0.99"] * 1e3, 3)
+                                  for stage in metrics.STAGES[:-1] if ("create_transfers", stage) in quantiles}
+    return out
 
 
 def _checkpoints_between(data_dir: str, start_unix_s: float, end_unix_s: float) -> int:
@@ -165,9 +196,10 @@ def summary(result: dict) -> str:
     lines = [f"tally bench latency: {result['seconds']:g} s per rate, {result['connections']} connections, "
              "fresh default server (prefault), default mix, open loop",
              f"{'rate/s':>9} {'achieved':>10} {'p50 ms':>7} {'p99 ms':>7} {'p99.9':>7} {'worst s p99':>11} "
-             f"{'send lag p99':>12} {'server CPU us/req':>17} {'steal %':>7}"]
+             f"{'send lag p99':>12} {'server p50/p99 ms':>17} {'server CPU us/req':>17} {'steal %':>7}"]
     for r in result["rates"]:
         lines.append(f"{r['rate_per_s']:>9,} {r['achieved_per_s']:>10,.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} "
                      f"{r['p999_ms']:>7.2f} {r['worst_second_p99_ms'] or 0:>11.2f} {r['send_lag_p99_ms']:>12.2f} "
+                     f"{r.get('server_p50_ms', 0):>8.2f}/{r.get('server_p99_ms', 0):<8.2f} "
                      f"{r['server_cpu_us_per_request'] or 0:>17.2f} {r['host_steal_pct']:>7.1f}")
     return "\n".join(lines)

@@ -40,6 +40,7 @@ import time
 import numpy as np
 
 import core
+import core.store  # the store module itself (core loads it lazily)
 from core import constants
 from tally import bench_core
 

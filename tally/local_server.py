@@ -24,10 +24,11 @@ SERVER_STOP_TIMEOUT_S = 120.0
 def start(base_dir: str, *, secret: bytes, accounts_max: int = constants.ACCOUNTS_MAX_DEFAULT,
           transfers_hot_max: int = constants.TRANSFERS_HOT_MAX_DEFAULT, prefault: bool = False,
           checkpoint_interval_events: int = constants.CHECKPOINT_INTERVAL_EVENTS_DEFAULT,
-          state_hash_on_exit: bool = False) -> tuple[subprocess.Popen, int]:
+          state_hash_on_exit: bool = False, metrics_port: int = 0) -> tuple[subprocess.Popen, int]:
     """Write ``base_dir/config.toml`` (client 1 with ``secret``), start the server on a free port.
 
-    Returns the process and its port once it listens.
+    Returns the process and its port once it listens. ``metrics_port``: serve the latency
+    histograms there (``engine.metrics``; 0: off).
     """
     os.makedirs(base_dir, exist_ok=True)
     config_path = os.path.join(base_dir, "config.toml")
@@ -38,7 +39,7 @@ def start(base_dir: str, *, secret: bytes, accounts_max: int = constants.ACCOUNT
             f"host = \"127.0.0.1\"\nport = 0\nprefault = {'true' if prefault else 'false'}\n"
             f"checkpoint_interval_events = {checkpoint_interval_events}\n"
             f"accounts_max = {accounts_max}\ntransfers_hot_max = {transfers_hot_max}\n"
-            f"state_hash_on_exit = {'true' if state_hash_on_exit else 'false'}\n"
+            f"state_hash_on_exit = {'true' if state_hash_on_exit else 'false'}\nmetrics_port = {metrics_port}\n"
             f"[[clients]]\nid = 1\nsecret = \"{secret.hex()}\"\n")
     os.chmod(config_path, 0o600)
     process = subprocess.Popen([sys.executable, "-m", "tally", "serve", "--config", config_path],

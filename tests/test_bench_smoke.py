@@ -79,6 +79,10 @@ def test_bench_latency_measures_each_rate_against_a_fresh_server(tmp_path):
         assert r["worst_second_p99_ms"] > 0
         assert r["server_cpu_us_per_request"] > 0  # the server's own CPU, sampled from /proc
         assert r["send_lag_p99_ms"] >= 0 and 0 <= r["host_steal_pct"] <= 100
+        # The server's own view, from its metrics endpoint: within what the client saw.
+        assert 0 < r["server_p50_ms"] <= r["server_p99_ms"] <= r["server_p999_ms"]
+        assert r["server_p50_ms"] <= r["p99_ms"]
+        assert set(r["server_stage_p99_ms"]) == {"queue", "apply", "commit", "reply"}
     assert "worst s p99" in bench_latency.summary(result)
 
 
