@@ -82,6 +82,7 @@ class Journal:
         self._room = threading.Condition()
         self._error: BaseException | None = None
         self.appends = 0          # groups written (for stats and tests)
+        self.waits = 0            # appends that waited for the sink to make room
         self.bytes_written = 0
 
     # ------------------------------------------------------------------ recovery
@@ -182,6 +183,8 @@ class Journal:
         if need > self.capacity_bytes:
             raise JournalError(f"a group of {need} bytes does not fit the journal ({self.capacity_bytes} bytes)")
         with self._room:
+            if self._used_bytes + need > self.capacity_bytes:
+                self.waits += 1
             while self._used_bytes + need > self.capacity_bytes and self._error is None:
                 self._room.wait()
             if self._error is not None:

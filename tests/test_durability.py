@@ -38,7 +38,9 @@ Checked in three ways of waiting for results (blocking calls, pipelined ``submit
 ``PendingBatch.result()``, and ``add_done_callback`` on the commit thread, the earliest point a
 server can reply), and shown to be able to fail: the same child with the journal's sync turned
 off must produce a violation at every ack. The LMDB log environment must stay synchronous (the
-journal's space is reused after its commits): ``test_the_log_environment_syncs_its_commits``.
+journal's space is reused after its commits): ``test_the_log_environment_syncs_its_commits``;
+that a frame is overwritten only once the LMDB log holds its entry is checked at every write
+of a ring going round by tests/test_journal.py.
 
 If ``cc`` is missing the test fails (it does not skip): durability must not go unchecked
 silently.
