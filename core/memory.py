@@ -32,11 +32,12 @@ if sys.platform.startswith("linux"):
     except (OSError, AttributeError):
         libc = None
 
-def release_mapped_file(path: str) -> int:
-    """Unmap this process's resident pages of ``path``'s mappings; returns the bytes advised."""
+def release_mapped_file(*paths: str) -> int:
+    """Unmap this process's resident pages of the mappings of ``paths`` (files); returns the
+    bytes advised. One read of the process's map list, however many files."""
     if libc is None:
         return 0
-    target = os.path.realpath(path)
+    targets = {os.path.realpath(path) for path in paths}
     advised = 0
     try:
         with open("/proc/self/maps") as maps:
@@ -45,7 +46,7 @@ def release_mapped_file(path: str) -> int:
         return 0
     for line in lines:
         fields = line.split(maxsplit=5)
-        if len(fields) < 6 or fields[5].strip() != target:
+        if len(fields) < 6 or fields[5].strip() not in targets:
             continue
         start, end = (int(part, 16) for part in fields[0].split("-"))
         if libc.madvise(start, end - start, _MADV_DONTNEED) == 0:

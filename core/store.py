@@ -758,8 +758,8 @@ class Store:
             self._cold_chain = chain
             self._cold_epochs = last  # last: the submitting thread may now evict these epochs
         # Pages LMDB glimpsed while appending stay mapped (core/memory.py): let them go.
-        for environment in (self.path, os.path.join(self.path, COLD_SUBDIRECTORY)):
-            memory.release_mapped_file(os.path.join(environment, "data.mdb"))
+        memory.release_mapped_file(os.path.join(self.path, "data.mdb"),
+                                   os.path.join(self.path, COLD_SUBDIRECTORY, "data.mdb"))
         self.background_events.append(BackgroundEvent("flush", started_unix_s, time.perf_counter() - started,
                                                        written, commit_s=commit_s))
 

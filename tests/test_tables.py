@@ -196,3 +196,13 @@ def test_a_checkpoint_other_than_the_declarations_is_not_used(tmp_path, monkeypa
         assert error in (store.recovery.checkpoint_error or "")
         assert store.recovery.replayed_batches == 1
         assert store.state_hash() == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 2**32 - 1), max_size=300), st.integers(1, 70_000))
+def test_stable_order_u32_is_numpys_stable_argsort(values, spread):
+    from core.cold import stable_order_u32
+
+    # Many equal keys (stability matters) and keys across both 16-bit halves.
+    keys = np.array([value % spread if value % 3 else value for value in values], dtype=np.uint32)
+    assert np.array_equal(stable_order_u32(keys), np.argsort(keys, kind="stable"))
