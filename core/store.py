@@ -52,6 +52,7 @@ import msgspec
 import numpy as np
 
 from core import checkpoint, codec, constants, journal, memory, writeback
+from core.threads import name_this_thread
 from core import cold as cold_module
 from core import filter as filter_module
 from core import ledger as ledger_module
@@ -274,7 +275,8 @@ class Store:
         # takes seconds; the next batches need the epochs written within PRUNE_LAG_EPOCHS).
         # The flushes run at normal priority: the next batches wait for them (a niced flush
         # thread fell behind whenever a checkpoint was being written beside it).
-        self._flusher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tally-cold")
+        self._flusher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tally-cold",
+                                                              initializer=name_this_thread)
         self._checkpointer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tally-checkpoint",
                                                                    initializer=_lower_thread_priority)
         self._flush_jobs: collections.deque[concurrent.futures.Future] = collections.deque()
@@ -971,6 +973,7 @@ class Store:
         self._check_usable()
 
     def _commit_loop(self):
+        name_this_thread()
         # The only thread that writes the log, in submission order; py-lmdb drops the GIL in put
         # and commit. Group commit: every batch already waiting goes into the same write
         # transaction, so that a slow fsync is paid once for all of them instead of once each
@@ -1028,6 +1031,7 @@ class Store:
         """The sink thread: every ``JOURNAL_SINK_INTERVAL_S`` (or when a quarter of the ring is
         waiting, or someone waits for it), the journal's entries go into the LMDB log with the
         journal position after them, in one synced commit; then their ring space is reused."""
+        name_this_thread()
         while True:
             with self._sink_ready:
                 self._sink_ready.wait_for(
@@ -1345,6 +1349,7 @@ CHECKPOINT_WRITEBACK_BYTES_PER_S = 256 << 20
 
 
 def _lower_thread_priority() -> None:
+    name_this_thread()
     try:  # Linux: setpriority on a thread id applies to that thread alone
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CHECKPOINT_THREAD_NICENESS)
     except (AttributeError, OSError):  # elsewhere, or not permitted: run at normal priority

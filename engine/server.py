@@ -36,6 +36,7 @@ import numpy as np
 
 import core
 from engine import constants, frame, wire
+from core.threads import name_this_thread
 from engine.metrics import RequestMetrics
 from core import constants as core_constants
 from engine.protocol import (
@@ -458,6 +459,7 @@ class Server:
         expires it), so that holds are released on time with no client traffic, and replay
         releases them at the same engine time.
         """
+        name_this_thread()
         loop = self._loop
         while True:
             with self._lock:
