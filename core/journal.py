@@ -37,7 +37,7 @@ KIND_WRAP = 2
 HEADER = struct.Struct("<IHHQQII")
 _CHECKED = 28  # header bytes under the checksum (all before it)
 ALIGN_BYTES = 8
-#: Where a frame is too large for: the ring must hold four of the largest.
+#: The ring holds at least this many of the largest frames (a frame is at most a quarter of it).
 FRAMES_PER_RING_MIN = 4
 _ZEROS = bytes(ALIGN_BYTES)
 #: Buffers per pwritev call (Linux's IOV_MAX is 1,024).
