@@ -11,6 +11,7 @@ import errno
 import gc
 import os
 import signal
+import socket
 import ssl as ssl_module
 import sys
 
@@ -40,10 +41,36 @@ def tls_context(cert: str, key: str) -> ssl_module.SSLContext:
     return context
 
 
+def _refuse_a_port_in_use(host: str, port: int) -> None:
+    """A port another process listens on is refused before anything is made (the real bind,
+    after the store is open, still reports one that was taken meanwhile). Bound as asyncio's
+    ``create_server`` binds (``SO_REUSEADDR``), so a port left in TIME_WAIT is not refused."""
+    if port == 0:
+        return
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                                flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as error:
+        raise ServeError(f"cannot listen on {host}:{port}: {error}") from error
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise _listen_error(host, port, error) from error
+
+
+def _listen_error(host: str, port: int, error: OSError) -> ServeError:
+    if error.errno == errno.EADDRINUSE:
+        return ServeError(f"port {port} on {host} is in use")
+    return ServeError(f"cannot listen on {host}:{port}: {error}")
+
+
 async def serve(config: Config, *, announce=print) -> None:
     """Serve until SIGINT/SIGTERM; ``announce`` gets one line once the port is open."""
     settings = config.server
     ssl = tls_context(settings.tls_cert, settings.tls_key) if settings.tls_cert else None
+    _refuse_a_port_in_use(settings.host, settings.port)  # before the store makes its directory
     try:
         store = core.open(settings.data, accounts_max=settings.accounts_max,
                           transfers_hot_max=settings.transfers_hot_max, pending_max=settings.pending_max,
@@ -56,9 +83,7 @@ async def serve(config: Config, *, announce=print) -> None:
             port = await server.start(settings.host, settings.port, ssl=ssl)
         except OSError as error:
             await server.close()  # its core thread is running: stop it before the store closes
-            if error.errno == errno.EADDRINUSE:
-                raise ServeError(f"port {settings.port} on {settings.host} is in use") from error
-            raise ServeError(f"cannot listen on {settings.host}:{settings.port}: {error}") from error
+            raise _listen_error(settings.host, settings.port, error) from error
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

@@ -53,6 +53,7 @@ def test_serve_on_a_port_in_use_is_one_line(tmp_path, capsys):
         port = taken.getsockname()[1]
         assert cli.main(["serve", "--config", config, "--data", str(tmp_path / "data"), "--port", str(port)]) == 2
     assert one_line(capsys.readouterr().err) == f"tally serve: port {port} on 127.0.0.1 is in use"
+    assert not (tmp_path / "data").exists()  # refused before the store made its directory
 
 
 def test_serve_on_a_data_directory_in_use_is_one_line(tmp_path, capsys):
