@@ -303,6 +303,8 @@ class Store:
         self.background_events: collections.deque[BackgroundEvent] = collections.deque(maxlen=_BACKGROUND_EVENTS_MAX)
         self._fresh_state()
         self._last_pending: PendingBatch | None = None
+        self._queued_last: PendingBatch | None = None  # the last batch handed to the commit thread
+        self._staged: list = []  # (PendingBatch, entry) applied by ``stage``, not yet committed
         self.recovery = self._recover()
         self._committed_sequence = self._applied_sequence = self._last_sequence()
         self._batches_since_checkpoint = self.recovery.replayed_batches
@@ -370,13 +372,52 @@ class Store:
         ``commit_pipeline_depth`` batches are applied but not yet committed: beyond that, submit
         waits. Bad input raises here, before anything changes.
         """
-        self._check_usable()
-        if operation not in RECORD_DTYPES:
-            raise ValueError(f"unknown operation {operation}")
-        if now_ns is None:
-            now_ns = self._clock_ns()
+        self.commit_staged()  # staged batches come first in the log
         self._in_flight.acquire()
+        pending, entry = self._apply_and_pack(operation, batch, now_ns)
+        self._queued_last = pending
+        self._commits.put((pending, entry))
+        return pending
+
+    def stage(self, operation: int, batch, now_ns: int | None = None) -> "PendingBatch":
+        """Apply a batch in memory now; its log entry waits for ``commit_staged`` (same thread).
+
+        The inline form of ``submit`` for a caller that has other batches to apply before it
+        waits for the disk, as the server has (one pass of its event loop): no thread hand-off,
+        and one journal write and sync for all of them. At most ``commit_pipeline_depth``
+        batches wait: past that, ``stage`` commits those first. Bad input raises here, before
+        anything changes. Anything that reads or waits for committed state (``submit``,
+        lookups that wait for commits, a checkpoint, ``close``) commits the staged batches first.
+        """
+        if not self._in_flight.acquire(blocking=False):
+            self.commit_staged()
+            self._in_flight.acquire()
+        pending, entry = self._apply_and_pack(operation, batch, now_ns)
+        self._staged.append((pending, entry))
+        return pending
+
+    def commit_staged(self) -> None:
+        """Make the staged batches durable, on this thread: their journal frames in one write,
+        one ``fdatasync`` (the GIL is released meanwhile); then their ``PendingBatch``es are
+        done. Batches submitted earlier are committed first. StoreFailedError if the disk fails
+        (nothing staged is acknowledged then)."""
+        if not self._staged:
+            return
+        group, self._staged = self._staged, []
+        if self._queued_last is not None:
+            self._queued_last.wait()  # the commit thread's batches precede these in the log
+        self._commit_group(group)
+        self._check_usable()
+
+    def _apply_and_pack(self, operation: int, batch, now_ns: int | None) -> tuple["PendingBatch", memoryview]:
+        """Apply a batch in memory and pack its log entry (submit and stage; the caller holds a
+        ``_in_flight`` slot, released here if the batch is refused)."""
         try:
+            self._check_usable()
+            if operation not in RECORD_DTYPES:
+                raise ValueError(f"unknown operation {operation}")
+            if now_ns is None:
+                now_ns = self._clock_ns()
             results = self._apply(operation, batch, now_ns)
         except BaseException:
             self._in_flight.release()
@@ -395,13 +436,12 @@ class Store:
         struct.pack_into("<I", entry, _CHECKSUMMED_HEADER_BYTES, checksum)
         pending = PendingBatch(self._applied_sequence, results)
         self._last_pending = pending
-        self._commits.put((pending, memoryview(entry)[:LOG_HEADER.size + body_bytes]))
         self._batches_since_checkpoint += 1
         self._events_since_checkpoint += count
         self._queue_flush()
         if self._checkpoint_due():
             self._start_checkpoint()
-        return pending
+        return pending, view[:LOG_HEADER.size + body_bytes]
 
     def pulse(self, now_ns: int | None = None) -> "PendingBatch | None":
         """Advance the engine clock on an idle store: if a pending transfer's timeout is due by
@@ -668,6 +708,8 @@ class Store:
         """Take in finished background jobs: the cold tier's progress lets the ledger evict and
         prune. ``wait_one`` waits for the oldest flush (or, with none, the checkpoint). A failed
         job fails the store (the log still holds everything)."""
+        if wait_one or wait_all:
+            self.commit_staged()  # the jobs wait for the batches they hold to be committed
         if wait_one and not self._flush_jobs and self._checkpoint_job is not None:
             wait_one, wait_checkpoint = False, True
         else:
@@ -926,6 +968,9 @@ class Store:
             if self._failed is None:
                 self._drain()
         finally:
+            if self._staged:  # a failed store: they are answered with its failure
+                group, self._staged = self._staged, []
+                self._commit_group(group)
             self._commits.put(None)
             self._committer.join()
             with self._sink_ready:  # what the journal holds goes into the LMDB log, then the sink ends
@@ -968,16 +1013,18 @@ class Store:
     def _drain(self):
         """Wait until every submitted batch is committed; raise if a commit failed."""
         self._check_usable()
+        self.commit_staged()
         if self._last_pending is not None:
             self._last_pending.wait()
         self._check_usable()
 
     def _commit_loop(self):
         name_this_thread()
-        # The only thread that writes the log, in submission order; py-lmdb drops the GIL in put
-        # and commit. Group commit: every batch already waiting goes into the same write
-        # transaction, so that a slow fsync is paid once for all of them instead of once each
-        # (results are still released only after the commit that holds their batch).
+        # Writes the journal in submission order (``commit_staged`` writes it too, never at the
+        # same time: staged batches wait for the submitted ones, and submit commits the staged
+        # first). Group commit: every batch already waiting goes into the same journal write
+        # and sync, so that the sync is paid once for all of them instead of once each
+        # (results are still released only after the sync that holds their batch).
         stopping = False
         while not stopping:
             group = [self._commits.get()]
@@ -989,22 +1036,28 @@ class Store:
             if group[-1] is None:
                 stopping = True
                 group.pop()
-            # Each part of a group made durable is acknowledged, even if the sink fails meanwhile
-            # (the journal holds it, and a reopen recovers it); a failure stops what comes after.
-            done = 0
-            if self._failed is None and group:
-                try:
-                    for part in self._journal_group(group):
-                        self._committed_sequence = part[-1][0].sequence
-                        for pending, _ in part:
-                            pending._finish(None)
-                            self._in_flight.release()
-                        done += len(part)
-                except BaseException as failure:  # the disk: nothing more is acked
-                    self._failed = self._failed or _with_disk_hint(failure, self.path)
-            for pending, _ in group[done:]:
-                pending._finish(self._failed)
-                self._in_flight.release()
+            if group:
+                self._commit_group(group)
+
+    def _commit_group(self, group: list) -> None:
+        """Make a group of (PendingBatch, entry) durable in the journal and finish them (the
+        commit thread, or ``commit_staged``'s caller)."""
+        # Each part of a group made durable is acknowledged, even if the sink fails meanwhile
+        # (the journal holds it, and a reopen recovers it); a failure stops what comes after.
+        done = 0
+        if self._failed is None:
+            try:
+                for part in self._journal_group(group):
+                    self._committed_sequence = part[-1][0].sequence
+                    for pending, _ in part:
+                        pending._finish(None)
+                        self._in_flight.release()
+                    done += len(part)
+            except BaseException as failure:  # the disk: nothing more is acked
+                self._failed = self._failed or _with_disk_hint(failure, self.path)
+        for pending, _ in group[done:]:
+            pending._finish(self._failed)
+            self._in_flight.release()
 
     def _journal_group(self, group: list):
         """Make a group of log entries durable in the journal (commit thread), in parts that
@@ -1075,8 +1128,10 @@ class Store:
         failed store, unless the sink itself failed (StoreFailedError)."""
         if self._env is None:
             raise StoreError("the store is closed")
-        if self._failed is None and self._last_pending is not None:
-            self._last_pending.wait()
+        if self._failed is None:
+            self.commit_staged()
+            if self._last_pending is not None:
+                self._last_pending.wait()
         target = self._committed_sequence
         with self._sink_ready:
             while self._sunk_sequence < target and self._sink_error is None:

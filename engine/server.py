@@ -9,26 +9,30 @@ The way of a request (shared/ARCHITECTURE.md):
   request's records are copied into the open create stage of the same operation, so that events
   from every connection form one contiguous batch of at most ``BATCH_EVENTS_MAX`` records (a
   request is never split). Lookups, pings and error replies form *ordered* stages of their own.
-* **Batcher**: the core thread takes the oldest stage as soon as it is free (no timer: while
-  the core works, the next stage fills up) and runs it: ``Store.submit`` applies a batch with
-  the GIL released. Batch N+1 is applied while batch N commits; replies for a batch are written
-  only after its commit (``PendingBatch.add_done_callback``). Ordered stages run at once on the
-  core thread (lookups see every batch applied before them) and their replies go out after the
-  last batch submitted before them is committed: each connection's replies keep request order,
-  and no reply shows state that is not yet durable.
+* **Batcher** (on the event loop's thread, docs/request-path.md): the first request of a pass
+  of the event loop schedules a run (``call_soon``), which happens once every socket that was
+  ready has been read: the run applies every stage in order (``Store.stage``; ordered stages
+  read the state as applied so far), makes all of their log entries durable in one journal
+  write and one sync (``Store.commit_staged``), then sends every reply, in one pass. No timer
+  and no thread hand-off: a lone request is applied and synced as soon as it is read, and the
+  requests that arrive during a sync form the next run's batch. No reply shows state that is
+  not yet durable, and each connection's replies keep request order.
 * **Limits** (``engine.constants``): requests and bytes in flight per connection and over all
   connections, and the reply bytes a client leaves unread: past any of them the server stops
   reading from that connection (``pause_reading``) until replies go out. An overloaded server
   slows its clients down; its memory does not grow.
 * **Shutdown** (``Server.close``): stop accepting, stop reading, finish, commit and answer every
   request already received, then close the connections.
+* **The engine clock** runs while no request comes: a timer on the event loop fires when the
+  soonest pending timeout is due and pulses (``Store.pulse``: a logged empty batch that expires
+  it), so that holds are released on time with no client traffic, and replay releases them at
+  the same engine time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import threading
 import time
 import traceback
 
@@ -36,7 +40,6 @@ import numpy as np
 
 import core
 from engine import constants, frame, wire
-from core.threads import name_this_thread
 from engine.metrics import RequestMetrics
 from core import constants as core_constants
 from engine.protocol import (
@@ -45,8 +48,8 @@ from engine.protocol import (
 
 _NO_BODY = memoryview(b"")
 SPARE_BUFFERS_MAX = 4  # full-size batch buffers kept for reuse
-#: An idle core thread looks at the engine clock at least this often while a pending timeout is
-#: ahead (it sleeps until the soonest one is due, and never longer than this, whatever the clock).
+#: While a pending timeout is ahead, the server looks at the engine clock at least this often (it
+#: waits until the soonest one is due, and never longer than this, whatever the clock).
 PULSE_WAIT_MAX_S = 1.0
 #: Offset of the low byte of ``flags`` in each create operation's record, and the linked bit.
 _FLAGS_OFFSET = {operation: dtype.fields["flags"][1] for operation, dtype in CREATE_RECORD_DTYPES.items()}
@@ -291,7 +294,7 @@ class _Stage:
         self.sealed = False  # no other request may follow (the last one left a linked chain open)
         # (connection, operation, request_id, client_id, first_event, event_count, frame_bytes, payload)
         self.requests: list = []
-        # For engine.metrics (time.perf_counter_ns): each request's arrival; when the core thread
+        # For engine.metrics (time.perf_counter_ns): each request's arrival; when the batcher
         # took the stage, finished applying it and saw the commit its replies wait for.
         self.arrivals_ns: list[int] = []
         self.taken_ns = self.applied_ns = self.committed_ns = 0
@@ -314,12 +317,6 @@ class _Stage:
         return np.frombuffer(self.buffer, dtype=CREATE_RECORD_DTYPES[self.operation], count=self.events)
 
 
-def _committed(stage: _Stage) -> _Stage:
-    """Note when the commit a stage's replies wait for was done (on the commit thread)."""
-    stage.committed_ns = time.perf_counter_ns()
-    return stage
-
-
 class Server:
     """Serves a ``core.Store`` to authenticated clients (``secrets``: client id -> secret bytes).
 
@@ -337,20 +334,17 @@ class Server:
         self.connections: set[Connection] = set()
         self.paused: set[Connection] = set()
         self.in_flight_bytes = 0
-        # Stages are appended (and the newest filled) by the event loop's thread and taken by
-        # the core thread; ``_lock`` guards them, the spare buffers and the counters below.
+        # Everything below is the event loop's: stages are appended (and the newest filled) as
+        # frames are read, and taken by ``_run_stages``.
         self._stages: collections.deque[_Stage] = collections.deque()
-        self._lock = threading.Lock()
-        self._stage_ready = threading.Condition(self._lock)
         self._server: asyncio.base_events.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._core: threading.Thread | None = None
-        self._stopping = False   # the core thread should exit once the stages are done
+        self._run_scheduled = False
+        self._pulse_timer: asyncio.TimerHandle | None = None
+        self._pulse_for_ns = 0   # the expiry the pulse timer is armed for
         self._closing = False
         self._failed = False
         self._spare_buffers: list[bytearray] = []
-        self._busy = False       # the core thread is running a stage
-        self._unanswered = 0     # batches submitted whose replies are not out yet
         self.batches = 0  # core batches submitted (for tests and stats)
         self.events = 0   # events in them
         self.metrics = RequestMetrics({int(operation): operation.name for operation in Operation} | {0: "error"})
@@ -358,8 +352,7 @@ class Server:
     async def start(self, host: str = "127.0.0.1", port: int = 0, *, ssl=None) -> int:
         """Listen on ``host:port`` (0: any free port); returns the port."""
         loop = self._loop = asyncio.get_running_loop()
-        self._core = threading.Thread(target=self._run, name="tally-core", daemon=True)
-        self._core.start()
+        self._arm_pulse()  # a hold recovered from the log may be due
         self._server = await loop.create_server(lambda: Connection(self), host, port, ssl=ssl)
         return self._server.sockets[0].getsockname()[1]
 
@@ -370,13 +363,10 @@ class Server:
             self._server.close()
         for connection in list(self.connections):
             connection.finish()
-        while self._stages or self._busy or self._unanswered:
+        while self._stages or self._run_scheduled:
             await asyncio.sleep(0.001)
-        with self._lock:
-            self._stopping = True
-            self._stage_ready.notify()
-        if self._core is not None:
-            self._core.join()
+        if self._pulse_timer is not None:
+            self._pulse_timer.cancel()
         # Let the connections finish closing gently (each closes within CLOSE_LINGER_S).
         deadline = asyncio.get_running_loop().time() + constants.CLOSE_LINGER_S + 0.5
         while self.connections and asyncio.get_running_loop().time() < deadline:
@@ -402,10 +392,11 @@ class Server:
     def accept(self, connection: Connection, item, nbytes: int) -> None:
         """Queue one checked frame (or frame error) from ``connection``."""
         self.in_flight_bytes += nbytes
-        arrival_ns = time.perf_counter_ns()
-        with self._lock:
-            self._stage(connection, item, nbytes).arrivals_ns.append(arrival_ns)
-            self._stage_ready.notify()
+        self._stage(connection, item, nbytes).arrivals_ns.append(time.perf_counter_ns())
+        if not self._run_scheduled:
+            # After every ready socket of this pass of the loop is read: they share the run.
+            self._run_scheduled = True
+            self._loop.call_soon(self._run_stages)
 
     def _stage(self, connection: Connection, item, nbytes: int) -> _Stage:
         """Append the request to the stage it belongs to; returns that stage."""
@@ -446,99 +437,80 @@ class Server:
 
     # -- the batcher
 
-    def _run(self) -> None:
-        """The core thread: takes stages in order, as soon as it is free, and runs them.
+    def _run_stages(self) -> None:
+        """Run every stage received (on the event loop, once per pass that read a request).
 
-        Batches go through ``Store.submit`` back to back (it blocks while the commit pipeline is
-        full, which is when the next stage fills up); their replies are handed to the event
-        loop when their commit is done. No round trip through the event loop per batch: a
-        thread hand-off costs about a millisecond on a VM.
-
-        The engine clock runs while no request comes: an idle core thread sleeps until the
-        soonest pending timeout is due, then pulses (``Store.pulse``: a logged empty batch that
-        expires it), so that holds are released on time with no client traffic, and replay
-        releases them at the same engine time.
+        Each create stage is applied (``Store.stage``), each ordered stage read against the
+        state applied before it; then one journal write and sync make all of them durable
+        (``Store.commit_staged``: the loop waits in it, the GIL released, and the requests that
+        arrive meanwhile are the next run's), and every reply goes out. A stage that cannot
+        wait (the store holds at most ``commit_pipeline_depth`` batches staged) commits those
+        before it, inside ``Store.stage``.
         """
-        name_this_thread()
-        loop = self._loop
-        while True:
-            with self._lock:
-                while not self._stages and not self._stopping:
-                    wait_s = self._pulse_wait_s()
-                    if wait_s == 0.0:
-                        break
-                    self._stage_ready.wait(wait_s)
-                if self._stages:
-                    stage = self._stages.popleft()
-                    stage.taken_ns = time.perf_counter_ns()
-                elif self._stopping:
-                    return
+        self._run_scheduled = False
+        stages, self._stages = self._stages, collections.deque()
+        if not stages:
+            return
+        ran: list[tuple[_Stage, object]] = []  # (stage, results or the ordered stage's replies)
+        try:
+            if self._failed:
+                raise core.StoreFailedError("the store failed earlier")
+            for stage in stages:
+                stage.taken_ns = time.perf_counter_ns()
+                if stage.operation is None:
+                    ran.append((stage, self._run_ordered(stage)))
                 else:
-                    stage = None  # idle, and a timeout is due
-                self._busy = True
-            try:
-                if stage is None:
-                    self.store.pulse()
-                elif self._failed:
-                    loop.call_soon_threadsafe(self._fail, stage)
-                elif stage.operation is None:
-                    # Run now, against every batch applied so far; reply once the last of them
-                    # is committed: after their replies (request order on every connection),
-                    # and never showing a client state that is not yet durable.
-                    replies = self._run_ordered(stage)
-                    stage.applied_ns = time.perf_counter_ns()
-                    last = self.store.last_submitted
-                    if last is None:
-                        stage.committed_ns = stage.applied_ns
-                        loop.call_soon_threadsafe(self._answer_ordered, stage, replies, None)
-                    else:
-                        with self._lock:
-                            self._unanswered += 1
-                        last.add_done_callback(lambda done, stage=stage, replies=replies: loop.call_soon_threadsafe(
-                            self._answer_ordered, _committed(stage), replies, done))
-                else:
-                    with self._lock:
-                        self._unanswered += 1
-                    try:
-                        pending = self.store.submit(stage.operation, stage.records())
-                    except BaseException:
-                        with self._lock:
-                            self._unanswered -= 1
-                        raise
-                    stage.applied_ns = time.perf_counter_ns()
-                    pending.add_done_callback(
-                        lambda done, stage=stage: loop.call_soon_threadsafe(self._answer_batch, _committed(stage), done))
+                    pending = self.store.stage(stage.operation, stage.records())
                     self._recycle(stage)
                     self.batches += 1
                     self.events += stage.events
-            except Exception as error:  # a commit failed (now, or earlier), or a bug: fail safe
-                if not isinstance(error, core.StoreError):
-                    traceback.print_exc()
-                self._failed = True
-                loop.call_soon_threadsafe(self._fail, stage if stage is not None else _Stage(None))
-            finally:
-                with self._lock:
-                    self._busy = False
-
-    def _pulse_wait_s(self) -> float | None:
-        """How long the idle core thread may sleep: until the soonest pending timeout is due
-        (0.0: it is), None when no timeout is pending (a batch that creates one wakes it)."""
-        if self._failed:
-            return None
-        next_expiry_ns = self.store.next_expiry_ns
-        if next_expiry_ns == 0:
-            return None
-        return min(max(0.0, (next_expiry_ns - self.store.now_ns()) / 1e9), PULSE_WAIT_MAX_S)
-
-    def _answer_ordered(self, stage: _Stage, replies: list[tuple], after) -> None:
-        if after is not None:
-            with self._lock:
-                self._unanswered -= 1
-            try:
-                after.result()
-            except core.StoreError:  # what these replies saw was never made durable
+                    ran.append((stage, pending))
+                stage.applied_ns = time.perf_counter_ns()
+            self.store.commit_staged()
+        except Exception as error:  # a commit failed (now, or earlier), or a bug: fail safe
+            if not isinstance(error, core.StoreError):
+                traceback.print_exc()
+            self._failed = True
+            for stage in stages:
                 self._fail(stage)
-                return
+            return
+        committed_ns = time.perf_counter_ns()
+        for stage, outcome in ran:
+            stage.committed_ns = committed_ns
+            if stage.operation is None:
+                self._answer_ordered(stage, outcome)
+            else:
+                self._answer_batch(stage, outcome.result())
+        self._arm_pulse()
+
+    def _arm_pulse(self) -> None:
+        """Wake when the soonest pending timeout is due (at most ``PULSE_WAIT_MAX_S`` ahead)."""
+        next_expiry_ns = 0 if self._failed or self._closing else self.store.next_expiry_ns
+        if self._pulse_timer is not None:
+            if next_expiry_ns == self._pulse_for_ns:
+                return  # armed for it already
+            self._pulse_timer.cancel()
+            self._pulse_timer = None
+        self._pulse_for_ns = next_expiry_ns
+        if next_expiry_ns:
+            wait_s = min(max(0.0, (next_expiry_ns - self.store.now_ns()) / 1e9), PULSE_WAIT_MAX_S)
+            self._pulse_timer = self._loop.call_later(wait_s, self._pulse)
+
+    def _pulse(self) -> None:
+        """The engine clock, with no request coming: expire what is due (a logged empty batch)."""
+        self._pulse_timer = None
+        if self._stages or self._failed:
+            return  # the run about to come expires it (and arms the next pulse)
+        try:
+            self.store.pulse()  # committed by the store's commit thread: no reply waits for it
+        except core.StoreError:
+            self._failed = True
+            for connection in list(self.connections):
+                connection.finish()
+            return
+        self._arm_pulse()
+
+    def _answer_ordered(self, stage: _Stage, replies: list[tuple]) -> None:
         for request, reply in zip(stage.requests, replies):
             self._send(request, *reply)
         replied_ns = time.perf_counter_ns()
@@ -552,19 +524,11 @@ class Server:
     def _recycle(self, stage: _Stage) -> None:
         # The store has packed the records into its log entry: the buffer can take the next
         # batch. Kept, because fresh memory costs a page fault per 4 KiB (about 0.3 ms a batch).
-        with self._lock:
-            if len(stage.buffer) == constants.FRAME_BODY_BYTES_MAX and len(self._spare_buffers) < SPARE_BUFFERS_MAX:
-                self._spare_buffers.append(stage.buffer)
+        if len(stage.buffer) == constants.FRAME_BODY_BYTES_MAX and len(self._spare_buffers) < SPARE_BUFFERS_MAX:
+            self._spare_buffers.append(stage.buffer)
         stage.buffer, stage.view = bytearray(), memoryview(b"")
 
-    def _answer_batch(self, stage: _Stage, pending) -> None:
-        with self._lock:
-            self._unanswered -= 1
-        try:
-            results = pending.result()
-        except core.StoreError:
-            self._fail(stage)
-            return
+    def _answer_batch(self, stage: _Stage, results: np.ndarray) -> None:
         # Every reply of the batch built and sealed in one C pass, one write per connection.
         for connection, (frames, requests, nbytes) in self._sealer.batch_replies(stage.requests, results).items():
             connection.reply_frames(frames)
@@ -573,7 +537,7 @@ class Server:
                                   stage.applied_ns, stage.committed_ns, time.perf_counter_ns())
 
     def _run_ordered(self, stage: _Stage) -> list[tuple]:
-        """On the core thread: (status, body, event_count) for each request of an ordered stage."""
+        """(status, body, event_count) for each request of an ordered stage, read as applied."""
         replies = []
         for _, operation, _, _, _, _, _, payload in stage.requests:
             if operation == 0:  # a frame error: payload is its status

@@ -16,6 +16,10 @@ MODE is how results are waited for:
   so that acks are written while later batches are being committed;
 * ``callback``: ``store.submit``, each batch acked from ``PendingBatch.add_done_callback``, on the
   commit thread: the earliest moment a server can learn that a batch is done.
+* ``staged``: the server's form: ``store.stage`` a few batches (more than the pipeline holds,
+  so that ``stage`` itself commits some), ``store.commit_staged``, then ack them; every fourth
+  round one batch goes through ``store.submit`` instead (as the server's pulse does), so that
+  the two writers of the journal alternate.
 
 JOURNAL is ``as-is`` (as core/store.py opens it), or ``journal-unsynced``: its ``fdatasync``
 left out (the test's negative control).
@@ -29,9 +33,10 @@ import core
 from core.store import OPERATION_CREATE_ACCOUNTS, OPERATION_CREATE_TRANSFERS
 from tests import workload
 
-TRANSFER_BATCHES = {"blocking": 12, "pipelined": 24, "callback": 24}
+TRANSFER_BATCHES = {"blocking": 12, "pipelined": 24, "callback": 24, "staged": 24}
 PIPELINE_DEPTH = 4   # commit_pipeline_depth of the pipelined modes
 WINDOW = 6           # batches submitted but not yet acked, at most (pipelined mode)
+STAGED_PER_ROUND = PIPELINE_DEPTH + 2  # batches staged before commit_staged (staged mode)
 
 
 def _unsync_the_journal() -> None:
@@ -111,6 +116,27 @@ def main():
             submitted.append((pending, batch))
         for pending, batch in submitted:
             check(pending.sequence, pending.result(), batch)
+    elif mode == "staged":
+        rounds = [batches[i:i + STAGED_PER_ROUND] for i in range(0, len(batches), STAGED_PER_ROUND)]
+        for round_number, round_batches in enumerate(rounds):
+            staged = []
+            for operation, batch, now_ns in round_batches:
+                number = staged[-1][0].sequence + 1 if staged else store.sequence + 1
+                mark(f"SUBMIT {number}")
+                if round_number % 4 == 3 and not staged:
+                    pending = store.submit(operation, batch, now_ns)
+                    pending.add_done_callback(lambda done: mark(f"ACK {done.sequence}"))
+                    staged.append((pending, batch, False))
+                    continue
+                pending = store.stage(operation, batch, now_ns)
+                assert pending.sequence == number, (pending.sequence, number)
+                staged.append((pending, batch, True))
+            store.commit_staged()
+            for pending, batch, acked_here in staged:
+                results = pending.result()
+                if acked_here:
+                    mark(f"ACK {pending.sequence}")
+                check(pending.sequence, results, batch)
     else:
         sys.exit(f"durability_writer: unknown mode {mode}")
     store.close()

@@ -205,7 +205,7 @@ def _describe(verdict: Verdict) -> str:
 
 # ---------------------------------------------------------------------- the tests
 
-MODES = ["blocking", "pipelined", "callback"]
+MODES = ["blocking", "pipelined", "callback", "staged"]
 
 
 @pytest.mark.parametrize("mode", MODES)

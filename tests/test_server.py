@@ -3,7 +3,6 @@
 import asyncio
 import contextlib
 import struct
-import threading
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from engine import frame
 from engine.client import Client, ServerError
 from engine.server import Server
 from tests import workload
+from tests.holding import holding_the_batcher
 
 SECRETS = {1: b"service-one", 2: b"service-two"}
 
@@ -34,21 +34,6 @@ async def serving(data_dir):
     finally:
         await server.close()
         store.close()
-
-
-def hold_core(store):
-    """Make the core thread wait inside its next batch: (entered, gate) events; set gate to go on."""
-    entered, gate = threading.Event(), threading.Event()
-    submit = store.submit
-
-    def held_submit(*args, **kwargs):
-        if not gate.is_set():
-            entered.set()
-            gate.wait(10)
-        return submit(*args, **kwargs)
-
-    store.submit = held_submit
-    return entered, gate
 
 
 def test_create_and_look_up_over_the_wire(data_dir):
@@ -132,22 +117,24 @@ def test_an_open_chain_never_runs_into_another_request(data_dir):
                 return core.transfers_from_dicts([{"id": id_, "debit_account_id": 1, "credit_account_id": 2,
                                                    "amount": amount, "ledger": 156, "code": 1, "flags": flags}])
 
-            # Hold the core thread inside a first batch, so that the next two requests are
-            # gathered into one stage while it waits.
-            entered, gate = hold_core(store)
-            blocker = asyncio.ensure_future(two.create_transfers(transfer(9, 1)))
-            while not entered.is_set():
-                await asyncio.sleep(0.001)
-            first = asyncio.ensure_future(one.create_transfers(transfer(10, 5, int(core.TransferFlags.linked))))
-            second = asyncio.ensure_future(two.create_transfers(transfer(11, 7)))
-            while sum(len(stage.requests) for stage in server._stages) < 2:
-                await asyncio.sleep(0.001)
+            # Hold the batcher, so that the three requests are gathered while it waits: the
+            # first two share a stage, the open chain seals it, the third starts the next.
             batches_before = server.batches
-            gate.set()
-            assert (await blocker).tolist() == [core.Result.ok]
+            with holding_the_batcher(server):
+                before = asyncio.ensure_future(two.create_transfers(transfer(9, 1)))
+                while not server._stages:
+                    await asyncio.sleep(0.001)
+                first = asyncio.ensure_future(one.create_transfers(transfer(10, 5, int(core.TransferFlags.linked))))
+                while sum(len(stage.requests) for stage in server._stages) < 2:
+                    await asyncio.sleep(0.001)
+                second = asyncio.ensure_future(two.create_transfers(transfer(11, 7)))
+                while sum(len(stage.requests) for stage in server._stages) < 3:
+                    await asyncio.sleep(0.001)
+                assert [len(stage.requests) for stage in server._stages] == [2, 1]
+            assert (await before).tolist() == [core.Result.ok]
             assert (await first).tolist() == [core.Result.linked_event_chain_open]
             assert (await second).tolist() == [core.Result.ok]
-            assert server.batches - batches_before == 3  # the blocker, then one batch per request
+            assert server.batches - batches_before == 2  # the sealed stage, then the next
             accounts = await two.lookup_accounts([1])
             assert accounts["debits_posted"].tolist() == [1 + 7]
             one.close()
@@ -184,22 +171,21 @@ def test_a_request_held_back_by_the_global_limit_is_answered_once_the_backlog_cl
         async with serving(data_dir) as (store, server, port):
             busy = await Client.connect("127.0.0.1", port, client_id=1, secret=SECRETS[1])
             await busy.create_accounts(workload.account_batch())
-            entered, gate = hold_core(store)
             big = workload.transfer_batch(1)
             big = np.resize(big, 4 * 2700)  # four requests: together more than the global limit
             big["id_lo"] = np.arange(1, len(big) + 1) + 10_000_000
-            backlog = [asyncio.ensure_future(busy.create_transfers(big[i:i + 2700])) for i in range(0, len(big), 2700)]
-            while not entered.is_set():
-                await asyncio.sleep(0.001)
-            while server.in_flight_bytes < constants.IN_FLIGHT_BYTES_MAX:
-                await asyncio.sleep(0.001)
-            # Over the global limit: this ping is held back in its connection's buffer.
-            waiting = await Client.connect("127.0.0.1", port, client_id=2, secret=SECRETS[2])
-            ping = asyncio.ensure_future(waiting.ping())
-            await asyncio.sleep(0.05)
-            assert not ping.done()
-            gate.set()
-            await asyncio.wait_for(ping, 5)  # answered without the client sending anything more
+            with holding_the_batcher(server) as release:
+                backlog = [asyncio.ensure_future(busy.create_transfers(big[i:i + 2700]))
+                           for i in range(0, len(big), 2700)]
+                while server.in_flight_bytes < constants.IN_FLIGHT_BYTES_MAX:
+                    await asyncio.sleep(0.001)
+                # Over the global limit: this ping is held back in its connection's buffer.
+                waiting = await Client.connect("127.0.0.1", port, client_id=2, secret=SECRETS[2])
+                ping = asyncio.ensure_future(waiting.ping())
+                await asyncio.sleep(0.05)
+                assert not ping.done()
+                release()
+                await asyncio.wait_for(ping, 5)  # answered without the client sending anything more
             await asyncio.gather(*backlog)
             busy.close()
             waiting.close()

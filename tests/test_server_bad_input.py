@@ -29,7 +29,6 @@ import hmac
 import math
 import socket
 import struct
-import threading
 import time
 import zlib
 
@@ -43,6 +42,7 @@ from engine.frame import HEADER, MAGIC, VERSION, Status
 from engine.protocol import FILTER_ENCODER, OPERATIONS, AccountTransfersFilter, Operation
 from engine.server import Server
 from tests import workload
+from tests.holding import holding_the_batcher
 
 SECRETS = {1: b"service-one", 2: b"service-two"}
 CLIENT = 1
@@ -526,27 +526,6 @@ def test_get_account_transfers_with_a_bad_body_is_bad_body(data_dir, name):
     run(scenario())
 
 
-@contextlib.contextmanager
-def holding_the_core(env: Env):
-    """While in the block, the server's core thread waits inside the next ``Store.submit``: the
-    requests that arrive meanwhile are gathered into stages. ``release()`` lets it go on."""
-    entered, gate = threading.Event(), threading.Event()
-    submit = env.store.submit
-
-    def held_submit(*args, **kwargs):
-        if not gate.is_set():
-            entered.set()
-            gate.wait(TIMEOUT_S)
-        return submit(*args, **kwargs)
-
-    env.store.submit = held_submit  # an instance attribute: the server calls self.store.submit
-    try:
-        yield entered, gate.set
-    finally:
-        gate.set()
-        del env.store.submit
-
-
 @pytest.mark.parametrize("follower", ["succeeds", "fails"])
 def test_a_request_that_leaves_a_linked_chain_open_does_not_chain_into_the_next_request(data_dir, follower):
     """docs/protocol.md: "Linked chains never cross a request: a request whose last event is linked
@@ -566,17 +545,15 @@ def test_a_request_that_leaves_a_linked_chain_open_does_not_chain_into_the_next_
             alone = (memory.create_transfers(open_chain, 3).tolist(), memory.create_transfers(other, 4).tolist())
             assert alone[0] == [core.Result.linked_event_chain_open]
 
-            with holding_the_core(env) as (entered, release):
+            with holding_the_batcher(env.server) as release:
                 blocker = asyncio.ensure_future(env.good.create_transfers(transfers(39_999)))
-                while not entered.is_set():
-                    await asyncio.sleep(0.001)
                 raw = await Raw.open(env.port)
                 raw.send(frame.encode(Operation.create_transfers, 1, open_chain.tobytes(), client_id=1,
                                       secret=SECRETS[1], event_count=1)
                          + frame.encode(Operation.create_transfers, 2, other.tobytes(), client_id=2,
                                         secret=SECRETS[2], event_count=1))
                 deadline = time.monotonic() + TIMEOUT_S
-                while sum(len(stage.requests) for stage in list(env.server._stages)) < 2:
+                while sum(len(stage.requests) for stage in list(env.server._stages)) < 3:  # with the blocker
                     assert time.monotonic() < deadline, "the two requests did not reach the server"
                     await asyncio.sleep(0.001)
                 release()
