@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/thread_cpu.py PID [SECONDS]
 
 Reads ``/proc/PID/task/*/schedstat`` twice, ``SECONDS`` apart (default 10), and prints per
-thread (named as the operating system shows it: the server names its threads ``tally-core``,
-``tally-commit``, ``tally-sink``, ``tally-cold_0``, ``tally-checkpoint_0``; the event loop is
-the process's main thread) the share of one CPU it ran, the share it spent runnable but
+thread (named as the operating system shows it: the server's event loop is the process's main
+thread, which applies and commits the batches; the store names its threads ``tally-commit``
+(idle in a server: batches submitted outside it, such as the pulse), ``tally-sink``,
+``tally-cold_0``, ``tally-checkpoint_0``) the share of one CPU it ran, the share it spent runnable but
 waiting for a CPU (the scheduler's queue: on a small machine shared with a load generator,
 where latency tails come from), and its time slices per second. docs/request-path.md has the
 figures this gave under ``tally bench latency``'s rates. Run it beside a load, e.g.

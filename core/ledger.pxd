@@ -139,6 +139,8 @@ cdef class Ledger:
 
     cdef dict _arrays                           # NumPy arrays owning every buffer above
 
+    cdef void run_batch(self, bint transfers, const unsigned char *events, uint64_t count, uint64_t now_ns,
+                        uint32_t *out) noexcept nogil
     cdef uint64_t begin_batch(self, uint64_t now_ns, uint64_t count) noexcept nogil
     cdef void evict(self, uint64_t count) noexcept nogil
     cdef void prune(self) noexcept nogil

@@ -84,6 +84,11 @@ cdef extern from "<stdint.h>":
 
 cdef enum:
     NS_PER_S = 1000000000
+    # A batch this large is applied with the GIL released. A smaller one keeps it: it takes
+    # tens of microseconds, and giving the GIL away costs a wait of up to a switch interval to
+    # get it back from a background thread (epoch flush, sink) that took it meanwhile: on the
+    # server's event loop that wait is every payment's latency.
+    NOGIL_EVENTS_MIN = 1024
 
 
 cdef inline bint is_max(uint64_t lo, uint64_t hi) noexcept nogil:
@@ -273,24 +278,32 @@ cdef class Ledger:
         results = np.empty(count, dtype=np.uint32)
         cdef uint32_t[::1] out = results
         cdef const unsigned char *events = &raw[0] if count else NULL
-        cdef uint64_t k
+        cdef uint32_t *out_first = &out[0] if count else NULL
         self._enter()
         try:
-            with nogil:
-                base = self.begin_batch(now_ns, count)
-                if count and transfers:
-                    self.apply_transfers(<tally_transfer_t *> events, count, base, &out[0])
-                    self.schedule_expiries()
-                    tally_store_fence()
-                elif count:
-                    self.apply_accounts(<tally_account_t *> events, count, base, &out[0])
-                # The prefetch cache serves one batch.
-                for k in range(self.cold_cached):
-                    idmap_remove(&self.cold_map.map, self.cold_rows[k].id_lo, self.cold_rows[k].id_hi)
-                self.cold_cached = 0
+            if count >= NOGIL_EVENTS_MIN:
+                with nogil:
+                    self.run_batch(transfers, events, count, now_ns, out_first)
+            else:
+                self.run_batch(transfers, events, count, now_ns, out_first)
         finally:
             self.busy = False
         return results
+
+    cdef void run_batch(self, bint transfers, const unsigned char *events, uint64_t count, uint64_t now_ns,
+                        uint32_t *out) noexcept nogil:
+        cdef uint64_t k
+        base = self.begin_batch(now_ns, count)
+        if count and transfers:
+            self.apply_transfers(<tally_transfer_t *> events, count, base, out)
+            self.schedule_expiries()
+            tally_store_fence()
+        elif count:
+            self.apply_accounts(<tally_account_t *> events, count, base, out)
+        # The prefetch cache serves one batch.
+        for k in range(self.cold_cached):
+            idmap_remove(&self.cold_map.map, self.cold_rows[k].id_lo, self.cold_rows[k].id_hi)
+        self.cold_cached = 0
 
     # -- the cold tier's side (docs/tiering.md): used by core.Store
 
@@ -397,7 +410,7 @@ cdef class Ledger:
 
     @property
     def cold_id_max(self):
-        return (self.cold_id_max_hi << 64) | self.cold_id_max_lo
+        return (int(self.cold_id_max_hi) << 64) | self.cold_id_max_lo  # Python ints: a C shift by 64 is undefined
 
     def set_cold_count(self, uint64_t cold_count):
         """Transfers ``[0, cold_count)`` are now readable from the cold tier: they may be evicted."""

@@ -4,10 +4,10 @@ Per operation (``create_accounts``, ``create_transfers``, ``lookup_accounts``, .
 stage of the way of a request (docs/request-path.md), an HdrHistogram of microseconds (1 us to
 one hour, 3 significant figures):
 
-* ``queue``: from the frame's arrival to the core thread taking its stage;
-* ``apply``: the core thread's work on the stage (``Store.submit`` for a create batch);
-* ``commit``: from applied to its log commit done (for lookups: to the commit of the batches
-  before them, which their replies wait for);
+* ``queue``: from the frame's arrival to the batcher taking its stage;
+* ``apply``: the batcher's work on the stage (``Store.stage`` for a create batch);
+* ``commit``: from applied to the journal sync that holds it (the run's stages share one; for
+  lookups: the sync of the batches before them, which their replies wait for);
 * ``reply``: from the commit done to the reply written to the socket;
 * ``total``: from arrival to reply written.
 

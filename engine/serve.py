@@ -82,7 +82,7 @@ async def serve(config: Config, *, announce=print) -> None:
         try:
             port = await server.start(settings.host, settings.port, ssl=ssl)
         except OSError as error:
-            await server.close()  # its core thread is running: stop it before the store closes
+            await server.close()  # its pulse timer may be armed: stop it before the store closes
             raise _listen_error(settings.host, settings.port, error) from error
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -214,3 +214,12 @@ def test_reserved_ids_are_never_found(both):
         assert len(both.core.get_account_transfers(reserved)) == 0
     empty = core.Ledger(accounts_max=4, transfers_hot_max=4)
     assert len(empty.lookup_accounts([0])) == 0 and len(empty.lookup_transfers([0])) == 0
+
+
+def test_the_cold_id_maximum_keeps_both_halves_of_a_128_bit_id():
+    ledger = core.Ledger(accounts_max=4, transfers_hot_max=64)
+    big = (7 << 64) | 5
+    ledger.set_cold_id_max(big)
+    assert ledger.cold_id_max == big
+    ledger.set_cold_id_max(big - 1)  # it only grows
+    assert ledger.cold_id_max == big

@@ -193,8 +193,8 @@ def test_a_request_held_back_by_the_global_limit_is_answered_once_the_backlog_cl
 
 
 def test_an_idle_server_releases_an_expired_hold_by_itself_and_replay_does_too(tmp_path):
-    # The engine clock runs with no client traffic: the core thread sleeps until the hold's
-    # timeout is due, then logs an empty batch (Store.pulse) that expires it.
+    # The engine clock runs with no client traffic: a timer on the server's event loop waits
+    # until the hold's timeout is due, then logs an empty batch (Store.pulse) that expires it.
     import time
 
     from core import replay_log
