@@ -143,6 +143,7 @@ cdef class Ledger:
                         uint32_t *out) noexcept nogil
     cdef uint64_t begin_batch(self, uint64_t now_ns, uint64_t count) noexcept nogil
     cdef void evict(self, uint64_t count) noexcept nogil
+    cdef uint64_t prune_due_below(self) noexcept nogil
     cdef void prune(self) noexcept nogil
     cdef void expire_pending(self, uint64_t now_ns) noexcept nogil
     cdef void apply_accounts(self, tally_account_t *events, uint64_t count, uint64_t base_ts,

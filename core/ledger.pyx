@@ -281,7 +281,9 @@ cdef class Ledger:
         cdef uint32_t *out_first = &out[0] if count else NULL
         self._enter()
         try:
-            if count >= NOGIL_EVENTS_MIN:
+            # Also released for the work a small batch may carry: a prune's scan of the pending
+            # table (once an epoch), or a pulse's expiries (an empty batch).
+            if count >= NOGIL_EVENTS_MIN or count == 0 or self.prune_due_below() != 0:
                 with nogil:
                     self.run_batch(transfers, events, count, now_ns, out_first)
             else:
@@ -773,16 +775,21 @@ cdef class Ledger:
         self.expire_pending(base)
         return base
 
-    cdef void prune(self) noexcept nogil:
-        """Drop pending entries resolved before the prune boundary (see ``enable_pruning``)."""
-        cdef uint64_t epochs, boundary, i
+    cdef uint64_t prune_due_below(self) noexcept nogil:
+        """The boundary the next prune releases resolved entries below; 0 when none is due."""
+        cdef uint64_t epochs, boundary
         if self.prune_epoch_transfers == 0:
-            return
+            return 0
         epochs = self.transfer_count // self.prune_epoch_transfers
         if epochs <= PRUNE_LAG_EPOCHS:
-            return
+            return 0
         boundary = (epochs - PRUNE_LAG_EPOCHS) * self.prune_epoch_transfers
-        if boundary <= self.pruned_below:
+        return boundary if boundary > self.pruned_below else 0
+
+    cdef void prune(self) noexcept nogil:
+        """Drop pending entries resolved before the prune boundary (see ``enable_pruning``)."""
+        cdef uint64_t boundary = self.prune_due_below(), i
+        if boundary == 0:
             return
         for i in range(self.pending_high):
             if (self.pendings[i].state != STATE_FREE and self.pendings[i].state != STATE_PENDING

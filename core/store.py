@@ -60,7 +60,8 @@ from core.archive import ArchiveError, LogArchive
 from core.cold import ColdTier
 from core.filter import IdFilter
 from core.ledger import Ledger
-from core.records import ACCOUNT_DTYPE, TRANSFER_DTYPE, TransferFlags, ids_array
+from core.operations import CREATE_EVENT_DTYPES, Operation
+from core.records import TRANSFER_DTYPE, TransferFlags, ids_array
 from core.state_hash import CHAIN_EMPTY, state_hash
 
 #: Log entry header: magic, format version, operation, event count, packed body bytes, now_ns,
@@ -71,11 +72,11 @@ _CHECKSUMMED_HEADER_BYTES = 32  # the header fields before the checksum
 LOG_MAGIC = b"TLOG"
 LOG_VERSION = 1
 
-OPERATION_CREATE_ACCOUNTS = 1
-OPERATION_CREATE_TRANSFERS = 2
+OPERATION_CREATE_ACCOUNTS = Operation.create_accounts
+OPERATION_CREATE_TRANSFERS = Operation.create_transfers
 
-#: The record type of each logged operation: the one table the store, replay and the server use.
-RECORD_DTYPES = {OPERATION_CREATE_ACCOUNTS: ACCOUNT_DTYPE, OPERATION_CREATE_TRANSFERS: TRANSFER_DTYPE}
+#: The record type of each logged operation (core/operations.py's table).
+RECORD_DTYPES = CREATE_EVENT_DTYPES
 
 _SEQUENCE = struct.Struct(">Q")
 #: The journal's position, stored with each sink: generation, next sequence, offset, ring bytes.
@@ -377,6 +378,7 @@ class Store:
         pending, entry = self._apply_and_pack(operation, batch, now_ns)
         self._queued_last = pending
         self._commits.put((pending, entry))
+        self._start_background_work()
         return pending
 
     def stage(self, operation: int, batch, now_ns: int | None = None) -> "PendingBatch":
@@ -394,18 +396,22 @@ class Store:
             self._in_flight.acquire()
         pending, entry = self._apply_and_pack(operation, batch, now_ns)
         self._staged.append((pending, entry))
+        self._start_background_work()
         return pending
 
     def commit_staged(self) -> None:
-        """Make the staged batches durable, on this thread: their journal frames in one write,
-        one ``fdatasync`` (the GIL is released meanwhile); then their ``PendingBatch``es are
-        done. Batches submitted earlier are committed first. StoreFailedError if the disk fails
-        (nothing staged is acknowledged then)."""
+        """Make every applied batch durable before this returns: first the batches submitted
+        earlier (the commit thread's), then the staged ones, on this thread: their journal
+        frames in one write, one ``fdatasync`` (the GIL is released meanwhile); then their
+        ``PendingBatch``es are done. So whatever a caller read of the state before is durable
+        once this returns. StoreFailedError if a commit failed (nothing staged is acknowledged
+        then)."""
+        queued, self._queued_last = self._queued_last, None
+        if queued is not None:
+            queued.result()  # the commit thread's batches precede these in the log (raises if failed)
         if not self._staged:
             return
         group, self._staged = self._staged, []
-        if self._queued_last is not None:
-            self._queued_last.wait()  # the commit thread's batches precede these in the log
         self._commit_group(group)
         self._check_usable()
 
@@ -438,19 +444,26 @@ class Store:
         self._last_pending = pending
         self._batches_since_checkpoint += 1
         self._events_since_checkpoint += count
+        return pending, view[:LOG_HEADER.size + body_bytes]
+
+    def _start_background_work(self) -> None:
+        """Hand complete epochs to the flush thread, start a checkpoint if one is due. Called
+        once the batch's entry is on its way to the journal: a failure here must never leave
+        an applied batch unlogged (its slot held, its sequence number skipped)."""
         self._queue_flush()
         if self._checkpoint_due():
             self._start_checkpoint()
-        return pending, view[:LOG_HEADER.size + body_bytes]
 
     def pulse(self, now_ns: int | None = None) -> "PendingBatch | None":
         """Advance the engine clock on an idle store: if a pending transfer's timeout is due by
-        ``now_ns`` (the store's clock by default), submit an empty batch, which expires it.
+        ``now_ns`` (the store's clock by default), apply an empty batch, which expires it, and
+        commit it (with anything staged) before returning, on this thread.
 
         The batch is logged like any other, so replay expires the same transfers at the same
-        engine time. Returns its ``PendingBatch``, or None when nothing is due (nothing is
-        logged). A server calls this when no request has come for a while (``engine.server``);
-        any batch expires what is due before its events, so a busy one never needs to.
+        engine time. Returns its ``PendingBatch`` (done), or None when nothing is due (nothing
+        is logged). A server calls this when no request has come for a while
+        (``engine.server``); any batch expires what is due before its events, so a busy one
+        never needs to.
         """
         next_expiry_ns = self.ledger.next_expiry_ns
         if next_expiry_ns == 0:
@@ -459,7 +472,9 @@ class Store:
             now_ns = self.now_ns()
         if now_ns < next_expiry_ns:
             return None
-        return self.submit(OPERATION_CREATE_TRANSFERS, np.empty(0, dtype=TRANSFER_DTYPE), now_ns)
+        pending = self.stage(OPERATION_CREATE_TRANSFERS, np.empty(0, dtype=TRANSFER_DTYPE), now_ns)
+        self.commit_staged()
+        return pending
 
     def now_ns(self) -> int:
         """The engine clock's reading now (the time a batch submitted now would be applied at)."""
@@ -708,7 +723,7 @@ class Store:
         """Take in finished background jobs: the cold tier's progress lets the ledger evict and
         prune. ``wait_one`` waits for the oldest flush (or, with none, the checkpoint). A failed
         job fails the store (the log still holds everything)."""
-        if wait_one or wait_all:
+        if (wait_one or wait_all) and self._staged:
             self.commit_staged()  # the jobs wait for the batches they hold to be committed
         if wait_one and not self._flush_jobs and self._checkpoint_job is not None:
             wait_one, wait_checkpoint = False, True

@@ -7,34 +7,23 @@ a batch is one contiguous buffer from the socket to the core; control messages (
 
 from __future__ import annotations
 
-import enum
-
 import msgspec
 
 from core import constants as core_constants
-from core.records import ACCOUNT_DTYPE, TRANSFER_DTYPE
-
-
-class Operation(enum.IntEnum):
-    create_accounts = 1
-    create_transfers = 2
-    lookup_accounts = 3
-    lookup_transfers = 4
-    get_account_transfers = 5
-    # 100-199: reserved for the payment products (red envelopes, coupons, cross-border...).
-    ping = 1000
-
+from core import operations
+from core.operations import Operation
 
 #: Record operations: the body is ``event_count`` records of this type; the reply one u32
 #: ``core.Result`` per record. These are exactly the operations the store logs.
-CREATE_RECORD_DTYPES = {Operation.create_accounts: ACCOUNT_DTYPE, Operation.create_transfers: TRANSFER_DTYPE}
+CREATE_RECORD_DTYPES = operations.CREATE_EVENT_DTYPES
 
 #: Lookups: the body is 16-byte ids (at most ``EVENTS_PER_REQUEST_MAX``); the reply the records found.
-LOOKUP_RECORD_DTYPES = {Operation.lookup_accounts: ACCOUNT_DTYPE, Operation.lookup_transfers: TRANSFER_DTYPE}
+LOOKUP_RECORD_DTYPES = operations.LOOKUP_REPLY_DTYPES
 
-OPERATIONS = frozenset(Operation)
-ID_BYTES = 16
-RESULT_BYTES = 4
+#: Every operation number a frame may carry (core/operations.py's table).
+OPERATIONS = frozenset(operations.OPERATIONS)
+ID_BYTES = operations.OPERATIONS[Operation.lookup_accounts].event_dtype.itemsize
+RESULT_BYTES = operations.RESULT_DTYPE.itemsize
 
 _U64_MAX = (1 << 64) - 1
 

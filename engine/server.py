@@ -42,6 +42,7 @@ import core
 from engine import constants, frame, wire
 from engine.metrics import RequestMetrics
 from core import constants as core_constants
+from core import operations
 from engine.protocol import (
     CREATE_RECORD_DTYPES, FILTER_DECODER, ID_BYTES, LOOKUP_RECORD_DTYPES, OPERATIONS, RESULT_BYTES, Operation,
 )
@@ -270,13 +271,14 @@ def _reply_bytes_max(item) -> int:
     """The largest reply a checked request can get (error frames and create results are small)."""
     if isinstance(item, frame.FrameError):
         return frame.HEADER.size
-    if item.operation in LOOKUP_RECORD_DTYPES:
-        return frame.HEADER.size + len(item.body) // ID_BYTES * 128
-    if item.operation == Operation.get_account_transfers:
-        return frame.HEADER.size + core_constants.ACCOUNT_TRANSFERS_LIMIT_MAX * 128
-    if item.operation in CREATE_RECORD_DTYPES:
+    spec = operations.OPERATIONS[item.operation]
+    if spec.kind is operations.Kind.create:
         return frame.HEADER.size + item.event_count * RESULT_BYTES
-    return frame.HEADER.size  # ping: its event_count means nothing and books nothing
+    if spec.kind is operations.Kind.lookup:
+        return frame.HEADER.size + len(item.body) // ID_BYTES * spec.reply_dtype.itemsize
+    if spec.kind is operations.Kind.query:
+        return frame.HEADER.size + core_constants.ACCOUNT_TRANSFERS_LIMIT_MAX * spec.reply_dtype.itemsize
+    return frame.HEADER.size  # control (ping): its event_count means nothing and books nothing
 
 
 class _Stage:
@@ -452,6 +454,7 @@ class Server:
         if not stages:
             return
         ran: list[tuple[_Stage, object]] = []  # (stage, results or the ordered stage's replies)
+        failure: Exception | None = None
         try:
             if self._failed:
                 raise core.StoreFailedError("the store failed earlier")
@@ -466,14 +469,14 @@ class Server:
                     self.events += stage.events
                     ran.append((stage, pending))
                 stage.applied_ns = time.perf_counter_ns()
+        except Exception as error:  # a bug, or a failed store: the stages after it are not run
+            failure = error
+        try:
+            # What ran before a failure is committed and answered as usual: it was applied.
             self.store.commit_staged()
-        except Exception as error:  # a commit failed (now, or earlier), or a bug: fail safe
-            if not isinstance(error, core.StoreError):
-                traceback.print_exc()
-            self._failed = True
-            for stage in stages:
-                self._fail(stage)
-            return
+        except Exception as error:  # the disk: nothing of this run is known to be durable
+            failure = failure or error
+            ran = []
         committed_ns = time.perf_counter_ns()
         for stage, outcome in ran:
             stage.committed_ns = committed_ns
@@ -481,6 +484,9 @@ class Server:
                 self._answer_ordered(stage, outcome)
             else:
                 self._answer_batch(stage, outcome.result())
+        if failure is not None:
+            self._fail_server(failure, list(stages)[len(ran):])
+            return
         self._arm_pulse()
 
     def _arm_pulse(self) -> None:
@@ -502,11 +508,9 @@ class Server:
         if self._stages or self._failed:
             return  # the run about to come expires it (and arms the next pulse)
         try:
-            self.store.pulse()  # committed by the store's commit thread: no reply waits for it
-        except core.StoreError:
-            self._failed = True
-            for connection in list(self.connections):
-                connection.finish()
+            self.store.pulse()  # applied and committed here, as a run's batches are
+        except Exception as error:
+            self._fail_server(error, [])
             return
         self._arm_pulse()
 
@@ -576,6 +580,14 @@ class Server:
         connection, operation, request_id, client_id, _, _, nbytes, _ = request
         connection.reply(operation, request_id, client_id, body, event_count, status)
         self._answered(connection, nbytes)
+
+    def _fail_server(self, error: Exception, stages) -> None:
+        """Something failed on the request path (the disk, or a bug): fail safe. The stages
+        not answered get ``unavailable``; the server takes no more requests."""
+        if not isinstance(error, core.StoreError):
+            traceback.print_exception(error)
+        for stage in stages or [_Stage(None)]:  # (no stage: still stop accepting, finish the connections)
+            self._fail(stage)
 
     def _fail(self, stage: _Stage) -> None:
         """The store failed (a commit did): nothing more can be acknowledged. Say so and close."""

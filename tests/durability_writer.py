@@ -17,9 +17,9 @@ MODE is how results are waited for:
 * ``callback``: ``store.submit``, each batch acked from ``PendingBatch.add_done_callback``, on the
   commit thread: the earliest moment a server can learn that a batch is done.
 * ``staged``: the server's form: ``store.stage`` a few batches (more than the pipeline holds,
-  so that ``stage`` itself commits some), ``store.commit_staged``, then ack them; every fourth
-  round one batch goes through ``store.submit`` instead (as the server's pulse does), so that
-  the two writers of the journal alternate.
+  so that ``stage`` itself commits some), ``store.commit_staged``, then ack them; in every
+  fourth round the last batch goes through ``store.submit`` instead, after the others were
+  staged (submit commits them first), so that the two writers of the journal alternate.
 
 JOURNAL is ``as-is`` (as core/store.py opens it), or ``journal-unsynced``: its ``fdatasync``
 left out (the test's negative control).
@@ -123,7 +123,7 @@ def main():
             for operation, batch, now_ns in round_batches:
                 number = staged[-1][0].sequence + 1 if staged else store.sequence + 1
                 mark(f"SUBMIT {number}")
-                if round_number % 4 == 3 and not staged:
+                if round_number % 4 == 3 and len(staged) == len(round_batches) - 1:
                     pending = store.submit(operation, batch, now_ns)
                     pending.add_done_callback(lambda done: mark(f"ACK {done.sequence}"))
                     staged.append((pending, batch, False))

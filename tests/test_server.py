@@ -231,3 +231,38 @@ def test_an_idle_server_releases_an_expired_hold_by_itself_and_replay_does_too(t
     assert result["equal"]
     with core.open(str(tmp_path / "replayed")) as replayed:
         assert replayed.lookup_accounts([1])["debits_pending"].tolist() == [0]
+
+
+def test_a_stage_the_store_refuses_fails_the_server_after_answering_the_stages_before_it(data_dir):
+    # Store.stage refuses a batch that cannot fit the hot window's room (a configuration too
+    # small for a full request): the server fails safe, but a stage applied earlier in the same
+    # run is committed and answered as usual (not left applied and unlogged).
+    async def scenario():
+        store = core.open(data_dir, accounts_max=1000, transfers_hot_max=10_000)  # room for 7,500 new
+        server = Server(store, SECRETS)
+        try:
+            port = await server.start()
+            one = await Client.connect("127.0.0.1", port, client_id=1, secret=SECRETS[1])
+            two = await Client.connect("127.0.0.1", port, client_id=2, secret=SECRETS[2])
+            await one.create_accounts(workload.account_batch()[:10])
+            big = np.resize(workload.transfer_batch(1), 8000)
+            big["id_lo"] = np.arange(1, 8001) + 10_000_000
+            with holding_the_batcher(server):
+                accounts = asyncio.ensure_future(one.create_accounts(workload.account_batch()[10:20]))
+                while not server._stages:
+                    await asyncio.sleep(0.001)
+                refused = asyncio.ensure_future(two.create_transfers(big))
+                while len(server._stages) < 2:
+                    await asyncio.sleep(0.001)
+            assert (await asyncio.wait_for(accounts, 10)).tolist() == [core.Result.ok] * 10
+            with pytest.raises((ServerError, ConnectionError)):
+                await asyncio.wait_for(refused, 10)
+            assert store.sequence == 2 and not store._staged
+            one.close()
+            two.close()
+        finally:
+            await server.close()
+            store.close()
+        with core.open(data_dir) as reopened:
+            assert reopened.ledger.account_count == 20
+    run(scenario())

@@ -271,8 +271,8 @@ def test_a_pulse_logs_an_empty_batch_only_when_a_timeout_is_due(data_dir):
         due_ns = store.next_expiry_ns
         assert due_ns == 2_000 + 3 * 10**9
         assert store.pulse(due_ns - 1) is None and store.sequence == 2  # not yet: nothing logged
-        store.pulse(due_ns).result()
-        assert store.sequence == 3 and store.next_expiry_ns == 0
+        pulse = store.pulse(due_ns)
+        assert pulse.done() and store.sequence == 3 and store.next_expiry_ns == 0  # committed on return
         assert store.lookup_accounts([1])["debits_pending"].tolist() == [0]
         assert store.pulse(due_ns + 10**9) is None and store.sequence == 3
         entries = list(store.log_entries(3))
@@ -283,3 +283,51 @@ def test_a_pulse_logs_an_empty_batch_only_when_a_timeout_is_due(data_dir):
         assert reopened.state_hash() == expected
         assert reopened.lookup_accounts([1])["debits_pending"].tolist() == [0]
     assert replay_log.run(data_dir, data_dir + "-replayed")["equal"]
+
+
+def _two_wallets(store):
+    store.create_accounts(core.accounts_from_dicts([{"id": 1, "ledger": 156, "code": 1},
+                                                    {"id": 2, "ledger": 156, "code": 1}]), 1_000)
+
+
+def _payment(id_):
+    return core.transfers_from_dicts([{"id": id_, "debit_account_id": 1, "credit_account_id": 2, "amount": 1,
+                                       "ledger": 156, "code": 1}])
+
+
+def test_commit_staged_returns_only_after_the_batches_submitted_before_it(data_dir):
+    # A server reads state as applied and replies after commit_staged: that must cover a batch
+    # the commit thread still holds (submitted, e.g. by an older pulse), not only staged ones.
+    import threading
+
+    with core.open(data_dir, accounts_max=16, transfers_hot_max=4096) as store:
+        _two_wallets(store)
+        gate = threading.Event()
+        append = store._journal.append
+        store._journal.append = lambda part: (gate.wait(10), append(part))[1]  # the commit thread waits
+        submitted = store.submit(core.store.OPERATION_CREATE_TRANSFERS, _payment(10), 2_000)
+        threading.Timer(0.2, gate.set).start()
+        store.commit_staged()  # nothing staged: still waits for the submitted batch
+        assert submitted.done() and store.sequence == 2
+
+
+def test_a_failure_after_a_batch_is_applied_still_logs_it(data_dir):
+    # Background work a batch starts (here a checkpoint) may fail; the batch is already applied,
+    # so its entry must still reach the journal: no sequence gap, no slot held, close returns.
+    with core.open(data_dir, accounts_max=16, transfers_hot_max=4096) as store:
+        _two_wallets(store)
+
+        def failing_checkpoint():
+            raise MemoryError("no memory for the checkpoint's copy")
+
+        store._start_checkpoint = failing_checkpoint
+        store._checkpoint_due = lambda: True
+        for number, form in enumerate((store.stage, store.submit)):
+            with pytest.raises(MemoryError):
+                form(core.store.OPERATION_CREATE_TRANSFERS, _payment(20 + number), 3_000 + number)
+            store.commit_staged()
+            assert store.sequence == 2 + number  # the accounts' batch is 1
+        del store._start_checkpoint, store._checkpoint_due
+        expected = store.state_hash()
+    with core.open(data_dir) as reopened:
+        assert reopened.sequence == 3 and reopened.state_hash() == expected

@@ -1,0 +1,79 @@
+"""The one table of operations: number, kind, event record, reply (docs/products.md).
+
+Everything that numbers or dispatches an operation reads this table: the store and its log
+(which operations are logged, and the record type of their events), ``replay-log``, the
+server's frame checks and stages, the client and the load generator. It is part of the wire's
+vocabulary, so it imports nothing heavy: a client loads it without LMDB or the ledger.
+
+>>> from core.operations import OPERATIONS, Kind, Operation
+>>> OPERATIONS[Operation.create_transfers].kind is Kind.create
+True
+>>> OPERATIONS[Operation.lookup_accounts].reply_dtype.itemsize
+128
+
+Numbers: 1–99 the ledger's, 100–199 the payment products' (reserved), 1000 and up control.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import NamedTuple
+
+import numpy as np
+
+from core import constants
+from core.records import ACCOUNT_DTYPE, ID_DTYPE, TRANSFER_DTYPE
+
+#: A create's reply: one ``core.Result`` per event.
+RESULT_DTYPE = np.dtype(np.uint32)
+
+
+class Operation(enum.IntEnum):
+    create_accounts = 1
+    create_transfers = 2
+    lookup_accounts = 3
+    lookup_transfers = 4
+    get_account_transfers = 5
+    # 100-199: reserved for the payment products (orders, payment codes, refunds, ...).
+    ping = 1000
+
+
+class Kind(enum.Enum):
+    #: Events of ``event_dtype`` (every one ``RECORD_SIZE_BYTES``), applied as a batch and
+    #: logged; the reply is one ``RESULT_DTYPE`` per event.
+    create = "create"
+    #: 16-byte ids (``event_dtype`` = ``ID_DTYPE``); the reply is the records found, in order.
+    lookup = "lookup"
+    #: A msgpack body (docs/protocol.md); the reply is records of ``reply_dtype``.
+    query = "query"
+    #: No state: the reply has no body.
+    control = "control"
+
+
+class Spec(NamedTuple):
+    operation: Operation
+    kind: Kind
+    event_dtype: np.dtype | None   # the request body's records (None: not records)
+    reply_dtype: np.dtype | None   # the reply body's records (None: no body)
+
+
+OPERATIONS: dict[Operation, Spec] = {spec.operation: spec for spec in (
+    Spec(Operation.create_accounts, Kind.create, ACCOUNT_DTYPE, RESULT_DTYPE),
+    Spec(Operation.create_transfers, Kind.create, TRANSFER_DTYPE, RESULT_DTYPE),
+    Spec(Operation.lookup_accounts, Kind.lookup, ID_DTYPE, ACCOUNT_DTYPE),
+    Spec(Operation.lookup_transfers, Kind.lookup, ID_DTYPE, TRANSFER_DTYPE),
+    Spec(Operation.get_account_transfers, Kind.query, None, TRANSFER_DTYPE),
+    Spec(Operation.ping, Kind.control, None, None),
+)}
+
+#: The logged operations and their events' record type (the store, its log, replay, the server).
+CREATE_EVENT_DTYPES: dict[Operation, np.dtype] = {
+    spec.operation: spec.event_dtype for spec in OPERATIONS.values() if spec.kind is Kind.create}
+#: The lookups and the records they answer with.
+LOOKUP_REPLY_DTYPES: dict[Operation, np.dtype] = {
+    spec.operation: spec.reply_dtype for spec in OPERATIONS.values() if spec.kind is Kind.lookup}
+
+for _spec in OPERATIONS.values():  # the log and the wire assume fixed 128-byte event records
+    if _spec.kind is Kind.create and _spec.event_dtype.itemsize != constants.RECORD_SIZE_BYTES:
+        raise ImportError(f"{_spec.operation.name}: event records must be {constants.RECORD_SIZE_BYTES} bytes")
+del _spec
