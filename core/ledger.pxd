@@ -16,6 +16,9 @@ cdef enum:
     PRUNE_LAG_EPOCHS = 3        # a resolved pending leaves the table this many epochs after its own
     CODE_BUCKETS = 16           # activity counters per account (FEATURE_CODE_BUCKETS)
     PREFETCH_DISTANCE = 16      # events looked ahead by the prefetching passes
+    # The operations the ledger applies, by their numbers in core/operations.py (checked at import).
+    OPERATION_CREATE_ACCOUNTS = 1
+    OPERATION_CREATE_TRANSFERS = 2
 
 
 ctypedef enum transfer_state_t:
@@ -139,7 +142,7 @@ cdef class Ledger:
 
     cdef dict _arrays                           # NumPy arrays owning every buffer above
 
-    cdef void run_batch(self, bint transfers, const unsigned char *events, uint64_t count, uint64_t now_ns,
+    cdef void run_batch(self, uint32_t operation, const unsigned char *events, uint64_t count, uint64_t now_ns,
                         uint32_t *out) noexcept nogil
     cdef uint64_t begin_batch(self, uint64_t now_ns, uint64_t count) noexcept nogil
     cdef void evict(self, uint64_t count) noexcept nogil
@@ -172,4 +175,4 @@ cdef class Ledger:
     cdef void heap_sift_down(self, uint64_t i, expiry_t item) noexcept nogil
     cdef void heap_remove(self, uint64_t i) noexcept nogil
     cdef _enter(self)
-    cdef object _apply(self, bint transfers, object batch, uint64_t now_ns)
+    cdef object _apply(self, uint32_t operation, object batch, uint64_t now_ns)

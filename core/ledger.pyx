@@ -74,7 +74,11 @@ from core.records cimport (
 
 from core import constants
 from core.checkpoint import APPEND_RECORDS, COPY_ON_WRITE, RAW
+from core.operations import Operation
 from core.records import ACCOUNT_DTYPE, TRANSFER_DTYPE, ID_DTYPE, ids_array
+
+if (OPERATION_CREATE_ACCOUNTS, OPERATION_CREATE_TRANSFERS) != (Operation.create_accounts, Operation.create_transfers):
+    raise ImportError("ledger.pxd's operation numbers and core/operations.py's table disagree")
 
 cdef extern from "assert.h" nogil:
     void tally_assert "assert"(bint)
@@ -258,7 +262,7 @@ cdef class Ledger:
         ``batch`` is an ACCOUNT_DTYPE array (or a buffer of 128-byte records) of at most
         ``BATCH_EVENTS_MAX`` events. The results are a uint32 array of ``core.Result`` codes.
         """
-        return self._apply(False, batch, now_ns)
+        return self._apply(OPERATION_CREATE_ACCOUNTS, batch, now_ns)
 
     def create_transfers(self, batch, uint64_t now_ns):
         """Create a batch of transfers at engine time ``now_ns``; returns one Result per event.
@@ -268,12 +272,20 @@ cdef class Ledger:
         With a cold tier, call ``prefetch_scan`` and ``load_prefetched`` first (``core.Store``
         does).
         """
-        return self._apply(True, batch, now_ns)
+        return self._apply(OPERATION_CREATE_TRANSFERS, batch, now_ns)
 
-    cdef object _apply(self, bint transfers, object batch, uint64_t now_ns):
+    def apply(self, operation, batch, uint64_t now_ns):
+        """Apply a batch of ``operation``'s events at engine time ``now_ns`` (a create operation
+        of ``core.operations``: the store and replay dispatch by number); one Result per event."""
+        if operation != OPERATION_CREATE_ACCOUNTS and operation != OPERATION_CREATE_TRANSFERS:
+            raise ValueError(f"the ledger applies no operation {operation}")
+        return self._apply(operation, batch, now_ns)
+
+    cdef object _apply(self, uint32_t operation, object batch, uint64_t now_ns):
         # Every check of the input happens here, before the state is touched.
         _check_now(now_ns)
-        cdef const unsigned char[::1] raw = _batch_bytes(batch, TRANSFER_DTYPE if transfers else ACCOUNT_DTYPE)
+        cdef const unsigned char[::1] raw = _batch_bytes(
+            batch, TRANSFER_DTYPE if operation == OPERATION_CREATE_TRANSFERS else ACCOUNT_DTYPE)
         cdef uint64_t count = raw.shape[0] // 128
         results = np.empty(count, dtype=np.uint32)
         cdef uint32_t[::1] out = results
@@ -285,18 +297,18 @@ cdef class Ledger:
             # table (once an epoch), or a pulse's expiries (an empty batch).
             if count >= NOGIL_EVENTS_MIN or count == 0 or self.prune_due_below() != 0:
                 with nogil:
-                    self.run_batch(transfers, events, count, now_ns, out_first)
+                    self.run_batch(operation, events, count, now_ns, out_first)
             else:
-                self.run_batch(transfers, events, count, now_ns, out_first)
+                self.run_batch(operation, events, count, now_ns, out_first)
         finally:
             self.busy = False
         return results
 
-    cdef void run_batch(self, bint transfers, const unsigned char *events, uint64_t count, uint64_t now_ns,
+    cdef void run_batch(self, uint32_t operation, const unsigned char *events, uint64_t count, uint64_t now_ns,
                         uint32_t *out) noexcept nogil:
         cdef uint64_t k
         base = self.begin_batch(now_ns, count)
-        if count and transfers:
+        if count and operation == OPERATION_CREATE_TRANSFERS:
             self.apply_transfers(<tally_transfer_t *> events, count, base, out)
             self.schedule_expiries()
             tally_store_fence()

@@ -490,7 +490,7 @@ class Store:
         if operation == OPERATION_CREATE_ACCOUNTS:
             self._reap()
             self._make_room(0)  # the batch still prunes
-            return self.ledger.create_accounts(batch, now_ns)
+            return self.ledger.apply(operation, batch, now_ns)
         count = _raw(batch).shape[0] // constants.RECORD_SIZE_BYTES
         room = self.ledger.transfers_hot_max - self._epoch_transfers
         if room < count <= constants.BATCH_EVENTS_MAX:  # (larger batches: the ledger's own error)
@@ -515,7 +515,7 @@ class Store:
                     states[missing[hot]] = self.cold.states_of(hot_rows[hot])
                     found[missing[hot]] = True
             self.ledger.load_prefetched(rows[found], states[found])
-        return self.ledger.create_transfers(batch, now_ns)
+        return self.ledger.apply(operation, batch, now_ns)
 
     def lookup_accounts(self, ids):
         """Accounts by id, from memory, after every submitted batch is committed."""
@@ -1019,11 +1019,6 @@ class Store:
                 from self._failed
         if self._env is None:
             raise StoreError("the store is closed")
-
-    @property
-    def last_submitted(self) -> "PendingBatch | None":
-        """The last batch submitted (committed or not), None before the first."""
-        return self._last_pending
 
     def _drain(self):
         """Wait until every submitted batch is committed; raise if a commit failed."""

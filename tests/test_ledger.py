@@ -223,3 +223,21 @@ def test_the_cold_id_maximum_keeps_both_halves_of_a_128_bit_id():
     assert ledger.cold_id_max == big
     ledger.set_cold_id_max(big - 1)  # it only grows
     assert ledger.cold_id_max == big
+
+
+def test_the_ledger_dispatches_by_the_operation_table_and_refuses_other_numbers():
+    from core.operations import OPERATIONS, Kind, Operation
+
+    by_number = core.Ledger(accounts_max=4, transfers_hot_max=64)
+    by_name = core.Ledger(accounts_max=4, transfers_hot_max=64)
+    accounts = core.accounts_from_dicts([{"id": i, "ledger": 156, "code": 1} for i in (1, 2)])
+    payment = core.transfers_from_dicts([{"id": 9, "debit_account_id": 1, "credit_account_id": 2, "amount": 3,
+                                          "ledger": 156, "code": 1}])
+    assert by_number.apply(Operation.create_accounts, accounts, 1).tolist() == by_name.create_accounts(accounts, 1).tolist()
+    assert by_number.apply(Operation.create_transfers, payment, 2).tolist() == by_name.create_transfers(payment, 2).tolist()
+    assert np.array_equal(by_number.accounts(), by_name.accounts())
+    creates = {operation for operation, spec in OPERATIONS.items() if spec.kind is Kind.create}
+    for operation in set(Operation) - creates:
+        with pytest.raises(ValueError, match="applies no operation"):
+            by_number.apply(operation, payment, 3)
+    assert np.array_equal(by_number.accounts(), by_name.accounts())  # untouched
