@@ -307,42 +307,32 @@ ssize_t writev(int fd, const struct iovec *iov, int iovcnt) {
     return result;
 }
 
-ssize_t pwritev(int fd, const struct iovec *iov, int iovcnt, off_t offset) {
-    ensure();
-    ssize_t result = real_pwritev(fd, iov, iovcnt, offset);
+/* The pwritev family's tracing, after the real call (errno kept as the call left it). */
+static ssize_t traced_positioned_writev(const char *name, int fd, const struct iovec *iov, int iovcnt,
+                                        long long offset, ssize_t result) {
     int saved = errno;
     if (traced(fd))
-        trace_fd_call("pwritev", fd, (long long)offset, (long long)iov_bytes(iov, iovcnt), result, "");
+        trace_fd_call(name, fd, offset, (long long)iov_bytes(iov, iovcnt), result, "");
     errno = saved;
     return result;
+}
+
+ssize_t pwritev(int fd, const struct iovec *iov, int iovcnt, off_t offset) {
+    ensure();
+    return traced_positioned_writev("pwritev", fd, iov, iovcnt, (long long)offset, real_pwritev(fd, iov, iovcnt, offset));
 }
 
 ssize_t pwritev64(int fd, const struct iovec *iov, int iovcnt, off64_t offset) {
     ensure();
-    ssize_t result = real_pwritev64(fd, iov, iovcnt, offset);
-    int saved = errno;
-    if (traced(fd))
-        trace_fd_call("pwritev64", fd, (long long)offset, (long long)iov_bytes(iov, iovcnt), result, "");
-    errno = saved;
-    return result;
+    return traced_positioned_writev("pwritev64", fd, iov, iovcnt, (long long)offset, real_pwritev64(fd, iov, iovcnt, offset));
 }
 
 ssize_t pwritev2(int fd, const struct iovec *iov, int iovcnt, off_t offset, int flags) {
     ensure();
-    ssize_t result = real_pwritev2(fd, iov, iovcnt, offset, flags);
-    int saved = errno;
-    if (traced(fd))
-        trace_fd_call("pwritev2", fd, (long long)offset, (long long)iov_bytes(iov, iovcnt), result, "");
-    errno = saved;
-    return result;
+    return traced_positioned_writev("pwritev2", fd, iov, iovcnt, (long long)offset, real_pwritev2(fd, iov, iovcnt, offset, flags));
 }
 
 ssize_t pwritev64v2(int fd, const struct iovec *iov, int iovcnt, off64_t offset, int flags) {
     ensure();
-    ssize_t result = real_pwritev64v2(fd, iov, iovcnt, offset, flags);
-    int saved = errno;
-    if (traced(fd))
-        trace_fd_call("pwritev64v2", fd, (long long)offset, (long long)iov_bytes(iov, iovcnt), result, "");
-    errno = saved;
-    return result;
+    return traced_positioned_writev("pwritev64v2", fd, iov, iovcnt, (long long)offset, real_pwritev64v2(fd, iov, iovcnt, offset, flags));
 }
