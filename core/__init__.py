@@ -23,6 +23,8 @@ try:
     from core.records import (
         ACCOUNT_DTYPE, TRANSFER_DTYPE, ID_DTYPE, Result, AccountFlags, TransferFlags, AccountCode,
         TransferCode, Currency, accounts_from_dicts, transfers_from_dicts, to_dicts, ids_array,
+        ORDER_CREATE_DTYPE, ORDER_PAY_DTYPE, ORDER_CLOSE_DTYPE, ORDER_DTYPE, ORDER_CREATED_DTYPE, OrderState,
+        CloseReason,
     )
 except ImportError as error:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
@@ -35,12 +37,14 @@ from core.ids import new_id, new_ids
 
 #: Loaded on first use: name -> the module that defines it.
 _LAZY = {"Ledger": "core.ledger", "IdMap": "core.idmap", "Store": "core.store", "StoreError": "core.store",
-         "StoreFailedError": "core.store", "RecoveryStats": "core.store", "open": "core.store"}
+         "StoreFailedError": "core.store", "RecoveryStats": "core.store", "open": "core.store",
+         "Machine": "core.machine"}
 
 __all__ = [
     "ACCOUNT_DTYPE", "TRANSFER_DTYPE", "ID_DTYPE", "Result", "AccountFlags", "TransferFlags",
     "AccountCode", "TransferCode", "Currency", "accounts_from_dicts", "transfers_from_dicts",
-    "to_dicts", "ids_array", "constants", "BATCH_EVENTS_MAX", "new_id", "new_ids", *_LAZY,
+    "to_dicts", "ids_array", "ORDER_CREATE_DTYPE", "ORDER_PAY_DTYPE", "ORDER_CLOSE_DTYPE", "ORDER_DTYPE",
+    "ORDER_CREATED_DTYPE", "OrderState", "CloseReason", "constants", "BATCH_EVENTS_MAX", "new_id", "new_ids", *_LAZY,
 ]
 
 

@@ -21,7 +21,12 @@ ACCOUNTS_MAX_DEFAULT = 1 << 21
 TRANSFERS_HOT_MAX_DEFAULT = 1 << 21
 PENDING_MAX_DEFAULT = 1 << 20
 
+#: Orders held (docs/products.md): 128 bytes each plus their index, in memory until the orders'
+#: cold tier is built; past it create_orders answers orders_limit_reached.
+ORDERS_MAX_DEFAULT = 1 << 18
+
 #: Hard upper bounds on the capacities (dense indexes and ring slots are u32).
+ORDERS_MAX_LIMIT = 1 << 30
 ACCOUNTS_MAX_LIMIT = 1 << 30
 TRANSFERS_HOT_MAX_LIMIT = 1 << 31
 PENDING_MAX_LIMIT = 1 << 30

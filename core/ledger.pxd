@@ -6,6 +6,7 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 from core.cow cimport cow_t
+from core.expiry cimport expiry_heap_t
 from core.filter cimport IdFilter
 from core.idmap cimport IdMap
 from core.records cimport tally_account_t, tally_transfer_t, result_t
@@ -16,6 +17,9 @@ cdef enum:
     PRUNE_LAG_EPOCHS = 3        # a resolved pending leaves the table this many epochs after its own
     CODE_BUCKETS = 16           # activity counters per account (FEATURE_CODE_BUCKETS)
     PREFETCH_DISTANCE = 16      # events looked ahead by the prefetching passes
+    LEGS_MAX = 4                # engine timestamps (and so transfers) a product event may use
+    FIELD_UNDO_MAX = 64         # product fields one chain may change (core/product.pxd)
+    FIELD_UNDO_BYTES = 16       # the widest product field an undo entry saves
     # The operations the ledger applies, by their numbers in core/operations.py (checked at import).
     OPERATION_CREATE_ACCOUNTS = 1
     OPERATION_CREATE_TRANSFERS = 2
@@ -73,13 +77,6 @@ cdef struct pending_t:
     uint8_t _pad[3]
 
 
-cdef struct expiry_t:
-    uint64_t expires_at         # ns
-    uint64_t number             # the pending transfer's number: ties broken by it (determinism)
-    uint32_t entry              # pending-table entry
-    uint32_t _pad
-
-
 # What a linked chain must restore if one of its events fails.
 cdef struct account_undo_t:
     account_hot_t saved
@@ -93,6 +90,20 @@ cdef struct state_undo_t:
     uint8_t state
 
 
+# A product record's field as it was before a chain changed it (docs/products.md "Typed undo").
+cdef struct field_undo_t:
+    uint8_t *address
+    uint32_t size
+    uint8_t saved[16]           # FIELD_UNDO_BYTES
+
+
+# Where a chain began: what ``chain_abort`` restores the ledger to.
+cdef struct chain_mark_t:
+    uint64_t account_count
+    uint64_t transfer_count
+    uint64_t expiring_count
+
+
 cdef class Ledger:
     cdef readonly uint64_t accounts_max
     cdef readonly uint64_t transfers_hot_max    # transfers held in memory (the hot window)
@@ -102,7 +113,6 @@ cdef class Ledger:
     cdef readonly uint64_t hot_first            # oldest transfer number still in memory
     cdef readonly uint64_t cold_count           # transfers [0, cold_count) are in the cold tier
     cdef readonly uint64_t last_timestamp       # ns, the last one assigned to an event
-    cdef readonly uint64_t expiry_count         # entries in the expiry heap
     cdef readonly uint64_t pending_count        # pending-table entries in use
     cdef readonly uint64_t pending_high         # pending-table entries ever used (free ones below)
     cdef readonly uint64_t prune_epoch_transfers   # 0: never prune (no cold tier to hold statuses)
@@ -125,7 +135,7 @@ cdef class Ledger:
     cdef pending_t *pendings
     cdef uint32_t *pending_free                 # stack of free entries below pending_high
     cdef uint64_t pending_free_count
-    cdef expiry_t *expiries                     # a binary heap of pending-table entries with a timeout
+    cdef expiry_heap_t expiry_heap              # pending-table entries with a timeout (core/expiry.pxd)
     cdef tally_transfer_t *cold_rows            # prefetch cache
     cdef uint8_t *cold_states
     cdef uint64_t cold_cached
@@ -139,6 +149,8 @@ cdef class Ledger:
     cdef uint64_t state_undo_count
     cdef uint32_t *expiring                     # pending-table entries with a timeout, created this batch
     cdef uint64_t expiring_count
+    cdef field_undo_t *field_undo               # product fields changed by the current chain
+    cdef uint64_t field_undo_count
 
     cdef dict _arrays                           # NumPy arrays owning every buffer above
 
@@ -170,9 +182,17 @@ cdef class Ledger:
     cdef void schedule_expiries(self) noexcept nogil
     cdef void account_record(self, uint32_t index, tally_account_t *out) noexcept nogil
     cdef bint chain_valid(self, uint32_t slot, uint32_t account, bint debit) noexcept nogil
-    cdef void heap_place(self, uint64_t i, expiry_t item) noexcept nogil
-    cdef void heap_sift_up(self, uint64_t i, expiry_t item) noexcept nogil
-    cdef void heap_sift_down(self, uint64_t i, expiry_t item) noexcept nogil
-    cdef void heap_remove(self, uint64_t i) noexcept nogil
+    # Legs and typed undo: the primitive product modules build on (docs/products.md).
+    cdef void chain_begin(self, chain_mark_t *mark) noexcept nogil
+    cdef void chain_abort(self, const chain_mark_t *mark) noexcept nogil
+    cdef void save_field(self, void *address, uint32_t size) noexcept nogil
+    cdef result_t leg(self, uint64_t id_lo, uint64_t id_hi, uint32_t debit_index, uint32_t credit_index,
+                      uint64_t amount, uint32_t ledger, uint16_t code, uint16_t flags,
+                      uint64_t user_data_lo, uint64_t user_data_hi, uint64_t ts) noexcept nogil
     cdef _enter(self)
     cdef object _apply(self, uint32_t operation, object batch, uint64_t now_ns)
+
+
+# A batch's raw bytes (a memoryview) after checking its record type and size (ValueError,
+# TypeError): shared by the ledger and the product modules.
+cdef object batch_bytes(object batch, object dtype)

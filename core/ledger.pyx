@@ -31,6 +31,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
 from core.cow cimport COW_REGION_SHIFT, cow_t, cow_before_write, cow_copy_all
+from core.expiry cimport HEAP_POSITION_NONE, expiry_t, heap_push, heap_remove
 from core.filter cimport IdFilter, idfilter_t, idfilter_maybe, idfilter_block, idfilter_hash
 from core.idmap cimport (
     IdMap, idmap_t, IDMAP_NOT_FOUND, idmap_get, idmap_home, idmap_put, idmap_remove,
@@ -72,7 +73,7 @@ from core.records cimport (
     R_EXCEEDS_CREDITS, R_EXCEEDS_DEBITS, R_TRANSFERS_LIMIT_REACHED,
 )
 
-from core import constants
+from core import constants, records
 from core.checkpoint import APPEND_RECORDS, COPY_ON_WRITE, RAW
 from core.operations import Operation
 from core.records import ACCOUNT_DTYPE, TRANSFER_DTYPE, ID_DTYPE, ids_array
@@ -129,11 +130,6 @@ cdef inline void fail_chain(uint32_t *results, uint64_t first, uint64_t last,
     for k in range(first, last + 1):
         if k != failed:
             results[k] = R_LINKED_EVENT_FAILED
-
-
-cdef inline bint expiry_before(const expiry_t *a, const expiry_t *b) noexcept nogil:
-    # Ties broken by transfer number so that the heap's order, and hence replay, is deterministic.
-    return a.expires_at < b.expires_at or (a.expires_at == b.expires_at and a.number < b.number)
 
 
 cdef object _buffer(dict arrays, str name, object dtype, uint64_t count):
@@ -238,7 +234,12 @@ cdef class Ledger:
         self.links = <transfer_links_t *> np_ptr(_aligned(a, "links", LINKS_DTYPE, ring, 64))
         self.pendings = <pending_t *> np_ptr(_aligned(a, "pendings", PENDING_DTYPE, pending_max, 64))
         self.pending_free = <uint32_t *> np_ptr(_buffer(a, "pending_free", np.uint32, pending_max))
-        self.expiries = <expiry_t *> np_ptr(_buffer(a, "expiries", EXPIRY_DTYPE, pending_max))
+        self.expiry_heap.items = <expiry_t *> np_ptr(_buffer(a, "expiries", EXPIRY_DTYPE, pending_max))
+        self.expiry_heap.count = 0
+        self.expiry_heap.positions = <char *> &self.pendings[0].heap_pos
+        self.expiry_heap.stride = sizeof(pending_t)
+        self.field_undo = <field_undo_t *> np_ptr(
+            _buffer(a, "field_undo", np.uint8, FIELD_UNDO_MAX * sizeof(field_undo_t)))
         self.cold_rows = <tally_transfer_t *> np_ptr(_aligned(a, "cold_rows", TRANSFER_DTYPE, 2 * batch_max, 128))
         self.cold_states = <uint8_t *> np_ptr(_buffer(a, "cold_states", np.uint8, 2 * batch_max))
         self.scratch_debit = <uint32_t *> np_ptr(_buffer(a, "scratch_debit", np.uint32, batch_max))
@@ -284,7 +285,7 @@ cdef class Ledger:
     cdef object _apply(self, uint32_t operation, object batch, uint64_t now_ns):
         # Every check of the input happens here, before the state is touched.
         _check_now(now_ns)
-        cdef const unsigned char[::1] raw = _batch_bytes(
+        cdef const unsigned char[::1] raw = batch_bytes(
             batch, TRANSFER_DTYPE if operation == OPERATION_CREATE_TRANSFERS else ACCOUNT_DTYPE)
         cdef uint64_t count = raw.shape[0] // 128
         results = np.empty(count, dtype=np.uint32)
@@ -321,6 +322,11 @@ cdef class Ledger:
 
     # -- the cold tier's side (docs/tiering.md): used by core.Store
 
+    @property
+    def expiry_count(self):
+        """Pending transfers with a timeout on the expiry heap."""
+        return self.expiry_heap.count
+
     def attach_filter(self, IdFilter cold_filter):
         """The filter over every cold id, probed by ``prefetch_scan``."""
         self.cold_filter = cold_filter
@@ -333,7 +339,7 @@ cdef class Ledger:
         does not rule out; a ``pending_id`` not in the pending table that is either hot with a
         pending row (resolved and pruned: its status is cold) or not ruled out by the filter.
         """
-        cdef const unsigned char[::1] raw = _batch_bytes(batch, TRANSFER_DTYPE)
+        cdef const unsigned char[::1] raw = batch_bytes(batch, TRANSFER_DTYPE)
         cdef uint64_t count = raw.shape[0] // 128, i, n = 0
         out = np.empty(2 * count, dtype=ID_DTYPE)
         cdef uint64_t[:, ::1] ids = out.view(np.uint64).reshape(-1, 2) if count else None
@@ -420,7 +426,7 @@ cdef class Ledger:
     @property
     def next_expiry_ns(self):
         """When the soonest pending transfer with a timeout expires (engine time, ns); 0: none."""
-        return self.expiries[0].expires_at if self.expiry_count else 0
+        return self.expiry_heap.items[0].expires_at if self.expiry_heap.count else 0
 
     @property
     def cold_id_max(self):
@@ -658,10 +664,10 @@ cdef class Ledger:
             "accounts": a["accounts"][:self.account_count],
             "hot": a["hot"][:self.account_count],
             "pendings": a["pendings"][:self.pending_high],
-            "expiries": a["expiries"][:self.expiry_count],
+            "expiries": a["expiries"][:self.expiry_heap.count],
         }
         scalars = {"account_count": self.account_count, "transfer_count": self.transfer_count,
-                   "expiry_count": self.expiry_count, "pending_high": self.pending_high,
+                   "expiry_count": self.expiry_heap.count, "pending_high": self.pending_high,
                    "last_timestamp": self.last_timestamp}
         return arrays, scalars
 
@@ -765,7 +771,7 @@ cdef class Ledger:
         self.transfer_count = n_t
         self.hot_first = self.cold_count = first
         self.pruned_below = 0  # the next batch prunes what a continuous run's would
-        self.expiry_count = n_e
+        self.expiry_heap.count = n_e
         self.last_timestamp = scalars["last_timestamp"]
 
     cdef _enter(self):
@@ -835,9 +841,9 @@ cdef class Ledger:
         cdef pending_t *p
         cdef account_hot_t *dr
         cdef account_hot_t *cr
-        while self.expiry_count and self.expiries[0].expires_at <= now_ns:
-            p = &self.pendings[self.expiries[0].entry]
-            self.heap_remove(0)
+        while self.expiry_heap.count and self.expiry_heap.items[0].expires_at <= now_ns:
+            p = &self.pendings[self.expiry_heap.items[0].entry]
+            heap_remove(&self.expiry_heap, 0)
             if p.state != STATE_PENDING:
                 continue  # posted or voided since, not yet pruned
             p.state = STATE_EXPIRED
@@ -849,49 +855,6 @@ cdef class Ledger:
             tally_assert(dr.debits_pending >= p.row.amount and cr.credits_pending >= p.row.amount)
             dr.debits_pending -= p.row.amount
             cr.credits_pending -= p.row.amount
-
-    # -- the expiry heap: entries know their place, so that a pruned entry leaves the heap at once
-    # and the heap never holds more than the pending table.
-
-    cdef void heap_place(self, uint64_t i, expiry_t item) noexcept nogil:
-        self.expiries[i] = item
-        self.pendings[item.entry].heap_pos = <uint32_t> i
-
-    cdef void heap_sift_up(self, uint64_t i, expiry_t item) noexcept nogil:
-        cdef uint64_t parent
-        while i > 0:
-            parent = (i - 1) >> 1
-            if not expiry_before(&item, &self.expiries[parent]):
-                break
-            self.heap_place(i, self.expiries[parent])
-            i = parent
-        self.heap_place(i, item)
-
-    cdef void heap_sift_down(self, uint64_t i, expiry_t item) noexcept nogil:
-        cdef uint64_t n = self.expiry_count, child
-        while True:
-            child = 2 * i + 1
-            if child >= n:
-                break
-            if child + 1 < n and expiry_before(&self.expiries[child + 1], &self.expiries[child]):
-                child += 1
-            if not expiry_before(&self.expiries[child], &item):
-                break
-            self.heap_place(i, self.expiries[child])
-            i = child
-        self.heap_place(i, item)
-
-    cdef void heap_remove(self, uint64_t i) noexcept nogil:
-        cdef expiry_t last
-        self.pendings[self.expiries[i].entry].heap_pos = INDEX_NONE
-        self.expiry_count -= 1
-        if i == self.expiry_count:
-            return
-        last = self.expiries[self.expiry_count]
-        if i > 0 and expiry_before(&last, &self.expiries[(i - 1) >> 1]):
-            self.heap_sift_up(i, last)
-        else:
-            self.heap_sift_down(i, last)
 
     # -- the pending table
 
@@ -912,7 +875,7 @@ cdef class Ledger:
         p.resolved_at = 0
         p.debit_index = debit_index
         p.credit_index = credit_index
-        p.heap_pos = INDEX_NONE
+        p.heap_pos = HEAP_POSITION_NONE
         p.state = STATE_PENDING
         if idmap_put(&self.pending_map.map, row.id_lo, row.id_hi, entry) != 0:
             tally_assert(False)
@@ -922,8 +885,8 @@ cdef class Ledger:
     cdef void pending_release(self, uint32_t entry) noexcept nogil:
         cdef pending_t *p = &self.pendings[entry]
         idmap_remove(&self.pending_map.map, p.row.id_lo, p.row.id_hi)
-        if p.heap_pos != INDEX_NONE:
-            self.heap_remove(p.heap_pos)
+        if p.heap_pos != HEAP_POSITION_NONE:
+            heap_remove(&self.expiry_heap, p.heap_pos)
         p.state = STATE_FREE
         self.pending_free[self.pending_free_count] = entry
         self.pending_free_count += 1
@@ -1437,19 +1400,106 @@ cdef class Ledger:
             guard_hot(&self.hot_cow, <uint32_t> self.account_count)
             memset(&self.hot[self.account_count], 0, sizeof(account_hot_t))
 
+    # -- legs and typed undo (docs/products.md): a product event's transfers and its own fields,
+    # all or nothing. chain_begin marks, leg adds a transfer (every check of a client's transfer
+    # applies), save_field records a product field before it is written, chain_abort undoes it all.
+
+    cdef void chain_begin(self, chain_mark_t *mark) noexcept nogil:
+        mark.account_count = self.account_count
+        mark.transfer_count = self.transfer_count
+        mark.expiring_count = self.expiring_count
+        self.account_undo_count = 0
+        self.state_undo_count = 0
+        self.field_undo_count = 0
+
+    cdef void chain_abort(self, const chain_mark_t *mark) noexcept nogil:
+        cdef field_undo_t *f
+        while self.field_undo_count:
+            self.field_undo_count -= 1
+            f = &self.field_undo[self.field_undo_count]
+            memcpy(f.address, f.saved, f.size)
+        self.rollback(mark.account_count, mark.transfer_count, mark.expiring_count)
+
+    cdef void save_field(self, void *address, uint32_t size) noexcept nogil:
+        cdef field_undo_t *f
+        tally_assert(size <= FIELD_UNDO_BYTES and self.field_undo_count < FIELD_UNDO_MAX)
+        f = &self.field_undo[self.field_undo_count]
+        f.address = <uint8_t *> address
+        f.size = size
+        memcpy(f.saved, address, size)
+        self.field_undo_count += 1
+
+    cdef result_t leg(self, uint64_t id_lo, uint64_t id_hi, uint32_t debit_index, uint32_t credit_index,
+                      uint64_t amount, uint32_t ledger, uint16_t code, uint16_t flags,
+                      uint64_t user_data_lo, uint64_t user_data_hi, uint64_t ts) noexcept nogil:
+        """One transfer of a product event's chain, between accounts the product resolved; its
+        result is a client transfer's (limits, overflows, closed accounts, an existing id)."""
+        cdef tally_transfer_t row
+        memset(&row, 0, sizeof(row))
+        row.id_lo = id_lo
+        row.id_hi = id_hi
+        row.debit_account_id_lo = self.account_rows[debit_index].id_lo
+        row.debit_account_id_hi = self.account_rows[debit_index].id_hi
+        row.credit_account_id_lo = self.account_rows[credit_index].id_lo
+        row.credit_account_id_hi = self.account_rows[credit_index].id_hi
+        row.amount = amount
+        row.user_data_128_lo = user_data_lo
+        row.user_data_128_hi = user_data_hi
+        row.ledger = ledger
+        row.code = code
+        row.flags = flags
+        return self.create_transfer(&row, ts, debit_index, credit_index, True)
+
+    def run_legs_for_testing(self, legs, uint64_t now_ns, field):
+        """Tests of the primitive (tests/test_legs.py): apply ``legs`` (a TRANSFER_DTYPE array:
+        id, accounts by id, amount, ledger, code, flags, user_data_128 are used) as one chain
+        after writing ``field`` (a writable uint8 NumPy array, set to 0xAB through save_field
+        first); on a failed leg everything, the field included, is undone. Returns the results
+        (the failing leg's code and linked_event_failed for the others, or all ok)."""
+        cdef const unsigned char[::1] raw = batch_bytes(legs, TRANSFER_DTYPE)
+        cdef uint64_t count = raw.shape[0] // 128, k
+        cdef const tally_transfer_t *e = <const tally_transfer_t *> &raw[0] if count else NULL
+        cdef unsigned char[::1] f = field
+        cdef chain_mark_t mark
+        cdef uint32_t dr, cr
+        cdef result_t r = R_OK
+        if count == 0 or count > LEGS_MAX or f.shape[0] > FIELD_UNDO_BYTES:
+            raise ValueError(f"1..{LEGS_MAX} legs and a field of at most {FIELD_UNDO_BYTES} bytes")
+        results = np.zeros(count, dtype=np.uint32)
+        self._enter()
+        try:
+            base = self.begin_batch(now_ns, LEGS_MAX)
+            self.chain_begin(&mark)
+            if f.shape[0]:
+                self.save_field(&f[0], f.shape[0])
+                memset(&f[0], 0xAB, f.shape[0])
+            for k in range(count):
+                dr = idmap_get(&self.account_map.map, e[k].debit_account_id_lo, e[k].debit_account_id_hi)
+                cr = idmap_get(&self.account_map.map, e[k].credit_account_id_lo, e[k].credit_account_id_hi)
+                if dr == IDMAP_NOT_FOUND:
+                    r = R_DEBIT_ACCOUNT_NOT_FOUND
+                elif cr == IDMAP_NOT_FOUND:
+                    r = R_CREDIT_ACCOUNT_NOT_FOUND
+                else:
+                    r = self.leg(e[k].id_lo, e[k].id_hi, dr, cr, e[k].amount, e[k].ledger, e[k].code, e[k].flags,
+                                 e[k].user_data_128_lo, e[k].user_data_128_hi, base + k)
+                if r != R_OK:
+                    self.chain_abort(&mark)
+                    results[:] = R_LINKED_EVENT_FAILED
+                    results[k] = r
+                    break
+            self.schedule_expiries()
+        finally:
+            self.busy = False
+        return results
+
     cdef void schedule_expiries(self) noexcept nogil:
         """Put the batch's surviving pending transfers with a timeout on the expiry heap."""
         cdef uint64_t k
-        cdef expiry_t item
         cdef pending_t *p
         for k in range(self.expiring_count):
             p = &self.pendings[self.expiring[k]]
-            item.expires_at = expires_at_of(&p.row)
-            item.number = p.number
-            item.entry = self.expiring[k]
-            item._pad = 0
-            self.expiry_count += 1
-            self.heap_sift_up(self.expiry_count - 1, item)
+            heap_push(&self.expiry_heap, expires_at_of(&p.row), p.number, self.expiring[k])
         self.expiring_count = 0
 
     cdef void account_record(self, uint32_t index, tally_account_t *out) noexcept nogil:
@@ -1518,15 +1568,13 @@ cdef _check_now(uint64_t now_ns):
         raise ValueError(f"now_ns must be below {constants.NOW_NS_LIMIT}, got {now_ns}")
 
 
-cdef str _dtype_name(object dtype):
-    return "ACCOUNT_DTYPE" if dtype == ACCOUNT_DTYPE else "TRANSFER_DTYPE"
-
-
-cdef const unsigned char[::1] _batch_bytes(object batch, object dtype):
-    """The batch as raw bytes, after checking its type and size: errors here change nothing."""
+cdef object batch_bytes(object batch, object dtype):
+    """The batch as raw bytes (a memoryview), after checking its type and size: errors here
+    change nothing. Product modules check their batches with it too."""
     if isinstance(batch, np.ndarray):
         if batch.dtype != dtype:
-            raise TypeError(f"batch must be an array of {_dtype_name(dtype)} records, got dtype {batch.dtype}")
+            name = next((name for name, value in vars(records).items() if name.endswith("_DTYPE") and value == dtype), dtype)
+            raise TypeError(f"batch must be an array of {name} records, got dtype {batch.dtype}")
         if batch.ndim != 1:
             raise ValueError("batch must be one-dimensional")
         batch = np.ascontiguousarray(batch).view(np.uint8)

@@ -22,7 +22,10 @@ from typing import NamedTuple
 import numpy as np
 
 from core import constants
-from core.records import ACCOUNT_DTYPE, ID_DTYPE, TRANSFER_DTYPE
+from core.records import (
+    ACCOUNT_DTYPE, ID_DTYPE, ORDER_CLOSE_DTYPE, ORDER_CREATE_DTYPE, ORDER_CREATED_DTYPE, ORDER_DTYPE, ORDER_PAY_DTYPE,
+    TRANSFER_DTYPE,
+)
 
 #: A create's reply: one ``core.Result`` per event.
 RESULT_DTYPE = np.dtype(np.uint32)
@@ -34,13 +37,18 @@ class Operation(enum.IntEnum):
     lookup_accounts = 3
     lookup_transfers = 4
     get_account_transfers = 5
-    # 100-199: reserved for the payment products (orders, payment codes, refunds, ...).
+    # 100-199: the payment products (docs/products.md).
+    create_orders = 100
+    pay_orders = 101
+    close_orders = 102
+    lookup_orders = 103
     ping = 1000
 
 
 class Kind(enum.Enum):
     #: Events of ``event_dtype`` (every one ``RECORD_SIZE_BYTES``), applied as a batch and
-    #: logged; the reply is one ``RESULT_DTYPE`` per event.
+    #: logged; the reply is one ``reply_dtype`` per event (``RESULT_DTYPE``, or a record that
+    #: starts with the u32 result: ``create_orders``' carries the order's token).
     create = "create"
     #: 16-byte ids (``event_dtype`` = ``ID_DTYPE``); the reply is the records found, in order.
     lookup = "lookup"
@@ -55,14 +63,19 @@ class Spec(NamedTuple):
     kind: Kind
     event_dtype: np.dtype | None   # the request body's records (None: not records)
     reply_dtype: np.dtype | None   # the reply body's records (None: no body)
+    component: str | None = None   # who applies a create: "ledger" or a product module ("orders")
 
 
 OPERATIONS: dict[Operation, Spec] = {spec.operation: spec for spec in (
-    Spec(Operation.create_accounts, Kind.create, ACCOUNT_DTYPE, RESULT_DTYPE),
-    Spec(Operation.create_transfers, Kind.create, TRANSFER_DTYPE, RESULT_DTYPE),
+    Spec(Operation.create_accounts, Kind.create, ACCOUNT_DTYPE, RESULT_DTYPE, "ledger"),
+    Spec(Operation.create_transfers, Kind.create, TRANSFER_DTYPE, RESULT_DTYPE, "ledger"),
     Spec(Operation.lookup_accounts, Kind.lookup, ID_DTYPE, ACCOUNT_DTYPE),
     Spec(Operation.lookup_transfers, Kind.lookup, ID_DTYPE, TRANSFER_DTYPE),
     Spec(Operation.get_account_transfers, Kind.query, None, TRANSFER_DTYPE),
+    Spec(Operation.create_orders, Kind.create, ORDER_CREATE_DTYPE, ORDER_CREATED_DTYPE, "orders"),
+    Spec(Operation.pay_orders, Kind.create, ORDER_PAY_DTYPE, RESULT_DTYPE, "orders"),
+    Spec(Operation.close_orders, Kind.create, ORDER_CLOSE_DTYPE, RESULT_DTYPE, "orders"),
+    Spec(Operation.lookup_orders, Kind.lookup, ID_DTYPE, ORDER_DTYPE),
     Spec(Operation.ping, Kind.control, None, None),
 )}
 
@@ -73,7 +86,17 @@ CREATE_EVENT_DTYPES: dict[Operation, np.dtype] = {
 LOOKUP_REPLY_DTYPES: dict[Operation, np.dtype] = {
     spec.operation: spec.reply_dtype for spec in OPERATIONS.values() if spec.kind is Kind.lookup}
 
+#: The logged operations and the component that applies each.
+CREATE_COMPONENTS: dict[Operation, str] = {
+    spec.operation: spec.component for spec in OPERATIONS.values() if spec.kind is Kind.create}
+#: A create's reply record per event.
+CREATE_REPLY_DTYPES: dict[Operation, np.dtype] = {
+    spec.operation: spec.reply_dtype for spec in OPERATIONS.values() if spec.kind is Kind.create}
+
 for _spec in OPERATIONS.values():  # the log and the wire assume fixed 128-byte event records
     if _spec.kind is Kind.create and _spec.event_dtype.itemsize != constants.RECORD_SIZE_BYTES:
         raise ImportError(f"{_spec.operation.name}: event records must be {constants.RECORD_SIZE_BYTES} bytes")
+    if _spec.kind is Kind.create and (_spec.component is None or _spec.reply_dtype.itemsize % 4
+                                      or _spec.reply_dtype.fields and _spec.reply_dtype.fields["result"][1] != 0):
+        raise ImportError(f"{_spec.operation.name}: a create names its component and replies u32 result first")
 del _spec

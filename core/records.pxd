@@ -73,6 +73,65 @@ cdef extern from * nogil:
         uint8_t reserved[8];            /* must be zero */
         uint64_t timestamp;             /* engine time, ns, strictly increasing */
     } tally_transfer_t;
+
+    /* The orders' records (docs/products.md "Orders: the reference"). */
+    typedef struct TALLY_PACKED {
+        uint64_t id_lo, id_hi;          /* order_id(merchant_id, out_trade_no) */
+        uint64_t merchant_id_lo, merchant_id_hi;
+        uint64_t amount;                /* minor units */
+        uint8_t out_trade_no[32];       /* the merchant's order number, NUL-padded */
+        uint32_t expire_after_s;        /* 0: ORDER_EXPIRE_AFTER_S_DEFAULT */
+        uint32_t ledger;
+        uint32_t description_code;
+        uint16_t flags;                 /* must be zero */
+        uint8_t reserved[34];
+        uint64_t timestamp;             /* must be zero */
+    } tally_order_create_t;
+
+    typedef struct TALLY_PACKED {
+        uint64_t order_id_lo, order_id_hi;
+        uint64_t payer_id_lo, payer_id_hi;
+        uint64_t amount;                /* must equal the order's */
+        uint8_t token[10];              /* the order's tag (from its QR payload) */
+        uint8_t reserved_a[2];
+        uint32_t ledger;                /* must equal the order's */
+        uint16_t flags;                 /* must be zero */
+        uint8_t reserved[62];
+        uint64_t timestamp;             /* must be zero */
+    } tally_order_pay_t;
+
+    typedef struct TALLY_PACKED {
+        uint64_t order_id_lo, order_id_hi;
+        uint64_t merchant_id_lo, merchant_id_hi;
+        uint8_t reserved[88];
+        uint64_t timestamp;             /* must be zero */
+    } tally_order_close_t;
+
+    typedef struct TALLY_PACKED {
+        uint64_t id_lo, id_hi;
+        uint64_t merchant_id_lo, merchant_id_hi;
+        uint64_t payer_id_lo, payer_id_hi;  /* 0 until paid */
+        uint64_t amount;
+        uint64_t refunded;
+        uint64_t expires_at;            /* engine ns */
+        uint64_t paid_at;
+        uint64_t closed_at;
+        uint8_t token[10];
+        uint8_t state;                  /* order_state_t */
+        uint8_t close_reason;           /* close_reason_t */
+        uint16_t refund_count;
+        uint8_t reserved_a[2];
+        uint32_t ledger;
+        uint32_t description_code;
+        uint64_t fee;
+        uint64_t timestamp;             /* engine ns of creation */
+    } tally_order_t;
+
+    typedef struct TALLY_PACKED {
+        uint32_t result;
+        uint8_t token[10];
+        uint8_t reserved[2];
+    } tally_order_created_t;
     """
     ctypedef struct tally_account_t:
         uint64_t id_lo
@@ -112,6 +171,68 @@ cdef extern from * nogil:
         uint8_t reserved[8]
         uint64_t timestamp
 
+    ctypedef struct tally_order_create_t:
+        uint64_t id_lo
+        uint64_t id_hi
+        uint64_t merchant_id_lo
+        uint64_t merchant_id_hi
+        uint64_t amount
+        uint8_t out_trade_no[32]
+        uint32_t expire_after_s
+        uint32_t ledger
+        uint32_t description_code
+        uint16_t flags
+        uint8_t reserved[34]
+        uint64_t timestamp
+
+    ctypedef struct tally_order_pay_t:
+        uint64_t order_id_lo
+        uint64_t order_id_hi
+        uint64_t payer_id_lo
+        uint64_t payer_id_hi
+        uint64_t amount
+        uint8_t token[10]
+        uint8_t reserved_a[2]
+        uint32_t ledger
+        uint16_t flags
+        uint8_t reserved[62]
+        uint64_t timestamp
+
+    ctypedef struct tally_order_close_t:
+        uint64_t order_id_lo
+        uint64_t order_id_hi
+        uint64_t merchant_id_lo
+        uint64_t merchant_id_hi
+        uint8_t reserved[88]
+        uint64_t timestamp
+
+    ctypedef struct tally_order_t:
+        uint64_t id_lo
+        uint64_t id_hi
+        uint64_t merchant_id_lo
+        uint64_t merchant_id_hi
+        uint64_t payer_id_lo
+        uint64_t payer_id_hi
+        uint64_t amount
+        uint64_t refunded
+        uint64_t expires_at
+        uint64_t paid_at
+        uint64_t closed_at
+        uint8_t token[10]
+        uint8_t state
+        uint8_t close_reason
+        uint16_t refund_count
+        uint8_t reserved_a[2]
+        uint32_t ledger
+        uint32_t description_code
+        uint64_t fee
+        uint64_t timestamp
+
+    ctypedef struct tally_order_created_t:
+        uint32_t result
+        uint8_t token[10]
+        uint8_t reserved[2]
+
     bint TALLY_LIKELY(bint)
     bint TALLY_UNLIKELY(bint)
     void TALLY_PREFETCH(const void *)
@@ -125,6 +246,21 @@ cdef enum:
     TRANSFER_SIZE = 128
     ACCOUNT_RESERVED_SIZE = 36
     TRANSFER_RESERVED_SIZE = 8
+    ORDER_TOKEN_BYTES = 10
+    OUT_TRADE_NO_BYTES = 32
+
+
+cpdef enum order_state_t:
+    ORDER_NOTPAY = 1
+    ORDER_SUCCESS = 2
+    ORDER_CLOSED = 3
+    ORDER_REFUND = 4
+
+
+cpdef enum close_reason_t:
+    CLOSE_REASON_NONE = 0
+    CLOSE_REASON_MERCHANT = 1
+    CLOSE_REASON_EXPIRED = 2
 
 
 cpdef enum account_flag_t:
@@ -214,4 +350,20 @@ cpdef enum result_t:
     R_EXCEEDS_CREDITS = 63
     R_EXCEEDS_DEBITS = 64
     R_TRANSFERS_LIMIT_REACHED = 65
-    R_COUNT = 66
+    # The orders' (docs/products.md "Orders: the reference").
+    R_OUT_TRADE_NO_INVALID = 66
+    R_EXPIRE_AFTER_OUT_OF_RANGE = 67
+    R_MERCHANT_NOT_FOUND = 68
+    R_CURRENCY_MISMATCH = 69
+    R_ID_MISMATCH = 70
+    R_EXISTS_WITH_DIFFERENT_FIELDS = 71
+    R_ORDERS_LIMIT_REACHED = 72
+    R_ORDER_NOT_FOUND = 73
+    R_ORDER_TOKEN_INVALID = 74
+    R_ORDER_PAID = 75
+    R_ORDER_CLOSED = 76
+    R_ORDER_EXPIRED = 77
+    R_AMOUNT_MISMATCH = 78
+    R_PAYER_NOT_FOUND = 79
+    R_MERCHANT_MISMATCH = 80
+    R_COUNT = 81

@@ -9,6 +9,11 @@ import numpy.typing as npt
 ACCOUNT_DTYPE: np.dtype
 TRANSFER_DTYPE: np.dtype
 ID_DTYPE: np.dtype
+ORDER_CREATE_DTYPE: np.dtype
+ORDER_PAY_DTYPE: np.dtype
+ORDER_CLOSE_DTYPE: np.dtype
+ORDER_DTYPE: np.dtype
+ORDER_CREATED_DTYPE: np.dtype
 U64_MAX: int
 U128_MAX: int
 
@@ -79,6 +84,32 @@ class Result(enum.IntEnum):
     exceeds_credits = 63
     exceeds_debits = 64
     transfers_limit_reached = 65
+    out_trade_no_invalid = 66
+    expire_after_out_of_range = 67
+    merchant_not_found = 68
+    currency_mismatch = 69
+    id_mismatch = 70
+    exists_with_different_fields = 71
+    orders_limit_reached = 72
+    order_not_found = 73
+    order_token_invalid = 74
+    order_paid = 75
+    order_closed = 76
+    order_expired = 77
+    amount_mismatch = 78
+    payer_not_found = 79
+    merchant_mismatch = 80
+
+class OrderState(enum.IntEnum):
+    NOTPAY = 1
+    SUCCESS = 2
+    CLOSED = 3
+    REFUND = 4
+
+class CloseReason(enum.IntEnum):
+    none = 0
+    merchant = 1
+    expired = 2
 
 class AccountFlags(enum.IntFlag):
     none = 0
@@ -119,6 +150,7 @@ class TransferCode(enum.IntEnum):
     coupon = 9
     fx = 10
     fee = 11
+    order_payment = 61441
     settlement = 12
 
 class Currency(enum.IntEnum):

@@ -12,7 +12,8 @@ import numpy as np
 
 from core.records cimport (
     tally_account_t, tally_transfer_t, ACCOUNT_SIZE, TRANSFER_SIZE, ACCOUNT_RESERVED_SIZE,
-    TRANSFER_RESERVED_SIZE, result_t, account_flag_t, transfer_flag_t,
+    TRANSFER_RESERVED_SIZE, result_t, account_flag_t, transfer_flag_t, tally_order_create_t, tally_order_pay_t,
+    tally_order_close_t, tally_order_t, tally_order_created_t, order_state_t, close_reason_t,
 )
 
 _U64 = "<u8"
@@ -43,6 +44,51 @@ TRANSFER_DTYPE = np.dtype([
     ("timestamp", _U64),
 ])
 
+# The orders' records (docs/products.md "Orders: the reference").
+ORDER_CREATE_DTYPE = np.dtype([
+    ("id_lo", _U64), ("id_hi", _U64),
+    ("merchant_id_lo", _U64), ("merchant_id_hi", _U64),
+    ("amount", _U64), ("out_trade_no", "u1", (32,)),
+    ("expire_after_s", _U32), ("ledger", _U32), ("description_code", _U32), ("flags", _U16),
+    ("reserved", "V34"),
+    ("timestamp", _U64),
+])
+
+ORDER_PAY_DTYPE = np.dtype([
+    ("order_id_lo", _U64), ("order_id_hi", _U64),
+    ("payer_id_lo", _U64), ("payer_id_hi", _U64),
+    ("amount", _U64), ("token", "u1", (10,)), ("reserved_a", "V2"),
+    ("ledger", _U32), ("flags", _U16), ("reserved", "V62"),
+    ("timestamp", _U64),
+])
+
+ORDER_CLOSE_DTYPE = np.dtype([
+    ("order_id_lo", _U64), ("order_id_hi", _U64),
+    ("merchant_id_lo", _U64), ("merchant_id_hi", _U64),
+    ("reserved", "V88"),
+    ("timestamp", _U64),
+])
+
+ORDER_DTYPE = np.dtype([
+    ("id_lo", _U64), ("id_hi", _U64),
+    ("merchant_id_lo", _U64), ("merchant_id_hi", _U64),
+    ("payer_id_lo", _U64), ("payer_id_hi", _U64),
+    ("amount", _U64), ("refunded", _U64),
+    ("expires_at", _U64), ("paid_at", _U64), ("closed_at", _U64),
+    ("token", "u1", (10,)), ("state", "u1"), ("close_reason", "u1"), ("refund_count", _U16),
+    ("reserved_a", "V2"), ("ledger", _U32), ("description_code", _U32), ("fee", _U64),
+    ("timestamp", _U64),
+])
+
+#: ``create_orders``' reply per event: the result and, on ok or exists, the order's token.
+ORDER_CREATED_DTYPE = np.dtype([("result", _U32), ("token", "u1", (10,)), ("reserved", "V2")])
+
+OrderState = enum.IntEnum("OrderState", {member.name[6:].upper(): int(member) for member in order_state_t})
+OrderState.__doc__ = "An order's state (docs/products.md): NOTPAY, then SUCCESS or CLOSED; REFUND once refunded in full."
+OrderState.__module__ = "core"
+CloseReason = enum.IntEnum("CloseReason", {member.name[13:].lower(): int(member) for member in close_reason_t})
+CloseReason.__module__ = "core"
+
 #: A 128-bit id as two little-endian halves, for id arrays passed to lookups.
 ID_DTYPE = np.dtype([("lo", _U64), ("hi", _U64)])
 
@@ -53,6 +99,11 @@ U128_MAX = (1 << 128) - 1
 def _check_layout():
     cdef tally_account_t account
     cdef tally_transfer_t transfer
+    cdef tally_order_create_t order_create
+    cdef tally_order_pay_t order_pay
+    cdef tally_order_close_t order_close
+    cdef tally_order_t order
+    cdef tally_order_created_t order_created
     c_offsets = {
         ACCOUNT_DTYPE: {
             "id_lo": <size_t> (<char *> &account.id_lo - <char *> &account),
@@ -80,8 +131,39 @@ def _check_layout():
             "reserved": <size_t> (<char *> &transfer.reserved - <char *> &transfer),
             "timestamp": <size_t> (<char *> &transfer.timestamp - <char *> &transfer),
         },
+        ORDER_CREATE_DTYPE: {
+            "out_trade_no": <size_t> (<char *> &order_create.out_trade_no - <char *> &order_create),
+            "expire_after_s": <size_t> (<char *> &order_create.expire_after_s - <char *> &order_create),
+            "flags": <size_t> (<char *> &order_create.flags - <char *> &order_create),
+            "timestamp": <size_t> (<char *> &order_create.timestamp - <char *> &order_create),
+        },
+        ORDER_PAY_DTYPE: {
+            "token": <size_t> (<char *> &order_pay.token - <char *> &order_pay),
+            "ledger": <size_t> (<char *> &order_pay.ledger - <char *> &order_pay),
+            "flags": <size_t> (<char *> &order_pay.flags - <char *> &order_pay),
+            "timestamp": <size_t> (<char *> &order_pay.timestamp - <char *> &order_pay),
+        },
+        ORDER_CLOSE_DTYPE: {
+            "merchant_id_lo": <size_t> (<char *> &order_close.merchant_id_lo - <char *> &order_close),
+            "timestamp": <size_t> (<char *> &order_close.timestamp - <char *> &order_close),
+        },
+        ORDER_DTYPE: {
+            "closed_at": <size_t> (<char *> &order.closed_at - <char *> &order),
+            "token": <size_t> (<char *> &order.token - <char *> &order),
+            "state": <size_t> (<char *> &order.state - <char *> &order),
+            "refund_count": <size_t> (<char *> &order.refund_count - <char *> &order),
+            "ledger": <size_t> (<char *> &order.ledger - <char *> &order),
+            "fee": <size_t> (<char *> &order.fee - <char *> &order),
+            "timestamp": <size_t> (<char *> &order.timestamp - <char *> &order),
+        },
+        ORDER_CREATED_DTYPE: {
+            "token": <size_t> (<char *> &order_created.token - <char *> &order_created),
+        },
     }
-    sizes = {ACCOUNT_DTYPE: (sizeof(account), ACCOUNT_SIZE), TRANSFER_DTYPE: (sizeof(transfer), TRANSFER_SIZE)}
+    sizes = {ACCOUNT_DTYPE: (sizeof(account), ACCOUNT_SIZE), TRANSFER_DTYPE: (sizeof(transfer), TRANSFER_SIZE),
+             ORDER_CREATE_DTYPE: (sizeof(order_create), 128), ORDER_PAY_DTYPE: (sizeof(order_pay), 128),
+             ORDER_CLOSE_DTYPE: (sizeof(order_close), 128), ORDER_DTYPE: (sizeof(order), 128),
+             ORDER_CREATED_DTYPE: (sizeof(order_created), 16)}
     for dtype, offsets in c_offsets.items():
         c_size, documented = sizes[dtype]
         if not (c_size == documented == dtype.itemsize):
@@ -143,6 +225,7 @@ class TransferCode(enum.IntEnum):
     coupon = 9
     fx = 10
     fee = 11
+    order_payment = 0xF001  # an order's payment leg (docs/products.md)
     settlement = 12
 
 
@@ -160,20 +243,28 @@ def _id_fields(dtype):
     return [name[:-3] for name in dtype.names if name.endswith("_lo")]
 
 
-def _from_dicts(rows, dtype):
+def records_from_dicts(rows, dtype):
+    """Build a batch of any record type from dicts: whole 128-bit ints for ids, bytes for byte
+    arrays (``out_trade_no``, ``token``: NUL-padded), ints for the reserved fields."""
     wide = _id_fields(dtype)
     out = np.zeros(len(rows), dtype=dtype)
-    reserved_size = dtype.fields["reserved"][0].itemsize
     for i, row in enumerate(rows):
         for key, value in row.items():
+            field = dtype.fields.get(key)
+            if field is not None and field[0].subdtype is not None:  # a byte array
+                raw = bytes(value)
+                if len(raw) > field[0].itemsize:
+                    raise OverflowError(f"{key} holds at most {field[0].itemsize} bytes")
+                out[i][key] = np.frombuffer(raw.ljust(field[0].itemsize, b"\0"), dtype=np.uint8)
+                continue
             value = int(value)
             if key in wide:
                 if not 0 <= value <= U128_MAX:
                     raise OverflowError(f"{key}={value} does not fit 128 bits")
                 out[i][key + "_lo"] = value & U64_MAX
                 out[i][key + "_hi"] = value >> 64
-            elif key == "reserved":
-                out[i]["reserved"] = np.void(value.to_bytes(reserved_size, "little"))
+            elif key.startswith("reserved") and field is not None:
+                out[i][key] = np.void(value.to_bytes(field[0].itemsize, "little"))
             elif key in dtype.names:
                 out[i][key] = value  # NumPy raises OverflowError when out of range
             else:
@@ -186,7 +277,7 @@ def accounts_from_dicts(rows):
 
     >>> batch = accounts_from_dicts([{"id": 1, "ledger": 156, "code": 1}])
     """
-    return _from_dicts(rows, ACCOUNT_DTYPE)
+    return records_from_dicts(rows, ACCOUNT_DTYPE)
 
 
 def transfers_from_dicts(rows):
@@ -195,11 +286,11 @@ def transfers_from_dicts(rows):
     >>> batch = transfers_from_dicts([{"id": 7, "debit_account_id": 1, "credit_account_id": 2,
     ...                                "amount": 100, "ledger": 156, "code": 1}])
     """
-    return _from_dicts(rows, TRANSFER_DTYPE)
+    return records_from_dicts(rows, TRANSFER_DTYPE)
 
 
 def to_dicts(records):
-    """Records (an ACCOUNT_DTYPE or TRANSFER_DTYPE array) as dicts with whole 128-bit ints."""
+    """Records (of any record dtype) as dicts with whole 128-bit ints (byte arrays as bytes)."""
     dtype = records.dtype
     wide = _id_fields(dtype)
     rows = []
@@ -212,8 +303,10 @@ def to_dicts(records):
             if name.endswith("_lo") and name[:-3] in wide:
                 base = name[:-3]
                 row[base] = fields[name] | (fields[base + "_hi"] << 64)
-            elif name == "reserved":
+            elif name.startswith("reserved"):
                 row[name] = int.from_bytes(bytes(fields[name]), "little")
+            elif dtype.fields[name][0].subdtype is not None:
+                row[name] = bytes(bytearray(fields[name]))
             else:
                 row[name] = int(fields[name])
         rows.append(row)

@@ -81,7 +81,8 @@ def run(source_dir: str, into_dir: str, *, progress=None) -> dict:
         target = Store(into_dir, accounts_max=source.ledger.accounts_max,
                        transfers_hot_max=source.ledger.transfers_hot_max, pending_max=source.ledger.pending_max,
                        cold_epoch_transfers=source.stats()["cold_epoch_transfers"],
-                       id_filter_bytes=source.filter.size_bytes, map_size_bytes=map_size_bytes)
+                       id_filter_bytes=source.filter.size_bytes, orders_max=source.orders.orders_max,
+                       secret=source.secret, map_size_bytes=map_size_bytes)
         try:
             batches = events = 0
             last = None

@@ -52,11 +52,13 @@ def chain_next(chain: bytes, digest: bytes) -> bytes:
 
 
 def state_hash(ledger, *, epoch_transfers: int = constants.COLD_EPOCH_TRANSFERS_DEFAULT,
-               chain: bytes = CHAIN_EMPTY, chained_epochs: int = 0) -> str:
+               chain: bytes = CHAIN_EMPTY, chained_epochs: int = 0, parts: dict | None = None) -> str:
     """Hex BLAKE2b-256 digest of a ledger's state.
 
     ``chain`` is the chain over the first ``chained_epochs`` epochs (a store's cold tier); the
     ledger must hold every transfer after them in memory. A bare ``Ledger`` passes neither.
+    ``parts`` are the in-memory parts covered (default: the ledger's ``hash_parts``; a store
+    passes its machine's: the ledger's and the product tables').
     """
     count = ledger.transfer_count
     complete = count // epoch_transfers
@@ -67,7 +69,7 @@ def state_hash(ledger, *, epoch_transfers: int = constants.COLD_EPOCH_TRANSFERS_
     tail_first = complete * epoch_transfers
     tail = epoch_digest(codec.pack(ledger.transfers_range(tail_first, count)), ledger.resolved_between(tail_first, count))
     _, scalars = ledger.snapshot()
-    parts = ledger.hash_parts()
+    parts = ledger.hash_parts() if parts is None else parts
     digest = hashlib.blake2b(STATE_HASH_DOMAIN, digest_size=STATE_HASH_DIGEST_BYTES)
     digest.update(_LENGTH.pack(len(parts)))
     for name in sorted(parts):

@@ -56,11 +56,12 @@ from core.threads import name_this_thread
 from core import cold as cold_module
 from core import filter as filter_module
 from core import ledger as ledger_module
+from core import orders as orders_module
 from core.archive import ArchiveError, LogArchive
 from core.cold import ColdTier
 from core.filter import IdFilter
-from core.ledger import Ledger
-from core.operations import CREATE_EVENT_DTYPES, Operation
+from core.machine import Machine
+from core.operations import CREATE_COMPONENTS, CREATE_EVENT_DTYPES, Operation
 from core.records import TRANSFER_DTYPE, TransferFlags, ids_array
 from core.state_hash import CHAIN_EMPTY, state_hash
 
@@ -74,6 +75,7 @@ LOG_VERSION = 1
 
 OPERATION_CREATE_ACCOUNTS = Operation.create_accounts
 OPERATION_CREATE_TRANSFERS = Operation.create_transfers
+LEGS_MAX = 4  # engine timestamps, and so transfers, a product event may use (core/ledger.pxd)
 
 #: The record type of each logged operation (core/operations.py's table).
 RECORD_DTYPES = CREATE_EVENT_DTYPES
@@ -84,7 +86,7 @@ _JOURNAL_POSITION = struct.Struct("<QQQQ")
 JOURNAL_FILE = "journal"
 #: Every checkpointed array, declared by the component that owns it (core/checkpoint.py).
 CHECKPOINT_ARRAYS = checkpoint.registry(ledger_module.CHECKPOINT_ARRAYS, cold_module.CHECKPOINT_ARRAYS,
-                                        filter_module.CHECKPOINT_ARRAYS)
+                                        filter_module.CHECKPOINT_ARRAYS, orders_module.CHECKPOINT_ARRAYS)
 _SNAPSHOT_PIECE_BYTES = 4 << 20  # a checkpoint's copies are made in pieces of this size
 _BACKGROUND_EVENTS_MAX = 1024   # background jobs remembered (Store.background_events)
 _SIDE_DATABASES_MAX = 64        # LMDB databases of the cold and checkpoint environments (4 per cold table, 5 for transfers)
@@ -116,6 +118,8 @@ class _Meta(msgspec.Struct, frozen=True):
     pending_max: int
     cold_epoch_transfers: int
     id_filter_bytes: int
+    orders_max: int = 0           # 0: a store made before orders (the default then)
+    secret: bytes = b""           # keys the order tokens (core/orders.pyx); drawn once, never sent
 
 
 class _ArchiveMeta(msgspec.Struct, frozen=True):
@@ -241,7 +245,7 @@ class Store:
 
     def __init__(self, path, *, accounts_max: int | None = None, transfers_hot_max: int | None = None,
                  pending_max: int | None = None, cold_epoch_transfers: int | None = None,
-                 id_filter_bytes: int | None = None,
+                 id_filter_bytes: int | None = None, orders_max: int | None = None, secret: bytes | None = None,
                  map_size_bytes: int = constants.LMDB_MAP_SIZE_BYTES_DEFAULT,
                  checkpoint_interval_events: int = constants.CHECKPOINT_INTERVAL_EVENTS_DEFAULT,
                  checkpoint_interval_batches: int | None = None,
@@ -264,7 +268,7 @@ class Store:
         self._log = self._env.open_db(b"log")
         self._meta_db = self._env.open_db(b"meta")
         self._meta = self._load_or_create_meta(accounts_max, transfers_hot_max, pending_max,
-                                               cold_epoch_transfers, id_filter_bytes)
+                                               cold_epoch_transfers, id_filter_bytes, orders_max, secret)
         self._archive_meta = self._load_archive_meta()
         self._journal = self._open_journal(journal_bytes, prefault)
         self._epoch_transfers = self._meta.cold_epoch_transfers
@@ -335,8 +339,10 @@ class Store:
     def _fresh_state(self) -> None:
         """An empty ledger, filter and cold progress (before a checkpoint is loaded into them)."""
         meta = self._meta
-        self.ledger = Ledger(accounts_max=meta.accounts_max, transfers_hot_max=meta.transfers_hot_max,
-                             pending_max=meta.pending_max)
+        self.machine = Machine(accounts_max=meta.accounts_max, transfers_hot_max=meta.transfers_hot_max,
+                               pending_max=meta.pending_max, orders_max=meta.orders_max, secret=meta.secret)
+        self.ledger = self.machine.ledger
+        self.orders = self.machine.orders
         self.filter = IdFilter(meta.id_filter_bytes)
         self.ledger.attach_filter(self.filter)
         # Per account: the newest cold epoch holding one of its transfers, plus 1 (0: none).
@@ -465,7 +471,7 @@ class Store:
         (``engine.server``); any batch expires what is due before its events, so a busy one
         never needs to.
         """
-        next_expiry_ns = self.ledger.next_expiry_ns
+        next_expiry_ns = self.machine.next_expiry_ns
         if next_expiry_ns == 0:
             return None
         if now_ns is None:
@@ -482,16 +488,23 @@ class Store:
 
     @property
     def next_expiry_ns(self) -> int:
-        """Engine time (ns) at which the soonest pending timeout expires; 0: none."""
-        return self.ledger.next_expiry_ns
+        """Engine time (ns) at which the soonest pending timeout or unpaid order expires; 0: none."""
+        return self.machine.next_expiry_ns
 
     def _apply(self, operation: int, batch, now_ns: int) -> np.ndarray:
         """Apply one batch in memory (submit and recovery): room in the ring, prefetch, apply."""
         if operation == OPERATION_CREATE_ACCOUNTS:
             self._reap()
             self._make_room(0)  # the batch still prunes
-            return self.ledger.apply(operation, batch, now_ns)
+            return self.machine.apply(operation, batch, now_ns)
         count = _raw(batch).shape[0] // constants.RECORD_SIZE_BYTES
+        if CREATE_COMPONENTS.get(operation) != "ledger":
+            # A product batch: its legs are new transfers (ids derived from new events: nothing
+            # to prefetch), up to LEGS_MAX per event; a batch that does not find room gets
+            # transfers_limit_reached per leg from the ledger.
+            self._reap()
+            self._make_room(min(count * LEGS_MAX, self.ledger.transfers_hot_max - self._epoch_transfers))
+            return self.machine.apply(operation, batch, now_ns)
         room = self.ledger.transfers_hot_max - self._epoch_transfers
         if room < count <= constants.BATCH_EVENTS_MAX:  # (larger batches: the ledger's own error)
             raise ValueError(f"a batch of {count} transfers does not fit the hot window's room for new ones "
@@ -515,12 +528,31 @@ class Store:
                     states[missing[hot]] = self.cold.states_of(hot_rows[hot])
                     found[missing[hot]] = True
             self.ledger.load_prefetched(rows[found], states[found])
-        return self.ledger.apply(operation, batch, now_ns)
+        return self.machine.apply(operation, batch, now_ns)
 
     def lookup_accounts(self, ids):
         """Accounts by id, from memory, after every submitted batch is committed."""
         self._drain()
         return self.ledger.lookup_accounts(ids)
+
+    def lookup_orders(self, ids, *, wait_for_commits: bool = True):
+        """Orders by id (ints or an ID_DTYPE array), in order, missing ones left out; after every
+        submitted batch is committed (``wait_for_commits``: see ``lookup_transfers``)."""
+        if wait_for_commits:
+            self._drain()
+        return self.orders.lookup_orders(ids)
+
+    def create_orders(self, batch, now_ns: int | None = None) -> np.ndarray:
+        """Create orders durably (docs/products.md); an ORDER_CREATED_DTYPE reply per event."""
+        return self.submit(Operation.create_orders, batch, now_ns).result()
+
+    def pay_orders(self, batch, now_ns: int | None = None) -> np.ndarray:
+        """Pay orders durably (docs/products.md); one Result per event."""
+        return self.submit(Operation.pay_orders, batch, now_ns).result()
+
+    def close_orders(self, batch, now_ns: int | None = None) -> np.ndarray:
+        """Close orders durably (docs/products.md); one Result per event."""
+        return self.submit(Operation.close_orders, batch, now_ns).result()
 
     def lookup_transfers(self, ids, *, wait_for_commits: bool = True):
         """Transfers by id (ints or an ID_DTYPE array), in order, missing ones left out: from the
@@ -563,6 +595,11 @@ class Store:
         return np.concatenate((cold, hot[:limit - cold.shape[0]]))
 
     @property
+    def secret(self) -> bytes:
+        """The key of the order tokens (fixed at creation; ``replay-log`` gives it to the copy)."""
+        return self._meta.secret
+
+    @property
     def sequence(self) -> int:
         """Sequence number of the last committed batch (0 when the log is empty)."""
         return self._committed_sequence
@@ -573,7 +610,7 @@ class Store:
         self._drain()
         self._reap(wait_all=True)
         return state_hash(self.ledger, epoch_transfers=self._epoch_transfers, chain=self._cold_chain,
-                          chained_epochs=self._cold_epochs)
+                          chained_epochs=self._cold_epochs, parts=self.machine.hash_parts())
 
     def stats(self) -> dict:
         """Sizes and counters of the hot and cold tiers (``tally info``)."""
@@ -598,6 +635,8 @@ class Store:
             "pending_max": led.pending_max,
             "accounts": led.account_count,
             "accounts_max": led.accounts_max,
+            "orders": self.orders.order_count,
+            "orders_max": self.orders.orders_max,
             "filter_bytes": self.filter.size_bytes,
             "filter_ids": self.filter.added,
             "filter_positives": self._prefetched_ids,
@@ -834,7 +873,7 @@ class Store:
         the log does not have.
         """
         started = time.perf_counter()
-        arrays, scalars = self.ledger.snapshot()
+        arrays, scalars = self.machine.snapshot()
         # By kind (core/checkpoint.py): appended rows are read in place, the rest copied now,
         # except the copy-on-write array (the balances), whose copy begins last, so that nothing
         # can fail between it and the hand-off below but the hand-off.
@@ -1230,7 +1269,7 @@ class Store:
             return lmdb.open(directory, **options)
 
     def _load_or_create_meta(self, accounts_max, transfers_hot_max, pending_max, cold_epoch_transfers,
-                             id_filter_bytes) -> _Meta:
+                             id_filter_bytes, orders_max, secret) -> _Meta:
         with self._env.begin(write=True, db=self._meta_db) as txn:
             stored = txn.get(b"meta")
             if stored is not None:
@@ -1242,17 +1281,26 @@ class Store:
                     if value is not None and value != getattr(meta, name):
                         raise StoreError(f"{self.path}: {name} is {getattr(meta, name)}, fixed when the directory "
                                          f"was created; {value} asked")
+                if secret is not None and meta.secret and secret != meta.secret:
+                    raise StoreError(f"{self.path}: the store's secret is fixed when the directory was created")
                 # Capacities may grow on reopen, never shrink below what was configured.
                 meta = msgspec.structs.replace(meta, accounts_max=max(meta.accounts_max, accounts_max or 0),
                                                transfers_hot_max=max(meta.transfers_hot_max, transfers_hot_max or 0),
-                                               pending_max=max(meta.pending_max, pending_max or 0))
+                                               pending_max=max(meta.pending_max, pending_max or 0),
+                                               orders_max=max(meta.orders_max or constants.ORDERS_MAX_DEFAULT,
+                                                              orders_max or 0),
+                                               secret=meta.secret or secret or os.urandom(orders_module.SECRET_BYTES))
             else:
                 meta = _Meta(_STORE_VERSION, accounts_max or constants.ACCOUNTS_MAX_DEFAULT,
                              transfers_hot_max or constants.TRANSFERS_HOT_MAX_DEFAULT,
                              pending_max or constants.PENDING_MAX_DEFAULT,
                              cold_epoch_transfers or min(constants.COLD_EPOCH_TRANSFERS_DEFAULT,
                                                          max(1, (transfers_hot_max or constants.TRANSFERS_HOT_MAX_DEFAULT) // 4)),
-                             id_filter_bytes or constants.ID_FILTER_BYTES_DEFAULT)
+                             id_filter_bytes or constants.ID_FILTER_BYTES_DEFAULT,
+                             orders_max or constants.ORDERS_MAX_DEFAULT,
+                             secret or os.urandom(orders_module.SECRET_BYTES))
+            if len(meta.secret) != orders_module.SECRET_BYTES:
+                raise StoreError(f"{self.path}: the secret must be {orders_module.SECRET_BYTES} bytes")
             if meta.transfers_hot_max <= meta.cold_epoch_transfers:
                 raise StoreError(f"transfers_hot_max ({meta.transfers_hot_max}) must exceed cold_epoch_transfers "
                                  f"({meta.cold_epoch_transfers})")
@@ -1318,6 +1366,7 @@ class Store:
                         raise _ColdTierDamaged(f"the cold tier does not hold the {meta.cold_epochs} epochs "
                                                "the checkpoint builds on")
                     self.ledger.restore(arrays, meta.scalars, arrays["tail_rows"], arrays["tail_links"])
+                    self.orders.restore(arrays, meta.scalars)
                     self.filter.set_added(meta.filter_added)
                     last_epoch = np.frombuffer(arrays["last_epoch"], dtype=np.uint32)
                     self._last_epoch[:last_epoch.shape[0]] = last_epoch

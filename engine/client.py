@@ -38,7 +38,8 @@ import core
 from core.ids import new_id  # noqa: F401 - re-exported: services make their ids with it
 from engine import constants, frame
 from engine.protocol import (
-    CREATE_RECORD_DTYPES, FILTER_ENCODER, LOOKUP_RECORD_DTYPES, OPERATIONS, AccountTransfersFilter, Operation,
+    CREATE_RECORD_DTYPES, CREATE_REPLY_DTYPES, FILTER_ENCODER, LOOKUP_RECORD_DTYPES, OPERATIONS, AccountTransfersFilter,
+    Operation,
 )
 
 RECONNECT_ATTEMPTS_DEFAULT = 5
@@ -137,6 +138,24 @@ class Client:
         """Create one transfer (fields as in ``core.transfers_from_dicts``), batched with concurrent calls."""
         return await self._gather(Operation.create_transfers, core.transfers_from_dicts([fields]))
 
+    async def create_orders(self, batch: np.ndarray) -> np.ndarray:
+        """Create merchant orders (``core.ORDER_CREATE_DTYPE``; ids from ``core.orders.order_id``):
+        one ``core.ORDER_CREATED_DTYPE`` reply per order, its result and the token for its QR
+        payload (``core.orders.qr_payload``). See docs/products.md."""
+        return await self._create(Operation.create_orders, batch)
+
+    async def pay_orders(self, batch: np.ndarray) -> np.ndarray:
+        """Pay orders from wallets (``core.ORDER_PAY_DTYPE``): one ``core.Result`` code per payment."""
+        return await self._create(Operation.pay_orders, batch)
+
+    async def close_orders(self, batch: np.ndarray) -> np.ndarray:
+        """Close unpaid orders (``core.ORDER_CLOSE_DTYPE``): one ``core.Result`` code per order."""
+        return await self._create(Operation.close_orders, batch)
+
+    async def lookup_orders(self, ids) -> np.ndarray:
+        """The orders with these ids that exist, in order (``core.ORDER_DTYPE``)."""
+        return await self._lookup(Operation.lookup_orders, ids)
+
     async def lookup_accounts(self, ids) -> np.ndarray:
         """The accounts with these ids that exist, in order (``core.ACCOUNT_DTYPE``)."""
         return await self._lookup(Operation.lookup_accounts, ids)
@@ -189,7 +208,7 @@ class Client:
             raise ValueError(f"a batch holds at most {constants.EVENTS_PER_REQUEST_MAX} events")
         body = memoryview(np.ascontiguousarray(batch)).cast("B")
         reply = await self.request(operation, body, len(batch))
-        return np.frombuffer(reply.body, dtype=np.uint32).copy()
+        return np.frombuffer(reply.body, dtype=CREATE_REPLY_DTYPES[operation]).copy()
 
     async def _lookup(self, operation: int, ids) -> np.ndarray:
         ids = core.ids_array(ids)
@@ -356,6 +375,18 @@ class BlockingClient:
 
     def create_transfer(self, **fields):
         return self._call(self._client.create_transfer(**fields))
+
+    def create_orders(self, batch):
+        return self._call(self._client.create_orders(batch))
+
+    def pay_orders(self, batch):
+        return self._call(self._client.pay_orders(batch))
+
+    def close_orders(self, batch):
+        return self._call(self._client.close_orders(batch))
+
+    def lookup_orders(self, ids):
+        return self._call(self._client.lookup_orders(ids))
 
     def lookup_accounts(self, ids):
         return self._call(self._client.lookup_accounts(ids))

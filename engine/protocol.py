@@ -13,9 +13,11 @@ from core import constants as core_constants
 from core import operations
 from core.operations import Operation
 
-#: Record operations: the body is ``event_count`` records of this type; the reply one u32
-#: ``core.Result`` per record. These are exactly the operations the store logs.
+#: Record operations: the body is ``event_count`` records of this type; the reply one
+#: ``CREATE_REPLY_DTYPES`` record per event (a u32 ``core.Result``, or a record that starts with
+#: it). These are exactly the operations the store logs.
 CREATE_RECORD_DTYPES = operations.CREATE_EVENT_DTYPES
+CREATE_REPLY_DTYPES = operations.CREATE_REPLY_DTYPES
 
 #: Lookups: the body is 16-byte ids (at most ``EVENTS_PER_REQUEST_MAX``); the reply the records found.
 LOOKUP_RECORD_DTYPES = operations.LOOKUP_REPLY_DTYPES

@@ -44,7 +44,7 @@ from engine.metrics import RequestMetrics
 from core import constants as core_constants
 from core import operations
 from engine.protocol import (
-    CREATE_RECORD_DTYPES, FILTER_DECODER, ID_BYTES, LOOKUP_RECORD_DTYPES, OPERATIONS, RESULT_BYTES, Operation,
+    CREATE_RECORD_DTYPES, FILTER_DECODER, ID_BYTES, LOOKUP_RECORD_DTYPES, OPERATIONS, Operation,
 )
 
 _NO_BODY = memoryview(b"")
@@ -53,7 +53,9 @@ SPARE_BUFFERS_MAX = 4  # full-size batch buffers kept for reuse
 #: waits until the soonest one is due, and never longer than this, whatever the clock).
 PULSE_WAIT_MAX_S = 1.0
 #: Offset of the low byte of ``flags`` in each create operation's record, and the linked bit.
-_FLAGS_OFFSET = {operation: dtype.fields["flags"][1] for operation, dtype in CREATE_RECORD_DTYPES.items()}
+#: (Only the ledger's records link: a product event is atomic by itself.)
+_FLAGS_OFFSET = {operation: dtype.fields["flags"][1] for operation, dtype in CREATE_RECORD_DTYPES.items()
+                 if operations.CREATE_COMPONENTS[operation] == "ledger"}
 _LINKED = int(core.TransferFlags.linked)
 if _LINKED != int(core.AccountFlags.linked) or _LINKED > 0xFF:
     raise ImportError("the linked flag must be the same low bit in accounts and transfers")
@@ -273,7 +275,7 @@ def _reply_bytes_max(item) -> int:
         return frame.HEADER.size
     spec = operations.OPERATIONS[item.operation]
     if spec.kind is operations.Kind.create:
-        return frame.HEADER.size + item.event_count * RESULT_BYTES
+        return frame.HEADER.size + item.event_count * spec.reply_dtype.itemsize
     if spec.kind is operations.Kind.lookup:
         return frame.HEADER.size + len(item.body) // ID_BYTES * spec.reply_dtype.itemsize
     if spec.kind is operations.Kind.query:
@@ -417,7 +419,8 @@ class Server:
             # A request whose last event is linked leaves its chain open: it must end the batch,
             # where the core fails the chain (linked_event_chain_open), rather than run on into
             # another request's events.
-            if item.event_count and item.body[-128 + _FLAGS_OFFSET[item.operation]] & _LINKED:
+            flags_offset = _FLAGS_OFFSET.get(item.operation)
+            if flags_offset is not None and item.body[-128 + flags_offset] & _LINKED:
                 stage.sealed = True
         else:
             payload = bytes(item.body)  # ids or a filter: small, and the receive buffer moves on
@@ -534,7 +537,8 @@ class Server:
 
     def _answer_batch(self, stage: _Stage, results: np.ndarray) -> None:
         # Every reply of the batch built and sealed in one C pass, one write per connection.
-        for connection, (frames, requests, nbytes) in self._sealer.batch_replies(stage.requests, results).items():
+        replies = self._sealer.batch_replies(stage.requests, results.view(np.uint8), results.dtype.itemsize)
+        for connection, (frames, requests, nbytes) in replies.items():
             connection.reply_frames(frames)
             self._answered(connection, nbytes, requests)
         self.metrics.record_batch(stage.operation, len(stage.requests), stage.arrivals_ns, stage.taken_ns,
@@ -556,6 +560,8 @@ class Server:
                 # Not waiting for the commits: this reply already goes out after them, in order.
                 if operation == Operation.lookup_accounts:
                     found = self.store.ledger.lookup_accounts(ids)
+                elif operation == Operation.lookup_orders:
+                    found = self.store.lookup_orders(ids, wait_for_commits=False)
                 else:
                     found = self.store.lookup_transfers(ids, wait_for_commits=False)  # hot, then cold
                 replies.append((frame.Status.ok, memoryview(found).cast("B"), len(found)))

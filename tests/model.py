@@ -4,12 +4,19 @@ Slow and plain on purpose: dicts and ints, one check after another in the docume
 a deep copy of the whole state to undo a failed linked chain. The property tests run random
 batches through this model and the compiled core and require identical results and state.
 It shares no code with the core (not even the result-code numbers).
+
+Orders (merchant-presented QR: ``create_orders``, ``pay_orders``, ``close_orders``,
+``lookup_orders``, expiry by the engine clock) follow docs/products.md, "Orders: the reference":
+an order is a dict, its pay leg goes through ``_transfer`` like any client transfer, ids and
+tokens are computed here with hashlib/hmac.
 """
 
 from __future__ import annotations
 
 import copy
 import enum
+import hashlib
+import hmac
 
 U64 = (1 << 64) - 1
 U128 = (1 << 128) - 1
@@ -23,6 +30,25 @@ TRANSFER_FIELDS = ("id", "debit_account_id", "credit_account_id", "amount", "pen
 
 A_LINKED, A_DEBITS_LIMIT, A_CREDITS_LIMIT, A_CLOSED = 1, 2, 4, 8
 T_LINKED, T_PENDING, T_POST, T_VOID, T_BAL_DEBIT, T_BAL_CREDIT = 1, 2, 4, 8, 16, 32
+
+# Orders (docs/products.md, "Orders: the reference").
+OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS = 1, 2
+OP_CREATE_ORDERS, OP_PAY_ORDERS, OP_CLOSE_ORDERS = 100, 101, 102
+ORDER_CREATE_FIELDS = ("id", "merchant_id", "amount", "out_trade_no", "expire_after_s", "ledger",
+                       "description_code", "flags", "reserved", "timestamp")
+ORDER_PAY_FIELDS = ("order_id", "payer_id", "amount", "token", "reserved_a", "ledger", "flags", "reserved",
+                    "timestamp")
+ORDER_CLOSE_FIELDS = ("order_id", "merchant_id", "reserved", "timestamp")
+ORDER_FIELDS = ("id", "merchant_id", "payer_id", "amount", "refunded", "expires_at", "paid_at", "closed_at", "token",
+                "state", "close_reason", "refund_count", "reserved_a", "ledger", "description_code", "fee", "timestamp")
+OUT_TRADE_NO_SIZE, TOKEN_SIZE = 32, 10
+BYTES_FIELDS = {"out_trade_no": OUT_TRADE_NO_SIZE, "token": TOKEN_SIZE}
+OUT_TRADE_NO_CHARS = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-|*@.")
+NOTPAY, SUCCESS, CLOSED, REFUND = 1, 2, 3, 4
+CLOSE_BY_MERCHANT, CLOSE_EXPIRED = 1, 2
+EXPIRE_AFTER_DEFAULT_S, EXPIRE_AFTER_MIN_S, EXPIRE_AFTER_MAX_S = 7_200, 60, 7_776_000
+LEGS_MAX = 4
+TRANSFER_CODE_ORDER_PAYMENT = 0xF001
 
 R = enum.IntEnum("R", [(name, code) for code, name in enumerate("""
 ok linked_event_failed linked_event_chain_open timestamp_must_be_zero reserved_field reserved_flag
@@ -44,13 +70,19 @@ exists_with_different_timeout pending_transfer_already_posted pending_transfer_a
 pending_transfer_expired debit_account_closed credit_account_closed overflows_debits_pending
 overflows_credits_pending overflows_debits_posted overflows_credits_posted overflows_debits overflows_credits
 overflows_timeout exceeds_credits exceeds_debits transfers_limit_reached
+out_trade_no_invalid expire_after_out_of_range merchant_not_found currency_mismatch id_mismatch
+exists_with_different_fields orders_limit_reached order_not_found order_token_invalid order_paid order_closed
+order_expired amount_mismatch payer_not_found merchant_mismatch
 """.split())])
 
 
 class ModelLedger:
-    def __init__(self, accounts_max: int, transfers_max: int):
+    def __init__(self, accounts_max: int, transfers_max: int, orders_max: int = 0, secret: bytes = bytes(32)):
         self.accounts_max = accounts_max
         self.transfers_max = transfers_max
+        self.orders_max = orders_max
+        self.secret = bytes(secret)
+        self.orders_by_id: dict[int, dict] = {}        # insertion order = creation order
         self.accounts_by_id: dict[int, dict] = {}      # insertion order = creation order
         self.transfers_by_id: dict[int, dict] = {}     # insertion order = timestamp order
         self.state: dict[int, str] = {}                # pending transfer id -> pending/posted/voided/expired
@@ -59,10 +91,13 @@ class ModelLedger:
 
     # -- batches
 
-    def _begin(self, now_ns, count):
+    def _begin(self, now_ns, count, per_event=1):
+        """The batch's base timestamp; ``per_event`` timestamps are reserved for each event
+        (1 for the ledger's events, ``LEGS_MAX`` for a product's). Expires what is due by then."""
         base = max(now_ns, self.last + 1)
         if count:
-            self.last = base + count - 1
+            self.last = base + per_event * count - 1
+        self.expire_orders(base)
         for tid, state in self.state.items():
             t = self.transfers_by_id[tid]
             if state == "pending" and t["timeout"] and t["timestamp"] + t["timeout"] * NS_PER_S <= base:
@@ -319,6 +354,159 @@ class ModelLedger:
                 f["first"] = ts
             f["last"] = ts
 
+    # -- orders (docs/products.md, "Orders: the reference")
+
+    def apply(self, operation, events, now_ns):
+        """A batch by operation number (core/operations.py's numbers, written out again here)."""
+        run = {OP_CREATE_ACCOUNTS: self.create_accounts, OP_CREATE_TRANSFERS: self.create_transfers,
+               OP_CREATE_ORDERS: self.create_orders, OP_PAY_ORDERS: self.pay_orders,
+               OP_CLOSE_ORDERS: self.close_orders}[operation]
+        return run(events, now_ns)
+
+    def expire_orders(self, t):
+        """Close every NOTPAY order with ``expires_at <= t`` (by the clock), in (expires_at, timestamp)
+        order; returns their ids. Every batch does this at its base timestamp before its events."""
+        due = sorted((o for o in self.orders_by_id.values() if o["state"] == NOTPAY and o["expires_at"] <= t),
+                     key=lambda o: (o["expires_at"], o["timestamp"]))
+        for o in due:
+            o["state"] = CLOSED
+            o["close_reason"] = CLOSE_EXPIRED
+            o["closed_at"] = o["expires_at"]
+        return [o["id"] for o in due]
+
+    def _run_orders(self, events, now_ns, fields, one):
+        events = [_fill_bytes(e, fields) for e in events]
+        base = self._begin(now_ns, len(events), LEGS_MAX)
+        return [one(e, base + LEGS_MAX * k) for k, e in enumerate(events)]
+
+    def create_orders(self, events, now_ns):
+        """One ``{"result", "token"}`` per event (the ORDER_CREATED reply)."""
+        return self._run_orders(events, now_ns, ORDER_CREATE_FIELDS, self._create_order)
+
+    def pay_orders(self, events, now_ns):
+        return [int(r) for r in self._run_orders(events, now_ns, ORDER_PAY_FIELDS, self._pay_order)]
+
+    def close_orders(self, events, now_ns):
+        return [int(r) for r in self._run_orders(events, now_ns, ORDER_CLOSE_FIELDS, self._close_order)]
+
+    def _create_order(self, e, ts):
+        def reply(r, token=bytes(TOKEN_SIZE)):
+            return {"result": int(r), "token": token}
+        if e["timestamp"]:
+            return reply(R.timestamp_must_be_zero)
+        if e["reserved"]:
+            return reply(R.reserved_field)
+        if e["flags"]:
+            return reply(R.reserved_flag)
+        if e["id"] == 0:
+            return reply(R.id_must_not_be_zero)
+        if e["id"] == U128:
+            return reply(R.id_must_not_be_int_max)
+        if e["amount"] == 0:
+            return reply(R.amount_must_not_be_zero)
+        if e["ledger"] == 0:
+            return reply(R.ledger_must_not_be_zero)
+        if not out_trade_no_valid(e["out_trade_no"]):
+            return reply(R.out_trade_no_invalid)
+        if e["expire_after_s"] != 0 and not EXPIRE_AFTER_MIN_S <= e["expire_after_s"] <= EXPIRE_AFTER_MAX_S:
+            return reply(R.expire_after_out_of_range)
+        merchant = self.accounts_by_id.get(e["merchant_id"])
+        if merchant is None:
+            return reply(R.merchant_not_found)
+        if e["ledger"] != merchant["ledger"]:
+            return reply(R.currency_mismatch)
+        if e["id"] != order_id(e["merchant_id"], e["out_trade_no"]):
+            return reply(R.id_mismatch)
+        span = (e["expire_after_s"] or EXPIRE_AFTER_DEFAULT_S) * NS_PER_S
+        o = self.orders_by_id.get(e["id"])
+        if o is not None:
+            same = (o["merchant_id"] == e["merchant_id"] and o["amount"] == e["amount"]
+                    and o["ledger"] == e["ledger"] and o["description_code"] == e["description_code"]
+                    and o["expires_at"] - o["timestamp"] == span)
+            return reply(R.exists, o["token"]) if same else reply(R.exists_with_different_fields)
+        if len(self.orders_by_id) >= self.orders_max:
+            return reply(R.orders_limit_reached)
+        token = token_of(self.secret, e["id"])
+        self.orders_by_id[e["id"]] = {
+            "id": e["id"], "merchant_id": e["merchant_id"], "payer_id": 0, "amount": e["amount"], "refunded": 0,
+            "expires_at": ts + span, "paid_at": 0, "closed_at": 0, "token": token, "state": NOTPAY,
+            "close_reason": 0, "refund_count": 0, "reserved_a": 0, "ledger": e["ledger"],
+            "description_code": e["description_code"], "fee": 0, "timestamp": ts}
+        return reply(R.ok, token)
+
+    def _pay_order(self, e, ts):
+        if e["timestamp"]:
+            return R.timestamp_must_be_zero
+        if e["reserved_a"] or e["reserved"]:
+            return R.reserved_field
+        if e["flags"]:
+            return R.reserved_flag
+        if e["order_id"] == 0:
+            return R.id_must_not_be_zero
+        o = self.orders_by_id.get(e["order_id"])
+        if o is None:
+            return R.order_not_found
+        if e["token"] != o["token"]:
+            return R.order_token_invalid
+        if o["state"] in (SUCCESS, REFUND):
+            return R.exists if (o["payer_id"], o["amount"]) == (e["payer_id"], e["amount"]) else R.order_paid
+        if o["state"] == CLOSED:
+            return R.order_expired if o["close_reason"] == CLOSE_EXPIRED else R.order_closed
+        if o["expires_at"] <= ts:
+            return R.order_expired
+        if e["amount"] != o["amount"]:
+            return R.amount_mismatch
+        if e["ledger"] != o["ledger"]:
+            return R.currency_mismatch
+        payer = self.accounts_by_id.get(e["payer_id"])
+        if payer is None:
+            return R.payer_not_found
+        if e["payer_id"] == o["merchant_id"]:
+            return R.accounts_must_be_different
+        if payer["ledger"] != o["ledger"]:
+            return R.currency_mismatch
+        leg = _fill({"id": leg_id(o["id"], OP_PAY_ORDERS, 0), "debit_account_id": e["payer_id"],
+                     "credit_account_id": o["merchant_id"], "amount": o["amount"], "ledger": o["ledger"],
+                     "code": TRANSFER_CODE_ORDER_PAYMENT, "user_data_128": o["id"], "flags": 0}, TRANSFER_FIELDS)
+        r = self._transfer(leg, ts + 0)  # leg 0
+        if r != R.ok:
+            return r
+        o["state"] = SUCCESS
+        o["payer_id"] = e["payer_id"]
+        o["paid_at"] = ts
+        return R.ok
+
+    def _close_order(self, e, ts):
+        if e["timestamp"]:
+            return R.timestamp_must_be_zero
+        if e["reserved"]:
+            return R.reserved_field
+        if e["order_id"] == 0:
+            return R.id_must_not_be_zero
+        o = self.orders_by_id.get(e["order_id"])
+        if o is None:
+            return R.order_not_found
+        if e["merchant_id"] != o["merchant_id"]:
+            return R.merchant_mismatch
+        if o["state"] in (SUCCESS, REFUND):
+            return R.order_paid
+        if o["state"] == CLOSED:
+            return R.exists
+        o["state"] = CLOSED
+        o["close_reason"] = CLOSE_BY_MERCHANT
+        o["closed_at"] = ts
+        return R.ok
+
+    def lookup_orders(self, ids):
+        return [dict(self.orders_by_id[i]) for i in ids if i in self.orders_by_id]
+
+    def orders(self):
+        return [dict(o) for o in self.orders_by_id.values()]
+
+    def next_order_expiry_ns(self):
+        """The earliest ``expires_at`` of a NOTPAY order; 0 if none."""
+        return min((o["expires_at"] for o in self.orders_by_id.values() if o["state"] == NOTPAY), default=0)
+
     # -- reads
 
     def lookup_accounts(self, ids):
@@ -361,3 +549,59 @@ def _fill(event, fields):
     if unknown:
         raise KeyError(f"unknown fields {unknown}")
     return {name: int(event.get(name, 0)) for name in fields}
+
+
+def _fill_bytes(event, fields):
+    """An order event: ints default to 0, byte strings (``BYTES_FIELDS``) are NUL-padded to their size."""
+    unknown = set(event) - set(fields)
+    if unknown:
+        raise KeyError(f"unknown fields {unknown}")
+    out = {}
+    for name in fields:
+        if name in BYTES_FIELDS:
+            value = bytes(event.get(name, b""))
+            if len(value) > BYTES_FIELDS[name]:
+                raise ValueError(f"{name} is longer than {BYTES_FIELDS[name]} bytes")
+            out[name] = value.ljust(BYTES_FIELDS[name], b"\0")
+        else:
+            out[name] = int(event.get(name, 0))
+    return out
+
+
+# -- ids and tokens (docs/products.md, "Ids and tokens"; the leg id as the core's author defines it)
+
+def order_id(merchant_id, out_trade_no):
+    """The first 16 bytes of SHA-256(b"ordr" + merchant_id (16 LE) + out_trade_no (32, NUL-padded)), LE."""
+    data = b"ordr" + merchant_id.to_bytes(16, "little") + bytes(out_trade_no).ljust(OUT_TRADE_NO_SIZE, b"\0")
+    return int.from_bytes(hashlib.sha256(data).digest()[:16], "little")
+
+
+def token_of(secret, oid):
+    """The first 10 bytes of HMAC-SHA256(secret, order id as 16 bytes LE)."""
+    return hmac.new(bytes(secret), oid.to_bytes(16, "little"), hashlib.sha256).digest()[:TOKEN_SIZE]
+
+
+def out_trade_no_valid(raw):
+    """1..32 allowed characters, then only NULs."""
+    raw = bytes(raw).ljust(OUT_TRADE_NO_SIZE, b"\0")
+    n = len(raw.rstrip(b"\0"))
+    return n >= 1 and all(c in OUT_TRADE_NO_CHARS for c in raw[:n])
+
+
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def _mix64(z):
+    """The splitmix64 finalizer."""
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & U64
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB & U64
+    return z ^ (z >> 31)
+
+
+def leg_id(event_id, operation, leg):
+    """The id of leg ``leg`` of the event ``event_id`` of ``operation``."""
+    lo, hi = event_id & U64, event_id >> 64
+    salt = ((operation << 8) | leg) * _GOLDEN & U64
+    new_lo = _mix64(lo ^ salt) ^ hi
+    new_hi = _mix64(hi ^ _mix64(new_lo ^ salt))
+    return (new_hi << 64) | new_lo

@@ -1,0 +1,187 @@
+# cython: boundscheck=False, wraparound=False
+"""SHA-256 (FIPS 180-4) and HMAC-SHA256 (RFC 2104) in C, for the wire's frame MACs
+(engine/wire.pyx) and the core's derived ids and order tokens (core/orders.pyx, docs/products.md):
+no Python object per digest, and no OpenSSL headers to build. Checked against ``hashlib`` and
+``hmac`` by tests/test_digest.py.
+"""
+
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memset
+
+
+cdef uint32_t[64] _K = [
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+]
+cdef uint32_t[8] _IV = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19]
+
+
+cdef inline uint32_t _rotr(uint32_t x, int n) noexcept nogil:
+    return (x >> n) | (x << (32 - n))
+
+
+cdef inline uint32_t _load_be32(const uint8_t *p) noexcept nogil:
+    return (<uint32_t> p[0] << 24) | (<uint32_t> p[1] << 16) | (<uint32_t> p[2] << 8) | <uint32_t> p[3]
+
+
+cdef inline void _store_be32(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = <uint8_t> (v >> 24)
+    p[1] = <uint8_t> (v >> 16)
+    p[2] = <uint8_t> (v >> 8)
+    p[3] = <uint8_t> v
+
+
+cdef void _compress(uint32_t *state, const uint8_t *block) noexcept nogil:
+    cdef uint32_t w[64]
+    cdef uint32_t a, b, c, d, e, f, g, h, t1, t2, s0, s1
+    cdef int i
+    for i in range(16):
+        w[i] = _load_be32(block + 4 * i)
+    for i in range(16, 64):
+        s0 = _rotr(w[i - 15], 7) ^ _rotr(w[i - 15], 18) ^ (w[i - 15] >> 3)
+        s1 = _rotr(w[i - 2], 17) ^ _rotr(w[i - 2], 19) ^ (w[i - 2] >> 10)
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1
+    a, b, c, d, e, f, g, h = state[0], state[1], state[2], state[3], state[4], state[5], state[6], state[7]
+    for i in range(64):
+        t1 = h + (_rotr(e, 6) ^ _rotr(e, 11) ^ _rotr(e, 25)) + ((e & f) ^ (~e & g)) + _K[i] + w[i]
+        t2 = (_rotr(a, 2) ^ _rotr(a, 13) ^ _rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c))
+        h = g
+        g = f
+        f = e
+        e = d + t1
+        d = c
+        c = b
+        b = a
+        a = t1 + t2
+    state[0] += a
+    state[1] += b
+    state[2] += c
+    state[3] += d
+    state[4] += e
+    state[5] += f
+    state[6] += g
+    state[7] += h
+
+
+cdef void sha256_init(sha256_t *c) noexcept nogil:
+    memcpy(c.state, _IV, sizeof(c.state))
+    c.bytes = 0
+    c.used = 0
+
+
+cdef void sha256_update(sha256_t *c, const uint8_t *data, size_t n) noexcept nogil:
+    cdef size_t take
+    c.bytes += n
+    if c.used:
+        take = 64 - c.used
+        if take > n:
+            take = n
+        memcpy(c.block + c.used, data, take)
+        c.used += <uint32_t> take
+        data += take
+        n -= take
+        if c.used < 64:
+            return
+        _compress(c.state, c.block)
+        c.used = 0
+    while n >= 64:  # whole blocks straight from the input
+        _compress(c.state, data)
+        data += 64
+        n -= 64
+    if n:
+        memcpy(c.block, data, n)
+        c.used = <uint32_t> n
+
+
+cdef void sha256_final(sha256_t *c, uint8_t *digest) noexcept nogil:
+    cdef uint64_t bits = c.bytes * 8
+    cdef int i
+    c.block[c.used] = 0x80
+    c.used += 1
+    if c.used > 56:
+        memset(c.block + c.used, 0, 64 - c.used)
+        _compress(c.state, c.block)
+        c.used = 0
+    memset(c.block + c.used, 0, 56 - c.used)
+    for i in range(8):
+        c.block[56 + i] = <uint8_t> (bits >> (56 - 8 * i))
+    _compress(c.state, c.block)
+    for i in range(8):
+        _store_be32(digest + 4 * i, c.state[i])
+
+
+cdef void hmac_key_init(hmac_key_t *k, const uint8_t *key, size_t n) noexcept nogil:
+    cdef uint8_t padded[64]
+    cdef uint8_t block[64]
+    cdef sha256_t c
+    cdef int i
+    memset(padded, 0, 64)
+    if n > 64:  # RFC 2104: a key longer than the block is hashed first
+        sha256_init(&c)
+        sha256_update(&c, key, n)
+        sha256_final(&c, padded)
+    else:
+        memcpy(padded, key, n)
+    for i in range(64):
+        block[i] = padded[i] ^ 0x36
+    memcpy(k.inner, _IV, sizeof(k.inner))
+    _compress(k.inner, block)
+    for i in range(64):
+        block[i] = padded[i] ^ 0x5c
+    memcpy(k.outer, _IV, sizeof(k.outer))
+    _compress(k.outer, block)
+
+
+cdef void hmac_begin(const hmac_key_t *k, sha256_t *c) noexcept nogil:
+    memcpy(c.state, k.inner, sizeof(c.state))
+    c.bytes = 64
+    c.used = 0
+
+
+cdef void hmac_end(const hmac_key_t *k, sha256_t *c, uint8_t *mac) noexcept nogil:
+    cdef uint8_t inner[32]
+    sha256_final(c, inner)
+    memcpy(c.state, k.outer, sizeof(c.state))
+    c.bytes = 64
+    c.used = 0
+    sha256_update(c, inner, 32)
+    sha256_final(c, mac)
+
+
+cdef void hmac_sha256(const hmac_key_t *k, const uint8_t *data, size_t n, uint8_t *mac) noexcept nogil:
+    cdef sha256_t c
+    hmac_begin(k, &c)
+    sha256_update(&c, data, n)
+    hmac_end(k, &c, mac)
+
+
+cdef void sha256(const uint8_t *data, size_t n, uint8_t *digest) noexcept nogil:
+    cdef sha256_t c
+    sha256_init(&c)
+    sha256_update(&c, data, n)
+    sha256_final(&c, digest)
+
+
+def sha256_digest(data) -> bytes:
+    """SHA-256 of ``data`` (a bytes-like object): the C code's Python face, for tests."""
+    cdef const uint8_t[::1] view = memoryview(data).cast("B")
+    cdef uint8_t out[32]
+    sha256(&view[0] if view.shape[0] else NULL, view.shape[0], out)
+    return bytes(out[:32])
+
+
+def hmac_sha256_digest(key, data) -> bytes:
+    """HMAC-SHA256 of ``data`` under ``key``: the C code's Python face, for tests."""
+    cdef const uint8_t[::1] k = memoryview(key).cast("B")
+    cdef const uint8_t[::1] view = memoryview(data).cast("B")
+    cdef hmac_key_t prepared
+    cdef uint8_t out[32]
+    hmac_key_init(&prepared, &k[0] if k.shape[0] else NULL, k.shape[0])
+    hmac_sha256(&prepared, &view[0] if view.shape[0] else NULL, view.shape[0], out)
+    return bytes(out[:32])

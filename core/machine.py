@@ -1,0 +1,73 @@
+"""The state machine as one: the ledger and the product tables, dispatched by operation.
+
+``Machine.apply`` is the one place that turns an operation number into the component that
+applies it (core/operations.py names the component); the store applies its batches and replays
+its log through it, and the property tests drive it beside the reference model. Before any
+batch, the orders due to expire by its time close (docs/products.md "Time"), so a ledger batch
+or a pulse advances them as it advances the pending transfers.
+
+>>> from core.machine import Machine
+>>> machine = Machine(accounts_max=8, transfers_hot_max=64, orders_max=8, secret=bytes(32))
+>>> machine.apply(1, [], now_ns=1).shape
+(0,)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core import constants
+from core.ledger import Ledger
+from core.operations import CREATE_COMPONENTS, Operation
+from core.orders import Orders
+
+
+class Machine:
+    """A ledger and its product tables, applied as one (no durability: see ``core.open``)."""
+
+    def __init__(self, *, accounts_max: int = constants.ACCOUNTS_MAX_DEFAULT,
+                 transfers_hot_max: int = constants.TRANSFERS_HOT_MAX_DEFAULT,
+                 pending_max: int = constants.PENDING_MAX_DEFAULT,
+                 orders_max: int = constants.ORDERS_MAX_DEFAULT, secret: bytes):
+        self.ledger = Ledger(accounts_max=accounts_max, transfers_hot_max=transfers_hot_max, pending_max=pending_max)
+        self.orders = Orders(self.ledger, orders_max, secret)
+        self._components = {"ledger": self.ledger, "orders": self.orders}
+
+    def apply(self, operation: int, batch, now_ns: int) -> np.ndarray:
+        """Apply one batch of a create operation at engine time ``now_ns``: one reply record
+        per event (``core.operations``' reply type: u32 results, or ``create_orders``')."""
+        component = CREATE_COMPONENTS.get(operation)
+        if component is None:
+            raise ValueError(f"no create operation {operation}")
+        if component != "orders":
+            self.orders.expire(now_ns)
+            if isinstance(batch, list) and not batch:  # an empty batch of any type
+                batch = b""
+        return self._components[component].apply(operation, batch, now_ns)
+
+    def lookup_orders(self, ids) -> np.ndarray:
+        return self.orders.lookup_orders(ids)
+
+    @property
+    def next_expiry_ns(self) -> int:
+        """Engine time (ns) of the soonest expiry of any component; 0: none."""
+        due = [ns for ns in (self.ledger.next_expiry_ns, self.orders.next_expiry_ns) if ns]
+        return min(due) if due else 0
+
+    def snapshot(self):
+        """Every component's in-place arrays and scalars, for a checkpoint (they alias live
+        memory): the names are the components' own, declared in their CHECKPOINT_ARRAYS."""
+        arrays, scalars = self.ledger.snapshot()
+        order_arrays, order_scalars = self.orders.snapshot()
+        return dict(arrays, **order_arrays), dict(scalars, **order_scalars)
+
+    def hash_parts(self) -> dict:
+        """What of memory the state hash covers, by name (core/state_hash.py)."""
+        return dict(self.ledger.hash_parts(), **self.orders.hash_parts())
+
+    def __repr__(self) -> str:
+        return (f"Machine(accounts={self.ledger.account_count}, transfers={self.ledger.transfer_count}, "
+                f"orders={self.orders.order_count})")
+
+
+__all__ = ["Machine", "Operation"]

@@ -1,0 +1,80 @@
+"""An order's keys, for services: its id from the merchant's ``out_trade_no``, its token, its QR
+payload, and batches from dicts (docs/products.md "Orders: the reference").
+
+Light on purpose (hashlib and NumPy): a merchant service or a wallet app imports it with the
+client, never the ledger. The core recomputes the id (``id_mismatch``) and the token.
+
+>>> oid = order_id(7, b"20261207-0001")
+>>> parse_qr_payload(qr_payload(oid, bytes(10))) == (oid, bytes(10))
+True
+>>> batch = order_creates([{"merchant_id": 7, "out_trade_no": b"20261207-0001", "amount": 2500, "ledger": 156}])
+>>> int(batch["id_lo"][0]) == oid & (2**64 - 1)
+True
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+
+from core.records import ORDER_CLOSE_DTYPE, ORDER_CREATE_DTYPE, ORDER_PAY_DTYPE, records_from_dicts
+
+ORDER_ID_DOMAIN = b"ordr"
+OUT_TRADE_NO_BYTES = 32
+TOKEN_BYTES = 10
+QR_PREFIX = "TALLY1"
+
+
+def order_id(merchant_id: int, out_trade_no: bytes) -> int:
+    """The order id of a merchant's ``out_trade_no``: the first 16 bytes of SHA-256(b"ordr" +
+    merchant id as 16 bytes LE + out_trade_no NUL-padded to 32), as a little-endian int."""
+    if not 1 <= len(out_trade_no) <= OUT_TRADE_NO_BYTES:
+        raise ValueError(f"out_trade_no must be 1..{OUT_TRADE_NO_BYTES} bytes")
+    preimage = ORDER_ID_DOMAIN + merchant_id.to_bytes(16, "little") + out_trade_no.ljust(OUT_TRADE_NO_BYTES, b"\0")
+    return int.from_bytes(hashlib.sha256(preimage).digest()[:16], "little")
+
+
+def token_of(secret: bytes, order_id: int) -> bytes:
+    """An order's token: the first 10 bytes of HMAC-SHA256(secret, order id as 16 bytes LE)
+    (the core computes it; a test or a tool holding the store's secret can too)."""
+    return hmac.new(secret, order_id.to_bytes(16, "little"), hashlib.sha256).digest()[:TOKEN_BYTES]
+
+
+def qr_payload(order_id: int, token: bytes) -> str:
+    """What the merchant renders as a QR code: ``TALLY1`` + base32(order id 16 bytes LE + token)."""
+    if len(token) != TOKEN_BYTES:
+        raise ValueError(f"a token is {TOKEN_BYTES} bytes")
+    return QR_PREFIX + base64.b32encode(order_id.to_bytes(16, "little") + bytes(token)).decode().rstrip("=")
+
+
+def parse_qr_payload(payload: str) -> tuple[int, bytes]:
+    """(order id, token) from a QR payload; ValueError if it is not one."""
+    if not payload.startswith(QR_PREFIX):
+        raise ValueError("not a Tally order QR payload")
+    body = payload[len(QR_PREFIX):]
+    try:
+        raw = base64.b32decode(body + "=" * (-len(body) % 8))
+    except ValueError as error:
+        raise ValueError("not a Tally order QR payload") from error
+    if len(raw) != 16 + TOKEN_BYTES:
+        raise ValueError("a QR payload holds 26 bytes")
+    return int.from_bytes(raw[:16], "little"), raw[16:]
+
+
+def order_creates(rows) -> "np.ndarray":
+    """A ``create_orders`` batch from dicts (fields of ORDER_CREATE_DTYPE; ``id`` is computed
+    from ``merchant_id`` and ``out_trade_no`` when not given)."""
+    rows = [row if "id" in row else dict(row, id=order_id(int(row["merchant_id"]), bytes(row["out_trade_no"])))
+            for row in rows]
+    return records_from_dicts(rows, ORDER_CREATE_DTYPE)
+
+
+def order_pays(rows) -> "np.ndarray":
+    """A ``pay_orders`` batch from dicts (fields of ORDER_PAY_DTYPE; ``token`` as bytes)."""
+    return records_from_dicts(rows, ORDER_PAY_DTYPE)
+
+
+def order_closes(rows) -> "np.ndarray":
+    """A ``close_orders`` batch from dicts (fields of ORDER_CLOSE_DTYPE)."""
+    return records_from_dicts(rows, ORDER_CLOSE_DTYPE)

@@ -1,0 +1,46 @@
+# Merchant-presented QR orders (docs/products.md "Orders: the reference"): the first product
+# module over the ledger's legs and typed undo. Orders live in a bounded table in memory
+# (``orders_max``), keyed by the 128-bit order id (core/idmap), with an expiry heap of the
+# unpaid ones (core/expiry.pxd).
+
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+
+from core.digest cimport hmac_key_t
+from core.expiry cimport expiry_heap_t
+from core.idmap cimport IdMap
+from core.ledger cimport Ledger
+from core.records cimport (
+    result_t, tally_order_close_t, tally_order_create_t, tally_order_created_t, tally_order_pay_t, tally_order_t,
+)
+
+
+cdef enum:
+    ORDER_EXPIRE_AFTER_S_DEFAULT = 7200         # 2 hours
+    ORDER_EXPIRE_AFTER_S_MIN = 60
+    ORDER_EXPIRE_AFTER_S_MAX = 7776000          # 90 days
+    TRANSFER_CODE_ORDER_PAYMENT = 0xF001        # the payer -> merchant leg
+    # The operations this module applies, by their numbers in core/operations.py (checked at import).
+    OPERATION_CREATE_ORDERS = 100
+    OPERATION_PAY_ORDERS = 101
+    OPERATION_CLOSE_ORDERS = 102
+
+
+cdef class Orders:
+    cdef readonly uint64_t orders_max
+    cdef readonly uint64_t order_count          # orders ever created (slots 0..count-1)
+    cdef Ledger ledger
+    cdef IdMap order_map                        # order id -> slot
+    cdef tally_order_t *rows
+    cdef uint32_t *heap_positions               # per slot: its place in the expiry heap
+    cdef expiry_heap_t expiry_heap              # unpaid orders by expires_at
+    cdef hmac_key_t token_key                   # HMAC-SHA256 key of the order tokens (store secret)
+    cdef dict _arrays
+
+    cdef uint64_t base_ts(self, uint64_t now_ns) noexcept nogil
+    cdef void expire_due(self, uint64_t base_ts) noexcept nogil
+    cdef void run_batch(self, uint32_t operation, const unsigned char *events, uint64_t count, uint64_t now_ns,
+                        void *out) noexcept nogil
+    cdef result_t create_order(self, const tally_order_create_t *e, uint64_t ts, uint8_t *token) noexcept nogil
+    cdef result_t find_order(self, uint64_t lo, uint64_t hi, uint32_t *slot) noexcept nogil
+    cdef result_t pay_order(self, const tally_order_pay_t *e, uint64_t ts) noexcept nogil
+    cdef result_t close_order(self, const tally_order_close_t *e, uint64_t ts) noexcept nogil

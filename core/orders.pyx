@@ -1,0 +1,453 @@
+# cython: boundscheck=False, wraparound=False
+"""Merchant-presented QR orders: create, pay, close, look up, expire (docs/products.md).
+
+The first product module over the ledger's shared primitive (``Ledger.chain_begin``, ``leg``,
+``chain_abort``: transfers built in the core, all or nothing). An order's payment is a real
+transfer payer -> merchant (code ``TRANSFER_CODE_ORDER_PAYMENT``, ``user_data_128`` = the order
+id) whose id is derived from the order's (``leg_id``), so replay recreates it exactly. Each
+batch is one C loop over its records: no Python object per event.
+
+The keys services compute (order id, token, QR payload, batches from dicts) are in the light
+``core.order_keys``, re-exported here.
+
+>>> from core.orders import leg_id, order_id
+>>> leg_id(order_id(7, b"20261207-0001"), 101, 0) != leg_id(order_id(7, b"20261207-0001"), 101, 1)
+True
+"""
+
+import numpy as np
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memcpy, memset
+
+from core.digest cimport hmac_key_init, hmac_sha256, sha256
+from core.expiry cimport HEAP_POSITION_NONE, expiry_t, heap_push, heap_remove
+from core.idmap cimport IDMAP_NOT_FOUND, IdMap, idmap_get, idmap_put
+from core.ledger cimport LEGS_MAX, Ledger, batch_bytes, chain_mark_t
+from core.records cimport (
+    ORDER_TOKEN_BYTES, OUT_TRADE_NO_BYTES, tally_order_close_t, tally_order_create_t, tally_order_created_t,
+    tally_order_pay_t, tally_order_t, tally_store_fence,
+)
+from core.records cimport *  # result_t codes, order states
+
+from core import constants
+from core.checkpoint import RAW
+from core.operations import Operation
+from core.order_keys import order_creates, order_closes, order_id, order_pays, parse_qr_payload, qr_payload, token_of  # noqa: F401
+from core.records import (
+    ORDER_CLOSE_DTYPE, ORDER_CREATE_DTYPE, ORDER_CREATED_DTYPE, ORDER_DTYPE, ORDER_PAY_DTYPE, TransferCode, ids_array,
+)
+
+cdef extern from "<stdint.h>":
+    const uint64_t U64_MAX "UINT64_MAX"
+
+cdef enum:
+    NS_PER_S = 1000000000
+    NOGIL_EVENTS_MIN = 1024     # as the ledger's (core/ledger.pyx): small batches keep the GIL
+    ID_PREIMAGE_BYTES = 52      # b"ordr" + merchant id + out_trade_no: one SHA-256 block
+
+for _name, _number in (("create_orders", OPERATION_CREATE_ORDERS), ("pay_orders", OPERATION_PAY_ORDERS),
+                       ("close_orders", OPERATION_CLOSE_ORDERS)):
+    if Operation[_name] != _number:
+        raise ImportError(f"core/orders.pxd numbers {_name} {_number}, core/operations.py {int(Operation[_name])}")
+
+if TransferCode.order_payment != TRANSFER_CODE_ORDER_PAYMENT:
+    raise ImportError("core/orders.pxd and core.TransferCode disagree on the order payment's code")
+
+#: The checkpoint arrays the orders declare (core/checkpoint.py): copied whole between batches.
+CHECKPOINT_ARRAYS = {"orders": RAW, "order_expiries": RAW}
+EXPIRY_DTYPE = np.dtype([("expires_at", "<u8"), ("number", "<u8"), ("entry", "<u4"), ("_pad", "<u4")])
+#: Bytes of the secret the order tokens are keyed with (drawn by the store at creation).
+SECRET_BYTES = 32
+U64_MASK = (1 << 64) - 1
+
+# out_trade_no: [0-9A-Za-z_-|*@.] (WeChat Pay's alphabet, plus '.'), then NULs.
+cdef uint8_t _TRADE_NO_BYTE[256]
+memset(_TRADE_NO_BYTE, 0, 256)
+for _byte in bytearray(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-|*@."):
+    _TRADE_NO_BYTE[_byte] = 1
+
+
+# ---------------------------------------------------------------------------- ids and tokens
+
+def leg_id(event_id: int, operation: int, leg: int) -> int:
+    """The id of leg ``leg`` of a product event (the C ``leg_id_of``'s Python face)."""
+    cdef uint64_t lo, hi
+    leg_id_of(event_id & U64_MASK, event_id >> 64, operation, leg, &lo, &hi)
+    return (int(hi) << 64) | lo
+
+
+cdef inline uint64_t mix64(uint64_t z) noexcept nogil:
+    z = (z ^ (z >> 30)) * <uint64_t> 0xBF58476D1CE4E5B9
+    z = (z ^ (z >> 27)) * <uint64_t> 0x94D049BB133111EB
+    return z ^ (z >> 31)
+
+
+cdef inline void leg_id_of(uint64_t lo, uint64_t hi, uint64_t operation, uint64_t leg, uint64_t *out_lo,
+                           uint64_t *out_hi) noexcept nogil:
+    # A fixed mix of (event id, operation, leg): replay derives the same id; distinct events'
+    # legs collide with probability ~2^-128 (the event ids are SHA-256 output).
+    cdef uint64_t salt = ((operation << 8) | leg) * <uint64_t> 0x9E3779B97F4A7C15
+    out_lo[0] = mix64(lo ^ salt) ^ hi
+    out_hi[0] = mix64(hi ^ mix64(out_lo[0] ^ salt))
+
+
+cdef inline bint is_zero(uint64_t lo, uint64_t hi) noexcept nogil:
+    return lo == 0 and hi == 0
+
+
+cdef inline bint is_max(uint64_t lo, uint64_t hi) noexcept nogil:
+    return lo == U64_MAX and hi == U64_MAX
+
+
+cdef inline bint all_zero(const uint8_t *p, size_t n) noexcept nogil:
+    cdef size_t i
+    for i in range(n):
+        if p[i]:
+            return False
+    return True
+
+
+cdef inline bint trade_no_valid(const uint8_t *p) noexcept nogil:
+    cdef size_t i, n = 0
+    while n < OUT_TRADE_NO_BYTES and p[n] != 0:
+        if not _TRADE_NO_BYTE[p[n]]:
+            return False
+        n += 1
+    if n == 0:
+        return False
+    for i in range(n, OUT_TRADE_NO_BYTES):
+        if p[i] != 0:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------- the table
+
+cdef class Orders:
+    """The orders of a ledger (docs/products.md "Orders: the reference").
+
+    ``orders_max`` orders are held (in memory: 128 bytes + 36 of index each); past it
+    ``create_orders`` answers ``orders_limit_reached``. ``secret`` (``SECRET_BYTES``) keys the
+    order tokens; a store draws it once and keeps it in its meta.
+    """
+
+    def __cinit__(self, Ledger ledger not None, uint64_t orders_max=constants.ORDERS_MAX_DEFAULT, bytes secret=None):
+        if not 1 <= orders_max <= constants.ORDERS_MAX_LIMIT:
+            raise ValueError(f"orders_max must be in 1..{constants.ORDERS_MAX_LIMIT}")
+        if secret is None or len(secret) != SECRET_BYTES:
+            raise ValueError(f"secret must be {SECRET_BYTES} bytes")
+        self.ledger = ledger
+        self.orders_max = orders_max
+        self.order_map = IdMap(orders_max)
+        a = self._arrays = {}
+        a["orders"] = np.zeros(orders_max, dtype=ORDER_DTYPE)
+        a["order_expiries"] = np.zeros(orders_max, dtype=EXPIRY_DTYPE)
+        a["heap_positions"] = np.full(orders_max, 0xFFFFFFFF, dtype=np.uint32)  # HEAP_POSITION_NONE
+        self.rows = <tally_order_t *> _ptr(a["orders"])
+        self.heap_positions = <uint32_t *> _ptr(a["heap_positions"])
+        self.expiry_heap.items = <expiry_t *> _ptr(a["order_expiries"])
+        self.expiry_heap.count = 0
+        self.expiry_heap.positions = <char *> self.heap_positions
+        self.expiry_heap.stride = sizeof(uint32_t)
+        hmac_key_init(&self.token_key, <const uint8_t *> secret, len(secret))
+        if sizeof(expiry_t) != EXPIRY_DTYPE.itemsize:
+            raise ImportError("expiry_t and EXPIRY_DTYPE disagree")
+
+    # ---------------------------------------------------------------- Python API (the boundary)
+
+    def apply(self, operation, batch, uint64_t now_ns):
+        """Apply a batch of ``create_orders``, ``pay_orders`` or ``close_orders`` events at engine
+        time ``now_ns``. Returns an ORDER_CREATED_DTYPE array for ``create_orders``, else one u32
+        ``core.Result`` per event. Orders due to expire by the batch's time close first."""
+        if now_ns >= constants.NOW_NS_LIMIT:
+            raise ValueError(f"now_ns must be below {constants.NOW_NS_LIMIT}, got {now_ns}")
+        if operation == OPERATION_CREATE_ORDERS:
+            dtype, results = ORDER_CREATE_DTYPE, ORDER_CREATED_DTYPE
+        elif operation == OPERATION_PAY_ORDERS:
+            dtype, results = ORDER_PAY_DTYPE, np.uint32
+        elif operation == OPERATION_CLOSE_ORDERS:
+            dtype, results = ORDER_CLOSE_DTYPE, np.uint32
+        else:
+            raise ValueError(f"the orders apply no operation {operation}")
+        cdef const unsigned char[::1] raw = batch_bytes(batch, dtype)
+        cdef uint64_t count = raw.shape[0] // 128
+        out = np.zeros(count, dtype=results)
+        cdef unsigned char[::1] out_bytes = out.view(np.uint8)
+        cdef const unsigned char *events = &raw[0] if count else NULL
+        cdef void *out_first = <void *> &out_bytes[0] if count else NULL
+        cdef uint32_t op = operation
+        self.ledger._enter()
+        try:
+            if count >= NOGIL_EVENTS_MIN:
+                with nogil:
+                    self.run_batch(op, events, count, now_ns, out_first)
+            else:
+                self.run_batch(op, events, count, now_ns, out_first)
+        finally:
+            self.ledger.busy = False
+        return out
+
+    def expire(self, uint64_t now_ns):
+        """Close the unpaid orders due by the time a batch at ``now_ns`` would have (called by
+        the store before every batch of any operation, so replay closes the same ones)."""
+        self.ledger._enter()
+        try:
+            self.expire_due(self.base_ts(now_ns))
+        finally:
+            self.ledger.busy = False
+
+    @property
+    def next_expiry_ns(self):
+        """Engine time (ns) at which the soonest unpaid order expires; 0: none."""
+        return self.expiry_heap.items[0].expires_at if self.expiry_heap.count else 0
+
+    def lookup_orders(self, ids):
+        """The orders with these ids (ints or an ID_DTYPE array), in order; missing ids are left out."""
+        array = ids_array(ids)
+        if array.shape[0] > constants.BATCH_EVENTS_MAX:
+            raise ValueError(f"at most {constants.BATCH_EVENTS_MAX} ids per lookup")
+        cdef const uint64_t[:, ::1] keys = array.view(np.uint64).reshape(-1, 2)
+        cdef Py_ssize_t i, n = keys.shape[0], found = 0
+        cdef uint32_t slot
+        out = np.empty(n, dtype=ORDER_DTYPE)
+        cdef tally_order_t *dst = <tally_order_t *> _ptr(out) if n else NULL
+        for i in range(n):
+            slot = idmap_get(&self.order_map.map, keys[i, 0], keys[i, 1])
+            if slot != IDMAP_NOT_FOUND:
+                dst[found] = self.rows[slot]
+                found += 1
+        return out[:found].copy()
+
+    def memory_bytes(self):
+        """Bytes of memory the table reserves (its arrays and its id map)."""
+        return sum(array.nbytes for array in self._arrays.values()) + self.order_map._buffer.nbytes
+
+    # -- checkpoints and the state hash
+
+    def snapshot(self):
+        """The table's state as named NumPy views (used parts) and scalars, for a checkpoint:
+        they alias live memory (copy them before the next batch)."""
+        arrays = {"orders": self._arrays["orders"][:self.order_count],
+                  "order_expiries": self._arrays["order_expiries"][:self.expiry_heap.count]}
+        return arrays, {"order_count": self.order_count, "order_expiry_count": self.expiry_heap.count}
+
+    def hash_parts(self):
+        """What of the table the state hash covers: every order, in creation order (nothing
+        while there is none: a store that never had an order hashes as its bare ledger)."""
+        return {"orders": self._arrays["orders"][:self.order_count]} if self.order_count else {}
+
+    def restore(self, arrays, scalars):
+        """Load a snapshot into this empty table; rebuild the id map and heap positions."""
+        if self.order_count:
+            raise RuntimeError("restore needs an empty order table")
+        cdef uint64_t n = scalars["order_count"], n_e = scalars["order_expiry_count"], i
+        if n > self.orders_max or n_e > n:
+            raise ValueError(f"snapshot holds {n} orders: more than this table's {self.orders_max}")
+        for name in ("orders", "order_expiries"):
+            flat = np.frombuffer(arrays[name], dtype=self._arrays[name].dtype)
+            if flat.shape[0] != (n if name == "orders" else n_e):
+                raise ValueError(f"snapshot's {name} has {flat.shape[0]} records")
+            self._arrays[name][:flat.shape[0]] = flat
+        for i in range(n):
+            if idmap_put(&self.order_map.map, self.rows[i].id_lo, self.rows[i].id_hi, <uint32_t> i) != 0:
+                raise RuntimeError("order map full while restoring")
+        for i in range(n_e):
+            if self.expiry_heap.items[i].entry >= n:
+                raise ValueError("snapshot's expiry heap names an order it does not hold")
+            self.heap_positions[self.expiry_heap.items[i].entry] = <uint32_t> i
+        self.order_count = n
+        self.expiry_heap.count = n_e
+
+    # ---------------------------------------------------------------- the state machine
+
+    cdef uint64_t base_ts(self, uint64_t now_ns) noexcept nogil:
+        return now_ns if now_ns > self.ledger.last_timestamp else self.ledger.last_timestamp + 1
+
+    cdef void expire_due(self, uint64_t base_ts) noexcept nogil:
+        cdef tally_order_t *o
+        while self.expiry_heap.count and self.expiry_heap.items[0].expires_at <= base_ts:
+            o = &self.rows[self.expiry_heap.items[0].entry]
+            heap_remove(&self.expiry_heap, 0)
+            o.state = ORDER_CLOSED
+            o.close_reason = CLOSE_REASON_EXPIRED
+            o.closed_at = o.expires_at
+
+    cdef void run_batch(self, uint32_t operation, const unsigned char *events, uint64_t count, uint64_t now_ns,
+                        void *out) noexcept nogil:
+        cdef uint64_t k, base = self.base_ts(now_ns)
+        cdef uint32_t *results = <uint32_t *> out
+        cdef tally_order_created_t *created = <tally_order_created_t *> out
+        self.expire_due(base)
+        base = self.ledger.begin_batch(now_ns, count * LEGS_MAX)
+        if operation == OPERATION_CREATE_ORDERS:
+            for k in range(count):
+                created[k].result = self.create_order(&(<const tally_order_create_t *> events)[k],
+                                                      base + k * LEGS_MAX, created[k].token)
+        elif operation == OPERATION_PAY_ORDERS:
+            for k in range(count):
+                results[k] = self.pay_order(&(<const tally_order_pay_t *> events)[k], base + k * LEGS_MAX)
+        else:
+            for k in range(count):
+                results[k] = self.close_order(&(<const tally_order_close_t *> events)[k], base + k * LEGS_MAX)
+        self.ledger.schedule_expiries()
+        tally_store_fence()
+
+    cdef result_t create_order(self, const tally_order_create_t *e, uint64_t ts, uint8_t *token) noexcept nogil:
+        cdef uint32_t merchant, slot
+        cdef uint64_t span_ns
+        cdef uint8_t preimage[ID_PREIMAGE_BYTES]
+        cdef uint8_t digest[32]
+        cdef uint8_t id_bytes[16]
+        cdef tally_order_t *o
+        if e.timestamp != 0:
+            return R_TIMESTAMP_MUST_BE_ZERO
+        if not all_zero(e.reserved, sizeof(e.reserved)):
+            return R_RESERVED_FIELD
+        if e.flags != 0:
+            return R_RESERVED_FLAG
+        if is_zero(e.id_lo, e.id_hi):
+            return R_ID_MUST_NOT_BE_ZERO
+        if is_max(e.id_lo, e.id_hi):
+            return R_ID_MUST_NOT_BE_INT_MAX
+        if e.amount == 0:
+            return R_AMOUNT_MUST_NOT_BE_ZERO
+        if e.ledger == 0:
+            return R_LEDGER_MUST_NOT_BE_ZERO
+        if not trade_no_valid(e.out_trade_no):
+            return R_OUT_TRADE_NO_INVALID
+        if e.expire_after_s != 0 and not (ORDER_EXPIRE_AFTER_S_MIN <= e.expire_after_s <= ORDER_EXPIRE_AFTER_S_MAX):
+            return R_EXPIRE_AFTER_OUT_OF_RANGE
+        merchant = idmap_get(&self.ledger.account_map.map, e.merchant_id_lo, e.merchant_id_hi)
+        if merchant == IDMAP_NOT_FOUND:
+            return R_MERCHANT_NOT_FOUND
+        if self.ledger.hot[merchant].ledger != e.ledger:
+            return R_CURRENCY_MISMATCH
+        memcpy(preimage, <const char *> b"ordr", 4)
+        memcpy(preimage + 4, &e.merchant_id_lo, 16)
+        memcpy(preimage + 20, e.out_trade_no, OUT_TRADE_NO_BYTES)
+        sha256(preimage, ID_PREIMAGE_BYTES, digest)
+        memcpy(id_bytes, &e.id_lo, 16)
+        if memcmp(digest, id_bytes, 16) != 0:
+            return R_ID_MISMATCH
+        span_ns = <uint64_t> (e.expire_after_s if e.expire_after_s else ORDER_EXPIRE_AFTER_S_DEFAULT) * NS_PER_S
+        slot = idmap_get(&self.order_map.map, e.id_lo, e.id_hi)
+        if slot != IDMAP_NOT_FOUND:
+            o = &self.rows[slot]
+            if (o.merchant_id_lo != e.merchant_id_lo or o.merchant_id_hi != e.merchant_id_hi or o.amount != e.amount
+                    or o.ledger != e.ledger or o.description_code != e.description_code
+                    or o.expires_at - o.timestamp != span_ns):
+                return R_EXISTS_WITH_DIFFERENT_FIELDS
+            memcpy(token, o.token, ORDER_TOKEN_BYTES)
+            return R_EXISTS
+        if self.order_count >= self.orders_max:
+            return R_ORDERS_LIMIT_REACHED
+        slot = <uint32_t> self.order_count
+        o = &self.rows[slot]
+        memset(o, 0, sizeof(tally_order_t))
+        o.id_lo = e.id_lo
+        o.id_hi = e.id_hi
+        o.merchant_id_lo = e.merchant_id_lo
+        o.merchant_id_hi = e.merchant_id_hi
+        o.amount = e.amount
+        o.expires_at = ts + span_ns
+        hmac_sha256(&self.token_key, id_bytes, 16, digest)
+        memcpy(o.token, digest, ORDER_TOKEN_BYTES)
+        o.state = ORDER_NOTPAY
+        o.ledger = e.ledger
+        o.description_code = e.description_code
+        o.timestamp = ts
+        if idmap_put(&self.order_map.map, e.id_lo, e.id_hi, slot) != 0:
+            return R_ORDERS_LIMIT_REACHED  # unreachable: the map holds orders_max ids
+        self.order_count += 1
+        heap_push(&self.expiry_heap, o.expires_at, slot, slot)
+        memcpy(token, o.token, ORDER_TOKEN_BYTES)
+        return R_OK
+
+    cdef result_t find_order(self, uint64_t lo, uint64_t hi, uint32_t *slot) noexcept nogil:
+        """An event's order: its slot, or why there is none."""
+        if is_zero(lo, hi):
+            return R_ID_MUST_NOT_BE_ZERO
+        slot[0] = idmap_get(&self.order_map.map, lo, hi)
+        return R_ORDER_NOT_FOUND if slot[0] == IDMAP_NOT_FOUND else R_OK
+
+    cdef result_t pay_order(self, const tally_order_pay_t *e, uint64_t ts) noexcept nogil:
+        cdef uint32_t slot, payer, merchant
+        cdef uint64_t leg_lo, leg_hi
+        cdef tally_order_t *o
+        cdef result_t r
+        cdef chain_mark_t mark
+        if e.timestamp != 0:
+            return R_TIMESTAMP_MUST_BE_ZERO
+        if not all_zero(e.reserved, sizeof(e.reserved)) or not all_zero(e.reserved_a, sizeof(e.reserved_a)):
+            return R_RESERVED_FIELD
+        if e.flags != 0:
+            return R_RESERVED_FLAG
+        r = self.find_order(e.order_id_lo, e.order_id_hi, &slot)
+        if r != R_OK:
+            return r
+        o = &self.rows[slot]
+        if memcmp(o.token, e.token, ORDER_TOKEN_BYTES) != 0:
+            return R_ORDER_TOKEN_INVALID
+        if o.state == ORDER_SUCCESS or o.state == ORDER_REFUND:
+            if o.payer_id_lo == e.payer_id_lo and o.payer_id_hi == e.payer_id_hi and o.amount == e.amount:
+                return R_EXISTS
+            return R_ORDER_PAID
+        if o.state == ORDER_CLOSED:
+            return R_ORDER_EXPIRED if o.close_reason == CLOSE_REASON_EXPIRED else R_ORDER_CLOSED
+        if o.expires_at <= ts:
+            return R_ORDER_EXPIRED
+        if e.amount != o.amount:
+            return R_AMOUNT_MISMATCH
+        if e.ledger != o.ledger:
+            return R_CURRENCY_MISMATCH
+        payer = idmap_get(&self.ledger.account_map.map, e.payer_id_lo, e.payer_id_hi)
+        if payer == IDMAP_NOT_FOUND:
+            return R_PAYER_NOT_FOUND
+        merchant = idmap_get(&self.ledger.account_map.map, o.merchant_id_lo, o.merchant_id_hi)
+        if payer == merchant:
+            return R_ACCOUNTS_MUST_BE_DIFFERENT
+        if self.ledger.hot[payer].ledger != o.ledger:
+            return R_CURRENCY_MISMATCH
+        leg_id_of(o.id_lo, o.id_hi, OPERATION_PAY_ORDERS, 0, &leg_lo, &leg_hi)
+        self.ledger.chain_begin(&mark)
+        r = self.ledger.leg(leg_lo, leg_hi, payer, merchant, o.amount, o.ledger, TRANSFER_CODE_ORDER_PAYMENT, 0,
+                            o.id_lo, o.id_hi, ts)
+        if r != R_OK:
+            self.ledger.chain_abort(&mark)
+            return r
+        o.state = ORDER_SUCCESS
+        o.payer_id_lo = e.payer_id_lo
+        o.payer_id_hi = e.payer_id_hi
+        o.paid_at = ts
+        heap_remove(&self.expiry_heap, self.heap_positions[slot])
+        return R_OK
+
+    cdef result_t close_order(self, const tally_order_close_t *e, uint64_t ts) noexcept nogil:
+        cdef uint32_t slot
+        cdef tally_order_t *o
+        cdef result_t r
+        if e.timestamp != 0:
+            return R_TIMESTAMP_MUST_BE_ZERO
+        if not all_zero(e.reserved, sizeof(e.reserved)):
+            return R_RESERVED_FIELD
+        r = self.find_order(e.order_id_lo, e.order_id_hi, &slot)
+        if r != R_OK:
+            return r
+        o = &self.rows[slot]
+        if o.merchant_id_lo != e.merchant_id_lo or o.merchant_id_hi != e.merchant_id_hi:
+            return R_MERCHANT_MISMATCH
+        if o.state == ORDER_SUCCESS or o.state == ORDER_REFUND:
+            return R_ORDER_PAID
+        if o.state == ORDER_CLOSED:
+            return R_EXISTS
+        o.state = ORDER_CLOSED
+        o.close_reason = CLOSE_REASON_MERCHANT
+        o.closed_at = ts
+        heap_remove(&self.expiry_heap, self.heap_positions[slot])
+        return R_OK
+
+
+cdef inline void *_ptr(object array) except NULL:
+    cdef unsigned char[::1] view = array.view(np.uint8).reshape(-1)
+    return <void *> &view[0]
