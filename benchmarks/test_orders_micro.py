@@ -73,6 +73,8 @@ def _transfers(first, count, rng):
 def test_orders_against_transfers(capsys):
     rng = np.random.default_rng(7)
     machine = _machine()
+    machine.ledger.prefault()  # steady state: the ring and the tables' pages are in use already
+    machine.orders.prefault()
     orders = [_orders(k * BATCH, BATCH, rng) for k in range(ROUNDS)]
     transfers = [_transfers(k * BATCH, BATCH, rng) for k in range(ROUNDS)]
     timings = {"create_orders": 0.0, "pay_orders": 0.0, "create_transfers": 0.0}

@@ -897,9 +897,10 @@ cdef class Ledger:
         cdef uint32_t i = idmap_get(&self.transfer_map.map, lo, hi)
         if i != IDMAP_NOT_FOUND:
             return &self.transfer_rows[i]
-        i = idmap_get(&self.pending_map.map, lo, hi)
-        if i != IDMAP_NOT_FOUND:
-            return &self.pendings[i].row
+        if self.pending_count:  # (an empty pending table: no probe, no cache miss)
+            i = idmap_get(&self.pending_map.map, lo, hi)
+            if i != IDMAP_NOT_FOUND:
+                return &self.pendings[i].row
         if self.cold_cached:
             i = idmap_get(&self.cold_map.map, lo, hi)
             if i != IDMAP_NOT_FOUND:

@@ -1,7 +1,7 @@
 """An order's keys, for services: its id from the merchant's ``out_trade_no``, its token, its QR
 payload, and batches from dicts (docs/products.md "Orders: the reference").
 
-Light on purpose (hashlib and NumPy): a merchant service or a wallet app imports it with the
+Light on purpose (hashlib, NumPy, core/digest for many ids at once): a merchant service or a wallet app imports it with the
 client, never the ledger. The core recomputes the id (``id_mismatch``) and the token.
 
 >>> oid = order_id(7, b"20261207-0001")
@@ -17,6 +17,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+
+import numpy as np
 
 from core.records import ORDER_CLOSE_DTYPE, ORDER_CREATE_DTYPE, ORDER_PAY_DTYPE, records_from_dicts
 
@@ -62,7 +64,15 @@ def parse_qr_payload(payload: str) -> tuple[int, bytes]:
     return int.from_bytes(raw[:16], "little"), raw[16:]
 
 
-def order_creates(rows) -> "np.ndarray":
+def order_ids(merchant_ids, out_trade_nos) -> np.ndarray:
+    """Many orders' ids at once, in C (core/digest.pyx): ``merchant_ids`` an (n, 2) uint64
+    array (lo, hi), ``out_trade_nos`` an (n, 32) uint8 array (NUL-padded); an (n, 2) uint64
+    array (lo, hi) back. For services and load generators making many orders a second."""
+    from core import digest
+    return digest.order_ids(merchant_ids, out_trade_nos)
+
+
+def order_creates(rows) -> np.ndarray:
     """A ``create_orders`` batch from dicts (fields of ORDER_CREATE_DTYPE; ``id`` is computed
     from ``merchant_id`` and ``out_trade_no`` when not given)."""
     rows = [row if "id" in row else dict(row, id=order_id(int(row["merchant_id"]), bytes(row["out_trade_no"])))
@@ -70,11 +80,11 @@ def order_creates(rows) -> "np.ndarray":
     return records_from_dicts(rows, ORDER_CREATE_DTYPE)
 
 
-def order_pays(rows) -> "np.ndarray":
+def order_pays(rows) -> np.ndarray:
     """A ``pay_orders`` batch from dicts (fields of ORDER_PAY_DTYPE; ``token`` as bytes)."""
     return records_from_dicts(rows, ORDER_PAY_DTYPE)
 
 
-def order_closes(rows) -> "np.ndarray":
+def order_closes(rows) -> np.ndarray:
     """A ``close_orders`` batch from dicts (fields of ORDER_CLOSE_DTYPE)."""
     return records_from_dicts(rows, ORDER_CLOSE_DTYPE)

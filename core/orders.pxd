@@ -1,7 +1,7 @@
 # Merchant-presented QR orders (docs/products.md "Orders: the reference"): the first product
 # module over the ledger's legs and typed undo. Orders live in a bounded table in memory
 # (``orders_max``), keyed by the 128-bit order id (core/idmap), with an expiry heap of the
-# unpaid ones (core/expiry.pxd).
+# unpaid ones (core/expiry.pxd; a paid or closed order leaves it lazily, when it reaches the top).
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
@@ -34,6 +34,9 @@ cdef class Orders:
     cdef uint32_t *heap_positions               # per slot: its place in the expiry heap
     cdef expiry_heap_t expiry_heap              # unpaid orders by expires_at
     cdef hmac_key_t token_key                   # HMAC-SHA256 key of the order tokens (store secret)
+    cdef uint32_t *scratch_slot                 # per event of a pay batch: its order's slot,
+    cdef uint32_t *scratch_payer                # the payer's account index,
+    cdef uint32_t *scratch_merchant             # and the order's merchant's
     cdef dict _arrays
 
     cdef uint64_t base_ts(self, uint64_t now_ns) noexcept nogil
@@ -42,5 +45,9 @@ cdef class Orders:
                         void *out) noexcept nogil
     cdef result_t create_order(self, const tally_order_create_t *e, uint64_t ts, uint8_t *token) noexcept nogil
     cdef result_t find_order(self, uint64_t lo, uint64_t hi, uint32_t *slot) noexcept nogil
-    cdef result_t pay_order(self, const tally_order_pay_t *e, uint64_t ts) noexcept nogil
+    cdef void drop_resolved(self) noexcept nogil
+    cdef void pay_batch(self, const tally_order_pay_t *events, uint64_t count, uint64_t base,
+                        uint32_t *results) noexcept nogil
+    cdef result_t pay_order(self, const tally_order_pay_t *e, uint64_t ts, uint32_t slot, uint32_t payer,
+                            uint32_t merchant) noexcept nogil
     cdef result_t close_order(self, const tally_order_close_t *e, uint64_t ts) noexcept nogil

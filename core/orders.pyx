@@ -20,13 +20,13 @@ import numpy as np
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
 
-from core.digest cimport hmac_key_init, hmac_sha256, sha256
+from core.digest cimport hmac_key_init, hmac_sha256, order_id_digest
 from core.expiry cimport HEAP_POSITION_NONE, expiry_t, heap_push, heap_remove
-from core.idmap cimport IDMAP_NOT_FOUND, IdMap, idmap_get, idmap_put
-from core.ledger cimport LEGS_MAX, Ledger, batch_bytes, chain_mark_t
+from core.idmap cimport IDMAP_NOT_FOUND, IdMap, idmap_get, idmap_home, idmap_put, idmap_t
+from core.ledger cimport LEGS_MAX, PREFETCH_DISTANCE, Ledger, account_hot_t, batch_bytes, chain_mark_t
 from core.records cimport (
-    ORDER_TOKEN_BYTES, OUT_TRADE_NO_BYTES, tally_order_close_t, tally_order_create_t, tally_order_created_t,
-    tally_order_pay_t, tally_order_t, tally_store_fence,
+    ORDER_TOKEN_BYTES, OUT_TRADE_NO_BYTES, TALLY_PREFETCH, tally_order_close_t, tally_order_create_t,
+    tally_order_created_t, tally_order_pay_t, tally_order_t, tally_store_fence, tally_touch_pages,
 )
 from core.records cimport *  # result_t codes, order states
 
@@ -44,7 +44,6 @@ cdef extern from "<stdint.h>":
 cdef enum:
     NS_PER_S = 1000000000
     NOGIL_EVENTS_MIN = 1024     # as the ledger's (core/ledger.pyx): small batches keep the GIL
-    ID_PREIMAGE_BYTES = 52      # b"ordr" + merchant id + out_trade_no: one SHA-256 block
 
 for _name, _number in (("create_orders", OPERATION_CREATE_ORDERS), ("pay_orders", OPERATION_PAY_ORDERS),
                        ("close_orders", OPERATION_CLOSE_ORDERS)):
@@ -144,6 +143,11 @@ cdef class Orders:
         a["orders"] = np.zeros(orders_max, dtype=ORDER_DTYPE)
         a["order_expiries"] = np.zeros(orders_max, dtype=EXPIRY_DTYPE)
         a["heap_positions"] = np.full(orders_max, 0xFFFFFFFF, dtype=np.uint32)  # HEAP_POSITION_NONE
+        cdef uint64_t batch_max = constants.BATCH_EVENTS_MAX
+        a["scratch"] = np.zeros(3 * batch_max, dtype=np.uint32)
+        self.scratch_slot = <uint32_t *> _ptr(a["scratch"])
+        self.scratch_payer = self.scratch_slot + batch_max
+        self.scratch_merchant = self.scratch_payer + batch_max
         self.rows = <tally_order_t *> _ptr(a["orders"])
         self.heap_positions = <uint32_t *> _ptr(a["heap_positions"])
         self.expiry_heap.items = <expiry_t *> _ptr(a["order_expiries"])
@@ -200,6 +204,7 @@ cdef class Orders:
     @property
     def next_expiry_ns(self):
         """Engine time (ns) at which the soonest unpaid order expires; 0: none."""
+        self.drop_resolved()
         return self.expiry_heap.items[0].expires_at if self.expiry_heap.count else 0
 
     def lookup_orders(self, ids):
@@ -218,6 +223,17 @@ cdef class Orders:
                 dst[found] = self.rows[slot]
                 found += 1
         return out[:found].copy()
+
+    def prefault(self):
+        """Touch every page of the table now (see Ledger.prefault). Returns bytes touched."""
+        cdef uint64_t total = 0
+        cdef unsigned char[::1] raw
+        for array in self._arrays.values():
+            raw = array.view(np.uint8).reshape(-1)
+            with nogil:
+                tally_touch_pages(&raw[0], raw.shape[0])
+            total += raw.shape[0]
+        return total + self.order_map.prefault()
 
     def memory_bytes(self):
         """Bytes of memory the table reserves (its arrays and its id map)."""
@@ -269,9 +285,17 @@ cdef class Orders:
         while self.expiry_heap.count and self.expiry_heap.items[0].expires_at <= base_ts:
             o = &self.rows[self.expiry_heap.items[0].entry]
             heap_remove(&self.expiry_heap, 0)
+            if o.state != ORDER_NOTPAY:
+                continue  # paid or closed since it was created
             o.state = ORDER_CLOSED
             o.close_reason = CLOSE_REASON_EXPIRED
             o.closed_at = o.expires_at
+
+    cdef void drop_resolved(self) noexcept nogil:
+        """Pop the heap's soonest entries that are no longer unpaid (no state changes): the
+        next expiry is then an unpaid order's, and an idle server is not woken for nothing."""
+        while self.expiry_heap.count and self.rows[self.expiry_heap.items[0].entry].state != ORDER_NOTPAY:
+            heap_remove(&self.expiry_heap, 0)
 
     cdef void run_batch(self, uint32_t operation, const unsigned char *events, uint64_t count, uint64_t now_ns,
                         void *out) noexcept nogil:
@@ -285,18 +309,61 @@ cdef class Orders:
                 created[k].result = self.create_order(&(<const tally_order_create_t *> events)[k],
                                                       base + k * LEGS_MAX, created[k].token)
         elif operation == OPERATION_PAY_ORDERS:
-            for k in range(count):
-                results[k] = self.pay_order(&(<const tally_order_pay_t *> events)[k], base + k * LEGS_MAX)
+            self.pay_batch(<const tally_order_pay_t *> events, count, base, results)
         else:
             for k in range(count):
                 results[k] = self.close_order(&(<const tally_order_close_t *> events)[k], base + k * LEGS_MAX)
         self.ledger.schedule_expiries()
+        self.drop_resolved()
         tally_store_fence()
+
+    cdef void pay_batch(self, const tally_order_pay_t *events, uint64_t count, uint64_t base,
+                        uint32_t *results) noexcept nogil:
+        """Payments in three passes, as transfers are applied (core/ledger.pyx): each fetches
+        what a later one needs PREFETCH_DISTANCE events ahead. Neither map changes within a pay
+        batch (payments add no order and no account), so what the first passes resolve holds."""
+        cdef uint64_t k, ahead, leg_lo, leg_hi
+        cdef uint32_t *slots = self.scratch_slot
+        cdef uint32_t *payers = self.scratch_payer
+        cdef uint32_t *merchants = self.scratch_merchant
+        cdef const tally_order_t *o
+        cdef idmap_t *accounts = &self.ledger.account_map.map
+        cdef idmap_t *transfers = &self.ledger.transfer_map.map
+        cdef account_hot_t *hot = self.ledger.hot
+        # 1: the orders' slots and the payers' indexes.
+        for k in range(count):
+            ahead = k + PREFETCH_DISTANCE
+            if ahead < count:
+                TALLY_PREFETCH(idmap_home(&self.order_map.map, events[ahead].order_id_lo, events[ahead].order_id_hi))
+                TALLY_PREFETCH(idmap_home(accounts, events[ahead].payer_id_lo, events[ahead].payer_id_hi))
+            slots[k] = idmap_get(&self.order_map.map, events[k].order_id_lo, events[k].order_id_hi)
+            payers[k] = idmap_get(accounts, events[k].payer_id_lo, events[k].payer_id_hi)
+        # 2: the merchants' indexes, from the orders.
+        for k in range(count):
+            ahead = k + PREFETCH_DISTANCE
+            if ahead < count and slots[ahead] != IDMAP_NOT_FOUND:
+                TALLY_PREFETCH(&self.rows[slots[ahead]])
+            merchants[k] = IDMAP_NOT_FOUND
+            if slots[k] != IDMAP_NOT_FOUND:
+                o = &self.rows[slots[k]]
+                merchants[k] = idmap_get(accounts, o.merchant_id_lo, o.merchant_id_hi)
+        # 3: apply, with both accounts' records and the leg's transfer-map slot fetched ahead.
+        for k in range(count):
+            ahead = k + PREFETCH_DISTANCE
+            if ahead < count and slots[ahead] != IDMAP_NOT_FOUND:
+                if payers[ahead] != IDMAP_NOT_FOUND:
+                    TALLY_PREFETCH(&hot[payers[ahead]])
+                    TALLY_PREFETCH(&hot[payers[ahead]].code_counts)
+                TALLY_PREFETCH(&hot[merchants[ahead]])
+                TALLY_PREFETCH(&hot[merchants[ahead]].code_counts)
+                leg_id_of(events[ahead].order_id_lo, events[ahead].order_id_hi, OPERATION_PAY_ORDERS, 0,
+                          &leg_lo, &leg_hi)
+                TALLY_PREFETCH(idmap_home(transfers, leg_lo, leg_hi))
+            results[k] = self.pay_order(&events[k], base + k * LEGS_MAX, slots[k], payers[k], merchants[k])
 
     cdef result_t create_order(self, const tally_order_create_t *e, uint64_t ts, uint8_t *token) noexcept nogil:
         cdef uint32_t merchant, slot
         cdef uint64_t span_ns
-        cdef uint8_t preimage[ID_PREIMAGE_BYTES]
         cdef uint8_t digest[32]
         cdef uint8_t id_bytes[16]
         cdef tally_order_t *o
@@ -323,10 +390,7 @@ cdef class Orders:
             return R_MERCHANT_NOT_FOUND
         if self.ledger.hot[merchant].ledger != e.ledger:
             return R_CURRENCY_MISMATCH
-        memcpy(preimage, <const char *> b"ordr", 4)
-        memcpy(preimage + 4, &e.merchant_id_lo, 16)
-        memcpy(preimage + 20, e.out_trade_no, OUT_TRADE_NO_BYTES)
-        sha256(preimage, ID_PREIMAGE_BYTES, digest)
+        order_id_digest(<const uint8_t *> &e.merchant_id_lo, e.out_trade_no, digest)
         memcpy(id_bytes, &e.id_lo, 16)
         if memcmp(digest, id_bytes, 16) != 0:
             return R_ID_MISMATCH
@@ -371,8 +435,10 @@ cdef class Orders:
         slot[0] = idmap_get(&self.order_map.map, lo, hi)
         return R_ORDER_NOT_FOUND if slot[0] == IDMAP_NOT_FOUND else R_OK
 
-    cdef result_t pay_order(self, const tally_order_pay_t *e, uint64_t ts) noexcept nogil:
-        cdef uint32_t slot, payer, merchant
+    cdef result_t pay_order(self, const tally_order_pay_t *e, uint64_t ts, uint32_t slot, uint32_t payer,
+                            uint32_t merchant) noexcept nogil:
+        """One payment; ``slot``, ``payer`` and ``merchant`` are the event's order, payer and
+        the order's merchant as the batch resolved them (IDMAP_NOT_FOUND: none)."""
         cdef uint64_t leg_lo, leg_hi
         cdef tally_order_t *o
         cdef result_t r
@@ -383,9 +449,10 @@ cdef class Orders:
             return R_RESERVED_FIELD
         if e.flags != 0:
             return R_RESERVED_FLAG
-        r = self.find_order(e.order_id_lo, e.order_id_hi, &slot)
-        if r != R_OK:
-            return r
+        if is_zero(e.order_id_lo, e.order_id_hi):
+            return R_ID_MUST_NOT_BE_ZERO
+        if slot == IDMAP_NOT_FOUND:
+            return R_ORDER_NOT_FOUND
         o = &self.rows[slot]
         if memcmp(o.token, e.token, ORDER_TOKEN_BYTES) != 0:
             return R_ORDER_TOKEN_INVALID
@@ -401,10 +468,8 @@ cdef class Orders:
             return R_AMOUNT_MISMATCH
         if e.ledger != o.ledger:
             return R_CURRENCY_MISMATCH
-        payer = idmap_get(&self.ledger.account_map.map, e.payer_id_lo, e.payer_id_hi)
         if payer == IDMAP_NOT_FOUND:
             return R_PAYER_NOT_FOUND
-        merchant = idmap_get(&self.ledger.account_map.map, o.merchant_id_lo, o.merchant_id_hi)
         if payer == merchant:
             return R_ACCOUNTS_MUST_BE_DIFFERENT
         if self.ledger.hot[payer].ledger != o.ledger:
@@ -416,11 +481,12 @@ cdef class Orders:
         if r != R_OK:
             self.ledger.chain_abort(&mark)
             return r
+        # The order stays on the expiry heap: the sweep skips what is no longer unpaid (a
+        # removal from the middle would cost a walk of the heap, a cache miss per level).
         o.state = ORDER_SUCCESS
         o.payer_id_lo = e.payer_id_lo
         o.payer_id_hi = e.payer_id_hi
         o.paid_at = ts
-        heap_remove(&self.expiry_heap, self.heap_positions[slot])
         return R_OK
 
     cdef result_t close_order(self, const tally_order_close_t *e, uint64_t ts) noexcept nogil:
@@ -441,10 +507,9 @@ cdef class Orders:
             return R_ORDER_PAID
         if o.state == ORDER_CLOSED:
             return R_EXISTS
-        o.state = ORDER_CLOSED
+        o.state = ORDER_CLOSED  # left on the expiry heap, as a paid order is
         o.close_reason = CLOSE_REASON_MERCHANT
         o.closed_at = ts
-        heap_remove(&self.expiry_heap, self.heap_positions[slot])
         return R_OK
 
 

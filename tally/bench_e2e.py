@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
-import secrets
 import shutil
 import sys
 import tempfile
@@ -39,7 +38,6 @@ import numpy as np
 
 import core
 from core import constants
-from loadgen.runner import loop_runner
 from tally import bench_core, local_server
 
 NS_PER_S = 1_000_000_000
@@ -220,16 +218,12 @@ def run(seconds: float = 5.0, connections: int = 4, depth: int = 2, accounts: in
         core_rate = _core_rate(base_dir, accounts, core_transfers)
         wallets, _, _ = bench_core._population(accounts)
         say(f"starting the server ({'prefaulting ' if prefault else ''}default hot window)")
-        secret = secrets.token_bytes(32)
-        process, port = local_server.start(
-            base_dir, secret=secret, accounts_max=accounts,
-            prefault=prefault, checkpoint_interval_events=checkpoint_interval_events)
-        try:
-            driven = loop_runner()(_drive(port, secret, accounts=accounts, connections=connections, depth=depth,
-                                   seconds=seconds, half_load_request_events=half_load_request_events,
-                                   server_pid=process.pid, settle_s=SETTLE_S if prefault else 0.0, say=say))
-        finally:
-            server_exit = local_server.stop(process)
+        driven, server_exit = local_server.drive(
+            base_dir, lambda port, secret, pid: _drive(
+                port, secret, accounts=accounts, connections=connections, depth=depth, seconds=seconds,
+                half_load_request_events=half_load_request_events, server_pid=pid,
+                settle_s=SETTLE_S if prefault else 0.0, say=say),
+            accounts_max=accounts, prefault=prefault, checkpoint_interval_events=checkpoint_interval_events)
     finally:
         if data_dir is None:
             shutil.rmtree(base_dir, ignore_errors=True)
@@ -256,8 +250,13 @@ def run(seconds: float = 5.0, connections: int = 4, depth: int = 2, accounts: in
                    "checkpoint_interval_events": checkpoint_interval_events,
                    "request_events": constants.BATCH_EVENTS_MAX, "half_load_request_events": half_load_request_events,
                    "core_transfers": core_transfers},
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
+        "machine": machine(),
     }
+
+
+def machine() -> dict:
+    """What a benchmark report says of the machine it ran on."""
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]}
 
 
 def summary(result: dict) -> str:

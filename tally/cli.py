@@ -3,6 +3,7 @@
     tally serve [--config FILE] [--data DIR] [--host H] [--port N] [--tls-cert F --tls-key F]
     tally bench core [--json] [--accounts N] [--transfers N] [--data DIR]
     tally bench e2e [--json] [--seconds N] [--connections N]
+    tally bench products [--json] [--seconds N] [--connections N]
     tally bench loadgen [--json] [--seconds N]
     tally bench latency [--json] [--seconds N] [--rates R,R,R] [--connections N]
     tally load run [WORKLOAD] [--rate N] [--seconds N] [--mode open|closed] [--record F] [--report DIR]
@@ -75,6 +76,25 @@ def _bench_e2e(args) -> int:
                            checkpoint_interval_events=args.checkpoint_interval, data_dir=args.data, progress=progress)
     print(json.dumps(result) if args.json else bench_e2e.summary(result))
     return 0 if result["failed_events"] == 0 and result["server_exit_code"] == 0 else 1
+
+
+def _bench_products(args) -> int:
+    from tally import bench_products
+
+    progress = None if args.json else (lambda message: print(f"· {message}", file=sys.stderr))
+    result = bench_products.run(seconds=args.seconds, connections=args.connections, depth=args.depth,
+                                accounts=args.accounts, data_dir=args.data, progress=progress)
+    print(json.dumps(result) if args.json else bench_products.summary(result))
+    return 0 if result["failed_events"] == 0 and result["server_exit_code"] == 0 else 1
+
+
+def _closed_loop_arguments(parser, seconds_help: str) -> None:
+    """The options of the closed-loop end-to-end benchmarks (e2e, products)."""
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--seconds", type=float, default=5.0, help=seconds_help)
+    parser.add_argument("--connections", type=int, default=4, help="client connections (default 4)")
+    parser.add_argument("--depth", type=int, default=2, help="requests in flight per connection at peak (default 2)")
+    parser.add_argument("--accounts", type=int, default=1_000_000, help="accounts (default 1,000,000)")
 
 
 def _target(args):
@@ -385,17 +405,20 @@ def build_parser() -> argparse.ArgumentParser:
     e2e = _command(
         bench_kinds, "e2e",
         help="server process + client process on loopback: transfers/s, latency, ratio to the core")
-    e2e.add_argument("--json", action="store_true", help="print one JSON object")
-    e2e.add_argument("--seconds", type=float, default=5.0, help="length of the peak and half-load runs (default 5)")
-    e2e.add_argument("--connections", type=int, default=4, help="client connections (default 4)")
-    e2e.add_argument("--depth", type=int, default=2, help="requests in flight per connection at peak (default 2)")
-    e2e.add_argument("--accounts", type=int, default=1_000_000, help="accounts (default 1,000,000)")
+    _closed_loop_arguments(e2e, "length of the peak and half-load runs (default 5)")
     e2e.add_argument("--half-load-request-events", type=int, default=256,
                      help="payments per request in the half-load run (default 256)")
     e2e.add_argument("--checkpoint-interval", type=int, default=1024 * 8190,
                      help="the server's checkpoint interval in events (default 8,386,560, as tally serve)")
     e2e.add_argument("--data", default=None, help="directory for the stores (default: a temporary one, removed)")
     e2e.set_defaults(run=_bench_e2e)
+
+    products = _command(
+        bench_kinds, "products",
+        help="the payment products end to end, beside plain transfers in the same run (qr_pay_per_s, ratio)")
+    _closed_loop_arguments(products, "length of each phase (default 5)")
+    products.add_argument("--data", default=None, help="directory for the server's data (default: a temporary one)")
+    products.set_defaults(run=_bench_products)
 
     loadgen_bench = _command(
         bench_kinds, "loadgen",

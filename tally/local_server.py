@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import select
 import signal
 import subprocess
@@ -24,7 +25,8 @@ SERVER_STOP_TIMEOUT_S = 120.0
 def start(base_dir: str, *, secret: bytes, accounts_max: int = constants.ACCOUNTS_MAX_DEFAULT,
           transfers_hot_max: int = constants.TRANSFERS_HOT_MAX_DEFAULT, prefault: bool = False,
           checkpoint_interval_events: int = constants.CHECKPOINT_INTERVAL_EVENTS_DEFAULT,
-          state_hash_on_exit: bool = False, metrics_port: int = 0) -> tuple[subprocess.Popen, int]:
+          state_hash_on_exit: bool = False, metrics_port: int = 0,
+          orders_max: int = constants.ORDERS_MAX_DEFAULT) -> tuple[subprocess.Popen, int]:
     """Write ``base_dir/config.toml`` (client 1 with ``secret``), start the server on a free port.
 
     Returns the process and its port once it listens. ``metrics_port``: serve the latency
@@ -38,7 +40,7 @@ def start(base_dir: str, *, secret: bytes, accounts_max: int = constants.ACCOUNT
             f"data = {json.dumps(os.path.join(base_dir, 'server'))}\n"   # a JSON string is a TOML basic string
             f"host = \"127.0.0.1\"\nport = 0\nprefault = {'true' if prefault else 'false'}\n"
             f"checkpoint_interval_events = {checkpoint_interval_events}\n"
-            f"accounts_max = {accounts_max}\ntransfers_hot_max = {transfers_hot_max}\n"
+            f"accounts_max = {accounts_max}\ntransfers_hot_max = {transfers_hot_max}\norders_max = {orders_max}\n"
             f"state_hash_on_exit = {'true' if state_hash_on_exit else 'false'}\nmetrics_port = {metrics_port}\n"
             f"[[clients]]\nid = 1\nsecret = \"{secret.hex()}\"\n")
     os.chmod(config_path, 0o600)
@@ -53,6 +55,21 @@ def start(base_dir: str, *, secret: bytes, accounts_max: int = constants.ACCOUNT
         raise RuntimeError(f"the server did not start: {line!r}")
     port = int(line.split("listening on ", 1)[1].split(",", 1)[0].split()[0].rsplit(":", 1)[1])
     return process, port
+
+
+def drive(base_dir: str, driver, **options) -> tuple[object, int]:
+    """Start a server (``start``'s ``options``, a fresh secret), run ``driver(port, secret, pid)``
+    (a coroutine function) on the client side's event loop, stop the server; returns the
+    driver's result and the server's exit code."""
+    from loadgen.runner import loop_runner
+
+    secret = secrets.token_bytes(32)
+    process, port = start(base_dir, secret=secret, **options)
+    try:
+        result = loop_runner()(driver(port, secret, process.pid))
+    finally:
+        exit_code = stop(process)
+    return result, exit_code
 
 
 def stop(process: subprocess.Popen) -> int:

@@ -1,0 +1,199 @@
+"""`tally bench products`: the payment products' rates end to end, beside plain transfers.
+
+Method (every figure from one run on one machine, so that the ratios mean something): a server
+process (``tally serve``, uvloop, ``prefault``) is started on loopback over a fresh data
+directory, this process becomes the client process (``connections`` connections of the client
+library, ``depth`` requests of ``BATCH_EVENTS_MAX`` events in flight on each), the population
+(wallets topped up, Zipf-skewed merchants) is created over the wire, then each phase runs
+closed loop for ``seconds`` after one second of warm-up:
+
+1. ``transfers_per_s``: plain payments (``create_transfers``), as ``tally bench e2e``'s peak.
+2. ``qr_pay_per_s``: merchant-presented QR payments, each a ``create_orders`` (the merchant's
+   order, fresh ``out_trade_no``) then a ``pay_orders`` of the same orders with the tokens the
+   create returned (the payer's app): QR payments answered ``ok`` per second, two events each.
+   ``ratio_to_transfers = qr_pay_per_s / transfers_per_s``.
+
+The other keys of the issue (``payment_code_per_s``, ``refund_per_s``, ``notification_per_s``,
+``settle_merchants_per_s``) come with their products; until then they are absent, not zero.
+Both processes share the machine's cores; their CPU seconds per phase are reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+import core
+from core import constants
+from core.order_keys import order_ids
+from tally import bench_core, bench_e2e, local_server
+
+WARMUP_S = 1.0
+ORDER_POOL = 1 << 20            # pre-drawn merchants, payers and amounts, sliced per request
+
+
+class OrderStream:
+    """Fresh order batches (``create_orders``) and their payments (``pay_orders``).
+
+    Merchants (Zipf), payers (uniform) and amounts come from a pre-drawn pool; per batch only the
+    out_trade_nos (a counter, in decimal) and their ids (in C: ``core.order_keys.order_ids``)
+    are made, so that the client process spends little of the CPU it shares with the server.
+    """
+
+    def __init__(self, accounts: int, seed: int = 11):
+        wallets, merchants, _ = bench_core._population(accounts)
+        rng = np.random.default_rng(seed)
+        self._merchants = wallets + 1 + bench_core._zipf_indices(rng, ORDER_POOL, merchants).astype(np.uint64)
+        self._payers = rng.integers(1, wallets + 1, ORDER_POOL, dtype=np.uint64)
+        self._amounts = rng.integers(1, 10_001, ORDER_POOL, dtype=np.uint64)
+        self._offset = 0
+        self._next_number = 1
+
+    def creates(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """``count`` new orders (ORDER_CREATE_DTYPE) and the pool rows they took (for ``pays``)."""
+        if self._offset + count > ORDER_POOL:
+            self._offset = 0
+        rows = np.arange(self._offset, self._offset + count)
+        self._offset += count
+        numbers = np.arange(self._next_number, self._next_number + count, dtype=np.uint64)
+        self._next_number += count
+        batch = np.zeros(count, dtype=core.ORDER_CREATE_DTYPE)
+        # out_trade_no: the number in 20 decimal digits, then NULs.
+        digits = np.zeros((count, 32), dtype=np.uint8)
+        remaining = numbers.copy()
+        for position in range(19, -1, -1):
+            digits[:, position] = ord("0") + (remaining % 10).astype(np.uint8)
+            remaining //= 10
+        batch["out_trade_no"] = digits
+        batch["merchant_id_lo"] = self._merchants[rows]
+        batch["amount"] = self._amounts[rows]
+        batch["ledger"] = core.Currency.CNY
+        ids = order_ids(np.stack([self._merchants[rows], np.zeros(count, dtype=np.uint64)], axis=1), digits)
+        batch["id_lo"], batch["id_hi"] = ids[:, 0], ids[:, 1]
+        return batch, rows
+
+    def pays(self, creates: np.ndarray, rows: np.ndarray, replies: np.ndarray) -> np.ndarray:
+        """The payments of ``creates`` by their pool's payers, with the tokens ``replies`` gave."""
+        batch = np.zeros(creates.shape[0], dtype=core.ORDER_PAY_DTYPE)
+        batch["order_id_lo"], batch["order_id_hi"] = creates["id_lo"], creates["id_hi"]
+        batch["payer_id_lo"] = self._payers[rows]
+        batch["amount"] = creates["amount"]
+        batch["token"] = replies["token"]
+        batch["ledger"] = core.Currency.CNY
+        return batch
+
+
+async def _phase(clients, depth: int, seconds: float, server_pid: int, one) -> dict:
+    """Run ``one(client)`` (returns events answered ok, events failed) on every connection,
+    ``depth`` at a time, for ``seconds`` after the warm-up; counts what ends in the window."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    window_start, stop = start + WARMUP_S, start + WARMUP_S + seconds
+    counted = failed = 0
+    cpu = {}
+
+    async def worker(client):
+        nonlocal counted, failed
+        while loop.time() < stop:
+            ok, refused = await one(client)
+            if window_start <= loop.time() <= stop:
+                counted += ok
+                failed += refused
+
+    async def cpu_sampler():
+        await asyncio.sleep(WARMUP_S)
+        cpu["server"], cpu["client"] = bench_e2e._cpu_seconds(server_pid), time.process_time()
+        await asyncio.sleep(seconds)
+        cpu["server"] = bench_e2e._cpu_seconds(server_pid) - cpu["server"]
+        cpu["client"] = time.process_time() - cpu["client"]
+
+    await asyncio.gather(cpu_sampler(), *(worker(client) for client in clients for _ in range(depth)))
+    return {"per_s": counted / seconds, "failed": failed, "server_cpu_s": cpu["server"],
+            "client_cpu_s": cpu["client"]}
+
+
+async def _drive(port: int, secret: bytes, *, accounts: int, connections: int, depth: int, seconds: float,
+                 server_pid: int, say) -> dict:
+    from engine.client import Client
+
+    clients = [await Client.connect("127.0.0.1", port, client_id=1, secret=secret) for _ in range(connections)]
+    batch_events = constants.BATCH_EVENTS_MAX
+    try:
+        say(f"creating {accounts:,} accounts and their top-ups over the wire")
+        await bench_e2e._setup(clients, accounts)
+        payments, orders = bench_e2e.PaymentStream(accounts, first_id=1 << 61), OrderStream(accounts)
+
+        async def transfer(client):
+            results = await client.create_transfers(payments.batch(batch_events))
+            refused = int(np.count_nonzero(results))
+            return len(results) - refused, refused
+
+        async def qr_payment(client):
+            creates, rows = orders.creates(batch_events)
+            replies = await client.create_orders(creates)
+            created = replies["result"] == 0
+            results = await client.pay_orders(orders.pays(creates[created], rows[created], replies[created]))
+            refused = int(np.count_nonzero(results))
+            return len(results) - refused, refused + int(np.count_nonzero(~created))
+
+        say(f"transfers: {connections} connections x {depth} requests of {batch_events:,}, {seconds:g} s")
+        transfers = await _phase(clients, depth, seconds, server_pid, transfer)
+        say(f"QR payments (create + pay): the same, {seconds:g} s")
+        qr = await _phase(clients, depth, seconds, server_pid, qr_payment)
+    finally:
+        for client in clients:
+            client.close()
+    return {"transfers": transfers, "qr": qr}
+
+
+#: Orders the server holds: what the QR phase creates at up to ~1 M/s for its seconds.
+ORDERS_MAX_PER_S = 1_000_000
+
+
+def run(seconds: float = 5.0, connections: int = 4, depth: int = 2, accounts: int = 1_000_000,
+        data_dir: str | None = None, prefault: bool = True, progress=None) -> dict:
+    """The whole benchmark (see the module's docstring); ``prefault=False`` only for smoke tests."""
+    say = progress or (lambda message: None)
+    orders_max = min(constants.ORDERS_MAX_LIMIT, int(ORDERS_MAX_PER_S * (seconds + 2 * WARMUP_S)))
+    base_dir = data_dir or tempfile.mkdtemp(prefix="tally-products-")
+    os.makedirs(base_dir, exist_ok=True)
+    shutil.rmtree(os.path.join(base_dir, "server"), ignore_errors=True)
+    try:
+        say(f"starting the server ({'prefaulting' if prefault else 'no prefault'})")
+        driven, server_exit = local_server.drive(
+            base_dir, lambda port, secret, pid: _drive(port, secret, accounts=accounts, connections=connections,
+                                                       depth=depth, seconds=seconds, server_pid=pid, say=say),
+            accounts_max=accounts, prefault=prefault, orders_max=orders_max)
+    finally:
+        if data_dir is None:
+            shutil.rmtree(base_dir, ignore_errors=True)
+    transfers, qr = driven["transfers"], driven["qr"]
+    return {
+        "transfers_per_s": round(transfers["per_s"]),
+        "qr_pay_per_s": round(qr["per_s"]),
+        "ratio_to_transfers": round(qr["per_s"] / transfers["per_s"], 3) if transfers["per_s"] else None,
+        "failed_events": transfers["failed"] + qr["failed"],
+        "cpu_s": {"transfers": {"server": round(transfers["server_cpu_s"], 2), "client": round(transfers["client_cpu_s"], 2)},
+                  "qr": {"server": round(qr["server_cpu_s"], 2), "client": round(qr["client_cpu_s"], 2)}},
+        "server_exit_code": server_exit,
+        "config": {"seconds": seconds, "connections": connections, "depth": depth, "accounts": accounts,
+                   "request_events": constants.BATCH_EVENTS_MAX},
+        "machine": bench_e2e.machine(),
+    }
+
+
+def summary(result: dict) -> str:
+    c = result["config"]
+    return "\n".join([
+        f"tally bench products: {c['connections']} connections x {c['depth']} requests of {c['request_events']:,} "
+        f"events, {c['seconds']:g} s per phase, {c['accounts']:,} accounts",
+        f"  transfers (create_transfers)      {result['transfers_per_s']:>12,}/s",
+        f"  QR payments (create + pay orders) {result['qr_pay_per_s']:>12,}/s   ratio {result['ratio_to_transfers']}",
+        f"  CPU s (server/client): transfers {result['cpu_s']['transfers']['server']}/{result['cpu_s']['transfers']['client']}, "
+        f"QR {result['cpu_s']['qr']['server']}/{result['cpu_s']['qr']['client']}; failed events {result['failed_events']}",
+    ])
