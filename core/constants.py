@@ -25,8 +25,21 @@ PENDING_MAX_DEFAULT = 1 << 20
 #: cold tier is built; past it create_orders answers orders_limit_reached.
 ORDERS_MAX_DEFAULT = 1 << 18
 
+#: Refunds held (docs/products.md "Refunds"): 128 bytes each plus their index, in memory until
+#: the product tables' cold tier is built; past it refund_orders answers refunds_limit_reached.
+REFUNDS_MAX_DEFAULT = 1 << 16
+#: Refunds of one order, at most (WeChat Pay's limit).
+REFUNDS_PER_ORDER_MAX = 50
+#: A paid order may be refunded this long after its payment.
+REFUND_WINDOW_S = 365 * 24 * 3600
+
+#: Merchants with terms (fee rate, fee and settlement accounts): 128 bytes each, in memory.
+MERCHANTS_MAX_DEFAULT = 1 << 17
+
 #: Hard upper bounds on the capacities (dense indexes and ring slots are u32).
 ORDERS_MAX_LIMIT = 1 << 30
+MERCHANTS_MAX_LIMIT = 1 << 26
+REFUNDS_MAX_LIMIT = 1 << 30
 ACCOUNTS_MAX_LIMIT = 1 << 30
 TRANSFERS_HOT_MAX_LIMIT = 1 << 31
 PENDING_MAX_LIMIT = 1 << 30

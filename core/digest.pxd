@@ -25,4 +25,5 @@ cdef void hmac_begin(const hmac_key_t *k, sha256_t *c) noexcept nogil
 cdef void hmac_end(const hmac_key_t *k, sha256_t *c, uint8_t *mac) noexcept nogil
 cdef void hmac_sha256(const hmac_key_t *k, const uint8_t *data, size_t n, uint8_t *mac) noexcept nogil
 cdef void sha256(const uint8_t *data, size_t n, uint8_t *digest) noexcept nogil
+cdef void key_id_digest(const char *domain, const uint8_t *key, const uint8_t *number, uint8_t *id_out) noexcept nogil
 cdef void order_id_digest(const uint8_t *merchant_id, const uint8_t *out_trade_no, uint8_t *id_out) noexcept nogil

@@ -252,35 +252,44 @@ cdef void sha256(const uint8_t *data, size_t n, uint8_t *digest) noexcept nogil:
     sha256_final(&c, digest)
 
 
-cdef void order_id_digest(const uint8_t *merchant_id, const uint8_t *out_trade_no, uint8_t *id_out) noexcept nogil:
-    """An order's id (docs/products.md): the first 16 bytes of SHA-256(b"ordr" + the merchant
-    id's 16 bytes LE + out_trade_no's 32 bytes, NUL-padded). One definition for the core's check
-    and the services' batches (``order_ids``)."""
+cdef void key_id_digest(const char *domain, const uint8_t *key, const uint8_t *number, uint8_t *id_out) noexcept nogil:
+    """A product record's id from its business key (docs/products.md): the first 16 bytes of
+    SHA-256(``domain``'s 4 bytes + ``key``'s 16 (an account or order id, LE) + ``number``'s 32
+    (the merchant's out_trade_no or out_refund_no, NUL-padded)). One definition for the core's
+    check and the services' batches (``key_ids``)."""
     cdef uint8_t preimage[52]
     cdef uint8_t digest[32]
-    memcpy(preimage, <const char *> b"ordr", 4)
-    memcpy(preimage + 4, merchant_id, 16)
-    memcpy(preimage + 20, out_trade_no, 32)
+    memcpy(preimage, domain, 4)
+    memcpy(preimage + 4, key, 16)
+    memcpy(preimage + 20, number, 32)
     sha256(preimage, 52, digest)
     memcpy(id_out, digest, 16)
 
 
-def order_ids(merchant_ids, out_trade_nos):
-    """Order ids of many orders at once: ``merchant_ids`` an (n, 2) uint64 array (lo, hi) and
-    ``out_trade_nos`` an (n, 32) uint8 array; returns an (n, 2) uint64 array (lo, hi)."""
+cdef void order_id_digest(const uint8_t *merchant_id, const uint8_t *out_trade_no, uint8_t *id_out) noexcept nogil:
+    """An order's id: ``key_id_digest`` of b"ordr", the merchant's id and the out_trade_no."""
+    key_id_digest(b"ordr", merchant_id, out_trade_no, id_out)
+
+
+def key_ids(bytes domain, keys, numbers):
+    """Many records' ids at once: ``keys`` an (n, 2) uint64 array (lo, hi) and ``numbers`` an
+    (n, 32) uint8 array; returns an (n, 2) uint64 array (lo, hi). ``domain``: b"ordr", b"rfnd"."""
     import numpy as np
-    merchants = np.ascontiguousarray(merchant_ids, dtype=np.uint64).reshape(-1, 2)
-    numbers = np.ascontiguousarray(out_trade_nos, dtype=np.uint8).reshape(-1, 32)
-    if merchants.shape[0] != numbers.shape[0]:
-        raise ValueError("one out_trade_no per merchant id")
-    out = np.empty((merchants.shape[0], 2), dtype=np.uint64)
-    cdef const uint8_t[:, ::1] m = merchants.view(np.uint8)
+    if len(domain) != 4:
+        raise ValueError("a domain is 4 bytes")
+    keys = np.ascontiguousarray(keys, dtype=np.uint64).reshape(-1, 2)
+    numbers = np.ascontiguousarray(numbers, dtype=np.uint8).reshape(-1, 32)
+    if keys.shape[0] != numbers.shape[0]:
+        raise ValueError("one number per key")
+    out = np.empty((keys.shape[0], 2), dtype=np.uint64)
+    cdef const uint8_t[:, ::1] k = keys.view(np.uint8)
     cdef const uint8_t[:, ::1] t = numbers
     cdef uint8_t[:, ::1] o = out.view(np.uint8)
-    cdef Py_ssize_t i, n = merchants.shape[0]
+    cdef const char *d = domain
+    cdef Py_ssize_t i, n = keys.shape[0]
     with nogil:
         for i in range(n):
-            order_id_digest(&m[i, 0], &t[i, 0], &o[i, 0])
+            key_id_digest(d, &k[i, 0], &t[i, 0], &o[i, 0])
     return out
 
 

@@ -3,9 +3,12 @@
 
 import numpy as np
 
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from core.records cimport tally_touch_pages
+
+from core import constants
+from core.records import ids_array
 
 
 cdef int idmap_put(idmap_t *m, uint64_t lo, uint64_t hi, uint32_t index) noexcept nogil:
@@ -68,6 +71,24 @@ cdef class IdMap:
         self.map.mask = capacity - 1
         self.map.count = 0
         self.map.count_max = count_max
+
+    def indexes_of(self, ids):
+        """The indexes of these ids (ints or an ID_DTYPE array, at most BATCH_EVENTS_MAX) that
+        are in the map, in order, as an int64 array: a table's lookup is its rows at them."""
+        array = ids_array(ids)
+        if array.shape[0] > constants.BATCH_EVENTS_MAX:
+            raise ValueError(f"at most {constants.BATCH_EVENTS_MAX} ids per lookup")
+        cdef const uint64_t[:, ::1] keys = array.view(np.uint64).reshape(-1, 2)
+        out = np.empty(keys.shape[0], dtype=np.int64)
+        cdef int64_t[::1] found = out
+        cdef Py_ssize_t i, count = 0
+        cdef uint32_t index
+        for i in range(keys.shape[0]):
+            index = idmap_get(&self.map, keys[i, 0], keys[i, 1])
+            if index != IDMAP_NOT_FOUND:
+                found[count] = index
+                count += 1
+        return out[:count]
 
     def prefault(self):
         """Touch every page of the slot array now (see Ledger.prefault). Returns bytes touched."""

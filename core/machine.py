@@ -19,7 +19,9 @@ import numpy as np
 from core import constants
 from core.ledger import Ledger
 from core.operations import CREATE_COMPONENTS, Operation
+from core.merchants import Merchants
 from core.orders import Orders
+from core.refunds import Refunds
 
 
 class Machine:
@@ -28,10 +30,15 @@ class Machine:
     def __init__(self, *, accounts_max: int = constants.ACCOUNTS_MAX_DEFAULT,
                  transfers_hot_max: int = constants.TRANSFERS_HOT_MAX_DEFAULT,
                  pending_max: int = constants.PENDING_MAX_DEFAULT,
-                 orders_max: int = constants.ORDERS_MAX_DEFAULT, secret: bytes):
+                 orders_max: int = constants.ORDERS_MAX_DEFAULT,
+                 merchants_max: int = constants.MERCHANTS_MAX_DEFAULT,
+                 refunds_max: int = constants.REFUNDS_MAX_DEFAULT, secret: bytes):
         self.ledger = Ledger(accounts_max=accounts_max, transfers_hot_max=transfers_hot_max, pending_max=pending_max)
-        self.orders = Orders(self.ledger, orders_max, secret)
-        self._components = {"ledger": self.ledger, "orders": self.orders}
+        self.merchants = Merchants(self.ledger, merchants_max)
+        self.orders = Orders(self.ledger, orders_max, secret, self.merchants)
+        self.refunds = Refunds(self.ledger, self.orders, self.merchants, refunds_max)
+        self._components = {"ledger": self.ledger, "orders": self.orders, "merchants": self.merchants,
+                            "refunds": self.refunds}
 
     def apply(self, operation: int, batch, now_ns: int) -> np.ndarray:
         """Apply one batch of a create operation at engine time ``now_ns``: one reply record
@@ -39,14 +46,20 @@ class Machine:
         component = CREATE_COMPONENTS.get(operation)
         if component is None:
             raise ValueError(f"no create operation {operation}")
-        if component != "orders":
+        if component != "orders":  # (an orders batch expires them itself)
             self.orders.expire(now_ns)
-            if isinstance(batch, list) and not batch:  # an empty batch of any type
-                batch = b""
+        if isinstance(batch, list) and not batch:  # an empty batch of any type
+            batch = b""
         return self._components[component].apply(operation, batch, now_ns)
 
     def lookup_orders(self, ids) -> np.ndarray:
         return self.orders.lookup_orders(ids)
+
+    def lookup_merchants(self, ids) -> np.ndarray:
+        return self.merchants.lookup_merchants(ids)
+
+    def lookup_refunds(self, ids) -> np.ndarray:
+        return self.refunds.lookup_refunds(ids)
 
     @property
     def next_expiry_ns(self) -> int:
@@ -58,16 +71,28 @@ class Machine:
         """Every component's in-place arrays and scalars, for a checkpoint (they alias live
         memory): the names are the components' own, declared in their CHECKPOINT_ARRAYS."""
         arrays, scalars = self.ledger.snapshot()
-        order_arrays, order_scalars = self.orders.snapshot()
-        return dict(arrays, **order_arrays), dict(scalars, **order_scalars)
+        for component in (self.merchants, self.orders, self.refunds):
+            more_arrays, more_scalars = component.snapshot()
+            arrays.update(more_arrays)
+            scalars.update(more_scalars)
+        return arrays, scalars
+
+    def restore(self, arrays, scalars) -> None:
+        """Load the product tables' part of a snapshot (after ``Ledger.restore``: they resolve
+        accounts)."""
+        self.merchants.restore(arrays, scalars)
+        self.orders.restore(arrays, scalars)
+        self.refunds.restore(arrays, scalars)
 
     def hash_parts(self) -> dict:
         """What of memory the state hash covers, by name (core/state_hash.py)."""
-        return dict(self.ledger.hash_parts(), **self.orders.hash_parts())
+        return dict(self.ledger.hash_parts(), **self.merchants.hash_parts(), **self.orders.hash_parts(),
+                    **self.refunds.hash_parts())
 
     def __repr__(self) -> str:
         return (f"Machine(accounts={self.ledger.account_count}, transfers={self.ledger.transfer_count}, "
-                f"orders={self.orders.order_count})")
+                f"merchants={self.merchants.merchant_count}, orders={self.orders.order_count}, "
+                f"refunds={self.refunds.refund_count})")
 
 
 __all__ = ["Machine", "Operation"]

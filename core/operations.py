@@ -23,8 +23,8 @@ import numpy as np
 
 from core import constants
 from core.records import (
-    ACCOUNT_DTYPE, ID_DTYPE, ORDER_CLOSE_DTYPE, ORDER_CREATE_DTYPE, ORDER_CREATED_DTYPE, ORDER_DTYPE, ORDER_PAY_DTYPE,
-    TRANSFER_DTYPE,
+    ACCOUNT_DTYPE, ID_DTYPE, MERCHANT_DTYPE, ORDER_CLOSE_DTYPE, ORDER_CREATE_DTYPE, ORDER_CREATED_DTYPE, ORDER_DTYPE, ORDER_PAY_DTYPE,
+    REFUND_DTYPE, TRANSFER_DTYPE,
 )
 
 #: A create's reply: one ``core.Result`` per event.
@@ -42,6 +42,10 @@ class Operation(enum.IntEnum):
     pay_orders = 101
     close_orders = 102
     lookup_orders = 103
+    set_merchants = 104
+    lookup_merchants = 105
+    refund_orders = 106
+    lookup_refunds = 107
     ping = 1000
 
 
@@ -63,7 +67,7 @@ class Spec(NamedTuple):
     kind: Kind
     event_dtype: np.dtype | None   # the request body's records (None: not records)
     reply_dtype: np.dtype | None   # the reply body's records (None: no body)
-    component: str | None = None   # who applies a create: "ledger" or a product module ("orders")
+    component: str | None = None   # who applies a create: "ledger" or a product module ("orders", "merchants", "refunds")
 
 
 OPERATIONS: dict[Operation, Spec] = {spec.operation: spec for spec in (
@@ -76,6 +80,10 @@ OPERATIONS: dict[Operation, Spec] = {spec.operation: spec for spec in (
     Spec(Operation.pay_orders, Kind.create, ORDER_PAY_DTYPE, RESULT_DTYPE, "orders"),
     Spec(Operation.close_orders, Kind.create, ORDER_CLOSE_DTYPE, RESULT_DTYPE, "orders"),
     Spec(Operation.lookup_orders, Kind.lookup, ID_DTYPE, ORDER_DTYPE),
+    Spec(Operation.set_merchants, Kind.create, MERCHANT_DTYPE, RESULT_DTYPE, "merchants"),
+    Spec(Operation.lookup_merchants, Kind.lookup, ID_DTYPE, MERCHANT_DTYPE),
+    Spec(Operation.refund_orders, Kind.create, REFUND_DTYPE, RESULT_DTYPE, "refunds"),
+    Spec(Operation.lookup_refunds, Kind.lookup, ID_DTYPE, REFUND_DTYPE),
     Spec(Operation.ping, Kind.control, None, None),
 )}
 

@@ -20,20 +20,38 @@ import hmac
 
 import numpy as np
 
-from core.records import ORDER_CLOSE_DTYPE, ORDER_CREATE_DTYPE, ORDER_PAY_DTYPE, records_from_dicts
+from core.records import ORDER_CLOSE_DTYPE, ORDER_CREATE_DTYPE, ORDER_PAY_DTYPE, REFUND_DTYPE, records_from_dicts
 
 ORDER_ID_DOMAIN = b"ordr"
+REFUND_ID_DOMAIN = b"rfnd"
 OUT_TRADE_NO_BYTES = 32
 TOKEN_BYTES = 10
 QR_PREFIX = "TALLY1"
 
 
+#: The bytes a merchant's number (out_trade_no, out_refund_no) may hold (WeChat Pay's, and '.').
+NUMBER_ALPHABET = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-|*@.")
+
+
+def _check_number(name: str, number: bytes) -> None:
+    # The core refuses the same (out_trade_no_invalid, out_refund_no_invalid): fail early here.
+    if not 1 <= len(number) <= OUT_TRADE_NO_BYTES or not NUMBER_ALPHABET.issuperset(number):
+        raise ValueError(f"{name} must be 1..{OUT_TRADE_NO_BYTES} bytes of [0-9A-Za-z_-|*@.]")
+
+
 def order_id(merchant_id: int, out_trade_no: bytes) -> int:
     """The order id of a merchant's ``out_trade_no``: the first 16 bytes of SHA-256(b"ordr" +
     merchant id as 16 bytes LE + out_trade_no NUL-padded to 32), as a little-endian int."""
-    if not 1 <= len(out_trade_no) <= OUT_TRADE_NO_BYTES:
-        raise ValueError(f"out_trade_no must be 1..{OUT_TRADE_NO_BYTES} bytes")
+    _check_number("out_trade_no", out_trade_no)
     preimage = ORDER_ID_DOMAIN + merchant_id.to_bytes(16, "little") + out_trade_no.ljust(OUT_TRADE_NO_BYTES, b"\0")
+    return int.from_bytes(hashlib.sha256(preimage).digest()[:16], "little")
+
+
+def refund_id(order_id: int, out_refund_no: bytes) -> int:
+    """The refund id of an order's ``out_refund_no``: as ``order_id``, with b"rfnd" and the
+    order's id in place of b"ordr" and the merchant's."""
+    _check_number("out_refund_no", out_refund_no)
+    preimage = REFUND_ID_DOMAIN + order_id.to_bytes(16, "little") + out_refund_no.ljust(OUT_TRADE_NO_BYTES, b"\0")
     return int.from_bytes(hashlib.sha256(preimage).digest()[:16], "little")
 
 
@@ -69,7 +87,7 @@ def order_ids(merchant_ids, out_trade_nos) -> np.ndarray:
     array (lo, hi), ``out_trade_nos`` an (n, 32) uint8 array (NUL-padded); an (n, 2) uint64
     array (lo, hi) back. For services and load generators making many orders a second."""
     from core import digest
-    return digest.order_ids(merchant_ids, out_trade_nos)
+    return digest.key_ids(ORDER_ID_DOMAIN, merchant_ids, out_trade_nos)
 
 
 def order_creates(rows) -> np.ndarray:
@@ -83,6 +101,14 @@ def order_creates(rows) -> np.ndarray:
 def order_pays(rows) -> np.ndarray:
     """A ``pay_orders`` batch from dicts (fields of ORDER_PAY_DTYPE; ``token`` as bytes)."""
     return records_from_dicts(rows, ORDER_PAY_DTYPE)
+
+
+def refunds(rows) -> np.ndarray:
+    """A ``refund_orders`` batch from dicts (fields of REFUND_DTYPE; ``id`` is computed from
+    ``order_id`` and ``out_refund_no`` when not given)."""
+    rows = [row if "id" in row else dict(row, id=refund_id(int(row["order_id"]), bytes(row["out_refund_no"])))
+            for row in rows]
+    return records_from_dicts(rows, REFUND_DTYPE)
 
 
 def order_closes(rows) -> np.ndarray:

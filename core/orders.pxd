@@ -9,6 +9,7 @@ from core.digest cimport hmac_key_t
 from core.expiry cimport expiry_heap_t
 from core.idmap cimport IdMap
 from core.ledger cimport Ledger
+from core.merchants cimport Merchants
 from core.records cimport (
     result_t, tally_order_close_t, tally_order_create_t, tally_order_created_t, tally_order_pay_t, tally_order_t,
 )
@@ -19,6 +20,7 @@ cdef enum:
     ORDER_EXPIRE_AFTER_S_MIN = 60
     ORDER_EXPIRE_AFTER_S_MAX = 7776000          # 90 days
     TRANSFER_CODE_ORDER_PAYMENT = 0xF001        # the payer -> merchant leg
+    TRANSFER_CODE_ORDER_FEE = 0xF002            # the merchant -> fee account leg
     # The operations this module applies, by their numbers in core/operations.py (checked at import).
     OPERATION_CREATE_ORDERS = 100
     OPERATION_PAY_ORDERS = 101
@@ -29,6 +31,8 @@ cdef class Orders:
     cdef readonly uint64_t orders_max
     cdef readonly uint64_t order_count          # orders ever created (slots 0..count-1)
     cdef Ledger ledger
+    cdef Merchants merchants                    # their fee rates (None: no fees)
+    cdef bint has_merchants
     cdef IdMap order_map                        # order id -> slot
     cdef tally_order_t *rows
     cdef uint32_t *heap_positions               # per slot: its place in the expiry heap
@@ -51,3 +55,11 @@ cdef class Orders:
     cdef result_t pay_order(self, const tally_order_pay_t *e, uint64_t ts, uint32_t slot, uint32_t payer,
                             uint32_t merchant) noexcept nogil
     cdef result_t close_order(self, const tally_order_close_t *e, uint64_t ts) noexcept nogil
+
+
+# A merchant's number (out_trade_no, out_refund_no): 1..32 bytes of [0-9A-Za-z_-|*@.], then NULs.
+cdef bint trade_no_valid(const uint8_t *p) noexcept nogil
+
+# The id of leg ``leg`` of a product event (docs/products.md): a fixed mix, so replay derives it.
+cdef void leg_id_of(uint64_t lo, uint64_t hi, uint64_t operation, uint64_t leg, uint64_t *out_lo,
+                    uint64_t *out_hi) noexcept nogil

@@ -17,13 +17,14 @@ True
 
 import numpy as np
 
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
 
 from core.digest cimport hmac_key_init, hmac_sha256, order_id_digest
 from core.expiry cimport HEAP_POSITION_NONE, expiry_t, heap_push, heap_remove
 from core.idmap cimport IDMAP_NOT_FOUND, IdMap, idmap_get, idmap_home, idmap_put, idmap_t
 from core.ledger cimport LEGS_MAX, PREFETCH_DISTANCE, Ledger, account_hot_t, batch_bytes, chain_mark_t
+from core.merchants cimport Merchants, fee_of, merchant_terms_t
 from core.records cimport (
     ORDER_TOKEN_BYTES, OUT_TRADE_NO_BYTES, TALLY_PREFETCH, tally_order_close_t, tally_order_create_t,
     tally_order_created_t, tally_order_pay_t, tally_order_t, tally_store_fence, tally_touch_pages,
@@ -35,7 +36,7 @@ from core.checkpoint import RAW
 from core.operations import Operation
 from core.order_keys import order_creates, order_closes, order_id, order_pays, parse_qr_payload, qr_payload, token_of  # noqa: F401
 from core.records import (
-    ORDER_CLOSE_DTYPE, ORDER_CREATE_DTYPE, ORDER_CREATED_DTYPE, ORDER_DTYPE, ORDER_PAY_DTYPE, TransferCode, ids_array,
+    ORDER_CLOSE_DTYPE, ORDER_CREATE_DTYPE, ORDER_CREATED_DTYPE, ORDER_DTYPE, ORDER_PAY_DTYPE, TransferCode,
 )
 
 cdef extern from "<stdint.h>":
@@ -50,7 +51,7 @@ for _name, _number in (("create_orders", OPERATION_CREATE_ORDERS), ("pay_orders"
     if Operation[_name] != _number:
         raise ImportError(f"core/orders.pxd numbers {_name} {_number}, core/operations.py {int(Operation[_name])}")
 
-if TransferCode.order_payment != TRANSFER_CODE_ORDER_PAYMENT:
+if TransferCode.order_payment != TRANSFER_CODE_ORDER_PAYMENT or TransferCode.order_fee != TRANSFER_CODE_ORDER_FEE:
     raise ImportError("core/orders.pxd and core.TransferCode disagree on the order payment's code")
 
 #: The checkpoint arrays the orders declare (core/checkpoint.py): copied whole between batches.
@@ -82,8 +83,8 @@ cdef inline uint64_t mix64(uint64_t z) noexcept nogil:
     return z ^ (z >> 31)
 
 
-cdef inline void leg_id_of(uint64_t lo, uint64_t hi, uint64_t operation, uint64_t leg, uint64_t *out_lo,
-                           uint64_t *out_hi) noexcept nogil:
+cdef void leg_id_of(uint64_t lo, uint64_t hi, uint64_t operation, uint64_t leg, uint64_t *out_lo,
+                    uint64_t *out_hi) noexcept nogil:
     # A fixed mix of (event id, operation, leg): replay derives the same id; distinct events'
     # legs collide with probability ~2^-128 (the event ids are SHA-256 output).
     cdef uint64_t salt = ((operation << 8) | leg) * <uint64_t> 0x9E3779B97F4A7C15
@@ -107,7 +108,8 @@ cdef inline bint all_zero(const uint8_t *p, size_t n) noexcept nogil:
     return True
 
 
-cdef inline bint trade_no_valid(const uint8_t *p) noexcept nogil:
+cdef bint trade_no_valid(const uint8_t *p) noexcept nogil:
+    """A merchant's number (out_trade_no, out_refund_no): 1..32 allowed bytes, then NULs."""
     cdef size_t i, n = 0
     while n < OUT_TRADE_NO_BYTES and p[n] != 0:
         if not _TRADE_NO_BYTE[p[n]]:
@@ -128,15 +130,19 @@ cdef class Orders:
 
     ``orders_max`` orders are held (in memory: 128 bytes + 36 of index each); past it
     ``create_orders`` answers ``orders_limit_reached``. ``secret`` (``SECRET_BYTES``) keys the
-    order tokens; a store draws it once and keeps it in its meta.
+    order tokens; a store draws it once and keeps it in its meta. ``merchants`` (core.merchants)
+    gives the fee rates a payment takes its fee at; without it no fee is taken.
     """
 
-    def __cinit__(self, Ledger ledger not None, uint64_t orders_max=constants.ORDERS_MAX_DEFAULT, bytes secret=None):
+    def __cinit__(self, Ledger ledger not None, uint64_t orders_max=constants.ORDERS_MAX_DEFAULT, bytes secret=None,
+                  Merchants merchants=None):
         if not 1 <= orders_max <= constants.ORDERS_MAX_LIMIT:
             raise ValueError(f"orders_max must be in 1..{constants.ORDERS_MAX_LIMIT}")
         if secret is None or len(secret) != SECRET_BYTES:
             raise ValueError(f"secret must be {SECRET_BYTES} bytes")
         self.ledger = ledger
+        self.merchants = merchants
+        self.has_merchants = merchants is not None
         self.orders_max = orders_max
         self.order_map = IdMap(orders_max)
         a = self._arrays = {}
@@ -209,20 +215,7 @@ cdef class Orders:
 
     def lookup_orders(self, ids):
         """The orders with these ids (ints or an ID_DTYPE array), in order; missing ids are left out."""
-        array = ids_array(ids)
-        if array.shape[0] > constants.BATCH_EVENTS_MAX:
-            raise ValueError(f"at most {constants.BATCH_EVENTS_MAX} ids per lookup")
-        cdef const uint64_t[:, ::1] keys = array.view(np.uint64).reshape(-1, 2)
-        cdef Py_ssize_t i, n = keys.shape[0], found = 0
-        cdef uint32_t slot
-        out = np.empty(n, dtype=ORDER_DTYPE)
-        cdef tally_order_t *dst = <tally_order_t *> _ptr(out) if n else NULL
-        for i in range(n):
-            slot = idmap_get(&self.order_map.map, keys[i, 0], keys[i, 1])
-            if slot != IDMAP_NOT_FOUND:
-                dst[found] = self.rows[slot]
-                found += 1
-        return out[:found].copy()
+        return self._arrays["orders"][self.order_map.indexes_of(ids)]
 
     def prefault(self):
         """Touch every page of the table now (see Ledger.prefault). Returns bytes touched."""
@@ -439,10 +432,11 @@ cdef class Orders:
                             uint32_t merchant) noexcept nogil:
         """One payment; ``slot``, ``payer`` and ``merchant`` are the event's order, payer and
         the order's merchant as the batch resolved them (IDMAP_NOT_FOUND: none)."""
-        cdef uint64_t leg_lo, leg_hi
+        cdef uint64_t leg_lo, leg_hi, fee
         cdef tally_order_t *o
         cdef result_t r
         cdef chain_mark_t mark
+        cdef const merchant_terms_t *terms
         if e.timestamp != 0:
             return R_TIMESTAMP_MUST_BE_ZERO
         if not all_zero(e.reserved, sizeof(e.reserved)) or not all_zero(e.reserved_a, sizeof(e.reserved_a)):
@@ -474,16 +468,23 @@ cdef class Orders:
             return R_ACCOUNTS_MUST_BE_DIFFERENT
         if self.ledger.hot[payer].ledger != o.ledger:
             return R_CURRENCY_MISMATCH
+        terms = self.merchants.terms_of(o.merchant_id_lo, o.merchant_id_hi) if self.has_merchants else NULL
+        fee = fee_of(o.amount, terms.fee_bps) if terms != NULL else 0
         leg_id_of(o.id_lo, o.id_hi, OPERATION_PAY_ORDERS, 0, &leg_lo, &leg_hi)
         self.ledger.chain_begin(&mark)
         r = self.ledger.leg(leg_lo, leg_hi, payer, merchant, o.amount, o.ledger, TRANSFER_CODE_ORDER_PAYMENT, 0,
                             o.id_lo, o.id_hi, ts)
+        if r == R_OK and fee != 0:  # the merchant's fee, at its rate now, in the same chain
+            leg_id_of(o.id_lo, o.id_hi, OPERATION_PAY_ORDERS, 1, &leg_lo, &leg_hi)
+            r = self.ledger.leg(leg_lo, leg_hi, merchant, terms.fee_index, fee, o.ledger, TRANSFER_CODE_ORDER_FEE, 0,
+                                o.id_lo, o.id_hi, ts + 1)
         if r != R_OK:
             self.ledger.chain_abort(&mark)
             return r
         # The order stays on the expiry heap: the sweep skips what is no longer unpaid (a
         # removal from the middle would cost a walk of the heap, a cache miss per level).
         o.state = ORDER_SUCCESS
+        o.fee = fee
         o.payer_id_lo = e.payer_id_lo
         o.payer_id_hi = e.payer_id_hi
         o.paid_at = ts

@@ -132,6 +132,33 @@ cdef extern from * nogil:
         uint8_t token[10];
         uint8_t reserved[2];
     } tally_order_created_t;
+
+    /* A merchant's terms (docs/products.md "Merchants and fees"). */
+    typedef struct TALLY_PACKED {
+        uint64_t merchant_id_lo, merchant_id_hi;        /* the merchant's wallet account */
+        uint64_t fee_account_id_lo, fee_account_id_hi;  /* where its fees go */
+        uint64_t settlement_account_id_lo, settlement_account_id_hi;  /* its bank account; 0: none */
+        uint16_t fee_bps;               /* fee rate, basis points: 0..10,000 */
+        uint16_t flags;                 /* must be zero */
+        uint32_t ledger;                /* the merchant's currency */
+        uint8_t reserved[64];
+        uint64_t timestamp;             /* 0 on input; the engine time of the last change */
+    } tally_merchant_t;
+
+    /* A refund of (part of) a paid order: the event, and as kept (docs/products.md "Refunds"). */
+    typedef struct TALLY_PACKED {
+        uint64_t id_lo, id_hi;          /* refund_id(order_id, out_refund_no) */
+        uint64_t order_id_lo, order_id_hi;
+        uint64_t merchant_id_lo, merchant_id_hi;  /* must be the order's: only it refunds */
+        uint64_t amount;                /* minor units */
+        uint8_t out_refund_no[32];      /* the merchant's refund number, NUL-padded */
+        uint32_t ledger;                /* the order's */
+        uint16_t flags;                 /* must be zero */
+        uint8_t reserved[2];
+        uint64_t fee_refunded;          /* 0 on input; kept: the fee returned to the merchant */
+        uint64_t payer_id_lo, payer_id_hi;  /* 0 on input; kept: who got the money back */
+        uint64_t timestamp;             /* 0 on input; kept: when */
+    } tally_refund_t;
     """
     ctypedef struct tally_account_t:
         uint64_t id_lo
@@ -232,6 +259,36 @@ cdef extern from * nogil:
         uint32_t result
         uint8_t token[10]
         uint8_t reserved[2]
+
+    ctypedef struct tally_refund_t:
+        uint64_t id_lo
+        uint64_t id_hi
+        uint64_t order_id_lo
+        uint64_t order_id_hi
+        uint64_t merchant_id_lo
+        uint64_t merchant_id_hi
+        uint64_t amount
+        uint8_t out_refund_no[32]
+        uint32_t ledger
+        uint16_t flags
+        uint8_t reserved[2]
+        uint64_t fee_refunded
+        uint64_t payer_id_lo
+        uint64_t payer_id_hi
+        uint64_t timestamp
+
+    ctypedef struct tally_merchant_t:
+        uint64_t merchant_id_lo
+        uint64_t merchant_id_hi
+        uint64_t fee_account_id_lo
+        uint64_t fee_account_id_hi
+        uint64_t settlement_account_id_lo
+        uint64_t settlement_account_id_hi
+        uint16_t fee_bps
+        uint16_t flags
+        uint32_t ledger
+        uint8_t reserved[64]
+        uint64_t timestamp
 
     bint TALLY_LIKELY(bint)
     bint TALLY_UNLIKELY(bint)
@@ -366,4 +423,16 @@ cpdef enum result_t:
     R_AMOUNT_MISMATCH = 78
     R_PAYER_NOT_FOUND = 79
     R_MERCHANT_MISMATCH = 80
-    R_COUNT = 81
+    # The merchants' (docs/products.md "Merchants and fees").
+    R_FEE_ACCOUNT_NOT_FOUND = 81
+    R_SETTLEMENT_ACCOUNT_NOT_FOUND = 82
+    R_FEE_RATE_OUT_OF_RANGE = 83
+    R_MERCHANTS_LIMIT_REACHED = 84
+    # The refunds' (docs/products.md "Refunds").
+    R_OUT_REFUND_NO_INVALID = 85
+    R_ORDER_NOT_PAID = 86
+    R_REFUND_WINDOW_CLOSED = 87
+    R_REFUNDS_PER_ORDER_LIMIT_REACHED = 88
+    R_EXCEEDS_PAID_AMOUNT = 89
+    R_REFUNDS_LIMIT_REACHED = 90
+    R_COUNT = 91

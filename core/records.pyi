@@ -14,6 +14,8 @@ ORDER_PAY_DTYPE: np.dtype
 ORDER_CLOSE_DTYPE: np.dtype
 ORDER_DTYPE: np.dtype
 ORDER_CREATED_DTYPE: np.dtype
+MERCHANT_DTYPE: np.dtype
+REFUND_DTYPE: np.dtype
 U64_MAX: int
 U128_MAX: int
 
@@ -99,6 +101,16 @@ class Result(enum.IntEnum):
     amount_mismatch = 78
     payer_not_found = 79
     merchant_mismatch = 80
+    fee_account_not_found = 81
+    settlement_account_not_found = 82
+    fee_rate_out_of_range = 83
+    merchants_limit_reached = 84
+    out_refund_no_invalid = 85
+    order_not_paid = 86
+    refund_window_closed = 87
+    refunds_per_order_limit_reached = 88
+    exceeds_paid_amount = 89
+    refunds_limit_reached = 90
 
 class OrderState(enum.IntEnum):
     NOTPAY = 1
@@ -151,6 +163,9 @@ class TransferCode(enum.IntEnum):
     fx = 10
     fee = 11
     order_payment = 61441
+    order_fee = 61442
+    order_refund = 61443
+    order_fee_refund = 61444
     settlement = 12
 
 class Currency(enum.IntEnum):
@@ -161,6 +176,7 @@ class Currency(enum.IntEnum):
     EUR = 978
 
 
+def records_from_dicts(rows: Iterable[dict[str, int | bytes]], dtype: np.dtype) -> npt.NDArray[np.void]: ...
 def accounts_from_dicts(rows: Iterable[dict[str, int]]) -> npt.NDArray[np.void]: ...
 def transfers_from_dicts(rows: Iterable[dict[str, int]]) -> npt.NDArray[np.void]: ...
 def to_dicts(records: npt.NDArray[np.void]) -> list[dict[str, int]]: ...

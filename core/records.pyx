@@ -13,7 +13,8 @@ import numpy as np
 from core.records cimport (
     tally_account_t, tally_transfer_t, ACCOUNT_SIZE, TRANSFER_SIZE, ACCOUNT_RESERVED_SIZE,
     TRANSFER_RESERVED_SIZE, result_t, account_flag_t, transfer_flag_t, tally_order_create_t, tally_order_pay_t,
-    tally_order_close_t, tally_order_t, tally_order_created_t, order_state_t, close_reason_t,
+    tally_order_close_t, tally_order_t, tally_order_created_t, order_state_t, close_reason_t, tally_merchant_t,
+    tally_refund_t,
 )
 
 _U64 = "<u8"
@@ -83,6 +84,26 @@ ORDER_DTYPE = np.dtype([
 #: ``create_orders``' reply per event: the result and, on ok or exists, the order's token.
 ORDER_CREATED_DTYPE = np.dtype([("result", _U32), ("token", "u1", (10,)), ("reserved", "V2")])
 
+#: A refund: ``refund_orders``' events (fee_refunded, payer_id, timestamp 0) and, as kept,
+#: ``lookup_refunds``' records.
+REFUND_DTYPE = np.dtype([
+    ("id_lo", _U64), ("id_hi", _U64),
+    ("order_id_lo", _U64), ("order_id_hi", _U64),
+    ("merchant_id_lo", _U64), ("merchant_id_hi", _U64),
+    ("amount", _U64), ("out_refund_no", "u1", (32,)), ("ledger", _U32), ("flags", _U16), ("reserved", "V2"),
+    ("fee_refunded", _U64), ("payer_id_lo", _U64), ("payer_id_hi", _U64),
+    ("timestamp", _U64),
+])
+
+#: A merchant's terms: ``set_merchants``' events and ``lookup_merchants``' records.
+MERCHANT_DTYPE = np.dtype([
+    ("merchant_id_lo", _U64), ("merchant_id_hi", _U64),
+    ("fee_account_id_lo", _U64), ("fee_account_id_hi", _U64),
+    ("settlement_account_id_lo", _U64), ("settlement_account_id_hi", _U64),
+    ("fee_bps", _U16), ("flags", _U16), ("ledger", _U32), ("reserved", "V64"),
+    ("timestamp", _U64),
+])
+
 OrderState = enum.IntEnum("OrderState", {member.name[6:].upper(): int(member) for member in order_state_t})
 OrderState.__doc__ = "An order's state (docs/products.md): NOTPAY, then SUCCESS or CLOSED; REFUND once refunded in full."
 OrderState.__module__ = "core"
@@ -104,6 +125,8 @@ def _check_layout():
     cdef tally_order_close_t order_close
     cdef tally_order_t order
     cdef tally_order_created_t order_created
+    cdef tally_merchant_t merchant
+    cdef tally_refund_t refund
     c_offsets = {
         ACCOUNT_DTYPE: {
             "id_lo": <size_t> (<char *> &account.id_lo - <char *> &account),
@@ -159,11 +182,25 @@ def _check_layout():
         ORDER_CREATED_DTYPE: {
             "token": <size_t> (<char *> &order_created.token - <char *> &order_created),
         },
+        REFUND_DTYPE: {
+            "out_refund_no": <size_t> (<char *> &refund.out_refund_no - <char *> &refund),
+            "flags": <size_t> (<char *> &refund.flags - <char *> &refund),
+            "fee_refunded": <size_t> (<char *> &refund.fee_refunded - <char *> &refund),
+            "payer_id_lo": <size_t> (<char *> &refund.payer_id_lo - <char *> &refund),
+            "timestamp": <size_t> (<char *> &refund.timestamp - <char *> &refund),
+        },
+        MERCHANT_DTYPE: {
+            "settlement_account_id_lo": <size_t> (<char *> &merchant.settlement_account_id_lo - <char *> &merchant),
+            "fee_bps": <size_t> (<char *> &merchant.fee_bps - <char *> &merchant),
+            "ledger": <size_t> (<char *> &merchant.ledger - <char *> &merchant),
+            "timestamp": <size_t> (<char *> &merchant.timestamp - <char *> &merchant),
+        },
     }
     sizes = {ACCOUNT_DTYPE: (sizeof(account), ACCOUNT_SIZE), TRANSFER_DTYPE: (sizeof(transfer), TRANSFER_SIZE),
              ORDER_CREATE_DTYPE: (sizeof(order_create), 128), ORDER_PAY_DTYPE: (sizeof(order_pay), 128),
              ORDER_CLOSE_DTYPE: (sizeof(order_close), 128), ORDER_DTYPE: (sizeof(order), 128),
-             ORDER_CREATED_DTYPE: (sizeof(order_created), 16)}
+             ORDER_CREATED_DTYPE: (sizeof(order_created), 16), MERCHANT_DTYPE: (sizeof(merchant), 128),
+             REFUND_DTYPE: (sizeof(refund), 128)}
     for dtype, offsets in c_offsets.items():
         c_size, documented = sizes[dtype]
         if not (c_size == documented == dtype.itemsize):
@@ -226,6 +263,9 @@ class TransferCode(enum.IntEnum):
     fx = 10
     fee = 11
     order_payment = 0xF001  # an order's payment leg (docs/products.md)
+    order_fee = 0xF002      # its fee leg, merchant -> fee account
+    order_refund = 0xF003   # a refund's leg, merchant -> payer
+    order_fee_refund = 0xF004  # the fee returned with it, fee account -> merchant
     settlement = 12
 
 

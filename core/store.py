@@ -56,7 +56,9 @@ from core.threads import name_this_thread
 from core import cold as cold_module
 from core import filter as filter_module
 from core import ledger as ledger_module
+from core import merchants as merchants_module
 from core import orders as orders_module
+from core import refunds as refunds_module
 from core.archive import ArchiveError, LogArchive
 from core.cold import ColdTier
 from core.filter import IdFilter
@@ -86,7 +88,8 @@ _JOURNAL_POSITION = struct.Struct("<QQQQ")
 JOURNAL_FILE = "journal"
 #: Every checkpointed array, declared by the component that owns it (core/checkpoint.py).
 CHECKPOINT_ARRAYS = checkpoint.registry(ledger_module.CHECKPOINT_ARRAYS, cold_module.CHECKPOINT_ARRAYS,
-                                        filter_module.CHECKPOINT_ARRAYS, orders_module.CHECKPOINT_ARRAYS)
+                                        filter_module.CHECKPOINT_ARRAYS, orders_module.CHECKPOINT_ARRAYS,
+                                        merchants_module.CHECKPOINT_ARRAYS, refunds_module.CHECKPOINT_ARRAYS)
 _SNAPSHOT_PIECE_BYTES = 4 << 20  # a checkpoint's copies are made in pieces of this size
 _BACKGROUND_EVENTS_MAX = 1024   # background jobs remembered (Store.background_events)
 _SIDE_DATABASES_MAX = 64        # LMDB databases of the cold and checkpoint environments (4 per cold table, 5 for transfers)
@@ -119,6 +122,8 @@ class _Meta(msgspec.Struct, frozen=True):
     cold_epoch_transfers: int
     id_filter_bytes: int
     orders_max: int = 0           # 0: a store made before orders (the default then)
+    merchants_max: int = 0        # 0: a store made before merchants (the default then)
+    refunds_max: int = 0          # 0: a store made before refunds (the default then)
     secret: bytes = b""           # keys the order tokens (core/orders.pyx); drawn once, never sent
 
 
@@ -245,7 +250,8 @@ class Store:
 
     def __init__(self, path, *, accounts_max: int | None = None, transfers_hot_max: int | None = None,
                  pending_max: int | None = None, cold_epoch_transfers: int | None = None,
-                 id_filter_bytes: int | None = None, orders_max: int | None = None, secret: bytes | None = None,
+                 id_filter_bytes: int | None = None, orders_max: int | None = None,
+                 merchants_max: int | None = None, refunds_max: int | None = None, secret: bytes | None = None,
                  map_size_bytes: int = constants.LMDB_MAP_SIZE_BYTES_DEFAULT,
                  checkpoint_interval_events: int = constants.CHECKPOINT_INTERVAL_EVENTS_DEFAULT,
                  checkpoint_interval_batches: int | None = None,
@@ -268,7 +274,8 @@ class Store:
         self._log = self._env.open_db(b"log")
         self._meta_db = self._env.open_db(b"meta")
         self._meta = self._load_or_create_meta(accounts_max, transfers_hot_max, pending_max,
-                                               cold_epoch_transfers, id_filter_bytes, orders_max, secret)
+                                               cold_epoch_transfers, id_filter_bytes, orders_max, merchants_max,
+                                               refunds_max, secret)
         self._archive_meta = self._load_archive_meta()
         self._journal = self._open_journal(journal_bytes, prefault)
         self._epoch_transfers = self._meta.cold_epoch_transfers
@@ -340,9 +347,12 @@ class Store:
         """An empty ledger, filter and cold progress (before a checkpoint is loaded into them)."""
         meta = self._meta
         self.machine = Machine(accounts_max=meta.accounts_max, transfers_hot_max=meta.transfers_hot_max,
-                               pending_max=meta.pending_max, orders_max=meta.orders_max, secret=meta.secret)
+                               pending_max=meta.pending_max, orders_max=meta.orders_max,
+                               merchants_max=meta.merchants_max, refunds_max=meta.refunds_max, secret=meta.secret)
         self.ledger = self.machine.ledger
         self.orders = self.machine.orders
+        self.merchants = self.machine.merchants
+        self.refunds = self.machine.refunds
         self.filter = IdFilter(meta.id_filter_bytes)
         self.ledger.attach_filter(self.filter)
         # Per account: the newest cold epoch holding one of its transfers, plus 1 (0: none).
@@ -542,6 +552,28 @@ class Store:
             self._drain()
         return self.orders.lookup_orders(ids)
 
+    def set_merchants(self, batch, now_ns: int | None = None) -> np.ndarray:
+        """Set merchants' terms durably (docs/products.md "Merchants and fees"); one Result per event."""
+        return self.submit(Operation.set_merchants, batch, now_ns).result()
+
+    def lookup_merchants(self, ids, *, wait_for_commits: bool = True):
+        """Merchants' terms by merchant account id, in order, those with none left out; after
+        every submitted batch is committed (``wait_for_commits``: see ``lookup_transfers``)."""
+        if wait_for_commits:
+            self._drain()
+        return self.merchants.lookup_merchants(ids)
+
+    def refund_orders(self, batch, now_ns: int | None = None) -> np.ndarray:
+        """Refund paid orders durably (docs/products.md "Refunds"); one Result per event."""
+        return self.submit(Operation.refund_orders, batch, now_ns).result()
+
+    def lookup_refunds(self, ids, *, wait_for_commits: bool = True):
+        """Refunds by id, in order, missing ones left out; after every submitted batch is
+        committed (``wait_for_commits``: see ``lookup_transfers``)."""
+        if wait_for_commits:
+            self._drain()
+        return self.refunds.lookup_refunds(ids)
+
     def create_orders(self, batch, now_ns: int | None = None) -> np.ndarray:
         """Create orders durably (docs/products.md); an ORDER_CREATED_DTYPE reply per event."""
         return self.submit(Operation.create_orders, batch, now_ns).result()
@@ -637,6 +669,10 @@ class Store:
             "accounts_max": led.accounts_max,
             "orders": self.orders.order_count,
             "orders_max": self.orders.orders_max,
+            "merchants": self.merchants.merchant_count,
+            "merchants_max": self.merchants.merchants_max,
+            "refunds": self.refunds.refund_count,
+            "refunds_max": self.refunds.refunds_max,
             "filter_bytes": self.filter.size_bytes,
             "filter_ids": self.filter.added,
             "filter_positives": self._prefetched_ids,
@@ -1269,7 +1305,7 @@ class Store:
             return lmdb.open(directory, **options)
 
     def _load_or_create_meta(self, accounts_max, transfers_hot_max, pending_max, cold_epoch_transfers,
-                             id_filter_bytes, orders_max, secret) -> _Meta:
+                             id_filter_bytes, orders_max, merchants_max, refunds_max, secret) -> _Meta:
         with self._env.begin(write=True, db=self._meta_db) as txn:
             stored = txn.get(b"meta")
             if stored is not None:
@@ -1289,6 +1325,10 @@ class Store:
                                                pending_max=max(meta.pending_max, pending_max or 0),
                                                orders_max=max(meta.orders_max or constants.ORDERS_MAX_DEFAULT,
                                                               orders_max or 0),
+                                               merchants_max=max(meta.merchants_max or constants.MERCHANTS_MAX_DEFAULT,
+                                                                 merchants_max or 0),
+                                               refunds_max=max(meta.refunds_max or constants.REFUNDS_MAX_DEFAULT,
+                                                               refunds_max or 0),
                                                secret=meta.secret or secret or os.urandom(orders_module.SECRET_BYTES))
             else:
                 meta = _Meta(_STORE_VERSION, accounts_max or constants.ACCOUNTS_MAX_DEFAULT,
@@ -1298,6 +1338,8 @@ class Store:
                                                          max(1, (transfers_hot_max or constants.TRANSFERS_HOT_MAX_DEFAULT) // 4)),
                              id_filter_bytes or constants.ID_FILTER_BYTES_DEFAULT,
                              orders_max or constants.ORDERS_MAX_DEFAULT,
+                             merchants_max or constants.MERCHANTS_MAX_DEFAULT,
+                             refunds_max or constants.REFUNDS_MAX_DEFAULT,
                              secret or os.urandom(orders_module.SECRET_BYTES))
             if len(meta.secret) != orders_module.SECRET_BYTES:
                 raise StoreError(f"{self.path}: the secret must be {orders_module.SECRET_BYTES} bytes")
@@ -1366,7 +1408,7 @@ class Store:
                         raise _ColdTierDamaged(f"the cold tier does not hold the {meta.cold_epochs} epochs "
                                                "the checkpoint builds on")
                     self.ledger.restore(arrays, meta.scalars, arrays["tail_rows"], arrays["tail_links"])
-                    self.orders.restore(arrays, meta.scalars)
+                    self.machine.restore(arrays, meta.scalars)
                     self.filter.set_added(meta.filter_added)
                     last_epoch = np.frombuffer(arrays["last_epoch"], dtype=np.uint32)
                     self._last_epoch[:last_epoch.shape[0]] = last_epoch

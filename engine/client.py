@@ -138,6 +138,15 @@ class Client:
         """Create one transfer (fields as in ``core.transfers_from_dicts``), batched with concurrent calls."""
         return await self._gather(Operation.create_transfers, core.transfers_from_dicts([fields]))
 
+    async def set_merchants(self, batch: np.ndarray) -> np.ndarray:
+        """Set merchants' terms (``core.MERCHANT_DTYPE``: fee rate, fee and settlement accounts):
+        one ``core.Result`` code per merchant. See docs/products.md."""
+        return await self._create(Operation.set_merchants, batch)
+
+    async def lookup_merchants(self, ids) -> np.ndarray:
+        """The terms of these merchant accounts, those with none left out (``core.MERCHANT_DTYPE``)."""
+        return await self._lookup(Operation.lookup_merchants, ids)
+
     async def create_orders(self, batch: np.ndarray) -> np.ndarray:
         """Create merchant orders (``core.ORDER_CREATE_DTYPE``; ids from ``core.orders.order_id``):
         one ``core.ORDER_CREATED_DTYPE`` reply per order, its result and the token for its QR
@@ -151,6 +160,15 @@ class Client:
     async def close_orders(self, batch: np.ndarray) -> np.ndarray:
         """Close unpaid orders (``core.ORDER_CLOSE_DTYPE``): one ``core.Result`` code per order."""
         return await self._create(Operation.close_orders, batch)
+
+    async def refund_orders(self, batch: np.ndarray) -> np.ndarray:
+        """Refund paid orders (``core.REFUND_DTYPE``; ids from ``core.order_keys.refund_id``): one
+        ``core.Result`` code per refund."""
+        return await self._create(Operation.refund_orders, batch)
+
+    async def lookup_refunds(self, ids) -> np.ndarray:
+        """The refunds with these ids that exist, in order (``core.REFUND_DTYPE``)."""
+        return await self._lookup(Operation.lookup_refunds, ids)
 
     async def lookup_orders(self, ids) -> np.ndarray:
         """The orders with these ids that exist, in order (``core.ORDER_DTYPE``)."""
@@ -376,6 +394,12 @@ class BlockingClient:
     def create_transfer(self, **fields):
         return self._call(self._client.create_transfer(**fields))
 
+    def set_merchants(self, batch):
+        return self._call(self._client.set_merchants(batch))
+
+    def lookup_merchants(self, ids):
+        return self._call(self._client.lookup_merchants(ids))
+
     def create_orders(self, batch):
         return self._call(self._client.create_orders(batch))
 
@@ -387,6 +411,12 @@ class BlockingClient:
 
     def lookup_orders(self, ids):
         return self._call(self._client.lookup_orders(ids))
+
+    def refund_orders(self, batch):
+        return self._call(self._client.refund_orders(batch))
+
+    def lookup_refunds(self, ids):
+        return self._call(self._client.lookup_refunds(ids))
 
     def lookup_accounts(self, ids):
         return self._call(self._client.lookup_accounts(ids))

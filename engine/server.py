@@ -562,6 +562,10 @@ class Server:
                     found = self.store.ledger.lookup_accounts(ids)
                 elif operation == Operation.lookup_orders:
                     found = self.store.lookup_orders(ids, wait_for_commits=False)
+                elif operation == Operation.lookup_merchants:
+                    found = self.store.lookup_merchants(ids, wait_for_commits=False)
+                elif operation == Operation.lookup_refunds:
+                    found = self.store.lookup_refunds(ids, wait_for_commits=False)
                 else:
                     found = self.store.lookup_transfers(ids, wait_for_commits=False)  # hot, then cold
                 replies.append((frame.Status.ok, memoryview(found).cast("B"), len(found)))

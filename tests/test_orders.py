@@ -114,7 +114,7 @@ def test_create_pay_and_retry():
     ({"id": (1 << 128) - 1}, Result.id_must_not_be_int_max),
     ({"amount": 0}, Result.amount_must_not_be_zero),
     ({"ledger": 0}, Result.ledger_must_not_be_zero),
-    ({"out_trade_no": b"A 1"}, Result.out_trade_no_invalid),
+    ({"out_trade_no": b"A 1", "id": 5}, Result.out_trade_no_invalid),
     ({"out_trade_no": b"", "id": 5}, Result.out_trade_no_invalid),
     ({"out_trade_no": b"A\x001", "id": 5}, Result.out_trade_no_invalid),
     ({"expire_after_s": 59}, Result.expire_after_out_of_range),
@@ -335,3 +335,12 @@ def test_orders_over_the_protocol(tmp_path):
             store.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_the_product_modules_examples_run():
+    import doctest
+
+    from core import machine, merchants, order_keys, orders
+    for module in (machine, merchants, order_keys, orders):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0, module.__name__

@@ -1,0 +1,197 @@
+# cython: boundscheck=False, wraparound=False
+"""Merchants' terms: fee rate, fee account, settlement account (docs/products.md "Merchants
+and fees").
+
+``set_merchants`` (an admin's operation) creates or changes a merchant's terms; a payment of an
+order then takes the fee at the rate in force, as a second leg merchant -> fee account in the
+same chain (core/orders.pyx). Re-sending the same terms is ``exists`` and changes nothing.
+
+>>> import core
+>>> from core.machine import Machine
+>>> m = Machine(accounts_max=8, transfers_hot_max=64, secret=bytes(32))
+>>> _ = m.apply(1, core.accounts_from_dicts([{"id": 7, "ledger": 156, "code": 2}, {"id": 9, "ledger": 156, "code": 5}]), 1)
+>>> terms = core.records_from_dicts([{"merchant_id": 7, "fee_account_id": 9, "fee_bps": 60, "ledger": 156}], core.MERCHANT_DTYPE)
+>>> [core.Result(code).name for code in m.apply(104, terms, 2)]
+['ok']
+"""
+
+import numpy as np
+
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.string cimport memcmp
+
+from core.idmap cimport IDMAP_NOT_FOUND, IdMap, idmap_get, idmap_put, idmap_t
+from core.ledger cimport INDEX_NONE, LEGS_MAX, Ledger, batch_bytes
+from core.records cimport *  # result_t codes, tally_merchant_t, tally_store_fence
+
+from core import constants
+from core.checkpoint import RAW
+from core.operations import Operation
+from core.records import MERCHANT_DTYPE
+
+if Operation.set_merchants != OPERATION_SET_MERCHANTS:
+    raise ImportError("core/merchants.pxd and core/operations.py number set_merchants differently")
+
+#: The checkpoint arrays the merchants declare (core/checkpoint.py): copied whole between batches.
+CHECKPOINT_ARRAYS = {"merchants": RAW}
+TERMS_DTYPE = np.dtype([("fee_index", "<u4"), ("settlement_index", "<u4"), ("fee_bps", "<u2"), ("_pad", "<u2"),
+                        ("_pad2", "<u4")])
+
+
+cdef class Merchants:
+    """The merchants' terms of a ledger; ``merchants_max`` of them (128 + 16 bytes each, and
+    their index), past which ``set_merchants`` answers ``merchants_limit_reached``."""
+
+    def __cinit__(self, Ledger ledger not None, uint64_t merchants_max=constants.MERCHANTS_MAX_DEFAULT):
+        if not 1 <= merchants_max <= constants.MERCHANTS_MAX_LIMIT:
+            raise ValueError(f"merchants_max must be in 1..{constants.MERCHANTS_MAX_LIMIT}")
+        self.ledger = ledger
+        self.merchants_max = merchants_max
+        self.merchant_map = IdMap(merchants_max)
+        a = self._arrays = {"merchants": np.zeros(merchants_max, dtype=MERCHANT_DTYPE),
+                            "terms": np.zeros(merchants_max, dtype=TERMS_DTYPE)}
+        self.rows = <tally_merchant_t *> _ptr(a["merchants"])
+        self.terms = <merchant_terms_t *> _ptr(a["terms"])
+        if sizeof(merchant_terms_t) != TERMS_DTYPE.itemsize:
+            raise ImportError("merchant_terms_t and TERMS_DTYPE disagree")
+
+    def apply(self, operation, batch, uint64_t now_ns):
+        """Apply a batch of ``set_merchants`` events at engine time ``now_ns``; one u32
+        ``core.Result`` per event."""
+        if operation != OPERATION_SET_MERCHANTS:
+            raise ValueError(f"the merchants apply no operation {operation}")
+        if now_ns >= constants.NOW_NS_LIMIT:
+            raise ValueError(f"now_ns must be below {constants.NOW_NS_LIMIT}, got {now_ns}")
+        cdef const unsigned char[::1] raw = batch_bytes(batch, MERCHANT_DTYPE)
+        cdef uint64_t count = raw.shape[0] // 128
+        results = np.zeros(count, dtype=np.uint32)
+        cdef uint32_t[::1] out = results
+        self.ledger._enter()
+        try:
+            base = self.ledger.begin_batch(now_ns, count * LEGS_MAX)
+            if count:
+                self.run_batch(<const tally_merchant_t *> &raw[0], count, base, &out[0])
+        finally:
+            self.ledger.busy = False
+        return results
+
+    def lookup_merchants(self, ids):
+        """The terms of these merchant accounts (ints or an ID_DTYPE array), in order; merchants
+        with no terms are left out."""
+        return self._arrays["merchants"][self.merchant_map.indexes_of(ids)]
+
+    # -- checkpoints and the state hash
+
+    def snapshot(self):
+        """The terms as set (the resolved indexes are rebuilt at restore) and the count."""
+        return {"merchants": self._arrays["merchants"][:self.merchant_count]}, {"merchant_count": self.merchant_count}
+
+    def hash_parts(self):
+        """Every merchant's terms, in the order they were first set (nothing while none is)."""
+        return {"merchants": self._arrays["merchants"][:self.merchant_count]} if self.merchant_count else {}
+
+    def restore(self, arrays, scalars):
+        """Load a snapshot into this empty table (after the ledger's: accounts are resolved)."""
+        if self.merchant_count:
+            raise RuntimeError("restore needs an empty merchant table")
+        cdef uint64_t n = scalars["merchant_count"], i
+        rows = np.frombuffer(arrays["merchants"], dtype=MERCHANT_DTYPE)
+        if n > self.merchants_max or rows.shape[0] != n:
+            raise ValueError(f"snapshot holds {rows.shape[0]} merchants, says {n}; this table takes {self.merchants_max}")
+        self._arrays["merchants"][:n] = rows
+        for i in range(n):
+            if idmap_put(&self.merchant_map.map, self.rows[i].merchant_id_lo, self.rows[i].merchant_id_hi,
+                         <uint32_t> i) != 0:
+                raise RuntimeError("merchant map full while restoring")
+            if not self.resolve(&self.rows[i], &self.terms[i]):
+                raise ValueError("a merchant's accounts are missing from the ledger restored with it")
+        self.merchant_count = n
+
+    # ---------------------------------------------------------------- the state machine
+
+    cdef bint resolve(self, const tally_merchant_t *e, merchant_terms_t *out) noexcept nogil:
+        """The dense indexes of a merchant's fee and settlement accounts; False if one is missing."""
+        cdef idmap_t *accounts = &self.ledger.account_map.map
+        out.fee_index = idmap_get(accounts, e.fee_account_id_lo, e.fee_account_id_hi)
+        out.settlement_index = INDEX_NONE
+        if e.settlement_account_id_lo != 0 or e.settlement_account_id_hi != 0:
+            out.settlement_index = idmap_get(accounts, e.settlement_account_id_lo, e.settlement_account_id_hi)
+            if out.settlement_index == IDMAP_NOT_FOUND:
+                return False
+        out.fee_bps = e.fee_bps
+        out._pad = 0
+        out._pad2 = 0
+        return out.fee_index != IDMAP_NOT_FOUND
+
+    cdef const merchant_terms_t *terms_of(self, uint64_t lo, uint64_t hi) noexcept nogil:
+        """A merchant's terms, or NULL when none were set (no fee is taken)."""
+        cdef uint32_t slot = idmap_get(&self.merchant_map.map, lo, hi) if self.merchant_count else IDMAP_NOT_FOUND
+        return NULL if slot == IDMAP_NOT_FOUND else &self.terms[slot]
+
+    cdef void run_batch(self, const tally_merchant_t *events, uint64_t count, uint64_t base,
+                        uint32_t *results) noexcept nogil:
+        cdef uint64_t k
+        for k in range(count):
+            results[k] = self.set_merchant(&events[k], base + k * LEGS_MAX)
+        tally_store_fence()
+
+    cdef result_t set_merchant(self, const tally_merchant_t *e, uint64_t ts) noexcept nogil:
+        cdef uint32_t merchant, fee, settlement = INDEX_NONE, slot
+        cdef idmap_t *accounts = &self.ledger.account_map.map
+        cdef uint64_t i
+        cdef merchant_terms_t resolved
+        cdef tally_merchant_t row
+        if e.timestamp != 0:
+            return R_TIMESTAMP_MUST_BE_ZERO
+        for i in range(sizeof(e.reserved)):
+            if e.reserved[i]:
+                return R_RESERVED_FIELD
+        if e.flags != 0:
+            return R_RESERVED_FLAG
+        if e.merchant_id_lo == 0 and e.merchant_id_hi == 0:
+            return R_ID_MUST_NOT_BE_ZERO
+        if e.ledger == 0:
+            return R_LEDGER_MUST_NOT_BE_ZERO
+        if e.fee_bps > FEE_BPS_MAX:
+            return R_FEE_RATE_OUT_OF_RANGE
+        merchant = idmap_get(accounts, e.merchant_id_lo, e.merchant_id_hi)
+        if merchant == IDMAP_NOT_FOUND:
+            return R_MERCHANT_NOT_FOUND
+        fee = idmap_get(accounts, e.fee_account_id_lo, e.fee_account_id_hi)
+        if fee == IDMAP_NOT_FOUND:
+            return R_FEE_ACCOUNT_NOT_FOUND
+        if fee == merchant:
+            return R_ACCOUNTS_MUST_BE_DIFFERENT
+        if e.settlement_account_id_lo != 0 or e.settlement_account_id_hi != 0:
+            settlement = idmap_get(accounts, e.settlement_account_id_lo, e.settlement_account_id_hi)
+            if settlement == IDMAP_NOT_FOUND:
+                return R_SETTLEMENT_ACCOUNT_NOT_FOUND
+            if settlement == merchant:
+                return R_ACCOUNTS_MUST_BE_DIFFERENT
+        if (self.ledger.hot[merchant].ledger != e.ledger or self.ledger.hot[fee].ledger != e.ledger
+                or (settlement != INDEX_NONE and self.ledger.hot[settlement].ledger != e.ledger)):
+            return R_CURRENCY_MISMATCH
+        row = e[0]
+        row.timestamp = ts
+        slot = idmap_get(&self.merchant_map.map, e.merchant_id_lo, e.merchant_id_hi) if self.merchant_count else IDMAP_NOT_FOUND
+        if slot != IDMAP_NOT_FOUND:
+            row.timestamp = self.rows[slot].timestamp
+            if memcmp(&row, &self.rows[slot], sizeof(tally_merchant_t)) == 0:
+                return R_EXISTS  # the same terms again: a retry
+            row.timestamp = ts  # new terms, in force from now
+        else:
+            if self.merchant_count >= self.merchants_max:
+                return R_MERCHANTS_LIMIT_REACHED
+            slot = <uint32_t> self.merchant_count
+            if idmap_put(&self.merchant_map.map, e.merchant_id_lo, e.merchant_id_hi, slot) != 0:
+                return R_MERCHANTS_LIMIT_REACHED  # unreachable: the map holds merchants_max ids
+            self.merchant_count += 1
+        self.resolve(&row, &resolved)
+        self.rows[slot] = row
+        self.terms[slot] = resolved
+        return R_OK
+
+
+cdef inline void *_ptr(object array) except NULL:
+    cdef unsigned char[::1] view = array.view(np.uint8).reshape(-1)
+    return <void *> &view[0]

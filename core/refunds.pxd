@@ -1,0 +1,33 @@
+# Refunds of paid orders (docs/products.md "Refunds"): full or partial, at most
+# REFUNDS_PER_ORDER_MAX per order, never above what was paid, within REFUND_WINDOW_S of the
+# payment, idempotent per out_refund_no; the merchant's fee is returned pro rata. A bounded
+# table of refund records in memory (``refunds_max``), keyed by the refund id.
+
+from libc.stdint cimport uint32_t, uint64_t
+
+from core.idmap cimport IdMap
+from core.ledger cimport Ledger
+from core.merchants cimport Merchants
+from core.orders cimport Orders
+from core.records cimport result_t, tally_refund_t
+
+
+cdef enum:
+    OPERATION_REFUND_ORDERS = 106               # core/operations.py's number (checked at import)
+    TRANSFER_CODE_ORDER_REFUND = 0xF003         # merchant -> payer
+    TRANSFER_CODE_ORDER_FEE_REFUND = 0xF004     # fee account -> merchant
+
+
+cdef class Refunds:
+    cdef readonly uint64_t refunds_max
+    cdef readonly uint64_t refund_count
+    cdef Ledger ledger
+    cdef Orders orders
+    cdef Merchants merchants
+    cdef IdMap refund_map                       # refund id -> slot
+    cdef tally_refund_t *rows
+    cdef dict _arrays
+
+    cdef void run_batch(self, const tally_refund_t *events, uint64_t count, uint64_t base,
+                        uint32_t *results) noexcept nogil
+    cdef result_t refund(self, const tally_refund_t *e, uint64_t ts) noexcept nogil
