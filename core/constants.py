@@ -93,6 +93,7 @@ _check(BATCH_EVENTS_MAX * RECORD_SIZE_BYTES + RECORD_SIZE_BYTES <= 1 << 20, "a b
 _check(ACCOUNTS_MAX_DEFAULT <= ACCOUNTS_MAX_LIMIT, "ACCOUNTS_MAX_DEFAULT too large")
 _check(TRANSFERS_HOT_MAX_DEFAULT <= TRANSFERS_HOT_MAX_LIMIT, "TRANSFERS_HOT_MAX_DEFAULT too large")
 _check(PENDING_MAX_DEFAULT <= PENDING_MAX_LIMIT, "PENDING_MAX_DEFAULT too large")
-_check(TRANSFERS_HOT_MAX_DEFAULT >= COLD_EPOCH_TRANSFERS_DEFAULT + BATCH_EVENTS_MAX, "hot window below an epoch + a batch")
+_check(TRANSFERS_HOT_MAX_DEFAULT >= COLD_EPOCH_TRANSFERS_DEFAULT + 2 * BATCH_EVENTS_MAX,
+       "hot window below an epoch + a batch of product events (two legs each)")
 _check(ID_FILTER_BYTES_DEFAULT % 64 == 0, "filter size not a multiple of 64 bytes")
 _check(ACCOUNT_TRANSFERS_LIMIT_MAX <= BATCH_EVENTS_MAX, "page larger than a batch")

@@ -104,6 +104,12 @@ cdef struct chain_mark_t:
     uint64_t expiring_count
 
 
+# Called with a batch's base timestamp once it is assigned (after the batch's checks), before
+# its events: a product table expires its records there (core/orders.pyx), so that every batch
+# of every operation, and a pulse, does it at the same engine time, live and in replay.
+ctypedef void (*begin_hook_t)(void *owner, uint64_t base_ts) noexcept nogil
+
+
 cdef class Ledger:
     cdef readonly uint64_t accounts_max
     cdef readonly uint64_t transfers_hot_max    # transfers held in memory (the hot window)
@@ -120,6 +126,8 @@ cdef class Ledger:
     cdef readonly uint64_t cold_id_max_lo       # the largest id in the cold tier (0: none): a
     cdef readonly uint64_t cold_id_max_hi       # larger one is new without a filter probe
     cdef bint busy                              # a batch is being applied (no re-entry)
+    cdef begin_hook_t begin_hook                # NULL: none (see begin_hook_t)
+    cdef void *begin_hook_owner                 # its owner, which clears it when it goes
 
     cdef IdMap account_map
     cdef IdMap transfer_map                     # hot window: id -> ring slot
@@ -167,7 +175,7 @@ cdef class Ledger:
     cdef void apply_transfers(self, tally_transfer_t *events, uint64_t count, uint64_t base_ts,
                               uint32_t *results) noexcept nogil
     cdef result_t create_transfer(self, tally_transfer_t *e, uint64_t ts, uint32_t debit_index,
-                                  uint32_t credit_index, bint in_chain) noexcept nogil
+                                  uint32_t credit_index, bint in_chain, bint is_leg=*) noexcept nogil
     cdef result_t post_or_void(self, tally_transfer_t *e, uint64_t ts, bint in_chain) noexcept nogil
     cdef const tally_transfer_t *find_transfer(self, uint64_t lo, uint64_t hi) noexcept nogil
     cdef uint8_t cold_state(self, uint64_t lo, uint64_t hi) noexcept nogil

@@ -42,7 +42,7 @@ from core.records cimport (
     ACCOUNT_LINKED, ACCOUNT_DEBITS_MUST_NOT_EXCEED_CREDITS, ACCOUNT_CREDITS_MUST_NOT_EXCEED_DEBITS,
     ACCOUNT_CLOSED, ACCOUNT_FLAGS_KNOWN, ACCOUNT_RESERVED_SIZE,
     TRANSFER_LINKED, TRANSFER_PENDING, TRANSFER_POST_PENDING, TRANSFER_VOID_PENDING,
-    TRANSFER_BALANCING_DEBIT, TRANSFER_BALANCING_CREDIT, TRANSFER_FLAGS_KNOWN,
+    TRANSFER_BALANCING_DEBIT, TRANSFER_BALANCING_CREDIT, TRANSFER_FLAGS_KNOWN, LEG_ID_TAG, R_ID_RESERVED,
 )
 from core.records cimport (
     R_OK, R_LINKED_EVENT_FAILED, R_LINKED_EVENT_CHAIN_OPEN, R_TIMESTAMP_MUST_BE_ZERO,
@@ -788,6 +788,8 @@ cdef class Ledger:
             base = self.last_timestamp + 1
         if count:
             self.last_timestamp = base + count - 1
+        if self.begin_hook != NULL:
+            self.begin_hook(self.begin_hook_owner, base)
         self.evict(count)
         self.prune()
         self.expire_pending(base)
@@ -1059,7 +1061,7 @@ cdef class Ledger:
             i = last + 1
 
     cdef result_t create_transfer(self, tally_transfer_t *e, uint64_t ts, uint32_t debit_index,
-                                  uint32_t credit_index, bint in_chain) noexcept nogil:
+                                  uint32_t credit_index, bint in_chain, bint is_leg=False) noexcept nogil:
         cdef uint16_t flags = e.flags
         cdef uint64_t reserved, amount, available, existing_index
         cdef account_hot_t *dr
@@ -1077,6 +1079,8 @@ cdef class Ledger:
             return R_ID_MUST_NOT_BE_ZERO
         if is_max(e.id_lo, e.id_hi):
             return R_ID_MUST_NOT_BE_INT_MAX
+        if (e.id_hi >> 48) == LEG_ID_TAG and not is_leg:
+            return R_ID_RESERVED
         if ((flags & TRANSFER_PENDING != 0) + (flags & TRANSFER_POST_PENDING != 0)
                 + (flags & TRANSFER_VOID_PENDING != 0)) > 1 or (
                 (flags & (TRANSFER_BALANCING_DEBIT | TRANSFER_BALANCING_CREDIT))
@@ -1449,7 +1453,7 @@ cdef class Ledger:
         row.ledger = ledger
         row.code = code
         row.flags = flags
-        return self.create_transfer(&row, ts, debit_index, credit_index, True)
+        return self.create_transfer(&row, ts, debit_index, credit_index, True, True)
 
     def run_legs_for_testing(self, legs, uint64_t now_ns, field):
         """Tests of the primitive (tests/test_legs.py): apply ``legs`` (a TRANSFER_DTYPE array:

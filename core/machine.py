@@ -3,8 +3,10 @@
 ``Machine.apply`` is the one place that turns an operation number into the component that
 applies it (core/operations.py names the component); the store applies its batches and replays
 its log through it, and the property tests drive it beside the reference model. Before any
-batch, the orders due to expire by its time close (docs/products.md "Time"), so a ledger batch
-or a pulse advances them as it advances the pending transfers.
+batch's events, once its checks passed and its base timestamp is assigned, the orders due by
+then close (the ledger's begin hook, core/orders.pyx; docs/products.md "Time"), so a ledger
+batch or a pulse advances them as it advances the pending transfers, and a refused batch
+changes nothing.
 
 >>> from core.machine import Machine
 >>> machine = Machine(accounts_max=8, transfers_hot_max=64, orders_max=8, secret=bytes(32))
@@ -46,8 +48,6 @@ class Machine:
         component = CREATE_COMPONENTS.get(operation)
         if component is None:
             raise ValueError(f"no create operation {operation}")
-        if component != "orders":  # (an orders batch expires them itself)
-            self.orders.expire(now_ns)
         if isinstance(batch, list) and not batch:  # an empty batch of any type
             batch = b""
         return self._components[component].apply(operation, batch, now_ns)

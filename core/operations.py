@@ -68,6 +68,7 @@ class Spec(NamedTuple):
     event_dtype: np.dtype | None   # the request body's records (None: not records)
     reply_dtype: np.dtype | None   # the reply body's records (None: no body)
     component: str | None = None   # who applies a create: "ledger" or a product module ("orders", "merchants", "refunds")
+    legs: int = 0                  # a product event's transfers, at most (the ring's room for a batch)
 
 
 OPERATIONS: dict[Operation, Spec] = {spec.operation: spec for spec in (
@@ -77,12 +78,12 @@ OPERATIONS: dict[Operation, Spec] = {spec.operation: spec for spec in (
     Spec(Operation.lookup_transfers, Kind.lookup, ID_DTYPE, TRANSFER_DTYPE),
     Spec(Operation.get_account_transfers, Kind.query, None, TRANSFER_DTYPE),
     Spec(Operation.create_orders, Kind.create, ORDER_CREATE_DTYPE, ORDER_CREATED_DTYPE, "orders"),
-    Spec(Operation.pay_orders, Kind.create, ORDER_PAY_DTYPE, RESULT_DTYPE, "orders"),
+    Spec(Operation.pay_orders, Kind.create, ORDER_PAY_DTYPE, RESULT_DTYPE, "orders", legs=2),
     Spec(Operation.close_orders, Kind.create, ORDER_CLOSE_DTYPE, RESULT_DTYPE, "orders"),
     Spec(Operation.lookup_orders, Kind.lookup, ID_DTYPE, ORDER_DTYPE),
     Spec(Operation.set_merchants, Kind.create, MERCHANT_DTYPE, RESULT_DTYPE, "merchants"),
     Spec(Operation.lookup_merchants, Kind.lookup, ID_DTYPE, MERCHANT_DTYPE),
-    Spec(Operation.refund_orders, Kind.create, REFUND_DTYPE, RESULT_DTYPE, "refunds"),
+    Spec(Operation.refund_orders, Kind.create, REFUND_DTYPE, RESULT_DTYPE, "refunds", legs=2),
     Spec(Operation.lookup_refunds, Kind.lookup, ID_DTYPE, REFUND_DTYPE),
     Spec(Operation.ping, Kind.control, None, None),
 )}
@@ -93,6 +94,9 @@ CREATE_EVENT_DTYPES: dict[Operation, np.dtype] = {
 #: The lookups and the records they answer with.
 LOOKUP_REPLY_DTYPES: dict[Operation, np.dtype] = {
     spec.operation: spec.reply_dtype for spec in OPERATIONS.values() if spec.kind is Kind.lookup}
+
+#: The largest reply record of a create (engine/wire.pyx builds replies up to it).
+CREATE_REPLY_BYTES_MAX = 16
 
 #: The logged operations and the component that applies each.
 CREATE_COMPONENTS: dict[Operation, str] = {
@@ -105,6 +109,7 @@ for _spec in OPERATIONS.values():  # the log and the wire assume fixed 128-byte 
     if _spec.kind is Kind.create and _spec.event_dtype.itemsize != constants.RECORD_SIZE_BYTES:
         raise ImportError(f"{_spec.operation.name}: event records must be {constants.RECORD_SIZE_BYTES} bytes")
     if _spec.kind is Kind.create and (_spec.component is None or _spec.reply_dtype.itemsize % 4
+                                      or _spec.reply_dtype.itemsize > CREATE_REPLY_BYTES_MAX
                                       or _spec.reply_dtype.fields and _spec.reply_dtype.fields["result"][1] != 0):
         raise ImportError(f"{_spec.operation.name}: a create names its component and replies u32 result first")
 del _spec

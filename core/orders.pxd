@@ -36,6 +36,7 @@ cdef class Orders:
     cdef IdMap order_map                        # order id -> slot
     cdef tally_order_t *rows
     cdef uint32_t *heap_positions               # per slot: its place in the expiry heap
+    cdef uint32_t *fee_accounts                 # per slot: the account its fee went to (INDEX_NONE: none)
     cdef expiry_heap_t expiry_heap              # unpaid orders by expires_at
     cdef hmac_key_t token_key                   # HMAC-SHA256 key of the order tokens (store secret)
     cdef uint32_t *scratch_slot                 # per event of a pay batch: its order's slot,
@@ -43,7 +44,6 @@ cdef class Orders:
     cdef uint32_t *scratch_merchant             # and the order's merchant's
     cdef dict _arrays
 
-    cdef uint64_t base_ts(self, uint64_t now_ns) noexcept nogil
     cdef void expire_due(self, uint64_t base_ts) noexcept nogil
     cdef void run_batch(self, uint32_t operation, const unsigned char *events, uint64_t count, uint64_t now_ns,
                         void *out) noexcept nogil

@@ -23,7 +23,7 @@ from libc.string cimport memcmp, memcpy, memset
 from core.digest cimport hmac_key_init, hmac_sha256, order_id_digest
 from core.expiry cimport HEAP_POSITION_NONE, expiry_t, heap_push, heap_remove
 from core.idmap cimport IDMAP_NOT_FOUND, IdMap, idmap_get, idmap_home, idmap_put, idmap_t
-from core.ledger cimport LEGS_MAX, PREFETCH_DISTANCE, Ledger, account_hot_t, batch_bytes, chain_mark_t
+from core.ledger cimport INDEX_NONE, LEGS_MAX, PREFETCH_DISTANCE, Ledger, account_hot_t, batch_bytes, chain_mark_t
 from core.merchants cimport Merchants, fee_of, merchant_terms_t
 from core.records cimport (
     ORDER_TOKEN_BYTES, OUT_TRADE_NO_BYTES, TALLY_PREFETCH, tally_order_close_t, tally_order_create_t,
@@ -55,7 +55,7 @@ if TransferCode.order_payment != TRANSFER_CODE_ORDER_PAYMENT or TransferCode.ord
     raise ImportError("core/orders.pxd and core.TransferCode disagree on the order payment's code")
 
 #: The checkpoint arrays the orders declare (core/checkpoint.py): copied whole between batches.
-CHECKPOINT_ARRAYS = {"orders": RAW, "order_expiries": RAW}
+CHECKPOINT_ARRAYS = {"orders": RAW, "order_expiries": RAW, "order_fee_accounts": RAW}
 EXPIRY_DTYPE = np.dtype([("expires_at", "<u8"), ("number", "<u8"), ("entry", "<u4"), ("_pad", "<u4")])
 #: Bytes of the secret the order tokens are keyed with (drawn by the store at creation).
 SECRET_BYTES = 32
@@ -86,10 +86,11 @@ cdef inline uint64_t mix64(uint64_t z) noexcept nogil:
 cdef void leg_id_of(uint64_t lo, uint64_t hi, uint64_t operation, uint64_t leg, uint64_t *out_lo,
                     uint64_t *out_hi) noexcept nogil:
     # A fixed mix of (event id, operation, leg): replay derives the same id; distinct events'
-    # legs collide with probability ~2^-128 (the event ids are SHA-256 output).
+    # legs collide with probability ~2^-112 (the event ids are SHA-256 output).
+    # The top 16 bits are LEG_ID_TAG, which clients' transfers may not use (id_reserved).
     cdef uint64_t salt = ((operation << 8) | leg) * <uint64_t> 0x9E3779B97F4A7C15
     out_lo[0] = mix64(lo ^ salt) ^ hi
-    out_hi[0] = mix64(hi ^ mix64(out_lo[0] ^ salt))
+    out_hi[0] = (mix64(hi ^ mix64(out_lo[0] ^ salt)) & <uint64_t> 0x0000FFFFFFFFFFFF) | (<uint64_t> LEG_ID_TAG << 48)
 
 
 cdef inline bint is_zero(uint64_t lo, uint64_t hi) noexcept nogil:
@@ -106,6 +107,15 @@ cdef inline bint all_zero(const uint8_t *p, size_t n) noexcept nogil:
         if p[i]:
             return False
     return True
+
+
+cdef inline bint tokens_equal(const uint8_t *a, const uint8_t *b) noexcept nogil:
+    # In constant time, as the wire compares MACs: the time taken tells nothing of a guess.
+    cdef uint8_t difference = 0
+    cdef int i
+    for i in range(ORDER_TOKEN_BYTES):
+        difference |= a[i] ^ b[i]
+    return difference == 0
 
 
 cdef bint trade_no_valid(const uint8_t *p) noexcept nogil:
@@ -161,8 +171,20 @@ cdef class Orders:
         self.expiry_heap.positions = <char *> self.heap_positions
         self.expiry_heap.stride = sizeof(uint32_t)
         hmac_key_init(&self.token_key, <const uint8_t *> secret, len(secret))
+        a["order_fee_accounts"] = np.full(orders_max, 0xFFFFFFFF, dtype=np.uint32)  # INDEX_NONE
+        self.fee_accounts = <uint32_t *> _ptr(a["order_fee_accounts"])
+        # Every batch of the ledger, whatever its operation, expires the due orders first.
+        if ledger.begin_hook != NULL:
+            raise ValueError("the ledger already has a table expiring at its batches' start")
+        ledger.begin_hook = _expire_at_batch_start
+        ledger.begin_hook_owner = <void *> self
         if sizeof(expiry_t) != EXPIRY_DTYPE.itemsize:
             raise ImportError("expiry_t and EXPIRY_DTYPE disagree")
+
+    def __dealloc__(self):
+        if self.ledger is not None and self.ledger.begin_hook_owner == <void *> self:
+            self.ledger.begin_hook = NULL
+            self.ledger.begin_hook_owner = NULL
 
     # ---------------------------------------------------------------- Python API (the boundary)
 
@@ -198,15 +220,6 @@ cdef class Orders:
             self.ledger.busy = False
         return out
 
-    def expire(self, uint64_t now_ns):
-        """Close the unpaid orders due by the time a batch at ``now_ns`` would have (called by
-        the store before every batch of any operation, so replay closes the same ones)."""
-        self.ledger._enter()
-        try:
-            self.expire_due(self.base_ts(now_ns))
-        finally:
-            self.ledger.busy = False
-
     @property
     def next_expiry_ns(self):
         """Engine time (ns) at which the soonest unpaid order expires; 0: none."""
@@ -238,13 +251,17 @@ cdef class Orders:
         """The table's state as named NumPy views (used parts) and scalars, for a checkpoint:
         they alias live memory (copy them before the next batch)."""
         arrays = {"orders": self._arrays["orders"][:self.order_count],
-                  "order_expiries": self._arrays["order_expiries"][:self.expiry_heap.count]}
+                  "order_expiries": self._arrays["order_expiries"][:self.expiry_heap.count],
+                  "order_fee_accounts": self._arrays["order_fee_accounts"][:self.order_count]}
         return arrays, {"order_count": self.order_count, "order_expiry_count": self.expiry_heap.count}
 
     def hash_parts(self):
         """What of the table the state hash covers: every order, in creation order (nothing
         while there is none: a store that never had an order hashes as its bare ledger)."""
-        return {"orders": self._arrays["orders"][:self.order_count]} if self.order_count else {}
+        if not self.order_count:
+            return {}
+        return {"orders": self._arrays["orders"][:self.order_count],
+                "order_fee_accounts": self._arrays["order_fee_accounts"][:self.order_count]}
 
     def restore(self, arrays, scalars):
         """Load a snapshot into this empty table; rebuild the id map and heap positions."""
@@ -253,9 +270,9 @@ cdef class Orders:
         cdef uint64_t n = scalars["order_count"], n_e = scalars["order_expiry_count"], i
         if n > self.orders_max or n_e > n:
             raise ValueError(f"snapshot holds {n} orders: more than this table's {self.orders_max}")
-        for name in ("orders", "order_expiries"):
+        for name in ("orders", "order_expiries", "order_fee_accounts"):
             flat = np.frombuffer(arrays[name], dtype=self._arrays[name].dtype)
-            if flat.shape[0] != (n if name == "orders" else n_e):
+            if flat.shape[0] != (n_e if name == "order_expiries" else n):
                 raise ValueError(f"snapshot's {name} has {flat.shape[0]} records")
             self._arrays[name][:flat.shape[0]] = flat
         for i in range(n):
@@ -269,9 +286,6 @@ cdef class Orders:
         self.expiry_heap.count = n_e
 
     # ---------------------------------------------------------------- the state machine
-
-    cdef uint64_t base_ts(self, uint64_t now_ns) noexcept nogil:
-        return now_ns if now_ns > self.ledger.last_timestamp else self.ledger.last_timestamp + 1
 
     cdef void expire_due(self, uint64_t base_ts) noexcept nogil:
         cdef tally_order_t *o
@@ -292,11 +306,10 @@ cdef class Orders:
 
     cdef void run_batch(self, uint32_t operation, const unsigned char *events, uint64_t count, uint64_t now_ns,
                         void *out) noexcept nogil:
-        cdef uint64_t k, base = self.base_ts(now_ns)
+        cdef uint64_t k, base
         cdef uint32_t *results = <uint32_t *> out
         cdef tally_order_created_t *created = <tally_order_created_t *> out
-        self.expire_due(base)
-        base = self.ledger.begin_batch(now_ns, count * LEGS_MAX)
+        base = self.ledger.begin_batch(now_ns, count * LEGS_MAX)  # (expires the due orders)
         if operation == OPERATION_CREATE_ORDERS:
             for k in range(count):
                 created[k].result = self.create_order(&(<const tally_order_create_t *> events)[k],
@@ -448,7 +461,7 @@ cdef class Orders:
         if slot == IDMAP_NOT_FOUND:
             return R_ORDER_NOT_FOUND
         o = &self.rows[slot]
-        if memcmp(o.token, e.token, ORDER_TOKEN_BYTES) != 0:
+        if not tokens_equal(o.token, e.token):
             return R_ORDER_TOKEN_INVALID
         if o.state == ORDER_SUCCESS or o.state == ORDER_REFUND:
             if o.payer_id_lo == e.payer_id_lo and o.payer_id_hi == e.payer_id_hi and o.amount == e.amount:
@@ -485,6 +498,7 @@ cdef class Orders:
         # removal from the middle would cost a walk of the heap, a cache miss per level).
         o.state = ORDER_SUCCESS
         o.fee = fee
+        self.fee_accounts[slot] = terms.fee_index if fee != 0 else INDEX_NONE
         o.payer_id_lo = e.payer_id_lo
         o.payer_id_hi = e.payer_id_hi
         o.paid_at = ts
@@ -512,6 +526,10 @@ cdef class Orders:
         o.close_reason = CLOSE_REASON_MERCHANT
         o.closed_at = ts
         return R_OK
+
+
+cdef void _expire_at_batch_start(void *owner, uint64_t base_ts) noexcept nogil:
+    (<Orders> owner).expire_due(base_ts)
 
 
 cdef inline void *_ptr(object array) except NULL:

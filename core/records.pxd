@@ -338,6 +338,13 @@ cpdef enum transfer_flag_t:
     TRANSFER_FLAGS_KNOWN = (1 << 6) - 1
 
 
+cdef enum:
+    # Transfer ids whose top 16 bits are this belong to the products' legs (core/orders.pyx
+    # leg_id_of): a client's transfer may not take one (id_reserved), so no client can hold a
+    # payment's leg id and make it fail, or collide with it in the cold tier.
+    LEG_ID_TAG = 0xFFFE
+
+
 # One result per event, checked in the documented order (docs/data-model.md).
 # Mirrored by the Python IntEnum core.Result; tests/test_records.py checks they match.
 cpdef enum result_t:
@@ -435,4 +442,5 @@ cpdef enum result_t:
     R_REFUNDS_PER_ORDER_LIMIT_REACHED = 88
     R_EXCEEDS_PAID_AMOUNT = 89
     R_REFUNDS_LIMIT_REACHED = 90
-    R_COUNT = 91
+    R_ID_RESERVED = 91              # a client's transfer id in the product legs' range
+    R_COUNT = 92

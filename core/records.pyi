@@ -111,6 +111,7 @@ class Result(enum.IntEnum):
     refunds_per_order_limit_reached = 88
     exceeds_paid_amount = 89
     refunds_limit_reached = 90
+    id_reserved = 91
 
 class OrderState(enum.IntEnum):
     NOTPAY = 1

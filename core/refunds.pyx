@@ -22,7 +22,7 @@ from libc.string cimport memcmp
 from core.digest cimport key_id_digest
 from core.idmap cimport IDMAP_NOT_FOUND, IdMap, idmap_get, idmap_put, idmap_t
 from core.ledger cimport LEGS_MAX, Ledger, batch_bytes, chain_mark_t
-from core.merchants cimport Merchants, merchant_terms_t
+from core.merchants cimport Merchants
 from core.orders cimport Orders, leg_id_of, trade_no_valid
 from core.records cimport *  # result_t codes, records, order states
 
@@ -132,7 +132,6 @@ cdef class Refunds:
         cdef uint8_t digest[32]
         cdef tally_order_t *o
         cdef tally_refund_t *x
-        cdef const merchant_terms_t *terms
         cdef idmap_t *accounts = &self.ledger.account_map.map
         cdef chain_mark_t mark
         cdef result_t r
@@ -192,11 +191,10 @@ cdef class Refunds:
         r = self.ledger.leg(leg_lo, leg_hi, merchant, payer, e.amount, o.ledger, TRANSFER_CODE_ORDER_REFUND, 0,
                             o.id_lo, o.id_hi, ts)
         if r == R_OK and fee_back != 0:
-            # A fee was taken, so the merchant has terms (they are never removed): its fee
-            # account now gives the part back.
-            terms = self.merchants.terms_of(o.merchant_id_lo, o.merchant_id_hi)
+            # The account the fee went to at payment gives its part back (not the merchant's
+            # fee account now: terms may have changed since).
             leg_id_of(e.id_lo, e.id_hi, OPERATION_REFUND_ORDERS, 1, &leg_lo, &leg_hi)
-            r = self.ledger.leg(leg_lo, leg_hi, terms.fee_index, merchant, fee_back, o.ledger,
+            r = self.ledger.leg(leg_lo, leg_hi, self.orders.fee_accounts[order_slot], merchant, fee_back, o.ledger,
                                 TRANSFER_CODE_ORDER_FEE_REFUND, 0, o.id_lo, o.id_hi, ts + 1)
         if r != R_OK:
             self.ledger.chain_abort(&mark)

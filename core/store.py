@@ -63,7 +63,7 @@ from core.archive import ArchiveError, LogArchive
 from core.cold import ColdTier
 from core.filter import IdFilter
 from core.machine import Machine
-from core.operations import CREATE_COMPONENTS, CREATE_EVENT_DTYPES, Operation
+from core.operations import CREATE_COMPONENTS, CREATE_EVENT_DTYPES, OPERATIONS, Operation
 from core.records import TRANSFER_DTYPE, TransferFlags, ids_array
 from core.state_hash import CHAIN_EMPTY, state_hash
 
@@ -77,7 +77,6 @@ LOG_VERSION = 1
 
 OPERATION_CREATE_ACCOUNTS = Operation.create_accounts
 OPERATION_CREATE_TRANSFERS = Operation.create_transfers
-LEGS_MAX = 4  # engine timestamps, and so transfers, a product event may use (core/ledger.pxd)
 
 #: The record type of each logged operation (core/operations.py's table).
 RECORD_DTYPES = CREATE_EVENT_DTYPES
@@ -509,11 +508,17 @@ class Store:
             return self.machine.apply(operation, batch, now_ns)
         count = _raw(batch).shape[0] // constants.RECORD_SIZE_BYTES
         if CREATE_COMPONENTS.get(operation) != "ledger":
-            # A product batch: its legs are new transfers (ids derived from new events: nothing
-            # to prefetch), up to LEGS_MAX per event; a batch that does not find room gets
-            # transfers_limit_reached per leg from the ledger.
+            # A product batch: its legs are new transfers (ids in their own range, derived from
+            # new events: nothing to prefetch), up to ``legs`` per event. Refused whole if the
+            # ring cannot hold them all, as a transfer batch is: which legs found room must not
+            # depend on how far the flush thread had got (replay would differ).
+            needed = count * OPERATIONS[operation].legs
+            room = self.ledger.transfers_hot_max - self._epoch_transfers
+            if room < needed and count <= constants.BATCH_EVENTS_MAX:
+                raise ValueError(f"a batch of {count} {Operation(operation).name} events needs room for {needed} "
+                                 f"transfers; the hot window has {room} (transfers_hot_max - cold_epoch_transfers)")
             self._reap()
-            self._make_room(min(count * LEGS_MAX, self.ledger.transfers_hot_max - self._epoch_transfers))
+            self._make_room(min(needed, room))
             return self.machine.apply(operation, batch, now_ns)
         room = self.ledger.transfers_hot_max - self._epoch_transfers
         if room < count <= constants.BATCH_EVENTS_MAX:  # (larger batches: the ledger's own error)

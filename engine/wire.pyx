@@ -336,6 +336,8 @@ cdef class ReplySealer:
         cdef dict grouped = {}
         cdef list entry
         cdef bytes large
+        if not 1 <= reply_bytes <= REPLY_BYTES_MAX:  # the zeros below are sized for the largest
+            raise ValueError(f"a create's reply record is 1..{REPLY_BYTES_MAX} bytes, not {reply_bytes}")
         for request in requests:
             connection = request[0]
             first, count = request[4], request[5]

@@ -73,7 +73,13 @@ overflows_timeout exceeds_credits exceeds_debits transfers_limit_reached
 out_trade_no_invalid expire_after_out_of_range merchant_not_found currency_mismatch id_mismatch
 exists_with_different_fields orders_limit_reached order_not_found order_token_invalid order_paid order_closed
 order_expired amount_mismatch payer_not_found merchant_mismatch
+fee_account_not_found settlement_account_not_found fee_rate_out_of_range merchants_limit_reached
+out_refund_no_invalid order_not_paid refund_window_closed refunds_per_order_limit_reached exceeds_paid_amount
+refunds_limit_reached id_reserved
 """.split())])
+
+#: Transfer ids with these top 16 bits are the products' legs': a client's may not use them.
+LEG_ID_TAG = 0xFFFE
 
 
 class ModelLedger:
@@ -178,7 +184,7 @@ class ModelLedger:
 
     # -- one transfer
 
-    def _transfer(self, e, ts):
+    def _transfer(self, e, ts, is_leg=False):
         f = e["flags"]
         if e["timestamp"]:
             return R.timestamp_must_be_zero
@@ -190,6 +196,8 @@ class ModelLedger:
             return R.id_must_not_be_zero
         if e["id"] == U128:
             return R.id_must_not_be_int_max
+        if e["id"] >> 112 == LEG_ID_TAG and not is_leg:
+            return R.id_reserved
         if bin(f & (T_PENDING | T_POST | T_VOID)).count("1") > 1 or (
                 f & (T_BAL_DEBIT | T_BAL_CREDIT) and f & (T_POST | T_VOID)):
             return R.flags_are_mutually_exclusive
@@ -468,7 +476,7 @@ class ModelLedger:
         leg = _fill({"id": leg_id(o["id"], OP_PAY_ORDERS, 0), "debit_account_id": e["payer_id"],
                      "credit_account_id": o["merchant_id"], "amount": o["amount"], "ledger": o["ledger"],
                      "code": TRANSFER_CODE_ORDER_PAYMENT, "user_data_128": o["id"], "flags": 0}, TRANSFER_FIELDS)
-        r = self._transfer(leg, ts + 0)  # leg 0
+        r = self._transfer(leg, ts + 0, is_leg=True)  # leg 0
         if r != R.ok:
             return r
         o["state"] = SUCCESS
@@ -603,5 +611,5 @@ def leg_id(event_id, operation, leg):
     lo, hi = event_id & U64, event_id >> 64
     salt = ((operation << 8) | leg) * _GOLDEN & U64
     new_lo = _mix64(lo ^ salt) ^ hi
-    new_hi = _mix64(hi ^ _mix64(new_lo ^ salt))
+    new_hi = (_mix64(hi ^ _mix64(new_lo ^ salt)) & ((1 << 48) - 1)) | (LEG_ID_TAG << 48)
     return (new_hi << 64) | new_lo

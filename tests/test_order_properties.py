@@ -628,8 +628,9 @@ def test_model_ids_and_tokens_follow_the_document():
     assert out_trade_no_valid(b"x" * 32) and out_trade_no_valid(b"a-Z_9|*@.")
     for bad in BAD_OUT_TRADE_NOS:
         assert not out_trade_no_valid(bad), bad
-    # The leg id: the splitmix64 mix of docs (fixed values, so that a change of it is seen).
-    assert leg_id(0, 0, 0) == 0
+    # The leg id: the splitmix64 mix, its top 16 bits the legs' tag 0xFFFE (a change of it is seen).
+    assert leg_id(0, 0, 0) == 0xFFFE << 112
+    assert all(leg_id(oid, 101, j) >> 112 == 0xFFFE for j in range(4))
     assert leg_id(1, 101, 0) != leg_id(1, 101, 1) != leg_id(1, 102, 1)
     assert len({leg_id(oid, 101, j) for j in range(4)}) == 4
 
@@ -761,14 +762,14 @@ def test_model_leg_limits_are_the_ledgers():
     assert _results(m.create_orders(orders + [closed], START_NS + NS)) == ["ok"] * 3
     assert _results(m.pay_orders([_pay(closed), _pay(orders[0]), _pay(orders[1])], START_NS + 2 * NS)) == [
         "credit_account_closed", "ok", "transfers_limit_reached"]
-    # A client transfer that took a leg's id first makes that payment fail, and nothing else.
+    # A client transfer cannot take a leg's id (the legs' range is reserved): the payment goes through.
     m2 = _model()
     m2.create_orders([orders[0]], START_NS + NS)
     taken = {"id": leg_id(orders[0]["id"], PAY_ORDERS, 0), "debit_account_id": FUNDING_CNY,
              "credit_account_id": MERCHANT, "amount": 1, "ledger": CNY, "code": 4}
-    assert m2.create_transfers([taken], START_NS + NS) == [0]
-    assert _results(m2.pay_orders([_pay(orders[0])], START_NS + 2 * NS)) == ["exists_with_different_debit_account_id"]
-    assert m2.lookup_orders([orders[0]["id"]])[0]["state"] == NOTPAY
+    assert m2.create_transfers([taken], START_NS + NS) == [int(R.id_reserved)]
+    assert _results(m2.pay_orders([_pay(orders[0])], START_NS + 2 * NS)) == ["ok"]
+    assert m2.lookup_orders([orders[0]["id"]])[0]["state"] == SUCCESS
 
 
 def test_model_timestamps_reserve_four_per_event():

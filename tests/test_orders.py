@@ -344,3 +344,47 @@ def test_the_product_modules_examples_run():
     for module in (machine, merchants, order_keys, orders):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
+
+
+# ---------------------------------------------------------------------------- review findings
+
+def test_a_refused_batch_expires_nothing():
+    # Orders expire when a batch's base timestamp is assigned, after its checks: a batch that
+    # raises changes nothing, so replay (which never sees it) agrees with what was answered.
+    m = machine()
+    assert create(m, order(expire_after_s=60))[0] == [Result.ok]
+    with pytest.raises(ValueError):
+        m.apply(Operation.create_accounts, b"\0" * 100, T0 + 100 * S)
+    with pytest.raises(ValueError):
+        m.apply(Operation.create_transfers, np.zeros(1, core.TRANSFER_DTYPE), 1 << 63)
+    assert core.to_dicts(m.lookup_orders([order_id(MERCHANT, b"A-1")]))[0]["state"] == core.OrderState.NOTPAY
+    assert pay(m, payment(), now=T0 + 30 * S) == [Result.ok]
+
+
+def test_a_client_transfer_cannot_take_a_legs_id():
+    m = machine()
+    assert create(m, order())[0] == [Result.ok]
+    leg = core.orders.leg_id(order_id(MERCHANT, b"A-1"), Operation.pay_orders, 0)
+    assert leg >> 112 == 0xFFFE
+    squat = core.transfers_from_dicts([{"id": leg, "debit_account_id": FUNDING, "credit_account_id": MERCHANT,
+                                        "amount": 1, "ledger": CNY, "code": 4}])
+    assert [Result(code) for code in m.apply(Operation.create_transfers, squat, T0 + S)] == [Result.id_reserved]
+    assert pay(m, payment()) == [Result.ok]
+    assert core.to_dicts(m.ledger.lookup_transfers([leg]))[0]["debit_account_id"] == WALLET
+
+
+def test_a_product_batch_whose_legs_do_not_fit_the_hot_window_is_refused_whole(tmp_path):
+    with core.open(str(tmp_path), accounts_max=32, transfers_hot_max=64, cold_epoch_transfers=16, pending_max=8,
+                   orders_max=64, secret=SECRET) as store:
+        store.create_accounts(core.accounts_from_dicts(ACCOUNTS), T0)
+        store.create_transfers(core.transfers_from_dicts([{"id": 500, "debit_account_id": FUNDING,
+                                                           "credit_account_id": WALLET, "amount": 10_000,
+                                                           "ledger": CNY, "code": 4}]), T0)
+        numbers = [b"B-%d" % k for k in range(25)]
+        assert not store.create_orders(order_creates([order(n, amount=1) for n in numbers]), T0 + S)["result"].any()
+        before = store.state_hash()
+        pays = order_pays([payment(n, amount=1) for n in numbers])  # 25 events, up to 50 legs > 48 of room
+        with pytest.raises(ValueError, match="needs room for 50 transfers"):
+            store.pay_orders(pays, T0 + 2 * S)
+        assert store.state_hash() == before
+        assert not store.pay_orders(pays[:24], T0 + 2 * S).any()  # 48 legs: they fit

@@ -216,3 +216,15 @@ def test_refunds_through_recovery_and_replay(tmp_path):
         assert store.recovery.replayed_batches == 0 and store.state_hash() == live_hash
         assert store.stats()["refunds"] == 1
     assert replay_log.run(source, str(tmp_path / "replayed"))["equal"]
+
+
+def test_the_fee_comes_back_from_the_account_it_went_to():
+    m = machine(fee_bps=100)
+    oid = paid_order(m, 10_000)  # fee 100 to FEES
+    new_fees = core.accounts_from_dicts([{"id": 21, "ledger": CNY, "code": 6, "flags": 2}])  # may not go negative
+    assert not m.apply(Operation.create_accounts, new_fees, T0 + S).any()
+    terms = core.records_from_dicts([{"merchant_id": MERCHANT, "fee_account_id": 21, "fee_bps": 100, "ledger": CNY}],
+                                    core.MERCHANT_DTYPE)
+    assert not m.apply(Operation.set_merchants, terms, T0 + S).any()
+    assert refund(m, oid, 10_000) == [Result.ok]
+    assert (balance(m, FEES), balance(m, 21), balance(m, MERCHANT)) == (0, 0, 0)

@@ -162,7 +162,7 @@ def test_every_array_a_checkpoint_writes_is_declared_by_its_owner(tmp_path):
     declared = {"accounts": checkpoint.APPEND_RECORDS, "hot": checkpoint.COPY_ON_WRITE, "pendings": checkpoint.RAW,
                 "expiries": checkpoint.RAW, "tail_rows": checkpoint.RECORDS, "tail_links": checkpoint.RAW,
                 "last_epoch": checkpoint.RAW, "filter": checkpoint.REGIONS, "orders": checkpoint.RAW,
-                "order_expiries": checkpoint.RAW, "merchants": checkpoint.RAW,
+                "order_expiries": checkpoint.RAW, "order_fee_accounts": checkpoint.RAW, "merchants": checkpoint.RAW,
                 "refunds": checkpoint.RAW}
     assert CHECKPOINT_ARRAYS == declared
     path = str(tmp_path / "store")

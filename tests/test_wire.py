@@ -4,6 +4,7 @@ import hashlib
 import hmac
 import zlib
 
+import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -115,3 +116,19 @@ def test_batch_replies_are_the_frames_encode_gives(counts, connections, clients)
         assert (replies, nbytes) == (len(mine), sum(r[6] for r in mine))
     with pytest.raises(ValueError, match="outside"):
         wire.ReplySealer(SECRETS).batch_replies([("a", 2, 1, 1, 0, len(results) // 4 + 1, 64, None)], results)
+
+
+def test_batch_replies_of_16_byte_records_and_no_larger():
+    # create_orders' replies are 16 bytes per event (core/operations.py caps create replies there).
+    replies = np.arange(3 * 16, dtype=np.uint8)
+    grouped = wire.ReplySealer(SECRETS).batch_replies([("a", 100, 9, 1, 0, 2, 64, None), ("a", 100, 10, 1, 2, 1, 64, None)],
+                                                      replies, 16)
+    frames = bytes(grouped["a"][0])
+    expected = b"".join(frame.encode(100, request_id, bytes(replies[first * 16:(first + count) * 16]), client_id=1,
+                                     secret=SECRETS[1], event_count=count)
+                        for request_id, first, count in ((9, 0, 2), (10, 2, 1)))
+    assert frames == expected
+    for reply_bytes in (0, 17, 20):
+        with pytest.raises(ValueError, match="reply record"):
+            wire.ReplySealer(SECRETS).batch_replies([("a", 100, 9, 1, 0, 1, 64, None)], np.zeros(64, np.uint8),
+                                                    reply_bytes)
