@@ -67,6 +67,11 @@ class Machine:
         due = [ns for ns in (self.ledger.next_expiry_ns, self.orders.next_expiry_ns) if ns]
         return min(due) if due else 0
 
+    def prefault(self) -> int:
+        """Touch every page of every component's memory now (``core.open(prefault=True)``):
+        bytes touched."""
+        return self.ledger.prefault() + self.orders.prefault() + self.merchants.prefault() + self.refunds.prefault()
+
     def snapshot(self):
         """Every component's in-place arrays and scalars, for a checkpoint (they alias live
         memory): the names are the components' own, declared in their CHECKPOINT_ARRAYS."""

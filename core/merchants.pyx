@@ -24,10 +24,12 @@ from core.idmap cimport IDMAP_NOT_FOUND, IdMap, idmap_get, idmap_put, idmap_t
 from core.ledger cimport INDEX_NONE, LEGS_MAX, Ledger, batch_bytes
 from core.records cimport *  # result_t codes, tally_merchant_t, tally_store_fence
 
-from core import constants
+from core import constants, memory
 from core.checkpoint import RAW
 from core.operations import Operation
 from core.records import MERCHANT_DTYPE
+
+
 
 if Operation.set_merchants != OPERATION_SET_MERCHANTS:
     raise ImportError("core/merchants.pxd and core/operations.py number set_merchants differently")
@@ -74,6 +76,10 @@ cdef class Merchants:
         finally:
             self.ledger.busy = False
         return results
+
+    def prefault(self):
+        """Touch every page of the table now (see Ledger.prefault). Returns bytes touched."""
+        return memory.touch_pages(self._arrays.values()) + self.merchant_map.prefault()
 
     def lookup_merchants(self, ids):
         """The terms of these merchant accounts (ints or an ID_DTYPE array), in order; merchants

@@ -27,11 +27,11 @@ from core.ledger cimport INDEX_NONE, LEGS_MAX, PREFETCH_DISTANCE, Ledger, accoun
 from core.merchants cimport Merchants, fee_of, merchant_terms_t
 from core.records cimport (
     ORDER_TOKEN_BYTES, OUT_TRADE_NO_BYTES, TALLY_PREFETCH, tally_order_close_t, tally_order_create_t,
-    tally_order_created_t, tally_order_pay_t, tally_order_t, tally_store_fence, tally_touch_pages,
+    tally_order_created_t, tally_order_pay_t, tally_order_t, tally_store_fence,
 )
 from core.records cimport *  # result_t codes, order states
 
-from core import constants
+from core import constants, memory
 from core.checkpoint import RAW
 from core.operations import Operation
 from core.order_keys import order_creates, order_closes, order_id, order_pays, parse_qr_payload, qr_payload, token_of  # noqa: F401
@@ -232,14 +232,7 @@ cdef class Orders:
 
     def prefault(self):
         """Touch every page of the table now (see Ledger.prefault). Returns bytes touched."""
-        cdef uint64_t total = 0
-        cdef unsigned char[::1] raw
-        for array in self._arrays.values():
-            raw = array.view(np.uint8).reshape(-1)
-            with nogil:
-                tally_touch_pages(&raw[0], raw.shape[0])
-            total += raw.shape[0]
-        return total + self.order_map.prefault()
+        return memory.touch_pages(self._arrays.values()) + self.order_map.prefault()
 
     def memory_bytes(self):
         """Bytes of memory the table reserves (its arrays and its id map)."""

@@ -26,7 +26,7 @@ from core.merchants cimport Merchants
 from core.orders cimport Orders, leg_id_of, trade_no_valid
 from core.records cimport *  # result_t codes, records, order states
 
-from core import constants
+from core import constants, memory
 from core.checkpoint import RAW
 from core.operations import Operation
 from core.records import REFUND_DTYPE, TransferCode
@@ -91,6 +91,10 @@ cdef class Refunds:
         finally:
             self.ledger.busy = False
         return results
+
+    def prefault(self):
+        """Touch every page of the table now (see Ledger.prefault). Returns bytes touched."""
+        return memory.touch_pages(self._arrays.values()) + self.refund_map.prefault()
 
     def lookup_refunds(self, ids):
         """The refunds with these ids (ints or an ID_DTYPE array), in order; missing ids are left out."""

@@ -362,7 +362,7 @@ class Store:
         self._flush_queued_epochs = 0     # epochs handed to the background thread
         self.ledger.enable_pruning(self._epoch_transfers)
         if self._prefault:
-            self.ledger.prefault()
+            self.machine.prefault()
             self.filter.prefault()
             # The checkpoint's copy of the balances, touched now rather than in the first one.
             hot = self.ledger.snapshot()[0]["hot"]
