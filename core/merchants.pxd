@@ -6,12 +6,12 @@ from libc.stdint cimport uint16_t, uint32_t, uint64_t
 
 from core.idmap cimport IdMap, idmap_t
 from core.ledger cimport Ledger
+from core.product cimport Product
 from core.records cimport result_t, tally_merchant_t
 
 
 cdef enum:
     FEE_BPS_MAX = 10000                 # 100 %
-    OPERATION_SET_MERCHANTS = 104       # core/operations.py's number (checked at import)
 
 
 # What a payment needs of a merchant, resolved when its terms are set (accounts never move).
@@ -23,10 +23,9 @@ cdef struct merchant_terms_t:
     uint32_t _pad2
 
 
-cdef class Merchants:
+cdef class Merchants(Product):
     cdef readonly uint64_t merchants_max
     cdef readonly uint64_t merchant_count
-    cdef Ledger ledger
     cdef IdMap merchant_map                     # merchant account id -> slot
     cdef tally_merchant_t *rows                 # the terms as set (lookup_merchants' records)
     cdef merchant_terms_t *terms
@@ -34,8 +33,6 @@ cdef class Merchants:
 
     cdef bint resolve(self, const tally_merchant_t *e, merchant_terms_t *out) noexcept nogil
     cdef const merchant_terms_t *terms_of(self, uint64_t lo, uint64_t hi) noexcept nogil
-    cdef void run_batch(self, const tally_merchant_t *events, uint64_t count, uint64_t base,
-                        uint32_t *results) noexcept nogil
     cdef result_t set_merchant(self, const tally_merchant_t *e, uint64_t ts) noexcept nogil
 
 

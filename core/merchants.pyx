@@ -21,18 +21,16 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp
 
 from core.idmap cimport IDMAP_NOT_FOUND, IdMap, idmap_get, idmap_put, idmap_t
-from core.ledger cimport INDEX_NONE, LEGS_MAX, Ledger, batch_bytes
+from core.ledger cimport INDEX_NONE, LEGS_MAX, Ledger
+from core.product cimport Product
 from core.records cimport *  # result_t codes, tally_merchant_t, tally_store_fence
 
 from core import constants, memory
 from core.checkpoint import RAW
-from core.operations import Operation
 from core.records import MERCHANT_DTYPE
 
 
 
-if Operation.set_merchants != OPERATION_SET_MERCHANTS:
-    raise ImportError("core/merchants.pxd and core/operations.py number set_merchants differently")
 
 #: The checkpoint arrays the merchants declare (core/checkpoint.py): copied whole between batches.
 CHECKPOINT_ARRAYS = {"merchants": RAW}
@@ -40,7 +38,7 @@ TERMS_DTYPE = np.dtype([("fee_index", "<u4"), ("settlement_index", "<u4"), ("fee
                         ("_pad2", "<u4")])
 
 
-cdef class Merchants:
+cdef class Merchants(Product):
     """The merchants' terms of a ledger; ``merchants_max`` of them (128 + 16 bytes each, and
     their index), past which ``set_merchants`` answers ``merchants_limit_reached``."""
 
@@ -48,6 +46,7 @@ cdef class Merchants:
         if not 1 <= merchants_max <= constants.MERCHANTS_MAX_LIMIT:
             raise ValueError(f"merchants_max must be in 1..{constants.MERCHANTS_MAX_LIMIT}")
         self.ledger = ledger
+        self.component = "merchants"
         self.merchants_max = merchants_max
         self.merchant_map = IdMap(merchants_max)
         a = self._arrays = {"merchants": np.zeros(merchants_max, dtype=MERCHANT_DTYPE),
@@ -56,26 +55,6 @@ cdef class Merchants:
         self.terms = <merchant_terms_t *> _ptr(a["terms"])
         if sizeof(merchant_terms_t) != TERMS_DTYPE.itemsize:
             raise ImportError("merchant_terms_t and TERMS_DTYPE disagree")
-
-    def apply(self, operation, batch, uint64_t now_ns):
-        """Apply a batch of ``set_merchants`` events at engine time ``now_ns``; one u32
-        ``core.Result`` per event."""
-        if operation != OPERATION_SET_MERCHANTS:
-            raise ValueError(f"the merchants apply no operation {operation}")
-        if now_ns >= constants.NOW_NS_LIMIT:
-            raise ValueError(f"now_ns must be below {constants.NOW_NS_LIMIT}, got {now_ns}")
-        cdef const unsigned char[::1] raw = batch_bytes(batch, MERCHANT_DTYPE)
-        cdef uint64_t count = raw.shape[0] // 128
-        results = np.zeros(count, dtype=np.uint32)
-        cdef uint32_t[::1] out = results
-        self.ledger._enter()
-        try:
-            base = self.ledger.begin_batch(now_ns, count * LEGS_MAX)
-            if count:
-                self.run_batch(<const tally_merchant_t *> &raw[0], count, base, &out[0])
-        finally:
-            self.ledger.busy = False
-        return results
 
     def prefault(self):
         """Touch every page of the table now (see Ledger.prefault). Returns bytes touched."""
@@ -134,11 +113,11 @@ cdef class Merchants:
         cdef uint32_t slot = idmap_get(&self.merchant_map.map, lo, hi) if self.merchant_count else IDMAP_NOT_FOUND
         return NULL if slot == IDMAP_NOT_FOUND else &self.terms[slot]
 
-    cdef void run_batch(self, const tally_merchant_t *events, uint64_t count, uint64_t base,
-                        uint32_t *results) noexcept nogil:
+    cdef void run_batch(self, uint32_t operation, const unsigned char *events, uint64_t count, uint64_t base,
+                        void *out) noexcept nogil:
         cdef uint64_t k
         for k in range(count):
-            results[k] = self.set_merchant(&events[k], base + k * LEGS_MAX)
+            (<uint32_t *> out)[k] = self.set_merchant(&(<const tally_merchant_t *> events)[k], base + k * LEGS_MAX)
         tally_store_fence()
 
     cdef result_t set_merchant(self, const tally_merchant_t *e, uint64_t ts) noexcept nogil:

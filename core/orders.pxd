@@ -10,6 +10,7 @@ from core.expiry cimport expiry_heap_t
 from core.idmap cimport IdMap
 from core.ledger cimport Ledger
 from core.merchants cimport Merchants
+from core.product cimport Product
 from core.records cimport (
     result_t, tally_order_close_t, tally_order_create_t, tally_order_created_t, tally_order_pay_t, tally_order_t,
 )
@@ -27,10 +28,9 @@ cdef enum:
     OPERATION_CLOSE_ORDERS = 102
 
 
-cdef class Orders:
+cdef class Orders(Product):
     cdef readonly uint64_t orders_max
     cdef readonly uint64_t order_count          # orders ever created (slots 0..count-1)
-    cdef Ledger ledger
     cdef Merchants merchants                    # their fee rates (None: no fees)
     cdef bint has_merchants
     cdef IdMap order_map                        # order id -> slot
@@ -45,8 +45,6 @@ cdef class Orders:
     cdef dict _arrays
 
     cdef void expire_due(self, uint64_t base_ts) noexcept nogil
-    cdef void run_batch(self, uint32_t operation, const unsigned char *events, uint64_t count, uint64_t now_ns,
-                        void *out) noexcept nogil
     cdef result_t create_order(self, const tally_order_create_t *e, uint64_t ts, uint8_t *token) noexcept nogil
     cdef result_t find_order(self, uint64_t lo, uint64_t hi, uint32_t *slot) noexcept nogil
     cdef void drop_resolved(self) noexcept nogil

@@ -23,7 +23,8 @@ from libc.string cimport memcmp, memcpy, memset
 from core.digest cimport hmac_key_init, hmac_sha256, order_id_digest
 from core.expiry cimport HEAP_POSITION_NONE, expiry_t, heap_push, heap_remove
 from core.idmap cimport IDMAP_NOT_FOUND, IdMap, idmap_get, idmap_home, idmap_put, idmap_t
-from core.ledger cimport INDEX_NONE, LEGS_MAX, PREFETCH_DISTANCE, Ledger, account_hot_t, batch_bytes, chain_mark_t
+from core.ledger cimport INDEX_NONE, LEGS_MAX, PREFETCH_DISTANCE, Ledger, account_hot_t, chain_mark_t
+from core.product cimport Product
 from core.merchants cimport Merchants, fee_of, merchant_terms_t
 from core.records cimport (
     ORDER_TOKEN_BYTES, OUT_TRADE_NO_BYTES, TALLY_PREFETCH, tally_order_close_t, tally_order_create_t,
@@ -44,7 +45,6 @@ cdef extern from "<stdint.h>":
 
 cdef enum:
     NS_PER_S = 1000000000
-    NOGIL_EVENTS_MIN = 1024     # as the ledger's (core/ledger.pyx): small batches keep the GIL
 
 for _name, _number in (("create_orders", OPERATION_CREATE_ORDERS), ("pay_orders", OPERATION_PAY_ORDERS),
                        ("close_orders", OPERATION_CLOSE_ORDERS)):
@@ -135,7 +135,7 @@ cdef bint trade_no_valid(const uint8_t *p) noexcept nogil:
 
 # ---------------------------------------------------------------------------- the table
 
-cdef class Orders:
+cdef class Orders(Product):
     """The orders of a ledger (docs/products.md "Orders: the reference").
 
     ``orders_max`` orders are held (in memory: 128 bytes + 36 of index each); past it
@@ -151,6 +151,7 @@ cdef class Orders:
         if secret is None or len(secret) != SECRET_BYTES:
             raise ValueError(f"secret must be {SECRET_BYTES} bytes")
         self.ledger = ledger
+        self.component = "orders"
         self.merchants = merchants
         self.has_merchants = merchants is not None
         self.orders_max = orders_max
@@ -187,38 +188,6 @@ cdef class Orders:
             self.ledger.begin_hook_owner = NULL
 
     # ---------------------------------------------------------------- Python API (the boundary)
-
-    def apply(self, operation, batch, uint64_t now_ns):
-        """Apply a batch of ``create_orders``, ``pay_orders`` or ``close_orders`` events at engine
-        time ``now_ns``. Returns an ORDER_CREATED_DTYPE array for ``create_orders``, else one u32
-        ``core.Result`` per event. Orders due to expire by the batch's time close first."""
-        if now_ns >= constants.NOW_NS_LIMIT:
-            raise ValueError(f"now_ns must be below {constants.NOW_NS_LIMIT}, got {now_ns}")
-        if operation == OPERATION_CREATE_ORDERS:
-            dtype, results = ORDER_CREATE_DTYPE, ORDER_CREATED_DTYPE
-        elif operation == OPERATION_PAY_ORDERS:
-            dtype, results = ORDER_PAY_DTYPE, np.uint32
-        elif operation == OPERATION_CLOSE_ORDERS:
-            dtype, results = ORDER_CLOSE_DTYPE, np.uint32
-        else:
-            raise ValueError(f"the orders apply no operation {operation}")
-        cdef const unsigned char[::1] raw = batch_bytes(batch, dtype)
-        cdef uint64_t count = raw.shape[0] // 128
-        out = np.zeros(count, dtype=results)
-        cdef unsigned char[::1] out_bytes = out.view(np.uint8)
-        cdef const unsigned char *events = &raw[0] if count else NULL
-        cdef void *out_first = <void *> &out_bytes[0] if count else NULL
-        cdef uint32_t op = operation
-        self.ledger._enter()
-        try:
-            if count >= NOGIL_EVENTS_MIN:
-                with nogil:
-                    self.run_batch(op, events, count, now_ns, out_first)
-            else:
-                self.run_batch(op, events, count, now_ns, out_first)
-        finally:
-            self.ledger.busy = False
-        return out
 
     @property
     def next_expiry_ns(self):
@@ -297,12 +266,12 @@ cdef class Orders:
         while self.expiry_heap.count and self.rows[self.expiry_heap.items[0].entry].state != ORDER_NOTPAY:
             heap_remove(&self.expiry_heap, 0)
 
-    cdef void run_batch(self, uint32_t operation, const unsigned char *events, uint64_t count, uint64_t now_ns,
+    cdef void run_batch(self, uint32_t operation, const unsigned char *events, uint64_t count, uint64_t base,
                         void *out) noexcept nogil:
-        cdef uint64_t k, base
+        # (The batch's begin_batch has expired the due orders: the ledger's begin hook.)
+        cdef uint64_t k
         cdef uint32_t *results = <uint32_t *> out
         cdef tally_order_created_t *created = <tally_order_created_t *> out
-        base = self.ledger.begin_batch(now_ns, count * LEGS_MAX)  # (expires the due orders)
         if operation == OPERATION_CREATE_ORDERS:
             for k in range(count):
                 created[k].result = self.create_order(&(<const tally_order_create_t *> events)[k],

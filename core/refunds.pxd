@@ -9,6 +9,7 @@ from core.idmap cimport IdMap
 from core.ledger cimport Ledger
 from core.merchants cimport Merchants
 from core.orders cimport Orders
+from core.product cimport Product
 from core.records cimport result_t, tally_refund_t
 
 
@@ -18,16 +19,13 @@ cdef enum:
     TRANSFER_CODE_ORDER_FEE_REFUND = 0xF004     # fee account -> merchant
 
 
-cdef class Refunds:
+cdef class Refunds(Product):
     cdef readonly uint64_t refunds_max
     cdef readonly uint64_t refund_count
-    cdef Ledger ledger
     cdef Orders orders
     cdef Merchants merchants
     cdef IdMap refund_map                       # refund id -> slot
     cdef tally_refund_t *rows
     cdef dict _arrays
 
-    cdef void run_batch(self, const tally_refund_t *events, uint64_t count, uint64_t base,
-                        uint32_t *results) noexcept nogil
     cdef result_t refund(self, const tally_refund_t *e, uint64_t ts) noexcept nogil

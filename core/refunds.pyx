@@ -21,7 +21,7 @@ from libc.string cimport memcmp
 
 from core.digest cimport key_id_digest
 from core.idmap cimport IDMAP_NOT_FOUND, IdMap, idmap_get, idmap_put, idmap_t
-from core.ledger cimport LEGS_MAX, Ledger, batch_bytes, chain_mark_t
+from core.ledger cimport LEGS_MAX, Ledger, chain_mark_t
 from core.merchants cimport Merchants
 from core.orders cimport Orders, leg_id_of, trade_no_valid
 from core.records cimport *  # result_t codes, records, order states
@@ -57,7 +57,7 @@ cdef uint64_t _REFUNDS_PER_ORDER_MAX = constants.REFUNDS_PER_ORDER_MAX
 cdef uint64_t _REFUND_WINDOW_NS = constants.REFUND_WINDOW_S * NS_PER_S
 
 
-cdef class Refunds:
+cdef class Refunds(Product):
     """The refunds of a ledger's orders; ``refunds_max`` of them (128 bytes + their index
     each), past which ``refund_orders`` answers ``refunds_limit_reached``."""
 
@@ -66,31 +66,12 @@ cdef class Refunds:
         if not 1 <= refunds_max <= constants.REFUNDS_MAX_LIMIT:
             raise ValueError(f"refunds_max must be in 1..{constants.REFUNDS_MAX_LIMIT}")
         self.ledger, self.orders, self.merchants = ledger, orders, merchants
+        self.component = "refunds"
         self.refunds_max = refunds_max
         self.refund_map = IdMap(refunds_max)
         self._arrays = {"refunds": np.zeros(refunds_max, dtype=REFUND_DTYPE)}
         cdef unsigned char[::1] view = self._arrays["refunds"].view(np.uint8)
         self.rows = <tally_refund_t *> &view[0]
-
-    def apply(self, operation, batch, uint64_t now_ns):
-        """Apply a batch of ``refund_orders`` events at engine time ``now_ns``; one u32
-        ``core.Result`` per event."""
-        if operation != OPERATION_REFUND_ORDERS:
-            raise ValueError(f"the refunds apply no operation {operation}")
-        if now_ns >= constants.NOW_NS_LIMIT:
-            raise ValueError(f"now_ns must be below {constants.NOW_NS_LIMIT}, got {now_ns}")
-        cdef const unsigned char[::1] raw = batch_bytes(batch, REFUND_DTYPE)
-        cdef uint64_t count = raw.shape[0] // 128
-        results = np.zeros(count, dtype=np.uint32)
-        cdef uint32_t[::1] out = results
-        self.ledger._enter()
-        try:
-            base = self.ledger.begin_batch(now_ns, count * LEGS_MAX)
-            if count:
-                self.run_batch(<const tally_refund_t *> &raw[0], count, base, &out[0])
-        finally:
-            self.ledger.busy = False
-        return results
 
     def prefault(self):
         """Touch every page of the table now (see Ledger.prefault). Returns bytes touched."""
@@ -123,11 +104,11 @@ cdef class Refunds:
 
     # ---------------------------------------------------------------- the state machine
 
-    cdef void run_batch(self, const tally_refund_t *events, uint64_t count, uint64_t base,
-                        uint32_t *results) noexcept nogil:
+    cdef void run_batch(self, uint32_t operation, const unsigned char *events, uint64_t count, uint64_t base,
+                        void *out) noexcept nogil:
         cdef uint64_t k
         for k in range(count):
-            results[k] = self.refund(&events[k], base + k * LEGS_MAX)
+            (<uint32_t *> out)[k] = self.refund(&(<const tally_refund_t *> events)[k], base + k * LEGS_MAX)
         tally_store_fence()
 
     cdef result_t refund(self, const tally_refund_t *e, uint64_t ts) noexcept nogil:

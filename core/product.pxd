@@ -1,0 +1,20 @@
+# The shape every product table shares (docs/products.md "A product operation in the batch
+# loop"): a table over a ledger that applies the create operations the operation table
+# (core/operations.py) gives to its component. ``Product.apply`` checks a batch, enters the
+# ledger, assigns the batch's timestamps (LEGS_MAX per event; the ledger's begin hook expires
+# what is due) and calls the table's ``run_batch``: C over the batch's records, no Python
+# object per event, its legs through the ledger's chain primitive (core/ledger.pxd).
+
+from libc.stdint cimport uint32_t, uint64_t
+
+from core.ledger cimport Ledger
+
+
+cdef class Product:
+    cdef Ledger ledger
+    cdef str component                          # its name in the operation table
+
+    # Apply ``count`` events of ``operation`` (checked: one of the table's) based at engine time
+    # ``base`` (event k at base + k * LEGS_MAX); one reply record per event into ``out``.
+    cdef void run_batch(self, uint32_t operation, const unsigned char *events, uint64_t count, uint64_t base,
+                        void *out) noexcept nogil
