@@ -9,6 +9,8 @@
     # transfers_hot_max = 2097152   recent transfers held in memory; older ones are in the cold tier
     # pending_max = 1048576         unresolved pending transfers held in memory
     # orders_max = 262144           merchant orders held in memory (docs/products.md)
+    # refunds_max = 65536           refunds held in memory
+    # merchants_max = 131072        merchants with terms (fee rate, fee and settlement accounts)
     # tls_cert = "cert.pem", tls_key = "key.pem"          (optional: serve TLS only)
     # prefault = false                                     (true: touch all memory at start)
     # metrics_port = 9420      latency histograms in the Prometheus text format at
@@ -48,6 +50,8 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     transfers_hot_max: int = core_constants.TRANSFERS_HOT_MAX_DEFAULT
     pending_max: int = core_constants.PENDING_MAX_DEFAULT
     orders_max: int = core_constants.ORDERS_MAX_DEFAULT
+    refunds_max: int = core_constants.REFUNDS_MAX_DEFAULT
+    merchants_max: int = core_constants.MERCHANTS_MAX_DEFAULT
     tls_cert: str | None = None
     tls_key: str | None = None
     prefault: bool = False    # touch all ledger memory at start: slower start, no page faults later

@@ -15,7 +15,11 @@ closed loop for ``seconds`` after one second of warm-up:
    transfers' phase, whose epochs the server's flush thread is still writing to the cold tier
    (without the pause, about 45 % of the server's CPU in the QR phase was that thread's).
 
-The other keys of the issue (``payment_code_per_s``, ``refund_per_s``, ``notification_per_s``,
+3. ``refund_per_s``: the orders paid in phase 2, each refunded in full (``refund_orders``,
+   two legs when a fee was taken: none here, the merchants have no terms), refunds answered
+   ``ok`` per second of the window in which there were any left to refund.
+
+The other keys of the issue (``payment_code_per_s``, ``notification_per_s``,
 ``settle_merchants_per_s``) come with their products; until then they are absent, not zero.
 Both processes share the machine's cores; their CPU seconds per phase are reported.
 """
@@ -23,6 +27,7 @@ Both processes share the machine's cores; their CPU seconds per phase are report
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import shutil
 import tempfile
@@ -32,7 +37,8 @@ import numpy as np
 
 import core
 from core import constants
-from core.order_keys import order_ids
+from core.digest import key_ids
+from core.order_keys import REFUND_ID_DOMAIN, order_ids
 from tally import bench_core, bench_e2e, local_server
 
 WARMUP_S = 1.0
@@ -97,15 +103,19 @@ async def _phase(clients, depth: int, seconds: float, server_pid: int, one) -> d
     start = loop.time()
     window_start, stop = start + WARMUP_S, start + WARMUP_S + seconds
     counted = failed = 0
+    last_answer = window_start
     cpu = {}
 
     async def worker(client):
-        nonlocal counted, failed
+        nonlocal counted, failed, last_answer
         while loop.time() < stop:
             ok, refused = await one(client)
-            if window_start <= loop.time() <= stop:
+            now = loop.time()
+            if window_start <= now <= stop:
                 counted += ok
                 failed += refused
+                if ok or refused:
+                    last_answer = max(last_answer, now)
 
     async def cpu_sampler():
         await asyncio.sleep(WARMUP_S)
@@ -115,7 +125,10 @@ async def _phase(clients, depth: int, seconds: float, server_pid: int, one) -> d
         cpu["client"] = time.process_time() - cpu["client"]
 
     await asyncio.gather(cpu_sampler(), *(worker(client) for client in clients for _ in range(depth)))
-    return {"per_s": counted / seconds, "failed": failed, "server_cpu_s": cpu["server"],
+    # Per second of the window that had work (a phase whose work runs out early, the refunds',
+    # is not charged for the idle rest).
+    busy_s = min(seconds, last_answer - window_start) if counted else seconds
+    return {"per_s": counted / busy_s if busy_s > 0 else 0.0, "failed": failed, "server_cpu_s": cpu["server"],
             "client_cpu_s": cpu["client"]}
 
 
@@ -135,13 +148,24 @@ async def _drive(port: int, secret: bytes, *, accounts: int, connections: int, d
             refused = int(np.count_nonzero(results))
             return len(results) - refused, refused
 
+        paid = collections.deque()  # batches of paid orders, for the refunds' phase
+
         async def qr_payment(client):
             creates, rows = orders.creates(batch_events)
             replies = await client.create_orders(creates)
             created = replies["result"] == 0
             results = await client.pay_orders(orders.pays(creates[created], rows[created], replies[created]))
             refused = int(np.count_nonzero(results))
+            paid.append(creates[created][results == 0])
             return len(results) - refused, refused + int(np.count_nonzero(~created))
+
+        async def refund(client):
+            if not paid:  # every paid order refunded: the phase is over for this worker
+                await asyncio.sleep(0.01)
+                return 0, 0
+            results = await client.refund_orders(full_refunds(paid.popleft()))
+            refused = int(np.count_nonzero(results))
+            return len(results) - refused, refused
 
         say(f"transfers: {connections} connections x {depth} requests of {batch_events:,}, {seconds:g} s")
         transfers = await _phase(clients, depth, seconds, server_pid, transfer)
@@ -150,10 +174,29 @@ async def _drive(port: int, secret: bytes, *, accounts: int, connections: int, d
         await asyncio.sleep(settle_s)
         say(f"QR payments (create + pay): the same, {seconds:g} s")
         qr = await _phase(clients, depth, seconds, server_pid, qr_payment)
+        await asyncio.sleep(settle_s)
+        say(f"refunds (each paid order refunded in full): the same, {seconds:g} s")
+        refunds = await _phase(clients, depth, seconds, server_pid, refund)
     finally:
         for client in clients:
             client.close()
-    return {"transfers": transfers, "qr": qr}
+    return {"transfers": transfers, "qr": qr, "refunds": refunds}
+
+
+def full_refunds(creates: np.ndarray) -> np.ndarray:
+    """A ``refund_orders`` batch refunding each of these paid orders in full (out_refund_no "R1")."""
+    count = creates.shape[0]
+    batch = np.zeros(count, dtype=core.REFUND_DTYPE)
+    batch["order_id_lo"], batch["order_id_hi"] = creates["id_lo"], creates["id_hi"]
+    batch["merchant_id_lo"], batch["merchant_id_hi"] = creates["merchant_id_lo"], creates["merchant_id_hi"]
+    batch["amount"] = creates["amount"]
+    batch["ledger"] = creates["ledger"]
+    numbers = np.zeros((count, 32), dtype=np.uint8)
+    numbers[:, :2] = np.frombuffer(b"R1", dtype=np.uint8)
+    batch["out_refund_no"] = numbers
+    ids = key_ids(REFUND_ID_DOMAIN, np.stack([creates["id_lo"], creates["id_hi"]], axis=1), numbers)
+    batch["id_lo"], batch["id_hi"] = ids[:, 0], ids[:, 1]
+    return batch
 
 
 #: Orders the server holds: what the QR phase creates at up to 400,000/s for its seconds (a
@@ -176,18 +219,19 @@ def run(seconds: float = 5.0, connections: int = 4, depth: int = 2, accounts: in
             base_dir, lambda port, secret, pid: _drive(port, secret, accounts=accounts, connections=connections,
                                                        depth=depth, seconds=seconds, server_pid=pid,
                                                        settle_s=bench_e2e.SETTLE_S if prefault else 0.0, say=say),
-            accounts_max=accounts, prefault=prefault, orders_max=orders_max)
+            accounts_max=accounts, prefault=prefault, orders_max=orders_max, refunds_max=orders_max)
     finally:
         if data_dir is None:
             shutil.rmtree(base_dir, ignore_errors=True)
-    transfers, qr = driven["transfers"], driven["qr"]
+    transfers, qr, refunds = driven["transfers"], driven["qr"], driven["refunds"]
     return {
         "transfers_per_s": round(transfers["per_s"]),
         "qr_pay_per_s": round(qr["per_s"]),
         "ratio_to_transfers": round(qr["per_s"] / transfers["per_s"], 3) if transfers["per_s"] else None,
-        "failed_events": transfers["failed"] + qr["failed"],
-        "cpu_s": {"transfers": {"server": round(transfers["server_cpu_s"], 2), "client": round(transfers["client_cpu_s"], 2)},
-                  "qr": {"server": round(qr["server_cpu_s"], 2), "client": round(qr["client_cpu_s"], 2)}},
+        "refund_per_s": round(refunds["per_s"]),
+        "failed_events": transfers["failed"] + qr["failed"] + refunds["failed"],
+        "cpu_s": {name: {"server": round(phase["server_cpu_s"], 2), "client": round(phase["client_cpu_s"], 2)}
+                  for name, phase in (("transfers", transfers), ("qr", qr), ("refunds", refunds))},
         "server_exit_code": server_exit,
         "config": {"seconds": seconds, "connections": connections, "depth": depth, "accounts": accounts,
                    "request_events": constants.BATCH_EVENTS_MAX},
@@ -202,6 +246,9 @@ def summary(result: dict) -> str:
         f"events, {c['seconds']:g} s per phase, {c['accounts']:,} accounts",
         f"  transfers (create_transfers)      {result['transfers_per_s']:>12,}/s",
         f"  QR payments (create + pay orders) {result['qr_pay_per_s']:>12,}/s   ratio {result['ratio_to_transfers']}",
+        f"  refunds (refund_orders, in full)  {result['refund_per_s']:>12,}/s",
         f"  CPU s (server/client): transfers {result['cpu_s']['transfers']['server']}/{result['cpu_s']['transfers']['client']}, "
-        f"QR {result['cpu_s']['qr']['server']}/{result['cpu_s']['qr']['client']}; failed events {result['failed_events']}",
+        f"QR {result['cpu_s']['qr']['server']}/{result['cpu_s']['qr']['client']}, "
+        f"refunds {result['cpu_s']['refunds']['server']}/{result['cpu_s']['refunds']['client']}; "
+        f"failed events {result['failed_events']}",
     ])

@@ -60,6 +60,7 @@ def test_bench_products_pays_qr_orders_end_to_end(tmp_path):
 
     result = bench_products.run(seconds=0.5, connections=2, accounts=3000, data_dir=str(tmp_path), prefault=False)
     assert result["transfers_per_s"] > 0 and result["qr_pay_per_s"] > 0 and result["ratio_to_transfers"] > 0
+    assert result["refund_per_s"] > 0
     assert result["failed_events"] == 0  # every order created and paid once
     assert result["server_exit_code"] == 0
     assert "QR payments" in bench_products.summary(result)
