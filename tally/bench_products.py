@@ -5,17 +5,19 @@ process (``tally serve``, uvloop, ``prefault``) is started on loopback over a fr
 directory, this process becomes the client process (``connections`` connections of the client
 library, ``depth`` requests of ``BATCH_EVENTS_MAX`` events in flight on each), the population
 (wallets topped up, Zipf-skewed merchants) is created over the wire, then each phase runs
-closed loop for ``seconds`` after one second of warm-up:
+closed loop, after one second of warm-up of each:
 
-1. ``transfers_per_s``: plain payments (``create_transfers``), as ``tally bench e2e``'s peak.
+1. ``transfers_per_s``: plain payments (``create_transfers``), as ``tally bench e2e``'s peak;
 2. ``qr_pay_per_s``: merchant-presented QR payments, each a ``create_orders`` (the merchant's
    order, fresh ``out_trade_no``) then a ``pay_orders`` of the same orders with the tokens the
    create returned (the payer's app): QR payments answered ``ok`` per second, two events each.
-   ``ratio_to_transfers = qr_pay_per_s / transfers_per_s``. It starts ``SETTLE_S`` after the
-   transfers' phase, whose epochs the server's flush thread is still writing to the cold tier
-   (without the pause, about 45 % of the server's CPU in the QR phase was that thread's).
+   ``ratio_to_transfers = qr_pay_per_s / transfers_per_s``.
 
-3. ``refund_per_s``: the orders paid in phase 2, each refunded in full (``refund_orders``,
+   The two run in ``SLICES`` alternating slices that add up to ``seconds`` each, so that the
+   server's background work (epoch flushes, checkpoints) and the machine's noise fall on both
+   alike (run one after the other, the ratio of three runs went from 0.30 to 0.52).
+
+3. ``refund_per_s``, ``SETTLE_S`` later: the orders paid in phase 2, each refunded in full (``refund_orders``,
    two legs when a fee was taken: none here, the merchants have no terms), refunds answered
    ``ok`` per second of the window in which there were any left to refund.
 
@@ -42,6 +44,7 @@ from core.order_keys import REFUND_ID_DOMAIN, order_ids
 from tally import bench_core, bench_e2e, local_server
 
 WARMUP_S = 1.0
+SLICES = 5                      # alternating slices of transfers and QR payments
 ORDER_POOL = 1 << 20            # pre-drawn merchants, payers and amounts, sliced per request
 
 
@@ -96,12 +99,12 @@ class OrderStream:
         return batch
 
 
-async def _phase(clients, depth: int, seconds: float, server_pid: int, one) -> dict:
+async def _phase(clients, depth: int, seconds: float, server_pid: int, one, warmup_s: float = WARMUP_S) -> dict:
     """Run ``one(client)`` (returns events answered ok, events failed) on every connection,
-    ``depth`` at a time, for ``seconds`` after the warm-up; counts what ends in the window."""
+    ``depth`` at a time, for ``seconds`` after ``warmup_s``; counts what ends in the window."""
     loop = asyncio.get_running_loop()
     start = loop.time()
-    window_start, stop = start + WARMUP_S, start + WARMUP_S + seconds
+    window_start, stop = start + warmup_s, start + warmup_s + seconds
     counted = failed = 0
     last_answer = window_start
     cpu = {}
@@ -118,7 +121,7 @@ async def _phase(clients, depth: int, seconds: float, server_pid: int, one) -> d
                     last_answer = max(last_answer, now)
 
     async def cpu_sampler():
-        await asyncio.sleep(WARMUP_S)
+        await asyncio.sleep(warmup_s)
         cpu["server"], cpu["client"] = bench_e2e._cpu_seconds(server_pid), time.process_time()
         await asyncio.sleep(seconds)
         cpu["server"] = bench_e2e._cpu_seconds(server_pid) - cpu["server"]
@@ -128,7 +131,8 @@ async def _phase(clients, depth: int, seconds: float, server_pid: int, one) -> d
     # Per second of the window that had work (a phase whose work runs out early, the refunds',
     # is not charged for the idle rest).
     busy_s = min(seconds, last_answer - window_start) if counted else seconds
-    return {"per_s": counted / busy_s if busy_s > 0 else 0.0, "failed": failed, "server_cpu_s": cpu["server"],
+    return {"per_s": counted / busy_s if busy_s > 0 else 0.0, "counted": counted, "busy_s": busy_s,
+            "failed": failed, "server_cpu_s": cpu["server"],
             "client_cpu_s": cpu["client"]}
 
 
@@ -167,13 +171,19 @@ async def _drive(port: int, secret: bytes, *, accounts: int, connections: int, d
             refused = int(np.count_nonzero(results))
             return len(results) - refused, refused
 
-        say(f"transfers: {connections} connections x {depth} requests of {batch_events:,}, {seconds:g} s")
-        transfers = await _phase(clients, depth, seconds, server_pid, transfer)
-        # The transfers leave their epochs to be written to the cold tier behind them (the
-        # server's flush thread): measured right after, the QR payments would pay for them.
-        await asyncio.sleep(settle_s)
-        say(f"QR payments (create + pay): the same, {seconds:g} s")
-        qr = await _phase(clients, depth, seconds, server_pid, qr_payment)
+        # Transfers and QR payments in alternating slices, so that what the server does in the
+        # background (epoch flushes, checkpoints) and the machine's noise fall on both alike:
+        # their ratio is then a measure, not the difference between two separate runs.
+        slice_s = seconds / SLICES
+        say(f"transfers and QR payments (create + pay): {connections} connections x {depth} requests of "
+            f"{batch_events:,}, {SLICES} alternating slices of {slice_s:g} s each")
+        await _phase(clients, depth, 0.0, server_pid, transfer)  # warm-up of both (WARMUP_S each)
+        await _phase(clients, depth, 0.0, server_pid, qr_payment)
+        slices = {"transfers": [], "qr": []}
+        for _ in range(SLICES):
+            slices["transfers"].append(await _phase(clients, depth, slice_s, server_pid, transfer, warmup_s=0.0))
+            slices["qr"].append(await _phase(clients, depth, slice_s, server_pid, qr_payment, warmup_s=0.0))
+        transfers, qr = (_merged(slices[name]) for name in ("transfers", "qr"))
         await asyncio.sleep(settle_s)
         say(f"refunds (each paid order refunded in full): the same, {seconds:g} s")
         refunds = await _phase(clients, depth, seconds, server_pid, refund)
@@ -181,6 +191,14 @@ async def _drive(port: int, secret: bytes, *, accounts: int, connections: int, d
         for client in clients:
             client.close()
     return {"transfers": transfers, "qr": qr, "refunds": refunds}
+
+
+def _merged(phases: list[dict]) -> dict:
+    """One phase's figures from its slices: events per second of all their windows together."""
+    counted, busy_s = sum(p["counted"] for p in phases), sum(p["busy_s"] for p in phases)
+    return {"per_s": counted / busy_s if busy_s else 0.0, "counted": counted, "busy_s": busy_s,
+            "failed": sum(p["failed"] for p in phases), "server_cpu_s": sum(p["server_cpu_s"] for p in phases),
+            "client_cpu_s": sum(p["client_cpu_s"] for p in phases)}
 
 
 def full_refunds(creates: np.ndarray) -> np.ndarray:
