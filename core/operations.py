@@ -68,12 +68,12 @@ class Spec(NamedTuple):
     event_dtype: np.dtype | None   # the request body's records (None: not records)
     reply_dtype: np.dtype | None   # the reply body's records (None: no body)
     component: str | None = None   # who applies a create: "ledger" or a product module ("orders", "merchants", "refunds")
-    legs: int = 0                  # a product event's transfers, at most (the ring's room for a batch)
+    legs: int = 0                  # transfers an event may make, at most (the ring's room for a batch)
 
 
 OPERATIONS: dict[Operation, Spec] = {spec.operation: spec for spec in (
     Spec(Operation.create_accounts, Kind.create, ACCOUNT_DTYPE, RESULT_DTYPE, "ledger"),
-    Spec(Operation.create_transfers, Kind.create, TRANSFER_DTYPE, RESULT_DTYPE, "ledger"),
+    Spec(Operation.create_transfers, Kind.create, TRANSFER_DTYPE, RESULT_DTYPE, "ledger", legs=1),
     Spec(Operation.lookup_accounts, Kind.lookup, ID_DTYPE, ACCOUNT_DTYPE),
     Spec(Operation.lookup_transfers, Kind.lookup, ID_DTYPE, TRANSFER_DTYPE),
     Spec(Operation.get_account_transfers, Kind.query, None, TRANSFER_DTYPE),

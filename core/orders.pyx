@@ -203,10 +203,6 @@ cdef class Orders(Product):
         """Touch every page of the table now (see Ledger.prefault). Returns bytes touched."""
         return memory.touch_pages(self._arrays.values()) + self.order_map.prefault()
 
-    def memory_bytes(self):
-        """Bytes of memory the table reserves (its arrays and its id map)."""
-        return sum(array.nbytes for array in self._arrays.values()) + self.order_map._buffer.nbytes
-
     # -- checkpoints and the state hash
 
     def snapshot(self):

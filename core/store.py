@@ -63,7 +63,7 @@ from core.archive import ArchiveError, LogArchive
 from core.cold import ColdTier
 from core.filter import IdFilter
 from core.machine import Machine
-from core.operations import CREATE_COMPONENTS, CREATE_EVENT_DTYPES, OPERATIONS, Operation
+from core.operations import CREATE_EVENT_DTYPES, OPERATIONS, Operation
 from core.records import TRANSFER_DTYPE, TransferFlags, ids_array
 from core.state_hash import CHAIN_EMPTY, state_hash
 
@@ -502,30 +502,23 @@ class Store:
 
     def _apply(self, operation: int, batch, now_ns: int) -> np.ndarray:
         """Apply one batch in memory (submit and recovery): room in the ring, prefetch, apply."""
-        if operation == OPERATION_CREATE_ACCOUNTS:
-            self._reap()
-            self._make_room(0)  # the batch still prunes
-            return self.machine.apply(operation, batch, now_ns)
+        # Room in the ring for every transfer the batch may make (``legs`` per event in the
+        # operation table: one per transfer, two per payment or refund, none per account),
+        # refused whole if the hot window cannot have it: which events found room must not
+        # depend on how far the flush thread had got (replay would differ). (Larger batches:
+        # the component's own error.)
         count = _raw(batch).shape[0] // constants.RECORD_SIZE_BYTES
-        if CREATE_COMPONENTS.get(operation) != "ledger":
-            # A product batch: its legs are new transfers (ids in their own range, derived from
-            # new events: nothing to prefetch), up to ``legs`` per event. Refused whole if the
-            # ring cannot hold them all, as a transfer batch is: which legs found room must not
-            # depend on how far the flush thread had got (replay would differ).
-            needed = count * OPERATIONS[operation].legs
-            room = self.ledger.transfers_hot_max - self._epoch_transfers
-            if room < needed and count <= constants.BATCH_EVENTS_MAX:
-                raise ValueError(f"a batch of {count} {Operation(operation).name} events needs room for {needed} "
-                                 f"transfers; the hot window has {room} (transfers_hot_max - cold_epoch_transfers)")
-            self._reap()
-            self._make_room(min(needed, room))
-            return self.machine.apply(operation, batch, now_ns)
+        needed = count * OPERATIONS[operation].legs
         room = self.ledger.transfers_hot_max - self._epoch_transfers
-        if room < count <= constants.BATCH_EVENTS_MAX:  # (larger batches: the ledger's own error)
-            raise ValueError(f"a batch of {count} transfers does not fit the hot window's room for new ones "
-                             f"({room}: transfers_hot_max - cold_epoch_transfers)")
+        if room < needed and count <= constants.BATCH_EVENTS_MAX:
+            raise ValueError(f"a batch of {count} {Operation(operation).name} events needs room for {needed} "
+                             f"transfers; the hot window has {room} (transfers_hot_max - cold_epoch_transfers)")
         self._reap()
-        self._make_room(min(count, room))  # a batch too large is refused by the ledger next
+        self._make_room(min(needed, room))  # (an accounts batch: none, but it still prunes)
+        if operation != OPERATION_CREATE_TRANSFERS:
+            # The products' legs are new transfers with ids in their own range, derived from new
+            # events: nothing to prefetch from the cold tier.
+            return self.machine.apply(operation, batch, now_ns)
         ids = self.ledger.prefetch_scan(batch)  # evicts what the batch needs room for first
         if ids.shape[0]:
             ids = np.unique(ids)
