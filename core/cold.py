@@ -342,6 +342,79 @@ class ColdTier(ColdTable):
         return super().disk_bytes() | _pages_bytes(self.env, {"history": self.history})
 
 
+class ColdVersions:
+    """A product table's cold side (docs/tables.md "The write-back table"): every version of
+    its records that left memory, under ``id || modified_at`` (big-endian), never rewritten;
+    ``<name>versions`` in ``env``, and ``<name>written``: how many outbox entries are in it.
+
+    A reader at a batch takes each id's newest version older than the batch (``before_ts``):
+    versions a crashed run wrote past its last checkpoint are either the ones the replay
+    writes again or newer than the replay has reached, so it never reads ahead of the log.
+    """
+
+    def __init__(self, env: lmdb.Environment, name: bytes, entry_dtype: np.dtype):
+        self.env = env
+        self.entry_dtype = np.dtype(entry_dtype)
+        self.db = env.open_db(name + b"versions")
+        self._written_db = env.open_db(name + b"written")
+        self.lookups = 0
+        self.lookups_missed = 0
+
+    def write(self, txn, entries: np.ndarray, written: int) -> int:
+        """Put outbox entries (``entry_dtype``: the record's 16-byte id first, ``modified_at``)
+        and the outbox count they end at; returns the bytes written."""
+        words = np.ascontiguousarray(entries["record"]).view(np.uint64).reshape(-1, 16)
+        keys = np.empty(entries.shape[0], dtype=[("hi", ">u8"), ("lo", ">u8"), ("modified_at", ">u8")])
+        keys["hi"], keys["lo"], keys["modified_at"] = words[:, 1], words[:, 0], entries["modified_at"]
+        order = np.lexsort((keys["modified_at"], keys["lo"], keys["hi"]))  # the keys' byte order
+        key_list = keys[order].view("V24").tolist()
+        values = np.ascontiguousarray(entries[order])
+        value_list = [values[i:i + 1].tobytes() for i in range(values.shape[0])]
+        _put_sorted(txn, self.db, key_list, value_list)
+        txn.put(b"written", _U64.pack(written), db=self._written_db)
+        return len(key_list) * (24 + self.entry_dtype.itemsize)
+
+    def written(self) -> int:
+        """Outbox entries the cold side holds (0: none yet)."""
+        with self.env.begin(db=self._written_db) as txn:
+            value = txn.get(b"written")
+        return _U64.unpack(value)[0] if value is not None else 0
+
+    def lookup(self, ids: np.ndarray, before_ts: int = (1 << 64) - 1) -> tuple[np.ndarray, np.ndarray]:
+        """(entries, found): each id's (ID_DTYPE) newest version with ``modified_at`` below
+        ``before_ts``."""
+        n = ids.shape[0]
+        entries = np.zeros(n, dtype=self.entry_dtype)
+        found = np.zeros(n, dtype=bool)
+        if n == 0:
+            return entries, found
+        ends = np.empty(n, dtype=[("hi", ">u8"), ("lo", ">u8"), ("modified_at", ">u8")])
+        ends["hi"], ends["lo"], ends["modified_at"] = ids["hi"], ids["lo"], before_ts
+        end_keys = ends.view("V24").tolist()
+        size = self.entry_dtype.itemsize
+        raw = entries.view(np.uint8).reshape(n, size)
+        with self.env.begin(db=self.db, buffers=True) as txn:
+            cursor = txn.cursor()
+            for i, end in enumerate(end_keys):
+                # The last key below (id, before_ts): this id's newest version older than it, if
+                # the key found is this id's.
+                if cursor.set_range(end):
+                    if not cursor.prev():
+                        continue
+                elif not cursor.last():
+                    continue
+                if bytes(cursor.key())[:16] != end[:16]:
+                    continue
+                raw[i] = np.frombuffer(cursor.value(), dtype=np.uint8)
+                found[i] = True
+        self.lookups += n
+        self.lookups_missed += n - int(found.sum())
+        return entries, found
+
+    def disk_bytes(self) -> dict[str, int]:
+        return _pages_bytes(self.env, {"versions": self.db})
+
+
 def _pending(rows: np.ndarray) -> np.ndarray:
     return (rows["flags"] & int(TransferFlags.pending)) != 0
 

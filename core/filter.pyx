@@ -120,6 +120,19 @@ cdef class IdFilter:
                 tally_mark_u8(&dirty[idfilter_add(&self.filter, words[i, 0], words[i, 1]) >> IDFILTER_REGION_SHIFT])
         self.added += n
 
+    def maybe_mask(self, ids):
+        """Which of these ids (an ID_DTYPE array) may have been added: a mask."""
+        cdef const uint64_t[:, ::1] words = np.ascontiguousarray(ids).view(np.uint64).reshape(-1, 2)
+        out = np.zeros(words.shape[0], dtype=bool)
+        cdef uint8_t[::1] mask = out.view(np.uint8)
+        cdef Py_ssize_t i
+        with nogil:
+            for i in range(words.shape[0]):
+                if i + AHEAD < words.shape[0]:
+                    TALLY_PREFETCH(idfilter_block(&self.filter, idfilter_hash(words[i + AHEAD, 0], words[i + AHEAD, 1])))
+                mask[i] = idfilter_maybe(&self.filter, words[i, 0], words[i, 1])
+        return out
+
     def maybe(self, id_):
         cdef object i = int(id_)
         return bool(idfilter_maybe(&self.filter, i & 0xFFFFFFFFFFFFFFFF, i >> 64))

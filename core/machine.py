@@ -39,6 +39,8 @@ class Machine:
         self.merchants = Merchants(self.ledger, merchants_max)
         self.orders = Orders(self.ledger, orders_max, secret, self.merchants)
         self.refunds = Refunds(self.ledger, self.orders, self.merchants, refunds_max)
+        #: The write-back tables (core/table.pyx) by the name the operation table's ``reads`` use.
+        self.tables = {"orders": self.orders.table, "refunds": self.refunds.table}
         self._components = {"ledger": self.ledger, "orders": self.orders, "merchants": self.merchants,
                             "refunds": self.refunds}
 

@@ -69,6 +69,9 @@ class Spec(NamedTuple):
     reply_dtype: np.dtype | None   # the reply body's records (None: no body)
     component: str | None = None   # who applies a create: "ledger" or a product module ("orders", "merchants", "refunds")
     legs: int = 0                  # transfers an event may make, at most (the ring's room for a batch)
+    # The product records an event names, as (table, id field) pairs: a store loads those of a
+    # batch that are not in memory before it runs (docs/tables.md), one slot per event and table.
+    reads: tuple[tuple[str, str], ...] = ()
 
 
 OPERATIONS: dict[Operation, Spec] = {spec.operation: spec for spec in (
@@ -77,13 +80,17 @@ OPERATIONS: dict[Operation, Spec] = {spec.operation: spec for spec in (
     Spec(Operation.lookup_accounts, Kind.lookup, ID_DTYPE, ACCOUNT_DTYPE),
     Spec(Operation.lookup_transfers, Kind.lookup, ID_DTYPE, TRANSFER_DTYPE),
     Spec(Operation.get_account_transfers, Kind.query, None, TRANSFER_DTYPE),
-    Spec(Operation.create_orders, Kind.create, ORDER_CREATE_DTYPE, ORDER_CREATED_DTYPE, "orders"),
-    Spec(Operation.pay_orders, Kind.create, ORDER_PAY_DTYPE, RESULT_DTYPE, "orders", legs=2),
-    Spec(Operation.close_orders, Kind.create, ORDER_CLOSE_DTYPE, RESULT_DTYPE, "orders"),
+    Spec(Operation.create_orders, Kind.create, ORDER_CREATE_DTYPE, ORDER_CREATED_DTYPE, "orders",
+         reads=(("orders", "id"),)),
+    Spec(Operation.pay_orders, Kind.create, ORDER_PAY_DTYPE, RESULT_DTYPE, "orders", legs=2,
+         reads=(("orders", "order_id"),)),
+    Spec(Operation.close_orders, Kind.create, ORDER_CLOSE_DTYPE, RESULT_DTYPE, "orders",
+         reads=(("orders", "order_id"),)),
     Spec(Operation.lookup_orders, Kind.lookup, ID_DTYPE, ORDER_DTYPE),
     Spec(Operation.set_merchants, Kind.create, MERCHANT_DTYPE, RESULT_DTYPE, "merchants"),
     Spec(Operation.lookup_merchants, Kind.lookup, ID_DTYPE, MERCHANT_DTYPE),
-    Spec(Operation.refund_orders, Kind.create, REFUND_DTYPE, RESULT_DTYPE, "refunds", legs=2),
+    Spec(Operation.refund_orders, Kind.create, REFUND_DTYPE, RESULT_DTYPE, "refunds", legs=2,
+         reads=(("orders", "order_id"), ("refunds", "id"))),
     Spec(Operation.lookup_refunds, Kind.lookup, ID_DTYPE, REFUND_DTYPE),
     Spec(Operation.ping, Kind.control, None, None),
 )}

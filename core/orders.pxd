@@ -1,16 +1,17 @@
 # Merchant-presented QR orders (docs/products.md "Orders: the reference"): the first product
-# module over the ledger's legs and typed undo. Orders live in a bounded table in memory
-# (``orders_max``), keyed by the 128-bit order id (core/idmap), with an expiry heap of the
-# unpaid ones (core/expiry.pxd; a paid or closed order leaves it lazily, when it reaches the top).
+# module over the ledger's legs and typed undo. Orders live in a write-back table (core/table:
+# ``orders_max`` resident, the rest in the cold tier, docs/tables.md), with an expiry heap of
+# the unpaid ones (core/expiry.pxd; a paid or closed order leaves it lazily, when it reaches
+# the top or when it is evicted). Unpaid orders stay resident (pinned): at most ``open_max``.
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
 from core.digest cimport hmac_key_t
 from core.expiry cimport expiry_heap_t
-from core.idmap cimport IdMap
 from core.ledger cimport Ledger
 from core.merchants cimport Merchants
 from core.product cimport Product
+from core.table cimport Table
 from core.records cimport (
     result_t, tally_order_close_t, tally_order_create_t, tally_order_created_t, tally_order_pay_t, tally_order_t,
 )
@@ -29,14 +30,14 @@ cdef enum:
 
 
 cdef class Orders(Product):
-    cdef readonly uint64_t orders_max
-    cdef readonly uint64_t order_count          # orders ever created (slots 0..count-1)
+    cdef readonly uint64_t orders_max           # resident orders
+    cdef readonly uint64_t open_max             # unpaid orders (resident, pinned)
+    cdef readonly uint64_t open_count
+    cdef readonly Table table                   # the orders; a slot's aux: the account its fee went to
     cdef Merchants merchants                    # their fee rates (None: no fees)
     cdef bint has_merchants
-    cdef IdMap order_map                        # order id -> slot
-    cdef tally_order_t *rows
+    cdef tally_order_t *rows                    # the table's records
     cdef uint32_t *heap_positions               # per slot: its place in the expiry heap
-    cdef uint32_t *fee_accounts                 # per slot: the account its fee went to (INDEX_NONE: none)
     cdef expiry_heap_t expiry_heap              # unpaid orders by expires_at
     cdef hmac_key_t token_key                   # HMAC-SHA256 key of the order tokens (store secret)
     cdef uint32_t *scratch_slot                 # per event of a pay batch: its order's slot,
@@ -45,6 +46,7 @@ cdef class Orders(Product):
     cdef dict _arrays
 
     cdef void expire_due(self, uint64_t base_ts) noexcept nogil
+    cdef void settled(self, uint32_t slot, uint64_t ts) noexcept nogil
     cdef result_t create_order(self, const tally_order_create_t *e, uint64_t ts, uint8_t *token) noexcept nogil
     cdef result_t find_order(self, uint64_t lo, uint64_t hi, uint32_t *slot) noexcept nogil
     cdef void drop_resolved(self) noexcept nogil

@@ -22,9 +22,10 @@ from libc.string cimport memcmp, memcpy, memset
 
 from core.digest cimport hmac_key_init, hmac_sha256, order_id_digest
 from core.expiry cimport HEAP_POSITION_NONE, expiry_t, heap_push, heap_remove
-from core.idmap cimport IDMAP_NOT_FOUND, IdMap, idmap_get, idmap_home, idmap_put, idmap_t
+from core.idmap cimport IDMAP_NOT_FOUND, idmap_get, idmap_home, idmap_t
 from core.ledger cimport INDEX_NONE, LEGS_MAX, PREFETCH_DISTANCE, Ledger, account_hot_t, chain_mark_t
 from core.product cimport Product
+from core.table cimport Table, table_find, table_set_pinned
 from core.merchants cimport Merchants, fee_of, merchant_terms_t
 from core.records cimport (
     ORDER_TOKEN_BYTES, OUT_TRADE_NO_BYTES, TALLY_PREFETCH, tally_order_close_t, tally_order_create_t,
@@ -32,7 +33,7 @@ from core.records cimport (
 )
 from core.records cimport *  # result_t codes, order states
 
-from core import constants, memory
+from core import constants, memory, table as table_module
 from core.checkpoint import RAW
 from core.operations import Operation
 from core.order_keys import order_creates, order_closes, order_id, order_pays, parse_qr_payload, qr_payload, token_of  # noqa: F401
@@ -55,7 +56,7 @@ if TransferCode.order_payment != TRANSFER_CODE_ORDER_PAYMENT or TransferCode.ord
     raise ImportError("core/orders.pxd and core.TransferCode disagree on the order payment's code")
 
 #: The checkpoint arrays the orders declare (core/checkpoint.py): copied whole between batches.
-CHECKPOINT_ARRAYS = {"orders": RAW, "order_expiries": RAW, "order_fee_accounts": RAW}
+CHECKPOINT_ARRAYS = dict(table_module.checkpoint_arrays("orders"), order_expiries=RAW)
 EXPIRY_DTYPE = np.dtype([("expires_at", "<u8"), ("number", "<u8"), ("entry", "<u4"), ("_pad", "<u4")])
 #: Bytes of the secret the order tokens are keyed with (drawn by the store at creation).
 SECRET_BYTES = 32
@@ -138,16 +139,19 @@ cdef bint trade_no_valid(const uint8_t *p) noexcept nogil:
 cdef class Orders(Product):
     """The orders of a ledger (docs/products.md "Orders: the reference").
 
-    ``orders_max`` orders are held (in memory: 128 bytes + 36 of index each); past it
+    ``orders_max`` orders are resident (in memory: 128 bytes + 52 of bookkeeping and index
+    each); a store evicts the others to its cold tier and loads them back for a batch that names
+    them (docs/tables.md), a bare table keeps them all. Unpaid orders stay resident: at most
+    ``open_max`` (``orders_max`` less the room a batch's orders need), past which
     ``create_orders`` answers ``orders_limit_reached``. ``secret`` (``SECRET_BYTES``) keys the
-    order tokens; a store draws it once and keeps it in its meta. ``merchants`` (core.merchants)
-    gives the fee rates a payment takes its fee at; without it no fee is taken.
+    order tokens; a store draws it once and keeps it in its meta. ``merchants``
+    (core.merchants) gives the fee rates a payment takes its fee at; without it no fee is taken.
     """
 
     def __cinit__(self, Ledger ledger not None, uint64_t orders_max=constants.ORDERS_MAX_DEFAULT, bytes secret=None,
                   Merchants merchants=None):
-        if not 1 <= orders_max <= constants.ORDERS_MAX_LIMIT:
-            raise ValueError(f"orders_max must be in 1..{constants.ORDERS_MAX_LIMIT}")
+        if not 2 <= orders_max <= constants.ORDERS_MAX_LIMIT:
+            raise ValueError(f"orders_max must be in 2..{constants.ORDERS_MAX_LIMIT}")
         if secret is None or len(secret) != SECRET_BYTES:
             raise ValueError(f"secret must be {SECRET_BYTES} bytes")
         self.ledger = ledger
@@ -155,9 +159,13 @@ cdef class Orders(Product):
         self.merchants = merchants
         self.has_merchants = merchants is not None
         self.orders_max = orders_max
-        self.order_map = IdMap(orders_max)
+        self.open_max = orders_max - room_reserved(orders_max)
+        self.table = Table(ORDER_DTYPE, orders_max, "orders")
+        self.table.pinned_max = self.open_max
+        self.table.evict_hook = _forget_expiry
+        self.table.evict_hook_owner = <void *> self
+        self.rows = <tally_order_t *> self.table.rows
         a = self._arrays = {}
-        a["orders"] = np.zeros(orders_max, dtype=ORDER_DTYPE)
         a["order_expiries"] = np.zeros(orders_max, dtype=EXPIRY_DTYPE)
         a["heap_positions"] = np.full(orders_max, 0xFFFFFFFF, dtype=np.uint32)  # HEAP_POSITION_NONE
         cdef uint64_t batch_max = constants.BATCH_EVENTS_MAX
@@ -165,15 +173,12 @@ cdef class Orders(Product):
         self.scratch_slot = <uint32_t *> _ptr(a["scratch"])
         self.scratch_payer = self.scratch_slot + batch_max
         self.scratch_merchant = self.scratch_payer + batch_max
-        self.rows = <tally_order_t *> _ptr(a["orders"])
         self.heap_positions = <uint32_t *> _ptr(a["heap_positions"])
         self.expiry_heap.items = <expiry_t *> _ptr(a["order_expiries"])
         self.expiry_heap.count = 0
         self.expiry_heap.positions = <char *> self.heap_positions
         self.expiry_heap.stride = sizeof(uint32_t)
         hmac_key_init(&self.token_key, <const uint8_t *> secret, len(secret))
-        a["order_fee_accounts"] = np.full(orders_max, 0xFFFFFFFF, dtype=np.uint32)  # INDEX_NONE
-        self.fee_accounts = <uint32_t *> _ptr(a["order_fee_accounts"])
         # Every batch of the ledger, whatever its operation, expires the due orders first.
         if ledger.begin_hook != NULL:
             raise ValueError("the ledger already has a table expiring at its batches' start")
@@ -190,71 +195,80 @@ cdef class Orders(Product):
     # ---------------------------------------------------------------- Python API (the boundary)
 
     @property
+    def order_count(self):
+        """Orders ever created."""
+        return self.table.records_total
+
+    @property
     def next_expiry_ns(self):
         """Engine time (ns) at which the soonest unpaid order expires; 0: none."""
         self.drop_resolved()
         return self.expiry_heap.items[0].expires_at if self.expiry_heap.count else 0
 
     def lookup_orders(self, ids):
-        """The orders with these ids (ints or an ID_DTYPE array), in order; missing ids are left out."""
-        return self._arrays["orders"][self.order_map.indexes_of(ids)]
+        """The orders with these ids (ints or an ID_DTYPE array) that are resident or on their
+        way to the cold tier, in order; the others are left out (a store looks them up cold)."""
+        rows, found = self.table.lookup(ids)
+        return rows[found]
 
     def prefault(self):
         """Touch every page of the table now (see Ledger.prefault). Returns bytes touched."""
-        return memory.touch_pages(self._arrays.values()) + self.order_map.prefault()
+        return self.table.prefault() + memory.touch_pages(self._arrays.values())
 
     # -- checkpoints and the state hash
 
     def snapshot(self):
-        """The table's state as named NumPy views (used parts) and scalars, for a checkpoint:
-        they alias live memory (copy them before the next batch)."""
-        arrays = {"orders": self._arrays["orders"][:self.order_count],
-                  "order_expiries": self._arrays["order_expiries"][:self.expiry_heap.count],
-                  "order_fee_accounts": self._arrays["order_fee_accounts"][:self.order_count]}
-        return arrays, {"order_count": self.order_count, "order_expiry_count": self.expiry_heap.count}
+        """The table's state as named NumPy views and scalars, for a checkpoint: they alias live
+        memory (copy them before the next batch)."""
+        arrays, scalars = self.table.snapshot()
+        arrays["order_expiries"] = self._arrays["order_expiries"][:self.expiry_heap.count]
+        scalars.update(order_expiry_count=self.expiry_heap.count, order_open_count=self.open_count)
+        return arrays, scalars
 
     def hash_parts(self):
-        """What of the table the state hash covers: every order, in creation order (nothing
-        while there is none: a store that never had an order hashes as its bare ledger)."""
-        if not self.order_count:
-            return {}
-        return {"orders": self._arrays["orders"][:self.order_count],
-                "order_fee_accounts": self._arrays["order_fee_accounts"][:self.order_count]}
+        """What of the orders the state hash covers: the sum of every order's hash, wherever it
+        is (core/table.pyx), and their count (nothing while there is none: a store that never
+        had an order hashes as its bare ledger)."""
+        return {"orders": self.table.hash_part()} if self.table.records_total else {}
 
     def restore(self, arrays, scalars):
-        """Load a snapshot into this empty table; rebuild the id map and heap positions."""
-        if self.order_count:
+        """Load a snapshot into this empty table; rebuild the heap positions."""
+        if self.table.records_total:
             raise RuntimeError("restore needs an empty order table")
-        cdef uint64_t n = scalars["order_count"], n_e = scalars["order_expiry_count"], i
-        if n > self.orders_max or n_e > n:
-            raise ValueError(f"snapshot holds {n} orders: more than this table's {self.orders_max}")
-        for name in ("orders", "order_expiries", "order_fee_accounts"):
-            flat = np.frombuffer(arrays[name], dtype=self._arrays[name].dtype)
-            if flat.shape[0] != (n_e if name == "order_expiries" else n):
-                raise ValueError(f"snapshot's {name} has {flat.shape[0]} records")
-            self._arrays[name][:flat.shape[0]] = flat
-        for i in range(n):
-            if idmap_put(&self.order_map.map, self.rows[i].id_lo, self.rows[i].id_hi, <uint32_t> i) != 0:
-                raise RuntimeError("order map full while restoring")
+        self.table.restore(arrays, scalars)
+        cdef uint64_t n_e = scalars["order_expiry_count"], i
+        flat = np.frombuffer(arrays["order_expiries"], dtype=EXPIRY_DTYPE)
+        if flat.shape[0] != n_e:
+            raise ValueError(f"snapshot's order_expiries has {flat.shape[0]} records, says {n_e}")
+        self._arrays["order_expiries"][:n_e] = flat
         for i in range(n_e):
-            if self.expiry_heap.items[i].entry >= n:
+            if self.expiry_heap.items[i].entry >= self.orders_max:
                 raise ValueError("snapshot's expiry heap names an order it does not hold")
             self.heap_positions[self.expiry_heap.items[i].entry] = <uint32_t> i
-        self.order_count = n
         self.expiry_heap.count = n_e
+        self.open_count = scalars["order_open_count"]
 
     # ---------------------------------------------------------------- the state machine
 
     cdef void expire_due(self, uint64_t base_ts) noexcept nogil:
         cdef tally_order_t *o
+        cdef uint32_t slot
         while self.expiry_heap.count and self.expiry_heap.items[0].expires_at <= base_ts:
-            o = &self.rows[self.expiry_heap.items[0].entry]
+            slot = self.expiry_heap.items[0].entry
+            o = &self.rows[slot]
             heap_remove(&self.expiry_heap, 0)
             if o.state != ORDER_NOTPAY:
                 continue  # paid or closed since it was created
             o.state = ORDER_CLOSED
             o.close_reason = CLOSE_REASON_EXPIRED
             o.closed_at = o.expires_at
+            self.settled(slot, base_ts)
+
+    cdef void settled(self, uint32_t slot, uint64_t ts) noexcept nogil:
+        """An unpaid order was paid or closed at ``ts``: it may leave memory now."""
+        table_set_pinned(self.table, slot, False)
+        self.open_count -= 1
+        self.table.touch(slot, ts)
 
     cdef void drop_resolved(self) noexcept nogil:
         """Pop the heap's soonest entries that are no longer unpaid (no state changes): the
@@ -298,9 +312,9 @@ cdef class Orders(Product):
         for k in range(count):
             ahead = k + PREFETCH_DISTANCE
             if ahead < count:
-                TALLY_PREFETCH(idmap_home(&self.order_map.map, events[ahead].order_id_lo, events[ahead].order_id_hi))
+                TALLY_PREFETCH(idmap_home(&self.table.map.map, events[ahead].order_id_lo, events[ahead].order_id_hi))
                 TALLY_PREFETCH(idmap_home(accounts, events[ahead].payer_id_lo, events[ahead].payer_id_hi))
-            slots[k] = idmap_get(&self.order_map.map, events[k].order_id_lo, events[k].order_id_hi)
+            slots[k] = table_find(self.table, events[k].order_id_lo, events[k].order_id_hi)
             payers[k] = idmap_get(accounts, events[k].payer_id_lo, events[k].payer_id_hi)
         # 2: the merchants' indexes, from the orders.
         for k in range(count):
@@ -331,6 +345,7 @@ cdef class Orders(Product):
         cdef uint8_t digest[32]
         cdef uint8_t id_bytes[16]
         cdef tally_order_t *o
+        cdef tally_order_t new
         if e.timestamp != 0:
             return R_TIMESTAMP_MUST_BE_ZERO
         if not all_zero(e.reserved, sizeof(e.reserved)):
@@ -359,7 +374,7 @@ cdef class Orders(Product):
         if memcmp(digest, id_bytes, 16) != 0:
             return R_ID_MISMATCH
         span_ns = <uint64_t> (e.expire_after_s if e.expire_after_s else ORDER_EXPIRE_AFTER_S_DEFAULT) * NS_PER_S
-        slot = idmap_get(&self.order_map.map, e.id_lo, e.id_hi)
+        slot = table_find(self.table, e.id_lo, e.id_hi)
         if slot != IDMAP_NOT_FOUND:
             o = &self.rows[slot]
             if (o.merchant_id_lo != e.merchant_id_lo or o.merchant_id_hi != e.merchant_id_hi or o.amount != e.amount
@@ -368,10 +383,9 @@ cdef class Orders(Product):
                 return R_EXISTS_WITH_DIFFERENT_FIELDS
             memcpy(token, o.token, ORDER_TOKEN_BYTES)
             return R_EXISTS
-        if self.order_count >= self.orders_max:
+        if self.open_count >= self.open_max:
             return R_ORDERS_LIMIT_REACHED
-        slot = <uint32_t> self.order_count
-        o = &self.rows[slot]
+        o = &new
         memset(o, 0, sizeof(tally_order_t))
         o.id_lo = e.id_lo
         o.id_hi = e.id_hi
@@ -385,10 +399,12 @@ cdef class Orders(Product):
         o.ledger = e.ledger
         o.description_code = e.description_code
         o.timestamp = ts
-        if idmap_put(&self.order_map.map, e.id_lo, e.id_hi, slot) != 0:
-            return R_ORDERS_LIMIT_REACHED  # unreachable: the map holds orders_max ids
-        self.order_count += 1
-        heap_push(&self.expiry_heap, o.expires_at, slot, slot)
+        slot = self.table.insert(o, INDEX_NONE, ts)
+        if slot == IDMAP_NOT_FOUND:
+            return R_ORDERS_LIMIT_REACHED  # a table with no store to evict to is full
+        table_set_pinned(self.table, slot, True)
+        self.open_count += 1
+        heap_push(&self.expiry_heap, o.expires_at, o.timestamp, slot)
         memcpy(token, o.token, ORDER_TOKEN_BYTES)
         return R_OK
 
@@ -396,7 +412,7 @@ cdef class Orders(Product):
         """An event's order: its slot, or why there is none."""
         if is_zero(lo, hi):
             return R_ID_MUST_NOT_BE_ZERO
-        slot[0] = idmap_get(&self.order_map.map, lo, hi)
+        slot[0] = table_find(self.table, lo, hi)
         return R_ORDER_NOT_FOUND if slot[0] == IDMAP_NOT_FOUND else R_OK
 
     cdef result_t pay_order(self, const tally_order_pay_t *e, uint64_t ts, uint32_t slot, uint32_t payer,
@@ -456,10 +472,11 @@ cdef class Orders(Product):
         # removal from the middle would cost a walk of the heap, a cache miss per level).
         o.state = ORDER_SUCCESS
         o.fee = fee
-        self.fee_accounts[slot] = terms.fee_index if fee != 0 else INDEX_NONE
+        self.table.slots[slot].aux = terms.fee_index if fee != 0 else INDEX_NONE  # where its refunds take it back
         o.payer_id_lo = e.payer_id_lo
         o.payer_id_hi = e.payer_id_hi
         o.paid_at = ts
+        self.settled(slot, ts)
         return R_OK
 
     cdef result_t close_order(self, const tally_order_close_t *e, uint64_t ts) noexcept nogil:
@@ -483,11 +500,25 @@ cdef class Orders(Product):
         o.state = ORDER_CLOSED  # left on the expiry heap, as a paid order is
         o.close_reason = CLOSE_REASON_MERCHANT
         o.closed_at = ts
+        self.settled(slot, ts)
         return R_OK
 
 
 cdef void _expire_at_batch_start(void *owner, uint64_t base_ts) noexcept nogil:
     (<Orders> owner).expire_due(base_ts)
+
+
+cdef void _forget_expiry(void *owner, uint32_t slot) noexcept nogil:
+    """An order leaves memory (never an unpaid one): its entry leaves the expiry heap now."""
+    cdef uint32_t position = (<Orders> owner).heap_positions[slot]
+    if position != HEAP_POSITION_NONE:
+        heap_remove(&(<Orders> owner).expiry_heap, position)
+
+
+def room_reserved(uint64_t orders_max):
+    """Slots a table of ``orders_max`` keeps from unpaid orders, so that a batch's orders (at
+    most one per event) always find room: a full batch's, or half of a small table's."""
+    return min(<uint64_t> constants.BATCH_EVENTS_MAX, orders_max // 2)
 
 
 cdef inline void *_ptr(object array) except NULL:

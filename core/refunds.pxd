@@ -1,16 +1,16 @@
 # Refunds of paid orders (docs/products.md "Refunds"): full or partial, at most
 # REFUNDS_PER_ORDER_MAX per order, never above what was paid, within REFUND_WINDOW_S of the
-# payment, idempotent per out_refund_no; the merchant's fee is returned pro rata. A bounded
-# table of refund records in memory (``refunds_max``), keyed by the refund id.
+# payment, idempotent per out_refund_no; the merchant's fee is returned pro rata. The refund
+# records live in a write-back table (core/table, docs/tables.md), keyed by the refund id.
 
 from libc.stdint cimport uint32_t, uint64_t
 
-from core.idmap cimport IdMap
 from core.ledger cimport Ledger
 from core.merchants cimport Merchants
 from core.orders cimport Orders
 from core.product cimport Product
 from core.records cimport result_t, tally_refund_t
+from core.table cimport Table
 
 
 cdef enum:
@@ -20,12 +20,9 @@ cdef enum:
 
 
 cdef class Refunds(Product):
-    cdef readonly uint64_t refunds_max
-    cdef readonly uint64_t refund_count
+    cdef readonly uint64_t refunds_max          # resident refunds
+    cdef readonly Table table
     cdef Orders orders
     cdef Merchants merchants
-    cdef IdMap refund_map                       # refund id -> slot
-    cdef tally_refund_t *rows
-    cdef dict _arrays
 
     cdef result_t refund(self, const tally_refund_t *e, uint64_t ts) noexcept nogil

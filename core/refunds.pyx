@@ -20,14 +20,14 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp
 
 from core.digest cimport key_id_digest
-from core.idmap cimport IDMAP_NOT_FOUND, IdMap, idmap_get, idmap_put, idmap_t
+from core.idmap cimport IDMAP_NOT_FOUND, idmap_get, idmap_t
 from core.ledger cimport LEGS_MAX, Ledger, chain_mark_t
 from core.merchants cimport Merchants
 from core.orders cimport Orders, leg_id_of, trade_no_valid
 from core.records cimport *  # result_t codes, records, order states
+from core.table cimport Table, table_find
 
-from core import constants, memory
-from core.checkpoint import RAW
+from core import constants, table as table_module
 from core.operations import Operation
 from core.records import REFUND_DTYPE, TransferCode
 
@@ -52,55 +52,50 @@ if TransferCode.order_refund != TRANSFER_CODE_ORDER_REFUND or TransferCode.order
     raise ImportError("core/refunds.pxd and core.TransferCode disagree on the refund legs' codes")
 
 #: The checkpoint arrays the refunds declare (core/checkpoint.py).
-CHECKPOINT_ARRAYS = {"refunds": RAW}
+CHECKPOINT_ARRAYS = table_module.checkpoint_arrays("refunds")
 cdef uint64_t _REFUNDS_PER_ORDER_MAX = constants.REFUNDS_PER_ORDER_MAX
 cdef uint64_t _REFUND_WINDOW_NS = constants.REFUND_WINDOW_S * NS_PER_S
 
 
 cdef class Refunds(Product):
-    """The refunds of a ledger's orders; ``refunds_max`` of them (128 bytes + their index
-    each), past which ``refund_orders`` answers ``refunds_limit_reached``."""
+    """The refunds of a ledger's orders: a write-back table (core/table) of ``refunds_max``
+    resident refunds (128 bytes + 52 of bookkeeping and index each); a store evicts the others
+    to its cold tier, a bare table past it answers ``refunds_limit_reached``."""
 
     def __cinit__(self, Ledger ledger not None, Orders orders not None, Merchants merchants not None,
                   uint64_t refunds_max=constants.REFUNDS_MAX_DEFAULT):
-        if not 1 <= refunds_max <= constants.REFUNDS_MAX_LIMIT:
-            raise ValueError(f"refunds_max must be in 1..{constants.REFUNDS_MAX_LIMIT}")
+        if not 2 <= refunds_max <= constants.REFUNDS_MAX_LIMIT:
+            raise ValueError(f"refunds_max must be in 2..{constants.REFUNDS_MAX_LIMIT}")
         self.ledger, self.orders, self.merchants = ledger, orders, merchants
         self.component = "refunds"
         self.refunds_max = refunds_max
-        self.refund_map = IdMap(refunds_max)
-        self._arrays = {"refunds": np.zeros(refunds_max, dtype=REFUND_DTYPE)}
-        cdef unsigned char[::1] view = self._arrays["refunds"].view(np.uint8)
-        self.rows = <tally_refund_t *> &view[0]
+        self.table = Table(REFUND_DTYPE, refunds_max, "refunds")
+
+    @property
+    def refund_count(self):
+        """Refunds ever made."""
+        return self.table.records_total
 
     def prefault(self):
         """Touch every page of the table now (see Ledger.prefault). Returns bytes touched."""
-        return memory.touch_pages(self._arrays.values()) + self.refund_map.prefault()
+        return self.table.prefault()
 
     def lookup_refunds(self, ids):
-        """The refunds with these ids (ints or an ID_DTYPE array), in order; missing ids are left out."""
-        return self._arrays["refunds"][self.refund_map.indexes_of(ids)]
+        """The refunds with these ids (ints or an ID_DTYPE array) that are resident or on their
+        way to the cold tier, in order; the others are left out (a store looks them up cold)."""
+        rows, found = self.table.lookup(ids)
+        return rows[found]
 
     def snapshot(self):
-        return {"refunds": self._arrays["refunds"][:self.refund_count]}, {"refund_count": self.refund_count}
+        return self.table.snapshot()
 
     def hash_parts(self):
-        """Every refund, in the order they were made (nothing while there is none)."""
-        return {"refunds": self._arrays["refunds"][:self.refund_count]} if self.refund_count else {}
+        """The sum of every refund's hash and their count (nothing while there is none)."""
+        return {"refunds": self.table.hash_part()} if self.table.records_total else {}
 
     def restore(self, arrays, scalars):
-        """Load a snapshot into this empty table; rebuild the id map."""
-        if self.refund_count:
-            raise RuntimeError("restore needs an empty refund table")
-        cdef uint64_t n = scalars["refund_count"], i
-        rows = np.frombuffer(arrays["refunds"], dtype=REFUND_DTYPE)
-        if n > self.refunds_max or rows.shape[0] != n:
-            raise ValueError(f"snapshot holds {rows.shape[0]} refunds, says {n}; this table takes {self.refunds_max}")
-        self._arrays["refunds"][:n] = rows
-        for i in range(n):
-            if idmap_put(&self.refund_map.map, self.rows[i].id_lo, self.rows[i].id_hi, <uint32_t> i) != 0:
-                raise RuntimeError("refund map full while restoring")
-        self.refund_count = n
+        """Load a snapshot into this empty table."""
+        self.table.restore(arrays, scalars)
 
     # ---------------------------------------------------------------- the state machine
 
@@ -117,6 +112,7 @@ cdef class Refunds(Product):
         cdef uint8_t digest[32]
         cdef tally_order_t *o
         cdef tally_refund_t *x
+        cdef tally_refund_t new
         cdef idmap_t *accounts = &self.ledger.account_map.map
         cdef chain_mark_t mark
         cdef result_t r
@@ -146,9 +142,9 @@ cdef class Refunds(Product):
         key_id_digest(b"rfnd", <const uint8_t *> &e.order_id_lo, e.out_refund_no, digest)
         if memcmp(digest, &e.id_lo, 16) != 0:
             return R_ID_MISMATCH
-        slot = idmap_get(&self.refund_map.map, e.id_lo, e.id_hi) if self.refund_count else IDMAP_NOT_FOUND
+        slot = table_find(self.table, e.id_lo, e.id_hi)
         if slot != IDMAP_NOT_FOUND:
-            x = &self.rows[slot]
+            x = <tally_refund_t *> self.table.rows + slot
             if x.amount != e.amount or x.ledger != e.ledger:
                 return R_EXISTS_WITH_DIFFERENT_FIELDS
             return R_EXISTS
@@ -162,8 +158,8 @@ cdef class Refunds(Product):
             return R_REFUNDS_PER_ORDER_LIMIT_REACHED
         if e.amount > o.amount - o.refunded:
             return R_EXCEEDS_PAID_AMOUNT
-        if self.refund_count >= self.refunds_max:
-            return R_REFUNDS_LIMIT_REACHED
+        if self.table.free_count == 0:
+            return R_REFUNDS_LIMIT_REACHED  # a table with no store to evict to is full
         payer = idmap_get(accounts, o.payer_id_lo, o.payer_id_hi)
         merchant = idmap_get(accounts, o.merchant_id_lo, o.merchant_id_hi)
         # The fee back: what makes the fee returned so far floor(F * R / A) of the refunded R.
@@ -179,24 +175,21 @@ cdef class Refunds(Product):
             # The account the fee went to at payment gives its part back (not the merchant's
             # fee account now: terms may have changed since).
             leg_id_of(e.id_lo, e.id_hi, OPERATION_REFUND_ORDERS, 1, &leg_lo, &leg_hi)
-            r = self.ledger.leg(leg_lo, leg_hi, self.orders.fee_accounts[order_slot], merchant, fee_back, o.ledger,
+            r = self.ledger.leg(leg_lo, leg_hi, self.orders.table.slots[order_slot].aux, merchant, fee_back, o.ledger,
                                 TRANSFER_CODE_ORDER_FEE_REFUND, 0, o.id_lo, o.id_hi, ts + 1)
         if r != R_OK:
             self.ledger.chain_abort(&mark)
             return r
-        slot = <uint32_t> self.refund_count
-        if idmap_put(&self.refund_map.map, e.id_lo, e.id_hi, slot) != 0:
-            self.ledger.chain_abort(&mark)
-            return R_REFUNDS_LIMIT_REACHED  # unreachable: the map holds refunds_max ids
-        self.refund_count += 1
-        x = &self.rows[slot]
+        x = &new
         x[0] = e[0]
         x.fee_refunded = fee_back
         x.payer_id_lo = o.payer_id_lo
         x.payer_id_hi = o.payer_id_hi
         x.timestamp = ts
+        self.table.insert(x, 0, ts)  # a free slot: checked above
         o.refunded += e.amount
         o.refund_count += 1
         if o.refunded == o.amount:
             o.state = ORDER_REFUND
+        self.orders.table.touch(order_slot, ts)
         return R_OK

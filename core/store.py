@@ -59,12 +59,13 @@ from core import ledger as ledger_module
 from core import merchants as merchants_module
 from core import orders as orders_module
 from core import refunds as refunds_module
+from core import table as table_module
 from core.archive import ArchiveError, LogArchive
-from core.cold import ColdTier
+from core.cold import ColdTier, ColdVersions
 from core.filter import IdFilter
 from core.machine import Machine
 from core.operations import CREATE_EVENT_DTYPES, OPERATIONS, Operation
-from core.records import TRANSFER_DTYPE, TransferFlags, ids_array
+from core.records import ID_DTYPE, TRANSFER_DTYPE, TransferFlags, ids_array
 from core.state_hash import CHAIN_EMPTY, state_hash
 
 #: Log entry header: magic, format version, operation, event count, packed body bytes, now_ns,
@@ -88,7 +89,14 @@ JOURNAL_FILE = "journal"
 #: Every checkpointed array, declared by the component that owns it (core/checkpoint.py).
 CHECKPOINT_ARRAYS = checkpoint.registry(ledger_module.CHECKPOINT_ARRAYS, cold_module.CHECKPOINT_ARRAYS,
                                         filter_module.CHECKPOINT_ARRAYS, orders_module.CHECKPOINT_ARRAYS,
-                                        merchants_module.CHECKPOINT_ARRAYS, refunds_module.CHECKPOINT_ARRAYS)
+                                        merchants_module.CHECKPOINT_ARRAYS, refunds_module.CHECKPOINT_ARRAYS,
+                                        {"product_filter": checkpoint.REGIONS})
+#: The product tables' filter of the ids in their cold side (one for all: their ids are digests
+#: with a domain each, docs/products.md): 50 M ids at 10 bits each, lazily mapped.
+PRODUCT_FILTER_BYTES = 64 << 20
+#: Outbox entries a flush of a product table waits for (a quarter of its outbox), unless a batch
+#: needs the room sooner.
+_OUTBOX_FLUSH_ENTRIES = table_module.OUTBOX_MAX_DEFAULT // 4
 _SNAPSHOT_PIECE_BYTES = 4 << 20  # a checkpoint's copies are made in pieces of this size
 _BACKGROUND_EVENTS_MAX = 1024   # background jobs remembered (Store.background_events)
 _SIDE_DATABASES_MAX = 64        # LMDB databases of the cold and checkpoint environments (4 per cold table, 5 for transfers)
@@ -158,7 +166,7 @@ class RecoveryStats(msgspec.Struct, frozen=True):
 
 class BackgroundEvent(msgspec.Struct, frozen=True):
     """One finished background job: a cold-tier flush or a checkpoint write."""
-    kind: str                     # "flush" | "checkpoint"
+    kind: str                     # "flush" | "orders outbox" | "refunds outbox" | "checkpoint"
     started_unix_s: float         # wall clock, to line it up with a load report's time axis
     duration_s: float             # the whole job on the background thread
     bytes_written: int            # values put into LMDB
@@ -281,7 +289,7 @@ class Store:
         self._map_size_bytes = map_size_bytes
         self._checkpoint_env = self._open_checkpoint_env(map_size_bytes)
         self._cold_env = self._open_cold_env(map_size_bytes)
-        self.cold = ColdTier(self._cold_env, self._epoch_transfers)
+        self._open_cold_tables()
         # Two background threads: epochs are flushed while a checkpoint is written (a checkpoint
         # takes seconds; the next batches need the epochs written within PRUNE_LAG_EPOCHS).
         # The flushes run at normal priority: the next batches wait for them (a niced flush
@@ -354,6 +362,8 @@ class Store:
         self.refunds = self.machine.refunds
         self.filter = IdFilter(meta.id_filter_bytes)
         self.ledger.attach_filter(self.filter)
+        self.product_filter = IdFilter(PRODUCT_FILTER_BYTES)
+        self._outbox_queued = {name: 0 for name in self.machine.tables}  # entries handed to the flush thread
         # Per account: the newest cold epoch holding one of its transfers, plus 1 (0: none).
         self._last_epoch = np.zeros(meta.accounts_max, dtype=np.uint32)
         self._cold_epochs = 0             # epochs in the cold tier (advanced by the background thread)
@@ -364,6 +374,7 @@ class Store:
         if self._prefault:
             self.machine.prefault()
             self.filter.prefault()
+            self.product_filter.prefault()
             # The checkpoint's copy of the balances, touched now rather than in the first one.
             hot = self.ledger.snapshot()[0]["hot"]
             self._snapshot_buffers["hot"] = np.zeros(self.ledger.accounts_max, dtype=hot.dtype)
@@ -466,6 +477,7 @@ class Store:
         once the batch's entry is on its way to the journal: a failure here must never leave
         an applied batch unlogged (its slot held, its sequence number skipped)."""
         self._queue_flush()
+        self._queue_outbox_flush()
         if self._checkpoint_due():
             self._start_checkpoint()
 
@@ -517,7 +529,10 @@ class Store:
         self._make_room(min(needed, room))  # (an accounts batch: none, but it still prunes)
         if operation != OPERATION_CREATE_TRANSFERS:
             # The products' legs are new transfers with ids in their own range, derived from new
-            # events: nothing to prefetch from the cold tier.
+            # events: nothing to prefetch from the transfers' cold tier; the product records the
+            # events name are loaded into their tables.
+            if OPERATIONS[operation].reads and count <= constants.BATCH_EVENTS_MAX:
+                self._load_product_records(operation, batch, count)
             return self.machine.apply(operation, batch, now_ns)
         ids = self.ledger.prefetch_scan(batch)  # evicts what the batch needs room for first
         if ids.shape[0]:
@@ -538,6 +553,43 @@ class Store:
             self.ledger.load_prefetched(rows[found], states[found])
         return self.machine.apply(operation, batch, now_ns)
 
+    def _load_product_records(self, operation: int, batch, count: int) -> None:
+        """Make the product records a batch names resident (docs/tables.md): room for one per
+        event in each table it reads (eviction: dirty records to the outbox, which may first
+        have to be written), then those not in memory from the outbox, else from the cold
+        side's newest version older than the batch (the filter ruling out most new ids)."""
+        spec = OPERATIONS[operation]
+        records = np.frombuffer(_raw(batch), dtype=spec.event_dtype)
+        before_ts = self.ledger.last_timestamp + 1  # every change so far is older; this batch's are not
+        for name, field in spec.reads:
+            table = self.machine.tables[name]
+            if count > table.capacity - table.pinned_max:
+                raise ValueError(f"a batch of {count} {Operation(operation).name} events needs room for {count} "
+                                 f"{name}; the table keeps {table.capacity - table.pinned_max} for a batch")
+            while table.outbox_free < count:  # each slot made free may send a record to the outbox
+                self._queue_outbox_flush(force=True)
+                self._reap(wait_one=True)
+            head = table.outbox_head
+            if not table.make_room(count):
+                raise AssertionError(f"no room for {count} {name} with {table.pinned_max} pinned at most")
+            if table.outbox_head > head:  # the filter holds every id that ever left memory
+                self.product_filter.add_ids(table.outbox_ids(head, table.outbox_head))
+            if table.outbox_head == 0:
+                continue  # no record of this table has ever left memory
+            ids = np.empty(count, dtype=ID_DTYPE)
+            ids["lo"], ids["hi"] = records[f"{field}_lo"], records[f"{field}_hi"]
+            wanted = ids[self.product_filter.maybe_mask(ids)]  # new and resident ids mostly leave here
+            wanted = wanted[~table.resident_mask(wanted) & ((wanted["lo"] != 0) | (wanted["hi"] != 0))]
+            if not wanted.shape[0]:
+                continue
+            missing = np.unique(wanted)  # each loaded once
+            entries, in_outbox = table.outbox_take(missing)
+            table.load(entries)
+            missing = missing[~in_outbox]
+            if missing.shape[0]:
+                entries, in_cold = self._versions[name].lookup(missing, before_ts)
+                table.load(entries[in_cold])
+
     def lookup_accounts(self, ids):
         """Accounts by id, from memory, after every submitted batch is committed."""
         self._drain()
@@ -548,7 +600,7 @@ class Store:
         submitted batch is committed (``wait_for_commits``: see ``lookup_transfers``)."""
         if wait_for_commits:
             self._drain()
-        return self.orders.lookup_orders(ids)
+        return self._lookup_table("orders", ids)
 
     def set_merchants(self, batch, now_ns: int | None = None) -> np.ndarray:
         """Set merchants' terms durably (docs/products.md "Merchants and fees"); one Result per event."""
@@ -570,7 +622,21 @@ class Store:
         committed (``wait_for_commits``: see ``lookup_transfers``)."""
         if wait_for_commits:
             self._drain()
-        return self.refunds.lookup_refunds(ids)
+        return self._lookup_table("refunds", ids)
+
+    def _lookup_table(self, name: str, ids) -> np.ndarray:
+        """A product table's records by id, in order, missing ones left out: from memory (its
+        slots and outbox), else its cold side."""
+        table = self.machine.tables[name]
+        ids = ids_array(ids)
+        rows, found = table.lookup(ids)
+        missing = np.flatnonzero(~found)
+        if missing.shape[0]:
+            missing = missing[self.product_filter.maybe_mask(ids[missing])]
+            entries, cold_found = self._versions[name].lookup(ids[missing])
+            rows[missing[cold_found]] = entries["record"][cold_found].view(rows.dtype).reshape(-1)
+            found[missing[cold_found]] = True
+        return rows[found]
 
     def create_orders(self, batch, now_ns: int | None = None) -> np.ndarray:
         """Create orders durably (docs/products.md); an ORDER_CREATED_DTYPE reply per event."""
@@ -650,6 +716,7 @@ class Store:
                 "checkpoint_environment": _file_bytes(os.path.join(self.path, CHECKPOINT_SUBDIRECTORY, "data.mdb")),
                 "cold_environment": _file_bytes(os.path.join(self.path, COLD_SUBDIRECTORY, "data.mdb"))}
         disk.update({f"cold_{name}": size for name, size in self.cold.disk_bytes().items()})
+        disk.update({f"cold_{name}_versions": versions.disk_bytes()["versions"] for name, versions in self._versions.items()})
         disk["archive"] = self.archive.disk_bytes()
         return {
             "log_first": self._archive_meta.archived_through + 1,
@@ -667,10 +734,15 @@ class Store:
             "accounts_max": led.accounts_max,
             "orders": self.orders.order_count,
             "orders_max": self.orders.orders_max,
+            "orders_open": self.orders.open_count,
+            "orders_open_max": self.orders.open_max,
             "merchants": self.merchants.merchant_count,
             "merchants_max": self.merchants.merchants_max,
             "refunds": self.refunds.refund_count,
             "refunds_max": self.refunds.refunds_max,
+            **{f"{name}_resident": table.used for name, table in self.machine.tables.items()},
+            **{f"{name}_outbox": table.outbox_head - table.outbox_tail for name, table in self.machine.tables.items()},
+            **{f"{name}_cold_lookups": versions.lookups for name, versions in self._versions.items()},
             "filter_bytes": self.filter.size_bytes,
             "filter_ids": self.filter.added,
             "filter_positives": self._prefetched_ids,
@@ -804,7 +876,10 @@ class Store:
             wait_checkpoint = wait_all
         while self._flush_jobs and (wait_all or wait_one or self._flush_jobs[0].done()):
             wait_one = False
-            self._job_result(self._flush_jobs.popleft())
+            released = self._job_result(self._flush_jobs.popleft())
+            if released is not None:  # a product table's outbox entries, now in its cold side
+                name, end = released
+                self.machine.tables[name].release_outbox(end)
         job = self._checkpoint_job
         if job is not None and (wait_checkpoint or job.future.done()):
             concurrent.futures.wait([job.future])
@@ -826,9 +901,9 @@ class Store:
             self.ledger.set_cold_id_max(self._cold_id_max)  # before eviction: those ids leave the hot map
             self.ledger.set_cold_count(evictable)
 
-    def _job_result(self, future: concurrent.futures.Future) -> None:
+    def _job_result(self, future: concurrent.futures.Future):
         try:
-            future.result()
+            return future.result()
         except BaseException as error:
             error = _with_disk_hint(error, self.path)
             self._failed = self._failed or error
@@ -857,6 +932,31 @@ class Store:
         statuses = [self.ledger.resolved_between(e * size, (e + 1) * size) for e in range(first, complete)]
         self._flush_jobs.append(self._flusher.submit(self._flush, first, complete, statuses, self._last_pending))
         self._flush_queued_epochs = complete
+
+    def _queue_outbox_flush(self, *, force: bool = False) -> None:
+        """Hand each product table's outbox entries not yet handed over to the flush thread:
+        once a quarter of the outbox waits, or (``force``) any."""
+        for name, table in self.machine.tables.items():
+            start, end = self._outbox_queued[name], table.outbox_head
+            if end > start and (force or end - start >= _OUTBOX_FLUSH_ENTRIES):
+                self._flush_jobs.append(self._flusher.submit(self._flush_outbox, name, table.outbox_entries(start, end),
+                                                             end, self._last_pending))
+                self._outbox_queued[name] = end
+
+    def _flush_outbox(self, name: str, entries: np.ndarray, end: int, last_pending: "PendingBatch | None"):
+        """Write a product table's outbox entries to its cold side (background thread), after
+        the log commit of the batches before their eviction; the submitting thread then frees
+        them (``_reap``)."""
+        started_unix_s, started = time.time(), time.perf_counter()
+        with self._cold_env.begin(write=True) as txn:
+            written = self._versions[name].write(txn, entries, end)
+            if last_pending is not None:
+                last_pending.result()  # never hold a state the log does not (raises, aborting)
+            commit_started = time.perf_counter()
+        commit_s = time.perf_counter() - commit_started
+        self.background_events.append(BackgroundEvent(f"{name} outbox", started_unix_s, time.perf_counter() - started,
+                                                       written, commit_s=commit_s))
+        return name, end
 
     def _flush(self, first: int, last: int, statuses: list, last_pending: "PendingBatch | None") -> None:
         """Write epochs ``[first, last)`` to the cold tier (background thread) in one transaction:
@@ -1042,7 +1142,7 @@ class Store:
 
     def _regions_owners(self) -> dict:
         """The ``REGIONS`` arrays (core/checkpoint.py) by name: their owners write and load them."""
-        return {"filter": self.filter}
+        return {"filter": self.filter, "product_filter": self.product_filter}
 
     def _write_array(self, name: str, array, old: checkpoint.ArrayMeta | None) -> tuple[checkpoint.ArrayMeta, int]:
         """Write what changed of one declared array (``core.checkpoint``); meta and bytes written."""
@@ -1290,6 +1390,12 @@ class Store:
         """
         return self._open_side_env(COLD_SUBDIRECTORY, map_size_bytes, sync=True)
 
+    def _open_cold_tables(self) -> None:
+        """The transfers' cold tier and each product table's cold side, in the cold environment."""
+        self.cold = ColdTier(self._cold_env, self._epoch_transfers)
+        self._versions = {name: ColdVersions(self._cold_env, name.encode() + b"_", table_module.OUTBOX_ENTRY_DTYPE)
+                          for name in ("orders", "refunds")}
+
     def _open_side_env(self, subdirectory: str, map_size_bytes: int, *, sync: bool):
         directory = os.path.join(self.path, subdirectory)
         options = dict(map_size=map_size_bytes, max_dbs=_SIDE_DATABASES_MAX, sync=sync, metasync=False, readahead=False,
@@ -1405,8 +1511,13 @@ class Store:
                     if self.cold.chain_at(meta.cold_epochs) != meta.cold_chain:
                         raise _ColdTierDamaged(f"the cold tier does not hold the {meta.cold_epochs} epochs "
                                                "the checkpoint builds on")
+                    for name, versions in self._versions.items():
+                        if versions.written() < meta.scalars[f"{name}_outbox_tail"]:
+                            raise _ColdTierDamaged(f"the cold tier does not hold the {name} the checkpoint "
+                                                   "builds on")
                     self.ledger.restore(arrays, meta.scalars, arrays["tail_rows"], arrays["tail_links"])
                     self.machine.restore(arrays, meta.scalars)
+                    self._outbox_queued = {name: table.outbox_tail for name, table in self.machine.tables.items()}
                     self.filter.set_added(meta.filter_added)
                     last_epoch = np.frombuffer(arrays["last_epoch"], dtype=np.uint32)
                     self._last_epoch[:last_epoch.shape[0]] = last_epoch
@@ -1427,7 +1538,7 @@ class Store:
                 directory = os.path.join(self.path, COLD_SUBDIRECTORY)
                 os.rename(directory, f"{directory}.damaged-{time.time_ns()}")
                 self._cold_env = self._open_cold_env(self._map_size_bytes)
-                self.cold = ColdTier(self._cold_env, self._epoch_transfers)
+                self._open_cold_tables()
             self._fresh_state()
             checkpoint_sequence, self._checkpoint_meta = 0, None
         loaded = time.perf_counter()

@@ -48,6 +48,7 @@ NOTPAY, SUCCESS, CLOSED, REFUND = 1, 2, 3, 4
 CLOSE_BY_MERCHANT, CLOSE_EXPIRED = 1, 2
 EXPIRE_AFTER_DEFAULT_S, EXPIRE_AFTER_MIN_S, EXPIRE_AFTER_MAX_S = 7_200, 60, 7_776_000
 LEGS_MAX = 4
+BATCH_EVENTS_MAX = 8_190
 TRANSFER_CODE_ORDER_PAYMENT = 0xF001
 
 R = enum.IntEnum("R", [(name, code) for code, name in enumerate("""
@@ -432,7 +433,11 @@ class ModelLedger:
                     and o["ledger"] == e["ledger"] and o["description_code"] == e["description_code"]
                     and o["expires_at"] - o["timestamp"] == span)
             return reply(R.exists, o["token"]) if same else reply(R.exists_with_different_fields)
-        if len(self.orders_by_id) >= self.orders_max:
+        # A bare table (no store to evict to) holds orders_max orders; unpaid ones at most
+        # open_max, the rest of the table kept for the orders a batch names (docs/tables.md).
+        open_max = self.orders_max - min(BATCH_EVENTS_MAX, self.orders_max // 2)
+        unpaid = sum(1 for o in self.orders_by_id.values() if o["state"] == NOTPAY)
+        if unpaid >= open_max or len(self.orders_by_id) >= self.orders_max:
             return reply(R.orders_limit_reached)
         token = token_of(self.secret, e["id"])
         self.orders_by_id[e["id"]] = {

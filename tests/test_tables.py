@@ -161,9 +161,10 @@ def test_every_array_a_checkpoint_writes_is_declared_by_its_owner(tmp_path):
     from core.store import CHECKPOINT_ARRAYS
     declared = {"accounts": checkpoint.APPEND_RECORDS, "hot": checkpoint.COPY_ON_WRITE, "pendings": checkpoint.RAW,
                 "expiries": checkpoint.RAW, "tail_rows": checkpoint.RECORDS, "tail_links": checkpoint.RAW,
-                "last_epoch": checkpoint.RAW, "filter": checkpoint.REGIONS, "orders": checkpoint.RAW,
-                "order_expiries": checkpoint.RAW, "order_fee_accounts": checkpoint.RAW, "merchants": checkpoint.RAW,
-                "refunds": checkpoint.RAW}
+                "last_epoch": checkpoint.RAW, "filter": checkpoint.REGIONS, "orders_rows": checkpoint.RAW,
+                "orders_slots": checkpoint.RAW, "orders_outbox": checkpoint.RAW, "order_expiries": checkpoint.RAW,
+                "merchants": checkpoint.RAW, "refunds_rows": checkpoint.RAW, "refunds_slots": checkpoint.RAW,
+                "refunds_outbox": checkpoint.RAW, "product_filter": checkpoint.REGIONS}
     assert CHECKPOINT_ARRAYS == declared
     path = str(tmp_path / "store")
     with core.open(path, accounts_max=64, transfers_hot_max=1024, cold_epoch_transfers=16, id_filter_bytes=4096) as store:
