@@ -21,17 +21,18 @@ ACCOUNTS_MAX_DEFAULT = 1 << 21
 TRANSFERS_HOT_MAX_DEFAULT = 1 << 21
 PENDING_MAX_DEFAULT = 1 << 20
 
-#: Orders held (docs/products.md): 128 bytes each plus their index, in memory until the orders'
-#: cold tier is built; past it create_orders answers orders_limit_reached.
+#: Orders resident in memory (docs/tables.md "The write-back table"): about 180 bytes each; the
+#: rest are in the cold tier. Unpaid orders stay resident: at most this less min(8,190, half).
 ORDERS_MAX_DEFAULT = 1 << 18
 
-#: Refunds held (docs/products.md "Refunds"): 128 bytes each plus their index, in memory until
-#: the product tables' cold tier is built; past it refund_orders answers refunds_limit_reached.
+#: Refunds resident in memory (docs/tables.md), about 180 bytes each; the rest are cold.
 REFUNDS_MAX_DEFAULT = 1 << 16
 #: Refunds of one order, at most (WeChat Pay's limit).
 REFUNDS_PER_ORDER_MAX = 50
 #: A paid order may be refunded this long after its payment.
 REFUND_WINDOW_S = 365 * 24 * 3600
+#: A settlement window (docs/products.md "Settlement"): engine days (UTC), settled T+1.
+SETTLEMENT_WINDOW_S = 24 * 3600
 
 #: Merchants with terms (fee rate, fee and settlement accounts): 128 bytes each, in memory.
 MERCHANTS_MAX_DEFAULT = 1 << 17

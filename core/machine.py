@@ -24,6 +24,7 @@ from core.operations import CREATE_COMPONENTS, Operation
 from core.merchants import Merchants
 from core.orders import Orders
 from core.refunds import Refunds
+from core.settlement import Settlement
 
 
 class Machine:
@@ -39,10 +40,11 @@ class Machine:
         self.merchants = Merchants(self.ledger, merchants_max)
         self.orders = Orders(self.ledger, orders_max, secret, self.merchants)
         self.refunds = Refunds(self.ledger, self.orders, self.merchants, refunds_max)
+        self.settlement = Settlement(self.ledger, self.merchants)
         #: The write-back tables (core/table.pyx) by the name the operation table's ``reads`` use.
         self.tables = {"orders": self.orders.table, "refunds": self.refunds.table}
         self._components = {"ledger": self.ledger, "orders": self.orders, "merchants": self.merchants,
-                            "refunds": self.refunds}
+                            "refunds": self.refunds, "settlement": self.settlement}
 
     def apply(self, operation: int, batch, now_ns: int) -> np.ndarray:
         """Apply one batch of a create operation at engine time ``now_ns``: one reply record
@@ -62,6 +64,12 @@ class Machine:
 
     def lookup_refunds(self, ids) -> np.ndarray:
         return self.refunds.lookup_refunds(ids)
+
+    def lookup_settlements(self, ids) -> np.ndarray:
+        return self.merchants.lookup_settlements(ids)
+
+    def list_merchants(self, offset: int, limit: int) -> np.ndarray:
+        return self.merchants.list_merchants(offset, limit)
 
     @property
     def next_expiry_ns(self) -> int:

@@ -27,13 +27,16 @@ from core.records cimport *  # result_t codes, tally_merchant_t, tally_store_fen
 
 from core import constants, memory
 from core.checkpoint import RAW
-from core.records import MERCHANT_DTYPE
+from core.records import MERCHANT_DTYPE, SETTLEMENT_DTYPE
 
 
 
 
 #: The checkpoint arrays the merchants declare (core/checkpoint.py): copied whole between batches.
-CHECKPOINT_ARRAYS = {"merchants": RAW}
+CHECKPOINT_ARRAYS = {"merchants": RAW, "merchant_books": RAW, "settlements": RAW}
+BOOK_DTYPE = np.dtype([(name, "<u8") for name in (
+    "window", "closed_newest", "settled_through", "open_paid", "open_refunded", "open_fees", "open_fees_returned",
+    "closed_paid", "closed_refunded", "closed_fees", "closed_fees_returned", "_pad")])
 TERMS_DTYPE = np.dtype([("fee_index", "<u4"), ("settlement_index", "<u4"), ("fee_bps", "<u2"), ("_pad", "<u2"),
                         ("_pad2", "<u4")])
 
@@ -50,11 +53,16 @@ cdef class Merchants(Product):
         self.merchants_max = merchants_max
         self.merchant_map = IdMap(merchants_max)
         a = self._arrays = {"merchants": np.zeros(merchants_max, dtype=MERCHANT_DTYPE),
-                            "terms": np.zeros(merchants_max, dtype=TERMS_DTYPE)}
+                            "terms": np.zeros(merchants_max, dtype=TERMS_DTYPE),
+                            "merchant_books": np.zeros(merchants_max, dtype=BOOK_DTYPE),
+                            "settlements": np.zeros(merchants_max, dtype=SETTLEMENT_DTYPE)}
         self.rows = <tally_merchant_t *> _ptr(a["merchants"])
         self.terms = <merchant_terms_t *> _ptr(a["terms"])
-        if sizeof(merchant_terms_t) != TERMS_DTYPE.itemsize:
-            raise ImportError("merchant_terms_t and TERMS_DTYPE disagree")
+        self.books = <merchant_book_t *> _ptr(a["merchant_books"])
+        self.settlements = <tally_settlement_t *> _ptr(a["settlements"])
+        self.window_ns = <uint64_t> constants.SETTLEMENT_WINDOW_S * 1000000000
+        if sizeof(merchant_terms_t) != TERMS_DTYPE.itemsize or sizeof(merchant_book_t) != BOOK_DTYPE.itemsize:
+            raise ImportError("merchants.pxd's structs and their dtypes disagree")
 
     def prefault(self):
         """Touch every page of the table now (see Ledger.prefault). Returns bytes touched."""
@@ -65,15 +73,31 @@ cdef class Merchants(Product):
         with no terms are left out."""
         return self._arrays["merchants"][self.merchant_map.indexes_of(ids)]
 
+    def lookup_settlements(self, ids):
+        """The last settlement of each of these merchants (ints or an ID_DTYPE array) that has
+        one, in order."""
+        found = self._arrays["settlements"][self.merchant_map.indexes_of(ids)]
+        return found[found["timestamp"] != 0]
+
+    def list_merchants(self, uint64_t offset, uint64_t limit):
+        """Merchants' terms in the order they were first set: ``limit`` from ``offset``."""
+        return self._arrays["merchants"][min(offset, self.merchant_count):min(offset + limit, self.merchant_count)].copy()
+
+    def book_rows(self):
+        """Each merchant's book (BOOK_DTYPE), in the order of ``list_merchants``."""
+        return self._arrays["merchant_books"][:self.merchant_count].copy()
+
     # -- checkpoints and the state hash
 
     def snapshot(self):
         """The terms as set (the resolved indexes are rebuilt at restore) and the count."""
-        return {"merchants": self._arrays["merchants"][:self.merchant_count]}, {"merchant_count": self.merchant_count}
+        n = self.merchant_count
+        return ({name: self._arrays[name][:n] for name in CHECKPOINT_ARRAYS}, {"merchant_count": n})
 
     def hash_parts(self):
         """Every merchant's terms, in the order they were first set (nothing while none is)."""
-        return {"merchants": self._arrays["merchants"][:self.merchant_count]} if self.merchant_count else {}
+        n = self.merchant_count
+        return {name: self._arrays[name][:n] for name in CHECKPOINT_ARRAYS} if n else {}
 
     def restore(self, arrays, scalars):
         """Load a snapshot into this empty table (after the ledger's: accounts are resolved)."""
@@ -84,6 +108,11 @@ cdef class Merchants(Product):
         if n > self.merchants_max or rows.shape[0] != n:
             raise ValueError(f"snapshot holds {rows.shape[0]} merchants, says {n}; this table takes {self.merchants_max}")
         self._arrays["merchants"][:n] = rows
+        for name in ("merchant_books", "settlements"):
+            more = np.frombuffer(arrays[name], dtype=self._arrays[name].dtype)
+            if more.shape[0] != n:
+                raise ValueError(f"snapshot's {name} has {more.shape[0]} records, not {n}")
+            self._arrays[name][:n] = more
         for i in range(n):
             if idmap_put(&self.merchant_map.map, self.rows[i].merchant_id_lo, self.rows[i].merchant_id_hi,
                          <uint32_t> i) != 0:
@@ -112,6 +141,21 @@ cdef class Merchants(Product):
         """A merchant's terms, or NULL when none were set (no fee is taken)."""
         cdef uint32_t slot = idmap_get(&self.merchant_map.map, lo, hi) if self.merchant_count else IDMAP_NOT_FOUND
         return NULL if slot == IDMAP_NOT_FOUND else &self.terms[slot]
+
+    cdef uint32_t slot_of(self, uint64_t lo, uint64_t hi) noexcept nogil:
+        """A merchant's slot, or IDMAP_NOT_FOUND when it has no terms."""
+        return idmap_get(&self.merchant_map.map, lo, hi) if self.merchant_count else IDMAP_NOT_FOUND
+
+    cdef void book(self, const merchant_terms_t *terms, uint64_t ts, uint64_t paid, uint64_t refunded, uint64_t fees,
+                   uint64_t fees_returned) noexcept nogil:
+        """Count a sale's amounts (a payment's or a refund's) in its merchant's book, in the
+        window of ``ts``. Sums stay below the merchant account's credits, so never overflow."""
+        cdef merchant_book_t *b = &self.books[terms - self.terms]
+        book_roll(b, ts // self.window_ns)
+        b.open_paid += paid
+        b.open_refunded += refunded
+        b.open_fees += fees
+        b.open_fees_returned += fees_returned
 
     cdef void run_batch(self, uint32_t operation, const unsigned char *events, uint64_t count, uint64_t base,
                         void *out) noexcept nogil:

@@ -24,7 +24,7 @@ import numpy as np
 from core import constants
 from core.records import (
     ACCOUNT_DTYPE, ID_DTYPE, MERCHANT_DTYPE, ORDER_CLOSE_DTYPE, ORDER_CREATE_DTYPE, ORDER_CREATED_DTYPE, ORDER_DTYPE, ORDER_PAY_DTYPE,
-    REFUND_DTYPE, TRANSFER_DTYPE,
+    REFUND_DTYPE, SETTLEMENT_DTYPE, TRANSFER_DTYPE,
 )
 
 #: A create's reply: one ``core.Result`` per event.
@@ -46,6 +46,9 @@ class Operation(enum.IntEnum):
     lookup_merchants = 105
     refund_orders = 106
     lookup_refunds = 107
+    settle_merchants = 108
+    lookup_settlements = 109
+    list_merchants = 110
     ping = 1000
 
 
@@ -67,7 +70,7 @@ class Spec(NamedTuple):
     kind: Kind
     event_dtype: np.dtype | None   # the request body's records (None: not records)
     reply_dtype: np.dtype | None   # the reply body's records (None: no body)
-    component: str | None = None   # who applies a create: "ledger" or a product module ("orders", "merchants", "refunds")
+    component: str | None = None   # who applies a create: "ledger" or a product module ("orders", "settlement", ...)
     legs: int = 0                  # transfers an event may make, at most (the ring's room for a batch)
     # The product records an event names, as (table, id field) pairs: a store loads those of a
     # batch that are not in memory before it runs (docs/tables.md), one slot per event and table.
@@ -92,6 +95,9 @@ OPERATIONS: dict[Operation, Spec] = {spec.operation: spec for spec in (
     Spec(Operation.refund_orders, Kind.create, REFUND_DTYPE, RESULT_DTYPE, "refunds", legs=2,
          reads=(("orders", "order_id"), ("refunds", "id"))),
     Spec(Operation.lookup_refunds, Kind.lookup, ID_DTYPE, REFUND_DTYPE),
+    Spec(Operation.settle_merchants, Kind.create, SETTLEMENT_DTYPE, RESULT_DTYPE, "settlement", legs=1),
+    Spec(Operation.lookup_settlements, Kind.lookup, ID_DTYPE, SETTLEMENT_DTYPE),
+    Spec(Operation.list_merchants, Kind.query, None, MERCHANT_DTYPE),
     Spec(Operation.ping, Kind.control, None, None),
 )}
 

@@ -24,7 +24,7 @@ from core.digest cimport hmac_key_init, hmac_sha256, order_id_digest
 from core.expiry cimport HEAP_POSITION_NONE, expiry_t, heap_push, heap_remove
 from core.idmap cimport IDMAP_NOT_FOUND, idmap_get, idmap_home, idmap_t
 from core.ledger cimport INDEX_NONE, LEGS_MAX, PREFETCH_DISTANCE, Ledger, account_hot_t, chain_mark_t
-from core.product cimport Product
+from core.product cimport Product, all_zero
 from core.table cimport Table, table_find, table_set_pinned
 from core.merchants cimport Merchants, fee_of, merchant_terms_t
 from core.records cimport (
@@ -100,14 +100,6 @@ cdef inline bint is_zero(uint64_t lo, uint64_t hi) noexcept nogil:
 
 cdef inline bint is_max(uint64_t lo, uint64_t hi) noexcept nogil:
     return lo == U64_MAX and hi == U64_MAX
-
-
-cdef inline bint all_zero(const uint8_t *p, size_t n) noexcept nogil:
-    cdef size_t i
-    for i in range(n):
-        if p[i]:
-            return False
-    return True
 
 
 cdef inline bint tokens_equal(const uint8_t *a, const uint8_t *b) noexcept nogil:
@@ -253,6 +245,11 @@ cdef class Orders(Product):
     cdef void expire_due(self, uint64_t base_ts) noexcept nogil:
         cdef tally_order_t *o
         cdef uint32_t slot
+        # The expiries' version time (core/table.pxd): the batch's base, but no later than the
+        # ledger's last timestamp, which an empty batch (a pulse) leaves where it was: every
+        # version must be older than the next batch's first timestamp (the store reads the cold
+        # side "older than the batch"), even when the clock then steps back.
+        cdef uint64_t version_ts = base_ts if base_ts <= self.ledger.last_timestamp else self.ledger.last_timestamp
         while self.expiry_heap.count and self.expiry_heap.items[0].expires_at <= base_ts:
             slot = self.expiry_heap.items[0].entry
             o = &self.rows[slot]
@@ -262,7 +259,7 @@ cdef class Orders(Product):
             o.state = ORDER_CLOSED
             o.close_reason = CLOSE_REASON_EXPIRED
             o.closed_at = o.expires_at
-            self.settled(slot, base_ts)
+            self.settled(slot, version_ts)
 
     cdef void settled(self, uint32_t slot, uint64_t ts) noexcept nogil:
         """An unpaid order was paid or closed at ``ts``: it may leave memory now."""
@@ -346,6 +343,8 @@ cdef class Orders(Product):
         cdef uint8_t id_bytes[16]
         cdef tally_order_t *o
         cdef tally_order_t new
+        if e.flags & EVENT_FLAG_FORBIDDEN:
+            return R_FORBIDDEN
         if e.timestamp != 0:
             return R_TIMESTAMP_MUST_BE_ZERO
         if not all_zero(e.reserved, sizeof(e.reserved)):
@@ -477,16 +476,22 @@ cdef class Orders(Product):
         o.payer_id_hi = e.payer_id_hi
         o.paid_at = ts
         self.settled(slot, ts)
+        if terms != NULL:
+            self.merchants.book(terms, ts, o.amount, 0, fee, 0)
         return R_OK
 
     cdef result_t close_order(self, const tally_order_close_t *e, uint64_t ts) noexcept nogil:
         cdef uint32_t slot
         cdef tally_order_t *o
         cdef result_t r
+        if e.flags & EVENT_FLAG_FORBIDDEN:
+            return R_FORBIDDEN
         if e.timestamp != 0:
             return R_TIMESTAMP_MUST_BE_ZERO
         if not all_zero(e.reserved, sizeof(e.reserved)):
             return R_RESERVED_FIELD
+        if e.flags != 0:
+            return R_RESERVED_FLAG
         r = self.find_order(e.order_id_lo, e.order_id_hi, &slot)
         if r != R_OK:
             return r

@@ -5,7 +5,7 @@
 # what is due) and calls the table's ``run_batch``: C over the batch's records, no Python
 # object per event, its legs through the ledger's chain primitive (core/ledger.pxd).
 
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
 from core.ledger cimport Ledger
 
@@ -18,3 +18,12 @@ cdef class Product:
     # ``base`` (event k at base + k * LEGS_MAX); one reply record per event into ``out``.
     cdef void run_batch(self, uint32_t operation, const unsigned char *events, uint64_t count, uint64_t base,
                         void *out) noexcept nogil
+
+
+# Whether n bytes are all zero (an event's reserved bytes, the fields the engine fills).
+cdef inline bint all_zero(const uint8_t *p, size_t n) noexcept nogil:
+    cdef size_t i
+    for i in range(n):
+        if p[i]:
+            return False
+    return True

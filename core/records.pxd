@@ -3,7 +3,7 @@
 # Every struct here is 128 bytes, little-endian, packed, and documented field by field in
 # docs/data-model.md; records.pyx checks the sizes and offsets against the NumPy dtypes at import.
 
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 
 cdef extern from * nogil:
@@ -103,7 +103,8 @@ cdef extern from * nogil:
     typedef struct TALLY_PACKED {
         uint64_t order_id_lo, order_id_hi;
         uint64_t merchant_id_lo, merchant_id_hi;
-        uint8_t reserved[88];
+        uint16_t flags;                 /* must be zero (but the server's EVENT_FLAG_FORBIDDEN) */
+        uint8_t reserved[86];
         uint64_t timestamp;             /* must be zero */
     } tally_order_close_t;
 
@@ -159,6 +160,23 @@ cdef extern from * nogil:
         uint64_t payer_id_lo, payer_id_hi;  /* 0 on input; kept: who got the money back */
         uint64_t timestamp;             /* 0 on input; kept: when */
     } tally_refund_t;
+
+    /* A settlement of a merchant's closed windows: the event, and as kept (docs/products.md
+       "Settlement"). */
+    typedef struct TALLY_PACKED {
+        uint64_t merchant_id_lo, merchant_id_hi;  /* the merchant's wallet account */
+        uint64_t window;                /* settle every window up to this one (engine ns / window) */
+        uint32_t ledger;                /* the merchant's currency */
+        uint16_t flags;                 /* must be zero */
+        uint8_t reserved[2];
+        uint64_t paid, refunded;        /* 0 on input; kept: what the windows settled hold */
+        uint64_t fees, fees_returned;
+        int64_t net;                    /* paid - refunded - fees + fees_returned */
+        uint64_t transfer_id_lo, transfer_id_hi;  /* the transfer that moved it (0: none, net <= 0) */
+        uint64_t settlement_account_id_lo, settlement_account_id_hi;
+        uint8_t reserved_b[16];
+        uint64_t timestamp;             /* 0 on input; kept: when */
+    } tally_settlement_t;
     """
     ctypedef struct tally_account_t:
         uint64_t id_lo
@@ -230,7 +248,8 @@ cdef extern from * nogil:
         uint64_t order_id_hi
         uint64_t merchant_id_lo
         uint64_t merchant_id_hi
-        uint8_t reserved[88]
+        uint16_t flags
+        uint8_t reserved[86]
         uint64_t timestamp
 
     ctypedef struct tally_order_t:
@@ -277,6 +296,25 @@ cdef extern from * nogil:
         uint64_t payer_id_hi
         uint64_t timestamp
 
+    ctypedef struct tally_settlement_t:
+        uint64_t merchant_id_lo
+        uint64_t merchant_id_hi
+        uint64_t window
+        uint32_t ledger
+        uint16_t flags
+        uint8_t reserved[2]
+        uint64_t paid
+        uint64_t refunded
+        uint64_t fees
+        uint64_t fees_returned
+        int64_t net
+        uint64_t transfer_id_lo
+        uint64_t transfer_id_hi
+        uint64_t settlement_account_id_lo
+        uint64_t settlement_account_id_hi
+        uint8_t reserved_b[16]
+        uint64_t timestamp
+
     ctypedef struct tally_merchant_t:
         uint64_t merchant_id_lo
         uint64_t merchant_id_hi
@@ -305,6 +343,12 @@ cdef enum:
     TRANSFER_RESERVED_SIZE = 8
     ORDER_TOKEN_BYTES = 10
     OUT_TRADE_NO_BYTES = 32
+
+
+# Set by the server in a product event's flags when its client's role may not name that
+# merchant (engine/roles.py): the core answers ``forbidden`` for it, first of all checks.
+cpdef enum event_flag_t:
+    EVENT_FLAG_FORBIDDEN = 1 << 15
 
 
 cpdef enum order_state_t:
@@ -443,4 +487,9 @@ cpdef enum result_t:
     R_EXCEEDS_PAID_AMOUNT = 89
     R_REFUNDS_LIMIT_REACHED = 90
     R_ID_RESERVED = 91              # a client's transfer id in the product legs' range
-    R_COUNT = 92
+    # The settlement's (docs/products.md "Settlement").
+    R_MERCHANT_NOT_REGISTERED = 92  # no terms set: nothing is booked for it
+    R_SETTLEMENT_WINDOW_OPEN = 93   # the window has not ended by the engine clock
+    R_SETTLEMENT_WINDOW_BEHIND = 94  # a later window has ended with sales in it: settle through it
+    R_FORBIDDEN = 95                # the client's role may not act for this merchant (engine/roles.py)
+    R_COUNT = 96

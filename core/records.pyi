@@ -16,6 +16,7 @@ ORDER_DTYPE: np.dtype
 ORDER_CREATED_DTYPE: np.dtype
 MERCHANT_DTYPE: np.dtype
 REFUND_DTYPE: np.dtype
+SETTLEMENT_DTYPE: np.dtype
 U64_MAX: int
 U128_MAX: int
 
@@ -112,6 +113,10 @@ class Result(enum.IntEnum):
     exceeds_paid_amount = 89
     refunds_limit_reached = 90
     id_reserved = 91
+    merchant_not_registered = 92
+    settlement_window_open = 93
+    settlement_window_behind = 94
+    forbidden = 95
 
 class OrderState(enum.IntEnum):
     NOTPAY = 1
@@ -167,6 +172,7 @@ class TransferCode(enum.IntEnum):
     order_fee = 61442
     order_refund = 61443
     order_fee_refund = 61444
+    order_settlement = 61445
     settlement = 12
 
 class Currency(enum.IntEnum):
@@ -182,3 +188,4 @@ def accounts_from_dicts(rows: Iterable[dict[str, int]]) -> npt.NDArray[np.void]:
 def transfers_from_dicts(rows: Iterable[dict[str, int]]) -> npt.NDArray[np.void]: ...
 def to_dicts(records: npt.NDArray[np.void]) -> list[dict[str, int]]: ...
 def ids_array(ids: Iterable[int] | npt.NDArray[Any]) -> npt.NDArray[np.void]: ...
+EVENT_FLAG_FORBIDDEN_BIT: int

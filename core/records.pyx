@@ -14,7 +14,7 @@ from core.records cimport (
     tally_account_t, tally_transfer_t, ACCOUNT_SIZE, TRANSFER_SIZE, ACCOUNT_RESERVED_SIZE,
     TRANSFER_RESERVED_SIZE, result_t, account_flag_t, transfer_flag_t, tally_order_create_t, tally_order_pay_t,
     tally_order_close_t, tally_order_t, tally_order_created_t, order_state_t, close_reason_t, tally_merchant_t,
-    tally_refund_t,
+    tally_refund_t, event_flag_t,
 )
 
 _U64 = "<u8"
@@ -66,7 +66,7 @@ ORDER_PAY_DTYPE = np.dtype([
 ORDER_CLOSE_DTYPE = np.dtype([
     ("order_id_lo", _U64), ("order_id_hi", _U64),
     ("merchant_id_lo", _U64), ("merchant_id_hi", _U64),
-    ("reserved", "V88"),
+    ("flags", _U16), ("reserved", "V86"),
     ("timestamp", _U64),
 ])
 
@@ -95,6 +95,17 @@ REFUND_DTYPE = np.dtype([
     ("timestamp", _U64),
 ])
 
+#: A settlement of a merchant's closed windows: ``settle_merchants``' events and
+#: ``lookup_settlements``' records (the merchant's last one).
+SETTLEMENT_DTYPE = np.dtype([
+    ("merchant_id_lo", _U64), ("merchant_id_hi", _U64), ("window", _U64),
+    ("ledger", _U32), ("flags", _U16), ("reserved", "V2"),
+    ("paid", _U64), ("refunded", _U64), ("fees", _U64), ("fees_returned", _U64), ("net", "<i8"),
+    ("transfer_id_lo", _U64), ("transfer_id_hi", _U64),
+    ("settlement_account_id_lo", _U64), ("settlement_account_id_hi", _U64),
+    ("reserved_b", "V16"), ("timestamp", _U64),
+])
+
 #: A merchant's terms: ``set_merchants``' events and ``lookup_merchants``' records.
 MERCHANT_DTYPE = np.dtype([
     ("merchant_id_lo", _U64), ("merchant_id_hi", _U64),
@@ -109,6 +120,8 @@ OrderState.__doc__ = "An order's state (docs/products.md): NOTPAY, then SUCCESS 
 OrderState.__module__ = "core"
 CloseReason = enum.IntEnum("CloseReason", {member.name[13:].lower(): int(member) for member in close_reason_t})
 CloseReason.__module__ = "core"
+#: The server's mark on a product event its client's role may not make (engine/roles.py).
+EVENT_FLAG_FORBIDDEN_BIT = int(event_flag_t.EVENT_FLAG_FORBIDDEN)
 
 #: A 128-bit id as two little-endian halves, for id arrays passed to lookups.
 ID_DTYPE = np.dtype([("lo", _U64), ("hi", _U64)])
@@ -127,6 +140,7 @@ def _check_layout():
     cdef tally_order_created_t order_created
     cdef tally_merchant_t merchant
     cdef tally_refund_t refund
+    cdef tally_settlement_t settlement
     c_offsets = {
         ACCOUNT_DTYPE: {
             "id_lo": <size_t> (<char *> &account.id_lo - <char *> &account),
@@ -168,6 +182,7 @@ def _check_layout():
         },
         ORDER_CLOSE_DTYPE: {
             "merchant_id_lo": <size_t> (<char *> &order_close.merchant_id_lo - <char *> &order_close),
+            "flags": <size_t> (<char *> &order_close.flags - <char *> &order_close),
             "timestamp": <size_t> (<char *> &order_close.timestamp - <char *> &order_close),
         },
         ORDER_DTYPE: {
@@ -189,6 +204,13 @@ def _check_layout():
             "payer_id_lo": <size_t> (<char *> &refund.payer_id_lo - <char *> &refund),
             "timestamp": <size_t> (<char *> &refund.timestamp - <char *> &refund),
         },
+        SETTLEMENT_DTYPE: {
+            "window": <size_t> (<char *> &settlement.window - <char *> &settlement),
+            "paid": <size_t> (<char *> &settlement.paid - <char *> &settlement),
+            "net": <size_t> (<char *> &settlement.net - <char *> &settlement),
+            "settlement_account_id_lo": <size_t> (<char *> &settlement.settlement_account_id_lo - <char *> &settlement),
+            "timestamp": <size_t> (<char *> &settlement.timestamp - <char *> &settlement),
+        },
         MERCHANT_DTYPE: {
             "settlement_account_id_lo": <size_t> (<char *> &merchant.settlement_account_id_lo - <char *> &merchant),
             "fee_bps": <size_t> (<char *> &merchant.fee_bps - <char *> &merchant),
@@ -200,7 +222,7 @@ def _check_layout():
              ORDER_CREATE_DTYPE: (sizeof(order_create), 128), ORDER_PAY_DTYPE: (sizeof(order_pay), 128),
              ORDER_CLOSE_DTYPE: (sizeof(order_close), 128), ORDER_DTYPE: (sizeof(order), 128),
              ORDER_CREATED_DTYPE: (sizeof(order_created), 16), MERCHANT_DTYPE: (sizeof(merchant), 128),
-             REFUND_DTYPE: (sizeof(refund), 128)}
+             REFUND_DTYPE: (sizeof(refund), 128), SETTLEMENT_DTYPE: (sizeof(settlement), 128)}
     for dtype, offsets in c_offsets.items():
         c_size, documented = sizes[dtype]
         if not (c_size == documented == dtype.itemsize):
@@ -266,6 +288,7 @@ class TransferCode(enum.IntEnum):
     order_fee = 0xF002      # its fee leg, merchant -> fee account
     order_refund = 0xF003   # a refund's leg, merchant -> payer
     order_fee_refund = 0xF004  # the fee returned with it, fee account -> merchant
+    order_settlement = 0xF005  # a merchant's settlement, its wallet -> its settlement account
     settlement = 12
 
 

@@ -22,7 +22,7 @@ from libc.string cimport memcmp
 from core.digest cimport key_id_digest
 from core.idmap cimport IDMAP_NOT_FOUND, idmap_get, idmap_t
 from core.ledger cimport LEGS_MAX, Ledger, chain_mark_t
-from core.merchants cimport Merchants
+from core.merchants cimport Merchants, merchant_terms_t
 from core.orders cimport Orders, leg_id_of, trade_no_valid
 from core.records cimport *  # result_t codes, records, order states
 from core.table cimport Table, table_find
@@ -116,6 +116,9 @@ cdef class Refunds(Product):
         cdef idmap_t *accounts = &self.ledger.account_map.map
         cdef chain_mark_t mark
         cdef result_t r
+        cdef const merchant_terms_t *terms
+        if e.flags & EVENT_FLAG_FORBIDDEN:
+            return R_FORBIDDEN
         if e.timestamp != 0:
             return R_TIMESTAMP_MUST_BE_ZERO
         for i in range(sizeof(e.reserved)):
@@ -192,4 +195,7 @@ cdef class Refunds(Product):
         if o.refunded == o.amount:
             o.state = ORDER_REFUND
         self.orders.table.touch(order_slot, ts)
+        terms = self.merchants.terms_of(o.merchant_id_lo, o.merchant_id_hi)
+        if terms != NULL:  # (terms are never removed: set at payment, they are here)
+            self.merchants.book(terms, ts, 0, e.amount, 0, fee_back)
         return R_OK

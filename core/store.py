@@ -59,6 +59,7 @@ from core import ledger as ledger_module
 from core import merchants as merchants_module
 from core import orders as orders_module
 from core import refunds as refunds_module
+from core import settlement as settlement_module
 from core import table as table_module
 from core.archive import ArchiveError, LogArchive
 from core.cold import ColdTier, ColdVersions
@@ -90,6 +91,7 @@ JOURNAL_FILE = "journal"
 CHECKPOINT_ARRAYS = checkpoint.registry(ledger_module.CHECKPOINT_ARRAYS, cold_module.CHECKPOINT_ARRAYS,
                                         filter_module.CHECKPOINT_ARRAYS, orders_module.CHECKPOINT_ARRAYS,
                                         merchants_module.CHECKPOINT_ARRAYS, refunds_module.CHECKPOINT_ARRAYS,
+                                        settlement_module.CHECKPOINT_ARRAYS,
                                         {"product_filter": checkpoint.REGIONS})
 #: The product tables' filter of the ids in their cold side (one for all: their ids are digests
 #: with a domain each, docs/products.md): 50 M ids at 10 bits each, lazily mapped.
@@ -637,6 +639,28 @@ class Store:
             rows[missing[cold_found]] = entries["record"][cold_found].view(rows.dtype).reshape(-1)
             found[missing[cold_found]] = True
         return rows[found]
+
+    def settle_merchants(self, batch, now_ns: int | None = None) -> np.ndarray:
+        """Settle merchants' closed windows durably (docs/products.md "Settlement"); one Result
+        per event."""
+        return self.submit(Operation.settle_merchants, batch, now_ns).result()
+
+    def lookup_settlements(self, ids, *, wait_for_commits: bool = True):
+        """Each merchant's last settlement (SETTLEMENT_DTYPE), in order, those with none left
+        out; after every submitted batch is committed (``wait_for_commits``: see ``lookup_transfers``)."""
+        if wait_for_commits:
+            self._drain()
+        return self.merchants.lookup_settlements(ids)
+
+    def list_merchants(self, offset: int = 0, limit: int = constants.BATCH_EVENTS_MAX, *,
+                       wait_for_commits: bool = True):
+        """Merchants' terms in the order they were first set, ``limit`` (at most
+        ``ACCOUNT_TRANSFERS_LIMIT_MAX``) from ``offset``."""
+        if not 0 <= limit <= constants.ACCOUNT_TRANSFERS_LIMIT_MAX:
+            raise ValueError(f"limit must be in 0..{constants.ACCOUNT_TRANSFERS_LIMIT_MAX}")
+        if wait_for_commits:
+            self._drain()
+        return self.merchants.list_merchants(offset, limit)
 
     def create_orders(self, batch, now_ns: int | None = None) -> np.ndarray:
         """Create orders durably (docs/products.md); an ORDER_CREATED_DTYPE reply per event."""
@@ -1534,6 +1558,12 @@ class Store:
             checkpoint_error = str(error)
             print(f"tally: {self.path}: checkpoint not used, replaying the whole log: {error}", file=sys.stderr)
             if isinstance(error, _ColdTierDamaged):  # start the cold tier afresh: replay refills it
+                # The checkpoint goes first: the rebuilt cold tier will not hold what it relied on
+                # (a product table's clean records are where this run's evictions put them), and
+                # a later open must not take it once the counts have caught up.
+                with self._checkpoint_env.begin(write=True) as txn:
+                    txn.delete(b"meta")
+                self._checkpoint_env.sync(True)
                 self._cold_env.close()
                 directory = os.path.join(self.path, COLD_SUBDIRECTORY)
                 os.rename(directory, f"{directory}.damaged-{time.time_ns()}")

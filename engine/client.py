@@ -38,7 +38,7 @@ import core
 from core.ids import new_id  # noqa: F401 - re-exported: services make their ids with it
 from engine import constants, frame
 from engine.protocol import (
-    CREATE_RECORD_DTYPES, CREATE_REPLY_DTYPES, FILTER_ENCODER, LOOKUP_RECORD_DTYPES, OPERATIONS, AccountTransfersFilter,
+    CREATE_RECORD_DTYPES, CREATE_REPLY_DTYPES, FILTER_ENCODER, LOOKUP_RECORD_DTYPES, OPERATIONS, AccountTransfersFilter, MerchantsPage,
     Operation,
 )
 
@@ -169,6 +169,20 @@ class Client:
     async def lookup_refunds(self, ids) -> np.ndarray:
         """The refunds with these ids that exist, in order (``core.REFUND_DTYPE``)."""
         return await self._lookup(Operation.lookup_refunds, ids)
+
+    async def settle_merchants(self, batch: np.ndarray) -> np.ndarray:
+        """Settle merchants' closed windows (``core.SETTLEMENT_DTYPE`` events: merchant, window,
+        ledger): one ``core.Result`` code per merchant (docs/products.md "Settlement")."""
+        return await self._create(Operation.settle_merchants, batch)
+
+    async def lookup_settlements(self, ids) -> np.ndarray:
+        """The last settlement of each of these merchants that has one (``core.SETTLEMENT_DTYPE``)."""
+        return await self._lookup(Operation.lookup_settlements, ids)
+
+    async def list_merchants(self, offset: int = 0, limit: int = core.BATCH_EVENTS_MAX) -> np.ndarray:
+        """Merchants' terms (``core.MERCHANT_DTYPE``) in the order they were first set."""
+        reply = await self.request(Operation.list_merchants, FILTER_ENCODER.encode(MerchantsPage(offset, limit)))
+        return np.frombuffer(reply.body, dtype=core.MERCHANT_DTYPE).copy()
 
     async def lookup_orders(self, ids) -> np.ndarray:
         """The orders with these ids that exist, in order (``core.ORDER_DTYPE``)."""
@@ -417,6 +431,15 @@ class BlockingClient:
 
     def lookup_refunds(self, ids):
         return self._call(self._client.lookup_refunds(ids))
+
+    def settle_merchants(self, batch):
+        return self._call(self._client.settle_merchants(batch))
+
+    def lookup_settlements(self, ids):
+        return self._call(self._client.lookup_settlements(ids))
+
+    def list_merchants(self, offset=0, limit=core.BATCH_EVENTS_MAX):
+        return self._call(self._client.list_merchants(offset, limit))
 
     def lookup_accounts(self, ids):
         return self._call(self._client.lookup_accounts(ids))

@@ -19,6 +19,8 @@
     [[clients]]               # one table per client service
     id = 1
     secret = "hex of at least 16 random bytes"
+    # role = "admin"          admin (every operation; the default), wallet, or merchant with
+    # merchants = [7, 8]      the merchant accounts it acts for (engine/roles.py)
 
 ``load`` reads and checks a file; ``create_default`` writes one with a fresh random secret for
 client 1, which is what ``tally serve`` does on first start when no file exists.
@@ -64,6 +66,8 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
 class ClientCredentials(msgspec.Struct, forbid_unknown_fields=True):
     id: int
     secret: str  # hex
+    role: str = "admin"                # engine/roles.py: admin, wallet or merchant
+    merchants: list[int] = []          # a merchant gateway's merchant accounts
 
     @property
     def secret_bytes(self) -> bytes:
@@ -77,6 +81,11 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     def secrets(self) -> dict[int, bytes]:
         """Client id -> secret, as the server checks frames with them."""
         return {client.id: client.secret_bytes for client in self.clients}
+
+    def roles(self) -> dict:
+        """Client id -> its ``engine.roles.Role``."""
+        from engine.roles import Role
+        return {client.id: Role.of(client.role, client.merchants) for client in self.clients}
 
 
 class ConfigError(Exception):
@@ -113,6 +122,12 @@ def check(config: Config) -> str | None:
             return f"the secret of client {client.id} is not hex"
         if len(secret) < SECRET_BYTES_MIN:
             return f"the secret of client {client.id} is shorter than {SECRET_BYTES_MIN} bytes"
+        if client.role not in ("admin", "wallet", "merchant"):
+            return f"the role of client {client.id} must be admin, wallet or merchant, not {client.role!r}"
+        if (client.role == "merchant") != bool(client.merchants):
+            return f"client {client.id}: merchants = [...] go with role = \"merchant\", and it needs some"
+        if not all(0 < merchant < 1 << 128 for merchant in client.merchants):
+            return f"client {client.id}: merchant account ids are in 1..2**128 - 1"
     if not 0 <= config.server.port <= 65535:
         return "port must be in 0..65535"
     if not 0 <= config.server.metrics_port <= 65535:

@@ -49,6 +49,7 @@ class Status(enum.IntEnum):
     too_many_events = 12
     bad_body = 13
     unavailable = 14
+    forbidden = 15           # the client's role may not run this operation (engine/roles.py)
 
     @property
     def closes_connection(self) -> bool:

@@ -71,5 +71,21 @@ class AccountTransfersFilter(msgspec.Struct, forbid_unknown_fields=True, omit_de
         return None
 
 
+class MerchantsPage(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Body of ``list_merchants``: merchants' terms in the order they were first set (msgpack
+    map), ``limit`` of them from ``offset``."""
+    offset: int = 0
+    limit: int = core_constants.ACCOUNT_TRANSFERS_LIMIT_MAX
+
+    def check(self) -> str | None:
+        """Why this page is out of range, or None."""
+        if not 0 <= self.offset <= _U64_MAX:
+            return "offset must fit 64 bits"
+        if not 0 <= self.limit <= core_constants.ACCOUNT_TRANSFERS_LIMIT_MAX:
+            return f"limit must be in 0..{core_constants.ACCOUNT_TRANSFERS_LIMIT_MAX}"
+        return None
+
+
 FILTER_ENCODER = msgspec.msgpack.Encoder()
 FILTER_DECODER = msgspec.msgpack.Decoder(AccountTransfersFilter)
+PAGE_DECODER = msgspec.msgpack.Decoder(MerchantsPage)

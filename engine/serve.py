@@ -79,7 +79,7 @@ async def serve(config: Config, *, announce=print) -> None:
     except core.StoreError as error:  # e.g. held by another server: an operator's error, not a crash
         raise ServeError(str(error)) from error
     try:
-        server = Server(store, config.secrets())
+        server = Server(store, config.secrets(), config.roles())
         try:
             port = await server.start(settings.host, settings.port, ssl=ssl)
         except OSError as error:

@@ -41,10 +41,11 @@ import numpy as np
 import core
 from engine import constants, frame, wire
 from engine.metrics import RequestMetrics
+from engine.roles import ADMIN, MERCHANT_FIELDS
 from core import constants as core_constants
 from core import operations
 from engine.protocol import (
-    CREATE_RECORD_DTYPES, FILTER_DECODER, ID_BYTES, LOOKUP_RECORD_DTYPES, OPERATIONS, Operation,
+    CREATE_RECORD_DTYPES, FILTER_DECODER, PAGE_DECODER, ID_BYTES, LOOKUP_RECORD_DTYPES, OPERATIONS, Operation,
 )
 
 _NO_BODY = memoryview(b"")
@@ -322,7 +323,8 @@ class _Stage:
 
 
 class Server:
-    """Serves a ``core.Store`` to authenticated clients (``secrets``: client id -> secret bytes).
+    """Serves a ``core.Store`` to authenticated clients (``secrets``: client id -> secret bytes),
+    each in its role (``roles``: client id -> ``engine.roles.Role``; admin when not given).
 
     >>> server = Server(core.open("data"), {1: b"secret of service 1"})
     >>> port = await server.start("127.0.0.1", 7420)
@@ -330,9 +332,10 @@ class Server:
     >>> await server.close()      # answers everything received, then closes
     """
 
-    def __init__(self, store: core.Store, secrets: dict[int, bytes]):
+    def __init__(self, store: core.Store, secrets: dict[int, bytes], roles: dict | None = None):
         self.store = store
         self.secrets = secrets
+        self.roles = roles or {}
         self.checker = frame.Checker(secrets, set(OPERATIONS), set(CREATE_RECORD_DTYPES))
         self._sealer = wire.ReplySealer(secrets)
         self.connections: set[Connection] = set()
@@ -404,9 +407,14 @@ class Server:
 
     def _stage(self, connection: Connection, item, nbytes: int) -> _Stage:
         """Append the request to the stage it belongs to; returns that stage."""
+        role = None if isinstance(item, frame.FrameError) else self.roles.get(item.client_id, ADMIN)
         if isinstance(item, frame.FrameError):
             stage = self._ordered_stage()
             stage.requests.append((connection, 0, item.request_id, 0, 0, 0, nbytes, item.status))
+        elif not role.allows(item.operation):  # refused whole, nothing staged: an authenticated error reply
+            stage = self._ordered_stage()
+            stage.requests.append((connection, 0, item.request_id, item.client_id, 0, 0, nbytes,
+                                   frame.Status.forbidden))
         elif item.operation in CREATE_RECORD_DTYPES and item.event_count:
             stage = self._stages[-1] if self._stages else None
             if stage is None or not stage.room_for(item.operation, item.event_count):
@@ -414,7 +422,12 @@ class Server:
                 self._stages.append(stage)
             stage.requests.append((connection, item.operation, item.request_id, item.client_id, stage.events,
                                    item.event_count, nbytes, None))
+            first_byte = stage.nbytes
             stage.add_records(item.body)
+            if role.bound and item.operation in MERCHANT_FIELDS:
+                # Its events that name another merchant are staged as the core's ``forbidden``.
+                role.mark_forbidden(item.operation, np.frombuffer(
+                    stage.view[first_byte:stage.nbytes], dtype=CREATE_RECORD_DTYPES[item.operation]))
             stage.events += item.event_count
             # A request whose last event is linked leaves its chain open: it must end the batch,
             # where the core fails the chain (linked_event_chain_open), rather than run on into
@@ -547,7 +560,7 @@ class Server:
     def _run_ordered(self, stage: _Stage) -> list[tuple]:
         """(status, body, event_count) for each request of an ordered stage, read as applied."""
         replies = []
-        for _, operation, _, _, _, _, _, payload in stage.requests:
+        for _, operation, _, client_id, _, _, _, payload in stage.requests:
             if operation == 0:  # a frame error: payload is its status
                 replies.append((payload, _NO_BODY, 0))
             elif operation == Operation.ping or operation in CREATE_RECORD_DTYPES:  # a create of no events
@@ -566,24 +579,39 @@ class Server:
                     found = self.store.lookup_merchants(ids, wait_for_commits=False)
                 elif operation == Operation.lookup_refunds:
                     found = self.store.lookup_refunds(ids, wait_for_commits=False)
+                elif operation == Operation.lookup_settlements:
+                    found = self.store.lookup_settlements(ids, wait_for_commits=False)
                 else:
                     found = self.store.lookup_transfers(ids, wait_for_commits=False)  # hot, then cold
+                if operation in MERCHANT_FIELDS:  # a merchant gateway sees its merchants' only
+                    found = np.ascontiguousarray(self.roles.get(client_id, ADMIN).visible(operation, found))
                 replies.append((frame.Status.ok, memoryview(found).cast("B"), len(found)))
+            elif operation == Operation.list_merchants:
+                replies.append(self._merchants_page(payload))
             else:  # get_account_transfers
                 replies.append(self._account_transfers(payload))
         return replies
 
+    def _merchants_page(self, payload: bytes) -> tuple:
+        return self._query(PAGE_DECODER, payload, lambda page: self.store.list_merchants(
+            page.offset, page.limit, wait_for_commits=False))
+
     def _account_transfers(self, payload: bytes) -> tuple:
+        return self._query(FILTER_DECODER, payload, lambda query: self.store.get_account_transfers(
+            query.account, timestamp_min=query.timestamp_min, timestamp_max=query.timestamp_max,
+            limit=query.limit, debits=query.debits, credits=query.credits, reverse=query.reverse,
+            wait_for_commits=False))
+
+    @staticmethod
+    def _query(decoder, payload: bytes, read) -> tuple:
+        """A query's reply: its msgpack body decoded and checked (else ``bad_body``), then read."""
         try:
-            query = FILTER_DECODER.decode(payload)
-        except Exception:  # msgspec.DecodeError / ValidationError: the body is not a filter
+            query = decoder.decode(payload)
+        except Exception:  # msgspec.DecodeError / ValidationError: the body is not the query's
             return frame.Status.bad_body, _NO_BODY, 0
         if query.check() is not None:
             return frame.Status.bad_body, _NO_BODY, 0
-        found = self.store.get_account_transfers(
-            query.account, timestamp_min=query.timestamp_min, timestamp_max=query.timestamp_max,
-            limit=query.limit, debits=query.debits, credits=query.credits, reverse=query.reverse,
-            wait_for_commits=False)
+        found = read(query)
         return frame.Status.ok, memoryview(found).cast("B"), len(found)
 
     def _send(self, request: tuple, status: int, body, event_count: int) -> None:

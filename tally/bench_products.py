@@ -21,8 +21,12 @@ closed loop, after one second of warm-up of each:
    two legs when a fee was taken: none here, the merchants have no terms), refunds answered
    ``ok`` per second of the window in which there were any left to refund.
 
-The other keys of the issue (``payment_code_per_s``, ``notification_per_s``,
-``settle_merchants_per_s``) come with their products; until then they are absent, not zero.
+4. ``settle_merchants_per_s`` (and ``settle_s``, ``settle_reconciled``): ``tally settle`` of
+   100,000 merchants' closed day over the protocol, against a server on a thread of this process
+   whose store's clock is set past the day's end (``tally.bench_settle`` says why and how).
+
+The other keys of the issue (``payment_code_per_s``, ``notification_per_s``) come with their
+products; until then they are absent, not zero.
 Both processes share the machine's cores; their CPU seconds per phase are reported.
 """
 
@@ -41,7 +45,7 @@ import core
 from core import constants
 from core.digest import key_ids
 from core.order_keys import REFUND_ID_DOMAIN, order_ids
-from tally import bench_core, bench_e2e, local_server
+from tally import bench_core, bench_e2e, bench_settle, local_server
 
 WARMUP_S = 1.0
 SLICES = 5                      # alternating slices of transfers and QR payments
@@ -224,7 +228,7 @@ ORDERS_MAX_PER_S = 400_000
 
 
 def run(seconds: float = 5.0, connections: int = 4, depth: int = 2, accounts: int = 1_000_000,
-        data_dir: str | None = None, prefault: bool = True, progress=None) -> dict:
+        data_dir: str | None = None, prefault: bool = True, progress=None, settle_merchants: int = 100_000) -> dict:
     """The whole benchmark (see the module's docstring); ``prefault=False`` only for smoke tests."""
     say = progress or (lambda message: None)
     orders_max = min(constants.ORDERS_MAX_LIMIT, int(ORDERS_MAX_PER_S * (seconds + 2 * WARMUP_S)))
@@ -242,11 +246,14 @@ def run(seconds: float = 5.0, connections: int = 4, depth: int = 2, accounts: in
         if data_dir is None:
             shutil.rmtree(base_dir, ignore_errors=True)
     transfers, qr, refunds = driven["transfers"], driven["qr"], driven["refunds"]
+    say(f"settling {settle_merchants:,} merchants")
+    settled = bench_settle.run(settle_merchants)
     return {
         "transfers_per_s": round(transfers["per_s"]),
         "qr_pay_per_s": round(qr["per_s"]),
         "ratio_to_transfers": round(qr["per_s"] / transfers["per_s"], 3) if transfers["per_s"] else None,
         "refund_per_s": round(refunds["per_s"]),
+        **settled,
         "failed_events": transfers["failed"] + qr["failed"] + refunds["failed"],
         "cpu_s": {name: {"server": round(phase["server_cpu_s"], 2), "client": round(phase["client_cpu_s"], 2)}
                   for name, phase in (("transfers", transfers), ("qr", qr), ("refunds", refunds))},
@@ -265,6 +272,8 @@ def summary(result: dict) -> str:
         f"  transfers (create_transfers)      {result['transfers_per_s']:>12,}/s",
         f"  QR payments (create + pay orders) {result['qr_pay_per_s']:>12,}/s   ratio {result['ratio_to_transfers']}",
         f"  refunds (refund_orders, in full)  {result['refund_per_s']:>12,}/s",
+        f"  settlement (tally settle)         {result['settle_merchants_per_s']:>12,} merchants/s   "
+        f"{result['settle_merchants']:,} in {result['settle_s']} s, reconciled: {result['settle_reconciled']}",
         f"  CPU s (server/client): transfers {result['cpu_s']['transfers']['server']}/{result['cpu_s']['transfers']['client']}, "
         f"QR {result['cpu_s']['qr']['server']}/{result['cpu_s']['qr']['client']}, "
         f"refunds {result['cpu_s']['refunds']['server']}/{result['cpu_s']['refunds']['client']}; "

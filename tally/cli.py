@@ -8,6 +8,7 @@
     tally bench latency [--json] [--seconds N] [--rates R,R,R] [--connections N]
     tally load run [WORKLOAD] [--rate N] [--seconds N] [--mode open|closed] [--record F] [--report DIR]
     tally load replay TRACE [--speed X] [--connections N] [--report DIR]
+    tally settle [--window W] [--out DIR] [--json]
     tally replay-log --data DIR --into NEWDIR
     tally demo [--seconds N] [--rate N]
     tally info [--data DIR]
@@ -219,6 +220,21 @@ def _replay_log(args) -> int:
         print(file=sys.stderr)
     print(json.dumps(result) if args.json else replay_log.summary(result))
     return 0 if result["equal"] else 1
+
+
+def _settle(args) -> int:
+    from engine.client import BlockingClient
+    from tally import settle
+
+    target = _target(args)
+    window = args.window if args.window is not None else settle.yesterday()
+    with BlockingClient(target.host, target.port, client_id=target.client_id, secret=target.secret) as client:
+        report = settle.settle(client, window)
+    csv_path, json_path = settle.write(report, args.out)
+    print(json.dumps({key: report[key] for key in ("window", "merchants", "totals", "reconciled", "seconds",
+                                                   "merchants_per_s")}) if args.json else settle.summary(report))
+    print(f"tally: wrote {csv_path} and {json_path}", file=sys.stderr)
+    return 0 if report["reconciled"] else 1
 
 
 def _demo(args) -> int:
@@ -484,14 +500,20 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--allow-truncated", action="store_true",
                         help="replay what a killed run's .partial trace holds")
     replay.set_defaults(run=_load_replay)
-    for sub in (run, replay):
+    settle = _command(commands, "settle", help="settle every merchant's closed windows (T+1) and write the report")
+    settle.add_argument("--window", type=int,
+                        help="settle through this window (engine days since 1970, UTC; default: yesterday's)")
+    settle.add_argument("--out", default=".", help="directory of settlement-WINDOW.csv and .json (default .)")
+    settle.set_defaults(run=_settle)
+    for sub in (run, replay, settle):
         sub.add_argument("--config", default=DEFAULT_CONFIG_PATH,
                          help=f"the server's config file, for its address and a client secret (default {DEFAULT_CONFIG_PATH})")
         sub.add_argument("--host", help="server address (default: the config's)")
         sub.add_argument("--port", type=int, help="server port (default: the config's)")
         sub.add_argument("--client-id", type=int, help="client id to authenticate as (default: the config's first)")
-        sub.add_argument("--report", metavar="DIR", help="write report.json and report.html here")
         sub.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    for sub in (run, replay):
+        sub.add_argument("--report", metavar="DIR", help="write report.json and report.html here")
         sub.add_argument("--quiet", action="store_true", help="no progress line")
 
     replay_log = _command(

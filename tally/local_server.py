@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -89,3 +90,26 @@ def stop_and_read(process: subprocess.Popen) -> tuple[int, str]:
         process.kill()
         output, _ = process.communicate()
     return process.returncode, output or ""
+
+
+@contextlib.contextmanager
+def serving_in_thread(store, client_secrets: dict[int, bytes]):
+    """A server over an open ``store`` on loopback, its event loop on a thread of this process
+    (for a store whose clock the caller sets: the settlement's bench and tests); yields the port."""
+    import asyncio
+    import threading
+
+    from engine.server import Server
+
+    loop = asyncio.new_event_loop()
+    server = Server(store, client_secrets)
+    port = loop.run_until_complete(server.start("127.0.0.1", 0))
+    thread = threading.Thread(target=loop.run_forever, name="tally-server", daemon=True)
+    thread.start()
+    try:
+        yield port
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(SERVER_STOP_TIMEOUT_S)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()

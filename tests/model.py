@@ -38,7 +38,7 @@ ORDER_CREATE_FIELDS = ("id", "merchant_id", "amount", "out_trade_no", "expire_af
                        "description_code", "flags", "reserved", "timestamp")
 ORDER_PAY_FIELDS = ("order_id", "payer_id", "amount", "token", "reserved_a", "ledger", "flags", "reserved",
                     "timestamp")
-ORDER_CLOSE_FIELDS = ("order_id", "merchant_id", "reserved", "timestamp")
+ORDER_CLOSE_FIELDS = ("order_id", "merchant_id", "flags", "reserved", "timestamp")
 ORDER_FIELDS = ("id", "merchant_id", "payer_id", "amount", "refunded", "expires_at", "paid_at", "closed_at", "token",
                 "state", "close_reason", "refund_count", "reserved_a", "ledger", "description_code", "fee", "timestamp")
 OUT_TRADE_NO_SIZE, TOKEN_SIZE = 32, 10
@@ -76,8 +76,11 @@ exists_with_different_fields orders_limit_reached order_not_found order_token_in
 order_expired amount_mismatch payer_not_found merchant_mismatch
 fee_account_not_found settlement_account_not_found fee_rate_out_of_range merchants_limit_reached
 out_refund_no_invalid order_not_paid refund_window_closed refunds_per_order_limit_reached exceeds_paid_amount
-refunds_limit_reached id_reserved
+refunds_limit_reached id_reserved merchant_not_registered settlement_window_open settlement_window_behind
+forbidden
 """.split())])
+#: The server's mark on an event its client's role may not make (engine/roles.py).
+EVENT_FLAG_FORBIDDEN = 1 << 15
 
 #: Transfer ids with these top 16 bits are the products' legs': a client's may not use them.
 LEG_ID_TAG = 0xFFFE
@@ -401,6 +404,8 @@ class ModelLedger:
     def _create_order(self, e, ts):
         def reply(r, token=bytes(TOKEN_SIZE)):
             return {"result": int(r), "token": token}
+        if e["flags"] & EVENT_FLAG_FORBIDDEN:
+            return reply(R.forbidden)
         if e["timestamp"]:
             return reply(R.timestamp_must_be_zero)
         if e["reserved"]:
@@ -490,10 +495,14 @@ class ModelLedger:
         return R.ok
 
     def _close_order(self, e, ts):
+        if e["flags"] & EVENT_FLAG_FORBIDDEN:
+            return R.forbidden
         if e["timestamp"]:
             return R.timestamp_must_be_zero
         if e["reserved"]:
             return R.reserved_field
+        if e["flags"]:
+            return R.reserved_flag
         if e["order_id"] == 0:
             return R.id_must_not_be_zero
         o = self.orders_by_id.get(e["order_id"])

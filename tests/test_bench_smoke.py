@@ -58,9 +58,11 @@ def test_bench_e2e_runs_a_server_process_and_reports_every_key(tmp_path):
 def test_bench_products_pays_qr_orders_end_to_end(tmp_path):
     from tally import bench_products
 
-    result = bench_products.run(seconds=0.5, connections=2, accounts=3000, data_dir=str(tmp_path), prefault=False)
+    result = bench_products.run(seconds=0.5, connections=2, accounts=3000, data_dir=str(tmp_path), prefault=False,
+                                settle_merchants=2_000)
     assert result["transfers_per_s"] > 0 and result["qr_pay_per_s"] > 0 and result["ratio_to_transfers"] > 0
     assert result["refund_per_s"] > 0
+    assert result["settle_merchants"] == result["settle_moved"] == 2_000 and result["settle_reconciled"]
     assert result["failed_events"] == 0  # every order created and paid once
     assert result["server_exit_code"] == 0
     assert "QR payments" in bench_products.summary(result)

@@ -4,6 +4,8 @@ reaches the same state hash, and recovers to it; what leaves memory is found aga
 outbox, then in the cold side) by a payment, a close, a refund, a retried create and a lookup.
 """
 
+import shutil
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -203,3 +205,131 @@ def test_unpaid_orders_are_bounded_not_evicted(tmp_path):
         assert store.submit(operation, batch, T0 + S).result()["result"][0] == Result.orders_limit_reached
         # Once they expire (2 hours), new ones are taken again.
         assert store.submit(operation, batch, T0 + 3 * HOUR).result()["result"][0] == Result.ok
+
+
+# ----------------------------------------------------------------------------- found in review
+
+
+def _run_clock_step_back(store):
+    """An order expired by a pulse (an empty batch: engine time moves to the pulse's base, the
+    ledger's last_timestamp does not), then the wall clock steps back (NTP) and more orders
+    push the expired one out of memory and into the cold side; then it is named again."""
+    out = []
+    operation, batch = batch_of(("create", [0]))
+    out.append(replies(store, operation, batch, T0 + S))
+    assert store.pulse(T0 + 3 * HOUR) is not None  # order 0 expires: its version is T0 + 3 h
+    now = T0 + 2 * S  # the clock stepped back: begin_batch clamps to last_timestamp + 1
+    for first in range(1, 41, 4):
+        for kind in ("create", "pay"):
+            operation, batch = batch_of((kind, range(first, first + 4)))
+            out.append(replies(store, operation, batch, now))
+        store.checkpoint()  # waits for the flushes: the evicted versions are cold only
+    for kind in ("pay", "close", "create"):
+        operation, batch = batch_of((kind, [0]))
+        out.append(replies(store, operation, batch, now))
+    return out
+
+
+def test_order_expired_by_a_pulse_is_found_after_the_clock_steps_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_module, "_OUTBOX_FLUSH_ENTRIES", 1)
+    with open_store(tmp_path / "small", SMALL) as small, open_store(tmp_path / "large", LARGE) as large:
+        set_up(small)
+        set_up(large)
+        small_out, large_out = _run_clock_step_back(small), _run_clock_step_back(large)
+        # The expired order: pay -> order_expired, close -> exists (closed), create -> exists.
+        last = [np.frombuffer(r, dtype=np.uint32)[0] for r in large_out[-3:]]
+        assert last == [Result.order_expired, Result.exists, Result.exists]
+        small_last = [Result(np.frombuffer(r, dtype=np.uint32)[0]).name for r in small_out[-3:]]
+        assert small_out == large_out, small_last  # small: order_not_found, order_not_found, ok
+        assert small.state_hash() == large.state_hash()
+
+
+def _resident_or_outbox(store, oid):
+    rows, found = store.machine.tables["orders"].lookup([oid])
+    resident = store.machine.tables["orders"].resident_mask(core.ids_array([oid]))[0]
+    return bool(resident), bool(found[0])
+
+
+def test_recovery_replays_a_stepped_back_clock_to_the_same_state(tmp_path, monkeypatch):
+    """Same capacities, same log: the recovered store must reach the state the live one had.
+    Live: the expired order's version (T0 + 3 h, newer than last_timestamp) is in the cold side
+    only, so the before_ts rule hides it. Replay: it is still in the restored outbox, which
+    ignores before_ts, so the replay finds it and answers differently."""
+    monkeypatch.setattr(store_module, "_OUTBOX_FLUSH_ENTRIES", 10**9)  # stays in the outbox
+    oid = order_id(MERCHANT, number(0))
+    path = tmp_path / "s"
+    with open_store(path, SMALL) as store:
+        set_up(store)
+        operation, batch = batch_of(("create", [0]))
+        replies(store, operation, batch, T0 + S)
+        assert store.pulse(T0 + 3 * HOUR) is not None
+        now, first = T0 + 2 * S, 1
+        while _resident_or_outbox(store, oid)[0]:
+            for kind in ("create", "pay"):
+                operation, batch = batch_of((kind, range(first, first + 4)))
+                replies(store, operation, batch, now)
+            first += 4
+        assert _resident_or_outbox(store, oid) == (False, True)  # in the outbox
+        store.checkpoint()  # ... with the order in its outbox
+        monkeypatch.setattr(store_module, "_OUTBOX_FLUSH_ENTRIES", 1)
+        for kind in ("create", "pay"):
+            operation, batch = batch_of((kind, range(first, first + 4)))
+            replies(store, operation, batch, now)
+        store._reap(wait_all=True)  # the flush is done: the order is in the cold side only
+        assert _resident_or_outbox(store, oid) == (False, False)
+        live = []
+        for kind in ("pay", "create"):
+            operation, batch = batch_of((kind, [0]))
+            live.append(np.frombuffer(replies(store, operation, batch, now), dtype=np.uint32)[0])
+        expected = store.state_hash()
+    with open_store(path, SMALL) as again:  # the checkpoint, then the log after it
+        assert again.recovery.replayed_batches > 0
+        assert again.state_hash() == expected, f"live replies {[Result(r).name for r in live]}"
+
+
+def _sale(store, numbers, now):
+    for kind in ("create", "pay"):
+        operation, batch = batch_of((kind, numbers))
+        replies(store, operation, batch, now)
+
+
+def test_a_stale_checkpoint_is_not_used_over_a_rebuilt_cold_side(tmp_path, monkeypatch):
+    """The cold side is lost and rebuilt by a full replay (as test_tiering does for transfers);
+    that run stops before its first checkpoint. The next open finds the old checkpoint, whose
+    resident order R is clean at a version only the lost cold side had: the recovery check
+    (``written() >= outbox_tail``) compares counts of two different numberings and passes."""
+    monkeypatch.setattr(store_module, "_OUTBOX_FLUSH_ENTRIES", 1)
+    big = {"orders_max": 64, "refunds_max": 64}
+    path, r = tmp_path / "s", 24
+    oid = order_id(MERCHANT, number(r))
+    now = T0 + S
+    with open_store(path, SMALL) as store:  # 8 slots: R is paid (version v1) and evicted
+        set_up(store)
+        for first in range(0, 48, 4):
+            _sale(store, range(first, first + 4), now)
+            now += S
+        assert not store.machine.tables["orders"].resident_mask(core.ids_array([oid]))[0]
+        store.checkpoint()
+    with open_store(path, big) as store:  # reopened larger: old orders loaded back (clean)
+        others = [n for n in range(48) if n != r]
+        for group in [others[:4], others[4:8], [r]] + [others[f:f + 4] for f in range(8, 47, 4)]:
+            operation, batch = batch_of(("close", group))
+            replies(store, operation, batch, now)  # order_paid: no change, loaded clean
+        store.checkpoint()  # C1: R resident and clean at v1
+        for first in range(1000, 1024, 4):
+            _sale(store, range(first, first + 4), now)
+            now += S
+        operation, batch = batch_of(("refund", [(r, 100, 1)]))
+        assert list(store.submit(operation, batch, now).result()) == [Result.ok]
+        for first in range(2000, 2080, 4):
+            _sale(store, range(first, first + 4), now)
+            now += S
+    shutil.rmtree(path / "cold")  # the cold side is lost
+    with open_store(path, big) as store:  # rebuilt by the whole log; one batch; no checkpoint
+        assert store.recovery.checkpoint_sequence == 0
+        operation, batch = batch_of(("close", [r]))
+        replies(store, operation, batch, now)
+        truth = store.state_hash()
+    with open_store(path, big) as store:  # (the stale checkpoint was dropped with the old cold tier)
+        assert store.recovery.checkpoint_sequence == 0
+        assert store.state_hash() == truth

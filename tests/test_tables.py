@@ -163,7 +163,8 @@ def test_every_array_a_checkpoint_writes_is_declared_by_its_owner(tmp_path):
                 "expiries": checkpoint.RAW, "tail_rows": checkpoint.RECORDS, "tail_links": checkpoint.RAW,
                 "last_epoch": checkpoint.RAW, "filter": checkpoint.REGIONS, "orders_rows": checkpoint.RAW,
                 "orders_slots": checkpoint.RAW, "orders_outbox": checkpoint.RAW, "order_expiries": checkpoint.RAW,
-                "merchants": checkpoint.RAW, "refunds_rows": checkpoint.RAW, "refunds_slots": checkpoint.RAW,
+                "merchants": checkpoint.RAW, "merchant_books": checkpoint.RAW, "settlements": checkpoint.RAW,
+                "refunds_rows": checkpoint.RAW, "refunds_slots": checkpoint.RAW,
                 "refunds_outbox": checkpoint.RAW, "product_filter": checkpoint.REGIONS}
     assert CHECKPOINT_ARRAYS == declared
     path = str(tmp_path / "store")

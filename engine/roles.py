@@ -1,0 +1,112 @@
+"""Who may do what (docs/protocol.md "Roles"): each client of the server's config has a role.
+
+* ``admin`` (the default): every operation.
+* ``wallet``: a wallet service: accounts, transfers between them, paying orders, and reading
+  them (lookups, an account's transfers).
+* ``merchant``: a merchant gateway bound to ``merchants`` (merchant account ids): creates, closes
+  and refunds orders, and reads orders, refunds, terms and settlements, only for its merchants.
+
+An operation outside the role is refused whole, with frame status ``forbidden``, before
+anything is staged. An event of an allowed operation that names another merchant is applied as
+refused: the server sets ``EVENT_FLAG_FORBIDDEN`` in its flags (``core.records``), so the core
+answers ``forbidden`` for it, changes nothing, and the log holds it like any failed event (a
+replay gives the same answer). A lookup by a merchant gateway is answered with its merchants'
+records only.
+
+>>> role = Role.of("merchant", merchants=[7])
+>>> role.allows(Operation.create_orders), role.allows(Operation.create_transfers)
+(True, False)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.operations import OPERATIONS, Operation
+from core.records import EVENT_FLAG_FORBIDDEN_BIT as EVENT_FLAG_FORBIDDEN
+
+ROLES = ("admin", "wallet", "merchant")
+
+_WALLET = frozenset({
+    Operation.create_accounts, Operation.create_transfers, Operation.lookup_accounts, Operation.lookup_transfers,
+    Operation.get_account_transfers, Operation.pay_orders, Operation.lookup_orders, Operation.lookup_refunds,
+    Operation.ping,
+})
+_MERCHANT = frozenset({
+    Operation.create_orders, Operation.close_orders, Operation.refund_orders, Operation.lookup_orders,
+    Operation.lookup_refunds, Operation.lookup_merchants, Operation.lookup_settlements, Operation.ping,
+})
+
+#: Per operation a merchant gateway may run: the field naming the merchant in its events (creates)
+#: or in its reply records (lookups).
+MERCHANT_FIELDS = {
+    Operation.create_orders: "merchant_id", Operation.close_orders: "merchant_id",
+    Operation.refund_orders: "merchant_id", Operation.lookup_orders: "merchant_id",
+    Operation.lookup_refunds: "merchant_id", Operation.lookup_merchants: "merchant_id",
+    Operation.lookup_settlements: "merchant_id",
+}
+if set(MERCHANT_FIELDS) != _MERCHANT - {Operation.ping}:
+    raise ImportError("engine.roles: every merchant operation names its merchant field")
+
+
+class Role:
+    """A client's role: the operations it may run, and for a merchant gateway its merchants."""
+
+    __slots__ = ("name", "operations", "_merchants")
+
+    def __init__(self, name: str, operations: frozenset, merchants: np.ndarray | None):
+        self.name = name
+        self.operations = operations
+        self._merchants = merchants  # sorted 16-byte ids (V16), or None: any merchant
+
+    @classmethod
+    def of(cls, name: str, merchants=()) -> "Role":
+        if name not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, not {name!r}")
+        if name == "admin":
+            return cls(name, frozenset(OPERATIONS), None)
+        if name == "wallet":
+            return cls(name, _WALLET, None)
+        ids = np.zeros((len(merchants), 2), dtype="<u8")
+        for row, merchant in enumerate(merchants):
+            ids[row] = (merchant & 0xFFFFFFFFFFFFFFFF, merchant >> 64)
+        return cls(name, _MERCHANT, np.sort(ids.view("V16").reshape(-1)))
+
+    @property
+    def bound(self) -> bool:
+        """Whether the role acts for a set of merchants only."""
+        return self._merchants is not None
+
+    def allows(self, operation: int) -> bool:
+        return operation in self.operations
+
+    def merchants_mask(self, operation: int, records: np.ndarray) -> np.ndarray | None:
+        """For records of ``operation`` (events or reply records), which name one of this
+        client's merchants; None when the role is not bound to merchants."""
+        if self._merchants is None:
+            return None
+        field = MERCHANT_FIELDS[operation]
+        keys = np.zeros((records.shape[0], 2), dtype="<u8")
+        keys[:, 0], keys[:, 1] = records[f"{field}_lo"], records[f"{field}_hi"]
+        keys = keys.view("V16").reshape(-1)
+        at = np.minimum(np.searchsorted(self._merchants, keys), self._merchants.shape[0] - 1)
+        return self._merchants[at] == keys if self._merchants.shape[0] else np.zeros(records.shape[0], dtype=bool)
+
+    def mark_forbidden(self, operation: int, events: np.ndarray) -> int:
+        """Flag the events (a writable view of the staged records) that name another merchant;
+        returns how many."""
+        mask = self.merchants_mask(operation, events)
+        if mask is None or mask.all():
+            return 0
+        events["flags"][~mask] |= EVENT_FLAG_FORBIDDEN
+        return int((~mask).sum())
+
+    def visible(self, operation: int, records: np.ndarray) -> np.ndarray:
+        """The reply records of a lookup this client may see."""
+        mask = self.merchants_mask(operation, records)
+        return records if mask is None else records[mask]
+
+
+ADMIN = Role.of("admin")
+
+__all__ = ["ADMIN", "MERCHANT_FIELDS", "ROLES", "Role"]
