@@ -575,6 +575,17 @@ def test_follow_ups_skip_what_the_server_refused():
     assert not np.isin(later_kinds, [Kind.capture, Kind.void, Kind.refund]).any()
 
 
+def test_the_demo_runs_merchant_payments_and_reads_them_back(tmp_path, capsys):
+    from tally import demo
+
+    assert demo.run(str(tmp_path / "demo"), seconds=2.0, rate_per_s=1_500.0, users=2_000) == 0
+    out = capsys.readouterr().out
+    assert "create_orders" in out and "pay_orders" in out and "refund_orders" in out
+    assert "merchant side (read back from the server)" in out
+    assert "every order's state, every refund and the fee account agree" in out
+    assert "state hash of the live server" in out and "equal" in out
+
+
 def test_the_demo_refuses_a_directory_that_is_not_its_own(tmp_path):
     from tally import demo
 
