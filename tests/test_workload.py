@@ -15,12 +15,12 @@ users = 1_000_000
 merchants = 10_000
 merchant_zipf_s = 1.1
 [mix]
-payment = 70
+payment = 71
 p2p = 10
 hold = 5
 refund = 5
 qr_order = 8
-order_refund = 2
+order_refund = 1
 [orders]
 fee_bps = 60
 close_ratio = 0.1
@@ -40,8 +40,8 @@ def test_the_documented_example_loads(tmp_path):
     path.write_text(EXAMPLE)
     workload = load(str(path))
     assert workload.population.users == 1_000_000 and workload.rate.shape == "burst"
-    assert workload.mix.probabilities() == {"payment": 0.7, "p2p": 0.1, "hold": 0.05, "refund": 0.05,
-                                            "qr_order": 0.08, "order_refund": 0.02}
+    assert workload.mix.probabilities() == {"payment": 0.71, "p2p": 0.1, "hold": 0.05, "refund": 0.05,
+                                            "qr_order": 0.08, "order_refund": 0.01}
     assert workload.orders.fee_bps == 60 and workload.orders.paid_ratio == pytest.approx(0.85)
     # The same workload as JSON.
     json_path = tmp_path / "payments.json"
