@@ -180,16 +180,15 @@ def figures(side: dict) -> dict:
 def summary(numbers: dict, problems: list[str]) -> str:
     """A few lines for a person: the orders' ends, the refunds, the fees, and whether all agreed."""
     n = numbers
-    lines = [f"merchant side (read back from the server): {n['orders']:,} orders: {n['paid']:,} paid "
-             f"({n['paid_minor']:,} minor units; {n['refunded_in_full']:,} of them refunded in full), "
-             f"{n['closed_by_merchant']:,} closed by their merchant, {n['expired']:,} expired, "
-             f"{n['unpaid']:,} still unpaid",
-             f"  refunds {n['refunds']:,} ({n['refunded_minor']:,} minor units); fees taken "
-             f"{n['fees_taken_minor']:,}, returned {n['fees_returned_minor']:,}, fee account "
-             f"{n['fee_account_minor']:,} (settlement is not built yet)"]
+    lines = [f"merchant side (read back from the server): {n['orders']:,} orders, {n['paid']:,} paid "
+             f"({n['paid_minor']:,} minor units)",
+             f"  {n['refunded_in_full']:,} of them refunded in full; {n['closed_by_merchant']:,} closed by their "
+             f"merchant, {n['expired']:,} expired, {n['unpaid']:,} unpaid",
+             f"  {n['refunds']:,} refunds ({n['refunded_minor']:,} minor units); fees taken "
+             f"{n['fees_taken_minor']:,}, returned {n['fees_returned_minor']:,}; fee account {n['fee_account_minor']:,}",
+             "  settlement: not built yet"]
     if problems:
         lines += ["  DISAGREES with the run's answers:"] + [f"    {problem}" for problem in problems]
     else:
-        lines.append("  every order's state, every refund and the fee account agree with the run's answers, "
-                     "to the minor unit")
+        lines.append("  every order's state, every refund and the fee account agree with the run's answers")
     return "\n".join(lines)
