@@ -63,7 +63,7 @@ import numpy as np
 
 import core
 from core.operations import CREATE_EVENT_DTYPES, Operation
-from core.order_keys import order_ids, refund_ids
+from core.order_keys import TOKEN_BYTES, order_ids, refund_ids
 from loadgen.workload import Workload
 
 CARD_PER_USERS = 1_000
@@ -351,12 +351,12 @@ def _hex16(values: np.ndarray) -> np.ndarray:
 def _tokens_to_columns(tokens: np.ndarray) -> np.ndarray:
     """(n, 10) uint8 tokens as two uint64 columns (a (2, n) array), to keep in a queue."""
     padded = np.zeros((len(tokens), 16), dtype=np.uint8)
-    padded[:, :core.ORDER_CREATED_DTYPE["token"].shape[0]] = tokens
+    padded[:, :TOKEN_BYTES] = tokens
     return padded.view(np.uint64).T
 
 
 def _columns_to_tokens(columns: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(columns.T).view(np.uint8)[:, :core.ORDER_CREATED_DTYPE["token"].shape[0]]
+    return np.ascontiguousarray(columns.T).view(np.uint8)[:, :TOKEN_BYTES]
 
 
 class _Orders:

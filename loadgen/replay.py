@@ -38,6 +38,7 @@ import numpy as np
 
 import core
 from core.operations import Operation
+from core.order_keys import TOKEN_BYTES
 from loadgen import runner, trace
 from loadgen.generator import Frame, Kind, SETUP_KINDS, as_records
 from loadgen.runner import CODES, KINDS, LoadError, Options, Target, Tally
@@ -90,8 +91,7 @@ class TraceSource:
         self._created = _paid_creates(data, rows)
         self._pays = bool((self._created >= 0).any())
         self._answered = np.zeros(len(rows), dtype=bool)          # creates answered in the replay
-        self._tokens = np.zeros((len(rows) if self._pays else 0, core.ORDER_CREATED_DTYPE["token"].shape[0]),
-                                dtype=np.uint8)
+        self._tokens = np.zeros((len(rows) if self._pays else 0, TOKEN_BYTES), dtype=np.uint8)
 
     def due_by(self, t_ns: int) -> int:
         return int(np.searchsorted(self._due_ns, t_ns, side="right"))
