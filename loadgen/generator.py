@@ -428,9 +428,9 @@ class _Orders:
         self._awaited.put(indexes[paying][chosen], paid[:self._CLOSES + 1, chosen])
 
         closing, closed = rows[closes], orders[:, closes]
-        closes_view = events.view(core.ORDER_CLOSE_DTYPE).reshape(-1)
-        closes_view["order_id_lo"][closing], closes_view["order_id_hi"][closing] = closed[self._ID_LO], closed[self._ID_HI]
-        closes_view["merchant_id_lo"][closing], closes_view["merchant_id_hi"][closing] = closed[self._MERCHANT], run_id
+        closes_ = events.view(core.ORDER_CLOSE_DTYPE).reshape(-1)
+        closes_["order_id_lo"][closing], closes_["order_id_hi"][closing] = closed[self._ID_LO], closed[self._ID_HI]
+        closes_["merchant_id_lo"][closing], closes_["merchant_id_hi"][closing] = closed[self._MERCHANT], run_id
         kinds[closing] = Kind.qr_close
 
     def refund(self, rng, events, kinds, indexes, rows, orders: np.ndarray) -> None:
@@ -444,7 +444,8 @@ class _Orders:
         refunds = events.view(core.REFUND_DTYPE).reshape(-1)
         refunds["id_lo"][rows], refunds["id_hi"][rows] = ids[:, 0], ids[:, 1]
         refunds["order_id_lo"][rows], refunds["order_id_hi"][rows] = orders[self._ID_LO], orders[self._ID_HI]
-        refunds["merchant_id_lo"][rows], refunds["merchant_id_hi"][rows] = orders[self._MERCHANT], self.population.run_id
+        refunds["merchant_id_lo"][rows] = orders[self._MERCHANT]
+        refunds["merchant_id_hi"][rows] = self.population.run_id
         refunds["amount"][rows] = np.where(partial, np.maximum(1, amounts * shares // 100), amounts)
         refunds["out_refund_no"][rows] = numbers
         refunds["ledger"][rows] = core.Currency.CNY
@@ -494,7 +495,8 @@ class RequestGenerator:
         self._orders = None
         if workload.mix.has_orders:
             paid_per_request = mix["qr_order"] * orders.paid_ratio / (1.0 + follow_ups)
-            share = min(1.0, mix["order_refund"] / paid_per_request / (1.0 + FOLLOW_UP_SURPLUS)) if paid_per_request else 0.0
+            share = (min(1.0, mix["order_refund"] / paid_per_request / (1.0 + FOLLOW_UP_SURPLUS))
+                     if paid_per_request else 0.0)
             self._orders = _Orders(workload, population, share, stride)
 
     def answered(self, indexes: np.ndarray, kinds: np.ndarray, replies: np.ndarray, reply_ns: int = 0) -> None:

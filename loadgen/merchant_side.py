@@ -60,14 +60,16 @@ def read_back_from(target, data: TraceData, fee_account_id: int) -> dict:
 
 async def read_back(client, data: TraceData, fee_account_id: int) -> dict:
     """The trace's orders and refunds as the server holds them, and the fee account (records)."""
-    return {"orders": await _lookup(client.lookup_orders, _ids(data.records(Operation.create_orders)), core.ORDER_DTYPE),
+    return {"orders": await _lookup(client.lookup_orders, _ids(data.records(Operation.create_orders)),
+                                    core.ORDER_DTYPE),
             "refunds": await _lookup(client.lookup_refunds, _ids(data.records(Operation.refund_orders)),
                                      core.REFUND_DTYPE),
             "fee_account": await client.lookup_accounts(core.ids_array([fee_account_id]))}
 
 
 async def _lookup(call, ids: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    parts = [await call(ids[first:first + EVENTS_PER_REQUEST_MAX]) for first in range(0, len(ids), EVENTS_PER_REQUEST_MAX)]
+    parts = [await call(ids[first:first + EVENTS_PER_REQUEST_MAX])
+             for first in range(0, len(ids), EVENTS_PER_REQUEST_MAX)]
     return np.concatenate(parts) if parts else np.zeros(0, dtype)
 
 

@@ -256,7 +256,8 @@ def test_order_requests_are_well_formed_and_follow_their_answers():
             generator.answered(frame.indexes, frame.kinds, replies, now_ns)
     creates = counts[Kind.qr_create]
     # Each order's end as drawn (expire 10 %, close 20 %, the rest paid), less those still in flight.
-    assert 0.6 * creates < counts[Kind.qr_pay] < 0.75 * creates and 0.14 * creates < counts[Kind.qr_close] < 0.26 * creates
+    assert 0.6 * creates < counts[Kind.qr_pay] < 0.75 * creates
+    assert 0.14 * creates < counts[Kind.qr_close] < 0.26 * creates
     # qr_order is 40 of 130 of the weight, its two requests together; order_refund 10.
     assert abs((creates + counts[Kind.qr_pay] + counts[Kind.qr_close]) / 12_000 - 40 / 130) < 0.03
     assert counts[Kind.order_refund] > 0.5 * 10 / 130 * 12_000 * 25 / 30      # refunds start after 0.5 s
@@ -430,7 +431,8 @@ def test_closed_loop_keeps_frames_in_flight_and_has_no_target(server):
     report = runner.run(target, orders_workload(seconds=1.0),
                         runner.Options(mode="closed", connections=1, depth=2, frame_events=500))
     assert report["requests"]["answered"] % 500 == 0 and report["requests"]["failed_to_send"] == 0
-    assert report["kinds"]["qr_pay"]["ok"] > 0 and set(report["result_codes"]) <= {"ok", "exceeds_credits"}  # dry wallets
+    assert report["kinds"]["qr_pay"]["ok"] > 0
+    assert set(report["result_codes"]) <= {"ok", "exceeds_credits"}   # wallets run dry at the peak
 
 
 def test_two_workers_merge_their_counts_and_histograms(server):
