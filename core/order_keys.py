@@ -90,6 +90,13 @@ def order_ids(merchant_ids, out_trade_nos) -> np.ndarray:
     return digest.key_ids(ORDER_ID_DOMAIN, merchant_ids, out_trade_nos)
 
 
+def refund_ids(order_ids, out_refund_nos) -> np.ndarray:
+    """Many refunds' ids at once, as ``order_ids``: ``order_ids`` an (n, 2) uint64 array (lo,
+    hi), ``out_refund_nos`` an (n, 32) uint8 array (NUL-padded)."""
+    from core import digest
+    return digest.key_ids(REFUND_ID_DOMAIN, order_ids, out_refund_nos)
+
+
 def order_creates(rows) -> np.ndarray:
     """A ``create_orders`` batch from dicts (fields of ORDER_CREATE_DTYPE; ``id`` is computed
     from ``merchant_id`` and ``out_trade_no`` when not given)."""

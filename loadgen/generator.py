@@ -1,18 +1,22 @@
-"""Requests from a workload: the population to set up, then payments, P2P, holds and refunds.
+"""Requests from a workload: the population to set up, then payments, P2P, holds, refunds and
+merchant orders.
 
-A *request* is one event the server authorizes: one transfer (or, while setting up, one account
-or one top-up). The load generator sends requests the way a fleet of services using
-``engine.client`` would, many to a frame, but each is generated, scheduled, answered, timed
-and recorded on its own. Generation is vectorized (NumPy): a call makes a whole frame's
-requests with no Python object per request, so the generator is never what a run measures.
+A *request* is one event the server authorizes: one transfer, or one order's create, payment,
+close or refund (or, while setting up, one account, top-up or merchant's terms). The load
+generator sends requests the way a fleet of services using ``engine.client`` would, many to a
+frame, but each is generated, scheduled, answered, timed and recorded on its own. Generation
+is vectorized (NumPy): a call makes a whole frame's requests with no Python object per
+request, so the generator is never what a run measures.
 
 The population (``Population``): ``users`` wallets (which may not go below zero), ``merchants``
 chosen with Zipf-skewed popularity (rank r has weight 1 / r**s: a few very hot merchants and a
 long tail), and one funding card (a linked bank card) per 1,000 users that tops every wallet up
-with ``wallet_balance_minor`` before the load starts. All ids of a run have ``id_hi = run_id``,
-so runs never collide with each other or with other data on the same server.
+with ``wallet_balance_minor`` before the load starts. A run with orders also has the operator's
+fee account and a settlement account per merchant, and gives every merchant its terms
+(``set_merchants``: ``orders.fee_bps``). All ids of a run have ``id_hi = run_id``, so runs never
+collide with each other or with other data on the same server.
 
-The requests (``Mix``, ``Payments``):
+The requests (``Mix``, ``Payments``, ``Orders``):
 
 * ``payment``: a uniform wallet pays a Zipf-chosen merchant a log-normal amount; wallets that
   run dry get ``exceeds_credits``, as they would.
@@ -24,10 +28,27 @@ The requests (``Mix``, ``Payments``):
 * ``refund``: a merchant returns a payment made at least ``refund_after_s`` earlier, to its
   payer and of its amount; each payment is refunded at most once. With none old enough, a
   payment is made.
+* ``qr_order``: a Zipf-chosen merchant creates an order of a log-normal amount
+  (``create_orders``; ``out_trade_no`` is the run's tag, its id in 16 hex digits, then the
+  request's number in 16: unique per run; the id from ``core.order_keys.order_ids``). Once its
+  answer is in, with the order's token, a later request of the weight follows it up: a uniform
+  wallet pays it with that token (``pay_orders``) or, for ``close_ratio`` of the orders, its
+  merchant closes it (``close_orders``); ``expire_ratio`` of them are left to expire. With no
+  answered order waiting, a payment is made (so orders never pile up unanswered for ever).
+* ``order_refund``: the merchant of an order paid at least ``orders.refund_after_s`` before
+  (counted from its payment's ``ok``) refunds it (``refund_orders``; ``out_refund_no`` as
+  ``out_trade_no``), in full or, for ``partial_refund_ratio`` of them, 10..99 % of it; a share
+  of the paid orders is chosen so that refunds keep to the weight, each refunded once. With none
+  ready, a payment is made.
 
 Follow-ups are only for requests the server did not refuse: the load generator reports each
-answer (``answered``), and a payment or hold refused by then (a dry wallet) is never refunded
-or resolved. One whose answer has not arrived yet is assumed accepted.
+answer (``answered``). A transfer's follow-up (a refund, a hold's resolution) may go before its
+answer has arrived (one not refused by then is assumed accepted); an order's follow-ups wait
+for the answer they need (the create's token, the payment's ``ok``).
+
+``next`` returns a ``Block``: request numbers, kinds and records as rows of 128 bytes, each row
+a record of its kind's operation (``KIND_OPERATIONS``); ``Block.frames`` splits it into one
+``Frame`` per operation, as the requests are sent.
 
 Given the same workload, seed and run id, and the same answers at the same points, the same
 calls give the same requests.
@@ -36,18 +57,26 @@ calls give the same requests.
 from __future__ import annotations
 
 import enum
+from typing import NamedTuple
 
 import numpy as np
 
 import core
+from core.operations import CREATE_EVENT_DTYPES, Operation
+from core.order_keys import TOKEN_BYTES, order_ids, refund_ids
 from loadgen.workload import Workload
 
 CARD_PER_USERS = 1_000
 #: Transfers of the load are numbered from here (below: the top-ups of the setup).
 LOAD_ID_BASE = 1 << 40
-#: How many holds or refundable payments wait at most; past that the oldest are dropped.
+#: How many holds, refundable payments or orders wait at most; past that the oldest are dropped.
 QUEUE_CAPACITY = 1 << 20
+#: An order's follow-up (its payment or close; a paid order's refund) is drawn this much more
+#: often than the orders need: one that finds none ready makes a payment, and orders left
+#: behind (their follow-ups came while a stalled server answered nothing) are caught up on.
+FOLLOW_UP_SURPLUS = 0.05
 NS_PER_S = 1_000_000_000
+RECORD_BYTES = core.constants.RECORD_SIZE_BYTES
 
 
 class Kind(enum.IntEnum):
@@ -60,17 +89,73 @@ class Kind(enum.IntEnum):
     capture = 5
     void = 6
     refund = 7
+    merchant_terms = 8   # a merchant's fee and settlement accounts (setup)
+    qr_create = 9        # a merchant's order
+    qr_pay = 10          # its payment from a wallet, with the create's token
+    qr_close = 11        # closed unpaid by its merchant
+    order_refund = 12    # a paid order's refund, full or partial
 
+
+#: The operation each kind is sent with (indexed by kind): create_transfers unless named here.
+KIND_OPERATIONS = np.array([{Kind.account: Operation.create_accounts, Kind.merchant_terms: Operation.set_merchants,
+                             Kind.qr_create: Operation.create_orders, Kind.qr_pay: Operation.pay_orders,
+                             Kind.qr_close: Operation.close_orders, Kind.order_refund: Operation.refund_orders,
+                             }.get(kind, Operation.create_transfers) for kind in Kind], dtype=np.uint16)
 
 #: Kinds of the setup phase (sent before the clock starts, in order, and awaited).
-SETUP_KINDS = (Kind.account, Kind.top_up)
+SETUP_KINDS = (Kind.account, Kind.top_up, Kind.merchant_terms)
 
-# The slots the mix is drawn over; ``resolve`` becomes capture or void (or a hold).
-_PAYMENT, _P2P, _HOLD, _RESOLVE, _REFUND = range(5)
+# The slots the mix is drawn over: transfers' below _QR_CREATE. ``resolve`` becomes capture or
+# void (or a payment); ``qr_follow`` pays or closes an answered order (or makes a payment).
+_PAYMENT, _P2P, _HOLD, _RESOLVE, _REFUND, _QR_CREATE, _QR_FOLLOW, _ORDER_REFUND = range(8)
+
+
+class Frame(NamedTuple):
+    """Requests of one operation, sent in one frame."""
+    operation: int
+    indexes: np.ndarray   # uint64: the request numbers their answers are reported by
+    records: np.ndarray   # the operation's event records (core.operations.CREATE_EVENT_DTYPES)
+    kinds: np.ndarray     # uint8: Kind
+
+
+def as_records(rows: np.ndarray, operation: int) -> np.ndarray:
+    """(n, 128) uint8 rows as ``operation``'s event records (a view when they are contiguous)."""
+    return np.ascontiguousarray(rows).view(CREATE_EVENT_DTYPES[int(operation)]).reshape(-1)
+
+
+def frames_of(indexes: np.ndarray, rows: np.ndarray, kinds: np.ndarray, operations: np.ndarray) -> list[Frame]:
+    """Requests as frames of one operation each: all of an operation's in one frame, in their
+    order, and the frames in the order of the operations' numbers (``operations``: each
+    request's)."""
+    if not len(kinds):
+        return []
+    first = operations[0]
+    if operations[-1] == first and (operations == first).all():
+        return [Frame(int(first), indexes, as_records(rows, first), kinds)]
+    order = np.argsort(operations, kind="stable")
+    cuts = np.flatnonzero(np.diff(operations[order])) + 1
+    return [Frame(int(operations[part[0]]), indexes[part], as_records(rows[part], operations[part[0]]), kinds[part])
+            for part in np.split(order, cuts)]
+
+
+class Block(NamedTuple):
+    """Requests in generation order: numbers, 128-byte record rows and kinds."""
+    indexes: np.ndarray   # uint64
+    events: np.ndarray    # (n, 128) uint8: row i is a record of KIND_OPERATIONS[kinds[i]]
+    kinds: np.ndarray     # uint8: Kind
+
+    def frames(self) -> list[Frame]:
+        """The block as frames, one per operation (see ``frames_of``)."""
+        return frames_of(self.indexes, self.events, self.kinds, KIND_OPERATIONS[self.kinds])
+
+    def records(self, operation: int) -> np.ndarray:
+        """The requests of ``operation`` as its event records (a copy)."""
+        return as_records(self.events[KIND_OPERATIONS[self.kinds] == operation], operation)
 
 
 class Population:
-    """Account ids of a run: users 1..U, merchants U+1..U+M, cards after (``id_hi = run_id``)."""
+    """Account ids of a run: users 1..U, merchants U+1..U+M, cards after, then (with orders) the
+    fee account and a settlement account per merchant (``id_hi = run_id``)."""
 
     def __init__(self, workload: Workload, run_id: int):
         population = workload.population
@@ -80,26 +165,41 @@ class Population:
         self.cards = max(1, population.users // CARD_PER_USERS)
         self.first_merchant = self.users + 1
         self.first_card = self.users + self.merchants + 1
+        self.orders = workload.mix.has_orders
+        self.fee_bps = workload.orders.fee_bps
+        # One fee account: the run has one ledger (CNY). Without orders, neither kind exists.
+        self.fee_account = self.first_card + self.cards
+        self.first_settlement = self.fee_account + 1
         self.wallet_balance_minor = population.wallet_balance_minor
         weights = 1.0 / np.arange(1, self.merchants + 1, dtype=np.float64) ** population.merchant_zipf_s
         self.merchant_cdf = np.cumsum(weights) / weights.sum()
 
     @property
     def accounts(self) -> int:
-        return self.users + self.merchants + self.cards
+        return self.users + self.merchants + self.cards + (1 + self.merchants if self.orders else 0)
+
+    @property
+    def fee_account_id(self) -> int:
+        """The fee account's 128-bit id (where the merchants' fees go, with orders)."""
+        return self.run_id << 64 | self.fee_account
+
+    def draw_merchants(self, rng: np.random.Generator, count: int) -> np.ndarray:
+        """``count`` merchant account ids (id_lo), Zipf-popular."""
+        ranks = np.minimum(np.searchsorted(self.merchant_cdf, rng.random(count)), self.merchants - 1)
+        return (self.first_merchant + ranks).astype(np.uint64)
 
     def account_batches(self, batch_events: int = core.BATCH_EVENTS_MAX):
         """The accounts, in batches of ``core.ACCOUNT_DTYPE``."""
+        starts = np.array([self.first_merchant, self.first_card, self.fee_account, self.first_settlement])
+        codes = np.array([core.AccountCode.user_wallet, core.AccountCode.merchant, core.AccountCode.funding_card,
+                          core.AccountCode.fee, core.AccountCode.settlement], dtype=np.uint16)
         for first in range(1, self.accounts + 1, batch_events):
             ids = np.arange(first, min(first + batch_events, self.accounts + 1), dtype=np.uint64)
             batch = np.zeros(len(ids), dtype=core.ACCOUNT_DTYPE)
             batch["id_lo"], batch["id_hi"] = ids, self.run_id
             batch["ledger"] = core.Currency.CNY
-            is_user = ids < self.first_merchant
-            batch["code"] = np.where(is_user, core.AccountCode.user_wallet,
-                                     np.where(ids < self.first_card, core.AccountCode.merchant,
-                                              core.AccountCode.funding_card))
-            batch["flags"] = np.where(is_user, core.AccountFlags.debits_must_not_exceed_credits, 0)
+            batch["code"] = codes[np.searchsorted(starts, ids, side="right")]
+            batch["flags"] = np.where(ids < self.first_merchant, core.AccountFlags.debits_must_not_exceed_credits, 0)
             yield batch
 
     def top_up_batches(self, batch_events: int = core.BATCH_EVENTS_MAX):
@@ -108,28 +208,64 @@ class Population:
             return
         for first in range(1, self.users + 1, batch_events):
             users = np.arange(first, min(first + batch_events, self.users + 1), dtype=np.uint64)
-            batch = _transfers(len(users), self.run_id)
-            batch["id_lo"] = users
+            batch = np.zeros(len(users), dtype=core.TRANSFER_DTYPE)
+            _transfer_defaults(batch, slice(None), users, self.run_id)
             batch["debit_account_id_lo"] = self.first_card + (users - 1) % self.cards
             batch["credit_account_id_lo"] = users
             batch["amount"] = self.wallet_balance_minor
             batch["code"] = core.TransferCode.top_up
             yield batch
 
+    def merchant_terms_batches(self, batch_events: int = core.BATCH_EVENTS_MAX):
+        """With orders: every merchant's terms (``core.MERCHANT_DTYPE``: ``fee_bps``, the fee
+        account, its settlement account), in batches; without, none."""
+        if not self.orders:
+            return
+        for first in range(0, self.merchants, batch_events):
+            ranks = np.arange(first, min(first + batch_events, self.merchants), dtype=np.uint64)
+            batch = np.zeros(len(ranks), dtype=core.MERCHANT_DTYPE)
+            batch["merchant_id_lo"] = self.first_merchant + ranks
+            batch["fee_account_id_lo"] = self.fee_account
+            batch["settlement_account_id_lo"] = self.first_settlement + ranks
+            batch["merchant_id_hi"] = batch["fee_account_id_hi"] = batch["settlement_account_id_hi"] = self.run_id
+            batch["fee_bps"] = self.fee_bps
+            batch["ledger"] = core.Currency.CNY
+            yield batch
 
-def _transfers(count: int, run_id: int) -> np.ndarray:
-    batch = np.zeros(count, dtype=core.TRANSFER_DTYPE)
-    batch["id_hi"] = batch["debit_account_id_hi"] = batch["credit_account_id_hi"] = run_id
-    batch["ledger"] = core.Currency.CNY
-    return batch
+
+def timed_operations(workload: Workload) -> list[Operation]:
+    """The operations a workload's load may send, for the trace writer to be ready for
+    (create_transfers always: a follow-up that finds nothing to follow makes a payment)."""
+    operations = [Operation.create_transfers]
+    if workload.mix.has_orders:
+        orders = workload.orders
+        operations += [operation for operation, weight in (
+            (Operation.create_orders, 1.0), (Operation.pay_orders, orders.paid_ratio),
+            (Operation.close_orders, orders.close_ratio), (Operation.refund_orders, workload.mix.order_refund))
+            if weight > 0]
+    return operations
+
+
+def _transfer_defaults(transfers: np.ndarray, rows, ids_lo: np.ndarray, run_id: int) -> None:
+    """What every transfer of a run has: its id, the run's id_hi on its ids, the ledger."""
+    transfers["id_lo"][rows] = ids_lo
+    transfers["id_hi"][rows] = transfers["debit_account_id_hi"][rows] = run_id
+    transfers["credit_account_id_hi"][rows] = run_id
+    transfers["ledger"][rows] = core.Currency.CNY
+
+
+def _amounts(rng: np.random.Generator, payments, count: int) -> np.ndarray:
+    """``count`` log-normal amounts around the workload's median, at least 1."""
+    return np.maximum(1, rng.lognormal(np.log(payments.amount_median_minor), payments.amount_sigma,
+                                       count)).astype(np.uint64)
 
 
 class _Queue:
-    """A bounded FIFO of earlier transfers (id, payer, payee, amount) and when each may follow up."""
+    """A bounded FIFO of earlier requests (``width`` uint64 columns) and when each may follow up."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, width: int = 4):
         self.capacity = capacity
-        self.columns = np.zeros((4, capacity), dtype=np.uint64)
+        self.columns = np.zeros((width, capacity), dtype=np.uint64)
         self.ready_ns = np.zeros(capacity, dtype=np.int64)
         self.head = self.tail = 0   # monotonic; positions are taken modulo the capacity
 
@@ -144,9 +280,9 @@ class _Queue:
         self.tail += count
         self.head = max(self.head, self.tail - self.capacity)  # full: the oldest are dropped
 
-    def pop_ready(self, wanted: int, now_ns: int, refused: "_Refusals") -> np.ndarray:
+    def pop_ready(self, wanted: int, now_ns: int, refused: "_Refusals | None" = None) -> np.ndarray:
         """Up to ``wanted`` of the oldest entries ready by ``now_ns`` (ready times only grow),
-        skipping those the server refused."""
+        skipping those the server refused (column 0 is a transfer's id)."""
         taken = []
         while wanted > 0 and self.tail > self.head:
             available = min(wanted, self.tail - self.head)
@@ -156,7 +292,8 @@ class _Queue:
                 break
             self.head += ready
             columns = self.columns[:, positions[:ready]]
-            columns = columns[:, ~refused.contains(columns[0] - np.uint64(LOAD_ID_BASE))]
+            if refused is not None:
+                columns = columns[:, ~refused.contains(columns[0] - np.uint64(LOAD_ID_BASE))]
             taken.append(columns)
             wanted -= columns.shape[1]
         return np.concatenate(taken, axis=1) if taken else self.columns[:, :0]
@@ -177,8 +314,159 @@ class _Refusals:
         return self.index[indexes % self.capacity] == indexes
 
 
+class _Awaited:
+    """What requests whose answer is awaited will need then (``width`` uint64 columns), by
+    request number: a ring, so an answer that comes after ``capacity`` later requests finds
+    nothing (its follow-up is dropped)."""
+
+    def __init__(self, capacity: int, width: int, stride: int):
+        self.capacity = capacity
+        self.stride = stride
+        self.number = np.full(capacity, np.iinfo(np.uint64).max, dtype=np.uint64)
+        self.columns = np.zeros((width, capacity), dtype=np.uint64)
+
+    def put(self, indexes: np.ndarray, columns: np.ndarray) -> None:
+        slots = (indexes // np.uint64(self.stride)) % np.uint64(self.capacity)
+        self.number[slots] = indexes
+        self.columns[:, slots] = columns
+
+    def take(self, indexes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Which of ``indexes`` are here (a mask), and their columns; then forgets them."""
+        slots = (indexes // np.uint64(self.stride)) % np.uint64(self.capacity)
+        found = self.number[slots] == indexes
+        slots = slots[found]
+        self.number[slots] = np.iinfo(np.uint64).max
+        return found, self.columns[:, slots]
+
+
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+_NIBBLE_SHIFTS = np.arange(60, -4, -4, dtype=np.uint64)
+
+
+def _hex16(values: np.ndarray) -> np.ndarray:
+    """uint64 values as 16 lowercase hex digits each: an (n, 16) uint8 array."""
+    return _HEX_DIGITS[(values[:, None] >> _NIBBLE_SHIFTS) & np.uint64(0xF)]
+
+
+def _tokens_to_columns(tokens: np.ndarray) -> np.ndarray:
+    """(n, 10) uint8 tokens as two uint64 columns (a (2, n) array), to keep in a queue."""
+    padded = np.zeros((len(tokens), 16), dtype=np.uint8)
+    padded[:, :TOKEN_BYTES] = tokens
+    return padded.view(np.uint64).T
+
+
+def _columns_to_tokens(columns: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(columns.T).view(np.uint8)[:, :TOKEN_BYTES]
+
+
+class _Orders:
+    """The merchant payments of a mix (``qr_order``, ``order_refund``; see the module's docstring)."""
+
+    # Columns of the queues: an order's id (lo, hi), its merchant (id_lo) and amount, then
+    # (answered creates) whether its merchant closes it and its token in two words.
+    _ID_LO, _ID_HI, _MERCHANT, _AMOUNT, _CLOSES, _TOKEN = 0, 1, 2, 3, 4, 5
+
+    def __init__(self, workload: Workload, population: Population, refund_share: float, stride: int):
+        self.population = population
+        self.spec = workload.orders
+        self.payments = workload.payments
+        self.refund_share = refund_share
+        self.tag = np.frombuffer(b"%016x" % population.run_id, dtype=np.uint8)   # the run's, in every number
+        self._awaited = _Awaited(QUEUE_CAPACITY, 5, stride)   # creates (to follow up) and payments (to refund)
+        self._created = _Queue(QUEUE_CAPACITY, 7)             # answered creates, to pay or close
+        self._paid = _Queue(QUEUE_CAPACITY, 4)                # paid orders, to refund
+
+    def _numbers(self, indexes: np.ndarray) -> np.ndarray:
+        """out_trade_no / out_refund_no of requests: the run's tag and the request's number, 32 bytes."""
+        numbers = np.empty((len(indexes), 32), dtype=np.uint8)
+        numbers[:, :16] = self.tag
+        numbers[:, 16:] = _hex16(indexes)
+        return numbers
+
+    def take_follow_ups(self, wanted: int, now_ns: int) -> np.ndarray:
+        return self._created.pop_ready(wanted, now_ns)
+
+    def take_refundable(self, wanted: int, now_ns: int) -> np.ndarray:
+        return self._paid.pop_ready(wanted, now_ns)
+
+    def create(self, rng, events, kinds, indexes, rows) -> None:
+        population, run_id, count = self.population, self.population.run_id, len(rows)
+        merchants = population.draw_merchants(rng, count)
+        amounts = _amounts(rng, self.payments, count)
+        numbers = self._numbers(indexes[rows])
+        ids = order_ids(np.stack([merchants, np.full(count, run_id, dtype=np.uint64)], axis=1), numbers)
+        creates = events.view(core.ORDER_CREATE_DTYPE).reshape(-1)
+        creates["id_lo"][rows], creates["id_hi"][rows] = ids[:, 0], ids[:, 1]
+        creates["merchant_id_lo"][rows], creates["merchant_id_hi"][rows] = merchants, run_id
+        creates["amount"][rows] = amounts
+        creates["out_trade_no"][rows] = numbers
+        creates["expire_after_s"][rows] = self.spec.expire_after_s
+        creates["ledger"][rows] = core.Currency.CNY
+        kinds[rows] = Kind.qr_create
+        # Each order's end, drawn now: closed by its merchant, left to expire, or paid.
+        fate = rng.random(count)
+        closes = fate < self.spec.close_ratio
+        followed = closes | (fate >= self.spec.close_ratio + self.spec.expire_ratio)
+        self._awaited.put(indexes[rows][followed], np.stack([ids[followed, 0], ids[followed, 1], merchants[followed],
+                                                             amounts[followed], closes[followed]]))
+
+    def follow_up(self, rng, events, kinds, indexes, rows, orders: np.ndarray) -> None:
+        """Pay or close the answered ``orders`` (columns of ``_created``) in ``rows``."""
+        run_id = self.population.run_id
+        closes = orders[self._CLOSES] == 1
+        paying, paid = rows[~closes], orders[:, ~closes]
+        pays = events.view(core.ORDER_PAY_DTYPE).reshape(-1)
+        pays["order_id_lo"][paying], pays["order_id_hi"][paying] = paid[self._ID_LO], paid[self._ID_HI]
+        pays["payer_id_lo"][paying] = rng.integers(1, self.population.users + 1, len(paying), dtype=np.uint64)
+        pays["payer_id_hi"][paying] = run_id
+        pays["amount"][paying] = paid[self._AMOUNT]
+        pays["token"][paying] = _columns_to_tokens(paid[self._TOKEN:self._TOKEN + 2])
+        pays["ledger"][paying] = core.Currency.CNY
+        kinds[paying] = Kind.qr_pay
+        # The payments whose order will be refunded (once they are answered ok).
+        chosen = rng.random(len(paying)) < self.refund_share
+        self._awaited.put(indexes[paying][chosen], paid[:self._CLOSES + 1, chosen])
+
+        closing, closed = rows[closes], orders[:, closes]
+        closes_ = events.view(core.ORDER_CLOSE_DTYPE).reshape(-1)
+        closes_["order_id_lo"][closing], closes_["order_id_hi"][closing] = closed[self._ID_LO], closed[self._ID_HI]
+        closes_["merchant_id_lo"][closing], closes_["merchant_id_hi"][closing] = closed[self._MERCHANT], run_id
+        kinds[closing] = Kind.qr_close
+
+    def refund(self, rng, events, kinds, indexes, rows, orders: np.ndarray) -> None:
+        """Refund the paid ``orders`` (columns of ``_paid``) in ``rows``, in full or in part."""
+        count = len(rows)
+        numbers = self._numbers(indexes[rows])
+        ids = refund_ids(np.stack([orders[self._ID_LO], orders[self._ID_HI]], axis=1), numbers)
+        partial = rng.random(count) < self.spec.partial_refund_ratio
+        shares = rng.integers(10, 100, count, dtype=np.uint64)
+        amounts = orders[self._AMOUNT]
+        refunds = events.view(core.REFUND_DTYPE).reshape(-1)
+        refunds["id_lo"][rows], refunds["id_hi"][rows] = ids[:, 0], ids[:, 1]
+        refunds["order_id_lo"][rows], refunds["order_id_hi"][rows] = orders[self._ID_LO], orders[self._ID_HI]
+        refunds["merchant_id_lo"][rows] = orders[self._MERCHANT]
+        refunds["merchant_id_hi"][rows] = self.population.run_id
+        refunds["amount"][rows] = np.where(partial, np.maximum(1, amounts * shares // 100), amounts)
+        refunds["out_refund_no"][rows] = numbers
+        refunds["ledger"][rows] = core.Currency.CNY
+        kinds[rows] = Kind.order_refund
+
+    def answered(self, indexes: np.ndarray, kinds: np.ndarray, results: np.ndarray, replies: np.ndarray,
+                 reply_ns: int) -> None:
+        accepted = results == core.Result.ok
+        created = accepted & (kinds == Kind.qr_create)
+        if created.any():   # to be paid or closed, with the token the answer holds
+            found, orders = self._awaited.take(indexes[created])
+            tokens = _tokens_to_columns(replies["token"][created][found])
+            self._created.push(np.concatenate([orders, tokens]), reply_ns)
+        paid = accepted & (kinds == Kind.qr_pay)
+        if paid.any():      # those chosen to be refunded, refund_after_s from now
+            _, orders = self._awaited.take(indexes[paid])
+            self._paid.push(orders[:self._AMOUNT + 1], reply_ns + int(self.spec.refund_after_s * NS_PER_S))
+
+
 class RequestGenerator:
-    """Transfers for a workload's mix; see the module's docstring.
+    """Requests for a workload's mix; see the module's docstring.
 
     Request numbers are ``first_index, first_index + stride, ...`` (the load generator's
     workers interleave them); request k's transfer id is ``LOAD_ID_BASE + k``.
@@ -189,7 +477,12 @@ class RequestGenerator:
         self.population = population
         self.payments = workload.payments
         mix = workload.mix.probabilities()
-        slot_weights = [mix["payment"], mix["p2p"], mix["hold"] / 2, mix["hold"] / 2, mix["refund"]]
+        orders = workload.orders
+        # A qr_order is a create and, unless it is left to expire, a follow-up: its weight is theirs.
+        follow_ups = (1.0 - orders.expire_ratio) * (1.0 + FOLLOW_UP_SURPLUS)   # per create
+        slot_weights = [mix["payment"], mix["p2p"], mix["hold"] / 2, mix["hold"] / 2, mix["refund"],
+                        mix["qr_order"] / (1.0 + follow_ups), mix["qr_order"] * follow_ups / (1.0 + follow_ups),
+                        mix["order_refund"]]
         self._slot_cdf = np.cumsum(slot_weights)
         self._slot_cdf /= self._slot_cdf[-1]
         self._refund_share = min(1.0, mix["refund"] / mix["payment"]) if mix["payment"] else 0.0
@@ -199,24 +492,31 @@ class RequestGenerator:
         self._holds = _Queue(QUEUE_CAPACITY)
         self._refundable = _Queue(QUEUE_CAPACITY)
         self._refused = _Refusals(QUEUE_CAPACITY)
+        self._orders = None
+        if workload.mix.has_orders:
+            paid_per_request = mix["qr_order"] * orders.paid_ratio / (1.0 + follow_ups)
+            share = (min(1.0, mix["order_refund"] / paid_per_request / (1.0 + FOLLOW_UP_SURPLUS))
+                     if paid_per_request else 0.0)
+            self._orders = _Orders(workload, population, share, stride)
 
-    def answered(self, indexes: np.ndarray, kinds: np.ndarray, results: np.ndarray) -> None:
-        """The server's answers to requests ``indexes`` (as ``next`` numbered them)."""
+    def answered(self, indexes: np.ndarray, kinds: np.ndarray, replies: np.ndarray, reply_ns: int = 0) -> None:
+        """The server's answers to one frame's requests ``indexes`` (as ``next`` numbered them):
+        its replies (u32 result codes, or ``create_orders``' records that start with one), at
+        ``reply_ns`` (ns from the run's start, as ``next``'s ``now_ns``)."""
+        results = replies["result"] if replies.dtype.names else replies
         refused = (results != core.Result.ok) & ((kinds == Kind.payment) | (kinds == Kind.hold))
         if refused.any():
             self._refused.add(indexes[refused])
+        if self._orders is not None:
+            self._orders.answered(indexes, kinds, results, replies, reply_ns)
 
-    def next(self, count: int, now_ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The next ``count`` requests, made at ``now_ns`` (ns from the run's start).
-
-        Returns (request indexes uint64, transfers ``core.TRANSFER_DTYPE``, kinds uint8).
-        """
+    def next(self, count: int, now_ns: int) -> Block:
+        """The next ``count`` requests, made at ``now_ns`` (ns from the run's start)."""
         rng, population, payments = self._rng, self.population, self.payments
         indexes = self._next_index + self._stride * np.arange(count, dtype=np.uint64)
         self._next_index += self._stride * count
-        slots = np.searchsorted(self._slot_cdf, rng.random(count), side="right").clip(0, _REFUND)
-        batch = _transfers(count, population.run_id)
-        batch["id_lo"] = LOAD_ID_BASE + indexes
+        slots = np.searchsorted(self._slot_cdf, rng.random(count), side="right").clip(0, len(self._slot_cdf) - 1)
+        events = np.zeros((count, RECORD_BYTES), dtype=np.uint8)
         kinds = np.full(count, Kind.payment, dtype=np.uint8)
 
         # Follow-ups first: each takes an old enough earlier request, or falls back to a new one.
@@ -226,20 +526,29 @@ class RequestGenerator:
         refund = np.flatnonzero(slots == _REFUND)
         refunded = self._refundable.pop_ready(len(refund), now_ns, self._refused)
         refunds, slots[refund[refunded.shape[1]:]] = refund[:refunded.shape[1]], _PAYMENT
+        if self._orders is not None:
+            follow = np.flatnonzero(slots == _QR_FOLLOW)
+            answered_orders = self._orders.take_follow_ups(len(follow), now_ns)
+            followed, slots[follow[answered_orders.shape[1]:]] = follow[:answered_orders.shape[1]], _PAYMENT
+            order_refund = np.flatnonzero(slots == _ORDER_REFUND)
+            paid_orders = self._orders.take_refundable(len(order_refund), now_ns)
+            order_refunds, slots[order_refund[paid_orders.shape[1]:]] = order_refund[:paid_orders.shape[1]], _PAYMENT
+            transfer_rows = np.flatnonzero(slots < _QR_CREATE)
+        else:
+            transfer_rows = slice(None)
 
+        batch = events.view(core.TRANSFER_DTYPE).reshape(-1)
+        _transfer_defaults(batch, transfer_rows, LOAD_ID_BASE + indexes[transfer_rows], population.run_id)
         new = np.flatnonzero((slots == _PAYMENT) | (slots == _P2P) | (slots == _HOLD))
         payers = rng.integers(1, population.users + 1, len(new), dtype=np.uint64)
-        merchants = population.first_merchant + np.minimum(
-            np.searchsorted(population.merchant_cdf, rng.random(len(new))), population.merchants - 1)
+        merchants = population.draw_merchants(rng, len(new))
         # A P2P payee is any other wallet: draw from users - 1 and skip the payer.
         peers = rng.integers(1, population.users, len(new), dtype=np.uint64)
         peers += peers >= payers
         is_p2p = slots[new] == _P2P
-        amounts = np.maximum(1, rng.lognormal(np.log(payments.amount_median_minor), payments.amount_sigma,
-                                              len(new))).astype(np.uint64)
         batch["debit_account_id_lo"][new] = payers
-        batch["credit_account_id_lo"][new] = np.where(is_p2p, peers, merchants.astype(np.uint64))
-        batch["amount"][new] = amounts
+        batch["credit_account_id_lo"][new] = np.where(is_p2p, peers, merchants)
+        batch["amount"][new] = _amounts(rng, payments, len(new))
         batch["code"][new] = np.where(is_p2p, core.TransferCode.p2p, core.TransferCode.payment)
         kinds[new[is_p2p]] = Kind.p2p
 
@@ -271,7 +580,12 @@ class RequestGenerator:
             batch["amount"][refunds] = refunded[3]
             batch["code"][refunds] = core.TransferCode.refund
             kinds[refunds] = Kind.refund
-        return indexes, batch, kinds
+
+        if self._orders is not None:
+            self._orders.create(rng, events, kinds, indexes, np.flatnonzero(slots == _QR_CREATE))
+            self._orders.follow_up(rng, events, kinds, indexes, followed, answered_orders)
+            self._orders.refund(rng, events, kinds, indexes, order_refunds, paid_orders)
+        return Block(indexes, events, kinds)
 
     @staticmethod
     def _columns(batch: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -3,19 +3,30 @@
 The trace (``loadgen.trace``) holds every request of a run in send order, with the time it was
 due and the result code it got. Replay sends:
 
-1. the **setup** requests (the population's accounts and top-ups) first, in order, one frame
-   after another on the first connection, untimed, as the run did;
+1. the **setup** requests (the population's accounts, top-ups and merchants' terms) first, in
+   order, one frame after another on the first connection, untimed, as the run did;
 2. the **timed** requests at ``scheduled_ns / speed`` from the replay's start, open loop
-   (``loadgen.runner.open_loop``: latency from the scheduled time), in send order.
+   (``loadgen.runner.open_loop``: latency from the scheduled time), in send order, a frame per
+   run of one operation (the recording's frames, on one connection).
+
+**Orders' tokens.** A ``pay_orders`` request carries the token its order's ``create_orders``
+answered, and a token is the HMAC of the order id under the store's secret, drawn when the
+store is created: a fresh server answers other tokens, by design. So a replayed payment waits
+until its order's create has been answered in the replay (the run sent it only after that
+answer too) and carries the token of that answer. Tokens are not compared: the trace keeps a
+request's result code, not the rest of its answer, and it cannot say which store made a token;
+a payment whose token was wrong would show as ``order_token_invalid``.
 
 It then compares the number of requests per (kind, result code) with the recording. Against
 a server initialised as the recorded one was (a fresh data directory, when the trace starts
 with its setup), a trace recorded on **one connection** and replayed on one connection gets
 exactly the recorded counts: the server applies one connection's requests in order, and
-results depend only on that order (no request of the generator has a timeout, so engine time
-does not matter). With several connections, requests on different connections may be applied
-in another order than they were recorded in, and counts may differ where they depend on each
-other (a capture racing its hold); the comparison says so rather than hiding it.
+results depend only on that order (no transfer of the generator has a timeout, and an order
+expires ``expire_after_s``, at least 60 s, after its creation: engine time matters only to a
+replay that falls that far behind). With several connections, requests on different
+connections may be applied in another order than they were recorded in, and counts may differ
+where they depend on each other (a capture racing its hold); the comparison says so rather
+than hiding it.
 """
 
 from __future__ import annotations
@@ -26,16 +37,49 @@ import time
 import numpy as np
 
 import core
+from core.operations import Operation
+from core.order_keys import TOKEN_BYTES
 from loadgen import runner, trace
-from loadgen.generator import Kind, SETUP_KINDS
+from loadgen.generator import Frame, Kind, SETUP_KINDS, as_records
 from loadgen.runner import CODES, KINDS, LoadError, Options, Target, Tally
 
 SPEED_MAX = 1000.0
 DIFFERENCES_SHOWN = 12   # lines of a terminal summary; the report has them all
 
 
+def _runs(operations: np.ndarray) -> list[np.ndarray]:
+    """Positions of ``operations`` in runs of one operation (a frame each, as they were sent)."""
+    cuts = np.flatnonzero(operations[1:] != operations[:-1]) + 1
+    return np.split(np.arange(len(operations)), cuts)
+
+
+def _paid_creates(data: trace.TraceData, rows: np.ndarray) -> np.ndarray:
+    """For each request of ``rows``: if it pays an order created in ``rows``, the position of that
+    create (the first with the order's id), else -1."""
+    operations = data.operation[rows]
+    creates = np.flatnonzero(operations == Operation.create_orders)
+    pays = np.flatnonzero(operations == Operation.pay_orders)
+    created = np.full(len(rows), -1, dtype=np.int64)
+    if not len(creates) or not len(pays):
+        return created
+
+    def order_ids(positions):   # an order's id is the first 16 bytes of both records
+        return np.ascontiguousarray(data.events[rows[positions], :16]).view("V16").ravel()
+
+    create_ids, pay_ids = order_ids(creates), order_ids(pays)
+    by_id = np.argsort(create_ids, kind="stable")
+    found = np.minimum(np.searchsorted(create_ids[by_id], pay_ids), len(creates) - 1)
+    match = create_ids[by_id][found] == pay_ids
+    created[pays[match]] = creates[by_id[found[match]]]
+    return created
+
+
 class TraceSource:
-    """The timed requests of a trace, due at their recorded times divided by ``speed``."""
+    """The timed requests of a trace, due at their recorded times divided by ``speed``; an
+    order's payment waits for its create's answer in the replay and carries its token (see the
+    module's docstring). Frames are numbered by position in ``rows``."""
+
+    index_offset = 0   # a replay records no trace
 
     def __init__(self, data: trace.TraceData, rows: np.ndarray, speed: float):
         self.data = data
@@ -44,6 +88,10 @@ class TraceSource:
         # Sent in send order: a request is due no earlier than the one sent before it.
         due_ns = (data.scheduled_ns[rows].astype(np.float64) / speed).astype(np.uint64)
         self._due_ns = np.maximum.accumulate(due_ns) if len(due_ns) else due_ns
+        self._created = _paid_creates(data, rows)
+        self._pays = bool((self._created >= 0).any())
+        self._answered = np.zeros(len(rows), dtype=bool)          # creates answered in the replay
+        self._tokens = np.zeros((len(rows) if self._pays else 0, TOKEN_BYTES), dtype=np.uint8)
 
     def due_by(self, t_ns: int) -> int:
         return int(np.searchsorted(self._due_ns, t_ns, side="right"))
@@ -51,32 +99,44 @@ class TraceSource:
     def due_ns(self, first: int, end: int) -> np.ndarray:
         return self._due_ns[first:end]
 
-    def take(self, first: int, end: int, now_ns: int):
+    def ready(self, first: int, end: int) -> int:
+        if not self._pays:
+            return end
+        created = self._created[first:end]
+        waiting = (created >= 0) & ~self._answered[np.maximum(created, 0)]
+        return first + int(np.argmax(waiting)) if waiting.any() else end
+
+    def take(self, first: int, end: int, now_ns: int) -> list[Frame]:
         rows = self.rows[first:end]
-        operations = self.data.operation[rows]
-        # Consecutive requests of one operation go in one frame; a change of operation starts another.
-        cuts = np.flatnonzero(operations[1:] != operations[:-1]) + 1
         frames = []
-        for part in np.split(np.arange(len(rows)), cuts):
+        for part in _runs(self.data.operation[rows]):
             selected = rows[part]
-            operation = int(operations[part[0]])
-            records = np.ascontiguousarray(self.data.events[selected]).view(trace.OPERATION_DTYPES[operation])
-            frames.append((operation, self.data.request_index[selected], records.reshape(-1),
-                           self.data.kind[selected]))
+            operation = int(self.data.operation[selected[0]])
+            records = as_records(self.data.events[selected], operation)
+            positions = first + part
+            if operation == Operation.pay_orders and self._pays:
+                created = self._created[positions]
+                records["token"][created >= 0] = self._tokens[created[created >= 0]]
+            frames.append(Frame(operation, positions.astype(np.uint64), records, self.data.kind[selected]))
         return frames
+
+    def answered(self, frame: Frame, replies, reply_ns: int) -> None:
+        if frame.operation == Operation.create_orders:
+            positions = frame.indexes.astype(np.int64)
+            self._answered[positions] = True   # unanswered (replies None): its payments go with no token
+            if self._pays and replies is not None:
+                self._tokens[positions] = replies["token"]
 
 
 async def _send_setup(client, data: trace.TraceData, rows: np.ndarray, codes: np.ndarray) -> None:
     """The setup requests in order: frames of one operation, as the run sent them."""
-    operations = data.operation[rows]
-    cuts = np.flatnonzero(operations[1:] != operations[:-1]) + 1
-    for part in np.split(rows, cuts):
+    for part in _runs(data.operation[rows]):
         if not len(part):
             continue
+        part = rows[part]
         operation = int(data.operation[part[0]])
         frames = [part[i:i + runner.FRAME_EVENTS_MAX] for i in range(0, len(part), runner.FRAME_EVENTS_MAX)]
-        batches = (np.ascontiguousarray(data.events[selected]).view(trace.OPERATION_DTYPES[operation]).reshape(-1)
-                   for selected in frames)
+        batches = (as_records(data.events[selected], operation) for selected in frames)
         selected_rows = iter(frames)
         async for _, results in runner.send_in_order(client, operation, batches):
             selected = next(selected_rows)

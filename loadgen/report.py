@@ -21,6 +21,9 @@ all rates in requests per second::
       "achieved_per_s": 49987.2,               # answered / duration_s
       "result_codes": {"ok": n, "exceeds_credits": n, ...},          # core.Result names -> counts
       "kinds": {"payment": {"ok": n, ...}, "p2p": {...}, ...},       # per request kind, per code
+      "operations": {"create_transfers": {"requests": n, "result_codes": {"ok": n, ...},
+                                          "latency_us": {...as latency_us}}, "pay_orders": ...},
+                                               # per operation of the wire (a kind has one)
       "latency_us": {"p50": .., "p90": .., "p99": .., "p99.9": .., "p99.99": .., "max": ..,
                      "mean": .., "count": n},
       "distribution": [[percentile, value_us], ...],  # HDR percentile spectrum: percentile in
@@ -586,6 +589,9 @@ def html(report: dict) -> str:
 
     parts.append("<h2>Result codes per kind</h2>")
     parts.append(_codes_table(report))
+    if _dict(report.get("operations")):
+        parts.append("<h2>Per operation</h2>")
+        parts.append(_operations_table(report))
     parts.append("<h2>Configuration</h2>")
     parts.append(_kv_table(report.get("config")))
     parts.append("<h2>Machine</h2>")
@@ -674,6 +680,28 @@ def _codes_table(report: dict) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def _not_ok(codes: dict) -> list[tuple[str, int]]:
+    """The codes other than ``ok`` with their counts, most first."""
+    counts = {str(code): int(_num(n) or 0) for code, n in _dict(codes).items() if str(code) != "ok"}
+    return sorted(((code, n) for code, n in counts.items() if n), key=lambda item: (-item[1], item[0]))
+
+
+def _operations_table(report: dict) -> str:
+    e = html_module.escape
+    head = ("<tr><th>operation</th><th class=\"n\">requests</th>"
+            + "".join(f'<th class="n">{e(key)}</th>' for key in PERCENTILES if key != "p90")
+            + "<th>not ok</th></tr>")
+    rows = []
+    for name, entry in _dict(report.get("operations")).items():
+        entry = _dict(entry)
+        latency = _dict(entry.get("latency_us"))
+        not_ok = ", ".join(f"{code} {n:,}" for code, n in _not_ok(entry.get("result_codes"))) or "none"
+        rows.append(f"<tr><td>{e(str(name))}</td><td class=\"n\">{_count(entry.get('requests'))}</td>"
+                    + "".join(f'<td class="n">{_ms(latency.get(key))}</td>' for key in PERCENTILES if key != "p90")
+                    + f"<td>{e(not_ok)}</td></tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
 def _flatten(value, prefix: str = "") -> list[tuple[str, str]]:
     """Nested dicts as dotted keys; lists of scalars stay one JSON value (short and readable)."""
     if isinstance(value, dict):
@@ -742,6 +770,16 @@ def summary(report: dict) -> str:
     if rest:
         entries.append(f"{len(rest)} other codes {sum(totals[c] for c in rest):,}")
     lines += _wrap("results   ", entries or ["none"])
+    operations = _dict(report.get("operations"))
+    if len(operations) > 1:   # a mix of operations: each one's answers, latency and refusals
+        for i, (name, entry) in enumerate(operations.items()):
+            entry = _dict(entry)
+            latency = _dict(entry.get("latency_us"))
+            not_ok = _not_ok(entry.get("result_codes"))
+            lines.append(("per op    " if i == 0 else " " * 10)
+                         + f"{str(name):<17}{_count(entry.get('requests')):>9}  p50 {_ms(latency.get('p50')):>9}  "
+                         f"p99 {_ms(latency.get('p99')):>9}  "
+                         + ("not ok: " + ", ".join(f"{code} {n:,}" for code, n in not_ok) if not_ok else "all ok"))
     by_label: dict[str, list[dict]] = {}
     for mark in _list(report.get("marks")):
         by_label.setdefault(str(_dict(mark).get("label") or "event"), []).append(_dict(mark))

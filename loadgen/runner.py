@@ -8,17 +8,21 @@
   frame per wake-up (the way
   ``engine.client`` gathers concurrent calls), rotating over the connections. How late the
   sender itself was is reported apart (``send_lag_us``): the event loop's timers have a
-  resolution of about a millisecond.
+  resolution of about a millisecond. A wake-up's requests go out grouped by operation (one
+  frame each: transfers, orders' creates, payments, closes, refunds) and take the due times
+  in that order, so that send order and due times agree (a trace keeps the send order).
 * **Closed loop** (``mode="closed"``): on every connection ``depth`` frames of ``frame_events``
   requests are kept in flight for the run's seconds, as fast as the server answers: the peak.
   Latency is from send to reply.
 * **Replay** (``loadgen.replay``): the requests of a recorded trace at their recorded times.
 
 Everything goes through ``engine.client.Client``: the load generator is a client service like
-any other. The setup (the population's accounts and top-ups) is sent first, in order, and is
-not timed. Latencies go into HDR histograms (``loadgen.histogram``): one for the run and one
-per second of reply time; ``workers > 1`` runs that many processes, each with its share of the
-rate and of the connections, and their histograms are merged exactly.
+any other. The setup (the population's accounts, top-ups and merchants' terms) is sent first,
+in order, and is not timed. Latencies go into HDR histograms (``loadgen.histogram``): one for
+the run, one per second of reply time and one per operation; ``workers > 1`` runs that many
+processes, each with its share of the rate and of the connections, and their histograms are
+merged exactly. The report counts result codes per request kind and per operation
+(``create_orders``' 16-byte answers count by their result code).
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ import numpy as np
 import core
 from engine import constants as engine_constants
 from engine.protocol import Operation
-from loadgen.generator import Kind, Population, RequestGenerator, SETUP_KINDS
+from loadgen.generator import (
+    KIND_OPERATIONS, Frame, Kind, Population, RequestGenerator, SETUP_KINDS, frames_of, timed_operations,
+)
 from loadgen.histogram import LatencyHistogram
 from loadgen.workload import Workload
 
@@ -58,8 +64,12 @@ BACKLOG_REQUESTS_MAX = 1 << 22
 #: loop's timers resolve about a millisecond anyway, and waking for every request of a fast
 #: schedule would spin a core.
 TICK_NS = 1_000_000
-#: Requests generated per generator call in open loop (then sent in the ticks' slices).
+#: Requests generated per generator call in open loop (then sent in the ticks' slices), at
+#: most, and no more than come due within GENERATE_AHEAD_NS: a follow-up (a hold's resolution,
+#: an order's payment or refund) is drawn when its block is generated, from the answers in by
+#: then, so a block must not reach far ahead at a low rate (2,048 requests are 1 s at 2,000/s).
 GENERATE_BLOCK = 2_048
+GENERATE_AHEAD_NS = 10_000_000
 #: Latencies wait in a list and are recorded this many at a time (one NumPy pass, not one per frame).
 RECORD_BATCH = 1 << 16
 #: After the last request is sent, answers are awaited this long at most.
@@ -117,8 +127,9 @@ class Tally:
     failed_to_send: int = 0             # the connection failed: no answer
     errors: dict = field(default_factory=dict)  # error text -> requests
     in_flight: int = 0
-    waiting: list = field(default_factory=list)       # latencies of this second not yet recorded
+    waiting: dict = field(default_factory=dict)       # operation -> latencies of this second not yet recorded
     waiting_count: int = 0
+    operations: dict = field(default_factory=dict)    # operation -> LatencyHistogram of the run
     lags: list = field(default_factory=list)          # send lags not yet recorded
     lags_count: int = 0
 
@@ -143,15 +154,20 @@ class Tally:
             self.lags, self.lags_count = [], 0
 
     def record_waiting(self) -> None:
-        if self.waiting:
-            self.second.record(np.concatenate(self.waiting))
-            self.waiting, self.waiting_count = [], 0
+        for operation, parts in self.waiting.items():
+            latencies_us = np.concatenate(parts)
+            self.second.record(latencies_us)
+            if operation not in self.operations:
+                self.operations[operation] = LatencyHistogram()
+            self.operations[operation].record(latencies_us)
+        self.waiting, self.waiting_count = {}, 0
 
-    def answer(self, reply_ns: int, latencies_us: np.ndarray, kinds: np.ndarray, results: np.ndarray) -> None:
+    def answer(self, reply_ns: int, operation: int, latencies_us: np.ndarray, kinds: np.ndarray,
+               results: np.ndarray) -> None:
         second = reply_ns // NS_PER_S
         if second != self.current_second:
             self.roll(second)
-        self.waiting.append(latencies_us)
+        self.waiting.setdefault(operation, []).append(latencies_us)
         self.waiting_count += len(latencies_us)
         if self.waiting_count >= RECORD_BATCH:
             self.record_waiting()
@@ -185,13 +201,24 @@ class Tally:
                 "offered": self.offered, "answered": self.answered, "codes": self.codes,
                 "scheduled": self.scheduled, "sent": self.sent, "answered_count": self.answered_count,
                 "answered_in_window": self.answered_in_window, "failed_to_send": self.failed_to_send,
-                "errors": self.errors}
+                "errors": self.errors,
+                "operations": {operation: histogram.encode() for operation, histogram in self.operations.items()}}
 
 
 def count_codes(kinds: np.ndarray, results: np.ndarray) -> np.ndarray:
     """Requests per (kind, result code): a KINDS x CODES matrix, from one bincount."""
     return np.bincount(kinds.astype(np.int64) * CODES + np.minimum(results, CODES - 1),
                        minlength=KINDS * CODES).reshape(KINDS, CODES)
+
+
+def result_codes(replies: np.ndarray) -> np.ndarray:
+    """The ``core.Result`` codes of a create's replies (u32 codes, or records that start with one)."""
+    return replies["result"] if replies.dtype.names else replies
+
+
+def sender(client, operation: int):
+    """The client's call for a create ``operation`` (``create_transfers``, ``pay_orders``, ...)."""
+    return getattr(client, Operation(operation).name)
 
 
 def _bump(per_second: list, second: int, count: int) -> None:
@@ -235,33 +262,40 @@ async def connect(target: Target, count: int):
         raise LoadError(f"cannot connect to {address}: {error}") from error
 
 
-async def _send_frame(client, operation: int, indexes, scheduled_ns, kinds, batch, tally: Tally, recorder,
-                      connection: int, on_answer=None) -> None:
-    """Send one frame of requests and account for its answer (latency from the scheduled times)."""
-    count = len(batch)
+async def _send_frame(client, frame: Frame, scheduled_ns, tally: Tally, recorder, connection: int,
+                      trace_first: int, on_answer=None) -> None:
+    """Send one frame of requests and account for its answer (latency from the scheduled times).
+
+    ``on_answer(frame, replies, reply_ns)`` hears of the answer (``replies`` None: there was
+    none); the recorder gets the requests as numbers ``trace_first``, ``trace_first + 1``, ...
+    (their place in the send order).
+    """
+    count = len(frame.kinds)
     tally.in_flight += count
     try:
-        if operation == Operation.create_accounts:
-            results = await client.create_accounts(batch)
-        else:
-            results = await client.create_transfers(batch)
+        replies = await sender(client, frame.operation)(frame.records)
     except Exception as error:  # a connection lost for good, or a ServerError: no codes for these
         tally.fail(count, error)
+        if on_answer is not None:
+            on_answer(frame, None, _now_ns() - tally.start_ns)
         return
     finally:
         tally.in_flight -= count
     reply_ns = _now_ns() - tally.start_ns
+    results = result_codes(replies)
     latencies_us = (reply_ns - scheduled_ns.astype(np.int64)) // NS_PER_US
-    tally.answer(reply_ns, latencies_us, kinds, results)
+    tally.answer(reply_ns, frame.operation, latencies_us, frame.kinds, results)
     if on_answer is not None:
-        on_answer(indexes, kinds, results)
+        on_answer(frame, replies, reply_ns)
     if recorder is not None and not recorder.closed:   # closed: an interrupted run's trace was aborted
-        recorder.append(operation, indexes, scheduled_ns, connection, kinds, results, batch)
+        recorder.append(frame.operation, np.arange(trace_first, trace_first + count, dtype=np.uint64), scheduled_ns,
+                        connection, frame.kinds, results, frame.records)
 
 
 class RequestSource(Protocol):
     """What an open-loop sender sends: requests with due times (generated, or from a trace)."""
     total: int
+    index_offset: int   # a trace numbers request k (in send order) index_offset + k
 
     def due_by(self, t_ns: int) -> int:
         """How many requests are due ``t_ns`` after the start."""
@@ -269,8 +303,14 @@ class RequestSource(Protocol):
     def due_ns(self, first: int, end: int) -> np.ndarray:
         """The due times (ns from the start) of requests ``first`` .. ``end - 1``."""
 
-    def take(self, first: int, end: int, now_ns: int) -> list:
-        """Requests ``first`` .. ``end - 1`` as frames: [(operation, request indexes, records, kinds)]."""
+    def ready(self, first: int, end: int) -> int:
+        """The end of the requests from ``first`` that may be sent now (those after wait for an answer)."""
+
+    def take(self, first: int, end: int, now_ns: int) -> list[Frame]:
+        """Requests ``first`` .. ``end - 1`` as frames, in the order they are to be sent."""
+
+    def answered(self, frame: Frame, replies: np.ndarray | None, reply_ns: int) -> None:
+        """A frame's replies (None: it got no answer), ``reply_ns`` after the start."""
 
 
 class GeneratedSource:
@@ -281,8 +321,10 @@ class GeneratedSource:
         self.total = self.schedule.total
         self.generator = generator
         self.index_offset = index_offset   # trace request numbers come after the setup's
-        self._indexes = self._batch = self._kinds = np.zeros(0)
+        self._block = None
+        self._operations = np.zeros(0, dtype=np.uint16)
         self._position = 0
+        self._generated = 0
 
     def due_by(self, t_ns: int) -> int:
         return self.schedule.due_by(t_ns / NS_PER_S)
@@ -290,29 +332,32 @@ class GeneratedSource:
     def due_ns(self, first: int, end: int) -> np.ndarray:
         return (self.schedule.times_s(first, end) * NS_PER_S).astype(np.uint64)
 
-    def answered(self, indexes, kinds, results) -> None:
-        self.generator.answered(indexes - np.uint64(self.index_offset), kinds, results)
+    def ready(self, first: int, end: int) -> int:
+        return end   # an order's follow-up is only generated once the answer it needs is in
 
-    def take(self, first: int, end: int, now_ns: int):
-        # Requests are generated GENERATE_BLOCK at a time and handed out in the ticks' slices:
-        # a generator call costs tens of NumPy calls, whatever its size.
+    def answered(self, frame: Frame, replies, reply_ns: int) -> None:
+        if replies is not None:
+            self.generator.answered(frame.indexes, frame.kinds, replies, reply_ns)
+
+    def take(self, first: int, end: int, now_ns: int) -> list[Frame]:
+        # Requests are generated in blocks (GENERATE_BLOCK, GENERATE_AHEAD_NS) and handed out in
+        # the ticks' slices: a generator call costs tens of NumPy calls, whatever its size.
         count = end - first
         parts = []
         while count:
-            if self._position == len(self._kinds):
-                indexes, self._batch, self._kinds = self.generator.next(max(count, GENERATE_BLOCK), now_ns)
-                self._indexes = indexes + np.uint64(self.index_offset)
+            if self._position == len(self._operations):
+                ahead = self.due_by(now_ns + GENERATE_AHEAD_NS) - self._generated
+                self._block = self.generator.next(max(count, min(GENERATE_BLOCK, ahead)), now_ns)
+                self._generated += len(self._block.kinds)
+                self._operations = KIND_OPERATIONS[self._block.kinds]
                 self._position = 0
-            take = min(count, len(self._kinds) - self._position)
+            take = min(count, len(self._operations) - self._position)
             rows = slice(self._position, self._position + take)
-            parts.append((self._indexes[rows], self._batch[rows], self._kinds[rows]))
+            parts.append((*(column[rows] for column in self._block), self._operations[rows]))
             self._position += take
             count -= take
-        if len(parts) == 1:
-            indexes, batch, kinds = parts[0]
-        else:
-            indexes, batch, kinds = (np.concatenate(column) for column in zip(*parts))
-        return [(Operation.create_transfers, indexes, batch, kinds)]
+        columns = parts[0] if len(parts) == 1 else [np.concatenate(column) for column in zip(*parts)]
+        return frames_of(*columns)
 
 
 async def open_loop(clients, source: RequestSource, tally: Tally, recorder=None,
@@ -321,28 +366,29 @@ async def open_loop(clients, source: RequestSource, tally: Tally, recorder=None,
     sent = frames = 0
     tasks: set[asyncio.Task] = set()
     loop = asyncio.get_running_loop()
-    on_answer = getattr(source, "answered", None)
     while sent < source.total:
         now_ns = _now_ns() - tally.start_ns
         due = source.due_by(now_ns)
         if due > tally.scheduled:
             tally.offer(source.due_ns(tally.scheduled, due))
             tally.scheduled = due
-        # Past the backlog limit, requests wait here (their latency still runs from their due time).
-        end = min(due, sent + max(0, backlog_max - tally.in_flight))
+        # Past the backlog limit, requests wait here (their latency still runs from their due time);
+        # so do those that need an answer not in yet (a replayed order's payment, its token).
+        end = source.ready(sent, min(due, sent + max(0, backlog_max - tally.in_flight)))
         if end > sent:
             scheduled_ns = source.due_ns(sent, end)
             for first in range(sent, end, FRAME_EVENTS_MAX):
                 last = min(end, first + FRAME_EVENTS_MAX)
-                for operation, indexes, batch, kinds in source.take(first, last, now_ns):
+                for frame in source.take(first, last, now_ns):
                     connection = frames % len(clients)
                     frames += 1
-                    rows = scheduled_ns[first - sent:first - sent + len(batch)]
-                    task = loop.create_task(_send_frame(clients[connection], operation, indexes, rows, kinds,
-                                                        batch, tally, recorder, connection, on_answer))
+                    count = len(frame.kinds)
+                    rows = scheduled_ns[first - sent:first - sent + count]
+                    task = loop.create_task(_send_frame(clients[connection], frame, rows, tally, recorder, connection,
+                                                        source.index_offset + first, source.answered))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
-                    first += len(batch)
+                    first += count
             sent_ns = _now_ns() - tally.start_ns
             tally.lag((sent_ns - scheduled_ns.astype(np.int64)) // NS_PER_US)
             tally.sent += end - sent
@@ -370,8 +416,9 @@ async def closed_loop(clients, generator: RequestGenerator, tally: Tally, second
     """Keep ``depth`` frames of ``frame_events`` in flight on every connection for ``seconds``."""
     stop_ns = int(seconds * NS_PER_S)
 
-    def on_answer(indexes, kinds, results):
-        generator.answered(indexes - np.uint64(index_offset), kinds, results)
+    def on_answer(frame, replies, reply_ns):
+        if replies is not None:
+            generator.answered(frame.indexes, frame.kinds, replies, reply_ns)
 
     async def lane(connection: int) -> None:
         client = clients[connection]
@@ -379,13 +426,20 @@ async def closed_loop(clients, generator: RequestGenerator, tally: Tally, second
             now_ns = _now_ns() - tally.start_ns
             if now_ns >= stop_ns:
                 return
-            indexes, batch, kinds = generator.next(frame_events, now_ns)
-            sent_ns = np.full(len(batch), now_ns, dtype=np.uint64)
+            block = generator.next(frame_events, now_ns)
+            sent_ns = np.full(len(block.kinds), now_ns, dtype=np.uint64)
             tally.offer(sent_ns)
-            tally.scheduled += len(batch)
-            tally.sent += len(batch)
-            await _send_frame(client, Operation.create_transfers, indexes + np.uint64(index_offset), sent_ns, kinds,
-                              batch, tally, recorder, connection, on_answer)
+            tally.scheduled += len(sent_ns)
+            trace_first = index_offset + tally.sent
+            tally.sent += len(sent_ns)
+            # A block of several operations goes as a frame of each, together.
+            sends, offset = [], 0
+            for frame in block.frames():
+                count = len(frame.kinds)
+                sends.append(_send_frame(client, frame, sent_ns[:count], tally, recorder, connection,
+                                         trace_first + offset, on_answer))
+                offset += count
+            await asyncio.gather(*sends)
 
     await asyncio.gather(*(lane(c) for c in range(len(clients)) for _ in range(depth)))
 
@@ -393,23 +447,26 @@ async def closed_loop(clients, generator: RequestGenerator, tally: Tally, second
 async def send_in_order(client, operation: int, batches):
     """Send ``batches`` of one operation in order, ``SETUP_DEPTH`` frames in flight (the untimed
     setup of a run or a replay); yields (batch, result codes) in order."""
-    send = client.create_accounts if operation == Operation.create_accounts else client.create_transfers
     batches = list(batches)
+    send = sender(client, operation) if batches else None
     for start in range(0, len(batches), SETUP_DEPTH):
         group = batches[start:start + SETUP_DEPTH]
-        for batch, results in zip(group, await asyncio.gather(*(send(batch) for batch in group))):
-            yield batch, results
+        for batch, replies in zip(group, await asyncio.gather(*(send(batch) for batch in group))):
+            yield batch, result_codes(replies)
 
 
 async def setup(client, population: Population, recorder=None, first_index: int = 0) -> int:
-    """Create the population's accounts and top-ups (in order, ``SETUP_DEPTH`` frames in flight).
+    """Create the population's accounts and top-ups, and (with orders) the merchants' terms (in
+    order, ``SETUP_DEPTH`` frames in flight).
 
     Returns the number of setup requests; raises LoadError naming the result codes if any
     request failed (e.g. ``accounts_limit_reached`` on a server that is too small).
     """
     index = first_index
     for operation, kind, batches in ((Operation.create_accounts, Kind.account, population.account_batches()),
-                                     (Operation.create_transfers, Kind.top_up, population.top_up_batches())):
+                                     (Operation.create_transfers, Kind.top_up, population.top_up_batches()),
+                                     (Operation.set_merchants, Kind.merchant_terms,
+                                      population.merchant_terms_batches())):
         async for batch, results in send_in_order(client, operation, batches):
             indexes = np.arange(index, index + len(batch), dtype=np.uint64)
             index += len(batch)
@@ -509,7 +566,8 @@ async def _single_process(plan: _Plan, report_progress) -> dict:
         if plan.options.record:
             from loadgen.trace import TraceWriter
 
-            recorder = TraceWriter(plan.options.record, trace_header(workload, plan))
+            recorder = TraceWriter(plan.options.record, trace_header(workload, plan),
+                                   operations=timed_operations(workload))
         plan.index_offset = await setup(clients[0], Population(workload, plan.run_id), recorder)
         plan.start_at_s = time.time()
         raw = await _load(plan, clients, recorder, report_progress)
@@ -671,9 +729,12 @@ def merge(raws: list[dict]) -> dict:
     offered = np.zeros(seconds, dtype=np.int64)
     answered = np.zeros(seconds, dtype=np.int64)
     codes = np.zeros((KINDS, CODES), dtype=np.int64)
+    operations: dict[int, LatencyHistogram] = {}
     merged = {"scheduled": 0, "sent": 0, "answered_count": 0, "answered_in_window": 0, "failed_to_send": 0,
               "errors": {}}
     for raw in raws:
+        for operation, encoded in raw.get("operations", {}).items():
+            operations.setdefault(operation, LatencyHistogram()).add(LatencyHistogram.decode(encoded))
         total.add(LatencyHistogram.decode(raw["total"]))
         send_lag.add(LatencyHistogram.decode(raw["send_lag"]))
         for second, encoded in enumerate(raw["intervals"]):
@@ -687,7 +748,7 @@ def merge(raws: list[dict]) -> dict:
         for error, count in raw["errors"].items():
             merged["errors"][error] = merged["errors"].get(error, 0) + count
     merged.update(total=total, send_lag=send_lag, intervals=intervals, offered=offered, answered=answered,
-                  codes=codes, elapsed_s=max(r["elapsed_s"] for r in raws),
+                  codes=codes, operations=operations, elapsed_s=max(r["elapsed_s"] for r in raws),
                   late_start_s=max(r.get("late_start_s", 0.0) for r in raws))
     return merged
 
@@ -716,16 +777,25 @@ def build_report(raws: list[dict], workload: Workload | None, options: Options, 
 
     codes = merged["codes"]
     names = {int(result): result.name for result in core.Result}
-    result_codes = {names.get(code, str(code)): int(codes[:, code].sum()) for code in np.flatnonzero(codes.sum(0))}
+    by_code = {names.get(code, str(code)): int(codes[:, code].sum()) for code in np.flatnonzero(codes.sum(0))}
     kinds = {Kind(kind).name: {names.get(code, str(code)): int(codes[kind, code]) for code in np.flatnonzero(codes[kind])}
              for kind in range(KINDS) if codes[kind].any()}
+    operations = {}
+    for operation in sorted(set(KIND_OPERATIONS[np.flatnonzero(codes.any(1))].tolist()) | set(merged["operations"])):
+        per_code = codes[KIND_OPERATIONS == operation].sum(0)
+        histogram = merged["operations"].get(operation, LatencyHistogram())
+        operations[Operation(operation).name] = {
+            "requests": int(per_code.sum()),
+            "result_codes": {names.get(code, str(code)): int(per_code[code]) for code in np.flatnonzero(per_code)},
+            "latency_us": histogram.summary()}
     config = {"workload": msgspec.to_builtins(workload) if workload is not None else None,
               "connections": connections, "workers": options.workers, "seed": options.seed, "run_id": run_id,
               "setup_requests": setup_requests}
     if mode == "closed":
         config.update(depth=options.depth, frame_events=options.frame_events)
     config.update(config_extra or {})
-    notes = ["a request is one event (one transfer); requests travel many to a frame"]
+    notes = ["a request is one event (a transfer, or an order's create, payment, close or refund); requests "
+             "travel many to a frame, one operation a frame"]
     if mode != "closed":
         notes.append("latency is measured from each request's scheduled send time to its reply "
                      "(no coordinated omission)")
@@ -749,8 +819,9 @@ def build_report(raws: list[dict], workload: Workload | None, options: Options, 
                      "failed_to_send": merged["failed_to_send"]},
         # Answers that arrived within the run's window, over the window (late answers are in the timeline).
         "achieved_per_s": round(merged["answered_in_window"] / duration_s, 1),
-        "result_codes": result_codes,
+        "result_codes": by_code,
         "kinds": kinds,
+        "operations": operations,
         "latency_us": merged["total"].summary(),
         "distribution": merged["total"].spectrum(),
         "timeline": {

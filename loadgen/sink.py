@@ -4,8 +4,9 @@ It measures the load generator itself (``tally bench loadgen``): with a server t
 almost nothing, the requests per second the load generator offers is its own ceiling. It
 speaks the wire protocol (docs/protocol.md) far enough for ``engine.client``: it reads frame
 headers, does not check their MACs (that is the real server's work, and not what is measured),
-and answers each create with one ``ok`` code per event, signed with the client's secret so
-that the client accepts it. Not a server to run anything else against.
+and answers each create with one ``ok`` reply per event (all zeros: an order's token too),
+signed with the client's secret so that the client accepts it. Not a server to run anything
+else against.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from __future__ import annotations
 import asyncio
 
 from engine import constants, frame
-from engine.protocol import Operation
+from engine.protocol import CREATE_REPLY_DTYPES
 
-_CREATES = {Operation.create_accounts, Operation.create_transfers}
-_OK_CODES = bytes(4 * constants.EVENTS_PER_REQUEST_MAX)    # every reply body is a prefix of this: u32 zeros
+#: Reply bytes per event of each create (a u32 code; create_orders' 16-byte record).
+_REPLY_BYTES = {int(operation): dtype.itemsize for operation, dtype in CREATE_REPLY_DTYPES.items()}
+_OK_REPLIES = bytes(max(_REPLY_BYTES.values()) * constants.EVENTS_PER_REQUEST_MAX)   # every body is a prefix: zeros
 
 
 class _Sink(asyncio.Protocol):
@@ -38,7 +40,7 @@ class _Sink(asyncio.Protocol):
             if len(buffer) - offset < total:
                 break
             _, _, _, operation, event_count, request_id, client_id, *_ = fields
-            body = memoryview(_OK_CODES)[:4 * event_count] if operation in _CREATES else b""
+            body = memoryview(_OK_REPLIES)[:_REPLY_BYTES.get(operation, 0) * event_count]
             replies.append(frame.encode_header(operation, request_id, body, client_id=client_id,
                                                secret=self.secret, event_count=event_count))
             if len(body):

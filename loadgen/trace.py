@@ -38,17 +38,21 @@ import msgspec
 import numpy as np
 
 from core import codec
-from core.records import ACCOUNT_DTYPE, TRANSFER_DTYPE
+from core.operations import CREATE_COMPONENTS, CREATE_EVENT_DTYPES
 from engine.protocol import Operation
 
 TRACE_MAGIC = b"TALLYTRC"
 TRACE_VERSION = 1           # major: a reader refuses a newer one
-TRACE_MINOR_VERSION = 0     # minor: additions an older reader of the same major may skip
+TRACE_MINOR_VERSION = 1     # minor: additions an older reader of the same major may skip (1.1: FLAG_PRODUCTS)
 CHUNK_MAGIC = b"TRCH"
 END_MAGIC = b"TREN"
 
+#: Flag (file header): chunks may hold the payment products' operations, and the end record
+#: counts their requests (48 bytes). Set only when the writer was told it would write them, so
+#: that a trace of transfers stays readable by a 1.0 reader.
+FLAG_PRODUCTS = 1
 #: Flags (file header) this reader understands; a file with any other bit set is refused.
-FLAGS_KNOWN = 0
+FLAGS_KNOWN = FLAG_PRODUCTS
 
 #: Limits (a limit on everything).
 HEADER_BYTES_MAX = 1 << 20          # the msgpack run header
@@ -69,10 +73,15 @@ CHUNK_HEADER = struct.Struct("<4sHHIIIIII")    # magic, operation, reserved, cou
                                                # events_bytes, extra_bytes, sequence, checksum
 END_RECORD = struct.Struct("<4sIIIQQII")       # magic, reserved, chunks, footer_bytes,
                                                # account_events, transfer_events, chunks_crc, checksum
+END_RECORD_PRODUCTS = struct.Struct("<4sIIIQQQII")   # with FLAG_PRODUCTS: product_events after transfer_events
 assert FILE_HEADER.size == 32 and CHUNK_HEADER.size == 32 and END_RECORD.size == 40
+assert END_RECORD_PRODUCTS.size == 48
 
-OPERATION_DTYPES = {int(Operation.create_accounts): ACCOUNT_DTYPE,
-                    int(Operation.create_transfers): TRANSFER_DTYPE}
+#: Every logged operation's requests may be traced (core/operations.py's table); those of the
+#: products only in a file with FLAG_PRODUCTS.
+OPERATION_DTYPES = {int(operation): dtype for operation, dtype in CREATE_EVENT_DTYPES.items()}
+PRODUCT_OPERATIONS = frozenset(int(operation) for operation, component in CREATE_COMPONENTS.items()
+                               if component != "ledger")
 
 _U64, _U32, _U16, _U8 = np.dtype(np.uint64), np.dtype(np.uint32), np.dtype(np.uint16), np.dtype(np.uint8)
 _LIMITS = {dtype: int(np.iinfo(dtype).max) for dtype in (_U64, _U32, _U16, _U8)}
@@ -174,16 +183,24 @@ class TraceWriter:
 
     ``header`` is the run's description (workload, seed, connections, kind names, ...), any
     msgpack-able dict (msgspec) of at most ``HEADER_BYTES_MAX`` bytes once encoded. An existing
-    file at ``path`` is replaced only when the new trace is finished. ``background=False``
-    writes chunks on the calling thread (debugging, measurements).
+    file at ``path`` is replaced only when the new trace is finished. ``operations``: those the
+    run will append once its load starts (their buffers are made now, not mid-run; any other
+    traceable operation gets them at its first request); a product operation among them makes
+    the file a products trace (``FLAG_PRODUCTS``), the only kind that may hold them.
+    ``background=False`` writes chunks on the calling thread (debugging, measurements).
     """
 
     def __init__(self, path: str | os.PathLike, header: dict, *, chunk_events: int = CHUNK_EVENTS_MAX,
-                 background: bool = True):
+                 background: bool = True, operations=(Operation.create_transfers,)):
         if not isinstance(header, dict):
             raise TypeError("header must be a dict")
         if not 1 <= chunk_events <= CHUNK_EVENTS_MAX:
             raise ValueError(f"chunk_events must be in 1..{CHUNK_EVENTS_MAX}")
+        operations = sorted({int(operation) for operation in operations})
+        unknown = [operation for operation in operations if operation not in OPERATION_DTYPES]
+        if unknown:
+            raise ValueError(f"operations {unknown}: only the logged ones can be traced")
+        self._flags = FLAG_PRODUCTS if PRODUCT_OPERATIONS.intersection(operations) else 0
         encoded = msgspec.msgpack.encode(header)
         if len(encoded) > HEADER_BYTES_MAX:
             raise ValueError(f"header is {len(encoded)} bytes encoded, more than {HEADER_BYTES_MAX}")
@@ -204,7 +221,7 @@ class TraceWriter:
         self._totals: dict | None = None
         self._fd = os.open(self.partial_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            fixed = bytearray(FILE_HEADER.pack(TRACE_MAGIC, TRACE_VERSION, TRACE_MINOR_VERSION, 0,
+            fixed = bytearray(FILE_HEADER.pack(TRACE_MAGIC, TRACE_VERSION, TRACE_MINOR_VERSION, self._flags,
                                                len(encoded), 0, 0))
             padding = _ZEROS[:_pad8(len(encoded))]
             crc = zlib.crc32(padding, zlib.crc32(encoded, zlib.crc32(memoryview(fixed)[:28])))
@@ -215,7 +232,8 @@ class TraceWriter:
             raise
         self._executor = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="trace-writer")
                           if background else None)
-        self._allocate(int(Operation.create_transfers))
+        for operation in operations:
+            self._allocate(operation)
 
     @property
     def closed(self) -> bool:
@@ -233,8 +251,11 @@ class TraceWriter:
             raise RuntimeError("the trace writer failed earlier") from self._failed
         dtype = OPERATION_DTYPES.get(operation)
         if dtype is None:
-            raise ValueError(f"operation {operation!r}: only create_accounts (1) and create_transfers (2)")
+            raise ValueError(f"operation {operation!r}: only the logged operations (core/operations.py) are traced")
         operation = int(operation)
+        if operation in PRODUCT_OPERATIONS and not self._flags & FLAG_PRODUCTS:
+            raise ValueError(f"operation {operation}: a product's, in a trace not made for them "
+                             "(give the writer operations= with it)")
         raw = _event_bytes(events, dtype, operation)
         n = raw.shape[0] // RECORD_BYTES
         if n == 0:
@@ -274,9 +295,9 @@ class TraceWriter:
         """All of an operation's chunk buffers at once (the one being filled and the ones the
         writer thread may hold), touched, so that none is allocated or faulted in mid-run.
 
-        Done for create_transfers by the constructor and for create_accounts (the setup phase) at
-        its first request; afterwards a buffer is always free when one fills, because _submit
-        waits until fewer than IN_FLIGHT_CHUNKS_MAX are queued.
+        Done for the run's operations by the constructor and for the others (the setup phase's
+        create_accounts and set_merchants) at their first request; afterwards a buffer is always
+        free when one fills, because _submit waits until fewer than IN_FLIGHT_CHUNKS_MAX are queued.
         """
         sets = 1 if self._executor is None else 1 + IN_FLIGHT_CHUNKS_MAX
         self._free[operation].extend(_Chunk(operation, self._chunk_events) for _ in range(sets))
@@ -375,13 +396,16 @@ class TraceWriter:
             raise ValueError(f"footer is {len(encoded)} bytes encoded, more than {FOOTER_BYTES_MAX}")
         try:
             self.flush()
-            accounts = self._events[int(Operation.create_accounts)]
-            transfers = self._events[int(Operation.create_transfers)]
-            end = bytearray(END_RECORD.pack(END_MAGIC, 0, self._sequence, len(encoded), accounts, transfers,
-                                            self._chunks_crc, 0))
+            accounts, transfers, products = _event_totals(self._events)
+            if self._flags & FLAG_PRODUCTS:
+                end = bytearray(END_RECORD_PRODUCTS.pack(END_MAGIC, 0, self._sequence, len(encoded), accounts,
+                                                         transfers, products, self._chunks_crc, 0))
+            else:
+                end = bytearray(END_RECORD.pack(END_MAGIC, 0, self._sequence, len(encoded), accounts, transfers,
+                                                self._chunks_crc, 0))
             padding = _ZEROS[:_pad8(len(encoded))]
-            crc = zlib.crc32(padding, zlib.crc32(encoded, zlib.crc32(memoryview(end)[:36])))
-            struct.pack_into("<I", end, 36, crc)
+            crc = zlib.crc32(padding, zlib.crc32(encoded, zlib.crc32(memoryview(end)[:-4])))
+            struct.pack_into("<I", end, len(end) - 4, crc)
             self._write([end, encoded, padding])
             os.fsync(self._fd)
         except BaseException:
@@ -391,9 +415,9 @@ class TraceWriter:
         os.replace(self.partial_path, self.path)
         _fsync_directory(os.path.dirname(os.path.abspath(self.path)))
         self._totals = {
-            "path": self.path, "chunks": self._sequence, "events": accounts + transfers,
-            "account_events": accounts, "transfer_events": transfers, "bytes": self._offset,
-            "chunks_crc": self._chunks_crc,
+            "path": self.path, "chunks": self._sequence, "events": accounts + transfers + products,
+            "account_events": accounts, "transfer_events": transfers, "product_events": products,
+            "bytes": self._offset, "chunks_crc": self._chunks_crc,
         }
         return self._totals
 
@@ -428,6 +452,13 @@ class TraceWriter:
             self.close()
         else:
             self.abort()
+
+
+def _event_totals(events: dict[int, int]) -> tuple[int, int, int]:
+    """Requests per operation as the end record counts them: accounts, transfers, the products'."""
+    accounts = events.get(int(Operation.create_accounts), 0)
+    transfers = events.get(int(Operation.create_transfers), 0)
+    return accounts, transfers, sum(events.values()) - accounts - transfers
 
 
 def _fsync_directory(path: str) -> None:
@@ -587,7 +618,7 @@ class TraceReader:
         header = self._read(offset, CHUNK_HEADER.size).tobytes()
         (_, operation, _reserved, count, columns_bytes, events_bytes, extra_bytes, sequence,
          checksum) = CHUNK_HEADER.unpack(header)
-        if operation not in OPERATION_DTYPES:
+        if operation not in OPERATION_DTYPES or (operation in PRODUCT_OPERATIONS and not self.flags & FLAG_PRODUCTS):
             raise self._error(offset + 4, f"chunk {self.chunks}: unknown operation {operation}")
         if not 1 <= count <= CHUNK_EVENTS_MAX:
             raise self._error(offset + 8, f"chunk {self.chunks}: count {count} is not in 1..{CHUNK_EVENTS_MAX}")
@@ -640,43 +671,48 @@ class TraceReader:
         return header, chunk
 
     def _read_end(self, offset: int, left: int, chunks_crc: int, events: dict[int, int]) -> None:
-        if left < END_RECORD.size:
+        layout = END_RECORD_PRODUCTS if self.flags & FLAG_PRODUCTS else END_RECORD
+        if left < layout.size:
             self._truncated(offset, "end record cut short")
             return
-        fixed = self._read(offset, END_RECORD.size).tobytes()
-        (_, _reserved, chunks, footer_bytes, accounts, transfers, recorded_crc,
-         checksum) = END_RECORD.unpack(fixed)
+        fixed = self._read(offset, layout.size).tobytes()
+        if layout is END_RECORD_PRODUCTS:
+            (_, _reserved, chunks, footer_bytes, accounts, transfers, products, recorded_crc,
+             checksum) = layout.unpack(fixed)
+        else:
+            (_, _reserved, chunks, footer_bytes, accounts, transfers, recorded_crc, checksum) = layout.unpack(fixed)
+            products = 0
         if footer_bytes > FOOTER_BYTES_MAX:
             raise self._error(offset + 12, f"footer length {footer_bytes} exceeds the limit {FOOTER_BYTES_MAX}")
         padded = footer_bytes + _pad8(footer_bytes)
-        end = offset + END_RECORD.size + padded
+        end = offset + layout.size + padded
         if end > self.size:
             self._truncated(offset, "end record footer cut short")
             return
-        body = self._read(offset + END_RECORD.size, padded)
-        if zlib.crc32(body, zlib.crc32(fixed[:36])) != checksum:
+        body = self._read(offset + layout.size, padded)
+        if zlib.crc32(body, zlib.crc32(fixed[:-4])) != checksum:
             raise self._error(offset, "end record checksum mismatch (damaged)")
         if body[footer_bytes:].any():
-            raise self._error(offset + END_RECORD.size + footer_bytes, "nonzero footer padding")
-        account_events = events[int(Operation.create_accounts)]
-        transfer_events = events[int(Operation.create_transfers)]
-        if (chunks, accounts, transfers) != (self.chunks, account_events, transfer_events):
-            raise self._error(offset, f"end record totals ({chunks} chunks, {accounts} account and {transfers} "
-                                      f"transfer events) differ from the file's ({self.chunks}, "
-                                      f"{account_events}, {transfer_events})")
+            raise self._error(offset + layout.size + footer_bytes, "nonzero footer padding")
+        read_totals = _event_totals(events)
+        if (chunks, accounts, transfers, products) != (self.chunks, *read_totals):
+            raise self._error(offset, f"end record totals ({chunks} chunks, {accounts} account, {transfers} "
+                                      f"transfer and {products} product events) differ from the file's "
+                                      f"({self.chunks}, {', '.join(map(str, read_totals))})")
         if recorded_crc != chunks_crc:
-            raise self._error(offset + 32, "end record: the chunks' running checksum differs")
+            raise self._error(offset + layout.size - 8, "end record: the chunks' running checksum differs")
         if end != self.size:
             raise self._error(end, f"{self.size - end} bytes after the end record")
         try:
             footer = msgspec.msgpack.decode(memoryview(body[:footer_bytes]))
         except (msgspec.DecodeError, RecursionError, ValueError, TypeError) as error:
-            raise self._error(offset + END_RECORD.size, f"footer is not valid msgpack: {error}") from None
+            raise self._error(offset + layout.size, f"footer is not valid msgpack: {error}") from None
         if not isinstance(footer, dict):
-            raise self._error(offset + END_RECORD.size, f"footer is a {type(footer).__name__}, not a map")
+            raise self._error(offset + layout.size, f"footer is a {type(footer).__name__}, not a map")
         self.footer = footer
-        self.totals = {"chunks": chunks, "events": accounts + transfers, "account_events": accounts,
-                       "transfer_events": transfers, "bytes": self.size, "chunks_crc": recorded_crc}
+        self.totals = {"chunks": chunks, "events": accounts + transfers + products, "account_events": accounts,
+                       "transfer_events": transfers, "product_events": products, "bytes": self.size,
+                       "chunks_crc": recorded_crc}
         self.complete = True
 
     def close(self) -> None:
@@ -712,7 +748,7 @@ class TraceData:
     connection: np.ndarray       # uint16[n]
     kind: np.ndarray             # uint8[n]
     result: np.ndarray           # uint32[n]
-    events: np.ndarray | None    # uint8[n, 128]; rows of one operation: .view(ACCOUNT_DTYPE / TRANSFER_DTYPE)
+    events: np.ndarray | None    # uint8[n, 128]; rows of one operation: .view(OPERATION_DTYPES[operation])
 
     def __len__(self) -> int:
         return len(self.request_index)

@@ -14,10 +14,12 @@ out-of-range values are refused with the key's path in the message)::
     wallet_balance_minor = 1_000_000  # each wallet is topped up from a funding card first
 
     [mix]                          # relative weights of the requests
-    payment = 80                   # wallet -> merchant (Zipf-chosen)
+    payment = 72                   # wallet -> merchant (Zipf-chosen)
     p2p = 10                       # wallet -> wallet
     hold = 5                       # two-phase: half are holds, half resolve an earlier hold
     refund = 5                     # merchant -> wallet, returning an earlier payment
+    qr_order = 6                   # a merchant's QR order, then its payment (or close): both counted
+    order_refund = 2               # a paid order refunded, fully or in part (default weights: 0)
 
     [payments]
     amount_median_minor = 3_000    # amounts are log-normal around this (fen: 30 CNY)
@@ -27,6 +29,14 @@ out-of-range values are refused with the key's path in the message)::
     partial_capture_ratio = 0.2    # captures of part of the amount (a rental's final bill)
     refund_after_s = 1.0           # a payment is refunded at least this long after it was made
 
+    [orders]                       # merchant payments (qr_order, order_refund; docs/products.md)
+    fee_bps = 60                   # the merchants' fee: 60 basis points = 0.6 %
+    close_ratio = 0.1              # orders left unpaid and closed by their merchant
+    expire_ratio = 0.05            # orders left unpaid to expire
+    expire_after_s = 60            # every order's life (60..7,776,000; 0 = the core's 2 hours)
+    partial_refund_ratio = 0.3     # refunds of part of the amount (10..99 %), the rest in full
+    refund_after_s = 1.0           # an order is refunded at least this long after its payment
+
     [rate]
     shape = "burst"                # "constant", "ramp" or "burst"
     per_s = 50_000                 # constant: the rate; ramp: the rate at the end
@@ -34,6 +44,15 @@ out-of-range values are refused with the key's path in the message)::
     burst_at_s = 10                # burst: when the rate jumps...
     burst_factor = 10              # ...by this factor (the red-envelope spike at midnight)
     burst_s = 1                    # ...for this long
+
+A ``qr_order``'s weight covers its two requests: the merchant's ``create_orders``, then, once
+its answer (with the order's token) is in, the payer's ``pay_orders`` or, for ``close_ratio``
+of them, the merchant's ``close_orders`` (``expire_ratio`` are never followed up: they expire
+``expire_after_s`` after creation, or, in a shorter run, stay unpaid). ``order_refund`` needs
+paid orders (``qr_order > 0`` and some of them paid). When a run has orders, its setup gives
+every merchant terms (``set_merchants``: ``fee_bps``, one fee account, a settlement account
+each); the server must hold them all (``orders_max``, ``refunds_max``, ``merchants_max`` in its
+config), or it answers ``*_limit_reached``, which the report shows.
 
 ``Rate.per_s_at(t_s, seconds)`` gives the offered rate at ``t_s`` seconds; ``Rate.send_times_s(seconds)``
 the open-loop schedule (request k is due at its time whatever the server's speed), and
@@ -58,6 +77,10 @@ RATE_PER_S_MAX = 100_000_000
 SECONDS_MAX = 24 * 3600
 SCHEDULE_REQUESTS_MAX = 1 << 31
 AMOUNT_MINOR_MAX = 1 << 40
+#: An order's life, as the core bounds it (core/orders.pxd; 0 means its default, 2 hours).
+ORDER_EXPIRE_AFTER_S_MIN = 60
+ORDER_EXPIRE_AFTER_S_MAX = 7_776_000
+FEE_BPS_MAX = 10_000
 
 
 class Population(msgspec.Struct, forbid_unknown_fields=True):
@@ -84,6 +107,8 @@ class Mix(msgspec.Struct, forbid_unknown_fields=True):
     p2p: float = 0.0
     hold: float = 0.0
     refund: float = 0.0
+    qr_order: float = 0.0
+    order_refund: float = 0.0
 
     def check(self) -> str | None:
         weights = msgspec.structs.asdict(self)
@@ -97,6 +122,11 @@ class Mix(msgspec.Struct, forbid_unknown_fields=True):
         weights = msgspec.structs.asdict(self)
         total = sum(weights.values())
         return {name: weight / total for name, weight in weights.items()}
+
+    @property
+    def has_orders(self) -> bool:
+        """Whether the run makes merchant orders (its setup then gives the merchants terms)."""
+        return self.qr_order > 0
 
 
 class Payments(msgspec.Struct, forbid_unknown_fields=True):
@@ -120,6 +150,35 @@ class Payments(msgspec.Struct, forbid_unknown_fields=True):
             if not 0.0 <= getattr(self, name) <= SECONDS_MAX:
                 return f"payments.{name} must be in 0..{SECONDS_MAX}"
         return None
+
+
+class Orders(msgspec.Struct, forbid_unknown_fields=True):
+    """Merchant payments: the merchants' fee, how unpaid orders end, and their refunds."""
+    fee_bps: int = 60
+    close_ratio: float = 0.1
+    expire_ratio: float = 0.05
+    expire_after_s: int = ORDER_EXPIRE_AFTER_S_MIN
+    partial_refund_ratio: float = 0.3
+    refund_after_s: float = 1.0
+
+    def check(self) -> str | None:
+        if not 0 <= self.fee_bps <= FEE_BPS_MAX:
+            return f"orders.fee_bps must be in 0..{FEE_BPS_MAX}"
+        for name in ("close_ratio", "expire_ratio", "partial_refund_ratio"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                return f"orders.{name} must be in 0..1"
+        if self.close_ratio + self.expire_ratio > 1.0:
+            return "orders.close_ratio + orders.expire_ratio must be <= 1"
+        if self.expire_after_s != 0 and not ORDER_EXPIRE_AFTER_S_MIN <= self.expire_after_s <= ORDER_EXPIRE_AFTER_S_MAX:
+            return f"orders.expire_after_s must be 0 or in {ORDER_EXPIRE_AFTER_S_MIN}..{ORDER_EXPIRE_AFTER_S_MAX}"
+        if not 0.0 <= self.refund_after_s <= SECONDS_MAX:
+            return f"orders.refund_after_s must be in 0..{SECONDS_MAX}"
+        return None
+
+    @property
+    def paid_ratio(self) -> float:
+        """The share of orders their payer pays."""
+        return max(0.0, 1.0 - self.close_ratio - self.expire_ratio)
 
 
 class Rate(msgspec.Struct, forbid_unknown_fields=True):
@@ -212,14 +271,19 @@ class Workload(msgspec.Struct, forbid_unknown_fields=True):
     population: Population = msgspec.field(default_factory=Population)
     mix: Mix = msgspec.field(default_factory=Mix)
     payments: Payments = msgspec.field(default_factory=Payments)
+    orders: Orders = msgspec.field(default_factory=Orders)
     rate: Rate = msgspec.field(default_factory=Rate)
 
     def check(self) -> str | None:
         if not 0 < self.seconds <= SECONDS_MAX:
             return f"seconds must be in (0, {SECONDS_MAX}]"
-        problem = self.population.check() or self.mix.check() or self.payments.check() or self.rate.check()
+        problem = (self.population.check() or self.mix.check() or self.payments.check() or self.orders.check()
+                   or self.rate.check())
         if problem:
             return problem
+        if self.mix.order_refund > 0 and not (self.mix.qr_order > 0 and self.orders.paid_ratio > 0):
+            return ("mix.order_refund needs paid orders: mix.qr_order > 0 and "
+                    "orders.close_ratio + orders.expire_ratio < 1")
         if self.rate.shape == "burst" and self.rate.burst_at_s >= self.seconds:
             return f"rate.burst_at_s ({self.rate.burst_at_s:g}) is after the run's end ({self.seconds:g} s)"
         # The most requests the rate can add up to (the schedule is built only when a run starts).

@@ -43,8 +43,7 @@ import numpy as np
 
 import core
 from core import constants
-from core.digest import key_ids
-from core.order_keys import REFUND_ID_DOMAIN, order_ids
+from core.order_keys import order_ids, refund_ids
 from tally import bench_core, bench_e2e, bench_settle, local_server
 
 WARMUP_S = 1.0
@@ -216,7 +215,7 @@ def full_refunds(creates: np.ndarray) -> np.ndarray:
     numbers = np.zeros((count, 32), dtype=np.uint8)
     numbers[:, :2] = np.frombuffer(b"R1", dtype=np.uint8)
     batch["out_refund_no"] = numbers
-    ids = key_ids(REFUND_ID_DOMAIN, np.stack([creates["id_lo"], creates["id_hi"]], axis=1), numbers)
+    ids = refund_ids(np.stack([creates["id_lo"], creates["id_hi"]], axis=1), numbers)
     batch["id_lo"], batch["id_hi"] = ids[:, 0], ids[:, 1]
     return batch
 

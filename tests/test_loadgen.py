@@ -13,10 +13,11 @@ from hdrh.histogram import HdrHistogram
 from hypothesis import given, settings, strategies as st
 
 import core
-from loadgen import replay, runner, trace
-from loadgen.generator import LOAD_ID_BASE, Kind, Population, RequestGenerator
+from core.operations import CREATE_REPLY_DTYPES, Operation
+from loadgen import merchant_side, replay, report as report_module, runner, trace
+from loadgen.generator import KIND_OPERATIONS, LOAD_ID_BASE, Kind, Population, RequestGenerator
 from loadgen.histogram import LATENCY_US_HIGHEST, LatencyHistogram
-from loadgen.workload import Mix, Payments, Population as PopulationSpec, Rate, Workload
+from loadgen.workload import Mix, Orders, Payments, Population as PopulationSpec, Rate, Workload
 from tally import local_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,7 +84,8 @@ def test_generated_requests_are_valid_and_follow_their_dependencies(seed, weight
     seen_ids, holds, refunded = set(), {}, set()
     payments = {}
     for step in range(6):
-        indexes, batch, kinds = generator.next(chunk, now_ns=step * NS_PER_S)
+        indexes, _, kinds = block = generator.next(chunk, now_ns=step * NS_PER_S)
+        batch = block.records(Operation.create_transfers)
         results = ledger.create_transfers(batch, now_ns=10 * NS_PER_S + step)
         ids = batch["id_lo"].tolist()
         assert ids == (LOAD_ID_BASE + indexes).tolist() and not seen_ids & set(ids)
@@ -143,6 +145,149 @@ def test_follow_ups_wait_for_their_delay():
     for kinds in (early, still_early):
         assert not np.isin(kinds, [Kind.capture, Kind.void, Kind.refund]).any()
     assert np.isin(later, [Kind.capture, Kind.void]).sum() > 0 and (later == Kind.refund).sum() > 0
+
+
+# ----------------------------------------------------------------------------- merchant orders
+
+
+def orders_workload(seconds=2.0, per_s=2_000.0, users=500, refund_after_s=0.2, **orders):
+    return Workload(seconds=seconds, population=PopulationSpec(users=users, merchants=20, wallet_balance_minor=200_000),
+                    mix=Mix(payment=40, p2p=10, hold=10, refund=10, qr_order=40, order_refund=10),
+                    payments=Payments(hold_s=0.2, refund_after_s=0.2), orders=Orders(refund_after_s=refund_after_s,
+                                                                                     **orders),
+                    rate=Rate(per_s=per_s))
+
+
+def machine_for(population):
+    """An in-process core (no log, no wire) with the population set up."""
+    from core.machine import Machine
+
+    machine = Machine(accounts_max=4_096, transfers_hot_max=1 << 17, pending_max=1 << 12, orders_max=1 << 16,
+                      refunds_max=1 << 16, secret=secrets.token_bytes(32))
+    for operation, batches in ((Operation.create_accounts, population.account_batches()),
+                               (Operation.create_transfers, population.top_up_batches()),
+                               (Operation.set_merchants, population.merchant_terms_batches())):
+        for batch in batches:
+            assert not runner.result_codes(machine.apply(operation, batch, 1_000)).any()
+    return machine
+
+
+def test_the_setup_gives_every_merchant_terms_when_the_mix_has_orders():
+    workload = orders_workload(fee_bps=125)
+    population = Population(workload, run_id=9)
+    accounts = np.concatenate(list(population.account_batches(batch_events=100)))
+    assert len(accounts) == population.accounts == 500 + 20 + 1 + 1 + 20
+    codes = dict(zip(accounts["id_lo"].tolist(), accounts["code"].tolist()))
+    assert codes[population.fee_account] == core.AccountCode.fee
+    assert {codes[population.first_settlement + k] for k in range(20)} == {core.AccountCode.settlement}
+    terms = np.concatenate(list(population.merchant_terms_batches(batch_events=7)))
+    assert terms["merchant_id_lo"].tolist() == list(range(501, 521)) and (terms["fee_bps"] == 125).all()
+    assert (terms["fee_account_id_lo"] == population.fee_account).all()
+    assert terms["settlement_account_id_lo"].tolist() == list(range(population.first_settlement,
+                                                                     population.first_settlement + 20))
+    assert (terms["merchant_id_hi"] == 9).all() and (terms["settlement_account_id_hi"] == 9).all()
+    assert population.fee_account_id == 9 << 64 | population.fee_account
+    # Without orders the population is what it was: no fee or settlement accounts, no terms.
+    plain = Population(small_workload(), run_id=9)
+    assert plain.accounts == 500 + 20 + 1 and not list(plain.merchant_terms_batches())
+
+
+def test_order_requests_are_well_formed_and_follow_their_answers():
+    """Against the core in process: every create, payment, close and refund the generator makes
+    is what docs/products.md asks for, and each follows the answer it needs."""
+    from core.order_keys import order_id, refund_id
+
+    workload = orders_workload(refund_after_s=0.5, close_ratio=0.2, expire_ratio=0.1, partial_refund_ratio=0.5)
+    population = Population(workload, run_id=77)
+    machine = machine_for(population)
+    generator = RequestGenerator(workload, population, seed=5)
+    tag = b"%016x" % 77
+    created, paid, ended, refunded, numbers = {}, {}, set(), set(), set()
+    counts = {kind: 0 for kind in Kind}
+    step_ns = NS_PER_S // 10
+    for step in range(30):
+        now_ns = step * step_ns
+        block = generator.next(400, now_ns)
+        assert len(block.frames()) == len(set(KIND_OPERATIONS[block.kinds].tolist()))   # a frame per operation
+        for frame in block.frames():
+            replies = machine.apply(frame.operation, frame.records, 10 * NS_PER_S + now_ns)
+            results = runner.result_codes(replies)
+            for kind in frame.kinds.tolist():
+                counts[Kind(kind)] += 1
+            records = core.to_dicts(frame.records) if frame.operation != Operation.create_transfers else None
+            if frame.operation == Operation.create_orders:
+                for record, result, reply in zip(records, results.tolist(), replies):
+                    number = bytes(record["out_trade_no"]).rstrip(b"\0")
+                    assert number.startswith(tag) and len(number) == 32 and number not in numbers
+                    numbers.add(number)
+                    assert record["id"] == order_id(record["merchant_id"], number)
+                    assert record["merchant_id"] >> 64 == 77
+                    assert population.first_merchant <= record["merchant_id"] & (2**64 - 1) < population.first_card
+                    assert record["expire_after_s"] == 60 and record["ledger"] == core.Currency.CNY
+                    assert result == core.Result.ok
+                    created[record["id"]] = (record["merchant_id"], record["amount"], bytes(reply["token"]), now_ns)
+            elif frame.operation == Operation.pay_orders:
+                for record, result in zip(records, results.tolist()):
+                    merchant, amount, token, created_ns = created[record["order_id"]]
+                    assert created_ns < now_ns, "a payment follows its create's answer"
+                    assert record["order_id"] not in ended and bytes(record["token"]) == token
+                    assert record["amount"] == amount and 1 <= record["payer_id"] & (2**64 - 1) <= 500
+                    assert result in (core.Result.ok, core.Result.exceeds_credits), core.Result(result)
+                    ended.add(record["order_id"])
+                    if result == core.Result.ok:
+                        paid[record["order_id"]] = (amount, now_ns)
+            elif frame.operation == Operation.close_orders:
+                for record, result in zip(records, results.tolist()):
+                    merchant, _, _, created_ns = created[record["order_id"]]
+                    assert created_ns < now_ns and record["order_id"] not in ended
+                    assert record["merchant_id"] == merchant and result == core.Result.ok
+                    ended.add(record["order_id"])
+            elif frame.operation == Operation.refund_orders:
+                for record, result in zip(records, results.tolist()):
+                    amount, paid_ns = paid[record["order_id"]]
+                    assert now_ns >= paid_ns + NS_PER_S // 2, "refunded at least refund_after_s after its payment"
+                    assert record["order_id"] not in refunded and 1 <= record["amount"] <= amount
+                    number = bytes(record["out_refund_no"]).rstrip(b"\0")
+                    assert number.startswith(tag) and number not in numbers
+                    numbers.add(number)
+                    assert record["id"] == refund_id(record["order_id"], number)
+                    assert result == core.Result.ok, core.Result(result)
+                    refunded.add(record["order_id"])
+            generator.answered(frame.indexes, frame.kinds, replies, now_ns)
+    creates = counts[Kind.qr_create]
+    # Each order's end as drawn (expire 10 %, close 20 %, the rest paid), less those still in flight.
+    assert 0.6 * creates < counts[Kind.qr_pay] < 0.75 * creates
+    assert 0.14 * creates < counts[Kind.qr_close] < 0.26 * creates
+    # qr_order is 40 of 130 of the weight, its two requests together; order_refund 10.
+    assert abs((creates + counts[Kind.qr_pay] + counts[Kind.qr_close]) / 12_000 - 40 / 130) < 0.03
+    assert counts[Kind.order_refund] > 0.5 * 10 / 130 * 12_000 * 25 / 30      # refunds start after 0.5 s
+    full = sum(1 for order in refunded if machine.lookup_orders([order])[0]["state"] == core.OrderState.REFUND)
+    assert 0.3 < full / len(refunded) < 0.7                                 # partial_refund_ratio 0.5
+
+
+def test_an_orders_follow_ups_wait_for_its_answers():
+    workload = orders_workload(refund_after_s=1.0)
+    generator = RequestGenerator(workload, Population(workload, run_id=1), seed=3)
+    follow_ups = [Kind.qr_pay, Kind.qr_close, Kind.order_refund]
+
+    def answer(block, result, now_ns):
+        for frame in block.frames():
+            replies = np.zeros(len(frame.kinds), CREATE_REPLY_DTYPES[frame.operation])
+            runner.result_codes(replies)[...] = result
+            generator.answered(frame.indexes, frame.kinds, replies, now_ns)
+
+    unanswered = generator.next(3_000, now_ns=0)
+    assert not np.isin(generator.next(3_000, now_ns=NS_PER_S).kinds, follow_ups).any()   # no answer yet
+    answer(unanswered, core.Result.orders_limit_reached, NS_PER_S)                     # all refused
+    refused = generator.next(3_000, now_ns=2 * NS_PER_S)
+    assert not np.isin(refused.kinds, follow_ups).any()
+    answer(refused, core.Result.ok, 2 * NS_PER_S)
+    later = generator.next(3_000, now_ns=3 * NS_PER_S)
+    assert np.isin(later.kinds, [Kind.qr_pay, Kind.qr_close]).sum() > 0 and not (later.kinds == Kind.order_refund).any()
+    answer(later, core.Result.ok, 3 * NS_PER_S)
+    # Refunds only refund_after_s (1 s) after their payment's answer.
+    assert not (generator.next(3_000, now_ns=4 * NS_PER_S - 1).kinds == Kind.order_refund).any()
+    assert (generator.next(3_000, now_ns=4 * NS_PER_S).kinds == Kind.order_refund).sum() > 0
 
 
 # ----------------------------------------------------------------------------- against a server
@@ -206,6 +351,74 @@ def test_open_loop_sends_on_schedule_records_and_replays_exactly(server, tmp_pat
     assert again["comparison"]["replayed"]["payment"].get("exists", 0) > 0
 
 
+def test_a_run_with_merchant_payments_agrees_with_the_server_and_replays_exactly(server, tmp_path):
+    target, _ = server
+    path = str(tmp_path / "orders.tly")
+    workload = orders_workload(seconds=2.0, per_s=2_000.0)
+    report = runner.run(target, workload, runner.Options(connections=1, record=path, seed=8))
+    kinds, operations = report["kinds"], report["operations"]
+    assert report["requests"]["answered"] == workload.rate.schedule(2.0).total
+    for operation in ("create_transfers", "create_orders", "pay_orders", "close_orders", "refund_orders"):
+        assert operations[operation]["result_codes"].get("ok", 0) > 0, operation
+        assert operations[operation]["latency_us"]["count"] == operations[operation]["requests"], operation
+    assert sum(entry["requests"] for entry in operations.values()) == report["requests"]["answered"]
+    assert operations["pay_orders"]["requests"] == sum(kinds["qr_pay"].values())
+
+    # The server's orders, refunds and fee account, read back, agree with every answer of the run.
+    data = trace.read(path)
+    fee_account_id = Population(workload, report["config"]["run_id"]).fee_account_id
+    side = merchant_side.read_back_from(target, data, fee_account_id)
+    assert merchant_side.disagreements(data, side, workload.orders.fee_bps) == []
+    figures = merchant_side.figures(side)
+    assert figures["orders"] == kinds["qr_create"]["ok"] and figures["paid"] == kinds["qr_pay"]["ok"]
+    assert figures["closed_by_merchant"] == kinds["qr_close"]["ok"]
+    assert figures["refunds"] == kinds["order_refund"]["ok"] > 0
+    assert figures["fee_account_minor"] == figures["fees_taken_minor"] - figures["fees_returned_minor"] > 0
+    # The check can fail: an answer the server did not give, or a fee rate it did not apply, shows.
+    pays = np.flatnonzero((data.operation == Operation.pay_orders) & (data.result == core.Result.ok))
+    data.result[pays[0]] = core.Result.exceeds_credits
+    assert any("payments answered ok" in problem for problem in merchant_side.disagreements(data, side, 60))
+    data.result[pays[0]] = core.Result.ok
+    assert any("fee is not floor" in problem for problem in merchant_side.disagreements(data, side, 61))
+
+    # Replay: a payment waits for its order's create to be answered and carries that answer's token.
+    timed = np.flatnonzero(data.scheduled_ns > 0)
+    source = replay.TraceSource(data, timed, 1.0)
+    first_pay = int(np.argmax(data.operation[timed] == Operation.pay_orders))
+    assert source.ready(0, len(timed)) == first_pay
+    for frame in source.take(0, first_pay, 0):
+        replies = np.zeros(len(frame.kinds), CREATE_REPLY_DTYPES[frame.operation])
+        if frame.operation == Operation.create_orders:
+            replies["token"] = 7
+        source.answered(frame, replies, 0)
+    assert source.ready(first_pay, first_pay + 1) == first_pay + 1
+    (pay,) = source.take(first_pay, first_pay + 1, 0)
+    assert pay.operation == Operation.pay_orders and (pay.records["token"] == 7).all()
+    # On a fresh server (another secret: other tokens), one connection: every result code as recorded.
+    process, fresh = fresh_server(tmp_path, "fresh")
+    try:
+        replayed = replay.run(fresh, path, speed=2.0)
+    finally:
+        assert local_server.stop(process) == 0
+    assert replayed["comparison"]["equal"], replayed["comparison"]["differences"]
+    assert replayed["comparison"]["replayed"]["qr_pay"] == kinds["qr_pay"]
+
+
+def test_an_unexpected_result_code_of_an_order_shows_in_the_report(tmp_path):
+    secret = secrets.token_bytes(32)
+    process, port = local_server.start(str(tmp_path / "small"), secret=secret, accounts_max=10_000,
+                                       transfers_hot_max=100_000, orders_max=100)
+    try:
+        report = runner.run(runner.Target("127.0.0.1", port, 1, secret), orders_workload(seconds=1.0, per_s=1_000.0),
+                            runner.Options(connections=2))
+    finally:
+        assert local_server.stop(process) == 0
+    refused = report["operations"]["create_orders"]["result_codes"].get("orders_limit_reached", 0)
+    assert refused > 0 and report["kinds"]["qr_create"]["orders_limit_reached"] == refused
+    assert report["result_codes"]["orders_limit_reached"] == refused
+    assert f"not ok: orders_limit_reached {refused:,}" in report_module.summary(report)
+
+
 def test_closed_loop_keeps_frames_in_flight_and_has_no_target(server):
     target, _ = server
     report = runner.run(target, small_workload(seconds=1.0),
@@ -214,6 +427,12 @@ def test_closed_loop_keeps_frames_in_flight_and_has_no_target(server):
     answered = report["requests"]["answered"]
     assert answered >= 4 * 500 and answered % 500 == 0 and report["requests"]["failed_to_send"] == 0
     assert report["config"]["depth"] == 2
+    # With orders, a lane's 500 requests go as a frame per operation, and follow-ups follow answers.
+    report = runner.run(target, orders_workload(seconds=1.0),
+                        runner.Options(mode="closed", connections=1, depth=2, frame_events=500))
+    assert report["requests"]["answered"] % 500 == 0 and report["requests"]["failed_to_send"] == 0
+    assert report["kinds"]["qr_pay"]["ok"] > 0
+    assert set(report["result_codes"]) <= {"ok", "exceeds_credits"}   # wallets run dry at the peak
 
 
 def test_two_workers_merge_their_counts_and_histograms(server):
@@ -356,6 +575,17 @@ def test_follow_ups_skip_what_the_server_refused():
     _, later, later_kinds = generator.next(3_000, now_ns=NS_PER_S)
     # Every earlier payment and hold was refused: nothing to refund or resolve.
     assert not np.isin(later_kinds, [Kind.capture, Kind.void, Kind.refund]).any()
+
+
+def test_the_demo_runs_merchant_payments_and_reads_them_back(tmp_path, capsys):
+    from tally import demo
+
+    assert demo.run(str(tmp_path / "demo"), seconds=2.0, rate_per_s=1_500.0, users=2_000) == 0
+    out = capsys.readouterr().out
+    assert "create_orders" in out and "pay_orders" in out and "refund_orders" in out
+    assert "merchant side (read back from the server)" in out
+    assert "every order's state, every refund and the fee account agree" in out and "DISAGREES" not in out
+    assert "state hash of the live server" in out and "equal" in out
 
 
 def test_the_demo_refuses_a_directory_that_is_not_its_own(tmp_path):

@@ -220,3 +220,25 @@ def test_server_checkpoints_within_the_run_become_marks_on_both_time_charts(tmp_
     # No wall-clock start (an old report): nothing is marked rather than marked wrongly.
     del report["started_unix_s"]
     assert report_module.add_server_events(report, str(events)) == 0
+
+
+def test_each_operation_gets_its_latency_and_refusals_by_name():
+    report = synthetic_report()
+    report["operations"] = {
+        "create_transfers": {"requests": 900, "result_codes": {"ok": 899, "exceeds_credits": 1},
+                             "latency_us": {"p50": 2_000, "p99": 9_000, "p99.9": 12_000, "p99.99": 12_500,
+                                            "max": 13_000}},
+        "create_orders": {"requests": 100, "result_codes": {"ok": 88, "orders_limit_reached": 12},
+                          "latency_us": {"p50": 2_500, "p99": 31_000, "max": 40_000}},
+        "pay_orders": {"requests": 80, "result_codes": {"ok": 80}, "latency_us": {"count": 0}},
+    }
+    text = report_module.summary(report)
+    assert "not ok: orders_limit_reached 12" in text and "not ok: exceeds_credits 1" in text
+    assert any(line.split()[:2] == ["pay_orders", "80"] and line.endswith("all ok") for line in
+               (line.strip() for line in text.splitlines()))
+    assert len(text.splitlines()) <= 25 and max(map(len, text.splitlines())) <= 100
+    page = report_module.html(report)
+    assert "Per operation" in page and "orders_limit_reached 12" in page and "31.0 ms" in page
+    # One operation only (transfers): the summary keeps its old shape.
+    report["operations"] = {"create_transfers": report["operations"]["create_transfers"]}
+    assert "per op" not in report_module.summary(report)

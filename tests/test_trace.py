@@ -180,8 +180,8 @@ def test_close_returns_the_totals_and_the_reader_checks_them(tmp_path):
     assert totals["bytes"] == os.path.getsize(path) and totals["path"] == str(path)
     assert writer.close() is totals
     data = read(str(path))
-    assert {k: data.totals[k] for k in ("chunks", "events", "account_events", "transfer_events", "bytes",
-                                        "chunks_crc")} == {k: totals[k] for k in data.totals}
+    assert {k: data.totals[k] for k in ("chunks", "events", "account_events", "transfer_events", "product_events",
+                                        "bytes", "chunks_crc")} == {k: totals[k] for k in data.totals}
     expected = expected_columns(frames)
     values, counts = np.unique(expected["result"], return_counts=True)
     assert data.result_counts() == dict(zip(values.tolist(), counts.tolist()))
@@ -266,7 +266,7 @@ def test_wrong_magic_newer_version_and_unknown_flags_are_refused_clearly(tmp_pat
     bad.write_bytes(b"")
     with pytest.raises(TraceError, match="not a Tally trace"):
         read(str(bad))
-    bad.write_bytes(patched_file_header(whole, version=2))
+    bad.write_bytes(patched_file_header(whole, version=2, minor=0))
     with pytest.raises(TraceError, match=r"version 2\.0 is newer than this reader supports \(1\.x\)"):
         read(str(bad), allow_truncated=True)
     bad.write_bytes(patched_file_header(whole, version=0))
@@ -280,9 +280,10 @@ def test_wrong_magic_newer_version_and_unknown_flags_are_refused_clearly(tmp_pat
 
 
 def test_a_newer_minor_version_with_extra_sections_is_read(tmp_path):
-    """What a 1.1 writer may add (reserved fields, sections after the events) a 1.0 reader skips."""
+    """What a newer minor version may add (reserved fields, sections after the events) this reader skips."""
     path, whole, frames = small_trace(tmp_path)
-    out = bytearray(patched_file_header(whole, minor=1)[:list(iter_chunks(str(path)))[0].offset])
+    newer_minor = trace.TRACE_MINOR_VERSION + 1
+    out = bytearray(patched_file_header(whole, minor=newer_minor)[:list(iter_chunks(str(path)))[0].offset])
     chunks_crc = 0
     for c in iter_chunks(str(path)):
         fields = list(CHUNK_HEADER.unpack_from(whole, c.offset))
@@ -301,7 +302,7 @@ def test_a_newer_minor_version_with_extra_sections_is_read(tmp_path):
     newer = tmp_path / "newer"
     newer.write_bytes(out + end_record + footer)
     data = read(str(newer))
-    assert data.complete and data.minor_version == 1
+    assert data.complete and data.minor_version == newer_minor
     assert_same(data, expected_columns(frames))
 
 
@@ -348,6 +349,7 @@ def test_lying_lengths_are_refused_without_a_big_allocation(tmp_path):
             r"count 4294967295 is not in 1\.\.65536")
     refused(start + chunk_record(2, 0, b""), "count 0 is not")
     refused(start + chunk_record(7, 1, bytes(32)), "unknown operation 7")
+    refused(start + chunk_record(100, 1, bytes(32)), "unknown operation 100")   # a product's, without the flag
     refused(start + chunk_record(2, 1, bytes(32), columns_bytes=2**31), "columns length")
     refused(start + chunk_record(2, 4, bytes(96 + 8), events_bytes=7), "events length 7 is impossible")
     refused(start + chunk_record(2, 4, bytes(96 + 600), events_bytes=600), "events length 600 is impossible")
@@ -366,6 +368,67 @@ def test_lying_lengths_are_refused_without_a_big_allocation(tmp_path):
     refused(valid_file_header(b"\x91" * 100_000 + b"\x01"), "not valid msgpack")
     refused(valid_file_header(b"\x93\x01\x02\x03"), "not a map")
     refused(valid_file_header()[:-1], "truncated run header")
+
+
+def product_frames(rng):
+    """A run with orders, in send order: setup (accounts, top-ups, merchants' terms), then
+    transfers, orders' creates, payments, closes and refunds, each frame one operation."""
+    frames, index = [], 0
+    for operation, n in ((1, 40), (2, 30), (104, 5), (2, 50), (100, 60), (101, 45), (102, 6), (106, 20), (100, 7)):
+        dtype = trace.OPERATION_DTYPES[operation]
+        records = np.zeros(n, dtype)
+        raw = records.view(np.uint8).reshape(n, 128)
+        raw[:, :48] = rng.integers(0, 256, (n, 48), dtype=np.uint8)   # ids and amounts: any bytes
+        if "ledger" in dtype.names:
+            records["ledger"] = core.Currency.CNY
+        frames.append({"operation": operation, "request_index": np.arange(index, index + n, dtype=np.uint64),
+                       "scheduled_ns": np.uint64(0) if operation in (1, 104) else
+                                       np.sort(rng.integers(0, 10**9, n)).astype(np.uint64),
+                       "connection": 0, "kind": np.uint8(operation % 13),
+                       "result": rng.choice(np.array([0, 0, 72, 74], np.uint32), n), "events": records})
+        index += n
+    return frames
+
+
+def test_a_trace_of_the_products_operations_round_trips_and_says_so(tmp_path, monkeypatch):
+    rng = np.random.default_rng(11)
+    frames = product_frames(rng)
+    path = tmp_path / "orders.tly"
+    totals = write(path, frames, reply_order(rng, len(frames)), chunk_events=32,
+                   operations=(2, 100, 101, 102, 106))
+    whole = path.read_bytes()
+    assert FILE_HEADER.unpack_from(whole)[2:4] == (trace.TRACE_MINOR_VERSION, trace.FLAG_PRODUCTS)
+    data = read(str(path))
+    assert_same(data, expected_columns(frames))
+    assert (totals["account_events"], totals["transfer_events"], totals["product_events"]) == (40, 80, 143)
+    assert data.totals["product_events"] == 143 and data.totals["events"] == len(data) == 263
+    creates = data.records(100)
+    assert creates.dtype == core.ORDER_CREATE_DTYPE and len(creates) == 67
+    assert creates.tobytes() == np.concatenate([f["events"] for f in frames if f["operation"] == 100]).tobytes()
+    # The end record of such a trace is 48 bytes (product_events added); damage to it is caught.
+    end = whole.rindex(trace.END_MAGIC)
+    for offset in range(end, end + trace.END_RECORD_PRODUCTS.size):
+        damaged = bytearray(whole)
+        damaged[offset] ^= 0x10
+        path.write_bytes(damaged)
+        with pytest.raises(TraceError):
+            read(str(path))
+    # A reader that knows no products (1.0) refuses the file rather than misreading it.
+    path.write_bytes(whole)
+    monkeypatch.setattr(trace, "FLAGS_KNOWN", 0)
+    with pytest.raises(TraceError, match="features this reader does not know"):
+        read(str(path))
+
+
+def test_a_trace_of_transfers_stays_what_a_1_0_reader_reads(tmp_path, monkeypatch):
+    path = tmp_path / "transfers.tly"
+    frames = make_frames(np.random.default_rng(12), [30, 40, 50])
+    write(path, frames)
+    whole = path.read_bytes()
+    assert FILE_HEADER.unpack_from(whole)[3] == 0          # no flag: the layout of 1.0
+    assert whole.rindex(trace.END_MAGIC) == len(whole) - trace.END_RECORD.size - 8   # a 40-byte end record, {} footer
+    monkeypatch.setattr(trace, "FLAGS_KNOWN", 0)
+    assert_same(read(str(path)), expected_columns(frames))
 
 
 def test_trailing_bytes_after_the_end_record_are_refused(tmp_path):
@@ -456,6 +519,7 @@ def test_append_refuses_bad_input(tmp_path):
     with TraceWriter(str(tmp_path / "t"), {}) as writer:
         for change, match in (
             ({"operation": 3}, "operation 3"),
+            ({"operation": 100}, "a product's, in a trace not made for them"),
             ({"operation": 1}, "another dtype"),
             ({"events": records.tobytes()[:-1]}, "whole number"),
             ({"events": np.zeros(4, np.float64)}, "records"),

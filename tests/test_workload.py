@@ -15,10 +15,17 @@ users = 1_000_000
 merchants = 10_000
 merchant_zipf_s = 1.1
 [mix]
-payment = 80
+payment = 71
 p2p = 10
 hold = 5
 refund = 5
+qr_order = 8
+order_refund = 1
+[orders]
+fee_bps = 60
+close_ratio = 0.1
+expire_ratio = 0.05
+partial_refund_ratio = 0.3
 [rate]
 shape = "burst"
 per_s = 50_000
@@ -33,7 +40,9 @@ def test_the_documented_example_loads(tmp_path):
     path.write_text(EXAMPLE)
     workload = load(str(path))
     assert workload.population.users == 1_000_000 and workload.rate.shape == "burst"
-    assert workload.mix.probabilities() == {"payment": 0.8, "p2p": 0.1, "hold": 0.05, "refund": 0.05}
+    assert workload.mix.probabilities() == {"payment": 0.71, "p2p": 0.1, "hold": 0.05, "refund": 0.05,
+                                            "qr_order": 0.08, "order_refund": 0.01}
+    assert workload.orders.fee_bps == 60 and workload.orders.paid_ratio == pytest.approx(0.85)
     # The same workload as JSON.
     json_path = tmp_path / "payments.json"
     json_path.write_text(json.dumps({"seconds": 30, "rate": {"shape": "ramp", "per_s": 1000}}))
@@ -51,6 +60,18 @@ def test_the_documented_example_loads(tmp_path):
     ("[rate]\nper_s = 0", "rate.per_s"),
     ("[rate]\nper_s = 1e9", "rate.per_s"),
     ("[rate]\nshape = \"burst\"\nburst_factor = 0.5", "burst_factor"),
+    ("[orders]\nfee_bps = 10001", "orders.fee_bps must be in 0..10000"),
+    ("[orders]\nfee_bps = 0.5", r"orders\.fee_bps"),            # msgspec's type check names the path
+    ("[orders]\nclose_ratio = 1.5", "orders.close_ratio must be in 0..1"),
+    ("[orders]\npartial_refund_ratio = -0.1", "orders.partial_refund_ratio must be in 0..1"),
+    ("[orders]\nclose_ratio = 0.6\nexpire_ratio = 0.5", r"orders.close_ratio \+ orders.expire_ratio"),
+    ("[orders]\nexpire_after_s = 59", "orders.expire_after_s must be 0 or in 60..7776000"),
+    ("[orders]\nrefund_after_s = -1", "orders.refund_after_s must be in 0..86400"),
+    ("[orders]\nrefund_delay_s = 1", "refund_delay_s"),       # an unknown key
+    ("[mix]\nqr_order = -1", "finite and >= 0"),
+    ("[mix]\norder_refund = 1", "mix.order_refund needs paid orders"),
+    ("[mix]\nqr_order = 1\norder_refund = 1\n[orders]\nclose_ratio = 0.5\nexpire_ratio = 0.5",
+     "mix.order_refund needs paid orders"),
     ("seconds = \"ten\"", "seconds"),
     ("not toml at all [", "bad.toml: "),  # a TOML syntax error, named with the file
 ])
