@@ -88,7 +88,7 @@ def run(source_dir: str, into_dir: str, *, progress=None) -> dict:
             batches = events = 0
             last = None
             started = time.perf_counter()
-            for sequence, operation, now_ns, last_timestamp, body in _read_ahead(source.log_entries()):
+            for sequence, operation, now_ns, last_timestamp, body, _ in _read_ahead(source.log_entries()):
                 if sequence != batches + 1:
                     raise ReplayLogError(f"log entry {sequence} follows entry {batches}: the log has a gap")
                 if operation not in RECORD_DTYPES:

@@ -46,6 +46,7 @@ import threading
 import time
 import traceback
 import zlib
+from typing import NamedTuple
 
 import lmdb
 import msgspec
@@ -70,12 +71,38 @@ from core.records import ID_DTYPE, TRANSFER_DTYPE, TransferFlags, ids_array
 from core.state_hash import CHAIN_EMPTY, state_hash
 
 #: Log entry header: magic, format version, operation, event count, packed body bytes, now_ns,
-#: last timestamp after the batch, CRC-32 of the rest of the header and the body, reserved.
-#: The body follows: the events as packed by ``core.codec`` (docs/storage.md).
+#: last timestamp after the batch, CRC-32 of the rest of the header, the body and the failures,
+#: the failures' bytes (version 2; 0 in version 1). The body follows: the events as packed by
+#: ``core.codec`` (docs/storage.md); then (version 2) the events that did not succeed, so that
+#: replay checks every result and a reader of the log (notifications) knows which did.
 LOG_HEADER = struct.Struct("<4sHHIIQQII")
 _CHECKSUMMED_HEADER_BYTES = 32  # the header fields before the checksum
 LOG_MAGIC = b"TLOG"
-LOG_VERSION = 1
+LOG_VERSION = 2
+_LOG_VERSIONS_READ = (1, 2)
+#: A batch's events that did not answer ``ok``: their index in the batch and their result code
+#: (codes fit a byte: core.Result has fewer than 256), after a u32 count.
+FAILURE_DTYPE = np.dtype([("index", "<u2"), ("result", "u1")])
+_FAILURES_BYTES_MAX = 4 + constants.BATCH_EVENTS_MAX * FAILURE_DTYPE.itemsize
+
+
+class LogEntry(NamedTuple):
+    """One committed batch as the log holds it (``Store.log_entries``)."""
+    sequence: int
+    operation: int
+    now_ns: int
+    last_timestamp: int
+    body: np.ndarray                # the 128-byte events, a uint8 array
+    failures: np.ndarray | None     # FAILURE_DTYPE, in event order; None in a version 1 entry
+
+
+def _failures(results: np.ndarray) -> np.ndarray:
+    """The events of a batch that did not answer ``ok`` (any reply type: its result first)."""
+    codes = results if results.dtype.names is None else results["result"]
+    failed = np.flatnonzero(codes)
+    out = np.empty(failed.shape[0], dtype=FAILURE_DTYPE)
+    out["index"], out["result"] = failed, codes[failed]
+    return out
 
 OPERATION_CREATE_ACCOUNTS = Operation.create_accounts
 OPERATION_CREATE_TRANSFERS = Operation.create_transfers
@@ -331,7 +358,8 @@ class Store:
         self._batches_since_checkpoint = self.recovery.replayed_batches
         self._events_since_checkpoint = self.recovery.replayed_events
         self._in_flight = threading.BoundedSemaphore(commit_pipeline_depth)
-        self._entries = [bytearray(LOG_HEADER.size + codec.packed_size_max(constants.BATCH_EVENTS_MAX))
+        self._entries = [bytearray(LOG_HEADER.size + codec.packed_size_max(constants.BATCH_EVENTS_MAX)
+                                   + _FAILURES_BYTES_MAX)
                          for _ in range(commit_pipeline_depth + 1)]
         self._commits: queue.SimpleQueue = queue.SimpleQueue()
         # What the journal holds and the LMDB log does not yet: (sequence, entry, end offset in
@@ -463,16 +491,21 @@ class Store:
         # since at most commit_pipeline_depth batches are in flight.
         entry = self._entries[self._applied_sequence % len(self._entries)]
         body_bytes = codec.pack_into(records, entry, LOG_HEADER.size)
+        failures = _failures(results)
+        end = LOG_HEADER.size + body_bytes
+        struct.pack_into("<I", entry, end, failures.shape[0])
+        entry[end + 4:end + 4 + failures.nbytes] = failures.tobytes()
+        failures_bytes = 4 + failures.nbytes
         LOG_HEADER.pack_into(entry, 0, LOG_MAGIC, LOG_VERSION, operation, count, body_bytes, now_ns,
-                             self.ledger.last_timestamp, 0, 0)
+                             self.ledger.last_timestamp, 0, failures_bytes)
         view = memoryview(entry)
-        checksum = _entry_checksum(view[:_CHECKSUMMED_HEADER_BYTES], view[LOG_HEADER.size:LOG_HEADER.size + body_bytes])
+        checksum = _entry_checksum(view[:_CHECKSUMMED_HEADER_BYTES], view[LOG_HEADER.size:end + failures_bytes])
         struct.pack_into("<I", entry, _CHECKSUMMED_HEADER_BYTES, checksum)
         pending = PendingBatch(self._applied_sequence, results)
         self._last_pending = pending
         self._batches_since_checkpoint += 1
         self._events_since_checkpoint += count
-        return pending, view[:LOG_HEADER.size + body_bytes]
+        return pending, view[:end + failures_bytes]
 
     def _start_background_work(self) -> None:
         """Hand complete epochs to the flush thread, start a checkpoint if one is due. Called
@@ -784,8 +817,8 @@ class Store:
     def log_entries(self, first_sequence: int = 1):
         """The committed log entries from ``first_sequence`` on, in order, checked and unpacked.
 
-        Yields ``(sequence, operation, now_ns, last_timestamp, body)`` as recovery replays them
-        (``body``: the batch's 128-byte records, a uint8 array). Read-only: one LMDB read
+        Yields ``LogEntry`` tuples as recovery replays them (``body``: the batch's 128-byte
+        records, a uint8 array; ``failures``: its events that did not succeed). Read-only: one LMDB read
         transaction, held until the iteration ends; finish or close the iterator before closing
         the store.
         """
@@ -1595,14 +1628,16 @@ class Store:
     def _load_array(self, txn, name, meta: checkpoint.ArrayMeta) -> bytes:
         return checkpoint.load(txn, name, CHECKPOINT_ARRAYS[name], meta)
 
-    def _replay_entry(self, sequence, operation, now_ns, last_timestamp, body) -> int:
+    def _replay_entry(self, sequence, operation, now_ns, last_timestamp, body, failures) -> int:
         count = body.shape[0] // constants.RECORD_SIZE_BYTES
         if operation not in RECORD_DTYPES:
             raise StoreError(f"log entry {sequence}: unknown operation {operation}")
-        self._apply(operation, body.view(RECORD_DTYPES[operation]), now_ns)
+        results = self._apply(operation, body.view(RECORD_DTYPES[operation]), now_ns)
         if self.ledger.last_timestamp != last_timestamp:
             raise StoreError(f"log entry {sequence}: replay diverged (timestamp {self.ledger.last_timestamp}, "
                              f"logged {last_timestamp})")
+        if failures is not None and not np.array_equal(_failures(results), failures):
+            raise StoreError(f"log entry {sequence}: replay diverged (its events' results differ from the logged)")
         self._queue_flush()
         return count
 
@@ -1674,22 +1709,33 @@ def _entry_checksum(header, body) -> int:
 
 
 def _decode_entry(sequence: int, value):
-    """Check and unpack one log entry: (sequence, operation, now_ns, last_timestamp, body)."""
+    """Check and unpack one log entry (a ``LogEntry``)."""
     if len(value) < LOG_HEADER.size:
         raise StoreError(f"log entry {sequence} is truncated")
-    magic, version, operation, count, body_bytes, now_ns, last_timestamp, checksum, _ = LOG_HEADER.unpack_from(value, 0)
-    if magic != LOG_MAGIC or version != LOG_VERSION:
+    (magic, version, operation, count, body_bytes, now_ns, last_timestamp, checksum,
+     failures_bytes) = LOG_HEADER.unpack_from(value, 0)
+    if magic != LOG_MAGIC or version not in _LOG_VERSIONS_READ:
         raise StoreError(f"log entry {sequence}: bad magic or version {version}")
-    if len(value) != LOG_HEADER.size + body_bytes or count > constants.BATCH_EVENTS_MAX:
-        raise StoreError(f"log entry {sequence}: {len(value)} bytes, header says {body_bytes} for {count} events")
+    if version == 1:
+        failures_bytes = 0  # (reserved, zero)
+    if len(value) != LOG_HEADER.size + body_bytes + failures_bytes or count > constants.BATCH_EVENTS_MAX:
+        raise StoreError(f"log entry {sequence}: {len(value)} bytes, header says {body_bytes} + {failures_bytes} "
+                         f"for {count} events")
     view = memoryview(value)
     if _entry_checksum(view[:_CHECKSUMMED_HEADER_BYTES], view[LOG_HEADER.size:]) != checksum:
         raise StoreError(f"log entry {sequence}: checksum mismatch (the entry is damaged)")
+    end = LOG_HEADER.size + body_bytes
     try:
-        body = codec.unpack(memoryview(value)[LOG_HEADER.size:], count)
+        body = codec.unpack(view[LOG_HEADER.size:end], count)
     except ValueError as error:
         raise StoreError(f"log entry {sequence}: {error}") from None
-    return sequence, operation, now_ns, last_timestamp, body
+    failures = None
+    if version >= 2:
+        failed = struct.unpack_from("<I", value, end)[0] if failures_bytes >= 4 else -1
+        if failures_bytes != 4 + failed * FAILURE_DTYPE.itemsize or failed > count:
+            raise StoreError(f"log entry {sequence}: its failures' section is malformed")
+        failures = np.frombuffer(view[end + 4:end + failures_bytes], dtype=FAILURE_DTYPE)
+    return LogEntry(sequence, operation, now_ns, last_timestamp, body, failures)
 
 
 #: Below this much free space, a failed write is reported as the likely effect of a full disk.

@@ -178,6 +178,38 @@ def test_a_damaged_log_entry_is_reported_not_misread(data_dir):
         core.open(data_dir)
 
 
+def test_the_log_holds_each_batchs_failures_and_replay_checks_them(data_dir):
+    import struct
+    import zlib
+
+    import lmdb
+    from core.store import FAILURE_DTYPE, LOG_HEADER
+    with core.open(data_dir, accounts_max=100, transfers_hot_max=10_000, checkpoint_interval_batches=1000) as store:
+        accounts = core.accounts_from_dicts([{"id": 1, "ledger": 156, "code": 1}, {"id": 2, "ledger": 156, "code": 1}])
+        assert not store.create_accounts(accounts).any()
+        transfers = core.transfers_from_dicts([
+            {"id": 10, "debit_account_id": 1, "credit_account_id": 2, "amount": 5, "ledger": 156, "code": 1},
+            {"id": 11, "debit_account_id": 1, "credit_account_id": 9, "amount": 5, "ledger": 156, "code": 1},
+            {"id": 12, "debit_account_id": 1, "credit_account_id": 2, "amount": 0, "ledger": 156, "code": 1}])
+        results = store.create_transfers(transfers)
+        entry = list(store.log_entries(2))[0]
+        assert entry.failures.tolist() == [(1, int(results[1])), (2, int(results[2]))] and results[1] and results[2]
+        assert list(store.log_entries(1))[0].failures.shape == (0,)  # a batch that all succeeded
+    # A logged result that the replay does not reproduce (checksum made to match): recovery says so.
+    env = lmdb.open(data_dir, max_dbs=4)
+    with env.begin(write=True, db=env.open_db(b"log")) as txn:
+        key = (2).to_bytes(8, "big")
+        value = bytearray(txn.get(key))
+        fields = LOG_HEADER.unpack_from(value)
+        at = LOG_HEADER.size + fields[4] + 4 + FAILURE_DTYPE.fields["result"][1]  # the first failure's code
+        value[at] ^= 0x01
+        struct.pack_into("<I", value, 32, zlib.crc32(value[LOG_HEADER.size:], zlib.crc32(value[:32])))
+        txn.put(key, bytes(value))
+    env.close()
+    with pytest.raises(core.StoreError, match="log entry 2: replay diverged"):
+        core.open(data_dir)
+
+
 def test_a_damaged_checkpoint_is_reported_and_the_whole_log_replayed(data_dir):
     with core.open(data_dir, accounts_max=100, transfers_hot_max=10_000, checkpoint_interval_batches=2) as store:
         _fill(store, 3)
@@ -282,7 +314,7 @@ def test_a_pulse_logs_an_empty_batch_only_when_a_timeout_is_due(data_dir):
         assert store.lookup_accounts([1])["debits_pending"].tolist() == [0]
         assert store.pulse(due_ns + 10**9) is None and store.sequence == 3
         entries = list(store.log_entries(3))
-        assert [(operation, now_ns, body.shape[0]) for _, operation, now_ns, _, body in entries] == [
+        assert [(operation, now_ns, body.shape[0]) for _, operation, now_ns, _, body, _ in entries] == [
             (core.store.OPERATION_CREATE_TRANSFERS, due_ns, 0)]
         expected = store.state_hash()
     with core.open(data_dir) as reopened:  # recovery replays the pulse at its logged engine time
