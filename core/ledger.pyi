@@ -7,6 +7,7 @@ import numpy.typing as npt
 
 HOT_DTYPE: np.dtype
 CHECKPOINT_ARRAYS: dict[str, str]
+EVENT_TIMESTAMPS: int
 
 class Ledger:
     accounts_max: int

@@ -178,6 +178,9 @@ EXPIRY_DTYPE = np.dtype([("expires_at", "<u8"), ("number", "<u8"), ("entry", "<u
 #: The arrays ``Ledger.snapshot`` gives a checkpoint, and their kinds (core/checkpoint.py):
 #: account rows only grow; the balances are copied on write; the pending table and the expiry
 #: heap are copied between two batches.
+#: Engine timestamps a product event takes (``LEGS_MAX``; docs/products.md "Time").
+EVENT_TIMESTAMPS = LEGS_MAX
+
 CHECKPOINT_ARRAYS = {"accounts": APPEND_RECORDS, "hot": COPY_ON_WRITE, "pendings": RAW, "expiries": RAW}
 
 #: A resolved pending transfer's final state, as the cold tier's status table holds it.

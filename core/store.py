@@ -65,6 +65,7 @@ from core import table as table_module
 from core.archive import ArchiveError, LogArchive
 from core.cold import ColdTier, ColdVersions
 from core.filter import IdFilter
+from core.ledger import EVENT_TIMESTAMPS
 from core.machine import Machine
 from core.operations import CREATE_EVENT_DTYPES, OPERATIONS, Operation
 from core.records import ID_DTYPE, TRANSFER_DTYPE, TransferFlags, ids_array
@@ -825,6 +826,38 @@ class Store:
         self.sink_journal()  # what only the journal holds yet goes into the LMDB log first
         for sequence, value in self._log_raw(first_sequence):
             yield _decode_entry(sequence, value)
+
+    def notifications(self, after: tuple[int, int] = (0, 0), *, merchants=None,
+                      limit: int = constants.BATCH_EVENTS_MAX) -> np.ndarray:
+        """Merchants' notifications (``core.notifications.NOTIFICATION_DTYPE``: paid, refunded
+        and closed orders) of the committed log strictly after the cursor ``after`` =
+        ``(sequence, index)``, in log order, at most ``limit``; those of ``merchants`` (ints)
+        only, if given. The last one's ``(sequence, index)`` is the cursor to resume after."""
+        from core import notifications
+
+        self.sink_journal()  # what only the journal holds yet goes into the LMDB log first
+        found, total = [], 0
+        for sequence, value in self._log_raw(max(after[0], 1)):
+            if LOG_HEADER.unpack_from(value, 0)[2] not in notifications.NOTIFYING_OPERATIONS:
+                continue  # (the header says: the body of a transfers' batch is not unpacked)
+            entry = _decode_entry(sequence, value)
+            events = entry.body.view(RECORD_DTYPES[entry.operation])
+            notes = notifications.after(notifications.of_entry(entry, events, EVENT_TIMESTAMPS), *after)
+            paid = np.flatnonzero(notes["kind"] == notifications.NotificationKind.paid)
+            if paid.shape[0]:  # a payment names its order only: the order names its merchant
+                ids = np.zeros(paid.shape[0], dtype=ID_DTYPE)
+                ids["lo"], ids["hi"] = notes["order_id_lo"][paid], notes["order_id_hi"][paid]
+                orders = self._lookup_table("orders", ids)
+                if orders.shape[0] != paid.shape[0]:
+                    raise StoreError(f"log entry {sequence}: a paid order is missing from the orders")
+                notes["merchant_id_lo"][paid], notes["merchant_id_hi"][paid] = (orders["merchant_id_lo"],
+                                                                                 orders["merchant_id_hi"])
+            notes = notifications.of_merchants(notes, merchants)
+            found.append(notes[:limit - total])
+            total += found[-1].shape[0]
+            if total >= limit:
+                break
+        return np.concatenate(found) if found else np.zeros(0, dtype=notifications.NOTIFICATION_DTYPE)
 
     def checkpoint(self) -> None:
         """Write the in-memory state as the new checkpoint now, and wait until it is written.

@@ -1,0 +1,89 @@
+"""Merchant notifications read from the log (docs/products.md "Notifications"): every paid,
+refunded and closed order, in log order, from a cursor.
+
+The log is the source: an entry holds a batch's events and (format 2) which of them failed
+(``core.store.LogEntry.failures``), so the notifications of a batch are its events of
+``pay_orders``, ``close_orders`` and ``refund_orders`` that succeeded, as whole arrays. A
+cursor is ``(sequence, index)``: the log entry and the event in it of the last notification
+processed; reading resumes strictly after it, so a subscriber that keeps its cursor gets every
+notification at least once across disconnects and restarts. Built so far: this reader (the
+store's ``notifications``); the stream over the protocol, expiries and revocations are next.
+
+>>> NOTIFICATION_DTYPE.itemsize
+80
+"""
+
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+
+from core.operations import Operation
+
+#: One notification: where it is in the log (its cursor), what happened, to which order.
+NOTIFICATION_DTYPE = np.dtype([
+    ("sequence", "<u8"), ("index", "<u4"), ("kind", "u1"), ("reserved", "V3"),
+    ("order_id_lo", "<u8"), ("order_id_hi", "<u8"), ("merchant_id_lo", "<u8"), ("merchant_id_hi", "<u8"),
+    ("refund_id_lo", "<u8"), ("refund_id_hi", "<u8"),   # a refund's; 0 otherwise
+    ("amount", "<u8"),                                  # paid or refunded (minor units); 0 for a close
+    ("timestamp", "<u8"),                               # the event's engine time
+])
+
+
+class NotificationKind(enum.IntEnum):
+    paid = 1
+    refunded = 2
+    closed = 3       # by its merchant (an expiry is not an event: next, from the log's expiries)
+
+
+#: The operations that notify, and what of their events (the order, the merchant, the refund,
+#: the amount: a field name, or None when the event does not say).
+_SOURCES = {
+    Operation.pay_orders: (NotificationKind.paid, "order_id", None, None, "amount"),
+    Operation.close_orders: (NotificationKind.closed, "order_id", "merchant_id", None, None),
+    Operation.refund_orders: (NotificationKind.refunded, "order_id", "merchant_id", "id", "amount"),
+}
+NOTIFYING_OPERATIONS = frozenset(_SOURCES)
+
+
+def of_entry(entry, events: np.ndarray, legs_max: int) -> np.ndarray:
+    """The notifications of one log entry (a ``LogEntry`` of a notifying operation, its body
+    viewed as its events), the merchant of a payment left 0 (the caller resolves it)."""
+    kind, order, merchant, refund, amount = _SOURCES[entry.operation]
+    count = events.shape[0]
+    ok = np.ones(count, dtype=bool)
+    if entry.failures is None:
+        raise ValueError(f"log entry {entry.sequence} is of format 1: it does not say which events failed")
+    ok[entry.failures["index"]] = False
+    index = np.flatnonzero(ok)
+    out = np.zeros(index.shape[0], dtype=NOTIFICATION_DTYPE)
+    out["sequence"], out["index"], out["kind"] = entry.sequence, index, kind
+    chosen = events[index]
+    for name, field in (("order_id", order), ("merchant_id", merchant), ("refund_id", refund)):
+        if field is not None:
+            out[f"{name}_lo"], out[f"{name}_hi"] = chosen[f"{field}_lo"], chosen[f"{field}_hi"]
+    if amount is not None:
+        out["amount"] = chosen[amount]
+    # A product batch's event k is at base + k * LEGS_MAX; the entry logs the last timestamp.
+    base = entry.last_timestamp + 1 - count * legs_max
+    out["timestamp"] = base + index.astype(np.uint64) * np.uint64(legs_max)
+    return out
+
+
+def after(notes: np.ndarray, sequence: int, index: int) -> np.ndarray:
+    """The notifications strictly after the cursor ``(sequence, index)``."""
+    keep = (notes["sequence"] > sequence) | ((notes["sequence"] == sequence) & (notes["index"] > index))
+    return notes[keep]
+
+
+def of_merchants(notes: np.ndarray, merchants) -> np.ndarray:
+    """The notifications of these merchants (ints), or all when ``merchants`` is None."""
+    if merchants is None:
+        return notes
+    wanted = np.zeros((len(merchants), 2), dtype="<u8")
+    for row, merchant in enumerate(merchants):
+        wanted[row] = (merchant & 0xFFFFFFFFFFFFFFFF, merchant >> 64)
+    keys = np.zeros((notes.shape[0], 2), dtype="<u8")
+    keys[:, 0], keys[:, 1] = notes["merchant_id_lo"], notes["merchant_id_hi"]
+    return notes[np.isin(keys.view("V16").reshape(-1), wanted.view("V16").reshape(-1))]
