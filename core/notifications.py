@@ -19,6 +19,7 @@ import enum
 
 import numpy as np
 
+from core import id_values
 from core.operations import Operation
 
 #: One notification: where it is in the log (its cursor), what happened, to which order.
@@ -81,9 +82,4 @@ def of_merchants(notes: np.ndarray, merchants) -> np.ndarray:
     """The notifications of these merchants (ints), or all when ``merchants`` is None."""
     if merchants is None:
         return notes
-    wanted = np.zeros((len(merchants), 2), dtype="<u8")
-    for row, merchant in enumerate(merchants):
-        wanted[row] = (merchant & 0xFFFFFFFFFFFFFFFF, merchant >> 64)
-    keys = np.zeros((notes.shape[0], 2), dtype="<u8")
-    keys[:, 0], keys[:, 1] = notes["merchant_id_lo"], notes["merchant_id_hi"]
-    return notes[np.isin(keys.view("V16").reshape(-1), wanted.view("V16").reshape(-1))]
+    return notes[np.isin(id_values.of_field(notes, "merchant_id"), id_values.of_ints(merchants))]

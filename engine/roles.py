@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from core import id_values
 from core.operations import OPERATIONS, Operation
 from core.records import EVENT_FLAG_FORBIDDEN_BIT as EVENT_FLAG_FORBIDDEN
 
@@ -67,10 +68,7 @@ class Role:
             return cls(name, frozenset(OPERATIONS), None)
         if name == "wallet":
             return cls(name, _WALLET, None)
-        ids = np.zeros((len(merchants), 2), dtype="<u8")
-        for row, merchant in enumerate(merchants):
-            ids[row] = (merchant & 0xFFFFFFFFFFFFFFFF, merchant >> 64)
-        return cls(name, _MERCHANT, np.sort(ids.view("V16").reshape(-1)))
+        return cls(name, _MERCHANT, np.sort(id_values.of_ints(merchants)))
 
     @property
     def bound(self) -> bool:
@@ -85,10 +83,7 @@ class Role:
         client's merchants; None when the role is not bound to merchants."""
         if self._merchants is None:
             return None
-        field = MERCHANT_FIELDS[operation]
-        keys = np.zeros((records.shape[0], 2), dtype="<u8")
-        keys[:, 0], keys[:, 1] = records[f"{field}_lo"], records[f"{field}_hi"]
-        keys = keys.view("V16").reshape(-1)
+        keys = id_values.of_field(records, MERCHANT_FIELDS[operation])
         at = np.minimum(np.searchsorted(self._merchants, keys), self._merchants.shape[0] - 1)
         return self._merchants[at] == keys if self._merchants.shape[0] else np.zeros(records.shape[0], dtype=bool)
 

@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 import core
-from core import constants
+from core import constants, id_values
 
 #: Merchants per request (a page of list_merchants, a settle_merchants batch, a lookup).
 PAGE = constants.BATCH_EVENTS_MAX
@@ -61,7 +61,7 @@ def settle(client, window: int) -> dict:
         rows = np.zeros(merchants.shape[0], dtype=ROW_DTYPE)
         rows["result"] = client.settle_merchants(events)
         rows["ledger"] = merchants["ledger"]
-        rows["merchant_id"] = _ids(merchants, "merchant_id")
+        rows["merchant_id"] = id_values.of_field(merchants, "merchant_id")
         _fill_settled(client, rows, window, differences)
         pages.append(rows)
     rows = np.concatenate(pages) if pages else np.zeros(0, dtype=ROW_DTYPE)
@@ -69,13 +69,6 @@ def settle(client, window: int) -> dict:
     return {"window": window, "merchants": int(rows.shape[0]), "rows": rows, "totals": _totals(rows),
             "reconciled": not differences, "differences": differences, "seconds": round(settle_s, 3),
             "merchants_per_s": round(rows.shape[0] / settle_s) if settle_s else 0}
-
-
-def _ids(records: np.ndarray, name: str) -> np.ndarray:
-    """A 128-bit id field (``name_lo``, ``name_hi``) as 16-byte values (little-endian)."""
-    out = np.zeros((records.shape[0], 2), dtype="<u8")
-    out[:, 0], out[:, 1] = records[f"{name}_lo"], records[f"{name}_hi"]
-    return out.view("V16").reshape(-1)
 
 
 def _as_ids(values: np.ndarray) -> np.ndarray:
@@ -97,19 +90,19 @@ def _fill_settled(client, rows: np.ndarray, window: int, differences: list) -> N
     transfers: the amounts into ``rows``, any disagreement into ``differences``."""
     kept = client.lookup_settlements(_as_ids(rows["merchant_id"]))
     kept = kept[kept["window"] == window]
-    at = _positions(rows["merchant_id"], _ids(kept, "merchant_id"))
+    at = _positions(rows["merchant_id"], id_values.of_field(kept, "merchant_id"))
     mine = at >= 0
     kept = kept[at[mine]]
     rows["settled"] = mine
     for field in AMOUNT_FIELDS:
         rows[field][mine] = kept[field]
-    rows["settlement_account_id"][mine] = _ids(kept, "settlement_account_id")
-    rows["transfer_id"][mine] = _ids(kept, "transfer_id")
-    transfer_ids = _ids(kept, "transfer_id")
+    rows["settlement_account_id"][mine] = id_values.of_field(kept, "settlement_account_id")
+    rows["transfer_id"][mine] = id_values.of_field(kept, "transfer_id")
+    transfer_ids = id_values.of_field(kept, "transfer_id")
     with_transfer = kept["net"] > 0
     found = client.lookup_transfers(_as_ids(transfer_ids[with_transfer])) if with_transfer.any() \
         else np.zeros(0, dtype=core.TRANSFER_DTYPE)
-    where = _positions(transfer_ids, _ids(found, "id"))
+    where = _positions(transfer_ids, id_values.of_field(found, "id"))
     moved = np.zeros(kept.shape[0], dtype=np.uint64)
     has = where >= 0
     moved[has] = found["amount"][where[has]]
@@ -117,15 +110,16 @@ def _fill_settled(client, rows: np.ndarray, window: int, differences: list) -> N
     wrong = with_transfer & ~has
     transfers = found[where[has]]
     agrees = ((transfers["amount"] == kept["net"][has].astype(np.uint64))
-              & (_ids(transfers, "debit_account_id") == _ids(kept[has], "merchant_id"))
-              & (_ids(transfers, "credit_account_id") == _ids(kept[has], "settlement_account_id"))
+              & (id_values.of_field(transfers, "debit_account_id") == id_values.of_field(kept[has], "merchant_id"))
+              & (id_values.of_field(transfers, "credit_account_id")
+                 == id_values.of_field(kept[has], "settlement_account_id"))
               & (transfers["code"] == core.TransferCode.order_settlement))
     wrong[np.flatnonzero(has)[~agrees]] = True
     wrong |= ~with_transfer & (moved != 0)
     arithmetic = (kept["paid"].astype(object) - kept["refunded"] - kept["fees"] + kept["fees_returned"]
                   != kept["net"].astype(object))
     for index in np.flatnonzero(wrong | arithmetic.astype(bool)).tolist():
-        differences.append({"merchant_id": _int(_ids(kept[index:index + 1], "merchant_id")[0]),
+        differences.append({"merchant_id": _int(id_values.of_field(kept[index:index + 1], "merchant_id")[0]),
                             "why": "the ledger's transfer differs from the settlement" if wrong[index]
                             else "net is not paid - refunded - fees + fees returned"})
 
