@@ -21,15 +21,8 @@ import numpy as np
 
 from core import id_values
 from core.operations import Operation
+from core.records import NOTIFICATION_DTYPE
 
-#: One notification: where it is in the log (its cursor), what happened, to which order.
-NOTIFICATION_DTYPE = np.dtype([
-    ("sequence", "<u8"), ("index", "<u4"), ("kind", "u1"), ("reserved", "V3"),
-    ("order_id_lo", "<u8"), ("order_id_hi", "<u8"), ("merchant_id_lo", "<u8"), ("merchant_id_hi", "<u8"),
-    ("refund_id_lo", "<u8"), ("refund_id_hi", "<u8"),   # a refund's; 0 otherwise
-    ("amount", "<u8"),                                  # paid or refunded (minor units); 0 for a close
-    ("timestamp", "<u8"),                               # the event's engine time
-])
 
 
 class NotificationKind(enum.IntEnum):

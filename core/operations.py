@@ -24,7 +24,7 @@ import numpy as np
 from core import constants
 from core.records import (
     ACCOUNT_DTYPE, ID_DTYPE, MERCHANT_DTYPE, ORDER_CLOSE_DTYPE, ORDER_CREATE_DTYPE, ORDER_CREATED_DTYPE, ORDER_DTYPE, ORDER_PAY_DTYPE,
-    REFUND_DTYPE, SETTLEMENT_DTYPE, TRANSFER_DTYPE,
+    NOTIFICATION_DTYPE, REFUND_DTYPE, SETTLEMENT_DTYPE, TRANSFER_DTYPE,
 )
 
 #: A create's reply: one ``core.Result`` per event.
@@ -49,6 +49,7 @@ class Operation(enum.IntEnum):
     settle_merchants = 108
     lookup_settlements = 109
     list_merchants = 110
+    subscribe_notifications = 111
     ping = 1000
 
 
@@ -98,6 +99,8 @@ OPERATIONS: dict[Operation, Spec] = {spec.operation: spec for spec in (
     Spec(Operation.settle_merchants, Kind.create, SETTLEMENT_DTYPE, RESULT_DTYPE, "settlement", legs=1),
     Spec(Operation.lookup_settlements, Kind.lookup, ID_DTYPE, SETTLEMENT_DTYPE),
     Spec(Operation.list_merchants, Kind.query, None, MERCHANT_DTYPE),
+    # A query whose request stays open: later pages come as frames with its request id.
+    Spec(Operation.subscribe_notifications, Kind.query, None, NOTIFICATION_DTYPE),
     Spec(Operation.ping, Kind.control, None, None),
 )}
 

@@ -17,6 +17,7 @@ ORDER_CREATED_DTYPE: np.dtype
 MERCHANT_DTYPE: np.dtype
 REFUND_DTYPE: np.dtype
 SETTLEMENT_DTYPE: np.dtype
+NOTIFICATION_DTYPE: np.dtype
 U64_MAX: int
 U128_MAX: int
 

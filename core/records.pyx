@@ -106,6 +106,16 @@ SETTLEMENT_DTYPE = np.dtype([
     ("reserved_b", "V16"), ("timestamp", _U64),
 ])
 
+#: A merchant notification (core/notifications.py): where it is in the log (its cursor), what
+#: happened, to which order; ``subscribe_notifications``' records.
+NOTIFICATION_DTYPE = np.dtype([
+    ("sequence", _U64), ("index", _U32), ("kind", "u1"), ("reserved", "V3"),
+    ("order_id_lo", _U64), ("order_id_hi", _U64), ("merchant_id_lo", _U64), ("merchant_id_hi", _U64),
+    ("refund_id_lo", _U64), ("refund_id_hi", _U64),   # a refund's; 0 otherwise
+    ("amount", _U64),                                 # paid or refunded (minor units); 0 for a close
+    ("timestamp", _U64),                              # the event's engine time
+])
+
 #: A merchant's terms: ``set_merchants``' events and ``lookup_merchants``' records.
 MERCHANT_DTYPE = np.dtype([
     ("merchant_id_lo", _U64), ("merchant_id_hi", _U64),

@@ -38,8 +38,8 @@ import core
 from core.ids import new_id  # noqa: F401 - re-exported: services make their ids with it
 from engine import constants, frame
 from engine.protocol import (
-    CREATE_RECORD_DTYPES, CREATE_REPLY_DTYPES, FILTER_ENCODER, LOOKUP_RECORD_DTYPES, OPERATIONS, AccountTransfersFilter, MerchantsPage,
-    Operation,
+    CREATE_RECORD_DTYPES, CREATE_REPLY_DTYPES, FILTER_ENCODER, LOOKUP_RECORD_DTYPES, OPERATIONS, AccountTransfersFilter,
+    MerchantsPage, NotificationsRequest, Operation,
 )
 
 RECONNECT_ATTEMPTS_DEFAULT = 5
@@ -101,6 +101,8 @@ class Client:
         self._retries = 0          # reconnects since the last good reply
         self._ids = itertools.count(1)
         self._waiting: dict[int, _Request] = {}
+        # Open subscriptions: request id -> the queue their later frames go to.
+        self._streams: dict[int, asyncio.Queue] = {}
         self._transport: asyncio.Transport | None = None
         self._reader: _ReplyReader | None = None
         self._reconnecting: asyncio.Task | None = None
@@ -205,11 +207,48 @@ class Client:
     async def ping(self) -> None:
         await self.request(Operation.ping)
 
-    async def request(self, operation: int, body: bytes | memoryview = b"", event_count: int = 0) -> frame.Frame:
-        """Send one request and wait for its reply (re-sent after a reconnect); raises ServerError."""
+    async def notifications(self, after: tuple[int, int] = (0, 0), merchants=None):
+        """Merchants' notifications (``core.NOTIFICATION_DTYPE`` arrays: paid, refunded and closed
+        orders) in log order, from strictly after the cursor ``after`` = ``(sequence, index)``,
+        then live as they are committed, for ever; after a lost connection or a server restart
+        it reconnects and resumes after the last notification it yielded (at least once: keep
+        the last ``(sequence, index)`` you processed and resume after it). ``merchants``: the
+        merchant accounts wanted (a merchant gateway gets its own only).
+
+        >>> async for notes in client.notifications(after=saved_cursor):
+        ...     handle(notes); saved_cursor = (int(notes["sequence"][-1]), int(notes["index"][-1]))
+        """
+        cursor = after
+        wanted = None if merchants is None else [m if m < 1 << 64 else m.to_bytes(16, "little") for m in merchants]
+        while True:
+            stream: asyncio.Queue = asyncio.Queue()
+            body = FILTER_ENCODER.encode(NotificationsRequest(cursor[0], cursor[1], wanted))
+            try:
+                reply = await self.request(Operation.subscribe_notifications, body, stream=stream)
+                while True:
+                    notes = np.frombuffer(reply.body, dtype=core.NOTIFICATION_DTYPE).copy()
+                    if notes.shape[0]:
+                        cursor = (int(notes["sequence"][-1]), int(notes["index"][-1]))
+                        yield notes
+                    reply = await stream.get()
+                    if isinstance(reply, BaseException):
+                        raise reply
+            except ConnectionError:
+                if self._closed or self.reconnect_attempts == 0:
+                    raise
+                await asyncio.sleep(RECONNECT_BACKOFF_S)  # then resubscribe: request() reconnects
+            finally:
+                self._streams = {k: v for k, v in self._streams.items() if v is not stream}
+
+    async def request(self, operation: int, body: bytes | memoryview = b"", event_count: int = 0, *,
+                      stream: asyncio.Queue | None = None) -> frame.Frame:
+        """Send one request and wait for its reply (re-sent after a reconnect); raises ServerError.
+        With ``stream``, the later frames the server sends under the request's id go to it."""
         if self._closed:
             raise ConnectionError("the client is closed")
         request_id = next(self._ids)
+        if stream is not None:
+            self._streams[request_id] = stream
         if self._transport is None and self.reconnect_attempts == 0 and self._reconnecting is None:
             raise ConnectionError("not connected to the Tally server")
         request = _Request(operation, body, event_count, asyncio.get_running_loop().create_future())
@@ -297,6 +336,10 @@ class Client:
         if item.status in _RETRY:
             return  # the server is going away: the request is re-sent after reconnecting
         request = self._waiting.pop(item.request_id, None)
+        if request is None and item.request_id in self._streams:  # a subscription's next frame
+            self._streams[item.request_id].put_nowait(item if item.status == frame.Status.ok
+                                                      else ServerError(item.status))
+            return
         if request is not None:
             if request.future.done():  # cancelled by its caller meanwhile
                 pass
@@ -312,6 +355,9 @@ class Client:
         if reader is not self._reader:
             return
         self._transport = self._reader = None
+        for stream in self._streams.values():  # each resubscribes from its cursor
+            stream.put_nowait(ConnectionError("connection to the Tally server lost"))
+        self._streams = {}
         if self._closed:
             return
         if not self._waiting or self.reconnect_attempts == 0:

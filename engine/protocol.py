@@ -86,6 +86,35 @@ class MerchantsPage(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
         return None
 
 
+class NotificationsRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Body of ``subscribe_notifications`` (msgpack map): the cursor to resume strictly after
+    (``sequence``, ``index``: those of the last notification processed; 0, 0 from the start)
+    and, optionally, the merchant accounts wanted (ints below 2**64, else 16 bytes little-endian;
+    a merchant gateway gets its own merchants' only)."""
+    sequence: int = 0
+    index: int = 0
+    merchants: list[int | bytes] | None = None
+
+    def merchant_ids(self) -> list[int] | None:
+        if self.merchants is None:
+            return None
+        return [int.from_bytes(m, "little") if isinstance(m, bytes) else m for m in self.merchants]
+
+    def check(self) -> str | None:
+        """Why this request is out of range, or None."""
+        if not (0 <= self.sequence <= _U64_MAX and 0 <= self.index <= 0xFFFFFFFF):
+            return "the cursor's sequence fits 64 bits and its index 32"
+        if self.merchants is not None:
+            if len(self.merchants) > core_constants.BATCH_EVENTS_MAX:
+                return f"at most {core_constants.BATCH_EVENTS_MAX} merchants"
+            if any(isinstance(m, bytes) and len(m) != 16 for m in self.merchants):
+                return "a merchant as bytes is 16 bytes, little-endian"
+            if not all(0 < m < 1 << 128 for m in self.merchant_ids()):
+                return "merchant ids are in 1..2**128 - 1"
+        return None
+
+
 FILTER_ENCODER = msgspec.msgpack.Encoder()
 FILTER_DECODER = msgspec.msgpack.Decoder(AccountTransfersFilter)
 PAGE_DECODER = msgspec.msgpack.Decoder(MerchantsPage)
+NOTIFICATIONS_DECODER = msgspec.msgpack.Decoder(NotificationsRequest)

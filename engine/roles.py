@@ -35,7 +35,8 @@ _WALLET = frozenset({
 })
 _MERCHANT = frozenset({
     Operation.create_orders, Operation.close_orders, Operation.refund_orders, Operation.lookup_orders,
-    Operation.lookup_refunds, Operation.lookup_merchants, Operation.lookup_settlements, Operation.ping,
+    Operation.lookup_refunds, Operation.lookup_merchants, Operation.lookup_settlements,
+    Operation.subscribe_notifications, Operation.ping,
 })
 
 #: Per operation a merchant gateway may run: the field naming the merchant in its events (creates)
@@ -44,7 +45,7 @@ MERCHANT_FIELDS = {
     Operation.create_orders: "merchant_id", Operation.close_orders: "merchant_id",
     Operation.refund_orders: "merchant_id", Operation.lookup_orders: "merchant_id",
     Operation.lookup_refunds: "merchant_id", Operation.lookup_merchants: "merchant_id",
-    Operation.lookup_settlements: "merchant_id",
+    Operation.lookup_settlements: "merchant_id", Operation.subscribe_notifications: "merchant_id",
 }
 if set(MERCHANT_FIELDS) != _MERCHANT - {Operation.ping}:
     raise ImportError("engine.roles: every merchant operation names its merchant field")
@@ -53,12 +54,13 @@ if set(MERCHANT_FIELDS) != _MERCHANT - {Operation.ping}:
 class Role:
     """A client's role: the operations it may run, and for a merchant gateway its merchants."""
 
-    __slots__ = ("name", "operations", "_merchants")
+    __slots__ = ("name", "operations", "merchant_ids", "_merchants")
 
-    def __init__(self, name: str, operations: frozenset, merchants: np.ndarray | None):
+    def __init__(self, name: str, operations: frozenset, merchant_ids: list[int] | None):
         self.name = name
         self.operations = operations
-        self._merchants = merchants  # sorted 16-byte ids (V16), or None: any merchant
+        self.merchant_ids = merchant_ids  # None: any merchant
+        self._merchants = None if merchant_ids is None else np.sort(id_values.of_ints(merchant_ids))
 
     @classmethod
     def of(cls, name: str, merchants=()) -> "Role":
@@ -68,12 +70,18 @@ class Role:
             return cls(name, frozenset(OPERATIONS), None)
         if name == "wallet":
             return cls(name, _WALLET, None)
-        return cls(name, _MERCHANT, np.sort(id_values.of_ints(merchants)))
+        return cls(name, _MERCHANT, list(merchants))
 
     @property
     def bound(self) -> bool:
         """Whether the role acts for a set of merchants only."""
         return self._merchants is not None
+
+    def merchants_wanted(self, wanted: list[int] | None) -> list[int] | None:
+        """The merchants a request of this client may name of those it asks for (None: all)."""
+        if self.merchant_ids is None:
+            return wanted
+        return self.merchant_ids if wanted is None else sorted(set(wanted) & set(self.merchant_ids))
 
     def allows(self, operation: int) -> bool:
         return operation in self.operations

@@ -43,9 +43,11 @@ from engine import constants, frame, wire
 from engine.metrics import RequestMetrics
 from engine.roles import ADMIN, MERCHANT_FIELDS
 from core import constants as core_constants
+from core.notifications import NOTIFYING_OPERATIONS
 from core import operations
 from engine.protocol import (
-    CREATE_RECORD_DTYPES, FILTER_DECODER, PAGE_DECODER, ID_BYTES, LOOKUP_RECORD_DTYPES, OPERATIONS, Operation,
+    CREATE_RECORD_DTYPES, FILTER_DECODER, NOTIFICATIONS_DECODER, PAGE_DECODER, ID_BYTES, LOOKUP_RECORD_DTYPES,
+    OPERATIONS, Operation,
 )
 
 _NO_BODY = memoryview(b"")
@@ -53,6 +55,8 @@ SPARE_BUFFERS_MAX = 4  # full-size batch buffers kept for reuse
 #: While a pending timeout is ahead, the server looks at the engine clock at least this often (it
 #: waits until the soonest one is due, and never longer than this, whatever the clock).
 PULSE_WAIT_MAX_S = 1.0
+#: Notifications per frame of a subscription (the reply of a query holds at most this many records).
+NOTIFICATIONS_PAGE = core_constants.ACCOUNT_TRANSFERS_LIMIT_MAX
 #: Offset of the low byte of ``flags`` in each create operation's record, and the linked bit.
 #: (Only the ledger's records link: a product event is atomic by itself.)
 _FLAGS_OFFSET = {operation: dtype.fields["flags"][1] for operation, dtype in CREATE_RECORD_DTYPES.items()
@@ -165,6 +169,7 @@ class Connection(asyncio.BufferedProtocol):
             self._stall_timer.cancel()
             self._stall_timer = None
         self.update_reading()
+        self.server.connection_writable(self)
 
     # -- the server's side
 
@@ -322,6 +327,19 @@ class _Stage:
         return np.frombuffer(self.buffer, dtype=CREATE_RECORD_DTYPES[self.operation], count=self.events)
 
 
+class _Subscription:
+    """A ``subscribe_notifications`` request that stays open: its connection gets a frame of its
+    next notifications (those after ``cursor``) whenever a run has committed some."""
+
+    __slots__ = ("connection", "request_id", "client_id", "cursor", "merchants")
+
+    def __init__(self, connection, request_id: int, client_id: int, cursor: tuple[int, int], merchants):
+        self.connection = connection
+        self.request_id, self.client_id = request_id, client_id
+        self.cursor = cursor
+        self.merchants = merchants
+
+
 class Server:
     """Serves a ``core.Store`` to authenticated clients (``secrets``: client id -> secret bytes),
     each in its role (``roles``: client id -> ``engine.roles.Role``; admin when not given).
@@ -336,6 +354,7 @@ class Server:
         self.store = store
         self.secrets = secrets
         self.roles = roles or {}
+        self._subscriptions: list[_Subscription] = []
         self.checker = frame.Checker(secrets, set(OPERATIONS), set(CREATE_RECORD_DTYPES))
         self._sealer = wire.ReplySealer(secrets)
         self.connections: set[Connection] = set()
@@ -395,6 +414,12 @@ class Server:
     def connection_closed(self, connection: Connection) -> None:
         self.connections.discard(connection)
         self.paused.discard(connection)
+        self._subscriptions = [s for s in self._subscriptions if s.connection is not connection]
+
+    def connection_writable(self, connection: Connection) -> None:
+        """A subscriber's connection takes writes again: its notifications may go on."""
+        if any(s.connection is connection for s in self._subscriptions):
+            self._loop.call_soon(self._push_notifications)
 
     def accept(self, connection: Connection, item, nbytes: int) -> None:
         """Queue one checked frame (or frame error) from ``connection``."""
@@ -503,6 +528,8 @@ class Server:
         if failure is not None:
             self._fail_server(failure, list(stages)[len(ran):])
             return
+        if self._subscriptions and any(stage.operation in NOTIFYING_OPERATIONS for stage, _ in ran):
+            self._push_notifications()
         self._arm_pulse()
 
     def _arm_pulse(self) -> None:
@@ -560,7 +587,7 @@ class Server:
     def _run_ordered(self, stage: _Stage) -> list[tuple]:
         """(status, body, event_count) for each request of an ordered stage, read as applied."""
         replies = []
-        for _, operation, _, client_id, _, _, _, payload in stage.requests:
+        for connection, operation, request_id, client_id, _, _, _, payload in stage.requests:
             if operation == 0:  # a frame error: payload is its status
                 replies.append((payload, _NO_BODY, 0))
             elif operation == Operation.ping or operation in CREATE_RECORD_DTYPES:  # a create of no events
@@ -588,9 +615,52 @@ class Server:
                 replies.append((frame.Status.ok, memoryview(found).cast("B"), len(found)))
             elif operation == Operation.list_merchants:
                 replies.append(self._merchants_page(payload))
+            elif operation == Operation.subscribe_notifications:
+                replies.append(self._subscribe(connection, request_id, client_id, payload))
             else:  # get_account_transfers
                 replies.append(self._account_transfers(payload))
         return replies
+
+    def _subscribe(self, connection, request_id: int, client_id: int, payload: bytes) -> tuple:
+        """Answer with the first page of notifications after the request's cursor (those
+        committed by now) and keep the request open: later pages follow as they commit."""
+        subscription = None
+
+        def first_page(request):
+            nonlocal subscription
+            merchants = self.roles.get(client_id, ADMIN).merchants_wanted(request.merchant_ids())
+            subscription = _Subscription(connection, request_id, client_id, (request.sequence, request.index),
+                                         merchants)
+            return self._next_notifications(subscription)
+
+        reply = self._query(NOTIFICATIONS_DECODER, payload, first_page)
+        if subscription is not None:
+            self._subscriptions.append(subscription)
+        return reply
+
+    def _next_notifications(self, subscription: _Subscription) -> np.ndarray:
+        """A subscriber's next page, its cursor moved past it."""
+        notes = self.store.notifications(subscription.cursor, merchants=subscription.merchants,
+                                         limit=NOTIFICATIONS_PAGE)
+        if notes.shape[0]:
+            subscription.cursor = (int(notes["sequence"][-1]), int(notes["index"][-1]))
+        return notes
+
+    def _push_notifications(self) -> None:
+        """Send each subscriber whose connection takes writes its next page, if any (a full page:
+        another pass soon, so that a catch-up does not hold the loop)."""
+        more = False
+        for subscription in list(self._subscriptions):
+            connection = subscription.connection
+            if connection.transport is None or connection._writing_paused:
+                continue
+            notes = self._next_notifications(subscription)
+            if notes.shape[0]:
+                connection.reply(Operation.subscribe_notifications, subscription.request_id,
+                                 subscription.client_id, memoryview(notes).cast("B"), notes.shape[0])
+                more = more or notes.shape[0] == NOTIFICATIONS_PAGE
+        if more:
+            self._loop.call_soon(self._push_notifications)
 
     def _merchants_page(self, payload: bytes) -> tuple:
         return self._query(PAGE_DECODER, payload, lambda page: self.store.list_merchants(

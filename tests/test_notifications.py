@@ -108,3 +108,169 @@ def test_a_batch_of_payments_notifies_its_ok_events_with_their_times(tmp_path):
         assert notes["index"].tolist() == [0, 1, 3, 4] and (notes["merchant_id_lo"] == 7).all()
         assert np.diff(notes["timestamp"].astype(np.int64)).tolist() == [4, 8, 4]  # LEGS_MAX apart
         assert seen(store.notifications((int(notes["sequence"][1]), 1))) == seen(notes[2:])
+
+
+# ----------------------------------------------------------------------------- over the protocol
+
+
+def test_a_subscriber_gets_the_history_then_live_ones_and_resumes_after_a_restart(tmp_path):
+    import asyncio
+
+    from engine.client import Client
+    from engine.roles import Role
+    from engine.server import Server
+
+    secrets = {1: b"admin-service-secret", 3: b"merchant-gateway-secret"}
+    roles = {1: Role.of("admin"), 3: Role.of("merchant", merchants=[8])}
+
+    def sale(n, merchant):
+        oid = order_id(merchant, b"N%d" % n)
+        creates = order_creates([{"merchant_id": merchant, "out_trade_no": b"N%d" % n, "amount": 100 + n,
+                                  "ledger": CNY}])
+        pays = order_pays([{"order_id": oid, "payer_id": 2, "amount": 100 + n, "ledger": CNY,
+                            "token": token_of(SECRET, oid)}])
+        return oid, creates, pays
+
+    async def serve(path, until):
+        store = open_store(path)
+        server = Server(store, secrets, roles)
+        try:
+            port = await server.start("127.0.0.1", 0)
+            return await until(store, port)
+        finally:
+            await server.close()
+            store.close()
+
+    async def first_life(store, port):
+        set_up(store)
+        admin = await Client.connect("127.0.0.1", port, client_id=1, secret=secrets[1])
+        gateway = await Client.connect("127.0.0.1", port, client_id=3, secret=secrets[3])
+        paid = []
+        for n in range(3):  # history, before anyone subscribes
+            oid, creates, pays = sale(n, 7 + n % 2)
+            assert (await admin.create_orders(creates))["result"][0] == 0 and not (await admin.pay_orders(pays)).any()
+            paid.append(oid)
+        everything, mine = admin.notifications(), gateway.notifications()
+        got = [await anext(everything)]  # the history: one page
+        assert [int(n["order_id_lo"]) | int(n["order_id_hi"]) << 64 for n in got[0]] == paid
+        seen_by_gateway = await anext(mine)
+        assert (seen_by_gateway["merchant_id_lo"] == 8).all() and seen_by_gateway.shape[0] == 1
+        for n in range(3, 6):  # live: each committed payment comes as a frame
+            oid, creates, pays = sale(n, 7)
+            assert (await admin.create_orders(creates))["result"][0] == 0 and not (await admin.pay_orders(pays)).any()
+            paid.append(oid)
+            got.append(await asyncio.wait_for(anext(everything), 5))
+        notes = np.concatenate(got)
+        assert [int(n["order_id_lo"]) | int(n["order_id_hi"]) << 64 for n in notes] == paid
+        await everything.aclose()
+        await mine.aclose()
+        admin.close()
+        gateway.close()
+        return paid, (int(notes["sequence"][2]), int(notes["index"][2]))
+
+    paid, cursor = asyncio.run(serve(tmp_path / "s", first_life))
+
+    async def second_life(store, port):  # the server restarted: resume after a saved cursor
+        admin = await Client.connect("127.0.0.1", port, client_id=1, secret=secrets[1])
+        resumed = await anext(admin.notifications(after=cursor))
+        admin.close()
+        return [int(n["order_id_lo"]) | int(n["order_id_hi"]) << 64 for n in resumed]
+
+    assert asyncio.run(serve(tmp_path / "s", second_life)) == paid[3:]
+
+
+def test_across_a_kill_9_every_committed_payment_is_notified_at_least_once_and_no_other(tmp_path):
+    """A server process is killed (SIGKILL) while payments stream in and a subscriber reads;
+    restarted on the same data, the subscriber resumes after its last cursor. What it got in
+    all is every payment the log committed (at least once), and nothing the log does not hold."""
+    import asyncio
+    import secrets as secrets_module
+
+    from engine.client import Client
+    from tally import local_server
+
+    secret = secrets_module.token_bytes(32)
+    base = str(tmp_path / "srv")
+
+    def ids(notes):
+        return {(int(n["sequence"]), int(n["index"])): int(n["order_id_lo"]) | int(n["order_id_hi"]) << 64
+                for n in notes}
+
+    async def pay_until_killed(client, process):
+        number = 0
+        while True:
+            batch = [{"merchant_id": 7, "out_trade_no": b"K%d" % (number + k), "amount": 100, "ledger": CNY}
+                     for k in range(50)]
+            number += 50
+            try:
+                created = await client.create_orders(order_creates(batch))
+                oids = [order_id(7, row["out_trade_no"]) for row in batch]
+                await client.pay_orders(order_pays([{"order_id": oid, "payer_id": 2, "amount": 100, "ledger": CNY,
+                                                     "token": bytes(token)} for oid, token in
+                                                    zip(oids, created["token"])]))
+            except (ConnectionError, OSError):
+                return
+            if number == 1_000:
+                process.kill()  # kill -9, mid-stream
+
+    async def first_life(port, process):
+        payer = await Client.connect("127.0.0.1", port, client_id=1, secret=secret, reconnect_attempts=0)
+        subscriber = await Client.connect("127.0.0.1", port, client_id=1, secret=secret, reconnect_attempts=0)
+        accounts = core.accounts_from_dicts(ACCOUNTS)
+        assert not (await payer.create_accounts(accounts)).any()
+        fund = core.transfers_from_dicts([{"id": 500, "debit_account_id": 1, "credit_account_id": 2,
+                                           "amount": 10**12, "ledger": CNY, "code": 4}])
+        assert not (await payer.create_transfers(fund)).any()
+        got = []
+
+        async def read():
+            try:
+                async for notes in subscriber.notifications():
+                    got.append(notes)
+            except (ConnectionError, OSError):
+                return
+
+        reader = asyncio.ensure_future(read())
+        await pay_until_killed(payer, process)
+        await asyncio.wait_for(reader, 10)
+        return got
+
+    process, port = local_server.start(base, secret=secret, accounts_max=64)
+    try:
+        got = asyncio.run(first_life(port, process))
+    finally:
+        process.kill()
+        process.wait()
+    received = {}
+    for notes in got:
+        received.update(ids(notes))
+    cursor = max(received) if received else (0, 0)
+
+    async def second_life(port):
+        client = await Client.connect("127.0.0.1", port, client_id=1, secret=secret)
+        resumed, everything = [], []
+        stream = client.notifications(after=cursor)
+        resumed.append(await asyncio.wait_for(anext(stream), 5))
+        await stream.aclose()
+        stream = client.notifications()  # the truth: every committed payment, from the start
+        while sum(n.shape[0] for n in everything) < 10**6:
+            try:
+                everything.append(await asyncio.wait_for(anext(stream), 1))
+            except asyncio.TimeoutError:
+                break
+        await stream.aclose()
+        client.close()
+        return resumed, everything
+
+    process, port = local_server.start(base, secret=secret, accounts_max=64)
+    try:
+        resumed, everything = asyncio.run(second_life(port))
+    finally:
+        assert local_server.stop(process) == 0
+    truth = {}
+    for notes in everything:
+        truth.update(ids(notes))
+    for notes in resumed:
+        received.update(ids(notes))
+    assert len(truth) >= 500  # most of the payments were committed before the kill
+    assert received == truth  # every committed one (at least once), none that was not
