@@ -25,8 +25,13 @@ closed loop, after one second of warm-up of each:
    100,000 merchants' closed day over the protocol, against a server on a thread of this process
    whose store's clock is set past the day's end (``tally.bench_settle`` says why and how).
 
-The other keys of the issue (``payment_code_per_s``, ``notification_per_s``) come with their
-products; until then they are absent, not zero.
+5. ``notification_per_s``: a subscriber (``subscribe_notifications``, its own connection) reads
+   every notification from the log's start (phases 2 and 3's payments and refunds, then the
+   new ones) while QR payments run for ``seconds``: notifications it received per second of
+   that phase; ``notifications_left_after_1s``: what it still lacked a second after the load
+   stopped (0: it kept up); ``qr_pay_per_s_with_subscriber``: the payments meanwhile.
+
+``payment_code_per_s`` comes with payment codes; until then it is absent, not zero.
 Both processes share the machine's cores; their CPU seconds per phase are reported.
 """
 
@@ -190,10 +195,47 @@ async def _drive(port: int, secret: bytes, *, accounts: int, connections: int, d
         await asyncio.sleep(settle_s)
         say(f"refunds (each paid order refunded in full): the same, {seconds:g} s")
         refunds = await _phase(clients, depth, seconds, server_pid, refund)
+        say(f"notifications: a subscriber from the log's start while QR payments go on, {seconds:g} s")
+        notifications = await _notifications_phase(port, secret, clients, depth, seconds, server_pid, qr_payment)
     finally:
         for client in clients:
             client.close()
-    return {"transfers": transfers, "qr": qr, "refunds": refunds}
+    return {"transfers": transfers, "qr": qr, "refunds": refunds, "notifications": notifications}
+
+
+async def _notifications_phase(port, secret, clients, depth, seconds, server_pid, qr_payment) -> dict:
+    """A subscriber (its own connection) reads every notification from the log's start (the
+    earlier phases' payments and refunds, then the new ones) while QR payments run: the
+    notifications it got per second of the phase, and whether it had caught up a second after."""
+    from engine.client import Client
+
+    subscriber = await Client.connect("127.0.0.1", port, client_id=1, secret=secret)
+    loop = asyncio.get_running_loop()
+    received, last_cursor = [0], [(0, 0)]
+
+    async def read():
+        async for notes in subscriber.notifications():
+            received[0] += notes.shape[0]
+            last_cursor[0] = (int(notes["sequence"][-1]), int(notes["index"][-1]))
+
+    reader = asyncio.ensure_future(read())
+    started = loop.time()
+    load = await _phase(clients, depth, seconds, server_pid, qr_payment, warmup_s=0.0)
+    during = received[0]
+    elapsed_s = loop.time() - started
+    await asyncio.sleep(1.0)
+    reader.cancel()
+    subscriber.close()
+    # Caught up: nothing committed is left after its cursor (an admin's one-page read says so).
+    checker = clients[0]
+    more = checker.notifications(after=last_cursor[0])
+    try:
+        left = (await asyncio.wait_for(anext(more), 2.0)).shape[0]
+    except asyncio.TimeoutError:
+        left = 0
+    await more.aclose()
+    return {"per_s": during / elapsed_s, "received": received[0], "left_after_1s": left,
+            "qr_per_s_meanwhile": load["per_s"]}
 
 
 def _merged(phases: list[dict]) -> dict:
@@ -252,6 +294,9 @@ def run(seconds: float = 5.0, connections: int = 4, depth: int = 2, accounts: in
         "qr_pay_per_s": round(qr["per_s"]),
         "ratio_to_transfers": round(qr["per_s"] / transfers["per_s"], 3) if transfers["per_s"] else None,
         "refund_per_s": round(refunds["per_s"]),
+        "notification_per_s": round(driven["notifications"]["per_s"]),
+        "notifications_left_after_1s": driven["notifications"]["left_after_1s"],
+        "qr_pay_per_s_with_subscriber": round(driven["notifications"]["qr_per_s_meanwhile"]),
         **settled,
         "failed_events": transfers["failed"] + qr["failed"] + refunds["failed"],
         "cpu_s": {name: {"server": round(phase["server_cpu_s"], 2), "client": round(phase["client_cpu_s"], 2)}
@@ -271,6 +316,8 @@ def summary(result: dict) -> str:
         f"  transfers (create_transfers)      {result['transfers_per_s']:>12,}/s",
         f"  QR payments (create + pay orders) {result['qr_pay_per_s']:>12,}/s   ratio {result['ratio_to_transfers']}",
         f"  refunds (refund_orders, in full)  {result['refund_per_s']:>12,}/s",
+        f"  notifications to a subscriber     {result['notification_per_s']:>12,}/s   (QR payments meanwhile "
+        f"{result['qr_pay_per_s_with_subscriber']:,}/s; left 1 s after: {result['notifications_left_after_1s']})",
         f"  settlement (tally settle)         {result['settle_merchants_per_s']:>12,} merchants/s   "
         f"{result['settle_merchants']:,} in {result['settle_s']} s, reconciled: {result['settle_reconciled']}",
         f"  CPU s (server/client): transfers {result['cpu_s']['transfers']['server']}/{result['cpu_s']['transfers']['client']}, "

@@ -66,6 +66,7 @@ def test_bench_products_pays_qr_orders_end_to_end(tmp_path):
     assert result["transfers_per_s"] > 0 and result["qr_pay_per_s"] > 0 and result["ratio_to_transfers"] > 0
     assert result["refund_per_s"] > 0
     assert result["settle_merchants"] == result["settle_moved"] == 2_000 and result["settle_reconciled"]
+    assert result["notification_per_s"] > 0 and result["notifications_left_after_1s"] == 0
     assert result["failed_events"] == 0  # every order created and paid once
     assert result["server_exit_code"] == 0
     assert "QR payments" in bench_products.summary(result)
