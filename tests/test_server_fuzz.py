@@ -55,8 +55,9 @@ import core
 from engine import constants, frame
 from engine.client import BlockingClient
 from engine.frame import HEADER, FrameError, Status
+from core.machine import Machine
 from engine.protocol import (
-    CREATE_RECORD_DTYPES, FILTER_DECODER, FILTER_ENCODER, ID_BYTES, LOOKUP_RECORD_DTYPES, OPERATIONS,
+    CREATE_RECORD_DTYPES, FILTER_DECODER, FILTER_ENCODER, ID_BYTES, LOOKUP_RECORD_DTYPES, OPERATIONS, PAGE_DECODER,
     AccountTransfersFilter, Operation,
 )
 from engine.server import Server
@@ -363,15 +364,18 @@ ANY = object()  # a reply body that is not predicted
 
 
 def record_ids(body, dtype) -> tuple:
-    records = np.frombuffer(body, dtype=dtype)
-    return tuple(zip(records["id_lo"].tolist(), records["id_hi"].tolist()))
+    """The key of each record of a reply (its first 16 bytes: an id, or a merchant's account)."""
+    words = np.frombuffer(bytes(body), dtype=np.uint8).reshape(-1, dtype.itemsize)[:, :16].copy().view("<u8")
+    return tuple(zip(words[:, 0].tolist(), words[:, 1].tolist()))
 
 
 class Mirror:
-    """The ledger as the documented protocol says it must be: valid frames applied in order."""
+    """The state machine as the documented protocol says it must be: valid frames applied in
+    order, whatever their operation (a mutated frame re-signed may be of any of them)."""
 
-    def __init__(self):
-        self.ledger = core.Ledger(accounts_max=ACCOUNTS_MAX, transfers_hot_max=TRANSFERS_MAX)
+    def __init__(self, secret: bytes):
+        self.machine = Machine(accounts_max=ACCOUNTS_MAX, transfers_hot_max=TRANSFERS_MAX, secret=secret)
+        self.ledger = self.machine.ledger
         self.now = time.time_ns()
 
     def _now(self) -> int:
@@ -379,8 +383,8 @@ class Mirror:
         return self.now
 
     def create(self, operation: int, body) -> np.ndarray:
-        apply = self.ledger.create_accounts if operation == Operation.create_accounts else self.ledger.create_transfers
-        return apply(bytes(body), self._now())
+        return self.machine.apply(operation, np.frombuffer(bytes(body), dtype=CREATE_RECORD_DTYPES[operation]),
+                                  self._now())
 
     def expect(self, item) -> tuple:
         """(operation, request_id, client_id, status, event_count, body key) of the reply to ``item``."""
@@ -396,10 +400,22 @@ class Mirror:
             if len(item.body) % ID_BYTES or len(item.body) // ID_BYTES > constants.EVENTS_PER_REQUEST_MAX:
                 return (*head, Status.bad_record_size, 0, b"")
             ids = np.frombuffer(bytes(item.body), dtype=core.ID_DTYPE)
-            lookup = (self.ledger.lookup_accounts if item.operation == Operation.lookup_accounts
-                      else self.ledger.lookup_transfers)
-            found = lookup(ids)
+            found = {Operation.lookup_accounts: self.ledger.lookup_accounts,
+                     Operation.lookup_transfers: self.ledger.lookup_transfers,
+                     Operation.lookup_orders: self.machine.lookup_orders,
+                     Operation.lookup_merchants: self.machine.lookup_merchants,
+                     Operation.lookup_refunds: self.machine.lookup_refunds,
+                     Operation.lookup_settlements: self.machine.lookup_settlements}[item.operation](ids)
             return (*head, Status.ok, len(found), record_ids(found, LOOKUP_RECORD_DTYPES[item.operation]))
+        if item.operation == Operation.list_merchants:
+            try:
+                page = PAGE_DECODER.decode(bytes(item.body))
+            except Exception:
+                return (*head, Status.bad_body, 0, b"")
+            if page.check() is not None:
+                return (*head, Status.bad_body, 0, b"")
+            found = self.machine.list_merchants(page.offset, page.limit)
+            return (*head, Status.ok, len(found), record_ids(found, core.MERCHANT_DTYPE))
         assert item.operation == Operation.get_account_transfers
         try:
             query = FILTER_DECODER.decode(bytes(item.body))
@@ -419,6 +435,8 @@ def reply_key(reply: frame.Frame) -> tuple:
     body = bytes(reply.body)
     if reply.status == Status.ok and reply.operation in LOOKUP_RECORD_DTYPES:
         body = record_ids(body, LOOKUP_RECORD_DTYPES[reply.operation])
+    elif reply.status == Status.ok and reply.operation == Operation.list_merchants:
+        body = record_ids(body, core.MERCHANT_DTYPE)
     elif reply.status == Status.ok and reply.operation == Operation.get_account_transfers:
         body = record_ids(body, core.TRANSFER_DTYPE)
     return reply.operation, reply.request_id, reply.client_id, reply.status, reply.event_count, body
@@ -521,7 +539,7 @@ def assert_ledger_invariants(accounts: np.ndarray) -> None:
 
 def fuzz(data_dir: str, max_examples: int) -> None:
     live = LiveServer(data_dir)
-    mirror = Mirror()
+    mirror = Mirror(live.store.secret)
     try:
         for rows, create in ((SETUP_ACCOUNTS, live.good.create_accounts),
                              (SETUP_TRANSFERS, live.good.create_transfers)):
