@@ -841,23 +841,40 @@ class Store:
             if LOG_HEADER.unpack_from(value, 0)[2] not in notifications.NOTIFYING_OPERATIONS:
                 continue  # (the header says: the body of a transfers' batch is not unpacked)
             entry = _decode_entry(sequence, value)
-            events = entry.body.view(RECORD_DTYPES[entry.operation])
-            notes = notifications.after(notifications.of_entry(entry, events, EVENT_TIMESTAMPS), *after)
-            paid = np.flatnonzero(notes["kind"] == notifications.NotificationKind.paid)
-            if paid.shape[0]:  # a payment names its order only: the order names its merchant
-                ids = np.zeros(paid.shape[0], dtype=ID_DTYPE)
-                ids["lo"], ids["hi"] = notes["order_id_lo"][paid], notes["order_id_hi"][paid]
-                orders = self._lookup_table("orders", ids)
-                if orders.shape[0] != paid.shape[0]:
-                    raise StoreError(f"log entry {sequence}: a paid order is missing from the orders")
-                notes["merchant_id_lo"][paid], notes["merchant_id_hi"][paid] = (orders["merchant_id_lo"],
-                                                                                 orders["merchant_id_hi"])
+            notes = notifications.after(self._notes_of(entry, entry.body.view(RECORD_DTYPES[entry.operation])), *after)
             notes = notifications.of_merchants(notes, merchants)
             found.append(notes[:limit - total])
             total += found[-1].shape[0]
             if total >= limit:
                 break
         return np.concatenate(found) if found else np.zeros(0, dtype=notifications.NOTIFICATION_DTYPE)
+
+    def notifications_of_batch(self, sequence: int, operation: int, events: np.ndarray, results: np.ndarray,
+                               last_timestamp: int) -> np.ndarray:
+        """The notifications of a batch just committed, from what its submitter holds (its
+        events, results, sequence and the ledger's last timestamp after it): the same records
+        ``notifications`` reads from its log entry, with no read of the log."""
+        from core import notifications
+
+        if operation not in notifications.NOTIFYING_OPERATIONS:
+            return np.zeros(0, dtype=notifications.NOTIFICATION_DTYPE)
+        return self._notes_of(LogEntry(sequence, operation, 0, last_timestamp, None, _failures(results)), events)
+
+    def _notes_of(self, entry: LogEntry, events: np.ndarray) -> np.ndarray:
+        """A notifying batch's notifications, a payment's merchant resolved through its order."""
+        from core import notifications
+
+        notes = notifications.of_entry(entry, events, EVENT_TIMESTAMPS)
+        paid = np.flatnonzero(notes["kind"] == notifications.NotificationKind.paid)
+        if paid.shape[0]:  # a payment names its order only: the order names its merchant
+            ids = np.zeros(paid.shape[0], dtype=ID_DTYPE)
+            ids["lo"], ids["hi"] = notes["order_id_lo"][paid], notes["order_id_hi"][paid]
+            orders = self._lookup_table("orders", ids)
+            if orders.shape[0] != paid.shape[0]:
+                raise StoreError(f"batch {entry.sequence}: a paid order is missing from the orders")
+            notes["merchant_id_lo"][paid], notes["merchant_id_hi"][paid] = (orders["merchant_id_lo"],
+                                                                             orders["merchant_id_hi"])
+        return notes
 
     def checkpoint(self) -> None:
         """Write the in-memory state as the new checkpoint now, and wait until it is written.

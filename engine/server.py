@@ -43,6 +43,7 @@ from engine import constants, frame, wire
 from engine.metrics import RequestMetrics
 from engine.roles import ADMIN, MERCHANT_FIELDS
 from core import constants as core_constants
+from core import notifications
 from core.notifications import NOTIFYING_OPERATIONS
 from core import operations
 from engine.protocol import (
@@ -331,13 +332,16 @@ class _Subscription:
     """A ``subscribe_notifications`` request that stays open: its connection gets a frame of its
     next notifications (those after ``cursor``) whenever a run has committed some."""
 
-    __slots__ = ("connection", "request_id", "client_id", "cursor", "merchants")
+    __slots__ = ("connection", "request_id", "client_id", "cursor", "merchants", "live")
 
     def __init__(self, connection, request_id: int, client_id: int, cursor: tuple[int, int], merchants):
         self.connection = connection
         self.request_id, self.client_id = request_id, client_id
         self.cursor = cursor
         self.merchants = merchants
+        # Caught up with the log: its next notifications come from the batches the server
+        # commits (no read of the log); until then, and after a pause, a page of the log per pass.
+        self.live = False
 
 
 class Server:
@@ -495,6 +499,7 @@ class Server:
         if not stages:
             return
         ran: list[tuple[_Stage, object]] = []  # (stage, results or the ordered stage's replies)
+        notifying = []  # (pending, operation, events, last timestamp) of batches that notify, for subscribers
         failure: Exception | None = None
         try:
             if self._failed:
@@ -505,6 +510,9 @@ class Server:
                     ran.append((stage, self._run_ordered(stage)))
                 else:
                     pending = self.store.stage(stage.operation, stage.records())
+                    if self._subscriptions and stage.operation in NOTIFYING_OPERATIONS:
+                        notifying.append((pending, stage.operation, stage.records().copy(),
+                                          self.store.ledger.last_timestamp))
                     self._recycle(stage)
                     self.batches += 1
                     self.events += stage.events
@@ -528,8 +536,10 @@ class Server:
         if failure is not None:
             self._fail_server(failure, list(stages)[len(ran):])
             return
-        if self._subscriptions and any(stage.operation in NOTIFYING_OPERATIONS for stage, _ in ran):
-            self._push_notifications()
+        if self._subscriptions and (notifying or not all(s.live for s in self._subscriptions)):
+            self._push_notifications([self.store.notifications_of_batch(pending.sequence, operation, events,
+                                                                        pending.result(), last_timestamp)
+                                      for pending, operation, events, last_timestamp in notifying])
         self._arm_pulse()
 
     def _arm_pulse(self) -> None:
@@ -631,7 +641,9 @@ class Server:
             merchants = self.roles.get(client_id, ADMIN).merchants_wanted(request.merchant_ids())
             subscription = _Subscription(connection, request_id, client_id, (request.sequence, request.index),
                                          merchants)
-            return self._next_notifications(subscription)
+            notes = self._next_notifications(subscription)
+            subscription.live = notes.shape[0] < NOTIFICATIONS_PAGE  # (the log read took every commit so far)
+            return notes
 
         reply = self._query(NOTIFICATIONS_DECODER, payload, first_page)
         if subscription is not None:
@@ -646,19 +658,32 @@ class Server:
             subscription.cursor = (int(notes["sequence"][-1]), int(notes["index"][-1]))
         return notes
 
-    def _push_notifications(self) -> None:
-        """Send each subscriber whose connection takes writes its next page, if any (a full page:
-        another pass soon, so that a catch-up does not hold the loop)."""
+    def _push_notifications(self, committed: list[np.ndarray] = ()) -> None:
+        """Send each subscriber whose connection takes writes its next notifications: a live one
+        those of the batches just ``committed`` (in memory), one catching up a page of the log
+        (a full page: another pass soon, so that a catch-up does not hold the loop)."""
         more = False
+        fresh = np.concatenate(committed) if committed else None
         for subscription in list(self._subscriptions):
             connection = subscription.connection
             if connection.transport is None or connection._writing_paused:
+                subscription.live = False  # what it misses meanwhile is read from the log later
                 continue
-            notes = self._next_notifications(subscription)
-            if notes.shape[0]:
+            if subscription.live:
+                if fresh is None:
+                    continue
+                notes = notifications.after(notifications.of_merchants(fresh, subscription.merchants),
+                                            *subscription.cursor)
+                if notes.shape[0]:
+                    subscription.cursor = (int(notes["sequence"][-1]), int(notes["index"][-1]))
+            else:  # the log, from its cursor (this run's batches included: they are committed)
+                notes = self._next_notifications(subscription)
+                subscription.live = notes.shape[0] < NOTIFICATIONS_PAGE
+                more = more or not subscription.live
+            for first in range(0, notes.shape[0], NOTIFICATIONS_PAGE):
+                page = notes[first:first + NOTIFICATIONS_PAGE]
                 connection.reply(Operation.subscribe_notifications, subscription.request_id,
-                                 subscription.client_id, memoryview(notes).cast("B"), notes.shape[0])
-                more = more or notes.shape[0] == NOTIFICATIONS_PAGE
+                                 subscription.client_id, memoryview(page).cast("B"), page.shape[0])
         if more:
             self._loop.call_soon(self._push_notifications)
 

@@ -250,7 +250,10 @@ def test_across_a_kill_9_every_committed_payment_is_notified_at_least_once_and_n
         client = await Client.connect("127.0.0.1", port, client_id=1, secret=secret)
         resumed, everything = [], []
         stream = client.notifications(after=cursor)
-        resumed.append(await asyncio.wait_for(anext(stream), 5))
+        try:  # (nothing may be left: the first life may have got every committed one before the kill)
+            resumed.append(await asyncio.wait_for(anext(stream), 2))
+        except asyncio.TimeoutError:
+            pass
         await stream.aclose()
         stream = client.notifications()  # the truth: every committed payment, from the start
         while sum(n.shape[0] for n in everything) < 10**6:
