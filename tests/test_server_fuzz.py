@@ -408,25 +408,16 @@ class Mirror:
                      Operation.lookup_refunds: self.machine.lookup_refunds,
                      Operation.lookup_settlements: self.machine.lookup_settlements}[item.operation](ids)
             return (*head, Status.ok, len(found), record_ids(found, LOOKUP_RECORD_DTYPES[item.operation]))
+        decoder = {Operation.subscribe_notifications: NOTIFICATIONS_DECODER, Operation.list_merchants: PAGE_DECODER,
+                   Operation.get_account_transfers: FILTER_DECODER}[item.operation]
+        query = _decoded(decoder, bytes(item.body))
+        if query is None:
+            return (*head, Status.bad_body, 0, b"")
         if item.operation == Operation.subscribe_notifications:  # read from the log: not mirrored
-            valid = _valid_subscription(bytes(item.body))
-            return (*head, Status.ok, ANY, ANY) if valid else (*head, Status.bad_body, 0, b"")
+            return (*head, Status.ok, ANY, ANY)
         if item.operation == Operation.list_merchants:
-            try:
-                page = PAGE_DECODER.decode(bytes(item.body))
-            except Exception:
-                return (*head, Status.bad_body, 0, b"")
-            if page.check() is not None:
-                return (*head, Status.bad_body, 0, b"")
-            found = self.machine.list_merchants(page.offset, page.limit)
+            found = self.machine.list_merchants(query.offset, query.limit)
             return (*head, Status.ok, len(found), record_ids(found, core.MERCHANT_DTYPE))
-        assert item.operation == Operation.get_account_transfers
-        try:
-            query = FILTER_DECODER.decode(bytes(item.body))
-        except Exception:
-            return (*head, Status.bad_body, 0, b"")
-        if query.check() is not None:
-            return (*head, Status.bad_body, 0, b"")
         if query.timestamp_min or query.timestamp_max:  # timestamps are the server's clock: not predictable
             return (*head, Status.ok, ANY, ANY)
         found = self.ledger.get_account_transfers(
@@ -435,11 +426,13 @@ class Mirror:
         return (*head, Status.ok, len(found), record_ids(found, core.TRANSFER_DTYPE))
 
 
-def _valid_subscription(body: bytes) -> bool:
+def _decoded(decoder, body: bytes):
+    """A query's msgpack body decoded and in range, or None (the server answers bad_body)."""
     try:
-        return NOTIFICATIONS_DECODER.decode(body).check() is None
+        query = decoder.decode(body)
     except Exception:
-        return False
+        return None
+    return query if query.check() is None else None
 
 
 def reply_key(reply: frame.Frame) -> tuple:
