@@ -40,7 +40,8 @@ ORDER_PAY_FIELDS = ("order_id", "payer_id", "amount", "token", "reserved_a", "le
                     "timestamp")
 ORDER_CLOSE_FIELDS = ("order_id", "merchant_id", "flags", "reserved", "timestamp")
 ORDER_FIELDS = ("id", "merchant_id", "payer_id", "amount", "refunded", "expires_at", "paid_at", "closed_at", "token",
-                "state", "close_reason", "refund_count", "reserved_a", "ledger", "description_code", "fee", "timestamp")
+                "state", "close_reason", "refund_count", "kind", "reserved_a", "ledger", "description_code", "fee",
+                "timestamp")
 OUT_TRADE_NO_SIZE, TOKEN_SIZE = 32, 10
 BYTES_FIELDS = {"out_trade_no": OUT_TRADE_NO_SIZE, "token": TOKEN_SIZE}
 OUT_TRADE_NO_CHARS = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-|*@.")
@@ -77,7 +78,8 @@ order_expired amount_mismatch payer_not_found merchant_mismatch
 fee_account_not_found settlement_account_not_found fee_rate_out_of_range merchants_limit_reached
 out_refund_no_invalid order_not_paid refund_window_closed refunds_per_order_limit_reached exceeds_paid_amount
 refunds_limit_reached id_reserved merchant_not_registered settlement_window_open settlement_window_behind
-forbidden
+forbidden code_invalid code_not_found code_used code_expired code_replaced code_collision codes_limit_reached
+user_paying order_not_user_paying payer_mismatch
 """.split())])
 #: The server's mark on an event its client's role may not make (engine/roles.py).
 EVENT_FLAG_FORBIDDEN = 1 << 15
@@ -448,7 +450,7 @@ class ModelLedger:
         self.orders_by_id[e["id"]] = {
             "id": e["id"], "merchant_id": e["merchant_id"], "payer_id": 0, "amount": e["amount"], "refunded": 0,
             "expires_at": ts + span, "paid_at": 0, "closed_at": 0, "token": token, "state": NOTPAY,
-            "close_reason": 0, "refund_count": 0, "reserved_a": 0, "ledger": e["ledger"],
+            "close_reason": 0, "refund_count": 0, "kind": 0, "reserved_a": 0, "ledger": e["ledger"],
             "description_code": e["description_code"], "fee": 0, "timestamp": ts}
         return reply(R.ok, token)
 
