@@ -31,7 +31,13 @@ closed loop, after one second of warm-up of each:
    ``notifications_left_after_1s``: what it still lacked a second after the load stopped (0:
    it kept up); ``qr_pay_per_s_with_subscriber``: the payments meanwhile.
 
-``payment_code_per_s`` comes with payment codes; until then it is absent, not zero.
+   ``payment_code_per_s``: user-presented payment codes, each an ``issue_codes`` (the wallet
+   service: one code per wallet, distinct wallets per request) then a ``charge_codes`` of the
+   codes it returned (the merchant's POS: a fresh ``out_trade_no``, an amount below the
+   no-password limit, so paid at once): code payments answered ``ok`` per second, two events
+   each, in a third slice beside the other two; ``code_ratio_to_transfers`` likewise. (Held
+   charges and their confirmations are the load generator's ``payment_code`` mix.)
+
 Both processes share the machine's cores; their CPU seconds per phase are reported.
 """
 
@@ -96,6 +102,18 @@ class OrderStream:
         batch["id_lo"], batch["id_hi"] = ids[:, 0], ids[:, 1]
         return batch, rows
 
+    def charges(self, codes: np.ndarray) -> np.ndarray:
+        """``charge_codes`` of these codes (u64) at the next pool rows' merchants and amounts."""
+        creates, _ = self.creates(codes.shape[0])
+        batch = np.zeros(codes.shape[0], dtype=core.CODE_CHARGE_DTYPE)
+        batch["order_id_lo"], batch["order_id_hi"] = creates["id_lo"], creates["id_hi"]
+        batch["merchant_id_lo"] = creates["merchant_id_lo"]
+        batch["code_lo"] = codes
+        batch["amount"] = creates["amount"]
+        batch["out_trade_no"] = creates["out_trade_no"]
+        batch["ledger"] = core.Currency.CNY
+        return batch
+
     def pays(self, creates: np.ndarray, rows: np.ndarray, replies: np.ndarray) -> np.ndarray:
         """The payments of ``creates`` by their pool's payers, with the tokens ``replies`` gave."""
         batch = np.zeros(creates.shape[0], dtype=core.ORDER_PAY_DTYPE)
@@ -104,6 +122,28 @@ class OrderStream:
         batch["amount"] = creates["amount"]
         batch["token"] = replies["token"]
         batch["ledger"] = core.Currency.CNY
+        return batch
+
+
+class CodeStream:
+    """Fresh ``issue_codes`` batches: wallets in turn and request ids from a counter. A wallet
+    has one live code: the batches in flight together (``in_flight``) name distinct wallets, so
+    that no code is replaced before its charge; the wallets' settings let every charge through
+    at once (the limits' own path is tests/test_codes.py's and the load generator's)."""
+
+    def __init__(self, accounts: int, in_flight: int):
+        self._wallets, _, _ = bench_core._population(accounts)
+        self._batch_max = max(1, self._wallets // (2 * in_flight))
+        self._next = 0
+
+    def issues(self, count: int) -> np.ndarray:
+        count = min(count, self._batch_max)
+        batch = np.zeros(count, dtype=core.CODE_ISSUE_DTYPE)
+        batch["free_payments_per_day"] = np.iinfo(np.uint32).max
+        batch["wallet_id_lo"] = 1 + (np.arange(self._next, self._next + count, dtype=np.uint64) % np.uint64(self._wallets))
+        batch["request_id_lo"] = np.arange(self._next + 1, self._next + count + 1, dtype=np.uint64)
+        batch["ledger"] = core.Currency.CNY
+        self._next += count
         return batch
 
 
@@ -161,6 +201,14 @@ async def _drive(port: int, secret: bytes, *, accounts: int, connections: int, d
             return len(results) - refused, refused
 
         paid = collections.deque()  # batches of paid orders, for the refunds' phase
+        codes = CodeStream(accounts, connections * depth)
+
+        async def code_payment(client):
+            replies = await client.issue_codes(codes.issues(batch_events))
+            issued = replies["result"] == 0
+            results = await client.charge_codes(orders.charges(replies["code"][issued]))
+            refused = int(np.count_nonzero(results))
+            return len(results) - refused, refused + int(np.count_nonzero(~issued))
 
         async def qr_payment(client):
             creates, rows = orders.creates(batch_events)
@@ -183,15 +231,17 @@ async def _drive(port: int, secret: bytes, *, accounts: int, connections: int, d
         # background (epoch flushes, checkpoints) and the machine's noise fall on both alike:
         # their ratio is then a measure, not the difference between two separate runs.
         slice_s = seconds / SLICES
-        say(f"transfers and QR payments (create + pay): {connections} connections x {depth} requests of "
-            f"{batch_events:,}, {SLICES} alternating slices of {slice_s:g} s each")
-        await _phase(clients, depth, 0.0, server_pid, transfer)  # warm-up of both (WARMUP_S each)
+        say(f"transfers, QR payments (create + pay) and payment codes (issue + charge): {connections} "
+            f"connections x {depth} requests of {batch_events:,}, {SLICES} alternating slices of {slice_s:g} s each")
+        await _phase(clients, depth, 0.0, server_pid, transfer)  # warm-up of each (WARMUP_S each)
         await _phase(clients, depth, 0.0, server_pid, qr_payment)
-        slices = {"transfers": [], "qr": []}
+        await _phase(clients, depth, 0.0, server_pid, code_payment)
+        slices = {"transfers": [], "qr": [], "codes": []}
         for _ in range(SLICES):
             slices["transfers"].append(await _phase(clients, depth, slice_s, server_pid, transfer, warmup_s=0.0))
             slices["qr"].append(await _phase(clients, depth, slice_s, server_pid, qr_payment, warmup_s=0.0))
-        transfers, qr = (_merged(slices[name]) for name in ("transfers", "qr"))
+            slices["codes"].append(await _phase(clients, depth, slice_s, server_pid, code_payment, warmup_s=0.0))
+        transfers, qr, code_payments = (_merged(slices[name]) for name in ("transfers", "qr", "codes"))
         await asyncio.sleep(settle_s)
         say(f"refunds (each paid order refunded in full): the same, {seconds:g} s")
         refunds = await _phase(clients, depth, seconds, server_pid, refund)
@@ -200,7 +250,8 @@ async def _drive(port: int, secret: bytes, *, accounts: int, connections: int, d
     finally:
         for client in clients:
             client.close()
-    return {"transfers": transfers, "qr": qr, "refunds": refunds, "notifications": notifications}
+    return {"transfers": transfers, "qr": qr, "codes": code_payments, "refunds": refunds,
+            "notifications": notifications}
 
 
 async def _notifications_phase(port, secret, clients, depth, seconds, server_pid, qr_payment) -> dict:
@@ -279,7 +330,9 @@ def run(seconds: float = 5.0, connections: int = 4, depth: int = 2, accounts: in
         data_dir: str | None = None, prefault: bool = True, progress=None, settle_merchants: int = 100_000) -> dict:
     """The whole benchmark (see the module's docstring); ``prefault=False`` only for smoke tests."""
     say = progress or (lambda message: None)
-    orders_max = min(constants.ORDERS_MAX_LIMIT, int(ORDERS_MAX_PER_S * (seconds + 2 * WARMUP_S)))
+    # QR and code payments' orders, and the codes: all in memory (the cold tier is not measured here).
+    orders_max = min(constants.ORDERS_MAX_LIMIT, int(ORDERS_MAX_PER_S * (3 * seconds + 4 * WARMUP_S)))
+    codes_max = min(constants.CODES_MAX_LIMIT, int(ORDERS_MAX_PER_S * (seconds + 2 * WARMUP_S)))
     base_dir = data_dir or tempfile.mkdtemp(prefix="tally-products-")
     os.makedirs(base_dir, exist_ok=True)
     shutil.rmtree(os.path.join(base_dir, "server"), ignore_errors=True)
@@ -289,25 +342,29 @@ def run(seconds: float = 5.0, connections: int = 4, depth: int = 2, accounts: in
             base_dir, lambda port, secret, pid: _drive(port, secret, accounts=accounts, connections=connections,
                                                        depth=depth, seconds=seconds, server_pid=pid,
                                                        settle_s=bench_e2e.SETTLE_S if prefault else 0.0, say=say),
-            accounts_max=accounts, prefault=prefault, orders_max=orders_max, refunds_max=orders_max)
+            accounts_max=accounts, prefault=prefault, orders_max=orders_max, refunds_max=orders_max, codes_max=codes_max)
     finally:
         if data_dir is None:
             shutil.rmtree(base_dir, ignore_errors=True)
-    transfers, qr, refunds = driven["transfers"], driven["qr"], driven["refunds"]
+    transfers, qr, code_payments, refunds = driven["transfers"], driven["qr"], driven["codes"], driven["refunds"]
     say(f"settling {settle_merchants:,} merchants")
     settled = bench_settle.run(settle_merchants)
     return {
         "transfers_per_s": round(transfers["per_s"]),
         "qr_pay_per_s": round(qr["per_s"]),
         "ratio_to_transfers": round(qr["per_s"] / transfers["per_s"], 3) if transfers["per_s"] else None,
+        "payment_code_per_s": round(code_payments["per_s"]),
+        "code_ratio_to_transfers": (round(code_payments["per_s"] / transfers["per_s"], 3)
+                                    if transfers["per_s"] else None),
         "refund_per_s": round(refunds["per_s"]),
         "notification_per_s": round(driven["notifications"]["per_s"]),
         "notifications_left_after_1s": driven["notifications"]["left_after_1s"],
         "qr_pay_per_s_with_subscriber": round(driven["notifications"]["qr_per_s_meanwhile"]),
         **settled,
-        "failed_events": transfers["failed"] + qr["failed"] + refunds["failed"],
+        "failed_events": transfers["failed"] + qr["failed"] + code_payments["failed"] + refunds["failed"],
         "cpu_s": {name: {"server": round(phase["server_cpu_s"], 2), "client": round(phase["client_cpu_s"], 2)}
-                  for name, phase in (("transfers", transfers), ("qr", qr), ("refunds", refunds))},
+                  for name, phase in (("transfers", transfers), ("qr", qr), ("codes", code_payments),
+                                      ("refunds", refunds))},
         "server_exit_code": server_exit,
         "config": {"seconds": seconds, "connections": connections, "depth": depth, "accounts": accounts,
                    "request_events": constants.BATCH_EVENTS_MAX},
@@ -322,6 +379,8 @@ def summary(result: dict) -> str:
         f"events, {c['seconds']:g} s per phase, {c['accounts']:,} accounts",
         f"  transfers (create_transfers)      {result['transfers_per_s']:>12,}/s",
         f"  QR payments (create + pay orders) {result['qr_pay_per_s']:>12,}/s   ratio {result['ratio_to_transfers']}",
+        f"  payment codes (issue + charge)    {result['payment_code_per_s']:>12,}/s   "
+        f"ratio {result['code_ratio_to_transfers']}",
         f"  refunds (refund_orders, in full)  {result['refund_per_s']:>12,}/s",
         f"  notifications to a subscriber     {result['notification_per_s']:>12,}/s   (QR payments meanwhile "
         f"{result['qr_pay_per_s_with_subscriber']:,}/s; left 1 s after: {result['notifications_left_after_1s']})",
@@ -329,6 +388,7 @@ def summary(result: dict) -> str:
         f"{result['settle_merchants']:,} in {result['settle_s']} s, reconciled: {result['settle_reconciled']}",
         f"  CPU s (server/client): transfers {result['cpu_s']['transfers']['server']}/{result['cpu_s']['transfers']['client']}, "
         f"QR {result['cpu_s']['qr']['server']}/{result['cpu_s']['qr']['client']}, "
+        f"codes {result['cpu_s']['codes']['server']}/{result['cpu_s']['codes']['client']}, "
         f"refunds {result['cpu_s']['refunds']['server']}/{result['cpu_s']['refunds']['client']}; "
         f"failed events {result['failed_events']}",
     ])

@@ -64,12 +64,13 @@ def test_bench_products_pays_qr_orders_end_to_end(tmp_path):
     result = bench_products.run(seconds=2.0, connections=2, accounts=3000, data_dir=str(tmp_path), prefault=False,
                                 settle_merchants=2_000)
     assert result["transfers_per_s"] > 0 and result["qr_pay_per_s"] > 0 and result["ratio_to_transfers"] > 0
+    assert result["payment_code_per_s"] > 0 and result["code_ratio_to_transfers"] > 0
     assert result["refund_per_s"] > 0
     assert result["settle_merchants"] == result["settle_moved"] == 2_000 and result["settle_reconciled"]
     assert result["notification_per_s"] > 0 and result["notifications_left_after_1s"] == 0
-    assert result["failed_events"] == 0  # every order created and paid once
+    assert result["failed_events"] == 0  # every order created and paid once, every code issued and charged once
     assert result["server_exit_code"] == 0
-    assert "QR payments" in bench_products.summary(result)
+    assert "QR payments" in bench_products.summary(result) and "payment codes" in bench_products.summary(result)
 
 
 def test_bench_loadgen_offers_load_against_its_sink():
