@@ -34,6 +34,11 @@ REFUND_WINDOW_S = 365 * 24 * 3600
 #: A settlement window (docs/products.md "Settlement"): engine days (UTC), settled T+1.
 SETTLEMENT_WINDOW_S = 24 * 3600
 
+#: Open orders (unpaid, or held charges) a batch's start closes at most when their time is
+#: up; the others wait for the next batch (a pulse follows at once on an idle server). Each
+#: batch's log entry holds the ids it closed (docs/storage.md): notifications read them.
+EXPIRIES_PER_BATCH_MAX = 8190
+
 #: Payment codes resident in memory (docs/products.md "Payment codes (built)"), about 180 bytes
 #: each; live codes stay resident (at most this less min(8,190, half)), the others are cold.
 CODES_MAX_DEFAULT = 1 << 17

@@ -5,11 +5,12 @@ The log is the source: an entry holds a batch's events and (format 2) which of t
 (``core.store.LogEntry.failures``), so the notifications of a batch are its events of
 ``pay_orders``, ``close_orders``, ``refund_orders``, ``charge_codes`` and ``confirm_charges``
 that succeeded, as whole arrays (a held charge, ``user_paying``, notifies when it is
-confirmed). A
-cursor is ``(sequence, index)``: the log entry and the event in it of the last notification
-processed; reading resumes strictly after it, so a subscriber that keeps its cursor gets every
-notification at least once across disconnects and restarts. Built so far: this reader (the
-store's ``notifications``); the stream over the protocol, expiries and revocations are next.
+confirmed or declined), and (log format 3) the orders the batch's start closed by the clock.
+A cursor is ``(sequence, index)``: the log entry and the event in it (or 65,536 + the expiry's
+place) of the last notification processed; reading resumes strictly after it, so a subscriber
+that keeps its cursor gets every notification at least once across disconnects and restarts.
+The store reads them (``Store.notifications``), the server streams them
+(``subscribe_notifications``).
 
 >>> NOTIFICATION_DTYPE.itemsize
 80
@@ -31,7 +32,15 @@ class NotificationKind(enum.IntEnum):
     paid = 1
     refunded = 2
     closed = 3       # by its merchant (an expiry is not an event: next, from the log's expiries)
-    revoked = 4      # a payment code's held charge ended unpaid: revoked by the merchant, declined by the user
+    revoked = 4      # a payment code's held charge ended unpaid: revoked by the merchant, declined by the user,
+                     # or not confirmed in time
+    expired = 5      # an unpaid order's time ran out
+
+
+#: An order closed by the clock at a batch's start is notified with this index plus its place in
+#: the batch's expiries (the log entry's section): after the batch's events, whose indexes are
+#: below it, so that a cursor orders them all.
+EXPIRY_INDEX_BASE = 1 << 16
 
 
 #: The operations that notify, and what of their events (the order, the merchant, the refund,
@@ -72,6 +81,19 @@ def of_entry(entry, events: np.ndarray, legs_max: int) -> np.ndarray:
     # A product batch's event k is at base + k * LEGS_MAX; the entry logs the last timestamp.
     base = entry.last_timestamp + 1 - count * legs_max
     out["timestamp"] = base + index.astype(np.uint64) * np.uint64(legs_max)
+    return out
+
+
+def of_expired(entry) -> np.ndarray:
+    """The notifications of the orders a log entry's batch closed by the clock at its start
+    (``entry.expired``): kind ``expired``, their merchant, amount and time left 0 (the caller
+    resolves them through the order, and a held charge's to ``revoked``)."""
+    expired = entry.expired if entry.expired is not None else np.zeros(0, dtype=NOTIFICATION_DTYPE)
+    out = np.zeros(expired.shape[0], dtype=NOTIFICATION_DTYPE)
+    out["sequence"], out["kind"] = entry.sequence, NotificationKind.expired
+    out["index"] = EXPIRY_INDEX_BASE + np.arange(expired.shape[0], dtype=np.uint32)
+    if expired.shape[0]:
+        out["order_id_lo"], out["order_id_hi"] = expired["lo"], expired["hi"]
     return out
 
 

@@ -44,6 +44,8 @@ cdef class Orders(Product):
     cdef uint32_t *scratch_slot                 # per event of a pay batch: its order's slot,
     cdef uint32_t *scratch_payer                # the payer's account index,
     cdef uint32_t *scratch_merchant             # and the order's merchant's
+    cdef uint64_t *expired_ids                  # the orders the last batch's start closed (lo, hi)
+    cdef readonly uint64_t expired_count
     cdef dict _arrays
 
     cdef void expire_due(self, uint64_t base_ts) noexcept nogil

@@ -38,7 +38,7 @@ from core.checkpoint import RAW
 from core.operations import Operation
 from core.order_keys import order_creates, order_closes, order_id, order_pays, parse_qr_payload, qr_payload, token_of  # noqa: F401
 from core.records import (
-    ORDER_CLOSE_DTYPE, ORDER_CREATE_DTYPE, ORDER_CREATED_DTYPE, ORDER_DTYPE, ORDER_PAY_DTYPE, TransferCode,
+    ID_DTYPE, ORDER_CLOSE_DTYPE, ORDER_CREATE_DTYPE, ORDER_CREATED_DTYPE, ORDER_DTYPE, ORDER_PAY_DTYPE, TransferCode,
 )
 
 cdef extern from "<stdint.h>":
@@ -46,6 +46,8 @@ cdef extern from "<stdint.h>":
 
 cdef enum:
     NS_PER_S = 1000000000
+
+cdef uint64_t _EXPIRIES_PER_BATCH_MAX = constants.EXPIRIES_PER_BATCH_MAX
 
 for _name, _number in (("create_orders", OPERATION_CREATE_ORDERS), ("pay_orders", OPERATION_PAY_ORDERS),
                        ("close_orders", OPERATION_CLOSE_ORDERS), ("charge_codes", OPERATION_CHARGE_CODES)):
@@ -165,6 +167,8 @@ cdef class Orders(Product):
         self.scratch_slot = <uint32_t *> _ptr(a["scratch"])
         self.scratch_payer = self.scratch_slot + batch_max
         self.scratch_merchant = self.scratch_payer + batch_max
+        a["expired_ids"] = np.zeros(2 * _EXPIRIES_PER_BATCH_MAX, dtype=np.uint64)
+        self.expired_ids = <uint64_t *> _ptr(a["expired_ids"])
         self.heap_positions = <uint32_t *> _ptr(a["heap_positions"])
         self.expiry_heap.items = <expiry_t *> _ptr(a["order_expiries"])
         self.expiry_heap.count = 0
@@ -192,6 +196,11 @@ cdef class Orders(Product):
         """Engine time (ns) at which the soonest unpaid order expires; 0: none."""
         self.drop_resolved()
         return self.expiry_heap.items[0].expires_at if self.expiry_heap.count else 0
+
+    def expired_last(self):
+        """The ids (ID_DTYPE) of the orders the last batch's start closed by the clock, in the
+        order it closed them: what its log entry holds (docs/storage.md)."""
+        return self._arrays["expired_ids"][:2 * self.expired_count].view(ID_DTYPE).copy()
 
     def lookup_orders(self, ids):
         """The orders with these ids (ints or an ID_DTYPE array) that are resident or on their
@@ -246,10 +255,17 @@ cdef class Orders(Product):
         # version must be older than the next batch's first timestamp (the store reads the cold
         # side "older than the batch"), even when the clock then steps back.
         cdef uint64_t version_ts = base_ts if base_ts <= self.ledger.last_timestamp else self.ledger.last_timestamp
+        self.expired_count = 0
         while self.expiry_heap.count and self.expiry_heap.items[0].expires_at <= base_ts:
             slot = self.expiry_heap.items[0].entry
             o = &self.rows[slot]
+            if order_open(o) and self.expired_count == _EXPIRIES_PER_BATCH_MAX:
+                break  # the rest at the next batch's start (bounded work, and a bounded log entry)
             heap_remove(&self.expiry_heap, 0)
+            if order_open(o):
+                self.expired_ids[2 * self.expired_count] = o.id_lo
+                self.expired_ids[2 * self.expired_count + 1] = o.id_hi
+                self.expired_count += 1
             if o.state == ORDER_NOTPAY:
                 o.close_reason = CLOSE_REASON_EXPIRED
             elif o.state == ORDER_USERPAYING:
@@ -512,6 +528,8 @@ cdef class Orders(Product):
             return R_ORDER_PAID
         if o.state == ORDER_CLOSED:
             return R_EXISTS
+        if o.state == ORDER_USERPAYING and o.expires_at <= ts:
+            return R_ORDER_EXPIRED  # its hold has ended (the ledger's timeout); its close comes by the clock
         if o.state == ORDER_USERPAYING:
             # The merchant revokes a held charge: its pending leg is voided (core/codes.pyx).
             r = self.void_hold(o, OPERATION_CLOSE_ORDERS, ts)

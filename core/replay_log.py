@@ -19,6 +19,8 @@ import queue
 import threading
 import time
 
+import numpy as np
+
 
 from core import constants, memory
 from core.state_hash import state_hash  # noqa: F401 - the hash replay-log compares, re-exported
@@ -89,7 +91,7 @@ def run(source_dir: str, into_dir: str, *, progress=None) -> dict:
             batches = events = 0
             last = None
             started = time.perf_counter()
-            for sequence, operation, now_ns, last_timestamp, body, _ in _read_ahead(source.log_entries()):
+            for sequence, operation, now_ns, last_timestamp, body, _, expired in _read_ahead(source.log_entries()):
                 if sequence != batches + 1:
                     raise ReplayLogError(f"log entry {sequence} follows entry {batches}: the log has a gap")
                 if operation not in RECORD_DTYPES:
@@ -98,6 +100,8 @@ def run(source_dir: str, into_dir: str, *, progress=None) -> dict:
                 # submit applied the batch in memory before returning: its timestamp is final.
                 if target.ledger.last_timestamp != last_timestamp:
                     raise ReplayDivergedError(sequence, target.ledger.last_timestamp, last_timestamp)
+                if expired is not None and not np.array_equal(last.expired, expired):
+                    raise ReplayLogError(f"log entry {sequence}: the replay's start closed other orders than the logged")
                 batches += 1
                 events += body.shape[0] // constants.RECORD_SIZE_BYTES
                 if batches % PROGRESS_INTERVAL_BATCHES == 0:

@@ -77,15 +77,19 @@ from core.state_hash import CHAIN_EMPTY, state_hash
 #: the failures' bytes (version 2; 0 in version 1). The body follows: the events as packed by
 #: ``core.codec`` (docs/storage.md); then (version 2) the events that did not succeed, so that
 #: replay checks every result and a reader of the log (notifications) knows which did.
+#: Version 3 adds, after the failures (its header's last field then counts both sections'
+#: bytes), the ids of the orders the batch's start closed by the clock (a u32 count, then 16
+#: bytes each, at most EXPIRIES_PER_BATCH_MAX): replay checks them, notifications read them.
 LOG_HEADER = struct.Struct("<4sHHIIQQII")
 _CHECKSUMMED_HEADER_BYTES = 32  # the header fields before the checksum
 LOG_MAGIC = b"TLOG"
-LOG_VERSION = 2
-_LOG_VERSIONS_READ = (1, 2)
+LOG_VERSION = 3
+_LOG_VERSIONS_READ = (1, 2, 3)
 #: A batch's events that did not answer ``ok``: their index in the batch and their result code
 #: (codes fit a byte: core.Result has fewer than 256), after a u32 count.
 FAILURE_DTYPE = np.dtype([("index", "<u2"), ("result", "u1")])
 _FAILURES_BYTES_MAX = 4 + constants.BATCH_EVENTS_MAX * FAILURE_DTYPE.itemsize
+_EXPIRED_BYTES_MAX = 4 + constants.EXPIRIES_PER_BATCH_MAX * ID_DTYPE.itemsize
 
 
 class LogEntry(NamedTuple):
@@ -96,6 +100,7 @@ class LogEntry(NamedTuple):
     last_timestamp: int
     body: np.ndarray                # the 128-byte events, a uint8 array
     failures: np.ndarray | None     # FAILURE_DTYPE, in event order; None in a version 1 entry
+    expired: np.ndarray | None = None  # ID_DTYPE: the orders its start closed; None before version 3
 
 
 def _failures(results: np.ndarray) -> np.ndarray:
@@ -215,10 +220,11 @@ class _Job(msgspec.Struct):
 class PendingBatch:
     """A batch applied in memory whose log entry is being committed."""
 
-    __slots__ = ("sequence", "_results", "_done", "_error", "_callbacks", "_lock", "_finished")
+    __slots__ = ("sequence", "expired", "_results", "_done", "_error", "_callbacks", "_lock", "_finished")
 
-    def __init__(self, sequence: int, results: np.ndarray):
+    def __init__(self, sequence: int, results: np.ndarray, expired: np.ndarray | None = None):
         self.sequence = sequence
+        self.expired = expired  # ID_DTYPE: the orders the batch's start closed by the clock
         self._results = results
         self._done = threading.Event()
         self._error: BaseException | None = None
@@ -362,7 +368,7 @@ class Store:
         self._events_since_checkpoint = self.recovery.replayed_events
         self._in_flight = threading.BoundedSemaphore(commit_pipeline_depth)
         self._entries = [bytearray(LOG_HEADER.size + codec.packed_size_max(constants.BATCH_EVENTS_MAX)
-                                   + _FAILURES_BYTES_MAX)
+                                   + _FAILURES_BYTES_MAX + _EXPIRED_BYTES_MAX)
                          for _ in range(commit_pipeline_depth + 1)]
         self._commits: queue.SimpleQueue = queue.SimpleQueue()
         # What the journal holds and the LMDB log does not yet: (sequence, entry, end offset in
@@ -497,20 +503,19 @@ class Store:
         entry = self._entries[self._applied_sequence % len(self._entries)]
         body_bytes = codec.pack_into(records, entry, LOG_HEADER.size)
         failures = _failures(results)
+        expired = self.orders.expired_last()
         end = LOG_HEADER.size + body_bytes
-        struct.pack_into("<I", entry, end, failures.shape[0])
-        entry[end + 4:end + 4 + failures.nbytes] = failures.tobytes()
-        failures_bytes = 4 + failures.nbytes
+        tail_bytes = _pack_tail(entry, end, failures, expired)
         LOG_HEADER.pack_into(entry, 0, LOG_MAGIC, LOG_VERSION, operation, count, body_bytes, now_ns,
-                             self.ledger.last_timestamp, 0, failures_bytes)
+                             self.ledger.last_timestamp, 0, tail_bytes)
         view = memoryview(entry)
-        checksum = _entry_checksum(view[:_CHECKSUMMED_HEADER_BYTES], view[LOG_HEADER.size:end + failures_bytes])
+        checksum = _entry_checksum(view[:_CHECKSUMMED_HEADER_BYTES], view[LOG_HEADER.size:end + tail_bytes])
         struct.pack_into("<I", entry, _CHECKSUMMED_HEADER_BYTES, checksum)
-        pending = PendingBatch(self._applied_sequence, results)
+        pending = PendingBatch(self._applied_sequence, results, expired)
         self._last_pending = pending
         self._batches_since_checkpoint += 1
         self._events_since_checkpoint += count
-        return pending, view[:end + failures_bytes]
+        return pending, view[:end + tail_bytes]
 
     def _start_background_work(self) -> None:
         """Hand complete epochs to the flush thread, start a checkpoint if one is due. Called
@@ -868,8 +873,10 @@ class Store:
         self.sink_journal()  # what only the journal holds yet goes into the LMDB log first
         found, total = [], 0
         for sequence, value in self._log_raw(max(after[0], 1)):
-            if LOG_HEADER.unpack_from(value, 0)[2] not in notifications.NOTIFYING_OPERATIONS:
-                continue  # (the header says: the body of a transfers' batch is not unpacked)
+            _, version, operation, _, body_bytes, _, _, _, tail_bytes = LOG_HEADER.unpack_from(value, 0)
+            if (operation not in notifications.NOTIFYING_OPERATIONS
+                    and (version < 3 or _tail_counts(value, LOG_HEADER.size + body_bytes, tail_bytes, version)[1] <= 0)):
+                continue  # (the header and tail say: the body of a transfers' batch is not unpacked)
             entry = _decode_entry(sequence, value)
             notes = notifications.after(self._notes_of(entry, entry.body.view(RECORD_DTYPES[entry.operation])), *after)
             notes = notifications.of_merchants(notes, merchants)
@@ -880,23 +887,28 @@ class Store:
         return np.concatenate(found) if found else np.zeros(0, dtype=notifications.NOTIFICATION_DTYPE)
 
     def notifications_of_batch(self, sequence: int, operation: int, events: np.ndarray, results: np.ndarray,
-                               last_timestamp: int) -> np.ndarray:
+                               last_timestamp: int, expired: np.ndarray | None = None) -> np.ndarray:
         """The notifications of a batch just committed, from what its submitter holds (its
-        events, results, sequence and the ledger's last timestamp after it): the same records
-        ``notifications`` reads from its log entry, with no read of the log."""
+        events, results, sequence, the ledger's last timestamp after it and the orders its start
+        closed, ``PendingBatch.expired``): the same records ``notifications`` reads from its log
+        entry, with no read of the log."""
         from core import notifications
 
-        if operation not in notifications.NOTIFYING_OPERATIONS:
+        if operation not in notifications.NOTIFYING_OPERATIONS and (expired is None or not expired.shape[0]):
             return np.zeros(0, dtype=notifications.NOTIFICATION_DTYPE)
-        return self._notes_of(LogEntry(sequence, operation, 0, last_timestamp, None, _failures(results)), events)
+        return self._notes_of(LogEntry(sequence, operation, 0, last_timestamp, None, _failures(results), expired),
+                              events)
 
     def _notes_of(self, entry: LogEntry, events: np.ndarray) -> np.ndarray:
         """A notifying batch's notifications, a payment's merchant resolved through its order."""
         from core import notifications
 
         kinds = notifications.NotificationKind
-        notes = notifications.of_entry(entry, events, EVENT_TIMESTAMPS)
-        # A payment or a confirm names its order only; a close may have revoked a held charge.
+        notes = notifications.of_expired(entry)
+        if entry.operation in notifications.NOTIFYING_OPERATIONS:
+            notes = np.concatenate([notifications.of_entry(entry, events, EVENT_TIMESTAMPS), notes])
+        # A payment or a confirm names its order only; a close may have revoked a held charge, an
+        # expiry names the order alone.
         unresolved = ((notes["merchant_id_lo"] == 0) & (notes["merchant_id_hi"] == 0)) | (notes["kind"] == kinds.closed)
         at = np.flatnonzero(unresolved)
         if at.shape[0]:
@@ -911,6 +923,10 @@ class Store:
             # (A closed order's close_reason is final: what the lookup says now, it said then.)
             revoked = (notes["kind"][at] == kinds.closed) & (orders["close_reason"] == int(CloseReason.revoked))
             notes["kind"][at[revoked]] = kinds.revoked
+            expired = notes["kind"][at] == kinds.expired
+            notes["amount"][at[expired]] = orders["amount"][expired]
+            notes["timestamp"][at[expired]] = orders["closed_at"][expired]
+            notes["kind"][at[expired & (orders["close_reason"] == int(CloseReason.timeout))]] = kinds.revoked
         return notes
 
     def checkpoint(self) -> None:
@@ -1718,7 +1734,7 @@ class Store:
     def _load_array(self, txn, name, meta: checkpoint.ArrayMeta) -> bytes:
         return checkpoint.load(txn, name, CHECKPOINT_ARRAYS[name], meta)
 
-    def _replay_entry(self, sequence, operation, now_ns, last_timestamp, body, failures) -> int:
+    def _replay_entry(self, sequence, operation, now_ns, last_timestamp, body, failures, expired=None) -> int:
         count = body.shape[0] // constants.RECORD_SIZE_BYTES
         if operation not in RECORD_DTYPES:
             raise StoreError(f"log entry {sequence}: unknown operation {operation}")
@@ -1728,13 +1744,15 @@ class Store:
                              f"logged {last_timestamp})")
         if failures is not None and not np.array_equal(_failures(results), failures):
             raise StoreError(f"log entry {sequence}: replay diverged (its events' results differ from the logged)")
+        if expired is not None and not np.array_equal(self.orders.expired_last(), expired):
+            raise StoreError(f"log entry {sequence}: replay diverged (the orders its start closed differ from the logged)")
         self._queue_flush()
         return count
 
 
 #: The smallest journal: four of the largest log entries (a batch of BATCH_EVENTS_MAX events).
 JOURNAL_BYTES_MIN = journal.FRAMES_PER_RING_MIN * journal.frame_bytes(
-    LOG_HEADER.size + codec.packed_size_max(constants.BATCH_EVENTS_MAX))
+    LOG_HEADER.size + codec.packed_size_max(constants.BATCH_EVENTS_MAX) + _FAILURES_BYTES_MAX + _EXPIRED_BYTES_MAX)
 
 
 def _in_chunks(lookup, ids: np.ndarray):
@@ -1819,13 +1837,41 @@ def _decode_entry(sequence: int, value):
         body = codec.unpack(view[LOG_HEADER.size:end], count)
     except ValueError as error:
         raise StoreError(f"log entry {sequence}: {error}") from None
-    failures = None
+    failures = expired = None
     if version >= 2:
-        failed = struct.unpack_from("<I", value, end)[0] if failures_bytes >= 4 else -1
-        if failures_bytes != 4 + failed * FAILURE_DTYPE.itemsize or failed > count:
-            raise StoreError(f"log entry {sequence}: its failures' section is malformed")
-        failures = np.frombuffer(view[end + 4:end + failures_bytes], dtype=FAILURE_DTYPE)
-    return LogEntry(sequence, operation, now_ns, last_timestamp, body, failures)
+        failed, expired_count = _tail_counts(value, end, failures_bytes, version)
+        expected = 4 + failed * FAILURE_DTYPE.itemsize + (4 + expired_count * ID_DTYPE.itemsize if version >= 3 else 0)
+        if failed < 0 or failures_bytes != expected or failed > count or expired_count > constants.EXPIRIES_PER_BATCH_MAX:
+            raise StoreError(f"log entry {sequence}: its failures' (or expiries') section is malformed")
+        after_failures = end + 4 + failed * FAILURE_DTYPE.itemsize
+        failures = np.frombuffer(view[end + 4:after_failures], dtype=FAILURE_DTYPE)
+        if version >= 3:
+            expired = np.frombuffer(view[after_failures + 4:end + failures_bytes], dtype=ID_DTYPE)
+    return LogEntry(sequence, operation, now_ns, last_timestamp, body, failures, expired)
+
+
+def _pack_tail(entry: bytearray, end: int, failures: np.ndarray, expired: np.ndarray) -> int:
+    """Write a version 3 entry's failures and expiries after its body at ``end``; their bytes."""
+    struct.pack_into("<I", entry, end, failures.shape[0])
+    entry[end + 4:end + 4 + failures.nbytes] = failures.tobytes()
+    at = end + 4 + failures.nbytes
+    struct.pack_into("<I", entry, at, expired.shape[0])
+    entry[at + 4:at + 4 + expired.nbytes] = expired.tobytes()
+    return at + 4 + expired.nbytes - end
+
+
+def _tail_counts(value, end: int, tail_bytes: int, version: int) -> tuple[int, int]:
+    """(failed events, expired orders) of a version 2 or 3 entry whose body ends at ``end``,
+    read without unpacking the body (-1: the section is too short to say)."""
+    if tail_bytes < 4:
+        return -1, 0
+    failed = struct.unpack_from("<I", value, end)[0]
+    if version < 3:
+        return failed, 0
+    at = end + 4 + failed * FAILURE_DTYPE.itemsize
+    if at + 4 > end + tail_bytes:
+        return -1, 0
+    return failed, struct.unpack_from("<I", value, at)[0]
 
 
 #: Below this much free space, a failed write is reported as the likely effect of a full disk.

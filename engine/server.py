@@ -510,7 +510,8 @@ class Server:
                     ran.append((stage, self._run_ordered(stage)))
                 else:
                     pending = self.store.stage(stage.operation, stage.records())
-                    if self._subscriptions and stage.operation in NOTIFYING_OPERATIONS:
+                    if self._subscriptions and (stage.operation in NOTIFYING_OPERATIONS or pending.expired.shape[0]):
+                        # (a batch of any operation may close orders by the clock at its start)
                         notifying.append((pending, stage.operation, stage.records().copy(),
                                           self.store.ledger.last_timestamp))
                     self._recycle(stage)
@@ -538,7 +539,8 @@ class Server:
             return
         if self._subscriptions and (notifying or not all(s.live for s in self._subscriptions)):
             self._push_notifications([self.store.notifications_of_batch(pending.sequence, operation, events,
-                                                                        pending.result(), last_timestamp)
+                                                                        pending.result(), last_timestamp,
+                                                                        pending.expired)
                                       for pending, operation, events, last_timestamp in notifying])
         self._arm_pulse()
 
@@ -561,10 +563,14 @@ class Server:
         if self._stages or self._failed:
             return  # the run about to come expires it (and arms the next pulse)
         try:
-            self.store.pulse()  # applied and committed here, as a run's batches are
+            pulsed = self.store.pulse()  # applied and committed here, as a run's batches are
         except Exception as error:
             self._fail_server(error, [])
             return
+        if pulsed is not None and pulsed.expired is not None and pulsed.expired.shape[0] and self._subscriptions:
+            for subscription in self._subscriptions:
+                subscription.live = False  # the orders it closed are read from the log, as a catch-up
+            self._push_notifications()
         self._arm_pulse()
 
     def _answer_ordered(self, stage: _Stage, replies: list[tuple]) -> None:

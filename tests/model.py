@@ -84,6 +84,9 @@ user_paying order_not_user_paying payer_mismatch
 #: The server's mark on an event its client's role may not make (engine/roles.py).
 EVENT_FLAG_FORBIDDEN = 1 << 15
 
+#: Orders a batch's start expires at most (core/constants.py): the log holds their ids.
+EXPIRIES_PER_BATCH_MAX = 8190
+
 #: Transfer ids with these top 16 bits are the products' legs': a client's may not use them.
 LEG_ID_TAG = 0xFFFE
 
@@ -379,9 +382,10 @@ class ModelLedger:
 
     def expire_orders(self, t):
         """Close every NOTPAY order with ``expires_at <= t`` (by the clock), in (expires_at, timestamp)
-        order; returns their ids. Every batch does this at its base timestamp before its events."""
+        order, at most EXPIRIES_PER_BATCH_MAX (the rest at the next batches); returns their ids.
+        Every batch does this at its base timestamp before its events."""
         due = sorted((o for o in self.orders_by_id.values() if o["state"] == NOTPAY and o["expires_at"] <= t),
-                     key=lambda o: (o["expires_at"], o["timestamp"]))
+                     key=lambda o: (o["expires_at"], o["timestamp"]))[:EXPIRIES_PER_BATCH_MAX]
         for o in due:
             o["state"] = CLOSED
             o["close_reason"] = CLOSE_EXPIRED

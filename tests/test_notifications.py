@@ -277,3 +277,103 @@ def test_across_a_kill_9_every_committed_payment_is_notified_at_least_once_and_n
         received.update(ids(notes))
     assert len(truth) >= 500  # most of the payments were committed before the kill
     assert received == truth  # every committed one (at least once), none that was not
+
+
+def _order_key(note):
+    return int(note["order_id_lo"]) | int(note["order_id_hi"]) << 64
+
+
+def test_orders_closed_by_the_clock_are_notified_expired_or_revoked(tmp_path):
+    from core.order_keys import code_charges, code_issues
+
+    with open_store(tmp_path / "s", orders_max=64) as store:
+        set_up(store)
+        creates = order_creates([{"merchant_id": 7, "out_trade_no": b"X%d" % n, "amount": 100 + n, "ledger": CNY,
+                                  "expire_after_s": 60} for n in range(3)])
+        assert (store.create_orders(creates, T0 + S)["result"] == 0).all()
+        code = int(store.issue_codes(code_issues([{"wallet_id": 2, "request_id": 1, "ledger": CNY,
+                                                   "no_password_limit": 10}]), T0 + S)["code"][0])
+        charge = code_charges([{"merchant_id": 8, "code": code, "amount": 500, "out_trade_no": b"H", "ledger": CNY}])
+        assert list(store.charge_codes(charge, T0 + S)) == [Result.user_paying]
+        assert store.notifications().shape[0] == 0  # nothing paid or closed yet
+        # 45 s on, the clock (an empty batch: a server's pulse) ends the hold; 60 s on, the orders.
+        assert store.pulse(T0 + 47 * S) is not None and store.pulse(T0 + 62 * S) is not None
+        notes = store.notifications()
+        assert [(NotificationKind(int(n["kind"])), _order_key(n), int(n["merchant_id_lo"]), int(n["amount"]))
+                for n in notes] == [(NotificationKind.revoked, order_id(8, b"H"), 8, 500)] + [
+            (NotificationKind.expired, order_id(7, b"X%d" % n), 7, 100 + n) for n in range(3)]
+        orders = store.lookup_orders([_order_key(n) for n in notes])
+        assert list(notes["timestamp"]) == list(orders["closed_at"]) == list(orders["expires_at"])
+        assert (notes["index"] >= 1 << 16).all() and notes["sequence"][0] < notes["sequence"][1]
+        assert store.notifications(after=(int(notes["sequence"][1]), int(notes["index"][1]))).shape[0] == 2
+        assert store.notifications(merchants=[8]).shape[0] == 1
+        # The server's live push builds the same from the batch in memory (the last: the pulse).
+        live = store.notifications_of_batch(int(notes["sequence"][-1]), Operation.create_accounts, None,
+                                            np.zeros(0, np.uint32), 0, store.orders.expired_last())
+        assert np.array_equal(live, notes[1:])
+    with open_store(tmp_path / "s") as store:  # the log says the same after a restart
+        assert np.array_equal(store.notifications(), notes)
+
+
+def test_a_batch_start_closes_at_most_its_bound_and_the_next_batches_the_rest(tmp_path):
+    count = core.constants.EXPIRIES_PER_BATCH_MAX + 100
+    with open_store(tmp_path / "s", orders_max=2 * count + 8192) as store:
+        set_up(store)
+        for first in range(0, count, 8190):
+            creates = order_creates([{"merchant_id": 7, "out_trade_no": b"M%d" % n, "amount": 1, "ledger": CNY,
+                                      "expire_after_s": 60} for n in range(first, min(count, first + 8190))])
+            assert (store.create_orders(creates, T0 + S)["result"] == 0).all()
+        first_pulse = store.pulse(T0 + 70 * S)
+        assert first_pulse.expired.shape[0] == core.constants.EXPIRIES_PER_BATCH_MAX
+        assert store.stats()["orders_open"] == 100 and store.next_expiry_ns <= T0 + 70 * S  # due at once
+        assert store.pulse(T0 + 70 * S).expired.shape[0] == 100 and store.stats()["orders_open"] == 0
+        entries = list(store.log_entries())
+        assert [e.expired.shape[0] for e in entries[-2:]] == [core.constants.EXPIRIES_PER_BATCH_MAX, 100]
+        notes = store.notifications(limit=count + 10)
+        assert notes.shape[0] == count and (notes["kind"] == NotificationKind.expired).all()
+        assert len({_order_key(n) for n in notes}) == count
+        live_hash = store.state_hash()
+    from core import replay_log
+    assert replay_log.run(str(tmp_path / "s"), str(tmp_path / "replayed"))["equal"]
+    with open_store(tmp_path / "s") as store:
+        assert store.state_hash() == live_hash
+
+
+def test_a_live_subscriber_is_told_of_expiries_by_the_idle_servers_clock(tmp_path):
+    import asyncio
+
+    from engine.client import Client
+    from engine.server import Server
+
+    clock = [T0]
+
+    async def main():
+        store = open_store(tmp_path / "s", clock_ns=lambda: clock[0])
+        server = Server(store, {1: b"admin-service-secret"})
+        try:
+            port = await server.start("127.0.0.1", 0)
+            client = await Client.connect("127.0.0.1", port, client_id=1, secret=b"admin-service-secret")
+            set_up(store)
+            creates = order_creates([{"merchant_id": 7, "out_trade_no": b"E1", "amount": 300, "ledger": CNY,
+                                      "expire_after_s": 60}])
+            assert (await client.create_orders(creates))["result"][0] == 0
+            stream = client.notifications()
+            waiting = asyncio.ensure_future(anext(stream))  # the history is empty: no page comes yet
+            for _ in range(500):
+                if server._subscriptions and server._subscriptions[0].live:
+                    break
+                await asyncio.sleep(0.01)
+            assert server._subscriptions[0].live and not waiting.done()
+            clock[0] = T0 + 61 * S  # the idle server's pulse closes the order
+            server._pulse()  # (what its timer calls; armed for the soonest expiry, at most PULSE_WAIT_MAX_S on)
+            notes = await asyncio.wait_for(waiting, 5)
+            await stream.aclose()
+            client.close()
+            return notes
+        finally:
+            await server.close()
+            store.close()
+
+    notes = asyncio.run(main())
+    assert [(NotificationKind(int(n["kind"])), _order_key(n), int(n["amount"])) for n in notes] == [
+        (NotificationKind.expired, order_id(7, b"E1"), 300)]

@@ -114,7 +114,7 @@ def _log_digest(path):
     """Digest of every log entry (sequence, operation, now_ns, last_timestamp, events)."""
     digest = hashlib.blake2b()
     with core.open(path) as store:
-        for sequence, operation, now_ns, last_timestamp, body, _ in store.log_entries():
+        for sequence, operation, now_ns, last_timestamp, body, _, _ in store.log_entries():
             digest.update(struct.pack("<QQQQ", sequence, operation, now_ns, last_timestamp))
             digest.update(body)
         return digest.hexdigest(), store.sequence

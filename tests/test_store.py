@@ -314,7 +314,7 @@ def test_a_pulse_logs_an_empty_batch_only_when_a_timeout_is_due(data_dir):
         assert store.lookup_accounts([1])["debits_pending"].tolist() == [0]
         assert store.pulse(due_ns + 10**9) is None and store.sequence == 3
         entries = list(store.log_entries(3))
-        assert [(operation, now_ns, body.shape[0]) for _, operation, now_ns, _, body, _ in entries] == [
+        assert [(operation, now_ns, body.shape[0]) for _, operation, now_ns, _, body, _, _ in entries] == [
             (core.store.OPERATION_CREATE_TRANSFERS, due_ns, 0)]
         expected = store.state_hash()
     with core.open(data_dir) as reopened:  # recovery replays the pulse at its logged engine time
