@@ -156,12 +156,16 @@ def issue_events(draw):
 
 
 @st.composite
-def charge_events(draw):
+def charge_events(draw, live=False):
     merchant, number = key = (draw(st.sampled_from(CHARGE_MERCHANTS)), draw(st.sampled_from(OUT_TRADE_NOS)))
     pair = draw(hot_pairs)
     if merchant == USD_MERCHANT and draw(st.booleans()):
         pair = (USD_WALLET, draw(st.sampled_from(REQUESTS)))
-    code = draw(_mostly(st.just(CODE_OF[pair]), st.sampled_from(UNISSUED_CODES + BAD_CODES), 6))
+    # Half the time a code live when the batch runs (("live", k): resolved then), else a pair's.
+    code = draw(_mostly(st.one_of(st.just(CODE_OF[pair]), st.tuples(st.just("live"), st.integers(0, 7))),
+                        st.sampled_from(UNISSUED_CODES + BAD_CODES), 6))
+    if live and draw(st.integers(0, 9)) < 7:
+        code = ("live", draw(st.integers(0, 7)))
     event = {"order_id": order_id(merchant, number), "merchant_id": merchant, "code": code,
              "amount": AMOUNT_OF[key], "out_trade_no": number, "ledger": LEDGER_OF[merchant],
              "description_code": draw(_mostly(st.just(3), st.just(4), 10))}
@@ -251,13 +255,26 @@ batch_kinds = st.one_of(
 # Engine time per batch: 0..120 s (across the 45 s hold and the 60 s code life), now and then to
 # the nanoseconds around a held charge's or a live code's expiry, or to the next UTC day.
 S = NS
-coarse_steps = st.one_of(st.sampled_from([0, 0, 1, S, 5 * S, 44 * S, 45 * S, 46 * S, 59 * S, 60 * S, 61 * S, 120 * S]),
+coarse_steps = st.one_of(st.sampled_from([0, 0, 1, S, S, 2 * S, 5 * S, 10 * S]),
+                         st.sampled_from([0, 1, S, 3 * S, 15 * S, 44 * S, 45 * S, 46 * S, 59 * S, 60 * S, 61 * S,
+                                          120 * S]),
                          st.integers(0, 120).map(lambda s: s * S))
-time_steps = st.one_of(coarse_steps, coarse_steps, coarse_steps,
+small_steps = st.sampled_from([0, 0, 1, S, S, 2 * S, 5 * S, 10 * S])
+time_steps = st.one_of(small_steps, small_steps, small_steps, coarse_steps, coarse_steps, coarse_steps,
                        st.tuples(st.sampled_from(["held", "live"]), st.integers(0, 3),
                                  st.sampled_from([-2, 0, 1, 2, 3, 4, 8])),
-                       st.just(("day",)))
-mixes = st.lists(st.tuples(batch_kinds, time_steps).map(lambda t: (t[0][0], t[1], t[0][1])), min_size=2, max_size=18)
+                       _mostly(st.just(0), st.just(("day",)), 10))
+# A flow: codes issued, charged a moment later (live codes), then confirmed or declined, or not.
+then = st.one_of(st.tuples(st.just(CONFIRM_CHARGES), st.lists(confirm_events(), min_size=1, max_size=3)),
+                 st.tuples(st.just(CONFIRM_CHARGES), st.lists(confirm_events(), min_size=1, max_size=3)),
+                 st.tuples(st.just(CLOSE_ORDERS), st.lists(close_events(), min_size=1, max_size=2)),
+                 st.tuples(st.just(REFUND_ORDERS), st.lists(refund_events(), min_size=1, max_size=2)),
+                 st.none())
+flows = st.tuples(st.lists(issue_events(), min_size=1, max_size=3), small_steps,
+                  st.lists(charge_events(live=True), min_size=1, max_size=4), time_steps, then).map(
+    lambda f: [(ISSUE_CODES, 0, f[0]), (CHARGE_CODES, f[1], f[2])] + ([(f[4][0], f[3], f[4][1])] if f[4] else []))
+singles = st.tuples(batch_kinds, time_steps).map(lambda t: [(t[0][0], t[1], t[0][1])])
+mixes = st.lists(st.one_of(singles, singles, flows), min_size=2, max_size=10).map(lambda segments: sum(segments, []))
 coarse_mixes = st.lists(st.tuples(batch_kinds, coarse_steps).map(lambda t: (t[0][0], t[1], t[0][1])),
                         min_size=2, max_size=14)
 
@@ -279,6 +296,9 @@ def _pick(model, target):
 
 def _resolve(model, event):
     if isinstance(event, dict):
+        if isinstance(event.get("code"), tuple):   # a live code, if there is one
+            live = [c["id"] for c in model.codes_by_id.values() if c["state"] == CODE_LIVE]
+            return dict(event, code=live[event["code"][1] % len(live)] if live else CODE_OF[(WALLET, 1)])
         return event
     if event[0] == "confirm":
         _, target, wallet, flags, fault = event
