@@ -839,8 +839,11 @@ class ModelLedger:
             return R.id_mismatch
         o = self.orders_by_id.get(e["order_id"])
         if o is not None:
-            if (o["kind"], o["merchant_id"], o["token"], o["amount"], o["ledger"]) != (
-                    ORDER_KIND_CODE, e["merchant_id"], code_token(e["code"]), e["amount"], e["ledger"]):
+            # (The description code too, as create_orders compares it: docs/products.md names
+            # merchant, code, amount and ledger only.)
+            if (o["kind"], o["merchant_id"], o["token"], o["amount"], o["ledger"], o["description_code"]) != (
+                    ORDER_KIND_CODE, e["merchant_id"], code_token(e["code"]), e["amount"], e["ledger"],
+                    e["description_code"]):
                 return R.exists_with_different_fields
             if o["state"] in (SUCCESS, REFUND):
                 return R.exists
@@ -861,10 +864,11 @@ class ModelLedger:
             return R.currency_mismatch
         if c["wallet_id"] == e["merchant_id"]:
             return R.accounts_must_be_different
-        if self._orders_full():
-            return R.orders_limit_reached
         step_up = (e["amount"] > c["no_password_limit"]
                    or self.payments_today(c["wallet_id"], ts) >= c["free_payments_per_day"])
+        # A held charge is an open order (at most open_max); one paid at once needs only a slot.
+        if (step_up and self._orders_full()) or len(self.orders_by_id) >= self.orders_max:
+            return R.orders_limit_reached
         payment = leg_id(e["order_id"], OP_CHARGE_CODES, 0)
         fee = 0
         if step_up:
@@ -900,6 +904,8 @@ class ModelLedger:
 
     def _confirm_charge(self, e, ts):
         decline = bool(e["flags"] & CONFIRM_DECLINE)
+        if e["flags"] & EVENT_FLAG_FORBIDDEN:
+            return R.forbidden
         if e["timestamp"]:
             return R.timestamp_must_be_zero
         if e["reserved"]:

@@ -30,7 +30,7 @@ from tests.model import (CHARGE_HOLD_S, CLOSE_DECLINED, CLOSE_REVOKED, CLOSE_TIM
                          CODE_EXPIRED, CODE_LIVE, CODE_REPLACED, CODE_VALID_S, DAY_NS, ORDER_KIND_CODE, REFUND,
                          SUCCESS, U64, U128, USERPAYING, ModelLedger, R, code_of, code_token, code_valid, leg_id,
                          order_id, refund_id, token_of)
-from tests.test_order_properties import _dicts, _records
+from tests.test_order_properties import _records
 
 NS = 1_000_000_000
 # Ten minutes before a UTC day boundary: a mix's clock often crosses it (the day's free payments).
@@ -408,6 +408,31 @@ def _expect(model, operation, events, now_ns):
     return [R(r).name for r in reply]
 
 
+def _dicts(records):
+    """Records as dicts: 128-bit ids whole, byte arrays (``BYTES``) as bytes, the rest as ints."""
+    records = np.ascontiguousarray(records)
+    dtype = records.dtype
+    raw = records.view(np.uint8).reshape(len(records), dtype.itemsize)
+    rows = []
+    for r in raw:
+        row = {}
+        for name in dtype.names:
+            sub, offset = dtype.fields[name][:2]
+            data = bytes(r[offset:offset + sub.itemsize])
+            wide = name[:-3] if name[-3:] in ("_lo", "_hi") else None
+            if wide and wide + "_lo" in dtype.names and wide + "_hi" in dtype.names:
+                if name.endswith("_lo"):
+                    hi_offset = dtype.fields[wide + "_hi"][1]
+                    row[wide] = int.from_bytes(data, "little") | int.from_bytes(
+                        bytes(r[hi_offset:hi_offset + 8]), "little") << 64
+            elif name in BYTES:
+                row[name] = data
+            else:
+                row[name] = int.from_bytes(data, "little")
+        rows.append(row)
+    return rows
+
+
 def _lookup(machine, what, ids):
     return _dicts(getattr(machine, "lookup_" + what)(core.ids_array(ids)))
 
@@ -454,7 +479,8 @@ def _check_invariants(machine, base_ns):
         if a["flags"] & 4:   # credits_must_not_exceed_debits
             assert a["credits_pending"] + a["credits_posted"] <= a["debits_posted"], a
     orders = {o["id"]: o for o in _lookup(machine, "orders", ORDER_IDS)}
-    codes = _lookup(machine, "codes", list(CODE_OF.values()))
+    named = [int.from_bytes(o["token"][:8], "little") for o in orders.values() if o["kind"] == ORDER_KIND_CODE]
+    codes = _lookup(machine, "codes", list(dict.fromkeys(list(CODE_OF.values()) + named)))
     charged = {}
     for c in codes:
         if c["state"] == CODE_CHARGED:
@@ -511,14 +537,14 @@ def _run_against_model(steps, limits=(ORDERS_MAX, TRANSFERS_MAX, CODES_MAX)):
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mixes, st.sampled_from([(ORDERS_MAX, TRANSFERS_MAX, CODES_MAX), (ORDERS_MAX, TRANSFERS_MAX, CODES_MAX),
-                               (6, 24, 8)]))
+                               (4, 10, 4)]))
 def test_core_codes_match_the_reference_model(steps, limits):
     _run_against_model(steps, limits)
 
 
 @pytest.mark.slow
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(mixes, st.sampled_from([(ORDERS_MAX, TRANSFERS_MAX, CODES_MAX), (6, 24, 8), (64, 512, 4)]))
+@given(mixes, st.sampled_from([(ORDERS_MAX, TRANSFERS_MAX, CODES_MAX), (4, 10, 4), (6, 24, 8), (64, 512, 4)]))
 def test_core_codes_match_the_reference_model_long(steps, limits):
     _run_against_model(steps, limits)
 
@@ -599,6 +625,18 @@ def _scenarios():
                                  (REFUND_ORDERS, S, [{"id": refund_id(order_id(MERCHANT, b"C-2"), b"R-1"),
                                                       "order_id": order_id(MERCHANT, b"C-2"), "merchant_id": MERCHANT,
                                                       "amount": 100, "out_refund_no": b"R-1", "ledger": CNY}])],
+        # Small tables (orders_max 4: two open; codes_max 8: four live): held charges are open
+        # orders, charges paid at once need only a slot; live codes are bounded.
+        "limits": [(ISSUE_CODES, S, [_issue((WALLET, 1)), _issue((CREDIT_WALLET, 1)), _issue((POOR_WALLET, 1)),
+                                     _issue((EMPTY_WALLET, 1)), _issue((USD_WALLET, 1))]),
+                   (CHARGE_CODES, S, [_charge((WALLET, 1), b"C-0", amount=6_000),
+                                      _charge((CREDIT_WALLET, 1), b"C-1", amount=400_000),
+                                      _charge((POOR_WALLET, 1), b"C-2", amount=400_000)]),
+                   (ISSUE_CODES, S, [_issue((CREDIT_WALLET, 2))]), (CHARGE_CODES, S, [_charge((CREDIT_WALLET, 2), b"C-3")]),
+                   (ISSUE_CODES, S, [_issue((CREDIT_WALLET, 3))]), (CHARGE_CODES, S, [_charge((CREDIT_WALLET, 3), b"C-4")]),
+                   (ISSUE_CODES, S, [_issue((CREDIT_WALLET, 4))]), (CHARGE_CODES, S, [_charge((CREDIT_WALLET, 4), b"C-5")]),
+                   (CONFIRM_CHARGES, S, [_confirm(b"C-0")]), (CHARGE_CODES, S, [_charge((POOR_WALLET, 1), b"C-2",
+                                                                                      amount=400_000)])],
         # A client transfer may not post or void a held leg.
         "steal_the_hold": [(ISSUE_CODES, S, [_issue(pair)]), (CHARGE_CODES, S, [held]),
                            (CREATE_TRANSFERS, S, [{"id": 3001, "pending_id": leg_id(held["order_id"], CHARGE_CODES, 0),
@@ -608,9 +646,12 @@ def _scenarios():
     }
 
 
+SCENARIO_LIMITS = {"limits": (4, TRANSFERS_MAX, 8)}
+
+
 @pytest.mark.parametrize("name", sorted(_scenarios()))
 def test_core_codes_match_the_reference_model_on_the_edges(name):
-    _run_against_model(_scenarios()[name])
+    _run_against_model(_scenarios()[name], SCENARIO_LIMITS.get(name, (ORDERS_MAX, TRANSFERS_MAX, CODES_MAX)))
 
 
 # ---------------------------------------------------------------- retries and bad input, on the core
