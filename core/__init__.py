@@ -24,7 +24,8 @@ try:
         ACCOUNT_DTYPE, TRANSFER_DTYPE, ID_DTYPE, Result, AccountFlags, TransferFlags, AccountCode,
         TransferCode, Currency, accounts_from_dicts, transfers_from_dicts, records_from_dicts, to_dicts, ids_array,
         ORDER_CREATE_DTYPE, ORDER_PAY_DTYPE, ORDER_CLOSE_DTYPE, ORDER_DTYPE, ORDER_CREATED_DTYPE, OrderState,
-        CloseReason, MERCHANT_DTYPE, NOTIFICATION_DTYPE, REFUND_DTYPE, SETTLEMENT_DTYPE,
+        CloseReason, MERCHANT_DTYPE, NOTIFICATION_DTYPE, REFUND_DTYPE, SETTLEMENT_DTYPE, CODE_ISSUE_DTYPE,
+        CODE_ISSUED_DTYPE, CODE_CHARGE_DTYPE, CODE_CONFIRM_DTYPE, CODE_DTYPE, CodeState, OrderKind, ConfirmFlags,
     )
 except ImportError as error:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
@@ -44,7 +45,9 @@ __all__ = [
     "ACCOUNT_DTYPE", "TRANSFER_DTYPE", "ID_DTYPE", "Result", "AccountFlags", "TransferFlags",
     "AccountCode", "TransferCode", "Currency", "accounts_from_dicts", "transfers_from_dicts", "records_from_dicts",
     "to_dicts", "ids_array", "ORDER_CREATE_DTYPE", "ORDER_PAY_DTYPE", "ORDER_CLOSE_DTYPE", "ORDER_DTYPE",
-    "ORDER_CREATED_DTYPE", "OrderState", "CloseReason", "MERCHANT_DTYPE", "REFUND_DTYPE", "SETTLEMENT_DTYPE", "NOTIFICATION_DTYPE", "constants", "BATCH_EVENTS_MAX", "new_id", "new_ids", *_LAZY,
+    "ORDER_CREATED_DTYPE", "OrderState", "CloseReason", "MERCHANT_DTYPE", "REFUND_DTYPE", "SETTLEMENT_DTYPE", "NOTIFICATION_DTYPE",
+    "CODE_ISSUE_DTYPE", "CODE_ISSUED_DTYPE", "CODE_CHARGE_DTYPE", "CODE_CONFIRM_DTYPE", "CODE_DTYPE", "CodeState", "OrderKind",
+    "ConfirmFlags", "constants", "BATCH_EVENTS_MAX", "new_id", "new_ids", *_LAZY,
 ]
 
 

@@ -34,6 +34,17 @@ REFUND_WINDOW_S = 365 * 24 * 3600
 #: A settlement window (docs/products.md "Settlement"): engine days (UTC), settled T+1.
 SETTLEMENT_WINDOW_S = 24 * 3600
 
+#: Payment codes resident in memory (docs/products.md "Payment codes (built)"), about 180 bytes
+#: each; live codes stay resident (at most this less min(8,190, half)), the others are cold.
+CODES_MAX_DEFAULT = 1 << 17
+#: A code is valid this long after it is issued; a held charge waits this long for confirming.
+CODE_VALID_S = 60
+CHARGE_HOLD_S = 45
+#: The step-up defaults (an issue_codes event's 0): a charge above this many minor units, or
+#: after this many code payments in the engine day, waits for the user's confirmation.
+NO_PASSWORD_LIMIT_DEFAULT = 300_000
+FREE_PAYMENTS_PER_DAY_DEFAULT = 10
+
 #: Merchants with terms (fee rate, fee and settlement accounts): 128 bytes each, in memory.
 MERCHANTS_MAX_DEFAULT = 1 << 17
 
@@ -41,6 +52,7 @@ MERCHANTS_MAX_DEFAULT = 1 << 17
 ORDERS_MAX_LIMIT = 1 << 30
 MERCHANTS_MAX_LIMIT = 1 << 26
 REFUNDS_MAX_LIMIT = 1 << 30
+CODES_MAX_LIMIT = 1 << 30
 ACCOUNTS_MAX_LIMIT = 1 << 30
 TRANSFERS_HOT_MAX_LIMIT = 1 << 31
 PENDING_MAX_LIMIT = 1 << 30

@@ -18,6 +18,7 @@ cdef enum:
     CODE_BUCKETS = 16           # activity counters per account (FEATURE_CODE_BUCKETS)
     PREFETCH_DISTANCE = 16      # events looked ahead by the prefetching passes
     LEGS_MAX = 4                # engine timestamps (and so transfers) a product event may use
+    BEGIN_HOOKS_MAX = 4         # product tables expiring at a batch's start (orders, codes, ...)
     FIELD_UNDO_MAX = 64         # product fields one chain may change (core/product.pxd)
     FIELD_UNDO_BYTES = 16       # the widest product field an undo entry saves
     # The operations the ledger applies, by their numbers in core/operations.py (checked at import).
@@ -126,8 +127,9 @@ cdef class Ledger:
     cdef readonly uint64_t cold_id_max_lo       # the largest id in the cold tier (0: none): a
     cdef readonly uint64_t cold_id_max_hi       # larger one is new without a filter probe
     cdef bint busy                              # a batch is being applied (no re-entry)
-    cdef begin_hook_t begin_hook                # NULL: none (see begin_hook_t)
-    cdef void *begin_hook_owner                 # its owner, which clears it when it goes
+    cdef begin_hook_t begin_hooks[4]            # BEGIN_HOOKS_MAX, called in the order they were added
+    cdef void *begin_hook_owners[4]             # their owners, which remove them when they go
+    cdef uint32_t begin_hook_count
 
     cdef IdMap account_map
     cdef IdMap transfer_map                     # hot window: id -> ring slot
@@ -196,7 +198,11 @@ cdef class Ledger:
     cdef void save_field(self, void *address, uint32_t size) noexcept nogil
     cdef result_t leg(self, uint64_t id_lo, uint64_t id_hi, uint32_t debit_index, uint32_t credit_index,
                       uint64_t amount, uint32_t ledger, uint16_t code, uint16_t flags,
-                      uint64_t user_data_lo, uint64_t user_data_hi, uint64_t ts) noexcept nogil
+                      uint64_t user_data_lo, uint64_t user_data_hi, uint64_t ts, uint32_t timeout_s=*) noexcept nogil
+    cdef result_t leg_resolve(self, uint64_t id_lo, uint64_t id_hi, uint64_t pending_lo, uint64_t pending_hi,
+                              bint post, uint64_t ts) noexcept nogil
+    cdef int add_begin_hook(self, begin_hook_t hook, void *owner) except -1
+    cdef void remove_begin_hook(self, void *owner) noexcept
     cdef _enter(self)
     cdef object _apply(self, uint32_t operation, object batch, uint64_t now_ns)
 

@@ -791,8 +791,9 @@ cdef class Ledger:
             base = self.last_timestamp + 1
         if count:
             self.last_timestamp = base + count - 1
-        if self.begin_hook != NULL:
-            self.begin_hook(self.begin_hook_owner, base)
+        cdef uint32_t h
+        for h in range(self.begin_hook_count):
+            self.begin_hooks[h](self.begin_hook_owners[h], base)
         self.evict(count)
         self.prune()
         self.expire_pending(base)
@@ -1082,8 +1083,9 @@ cdef class Ledger:
             return R_ID_MUST_NOT_BE_ZERO
         if is_max(e.id_lo, e.id_hi):
             return R_ID_MUST_NOT_BE_INT_MAX
-        if (e.id_hi >> 48) == LEG_ID_TAG and not is_leg:
-            return R_ID_RESERVED
+        if not is_leg and ((e.id_hi >> 48) == LEG_ID_TAG or (
+                flags & (TRANSFER_POST_PENDING | TRANSFER_VOID_PENDING) and (e.pending_id_hi >> 48) == LEG_ID_TAG)):
+            return R_ID_RESERVED  # a product's leg (or, posted or voided, its pending leg): only the product moves it
         if ((flags & TRANSFER_PENDING != 0) + (flags & TRANSFER_POST_PENDING != 0)
                 + (flags & TRANSFER_VOID_PENDING != 0)) > 1 or (
                 (flags & (TRANSFER_BALANCING_DEBIT | TRANSFER_BALANCING_CREDIT))
@@ -1439,11 +1441,13 @@ cdef class Ledger:
 
     cdef result_t leg(self, uint64_t id_lo, uint64_t id_hi, uint32_t debit_index, uint32_t credit_index,
                       uint64_t amount, uint32_t ledger, uint16_t code, uint16_t flags,
-                      uint64_t user_data_lo, uint64_t user_data_hi, uint64_t ts) noexcept nogil:
+                      uint64_t user_data_lo, uint64_t user_data_hi, uint64_t ts, uint32_t timeout_s=0) noexcept nogil:
         """One transfer of a product event's chain, between accounts the product resolved; its
-        result is a client transfer's (limits, overflows, closed accounts, an existing id)."""
+        result is a client transfer's (limits, overflows, closed accounts, an existing id). A
+        pending leg may have a timeout: the ledger expires it by the clock (expire_pending)."""
         cdef tally_transfer_t row
         memset(&row, 0, sizeof(row))
+        row.timeout = timeout_s
         row.id_lo = id_lo
         row.id_hi = id_hi
         row.debit_account_id_lo = self.account_rows[debit_index].id_lo
@@ -1457,6 +1461,36 @@ cdef class Ledger:
         row.code = code
         row.flags = flags
         return self.create_transfer(&row, ts, debit_index, credit_index, True, True)
+
+    cdef result_t leg_resolve(self, uint64_t id_lo, uint64_t id_hi, uint64_t pending_lo, uint64_t pending_hi,
+                              bint post, uint64_t ts) noexcept nogil:
+        """Post (the whole amount) or void a pending leg, as a leg of the current chain."""
+        cdef tally_transfer_t row
+        memset(&row, 0, sizeof(row))
+        row.id_lo = id_lo
+        row.id_hi = id_hi
+        row.pending_id_lo = pending_lo
+        row.pending_id_hi = pending_hi
+        row.flags = TRANSFER_POST_PENDING if post else TRANSFER_VOID_PENDING
+        return self.post_or_void(&row, ts, True)
+
+    cdef int add_begin_hook(self, begin_hook_t hook, void *owner) except -1:
+        """Call ``hook(owner, base)`` at every batch's start, after those added before."""
+        if self.begin_hook_count >= BEGIN_HOOKS_MAX:
+            raise ValueError(f"a ledger takes at most {BEGIN_HOOKS_MAX} tables expiring at its batches' start")
+        self.begin_hooks[self.begin_hook_count] = hook
+        self.begin_hook_owners[self.begin_hook_count] = owner
+        self.begin_hook_count += 1
+        return 0
+
+    cdef void remove_begin_hook(self, void *owner) noexcept:
+        cdef uint32_t h, kept = 0
+        for h in range(self.begin_hook_count):
+            if self.begin_hook_owners[h] != owner:
+                self.begin_hooks[kept] = self.begin_hooks[h]
+                self.begin_hook_owners[kept] = self.begin_hook_owners[h]
+                kept += 1
+        self.begin_hook_count = kept
 
     def run_legs_for_testing(self, legs, uint64_t now_ns, field):
         """Tests of the primitive (tests/test_legs.py): apply ``legs`` (a TRANSFER_DTYPE array:

@@ -21,6 +21,7 @@ import numpy as np
 from core import constants
 from core.ledger import Ledger
 from core.operations import CREATE_COMPONENTS, Operation
+from core.codes import Codes
 from core.merchants import Merchants
 from core.orders import Orders
 from core.refunds import Refunds
@@ -35,16 +36,20 @@ class Machine:
                  pending_max: int = constants.PENDING_MAX_DEFAULT,
                  orders_max: int = constants.ORDERS_MAX_DEFAULT,
                  merchants_max: int = constants.MERCHANTS_MAX_DEFAULT,
-                 refunds_max: int = constants.REFUNDS_MAX_DEFAULT, secret: bytes):
+                 refunds_max: int = constants.REFUNDS_MAX_DEFAULT, codes_max: int = constants.CODES_MAX_DEFAULT,
+                 secret: bytes):
         self.ledger = Ledger(accounts_max=accounts_max, transfers_hot_max=transfers_hot_max, pending_max=pending_max)
         self.merchants = Merchants(self.ledger, merchants_max)
         self.orders = Orders(self.ledger, orders_max, secret, self.merchants)
         self.refunds = Refunds(self.ledger, self.orders, self.merchants, refunds_max)
         self.settlement = Settlement(self.ledger, self.merchants)
+        self.codes = Codes(self.ledger, self.orders, self.merchants, codes_max, secret)
         #: The write-back tables (core/table.pyx) by the name the operation table's ``reads`` use.
-        self.tables = {"orders": self.orders.table, "refunds": self.refunds.table}
+        self.tables = {"orders": self.orders.table, "refunds": self.refunds.table, "codes": self.codes.table}
         self._components = {"ledger": self.ledger, "orders": self.orders, "merchants": self.merchants,
-                            "refunds": self.refunds, "settlement": self.settlement}
+                            "refunds": self.refunds, "settlement": self.settlement, "codes": self.codes}
+        #: The components with tables and state of their own, in the order they restore.
+        self._stateful = (self.merchants, self.orders, self.refunds, self.codes)
 
     def apply(self, operation: int, batch, now_ns: int) -> np.ndarray:
         """Apply one batch of a create operation at engine time ``now_ns``: one reply record
@@ -65,6 +70,13 @@ class Machine:
     def lookup_refunds(self, ids) -> np.ndarray:
         return self.refunds.lookup_refunds(ids)
 
+    def lookup_codes(self, ids) -> np.ndarray:
+        return self.codes.lookup_codes(ids)
+
+    def derived_ids(self, operation: int, batch) -> np.ndarray:
+        """The ids a batch reads that its component computes (``core.operations.DERIVED``)."""
+        return self._components[CREATE_COMPONENTS[operation]].derived_ids(batch)
+
     def lookup_settlements(self, ids) -> np.ndarray:
         return self.merchants.lookup_settlements(ids)
 
@@ -74,19 +86,19 @@ class Machine:
     @property
     def next_expiry_ns(self) -> int:
         """Engine time (ns) of the soonest expiry of any component; 0: none."""
-        due = [ns for ns in (self.ledger.next_expiry_ns, self.orders.next_expiry_ns) if ns]
+        due = [ns for ns in (self.ledger.next_expiry_ns, self.orders.next_expiry_ns, self.codes.next_expiry_ns) if ns]
         return min(due) if due else 0
 
     def prefault(self) -> int:
         """Touch every page of every component's memory now (``core.open(prefault=True)``):
         bytes touched."""
-        return self.ledger.prefault() + self.orders.prefault() + self.merchants.prefault() + self.refunds.prefault()
+        return self.ledger.prefault() + sum(component.prefault() for component in self._stateful)
 
     def snapshot(self):
         """Every component's in-place arrays and scalars, for a checkpoint (they alias live
         memory): the names are the components' own, declared in their CHECKPOINT_ARRAYS."""
         arrays, scalars = self.ledger.snapshot()
-        for component in (self.merchants, self.orders, self.refunds):
+        for component in self._stateful:
             more_arrays, more_scalars = component.snapshot()
             arrays.update(more_arrays)
             scalars.update(more_scalars)
@@ -95,19 +107,20 @@ class Machine:
     def restore(self, arrays, scalars) -> None:
         """Load the product tables' part of a snapshot (after ``Ledger.restore``: they resolve
         accounts)."""
-        self.merchants.restore(arrays, scalars)
-        self.orders.restore(arrays, scalars)
-        self.refunds.restore(arrays, scalars)
+        for component in self._stateful:
+            component.restore(arrays, scalars)
 
     def hash_parts(self) -> dict:
         """What of memory the state hash covers, by name (core/state_hash.py)."""
-        return dict(self.ledger.hash_parts(), **self.merchants.hash_parts(), **self.orders.hash_parts(),
-                    **self.refunds.hash_parts())
+        parts = self.ledger.hash_parts()
+        for component in self._stateful:
+            parts.update(component.hash_parts())
+        return parts
 
     def __repr__(self) -> str:
         return (f"Machine(accounts={self.ledger.account_count}, transfers={self.ledger.transfer_count}, "
                 f"merchants={self.merchants.merchant_count}, orders={self.orders.order_count}, "
-                f"refunds={self.refunds.refund_count})")
+                f"refunds={self.refunds.refund_count}, codes={self.codes.code_count})")
 
 
 __all__ = ["Machine", "Operation"]

@@ -24,7 +24,8 @@ import numpy as np
 from core import constants
 from core.records import (
     ACCOUNT_DTYPE, ID_DTYPE, MERCHANT_DTYPE, ORDER_CLOSE_DTYPE, ORDER_CREATE_DTYPE, ORDER_CREATED_DTYPE, ORDER_DTYPE, ORDER_PAY_DTYPE,
-    NOTIFICATION_DTYPE, REFUND_DTYPE, SETTLEMENT_DTYPE, TRANSFER_DTYPE,
+    NOTIFICATION_DTYPE, REFUND_DTYPE, SETTLEMENT_DTYPE, TRANSFER_DTYPE, CODE_CHARGE_DTYPE, CODE_CONFIRM_DTYPE,
+    CODE_DTYPE, CODE_ISSUE_DTYPE, CODE_ISSUED_DTYPE,
 )
 
 #: A create's reply: one ``core.Result`` per event.
@@ -50,6 +51,10 @@ class Operation(enum.IntEnum):
     lookup_settlements = 109
     list_merchants = 110
     subscribe_notifications = 111
+    issue_codes = 112
+    charge_codes = 113
+    confirm_charges = 114
+    lookup_codes = 115
     ping = 1000
 
 
@@ -64,6 +69,11 @@ class Kind(enum.Enum):
     query = "query"
     #: No state: the reply has no body.
     control = "control"
+
+
+#: A ``reads`` field the component computes from each event (``derived_ids``) rather than an
+#: event field: an issued code's number.
+DERIVED = ""
 
 
 class Spec(NamedTuple):
@@ -88,7 +98,7 @@ OPERATIONS: dict[Operation, Spec] = {spec.operation: spec for spec in (
          reads=(("orders", "id"),)),
     Spec(Operation.pay_orders, Kind.create, ORDER_PAY_DTYPE, RESULT_DTYPE, "orders", legs=2,
          reads=(("orders", "order_id"),)),
-    Spec(Operation.close_orders, Kind.create, ORDER_CLOSE_DTYPE, RESULT_DTYPE, "orders",
+    Spec(Operation.close_orders, Kind.create, ORDER_CLOSE_DTYPE, RESULT_DTYPE, "orders", legs=1,
          reads=(("orders", "order_id"),)),
     Spec(Operation.lookup_orders, Kind.lookup, ID_DTYPE, ORDER_DTYPE),
     Spec(Operation.set_merchants, Kind.create, MERCHANT_DTYPE, RESULT_DTYPE, "merchants"),
@@ -101,6 +111,15 @@ OPERATIONS: dict[Operation, Spec] = {spec.operation: spec for spec in (
     Spec(Operation.list_merchants, Kind.query, None, MERCHANT_DTYPE),
     # A query whose request stays open: later pages come as frames with its request id.
     Spec(Operation.subscribe_notifications, Kind.query, None, NOTIFICATION_DTYPE),
+    # Payment codes (docs/products.md "Payment codes (built)"): an issued code's number is the
+    # store secret's HMAC of the event, so the codes component derives the ids an issue reads.
+    Spec(Operation.issue_codes, Kind.create, CODE_ISSUE_DTYPE, CODE_ISSUED_DTYPE, "codes",
+         reads=(("codes", DERIVED),)),
+    Spec(Operation.charge_codes, Kind.create, CODE_CHARGE_DTYPE, RESULT_DTYPE, "codes", legs=2,
+         reads=(("orders", "order_id"), ("codes", "code"))),
+    Spec(Operation.confirm_charges, Kind.create, CODE_CONFIRM_DTYPE, RESULT_DTYPE, "codes", legs=2,
+         reads=(("orders", "order_id"),)),
+    Spec(Operation.lookup_codes, Kind.lookup, ID_DTYPE, CODE_DTYPE),
     Spec(Operation.ping, Kind.control, None, None),
 )}
 

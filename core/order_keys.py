@@ -1,5 +1,6 @@
 """An order's keys, for services: its id from the merchant's ``out_trade_no``, its token, its QR
-payload, and batches from dicts (docs/products.md "Orders: the reference").
+payload, a payment code's digits, and batches from dicts (docs/products.md "Orders: the
+reference", "Payment codes (built)").
 
 Light on purpose (hashlib, NumPy, core/digest for many ids at once): a merchant service or a wallet app imports it with the
 client, never the ledger. The core recomputes the id (``id_mismatch``) and the token.
@@ -20,9 +21,15 @@ import hmac
 
 import numpy as np
 
-from core.records import ORDER_CLOSE_DTYPE, ORDER_CREATE_DTYPE, ORDER_PAY_DTYPE, REFUND_DTYPE, records_from_dicts
+from core.records import (
+    CODE_CHARGE_DTYPE, CODE_CONFIRM_DTYPE, CODE_ISSUE_DTYPE, ORDER_CLOSE_DTYPE, ORDER_CREATE_DTYPE, ORDER_PAY_DTYPE,
+    REFUND_DTYPE, records_from_dicts,
+)
 
 ORDER_ID_DOMAIN = b"ordr"
+CODE_DOMAIN = b"code"
+CODE_DIGITS = 18
+_CODE_RANGE = 10 ** 16
 REFUND_ID_DOMAIN = b"rfnd"
 OUT_TRADE_NO_BYTES = 32
 TOKEN_BYTES = 10
@@ -121,3 +128,45 @@ def refunds(rows) -> np.ndarray:
 def order_closes(rows) -> np.ndarray:
     """A ``close_orders`` batch from dicts (fields of ORDER_CLOSE_DTYPE)."""
     return records_from_dicts(rows, ORDER_CLOSE_DTYPE)
+
+
+def code_of(secret: bytes, wallet_id: int, request_id: int) -> int:
+    """The payment code ``issue_codes`` gives (wallet, request): prefix 10-15 and 16 digits from
+    HMAC-SHA256(secret, b"code" + wallet id + request id, 16 bytes LE each) (the core computes
+    it; a test or a tool holding the store's secret can too)."""
+    digest = hmac.new(secret, CODE_DOMAIN + wallet_id.to_bytes(16, "little") + request_id.to_bytes(16, "little"),
+                      hashlib.sha256).digest()
+    return (10 + int.from_bytes(digest[:8], "little") % 6) * _CODE_RANGE + int.from_bytes(digest[8:16], "little") % _CODE_RANGE
+
+
+def format_code(code: int) -> str:
+    """A code as the wallet shows it (and its barcode holds): its 18 digits."""
+    if not 10 * _CODE_RANGE <= code < 16 * _CODE_RANGE:
+        raise ValueError("a payment code has 18 digits, the first two 10-15")
+    return str(code)
+
+
+def parse_code(text: str) -> int:
+    """A scanned code's digits as the int ``charge_codes`` takes; ValueError if it is not one."""
+    if len(text) != CODE_DIGITS or not text.isdigit() or not 10 <= int(text[:2]) <= 15:
+        raise ValueError("a payment code has 18 digits, the first two 10-15")
+    return int(text)
+
+
+def code_issues(rows) -> np.ndarray:
+    """An ``issue_codes`` batch from dicts (fields of CODE_ISSUE_DTYPE: wallet_id, request_id,
+    ledger; no_password_limit and free_payments_per_day 0 for the defaults)."""
+    return records_from_dicts(rows, CODE_ISSUE_DTYPE)
+
+
+def code_charges(rows) -> np.ndarray:
+    """A ``charge_codes`` batch from dicts (fields of CODE_CHARGE_DTYPE; ``order_id`` is computed
+    from ``merchant_id`` and ``out_trade_no`` when not given)."""
+    rows = [row if "order_id" in row else dict(row, order_id=order_id(int(row["merchant_id"]), bytes(row["out_trade_no"])))
+            for row in rows]
+    return records_from_dicts(rows, CODE_CHARGE_DTYPE)
+
+
+def charge_confirms(rows) -> np.ndarray:
+    """A ``confirm_charges`` batch from dicts (order_id, wallet_id, flags: ``core.ConfirmFlags``)."""
+    return records_from_dicts(rows, CODE_CONFIRM_DTYPE)

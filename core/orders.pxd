@@ -13,7 +13,7 @@ from core.merchants cimport Merchants
 from core.product cimport Product
 from core.table cimport Table
 from core.records cimport (
-    result_t, tally_order_close_t, tally_order_create_t, tally_order_created_t, tally_order_pay_t, tally_order_t,
+    ORDER_NOTPAY, ORDER_USERPAYING, result_t, tally_order_close_t, tally_order_create_t, tally_order_created_t, tally_order_pay_t, tally_order_t,
 )
 
 
@@ -27,6 +27,7 @@ cdef enum:
     OPERATION_CREATE_ORDERS = 100
     OPERATION_PAY_ORDERS = 101
     OPERATION_CLOSE_ORDERS = 102
+    OPERATION_CHARGE_CODES = 113                # a held charge's pending leg is its leg 0
 
 
 cdef class Orders(Product):
@@ -55,6 +56,13 @@ cdef class Orders(Product):
     cdef result_t pay_order(self, const tally_order_pay_t *e, uint64_t ts, uint32_t slot, uint32_t payer,
                             uint32_t merchant) noexcept nogil
     cdef result_t close_order(self, const tally_order_close_t *e, uint64_t ts) noexcept nogil
+    cdef uint32_t insert_order(self, const tally_order_t *o, bint open_) noexcept nogil
+    cdef result_t void_hold(self, const tally_order_t *o, uint64_t operation, uint64_t ts) noexcept nogil
+
+
+# An order that may still be paid: unpaid, or a payment code's charge held for confirming.
+cdef inline bint order_open(const tally_order_t *o) noexcept nogil:
+    return o.state == ORDER_NOTPAY or o.state == ORDER_USERPAYING
 
 
 # A merchant's number (out_trade_no, out_refund_no): 1..32 bytes of [0-9A-Za-z_-|*@.], then NULs.

@@ -48,7 +48,7 @@ cdef enum:
     NS_PER_S = 1000000000
 
 for _name, _number in (("create_orders", OPERATION_CREATE_ORDERS), ("pay_orders", OPERATION_PAY_ORDERS),
-                       ("close_orders", OPERATION_CLOSE_ORDERS)):
+                       ("close_orders", OPERATION_CLOSE_ORDERS), ("charge_codes", OPERATION_CHARGE_CODES)):
     if Operation[_name] != _number:
         raise ImportError(f"core/orders.pxd numbers {_name} {_number}, core/operations.py {int(Operation[_name])}")
 
@@ -172,17 +172,13 @@ cdef class Orders(Product):
         self.expiry_heap.stride = sizeof(uint32_t)
         hmac_key_init(&self.token_key, <const uint8_t *> secret, len(secret))
         # Every batch of the ledger, whatever its operation, expires the due orders first.
-        if ledger.begin_hook != NULL:
-            raise ValueError("the ledger already has a table expiring at its batches' start")
-        ledger.begin_hook = _expire_at_batch_start
-        ledger.begin_hook_owner = <void *> self
+        ledger.add_begin_hook(_expire_at_batch_start, <void *> self)
         if sizeof(expiry_t) != EXPIRY_DTYPE.itemsize:
             raise ImportError("expiry_t and EXPIRY_DTYPE disagree")
 
     def __dealloc__(self):
-        if self.ledger is not None and self.ledger.begin_hook_owner == <void *> self:
-            self.ledger.begin_hook = NULL
-            self.ledger.begin_hook_owner = NULL
+        if self.ledger is not None:
+            self.ledger.remove_begin_hook(<void *> self)
 
     # ---------------------------------------------------------------- Python API (the boundary)
 
@@ -254,15 +250,20 @@ cdef class Orders(Product):
             slot = self.expiry_heap.items[0].entry
             o = &self.rows[slot]
             heap_remove(&self.expiry_heap, 0)
-            if o.state != ORDER_NOTPAY:
+            if o.state == ORDER_NOTPAY:
+                o.close_reason = CLOSE_REASON_EXPIRED
+            elif o.state == ORDER_USERPAYING:
+                # A held charge not confirmed in time: the ledger expires its pending leg in this
+                # same batch start (its timeout ends at this expires_at: core/codes.pyx).
+                o.close_reason = CLOSE_REASON_TIMEOUT
+            else:
                 continue  # paid or closed since it was created
             o.state = ORDER_CLOSED
-            o.close_reason = CLOSE_REASON_EXPIRED
             o.closed_at = o.expires_at
             self.settled(slot, version_ts)
 
     cdef void settled(self, uint32_t slot, uint64_t ts) noexcept nogil:
-        """An unpaid order was paid or closed at ``ts``: it may leave memory now."""
+        """An open order (unpaid or held) was paid or closed at ``ts``: it may leave memory now."""
         table_set_pinned(self.table, slot, False)
         self.open_count -= 1
         self.table.touch(slot, ts)
@@ -270,7 +271,7 @@ cdef class Orders(Product):
     cdef void drop_resolved(self) noexcept nogil:
         """Pop the heap's soonest entries that are no longer unpaid (no state changes): the
         next expiry is then an unpaid order's, and an idle server is not woken for nothing."""
-        while self.expiry_heap.count and self.rows[self.expiry_heap.items[0].entry].state != ORDER_NOTPAY:
+        while self.expiry_heap.count and not order_open(&self.rows[self.expiry_heap.items[0].entry]):
             heap_remove(&self.expiry_heap, 0)
 
     cdef void run_batch(self, uint32_t operation, const unsigned char *events, uint64_t count, uint64_t base,
@@ -398,14 +399,23 @@ cdef class Orders(Product):
         o.ledger = e.ledger
         o.description_code = e.description_code
         o.timestamp = ts
-        slot = self.table.insert(o, INDEX_NONE, ts)
+        slot = self.insert_order(o, True)
         if slot == IDMAP_NOT_FOUND:
             return R_ORDERS_LIMIT_REACHED  # a table with no store to evict to is full
+        memcpy(token, o.token, ORDER_TOKEN_BYTES)
+        return R_OK
+
+    cdef uint32_t insert_order(self, const tally_order_t *o, bint open_) noexcept nogil:
+        """A new order (its id absent; the caller checked ``open_count < open_max`` for an open
+        one): its slot, or IDMAP_NOT_FOUND when the table has no free slot. An open order (unpaid,
+        or a held charge) is pinned and on the expiry heap until it is paid or closed."""
+        cdef uint32_t slot = self.table.insert(o, INDEX_NONE, o.timestamp)
+        if slot == IDMAP_NOT_FOUND or not open_:
+            return slot
         table_set_pinned(self.table, slot, True)
         self.open_count += 1
         heap_push(&self.expiry_heap, o.expires_at, o.timestamp, slot)
-        memcpy(token, o.token, ORDER_TOKEN_BYTES)
-        return R_OK
+        return slot
 
     cdef result_t find_order(self, uint64_t lo, uint64_t hi, uint32_t *slot) noexcept nogil:
         """An event's order: its slot, or why there is none."""
@@ -434,8 +444,8 @@ cdef class Orders(Product):
         if slot == IDMAP_NOT_FOUND:
             return R_ORDER_NOT_FOUND
         o = &self.rows[slot]
-        if not tokens_equal(o.token, e.token):
-            return R_ORDER_TOKEN_INVALID
+        if o.kind != ORDER_KIND_QR or not tokens_equal(o.token, e.token):
+            return R_ORDER_TOKEN_INVALID  # (a code's order holds the code there, not a tag)
         if o.state == ORDER_SUCCESS or o.state == ORDER_REFUND:
             if o.payer_id_lo == e.payer_id_lo and o.payer_id_hi == e.payer_id_hi and o.amount == e.amount:
                 return R_EXISTS
@@ -502,11 +512,31 @@ cdef class Orders(Product):
             return R_ORDER_PAID
         if o.state == ORDER_CLOSED:
             return R_EXISTS
+        if o.state == ORDER_USERPAYING:
+            # The merchant revokes a held charge: its pending leg is voided (core/codes.pyx).
+            r = self.void_hold(o, OPERATION_CLOSE_ORDERS, ts)
+            if r != R_OK:
+                return r
+            o.close_reason = CLOSE_REASON_REVOKED
+        else:
+            o.close_reason = CLOSE_REASON_MERCHANT
         o.state = ORDER_CLOSED  # left on the expiry heap, as a paid order is
-        o.close_reason = CLOSE_REASON_MERCHANT
         o.closed_at = ts
         self.settled(slot, ts)
         return R_OK
+
+    cdef result_t void_hold(self, const tally_order_t *o, uint64_t operation, uint64_t ts) noexcept nogil:
+        """Void a held charge's pending leg (leg 0 of charge_codes) as leg 0 of ``operation``."""
+        cdef uint64_t leg_lo, leg_hi, pending_lo, pending_hi
+        cdef chain_mark_t mark
+        cdef result_t r
+        leg_id_of(o.id_lo, o.id_hi, OPERATION_CHARGE_CODES, 0, &pending_lo, &pending_hi)
+        leg_id_of(o.id_lo, o.id_hi, operation, 0, &leg_lo, &leg_hi)
+        self.ledger.chain_begin(&mark)
+        r = self.ledger.leg_resolve(leg_lo, leg_hi, pending_lo, pending_hi, False, ts)
+        if r != R_OK:
+            self.ledger.chain_abort(&mark)
+        return r
 
 
 cdef void _expire_at_batch_start(void *owner, uint64_t base_ts) noexcept nogil:

@@ -121,7 +121,8 @@ cdef extern from * nogil:
         uint8_t state;                  /* order_state_t */
         uint8_t close_reason;           /* close_reason_t */
         uint16_t refund_count;
-        uint8_t reserved_a[2];
+        uint8_t kind;                   /* order_kind_t: a QR order, or a payment code's charge */
+        uint8_t reserved_a[1];
         uint32_t ledger;
         uint32_t description_code;
         uint64_t fee;
@@ -145,6 +146,60 @@ cdef extern from * nogil:
         uint8_t reserved[64];
         uint64_t timestamp;             /* 0 on input; the engine time of the last change */
     } tally_merchant_t;
+
+    /* Payment codes (docs/products.md "Payment codes (built)"). */
+    typedef struct TALLY_PACKED {
+        uint64_t wallet_id_lo, wallet_id_hi;
+        uint64_t request_id_lo, request_id_hi;  /* non-zero: the wallet service's id of the request */
+        uint64_t no_password_limit;     /* minor units; a charge above it needs confirming (0: default) */
+        uint32_t free_payments_per_day; /* code payments a day without confirming (0: default) */
+        uint32_t ledger;                /* the wallet's */
+        uint16_t flags;                 /* must be zero */
+        uint8_t reserved[70];
+        uint64_t timestamp;             /* must be zero */
+    } tally_code_issue_t;
+
+    typedef struct TALLY_PACKED {
+        uint32_t result;
+        uint8_t reserved[4];
+        uint64_t code;                  /* on ok and exists */
+    } tally_code_issued_t;
+
+    typedef struct TALLY_PACKED {
+        uint64_t order_id_lo, order_id_hi;      /* order_id(merchant_id, out_trade_no) */
+        uint64_t merchant_id_lo, merchant_id_hi;
+        uint64_t code_lo, code_hi;      /* the 18-digit code (hi 0) */
+        uint64_t amount;
+        uint8_t out_trade_no[32];
+        uint32_t ledger;
+        uint32_t description_code;
+        uint16_t flags;                 /* must be zero (but the server's EVENT_FLAG_FORBIDDEN) */
+        uint8_t reserved[22];
+        uint64_t timestamp;             /* must be zero */
+    } tally_code_charge_t;
+
+    typedef struct TALLY_PACKED {
+        uint64_t order_id_lo, order_id_hi;
+        uint64_t wallet_id_lo, wallet_id_hi;    /* the order's payer */
+        uint16_t flags;                 /* 0: confirm; CONFIRM_DECLINE: decline */
+        uint8_t reserved[86];
+        uint64_t timestamp;             /* must be zero */
+    } tally_code_confirm_t;
+
+    typedef struct TALLY_PACKED {
+        uint64_t id_lo, id_hi;          /* the code (hi 0) */
+        uint64_t wallet_id_lo, wallet_id_hi;
+        uint64_t request_id_lo, request_id_hi;
+        uint64_t order_id_lo, order_id_hi;      /* its charge's order: 0 before */
+        uint64_t no_password_limit;
+        uint64_t expires_at;            /* engine ns */
+        uint64_t ended_at;              /* charged, expired or replaced at (engine ns) */
+        uint32_t free_payments_per_day;
+        uint32_t ledger;
+        uint8_t state;                  /* code_state_t */
+        uint8_t reserved[23];
+        uint64_t timestamp;             /* issued at */
+    } tally_code_t;
 
     /* A refund of (part of) a paid order: the event, and as kept (docs/products.md "Refunds"). */
     typedef struct TALLY_PACKED {
@@ -268,7 +323,8 @@ cdef extern from * nogil:
         uint8_t state
         uint8_t close_reason
         uint16_t refund_count
-        uint8_t reserved_a[2]
+        uint8_t kind
+        uint8_t reserved_a[1]
         uint32_t ledger
         uint32_t description_code
         uint64_t fee
@@ -328,6 +384,65 @@ cdef extern from * nogil:
         uint8_t reserved[64]
         uint64_t timestamp
 
+    ctypedef struct tally_code_issue_t:
+        uint64_t wallet_id_lo
+        uint64_t wallet_id_hi
+        uint64_t request_id_lo
+        uint64_t request_id_hi
+        uint64_t no_password_limit
+        uint32_t free_payments_per_day
+        uint32_t ledger
+        uint16_t flags
+        uint8_t reserved[70]
+        uint64_t timestamp
+
+    ctypedef struct tally_code_issued_t:
+        uint32_t result
+        uint8_t reserved[4]
+        uint64_t code
+
+    ctypedef struct tally_code_charge_t:
+        uint64_t order_id_lo
+        uint64_t order_id_hi
+        uint64_t merchant_id_lo
+        uint64_t merchant_id_hi
+        uint64_t code_lo
+        uint64_t code_hi
+        uint64_t amount
+        uint8_t out_trade_no[32]
+        uint32_t ledger
+        uint32_t description_code
+        uint16_t flags
+        uint8_t reserved[22]
+        uint64_t timestamp
+
+    ctypedef struct tally_code_confirm_t:
+        uint64_t order_id_lo
+        uint64_t order_id_hi
+        uint64_t wallet_id_lo
+        uint64_t wallet_id_hi
+        uint16_t flags
+        uint8_t reserved[86]
+        uint64_t timestamp
+
+    ctypedef struct tally_code_t:
+        uint64_t id_lo
+        uint64_t id_hi
+        uint64_t wallet_id_lo
+        uint64_t wallet_id_hi
+        uint64_t request_id_lo
+        uint64_t request_id_hi
+        uint64_t order_id_lo
+        uint64_t order_id_hi
+        uint64_t no_password_limit
+        uint64_t expires_at
+        uint64_t ended_at
+        uint32_t free_payments_per_day
+        uint32_t ledger
+        uint8_t state
+        uint8_t reserved[23]
+        uint64_t timestamp
+
     bint TALLY_LIKELY(bint)
     bint TALLY_UNLIKELY(bint)
     void TALLY_PREFETCH(const void *)
@@ -356,12 +471,32 @@ cpdef enum order_state_t:
     ORDER_SUCCESS = 2
     ORDER_CLOSED = 3
     ORDER_REFUND = 4
+    ORDER_USERPAYING = 5        # a payment code's charge waiting for the user's confirmation
+
+
+cpdef enum order_kind_t:
+    ORDER_KIND_QR = 0           # created by the merchant, paid by the user (pay_orders)
+    ORDER_KIND_CODE = 1         # created by charging a user's payment code (charge_codes)
+
+
+cpdef enum code_state_t:
+    CODE_LIVE = 1
+    CODE_CHARGED = 2
+    CODE_EXPIRED = 3
+    CODE_REPLACED = 4
+
+
+cpdef enum confirm_flag_t:
+    CONFIRM_DECLINE = 1         # the user refuses a held charge: it is voided
 
 
 cpdef enum close_reason_t:
     CLOSE_REASON_NONE = 0
     CLOSE_REASON_MERCHANT = 1
     CLOSE_REASON_EXPIRED = 2
+    CLOSE_REASON_REVOKED = 3    # a held charge closed by its merchant
+    CLOSE_REASON_DECLINED = 4   # a held charge declined by its user
+    CLOSE_REASON_TIMEOUT = 5    # a held charge not confirmed in time
 
 
 cpdef enum account_flag_t:
@@ -492,4 +627,15 @@ cpdef enum result_t:
     R_SETTLEMENT_WINDOW_OPEN = 93   # the window has not ended by the engine clock
     R_SETTLEMENT_WINDOW_BEHIND = 94  # a later window has ended with sales in it: settle through it
     R_FORBIDDEN = 95                # the client's role may not act for this merchant (engine/roles.py)
-    R_COUNT = 96
+    # The payment codes' (docs/products.md "Payment codes (built)").
+    R_CODE_INVALID = 96             # not 18 digits with a prefix 10-15
+    R_CODE_NOT_FOUND = 97
+    R_CODE_USED = 98                # charged already: a code is single-use
+    R_CODE_EXPIRED = 99
+    R_CODE_REPLACED = 100           # the wallet has a newer code
+    R_CODE_COLLISION = 101          # another (wallet, request) has this code: ask with a new request id
+    R_CODES_LIMIT_REACHED = 102
+    R_USER_PAYING = 103             # held: the user must confirm (the charge is made, not yet paid)
+    R_ORDER_NOT_USER_PAYING = 104   # not a payment code's order
+    R_PAYER_MISMATCH = 105          # the wallet is not the order's payer
+    R_COUNT = 106

@@ -18,6 +18,11 @@ MERCHANT_DTYPE: np.dtype
 REFUND_DTYPE: np.dtype
 SETTLEMENT_DTYPE: np.dtype
 NOTIFICATION_DTYPE: np.dtype
+CODE_ISSUE_DTYPE: np.dtype
+CODE_ISSUED_DTYPE: np.dtype
+CODE_CHARGE_DTYPE: np.dtype
+CODE_CONFIRM_DTYPE: np.dtype
+CODE_DTYPE: np.dtype
 U64_MAX: int
 U128_MAX: int
 
@@ -118,17 +123,45 @@ class Result(enum.IntEnum):
     settlement_window_open = 93
     settlement_window_behind = 94
     forbidden = 95
+    code_invalid = 96
+    code_not_found = 97
+    code_used = 98
+    code_expired = 99
+    code_replaced = 100
+    code_collision = 101
+    codes_limit_reached = 102
+    user_paying = 103
+    order_not_user_paying = 104
+    payer_mismatch = 105
 
 class OrderState(enum.IntEnum):
     NOTPAY = 1
     SUCCESS = 2
     CLOSED = 3
     REFUND = 4
+    USERPAYING = 5
 
 class CloseReason(enum.IntEnum):
     none = 0
     merchant = 1
     expired = 2
+    revoked = 3
+    declined = 4
+    timeout = 5
+
+class CodeState(enum.IntEnum):
+    LIVE = 1
+    CHARGED = 2
+    EXPIRED = 3
+    REPLACED = 4
+
+class OrderKind(enum.IntEnum):
+    qr = 0
+    code = 1
+
+class ConfirmFlags(enum.IntFlag):
+    none = 0
+    decline = 1
 
 class AccountFlags(enum.IntFlag):
     none = 0

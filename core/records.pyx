@@ -14,7 +14,8 @@ from core.records cimport (
     tally_account_t, tally_transfer_t, ACCOUNT_SIZE, TRANSFER_SIZE, ACCOUNT_RESERVED_SIZE,
     TRANSFER_RESERVED_SIZE, result_t, account_flag_t, transfer_flag_t, tally_order_create_t, tally_order_pay_t,
     tally_order_close_t, tally_order_t, tally_order_created_t, order_state_t, close_reason_t, tally_merchant_t,
-    tally_refund_t, event_flag_t,
+    tally_refund_t, event_flag_t, tally_code_issue_t, tally_code_issued_t, tally_code_charge_t, tally_code_confirm_t,
+    tally_code_t, code_state_t, confirm_flag_t, order_kind_t,
 )
 
 _U64 = "<u8"
@@ -77,7 +78,7 @@ ORDER_DTYPE = np.dtype([
     ("amount", _U64), ("refunded", _U64),
     ("expires_at", _U64), ("paid_at", _U64), ("closed_at", _U64),
     ("token", "u1", (10,)), ("state", "u1"), ("close_reason", "u1"), ("refund_count", _U16),
-    ("reserved_a", "V2"), ("ledger", _U32), ("description_code", _U32), ("fee", _U64),
+    ("kind", "u1"), ("reserved_a", "V1"), ("ledger", _U32), ("description_code", _U32), ("fee", _U64),
     ("timestamp", _U64),
 ])
 
@@ -116,6 +117,31 @@ NOTIFICATION_DTYPE = np.dtype([
     ("timestamp", _U64),                              # the event's engine time
 ])
 
+# The payment codes' records (docs/products.md "Payment codes (built)").
+CODE_ISSUE_DTYPE = np.dtype([
+    ("wallet_id_lo", _U64), ("wallet_id_hi", _U64), ("request_id_lo", _U64), ("request_id_hi", _U64),
+    ("no_password_limit", _U64), ("free_payments_per_day", _U32), ("ledger", _U32), ("flags", _U16),
+    ("reserved", "V70"), ("timestamp", _U64),
+])
+#: ``issue_codes``' reply per event: the result and, on ok or exists, the code.
+CODE_ISSUED_DTYPE = np.dtype([("result", _U32), ("reserved", "V4"), ("code", _U64)])
+CODE_CHARGE_DTYPE = np.dtype([
+    ("order_id_lo", _U64), ("order_id_hi", _U64), ("merchant_id_lo", _U64), ("merchant_id_hi", _U64),
+    ("code_lo", _U64), ("code_hi", _U64), ("amount", _U64), ("out_trade_no", "u1", (32,)),
+    ("ledger", _U32), ("description_code", _U32), ("flags", _U16), ("reserved", "V22"), ("timestamp", _U64),
+])
+CODE_CONFIRM_DTYPE = np.dtype([
+    ("order_id_lo", _U64), ("order_id_hi", _U64), ("wallet_id_lo", _U64), ("wallet_id_hi", _U64),
+    ("flags", _U16), ("reserved", "V86"), ("timestamp", _U64),
+])
+#: A code as kept: ``lookup_codes``' records.
+CODE_DTYPE = np.dtype([
+    ("id_lo", _U64), ("id_hi", _U64), ("wallet_id_lo", _U64), ("wallet_id_hi", _U64),
+    ("request_id_lo", _U64), ("request_id_hi", _U64), ("order_id_lo", _U64), ("order_id_hi", _U64),
+    ("no_password_limit", _U64), ("expires_at", _U64), ("ended_at", _U64),
+    ("free_payments_per_day", _U32), ("ledger", _U32), ("state", "u1"), ("reserved", "V23"), ("timestamp", _U64),
+])
+
 #: A merchant's terms: ``set_merchants``' events and ``lookup_merchants``' records.
 MERCHANT_DTYPE = np.dtype([
     ("merchant_id_lo", _U64), ("merchant_id_hi", _U64),
@@ -130,6 +156,11 @@ OrderState.__doc__ = "An order's state (docs/products.md): NOTPAY, then SUCCESS 
 OrderState.__module__ = "core"
 CloseReason = enum.IntEnum("CloseReason", {member.name[13:].lower(): int(member) for member in close_reason_t})
 CloseReason.__module__ = "core"
+CodeState = enum.IntEnum("CodeState", {member.name[5:]: int(member) for member in code_state_t})
+CodeState.__doc__ = "A payment code's state (docs/products.md): LIVE, then CHARGED, EXPIRED or REPLACED."
+CodeState.__module__ = "core"
+OrderKind = enum.IntEnum("OrderKind", {member.name[11:].lower(): int(member) for member in order_kind_t})
+OrderKind.__module__ = "core"
 #: The server's mark on a product event its client's role may not make (engine/roles.py).
 EVENT_FLAG_FORBIDDEN_BIT = int(event_flag_t.EVENT_FLAG_FORBIDDEN)
 
@@ -151,6 +182,11 @@ def _check_layout():
     cdef tally_merchant_t merchant
     cdef tally_refund_t refund
     cdef tally_settlement_t settlement
+    cdef tally_code_issue_t code_issue
+    cdef tally_code_issued_t code_issued
+    cdef tally_code_charge_t code_charge
+    cdef tally_code_confirm_t code_confirm
+    cdef tally_code_t code
     c_offsets = {
         ACCOUNT_DTYPE: {
             "id_lo": <size_t> (<char *> &account.id_lo - <char *> &account),
@@ -200,6 +236,7 @@ def _check_layout():
             "token": <size_t> (<char *> &order.token - <char *> &order),
             "state": <size_t> (<char *> &order.state - <char *> &order),
             "refund_count": <size_t> (<char *> &order.refund_count - <char *> &order),
+            "kind": <size_t> (<char *> &order.kind - <char *> &order),
             "ledger": <size_t> (<char *> &order.ledger - <char *> &order),
             "fee": <size_t> (<char *> &order.fee - <char *> &order),
             "timestamp": <size_t> (<char *> &order.timestamp - <char *> &order),
@@ -221,6 +258,29 @@ def _check_layout():
             "settlement_account_id_lo": <size_t> (<char *> &settlement.settlement_account_id_lo - <char *> &settlement),
             "timestamp": <size_t> (<char *> &settlement.timestamp - <char *> &settlement),
         },
+        CODE_ISSUE_DTYPE: {
+            "no_password_limit": <size_t> (<char *> &code_issue.no_password_limit - <char *> &code_issue),
+            "ledger": <size_t> (<char *> &code_issue.ledger - <char *> &code_issue),
+            "flags": <size_t> (<char *> &code_issue.flags - <char *> &code_issue),
+            "timestamp": <size_t> (<char *> &code_issue.timestamp - <char *> &code_issue),
+        },
+        CODE_ISSUED_DTYPE: {"code": <size_t> (<char *> &code_issued.code - <char *> &code_issued)},
+        CODE_CHARGE_DTYPE: {
+            "code_lo": <size_t> (<char *> &code_charge.code_lo - <char *> &code_charge),
+            "out_trade_no": <size_t> (<char *> &code_charge.out_trade_no - <char *> &code_charge),
+            "flags": <size_t> (<char *> &code_charge.flags - <char *> &code_charge),
+            "timestamp": <size_t> (<char *> &code_charge.timestamp - <char *> &code_charge),
+        },
+        CODE_CONFIRM_DTYPE: {
+            "flags": <size_t> (<char *> &code_confirm.flags - <char *> &code_confirm),
+            "timestamp": <size_t> (<char *> &code_confirm.timestamp - <char *> &code_confirm),
+        },
+        CODE_DTYPE: {
+            "expires_at": <size_t> (<char *> &code.expires_at - <char *> &code),
+            "ledger": <size_t> (<char *> &code.ledger - <char *> &code),
+            "state": <size_t> (<char *> &code.state - <char *> &code),
+            "timestamp": <size_t> (<char *> &code.timestamp - <char *> &code),
+        },
         MERCHANT_DTYPE: {
             "settlement_account_id_lo": <size_t> (<char *> &merchant.settlement_account_id_lo - <char *> &merchant),
             "fee_bps": <size_t> (<char *> &merchant.fee_bps - <char *> &merchant),
@@ -232,7 +292,10 @@ def _check_layout():
              ORDER_CREATE_DTYPE: (sizeof(order_create), 128), ORDER_PAY_DTYPE: (sizeof(order_pay), 128),
              ORDER_CLOSE_DTYPE: (sizeof(order_close), 128), ORDER_DTYPE: (sizeof(order), 128),
              ORDER_CREATED_DTYPE: (sizeof(order_created), 16), MERCHANT_DTYPE: (sizeof(merchant), 128),
-             REFUND_DTYPE: (sizeof(refund), 128), SETTLEMENT_DTYPE: (sizeof(settlement), 128)}
+             REFUND_DTYPE: (sizeof(refund), 128), SETTLEMENT_DTYPE: (sizeof(settlement), 128),
+             CODE_ISSUE_DTYPE: (sizeof(code_issue), 128), CODE_ISSUED_DTYPE: (sizeof(code_issued), 16),
+             CODE_CHARGE_DTYPE: (sizeof(code_charge), 128), CODE_CONFIRM_DTYPE: (sizeof(code_confirm), 128),
+             CODE_DTYPE: (sizeof(code), 128)}
     for dtype, offsets in c_offsets.items():
         c_size, documented = sizes[dtype]
         if not (c_size == documented == dtype.itemsize):
@@ -266,6 +329,8 @@ def _flags(name, c_enum, prefix, doc):
 
 AccountFlags = _flags("AccountFlags", account_flag_t, "ACCOUNT_", "Account flags (u16), docs/data-model.md.")
 TransferFlags = _flags("TransferFlags", transfer_flag_t, "TRANSFER_", "Transfer flags (u16), docs/data-model.md.")
+ConfirmFlags = _flags("ConfirmFlags", confirm_flag_t, "CONFIRM_",
+                      "``confirm_charges``' flags (u16): ``decline``, the user refuses a held charge.")
 
 
 class AccountCode(enum.IntEnum):

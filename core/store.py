@@ -54,6 +54,7 @@ import numpy as np
 
 from core import checkpoint, codec, constants, journal, memory, writeback
 from core.threads import name_this_thread
+from core import codes as codes_module
 from core import cold as cold_module
 from core import filter as filter_module
 from core import ledger as ledger_module
@@ -67,8 +68,8 @@ from core.cold import ColdTier, ColdVersions
 from core.filter import IdFilter
 from core.ledger import EVENT_TIMESTAMPS
 from core.machine import Machine
-from core.operations import CREATE_EVENT_DTYPES, OPERATIONS, Operation
-from core.records import ID_DTYPE, TRANSFER_DTYPE, TransferFlags, ids_array
+from core.operations import CREATE_EVENT_DTYPES, DERIVED, OPERATIONS, Operation
+from core.records import ID_DTYPE, TRANSFER_DTYPE, CloseReason, TransferFlags, ids_array
 from core.state_hash import CHAIN_EMPTY, state_hash
 
 #: Log entry header: magic, format version, operation, event count, packed body bytes, now_ns,
@@ -119,7 +120,7 @@ JOURNAL_FILE = "journal"
 CHECKPOINT_ARRAYS = checkpoint.registry(ledger_module.CHECKPOINT_ARRAYS, cold_module.CHECKPOINT_ARRAYS,
                                         filter_module.CHECKPOINT_ARRAYS, orders_module.CHECKPOINT_ARRAYS,
                                         merchants_module.CHECKPOINT_ARRAYS, refunds_module.CHECKPOINT_ARRAYS,
-                                        settlement_module.CHECKPOINT_ARRAYS,
+                                        settlement_module.CHECKPOINT_ARRAYS, codes_module.CHECKPOINT_ARRAYS,
                                         {"product_filter": checkpoint.REGIONS})
 #: The product tables' filter of the ids in their cold side (one for all: their ids are digests
 #: with a domain each, docs/products.md): 50 M ids at 10 bits each, lazily mapped.
@@ -161,6 +162,7 @@ class _Meta(msgspec.Struct, frozen=True):
     orders_max: int = 0           # 0: a store made before orders (the default then)
     merchants_max: int = 0        # 0: a store made before merchants (the default then)
     refunds_max: int = 0          # 0: a store made before refunds (the default then)
+    codes_max: int = 0            # 0: a store made before payment codes (the default then)
     secret: bytes = b""           # keys the order tokens (core/orders.pyx); drawn once, never sent
 
 
@@ -288,8 +290,8 @@ class Store:
     def __init__(self, path, *, accounts_max: int | None = None, transfers_hot_max: int | None = None,
                  pending_max: int | None = None, cold_epoch_transfers: int | None = None,
                  id_filter_bytes: int | None = None, orders_max: int | None = None,
-                 merchants_max: int | None = None, refunds_max: int | None = None, secret: bytes | None = None,
-                 map_size_bytes: int = constants.LMDB_MAP_SIZE_BYTES_DEFAULT,
+                 merchants_max: int | None = None, refunds_max: int | None = None, codes_max: int | None = None,
+                 secret: bytes | None = None, map_size_bytes: int = constants.LMDB_MAP_SIZE_BYTES_DEFAULT,
                  checkpoint_interval_events: int = constants.CHECKPOINT_INTERVAL_EVENTS_DEFAULT,
                  checkpoint_interval_batches: int | None = None,
                  commit_pipeline_depth: int = constants.COMMIT_PIPELINE_DEPTH_DEFAULT,
@@ -312,7 +314,7 @@ class Store:
         self._meta_db = self._env.open_db(b"meta")
         self._meta = self._load_or_create_meta(accounts_max, transfers_hot_max, pending_max,
                                                cold_epoch_transfers, id_filter_bytes, orders_max, merchants_max,
-                                               refunds_max, secret)
+                                               refunds_max, codes_max, secret)
         self._archive_meta = self._load_archive_meta()
         self._journal = self._open_journal(journal_bytes, prefault)
         self._epoch_transfers = self._meta.cold_epoch_transfers
@@ -386,11 +388,13 @@ class Store:
         meta = self._meta
         self.machine = Machine(accounts_max=meta.accounts_max, transfers_hot_max=meta.transfers_hot_max,
                                pending_max=meta.pending_max, orders_max=meta.orders_max,
-                               merchants_max=meta.merchants_max, refunds_max=meta.refunds_max, secret=meta.secret)
+                               merchants_max=meta.merchants_max, refunds_max=meta.refunds_max,
+                               codes_max=meta.codes_max, secret=meta.secret)
         self.ledger = self.machine.ledger
         self.orders = self.machine.orders
         self.merchants = self.machine.merchants
         self.refunds = self.machine.refunds
+        self.codes = self.machine.codes
         self.filter = IdFilter(meta.id_filter_bytes)
         self.ledger.attach_filter(self.filter)
         self.product_filter = IdFilter(PRODUCT_FILTER_BYTES)
@@ -612,8 +616,11 @@ class Store:
                 self.product_filter.add_ids(table.outbox_ids(head, table.outbox_head))
             if table.outbox_head == 0:
                 continue  # no record of this table has ever left memory
-            ids = np.empty(count, dtype=ID_DTYPE)
-            ids["lo"], ids["hi"] = records[f"{field}_lo"], records[f"{field}_hi"]
+            if field == DERIVED:  # ids the component computes (an issued code's number)
+                ids = self.machine.derived_ids(operation, records)
+            else:
+                ids = np.empty(count, dtype=ID_DTYPE)
+                ids["lo"], ids["hi"] = records[f"{field}_lo"], records[f"{field}_hi"]
             wanted = ids[self.product_filter.maybe_mask(ids)]  # new and resident ids mostly leave here
             wanted = wanted[~table.resident_mask(wanted) & ((wanted["lo"] != 0) | (wanted["hi"] != 0))]
             if not wanted.shape[0]:
@@ -652,6 +659,26 @@ class Store:
     def refund_orders(self, batch, now_ns: int | None = None) -> np.ndarray:
         """Refund paid orders durably (docs/products.md "Refunds"); one Result per event."""
         return self.submit(Operation.refund_orders, batch, now_ns).result()
+
+    def issue_codes(self, batch, now_ns: int | None = None) -> np.ndarray:
+        """Issue payment codes durably (docs/products.md "Payment codes (built)"); one
+        CODE_ISSUED_DTYPE (result, code) per event."""
+        return self.submit(Operation.issue_codes, batch, now_ns).result()
+
+    def charge_codes(self, batch, now_ns: int | None = None) -> np.ndarray:
+        """Charge payment codes durably; one Result per event (``user_paying``: held)."""
+        return self.submit(Operation.charge_codes, batch, now_ns).result()
+
+    def confirm_charges(self, batch, now_ns: int | None = None) -> np.ndarray:
+        """Confirm (or decline) held charges durably; one Result per event."""
+        return self.submit(Operation.confirm_charges, batch, now_ns).result()
+
+    def lookup_codes(self, ids, *, wait_for_commits: bool = True):
+        """Payment codes by id (the code numbers), in order, missing ones left out; after
+        every submitted batch is committed (``wait_for_commits``: see ``lookup_transfers``)."""
+        if wait_for_commits:
+            self._drain()
+        return self._lookup_table("codes", ids)
 
     def lookup_refunds(self, ids, *, wait_for_commits: bool = True):
         """Refunds by id, in order, missing ones left out; after every submitted batch is
@@ -798,6 +825,9 @@ class Store:
             "merchants_max": self.merchants.merchants_max,
             "refunds": self.refunds.refund_count,
             "refunds_max": self.refunds.refunds_max,
+            "codes": self.codes.code_count,
+            "codes_max": self.codes.codes_max,
+            "codes_live": self.codes.live_count,
             **{f"{name}_resident": table.used for name, table in self.machine.tables.items()},
             **{f"{name}_outbox": table.outbox_head - table.outbox_tail for name, table in self.machine.tables.items()},
             **{f"{name}_cold_lookups": versions.lookups for name, versions in self._versions.items()},
@@ -864,16 +894,23 @@ class Store:
         """A notifying batch's notifications, a payment's merchant resolved through its order."""
         from core import notifications
 
+        kinds = notifications.NotificationKind
         notes = notifications.of_entry(entry, events, EVENT_TIMESTAMPS)
-        paid = np.flatnonzero(notes["kind"] == notifications.NotificationKind.paid)
-        if paid.shape[0]:  # a payment names its order only: the order names its merchant
-            ids = np.zeros(paid.shape[0], dtype=ID_DTYPE)
-            ids["lo"], ids["hi"] = notes["order_id_lo"][paid], notes["order_id_hi"][paid]
+        # A payment or a confirm names its order only; a close may have revoked a held charge.
+        unresolved = ((notes["merchant_id_lo"] == 0) & (notes["merchant_id_hi"] == 0)) | (notes["kind"] == kinds.closed)
+        at = np.flatnonzero(unresolved)
+        if at.shape[0]:
+            ids = np.zeros(at.shape[0], dtype=ID_DTYPE)
+            ids["lo"], ids["hi"] = notes["order_id_lo"][at], notes["order_id_hi"][at]
             orders = self._lookup_table("orders", ids)
-            if orders.shape[0] != paid.shape[0]:
-                raise StoreError(f"batch {entry.sequence}: a paid order is missing from the orders")
-            notes["merchant_id_lo"][paid], notes["merchant_id_hi"][paid] = (orders["merchant_id_lo"],
-                                                                             orders["merchant_id_hi"])
+            if orders.shape[0] != at.shape[0]:
+                raise StoreError(f"batch {entry.sequence}: a notified order is missing from the orders")
+            notes["merchant_id_lo"][at], notes["merchant_id_hi"][at] = orders["merchant_id_lo"], orders["merchant_id_hi"]
+            paid = notes["kind"][at] == kinds.paid
+            notes["amount"][at[paid]] = orders["amount"][paid]
+            # (A closed order's close_reason is final: what the lookup says now, it said then.)
+            revoked = (notes["kind"][at] == kinds.closed) & (orders["close_reason"] == int(CloseReason.revoked))
+            notes["kind"][at[revoked]] = kinds.revoked
         return notes
 
     def checkpoint(self) -> None:
@@ -1501,7 +1538,7 @@ class Store:
         """The transfers' cold tier and each product table's cold side, in the cold environment."""
         self.cold = ColdTier(self._cold_env, self._epoch_transfers)
         self._versions = {name: ColdVersions(self._cold_env, name.encode() + b"_", table_module.OUTBOX_ENTRY_DTYPE)
-                          for name in ("orders", "refunds")}
+                          for name in ("orders", "refunds", "codes")}
 
     def _open_side_env(self, subdirectory: str, map_size_bytes: int, *, sync: bool):
         directory = os.path.join(self.path, subdirectory)
@@ -1516,7 +1553,7 @@ class Store:
             return lmdb.open(directory, **options)
 
     def _load_or_create_meta(self, accounts_max, transfers_hot_max, pending_max, cold_epoch_transfers,
-                             id_filter_bytes, orders_max, merchants_max, refunds_max, secret) -> _Meta:
+                             id_filter_bytes, orders_max, merchants_max, refunds_max, codes_max, secret) -> _Meta:
         with self._env.begin(write=True, db=self._meta_db) as txn:
             stored = txn.get(b"meta")
             if stored is not None:
@@ -1540,6 +1577,8 @@ class Store:
                                                                  merchants_max or 0),
                                                refunds_max=max(meta.refunds_max or constants.REFUNDS_MAX_DEFAULT,
                                                                refunds_max or 0),
+                                               codes_max=max(meta.codes_max or constants.CODES_MAX_DEFAULT,
+                                                             codes_max or 0),
                                                secret=meta.secret or secret or os.urandom(orders_module.SECRET_BYTES))
             else:
                 meta = _Meta(_STORE_VERSION, accounts_max or constants.ACCOUNTS_MAX_DEFAULT,
@@ -1551,6 +1590,7 @@ class Store:
                              orders_max or constants.ORDERS_MAX_DEFAULT,
                              merchants_max or constants.MERCHANTS_MAX_DEFAULT,
                              refunds_max or constants.REFUNDS_MAX_DEFAULT,
+                             codes_max or constants.CODES_MAX_DEFAULT,
                              secret or os.urandom(orders_module.SECRET_BYTES))
             if len(meta.secret) != orders_module.SECRET_BYTES:
                 raise StoreError(f"{self.path}: the secret must be {orders_module.SECRET_BYTES} bytes")

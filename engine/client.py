@@ -181,6 +181,27 @@ class Client:
         """The last settlement of each of these merchants that has one (``core.SETTLEMENT_DTYPE``)."""
         return await self._lookup(Operation.lookup_settlements, ids)
 
+    async def issue_codes(self, batch: np.ndarray) -> np.ndarray:
+        """Issue wallets' payment codes (``core.CODE_ISSUE_DTYPE``; ``core.order_keys.code_issues``
+        builds them): one ``core.CODE_ISSUED_DTYPE`` reply per event, its result and the
+        18-digit code to show. See docs/products.md "Payment codes (built)"."""
+        return await self._create(Operation.issue_codes, batch)
+
+    async def charge_codes(self, batch: np.ndarray) -> np.ndarray:
+        """Charge payment codes at a merchant's till (``core.CODE_CHARGE_DTYPE``;
+        ``core.order_keys.code_charges``): one ``core.Result`` per charge, ``user_paying`` when
+        it waits for the user's confirmation (its order says how it ended)."""
+        return await self._create(Operation.charge_codes, batch)
+
+    async def confirm_charges(self, batch: np.ndarray) -> np.ndarray:
+        """Confirm or decline held charges (``core.CODE_CONFIRM_DTYPE``;
+        ``core.order_keys.charge_confirms``): one ``core.Result`` per event."""
+        return await self._create(Operation.confirm_charges, batch)
+
+    async def lookup_codes(self, ids) -> np.ndarray:
+        """The payment codes with these numbers that exist, in order (``core.CODE_DTYPE``)."""
+        return await self._lookup(Operation.lookup_codes, ids)
+
     async def list_merchants(self, offset: int = 0, limit: int = core.BATCH_EVENTS_MAX) -> np.ndarray:
         """Merchants' terms (``core.MERCHANT_DTYPE``) in the order they were first set."""
         reply = await self.request(Operation.list_merchants, FILTER_ENCODER.encode(MerchantsPage(offset, limit)))
@@ -483,6 +504,18 @@ class BlockingClient:
 
     def lookup_settlements(self, ids):
         return self._call(self._client.lookup_settlements(ids))
+
+    def issue_codes(self, batch):
+        return self._call(self._client.issue_codes(batch))
+
+    def charge_codes(self, batch):
+        return self._call(self._client.charge_codes(batch))
+
+    def confirm_charges(self, batch):
+        return self._call(self._client.confirm_charges(batch))
+
+    def lookup_codes(self, ids):
+        return self._call(self._client.lookup_codes(ids))
 
     def list_merchants(self, offset=0, limit=core.BATCH_EVENTS_MAX):
         return self._call(self._client.list_merchants(offset, limit))

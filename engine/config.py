@@ -10,6 +10,7 @@
     # pending_max = 1048576         unresolved pending transfers held in memory
     # orders_max = 262144           merchant orders held in memory (docs/products.md)
     # refunds_max = 65536           refunds held in memory
+    # codes_max = 131072            payment codes held in memory (live ones: at most this less 8,190)
     # merchants_max = 131072        merchants with terms (fee rate, fee and settlement accounts)
     # tls_cert = "cert.pem", tls_key = "key.pem"          (optional: serve TLS only)
     # prefault = false                                     (true: touch all memory at start)
@@ -53,6 +54,7 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     pending_max: int = core_constants.PENDING_MAX_DEFAULT
     orders_max: int = core_constants.ORDERS_MAX_DEFAULT
     refunds_max: int = core_constants.REFUNDS_MAX_DEFAULT
+    codes_max: int = core_constants.CODES_MAX_DEFAULT
     merchants_max: int = core_constants.MERCHANTS_MAX_DEFAULT
     tls_cert: str | None = None
     tls_key: str | None = None

@@ -1,10 +1,12 @@
 """Who may do what (docs/protocol.md "Roles"): each client of the server's config has a role.
 
 * ``admin`` (the default): every operation.
-* ``wallet``: a wallet service: accounts, transfers between them, paying orders, and reading
-  them (lookups, an account's transfers).
+* ``wallet``: a wallet service: accounts, transfers between them, paying orders, issuing
+  payment codes and confirming (or declining) their held charges, and reading them (lookups,
+  an account's transfers, codes).
 * ``merchant``: a merchant gateway bound to ``merchants`` (merchant account ids): creates, closes
-  and refunds orders, and reads orders, refunds, terms and settlements, only for its merchants.
+  and refunds orders, charges payment codes (and revokes a held charge by closing its order),
+  and reads orders, refunds, terms and settlements, only for its merchants.
 
 An operation outside the role is refused whole, with frame status ``forbidden``, before
 anything is staged. An event of an allowed operation that names another merchant is applied as
@@ -31,12 +33,12 @@ ROLES = ("admin", "wallet", "merchant")
 _WALLET = frozenset({
     Operation.create_accounts, Operation.create_transfers, Operation.lookup_accounts, Operation.lookup_transfers,
     Operation.get_account_transfers, Operation.pay_orders, Operation.lookup_orders, Operation.lookup_refunds,
-    Operation.ping,
+    Operation.issue_codes, Operation.confirm_charges, Operation.lookup_codes, Operation.ping,
 })
 _MERCHANT = frozenset({
     Operation.create_orders, Operation.close_orders, Operation.refund_orders, Operation.lookup_orders,
     Operation.lookup_refunds, Operation.lookup_merchants, Operation.lookup_settlements,
-    Operation.subscribe_notifications, Operation.ping,
+    Operation.subscribe_notifications, Operation.charge_codes, Operation.ping,
 })
 
 #: Per operation a merchant gateway may run: the field naming the merchant in its events (creates)
@@ -46,6 +48,7 @@ MERCHANT_FIELDS = {
     Operation.refund_orders: "merchant_id", Operation.lookup_orders: "merchant_id",
     Operation.lookup_refunds: "merchant_id", Operation.lookup_merchants: "merchant_id",
     Operation.lookup_settlements: "merchant_id", Operation.subscribe_notifications: "merchant_id",
+    Operation.charge_codes: "merchant_id",
 }
 if set(MERCHANT_FIELDS) != _MERCHANT - {Operation.ping}:
     raise ImportError("engine.roles: every merchant operation names its merchant field")

@@ -493,9 +493,6 @@ class ModelLedger:
                     and o["ledger"] == e["ledger"] and o["description_code"] == e["description_code"]
                     and o["expires_at"] - o["timestamp"] == span)
             return reply(R.exists, o["token"]) if same else reply(R.exists_with_different_fields)
-        # A bare table (no store to evict to) holds orders_max orders; unpaid ones at most
-        # open_max, the rest of the table kept for the orders a batch names (docs/tables.md).
-        open_max = self.orders_max - min(BATCH_EVENTS_MAX, self.orders_max // 2)
         if self._orders_full():
             return reply(R.orders_limit_reached)
         token = token_of(self.secret, e["id"])

@@ -561,7 +561,8 @@ ORDER_LAYOUTS = {  # docs/products.md, "Records": field -> (offset, size)
     "ORDER_DTYPE": {"id": (0, 16), "merchant_id": (16, 16), "payer_id": (32, 16), "amount": (48, 8),
                     "refunded": (56, 8), "expires_at": (64, 8), "paid_at": (72, 8), "closed_at": (80, 8),
                     "token": (88, 10), "state": (98, 1), "close_reason": (99, 1), "refund_count": (100, 2),
-                    "kind": (102, 1), "reserved_a": (103, 1), "ledger": (104, 4), "description_code": (108, 4), "fee": (112, 8),
+                    "kind": (102, 1), "reserved_a": (103, 1), "ledger": (104, 4), "description_code": (108, 4),
+                    "fee": (112, 8),
                     "timestamp": (120, 8)},
     "ORDER_CREATED_DTYPE": {"result": (0, 4), "token": (4, 10)},
 }

@@ -165,7 +165,9 @@ def test_every_array_a_checkpoint_writes_is_declared_by_its_owner(tmp_path):
                 "orders_slots": checkpoint.RAW, "orders_outbox": checkpoint.RAW, "order_expiries": checkpoint.RAW,
                 "merchants": checkpoint.RAW, "merchant_books": checkpoint.RAW, "settlements": checkpoint.RAW,
                 "refunds_rows": checkpoint.RAW, "refunds_slots": checkpoint.RAW,
-                "refunds_outbox": checkpoint.RAW, "product_filter": checkpoint.REGIONS}
+                "refunds_outbox": checkpoint.RAW, "product_filter": checkpoint.REGIONS, "codes_rows": checkpoint.RAW,
+                "codes_slots": checkpoint.RAW, "codes_outbox": checkpoint.RAW, "code_expiries": checkpoint.RAW,
+                "code_wallets": checkpoint.RAW}
     assert CHECKPOINT_ARRAYS == declared
     path = str(tmp_path / "store")
     with core.open(path, accounts_max=64, transfers_hot_max=1024, cold_epoch_transfers=16, id_filter_bytes=4096) as store:
