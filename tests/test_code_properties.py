@@ -535,7 +535,7 @@ def _run_against_model(steps, limits=(ORDERS_MAX, TRANSFERS_MAX, CODES_MAX)):
     assert all(c["state"] != CODE_LIVE for c in _lookup(machine, "codes", list(CODE_OF.values())))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mixes, st.sampled_from([(ORDERS_MAX, TRANSFERS_MAX, CODES_MAX), (ORDERS_MAX, TRANSFERS_MAX, CODES_MAX),
                                (4, 10, 4)]))
 def test_core_codes_match_the_reference_model(steps, limits):
@@ -666,7 +666,7 @@ def _state(machine):
 AGAIN = {ISSUE_CODES: {"ok": {"exists"}}, CHARGE_CODES: {"ok": {"exists"}, "user_paying": {"user_paying"}}}
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(coarse_mixes)
 def test_a_retried_batch_answers_exists_and_changes_nothing(steps):
     machine, model = _machine(), _model()
