@@ -9,6 +9,12 @@ Orders (merchant-presented QR: ``create_orders``, ``pay_orders``, ``close_orders
 ``lookup_orders``, expiry by the engine clock) follow docs/products.md, "Orders: the reference":
 an order is a dict, its pay leg goes through ``_transfer`` like any client transfer, ids and
 tokens are computed here with hashlib/hmac.
+
+Merchants' terms and fees (``set_merchants``), refunds (``refund_orders``) and payment codes
+(``issue_codes``, ``charge_codes``, ``confirm_charges``, ``lookup_codes``; a held charge is a
+pending leg with a 45 s timeout, its order ``USERPAYING``; codes and held charges expire by the
+engine clock at each batch's base) follow docs/products.md, "Merchants and fees", "Refunds" and
+"Payment codes (built)". Settlement books are not modelled.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ T_LINKED, T_PENDING, T_POST, T_VOID, T_BAL_DEBIT, T_BAL_CREDIT = 1, 2, 4, 8, 16,
 # Orders (docs/products.md, "Orders: the reference").
 OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS = 1, 2
 OP_CREATE_ORDERS, OP_PAY_ORDERS, OP_CLOSE_ORDERS = 100, 101, 102
+OP_SET_MERCHANTS, OP_REFUND_ORDERS = 104, 106
+OP_ISSUE_CODES, OP_CHARGE_CODES, OP_CONFIRM_CHARGES = 112, 113, 114
 ORDER_CREATE_FIELDS = ("id", "merchant_id", "amount", "out_trade_no", "expire_after_s", "ledger",
                        "description_code", "flags", "reserved", "timestamp")
 ORDER_PAY_FIELDS = ("order_id", "payer_id", "amount", "token", "reserved_a", "ledger", "flags", "reserved",
@@ -42,15 +50,37 @@ ORDER_CLOSE_FIELDS = ("order_id", "merchant_id", "flags", "reserved", "timestamp
 ORDER_FIELDS = ("id", "merchant_id", "payer_id", "amount", "refunded", "expires_at", "paid_at", "closed_at", "token",
                 "state", "close_reason", "refund_count", "kind", "reserved_a", "ledger", "description_code", "fee",
                 "timestamp")
+MERCHANT_FIELDS = ("merchant_id", "fee_account_id", "settlement_account_id", "fee_bps", "flags", "ledger", "reserved",
+                   "timestamp")
+REFUND_FIELDS = ("id", "order_id", "merchant_id", "amount", "out_refund_no", "ledger", "flags", "reserved",
+                 "fee_refunded", "payer_id", "timestamp")
+CODE_ISSUE_FIELDS = ("wallet_id", "request_id", "no_password_limit", "free_payments_per_day", "ledger", "flags",
+                     "reserved", "timestamp")
+CODE_CHARGE_FIELDS = ("order_id", "merchant_id", "code", "amount", "out_trade_no", "ledger", "description_code",
+                      "flags", "reserved", "timestamp")
+CODE_CONFIRM_FIELDS = ("order_id", "wallet_id", "flags", "reserved", "timestamp")
+CODE_FIELDS = ("id", "wallet_id", "request_id", "order_id", "no_password_limit", "expires_at", "ended_at",
+               "free_payments_per_day", "ledger", "state", "reserved", "timestamp")
 OUT_TRADE_NO_SIZE, TOKEN_SIZE = 32, 10
-BYTES_FIELDS = {"out_trade_no": OUT_TRADE_NO_SIZE, "token": TOKEN_SIZE}
+BYTES_FIELDS = {"out_trade_no": OUT_TRADE_NO_SIZE, "token": TOKEN_SIZE, "out_refund_no": OUT_TRADE_NO_SIZE}
 OUT_TRADE_NO_CHARS = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-|*@.")
-NOTPAY, SUCCESS, CLOSED, REFUND = 1, 2, 3, 4
-CLOSE_BY_MERCHANT, CLOSE_EXPIRED = 1, 2
+NOTPAY, SUCCESS, CLOSED, REFUND, USERPAYING = 1, 2, 3, 4, 5
+CLOSE_BY_MERCHANT, CLOSE_EXPIRED, CLOSE_REVOKED, CLOSE_DECLINED, CLOSE_TIMEOUT = 1, 2, 3, 4, 5
+ORDER_KIND_QR, ORDER_KIND_CODE = 0, 1
 EXPIRE_AFTER_DEFAULT_S, EXPIRE_AFTER_MIN_S, EXPIRE_AFTER_MAX_S = 7_200, 60, 7_776_000
 LEGS_MAX = 4
 BATCH_EVENTS_MAX = 8_190
-TRANSFER_CODE_ORDER_PAYMENT = 0xF001
+TRANSFER_CODE_ORDER_PAYMENT, TRANSFER_CODE_ORDER_FEE = 0xF001, 0xF002
+TRANSFER_CODE_ORDER_REFUND, TRANSFER_CODE_ORDER_FEE_REFUND = 0xF003, 0xF004
+FEE_BPS_MAX = 10_000
+REFUND_WINDOW_S, REFUNDS_PER_ORDER_MAX = 365 * 24 * 3600, 50
+# Payment codes (docs/products.md, "Payment codes (built)").
+CODE_LIVE, CODE_CHARGED, CODE_EXPIRED, CODE_REPLACED = 1, 2, 3, 4
+CODE_VALID_S, CHARGE_HOLD_S = 60, 45
+NO_PASSWORD_LIMIT_DEFAULT, FREE_PAYMENTS_PER_DAY_DEFAULT = 300_000, 10
+CONFIRM_DECLINE = 1
+DAY_NS = 86_400 * NS_PER_S
+CODE_MIN, CODE_END = 10 * 10**16, 16 * 10**16     # 18 digits, the prefix 10..15
 
 R = enum.IntEnum("R", [(name, code) for code, name in enumerate("""
 ok linked_event_failed linked_event_chain_open timestamp_must_be_zero reserved_field reserved_flag
@@ -92,12 +122,21 @@ LEG_ID_TAG = 0xFFFE
 
 
 class ModelLedger:
-    def __init__(self, accounts_max: int, transfers_max: int, orders_max: int = 0, secret: bytes = bytes(32)):
+    def __init__(self, accounts_max: int, transfers_max: int, orders_max: int = 0, secret: bytes = bytes(32),
+                 codes_max: int = 1 << 17, refunds_max: int = 1 << 16, merchants_max: int = 1 << 17):
         self.accounts_max = accounts_max
         self.transfers_max = transfers_max
         self.orders_max = orders_max
+        self.codes_max = codes_max
+        self.refunds_max = refunds_max
+        self.merchants_max = merchants_max
         self.secret = bytes(secret)
         self.orders_by_id: dict[int, dict] = {}        # insertion order = creation order
+        self.order_fee_account: dict[int, int] = {}    # order id -> the account its fee went to
+        self.merchants_by_id: dict[int, dict] = {}     # merchant id -> its terms (MERCHANT record)
+        self.refunds_by_id: dict[int, dict] = {}
+        self.codes_by_id: dict[int, dict] = {}         # insertion order = issue order
+        self.code_payments: dict[int, tuple] = {}      # wallet id -> (engine day, code payments made that day)
         self.accounts_by_id: dict[int, dict] = {}      # insertion order = creation order
         self.transfers_by_id: dict[int, dict] = {}     # insertion order = timestamp order
         self.state: dict[int, str] = {}                # pending transfer id -> pending/posted/voided/expired
@@ -113,6 +152,7 @@ class ModelLedger:
         if count:
             self.last = base + per_event * count - 1
         self.expire_orders(base)
+        self.expire_codes(base)
         for tid, state in self.state.items():
             t = self.transfers_by_id[tid]
             if state == "pending" and t["timeout"] and t["timestamp"] + t["timeout"] * NS_PER_S <= base:
@@ -205,8 +245,8 @@ class ModelLedger:
             return R.id_must_not_be_zero
         if e["id"] == U128:
             return R.id_must_not_be_int_max
-        if e["id"] >> 112 == LEG_ID_TAG and not is_leg:
-            return R.id_reserved
+        if not is_leg and (e["id"] >> 112 == LEG_ID_TAG or (f & (T_POST | T_VOID) and e["pending_id"] >> 112 == LEG_ID_TAG)):
+            return R.id_reserved   # a product's leg, or (posted or voided) its pending leg: only the product moves it
         if bin(f & (T_PENDING | T_POST | T_VOID)).count("1") > 1 or (
                 f & (T_BAL_DEBIT | T_BAL_CREDIT) and f & (T_POST | T_VOID)):
             return R.flags_are_mutually_exclusive
@@ -377,20 +417,33 @@ class ModelLedger:
         """A batch by operation number (core/operations.py's numbers, written out again here)."""
         run = {OP_CREATE_ACCOUNTS: self.create_accounts, OP_CREATE_TRANSFERS: self.create_transfers,
                OP_CREATE_ORDERS: self.create_orders, OP_PAY_ORDERS: self.pay_orders,
-               OP_CLOSE_ORDERS: self.close_orders}[operation]
+               OP_CLOSE_ORDERS: self.close_orders, OP_SET_MERCHANTS: self.set_merchants,
+               OP_REFUND_ORDERS: self.refund_orders, OP_ISSUE_CODES: self.issue_codes,
+               OP_CHARGE_CODES: self.charge_codes, OP_CONFIRM_CHARGES: self.confirm_charges}[operation]
         return run(events, now_ns)
 
     def expire_orders(self, t):
-        """Close every NOTPAY order with ``expires_at <= t`` (by the clock), in (expires_at, timestamp)
+        """Close every open order with ``expires_at <= t`` (by the clock), in (expires_at, timestamp)
         order, at most EXPIRIES_PER_BATCH_MAX (the rest at the next batches); returns their ids.
-        Every batch does this at its base timestamp before its events."""
-        due = sorted((o for o in self.orders_by_id.values() if o["state"] == NOTPAY and o["expires_at"] <= t),
+        Every batch does this at its base timestamp before its events. An unpaid QR order closes
+        ``expired``; a held code charge ``timeout`` (its pending leg expires in the same batch
+        start, by the ledger's own clock)."""
+        due = sorted((o for o in self.orders_by_id.values()
+                      if o["state"] in (NOTPAY, USERPAYING) and o["expires_at"] <= t),
                      key=lambda o: (o["expires_at"], o["timestamp"]))[:EXPIRIES_PER_BATCH_MAX]
         for o in due:
+            o["close_reason"] = CLOSE_EXPIRED if o["state"] == NOTPAY else CLOSE_TIMEOUT
             o["state"] = CLOSED
-            o["close_reason"] = CLOSE_EXPIRED
             o["closed_at"] = o["expires_at"]
         return [o["id"] for o in due]
+
+    def expire_codes(self, t):
+        """Every LIVE code with ``expires_at <= t`` becomes EXPIRED (``ended_at = expires_at``)."""
+        due = [c for c in self.codes_by_id.values() if c["state"] == CODE_LIVE and c["expires_at"] <= t]
+        for c in due:
+            c["state"] = CODE_EXPIRED
+            c["ended_at"] = c["expires_at"]
+        return [c["id"] for c in due]
 
     def _run_orders(self, events, now_ns, fields, one):
         events = [_fill_bytes(e, fields) for e in events]
@@ -444,17 +497,13 @@ class ModelLedger:
                     and o["ledger"] == e["ledger"] and o["description_code"] == e["description_code"]
                     and o["expires_at"] - o["timestamp"] == span)
             return reply(R.exists, o["token"]) if same else reply(R.exists_with_different_fields)
-        # A bare table (no store to evict to) holds orders_max orders; unpaid ones at most
-        # open_max, the rest of the table kept for the orders a batch names (docs/tables.md).
-        open_max = self.orders_max - min(BATCH_EVENTS_MAX, self.orders_max // 2)
-        unpaid = sum(1 for o in self.orders_by_id.values() if o["state"] == NOTPAY)
-        if unpaid >= open_max or len(self.orders_by_id) >= self.orders_max:
+        if self._orders_full():
             return reply(R.orders_limit_reached)
         token = token_of(self.secret, e["id"])
         self.orders_by_id[e["id"]] = {
             "id": e["id"], "merchant_id": e["merchant_id"], "payer_id": 0, "amount": e["amount"], "refunded": 0,
             "expires_at": ts + span, "paid_at": 0, "closed_at": 0, "token": token, "state": NOTPAY,
-            "close_reason": 0, "refund_count": 0, "kind": 0, "reserved_a": 0, "ledger": e["ledger"],
+            "close_reason": 0, "refund_count": 0, "kind": ORDER_KIND_QR, "reserved_a": 0, "ledger": e["ledger"],
             "description_code": e["description_code"], "fee": 0, "timestamp": ts}
         return reply(R.ok, token)
 
@@ -470,8 +519,8 @@ class ModelLedger:
         o = self.orders_by_id.get(e["order_id"])
         if o is None:
             return R.order_not_found
-        if e["token"] != o["token"]:
-            return R.order_token_invalid
+        if o["kind"] != ORDER_KIND_QR or e["token"] != o["token"]:
+            return R.order_token_invalid   # a code's charge is paid by its charge, never by pay_orders
         if o["state"] in (SUCCESS, REFUND):
             return R.exists if (o["payer_id"], o["amount"]) == (e["payer_id"], e["amount"]) else R.order_paid
         if o["state"] == CLOSED:
@@ -489,16 +538,55 @@ class ModelLedger:
             return R.accounts_must_be_different
         if payer["ledger"] != o["ledger"]:
             return R.currency_mismatch
-        leg = _fill({"id": leg_id(o["id"], OP_PAY_ORDERS, 0), "debit_account_id": e["payer_id"],
-                     "credit_account_id": o["merchant_id"], "amount": o["amount"], "ledger": o["ledger"],
-                     "code": TRANSFER_CODE_ORDER_PAYMENT, "user_data_128": o["id"], "flags": 0}, TRANSFER_FIELDS)
-        r = self._transfer(leg, ts + 0, is_leg=True)  # leg 0
+        terms = self.merchants_by_id.get(o["merchant_id"])
+        fee = fee_of(o["amount"], terms["fee_bps"]) if terms else 0
+        legs = [self._leg(leg_id(o["id"], OP_PAY_ORDERS, 0), e["payer_id"], o["merchant_id"], o["amount"], o["ledger"],
+                          TRANSFER_CODE_ORDER_PAYMENT, o["id"])]
+        if fee:
+            legs.append(self._leg(leg_id(o["id"], OP_PAY_ORDERS, 1), o["merchant_id"], terms["fee_account_id"], fee,
+                                  o["ledger"], TRANSFER_CODE_ORDER_FEE, o["id"]))
+        r = self._chain(legs, ts)
         if r != R.ok:
             return r
         o["state"] = SUCCESS
         o["payer_id"] = e["payer_id"]
         o["paid_at"] = ts
+        o["fee"] = fee
+        if fee:
+            self.order_fee_account[o["id"]] = terms["fee_account_id"]
         return R.ok
+
+    # -- legs: a product event's chain of transfers (all or none)
+
+    @staticmethod
+    def _leg(tid, debit, credit, amount, ledger, code, user_data_128, flags=0, timeout=0):
+        return _fill({"id": tid, "debit_account_id": debit, "credit_account_id": credit, "amount": amount,
+                      "ledger": ledger, "code": code, "user_data_128": user_data_128, "flags": flags,
+                      "timeout": timeout}, TRANSFER_FIELDS)
+
+    @staticmethod
+    def _resolve_leg(tid, pending_id, post):
+        """Post (its whole amount) or void a pending leg: only the ids and the flag are set."""
+        return _fill({"id": tid, "pending_id": pending_id, "flags": T_POST if post else T_VOID}, TRANSFER_FIELDS)
+
+    def _chain(self, legs, ts):
+        """Legs ``j`` at ``ts + j``; the first failure undoes the ones before and is the result."""
+        if len(legs) == 1:   # a failing transfer changes nothing: no copy to undo
+            return self._transfer(legs[0], ts, is_leg=True)
+        saved = copy.deepcopy((self.accounts_by_id, self.transfers_by_id, self.state, self.activity))
+        for j, leg in enumerate(legs):
+            r = self._transfer(leg, ts + j, is_leg=True)
+            if r != R.ok:
+                self.accounts_by_id, self.transfers_by_id, self.state, self.activity = saved
+                return r
+        return R.ok
+
+    def _orders_full(self):
+        """A bare table (no store to evict to) holds orders_max orders; open ones (unpaid, held) at
+        most open_max, the rest of the table kept for the orders a batch names (docs/tables.md)."""
+        open_max = self.orders_max - min(BATCH_EVENTS_MAX, self.orders_max // 2)
+        unpaid = sum(1 for o in self.orders_by_id.values() if o["state"] in (NOTPAY, USERPAYING))
+        return unpaid >= open_max or len(self.orders_by_id) >= self.orders_max
 
     def _close_order(self, e, ts):
         if e["flags"] & EVENT_FLAG_FORBIDDEN:
@@ -520,8 +608,17 @@ class ModelLedger:
             return R.order_paid
         if o["state"] == CLOSED:
             return R.exists
+        if o["state"] == USERPAYING and o["expires_at"] <= ts:
+            return R.order_expired     # its hold ended (the ledger's timeout): closed by the clock next
+        if o["state"] == USERPAYING:   # a held code charge: revoked, its hold voided
+            r = self._chain([self._resolve_leg(leg_id(o["id"], OP_CLOSE_ORDERS, 0),
+                                               leg_id(o["id"], OP_CHARGE_CODES, 0), False)], ts)
+            if r != R.ok:
+                return r
+            o["close_reason"] = CLOSE_REVOKED
+        else:
+            o["close_reason"] = CLOSE_BY_MERCHANT
         o["state"] = CLOSED
-        o["close_reason"] = CLOSE_BY_MERCHANT
         o["closed_at"] = ts
         return R.ok
 
@@ -532,8 +629,344 @@ class ModelLedger:
         return [dict(o) for o in self.orders_by_id.values()]
 
     def next_order_expiry_ns(self):
-        """The earliest ``expires_at`` of a NOTPAY order; 0 if none."""
-        return min((o["expires_at"] for o in self.orders_by_id.values() if o["state"] == NOTPAY), default=0)
+        """The earliest ``expires_at`` of an open (NOTPAY or USERPAYING) order; 0 if none."""
+        return min((o["expires_at"] for o in self.orders_by_id.values() if o["state"] in (NOTPAY, USERPAYING)),
+                   default=0)
+
+    # -- merchants' terms (docs/products.md, "Merchants and fees")
+
+    def set_merchants(self, events, now_ns):
+        return [int(r) for r in self._run_orders(events, now_ns, MERCHANT_FIELDS, self._set_merchant)]
+
+    def _set_merchant(self, e, ts):
+        if e["timestamp"]:
+            return R.timestamp_must_be_zero
+        if e["reserved"]:
+            return R.reserved_field
+        if e["flags"]:
+            return R.reserved_flag
+        if e["merchant_id"] == 0:
+            return R.id_must_not_be_zero
+        if e["ledger"] == 0:
+            return R.ledger_must_not_be_zero
+        if e["fee_bps"] > FEE_BPS_MAX:
+            return R.fee_rate_out_of_range
+        merchant = self.accounts_by_id.get(e["merchant_id"])
+        if merchant is None:
+            return R.merchant_not_found
+        fee = self.accounts_by_id.get(e["fee_account_id"])
+        if fee is None:
+            return R.fee_account_not_found
+        if e["fee_account_id"] == e["merchant_id"]:
+            return R.accounts_must_be_different
+        settlement = None
+        if e["settlement_account_id"]:
+            settlement = self.accounts_by_id.get(e["settlement_account_id"])
+            if settlement is None:
+                return R.settlement_account_not_found
+            if e["settlement_account_id"] == e["merchant_id"]:
+                return R.accounts_must_be_different
+        if merchant["ledger"] != e["ledger"] or fee["ledger"] != e["ledger"] or (
+                settlement is not None and settlement["ledger"] != e["ledger"]):
+            return R.currency_mismatch
+        x = self.merchants_by_id.get(e["merchant_id"])
+        if x is not None:
+            if dict(e, timestamp=x["timestamp"]) == x:
+                return R.exists
+        elif len(self.merchants_by_id) >= self.merchants_max:
+            return R.merchants_limit_reached
+        self.merchants_by_id[e["merchant_id"]] = dict(e, timestamp=ts)
+        return R.ok
+
+    def lookup_merchants(self, ids):
+        return [dict(self.merchants_by_id[i]) for i in ids if i in self.merchants_by_id]
+
+    # -- refunds (docs/products.md, "Refunds")
+
+    def refund_orders(self, events, now_ns):
+        return [int(r) for r in self._run_orders(events, now_ns, REFUND_FIELDS, self._refund)]
+
+    def _refund(self, e, ts):
+        if e["flags"] & EVENT_FLAG_FORBIDDEN:
+            return R.forbidden
+        if e["timestamp"]:
+            return R.timestamp_must_be_zero
+        if e["reserved"] or e["fee_refunded"] or e["payer_id"]:
+            return R.reserved_field
+        if e["flags"]:
+            return R.reserved_flag
+        if e["id"] == 0:
+            return R.id_must_not_be_zero
+        if e["id"] == U128:
+            return R.id_must_not_be_int_max
+        if e["amount"] == 0:
+            return R.amount_must_not_be_zero
+        if not out_trade_no_valid(e["out_refund_no"]):
+            return R.out_refund_no_invalid
+        if e["order_id"] == 0:
+            return R.id_must_not_be_zero
+        o = self.orders_by_id.get(e["order_id"])
+        if o is None:
+            return R.order_not_found
+        if e["merchant_id"] != o["merchant_id"]:
+            return R.merchant_mismatch
+        if e["id"] != refund_id(e["order_id"], e["out_refund_no"]):
+            return R.id_mismatch
+        x = self.refunds_by_id.get(e["id"])
+        if x is not None:
+            return R.exists if (x["amount"], x["ledger"]) == (e["amount"], e["ledger"]) \
+                else R.exists_with_different_fields
+        if o["state"] not in (SUCCESS, REFUND):
+            return R.order_not_paid
+        if e["ledger"] != o["ledger"]:
+            return R.currency_mismatch
+        if ts - o["paid_at"] >= REFUND_WINDOW_S * NS_PER_S:
+            return R.refund_window_closed
+        if o["refund_count"] >= REFUNDS_PER_ORDER_MAX:
+            return R.refunds_per_order_limit_reached
+        if e["amount"] > o["amount"] - o["refunded"]:
+            return R.exceeds_paid_amount
+        if len(self.refunds_by_id) >= self.refunds_max:
+            return R.refunds_limit_reached
+        fee_back = (o["fee"] * (o["refunded"] + e["amount"]) // o["amount"]
+                    - o["fee"] * o["refunded"] // o["amount"]) if o["fee"] else 0
+        legs = [self._leg(leg_id(e["id"], OP_REFUND_ORDERS, 0), o["merchant_id"], o["payer_id"], e["amount"],
+                          o["ledger"], TRANSFER_CODE_ORDER_REFUND, o["id"])]
+        if fee_back:
+            legs.append(self._leg(leg_id(e["id"], OP_REFUND_ORDERS, 1), self.order_fee_account[o["id"]],
+                                  o["merchant_id"], fee_back, o["ledger"], TRANSFER_CODE_ORDER_FEE_REFUND, o["id"]))
+        r = self._chain(legs, ts)
+        if r != R.ok:
+            return r
+        self.refunds_by_id[e["id"]] = dict(e, fee_refunded=fee_back, payer_id=o["payer_id"], timestamp=ts)
+        o["refunded"] += e["amount"]
+        o["refund_count"] += 1
+        if o["refunded"] == o["amount"]:
+            o["state"] = REFUND
+        return R.ok
+
+    def lookup_refunds(self, ids):
+        return [dict(self.refunds_by_id[i]) for i in ids if i in self.refunds_by_id]
+
+    # -- payment codes (docs/products.md, "Payment codes (built)")
+
+    def issue_codes(self, events, now_ns):
+        """One ``{"result", "code"}`` per event (the CODE_ISSUED reply)."""
+        return self._run_orders(events, now_ns, CODE_ISSUE_FIELDS, self._issue_code)
+
+    def charge_codes(self, events, now_ns):
+        return [int(r) for r in self._run_orders(events, now_ns, CODE_CHARGE_FIELDS, self._charge_code)]
+
+    def confirm_charges(self, events, now_ns):
+        return [int(r) for r in self._run_orders(events, now_ns, CODE_CONFIRM_FIELDS, self._confirm_charge)]
+
+    def _issue_code(self, e, ts):
+        def reply(r, code=0):
+            return {"result": int(r), "code": code}
+        if e["flags"] & EVENT_FLAG_FORBIDDEN:
+            return reply(R.forbidden)
+        if e["timestamp"]:
+            return reply(R.timestamp_must_be_zero)
+        if e["reserved"]:
+            return reply(R.reserved_field)
+        if e["flags"]:
+            return reply(R.reserved_flag)
+        if e["request_id"] == 0:
+            return reply(R.id_must_not_be_zero)
+        if e["ledger"] == 0:
+            return reply(R.ledger_must_not_be_zero)
+        wallet = self.accounts_by_id.get(e["wallet_id"])
+        if wallet is None:
+            return reply(R.payer_not_found)
+        if e["ledger"] != wallet["ledger"]:
+            return reply(R.currency_mismatch)
+        code = code_of(self.secret, e["wallet_id"], e["request_id"])
+        limit = e["no_password_limit"] or NO_PASSWORD_LIMIT_DEFAULT
+        free = e["free_payments_per_day"] or FREE_PAYMENTS_PER_DAY_DEFAULT
+        c = self.codes_by_id.get(code)
+        if c is not None:
+            if (c["wallet_id"], c["request_id"]) != (e["wallet_id"], e["request_id"]):
+                return reply(R.code_collision)
+            if (c["no_password_limit"], c["free_payments_per_day"], c["ledger"]) != (limit, free, e["ledger"]):
+                return reply(R.exists_with_different_fields)
+            return reply(R.exists, code)
+        live = [x for x in self.codes_by_id.values() if x["state"] == CODE_LIVE]
+        open_max = self.codes_max - min(BATCH_EVENTS_MAX, self.codes_max // 2)
+        if len(live) >= open_max or len(self.codes_by_id) >= self.codes_max:
+            return reply(R.codes_limit_reached)
+        for x in live:
+            if x["wallet_id"] == e["wallet_id"]:   # one live code per wallet
+                x["state"] = CODE_REPLACED
+                x["ended_at"] = ts
+        self.codes_by_id[code] = {
+            "id": code, "wallet_id": e["wallet_id"], "request_id": e["request_id"], "order_id": 0,
+            "no_password_limit": limit, "expires_at": ts + CODE_VALID_S * NS_PER_S, "ended_at": 0,
+            "free_payments_per_day": free, "ledger": e["ledger"], "state": CODE_LIVE, "reserved": 0,
+            "timestamp": ts}
+        return reply(R.ok, code)
+
+    def payments_today(self, wallet_id, ts):
+        day, count = self.code_payments.get(wallet_id, (None, 0))
+        return count if day == ts // DAY_NS else 0
+
+    def _count_payment(self, wallet_id, ts):
+        self.code_payments[wallet_id] = (ts // DAY_NS, self.payments_today(wallet_id, ts) + 1)
+
+    def _charge_code(self, e, ts):
+        if e["flags"] & EVENT_FLAG_FORBIDDEN:
+            return R.forbidden
+        if e["timestamp"]:
+            return R.timestamp_must_be_zero
+        if e["reserved"]:
+            return R.reserved_field
+        if e["flags"]:
+            return R.reserved_flag
+        if e["order_id"] == 0:
+            return R.id_must_not_be_zero
+        if e["order_id"] == U128:
+            return R.id_must_not_be_int_max
+        if e["amount"] == 0:
+            return R.amount_must_not_be_zero
+        if e["ledger"] == 0:
+            return R.ledger_must_not_be_zero
+        if not out_trade_no_valid(e["out_trade_no"]):
+            return R.out_trade_no_invalid
+        if not code_valid(e["code"]):
+            return R.code_invalid
+        merchant = self.accounts_by_id.get(e["merchant_id"])
+        if merchant is None:
+            return R.merchant_not_found
+        if e["ledger"] != merchant["ledger"]:
+            return R.currency_mismatch
+        if e["order_id"] != order_id(e["merchant_id"], e["out_trade_no"]):
+            return R.id_mismatch
+        o = self.orders_by_id.get(e["order_id"])
+        if o is not None:
+            # (The description code too, as create_orders compares it: docs/products.md names
+            # merchant, code, amount and ledger only.)
+            if (o["kind"], o["merchant_id"], o["token"], o["amount"], o["ledger"], o["description_code"]) != (
+                    ORDER_KIND_CODE, e["merchant_id"], code_token(e["code"]), e["amount"], e["ledger"],
+                    e["description_code"]):
+                return R.exists_with_different_fields
+            if o["state"] in (SUCCESS, REFUND):
+                return R.exists
+            if o["state"] == USERPAYING:
+                return R.user_paying
+            return R.order_expired if o["close_reason"] in (CLOSE_EXPIRED, CLOSE_TIMEOUT) else R.order_closed
+        c = self.codes_by_id.get(e["code"])
+        if c is None:
+            return R.code_not_found
+        if c["state"] == CODE_CHARGED:
+            return R.code_used
+        if c["state"] == CODE_EXPIRED or c["expires_at"] <= ts:
+            return R.code_expired
+        if c["state"] == CODE_REPLACED:
+            return R.code_replaced
+        wallet = self.accounts_by_id[c["wallet_id"]]
+        if wallet["ledger"] != e["ledger"]:
+            return R.currency_mismatch
+        if c["wallet_id"] == e["merchant_id"]:
+            return R.accounts_must_be_different
+        step_up = (e["amount"] > c["no_password_limit"]
+                   or self.payments_today(c["wallet_id"], ts) >= c["free_payments_per_day"])
+        # A held charge is an open order (at most open_max); one paid at once needs only a slot.
+        if (step_up and self._orders_full()) or len(self.orders_by_id) >= self.orders_max:
+            return R.orders_limit_reached
+        payment = leg_id(e["order_id"], OP_CHARGE_CODES, 0)
+        fee = 0
+        if step_up:
+            legs = [self._leg(payment, c["wallet_id"], e["merchant_id"], e["amount"], e["ledger"],
+                              TRANSFER_CODE_ORDER_PAYMENT, e["order_id"], T_PENDING, CHARGE_HOLD_S)]
+        else:
+            legs = [self._leg(payment, c["wallet_id"], e["merchant_id"], e["amount"], e["ledger"],
+                              TRANSFER_CODE_ORDER_PAYMENT, e["order_id"])]
+            terms = self.merchants_by_id.get(e["merchant_id"])
+            fee = fee_of(e["amount"], terms["fee_bps"]) if terms else 0
+            if fee:
+                legs.append(self._leg(leg_id(e["order_id"], OP_CHARGE_CODES, 1), e["merchant_id"],
+                                      terms["fee_account_id"], fee, e["ledger"], TRANSFER_CODE_ORDER_FEE, e["order_id"]))
+        r = self._chain(legs, ts)
+        if r != R.ok:
+            return r   # the code stays live
+        self.orders_by_id[e["order_id"]] = {
+            "id": e["order_id"], "merchant_id": e["merchant_id"], "payer_id": c["wallet_id"], "amount": e["amount"],
+            "refunded": 0, "expires_at": ts + CHARGE_HOLD_S * NS_PER_S if step_up else ts,
+            "paid_at": 0 if step_up else ts, "closed_at": 0, "token": code_token(e["code"]),
+            "state": USERPAYING if step_up else SUCCESS, "close_reason": 0, "refund_count": 0,
+            "kind": ORDER_KIND_CODE, "reserved_a": 0, "ledger": e["ledger"], "description_code": e["description_code"],
+            "fee": fee, "timestamp": ts}
+        if fee:
+            self.order_fee_account[e["order_id"]] = terms["fee_account_id"]
+        c["state"] = CODE_CHARGED
+        c["order_id"] = e["order_id"]
+        c["ended_at"] = ts
+        if step_up:
+            return R.user_paying
+        self._count_payment(c["wallet_id"], ts)
+        return R.ok
+
+    def _confirm_charge(self, e, ts):
+        decline = bool(e["flags"] & CONFIRM_DECLINE)
+        if e["flags"] & EVENT_FLAG_FORBIDDEN:
+            return R.forbidden
+        if e["timestamp"]:
+            return R.timestamp_must_be_zero
+        if e["reserved"]:
+            return R.reserved_field
+        if e["flags"] & ~CONFIRM_DECLINE:
+            return R.reserved_flag
+        if e["order_id"] == 0:
+            return R.id_must_not_be_zero
+        o = self.orders_by_id.get(e["order_id"])
+        if o is None:
+            return R.order_not_found
+        if o["kind"] != ORDER_KIND_CODE:
+            return R.order_not_user_paying
+        if e["wallet_id"] != o["payer_id"]:
+            return R.payer_mismatch
+        if o["state"] in (SUCCESS, REFUND):
+            return R.order_paid if decline else R.exists
+        if o["state"] == CLOSED:
+            if decline and o["close_reason"] == CLOSE_DECLINED:
+                return R.exists
+            return R.order_expired if o["close_reason"] in (CLOSE_EXPIRED, CLOSE_TIMEOUT) else R.order_closed
+        if o["expires_at"] <= ts:   # held past its 45 s, not swept yet (its batch's base was before)
+            return R.order_expired
+        payment = leg_id(o["id"], OP_CHARGE_CODES, 0)
+        if decline:
+            r = self._chain([self._resolve_leg(leg_id(o["id"], OP_CONFIRM_CHARGES, 0), payment, False)], ts)
+            if r != R.ok:
+                return r
+            o["state"] = CLOSED
+            o["close_reason"] = CLOSE_DECLINED
+            o["closed_at"] = ts
+            return R.ok
+        terms = self.merchants_by_id.get(o["merchant_id"])
+        fee = fee_of(o["amount"], terms["fee_bps"]) if terms else 0
+        legs = [self._resolve_leg(leg_id(o["id"], OP_CONFIRM_CHARGES, 0), payment, True)]
+        if fee:
+            legs.append(self._leg(leg_id(o["id"], OP_CONFIRM_CHARGES, 1), o["merchant_id"], terms["fee_account_id"],
+                                  fee, o["ledger"], TRANSFER_CODE_ORDER_FEE, o["id"]))
+        r = self._chain(legs, ts)
+        if r != R.ok:
+            return r
+        o["state"] = SUCCESS
+        o["paid_at"] = ts
+        o["fee"] = fee
+        if fee:
+            self.order_fee_account[o["id"]] = terms["fee_account_id"]
+        self._count_payment(o["payer_id"], ts)
+        return R.ok
+
+    def lookup_codes(self, ids):
+        return [dict(self.codes_by_id[i]) for i in ids if i in self.codes_by_id]
+
+    def codes(self):
+        return [dict(c) for c in self.codes_by_id.values()]
+
+    def next_code_expiry_ns(self):
+        """The earliest ``expires_at`` of a LIVE code; 0 if none."""
+        return min((c["expires_at"] for c in self.codes_by_id.values() if c["state"] == CODE_LIVE), default=0)
 
     # -- reads
 
@@ -607,6 +1040,36 @@ def order_id(merchant_id, out_trade_no):
 def token_of(secret, oid):
     """The first 10 bytes of HMAC-SHA256(secret, order id as 16 bytes LE)."""
     return hmac.new(bytes(secret), oid.to_bytes(16, "little"), hashlib.sha256).digest()[:TOKEN_SIZE]
+
+
+def refund_id(oid, out_refund_no):
+    """The first 16 bytes of SHA-256(b"rfnd" + order id (16 LE) + out_refund_no (32, NUL-padded)), LE."""
+    data = b"rfnd" + oid.to_bytes(16, "little") + bytes(out_refund_no).ljust(OUT_TRADE_NO_SIZE, b"\0")
+    return int.from_bytes(hashlib.sha256(data).digest()[:16], "little")
+
+
+def fee_of(amount, fee_bps):
+    """floor(amount * fee_bps / 10,000)."""
+    return amount * fee_bps // FEE_BPS_MAX
+
+
+def code_of(secret, wallet_id, request_id):
+    """A payment code: d = HMAC-SHA256(secret, b"code" + wallet id (16 LE) + request id (16 LE));
+    (10 + u64(d[0:8]) mod 6) * 10**16 + u64(d[8:16]) mod 10**16: 18 digits, the prefix 10..15."""
+    d = hmac.new(bytes(secret), b"code" + wallet_id.to_bytes(16, "little") + request_id.to_bytes(16, "little"),
+                 hashlib.sha256).digest()
+    prefix = 10 + int.from_bytes(d[0:8], "little") % 6
+    return prefix * 10**16 + int.from_bytes(d[8:16], "little") % 10**16
+
+
+def code_valid(code):
+    """18 decimal digits whose first two are 10..15 (a 128-bit id: its high half is 0)."""
+    return CODE_MIN <= code < CODE_END
+
+
+def code_token(code):
+    """A code order's token: the code as a u64 LE, then two zero bytes."""
+    return (code & U64).to_bytes(8, "little") + bytes(2)
 
 
 def out_trade_no_valid(raw):
