@@ -32,7 +32,7 @@ cdef packed struct code_wallet_t:
 
 cdef class Codes(Product):
     cdef readonly uint64_t codes_max            # resident codes
-    cdef readonly uint64_t live_max             # live codes (resident, pinned)
+    cdef public uint64_t live_max               # live codes in force (core/limits.pyx; <= table.pinned_max)
     cdef readonly uint64_t live_count
     cdef readonly Table table
     cdef Orders orders

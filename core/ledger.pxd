@@ -115,6 +115,10 @@ cdef class Ledger:
     cdef readonly uint64_t accounts_max
     cdef readonly uint64_t transfers_hot_max    # transfers held in memory (the hot window)
     cdef readonly uint64_t pending_max          # pending-table entries
+    # The limits in force (core/limits.pyx): at most the capacities; raised only by a logged
+    # set_limits batch, so a replay answers as the live run did whatever the capacities now.
+    cdef public uint64_t accounts_limit
+    cdef public uint64_t pending_limit
     cdef readonly uint64_t account_count
     cdef readonly uint64_t transfer_count       # transfers ever applied (their numbers: 0..count-1)
     cdef readonly uint64_t hot_first            # oldest transfer number still in memory

@@ -220,6 +220,7 @@ cdef class Ledger:
         self.accounts_max = accounts_max
         self.transfers_hot_max = transfers_hot_max
         self.pending_max = pending_max
+        self.accounts_limit, self.pending_limit = accounts_max, pending_max
         self.ring_mask = ring - 1
         self.account_map = IdMap(accounts_max)
         self.transfer_map = IdMap(transfers_hot_max)
@@ -999,7 +1000,7 @@ cdef class Ledger:
             if a.code != e.code:
                 return R_EXISTS_WITH_DIFFERENT_CODE
             return R_EXISTS
-        if self.account_count >= self.accounts_max:
+        if self.account_count >= self.accounts_limit:
             return R_ACCOUNTS_LIMIT_REACHED
         k = <uint32_t> self.account_count
         self.account_rows[k] = e[0]
@@ -1184,7 +1185,7 @@ cdef class Ledger:
             return R_EXCEEDS_DEBITS
         if self.transfer_count - self.hot_first >= self.transfers_hot_max:
             return R_TRANSFERS_LIMIT_REACHED
-        if flags & TRANSFER_PENDING and self.pending_count >= self.pending_max:
+        if flags & TRANSFER_PENDING and self.pending_count >= self.pending_limit:
             return R_TRANSFERS_LIMIT_REACHED
 
         guard_hot(&self.hot_cow, debit_index)

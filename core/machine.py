@@ -22,6 +22,7 @@ from core import constants
 from core.ledger import Ledger
 from core.operations import CREATE_COMPONENTS, Operation
 from core.codes import Codes
+from core.limits import Limits
 from core.merchants import Merchants
 from core.orders import Orders
 from core.refunds import Refunds
@@ -44,12 +45,15 @@ class Machine:
         self.refunds = Refunds(self.ledger, self.orders, self.merchants, refunds_max)
         self.settlement = Settlement(self.ledger, self.merchants)
         self.codes = Codes(self.ledger, self.orders, self.merchants, codes_max, secret)
+        self.limits = Limits(self.ledger, self.merchants, self.orders, self.codes)
         #: The write-back tables (core/table.pyx) by the name the operation table's ``reads`` use.
         self.tables = {"orders": self.orders.table, "refunds": self.refunds.table, "codes": self.codes.table}
         self._components = {"ledger": self.ledger, "orders": self.orders, "merchants": self.merchants,
-                            "refunds": self.refunds, "settlement": self.settlement, "codes": self.codes}
-        #: The components with tables and state of their own, in the order they restore.
-        self._stateful = (self.merchants, self.orders, self.refunds, self.codes)
+                            "refunds": self.refunds, "settlement": self.settlement, "codes": self.codes,
+                            "limits": self.limits}
+        #: The components with tables and state of their own, in the order they restore (the
+        #: limits last: they are checked against the others' capacities).
+        self._stateful = (self.merchants, self.orders, self.refunds, self.codes, self.limits)
 
     def apply(self, operation: int, batch, now_ns: int) -> np.ndarray:
         """Apply one batch of a create operation at engine time ``now_ns``: one reply record

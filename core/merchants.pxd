@@ -57,6 +57,7 @@ cdef inline void book_roll(merchant_book_t *b, uint64_t window) noexcept nogil:
 
 cdef class Merchants(Product):
     cdef readonly uint64_t merchants_max
+    cdef public uint64_t merchants_limit         # in force (core/limits.pyx): <= merchants_max
     cdef readonly uint64_t merchant_count
     cdef IdMap merchant_map                     # merchant account id -> slot
     cdef tally_merchant_t *rows                 # the terms as set (lookup_merchants' records)

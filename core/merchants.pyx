@@ -50,7 +50,7 @@ cdef class Merchants(Product):
             raise ValueError(f"merchants_max must be in 1..{constants.MERCHANTS_MAX_LIMIT}")
         self.ledger = ledger
         self.component = "merchants"
-        self.merchants_max = merchants_max
+        self.merchants_max = self.merchants_limit = merchants_max
         self.merchant_map = IdMap(merchants_max)
         a = self._arrays = {"merchants": np.zeros(merchants_max, dtype=MERCHANT_DTYPE),
                             "terms": np.zeros(merchants_max, dtype=TERMS_DTYPE),
@@ -209,7 +209,7 @@ cdef class Merchants(Product):
                 return R_EXISTS  # the same terms again: a retry
             row.timestamp = ts  # new terms, in force from now
         else:
-            if self.merchant_count >= self.merchants_max:
+            if self.merchant_count >= self.merchants_limit:
                 return R_MERCHANTS_LIMIT_REACHED
             slot = <uint32_t> self.merchant_count
             if idmap_put(&self.merchant_map.map, e.merchant_id_lo, e.merchant_id_hi, slot) != 0:

@@ -25,7 +25,7 @@ from core import constants
 from core.records import (
     ACCOUNT_DTYPE, ID_DTYPE, MERCHANT_DTYPE, ORDER_CLOSE_DTYPE, ORDER_CREATE_DTYPE, ORDER_CREATED_DTYPE, ORDER_DTYPE, ORDER_PAY_DTYPE,
     NOTIFICATION_DTYPE, REFUND_DTYPE, SETTLEMENT_DTYPE, TRANSFER_DTYPE, CODE_CHARGE_DTYPE, CODE_CONFIRM_DTYPE,
-    CODE_DTYPE, CODE_ISSUE_DTYPE, CODE_ISSUED_DTYPE,
+    CODE_DTYPE, CODE_ISSUE_DTYPE, CODE_ISSUED_DTYPE, LIMITS_DTYPE,
 )
 
 #: A create's reply: one ``core.Result`` per event.
@@ -38,6 +38,7 @@ class Operation(enum.IntEnum):
     lookup_accounts = 3
     lookup_transfers = 4
     get_account_transfers = 5
+    set_limits = 6
     # 100-199: the payment products (docs/products.md).
     create_orders = 100
     pay_orders = 101
@@ -94,6 +95,8 @@ OPERATIONS: dict[Operation, Spec] = {spec.operation: spec for spec in (
     Spec(Operation.lookup_accounts, Kind.lookup, ID_DTYPE, ACCOUNT_DTYPE),
     Spec(Operation.lookup_transfers, Kind.lookup, ID_DTYPE, TRANSFER_DTYPE),
     Spec(Operation.get_account_transfers, Kind.query, None, TRANSFER_DTYPE),
+    # The limits in force (core/limits.pyx): logged, so a replay answers as the live run did.
+    Spec(Operation.set_limits, Kind.create, LIMITS_DTYPE, RESULT_DTYPE, "limits"),
     Spec(Operation.create_orders, Kind.create, ORDER_CREATE_DTYPE, ORDER_CREATED_DTYPE, "orders",
          reads=(("orders", "id"),)),
     Spec(Operation.pay_orders, Kind.create, ORDER_PAY_DTYPE, RESULT_DTYPE, "orders", legs=2,

@@ -32,7 +32,7 @@ cdef enum:
 
 cdef class Orders(Product):
     cdef readonly uint64_t orders_max           # resident orders
-    cdef readonly uint64_t open_max             # unpaid orders (resident, pinned)
+    cdef public uint64_t open_max               # open orders in force (core/limits.pyx; <= table.pinned_max)
     cdef readonly uint64_t open_count
     cdef readonly Table table                   # the orders; a slot's aux: the account its fee went to
     cdef Merchants merchants                    # their fee rates (None: no fees)

@@ -147,6 +147,18 @@ cdef extern from * nogil:
         uint64_t timestamp;             /* 0 on input; the engine time of the last change */
     } tally_merchant_t;
 
+    /* The limits in force (core/limits.pyx, docs/storage.md "Capacities and limits"): 0 leaves one as it is. */
+    typedef struct TALLY_PACKED {
+        uint64_t accounts;
+        uint64_t pending;
+        uint64_t merchants;
+        uint64_t orders_open;
+        uint64_t codes_live;
+        uint16_t flags;                 /* must be zero */
+        uint8_t reserved[78];
+        uint64_t timestamp;             /* must be zero */
+    } tally_limits_t;
+
     /* Payment codes (docs/products.md "Payment codes (built)"). */
     typedef struct TALLY_PACKED {
         uint64_t wallet_id_lo, wallet_id_hi;
@@ -382,6 +394,16 @@ cdef extern from * nogil:
         uint16_t flags
         uint32_t ledger
         uint8_t reserved[64]
+        uint64_t timestamp
+
+    ctypedef struct tally_limits_t:
+        uint64_t accounts
+        uint64_t pending
+        uint64_t merchants
+        uint64_t orders_open
+        uint64_t codes_live
+        uint16_t flags
+        uint8_t reserved[78]
         uint64_t timestamp
 
     ctypedef struct tally_code_issue_t:
@@ -638,4 +660,5 @@ cpdef enum result_t:
     R_USER_PAYING = 103             # held: the user must confirm (the charge is made, not yet paid)
     R_ORDER_NOT_USER_PAYING = 104   # not a payment code's order
     R_PAYER_MISMATCH = 105          # the wallet is not the order's payer
-    R_COUNT = 106
+    R_LIMIT_OUT_OF_RANGE = 106      # set_limits: above the capacity (core/limits.pyx)
+    R_COUNT = 107

@@ -23,6 +23,7 @@ CODE_ISSUED_DTYPE: np.dtype
 CODE_CHARGE_DTYPE: np.dtype
 CODE_CONFIRM_DTYPE: np.dtype
 CODE_DTYPE: np.dtype
+LIMITS_DTYPE: np.dtype
 U64_MAX: int
 U128_MAX: int
 
@@ -133,6 +134,7 @@ class Result(enum.IntEnum):
     user_paying = 103
     order_not_user_paying = 104
     payer_mismatch = 105
+    limit_out_of_range = 106
 
 class OrderState(enum.IntEnum):
     NOTPAY = 1

@@ -15,7 +15,7 @@ from core.records cimport (
     TRANSFER_RESERVED_SIZE, result_t, account_flag_t, transfer_flag_t, tally_order_create_t, tally_order_pay_t,
     tally_order_close_t, tally_order_t, tally_order_created_t, order_state_t, close_reason_t, tally_merchant_t,
     tally_refund_t, event_flag_t, tally_code_issue_t, tally_code_issued_t, tally_code_charge_t, tally_code_confirm_t,
-    tally_code_t, code_state_t, confirm_flag_t, order_kind_t,
+    tally_code_t, code_state_t, confirm_flag_t, order_kind_t, tally_limits_t,
 )
 
 _U64 = "<u8"
@@ -117,6 +117,12 @@ NOTIFICATION_DTYPE = np.dtype([
     ("timestamp", _U64),                              # the event's engine time
 ])
 
+#: ``set_limits``' events (core/limits.pyx): the limits in force, 0 for one left as it is.
+LIMITS_DTYPE = np.dtype([
+    ("accounts", _U64), ("pending", _U64), ("merchants", _U64), ("orders_open", _U64), ("codes_live", _U64),
+    ("flags", _U16), ("reserved", "V78"), ("timestamp", _U64),
+])
+
 # The payment codes' records (docs/products.md "Payment codes (built)").
 CODE_ISSUE_DTYPE = np.dtype([
     ("wallet_id_lo", _U64), ("wallet_id_hi", _U64), ("request_id_lo", _U64), ("request_id_hi", _U64),
@@ -187,6 +193,7 @@ def _check_layout():
     cdef tally_code_charge_t code_charge
     cdef tally_code_confirm_t code_confirm
     cdef tally_code_t code
+    cdef tally_limits_t limits
     c_offsets = {
         ACCOUNT_DTYPE: {
             "id_lo": <size_t> (<char *> &account.id_lo - <char *> &account),
@@ -275,6 +282,11 @@ def _check_layout():
             "flags": <size_t> (<char *> &code_confirm.flags - <char *> &code_confirm),
             "timestamp": <size_t> (<char *> &code_confirm.timestamp - <char *> &code_confirm),
         },
+        LIMITS_DTYPE: {
+            "codes_live": <size_t> (<char *> &limits.codes_live - <char *> &limits),
+            "flags": <size_t> (<char *> &limits.flags - <char *> &limits),
+            "timestamp": <size_t> (<char *> &limits.timestamp - <char *> &limits),
+        },
         CODE_DTYPE: {
             "expires_at": <size_t> (<char *> &code.expires_at - <char *> &code),
             "ledger": <size_t> (<char *> &code.ledger - <char *> &code),
@@ -295,7 +307,7 @@ def _check_layout():
              REFUND_DTYPE: (sizeof(refund), 128), SETTLEMENT_DTYPE: (sizeof(settlement), 128),
              CODE_ISSUE_DTYPE: (sizeof(code_issue), 128), CODE_ISSUED_DTYPE: (sizeof(code_issued), 16),
              CODE_CHARGE_DTYPE: (sizeof(code_charge), 128), CODE_CONFIRM_DTYPE: (sizeof(code_confirm), 128),
-             CODE_DTYPE: (sizeof(code), 128)}
+             CODE_DTYPE: (sizeof(code), 128), LIMITS_DTYPE: (sizeof(limits), 128)}
     for dtype, offsets in c_offsets.items():
         c_size, documented = sizes[dtype]
         if not (c_size == documented == dtype.itemsize):

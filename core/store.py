@@ -55,6 +55,7 @@ import numpy as np
 from core import checkpoint, codec, constants, journal, memory, writeback
 from core.threads import name_this_thread
 from core import codes as codes_module
+from core import limits as limits_module
 from core import cold as cold_module
 from core import filter as filter_module
 from core import ledger as ledger_module
@@ -69,7 +70,7 @@ from core.filter import IdFilter
 from core.ledger import EVENT_TIMESTAMPS
 from core.machine import Machine
 from core.operations import CREATE_EVENT_DTYPES, DERIVED, OPERATIONS, Operation
-from core.records import ID_DTYPE, TRANSFER_DTYPE, CloseReason, TransferFlags, ids_array
+from core.records import ID_DTYPE, LIMITS_DTYPE, TRANSFER_DTYPE, CloseReason, Result as core_result, TransferFlags, ids_array
 from core.state_hash import CHAIN_EMPTY, state_hash
 
 #: Log entry header: magic, format version, operation, event count, packed body bytes, now_ns,
@@ -169,6 +170,18 @@ class _Meta(msgspec.Struct, frozen=True):
     refunds_max: int = 0          # 0: a store made before refunds (the default then)
     codes_max: int = 0            # 0: a store made before payment codes (the default then)
     secret: bytes = b""           # keys the order tokens (core/orders.pyx); drawn once, never sent
+    # The limits in force at the log's start (core/limits.pyx), and those the log has since been
+    # raised to by the store itself when its capacities grew (empty: a store made before limits).
+    limits_initial: dict[str, int] = {}
+    limits_raised: dict[str, int] = {}
+
+
+def _limits_of(meta: _Meta) -> dict[str, int]:
+    """The limits a store's capacities allow (core/limits.pyx)."""
+    return limits_module.of_capacities(accounts_max=meta.accounts_max, pending_max=meta.pending_max,
+                                       merchants_max=meta.merchants_max or constants.MERCHANTS_MAX_DEFAULT,
+                                       orders_max=meta.orders_max or constants.ORDERS_MAX_DEFAULT,
+                                       codes_max=meta.codes_max or constants.CODES_MAX_DEFAULT)
 
 
 class _ArchiveMeta(msgspec.Struct, frozen=True):
@@ -297,7 +310,7 @@ class Store:
                  pending_max: int | None = None, cold_epoch_transfers: int | None = None,
                  id_filter_bytes: int | None = None, orders_max: int | None = None,
                  merchants_max: int | None = None, refunds_max: int | None = None, codes_max: int | None = None,
-                 secret: bytes | None = None, map_size_bytes: int = constants.LMDB_MAP_SIZE_BYTES_DEFAULT,
+                 secret: bytes | None = None, limits_initial: dict | None = None, map_size_bytes: int = constants.LMDB_MAP_SIZE_BYTES_DEFAULT,
                  checkpoint_interval_events: int = constants.CHECKPOINT_INTERVAL_EVENTS_DEFAULT,
                  checkpoint_interval_batches: int | None = None,
                  commit_pipeline_depth: int = constants.COMMIT_PIPELINE_DEPTH_DEFAULT,
@@ -320,7 +333,7 @@ class Store:
         self._meta_db = self._env.open_db(b"meta")
         self._meta = self._load_or_create_meta(accounts_max, transfers_hot_max, pending_max,
                                                cold_epoch_transfers, id_filter_bytes, orders_max, merchants_max,
-                                               refunds_max, codes_max, secret)
+                                               refunds_max, codes_max, secret, limits_initial)
         self._archive_meta = self._load_archive_meta()
         self._journal = self._open_journal(journal_bytes, prefault)
         self._epoch_transfers = self._meta.cold_epoch_transfers
@@ -388,6 +401,32 @@ class Store:
         # default) for the GIL after each commit; at 0.2 ms it hands back promptly
         # (shared/ARCHITECTURE.md has the measurement).
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.0002))
+        self._raise_limits_to_capacities()
+
+    @property
+    def limits_initial(self) -> dict[str, int]:
+        """The limits in force at the log's start (a replay's target starts with them)."""
+        return dict(self._meta.limits_initial)
+
+    def _raise_limits_to_capacities(self) -> None:
+        """Capacities that grew since the log last raised its limits to them: log a set_limits
+        batch raising those limits now (after the recovery replayed every earlier answer with
+        the limits then in force), then remember it in the meta. A crash in between raises them
+        again at the next open, which changes nothing more."""
+        capacities, raised = _limits_of(self._meta), self._meta.limits_raised
+        grown = {name: value for name, value in capacities.items() if value > raised.get(name, 0)}
+        if not grown:
+            return
+        event = np.zeros(1, dtype=LIMITS_DTYPE)
+        for name, value in grown.items():
+            event[name] = value
+        # At the engine time the log left off (its batch follows the last one): reopening moves no clock.
+        result = self.submit(Operation.set_limits, event, self.ledger.last_timestamp).result()
+        if result[0] != 0:
+            raise StoreError(f"{self.path}: raising the limits to the capacities answered {core_result(int(result[0]))}")
+        self._meta = msgspec.structs.replace(self._meta, limits_raised=capacities)
+        with self._env.begin(write=True, db=self._meta_db) as txn:
+            txn.put(b"meta", msgspec.msgpack.encode(self._meta))
 
     def _fresh_state(self) -> None:
         """An empty ledger, filter and cold progress (before a checkpoint is loaded into them)."""
@@ -401,6 +440,7 @@ class Store:
         self.merchants = self.machine.merchants
         self.refunds = self.machine.refunds
         self.codes = self.machine.codes
+        self.machine.limits.force(meta.limits_initial)  # then a checkpoint's, then the log's set_limits
         self.filter = IdFilter(meta.id_filter_bytes)
         self.ledger.attach_filter(self.filter)
         self.product_filter = IdFilter(PRODUCT_FILTER_BYTES)
@@ -1569,7 +1609,8 @@ class Store:
             return lmdb.open(directory, **options)
 
     def _load_or_create_meta(self, accounts_max, transfers_hot_max, pending_max, cold_epoch_transfers,
-                             id_filter_bytes, orders_max, merchants_max, refunds_max, codes_max, secret) -> _Meta:
+                             id_filter_bytes, orders_max, merchants_max, refunds_max, codes_max, secret,
+                             limits_initial=None) -> _Meta:
         with self._env.begin(write=True, db=self._meta_db) as txn:
             stored = txn.get(b"meta")
             if stored is not None:
@@ -1583,6 +1624,9 @@ class Store:
                                          f"was created; {value} asked")
                 if secret is not None and meta.secret and secret != meta.secret:
                     raise StoreError(f"{self.path}: the store's secret is fixed when the directory was created")
+                if not meta.limits_initial:  # a store made before limits: those of its capacities until now
+                    before = _limits_of(meta)
+                    meta = msgspec.structs.replace(meta, limits_initial=before, limits_raised=before)
                 # Capacities may grow on reopen, never shrink below what was configured.
                 meta = msgspec.structs.replace(meta, accounts_max=max(meta.accounts_max, accounts_max or 0),
                                                transfers_hot_max=max(meta.transfers_hot_max, transfers_hot_max or 0),
@@ -1608,6 +1652,11 @@ class Store:
                              refunds_max or constants.REFUNDS_MAX_DEFAULT,
                              codes_max or constants.CODES_MAX_DEFAULT,
                              secret or os.urandom(orders_module.SECRET_BYTES))
+            if stored is None:
+                # A new store's limits are its capacities' (a replay's target: its source's at
+                # the log's start, which the replayed set_limits batches raise as they did).
+                meta = msgspec.structs.replace(meta, limits_initial=dict(limits_initial or _limits_of(meta)),
+                                               limits_raised=_limits_of(meta))
             if len(meta.secret) != orders_module.SECRET_BYTES:
                 raise StoreError(f"{self.path}: the secret must be {orders_module.SECRET_BYTES} bytes")
             if meta.transfers_hot_max <= meta.cold_epoch_transfers:
