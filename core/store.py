@@ -850,21 +850,27 @@ class Store:
         return np.concatenate(found) if found else np.zeros(0, dtype=notifications.NOTIFICATION_DTYPE)
 
     def notifications_of_batch(self, sequence: int, operation: int, events: np.ndarray, results: np.ndarray,
-                               last_timestamp: int) -> np.ndarray:
+                               last_timestamp: int, legs: np.ndarray | None = None) -> np.ndarray:
         """The notifications of a batch just committed, from what its submitter holds (its
         events, results, sequence and the ledger's last timestamp after it): the same records
-        ``notifications`` reads from its log entry, with no read of the log."""
+        ``notifications`` reads from its log entry, with no read of the log. ``legs``: the
+        batch's ``core.notifications.payment_legs``, taken when it was applied, give its
+        payments' merchants (else each paid order is looked up)."""
         from core import notifications
 
         if operation not in notifications.NOTIFYING_OPERATIONS:
             return np.zeros(0, dtype=notifications.NOTIFICATION_DTYPE)
-        return self._notes_of(LogEntry(sequence, operation, 0, last_timestamp, None, _failures(results)), events)
+        return self._notes_of(LogEntry(sequence, operation, 0, last_timestamp, None, _failures(results)), events,
+                              legs)
 
-    def _notes_of(self, entry: LogEntry, events: np.ndarray) -> np.ndarray:
-        """A notifying batch's notifications, a payment's merchant resolved through its order."""
+    def _notes_of(self, entry: LogEntry, events: np.ndarray, legs: np.ndarray | None = None) -> np.ndarray:
+        """A notifying batch's notifications, a payment's merchant resolved through its leg
+        (``legs``) or its order."""
         from core import notifications
 
         notes = notifications.of_entry(entry, events, EVENT_TIMESTAMPS)
+        if legs is not None and notifications.merchants_from_legs(notes, legs):
+            return notes
         paid = np.flatnonzero(notes["kind"] == notifications.NotificationKind.paid)
         if paid.shape[0]:  # a payment names its order only: the order names its merchant
             ids = np.zeros(paid.shape[0], dtype=ID_DTYPE)
