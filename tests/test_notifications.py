@@ -218,6 +218,18 @@ def test_a_subscriber_gets_the_history_then_live_ones_and_resumes_after_a_restar
     assert asyncio.run(serve(tmp_path / "s", second_life)) == paid[3:]
 
 
+def test_a_passes_notifications_go_in_frames_of_at_most_a_page_each_full_batch_as_it_is():
+    from engine import server
+
+    page = server.NOTIFICATIONS_PAGE
+    parts = [np.arange(n, dtype=np.uint64) + 10**6 * k for k, n in enumerate([page, 3, 4, page - 5, 2 * page + 1])]
+    pages = list(server._pages(parts))
+    assert [p.shape[0] for p in pages] == [page, 7, page - 5, page, page, 1]
+    assert np.array_equal(np.concatenate(pages), np.concatenate(parts))
+    assert np.shares_memory(pages[0], parts[0]) and np.shares_memory(pages[3], parts[4])  # not copied
+    assert list(server._pages([])) == [] and list(server._pages([parts[0][:0]])) == []
+
+
 def test_a_payment_applied_in_the_same_run_as_the_first_subscription_is_notified(tmp_path):
     """A payment and a subscription (the server's first) read in the same pass of its loop: the
     payment, staged while no one subscribed (its notifications not kept for a push), is in the
