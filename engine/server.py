@@ -529,7 +529,7 @@ class Server:
                     ran.append((stage, self._run_ordered(stage)))
                 else:
                     notifies = bool(self._subscriptions) and stage.operation in NOTIFYING_OPERATIONS
-                    first_transfer = ledger.transfer_count
+                    first_transfer = ledger.transfer_count if notifies else 0
                     pending = self.store.stage(stage.operation, stage.records())
                     if notifies:
                         notifying.append((pending, stage, self._payment_legs(stage.operation, first_transfer),
