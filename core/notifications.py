@@ -24,8 +24,10 @@ import numpy as np
 
 from core import id_values
 from core.operations import Operation
-from core.records import NOTIFICATION_DTYPE, ConfirmFlags
+from core.records import NOTIFICATION_DTYPE, ConfirmFlags, TransferCode
 
+#: A payment's payer -> merchant leg, as a batch of payments made it: when, and to whom.
+PAYMENT_LEG_DTYPE = np.dtype([("timestamp", "<u8"), ("merchant_id_lo", "<u8"), ("merchant_id_hi", "<u8")])
 
 
 class NotificationKind(enum.IntEnum):
@@ -63,19 +65,24 @@ def of_entry(entry, events: np.ndarray, legs_max: int) -> np.ndarray:
     order (``core.store.Store``)."""
     kind, order, merchant, refund, amount = _SOURCES[entry.operation]
     count = events.shape[0]
-    ok = np.ones(count, dtype=bool)
     if entry.failures is None:
         raise ValueError(f"log entry {entry.sequence} is of format 1: it does not say which events failed")
-    ok[entry.failures["index"]] = False
-    index = np.flatnonzero(ok)
-    out = np.zeros(index.shape[0], dtype=NOTIFICATION_DTYPE)
-    out["sequence"], out["index"], out["kind"] = entry.sequence, index, kind
-    chosen = events[index]
+    if entry.failures.shape[0]:
+        ok = np.ones(count, dtype=bool)
+        ok[entry.failures["index"]] = False
+        index = np.flatnonzero(ok)
+        chosen = events[index]
+    else:  # every event succeeded (the common case): no mask, no copy of the events
+        index = np.arange(count, dtype=np.uint32)
+        chosen = events
+    out = np.empty(index.shape[0], dtype=NOTIFICATION_DTYPE)
+    out["sequence"], out["index"], out["kind"], out["reserved"] = entry.sequence, index, kind, b""
     for name, field in (("order_id", order), ("merchant_id", merchant), ("refund_id", refund)):
         if field is not None:
             out[f"{name}_lo"], out[f"{name}_hi"] = chosen[f"{field}_lo"], chosen[f"{field}_hi"]
-    if amount is not None:
-        out["amount"] = chosen[amount]
+        else:
+            out[f"{name}_lo"], out[f"{name}_hi"] = 0, 0
+    out["amount"] = chosen[amount] if amount is not None else 0
     if entry.operation == Operation.confirm_charges:
         out["kind"][(chosen["flags"] & int(ConfirmFlags.decline)) != 0] = NotificationKind.revoked
     # A product batch's event k is at base + k * LEGS_MAX; the entry logs the last timestamp.
@@ -95,6 +102,31 @@ def of_expired(entry) -> np.ndarray:
     if expired.shape[0]:
         out["order_id_lo"], out["order_id_hi"] = expired["lo"], expired["hi"]
     return out
+
+
+def payment_legs(transfers: np.ndarray) -> np.ndarray:
+    """The payer -> merchant legs (``TransferCode.order_payment``: one per payment that
+    succeeded, at its event's first timestamp, crediting the order's merchant) among the
+    transfers a batch made (ledger rows, e.g. ``Ledger.transfers_range`` right after the batch
+    is applied), copied out as ``PAYMENT_LEG_DTYPE``: the merchants of the batch's payments
+    with no lookup of their orders."""
+    chosen = np.flatnonzero(transfers["code"] == TransferCode.order_payment)
+    out = np.empty(chosen.shape[0], dtype=PAYMENT_LEG_DTYPE)
+    for name, field in (("timestamp", "timestamp"), ("merchant_id_lo", "credit_account_id_lo"),
+                        ("merchant_id_hi", "credit_account_id_hi")):
+        out[name] = transfers[field][chosen]
+    return out
+
+
+def merchants_from_legs(notes: np.ndarray, legs: np.ndarray) -> bool:
+    """Set the merchants of a batch of payments' notifications from the batch's
+    ``payment_legs``; False (nothing set) unless those are exactly their legs (one each, at
+    the same times)."""
+    if (legs.shape[0] != notes.shape[0] or not np.array_equal(legs["timestamp"], notes["timestamp"])
+            or not np.all(notes["kind"] == NotificationKind.paid)):
+        return False
+    notes["merchant_id_lo"], notes["merchant_id_hi"] = legs["merchant_id_lo"], legs["merchant_id_hi"]
+    return True
 
 
 def after(notes: np.ndarray, sequence: int, index: int) -> np.ndarray:

@@ -927,26 +927,33 @@ class Store:
         return np.concatenate(found) if found else np.zeros(0, dtype=notifications.NOTIFICATION_DTYPE)
 
     def notifications_of_batch(self, sequence: int, operation: int, events: np.ndarray, results: np.ndarray,
-                               last_timestamp: int, expired: np.ndarray | None = None) -> np.ndarray:
+                               last_timestamp: int, expired: np.ndarray | None = None,
+                               legs: np.ndarray | None = None) -> np.ndarray:
         """The notifications of a batch just committed, from what its submitter holds (its
         events, results, sequence, the ledger's last timestamp after it and the orders its start
         closed, ``PendingBatch.expired``): the same records ``notifications`` reads from its log
-        entry, with no read of the log."""
+        entry, with no read of the log. ``legs``: a ``pay_orders`` batch's
+        ``core.notifications.payment_legs``, taken when it was applied, give its payments'
+        merchants (else each paid order is looked up)."""
         from core import notifications
 
         if operation not in notifications.NOTIFYING_OPERATIONS and (expired is None or not expired.shape[0]):
             return np.zeros(0, dtype=notifications.NOTIFICATION_DTYPE)
         return self._notes_of(LogEntry(sequence, operation, 0, last_timestamp, None, _failures(results), expired),
-                              events)
+                              events, legs)
 
-    def _notes_of(self, entry: LogEntry, events: np.ndarray) -> np.ndarray:
-        """A notifying batch's notifications, a payment's merchant resolved through its order."""
+    def _notes_of(self, entry: LogEntry, events: np.ndarray, legs: np.ndarray | None = None) -> np.ndarray:
+        """A batch's notifications: its events' and its start's expiries, what they do not say
+        resolved through the payments' legs (``legs``) or the orders."""
         from core import notifications
 
         kinds = notifications.NotificationKind
         notes = notifications.of_expired(entry)
         if entry.operation in notifications.NOTIFYING_OPERATIONS:
-            notes = np.concatenate([notifications.of_entry(entry, events, EVENT_TIMESTAMPS), notes])
+            of_events = notifications.of_entry(entry, events, EVENT_TIMESTAMPS)
+            if legs is not None and entry.operation == Operation.pay_orders:
+                notifications.merchants_from_legs(of_events, legs)  # (no change unless they fit exactly)
+            notes = np.concatenate([of_events, notes]) if notes.shape[0] else of_events
         # A payment or a confirm names its order only; a close may have revoked a held charge, an
         # expiry names the order alone.
         unresolved = ((notes["merchant_id_lo"] == 0) & (notes["merchant_id_hi"] == 0)) | (notes["kind"] == kinds.closed)

@@ -247,7 +247,10 @@ class Client:
             try:
                 reply = await self.request(Operation.subscribe_notifications, body, stream=stream)
                 while True:
-                    notes = np.frombuffer(reply.body, dtype=core.NOTIFICATION_DTYPE).copy()
+                    # The frame's body is the caller's: no copy, unless it is a view of bytes.
+                    notes = np.frombuffer(reply.body, dtype=core.NOTIFICATION_DTYPE)
+                    if not notes.flags.writeable:
+                        notes = notes.copy()
                     if notes.shape[0]:
                         cursor = (int(notes["sequence"][-1]), int(notes["index"][-1]))
                         yield notes

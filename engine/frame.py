@@ -168,9 +168,40 @@ class Decoder:
         self.closed = False
 
     def feed(self, data: bytes | memoryview) -> list[Frame | FrameError]:
+        """The frames completed by ``data``. Their bodies are views of the bytes received, not
+        copies: of ``data`` itself when it is ``bytes`` and no partial frame was waiting, else of
+        the buffer the partial frame was completed in, which is never written again (what
+        follows the last complete frame moves to a new one)."""
         out: list[Frame | FrameError] = []
         if self.closed:
             return out
+        if not self._buffer and isinstance(data, bytes):
+            buffer = data  # (immutable: the frames may keep views of it)
+        else:
+            self._buffer += data
+            buffer = self._buffer
+        view = memoryview(buffer)
+        offset, end = 0, len(view)
+        while end - offset >= LENGTH_PREFIX_BYTES:
+            total = frame_bytes(view, offset)
+            if isinstance(total, Status):
+                self.closed = True
+                out.append(FrameError(total, 0))
+                break
+            if end - offset < total:
+                break
+            result = self._checker.check(view[offset:offset + total])
+            offset += total
+            out.append(result)
+            if isinstance(result, FrameError) and result.status.closes_connection:
+                self.closed = True
+                break
+        if self.closed:
+            self._buffer = bytearray()
+        elif offset or buffer is not self._buffer:  # frames taken (views of it), or data's rest
+            self._buffer = bytearray(view[offset:])
+        view.release()  # (the frames' views hold the buffer, not this one)
+        return out
         self._buffer += data
         while len(self._buffer) >= LENGTH_PREFIX_BYTES:
             total = frame_bytes(self._buffer)

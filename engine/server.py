@@ -290,6 +290,22 @@ def _reply_bytes_max(item) -> int:
     return frame.HEADER.size  # control (ping): its event_count means nothing and books nothing
 
 
+def _pages(parts: list[np.ndarray]):
+    """Frame bodies of at most ``NOTIFICATIONS_PAGE`` records from these arrays, in order: a
+    larger one is cut (views), neighbours that fit in one frame are joined (the only copy)."""
+    pending, size = [], 0
+    for part in parts:
+        for first in range(0, part.shape[0], NOTIFICATIONS_PAGE):
+            piece = part[first:first + NOTIFICATIONS_PAGE]
+            if pending and size + piece.shape[0] > NOTIFICATIONS_PAGE:
+                yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+                pending, size = [], 0
+            pending.append(piece)
+            size += piece.shape[0]
+    if pending:
+        yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+
+
 class _Stage:
     """Requests run together: a create batch (records of one operation), or ordered requests."""
 
@@ -499,8 +515,11 @@ class Server:
         if not stages:
             return
         ran: list[tuple[_Stage, object]] = []  # (stage, results or the ordered stage's replies)
-        notifying = []  # (pending, operation, events, last timestamp) of batches that notify, for subscribers
+        # (pending, stage, payment legs, last timestamp) of the batches that notify, for the
+        # subscribers: their stages keep their records (not recycled) until the push.
+        notifying = []
         failure: Exception | None = None
+        ledger = self.store.ledger
         try:
             if self._failed:
                 raise core.StoreFailedError("the store failed earlier")
@@ -509,12 +528,15 @@ class Server:
                 if stage.operation is None:
                     ran.append((stage, self._run_ordered(stage)))
                 else:
+                    notifies = bool(self._subscriptions) and stage.operation in NOTIFYING_OPERATIONS
+                    first_transfer = ledger.transfer_count if notifies else 0
                     pending = self.store.stage(stage.operation, stage.records())
-                    if self._subscriptions and (stage.operation in NOTIFYING_OPERATIONS or pending.expired.shape[0]):
+                    if notifies or (self._subscriptions and pending.expired.shape[0]):
                         # (a batch of any operation may close orders by the clock at its start)
-                        notifying.append((pending, stage.operation, stage.records().copy(),
-                                          self.store.ledger.last_timestamp))
-                    self._recycle(stage)
+                        legs = self._payment_legs(stage.operation, first_transfer) if notifies else None
+                        notifying.append((pending, stage, legs, ledger.last_timestamp))
+                    else:
+                        self._recycle(stage)
                     self.batches += 1
                     self.events += stage.events
                     ran.append((stage, pending))
@@ -538,11 +560,24 @@ class Server:
             self._fail_server(failure, list(stages)[len(ran):])
             return
         if self._subscriptions and (notifying or not all(s.live for s in self._subscriptions)):
-            self._push_notifications([self.store.notifications_of_batch(pending.sequence, operation, events,
-                                                                        pending.result(), last_timestamp,
-                                                                        pending.expired)
-                                      for pending, operation, events, last_timestamp in notifying])
+            self._push_notifications([self.store.notifications_of_batch(pending.sequence, stage.operation,
+                                                                        stage.records(), pending.result(),
+                                                                        last_timestamp, pending.expired, legs)
+                                      for pending, stage, legs, last_timestamp in notifying])
+        for _, stage, _, _ in notifying:
+            self._recycle(stage)
         self._arm_pulse()
+
+    def _payment_legs(self, operation: int, first_transfer: int) -> np.ndarray | None:
+        """A batch of payments just applied: its payer -> merchant legs (the ledger's transfers
+        from ``first_transfer`` on, still in memory), which name its payments' merchants."""
+        if operation != Operation.pay_orders:
+            return None
+        ledger = self.store.ledger
+        try:
+            return notifications.payment_legs(ledger.transfers_range(first_transfer, ledger.transfer_count))
+        except ValueError:  # (not all in memory: the store looks the orders up instead)
+            return None
 
     def _arm_pulse(self) -> None:
         """Wake when the soonest pending timeout is due (at most ``PULSE_WAIT_MAX_S`` ahead)."""
@@ -668,28 +703,33 @@ class Server:
 
     def _push_notifications(self, committed: list[np.ndarray] = ()) -> None:
         """Send each subscriber whose connection takes writes its next notifications: a live one
-        those of the batches just ``committed`` (in memory), one catching up a page of the log
-        (a full page: another pass soon, so that a catch-up does not hold the loop)."""
+        those of the batches just ``committed`` (in memory, built once for all subscribers), one
+        catching up a page of the log (a full page: another pass soon, so that a catch-up does
+        not hold the loop). Frames of up to ``NOTIFICATIONS_PAGE`` records: a full batch's
+        notifications are sent as they are, smaller ones joined."""
         more = False
-        fresh = np.concatenate(committed) if committed else None
         for subscription in list(self._subscriptions):
             connection = subscription.connection
             if connection.transport is None or connection._writing_paused:
                 subscription.live = False  # what it misses meanwhile is read from the log later
                 continue
             if subscription.live:
-                if fresh is None:
+                if not committed:
                     continue
-                notes = notifications.after(notifications.of_merchants(fresh, subscription.merchants),
-                                            *subscription.cursor)
-                if notes.shape[0]:
-                    subscription.cursor = (int(notes["sequence"][-1]), int(notes["index"][-1]))
+                parts = []
+                for notes in committed:
+                    notes = notifications.of_merchants(notes, subscription.merchants)
+                    if notes.shape[0] and (int(notes["sequence"][0]), int(notes["index"][0])) <= subscription.cursor:
+                        notes = notifications.after(notes, *subscription.cursor)  # (else all are after it)
+                    if notes.shape[0]:
+                        parts.append(notes)
+                        subscription.cursor = (int(notes["sequence"][-1]), int(notes["index"][-1]))
             else:  # the log, from its cursor (this run's batches included: they are committed)
                 notes = self._next_notifications(subscription)
                 subscription.live = notes.shape[0] < NOTIFICATIONS_PAGE
                 more = more or not subscription.live
-            for first in range(0, notes.shape[0], NOTIFICATIONS_PAGE):
-                page = notes[first:first + NOTIFICATIONS_PAGE]
+                parts = [notes]
+            for page in _pages(parts):
                 connection.reply(Operation.subscribe_notifications, subscription.request_id,
                                  subscription.client_id, memoryview(page).cast("B"), page.shape[0])
         if more:

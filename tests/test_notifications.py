@@ -110,6 +110,46 @@ def test_a_batch_of_payments_notifies_its_ok_events_with_their_times(tmp_path):
         assert seen(store.notifications((int(notes["sequence"][1]), 1))) == seen(notes[2:])
 
 
+def test_the_live_notifications_of_a_batch_of_payments_name_their_merchants_from_their_legs(tmp_path):
+    """What a server builds for its subscribers from a batch it has just applied (its payments'
+    merchants read from their payer -> merchant legs, fee legs between them, no order looked
+    up) is what the log gives; legs that do not fit the batch are not used."""
+    from core import notifications
+
+    accounts = ACCOUNTS + [{"id": 9, "ledger": CNY, "code": 2}]
+    with core.open(str(tmp_path / "s"), accounts_max=16, transfers_hot_max=1 << 14, secret=SECRET) as store:
+        assert not store.create_accounts(core.accounts_from_dicts(accounts), T0).any()
+        assert not store.create_transfers(core.transfers_from_dicts([{
+            "id": 500, "debit_account_id": 1, "credit_account_id": 2, "amount": 10**12, "ledger": CNY,
+            "code": 4}]), T0).any()
+        # Merchant 8 takes a fee: its payments make two legs each.
+        assert not store.set_merchants(core.records_from_dicts([{"merchant_id": 8, "fee_account_id": 9, "fee_bps": 60,
+                                                                 "ledger": CNY}], core.MERCHANT_DTYPE), T0).any()
+        orders = [(7 if n % 3 else 8, b"N%d" % n) for n in range(12)]
+        creates = order_creates([{"merchant_id": m, "out_trade_no": no, "amount": 1000, "ledger": CNY}
+                                 for m, no in orders])
+        assert (store.create_orders(creates, T0 + S)["result"] == 0).all()
+        pays = order_pays([{"order_id": order_id(m, no), "payer_id": 2, "amount": 1000 if n not in (2, 5) else 99,
+                            "ledger": CNY, "token": token_of(SECRET, order_id(m, no))}
+                           for n, (m, no) in enumerate(orders)])
+        first = store.ledger.transfer_count
+        pending = store.stage(Operation.pay_orders, pays, T0 + 2 * S)
+        legs = notifications.payment_legs(store.ledger.transfers_range(first, store.ledger.transfer_count))
+        last_timestamp = store.ledger.last_timestamp
+        store.commit_staged()
+        results = pending.result()
+        assert np.flatnonzero(results).tolist() == [2, 5]
+        assert legs.shape[0] == 10 and store.ledger.transfer_count - first == 10 + 4  # and merchant 8's 4 fees
+        logged = store.notifications((pending.sequence - 1, 1 << 31))
+        live = store.notifications_of_batch(pending.sequence, Operation.pay_orders, pays, results, last_timestamp,
+                                            pending.expired, legs)
+        assert live.tobytes() == logged.tobytes() and seen(live)[0][2] == 8
+        for wrong in (legs[1:], legs[::-1].copy()):  # not this batch's legs: the orders are looked up
+            again = store.notifications_of_batch(pending.sequence, Operation.pay_orders, pays, results,
+                                                 last_timestamp, pending.expired, legs=wrong)
+            assert again.tobytes() == logged.tobytes()
+
+
 # ----------------------------------------------------------------------------- over the protocol
 
 
@@ -177,6 +217,67 @@ def test_a_subscriber_gets_the_history_then_live_ones_and_resumes_after_a_restar
         return [int(n["order_id_lo"]) | int(n["order_id_hi"]) << 64 for n in resumed]
 
     assert asyncio.run(serve(tmp_path / "s", second_life)) == paid[3:]
+
+
+def test_a_passes_notifications_go_in_frames_of_at_most_a_page_each_full_batch_as_it_is():
+    from engine import server
+
+    page = server.NOTIFICATIONS_PAGE
+    parts = [np.arange(n, dtype=np.uint64) + 10**6 * k for k, n in enumerate([page, 3, 4, page - 5, 2 * page + 1])]
+    pages = list(server._pages(parts))
+    assert [p.shape[0] for p in pages] == [page, 7, page - 5, page, page, 1]
+    assert np.array_equal(np.concatenate(pages), np.concatenate(parts))
+    assert np.shares_memory(pages[0], parts[0]) and np.shares_memory(pages[3], parts[4])  # not copied
+    assert list(server._pages([])) == [] and list(server._pages([parts[0][:0]])) == []
+
+
+def test_a_payment_applied_in_the_same_run_as_the_first_subscription_is_notified(tmp_path):
+    """A payment and a subscription (the server's first) read in the same pass of its loop: the
+    payment, staged while no one subscribed (its notifications not kept for a push), is in the
+    subscription's first page (the log read commits what is staged first), then live ones."""
+    import asyncio
+
+    from engine.client import Client
+    from engine.server import Server
+
+    async def scenario():
+        store = open_store(tmp_path / "s")
+        server = Server(store, {1: b"admin-service-secret"})
+        try:
+            port = await server.start("127.0.0.1", 0)
+            set_up(store)
+            admin = await Client.connect("127.0.0.1", port, client_id=1, secret=b"admin-service-secret")
+            oids = [order_id(7, b"N%d" % n) for n in range(2)]
+            for n, oid in enumerate(oids):
+                creates = order_creates([{"merchant_id": 7, "out_trade_no": b"N%d" % n, "amount": 100, "ledger": CNY}])
+                assert (await admin.create_orders(creates))["result"][0] == 0
+
+            def pays(oid):
+                return order_pays([{"order_id": oid, "payer_id": 2, "amount": 100, "ledger": CNY,
+                                    "token": token_of(SECRET, oid)}])
+
+            stream = admin.notifications()
+            # Both frames go out in this turn of the client's loop: one run of the server's.
+            paying = asyncio.ensure_future(admin.pay_orders(pays(oids[0])))
+            first = asyncio.ensure_future(anext(stream))
+            assert not (await paying).any()
+            got = [await asyncio.wait_for(first, 5)]
+            assert server.batches >= 3 and len(server._subscriptions) == 1
+            assert not (await admin.pay_orders(pays(oids[1]))).any()
+            while oids[1] not in seen_orders(got):
+                got.append(await asyncio.wait_for(anext(stream), 5))
+            await stream.aclose()
+            admin.close()
+            return seen_orders(got)
+        finally:
+            await server.close()
+            store.close()
+
+    def seen_orders(pages):
+        return [int(n["order_id_lo"]) | int(n["order_id_hi"]) << 64 for page in pages for n in page]
+
+    got = asyncio.run(scenario())
+    assert got == [order_id(7, b"N0"), order_id(7, b"N1")]
 
 
 def test_across_a_kill_9_every_committed_payment_is_notified_at_least_once_and_no_other(tmp_path):
