@@ -17,7 +17,7 @@ from core.operations import CREATE_REPLY_DTYPES, Operation
 from loadgen import merchant_side, replay, report as report_module, runner, trace
 from loadgen.generator import KIND_OPERATIONS, LOAD_ID_BASE, Kind, Population, RequestGenerator
 from loadgen.histogram import LATENCY_US_HIGHEST, LatencyHistogram
-from loadgen.workload import Mix, Orders, Payments, Population as PopulationSpec, Rate, Workload
+from loadgen.workload import Codes, Mix, Orders, Payments, Population as PopulationSpec, Rate, Workload
 from tally import local_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -163,7 +163,7 @@ def machine_for(population):
     from core.machine import Machine
 
     machine = Machine(accounts_max=4_096, transfers_hot_max=1 << 17, pending_max=1 << 12, orders_max=1 << 16,
-                      refunds_max=1 << 16, secret=secrets.token_bytes(32))
+                      refunds_max=1 << 16, codes_max=1 << 14, secret=secrets.token_bytes(32))
     for operation, batches in ((Operation.create_accounts, population.account_batches()),
                                (Operation.create_transfers, population.top_up_batches()),
                                (Operation.set_merchants, population.merchant_terms_batches())):
@@ -288,6 +288,87 @@ def test_an_orders_follow_ups_wait_for_its_answers():
     # Refunds only refund_after_s (1 s) after their payment's answer.
     assert not (generator.next(3_000, now_ns=4 * NS_PER_S - 1).kinds == Kind.order_refund).any()
     assert (generator.next(3_000, now_ns=4 * NS_PER_S).kinds == Kind.order_refund).sum() > 0
+
+
+# ----------------------------------------------------------------------------- payment codes
+
+
+def codes_workload(seconds=2.0, per_s=2_000.0, users=500, **codes):
+    codes = dict({"step_up_ratio": 0.3, "confirm_ratio": 0.5, "decline_ratio": 0.2, "revoke_ratio": 0.2,
+                  "confirm_after_s": 0.3}, **codes)
+    return Workload(seconds=seconds, population=PopulationSpec(users=users, merchants=20, wallet_balance_minor=500_000),
+                    mix=Mix(payment=40, hold=10, qr_order=20, payment_code=40),
+                    payments=Payments(hold_s=0.2), codes=Codes(**codes), rate=Rate(per_s=per_s))
+
+
+def test_code_requests_are_well_formed_and_follow_their_answers():
+    """Against the core in process: each code is issued to a wallet with no other live code,
+    charged once its answer is in with that code, held for step_up_ratio of them, and the held
+    ones confirmed, declined or revoked confirm_after_s after the charge's answer, as drawn."""
+    from core.order_keys import order_id
+
+    workload = codes_workload()
+    population = Population(workload, run_id=78)
+    machine = machine_for(population)
+    generator = RequestGenerator(workload, population, seed=6)
+    tag = b"%016x" % 78
+    issued, charged, held, ended = {}, {}, {}, set()
+    counts = {}
+    step_ns = NS_PER_S // 10
+    for step in range(30):
+        now_ns = step * step_ns
+        block = generator.next(400, now_ns)
+        for frame in block.frames():
+            replies = machine.apply(frame.operation, frame.records, 10 * NS_PER_S + now_ns)
+            results = runner.result_codes(replies)
+            for kind, result in zip(frame.kinds.tolist(), results.tolist()):
+                counts[Kind(kind), core.Result(result)] = counts.get((Kind(kind), core.Result(result)), 0) + 1
+            if frame.operation == Operation.issue_codes:
+                wallets = frame.records["wallet_id_lo"]
+                assert len(set(wallets.tolist())) == len(wallets), "distinct wallets in a frame"
+                assert (frame.records["wallet_id_hi"] == 78).all() and (frame.records["request_id_hi"] == 78).all()
+                assert ((1 <= wallets) & (wallets <= 500)).all() and (frame.records["request_id_lo"] > 0).all()
+                for record, reply in zip(frame.records, replies):
+                    assert core.Result(int(reply["result"])) == core.Result.ok
+                    issued[int(reply["code"])] = (int(record["wallet_id_lo"]), int(record["no_password_limit"]), now_ns)
+            elif frame.operation == Operation.charge_codes:
+                for record, result in zip(frame.records, results.tolist()):
+                    wallet, limit, issued_ns = issued.pop(int(record["code_lo"]))   # each code charged once
+                    assert issued_ns < now_ns, "a charge follows its issue's answer"
+                    number = bytes(record["out_trade_no"]).rstrip(b"\0")
+                    assert number.startswith(tag) and len(number) == 32
+                    merchant = int(record["merchant_id_lo"]) | 78 << 64
+                    assert int(record["order_id_lo"]) | int(record["order_id_hi"]) << 64 == order_id(merchant, number)
+                    stepped = limit != 0 and record["amount"] > limit
+                    assert result == (core.Result.user_paying if stepped else core.Result.ok), core.Result(result)
+                    key = int(record["order_id_lo"])
+                    charged[key] = (wallet, merchant)
+                    if stepped:
+                        held[key] = now_ns
+            else:
+                for kind, record, result in zip(frame.kinds.tolist(), frame.records, results.tolist()):
+                    if kind not in (Kind.code_confirm, Kind.code_decline, Kind.code_revoke):
+                        continue
+                    key = int(record["order_id_lo"])
+                    assert key not in ended and now_ns >= held[key] + 3 * step_ns, "confirm_after_s after its hold"
+                    ended.add(key)
+                    if kind == Kind.code_revoke:
+                        assert int(record["merchant_id_lo"]) | 78 << 64 == charged[key][1]
+                    else:
+                        assert int(record["wallet_id_lo"]) == charged[key][0]
+                        assert record["flags"] == (core.ConfirmFlags.decline if kind == Kind.code_decline else 0)
+                    assert result == core.Result.ok, core.Result(result)
+            generator.answered(frame.indexes, frame.kinds, replies, now_ns)
+    charges = counts[Kind.code_charge, core.Result.ok] + counts[Kind.code_charge, core.Result.user_paying]
+    assert 0.22 < counts[Kind.code_charge, core.Result.user_paying] / charges < 0.38        # step_up_ratio 0.3
+    followed = {kind: counts.get((kind, core.Result.ok), 0) for kind in (Kind.code_confirm, Kind.code_decline,
+                                                                          Kind.code_revoke)}
+    assert followed[Kind.code_confirm] > followed[Kind.code_decline] > 0 and followed[Kind.code_revoke] > 0
+    assert sum(followed.values()) < 0.95 * len(held)          # a tenth are left to time out, some not yet due
+    summary = generator.codes_summary(3 * NS_PER_S)
+    assert summary["held"] == len(held) and summary["charged_at_once"] == charges - len(held)
+    assert summary["still_held_at_end"] == len(held) - sum(followed.values()) and summary["timed_out"] == 0
+    assert generator.codes_summary(60 * NS_PER_S)["timed_out"] == summary["left_to_time_out"] > 0
 
 
 # ----------------------------------------------------------------------------- against a server
