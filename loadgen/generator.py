@@ -1,5 +1,5 @@
-"""Requests from a workload: the population to set up, then payments, P2P, holds, refunds and
-merchant orders.
+"""Requests from a workload: the population to set up, then payments, P2P, holds, refunds,
+merchant orders and payment codes.
 
 A *request* is one event the server authorizes: one transfer, or one order's create, payment,
 close or refund (or, while setting up, one account, top-up or merchant's terms). The load
@@ -13,10 +13,10 @@ chosen with Zipf-skewed popularity (rank r has weight 1 / r**s: a few very hot m
 long tail), and one funding card (a linked bank card) per 1,000 users that tops every wallet up
 with ``wallet_balance_minor`` before the load starts. A run with orders also has the operator's
 fee account and a settlement account per merchant, and gives every merchant its terms
-(``set_merchants``: ``orders.fee_bps``). All ids of a run have ``id_hi = run_id``, so runs never
+(``set_merchants``: ``orders.fee_bps``; a run with payment codes too). All ids of a run have ``id_hi = run_id``, so runs never
 collide with each other or with other data on the same server.
 
-The requests (``Mix``, ``Payments``, ``Orders``):
+The requests (``Mix``, ``Payments``, ``Orders``, ``Codes``):
 
 * ``payment``: a uniform wallet pays a Zipf-chosen merchant a log-normal amount; wallets that
   run dry get ``exceeds_credits``, as they would.
@@ -40,6 +40,17 @@ The requests (``Mix``, ``Payments``, ``Orders``):
   ``out_trade_no``), in full or, for ``partial_refund_ratio`` of them, 10..99 % of it; a share
   of the paid orders is chosen so that refunds keep to the weight, each refunded once. With none
   ready, a payment is made.
+* ``payment_code``: a wallet's ``issue_codes`` (the wallets take turns: a wallet has one live
+  code; ``request_id`` = the request's number + 1 with the run's id_hi; for
+  ``codes.step_up_ratio`` of them a ``no_password_limit`` of half the amount the charge will
+  ask, else the default limit, or the amount itself when it is above it). Once its answer (with
+  the code) is in, a later request of the weight charges it: a Zipf-chosen merchant's
+  ``charge_codes`` (``out_trade_no`` as a create's, the order id from it). A charge answered
+  ``user_paying`` is held; ``codes.confirm_after_s`` after that answer a later request confirms
+  it (``confirm_charges``), declines it (the same, ``ConfirmFlags.decline``) or revokes it (its
+  merchant's ``close_orders``), as drawn at the issue (``confirm_ratio``, ``decline_ratio``,
+  ``revoke_ratio``); the rest are left to the engine's 45 s timeout (``codes_summary`` counts
+  them). With nothing ready, a payment is made.
 
 Follow-ups are only for requests the server did not refuse: the load generator reports each
 answer (``answered``). A transfer's follow-up (a refund, a hold's resolution) may go before its
@@ -64,7 +75,7 @@ import numpy as np
 import core
 from core.operations import CREATE_EVENT_DTYPES, Operation
 from core.order_keys import TOKEN_BYTES, order_ids, refund_ids
-from loadgen.workload import Workload
+from loadgen.workload import HOLD_TIMEOUT_S, Workload
 
 CARD_PER_USERS = 1_000
 #: Transfers of the load are numbered from here (below: the top-ups of the setup).
@@ -94,20 +105,31 @@ class Kind(enum.IntEnum):
     qr_pay = 10          # its payment from a wallet, with the create's token
     qr_close = 11        # closed unpaid by its merchant
     order_refund = 12    # a paid order's refund, full or partial
+    code_issue = 13      # a wallet's payment code
+    code_charge = 14     # a merchant's charge of it (ok, or user_paying: held for the user)
+    code_confirm = 15    # the user confirms a held charge
+    code_decline = 16    # the user declines it (confirm_charges with ConfirmFlags.decline)
+    code_revoke = 17     # its merchant revokes it (close_orders)
 
 
 #: The operation each kind is sent with (indexed by kind): create_transfers unless named here.
 KIND_OPERATIONS = np.array([{Kind.account: Operation.create_accounts, Kind.merchant_terms: Operation.set_merchants,
                              Kind.qr_create: Operation.create_orders, Kind.qr_pay: Operation.pay_orders,
                              Kind.qr_close: Operation.close_orders, Kind.order_refund: Operation.refund_orders,
+                             Kind.code_issue: Operation.issue_codes, Kind.code_charge: Operation.charge_codes,
+                             Kind.code_confirm: Operation.confirm_charges,
+                             Kind.code_decline: Operation.confirm_charges, Kind.code_revoke: Operation.close_orders,
                              }.get(kind, Operation.create_transfers) for kind in Kind], dtype=np.uint16)
 
 #: Kinds of the setup phase (sent before the clock starts, in order, and awaited).
 SETUP_KINDS = (Kind.account, Kind.top_up, Kind.merchant_terms)
 
 # The slots the mix is drawn over: transfers' below _QR_CREATE. ``resolve`` becomes capture or
-# void (or a payment); ``qr_follow`` pays or closes an answered order (or makes a payment).
-_PAYMENT, _P2P, _HOLD, _RESOLVE, _REFUND, _QR_CREATE, _QR_FOLLOW, _ORDER_REFUND = range(8)
+# void (or a payment); ``qr_follow`` pays or closes an answered order (or makes a payment);
+# ``code_charge`` charges an answered code and ``code_follow`` confirms, declines or revokes a
+# held charge (or each makes a payment).
+(_PAYMENT, _P2P, _HOLD, _RESOLVE, _REFUND, _QR_CREATE, _QR_FOLLOW, _ORDER_REFUND, _CODE_ISSUE, _CODE_CHARGE,
+ _CODE_FOLLOW) = range(11)
 
 
 class Frame(NamedTuple):
@@ -237,12 +259,19 @@ def timed_operations(workload: Workload) -> list[Operation]:
     """The operations a workload's load may send, for the trace writer to be ready for
     (create_transfers always: a follow-up that finds nothing to follow makes a payment)."""
     operations = [Operation.create_transfers]
-    if workload.mix.has_orders:
+    if workload.mix.qr_order > 0:
         orders = workload.orders
         operations += [operation for operation, weight in (
             (Operation.create_orders, 1.0), (Operation.pay_orders, orders.paid_ratio),
             (Operation.close_orders, orders.close_ratio), (Operation.refund_orders, workload.mix.order_refund))
             if weight > 0]
+    if workload.mix.has_codes:
+        codes = workload.codes
+        operations += [operation for operation, weight in (
+            (Operation.issue_codes, 1.0), (Operation.charge_codes, 1.0),
+            (Operation.confirm_charges, codes.step_up_ratio * (codes.confirm_ratio + codes.decline_ratio)),
+            (Operation.close_orders, codes.step_up_ratio * codes.revoke_ratio))
+            if weight > 0 and operation not in operations]
     return operations
 
 
@@ -348,6 +377,14 @@ def _hex16(values: np.ndarray) -> np.ndarray:
     return _HEX_DIGITS[(values[:, None] >> _NIBBLE_SHIFTS) & np.uint64(0xF)]
 
 
+def _numbers(tag: np.ndarray, indexes: np.ndarray) -> np.ndarray:
+    """out_trade_no / out_refund_no of requests: the run's tag and the request's number, 32 bytes."""
+    numbers = np.empty((len(indexes), 32), dtype=np.uint8)
+    numbers[:, :16] = tag
+    numbers[:, 16:] = _hex16(indexes)
+    return numbers
+
+
 def _tokens_to_columns(tokens: np.ndarray) -> np.ndarray:
     """(n, 10) uint8 tokens as two uint64 columns (a (2, n) array), to keep in a queue."""
     padded = np.zeros((len(tokens), 16), dtype=np.uint8)
@@ -377,11 +414,7 @@ class _Orders:
         self._paid = _Queue(QUEUE_CAPACITY, 4)                # paid orders, to refund
 
     def _numbers(self, indexes: np.ndarray) -> np.ndarray:
-        """out_trade_no / out_refund_no of requests: the run's tag and the request's number, 32 bytes."""
-        numbers = np.empty((len(indexes), 32), dtype=np.uint8)
-        numbers[:, :16] = self.tag
-        numbers[:, 16:] = _hex16(indexes)
-        return numbers
+        return _numbers(self.tag, indexes)
 
     def take_follow_ups(self, wanted: int, now_ns: int) -> np.ndarray:
         return self._created.pop_ready(wanted, now_ns)
@@ -465,6 +498,141 @@ class _Orders:
             self._paid.push(orders[:self._AMOUNT + 1], reply_ns + int(self.spec.refund_after_s * NS_PER_S))
 
 
+#: What a payment code's held charge is left to (drawn when the code is issued).
+_TIMEOUT, _CONFIRM, _DECLINE, _REVOKE = 0, 1, 2, 3
+#: The core's default no-password limit (core/codes.pyx), minor units: a code issued with 0 has it.
+NO_PASSWORD_LIMIT_DEFAULT = 300_000
+
+
+class _Codes:
+    """The payment codes of a mix (``payment_code``; see the module's docstring)."""
+
+    # Columns: issued codes awaited (wallet, amount, no_password_limit, fate), then the code;
+    # charges awaited (order id lo, hi, merchant, wallet, amount, fate); held charges to follow
+    # up (order id lo, hi, merchant, wallet, fate).
+    _WALLET, _AMOUNT, _LIMIT, _FATE, _CODE = 0, 1, 2, 3, 4
+    _ORDER_LO, _ORDER_HI, _MERCHANT, _C_WALLET, _C_AMOUNT, _C_FATE = 0, 1, 2, 3, 4, 5
+
+    def __init__(self, workload: Workload, population: Population, first_index: int, stride: int):
+        self.population = population
+        self.spec = workload.codes
+        self.payments = workload.payments
+        self.tag = np.frombuffer(b"%016x" % population.run_id, dtype=np.uint8)
+        self._worker, self._stride = first_index, stride
+        self._turn = 0                                        # the wallets take turns (one live code each)
+        self._issues = _Awaited(QUEUE_CAPACITY, 4, stride)    # issues whose code is awaited
+        self._charges = _Awaited(QUEUE_CAPACITY, 6, stride)   # charges whose answer is awaited
+        self._issued = _Queue(QUEUE_CAPACITY, 5)              # answered codes, to charge
+        self._held = _Queue(QUEUE_CAPACITY, 5)                # held charges, to confirm, decline or revoke
+        self.at_once = self.held = 0                          # charges answered ok / user_paying
+        self._left = []                                       # per second of its answer: held ones left to time out
+        fates = self.spec
+        self._fate_cdf = np.cumsum([fates.confirm_ratio, fates.decline_ratio, fates.revoke_ratio])
+
+    def _wallets(self, count: int) -> np.ndarray:
+        """The next ``count`` wallets in turn (this worker's share: wallets worker + k x stride)."""
+        turns = self._turn + np.arange(count, dtype=np.uint64)
+        self._turn += count
+        return (1 + (self._worker + turns * np.uint64(self._stride)) % np.uint64(self.population.users)).astype(
+            np.uint64)
+
+    def take_charges(self, wanted: int, now_ns: int) -> np.ndarray:
+        return self._issued.pop_ready(wanted, now_ns)
+
+    def take_held(self, wanted: int, now_ns: int) -> np.ndarray:
+        return self._held.pop_ready(wanted, now_ns)
+
+    def issue(self, rng, events, kinds, indexes, rows) -> None:
+        run_id, count = self.population.run_id, len(rows)
+        wallets = self._wallets(count)
+        amounts = _amounts(rng, self.payments, count)
+        stepped = rng.random(count) < self.spec.step_up_ratio
+        # Held: a no-password limit below the amount (half of it); else one above it (0: the default).
+        amounts[stepped] = np.maximum(amounts[stepped], 2)
+        limits = np.where(stepped, amounts // 2, np.where(amounts > NO_PASSWORD_LIMIT_DEFAULT, amounts, 0))
+        fates = np.searchsorted(self._fate_cdf, rng.random(count), side="right")
+        fates = np.where(fates < len(self._fate_cdf), fates + 1, _TIMEOUT).astype(np.uint64)
+        issues = events.view(core.CODE_ISSUE_DTYPE).reshape(-1)
+        issues["wallet_id_lo"][rows], issues["wallet_id_hi"][rows] = wallets, run_id
+        issues["request_id_lo"][rows], issues["request_id_hi"][rows] = indexes[rows] + np.uint64(1), run_id
+        issues["no_password_limit"][rows] = limits
+        issues["ledger"][rows] = core.Currency.CNY
+        kinds[rows] = Kind.code_issue
+        self._issues.put(indexes[rows], np.stack([wallets, amounts, limits.astype(np.uint64), fates]))
+
+    def charge(self, rng, events, kinds, indexes, rows, codes: np.ndarray) -> None:
+        """Charge the answered ``codes`` (columns of ``_issued``) in ``rows``, at Zipf-chosen merchants."""
+        run_id, count = self.population.run_id, len(rows)
+        merchants = self.population.draw_merchants(rng, count)
+        numbers = _numbers(self.tag, indexes[rows])
+        ids = order_ids(np.stack([merchants, np.full(count, run_id, dtype=np.uint64)], axis=1), numbers)
+        charges = events.view(core.CODE_CHARGE_DTYPE).reshape(-1)
+        charges["order_id_lo"][rows], charges["order_id_hi"][rows] = ids[:, 0], ids[:, 1]
+        charges["merchant_id_lo"][rows], charges["merchant_id_hi"][rows] = merchants, run_id
+        charges["code_lo"][rows] = codes[self._CODE]
+        charges["amount"][rows] = codes[self._AMOUNT]
+        charges["out_trade_no"][rows] = numbers
+        charges["ledger"][rows] = core.Currency.CNY
+        kinds[rows] = Kind.code_charge
+        self._charges.put(indexes[rows], np.stack([ids[:, 0], ids[:, 1], merchants, codes[self._WALLET],
+                                                   codes[self._AMOUNT], codes[self._FATE]]))
+
+    def follow_up(self, events, kinds, rows, held: np.ndarray) -> None:
+        """Confirm, decline or revoke the ``held`` charges (columns of ``_held``) in ``rows``."""
+        run_id = self.population.run_id
+        fates = held[4]
+        revoking = fates == _REVOKE
+        users, used = rows[~revoking], held[:, ~revoking]
+        confirms = events.view(core.CODE_CONFIRM_DTYPE).reshape(-1)
+        confirms["order_id_lo"][users], confirms["order_id_hi"][users] = used[0], used[1]
+        confirms["wallet_id_lo"][users], confirms["wallet_id_hi"][users] = used[3], run_id
+        declines = used[4] == _DECLINE
+        confirms["flags"][users] = np.where(declines, core.ConfirmFlags.decline, 0)
+        kinds[users] = np.where(declines, Kind.code_decline, Kind.code_confirm)
+        merchants, revoked = rows[revoking], held[:, revoking]
+        closes = events.view(core.ORDER_CLOSE_DTYPE).reshape(-1)
+        closes["order_id_lo"][merchants], closes["order_id_hi"][merchants] = revoked[0], revoked[1]
+        closes["merchant_id_lo"][merchants], closes["merchant_id_hi"][merchants] = revoked[2], run_id
+        kinds[merchants] = Kind.code_revoke
+
+    def answered(self, indexes: np.ndarray, kinds: np.ndarray, results: np.ndarray, replies: np.ndarray,
+                 reply_ns: int) -> None:
+        issued = (results == core.Result.ok) & (kinds == Kind.code_issue)
+        if issued.any():    # to be charged, with the code the answer holds
+            found, codes = self._issues.take(indexes[issued])
+            self._issued.push(np.concatenate([codes, replies["code"][issued][found][None, :].astype(np.uint64)]),
+                              reply_ns)
+        charged = kinds == Kind.code_charge
+        if charged.any():
+            self.at_once += int((results[charged] == core.Result.ok).sum())
+            held = charged & (results == core.Result.user_paying)
+            found, charges = self._charges.take(indexes[charged])   # forgotten whatever the answer
+            if held.any():
+                held_charges = charges[:, results[charged][found] == core.Result.user_paying]
+                self.held += held_charges.shape[1]
+                fates = held_charges[self._C_FATE]
+                followed = fates != _TIMEOUT
+                self._held.push(held_charges[[0, 1, 2, 3, 5]][:, followed],
+                                reply_ns + int(self.spec.confirm_after_s * NS_PER_S))
+                if (~followed).any():
+                    second = reply_ns // NS_PER_S
+                    if second >= len(self._left):
+                        self._left.extend([0] * (second + 1 - len(self._left)))
+                    self._left[second] += int((~followed).sum())
+
+    def summary(self, end_ns: int) -> dict:
+        """What became of the held charges by ``end_ns`` (ns from the start): how many were held,
+        left to the engine's 45 s timeout (timed out by then, or still held), or still awaiting
+        their confirm, decline or revoke (not yet due at the end)."""
+        timed_out_before = (end_ns - HOLD_TIMEOUT_S * NS_PER_S) // NS_PER_S   # answered before this second: expired
+        left = sum(self._left)
+        timed_out = sum(self._left[:max(0, timed_out_before)])
+        waiting = self._held.tail - self._held.head
+        return {"charged_at_once": self.at_once, "held": self.held, "left_to_time_out": left,
+                "timed_out": timed_out, "still_held_at_end": left - timed_out + waiting,
+                "follow_ups_not_sent": waiting}
+
+
 class RequestGenerator:
     """Requests for a workload's mix; see the module's docstring.
 
@@ -483,6 +651,14 @@ class RequestGenerator:
         slot_weights = [mix["payment"], mix["p2p"], mix["hold"] / 2, mix["hold"] / 2, mix["refund"],
                         mix["qr_order"] / (1.0 + follow_ups), mix["qr_order"] * follow_ups / (1.0 + follow_ups),
                         mix["order_refund"]]
+        # A payment_code is an issue, its charge and, for the held ones followed up, their confirm,
+        # decline or revoke: its weight is theirs (the follow-ups drawn with the same surplus).
+        codes = workload.codes
+        code_follows = codes.step_up_ratio * codes.resolved_ratio
+        code_requests = 1.0 + (1.0 + FOLLOW_UP_SURPLUS) * (1.0 + code_follows)
+        slot_weights += [mix["payment_code"] / code_requests,
+                         mix["payment_code"] * (1.0 + FOLLOW_UP_SURPLUS) / code_requests,
+                         mix["payment_code"] * (1.0 + FOLLOW_UP_SURPLUS) * code_follows / code_requests]
         self._slot_cdf = np.cumsum(slot_weights)
         self._slot_cdf /= self._slot_cdf[-1]
         self._refund_share = min(1.0, mix["refund"] / mix["payment"]) if mix["payment"] else 0.0
@@ -498,6 +674,7 @@ class RequestGenerator:
             share = (min(1.0, mix["order_refund"] / paid_per_request / (1.0 + FOLLOW_UP_SURPLUS))
                      if paid_per_request else 0.0)
             self._orders = _Orders(workload, population, share, stride)
+        self._codes = _Codes(workload, population, first_index, stride) if workload.mix.has_codes else None
 
     def answered(self, indexes: np.ndarray, kinds: np.ndarray, replies: np.ndarray, reply_ns: int = 0) -> None:
         """The server's answers to one frame's requests ``indexes`` (as ``next`` numbered them):
@@ -509,6 +686,12 @@ class RequestGenerator:
             self._refused.add(indexes[refused])
         if self._orders is not None:
             self._orders.answered(indexes, kinds, results, replies, reply_ns)
+        if self._codes is not None:
+            self._codes.answered(indexes, kinds, results, replies, reply_ns)
+
+    def codes_summary(self, end_ns: int) -> dict | None:
+        """With payment codes: what became of the held charges by ``end_ns`` (``_Codes.summary``)."""
+        return self._codes.summary(end_ns) if self._codes is not None else None
 
     def next(self, count: int, now_ns: int) -> Block:
         """The next ``count`` requests, made at ``now_ns`` (ns from the run's start)."""
@@ -533,6 +716,14 @@ class RequestGenerator:
             order_refund = np.flatnonzero(slots == _ORDER_REFUND)
             paid_orders = self._orders.take_refundable(len(order_refund), now_ns)
             order_refunds, slots[order_refund[paid_orders.shape[1]:]] = order_refund[:paid_orders.shape[1]], _PAYMENT
+        if self._codes is not None:
+            charge = np.flatnonzero(slots == _CODE_CHARGE)
+            issued_codes = self._codes.take_charges(len(charge), now_ns)
+            charged, slots[charge[issued_codes.shape[1]:]] = charge[:issued_codes.shape[1]], _PAYMENT
+            follow = np.flatnonzero(slots == _CODE_FOLLOW)
+            held_charges = self._codes.take_held(len(follow), now_ns)
+            code_followed, slots[follow[held_charges.shape[1]:]] = follow[:held_charges.shape[1]], _PAYMENT
+        if self._orders is not None or self._codes is not None:
             transfer_rows = np.flatnonzero(slots < _QR_CREATE)
         else:
             transfer_rows = slice(None)
@@ -585,6 +776,10 @@ class RequestGenerator:
             self._orders.create(rng, events, kinds, indexes, np.flatnonzero(slots == _QR_CREATE))
             self._orders.follow_up(rng, events, kinds, indexes, followed, answered_orders)
             self._orders.refund(rng, events, kinds, indexes, order_refunds, paid_orders)
+        if self._codes is not None:
+            self._codes.issue(rng, events, kinds, indexes, np.flatnonzero(slots == _CODE_ISSUE))
+            self._codes.charge(rng, events, kinds, indexes, charged, issued_codes)
+            self._codes.follow_up(events, kinds, code_followed, held_charges)
         return Block(indexes, events, kinds)
 
     @staticmethod

@@ -17,13 +17,22 @@ answer too) and carries the token of that answer. Tokens are not compared: the t
 request's result code, not the rest of its answer, and it cannot say which store made a token;
 a payment whose token was wrong would show as ``order_token_invalid``.
 
+**Payment codes.** Likewise a code is the HMAC of the wallet and the request id under the
+store's secret: a fresh server issues other code numbers. The trace keeps the code each
+``issue_codes`` was answered (format 1.2, its ``codes`` flag), so a recorded charge names the
+issue whose code it charged; the replayed charge waits for that issue's answer in the replay
+and carries the code of that answer (a charge of a code not issued ``ok`` would show as
+``code_invalid`` or ``code_not_found``). Confirms, declines and revokes name the order (the
+merchant and ``out_trade_no``) and the wallet: they are replayed as recorded.
+
 It then compares the number of requests per (kind, result code) with the recording. Against
 a server initialised as the recorded one was (a fresh data directory, when the trace starts
 with its setup), a trace recorded on **one connection** and replayed on one connection gets
 exactly the recorded counts: the server applies one connection's requests in order, and
-results depend only on that order (no transfer of the generator has a timeout, and an order
-expires ``expire_after_s``, at least 60 s, after its creation: engine time matters only to a
-replay that falls that far behind). With several connections, requests on different
+results depend only on that order (no transfer of the generator has a timeout; an order
+expires ``expire_after_s``, at least 60 s, after its creation, a code 60 s after its issue and
+a held charge 45 s after it was made, and the run confirms, declines or revokes a held charge at
+most 30 s after it: engine time matters only to a replay that falls that far behind). With several connections, requests on different
 connections may be applied in another order than they were recorded in, and counts may differ
 where they depend on each other (a capture racing its hold); the comparison says so rather
 than hiding it.
@@ -51,6 +60,24 @@ def _runs(operations: np.ndarray) -> list[np.ndarray]:
     """Positions of ``operations`` in runs of one operation (a frame each, as they were sent)."""
     cuts = np.flatnonzero(operations[1:] != operations[:-1]) + 1
     return np.split(np.arange(len(operations)), cuts)
+
+
+def _charged_issues(data: trace.TraceData, rows: np.ndarray) -> np.ndarray:
+    """For each request of ``rows``: if it charges a code an issue in ``rows`` was answered
+    (the trace's ``issued_code``), the position of that issue (the first), else -1."""
+    operations = data.operation[rows]
+    issues = np.flatnonzero((operations == Operation.issue_codes) & (data.issued_code[rows] != 0))
+    charges = np.flatnonzero(operations == Operation.charge_codes)
+    issued = np.full(len(rows), -1, dtype=np.int64)
+    if not len(issues) or not len(charges):
+        return issued
+    codes = data.issued_code[rows[issues]]
+    charged = np.ascontiguousarray(data.events[rows[charges]]).view(core.CODE_CHARGE_DTYPE).reshape(-1)["code_lo"]
+    by_code = np.argsort(codes, kind="stable")
+    found = np.minimum(np.searchsorted(codes[by_code], charged), len(issues) - 1)
+    match = codes[by_code][found] == charged
+    issued[charges[match]] = issues[by_code[found[match]]]
+    return issued
 
 
 def _paid_creates(data: trace.TraceData, rows: np.ndarray) -> np.ndarray:
@@ -90,8 +117,13 @@ class TraceSource:
         self._due_ns = np.maximum.accumulate(due_ns) if len(due_ns) else due_ns
         self._created = _paid_creates(data, rows)
         self._pays = bool((self._created >= 0).any())
-        self._answered = np.zeros(len(rows), dtype=bool)          # creates answered in the replay
+        self._issued = _charged_issues(data, rows)
+        self._charges = bool((self._issued >= 0).any())
+        # The answer each request waits for (a pay its create's, a charge its issue's), or -1.
+        self._needs = np.maximum(self._created, self._issued)
+        self._answered = np.zeros(len(rows), dtype=bool)          # creates and issues answered in the replay
         self._tokens = np.zeros((len(rows) if self._pays else 0, TOKEN_BYTES), dtype=np.uint8)
+        self._codes = np.zeros(len(rows) if self._charges else 0, dtype=np.uint64)
 
     def due_by(self, t_ns: int) -> int:
         return int(np.searchsorted(self._due_ns, t_ns, side="right"))
@@ -100,10 +132,10 @@ class TraceSource:
         return self._due_ns[first:end]
 
     def ready(self, first: int, end: int) -> int:
-        if not self._pays:
+        if not self._pays and not self._charges:
             return end
-        created = self._created[first:end]
-        waiting = (created >= 0) & ~self._answered[np.maximum(created, 0)]
+        needs = self._needs[first:end]
+        waiting = (needs >= 0) & ~self._answered[np.maximum(needs, 0)]
         return first + int(np.argmax(waiting)) if waiting.any() else end
 
     def take(self, first: int, end: int, now_ns: int) -> list[Frame]:
@@ -117,6 +149,9 @@ class TraceSource:
             if operation == Operation.pay_orders and self._pays:
                 created = self._created[positions]
                 records["token"][created >= 0] = self._tokens[created[created >= 0]]
+            elif operation == Operation.charge_codes and self._charges:
+                issued = self._issued[positions]
+                records["code_lo"][issued >= 0] = self._codes[issued[issued >= 0]]
             frames.append(Frame(operation, positions.astype(np.uint64), records, self.data.kind[selected]))
         return frames
 
@@ -126,6 +161,11 @@ class TraceSource:
             self._answered[positions] = True   # unanswered (replies None): its payments go with no token
             if self._pays and replies is not None:
                 self._tokens[positions] = replies["token"]
+        elif frame.operation == Operation.issue_codes:
+            positions = frame.indexes.astype(np.int64)
+            self._answered[positions] = True   # unanswered: its charges go with code 0 (code_invalid)
+            if self._charges and replies is not None:
+                self._codes[positions] = replies["code"]
 
 
 async def _send_setup(client, data: trace.TraceData, rows: np.ndarray, codes: np.ndarray) -> None:

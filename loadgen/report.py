@@ -24,6 +24,10 @@ all rates in requests per second::
       "operations": {"create_transfers": {"requests": n, "result_codes": {"ok": n, ...},
                                           "latency_us": {...as latency_us}}, "pay_orders": ...},
                                                # per operation of the wire (a kind has one)
+      "codes": {"charged_at_once": n, "held": n, "left_to_time_out": n, "timed_out": n,
+                "still_held_at_end": n, "follow_ups_not_sent": n},
+                                               # optional: a run with payment codes, what became
+                                               # of its held charges (loadgen.generator)
       "latency_us": {"p50": .., "p90": .., "p99": .., "p99.9": .., "p99.99": .., "max": ..,
                      "mean": .., "count": n},
       "distribution": [[percentile, value_us], ...],  # HDR percentile spectrum: percentile in
@@ -171,8 +175,13 @@ def _ordered_codes(totals: dict[str, int], extra: set[str] = frozenset()) -> lis
     return sorted(codes, key=lambda c: (c != "ok", -totals.get(c, 0), c))
 
 
+#: Answers that are outcomes, not refusals: ``ok``, and ``user_paying`` (a code charge held for
+#: the user's confirmation: its order and its hold exist). Neither is counted as "not ok".
+OUTCOMES = ("ok", "user_paying")
+
+
 def _errors(report: dict) -> int:
-    return sum(n for code, n in _result_totals(report).items() if code != "ok")
+    return sum(n for code, n in _result_totals(report).items() if code not in OUTCOMES)
 
 
 def _diff_pct(achieved: float | None, target: float | None) -> float | None:
@@ -681,8 +690,8 @@ def _codes_table(report: dict) -> str:
 
 
 def _not_ok(codes: dict) -> list[tuple[str, int]]:
-    """The codes other than ``ok`` with their counts, most first."""
-    counts = {str(code): int(_num(n) or 0) for code, n in _dict(codes).items() if str(code) != "ok"}
+    """The codes other than the outcomes (``ok``, ``user_paying``) with their counts, most first."""
+    counts = {str(code): int(_num(n) or 0) for code, n in _dict(codes).items() if str(code) not in OUTCOMES}
     return sorted(((code, n) for code, n in counts.items() if n), key=lambda item: (-item[1], item[0]))
 
 
@@ -696,6 +705,9 @@ def _operations_table(report: dict) -> str:
         entry = _dict(entry)
         latency = _dict(entry.get("latency_us"))
         not_ok = ", ".join(f"{code} {n:,}" for code, n in _not_ok(entry.get("result_codes"))) or "none"
+        held = int(_num(_dict(entry.get("result_codes")).get("user_paying")) or 0)
+        if held:   # an outcome, shown apart from the refusals
+            not_ok = f"none (held: user_paying {held:,})" if not_ok == "none" else f"{not_ok} (held: user_paying {held:,})"
         rows.append(f"<tr><td>{e(str(name))}</td><td class=\"n\">{_count(entry.get('requests'))}</td>"
                     + "".join(f'<td class="n">{_ms(latency.get(key))}</td>' for key in PERCENTILES if key != "p90")
                     + f"<td>{e(not_ok)}</td></tr>")
@@ -776,10 +788,18 @@ def summary(report: dict) -> str:
             entry = _dict(entry)
             latency = _dict(entry.get("latency_us"))
             not_ok = _not_ok(entry.get("result_codes"))
+            held = int(_num(_dict(entry.get("result_codes")).get("user_paying")) or 0)
             lines.append(("per op    " if i == 0 else " " * 10)
                          + f"{str(name):<17}{_count(entry.get('requests')):>9}  p50 {_ms(latency.get('p50')):>9}  "
                          f"p99 {_ms(latency.get('p99')):>9}  "
-                         + ("not ok: " + ", ".join(f"{code} {n:,}" for code, n in not_ok) if not_ok else "all ok"))
+                         + (f"user_paying {held:,}, " if held else "")
+                         + ("not ok: " + ", ".join(f"{code} {n:,}" for code, n in not_ok) if not_ok
+                            else "all ok" if not held else "rest ok"))
+    codes = _dict(report.get("codes"))
+    if codes:
+        lines.append(f"codes     charges {_count(codes.get('charged_at_once'))} paid at once, "
+                     f"{_count(codes.get('held'))} held (user_paying): {_count(codes.get('still_held_at_end'))} "
+                     f"still held at the end, {_count(codes.get('timed_out'))} timed out")
     by_label: dict[str, list[dict]] = {}
     for mark in _list(report.get("marks")):
         by_label.setdefault(str(_dict(mark).get("label") or "event"), []).append(_dict(mark))

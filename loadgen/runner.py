@@ -22,7 +22,9 @@ in order, and is not timed. Latencies go into HDR histograms (``loadgen.histogra
 the run, one per second of reply time and one per operation; ``workers > 1`` runs that many
 processes, each with its share of the rate and of the connections, and their histograms are
 merged exactly. The report counts result codes per request kind and per operation
-(``create_orders``' 16-byte answers count by their result code).
+(``create_orders``' and ``issue_codes``' 16-byte answers count by their result code) and, with
+payment codes, what became of the held charges (``codes``: held, left to the engine's 45 s
+timeout, timed out or still held at the run's end).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from loadgen.generator import (
     KIND_OPERATIONS, Frame, Kind, Population, RequestGenerator, SETUP_KINDS, frames_of, timed_operations,
 )
 from loadgen.histogram import LatencyHistogram
-from loadgen.workload import Workload
+from loadgen.workload import HOLD_TIMEOUT_S, Workload
 
 NS_PER_S = 1_000_000_000
 NS_PER_US = 1_000
@@ -289,7 +291,8 @@ async def _send_frame(client, frame: Frame, scheduled_ns, tally: Tally, recorder
         on_answer(frame, replies, reply_ns)
     if recorder is not None and not recorder.closed:   # closed: an interrupted run's trace was aborted
         recorder.append(frame.operation, np.arange(trace_first, trace_first + count, dtype=np.uint64), scheduled_ns,
-                        connection, frame.kinds, results, frame.records)
+                        connection, frame.kinds, results, frame.records,
+                        issued_code=replies["code"] if frame.operation == Operation.issue_codes else None)
 
 
 class RequestSource(Protocol):
@@ -526,7 +529,9 @@ async def _load(plan: _Plan, clients, recorder, report_progress) -> dict:
             elapsed_seconds = (_now_ns() - tally.start_ns) // NS_PER_S + 1
             report_seconds(tally, min(int(math.ceil(workload.seconds)), elapsed_seconds), report_progress)
     raw = tally.raw()
-    raw["elapsed_s"] = (_now_ns() - tally.start_ns) / NS_PER_S
+    elapsed_ns = _now_ns() - tally.start_ns
+    raw["elapsed_s"] = elapsed_ns / NS_PER_S
+    raw["code_charges"] = generator.codes_summary(elapsed_ns)
     raw["late_start_s"] = late_start_s
     raw["start_unix_s"] = start_unix_s
     return raw
@@ -747,6 +752,9 @@ def merge(raws: list[dict]) -> dict:
             merged[key] += raw[key]
         for error, count in raw["errors"].items():
             merged["errors"][error] = merged["errors"].get(error, 0) + count
+    code_summaries = [raw["code_charges"] for raw in raws if raw.get("code_charges")]
+    merged["code_charges"] = ({key: sum(summary[key] for summary in code_summaries) for key in code_summaries[0]}
+                       if code_summaries else None)
     merged.update(total=total, send_lag=send_lag, intervals=intervals, offered=offered, answered=answered,
                   codes=codes, operations=operations, elapsed_s=max(r["elapsed_s"] for r in raws),
                   late_start_s=max(r.get("late_start_s", 0.0) for r in raws))
@@ -807,6 +815,12 @@ def build_report(raws: list[dict], workload: Workload | None, options: Options, 
     if merged["late_start_s"] > 0.1:
         notes.append(f"a worker started {merged['late_start_s']:.2f} s after the others: per-second figures "
                      "of the workers are not aligned")
+    codes_summary = merged["code_charges"]
+    if codes_summary and codes_summary["still_held_at_end"]:
+        notes.append(f"{codes_summary['still_held_at_end']:,} held code charges were still held at the run's end "
+                     f"({codes_summary['follow_ups_not_sent']:,} of them before their confirm, decline or revoke "
+                     f"was due, the others left to the engine): it voids a hold {HOLD_TIMEOUT_S} s after its "
+                     "charge; a run that long sees them end")
     report = {
         "format": "tally-load-report", "version": 1,
         "command": options.command, "started_at": started_at, "mode": mode,
@@ -822,6 +836,7 @@ def build_report(raws: list[dict], workload: Workload | None, options: Options, 
         "result_codes": by_code,
         "kinds": kinds,
         "operations": operations,
+        **({"codes": codes_summary} if codes_summary else {}),
         "latency_us": merged["total"].summary(),
         "distribution": merged["total"].spectrum(),
         "timeline": {

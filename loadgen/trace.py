@@ -43,7 +43,8 @@ from engine.protocol import Operation
 
 TRACE_MAGIC = b"TALLYTRC"
 TRACE_VERSION = 1           # major: a reader refuses a newer one
-TRACE_MINOR_VERSION = 1     # minor: additions an older reader of the same major may skip (1.1: FLAG_PRODUCTS)
+TRACE_MINOR_VERSION = 2     # minor: additions an older reader of the same major may skip (1.1: FLAG_PRODUCTS,
+                            # 1.2: FLAG_CODES)
 CHUNK_MAGIC = b"TRCH"
 END_MAGIC = b"TREN"
 
@@ -51,8 +52,13 @@ END_MAGIC = b"TREN"
 #: counts their requests (48 bytes). Set only when the writer was told it would write them, so
 #: that a trace of transfers stays readable by a 1.0 reader.
 FLAG_PRODUCTS = 1
+#: Flag (file header, 1.2): chunks may hold the payment codes' operations (issue_codes,
+#: charge_codes, confirm_charges), and each issue_codes chunk carries the codes its requests were
+#: answered (an extra section, ``code`` u64[n]): a charge's code is that of an earlier answer,
+#: which a replay against another store must substitute. Set with FLAG_PRODUCTS.
+FLAG_CODES = 2
 #: Flags (file header) this reader understands; a file with any other bit set is refused.
-FLAGS_KNOWN = FLAG_PRODUCTS
+FLAGS_KNOWN = FLAG_PRODUCTS | FLAG_CODES
 
 #: Limits (a limit on everything).
 HEADER_BYTES_MAX = 1 << 20          # the msgpack run header
@@ -82,6 +88,11 @@ assert END_RECORD_PRODUCTS.size == 48
 OPERATION_DTYPES = {int(operation): dtype for operation, dtype in CREATE_EVENT_DTYPES.items()}
 PRODUCT_OPERATIONS = frozenset(int(operation) for operation, component in CREATE_COMPONENTS.items()
                                if component != "ledger")
+#: The payment codes' operations: only in a file with FLAG_CODES (and FLAG_PRODUCTS).
+CODE_OPERATIONS = frozenset(int(operation) for operation, component in CREATE_COMPONENTS.items()
+                            if component == "codes")
+#: The operation whose chunks carry the ``code`` extra section (with FLAG_CODES).
+ISSUE_CODES = int(Operation.issue_codes)
 
 _U64, _U32, _U16, _U8 = np.dtype(np.uint64), np.dtype(np.uint32), np.dtype(np.uint16), np.dtype(np.uint8)
 _LIMITS = {dtype: int(np.iinfo(dtype).max) for dtype in (_U64, _U32, _U16, _U8)}
@@ -115,7 +126,7 @@ class _Chunk:
     """Column buffers for up to ``capacity`` requests of one operation (reused chunk after chunk)."""
 
     __slots__ = ("operation", "fill", "request_index", "scheduled_ns", "result", "connection", "kind",
-                 "events")
+                 "events", "code")
 
     def __init__(self, operation: int, capacity: int):
         self.operation = operation
@@ -126,10 +137,12 @@ class _Chunk:
         self.connection = np.empty(capacity, _U16)
         self.kind = np.empty(capacity, _U8)
         self.events = np.empty(capacity * RECORD_BYTES, _U8)
+        # issue_codes: the code each request was answered (the chunk's extra section).
+        self.code = np.empty(capacity if operation == ISSUE_CODES else 0, _U64)
         # Touch every page now: a first touch while copying a frame in would be a page fault per
         # 4 KiB on the event loop (tens of ms for a chunk's 9 MiB).
         for array in (self.request_index, self.scheduled_ns, self.result, self.connection, self.kind,
-                      self.events):
+                      self.events, self.code):
             array.fill(0)
 
 
@@ -200,7 +213,8 @@ class TraceWriter:
         unknown = [operation for operation in operations if operation not in OPERATION_DTYPES]
         if unknown:
             raise ValueError(f"operations {unknown}: only the logged ones can be traced")
-        self._flags = FLAG_PRODUCTS if PRODUCT_OPERATIONS.intersection(operations) else 0
+        self._flags = ((FLAG_PRODUCTS if PRODUCT_OPERATIONS.intersection(operations) else 0)
+                       | (FLAG_CODES if CODE_OPERATIONS.intersection(operations) else 0))
         encoded = msgspec.msgpack.encode(header)
         if len(encoded) > HEADER_BYTES_MAX:
             raise ValueError(f"header is {len(encoded)} bytes encoded, more than {HEADER_BYTES_MAX}")
@@ -243,8 +257,9 @@ class TraceWriter:
     # -- the hot path
 
     def append(self, operation: int, request_index: Any, scheduled_ns: Any, connection: Any, kind: Any,
-               result: Any, events: Any) -> None:
-        """Buffer one frame's requests (see the module docstring); columns may be scalars for all."""
+               result: Any, events: Any, issued_code: Any = None) -> None:
+        """Buffer one frame's requests (see the module docstring); columns may be scalars for all.
+        ``issued_code``: for issue_codes, the codes the requests were answered (None: 0s)."""
         if self._closed:
             raise ValueError("append to a closed TraceWriter")
         if self._failed is not None:
@@ -256,6 +271,9 @@ class TraceWriter:
         if operation in PRODUCT_OPERATIONS and not self._flags & FLAG_PRODUCTS:
             raise ValueError(f"operation {operation}: a product's, in a trace not made for them "
                              "(give the writer operations= with it)")
+        if operation in CODE_OPERATIONS and not self._flags & FLAG_CODES:
+            raise ValueError(f"operation {operation}: a payment code's, in a trace not made for them "
+                             "(give the writer operations= with one)")
         raw = _event_bytes(events, dtype, operation)
         n = raw.shape[0] // RECORD_BYTES
         if n == 0:
@@ -265,6 +283,10 @@ class TraceWriter:
         connection = _column(connection, _U16, n, "connection")
         kind = _column(kind, _U8, n, "kind")
         result = _column(result, _U32, n, "result")
+        if operation == ISSUE_CODES:
+            issued_code = _column(0 if issued_code is None else issued_code, _U64, n, "issued_code")
+        elif issued_code is not None:
+            raise ValueError(f"issued_code: only for issue_codes ({ISSUE_CODES}), not operation {operation}")
         chunk = self._current[operation] or self._take_chunk(operation)
         done = 0
         while done < n:
@@ -276,6 +298,8 @@ class TraceWriter:
             chunk.result[fill:end] = _part(result, done, done + take)
             chunk.connection[fill:end] = _part(connection, done, done + take)
             chunk.kind[fill:end] = _part(kind, done, done + take)
+            if operation == ISSUE_CODES:
+                chunk.code[fill:end] = _part(issued_code, done, done + take)
             chunk.events[fill * RECORD_BYTES:end * RECORD_BYTES] = raw[done * RECORD_BYTES:(done + take) * RECORD_BYTES]
             chunk.fill = end
             done += take
@@ -341,11 +365,12 @@ class TraceWriter:
         n = chunk.fill
         events_bytes = codec.pack_into(chunk.events[:n * RECORD_BYTES], self._packed)
         columns_padding = _ZEROS[:_pad8(COLUMN_BYTES_PER_EVENT * n)]
+        extra = [chunk.code[:n]] if chunk.operation == ISSUE_CODES else []   # the code section, 8n bytes
         header = bytearray(CHUNK_HEADER.pack(CHUNK_MAGIC, chunk.operation, 0, n, _columns_bytes(n),
-                                             events_bytes, 0, self._sequence, 0))
+                                             events_bytes, 8 * n if extra else 0, self._sequence, 0))
         body = [chunk.request_index[:n], chunk.scheduled_ns[:n], chunk.result[:n], chunk.connection[:n],
                 chunk.kind[:n], columns_padding, memoryview(self._packed)[:events_bytes],
-                _ZEROS[:_pad8(events_bytes)]]
+                _ZEROS[:_pad8(events_bytes)], *extra]
         crc = zlib.crc32(memoryview(header)[:28])
         for part in body:
             crc = zlib.crc32(part, crc)
@@ -487,6 +512,7 @@ class TraceChunk(NamedTuple):
     kind: np.ndarray            # uint8[n]
     result: np.ndarray          # uint32[n]
     events: np.ndarray | None   # uint8[n, 128], None when read with events=False
+    issued_code: np.ndarray | None   # uint64[n]: issue_codes' answered codes (1.2); None for other operations
     offset: int                 # byte offset of the chunk record in the file
     end: int                    # byte offset just after it
 
@@ -618,7 +644,8 @@ class TraceReader:
         header = self._read(offset, CHUNK_HEADER.size).tobytes()
         (_, operation, _reserved, count, columns_bytes, events_bytes, extra_bytes, sequence,
          checksum) = CHUNK_HEADER.unpack(header)
-        if operation not in OPERATION_DTYPES or (operation in PRODUCT_OPERATIONS and not self.flags & FLAG_PRODUCTS):
+        if (operation not in OPERATION_DTYPES or (operation in PRODUCT_OPERATIONS and not self.flags & FLAG_PRODUCTS)
+                or (operation in CODE_OPERATIONS and not self.flags & FLAG_CODES)):
             raise self._error(offset + 4, f"chunk {self.chunks}: unknown operation {operation}")
         if not 1 <= count <= CHUNK_EVENTS_MAX:
             raise self._error(offset + 8, f"chunk {self.chunks}: count {count} is not in 1..{CHUNK_EVENTS_MAX}")
@@ -631,6 +658,9 @@ class TraceReader:
         if extra_bytes > CHUNK_EXTRA_BYTES_MAX or extra_bytes % 8:
             raise self._error(offset + 20, f"chunk {self.chunks}: extra sections length {extra_bytes} "
                                            f"(a multiple of 8, at most {CHUNK_EXTRA_BYTES_MAX})")
+        if operation == ISSUE_CODES and extra_bytes < 8 * count:
+            raise self._error(offset + 20, f"chunk {self.chunks}: extra sections length {extra_bytes}: an "
+                                           f"issue_codes chunk starts them with its {count} codes ({8 * count} bytes)")
         if sequence != self.chunks:
             raise self._error(offset + 24, f"chunk sequence number {sequence}, expected {self.chunks} "
                                            f"(a chunk is missing, repeated or damaged)")
@@ -665,6 +695,8 @@ class TraceReader:
             connection=body[20 * n:22 * n].view(_U16),
             kind=body[22 * n:23 * n],
             events=records,
+            issued_code=(body[columns_bytes + events_padded:columns_bytes + events_padded + 8 * n].view(_U64)
+                         if operation == ISSUE_CODES else None),
             offset=offset,
             end=end,
         )
@@ -749,6 +781,7 @@ class TraceData:
     kind: np.ndarray             # uint8[n]
     result: np.ndarray           # uint32[n]
     events: np.ndarray | None    # uint8[n, 128]; rows of one operation: .view(OPERATION_DTYPES[operation])
+    issued_code: np.ndarray      # uint64[n]: the code an issue_codes request was answered (1.2), else 0
 
     def __len__(self) -> int:
         return len(self.request_index)
@@ -794,6 +827,9 @@ def read(path: str | os.PathLike, *, allow_truncated: bool = False, events: bool
         "connection": column("connection", _U16),
         "kind": column("kind", _U8),
         "result": column("result", _U32),
+        "issued_code": (np.concatenate([chunk.issued_code if chunk.issued_code is not None
+                                        else np.zeros(len(chunk.request_index), _U64) for chunk in chunks])
+                        if chunks else np.empty(0, _U64)),
     }
     for name, values in columns.items():
         setattr(data, name, values if order is None else values[order])

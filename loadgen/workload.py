@@ -19,7 +19,10 @@ out-of-range values are refused with the key's path in the message)::
     hold = 5                       # two-phase: half are holds, half resolve an earlier hold
     refund = 5                     # merchant -> wallet, returning an earlier payment
     qr_order = 6                   # a merchant's QR order, then its payment (or close): both counted
-    order_refund = 2               # a paid order refunded, fully or in part (default weights: 0)
+    order_refund = 2               # a paid order refunded, fully or in part
+    payment_code = 4               # a wallet's payment code, then a merchant's charge of it, and (held
+                                   # charges) the user's confirm or decline or the merchant's revoke
+                                   # (default weights: 0, but payment 1)
 
     [payments]
     amount_median_minor = 3_000    # amounts are log-normal around this (fen: 30 CNY)
@@ -37,6 +40,14 @@ out-of-range values are refused with the key's path in the message)::
     partial_refund_ratio = 0.3     # refunds of part of the amount (10..99 %), the rest in full
     refund_after_s = 1.0           # an order is refunded at least this long after its payment
 
+    [codes]                        # payment codes (payment_code; docs/products.md "Payment codes")
+    step_up_ratio = 0.1            # charges above the no-password limit: held, answered user_paying
+    confirm_ratio = 0.8            # held charges the user confirms (confirm_charges)...
+    decline_ratio = 0.05           # ...or declines (ConfirmFlags.decline)...
+    revoke_ratio = 0.05            # ...or the merchant revokes (close_orders); the rest time out (45 s)
+    confirm_after_s = 5.0          # a held charge is confirmed, declined or revoked this long after it
+                                   # was answered (0..30)
+
     [rate]
     shape = "burst"                # "constant", "ramp" or "burst"
     per_s = 50_000                 # constant: the rate; ramp: the rate at the end
@@ -53,6 +64,20 @@ paid orders (``qr_order > 0`` and some of them paid). When a run has orders, its
 every merchant terms (``set_merchants``: ``fee_bps``, one fee account, a settlement account
 each); the server must hold them all (``orders_max``, ``refunds_max``, ``merchants_max`` in its
 config), or it answers ``*_limit_reached``, which the report shows.
+
+A ``payment_code``'s weight covers its requests: the wallet's ``issue_codes`` (the wallets take
+turns, so no two codes of a batch, nor of ``users`` consecutive codes, are one wallet's: a
+wallet has one live code), then, once its answer (with the code) is in, a Zipf-chosen
+merchant's ``charge_codes`` of it (an amount of ``[payments]``' distribution). For
+``step_up_ratio`` of the codes the code is issued with a ``no_password_limit`` below the
+amount, so the charge is held for the user's confirmation and answered ``user_paying`` (an
+outcome, not an error). ``confirm_after_s`` after that answer, ``confirm_ratio`` of the held
+charges are confirmed (``confirm_charges``), ``decline_ratio`` declined (the same operation with
+``ConfirmFlags.decline``) and ``revoke_ratio`` revoked by their merchant (``close_orders``); the
+rest are left to the engine, which voids a hold 45 s after its charge (a shorter run ends with
+them still held: the report's ``codes`` section counts them). A wallet's first 10 code payments
+of an engine day are free of the confirmation; past them (a run of more than ``10 x users``
+codes in a day) charges are held whatever their amount, and end as drawn for them.
 
 ``Rate.per_s_at(t_s, seconds)`` gives the offered rate at ``t_s`` seconds; ``Rate.send_times_s(seconds)``
 the open-loop schedule (request k is due at its time whatever the server's speed), and
@@ -81,6 +106,10 @@ AMOUNT_MINOR_MAX = 1 << 40
 ORDER_EXPIRE_AFTER_S_MIN = 60
 ORDER_EXPIRE_AFTER_S_MAX = 7_776_000
 FEE_BPS_MAX = 10_000
+#: A held code charge is voided by the engine this long after it was made (core/codes.pyx).
+HOLD_TIMEOUT_S = 45
+#: A held charge's confirm, decline or revoke comes at most this long after it (well inside the hold).
+CONFIRM_AFTER_S_MAX = 30.0
 
 
 class Population(msgspec.Struct, forbid_unknown_fields=True):
@@ -109,6 +138,7 @@ class Mix(msgspec.Struct, forbid_unknown_fields=True):
     refund: float = 0.0
     qr_order: float = 0.0
     order_refund: float = 0.0
+    payment_code: float = 0.0
 
     def check(self) -> str | None:
         weights = msgspec.structs.asdict(self)
@@ -125,8 +155,14 @@ class Mix(msgspec.Struct, forbid_unknown_fields=True):
 
     @property
     def has_orders(self) -> bool:
-        """Whether the run makes merchant orders (its setup then gives the merchants terms)."""
-        return self.qr_order > 0
+        """Whether the run makes merchant orders, QR orders or code charges (its setup then gives
+        the merchants terms)."""
+        return self.qr_order > 0 or self.payment_code > 0
+
+    @property
+    def has_codes(self) -> bool:
+        """Whether the run issues and charges payment codes."""
+        return self.payment_code > 0
 
 
 class Payments(msgspec.Struct, forbid_unknown_fields=True):
@@ -179,6 +215,31 @@ class Orders(msgspec.Struct, forbid_unknown_fields=True):
     def paid_ratio(self) -> float:
         """The share of orders their payer pays."""
         return max(0.0, 1.0 - self.close_ratio - self.expire_ratio)
+
+
+class Codes(msgspec.Struct, forbid_unknown_fields=True):
+    """Payment codes: the share of charges held for the user's confirmation, and how held ones end."""
+    step_up_ratio: float = 0.1
+    confirm_ratio: float = 0.8
+    decline_ratio: float = 0.05
+    revoke_ratio: float = 0.05
+    confirm_after_s: float = 5.0
+
+    def check(self) -> str | None:
+        for name in ("step_up_ratio", "confirm_ratio", "decline_ratio", "revoke_ratio"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                return f"codes.{name} must be in 0..1"
+        if self.confirm_ratio + self.decline_ratio + self.revoke_ratio > 1.0 + 1e-9:
+            return "codes.confirm_ratio + codes.decline_ratio + codes.revoke_ratio must be <= 1"
+        # A held charge is voided 45 s after it was made: a later confirm would find it ended.
+        if not 0.0 <= self.confirm_after_s <= CONFIRM_AFTER_S_MAX:
+            return f"codes.confirm_after_s must be in 0..{CONFIRM_AFTER_S_MAX:g} (a hold ends after {HOLD_TIMEOUT_S} s)"
+        return None
+
+    @property
+    def resolved_ratio(self) -> float:
+        """The share of held charges followed up (confirmed, declined or revoked)."""
+        return min(1.0, self.confirm_ratio + self.decline_ratio + self.revoke_ratio)
 
 
 class Rate(msgspec.Struct, forbid_unknown_fields=True):
@@ -272,13 +333,14 @@ class Workload(msgspec.Struct, forbid_unknown_fields=True):
     mix: Mix = msgspec.field(default_factory=Mix)
     payments: Payments = msgspec.field(default_factory=Payments)
     orders: Orders = msgspec.field(default_factory=Orders)
+    codes: Codes = msgspec.field(default_factory=Codes)
     rate: Rate = msgspec.field(default_factory=Rate)
 
     def check(self) -> str | None:
         if not 0 < self.seconds <= SECONDS_MAX:
             return f"seconds must be in (0, {SECONDS_MAX}]"
         problem = (self.population.check() or self.mix.check() or self.payments.check() or self.orders.check()
-                   or self.rate.check())
+                   or self.codes.check() or self.rate.check())
         if problem:
             return problem
         if self.mix.order_refund > 0 and not (self.mix.qr_order > 0 and self.orders.paid_ratio > 0):

@@ -3,10 +3,13 @@
 1. starts a `tally serve` process on a fresh LMDB data directory (``DIR/server``) on loopback;
 2. sets up a population (wallets topped up from funding cards, Zipf-popular merchants with
    their fee terms) and runs a realistic open-loop mix (payments, P2P, holds captured or
-   voided, refunds, merchants' QR orders paid or closed, and their refunds) at a fixed rate
+   voided, refunds, merchants' QR orders paid or closed, and their refunds, wallets' payment
+   codes charged by merchants, at once or held for the user's confirm) at a fixed rate
    with a short 3x burst (the red-envelope spike), recording the trace (``DIR/trace.tly``);
 3. reads the merchant side back from the server (``loadgen.merchant_side``: orders by end,
-   refunds, fees taken and returned, the fee account) and checks it against the run's answers;
+   code charges' orders by end, refunds, fees taken and returned, the fee account, and every
+   account of the run: debits equal credits, and the pending debits are the holds still open)
+   and checks it against the run's answers;
 4. writes the report (``DIR/report/report.html`` and ``report.json``) and prints the summary,
    then the merchant side's;
 5. stops the server gracefully (it prints the hash of its live state) and re-applies its log
@@ -26,7 +29,7 @@ import sys
 
 from core import replay_log
 from loadgen import merchant_side, report as report_module, runner
-from loadgen.workload import Mix, Population, Rate, Workload
+from loadgen.workload import Codes, Mix, Population, Rate, Workload
 from tally import local_server
 
 
@@ -38,7 +41,11 @@ def workload(seconds: float, rate_per_s: float, users: int) -> Workload:
     return Workload(
         seconds=seconds,
         population=Population(users=users, merchants=max(1, users // 50)),
-        mix=Mix(payment=65, p2p=10, hold=5, refund=5, qr_order=12, order_refund=3),
+        mix=Mix(payment=61, p2p=10, hold=5, refund=5, qr_order=12, order_refund=3, payment_code=4),
+        # A fifth of the charges held for the user; a second later most are confirmed, some
+        # declined or revoked, and a tenth left to the engine's 45 s timeout (still held at the end).
+        codes=Codes(step_up_ratio=0.2, confirm_ratio=0.6, decline_ratio=0.15, revoke_ratio=0.15,
+                    confirm_after_s=min(1.0, seconds / 4)),
         rate=Rate(shape="burst", per_s=rate_per_s, burst_at_s=seconds * 0.6, burst_factor=3.0, burst_s=1.0))
 
 

@@ -17,7 +17,7 @@ from core.operations import CREATE_REPLY_DTYPES, Operation
 from loadgen import merchant_side, replay, report as report_module, runner, trace
 from loadgen.generator import KIND_OPERATIONS, LOAD_ID_BASE, Kind, Population, RequestGenerator
 from loadgen.histogram import LATENCY_US_HIGHEST, LatencyHistogram
-from loadgen.workload import Mix, Orders, Payments, Population as PopulationSpec, Rate, Workload
+from loadgen.workload import Codes, Mix, Orders, Payments, Population as PopulationSpec, Rate, Workload
 from tally import local_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -163,7 +163,7 @@ def machine_for(population):
     from core.machine import Machine
 
     machine = Machine(accounts_max=4_096, transfers_hot_max=1 << 17, pending_max=1 << 12, orders_max=1 << 16,
-                      refunds_max=1 << 16, secret=secrets.token_bytes(32))
+                      refunds_max=1 << 16, codes_max=1 << 14, secret=secrets.token_bytes(32))
     for operation, batches in ((Operation.create_accounts, population.account_batches()),
                                (Operation.create_transfers, population.top_up_batches()),
                                (Operation.set_merchants, population.merchant_terms_batches())):
@@ -290,6 +290,87 @@ def test_an_orders_follow_ups_wait_for_its_answers():
     assert (generator.next(3_000, now_ns=4 * NS_PER_S).kinds == Kind.order_refund).sum() > 0
 
 
+# ----------------------------------------------------------------------------- payment codes
+
+
+def codes_workload(seconds=2.0, per_s=2_000.0, users=500, **codes):
+    codes = dict({"step_up_ratio": 0.3, "confirm_ratio": 0.5, "decline_ratio": 0.2, "revoke_ratio": 0.2,
+                  "confirm_after_s": 0.3}, **codes)
+    return Workload(seconds=seconds, population=PopulationSpec(users=users, merchants=20, wallet_balance_minor=500_000),
+                    mix=Mix(payment=40, hold=10, qr_order=20, payment_code=40),
+                    payments=Payments(hold_s=0.2), codes=Codes(**codes), rate=Rate(per_s=per_s))
+
+
+def test_code_requests_are_well_formed_and_follow_their_answers():
+    """Against the core in process: each code is issued to a wallet with no other live code,
+    charged once its answer is in with that code, held for step_up_ratio of them, and the held
+    ones confirmed, declined or revoked confirm_after_s after the charge's answer, as drawn."""
+    from core.order_keys import order_id
+
+    workload = codes_workload()
+    population = Population(workload, run_id=78)
+    machine = machine_for(population)
+    generator = RequestGenerator(workload, population, seed=6)
+    tag = b"%016x" % 78
+    issued, charged, held, ended = {}, {}, {}, set()
+    counts = {}
+    step_ns = NS_PER_S // 10
+    for step in range(30):
+        now_ns = step * step_ns
+        block = generator.next(400, now_ns)
+        for frame in block.frames():
+            replies = machine.apply(frame.operation, frame.records, 10 * NS_PER_S + now_ns)
+            results = runner.result_codes(replies)
+            for kind, result in zip(frame.kinds.tolist(), results.tolist()):
+                counts[Kind(kind), core.Result(result)] = counts.get((Kind(kind), core.Result(result)), 0) + 1
+            if frame.operation == Operation.issue_codes:
+                wallets = frame.records["wallet_id_lo"]
+                assert len(set(wallets.tolist())) == len(wallets), "distinct wallets in a frame"
+                assert (frame.records["wallet_id_hi"] == 78).all() and (frame.records["request_id_hi"] == 78).all()
+                assert ((1 <= wallets) & (wallets <= 500)).all() and (frame.records["request_id_lo"] > 0).all()
+                for record, reply in zip(frame.records, replies):
+                    assert core.Result(int(reply["result"])) == core.Result.ok
+                    issued[int(reply["code"])] = (int(record["wallet_id_lo"]), int(record["no_password_limit"]), now_ns)
+            elif frame.operation == Operation.charge_codes:
+                for record, result in zip(frame.records, results.tolist()):
+                    wallet, limit, issued_ns = issued.pop(int(record["code_lo"]))   # each code charged once
+                    assert issued_ns < now_ns, "a charge follows its issue's answer"
+                    number = bytes(record["out_trade_no"]).rstrip(b"\0")
+                    assert number.startswith(tag) and len(number) == 32
+                    merchant = int(record["merchant_id_lo"]) | 78 << 64
+                    assert int(record["order_id_lo"]) | int(record["order_id_hi"]) << 64 == order_id(merchant, number)
+                    stepped = limit != 0 and record["amount"] > limit
+                    assert result == (core.Result.user_paying if stepped else core.Result.ok), core.Result(result)
+                    key = int(record["order_id_lo"])
+                    charged[key] = (wallet, merchant)
+                    if stepped:
+                        held[key] = now_ns
+            else:
+                for kind, record, result in zip(frame.kinds.tolist(), frame.records, results.tolist()):
+                    if kind not in (Kind.code_confirm, Kind.code_decline, Kind.code_revoke):
+                        continue
+                    key = int(record["order_id_lo"])
+                    assert key not in ended and now_ns >= held[key] + 3 * step_ns, "confirm_after_s after its hold"
+                    ended.add(key)
+                    if kind == Kind.code_revoke:
+                        assert int(record["merchant_id_lo"]) | 78 << 64 == charged[key][1]
+                    else:
+                        assert int(record["wallet_id_lo"]) == charged[key][0]
+                        assert record["flags"] == (core.ConfirmFlags.decline if kind == Kind.code_decline else 0)
+                    assert result == core.Result.ok, core.Result(result)
+            generator.answered(frame.indexes, frame.kinds, replies, now_ns)
+    charges = counts[Kind.code_charge, core.Result.ok] + counts[Kind.code_charge, core.Result.user_paying]
+    assert 0.22 < counts[Kind.code_charge, core.Result.user_paying] / charges < 0.38        # step_up_ratio 0.3
+    followed = {kind: counts.get((kind, core.Result.ok), 0) for kind in (Kind.code_confirm, Kind.code_decline,
+                                                                          Kind.code_revoke)}
+    assert followed[Kind.code_confirm] > followed[Kind.code_decline] > 0 and followed[Kind.code_revoke] > 0
+    assert sum(followed.values()) < 0.95 * len(held)          # a tenth are left to time out, some not yet due
+    summary = generator.codes_summary(3 * NS_PER_S)
+    assert summary["held"] == len(held) and summary["charged_at_once"] == charges - len(held)
+    assert summary["still_held_at_end"] == len(held) - sum(followed.values()) and summary["timed_out"] == 0
+    assert generator.codes_summary(60 * NS_PER_S)["timed_out"] == summary["left_to_time_out"] > 0
+
+
 # ----------------------------------------------------------------------------- against a server
 
 
@@ -402,6 +483,72 @@ def test_a_run_with_merchant_payments_agrees_with_the_server_and_replays_exactly
         assert local_server.stop(process) == 0
     assert replayed["comparison"]["equal"], replayed["comparison"]["differences"]
     assert replayed["comparison"]["replayed"]["qr_pay"] == kinds["qr_pay"]
+
+
+def test_a_run_with_payment_codes_agrees_with_the_server_and_replays_exactly(server, tmp_path):
+    target, _ = server
+    path = str(tmp_path / "codes.tly")
+    # Wallets enough that none takes its turn again while its code waits to be charged; held
+    # charges followed up at once (a loaded machine may answer in half a second).
+    workload = codes_workload(seconds=2.0, per_s=2_000.0, users=2_000, confirm_after_s=0.0)
+    report = runner.run(target, workload, runner.Options(connections=1, record=path, seed=9))
+    kinds, operations = report["kinds"], report["operations"]
+    assert report["requests"]["answered"] == workload.rate.schedule(2.0).total
+    charges = operations["charge_codes"]["result_codes"]
+    assert charges["ok"] > 0 and charges["user_paying"] > 0 and set(charges) == {"ok", "user_paying"}
+    assert set(operations["issue_codes"]["result_codes"]) == {"ok"}
+    assert operations["confirm_charges"]["result_codes"] == {"ok": sum(kinds["code_confirm"].values())
+                                                             + sum(kinds["code_decline"].values())}
+    assert kinds["code_confirm"]["ok"] > 0 and kinds["code_revoke"] == {"ok": kinds["code_revoke"]["ok"]}
+    codes = report["codes"]
+    assert codes["held"] == charges["user_paying"] and codes["charged_at_once"] == charges["ok"]
+    assert codes["still_held_at_end"] >= codes["left_to_time_out"] > 0 and codes["timed_out"] == 0
+    assert any("still held at the run's end" in note for note in report["notes"])
+    # user_paying is an outcome, not a refusal.
+    summary = report_module.summary(report)
+    assert "not ok" not in summary.split("charge_codes")[1].splitlines()[0] and "codes     " in summary
+
+    # Read back: every charge's order, held ones ended as the run answered, the run's accounts balanced.
+    data = trace.read(path)
+    population = Population(workload, report["config"]["run_id"])
+    side = merchant_side.read_back_from(target, data, population.fee_account_id,
+                                        merchant_side.run_accounts(population))
+    assert merchant_side.disagreements(data, side, workload.orders.fee_bps) == []
+    figures = merchant_side.figures(side)
+    assert figures["code_charges"] == charges["ok"] + charges["user_paying"]
+    assert figures["code_paid"] == charges["ok"] + kinds["code_confirm"]["ok"]
+    assert figures["code_declined"] == kinds["code_decline"]["ok"] and figures["code_revoked"] == kinds["code_revoke"]["ok"]
+    assert figures["code_held"] == codes["still_held_at_end"] > 0 and figures["accounts_checked"] == population.accounts
+    assert int(side["accounts"]["debits_pending"].astype(object).sum()) > 0    # the holds still held
+    # The check can fail: a confirm the server did not apply, a hold it did not release.
+    confirms = np.flatnonzero(data.kind == Kind.code_confirm)
+    data.result[confirms[0]] = core.Result.order_closed
+    assert any("confirmed ok" in problem for problem in merchant_side.disagreements(data, side, 60))
+    data.result[confirms[0]] = core.Result.ok
+    side["accounts"]["debits_pending"][0] += 1
+    assert any("pending debits" in problem for problem in merchant_side.disagreements(data, side, 60))
+
+    # Replay on a fresh server (another secret: other code numbers): each charge carries the
+    # code its replayed issue was answered, and every result code is as recorded.
+    timed = np.flatnonzero(data.scheduled_ns > 0)
+    source = replay.TraceSource(data, timed, 1.0)
+    first_charge = int(np.argmax(data.operation[timed] == Operation.charge_codes))
+    assert source.ready(0, len(timed)) <= first_charge
+    for frame in source.take(0, first_charge, 0):
+        replies = np.zeros(len(frame.kinds), CREATE_REPLY_DTYPES[frame.operation])
+        if frame.operation == Operation.issue_codes:
+            replies["code"] = 11 * 10**16 + frame.indexes
+        source.answered(frame, replies, 0)
+    (charge,) = source.take(first_charge, first_charge + 1, 0)
+    assert source.ready(first_charge, first_charge + 1) == first_charge + 1
+    assert charge.operation == Operation.charge_codes and charge.records["code_lo"][0] > 11 * 10**16
+    process, fresh = fresh_server(tmp_path, "fresh")
+    try:
+        replayed = replay.run(fresh, path, speed=2.0)
+    finally:
+        assert local_server.stop(process) == 0
+    assert replayed["comparison"]["equal"], replayed["comparison"]["differences"]
+    assert replayed["comparison"]["replayed"]["code_charge"] == kinds["code_charge"]
 
 
 def test_an_unexpected_result_code_of_an_order_shows_in_the_report(tmp_path):
@@ -585,7 +732,8 @@ def test_the_demo_runs_merchant_payments_and_reads_them_back(tmp_path, capsys):
 
     assert demo.run(str(tmp_path / "demo"), seconds=2.0, rate_per_s=1_500.0, users=2_000) == 0
     out = capsys.readouterr().out
-    assert "create_orders" in out and "pay_orders" in out and "refund_orders" in out
+    assert "create_orders" in out and "pay_orders" in out and "refund_orders" in out and "charge_codes" in out
+    assert "payment codes:" in out and "the run's accounts balance" in out
     assert "merchant side (read back from the server)" in out
     assert "every order's state, every refund and the fee account agree" in out and "DISAGREES" not in out
     assert "state hash of the live server" in out and "equal" in out

@@ -420,6 +420,67 @@ def test_a_trace_of_the_products_operations_round_trips_and_says_so(tmp_path, mo
         read(str(path))
 
 
+def test_a_trace_of_payment_codes_keeps_each_issues_code_and_says_so(tmp_path, monkeypatch):
+    """1.2: issue_codes, charge_codes and confirm_charges chunks, only with the codes flag; each
+    issue_codes chunk carries the codes its requests were answered, read back in send order."""
+    rng = np.random.default_rng(13)
+    frames = product_frames(rng)
+    index = sum(len(frame["request_index"]) for frame in frames)
+    issued = {}
+    for operation, n in ((112, 50), (113, 40), (114, 9), (112, 70)):
+        records = np.zeros(n, trace.OPERATION_DTYPES[operation])
+        records.view(np.uint8).reshape(n, 128)[:, :32] = rng.integers(0, 256, (n, 32), dtype=np.uint8)
+        frame = {"operation": operation, "request_index": np.arange(index, index + n, dtype=np.uint64),
+                 "scheduled_ns": np.sort(rng.integers(0, 10**9, n)).astype(np.uint64), "connection": 0,
+                 "kind": np.uint8(13 + operation - 112), "result": rng.choice(np.array([0, 103], np.uint32), n),
+                 "events": records}
+        if operation == 112:
+            frame["issued_code"] = rng.integers(10**17, 16 * 10**16, n, dtype=np.uint64)
+            issued.update(zip(frame["request_index"].tolist(), frame["issued_code"].tolist()))
+        frames.append(frame)
+        index += n
+    path = tmp_path / "codes.tly"
+    write(path, frames, reply_order(rng, len(frames)), chunk_events=32, operations=(2, 100, 112, 113, 114))
+    whole = path.read_bytes()
+    assert FILE_HEADER.unpack_from(whole)[2:4] == (2, trace.FLAG_PRODUCTS | trace.FLAG_CODES)
+    data = read(str(path))
+    assert_same(data, expected_columns(frames))
+    assert data.totals["product_events"] == 143 + 169
+    expected = np.array([issued.get(i, 0) for i in data.request_index.tolist()], np.uint64)
+    np.testing.assert_array_equal(data.issued_code, expected)
+    chunks = [chunk for chunk in iter_chunks(str(path)) if chunk.operation == 112]
+    assert chunks and all(len(chunk.issued_code) == len(chunk.request_index) for chunk in chunks)
+    # The codes are covered by their chunk's checksum.
+    damaged = bytearray(whole)
+    damaged[chunks[0].end - 3] ^= 0x01
+    path.write_bytes(damaged)
+    with pytest.raises(TraceError, match="checksum mismatch"):
+        read(str(path))
+    # A reader of 1.1 (products, no codes) refuses the file by its flag, not midway.
+    path.write_bytes(whole)
+    monkeypatch.setattr(trace, "FLAGS_KNOWN", trace.FLAG_PRODUCTS)
+    with pytest.raises(TraceError, match=r"features this reader does not know \(flags 0x2\)"):
+        read(str(path))
+    monkeypatch.undo()
+    # A writer not told of codes refuses them; codes are given for issue_codes only.
+    with TraceWriter(str(tmp_path / "no-codes.tly"), {}, operations=(2, 100)) as writer:
+        with pytest.raises(ValueError, match="payment code's"):
+            writer.append(**frames[-1])
+        with pytest.raises(ValueError, match="issued_code: only for issue_codes"):
+            writer.append(**dict(frames[4], issued_code=np.zeros(60, np.uint64)))
+    # A codes chunk in a file without the flag, and an issue_codes chunk without its codes, are refused.
+    start = valid_file_header()
+    with pytest.raises(TraceError, match="unknown operation 112"):
+        path.write_bytes(start + chunk_record(112, 1, bytes(32)))
+        read(str(path))
+    fixed = bytearray(start[:FILE_HEADER.size])
+    struct.pack_into("<I", fixed, 12, trace.FLAG_PRODUCTS | trace.FLAG_CODES)
+    struct.pack_into("<I", fixed, 28, zlib.crc32(start[FILE_HEADER.size:], zlib.crc32(fixed[:28])))
+    path.write_bytes(bytes(fixed) + start[FILE_HEADER.size:] + chunk_record(112, 1, bytes(32)))
+    with pytest.raises(TraceError, match="an issue_codes chunk starts them with its 1 codes"):
+        read(str(path))
+
+
 def test_a_trace_of_transfers_stays_what_a_1_0_reader_reads(tmp_path, monkeypatch):
     path = tmp_path / "transfers.tly"
     frames = make_frames(np.random.default_rng(12), [30, 40, 50])

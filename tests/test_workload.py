@@ -19,13 +19,20 @@ payment = 71
 p2p = 10
 hold = 5
 refund = 5
-qr_order = 8
+qr_order = 6
 order_refund = 1
+payment_code = 2
 [orders]
 fee_bps = 60
 close_ratio = 0.1
 expire_ratio = 0.05
 partial_refund_ratio = 0.3
+[codes]
+step_up_ratio = 0.2
+confirm_ratio = 0.7
+decline_ratio = 0.1
+revoke_ratio = 0.1
+confirm_after_s = 3
 [rate]
 shape = "burst"
 per_s = 50_000
@@ -41,8 +48,12 @@ def test_the_documented_example_loads(tmp_path):
     workload = load(str(path))
     assert workload.population.users == 1_000_000 and workload.rate.shape == "burst"
     assert workload.mix.probabilities() == {"payment": 0.71, "p2p": 0.1, "hold": 0.05, "refund": 0.05,
-                                            "qr_order": 0.08, "order_refund": 0.01}
+                                            "qr_order": 0.06, "order_refund": 0.01, "payment_code": 0.02}
     assert workload.orders.fee_bps == 60 and workload.orders.paid_ratio == pytest.approx(0.85)
+    codes = workload.codes
+    assert (codes.step_up_ratio, codes.confirm_ratio, codes.decline_ratio, codes.revoke_ratio,
+            codes.confirm_after_s) == (0.2, 0.7, 0.1, 0.1, 3.0)
+    assert codes.resolved_ratio == pytest.approx(0.9) and workload.mix.has_codes and workload.mix.has_orders
     # The same workload as JSON.
     json_path = tmp_path / "payments.json"
     json_path.write_text(json.dumps({"seconds": 30, "rate": {"shape": "ramp", "per_s": 1000}}))
@@ -70,6 +81,14 @@ def test_the_documented_example_loads(tmp_path):
     ("[orders]\nrefund_delay_s = 1", "refund_delay_s"),       # an unknown key
     ("[mix]\nqr_order = -1", "finite and >= 0"),
     ("[mix]\norder_refund = 1", "mix.order_refund needs paid orders"),
+    ("[mix]\npayment_code = -1", "finite and >= 0"),
+    ("[codes]\nstep_up_ratio = 1.5", "codes.step_up_ratio must be in 0..1"),
+    ("[codes]\nrevoke_ratio = -0.1", "codes.revoke_ratio must be in 0..1"),
+    ("[codes]\nconfirm_ratio = 0.5\ndecline_ratio = 0.3\nrevoke_ratio = 0.3",
+     r"codes.confirm_ratio \+ codes.decline_ratio \+ codes.revoke_ratio must be <= 1"),
+    ("[codes]\nconfirm_after_s = 31", r"codes.confirm_after_s must be in 0..30 \(a hold ends after 45 s\)"),
+    ("[codes]\nconfirm_after_s = -1", "codes.confirm_after_s must be in 0..30"),
+    ("[codes]\ntimeout_ratio = 0.1", "timeout_ratio"),       # an unknown key: the rest time out
     ("[mix]\nqr_order = 1\norder_refund = 1\n[orders]\nclose_ratio = 0.5\nexpire_ratio = 0.5",
      "mix.order_refund needs paid orders"),
     ("seconds = \"ten\"", "seconds"),
