@@ -23,7 +23,7 @@ from libc.string cimport memcmp, memcpy, memset
 from core.digest cimport hmac_key_init, hmac_sha256, order_id_digest
 from core.expiry cimport HEAP_POSITION_NONE, expiry_t, heap_push, heap_remove
 from core.idmap cimport IDMAP_NOT_FOUND, idmap_get, idmap_home, idmap_t
-from core.ledger cimport INDEX_NONE, LEGS_MAX, PREFETCH_DISTANCE, Ledger, account_hot_t, chain_mark_t
+from core.ledger cimport INDEX_NONE, LEGS_MAX, PREFETCH_DISTANCE, Ledger, account_hot_t, chain_mark_t, transfer_links_t
 from core.product cimport Product, all_zero
 from core.table cimport Table, table_find, table_set_pinned
 from core.merchants cimport Merchants, fee_of, merchant_terms_t
@@ -296,10 +296,18 @@ cdef class Orders(Product):
         cdef uint64_t k
         cdef uint32_t *results = <uint32_t *> out
         cdef tally_order_created_t *created = <tally_order_created_t *> out
+        cdef const tally_order_create_t *creates = <const tally_order_create_t *> events
+        cdef uint64_t ahead
         if operation == OPERATION_CREATE_ORDERS:
             for k in range(count):
-                created[k].result = self.create_order(&(<const tally_order_create_t *> events)[k],
-                                                      base + k * LEGS_MAX, created[k].token)
+                # The new order's id-map slot and its merchant's are fetched ahead (the map is
+                # as large as the table: a cache miss each otherwise).
+                ahead = k + PREFETCH_DISTANCE
+                if ahead < count:
+                    TALLY_PREFETCH(idmap_home(&self.table.map.map, creates[ahead].id_lo, creates[ahead].id_hi))
+                    TALLY_PREFETCH(idmap_home(&self.ledger.account_map.map, creates[ahead].merchant_id_lo,
+                                              creates[ahead].merchant_id_hi))
+                created[k].result = self.create_order(&creates[k], base + k * LEGS_MAX, created[k].token)
         elif operation == OPERATION_PAY_ORDERS:
             self.pay_batch(<const tally_order_pay_t *> events, count, base, results)
         else:
@@ -339,8 +347,21 @@ cdef class Orders(Product):
             if slots[k] != IDMAP_NOT_FOUND:
                 o = &self.rows[slots[k]]
                 merchants[k] = idmap_get(accounts, o.merchant_id_lo, o.merchant_id_hi)
-        # 3: apply, with both accounts' records and the leg's transfer-map slot fetched ahead.
+        # 3: apply, with both accounts' records and the leg's transfer-map slot fetched ahead, and
+        # (half as far ahead, once the records are in) the accounts' newest transfers' links,
+        # which the legs chain onto.
+        cdef transfer_links_t *links = self.ledger.links
+        cdef uint64_t half
+        cdef uint32_t newest
         for k in range(count):
+            half = k + PREFETCH_DISTANCE // 2
+            if half < count and slots[half] != IDMAP_NOT_FOUND and payers[half] != IDMAP_NOT_FOUND:
+                newest = hot[payers[half]].last_debit
+                if newest != INDEX_NONE:
+                    TALLY_PREFETCH(&links[newest])
+                newest = hot[merchants[half]].last_credit
+                if newest != INDEX_NONE:
+                    TALLY_PREFETCH(&links[newest])
             ahead = k + PREFETCH_DISTANCE
             if ahead < count and slots[ahead] != IDMAP_NOT_FOUND:
                 if payers[ahead] != IDMAP_NOT_FOUND:
