@@ -381,8 +381,8 @@ cdef class Codes(Product):
                     or not ids_equal(o.merchant_id_lo, o.merchant_id_hi, e.merchant_id_lo, e.merchant_id_hi)
                     or o.ledger != e.ledger or o.description_code != e.description_code):
                 return R_EXISTS_WITH_DIFFERENT_FIELDS
-            if o.state == ORDER_USERPAYING:
-                return R_USER_PAYING
+            if o.state == ORDER_USERPAYING:  # (its time up, the hold is gone: the next batch start closes it)
+                return R_ORDER_EXPIRED if o.expires_at <= ts else R_USER_PAYING
             if o.state == ORDER_CLOSED:
                 return R_ORDER_EXPIRED if o.close_reason == CLOSE_REASON_TIMEOUT else R_ORDER_CLOSED
             return R_EXISTS

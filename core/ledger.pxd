@@ -182,7 +182,7 @@ cdef class Ledger:
                               uint32_t *results) noexcept nogil
     cdef result_t create_transfer(self, tally_transfer_t *e, uint64_t ts, uint32_t debit_index,
                                   uint32_t credit_index, bint in_chain, bint is_leg=*) noexcept nogil
-    cdef result_t post_or_void(self, tally_transfer_t *e, uint64_t ts, bint in_chain) noexcept nogil
+    cdef result_t post_or_void(self, tally_transfer_t *e, uint64_t ts, bint in_chain, bint is_leg=*) noexcept nogil
     cdef const tally_transfer_t *find_transfer(self, uint64_t lo, uint64_t hi) noexcept nogil
     cdef uint8_t cold_state(self, uint64_t lo, uint64_t hi) noexcept nogil
     cdef void append_transfer(self, const tally_transfer_t *row, uint32_t debit_index,

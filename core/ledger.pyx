@@ -1084,16 +1084,15 @@ cdef class Ledger:
             return R_ID_MUST_NOT_BE_ZERO
         if is_max(e.id_lo, e.id_hi):
             return R_ID_MUST_NOT_BE_INT_MAX
-        if not is_leg and ((e.id_hi >> 48) == LEG_ID_TAG or (
-                flags & (TRANSFER_POST_PENDING | TRANSFER_VOID_PENDING) and (e.pending_id_hi >> 48) == LEG_ID_TAG)):
-            return R_ID_RESERVED  # a product's leg (or, posted or voided, its pending leg): only the product moves it
+        if (e.id_hi >> 48) == LEG_ID_TAG and not is_leg:
+            return R_ID_RESERVED
         if ((flags & TRANSFER_PENDING != 0) + (flags & TRANSFER_POST_PENDING != 0)
                 + (flags & TRANSFER_VOID_PENDING != 0)) > 1 or (
                 (flags & (TRANSFER_BALANCING_DEBIT | TRANSFER_BALANCING_CREDIT))
                 and (flags & (TRANSFER_POST_PENDING | TRANSFER_VOID_PENDING))):
             return R_FLAGS_ARE_MUTUALLY_EXCLUSIVE
         if flags & (TRANSFER_POST_PENDING | TRANSFER_VOID_PENDING):
-            return self.post_or_void(e, ts, in_chain)
+            return self.post_or_void(e, ts, in_chain, is_leg)
 
         if e.pending_id_lo != 0 or e.pending_id_hi != 0:
             return R_PENDING_ID_MUST_BE_ZERO
@@ -1220,7 +1219,7 @@ cdef class Ledger:
                 self.expiring_count += 1
         return R_OK
 
-    cdef result_t post_or_void(self, tally_transfer_t *e, uint64_t ts, bint in_chain) noexcept nogil:
+    cdef result_t post_or_void(self, tally_transfer_t *e, uint64_t ts, bint in_chain, bint is_leg=False) noexcept nogil:
         cdef bint post = (e.flags & TRANSFER_POST_PENDING) != 0
         cdef uint32_t entry, debit_index, credit_index
         cdef const tally_transfer_t *p
@@ -1252,6 +1251,8 @@ cdef class Ledger:
             state = self.cold_state(e.pending_id_lo, e.pending_id_hi) if p.flags & TRANSFER_PENDING else STATE_SETTLED
         if not (p.flags & TRANSFER_PENDING):
             return R_PENDING_TRANSFER_NOT_PENDING
+        if (e.pending_id_hi >> 48) == LEG_ID_TAG and not is_leg:
+            return R_ID_RESERVED  # a product's hold (a payment code's charge): only the product resolves it
         if ((e.debit_account_id_lo or e.debit_account_id_hi) and
                 (e.debit_account_id_lo != p.debit_account_id_lo or e.debit_account_id_hi != p.debit_account_id_hi)):
             return R_PENDING_TRANSFER_HAS_DIFFERENT_DEBIT_ACCOUNT_ID
@@ -1473,7 +1474,7 @@ cdef class Ledger:
         row.pending_id_lo = pending_lo
         row.pending_id_hi = pending_hi
         row.flags = TRANSFER_POST_PENDING if post else TRANSFER_VOID_PENDING
-        return self.post_or_void(&row, ts, True)
+        return self.post_or_void(&row, ts, True, True)
 
     cdef int add_begin_hook(self, begin_hook_t hook, void *owner) except -1:
         """Call ``hook(owner, base)`` at every batch's start, after those added before."""

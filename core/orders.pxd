@@ -45,7 +45,9 @@ cdef class Orders(Product):
     cdef uint32_t *scratch_payer                # the payer's account index,
     cdef uint32_t *scratch_merchant             # and the order's merchant's
     cdef uint64_t *expired_ids                  # the orders the last batch's start closed (lo, hi)
-    cdef readonly uint64_t expired_count
+    cdef readonly uint64_t expired_count        # closed by the last batch's start (ids kept: the first EXPIRIES_PER_BATCH_MAX)
+    cdef public uint64_t expiries_max           # closed by a batch's start at most (EXPIRIES_PER_BATCH_MAX; more
+                                                # only to replay a log written before the bound: format < 3)
     cdef dict _arrays
 
     cdef void expire_due(self, uint64_t base_ts) noexcept nogil

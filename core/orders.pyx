@@ -169,6 +169,7 @@ cdef class Orders(Product):
         self.scratch_merchant = self.scratch_payer + batch_max
         a["expired_ids"] = np.zeros(2 * _EXPIRIES_PER_BATCH_MAX, dtype=np.uint64)
         self.expired_ids = <uint64_t *> _ptr(a["expired_ids"])
+        self.expiries_max = _EXPIRIES_PER_BATCH_MAX
         self.heap_positions = <uint32_t *> _ptr(a["heap_positions"])
         self.expiry_heap.items = <expiry_t *> _ptr(a["order_expiries"])
         self.expiry_heap.count = 0
@@ -200,6 +201,9 @@ cdef class Orders(Product):
     def expired_last(self):
         """The ids (ID_DTYPE) of the orders the last batch's start closed by the clock, in the
         order it closed them: what its log entry holds (docs/storage.md)."""
+        if self.expired_count > _EXPIRIES_PER_BATCH_MAX:  # (only when replaying an old log: expiries_max)
+            raise RuntimeError(f"the last batch's start closed {self.expired_count} orders, more than a log "
+                               f"entry holds ({_EXPIRIES_PER_BATCH_MAX})")
         return self._arrays["expired_ids"][:2 * self.expired_count].view(ID_DTYPE).copy()
 
     def lookup_orders(self, ids):
@@ -259,12 +263,13 @@ cdef class Orders(Product):
         while self.expiry_heap.count and self.expiry_heap.items[0].expires_at <= base_ts:
             slot = self.expiry_heap.items[0].entry
             o = &self.rows[slot]
-            if order_open(o) and self.expired_count == _EXPIRIES_PER_BATCH_MAX:
+            if order_open(o) and self.expired_count >= self.expiries_max:
                 break  # the rest at the next batch's start (bounded work, and a bounded log entry)
             heap_remove(&self.expiry_heap, 0)
             if order_open(o):
-                self.expired_ids[2 * self.expired_count] = o.id_lo
-                self.expired_ids[2 * self.expired_count + 1] = o.id_hi
+                if self.expired_count < _EXPIRIES_PER_BATCH_MAX:
+                    self.expired_ids[2 * self.expired_count] = o.id_lo
+                    self.expired_ids[2 * self.expired_count + 1] = o.id_hi
                 self.expired_count += 1
             if o.state == ORDER_NOTPAY:
                 o.close_reason = CLOSE_REASON_EXPIRED

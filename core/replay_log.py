@@ -96,7 +96,8 @@ def run(source_dir: str, into_dir: str, *, progress=None) -> dict:
                     raise ReplayLogError(f"log entry {sequence} follows entry {batches}: the log has a gap")
                 if operation not in RECORD_DTYPES:
                     raise ReplayLogError(f"log entry {sequence}: unknown operation {operation}")
-                last = target.submit(operation, body.view(RECORD_DTYPES[operation]), now_ns)
+                with target.expiries_as_logged(expired is None):  # an old log: no bound on its expiries
+                    last = target.submit(operation, body.view(RECORD_DTYPES[operation]), now_ns)
                 # submit applied the batch in memory before returning: its timestamp is final.
                 if target.ledger.last_timestamp != last_timestamp:
                     raise ReplayDivergedError(sequence, target.ledger.last_timestamp, last_timestamp)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import builtins
 import collections
+import contextlib
 import concurrent.futures
 import itertools
 import os
@@ -91,6 +92,7 @@ _LOG_VERSIONS_READ = (1, 2, 3)
 FAILURE_DTYPE = np.dtype([("index", "<u2"), ("result", "u1")])
 _FAILURES_BYTES_MAX = 4 + constants.BATCH_EVENTS_MAX * FAILURE_DTYPE.itemsize
 _EXPIRED_BYTES_MAX = 4 + constants.EXPIRIES_PER_BATCH_MAX * ID_DTYPE.itemsize
+_NO_EXPIRIES = np.zeros(0, dtype=ID_DTYPE)
 
 
 class LogEntry(NamedTuple):
@@ -403,6 +405,21 @@ class Store:
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.0002))
         self._raise_limits_to_capacities()
 
+    @contextlib.contextmanager
+    def expiries_as_logged(self, before_the_bound: bool):
+        """Apply a log entry's batch as it was: one written before the expiries' bound (format
+        < 3, no expiries section) closed every due order at its start, not at most
+        EXPIRIES_PER_BATCH_MAX (recovery and replay-log of an old log; a batch submitted meanwhile
+        is logged in format 2 too, so that its own replay does the same)."""
+        if not before_the_bound:
+            yield
+            return
+        self.orders.expiries_max = 1 << 63
+        try:
+            yield
+        finally:
+            self.orders.expiries_max = constants.EXPIRIES_PER_BATCH_MAX
+
     @property
     def limits_initial(self) -> dict[str, int]:
         """The limits in force at the log's start (a replay's target starts with them)."""
@@ -543,15 +560,18 @@ class Store:
         entry = self._entries[self._applied_sequence % len(self._entries)]
         body_bytes = codec.pack_into(records, entry, LOG_HEADER.size)
         failures = _failures(results)
-        expired = self.orders.expired_last()
         end = LOG_HEADER.size + body_bytes
+        if self.orders.expiries_max == constants.EXPIRIES_PER_BATCH_MAX:
+            version, expired = LOG_VERSION, self.orders.expired_last()
+        else:  # replaying an entry written before the bound (expiries_as_logged): logged as it was
+            version, expired = 2, None
         tail_bytes = _pack_tail(entry, end, failures, expired)
-        LOG_HEADER.pack_into(entry, 0, LOG_MAGIC, LOG_VERSION, operation, count, body_bytes, now_ns,
+        LOG_HEADER.pack_into(entry, 0, LOG_MAGIC, version, operation, count, body_bytes, now_ns,
                              self.ledger.last_timestamp, 0, tail_bytes)
         view = memoryview(entry)
         checksum = _entry_checksum(view[:_CHECKSUMMED_HEADER_BYTES], view[LOG_HEADER.size:end + tail_bytes])
         struct.pack_into("<I", entry, _CHECKSUMMED_HEADER_BYTES, checksum)
-        pending = PendingBatch(self._applied_sequence, results, expired)
+        pending = PendingBatch(self._applied_sequence, results, expired if expired is not None else _NO_EXPIRIES)
         self._last_pending = pending
         self._batches_since_checkpoint += 1
         self._events_since_checkpoint += count
@@ -965,15 +985,15 @@ class Store:
             if orders.shape[0] != at.shape[0]:
                 raise StoreError(f"batch {entry.sequence}: a notified order is missing from the orders")
             notes["merchant_id_lo"][at], notes["merchant_id_hi"][at] = orders["merchant_id_lo"], orders["merchant_id_hi"]
-            paid = notes["kind"][at] == kinds.paid
-            notes["amount"][at[paid]] = orders["amount"][paid]
             # (A closed order's close_reason is final: what the lookup says now, it said then.)
             revoked = (notes["kind"][at] == kinds.closed) & (orders["close_reason"] == int(CloseReason.revoked))
             notes["kind"][at[revoked]] = kinds.revoked
             expired = notes["kind"][at] == kinds.expired
-            notes["amount"][at[expired]] = orders["amount"][expired]
             notes["timestamp"][at[expired]] = orders["closed_at"][expired]
             notes["kind"][at[expired & (orders["close_reason"] == int(CloseReason.timeout))]] = kinds.revoked
+            # The amount paid, or held and released (a revoked or expired order's): a close says none.
+            priced = notes["kind"][at] != kinds.closed
+            notes["amount"][at[priced]] = orders["amount"][priced]
         return notes
 
     def checkpoint(self) -> None:
@@ -1794,7 +1814,8 @@ class Store:
         count = body.shape[0] // constants.RECORD_SIZE_BYTES
         if operation not in RECORD_DTYPES:
             raise StoreError(f"log entry {sequence}: unknown operation {operation}")
-        results = self._apply(operation, body.view(RECORD_DTYPES[operation]), now_ns)
+        with self.expiries_as_logged(expired is None):
+            results = self._apply(operation, body.view(RECORD_DTYPES[operation]), now_ns)
         if self.ledger.last_timestamp != last_timestamp:
             raise StoreError(f"log entry {sequence}: replay diverged (timestamp {self.ledger.last_timestamp}, "
                              f"logged {last_timestamp})")
@@ -1906,11 +1927,14 @@ def _decode_entry(sequence: int, value):
     return LogEntry(sequence, operation, now_ns, last_timestamp, body, failures, expired)
 
 
-def _pack_tail(entry: bytearray, end: int, failures: np.ndarray, expired: np.ndarray) -> int:
-    """Write a version 3 entry's failures and expiries after its body at ``end``; their bytes."""
+def _pack_tail(entry: bytearray, end: int, failures: np.ndarray, expired: np.ndarray | None) -> int:
+    """Write an entry's failures and (version 3; None: version 2) expiries after its body at
+    ``end``; their bytes."""
     struct.pack_into("<I", entry, end, failures.shape[0])
     entry[end + 4:end + 4 + failures.nbytes] = failures.tobytes()
     at = end + 4 + failures.nbytes
+    if expired is None:
+        return at - end
     struct.pack_into("<I", entry, at, expired.shape[0])
     entry[at + 4:at + 4 + expired.nbytes] = expired.tobytes()
     return at + 4 + expired.nbytes - end

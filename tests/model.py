@@ -245,13 +245,13 @@ class ModelLedger:
             return R.id_must_not_be_zero
         if e["id"] == U128:
             return R.id_must_not_be_int_max
-        if not is_leg and (e["id"] >> 112 == LEG_ID_TAG or (f & (T_POST | T_VOID) and e["pending_id"] >> 112 == LEG_ID_TAG)):
-            return R.id_reserved   # a product's leg, or (posted or voided) its pending leg: only the product moves it
+        if e["id"] >> 112 == LEG_ID_TAG and not is_leg:
+            return R.id_reserved   # a product's leg: only the product moves it
         if bin(f & (T_PENDING | T_POST | T_VOID)).count("1") > 1 or (
                 f & (T_BAL_DEBIT | T_BAL_CREDIT) and f & (T_POST | T_VOID)):
             return R.flags_are_mutually_exclusive
         if f & (T_POST | T_VOID):
-            return self._post_or_void(e, ts)
+            return self._post_or_void(e, ts, is_leg)
         if e["pending_id"]:
             return R.pending_id_must_be_zero
         if e["timeout"] and not f & T_PENDING:
@@ -336,7 +336,7 @@ class ModelLedger:
             self._activity(dr["id"], cr["id"], ts, e["code"])
         return R.ok
 
-    def _post_or_void(self, e, ts):
+    def _post_or_void(self, e, ts, is_leg=False):
         post = bool(e["flags"] & T_POST)
         if e["pending_id"] == 0:
             return R.pending_id_must_not_be_zero
@@ -351,6 +351,8 @@ class ModelLedger:
             return R.pending_transfer_not_found
         if not p["flags"] & T_PENDING:
             return R.pending_transfer_not_pending
+        if e["pending_id"] >> 112 == LEG_ID_TAG and not is_leg:
+            return R.id_reserved   # a product's hold: only the product resolves it
         for name in ("debit_account_id", "credit_account_id", "ledger", "code"):
             if e[name] and e[name] != p[name]:
                 return R["pending_transfer_has_different_" + name]
@@ -850,8 +852,8 @@ class ModelLedger:
                 return R.exists_with_different_fields
             if o["state"] in (SUCCESS, REFUND):
                 return R.exists
-            if o["state"] == USERPAYING:
-                return R.user_paying
+            if o["state"] == USERPAYING:   # (its time up, the hold is gone: the next batch start closes it)
+                return R.order_expired if o["expires_at"] <= ts else R.user_paying
             return R.order_expired if o["close_reason"] in (CLOSE_EXPIRED, CLOSE_TIMEOUT) else R.order_closed
         c = self.codes_by_id.get(e["code"])
         if c is None:

@@ -345,3 +345,17 @@ def test_codes_through_eviction_recovery_and_replay(tmp_path):
         assert store.recovery.replayed_batches >= 1
         assert store.state_hash() == live_hash and np.array_equal(store.lookup_codes(codes), kept)
     assert replay_log.run(source, str(tmp_path / "replayed"))["equal"]
+
+
+def test_a_retried_charge_whose_hold_has_ended_answers_order_expired():
+    m = machine()
+    _, code = issue(m, T0 + S, no_password_limit=10)
+    assert charge(m, code, 100, T0 + 2 * S) == Result.user_paying
+    expires_at = order(m, b"P-1")["expires_at"]
+    # A batch that starts before the hold's end, its second event at it: the ledger's pending leg
+    # ends at the next batch start, as does the order; the retry already says it is over.
+    rows = [{"merchant_id": MERCHANT, "code": code, "amount": 100, "out_trade_no": b"P-1", "ledger": CNY}] * 2
+    assert list(m.apply(Operation.charge_codes, code_charges(rows), expires_at - 4)) == [
+        Result.user_paying, Result.order_expired]
+    assert confirm(m, b"P-1", expires_at) == Result.order_expired  # (that batch's start closed it)
+    assert order(m, b"P-1")["close_reason"] == CloseReason.timeout

@@ -478,3 +478,23 @@ def test_a_live_subscriber_is_told_of_expiries_by_the_idle_servers_clock(tmp_pat
     notes = asyncio.run(main())
     assert [(NotificationKind(int(n["kind"])), _order_key(n), int(n["amount"])) for n in notes] == [
         (NotificationKind.expired, order_id(7, b"E1"), 300)]
+
+
+def test_a_log_written_before_the_expiry_bound_replays_every_expiry_it_had(tmp_path):
+    # A log of format 2 closed every due order at a batch's start; recovery and replay-log must
+    # do the same with it (a bound there made the merchant's close answer ok, not exists, and
+    # the store refused to open: "replay diverged").
+    import subprocess
+    import sys
+
+    from core import replay_log
+
+    path = str(tmp_path / "old")
+    written = subprocess.run([sys.executable, "-m", "tests.old_log_writer", path], capture_output=True, text=True,
+                             timeout=300)
+    assert written.returncode == 0, written.stderr
+    assert int(written.stdout.split()[-1]) == Result.exists
+    with open_store(path, orders_max=1 << 15) as store:
+        assert store.recovery.replayed_batches >= 3 and store.stats()["orders_open"] == 0
+        assert [e.expired for e in store.log_entries()][-1] is None  # (format 2 entries: no section)
+    assert replay_log.run(path, str(tmp_path / "replayed"))["equal"]
