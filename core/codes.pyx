@@ -28,7 +28,7 @@ from core.merchants cimport Merchants, fee_of, merchant_terms_t
 from core.orders cimport (
     OPERATION_CHARGE_CODES, TRANSFER_CODE_ORDER_FEE, TRANSFER_CODE_ORDER_PAYMENT, Orders, leg_id_of, trade_no_valid,
 )
-from core.product cimport Product, all_zero
+from core.product cimport Product, all_zero, event_prologue
 from core.table cimport Table, table_find, table_set_pinned
 from core.records cimport *  # result_t codes, records, order and code states
 
@@ -268,18 +268,16 @@ cdef class Codes(Product):
         tally_store_fence()
 
     cdef result_t issue(self, const tally_code_issue_t *e, uint64_t ts, uint64_t *code) noexcept nogil:
+        cdef result_t r
         cdef uint32_t wallet, slot, old
         cdef uint64_t number, limit
         cdef uint32_t free_per_day
         cdef tally_code_t *c
         cdef tally_code_t new
         cdef code_wallet_t *w
-        if e.flags & EVENT_FLAG_FORBIDDEN:
-            return R_FORBIDDEN
-        if e.timestamp != 0:
-            return R_TIMESTAMP_MUST_BE_ZERO
-        if not all_zero(e.reserved, sizeof(e.reserved)):
-            return R_RESERVED_FIELD
+        r = event_prologue(e.flags, e.timestamp, e.reserved, sizeof(e.reserved))
+        if r != R_OK:
+            return r
         if e.flags != 0:
             return R_RESERVED_FLAG
         if e.request_id_lo == 0 and e.request_id_hi == 0:
@@ -346,12 +344,9 @@ cdef class Codes(Product):
         cdef chain_mark_t mark
         cdef result_t r
         cdef idmap_t *accounts = &self.ledger.account_map.map
-        if e.flags & EVENT_FLAG_FORBIDDEN:
-            return R_FORBIDDEN
-        if e.timestamp != 0:
-            return R_TIMESTAMP_MUST_BE_ZERO
-        if not all_zero(e.reserved, sizeof(e.reserved)):
-            return R_RESERVED_FIELD
+        r = event_prologue(e.flags, e.timestamp, e.reserved, sizeof(e.reserved))
+        if r != R_OK:
+            return r
         if e.flags != 0:
             return R_RESERVED_FLAG
         if e.order_id_lo == 0 and e.order_id_hi == 0:
@@ -464,12 +459,9 @@ cdef class Codes(Product):
         cdef chain_mark_t mark
         cdef result_t r
         cdef idmap_t *accounts = &self.ledger.account_map.map
-        if e.flags & EVENT_FLAG_FORBIDDEN:
-            return R_FORBIDDEN
-        if e.timestamp != 0:
-            return R_TIMESTAMP_MUST_BE_ZERO
-        if not all_zero(e.reserved, sizeof(e.reserved)):
-            return R_RESERVED_FIELD
+        r = event_prologue(e.flags, e.timestamp, e.reserved, sizeof(e.reserved))
+        if r != R_OK:
+            return r
         if e.flags & ~(<uint16_t> CONFIRM_DECLINE):
             return R_RESERVED_FLAG
         if e.order_id_lo == 0 and e.order_id_hi == 0:

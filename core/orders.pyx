@@ -24,7 +24,7 @@ from core.digest cimport hmac_key_init, hmac_sha256, order_id_digest
 from core.expiry cimport HEAP_POSITION_NONE, expiry_t, heap_push, heap_remove
 from core.idmap cimport IDMAP_NOT_FOUND, idmap_get, idmap_home, idmap_t
 from core.ledger cimport INDEX_NONE, LEGS_MAX, PREFETCH_DISTANCE, Ledger, account_hot_t, chain_mark_t, transfer_links_t
-from core.product cimport Product, all_zero
+from core.product cimport Product, all_zero, event_prologue
 from core.table cimport Table, table_find, table_set_pinned
 from core.merchants cimport Merchants, fee_of, merchant_terms_t
 from core.records cimport (
@@ -380,18 +380,16 @@ cdef class Orders(Product):
             results[k] = self.pay_order(&events[k], base + k * LEGS_MAX, slots[k], payers[k], merchants[k])
 
     cdef result_t create_order(self, const tally_order_create_t *e, uint64_t ts, uint8_t *token) noexcept nogil:
+        cdef result_t r
         cdef uint32_t merchant, slot
         cdef uint64_t span_ns
         cdef uint8_t digest[32]
         cdef uint8_t id_bytes[16]
         cdef tally_order_t *o
         cdef tally_order_t new
-        if e.flags & EVENT_FLAG_FORBIDDEN:
-            return R_FORBIDDEN
-        if e.timestamp != 0:
-            return R_TIMESTAMP_MUST_BE_ZERO
-        if not all_zero(e.reserved, sizeof(e.reserved)):
-            return R_RESERVED_FIELD
+        r = event_prologue(e.flags, e.timestamp, e.reserved, sizeof(e.reserved))
+        if r != R_OK:
+            return r
         if e.flags != 0:
             return R_RESERVED_FLAG
         if is_zero(e.id_lo, e.id_hi):
@@ -536,12 +534,9 @@ cdef class Orders(Product):
         cdef uint32_t slot
         cdef tally_order_t *o
         cdef result_t r
-        if e.flags & EVENT_FLAG_FORBIDDEN:
-            return R_FORBIDDEN
-        if e.timestamp != 0:
-            return R_TIMESTAMP_MUST_BE_ZERO
-        if not all_zero(e.reserved, sizeof(e.reserved)):
-            return R_RESERVED_FIELD
+        r = event_prologue(e.flags, e.timestamp, e.reserved, sizeof(e.reserved))
+        if r != R_OK:
+            return r
         if e.flags != 0:
             return R_RESERVED_FLAG
         r = self.find_order(e.order_id_lo, e.order_id_hi, &slot)

@@ -5,7 +5,9 @@
 # what is due) and calls the table's ``run_batch``: C over the batch's records, no Python
 # object per event, its legs through the ledger's chain primitive (core/ledger.pxd).
 
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+
+from core.records cimport EVENT_FLAG_FORBIDDEN, R_FORBIDDEN, R_OK, R_RESERVED_FIELD, R_TIMESTAMP_MUST_BE_ZERO, result_t
 
 from core.ledger cimport Ledger
 
@@ -27,3 +29,16 @@ cdef inline bint all_zero(const uint8_t *p, size_t n) noexcept nogil:
         if p[i]:
             return False
     return True
+
+
+# The checks a product event begins with, in this order: the server's mark for an event its
+# client's role may not make (engine/roles.py), a timestamp the engine sets, reserved bytes.
+cdef inline result_t event_prologue(uint16_t flags, uint64_t timestamp, const uint8_t *reserved,
+                                    size_t reserved_bytes) noexcept nogil:
+    if flags & EVENT_FLAG_FORBIDDEN:
+        return R_FORBIDDEN
+    if timestamp != 0:
+        return R_TIMESTAMP_MUST_BE_ZERO
+    if not all_zero(reserved, reserved_bytes):
+        return R_RESERVED_FIELD
+    return R_OK

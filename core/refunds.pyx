@@ -24,6 +24,7 @@ from core.idmap cimport IDMAP_NOT_FOUND, idmap_get, idmap_t
 from core.ledger cimport LEGS_MAX, Ledger, chain_mark_t
 from core.merchants cimport Merchants, merchant_terms_t
 from core.orders cimport Orders, leg_id_of, trade_no_valid
+from core.product cimport event_prologue
 from core.records cimport *  # result_t codes, records, order states
 from core.table cimport Table, table_find
 
@@ -117,13 +118,9 @@ cdef class Refunds(Product):
         cdef chain_mark_t mark
         cdef result_t r
         cdef const merchant_terms_t *terms
-        if e.flags & EVENT_FLAG_FORBIDDEN:
-            return R_FORBIDDEN
-        if e.timestamp != 0:
-            return R_TIMESTAMP_MUST_BE_ZERO
-        for i in range(sizeof(e.reserved)):
-            if e.reserved[i]:
-                return R_RESERVED_FIELD
+        r = event_prologue(e.flags, e.timestamp, e.reserved, sizeof(e.reserved))
+        if r != R_OK:
+            return r
         if e.fee_refunded != 0 or e.payer_id_lo != 0 or e.payer_id_hi != 0:
             return R_RESERVED_FIELD  # the engine's to fill in
         if e.flags != 0:
