@@ -23,7 +23,7 @@ from libc.string cimport memcmp, memcpy, memset
 from core.digest cimport hmac_key_init, hmac_sha256, order_id_digest
 from core.expiry cimport HEAP_POSITION_NONE, expiry_t, heap_push, heap_remove
 from core.idmap cimport IDMAP_NOT_FOUND, idmap_get, idmap_t
-from core.ledger cimport INDEX_NONE, LEGS_MAX, Ledger, chain_mark_t
+from core.ledger cimport LEGS_MAX, Ledger, chain_mark_t
 from core.merchants cimport Merchants, fee_of, merchant_terms_t
 from core.orders cimport (
     OPERATION_CHARGE_CODES, TRANSFER_CODE_ORDER_FEE, TRANSFER_CODE_ORDER_PAYMENT, Orders, leg_id_of, trade_no_valid,
@@ -507,14 +507,8 @@ cdef class Codes(Product):
         if r != R_OK:
             self.ledger.chain_abort(&mark)
             return r
-        o.state = ORDER_SUCCESS
-        o.paid_at = ts
-        o.fee = fee
-        self.orders.table.slots[slot].aux = terms.fee_index if fee != 0 else INDEX_NONE
-        self.orders.settled(slot, ts)
+        self.orders.mark_paid(slot, ts, fee, terms)
         count_payment(&self.wallets[payer], ts)
-        if terms != NULL:
-            self.merchants.book(terms, ts, o.amount, 0, fee, 0)
         return R_OK
 
 

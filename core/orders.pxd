@@ -9,7 +9,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from core.digest cimport hmac_key_t
 from core.expiry cimport expiry_heap_t
 from core.ledger cimport Ledger
-from core.merchants cimport Merchants
+from core.merchants cimport Merchants, merchant_terms_t
 from core.product cimport Product
 from core.table cimport Table
 from core.records cimport (
@@ -60,6 +60,7 @@ cdef class Orders(Product):
     cdef result_t pay_order(self, const tally_order_pay_t *e, uint64_t ts, uint32_t slot, uint32_t payer,
                             uint32_t merchant) noexcept nogil
     cdef result_t close_order(self, const tally_order_close_t *e, uint64_t ts) noexcept nogil
+    cdef void mark_paid(self, uint32_t slot, uint64_t ts, uint64_t fee, const merchant_terms_t *terms) noexcept nogil
     cdef uint32_t insert_order(self, const tally_order_t *o, bint open_) noexcept nogil
     cdef result_t void_hold(self, const tally_order_t *o, uint64_t operation, uint64_t ts) noexcept nogil
 

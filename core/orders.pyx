@@ -519,16 +519,22 @@ cdef class Orders(Product):
             return r
         # The order stays on the expiry heap: the sweep skips what is no longer unpaid (a
         # removal from the middle would cost a walk of the heap, a cache miss per level).
+        o.payer_id_lo = e.payer_id_lo
+        o.payer_id_hi = e.payer_id_hi
+        self.mark_paid(slot, ts, fee, terms)
+        return R_OK
+
+    cdef void mark_paid(self, uint32_t slot, uint64_t ts, uint64_t fee, const merchant_terms_t *terms) noexcept nogil:
+        """An open order's payment (and its fee, at ``terms``' rate; NULL: none) went through at
+        ``ts``: it is paid, its fee account kept for its refunds, its sale booked for settlement."""
+        cdef tally_order_t *o = &self.rows[slot]
         o.state = ORDER_SUCCESS
         o.fee = fee
         self.table.slots[slot].aux = terms.fee_index if fee != 0 else INDEX_NONE  # where its refunds take it back
-        o.payer_id_lo = e.payer_id_lo
-        o.payer_id_hi = e.payer_id_hi
         o.paid_at = ts
         self.settled(slot, ts)
         if terms != NULL:
             self.merchants.book(terms, ts, o.amount, 0, fee, 0)
-        return R_OK
 
     cdef result_t close_order(self, const tally_order_close_t *e, uint64_t ts) noexcept nogil:
         cdef uint32_t slot
