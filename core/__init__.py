@@ -26,6 +26,7 @@ try:
         ORDER_CREATE_DTYPE, ORDER_PAY_DTYPE, ORDER_CLOSE_DTYPE, ORDER_DTYPE, ORDER_CREATED_DTYPE, OrderState,
         CloseReason, MERCHANT_DTYPE, NOTIFICATION_DTYPE, REFUND_DTYPE, SETTLEMENT_DTYPE, CODE_ISSUE_DTYPE,
         CODE_ISSUED_DTYPE, CODE_CHARGE_DTYPE, CODE_CONFIRM_DTYPE, CODE_DTYPE, CodeState, OrderKind, ConfirmFlags,
+        ENVELOPE_SEND_DTYPE, ENVELOPE_CLAIM_DTYPE, ENVELOPE_CLAIMED_DTYPE, ENVELOPE_DTYPE, CLAIM_DTYPE, EnvelopeState,
     )
 except ImportError as error:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
@@ -47,7 +48,8 @@ __all__ = [
     "to_dicts", "ids_array", "ORDER_CREATE_DTYPE", "ORDER_PAY_DTYPE", "ORDER_CLOSE_DTYPE", "ORDER_DTYPE",
     "ORDER_CREATED_DTYPE", "OrderState", "CloseReason", "MERCHANT_DTYPE", "REFUND_DTYPE", "SETTLEMENT_DTYPE", "NOTIFICATION_DTYPE",
     "CODE_ISSUE_DTYPE", "CODE_ISSUED_DTYPE", "CODE_CHARGE_DTYPE", "CODE_CONFIRM_DTYPE", "CODE_DTYPE", "CodeState", "OrderKind",
-    "ConfirmFlags", "constants", "BATCH_EVENTS_MAX", "new_id", "new_ids", *_LAZY,
+    "ConfirmFlags", "ENVELOPE_SEND_DTYPE", "ENVELOPE_CLAIM_DTYPE", "ENVELOPE_CLAIMED_DTYPE", "ENVELOPE_DTYPE",
+    "CLAIM_DTYPE", "EnvelopeState", "constants", "BATCH_EVENTS_MAX", "new_id", "new_ids", *_LAZY,
 ]
 
 

@@ -50,6 +50,19 @@ CHARGE_HOLD_S = 45
 NO_PASSWORD_LIMIT_DEFAULT = 300_000
 FREE_PAYMENTS_PER_DAY_DEFAULT = 10
 
+#: Red envelopes (docs/products.md "Red envelopes"): packets and claims resident in memory,
+#: about 180 bytes each; open packets stay resident (at most this less min(8,190, half)).
+ENVELOPES_MAX_DEFAULT = 1 << 17
+CLAIMS_MAX_DEFAULT = 1 << 18
+#: Shares of one packet, at most; its open life, at most (and the default); its total, by
+#: default at most 20,000 minor units (200.00 CNY; the envelope_total limit, set_limits).
+ENVELOPE_COUNT_MAX = 10_000
+ENVELOPE_EXPIRE_AFTER_MAX_S = 24 * 3600
+ENVELOPE_TOTAL_MAX_DEFAULT = 20_000
+ENVELOPE_TOTAL_LIMIT_MAX = 1 << 53
+#: Expired packets a batch's start refunds at most (the rest at the next batch's start).
+ENVELOPE_REFUNDS_PER_BATCH_MAX = 256
+
 #: Merchants with terms (fee rate, fee and settlement accounts): 128 bytes each, in memory.
 MERCHANTS_MAX_DEFAULT = 1 << 17
 
@@ -58,6 +71,8 @@ ORDERS_MAX_LIMIT = 1 << 30
 MERCHANTS_MAX_LIMIT = 1 << 26
 REFUNDS_MAX_LIMIT = 1 << 30
 CODES_MAX_LIMIT = 1 << 30
+ENVELOPES_MAX_LIMIT = 1 << 30
+CLAIMS_MAX_LIMIT = 1 << 30
 ACCOUNTS_MAX_LIMIT = 1 << 30
 TRANSFERS_HOT_MAX_LIMIT = 1 << 31
 PENDING_MAX_LIMIT = 1 << 30

@@ -27,3 +27,10 @@ cdef void hmac_sha256(const hmac_key_t *k, const uint8_t *data, size_t n, uint8_
 cdef void sha256(const uint8_t *data, size_t n, uint8_t *digest) noexcept nogil
 cdef void key_id_digest(const char *domain, const uint8_t *key, const uint8_t *number, uint8_t *id_out) noexcept nogil
 cdef void order_id_digest(const uint8_t *merchant_id, const uint8_t *out_trade_no, uint8_t *id_out) noexcept nogil
+
+# The id of leg ``leg`` of a product event (docs/products.md): a fixed mix, so replay derives it.
+cdef void leg_id_of(uint64_t lo, uint64_t hi, uint64_t operation, uint64_t leg, uint64_t *out_lo,
+                    uint64_t *out_hi) noexcept nogil
+# The id of a red envelope's claim transfer at ``position`` (docs/products.md "Red envelopes").
+cdef void claim_transfer_id_of(uint64_t lo, uint64_t hi, uint32_t position, uint64_t *out_lo,
+                               uint64_t *out_hi) noexcept nogil

@@ -8,6 +8,8 @@ no Python object per digest, and no OpenSSL headers to build. Checked against ``
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
+from core.records cimport LEG_ID_TAG
+
 
 cdef uint32_t[64] _K = [
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
@@ -310,3 +312,48 @@ def hmac_sha256_digest(key, data) -> bytes:
     hmac_key_init(&prepared, &k[0] if k.shape[0] else NULL, k.shape[0])
     hmac_sha256(&prepared, &view[0] if view.shape[0] else NULL, view.shape[0], out)
     return bytes(out[:32])
+
+
+# ---------------------------------------------------------------------------- the legs' ids
+
+cdef enum:
+    OPERATION_CLAIM_ENVELOPES = 117             # core/operations.py's number (core/envelopes.pyx checks)
+
+
+cdef inline uint64_t mix64(uint64_t z) noexcept nogil:
+    z = (z ^ (z >> 30)) * <uint64_t> 0xBF58476D1CE4E5B9
+    z = (z ^ (z >> 27)) * <uint64_t> 0x94D049BB133111EB
+    return z ^ (z >> 31)
+
+
+cdef void leg_id_of(uint64_t lo, uint64_t hi, uint64_t operation, uint64_t leg, uint64_t *out_lo,
+                    uint64_t *out_hi) noexcept nogil:
+    # A fixed mix of (event id, operation, leg): replay derives the same id; distinct events'
+    # legs collide with probability ~2^-112 (the event ids are SHA-256 output).
+    # The top 16 bits are LEG_ID_TAG, which clients' transfers may not use (id_reserved).
+    cdef uint64_t salt = ((operation << 8) | leg) * <uint64_t> 0x9E3779B97F4A7C15
+    out_lo[0] = mix64(lo ^ salt) ^ hi
+    out_hi[0] = (mix64(hi ^ mix64(out_lo[0] ^ salt)) & <uint64_t> 0x0000FFFFFFFFFFFF) | (<uint64_t> LEG_ID_TAG << 48)
+
+
+cdef void claim_transfer_id_of(uint64_t lo, uint64_t hi, uint32_t position, uint64_t *out_lo,
+                               uint64_t *out_hi) noexcept nogil:
+    # The leg mix's lo is mix(lo ^ salt) ^ hi: folding the position into hi gives every position
+    # of a packet its own id.
+    leg_id_of(lo, hi ^ position, OPERATION_CLAIM_ENVELOPES, 0, out_lo, out_hi)
+
+
+def claim_transfer_ids(envelope_ids, uint32_t count):
+    """The ids of a packet's claim transfers at positions 0 .. count - 1, as an (count, 2)
+    uint64 array (lo, hi): ``envelope_ids`` one id as (lo, hi). "Who claimed what, when" is
+    ``lookup_transfers`` of these (docs/products.md "Red envelopes")."""
+    import numpy as np
+    ids = np.ascontiguousarray(envelope_ids, dtype=np.uint64).reshape(2)
+    out = np.empty((count, 2), dtype=np.uint64)
+    cdef uint64_t[:, ::1] o = out
+    cdef uint64_t lo = ids[0], hi = ids[1]
+    cdef uint32_t p
+    with nogil:
+        for p in range(count):
+            claim_transfer_id_of(lo, hi, p, &o[p, 0], &o[p, 1])
+    return out

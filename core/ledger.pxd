@@ -19,6 +19,7 @@ cdef enum:
     PREFETCH_DISTANCE = 16      # events looked ahead by the prefetching passes
     LEGS_MAX = 4                # engine timestamps (and so transfers) a product event may use
     BEGIN_HOOKS_MAX = 4         # product tables expiring at a batch's start (orders, codes, ...)
+    START_LEGS_MAX = 256        # transfers a batch's start makes at most (constants.ENVELOPE_REFUNDS_PER_BATCH_MAX)
     FIELD_UNDO_MAX = 64         # product fields one chain may change (core/product.pxd)
     FIELD_UNDO_BYTES = 16       # the widest product field an undo entry saves
     # The operations the ledger applies, by their numbers in core/operations.py (checked at import).
@@ -110,6 +111,13 @@ cdef struct chain_mark_t:
 # of every operation, and a pulse, does it at the same engine time, live and in replay.
 ctypedef void (*begin_hook_t)(void *owner, uint64_t base_ts) noexcept nogil
 
+# A product's work at a batch's start that makes transfers (the red envelopes' refunds at
+# expiry): ``due`` says how many it will make by engine time ``at_ts`` (at most
+# START_LEGS_MAX; a pure function of the state and the time, so replay asks the same), ``run``
+# makes them with the timestamps first_ts .. first_ts + count - 1, before the batch's events.
+ctypedef uint64_t (*start_legs_due_t)(void *owner, uint64_t at_ts) noexcept nogil
+ctypedef void (*start_legs_run_t)(void *owner, uint64_t first_ts, uint64_t count) noexcept nogil
+
 
 cdef class Ledger:
     cdef readonly uint64_t accounts_max
@@ -134,6 +142,9 @@ cdef class Ledger:
     cdef begin_hook_t begin_hooks[4]            # BEGIN_HOOKS_MAX, called in the order they were added
     cdef void *begin_hook_owners[4]             # their owners, which remove them when they go
     cdef uint32_t begin_hook_count
+    cdef start_legs_due_t start_legs_due        # at most one table makes transfers at a batch's start
+    cdef start_legs_run_t start_legs_run
+    cdef void *start_legs_owner
 
     cdef IdMap account_map
     cdef IdMap transfer_map                     # hot window: id -> ring slot
@@ -207,6 +218,8 @@ cdef class Ledger:
                               bint post, uint64_t ts) noexcept nogil
     cdef int add_begin_hook(self, begin_hook_t hook, void *owner) except -1
     cdef void remove_begin_hook(self, void *owner) noexcept
+    cdef int set_start_legs(self, start_legs_due_t due, start_legs_run_t run, void *owner) except -1
+    cdef uint64_t start_legs_at(self, uint64_t now_ns) noexcept nogil
     cdef _enter(self)
     cdef object _apply(self, uint32_t operation, object batch, uint64_t now_ns)
 

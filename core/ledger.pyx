@@ -787,18 +787,30 @@ cdef class Ledger:
 
     cdef uint64_t begin_batch(self, uint64_t now_ns, uint64_t count) noexcept nogil:
         """Assign the batch's base timestamp, make room in the ring, expire what is due by then."""
-        cdef uint64_t base = now_ns
-        if base <= self.last_timestamp:
-            base = self.last_timestamp + 1
-        if count:
+        cdef uint64_t first = now_ns, base, start_legs
+        if first <= self.last_timestamp:
+            first = self.last_timestamp + 1
+        # The transfers of the batch's start (refunds of expired packets) take its first
+        # timestamps, the events those after: a pure function of the state and now_ns.
+        start_legs = self.start_legs_due(self.start_legs_owner, first) if self.start_legs_owner != NULL else 0
+        tally_assert(start_legs <= START_LEGS_MAX)
+        base = first + start_legs
+        if count + start_legs:
             self.last_timestamp = base + count - 1
         cdef uint32_t h
         for h in range(self.begin_hook_count):
             self.begin_hooks[h](self.begin_hook_owners[h], base)
-        self.evict(count)
+        self.evict(count + start_legs)
+        if start_legs:
+            self.start_legs_run(self.start_legs_owner, first, start_legs)
         self.prune()
         self.expire_pending(base)
         return base
+
+    cdef uint64_t start_legs_at(self, uint64_t now_ns) noexcept nogil:
+        """The transfers a batch applied at ``now_ns`` would make at its start."""
+        cdef uint64_t first = now_ns if now_ns > self.last_timestamp else self.last_timestamp + 1
+        return self.start_legs_due(self.start_legs_owner, first) if self.start_legs_owner != NULL else 0
 
     cdef uint64_t prune_due_below(self) noexcept nogil:
         """The boundary the next prune releases resolved entries below; 0 when none is due."""
@@ -1484,6 +1496,18 @@ cdef class Ledger:
         self.begin_hook_owners[self.begin_hook_count] = owner
         self.begin_hook_count += 1
         return 0
+
+    cdef int set_start_legs(self, start_legs_due_t due, start_legs_run_t run, void *owner) except -1:
+        """Let ``owner`` make transfers at every batch's start (see begin_batch); None: stop."""
+        if owner != NULL and self.start_legs_owner != NULL:
+            raise ValueError("a ledger takes one table making transfers at its batches' start")
+        self.start_legs_due, self.start_legs_run, self.start_legs_owner = due, run, owner
+        return 0
+
+    def start_legs(self, uint64_t now_ns):
+        """Transfers a batch applied at engine time ``now_ns`` would make at its start (the
+        store makes room for them in the hot window as for the events' legs)."""
+        return self.start_legs_at(now_ns)
 
     cdef void remove_begin_hook(self, void *owner) noexcept:
         cdef uint32_t h, kept = 0

@@ -4,6 +4,7 @@
 # so that a replay answers every event as the live run did even when the capacities grew since.
 
 from core.codes cimport Codes
+from core.envelopes cimport Envelopes
 from core.merchants cimport Merchants
 from core.orders cimport Orders
 from core.product cimport Product
@@ -18,5 +19,6 @@ cdef class Limits(Product):
     cdef Merchants merchants
     cdef Orders orders
     cdef Codes codes
+    cdef Envelopes envelopes
 
     cdef result_t set_limits(self, const tally_limits_t *e) noexcept nogil

@@ -22,6 +22,7 @@ from core import constants
 from core.ledger import Ledger
 from core.operations import CREATE_COMPONENTS, Operation
 from core.codes import Codes
+from core.envelopes import Envelopes
 from core.limits import Limits
 from core.merchants import Merchants
 from core.orders import Orders
@@ -38,6 +39,7 @@ class Machine:
                  orders_max: int = constants.ORDERS_MAX_DEFAULT,
                  merchants_max: int = constants.MERCHANTS_MAX_DEFAULT,
                  refunds_max: int = constants.REFUNDS_MAX_DEFAULT, codes_max: int = constants.CODES_MAX_DEFAULT,
+                 envelopes_max: int = constants.ENVELOPES_MAX_DEFAULT, claims_max: int = constants.CLAIMS_MAX_DEFAULT,
                  secret: bytes):
         self.ledger = Ledger(accounts_max=accounts_max, transfers_hot_max=transfers_hot_max, pending_max=pending_max)
         self.merchants = Merchants(self.ledger, merchants_max)
@@ -45,15 +47,17 @@ class Machine:
         self.refunds = Refunds(self.ledger, self.orders, self.merchants, refunds_max)
         self.settlement = Settlement(self.ledger, self.merchants)
         self.codes = Codes(self.ledger, self.orders, self.merchants, codes_max, secret)
-        self.limits = Limits(self.ledger, self.merchants, self.orders, self.codes)
+        self.envelopes = Envelopes(self.ledger, envelopes_max, claims_max, secret)
+        self.limits = Limits(self.ledger, self.merchants, self.orders, self.codes, self.envelopes)
         #: The write-back tables (core/table.pyx) by the name the operation table's ``reads`` use.
-        self.tables = {"orders": self.orders.table, "refunds": self.refunds.table, "codes": self.codes.table}
+        self.tables = {"orders": self.orders.table, "refunds": self.refunds.table, "codes": self.codes.table,
+                       "envelopes": self.envelopes.table, "claims": self.envelopes.claims}
         self._components = {"ledger": self.ledger, "orders": self.orders, "merchants": self.merchants,
                             "refunds": self.refunds, "settlement": self.settlement, "codes": self.codes,
-                            "limits": self.limits}
+                            "envelopes": self.envelopes, "limits": self.limits}
         #: The components with tables and state of their own, in the order they restore (the
         #: limits last: they are checked against the others' capacities).
-        self._stateful = (self.merchants, self.orders, self.refunds, self.codes, self.limits)
+        self._stateful = (self.merchants, self.orders, self.refunds, self.codes, self.envelopes, self.limits)
 
     def apply(self, operation: int, batch, now_ns: int) -> np.ndarray:
         """Apply one batch of a create operation at engine time ``now_ns``: one reply record
@@ -77,6 +81,12 @@ class Machine:
     def lookup_codes(self, ids) -> np.ndarray:
         return self.codes.lookup_codes(ids)
 
+    def lookup_envelopes(self, ids) -> np.ndarray:
+        return self.envelopes.lookup_envelopes(ids)
+
+    def lookup_envelope_claims(self, ids) -> np.ndarray:
+        return self.envelopes.lookup_envelope_claims(ids)
+
     def derived_ids(self, operation: int, batch) -> np.ndarray:
         """The ids a batch reads that its component computes (``core.operations.DERIVED``)."""
         return self._components[CREATE_COMPONENTS[operation]].derived_ids(batch)
@@ -90,7 +100,8 @@ class Machine:
     @property
     def next_expiry_ns(self) -> int:
         """Engine time (ns) of the soonest expiry of any component; 0: none."""
-        due = [ns for ns in (self.ledger.next_expiry_ns, self.orders.next_expiry_ns, self.codes.next_expiry_ns) if ns]
+        due = [ns for ns in (self.ledger.next_expiry_ns, self.orders.next_expiry_ns, self.codes.next_expiry_ns,
+                             self.envelopes.next_expiry_ns) if ns]
         return min(due) if due else 0
 
     def prefault(self) -> int:
@@ -124,7 +135,8 @@ class Machine:
     def __repr__(self) -> str:
         return (f"Machine(accounts={self.ledger.account_count}, transfers={self.ledger.transfer_count}, "
                 f"merchants={self.merchants.merchant_count}, orders={self.orders.order_count}, "
-                f"refunds={self.refunds.refund_count}, codes={self.codes.code_count})")
+                f"refunds={self.refunds.refund_count}, codes={self.codes.code_count}, "
+                f"envelopes={self.envelopes.envelope_count})")
 
 
 __all__ = ["Machine", "Operation"]

@@ -25,7 +25,8 @@ from core import constants
 from core.records import (
     ACCOUNT_DTYPE, ID_DTYPE, MERCHANT_DTYPE, ORDER_CLOSE_DTYPE, ORDER_CREATE_DTYPE, ORDER_CREATED_DTYPE, ORDER_DTYPE, ORDER_PAY_DTYPE,
     NOTIFICATION_DTYPE, REFUND_DTYPE, SETTLEMENT_DTYPE, TRANSFER_DTYPE, CODE_CHARGE_DTYPE, CODE_CONFIRM_DTYPE,
-    CODE_DTYPE, CODE_ISSUE_DTYPE, CODE_ISSUED_DTYPE, LIMITS_DTYPE,
+    CODE_DTYPE, CODE_ISSUE_DTYPE, CODE_ISSUED_DTYPE, LIMITS_DTYPE, ENVELOPE_SEND_DTYPE, ENVELOPE_CLAIM_DTYPE,
+    ENVELOPE_CLAIMED_DTYPE, ENVELOPE_DTYPE, CLAIM_DTYPE,
 )
 
 #: A create's reply: one ``core.Result`` per event.
@@ -56,6 +57,10 @@ class Operation(enum.IntEnum):
     charge_codes = 113
     confirm_charges = 114
     lookup_codes = 115
+    send_envelopes = 116
+    claim_envelopes = 117
+    lookup_envelopes = 118
+    lookup_envelope_claims = 119
     ping = 1000
 
 
@@ -123,6 +128,14 @@ OPERATIONS: dict[Operation, Spec] = {spec.operation: spec for spec in (
     Spec(Operation.confirm_charges, Kind.create, CODE_CONFIRM_DTYPE, RESULT_DTYPE, "codes", legs=2,
          reads=(("orders", "order_id"),)),
     Spec(Operation.lookup_codes, Kind.lookup, ID_DTYPE, CODE_DTYPE),
+    # Red envelopes (docs/products.md "Red envelopes"): a claim's record id is a digest of the
+    # packet and the claimer, so the envelopes component derives the ids a claim reads.
+    Spec(Operation.send_envelopes, Kind.create, ENVELOPE_SEND_DTYPE, RESULT_DTYPE, "envelopes", legs=1,
+         reads=(("envelopes", "id"),)),
+    Spec(Operation.claim_envelopes, Kind.create, ENVELOPE_CLAIM_DTYPE, ENVELOPE_CLAIMED_DTYPE, "envelopes", legs=1,
+         reads=(("envelopes", "envelope_id"), ("claims", DERIVED))),
+    Spec(Operation.lookup_envelopes, Kind.lookup, ID_DTYPE, ENVELOPE_DTYPE),
+    Spec(Operation.lookup_envelope_claims, Kind.lookup, ID_DTYPE, CLAIM_DTYPE),
     Spec(Operation.ping, Kind.control, None, None),
 )}
 

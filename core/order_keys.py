@@ -1,6 +1,6 @@
 """An order's keys, for services: its id from the merchant's ``out_trade_no``, its token, its QR
-payload, a payment code's digits, and batches from dicts (docs/products.md "Orders: the
-reference", "Payment codes (built)").
+payload, a payment code's digits, a red envelope's and a claim's ids, and batches from dicts
+(docs/products.md "Orders: the reference", "Payment codes (built)", "Red envelopes").
 
 Light on purpose (hashlib, NumPy, core/digest for many ids at once): a merchant service or a wallet app imports it with the
 client, never the ledger. The core recomputes the id (``id_mismatch``) and the token.
@@ -23,7 +23,7 @@ import numpy as np
 
 from core.records import (
     CODE_CHARGE_DTYPE, CODE_CONFIRM_DTYPE, CODE_ISSUE_DTYPE, ORDER_CLOSE_DTYPE, ORDER_CREATE_DTYPE, ORDER_PAY_DTYPE,
-    REFUND_DTYPE, records_from_dicts,
+    REFUND_DTYPE, ENVELOPE_CLAIM_DTYPE, ENVELOPE_SEND_DTYPE, ID_DTYPE, records_from_dicts,
 )
 
 ORDER_ID_DOMAIN = b"ordr"
@@ -31,6 +31,8 @@ CODE_DOMAIN = b"code"
 CODE_DIGITS = 18
 _CODE_RANGE = 10 ** 16
 REFUND_ID_DOMAIN = b"rfnd"
+ENVELOPE_ID_DOMAIN = b"rpkt"
+CLAIM_ID_DOMAIN = b"clam"
 OUT_TRADE_NO_BYTES = 32
 TOKEN_BYTES = 10
 QR_PREFIX = "TALLY1"
@@ -170,3 +172,40 @@ def code_charges(rows) -> np.ndarray:
 def charge_confirms(rows) -> np.ndarray:
     """A ``confirm_charges`` batch from dicts (order_id, wallet_id, flags: ``core.ConfirmFlags``)."""
     return records_from_dicts(rows, CODE_CONFIRM_DTYPE)
+
+
+def envelope_id(sender_id: int, out_envelope_no: bytes) -> int:
+    """A red envelope's id: as ``order_id``, with b"rpkt" and the sender's account id."""
+    _check_number("out_envelope_no", out_envelope_no)
+    preimage = (ENVELOPE_ID_DOMAIN + sender_id.to_bytes(16, "little")
+                + out_envelope_no.ljust(OUT_TRADE_NO_BYTES, b"\0"))
+    return int.from_bytes(hashlib.sha256(preimage).digest()[:16], "little")
+
+
+def claim_id(envelope_id: int, claimer_id: int) -> int:
+    """A claim's id (the core computes it): the first 16 bytes of SHA-256(b"clam" + the packet's
+    id + the claimer's id + 16 zero bytes), 16 bytes LE each."""
+    preimage = CLAIM_ID_DOMAIN + envelope_id.to_bytes(16, "little") + claimer_id.to_bytes(16, "little") + bytes(16)
+    return int.from_bytes(hashlib.sha256(preimage).digest()[:16], "little")
+
+
+def claim_transfer_ids(envelope_id: int, claimed: int) -> np.ndarray:
+    """The ids of a packet's claim transfers, positions 0 .. claimed - 1, as an ID_DTYPE array:
+    ``lookup_transfers`` of them says who claimed what, when (the credit account, the amount,
+    the timestamp)."""
+    from core import digest
+    pairs = digest.claim_transfer_ids([envelope_id & (2**64 - 1), envelope_id >> 64], claimed)
+    return pairs.view(ID_DTYPE).reshape(-1)
+
+
+def envelope_sends(rows) -> np.ndarray:
+    """A ``send_envelopes`` batch from dicts (fields of ENVELOPE_SEND_DTYPE: sender_id,
+    escrow_id, total, count, out_envelope_no, ledger; ``id`` is computed when not given)."""
+    rows = [row if "id" in row else dict(row, id=envelope_id(int(row["sender_id"]), bytes(row["out_envelope_no"])))
+            for row in rows]
+    return records_from_dicts(rows, ENVELOPE_SEND_DTYPE)
+
+
+def envelope_claims(rows) -> np.ndarray:
+    """A ``claim_envelopes`` batch from dicts (envelope_id, claimer_id)."""
+    return records_from_dicts(rows, ENVELOPE_CLAIM_DTYPE)

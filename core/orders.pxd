@@ -6,7 +6,7 @@
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
-from core.digest cimport hmac_key_t
+from core.digest cimport hmac_key_t, leg_id_of  # (leg_id_of: for the modules that cimport it from here)
 from core.expiry cimport expiry_heap_t
 from core.ledger cimport Ledger
 from core.merchants cimport Merchants, merchant_terms_t
@@ -73,6 +73,3 @@ cdef inline bint order_open(const tally_order_t *o) noexcept nogil:
 # A merchant's number (out_trade_no, out_refund_no): 1..32 bytes of [0-9A-Za-z_-|*@.], then NULs.
 cdef bint trade_no_valid(const uint8_t *p) noexcept nogil
 
-# The id of leg ``leg`` of a product event (docs/products.md): a fixed mix, so replay derives it.
-cdef void leg_id_of(uint64_t lo, uint64_t hi, uint64_t operation, uint64_t leg, uint64_t *out_lo,
-                    uint64_t *out_hi) noexcept nogil

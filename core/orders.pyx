@@ -80,22 +80,6 @@ def leg_id(event_id: int, operation: int, leg: int) -> int:
     return (int(hi) << 64) | lo
 
 
-cdef inline uint64_t mix64(uint64_t z) noexcept nogil:
-    z = (z ^ (z >> 30)) * <uint64_t> 0xBF58476D1CE4E5B9
-    z = (z ^ (z >> 27)) * <uint64_t> 0x94D049BB133111EB
-    return z ^ (z >> 31)
-
-
-cdef void leg_id_of(uint64_t lo, uint64_t hi, uint64_t operation, uint64_t leg, uint64_t *out_lo,
-                    uint64_t *out_hi) noexcept nogil:
-    # A fixed mix of (event id, operation, leg): replay derives the same id; distinct events'
-    # legs collide with probability ~2^-112 (the event ids are SHA-256 output).
-    # The top 16 bits are LEG_ID_TAG, which clients' transfers may not use (id_reserved).
-    cdef uint64_t salt = ((operation << 8) | leg) * <uint64_t> 0x9E3779B97F4A7C15
-    out_lo[0] = mix64(lo ^ salt) ^ hi
-    out_hi[0] = (mix64(hi ^ mix64(out_lo[0] ^ salt)) & <uint64_t> 0x0000FFFFFFFFFFFF) | (<uint64_t> LEG_ID_TAG << 48)
-
-
 cdef inline bint is_zero(uint64_t lo, uint64_t hi) noexcept nogil:
     return lo == 0 and hi == 0
 

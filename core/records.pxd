@@ -167,7 +167,10 @@ cdef extern from * nogil:
         uint64_t orders_open;
         uint64_t codes_live;
         uint16_t flags;                 /* must be zero */
-        uint8_t reserved[78];
+        uint8_t reserved_a[6];
+        uint64_t envelopes_open;
+        uint64_t envelope_total;        /* a packet's total at most (minor units): a policy, not a capacity */
+        uint8_t reserved[56];
         uint64_t timestamp;             /* must be zero */
     } tally_limits_t;
 
@@ -224,6 +227,68 @@ cdef extern from * nogil:
         uint8_t reserved[23];
         uint64_t timestamp;             /* issued at */
     } tally_code_t;
+
+    /* Red envelopes (docs/products.md "Red envelopes"). */
+    typedef struct TALLY_PACKED {
+        uint64_t id_lo, id_hi;          /* envelope_id(sender_id, out_envelope_no) */
+        uint64_t sender_id_lo, sender_id_hi;
+        uint64_t escrow_id_lo, escrow_id_hi;    /* an escrow account (code 4) of the ledger */
+        uint64_t total;                 /* minor units */
+        uint8_t out_envelope_no[32];    /* the sender service's number, NUL-padded */
+        uint32_t count;                 /* shares: 1..ENVELOPE_COUNT_MAX, at most total */
+        uint32_t ledger;
+        uint32_t expire_after_s;        /* 0: 86,400 */
+        uint32_t description_code;      /* the sender's greeting or theme */
+        uint16_t flags;                 /* must be zero (but the server's EVENT_FLAG_FORBIDDEN) */
+        uint8_t reserved[14];
+        uint64_t timestamp;             /* must be zero */
+    } tally_envelope_send_t;
+
+    typedef struct TALLY_PACKED {
+        uint64_t envelope_id_lo, envelope_id_hi;
+        uint64_t claimer_id_lo, claimer_id_hi;
+        uint16_t flags;                 /* must be zero (but the server's EVENT_FLAG_FORBIDDEN) */
+        uint8_t reserved[86];
+        uint64_t timestamp;             /* must be zero */
+    } tally_envelope_claim_t;
+
+    typedef struct TALLY_PACKED {
+        uint32_t result;
+        uint32_t position;              /* the claim's place (0 first): on ok and exists */
+        uint64_t amount;                /* the share: on ok and exists */
+    } tally_envelope_claimed_t;
+
+    typedef struct TALLY_PACKED {
+        uint64_t id_lo, id_hi;
+        uint64_t sender_id_lo, sender_id_hi;
+        uint64_t escrow_id_lo, escrow_id_hi;
+        uint64_t total;
+        uint64_t remaining;             /* not yet claimed (nor refunded) */
+        uint64_t expires_at;            /* engine ns */
+        uint64_t ended_at;              /* emptied or refunded at (engine ns) */
+        uint64_t refunded;              /* returned to the sender at expiry */
+        uint32_t count;
+        uint32_t claimed;
+        uint32_t ledger;
+        uint32_t description_code;
+        uint8_t state;                  /* envelope_state_t */
+        uint8_t reserved_a;
+        uint16_t refund_result;         /* REFUND_FAILED: the refund leg's result */
+        uint8_t reserved[12];
+        uint64_t timestamp;             /* sent at */
+    } tally_envelope_t;
+
+    typedef struct TALLY_PACKED {
+        uint64_t id_lo, id_hi;          /* claim_id(envelope_id, claimer_id) */
+        uint64_t envelope_id_lo, envelope_id_hi;
+        uint64_t claimer_id_lo, claimer_id_hi;
+        uint64_t transfer_id_lo, transfer_id_hi;  /* its leg: escrow -> claimer */
+        uint64_t amount;
+        uint32_t position;
+        uint32_t ledger;
+        uint8_t reserved[40];
+        uint64_t timestamp;             /* claimed at */
+    } tally_claim_t;
 
     /* A refund of (part of) a paid order: the event, and as kept (docs/products.md "Refunds"). */
     typedef struct TALLY_PACKED {
@@ -415,7 +480,10 @@ cdef extern from * nogil:
         uint64_t orders_open
         uint64_t codes_live
         uint16_t flags
-        uint8_t reserved[78]
+        uint8_t reserved_a[6]
+        uint64_t envelopes_open
+        uint64_t envelope_total
+        uint8_t reserved[56]
         uint64_t timestamp
 
     ctypedef struct tally_code_issue_t:
@@ -477,6 +545,74 @@ cdef extern from * nogil:
         uint8_t reserved[23]
         uint64_t timestamp
 
+    ctypedef struct tally_envelope_send_t:
+        uint64_t id_lo
+        uint64_t id_hi
+        uint64_t sender_id_lo
+        uint64_t sender_id_hi
+        uint64_t escrow_id_lo
+        uint64_t escrow_id_hi
+        uint64_t total
+        uint8_t out_envelope_no[32]
+        uint32_t count
+        uint32_t ledger
+        uint32_t expire_after_s
+        uint32_t description_code
+        uint16_t flags
+        uint8_t reserved[14]
+        uint64_t timestamp
+
+    ctypedef struct tally_envelope_claim_t:
+        uint64_t envelope_id_lo
+        uint64_t envelope_id_hi
+        uint64_t claimer_id_lo
+        uint64_t claimer_id_hi
+        uint16_t flags
+        uint8_t reserved[86]
+        uint64_t timestamp
+
+    ctypedef struct tally_envelope_claimed_t:
+        uint32_t result
+        uint32_t position
+        uint64_t amount
+
+    ctypedef struct tally_envelope_t:
+        uint64_t id_lo
+        uint64_t id_hi
+        uint64_t sender_id_lo
+        uint64_t sender_id_hi
+        uint64_t escrow_id_lo
+        uint64_t escrow_id_hi
+        uint64_t total
+        uint64_t remaining
+        uint64_t expires_at
+        uint64_t ended_at
+        uint64_t refunded
+        uint32_t count
+        uint32_t claimed
+        uint32_t ledger
+        uint32_t description_code
+        uint8_t state
+        uint8_t reserved_a
+        uint16_t refund_result
+        uint8_t reserved[12]
+        uint64_t timestamp
+
+    ctypedef struct tally_claim_t:
+        uint64_t id_lo
+        uint64_t id_hi
+        uint64_t envelope_id_lo
+        uint64_t envelope_id_hi
+        uint64_t claimer_id_lo
+        uint64_t claimer_id_hi
+        uint64_t transfer_id_lo
+        uint64_t transfer_id_hi
+        uint64_t amount
+        uint32_t position
+        uint32_t ledger
+        uint8_t reserved[40]
+        uint64_t timestamp
+
     bint TALLY_LIKELY(bint)
     bint TALLY_UNLIKELY(bint)
     void TALLY_PREFETCH(const void *)
@@ -518,6 +654,13 @@ cpdef enum code_state_t:
     CODE_CHARGED = 2
     CODE_EXPIRED = 3
     CODE_REPLACED = 4
+
+
+cpdef enum envelope_state_t:
+    ENVELOPE_OPEN = 1
+    ENVELOPE_EMPTY = 2          # every share claimed
+    ENVELOPE_REFUNDED = 3       # expired: the remainder went back to the sender
+    ENVELOPE_REFUND_FAILED = 4  # expired, the refund leg refused (refund_result): left in escrow
 
 
 cpdef enum confirm_flag_t:
@@ -673,4 +816,14 @@ cpdef enum result_t:
     R_ORDER_NOT_USER_PAYING = 104   # not a payment code's order
     R_PAYER_MISMATCH = 105          # the wallet is not the order's payer
     R_LIMIT_OUT_OF_RANGE = 106      # set_limits: above the capacity (core/limits.pyx)
-    R_COUNT = 107
+    # The red envelopes' (docs/products.md "Red envelopes").
+    R_ENVELOPE_TOTAL_OUT_OF_RANGE = 107  # above the envelope_total limit
+    R_ENVELOPE_COUNT_OUT_OF_RANGE = 108  # 0, above ENVELOPE_COUNT_MAX, or above the total
+    R_ESCROW_INVALID = 109          # not found, another ledger, not an escrow account, or the sender
+    R_ENVELOPES_LIMIT_REACHED = 110
+    R_ENVELOPE_NOT_FOUND = 111
+    R_ENVELOPE_EMPTY = 112          # every share is claimed
+    R_ENVELOPE_EXPIRED = 113
+    R_CLAIMS_LIMIT_REACHED = 114
+    R_CLAIMER_NOT_FOUND = 115
+    R_COUNT = 116

@@ -24,6 +24,11 @@ CODE_CHARGE_DTYPE: np.dtype
 CODE_CONFIRM_DTYPE: np.dtype
 CODE_DTYPE: np.dtype
 LIMITS_DTYPE: np.dtype
+ENVELOPE_SEND_DTYPE: np.dtype
+ENVELOPE_CLAIM_DTYPE: np.dtype
+ENVELOPE_CLAIMED_DTYPE: np.dtype
+ENVELOPE_DTYPE: np.dtype
+CLAIM_DTYPE: np.dtype
 U64_MAX: int
 U128_MAX: int
 
@@ -135,6 +140,15 @@ class Result(enum.IntEnum):
     order_not_user_paying = 104
     payer_mismatch = 105
     limit_out_of_range = 106
+    envelope_total_out_of_range = 107
+    envelope_count_out_of_range = 108
+    escrow_invalid = 109
+    envelopes_limit_reached = 110
+    envelope_not_found = 111
+    envelope_empty = 112
+    envelope_expired = 113
+    claims_limit_reached = 114
+    claimer_not_found = 115
 
 class OrderState(enum.IntEnum):
     NOTPAY = 1
@@ -156,6 +170,12 @@ class CodeState(enum.IntEnum):
     CHARGED = 2
     EXPIRED = 3
     REPLACED = 4
+
+class EnvelopeState(enum.IntEnum):
+    OPEN = 1
+    EMPTY = 2
+    REFUNDED = 3
+    REFUND_FAILED = 4
 
 class OrderKind(enum.IntEnum):
     qr = 0

@@ -120,7 +120,8 @@ NOTIFICATION_DTYPE = np.dtype([
 #: ``set_limits``' events (core/limits.pyx): the limits in force, 0 for one left as it is.
 LIMITS_DTYPE = np.dtype([
     ("accounts", _U64), ("pending", _U64), ("merchants", _U64), ("orders_open", _U64), ("codes_live", _U64),
-    ("flags", _U16), ("reserved", "V78"), ("timestamp", _U64),
+    ("flags", _U16), ("reserved_a", "V6"), ("envelopes_open", _U64), ("envelope_total", _U64), ("reserved", "V56"),
+    ("timestamp", _U64),
 ])
 
 # The payment codes' records (docs/products.md "Payment codes (built)").
@@ -148,6 +149,34 @@ CODE_DTYPE = np.dtype([
     ("free_payments_per_day", _U32), ("ledger", _U32), ("state", "u1"), ("reserved", "V23"), ("timestamp", _U64),
 ])
 
+# The red envelopes' records (docs/products.md "Red envelopes").
+ENVELOPE_SEND_DTYPE = np.dtype([
+    ("id_lo", _U64), ("id_hi", _U64), ("sender_id_lo", _U64), ("sender_id_hi", _U64),
+    ("escrow_id_lo", _U64), ("escrow_id_hi", _U64), ("total", _U64), ("out_envelope_no", "u1", (32,)),
+    ("count", _U32), ("ledger", _U32), ("expire_after_s", _U32), ("description_code", _U32), ("flags", _U16),
+    ("reserved", "V14"), ("timestamp", _U64),
+])
+ENVELOPE_CLAIM_DTYPE = np.dtype([
+    ("envelope_id_lo", _U64), ("envelope_id_hi", _U64), ("claimer_id_lo", _U64), ("claimer_id_hi", _U64),
+    ("flags", _U16), ("reserved", "V86"), ("timestamp", _U64),
+])
+#: ``claim_envelopes``' reply per event: the result and, on ok or exists, the claim's place and share.
+ENVELOPE_CLAIMED_DTYPE = np.dtype([("result", _U32), ("position", _U32), ("amount", _U64)])
+#: A packet as kept: ``lookup_envelopes``' records.
+ENVELOPE_DTYPE = np.dtype([
+    ("id_lo", _U64), ("id_hi", _U64), ("sender_id_lo", _U64), ("sender_id_hi", _U64),
+    ("escrow_id_lo", _U64), ("escrow_id_hi", _U64), ("total", _U64), ("remaining", _U64),
+    ("expires_at", _U64), ("ended_at", _U64), ("refunded", _U64), ("count", _U32), ("claimed", _U32),
+    ("ledger", _U32), ("description_code", _U32), ("state", "u1"), ("reserved_a", "V1"), ("refund_result", _U16),
+    ("reserved", "V12"), ("timestamp", _U64),
+])
+#: A claim as kept: ``lookup_envelope_claims``' records.
+CLAIM_DTYPE = np.dtype([
+    ("id_lo", _U64), ("id_hi", _U64), ("envelope_id_lo", _U64), ("envelope_id_hi", _U64),
+    ("claimer_id_lo", _U64), ("claimer_id_hi", _U64), ("transfer_id_lo", _U64), ("transfer_id_hi", _U64),
+    ("amount", _U64), ("position", _U32), ("ledger", _U32), ("reserved", "V40"), ("timestamp", _U64),
+])
+
 #: A merchant's terms: ``set_merchants``' events and ``lookup_merchants``' records.
 MERCHANT_DTYPE = np.dtype([
     ("merchant_id_lo", _U64), ("merchant_id_hi", _U64),
@@ -165,6 +194,9 @@ CloseReason.__module__ = "core"
 CodeState = enum.IntEnum("CodeState", {member.name[5:]: int(member) for member in code_state_t})
 CodeState.__doc__ = "A payment code's state (docs/products.md): LIVE, then CHARGED, EXPIRED or REPLACED."
 CodeState.__module__ = "core"
+EnvelopeState = enum.IntEnum("EnvelopeState", {member.name[9:]: int(member) for member in envelope_state_t})
+EnvelopeState.__doc__ = "A red envelope's state (docs/products.md): OPEN, then EMPTY, REFUNDED or REFUND_FAILED."
+EnvelopeState.__module__ = "core"
 OrderKind = enum.IntEnum("OrderKind", {member.name[11:].lower(): int(member) for member in order_kind_t})
 OrderKind.__module__ = "core"
 #: The server's mark on a product event its client's role may not make (engine/roles.py).
@@ -194,6 +226,11 @@ def _check_layout():
     cdef tally_code_confirm_t code_confirm
     cdef tally_code_t code
     cdef tally_limits_t limits
+    cdef tally_envelope_send_t envelope_send
+    cdef tally_envelope_claim_t envelope_claim
+    cdef tally_envelope_claimed_t envelope_claimed
+    cdef tally_envelope_t envelope
+    cdef tally_claim_t claim
     c_offsets = {
         ACCOUNT_DTYPE: {
             "id_lo": <size_t> (<char *> &account.id_lo - <char *> &account),
@@ -284,6 +321,7 @@ def _check_layout():
         },
         LIMITS_DTYPE: {
             "codes_live": <size_t> (<char *> &limits.codes_live - <char *> &limits),
+            "envelope_total": <size_t> (<char *> &limits.envelope_total - <char *> &limits),
             "flags": <size_t> (<char *> &limits.flags - <char *> &limits),
             "timestamp": <size_t> (<char *> &limits.timestamp - <char *> &limits),
         },
@@ -292,6 +330,38 @@ def _check_layout():
             "ledger": <size_t> (<char *> &code.ledger - <char *> &code),
             "state": <size_t> (<char *> &code.state - <char *> &code),
             "timestamp": <size_t> (<char *> &code.timestamp - <char *> &code),
+        },
+        ENVELOPE_SEND_DTYPE: {
+            "total": <size_t> (<char *> &envelope_send.total - <char *> &envelope_send),
+            "out_envelope_no": <size_t> (<char *> &envelope_send.out_envelope_no - <char *> &envelope_send),
+            "count": <size_t> (<char *> &envelope_send.count - <char *> &envelope_send),
+            "description_code": <size_t> (<char *> &envelope_send.description_code - <char *> &envelope_send),
+            "flags": <size_t> (<char *> &envelope_send.flags - <char *> &envelope_send),
+            "timestamp": <size_t> (<char *> &envelope_send.timestamp - <char *> &envelope_send),
+        },
+        ENVELOPE_CLAIM_DTYPE: {
+            "claimer_id_lo": <size_t> (<char *> &envelope_claim.claimer_id_lo - <char *> &envelope_claim),
+            "flags": <size_t> (<char *> &envelope_claim.flags - <char *> &envelope_claim),
+            "timestamp": <size_t> (<char *> &envelope_claim.timestamp - <char *> &envelope_claim),
+        },
+        ENVELOPE_CLAIMED_DTYPE: {
+            "position": <size_t> (<char *> &envelope_claimed.position - <char *> &envelope_claimed),
+            "amount": <size_t> (<char *> &envelope_claimed.amount - <char *> &envelope_claimed),
+        },
+        ENVELOPE_DTYPE: {
+            "remaining": <size_t> (<char *> &envelope.remaining - <char *> &envelope),
+            "refunded": <size_t> (<char *> &envelope.refunded - <char *> &envelope),
+            "claimed": <size_t> (<char *> &envelope.claimed - <char *> &envelope),
+            "state": <size_t> (<char *> &envelope.state - <char *> &envelope),
+            "refund_result": <size_t> (<char *> &envelope.refund_result - <char *> &envelope),
+            "timestamp": <size_t> (<char *> &envelope.timestamp - <char *> &envelope),
+        },
+        CLAIM_DTYPE: {
+            "transfer_id_lo": <size_t> (<char *> &claim.transfer_id_lo - <char *> &claim),
+            "amount": <size_t> (<char *> &claim.amount - <char *> &claim),
+            "position": <size_t> (<char *> &claim.position - <char *> &claim),
+            "ledger": <size_t> (<char *> &claim.ledger - <char *> &claim),
+            "timestamp": <size_t> (<char *> &claim.timestamp - <char *> &claim),
         },
         MERCHANT_DTYPE: {
             "settlement_account_id_lo": <size_t> (<char *> &merchant.settlement_account_id_lo - <char *> &merchant),
@@ -307,7 +377,10 @@ def _check_layout():
              REFUND_DTYPE: (sizeof(refund), 128), SETTLEMENT_DTYPE: (sizeof(settlement), 128),
              CODE_ISSUE_DTYPE: (sizeof(code_issue), 128), CODE_ISSUED_DTYPE: (sizeof(code_issued), 16),
              CODE_CHARGE_DTYPE: (sizeof(code_charge), 128), CODE_CONFIRM_DTYPE: (sizeof(code_confirm), 128),
-             CODE_DTYPE: (sizeof(code), 128), LIMITS_DTYPE: (sizeof(limits), 128)}
+             CODE_DTYPE: (sizeof(code), 128), LIMITS_DTYPE: (sizeof(limits), 128),
+             ENVELOPE_SEND_DTYPE: (sizeof(envelope_send), 128), ENVELOPE_CLAIM_DTYPE: (sizeof(envelope_claim), 128),
+             ENVELOPE_CLAIMED_DTYPE: (sizeof(envelope_claimed), 16), ENVELOPE_DTYPE: (sizeof(envelope), 128),
+             CLAIM_DTYPE: (sizeof(claim), 128)}
     for dtype, offsets in c_offsets.items():
         c_size, documented = sizes[dtype]
         if not (c_size == documented == dtype.itemsize):

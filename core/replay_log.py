@@ -85,7 +85,8 @@ def run(source_dir: str, into_dir: str, *, progress=None) -> dict:
                        cold_epoch_transfers=source.stats()["cold_epoch_transfers"],
                        id_filter_bytes=source.filter.size_bytes, orders_max=source.orders.orders_max,
                        merchants_max=source.merchants.merchants_max, refunds_max=source.refunds.refunds_max,
-                       codes_max=source.codes.codes_max, limits_initial=source.limits_initial,
+                       codes_max=source.codes.codes_max, envelopes_max=source.envelopes.envelopes_max,
+                       claims_max=source.envelopes.claims_max, limits_initial=source.limits_initial,
                        secret=source.secret, map_size_bytes=map_size_bytes)
         try:
             batches = events = 0

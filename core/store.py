@@ -56,6 +56,7 @@ import numpy as np
 from core import checkpoint, codec, constants, journal, memory, writeback
 from core.threads import name_this_thread
 from core import codes as codes_module
+from core import envelopes as envelopes_module
 from core import limits as limits_module
 from core import cold as cold_module
 from core import filter as filter_module
@@ -129,6 +130,7 @@ CHECKPOINT_ARRAYS = checkpoint.registry(ledger_module.CHECKPOINT_ARRAYS, cold_mo
                                         filter_module.CHECKPOINT_ARRAYS, orders_module.CHECKPOINT_ARRAYS,
                                         merchants_module.CHECKPOINT_ARRAYS, refunds_module.CHECKPOINT_ARRAYS,
                                         settlement_module.CHECKPOINT_ARRAYS, codes_module.CHECKPOINT_ARRAYS,
+                                        envelopes_module.CHECKPOINT_ARRAYS,
                                         {"product_filter": checkpoint.REGIONS})
 #: The product tables' filter of the ids in their cold side (one for all: their ids are digests
 #: with a domain each, docs/products.md): 50 M ids at 10 bits each, lazily mapped.
@@ -171,6 +173,8 @@ class _Meta(msgspec.Struct, frozen=True):
     merchants_max: int = 0        # 0: a store made before merchants (the default then)
     refunds_max: int = 0          # 0: a store made before refunds (the default then)
     codes_max: int = 0            # 0: a store made before payment codes (the default then)
+    envelopes_max: int = 0        # 0: a store made before red envelopes (the default then)
+    claims_max: int = 0           # 0: likewise
     secret: bytes = b""           # keys the order tokens (core/orders.pyx); drawn once, never sent
     # The limits in force at the log's start (core/limits.pyx), and those the log has since been
     # raised to by the store itself when its capacities grew (empty: a store made before limits).
@@ -183,7 +187,8 @@ def _limits_of(meta: _Meta) -> dict[str, int]:
     return limits_module.of_capacities(accounts_max=meta.accounts_max, pending_max=meta.pending_max,
                                        merchants_max=meta.merchants_max or constants.MERCHANTS_MAX_DEFAULT,
                                        orders_max=meta.orders_max or constants.ORDERS_MAX_DEFAULT,
-                                       codes_max=meta.codes_max or constants.CODES_MAX_DEFAULT)
+                                       codes_max=meta.codes_max or constants.CODES_MAX_DEFAULT,
+                                       envelopes_max=meta.envelopes_max or constants.ENVELOPES_MAX_DEFAULT)
 
 
 class _ArchiveMeta(msgspec.Struct, frozen=True):
@@ -312,7 +317,7 @@ class Store:
                  pending_max: int | None = None, cold_epoch_transfers: int | None = None,
                  id_filter_bytes: int | None = None, orders_max: int | None = None,
                  merchants_max: int | None = None, refunds_max: int | None = None, codes_max: int | None = None,
-                 secret: bytes | None = None, limits_initial: dict | None = None, map_size_bytes: int = constants.LMDB_MAP_SIZE_BYTES_DEFAULT,
+                 envelopes_max: int | None = None, claims_max: int | None = None, secret: bytes | None = None, limits_initial: dict | None = None, map_size_bytes: int = constants.LMDB_MAP_SIZE_BYTES_DEFAULT,
                  checkpoint_interval_events: int = constants.CHECKPOINT_INTERVAL_EVENTS_DEFAULT,
                  checkpoint_interval_batches: int | None = None,
                  commit_pipeline_depth: int = constants.COMMIT_PIPELINE_DEPTH_DEFAULT,
@@ -335,7 +340,8 @@ class Store:
         self._meta_db = self._env.open_db(b"meta")
         self._meta = self._load_or_create_meta(accounts_max, transfers_hot_max, pending_max,
                                                cold_epoch_transfers, id_filter_bytes, orders_max, merchants_max,
-                                               refunds_max, codes_max, secret, limits_initial)
+                                               refunds_max, codes_max, envelopes_max, claims_max, secret,
+                                               limits_initial)
         self._archive_meta = self._load_archive_meta()
         self._journal = self._open_journal(journal_bytes, prefault)
         self._epoch_transfers = self._meta.cold_epoch_transfers
@@ -451,12 +457,14 @@ class Store:
         self.machine = Machine(accounts_max=meta.accounts_max, transfers_hot_max=meta.transfers_hot_max,
                                pending_max=meta.pending_max, orders_max=meta.orders_max,
                                merchants_max=meta.merchants_max, refunds_max=meta.refunds_max,
-                               codes_max=meta.codes_max, secret=meta.secret)
+                               codes_max=meta.codes_max, envelopes_max=meta.envelopes_max,
+                               claims_max=meta.claims_max, secret=meta.secret)
         self.ledger = self.machine.ledger
         self.orders = self.machine.orders
         self.merchants = self.machine.merchants
         self.refunds = self.machine.refunds
         self.codes = self.machine.codes
+        self.envelopes = self.machine.envelopes
         self.machine.limits.force(meta.limits_initial)  # then a checkpoint's, then the log's set_limits
         self.filter = IdFilter(meta.id_filter_bytes)
         self.ledger.attach_filter(self.filter)
@@ -625,7 +633,8 @@ class Store:
         # depend on how far the flush thread had got (replay would differ). (Larger batches:
         # the component's own error.)
         count = _raw(batch).shape[0] // constants.RECORD_SIZE_BYTES
-        needed = count * OPERATIONS[operation].legs
+        # (and for the transfers its start makes: refunds of expired packets, at most 256)
+        needed = count * OPERATIONS[operation].legs + self.ledger.start_legs(now_ns)
         room = self.ledger.transfers_hot_max - self._epoch_transfers
         if room < needed and count <= constants.BATCH_EVENTS_MAX:
             raise ValueError(f"a batch of {count} {Operation(operation).name} events needs room for {needed} "
@@ -744,6 +753,28 @@ class Store:
         if wait_for_commits:
             self._drain()
         return self._lookup_table("codes", ids)
+
+    def send_envelopes(self, batch, now_ns: int | None = None) -> np.ndarray:
+        """Send red envelopes durably (docs/products.md "Red envelopes"); one Result per event."""
+        return self.submit(Operation.send_envelopes, batch, now_ns).result()
+
+    def claim_envelopes(self, batch, now_ns: int | None = None) -> np.ndarray:
+        """Claim red envelopes durably; one ENVELOPE_CLAIMED_DTYPE record per event (the
+        result, the claim's place and share)."""
+        return self.submit(Operation.claim_envelopes, batch, now_ns).result()
+
+    def lookup_envelopes(self, ids, *, wait_for_commits: bool = True):
+        """Red envelopes (packets) by id, in order, missing ones left out; after every
+        submitted batch is committed (``wait_for_commits``: see ``lookup_transfers``)."""
+        if wait_for_commits:
+            self._drain()
+        return self._lookup_table("envelopes", ids)
+
+    def lookup_envelope_claims(self, ids, *, wait_for_commits: bool = True):
+        """Claims by claim id (``core.order_keys.claim_id``), as ``lookup_envelopes``."""
+        if wait_for_commits:
+            self._drain()
+        return self._lookup_table("claims", ids)
 
     def lookup_refunds(self, ids, *, wait_for_commits: bool = True):
         """Refunds by id, in order, missing ones left out; after every submitted batch is
@@ -893,6 +924,11 @@ class Store:
             "codes": self.codes.code_count,
             "codes_max": self.codes.codes_max,
             "codes_live": self.codes.live_count,
+            "envelopes": self.envelopes.envelope_count,
+            "envelopes_max": self.envelopes.envelopes_max,
+            "envelopes_open": self.envelopes.open_count,
+            "claims": self.envelopes.claim_count,
+            "claims_max": self.envelopes.claims_max,
             **{f"{name}_resident": table.used for name, table in self.machine.tables.items()},
             **{f"{name}_outbox": table.outbox_head - table.outbox_tail for name, table in self.machine.tables.items()},
             **{f"{name}_cold_lookups": versions.lookups for name, versions in self._versions.items()},
@@ -1621,7 +1657,7 @@ class Store:
         """The transfers' cold tier and each product table's cold side, in the cold environment."""
         self.cold = ColdTier(self._cold_env, self._epoch_transfers)
         self._versions = {name: ColdVersions(self._cold_env, name.encode() + b"_", table_module.OUTBOX_ENTRY_DTYPE)
-                          for name in ("orders", "refunds", "codes")}
+                          for name in ("orders", "refunds", "codes", "envelopes", "claims")}
 
     def _open_side_env(self, subdirectory: str, map_size_bytes: int, *, sync: bool):
         directory = os.path.join(self.path, subdirectory)
@@ -1636,8 +1672,8 @@ class Store:
             return lmdb.open(directory, **options)
 
     def _load_or_create_meta(self, accounts_max, transfers_hot_max, pending_max, cold_epoch_transfers,
-                             id_filter_bytes, orders_max, merchants_max, refunds_max, codes_max, secret,
-                             limits_initial=None) -> _Meta:
+                             id_filter_bytes, orders_max, merchants_max, refunds_max, codes_max, envelopes_max,
+                             claims_max, secret, limits_initial=None) -> _Meta:
         with self._env.begin(write=True, db=self._meta_db) as txn:
             stored = txn.get(b"meta")
             if stored is not None:
@@ -1666,6 +1702,10 @@ class Store:
                                                                refunds_max or 0),
                                                codes_max=max(meta.codes_max or constants.CODES_MAX_DEFAULT,
                                                              codes_max or 0),
+                                               envelopes_max=max(meta.envelopes_max or constants.ENVELOPES_MAX_DEFAULT,
+                                                                 envelopes_max or 0),
+                                               claims_max=max(meta.claims_max or constants.CLAIMS_MAX_DEFAULT,
+                                                              claims_max or 0),
                                                secret=meta.secret or secret or os.urandom(orders_module.SECRET_BYTES))
             else:
                 meta = _Meta(_STORE_VERSION, accounts_max or constants.ACCOUNTS_MAX_DEFAULT,
@@ -1678,6 +1718,8 @@ class Store:
                              merchants_max or constants.MERCHANTS_MAX_DEFAULT,
                              refunds_max or constants.REFUNDS_MAX_DEFAULT,
                              codes_max or constants.CODES_MAX_DEFAULT,
+                             envelopes_max or constants.ENVELOPES_MAX_DEFAULT,
+                             claims_max or constants.CLAIMS_MAX_DEFAULT,
                              secret or os.urandom(orders_module.SECRET_BYTES))
             if stored is None:
                 # A new store's limits are its capacities' (a replay's target: its source's at

@@ -35,6 +35,7 @@ import threading
 import numpy as np
 
 import core
+from core import order_keys
 from core.ids import new_id  # noqa: F401 - re-exported: services make their ids with it
 from engine import constants, frame
 from engine.protocol import (
@@ -201,6 +202,34 @@ class Client:
     async def lookup_codes(self, ids) -> np.ndarray:
         """The payment codes with these numbers that exist, in order (``core.CODE_DTYPE``)."""
         return await self._lookup(Operation.lookup_codes, ids)
+
+    async def send_envelopes(self, batch: np.ndarray) -> np.ndarray:
+        """Send red envelopes (``core.ENVELOPE_SEND_DTYPE``; ``core.order_keys.envelope_sends``
+        builds them): one ``core.Result`` per packet. See docs/products.md "Red envelopes"."""
+        return await self._create(Operation.send_envelopes, batch)
+
+    async def claim_envelopes(self, batch: np.ndarray) -> np.ndarray:
+        """Claim red envelopes (``core.ENVELOPE_CLAIM_DTYPE``; ``core.order_keys.envelope_claims``):
+        one ``core.ENVELOPE_CLAIMED_DTYPE`` reply per claim, its result, place and share (a
+        retried claim: ``exists`` with the same place and share)."""
+        return await self._create(Operation.claim_envelopes, batch)
+
+    async def lookup_envelopes(self, ids) -> np.ndarray:
+        """The red envelopes (packets) with these ids that exist, in order (``core.ENVELOPE_DTYPE``)."""
+        return await self._lookup(Operation.lookup_envelopes, ids)
+
+    async def lookup_envelope_claims(self, ids) -> np.ndarray:
+        """The claims with these ids (``core.order_keys.claim_id``) that exist, in order
+        (``core.CLAIM_DTYPE``)."""
+        return await self._lookup(Operation.lookup_envelope_claims, ids)
+
+    async def envelope_claims(self, envelope_id: int) -> np.ndarray:
+        """Who claimed a packet, what and when: its claim transfers in claim order
+        (``core.TRANSFER_DTYPE``: ``credit_account_id`` the claimer, ``amount``, ``timestamp``)."""
+        found = await self.lookup_envelopes([envelope_id])
+        if not found.shape[0]:
+            return np.empty(0, dtype=core.TRANSFER_DTYPE)
+        return await self.lookup_transfers(order_keys.claim_transfer_ids(envelope_id, int(found["claimed"][0])))
 
     async def list_merchants(self, offset: int = 0, limit: int = core.BATCH_EVENTS_MAX) -> np.ndarray:
         """Merchants' terms (``core.MERCHANT_DTYPE``) in the order they were first set."""
@@ -519,6 +548,21 @@ class BlockingClient:
 
     def lookup_codes(self, ids):
         return self._call(self._client.lookup_codes(ids))
+
+    def send_envelopes(self, batch):
+        return self._call(self._client.send_envelopes(batch))
+
+    def claim_envelopes(self, batch):
+        return self._call(self._client.claim_envelopes(batch))
+
+    def lookup_envelopes(self, ids):
+        return self._call(self._client.lookup_envelopes(ids))
+
+    def lookup_envelope_claims(self, ids):
+        return self._call(self._client.lookup_envelope_claims(ids))
+
+    def envelope_claims(self, envelope_id):
+        return self._call(self._client.envelope_claims(envelope_id))
 
     def list_merchants(self, offset=0, limit=core.BATCH_EVENTS_MAX):
         return self._call(self._client.list_merchants(offset, limit))

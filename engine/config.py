@@ -11,6 +11,8 @@
     # orders_max = 262144           merchant orders held in memory (docs/products.md)
     # refunds_max = 65536           refunds held in memory
     # codes_max = 131072            payment codes held in memory (live ones: at most this less 8,190)
+    # envelopes_max = 131072        red envelopes held in memory (open ones: at most this less 8,190)
+    # claims_max = 262144           red envelope claims held in memory
     # merchants_max = 131072        merchants with terms (fee rate, fee and settlement accounts)
     # tls_cert = "cert.pem", tls_key = "key.pem"          (optional: serve TLS only)
     # prefault = false                                     (true: touch all memory at start)
@@ -55,6 +57,8 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     orders_max: int = core_constants.ORDERS_MAX_DEFAULT
     refunds_max: int = core_constants.REFUNDS_MAX_DEFAULT
     codes_max: int = core_constants.CODES_MAX_DEFAULT
+    envelopes_max: int = core_constants.ENVELOPES_MAX_DEFAULT
+    claims_max: int = core_constants.CLAIMS_MAX_DEFAULT
     merchants_max: int = core_constants.MERCHANTS_MAX_DEFAULT
     tls_cert: str | None = None
     tls_key: str | None = None

@@ -75,7 +75,9 @@ async def serve(config: Config, *, announce=print) -> None:
         store = core.open(settings.data, accounts_max=settings.accounts_max,
                           transfers_hot_max=settings.transfers_hot_max, pending_max=settings.pending_max,
                           orders_max=settings.orders_max, refunds_max=settings.refunds_max,
-                          codes_max=settings.codes_max, merchants_max=settings.merchants_max, prefault=settings.prefault, checkpoint_interval_events=settings.checkpoint_interval_events)
+                          codes_max=settings.codes_max, envelopes_max=settings.envelopes_max,
+                          claims_max=settings.claims_max, merchants_max=settings.merchants_max,
+                          prefault=settings.prefault, checkpoint_interval_events=settings.checkpoint_interval_events)
     except core.StoreError as error:  # e.g. held by another server: an operator's error, not a crash
         raise ServeError(str(error)) from error
     try:

@@ -651,18 +651,8 @@ class Server:
                 # Not waiting for the commits: this reply already goes out after them, in order.
                 if operation == Operation.lookup_accounts:
                     found = self.store.ledger.lookup_accounts(ids)
-                elif operation == Operation.lookup_orders:
-                    found = self.store.lookup_orders(ids, wait_for_commits=False)
-                elif operation == Operation.lookup_merchants:
-                    found = self.store.lookup_merchants(ids, wait_for_commits=False)
-                elif operation == Operation.lookup_refunds:
-                    found = self.store.lookup_refunds(ids, wait_for_commits=False)
-                elif operation == Operation.lookup_settlements:
-                    found = self.store.lookup_settlements(ids, wait_for_commits=False)
-                elif operation == Operation.lookup_codes:
-                    found = self.store.lookup_codes(ids, wait_for_commits=False)
-                else:
-                    found = self.store.lookup_transfers(ids, wait_for_commits=False)  # hot, then cold
+                else:  # the store's method of the operation's name (transfers: hot, then cold)
+                    found = getattr(self.store, Operation(operation).name)(ids, wait_for_commits=False)
                 if operation in MERCHANT_FIELDS:  # a merchant gateway sees its merchants' only
                     found = np.ascontiguousarray(self.roles.get(client_id, ADMIN).visible(operation, found))
                 replies.append((frame.Status.ok, memoryview(found).cast("B"), len(found)))

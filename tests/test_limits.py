@@ -77,9 +77,13 @@ def test_limits_survive_a_checkpoint_and_set_limits_is_checked_and_logged(tmp_pa
 
 def test_a_machine_starts_at_its_capacities():
     machine = Machine(accounts_max=8, transfers_hot_max=64, orders_max=8, codes_max=8, secret=bytes(32))
-    assert machine.limits.current() == machine.limits.capacities() == {
+    current, capacities = machine.limits.current(), machine.limits.capacities()
+    # A policy limit (a packet's total at most) starts at its default, not at its ceiling.
+    assert current.pop("envelope_total") == core.constants.ENVELOPE_TOTAL_MAX_DEFAULT
+    assert capacities.pop("envelope_total") == core.constants.ENVELOPE_TOTAL_LIMIT_MAX
+    assert current == capacities == {
         "accounts": 8, "pending": machine.ledger.pending_max, "merchants": machine.merchants.merchants_max,
-        "orders_open": 4, "codes_live": 4}
+        "orders_open": 4, "codes_live": 4, "envelopes_open": machine.envelopes.open_max}
     assert list(machine.apply(Operation.set_limits, _limits(codes_live=1), T0)) == [0]
     other = Machine(accounts_max=8, transfers_hot_max=64, orders_max=8, codes_max=8, secret=bytes(32))
     assert list(other.apply(Operation.set_limits, _limits(codes_live=4), T0)) == [0]
