@@ -27,6 +27,8 @@ try:
         CloseReason, MERCHANT_DTYPE, NOTIFICATION_DTYPE, REFUND_DTYPE, SETTLEMENT_DTYPE, CODE_ISSUE_DTYPE,
         CODE_ISSUED_DTYPE, CODE_CHARGE_DTYPE, CODE_CONFIRM_DTYPE, CODE_DTYPE, CodeState, OrderKind, ConfirmFlags,
         ENVELOPE_SEND_DTYPE, ENVELOPE_CLAIM_DTYPE, ENVELOPE_CLAIMED_DTYPE, ENVELOPE_DTYPE, CLAIM_DTYPE, EnvelopeState,
+        STOCK_CREATE_DTYPE, STOCK_DTYPE, COUPON_GRANT_DTYPE, COUPON_DTYPE, COUPON_PAY_DTYPE, HOLDING_DTYPE, StockState,
+        CouponState, CouponChannel,
     )
 except ImportError as error:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
@@ -49,7 +51,8 @@ __all__ = [
     "ORDER_CREATED_DTYPE", "OrderState", "CloseReason", "MERCHANT_DTYPE", "REFUND_DTYPE", "SETTLEMENT_DTYPE", "NOTIFICATION_DTYPE",
     "CODE_ISSUE_DTYPE", "CODE_ISSUED_DTYPE", "CODE_CHARGE_DTYPE", "CODE_CONFIRM_DTYPE", "CODE_DTYPE", "CodeState", "OrderKind",
     "ConfirmFlags", "ENVELOPE_SEND_DTYPE", "ENVELOPE_CLAIM_DTYPE", "ENVELOPE_CLAIMED_DTYPE", "ENVELOPE_DTYPE",
-    "CLAIM_DTYPE", "EnvelopeState", "constants", "BATCH_EVENTS_MAX", "new_id", "new_ids", *_LAZY,
+    "CLAIM_DTYPE", "EnvelopeState", "STOCK_CREATE_DTYPE", "STOCK_DTYPE", "COUPON_GRANT_DTYPE", "COUPON_DTYPE",
+    "COUPON_PAY_DTYPE", "HOLDING_DTYPE", "StockState", "CouponState", "CouponChannel", "constants", "BATCH_EVENTS_MAX", "new_id", "new_ids", *_LAZY,
 ]
 
 

@@ -144,7 +144,7 @@ cdef class Codes(Product):
         """A wallet account's live code and today's code payments (tests and tools)."""
         return self._arrays["code_wallets"][account_index].copy()
 
-    def derived_ids(self, events):
+    def derived_ids(self, operation, events):
         """The code each ``issue_codes`` event (a CODE_ISSUE_DTYPE array) would issue, as an
         ID_DTYPE array: what a store loads from the cold tier before the batch (a retry finds
         its code, a collision the other one)."""

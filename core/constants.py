@@ -63,6 +63,19 @@ ENVELOPE_TOTAL_LIMIT_MAX = 1 << 53
 #: Expired packets a batch's start refunds at most (the rest at the next batch's start).
 ENVELOPE_REFUNDS_PER_BATCH_MAX = 256
 
+#: Coupons (docs/products.md "Coupons and the card pack"): stocks, coupons and holdings (a
+#: user's count of a stock's coupons) resident in memory, about 180 bytes each; active stocks
+#: stay resident (at most this less min(8,190, half)), the rest are cold.
+STOCKS_MAX_DEFAULT = 1 << 16
+COUPONS_MAX_DEFAULT = 1 << 18
+HOLDINGS_MAX_DEFAULT = 1 << 18
+#: A stock's coupons at most; its life at most; its budget (face x count) at most.
+STOCK_COUNT_MAX = 10_000_000
+STOCK_VALID_MAX_S = 366 * 24 * 3600
+STOCK_BUDGET_MAX = 1 << 62
+#: Ended stocks a batch's start returns the budget of, at most (the rest at the next batch's start).
+STOCK_ENDS_PER_BATCH_MAX = 256
+
 #: Merchants with terms (fee rate, fee and settlement accounts): 128 bytes each, in memory.
 MERCHANTS_MAX_DEFAULT = 1 << 17
 
@@ -73,6 +86,9 @@ REFUNDS_MAX_LIMIT = 1 << 30
 CODES_MAX_LIMIT = 1 << 30
 ENVELOPES_MAX_LIMIT = 1 << 30
 CLAIMS_MAX_LIMIT = 1 << 30
+STOCKS_MAX_LIMIT = 1 << 30
+COUPONS_MAX_LIMIT = 1 << 30
+HOLDINGS_MAX_LIMIT = 1 << 30
 ACCOUNTS_MAX_LIMIT = 1 << 30
 TRANSFERS_HOT_MAX_LIMIT = 1 << 31
 PENDING_MAX_LIMIT = 1 << 30

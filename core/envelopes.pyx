@@ -19,7 +19,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
 from core.digest cimport claim_transfer_id_of, hmac_key_init, hmac_sha256, key_id_digest
-from core.expiry cimport HEAP_POSITION_NONE, expiry_t, heap_push, heap_remove
+from core.expiry cimport HEAP_POSITION_NONE, expiry_t, heap_count_due, heap_push, heap_remove
 from core.idmap cimport IDMAP_NOT_FOUND, idmap_get, idmap_t
 from core.ledger cimport LEGS_MAX, START_LEGS_MAX, Ledger, chain_mark_t
 from core.orders cimport leg_id_of, trade_no_valid
@@ -143,11 +143,11 @@ cdef class Envelopes(Product):
         self.expiry_heap.positions = <char *> self.heap_positions
         self.expiry_heap.stride = sizeof(uint32_t)
         hmac_key_init(&self.share_key, <const uint8_t *> secret, len(secret))
-        ledger.set_start_legs(_refunds_due, _refund_due, <void *> self)
+        ledger.add_start_legs(_refunds_due, _refund_due, <void *> self)
 
     def __dealloc__(self):
-        if self.ledger is not None and self.ledger.start_legs_owner == <void *> self:
-            self.ledger.set_start_legs(NULL, NULL, NULL)
+        if self.ledger is not None:
+            self.ledger.remove_start_legs(<void *> self)
 
     # ---------------------------------------------------------------- Python API (the boundary)
 
@@ -177,7 +177,7 @@ cdef class Envelopes(Product):
         rows, found = self.claims.lookup(ids)
         return rows[found]
 
-    def derived_ids(self, events):
+    def derived_ids(self, operation, events):
         """The claim id of each ``claim_envelopes`` event (an ENVELOPE_CLAIM_DTYPE array), as an
         ID_DTYPE array: what a store loads from the cold tier before the batch (a retry finds
         its claim)."""
@@ -251,25 +251,8 @@ cdef class Envelopes(Product):
         tally_store_fence()
 
     cdef uint64_t refunds_due(self, uint64_t at_ts) noexcept nogil:
-        """Open packets expired by ``at_ts``, at most START_LEGS_MAX: a walk of the heap's
-        nodes due by then (a due node's parent is due too)."""
-        cdef uint64_t stack[START_LEGS_MAX]
-        cdef uint64_t depth = 0, due = 0, i, child
-        if self.expiry_heap.count == 0 or self.expiry_heap.items[0].expires_at > at_ts:
-            return 0
-        stack[0] = 0
-        depth = 1
-        while depth and due < START_LEGS_MAX:
-            depth -= 1
-            i = stack[depth]
-            due += 1
-            for child in range(2 * i + 1, 2 * i + 3):
-                # Each node is pushed once; a stack of START_LEGS_MAX suffices as at most
-                # START_LEGS_MAX - due more nodes are counted.
-                if child < self.expiry_heap.count and self.expiry_heap.items[child].expires_at <= at_ts and depth < START_LEGS_MAX:
-                    stack[depth] = child
-                    depth += 1
-        return due
+        """Open packets expired by ``at_ts``, at most START_LEGS_MAX."""
+        return heap_count_due(&self.expiry_heap, at_ts, START_LEGS_MAX)
 
     cdef void refund_due(self, uint64_t first_ts, uint64_t count) noexcept nogil:
         """Refund the ``count`` soonest expired packets (refunds_due counted them), the k-th

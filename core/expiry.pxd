@@ -90,3 +90,23 @@ cdef inline void heap_remove(expiry_heap_t *h, uint64_t i) noexcept nogil:
         heap_sift_up(h, i, last)
     else:
         heap_sift_down(h, i, last)
+
+
+cdef inline uint64_t heap_count_due(const expiry_heap_t *h, uint64_t at, uint64_t most) noexcept nogil:
+    """How many entries expire by ``at``, counting at most ``most`` (<= 256): a walk of the
+    heap's nodes due by then (a due node's parent is due too). At most ``most`` + 1 nodes wait
+    on the stack, since each counted node adds two."""
+    cdef uint64_t stack[257]
+    cdef uint64_t depth = 1, due = 0, i, child
+    if h.count == 0 or h.items[0].expires_at > at or most == 0:
+        return 0
+    stack[0] = 0
+    while depth and due < most:
+        depth -= 1
+        i = stack[depth]
+        due += 1
+        for child in range(2 * i + 1, 2 * i + 3):
+            if child < h.count and h.items[child].expires_at <= at and depth < 257:
+                stack[depth] = child
+                depth += 1
+    return due

@@ -19,7 +19,8 @@ cdef enum:
     PREFETCH_DISTANCE = 16      # events looked ahead by the prefetching passes
     LEGS_MAX = 4                # engine timestamps (and so transfers) a product event may use
     BEGIN_HOOKS_MAX = 4         # product tables expiring at a batch's start (orders, codes, ...)
-    START_LEGS_MAX = 256        # transfers a batch's start makes at most (constants.ENVELOPE_REFUNDS_PER_BATCH_MAX)
+    START_LEGS_MAX = 256        # transfers a table makes at a batch's start at most (constants.ENVELOPE_REFUNDS_PER_BATCH_MAX)
+    START_LEGS_TABLES_MAX = 4   # tables making transfers at a batch's start
     FIELD_UNDO_MAX = 64         # product fields one chain may change (core/product.pxd)
     FIELD_UNDO_BYTES = 16       # the widest product field an undo entry saves
     # The operations the ledger applies, by their numbers in core/operations.py (checked at import).
@@ -112,9 +113,10 @@ cdef struct chain_mark_t:
 ctypedef void (*begin_hook_t)(void *owner, uint64_t base_ts) noexcept nogil
 
 # A product's work at a batch's start that makes transfers (the red envelopes' refunds at
-# expiry): ``due`` says how many it will make by engine time ``at_ts`` (at most
-# START_LEGS_MAX; a pure function of the state and the time, so replay asks the same), ``run``
-# makes them with the timestamps first_ts .. first_ts + count - 1, before the batch's events.
+# expiry, a coupon stock's budget returned at its end): ``due`` says how many it will make by
+# engine time ``at_ts`` (at most START_LEGS_MAX; a pure function of the state and the time, so
+# replay asks the same), ``run`` makes them with the timestamps first_ts .. first_ts + count - 1,
+# before the batch's events (the tables in the order they were added, each after the other's).
 ctypedef uint64_t (*start_legs_due_t)(void *owner, uint64_t at_ts) noexcept nogil
 ctypedef void (*start_legs_run_t)(void *owner, uint64_t first_ts, uint64_t count) noexcept nogil
 
@@ -142,9 +144,11 @@ cdef class Ledger:
     cdef begin_hook_t begin_hooks[4]            # BEGIN_HOOKS_MAX, called in the order they were added
     cdef void *begin_hook_owners[4]             # their owners, which remove them when they go
     cdef uint32_t begin_hook_count
-    cdef start_legs_due_t start_legs_due        # at most one table makes transfers at a batch's start
-    cdef start_legs_run_t start_legs_run
-    cdef void *start_legs_owner
+    cdef start_legs_due_t start_legs_due[4]     # START_LEGS_TABLES_MAX tables making transfers at a batch's start
+    cdef start_legs_run_t start_legs_run[4]
+    cdef void *start_legs_owners[4]
+    cdef uint64_t start_legs_counts[4]          # the current batch's, per table
+    cdef uint32_t start_legs_tables
 
     cdef IdMap account_map
     cdef IdMap transfer_map                     # hot window: id -> ring slot
@@ -218,8 +222,10 @@ cdef class Ledger:
                               bint post, uint64_t ts) noexcept nogil
     cdef int add_begin_hook(self, begin_hook_t hook, void *owner) except -1
     cdef void remove_begin_hook(self, void *owner) noexcept
-    cdef int set_start_legs(self, start_legs_due_t due, start_legs_run_t run, void *owner) except -1
+    cdef int add_start_legs(self, start_legs_due_t due, start_legs_run_t run, void *owner) except -1
+    cdef void remove_start_legs(self, void *owner) noexcept
     cdef uint64_t start_legs_at(self, uint64_t now_ns) noexcept nogil
+    cdef uint64_t start_legs_at_first(self, uint64_t first) noexcept nogil
     cdef _enter(self)
     cdef object _apply(self, uint32_t operation, object batch, uint64_t now_ns)
 

@@ -792,8 +792,7 @@ cdef class Ledger:
             first = self.last_timestamp + 1
         # The transfers of the batch's start (refunds of expired packets) take its first
         # timestamps, the events those after: a pure function of the state and now_ns.
-        start_legs = self.start_legs_due(self.start_legs_owner, first) if self.start_legs_owner != NULL else 0
-        tally_assert(start_legs <= START_LEGS_MAX)
+        start_legs = self.start_legs_at_first(first)
         base = first + start_legs
         if count + start_legs:
             self.last_timestamp = base + count - 1
@@ -801,16 +800,28 @@ cdef class Ledger:
         for h in range(self.begin_hook_count):
             self.begin_hooks[h](self.begin_hook_owners[h], base)
         self.evict(count + start_legs)
-        if start_legs:
-            self.start_legs_run(self.start_legs_owner, first, start_legs)
+        for h in range(self.start_legs_tables):
+            if self.start_legs_counts[h]:
+                self.start_legs_run[h](self.start_legs_owners[h], first, self.start_legs_counts[h])
+                first += self.start_legs_counts[h]
         self.prune()
         self.expire_pending(base)
         return base
 
     cdef uint64_t start_legs_at(self, uint64_t now_ns) noexcept nogil:
         """The transfers a batch applied at ``now_ns`` would make at its start."""
-        cdef uint64_t first = now_ns if now_ns > self.last_timestamp else self.last_timestamp + 1
-        return self.start_legs_due(self.start_legs_owner, first) if self.start_legs_owner != NULL else 0
+        return self.start_legs_at_first(now_ns if now_ns > self.last_timestamp else self.last_timestamp + 1)
+
+    cdef uint64_t start_legs_at_first(self, uint64_t first) noexcept nogil:
+        """Ask each table making transfers at a batch's start how many it makes by ``first``
+        (kept in start_legs_counts); their sum."""
+        cdef uint64_t total = 0
+        cdef uint32_t h
+        for h in range(self.start_legs_tables):
+            self.start_legs_counts[h] = self.start_legs_due[h](self.start_legs_owners[h], first)
+            tally_assert(self.start_legs_counts[h] <= START_LEGS_MAX)
+            total += self.start_legs_counts[h]
+        return total
 
     cdef uint64_t prune_due_below(self) noexcept nogil:
         """The boundary the next prune releases resolved entries below; 0 when none is due."""
@@ -1497,12 +1508,26 @@ cdef class Ledger:
         self.begin_hook_count += 1
         return 0
 
-    cdef int set_start_legs(self, start_legs_due_t due, start_legs_run_t run, void *owner) except -1:
-        """Let ``owner`` make transfers at every batch's start (see begin_batch); None: stop."""
-        if owner != NULL and self.start_legs_owner != NULL:
-            raise ValueError("a ledger takes one table making transfers at its batches' start")
-        self.start_legs_due, self.start_legs_run, self.start_legs_owner = due, run, owner
+    cdef int add_start_legs(self, start_legs_due_t due, start_legs_run_t run, void *owner) except -1:
+        """Let ``owner`` make transfers at every batch's start (see begin_batch), after those
+        added before."""
+        if self.start_legs_tables >= START_LEGS_TABLES_MAX:
+            raise ValueError(f"a ledger takes at most {START_LEGS_TABLES_MAX} tables making transfers at its batches' start")
+        self.start_legs_due[self.start_legs_tables] = due
+        self.start_legs_run[self.start_legs_tables] = run
+        self.start_legs_owners[self.start_legs_tables] = owner
+        self.start_legs_tables += 1
         return 0
+
+    cdef void remove_start_legs(self, void *owner) noexcept:
+        cdef uint32_t h, kept = 0
+        for h in range(self.start_legs_tables):
+            if self.start_legs_owners[h] != owner:
+                self.start_legs_due[kept] = self.start_legs_due[h]
+                self.start_legs_run[kept] = self.start_legs_run[h]
+                self.start_legs_owners[kept] = self.start_legs_owners[h]
+                kept += 1
+        self.start_legs_tables = kept
 
     def start_legs(self, uint64_t now_ns):
         """Transfers a batch applied at engine time ``now_ns`` would make at its start (the

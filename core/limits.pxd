@@ -4,6 +4,7 @@
 # so that a replay answers every event as the live run did even when the capacities grew since.
 
 from core.codes cimport Codes
+from core.coupons cimport Coupons
 from core.envelopes cimport Envelopes
 from core.merchants cimport Merchants
 from core.orders cimport Orders
@@ -20,5 +21,6 @@ cdef class Limits(Product):
     cdef Orders orders
     cdef Codes codes
     cdef Envelopes envelopes
+    cdef Coupons coupons
 
     cdef result_t set_limits(self, const tally_limits_t *e) noexcept nogil

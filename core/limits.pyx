@@ -29,29 +29,33 @@ if Operation.set_limits != OPERATION_SET_LIMITS:
     raise ImportError("core/limits.pxd and core/operations.py number set_limits differently")
 
 #: The limits by name, in LIMITS_DTYPE's order.
-NAMES = ("accounts", "pending", "merchants", "orders_open", "codes_live", "envelopes_open", "envelope_total")
+NAMES = ("accounts", "pending", "merchants", "orders_open", "codes_live", "envelopes_open", "envelope_total",
+         "stocks_open")
+#: The capacities ``of_capacities`` takes beside the accounts' and the pending transfers'.
+CAPACITIES = ("merchants_max", "orders_max", "codes_max", "envelopes_max", "stocks_max")
 #: The limits that are policy, not capacity: a machine starts with their defaults, and a store
 #: never raises them itself (only a set_limits batch does).
 POLICY_DEFAULTS = {"envelope_total": constants.ENVELOPE_TOTAL_MAX_DEFAULT}
 
 
 def of_capacities(*, accounts_max: int, pending_max: int, merchants_max: int, orders_max: int, codes_max: int,
-                  envelopes_max: int) -> dict:
+                  envelopes_max: int, stocks_max: int) -> dict:
     """The limits that capacities allow (what a machine of them starts with, but the policy
     limits: POLICY_DEFAULTS)."""
     from core.orders import room_reserved
     return {"accounts": accounts_max, "pending": pending_max, "merchants": merchants_max,
             "orders_open": orders_max - room_reserved(orders_max), "codes_live": codes_max - room_reserved(codes_max),
-            "envelopes_open": envelopes_max - room_reserved(envelopes_max)}
+            "envelopes_open": envelopes_max - room_reserved(envelopes_max),
+            "stocks_open": stocks_max - room_reserved(stocks_max)}
 
 
 cdef class Limits(Product):
     """The limits of a ledger and its product tables (each starts at its capacity)."""
 
     def __cinit__(self, Ledger ledger not None, Merchants merchants not None, Orders orders not None,
-                  Codes codes not None, Envelopes envelopes not None):
+                  Codes codes not None, Envelopes envelopes not None, Coupons coupons not None):
         self.ledger, self.merchants, self.orders, self.codes = ledger, merchants, orders, codes
-        self.envelopes = envelopes
+        self.envelopes, self.coupons = envelopes, coupons
         self.component = "limits"
 
     def current(self) -> dict:
@@ -59,7 +63,7 @@ cdef class Limits(Product):
         return {"accounts": self.ledger.accounts_limit, "pending": self.ledger.pending_limit,
                 "merchants": self.merchants.merchants_limit, "orders_open": self.orders.open_max,
                 "codes_live": self.codes.live_max, "envelopes_open": self.envelopes.open_max,
-                "envelope_total": self.envelopes.total_max}
+                "envelope_total": self.envelopes.total_max, "stocks_open": self.coupons.open_max}
 
     def capacities(self) -> dict:
         """The most each limit may be: what memory holds (an open order and a live code are
@@ -67,7 +71,7 @@ cdef class Limits(Product):
         return {"accounts": self.ledger.accounts_max, "pending": self.ledger.pending_max,
                 "merchants": self.merchants.merchants_max, "orders_open": self.orders.table.pinned_max,
                 "codes_live": self.codes.table.pinned_max, "envelopes_open": self.envelopes.table.pinned_max,
-                "envelope_total": constants.ENVELOPE_TOTAL_LIMIT_MAX}
+                "envelope_total": constants.ENVELOPE_TOTAL_LIMIT_MAX, "stocks_open": self.coupons.stocks.pinned_max}
 
     def force(self, limits: dict) -> None:
         """Set limits outside the log: a store's limits at its log's start, or a checkpoint's
@@ -83,6 +87,7 @@ cdef class Limits(Product):
         self.codes.live_max = limits.get("codes_live", self.codes.live_max)
         self.envelopes.open_max = limits.get("envelopes_open", self.envelopes.open_max)
         self.envelopes.total_max = limits.get("envelope_total", self.envelopes.total_max)
+        self.coupons.open_max = limits.get("stocks_open", self.coupons.open_max)
 
     def snapshot(self):
         """No arrays; the limits as scalars (a checkpoint's)."""
@@ -117,7 +122,7 @@ cdef class Limits(Product):
         if (e.accounts > self.ledger.accounts_max or e.pending > self.ledger.pending_max
                 or e.merchants > self.merchants.merchants_max or e.orders_open > self.orders.table.pinned_max
                 or e.codes_live > self.codes.table.pinned_max or e.envelopes_open > self.envelopes.table.pinned_max
-                or e.envelope_total > ENVELOPE_TOTAL_LIMIT_MAX):
+                or e.envelope_total > ENVELOPE_TOTAL_LIMIT_MAX or e.stocks_open > self.coupons.stocks.pinned_max):
             return R_LIMIT_OUT_OF_RANGE
         if e.accounts:
             self.ledger.accounts_limit = e.accounts
@@ -133,4 +138,6 @@ cdef class Limits(Product):
             self.envelopes.open_max = e.envelopes_open
         if e.envelope_total:
             self.envelopes.total_max = e.envelope_total
+        if e.stocks_open:
+            self.coupons.open_max = e.stocks_open
         return R_OK

@@ -22,6 +22,7 @@ from core import constants
 from core.ledger import Ledger
 from core.operations import CREATE_COMPONENTS, Operation
 from core.codes import Codes
+from core.coupons import Coupons
 from core.envelopes import Envelopes
 from core.limits import Limits
 from core.merchants import Merchants
@@ -40,7 +41,8 @@ class Machine:
                  merchants_max: int = constants.MERCHANTS_MAX_DEFAULT,
                  refunds_max: int = constants.REFUNDS_MAX_DEFAULT, codes_max: int = constants.CODES_MAX_DEFAULT,
                  envelopes_max: int = constants.ENVELOPES_MAX_DEFAULT, claims_max: int = constants.CLAIMS_MAX_DEFAULT,
-                 secret: bytes):
+                 stocks_max: int = constants.STOCKS_MAX_DEFAULT, coupons_max: int = constants.COUPONS_MAX_DEFAULT,
+                 holdings_max: int = constants.HOLDINGS_MAX_DEFAULT, secret: bytes):
         self.ledger = Ledger(accounts_max=accounts_max, transfers_hot_max=transfers_hot_max, pending_max=pending_max)
         self.merchants = Merchants(self.ledger, merchants_max)
         self.orders = Orders(self.ledger, orders_max, secret, self.merchants)
@@ -48,16 +50,19 @@ class Machine:
         self.settlement = Settlement(self.ledger, self.merchants)
         self.codes = Codes(self.ledger, self.orders, self.merchants, codes_max, secret)
         self.envelopes = Envelopes(self.ledger, envelopes_max, claims_max, secret)
-        self.limits = Limits(self.ledger, self.merchants, self.orders, self.codes, self.envelopes)
+        self.coupons = Coupons(self.ledger, stocks_max, coupons_max, holdings_max)
+        self.limits = Limits(self.ledger, self.merchants, self.orders, self.codes, self.envelopes, self.coupons)
         #: The write-back tables (core/table.pyx) by the name the operation table's ``reads`` use.
         self.tables = {"orders": self.orders.table, "refunds": self.refunds.table, "codes": self.codes.table,
-                       "envelopes": self.envelopes.table, "claims": self.envelopes.claims}
+                       "envelopes": self.envelopes.table, "claims": self.envelopes.claims,
+                       "stocks": self.coupons.stocks, "coupons": self.coupons.coupons, "holdings": self.coupons.holdings}
         self._components = {"ledger": self.ledger, "orders": self.orders, "merchants": self.merchants,
                             "refunds": self.refunds, "settlement": self.settlement, "codes": self.codes,
-                            "envelopes": self.envelopes, "limits": self.limits}
+                            "envelopes": self.envelopes, "coupons": self.coupons, "limits": self.limits}
         #: The components with tables and state of their own, in the order they restore (the
         #: limits last: they are checked against the others' capacities).
-        self._stateful = (self.merchants, self.orders, self.refunds, self.codes, self.envelopes, self.limits)
+        self._stateful = (self.merchants, self.orders, self.refunds, self.codes, self.envelopes, self.coupons,
+                          self.limits)
 
     def apply(self, operation: int, batch, now_ns: int) -> np.ndarray:
         """Apply one batch of a create operation at engine time ``now_ns``: one reply record
@@ -87,9 +92,15 @@ class Machine:
     def lookup_envelope_claims(self, ids) -> np.ndarray:
         return self.envelopes.lookup_envelope_claims(ids)
 
+    def lookup_stocks(self, ids) -> np.ndarray:
+        return self.coupons.lookup_stocks(ids)
+
+    def lookup_coupons(self, ids) -> np.ndarray:
+        return self.coupons.lookup_coupons(ids)
+
     def derived_ids(self, operation: int, batch) -> np.ndarray:
         """The ids a batch reads that its component computes (``core.operations.DERIVED``)."""
-        return self._components[CREATE_COMPONENTS[operation]].derived_ids(batch)
+        return self._components[CREATE_COMPONENTS[operation]].derived_ids(operation, batch)
 
     def lookup_settlements(self, ids) -> np.ndarray:
         return self.merchants.lookup_settlements(ids)
@@ -101,7 +112,7 @@ class Machine:
     def next_expiry_ns(self) -> int:
         """Engine time (ns) of the soonest expiry of any component; 0: none."""
         due = [ns for ns in (self.ledger.next_expiry_ns, self.orders.next_expiry_ns, self.codes.next_expiry_ns,
-                             self.envelopes.next_expiry_ns) if ns]
+                             self.envelopes.next_expiry_ns, self.coupons.next_expiry_ns) if ns]
         return min(due) if due else 0
 
     def prefault(self) -> int:
@@ -136,7 +147,7 @@ class Machine:
         return (f"Machine(accounts={self.ledger.account_count}, transfers={self.ledger.transfer_count}, "
                 f"merchants={self.merchants.merchant_count}, orders={self.orders.order_count}, "
                 f"refunds={self.refunds.refund_count}, codes={self.codes.code_count}, "
-                f"envelopes={self.envelopes.envelope_count})")
+                f"envelopes={self.envelopes.envelope_count}, stocks={self.coupons.stock_count})")
 
 
 __all__ = ["Machine", "Operation"]

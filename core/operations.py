@@ -26,7 +26,8 @@ from core.records import (
     ACCOUNT_DTYPE, ID_DTYPE, MERCHANT_DTYPE, ORDER_CLOSE_DTYPE, ORDER_CREATE_DTYPE, ORDER_CREATED_DTYPE, ORDER_DTYPE, ORDER_PAY_DTYPE,
     NOTIFICATION_DTYPE, REFUND_DTYPE, SETTLEMENT_DTYPE, TRANSFER_DTYPE, CODE_CHARGE_DTYPE, CODE_CONFIRM_DTYPE,
     CODE_DTYPE, CODE_ISSUE_DTYPE, CODE_ISSUED_DTYPE, LIMITS_DTYPE, ENVELOPE_SEND_DTYPE, ENVELOPE_CLAIM_DTYPE,
-    ENVELOPE_CLAIMED_DTYPE, ENVELOPE_DTYPE, CLAIM_DTYPE,
+    ENVELOPE_CLAIMED_DTYPE, ENVELOPE_DTYPE, CLAIM_DTYPE, STOCK_CREATE_DTYPE, STOCK_DTYPE, COUPON_GRANT_DTYPE,
+    COUPON_DTYPE, COUPON_PAY_DTYPE,
 )
 
 #: A create's reply: one ``core.Result`` per event.
@@ -61,6 +62,11 @@ class Operation(enum.IntEnum):
     claim_envelopes = 117
     lookup_envelopes = 118
     lookup_envelope_claims = 119
+    create_stocks = 120
+    grant_coupons = 121
+    pay_with_coupon = 122
+    lookup_stocks = 123
+    lookup_coupons = 124
     ping = 1000
 
 
@@ -136,6 +142,16 @@ OPERATIONS: dict[Operation, Spec] = {spec.operation: spec for spec in (
          reads=(("envelopes", "envelope_id"), ("claims", DERIVED))),
     Spec(Operation.lookup_envelopes, Kind.lookup, ID_DTYPE, ENVELOPE_DTYPE),
     Spec(Operation.lookup_envelope_claims, Kind.lookup, ID_DTYPE, CLAIM_DTYPE),
+    # Coupons (docs/products.md "Coupons and the card pack"): a user's holding of a stock (the
+    # per-user cap) has an id the coupons component derives from the stock and the user.
+    Spec(Operation.create_stocks, Kind.create, STOCK_CREATE_DTYPE, RESULT_DTYPE, "coupons", legs=1,
+         reads=(("stocks", "id"),)),
+    Spec(Operation.grant_coupons, Kind.create, COUPON_GRANT_DTYPE, RESULT_DTYPE, "coupons",
+         reads=(("coupons", "id"), ("stocks", "stock_id"), ("holdings", DERIVED))),
+    Spec(Operation.pay_with_coupon, Kind.create, COUPON_PAY_DTYPE, RESULT_DTYPE, "coupons", legs=2,
+         reads=(("coupons", "coupon_id"), ("stocks", "stock_id"), ("holdings", DERIVED))),
+    Spec(Operation.lookup_stocks, Kind.lookup, ID_DTYPE, STOCK_DTYPE),
+    Spec(Operation.lookup_coupons, Kind.lookup, ID_DTYPE, COUPON_DTYPE),
     Spec(Operation.ping, Kind.control, None, None),
 )}
 

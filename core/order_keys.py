@@ -23,7 +23,8 @@ import numpy as np
 
 from core.records import (
     CODE_CHARGE_DTYPE, CODE_CONFIRM_DTYPE, CODE_ISSUE_DTYPE, ORDER_CLOSE_DTYPE, ORDER_CREATE_DTYPE, ORDER_PAY_DTYPE,
-    REFUND_DTYPE, ENVELOPE_CLAIM_DTYPE, ENVELOPE_SEND_DTYPE, ID_DTYPE, records_from_dicts,
+    REFUND_DTYPE, ENVELOPE_CLAIM_DTYPE, ENVELOPE_SEND_DTYPE, ID_DTYPE, STOCK_CREATE_DTYPE, COUPON_GRANT_DTYPE,
+    COUPON_PAY_DTYPE, records_from_dicts,
 )
 
 ORDER_ID_DOMAIN = b"ordr"
@@ -33,6 +34,10 @@ _CODE_RANGE = 10 ** 16
 REFUND_ID_DOMAIN = b"rfnd"
 ENVELOPE_ID_DOMAIN = b"rpkt"
 CLAIM_ID_DOMAIN = b"clam"
+STOCK_ID_DOMAIN = b"stck"
+COUPON_ID_DOMAIN = b"cpon"
+HOLDING_ID_DOMAIN = b"hold"
+PAYMENT_ID_DOMAIN = b"cpay"
 OUT_TRADE_NO_BYTES = 32
 TOKEN_BYTES = 10
 QR_PREFIX = "TALLY1"
@@ -182,11 +187,16 @@ def envelope_id(sender_id: int, out_envelope_no: bytes) -> int:
     return int.from_bytes(hashlib.sha256(preimage).digest()[:16], "little")
 
 
+def _pair_id(domain: bytes, key: int, first: int, second: int = 0) -> int:
+    # The first 16 bytes of SHA-256(domain + key + first + second), 16 bytes LE each.
+    preimage = domain + key.to_bytes(16, "little") + first.to_bytes(16, "little") + second.to_bytes(16, "little")
+    return int.from_bytes(hashlib.sha256(preimage).digest()[:16], "little")
+
+
 def claim_id(envelope_id: int, claimer_id: int) -> int:
     """A claim's id (the core computes it): the first 16 bytes of SHA-256(b"clam" + the packet's
     id + the claimer's id + 16 zero bytes), 16 bytes LE each."""
-    preimage = CLAIM_ID_DOMAIN + envelope_id.to_bytes(16, "little") + claimer_id.to_bytes(16, "little") + bytes(16)
-    return int.from_bytes(hashlib.sha256(preimage).digest()[:16], "little")
+    return _pair_id(CLAIM_ID_DOMAIN, envelope_id, claimer_id)
 
 
 def claim_transfer_ids(envelope_id: int, claimed: int) -> np.ndarray:
@@ -209,3 +219,48 @@ def envelope_sends(rows) -> np.ndarray:
 def envelope_claims(rows) -> np.ndarray:
     """A ``claim_envelopes`` batch from dicts (envelope_id, claimer_id)."""
     return records_from_dicts(rows, ENVELOPE_CLAIM_DTYPE)
+
+
+def stock_id(merchant_id: int, out_stock_no: bytes) -> int:
+    """A coupon stock's id: as ``order_id``, with b"stck" and the merchant's out_stock_no."""
+    _check_number("out_stock_no", out_stock_no)
+    preimage = STOCK_ID_DOMAIN + merchant_id.to_bytes(16, "little") + out_stock_no.ljust(OUT_TRADE_NO_BYTES, b"\0")
+    return int.from_bytes(hashlib.sha256(preimage).digest()[:16], "little")
+
+
+def coupon_id(stock_id: int, user_id: int, request_id: int) -> int:
+    """A coupon's id: SHA-256(b"cpon" + stock + user + request, 16 bytes LE each)[:16]."""
+    return _pair_id(COUPON_ID_DOMAIN, stock_id, user_id, request_id)
+
+
+def holding_id(stock_id: int, user_id: int) -> int:
+    """A user's holding of a stock (its counts: received, redeemed; the core computes it)."""
+    return _pair_id(HOLDING_ID_DOMAIN, stock_id, user_id)
+
+
+def coupon_payment_id(payer_id: int, request_id: int) -> int:
+    """A coupon payment's id, from the wallet service's request number (its legs' ids derive
+    from it: ``core.orders.leg_id(payment_id, 122, 0 | 1)``)."""
+    return _pair_id(PAYMENT_ID_DOMAIN, payer_id, request_id)
+
+
+def stock_creates(rows) -> np.ndarray:
+    """A ``create_stocks`` batch from dicts (fields of STOCK_CREATE_DTYPE; ``id`` is computed
+    from ``merchant_id`` and ``out_stock_no`` when not given)."""
+    rows = [row if "id" in row else dict(row, id=stock_id(int(row["merchant_id"]), bytes(row["out_stock_no"])))
+            for row in rows]
+    return records_from_dicts(rows, STOCK_CREATE_DTYPE)
+
+
+def coupon_grants(rows) -> np.ndarray:
+    """A ``grant_coupons`` batch from dicts (stock_id, user_id, request_id, merchant_id, channel:
+    ``core.CouponChannel``; ``id`` is computed when not given)."""
+    rows = [row if "id" in row else dict(row, id=coupon_id(int(row["stock_id"]), int(row["user_id"]),
+                                                           int(row["request_id"])))
+            for row in rows]
+    return records_from_dicts(rows, COUPON_GRANT_DTYPE)
+
+
+def coupon_pays(rows) -> np.ndarray:
+    """A ``pay_with_coupon`` batch from dicts (fields of COUPON_PAY_DTYPE)."""
+    return records_from_dicts(rows, COUPON_PAY_DTYPE)

@@ -170,7 +170,8 @@ cdef extern from * nogil:
         uint8_t reserved_a[6];
         uint64_t envelopes_open;
         uint64_t envelope_total;        /* a packet's total at most (minor units): a policy, not a capacity */
-        uint8_t reserved[56];
+        uint64_t stocks_open;
+        uint8_t reserved[48];
         uint64_t timestamp;             /* must be zero */
     } tally_limits_t;
 
@@ -289,6 +290,99 @@ cdef extern from * nogil:
         uint8_t reserved[40];
         uint64_t timestamp;             /* claimed at */
     } tally_claim_t;
+
+    /* Coupons and the card pack (docs/products.md "Coupons and the card pack"). */
+    typedef struct TALLY_PACKED {
+        uint64_t id_lo, id_hi;          /* stock_id(merchant_id, out_stock_no) */
+        uint64_t merchant_id_lo, merchant_id_hi;
+        uint64_t budget_account_id_lo, budget_account_id_hi;  /* code 7, the merchant's ledger */
+        uint64_t face_value;            /* minor units */
+        uint64_t min_spend;             /* minor units, >= face_value */
+        uint8_t out_stock_no[32];
+        uint32_t total_count;
+        uint32_t per_user_max;          /* 0: 1 */
+        uint32_t valid_for_s;           /* the stock ends this long after its creation */
+        uint32_t coupon_valid_s;        /* a coupon's life after receipt (0: until the stock ends) */
+        uint32_t ledger;
+        uint16_t flags;                 /* must be zero (but the server's EVENT_FLAG_FORBIDDEN) */
+        uint8_t reserved[2];
+        uint64_t timestamp;             /* must be zero */
+    } tally_stock_create_t;
+
+    typedef struct TALLY_PACKED {
+        uint64_t id_lo, id_hi;
+        uint64_t merchant_id_lo, merchant_id_hi;
+        uint64_t budget_account_id_lo, budget_account_id_hi;
+        uint64_t face_value;
+        uint64_t min_spend;
+        uint64_t ends_at;               /* engine ns */
+        uint32_t total_count;
+        uint32_t per_user_max;
+        uint32_t coupon_valid_s;
+        uint32_t ledger;
+        uint32_t issued_scan;           /* the analytics: coupons issued by channel, */
+        uint32_t issued_api;
+        uint32_t issued_pay_and_get;
+        uint32_t redeemed;              /* redeemed, */
+        uint32_t receivers;             /* distinct users who received one, */
+        uint32_t repeat_buyers;         /* users who redeemed a second */
+        uint8_t state;                  /* stock_state_t */
+        uint8_t reserved_a;
+        uint16_t end_result;            /* the end's leg result when it was refused (0: none) */
+        uint8_t reserved[4];
+        uint64_t timestamp;             /* created at */
+    } tally_stock_t;
+
+    typedef struct TALLY_PACKED {
+        uint64_t id_lo, id_hi;          /* coupon_id(stock_id, user_id, request_id) */
+        uint64_t stock_id_lo, stock_id_hi;
+        uint64_t user_id_lo, user_id_hi;
+        uint64_t request_id_lo, request_id_hi;
+        uint64_t merchant_id_lo, merchant_id_hi;  /* the stock's (a merchant gateway names its own) */
+        uint8_t channel;                /* coupon_channel_t: scan or api */
+        uint8_t reserved_a;
+        uint16_t flags;                 /* must be zero (but the server's EVENT_FLAG_FORBIDDEN) */
+        uint8_t reserved[36];
+        uint64_t timestamp;             /* must be zero */
+    } tally_coupon_grant_t;
+
+    typedef struct TALLY_PACKED {
+        uint64_t id_lo, id_hi;
+        uint64_t stock_id_lo, stock_id_hi;
+        uint64_t user_id_lo, user_id_hi;
+        uint64_t request_id_lo, request_id_hi;
+        uint64_t payment_id_lo, payment_id_hi;  /* the payment that redeemed it (0: none) */
+        uint64_t expires_at;            /* engine ns */
+        uint64_t redeemed_at;
+        uint64_t price;                 /* the redeeming payment's price */
+        uint8_t channel;
+        uint8_t state;                  /* coupon_state_t */
+        uint8_t reserved[14];
+        uint64_t timestamp;             /* received at */
+    } tally_coupon_t;
+
+    typedef struct TALLY_PACKED {
+        uint64_t payer_id_lo, payer_id_hi;
+        uint64_t merchant_id_lo, merchant_id_hi;
+        uint64_t coupon_id_lo, coupon_id_hi;
+        uint64_t stock_id_lo, stock_id_hi;
+        uint64_t request_id_lo, request_id_hi;  /* the wallet service's: the payment's id from it */
+        uint64_t price;                 /* minor units, before the discount */
+        uint32_t ledger;
+        uint16_t flags;                 /* must be zero (but the server's EVENT_FLAG_FORBIDDEN) */
+        uint8_t reserved[26];
+        uint64_t timestamp;             /* must be zero */
+    } tally_coupon_pay_t;
+
+    typedef struct TALLY_PACKED {
+        uint64_t id_lo, id_hi;          /* holding_id(stock_id, user_id) */
+        uint64_t stock_id_lo, stock_id_hi;
+        uint64_t user_id_lo, user_id_hi;
+        uint32_t received;
+        uint32_t redeemed;
+        uint8_t reserved[64];
+        uint64_t timestamp;             /* first received at */
+    } tally_holding_t;
 
     /* A refund of (part of) a paid order: the event, and as kept (docs/products.md "Refunds"). */
     typedef struct TALLY_PACKED {
@@ -483,7 +577,8 @@ cdef extern from * nogil:
         uint8_t reserved_a[6]
         uint64_t envelopes_open
         uint64_t envelope_total
-        uint8_t reserved[56]
+        uint64_t stocks_open
+        uint8_t reserved[48]
         uint64_t timestamp
 
     ctypedef struct tally_code_issue_t:
@@ -613,6 +708,116 @@ cdef extern from * nogil:
         uint8_t reserved[40]
         uint64_t timestamp
 
+    ctypedef struct tally_stock_create_t:
+        uint64_t id_lo
+        uint64_t id_hi
+        uint64_t merchant_id_lo
+        uint64_t merchant_id_hi
+        uint64_t budget_account_id_lo
+        uint64_t budget_account_id_hi
+        uint64_t face_value
+        uint64_t min_spend
+        uint8_t out_stock_no[32]
+        uint32_t total_count
+        uint32_t per_user_max
+        uint32_t valid_for_s
+        uint32_t coupon_valid_s
+        uint32_t ledger
+        uint16_t flags
+        uint8_t reserved[2]
+        uint64_t timestamp
+
+    ctypedef struct tally_stock_t:
+        uint64_t id_lo
+        uint64_t id_hi
+        uint64_t merchant_id_lo
+        uint64_t merchant_id_hi
+        uint64_t budget_account_id_lo
+        uint64_t budget_account_id_hi
+        uint64_t face_value
+        uint64_t min_spend
+        uint64_t ends_at
+        uint32_t total_count
+        uint32_t per_user_max
+        uint32_t coupon_valid_s
+        uint32_t ledger
+        uint32_t issued_scan
+        uint32_t issued_api
+        uint32_t issued_pay_and_get
+        uint32_t redeemed
+        uint32_t receivers
+        uint32_t repeat_buyers
+        uint8_t state
+        uint8_t reserved_a
+        uint16_t end_result
+        uint8_t reserved[4]
+        uint64_t timestamp
+
+    ctypedef struct tally_coupon_grant_t:
+        uint64_t id_lo
+        uint64_t id_hi
+        uint64_t stock_id_lo
+        uint64_t stock_id_hi
+        uint64_t user_id_lo
+        uint64_t user_id_hi
+        uint64_t request_id_lo
+        uint64_t request_id_hi
+        uint64_t merchant_id_lo
+        uint64_t merchant_id_hi
+        uint8_t channel
+        uint8_t reserved_a
+        uint16_t flags
+        uint8_t reserved[36]
+        uint64_t timestamp
+
+    ctypedef struct tally_coupon_t:
+        uint64_t id_lo
+        uint64_t id_hi
+        uint64_t stock_id_lo
+        uint64_t stock_id_hi
+        uint64_t user_id_lo
+        uint64_t user_id_hi
+        uint64_t request_id_lo
+        uint64_t request_id_hi
+        uint64_t payment_id_lo
+        uint64_t payment_id_hi
+        uint64_t expires_at
+        uint64_t redeemed_at
+        uint64_t price
+        uint8_t channel
+        uint8_t state
+        uint8_t reserved[14]
+        uint64_t timestamp
+
+    ctypedef struct tally_coupon_pay_t:
+        uint64_t payer_id_lo
+        uint64_t payer_id_hi
+        uint64_t merchant_id_lo
+        uint64_t merchant_id_hi
+        uint64_t coupon_id_lo
+        uint64_t coupon_id_hi
+        uint64_t stock_id_lo
+        uint64_t stock_id_hi
+        uint64_t request_id_lo
+        uint64_t request_id_hi
+        uint64_t price
+        uint32_t ledger
+        uint16_t flags
+        uint8_t reserved[26]
+        uint64_t timestamp
+
+    ctypedef struct tally_holding_t:
+        uint64_t id_lo
+        uint64_t id_hi
+        uint64_t stock_id_lo
+        uint64_t stock_id_hi
+        uint64_t user_id_lo
+        uint64_t user_id_hi
+        uint32_t received
+        uint32_t redeemed
+        uint8_t reserved[64]
+        uint64_t timestamp
+
     bint TALLY_LIKELY(bint)
     bint TALLY_UNLIKELY(bint)
     void TALLY_PREFETCH(const void *)
@@ -661,6 +866,22 @@ cpdef enum envelope_state_t:
     ENVELOPE_EMPTY = 2          # every share claimed
     ENVELOPE_REFUNDED = 3       # expired: the remainder went back to the sender
     ENVELOPE_REFUND_FAILED = 4  # expired, the refund leg refused (refund_result): left in escrow
+
+
+cpdef enum stock_state_t:
+    STOCK_ACTIVE = 1
+    STOCK_ENDED = 2             # its end: the unused budget went back to the merchant
+
+
+cpdef enum coupon_state_t:
+    COUPON_AVAILABLE = 1
+    COUPON_REDEEMED = 2
+
+
+cpdef enum coupon_channel_t:
+    COUPON_CHANNEL_SCAN = 1     # the user scanned the merchant's displayed code
+    COUPON_CHANNEL_API = 2      # the merchant granted it
+    COUPON_CHANNEL_PAY_AND_GET = 3  # awarded by a payment at the merchant's micro-POS
 
 
 cpdef enum confirm_flag_t:
@@ -826,4 +1047,22 @@ cpdef enum result_t:
     R_ENVELOPE_EXPIRED = 113
     R_CLAIMS_LIMIT_REACHED = 114
     R_CLAIMER_NOT_FOUND = 115
-    R_COUNT = 116
+    # The coupons' (docs/products.md "Coupons and the card pack").
+    R_STOCK_COUNT_OUT_OF_RANGE = 116    # 0 or above STOCK_COUNT_MAX
+    R_MIN_SPEND_BELOW_FACE = 117
+    R_FACE_VALUE_OUT_OF_RANGE = 118     # face x count above the budget's ceiling
+    R_BUDGET_ACCOUNT_INVALID = 119      # not found, another ledger, not a budget account, or the merchant
+    R_STOCKS_LIMIT_REACHED = 120
+    R_CHANNEL_INVALID = 121
+    R_STOCK_NOT_FOUND = 122
+    R_USER_NOT_FOUND = 123
+    R_STOCK_ENDED = 124
+    R_STOCK_EXHAUSTED = 125             # every coupon of the stock is issued
+    R_PER_USER_LIMIT_REACHED = 126
+    R_COUPONS_LIMIT_REACHED = 127
+    R_COUPON_NOT_FOUND = 128
+    R_COUPON_MISMATCH = 129             # not the payer's, or not of the named stock
+    R_COUPON_REDEEMED = 130             # by another payment
+    R_COUPON_EXPIRED = 131
+    R_BELOW_MIN_SPEND = 132
+    R_COUNT = 133

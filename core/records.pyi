@@ -26,6 +26,12 @@ CODE_DTYPE: np.dtype
 LIMITS_DTYPE: np.dtype
 ENVELOPE_SEND_DTYPE: np.dtype
 ENVELOPE_CLAIM_DTYPE: np.dtype
+STOCK_CREATE_DTYPE: np.dtype
+STOCK_DTYPE: np.dtype
+COUPON_GRANT_DTYPE: np.dtype
+COUPON_DTYPE: np.dtype
+COUPON_PAY_DTYPE: np.dtype
+HOLDING_DTYPE: np.dtype
 ENVELOPE_CLAIMED_DTYPE: np.dtype
 ENVELOPE_DTYPE: np.dtype
 CLAIM_DTYPE: np.dtype
@@ -149,6 +155,23 @@ class Result(enum.IntEnum):
     envelope_expired = 113
     claims_limit_reached = 114
     claimer_not_found = 115
+    stock_count_out_of_range = 116
+    min_spend_below_face = 117
+    face_value_out_of_range = 118
+    budget_account_invalid = 119
+    stocks_limit_reached = 120
+    channel_invalid = 121
+    stock_not_found = 122
+    user_not_found = 123
+    stock_ended = 124
+    stock_exhausted = 125
+    per_user_limit_reached = 126
+    coupons_limit_reached = 127
+    coupon_not_found = 128
+    coupon_mismatch = 129
+    coupon_redeemed = 130
+    coupon_expired = 131
+    below_min_spend = 132
 
 class OrderState(enum.IntEnum):
     NOTPAY = 1
@@ -176,6 +199,19 @@ class EnvelopeState(enum.IntEnum):
     EMPTY = 2
     REFUNDED = 3
     REFUND_FAILED = 4
+
+class StockState(enum.IntEnum):
+    ACTIVE = 1
+    ENDED = 2
+
+class CouponState(enum.IntEnum):
+    AVAILABLE = 1
+    REDEEMED = 2
+
+class CouponChannel(enum.IntEnum):
+    scan = 1
+    api = 2
+    pay_and_get = 3
 
 class OrderKind(enum.IntEnum):
     qr = 0

@@ -120,7 +120,7 @@ NOTIFICATION_DTYPE = np.dtype([
 #: ``set_limits``' events (core/limits.pyx): the limits in force, 0 for one left as it is.
 LIMITS_DTYPE = np.dtype([
     ("accounts", _U64), ("pending", _U64), ("merchants", _U64), ("orders_open", _U64), ("codes_live", _U64),
-    ("flags", _U16), ("reserved_a", "V6"), ("envelopes_open", _U64), ("envelope_total", _U64), ("reserved", "V56"),
+    ("flags", _U16), ("reserved_a", "V6"), ("envelopes_open", _U64), ("envelope_total", _U64), ("stocks_open", _U64), ("reserved", "V48"),
     ("timestamp", _U64),
 ])
 
@@ -177,6 +177,48 @@ CLAIM_DTYPE = np.dtype([
     ("amount", _U64), ("position", _U32), ("ledger", _U32), ("reserved", "V40"), ("timestamp", _U64),
 ])
 
+# The coupons' records (docs/products.md "Coupons and the card pack").
+STOCK_CREATE_DTYPE = np.dtype([
+    ("id_lo", _U64), ("id_hi", _U64), ("merchant_id_lo", _U64), ("merchant_id_hi", _U64),
+    ("budget_account_id_lo", _U64), ("budget_account_id_hi", _U64), ("face_value", _U64), ("min_spend", _U64),
+    ("out_stock_no", "u1", (32,)), ("total_count", _U32), ("per_user_max", _U32), ("valid_for_s", _U32),
+    ("coupon_valid_s", _U32), ("ledger", _U32), ("flags", _U16), ("reserved", "V2"), ("timestamp", _U64),
+])
+#: A stock as kept, with its analytics: ``lookup_stocks``' records.
+STOCK_DTYPE = np.dtype([
+    ("id_lo", _U64), ("id_hi", _U64), ("merchant_id_lo", _U64), ("merchant_id_hi", _U64),
+    ("budget_account_id_lo", _U64), ("budget_account_id_hi", _U64), ("face_value", _U64), ("min_spend", _U64),
+    ("ends_at", _U64), ("total_count", _U32), ("per_user_max", _U32), ("coupon_valid_s", _U32), ("ledger", _U32),
+    ("issued_scan", _U32), ("issued_api", _U32), ("issued_pay_and_get", _U32), ("redeemed", _U32),
+    ("receivers", _U32), ("repeat_buyers", _U32), ("state", "u1"), ("reserved_a", "V1"), ("end_result", _U16),
+    ("reserved", "V4"), ("timestamp", _U64),
+])
+COUPON_GRANT_DTYPE = np.dtype([
+    ("id_lo", _U64), ("id_hi", _U64), ("stock_id_lo", _U64), ("stock_id_hi", _U64),
+    ("user_id_lo", _U64), ("user_id_hi", _U64), ("request_id_lo", _U64), ("request_id_hi", _U64),
+    ("merchant_id_lo", _U64), ("merchant_id_hi", _U64), ("channel", "u1"), ("reserved_a", "V1"), ("flags", _U16),
+    ("reserved", "V36"), ("timestamp", _U64),
+])
+#: A coupon in a card pack: ``lookup_coupons``' records.
+COUPON_DTYPE = np.dtype([
+    ("id_lo", _U64), ("id_hi", _U64), ("stock_id_lo", _U64), ("stock_id_hi", _U64),
+    ("user_id_lo", _U64), ("user_id_hi", _U64), ("request_id_lo", _U64), ("request_id_hi", _U64),
+    ("payment_id_lo", _U64), ("payment_id_hi", _U64), ("expires_at", _U64), ("redeemed_at", _U64), ("price", _U64),
+    ("channel", "u1"), ("state", "u1"), ("reserved", "V14"), ("timestamp", _U64),
+])
+COUPON_PAY_DTYPE = np.dtype([
+    ("payer_id_lo", _U64), ("payer_id_hi", _U64), ("merchant_id_lo", _U64), ("merchant_id_hi", _U64),
+    ("coupon_id_lo", _U64), ("coupon_id_hi", _U64), ("stock_id_lo", _U64), ("stock_id_hi", _U64),
+    ("request_id_lo", _U64), ("request_id_hi", _U64), ("price", _U64), ("ledger", _U32), ("flags", _U16),
+    ("reserved", "V26"), ("timestamp", _U64),
+])
+#: A user's count of one stock's coupons (the per-user cap, repeat buyers).
+HOLDING_DTYPE = np.dtype([
+    ("id_lo", _U64), ("id_hi", _U64), ("stock_id_lo", _U64), ("stock_id_hi", _U64),
+    ("user_id_lo", _U64), ("user_id_hi", _U64), ("received", _U32), ("redeemed", _U32), ("reserved", "V64"),
+    ("timestamp", _U64),
+])
+
 #: A merchant's terms: ``set_merchants``' events and ``lookup_merchants``' records.
 MERCHANT_DTYPE = np.dtype([
     ("merchant_id_lo", _U64), ("merchant_id_hi", _U64),
@@ -197,6 +239,14 @@ CodeState.__module__ = "core"
 EnvelopeState = enum.IntEnum("EnvelopeState", {member.name[9:]: int(member) for member in envelope_state_t})
 EnvelopeState.__doc__ = "A red envelope's state (docs/products.md): OPEN, then EMPTY, REFUNDED or REFUND_FAILED."
 EnvelopeState.__module__ = "core"
+StockState = enum.IntEnum("StockState", {member.name[6:]: int(member) for member in stock_state_t})
+StockState.__doc__ = "A coupon stock's state (docs/products.md): ACTIVE, then ENDED."
+StockState.__module__ = "core"
+CouponState = enum.IntEnum("CouponState", {member.name[7:]: int(member) for member in coupon_state_t})
+CouponState.__doc__ = "A coupon's state (docs/products.md): AVAILABLE, then REDEEMED (expired by the clock)."
+CouponState.__module__ = "core"
+CouponChannel = enum.IntEnum("CouponChannel", {member.name[15:].lower(): int(member) for member in coupon_channel_t})
+CouponChannel.__module__ = "core"
 OrderKind = enum.IntEnum("OrderKind", {member.name[11:].lower(): int(member) for member in order_kind_t})
 OrderKind.__module__ = "core"
 #: The server's mark on a product event its client's role may not make (engine/roles.py).
@@ -231,6 +281,12 @@ def _check_layout():
     cdef tally_envelope_claimed_t envelope_claimed
     cdef tally_envelope_t envelope
     cdef tally_claim_t claim
+    cdef tally_stock_create_t stock_create
+    cdef tally_stock_t stock
+    cdef tally_coupon_grant_t coupon_grant
+    cdef tally_coupon_t coupon
+    cdef tally_coupon_pay_t coupon_pay
+    cdef tally_holding_t holding
     c_offsets = {
         ACCOUNT_DTYPE: {
             "id_lo": <size_t> (<char *> &account.id_lo - <char *> &account),
@@ -363,6 +419,42 @@ def _check_layout():
             "ledger": <size_t> (<char *> &claim.ledger - <char *> &claim),
             "timestamp": <size_t> (<char *> &claim.timestamp - <char *> &claim),
         },
+        STOCK_CREATE_DTYPE: {
+            "out_stock_no": <size_t> (<char *> &stock_create.out_stock_no - <char *> &stock_create),
+            "coupon_valid_s": <size_t> (<char *> &stock_create.coupon_valid_s - <char *> &stock_create),
+            "flags": <size_t> (<char *> &stock_create.flags - <char *> &stock_create),
+            "timestamp": <size_t> (<char *> &stock_create.timestamp - <char *> &stock_create),
+        },
+        STOCK_DTYPE: {
+            "ends_at": <size_t> (<char *> &stock.ends_at - <char *> &stock),
+            "issued_scan": <size_t> (<char *> &stock.issued_scan - <char *> &stock),
+            "repeat_buyers": <size_t> (<char *> &stock.repeat_buyers - <char *> &stock),
+            "state": <size_t> (<char *> &stock.state - <char *> &stock),
+            "end_result": <size_t> (<char *> &stock.end_result - <char *> &stock),
+            "timestamp": <size_t> (<char *> &stock.timestamp - <char *> &stock),
+        },
+        COUPON_GRANT_DTYPE: {
+            "merchant_id_lo": <size_t> (<char *> &coupon_grant.merchant_id_lo - <char *> &coupon_grant),
+            "channel": <size_t> (<char *> &coupon_grant.channel - <char *> &coupon_grant),
+            "flags": <size_t> (<char *> &coupon_grant.flags - <char *> &coupon_grant),
+            "timestamp": <size_t> (<char *> &coupon_grant.timestamp - <char *> &coupon_grant),
+        },
+        COUPON_DTYPE: {
+            "payment_id_lo": <size_t> (<char *> &coupon.payment_id_lo - <char *> &coupon),
+            "price": <size_t> (<char *> &coupon.price - <char *> &coupon),
+            "state": <size_t> (<char *> &coupon.state - <char *> &coupon),
+            "timestamp": <size_t> (<char *> &coupon.timestamp - <char *> &coupon),
+        },
+        COUPON_PAY_DTYPE: {
+            "request_id_lo": <size_t> (<char *> &coupon_pay.request_id_lo - <char *> &coupon_pay),
+            "price": <size_t> (<char *> &coupon_pay.price - <char *> &coupon_pay),
+            "flags": <size_t> (<char *> &coupon_pay.flags - <char *> &coupon_pay),
+            "timestamp": <size_t> (<char *> &coupon_pay.timestamp - <char *> &coupon_pay),
+        },
+        HOLDING_DTYPE: {
+            "received": <size_t> (<char *> &holding.received - <char *> &holding),
+            "timestamp": <size_t> (<char *> &holding.timestamp - <char *> &holding),
+        },
         MERCHANT_DTYPE: {
             "settlement_account_id_lo": <size_t> (<char *> &merchant.settlement_account_id_lo - <char *> &merchant),
             "fee_bps": <size_t> (<char *> &merchant.fee_bps - <char *> &merchant),
@@ -380,7 +472,10 @@ def _check_layout():
              CODE_DTYPE: (sizeof(code), 128), LIMITS_DTYPE: (sizeof(limits), 128),
              ENVELOPE_SEND_DTYPE: (sizeof(envelope_send), 128), ENVELOPE_CLAIM_DTYPE: (sizeof(envelope_claim), 128),
              ENVELOPE_CLAIMED_DTYPE: (sizeof(envelope_claimed), 16), ENVELOPE_DTYPE: (sizeof(envelope), 128),
-             CLAIM_DTYPE: (sizeof(claim), 128)}
+             CLAIM_DTYPE: (sizeof(claim), 128), STOCK_CREATE_DTYPE: (sizeof(stock_create), 128),
+             STOCK_DTYPE: (sizeof(stock), 128), COUPON_GRANT_DTYPE: (sizeof(coupon_grant), 128),
+             COUPON_DTYPE: (sizeof(coupon), 128), COUPON_PAY_DTYPE: (sizeof(coupon_pay), 128),
+             HOLDING_DTYPE: (sizeof(holding), 128)}
     for dtype, offsets in c_offsets.items():
         c_size, documented = sizes[dtype]
         if not (c_size == documented == dtype.itemsize):

@@ -83,10 +83,8 @@ def run(source_dir: str, into_dir: str, *, progress=None) -> dict:
         target = Store(into_dir, accounts_max=source.ledger.accounts_max,
                        transfers_hot_max=source.ledger.transfers_hot_max, pending_max=source.ledger.pending_max,
                        cold_epoch_transfers=source.stats()["cold_epoch_transfers"],
-                       id_filter_bytes=source.filter.size_bytes, orders_max=source.orders.orders_max,
-                       merchants_max=source.merchants.merchants_max, refunds_max=source.refunds.refunds_max,
-                       codes_max=source.codes.codes_max, envelopes_max=source.envelopes.envelopes_max,
-                       claims_max=source.envelopes.claims_max, limits_initial=source.limits_initial,
+                       id_filter_bytes=source.filter.size_bytes, limits_initial=source.limits_initial,
+                       **source.product_capacities,
                        secret=source.secret, map_size_bytes=map_size_bytes)
         try:
             batches = events = 0

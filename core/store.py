@@ -57,6 +57,7 @@ from core import checkpoint, codec, constants, journal, memory, writeback
 from core.threads import name_this_thread
 from core import codes as codes_module
 from core import envelopes as envelopes_module
+from core import coupons as coupons_module
 from core import limits as limits_module
 from core import cold as cold_module
 from core import filter as filter_module
@@ -130,7 +131,7 @@ CHECKPOINT_ARRAYS = checkpoint.registry(ledger_module.CHECKPOINT_ARRAYS, cold_mo
                                         filter_module.CHECKPOINT_ARRAYS, orders_module.CHECKPOINT_ARRAYS,
                                         merchants_module.CHECKPOINT_ARRAYS, refunds_module.CHECKPOINT_ARRAYS,
                                         settlement_module.CHECKPOINT_ARRAYS, codes_module.CHECKPOINT_ARRAYS,
-                                        envelopes_module.CHECKPOINT_ARRAYS,
+                                        envelopes_module.CHECKPOINT_ARRAYS, coupons_module.CHECKPOINT_ARRAYS,
                                         {"product_filter": checkpoint.REGIONS})
 #: The product tables' filter of the ids in their cold side (one for all: their ids are digests
 #: with a domain each, docs/products.md): 50 M ids at 10 bits each, lazily mapped.
@@ -175,6 +176,9 @@ class _Meta(msgspec.Struct, frozen=True):
     codes_max: int = 0            # 0: a store made before payment codes (the default then)
     envelopes_max: int = 0        # 0: a store made before red envelopes (the default then)
     claims_max: int = 0           # 0: likewise
+    stocks_max: int = 0           # 0: a store made before coupons (the default then)
+    coupons_max: int = 0
+    holdings_max: int = 0
     secret: bytes = b""           # keys the order tokens (core/orders.pyx); drawn once, never sent
     # The limits in force at the log's start (core/limits.pyx), and those the log has since been
     # raised to by the store itself when its capacities grew (empty: a store made before limits).
@@ -182,13 +186,26 @@ class _Meta(msgspec.Struct, frozen=True):
     limits_raised: dict[str, int] = {}
 
 
+#: The product tables' capacities and their defaults: the meta's fields (0 in an older store's
+#: meta: the default of its time), ``Store``'s and ``Machine``'s keywords.
+PRODUCT_CAPACITIES = {
+    "orders_max": constants.ORDERS_MAX_DEFAULT, "merchants_max": constants.MERCHANTS_MAX_DEFAULT,
+    "refunds_max": constants.REFUNDS_MAX_DEFAULT, "codes_max": constants.CODES_MAX_DEFAULT,
+    "envelopes_max": constants.ENVELOPES_MAX_DEFAULT, "claims_max": constants.CLAIMS_MAX_DEFAULT,
+    "stocks_max": constants.STOCKS_MAX_DEFAULT, "coupons_max": constants.COUPONS_MAX_DEFAULT,
+    "holdings_max": constants.HOLDINGS_MAX_DEFAULT,
+}
+
+
+def _product_capacities(meta: _Meta) -> dict[str, int]:
+    return {name: getattr(meta, name) or default for name, default in PRODUCT_CAPACITIES.items()}
+
+
 def _limits_of(meta: _Meta) -> dict[str, int]:
     """The limits a store's capacities allow (core/limits.pyx)."""
+    capacities = _product_capacities(meta)
     return limits_module.of_capacities(accounts_max=meta.accounts_max, pending_max=meta.pending_max,
-                                       merchants_max=meta.merchants_max or constants.MERCHANTS_MAX_DEFAULT,
-                                       orders_max=meta.orders_max or constants.ORDERS_MAX_DEFAULT,
-                                       codes_max=meta.codes_max or constants.CODES_MAX_DEFAULT,
-                                       envelopes_max=meta.envelopes_max or constants.ENVELOPES_MAX_DEFAULT)
+                                       **{name: capacities[name] for name in limits_module.CAPACITIES})
 
 
 class _ArchiveMeta(msgspec.Struct, frozen=True):
@@ -315,14 +332,16 @@ class Store:
 
     def __init__(self, path, *, accounts_max: int | None = None, transfers_hot_max: int | None = None,
                  pending_max: int | None = None, cold_epoch_transfers: int | None = None,
-                 id_filter_bytes: int | None = None, orders_max: int | None = None,
-                 merchants_max: int | None = None, refunds_max: int | None = None, codes_max: int | None = None,
-                 envelopes_max: int | None = None, claims_max: int | None = None, secret: bytes | None = None, limits_initial: dict | None = None, map_size_bytes: int = constants.LMDB_MAP_SIZE_BYTES_DEFAULT,
+                 id_filter_bytes: int | None = None, secret: bytes | None = None,
+                 limits_initial: dict | None = None, map_size_bytes: int = constants.LMDB_MAP_SIZE_BYTES_DEFAULT,
                  checkpoint_interval_events: int = constants.CHECKPOINT_INTERVAL_EVENTS_DEFAULT,
                  checkpoint_interval_batches: int | None = None,
                  commit_pipeline_depth: int = constants.COMMIT_PIPELINE_DEPTH_DEFAULT,
                  journal_bytes: int = constants.JOURNAL_BYTES_DEFAULT,
-                 prefault: bool = False, clock_ns=time.time_ns):
+                 prefault: bool = False, clock_ns=time.time_ns, **product_capacities: int | None):
+        unknown = set(product_capacities) - set(PRODUCT_CAPACITIES)
+        if unknown:
+            raise TypeError(f"Store() got unexpected keyword arguments {sorted(unknown)}")
         if checkpoint_interval_events < 1 or (checkpoint_interval_batches is not None and checkpoint_interval_batches < 1):
             raise ValueError("checkpoint intervals must be >= 1")
         if not 1 <= commit_pipeline_depth <= constants.COMMIT_PIPELINE_DEPTH_MAX:
@@ -339,8 +358,7 @@ class Store:
         self._log = self._env.open_db(b"log")
         self._meta_db = self._env.open_db(b"meta")
         self._meta = self._load_or_create_meta(accounts_max, transfers_hot_max, pending_max,
-                                               cold_epoch_transfers, id_filter_bytes, orders_max, merchants_max,
-                                               refunds_max, codes_max, envelopes_max, claims_max, secret,
+                                               cold_epoch_transfers, id_filter_bytes, product_capacities, secret,
                                                limits_initial)
         self._archive_meta = self._load_archive_meta()
         self._journal = self._open_journal(journal_bytes, prefault)
@@ -455,16 +473,14 @@ class Store:
         """An empty ledger, filter and cold progress (before a checkpoint is loaded into them)."""
         meta = self._meta
         self.machine = Machine(accounts_max=meta.accounts_max, transfers_hot_max=meta.transfers_hot_max,
-                               pending_max=meta.pending_max, orders_max=meta.orders_max,
-                               merchants_max=meta.merchants_max, refunds_max=meta.refunds_max,
-                               codes_max=meta.codes_max, envelopes_max=meta.envelopes_max,
-                               claims_max=meta.claims_max, secret=meta.secret)
+                               pending_max=meta.pending_max, secret=meta.secret, **_product_capacities(meta))
         self.ledger = self.machine.ledger
         self.orders = self.machine.orders
         self.merchants = self.machine.merchants
         self.refunds = self.machine.refunds
         self.codes = self.machine.codes
         self.envelopes = self.machine.envelopes
+        self.coupons = self.machine.coupons
         self.machine.limits.force(meta.limits_initial)  # then a checkpoint's, then the log's set_limits
         self.filter = IdFilter(meta.id_filter_bytes)
         self.ledger.attach_filter(self.filter)
@@ -776,6 +792,42 @@ class Store:
             self._drain()
         return self._lookup_table("claims", ids)
 
+    def create_stocks(self, batch, now_ns: int | None = None) -> np.ndarray:
+        """Create coupon stocks durably (docs/products.md "Coupons and the card pack"); one
+        Result per event."""
+        return self.submit(Operation.create_stocks, batch, now_ns).result()
+
+    def grant_coupons(self, batch, now_ns: int | None = None) -> np.ndarray:
+        """Grant coupons into users' card packs durably; one Result per event."""
+        return self.submit(Operation.grant_coupons, batch, now_ns).result()
+
+    def pay_with_coupon(self, batch, now_ns: int | None = None) -> np.ndarray:
+        """Pay with coupons durably; one Result per event."""
+        return self.submit(Operation.pay_with_coupon, batch, now_ns).result()
+
+    def lookup_stocks(self, ids, *, wait_for_commits: bool = True):
+        """Coupon stocks (with their analytics) by id, as ``lookup_envelopes``."""
+        if wait_for_commits:
+            self._drain()
+        return self._lookup_table("stocks", ids)
+
+    def lookup_coupons(self, ids, *, wait_for_commits: bool = True):
+        """Coupons by id, as ``lookup_envelopes``."""
+        if wait_for_commits:
+            self._drain()
+        return self._lookup_table("coupons", ids)
+
+    def lookup_holdings(self, ids, *, wait_for_commits: bool = True):
+        """Holdings (a user's count of a stock's coupons) by ``core.order_keys.holding_id``."""
+        if wait_for_commits:
+            self._drain()
+        return self._lookup_table("holdings", ids)
+
+    @property
+    def product_capacities(self) -> dict[str, int]:
+        """The product tables' capacities (a replay's target takes its source's)."""
+        return _product_capacities(self._meta)
+
     def lookup_refunds(self, ids, *, wait_for_commits: bool = True):
         """Refunds by id, in order, missing ones left out; after every submitted batch is
         committed (``wait_for_commits``: see ``lookup_transfers``)."""
@@ -929,6 +981,9 @@ class Store:
             "envelopes_open": self.envelopes.open_count,
             "claims": self.envelopes.claim_count,
             "claims_max": self.envelopes.claims_max,
+            "stocks": self.coupons.stock_count,
+            "stocks_active": self.coupons.open_count,
+            "coupons": self.coupons.coupon_count,
             **{f"{name}_resident": table.used for name, table in self.machine.tables.items()},
             **{f"{name}_outbox": table.outbox_head - table.outbox_tail for name, table in self.machine.tables.items()},
             **{f"{name}_cold_lookups": versions.lookups for name, versions in self._versions.items()},
@@ -1657,7 +1712,8 @@ class Store:
         """The transfers' cold tier and each product table's cold side, in the cold environment."""
         self.cold = ColdTier(self._cold_env, self._epoch_transfers)
         self._versions = {name: ColdVersions(self._cold_env, name.encode() + b"_", table_module.OUTBOX_ENTRY_DTYPE)
-                          for name in ("orders", "refunds", "codes", "envelopes", "claims")}
+                          for name in ("orders", "refunds", "codes", "envelopes", "claims", "stocks", "coupons",
+                                       "holdings")}
 
     def _open_side_env(self, subdirectory: str, map_size_bytes: int, *, sync: bool):
         directory = os.path.join(self.path, subdirectory)
@@ -1672,8 +1728,7 @@ class Store:
             return lmdb.open(directory, **options)
 
     def _load_or_create_meta(self, accounts_max, transfers_hot_max, pending_max, cold_epoch_transfers,
-                             id_filter_bytes, orders_max, merchants_max, refunds_max, codes_max, envelopes_max,
-                             claims_max, secret, limits_initial=None) -> _Meta:
+                             id_filter_bytes, product_capacities, secret, limits_initial=None) -> _Meta:
         with self._env.begin(write=True, db=self._meta_db) as txn:
             stored = txn.get(b"meta")
             if stored is not None:
@@ -1694,19 +1749,9 @@ class Store:
                 meta = msgspec.structs.replace(meta, accounts_max=max(meta.accounts_max, accounts_max or 0),
                                                transfers_hot_max=max(meta.transfers_hot_max, transfers_hot_max or 0),
                                                pending_max=max(meta.pending_max, pending_max or 0),
-                                               orders_max=max(meta.orders_max or constants.ORDERS_MAX_DEFAULT,
-                                                              orders_max or 0),
-                                               merchants_max=max(meta.merchants_max or constants.MERCHANTS_MAX_DEFAULT,
-                                                                 merchants_max or 0),
-                                               refunds_max=max(meta.refunds_max or constants.REFUNDS_MAX_DEFAULT,
-                                                               refunds_max or 0),
-                                               codes_max=max(meta.codes_max or constants.CODES_MAX_DEFAULT,
-                                                             codes_max or 0),
-                                               envelopes_max=max(meta.envelopes_max or constants.ENVELOPES_MAX_DEFAULT,
-                                                                 envelopes_max or 0),
-                                               claims_max=max(meta.claims_max or constants.CLAIMS_MAX_DEFAULT,
-                                                              claims_max or 0),
-                                               secret=meta.secret or secret or os.urandom(orders_module.SECRET_BYTES))
+                                               secret=meta.secret or secret or os.urandom(orders_module.SECRET_BYTES),
+                                               **{name: max(value, product_capacities.get(name) or 0)
+                                                  for name, value in _product_capacities(meta).items()})
             else:
                 meta = _Meta(_STORE_VERSION, accounts_max or constants.ACCOUNTS_MAX_DEFAULT,
                              transfers_hot_max or constants.TRANSFERS_HOT_MAX_DEFAULT,
@@ -1714,13 +1759,9 @@ class Store:
                              cold_epoch_transfers or min(constants.COLD_EPOCH_TRANSFERS_DEFAULT,
                                                          max(1, (transfers_hot_max or constants.TRANSFERS_HOT_MAX_DEFAULT) // 4)),
                              id_filter_bytes or constants.ID_FILTER_BYTES_DEFAULT,
-                             orders_max or constants.ORDERS_MAX_DEFAULT,
-                             merchants_max or constants.MERCHANTS_MAX_DEFAULT,
-                             refunds_max or constants.REFUNDS_MAX_DEFAULT,
-                             codes_max or constants.CODES_MAX_DEFAULT,
-                             envelopes_max or constants.ENVELOPES_MAX_DEFAULT,
-                             claims_max or constants.CLAIMS_MAX_DEFAULT,
-                             secret or os.urandom(orders_module.SECRET_BYTES))
+                             secret=secret or os.urandom(orders_module.SECRET_BYTES),
+                             **{name: product_capacities.get(name) or default
+                                for name, default in PRODUCT_CAPACITIES.items()})
             if stored is None:
                 # A new store's limits are its capacities' (a replay's target: its source's at
                 # the log's start, which the replayed set_limits batches raise as they did).

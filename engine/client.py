@@ -231,6 +231,29 @@ class Client:
             return np.empty(0, dtype=core.TRANSFER_DTYPE)
         return await self.lookup_transfers(order_keys.claim_transfer_ids(envelope_id, int(found["claimed"][0])))
 
+    async def create_stocks(self, batch: np.ndarray) -> np.ndarray:
+        """Create coupon stocks (``core.STOCK_CREATE_DTYPE``; ``core.order_keys.stock_creates``):
+        one ``core.Result`` per stock. See docs/products.md "Coupons and the card pack"."""
+        return await self._create(Operation.create_stocks, batch)
+
+    async def grant_coupons(self, batch: np.ndarray) -> np.ndarray:
+        """Grant coupons into users' card packs (``core.COUPON_GRANT_DTYPE``;
+        ``core.order_keys.coupon_grants``): one ``core.Result`` per grant."""
+        return await self._create(Operation.grant_coupons, batch)
+
+    async def pay_with_coupon(self, batch: np.ndarray) -> np.ndarray:
+        """Pay merchants with coupons (``core.COUPON_PAY_DTYPE``; ``core.order_keys.coupon_pays``):
+        one ``core.Result`` per payment (a retry: ``exists``)."""
+        return await self._create(Operation.pay_with_coupon, batch)
+
+    async def lookup_stocks(self, ids) -> np.ndarray:
+        """The coupon stocks with these ids that exist, with their analytics (``core.STOCK_DTYPE``)."""
+        return await self._lookup(Operation.lookup_stocks, ids)
+
+    async def lookup_coupons(self, ids) -> np.ndarray:
+        """The coupons with these ids that exist (``core.COUPON_DTYPE``)."""
+        return await self._lookup(Operation.lookup_coupons, ids)
+
     async def list_merchants(self, offset: int = 0, limit: int = core.BATCH_EVENTS_MAX) -> np.ndarray:
         """Merchants' terms (``core.MERCHANT_DTYPE``) in the order they were first set."""
         reply = await self.request(Operation.list_merchants, FILTER_ENCODER.encode(MerchantsPage(offset, limit)))
@@ -563,6 +586,21 @@ class BlockingClient:
 
     def envelope_claims(self, envelope_id):
         return self._call(self._client.envelope_claims(envelope_id))
+
+    def create_stocks(self, batch):
+        return self._call(self._client.create_stocks(batch))
+
+    def grant_coupons(self, batch):
+        return self._call(self._client.grant_coupons(batch))
+
+    def pay_with_coupon(self, batch):
+        return self._call(self._client.pay_with_coupon(batch))
+
+    def lookup_stocks(self, ids):
+        return self._call(self._client.lookup_stocks(ids))
+
+    def lookup_coupons(self, ids):
+        return self._call(self._client.lookup_coupons(ids))
 
     def list_merchants(self, offset=0, limit=core.BATCH_EVENTS_MAX):
         return self._call(self._client.list_merchants(offset, limit))

@@ -13,6 +13,9 @@
     # codes_max = 131072            payment codes held in memory (live ones: at most this less 8,190)
     # envelopes_max = 131072        red envelopes held in memory (open ones: at most this less 8,190)
     # claims_max = 262144           red envelope claims held in memory
+    # stocks_max = 65536            coupon stocks held in memory (active ones: at most this less 8,190)
+    # coupons_max = 262144          coupons held in memory
+    # holdings_max = 262144         users' counts of a stock's coupons held in memory
     # merchants_max = 131072        merchants with terms (fee rate, fee and settlement accounts)
     # tls_cert = "cert.pem", tls_key = "key.pem"          (optional: serve TLS only)
     # prefault = false                                     (true: touch all memory at start)
@@ -59,6 +62,9 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     codes_max: int = core_constants.CODES_MAX_DEFAULT
     envelopes_max: int = core_constants.ENVELOPES_MAX_DEFAULT
     claims_max: int = core_constants.CLAIMS_MAX_DEFAULT
+    stocks_max: int = core_constants.STOCKS_MAX_DEFAULT
+    coupons_max: int = core_constants.COUPONS_MAX_DEFAULT
+    holdings_max: int = core_constants.HOLDINGS_MAX_DEFAULT
     merchants_max: int = core_constants.MERCHANTS_MAX_DEFAULT
     tls_cert: str | None = None
     tls_key: str | None = None

@@ -3,9 +3,11 @@
 * ``admin`` (the default): every operation.
 * ``wallet``: a wallet service: accounts, transfers between them, paying orders, issuing
   payment codes and confirming (or declining) their held charges, sending and claiming red
-  envelopes, and reading them (lookups, an account's transfers, codes, packets, claims).
+  envelopes, receiving coupons (a scan) and paying with them, and reading them (lookups, an
+  account's transfers, codes, packets, claims, stocks, coupons).
 * ``merchant``: a merchant gateway bound to ``merchants`` (merchant account ids): creates, closes
   and refunds orders, charges payment codes (and revokes a held charge by closing its order),
+  creates coupon stocks and grants their coupons,
   and reads orders, refunds, terms and settlements, only for its merchants.
 
 An operation outside the role is refused whole, with frame status ``forbidden``, before
@@ -34,12 +36,14 @@ _WALLET = frozenset({
     Operation.create_accounts, Operation.create_transfers, Operation.lookup_accounts, Operation.lookup_transfers,
     Operation.get_account_transfers, Operation.pay_orders, Operation.lookup_orders, Operation.lookup_refunds,
     Operation.issue_codes, Operation.confirm_charges, Operation.lookup_codes, Operation.send_envelopes,
-    Operation.claim_envelopes, Operation.lookup_envelopes, Operation.lookup_envelope_claims, Operation.ping,
+    Operation.claim_envelopes, Operation.lookup_envelopes, Operation.lookup_envelope_claims, Operation.grant_coupons,
+    Operation.pay_with_coupon, Operation.lookup_stocks, Operation.lookup_coupons, Operation.ping,
 })
 _MERCHANT = frozenset({
     Operation.create_orders, Operation.close_orders, Operation.refund_orders, Operation.lookup_orders,
     Operation.lookup_refunds, Operation.lookup_merchants, Operation.lookup_settlements,
-    Operation.subscribe_notifications, Operation.charge_codes, Operation.ping,
+    Operation.subscribe_notifications, Operation.charge_codes, Operation.create_stocks, Operation.grant_coupons,
+    Operation.lookup_stocks, Operation.ping,
 })
 
 #: Per operation a merchant gateway may run: the field naming the merchant in its events (creates)
@@ -49,7 +53,8 @@ MERCHANT_FIELDS = {
     Operation.refund_orders: "merchant_id", Operation.lookup_orders: "merchant_id",
     Operation.lookup_refunds: "merchant_id", Operation.lookup_merchants: "merchant_id",
     Operation.lookup_settlements: "merchant_id", Operation.subscribe_notifications: "merchant_id",
-    Operation.charge_codes: "merchant_id",
+    Operation.charge_codes: "merchant_id", Operation.create_stocks: "merchant_id", Operation.grant_coupons: "merchant_id",
+    Operation.lookup_stocks: "merchant_id",
 }
 if set(MERCHANT_FIELDS) != _MERCHANT - {Operation.ping}:
     raise ImportError("engine.roles: every merchant operation names its merchant field")

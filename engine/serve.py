@@ -21,6 +21,7 @@ import core
 from engine import metrics
 from engine.config import Config
 from engine.server import Server
+from core.store import PRODUCT_CAPACITIES
 
 
 #: In the data directory: one JSON line per checkpoint or slow flush (``core.store.BackgroundEvent``).
@@ -74,10 +75,8 @@ async def serve(config: Config, *, announce=print) -> None:
     try:
         store = core.open(settings.data, accounts_max=settings.accounts_max,
                           transfers_hot_max=settings.transfers_hot_max, pending_max=settings.pending_max,
-                          orders_max=settings.orders_max, refunds_max=settings.refunds_max,
-                          codes_max=settings.codes_max, envelopes_max=settings.envelopes_max,
-                          claims_max=settings.claims_max, merchants_max=settings.merchants_max,
-                          prefault=settings.prefault, checkpoint_interval_events=settings.checkpoint_interval_events)
+                          prefault=settings.prefault, checkpoint_interval_events=settings.checkpoint_interval_events,
+                          **{name: getattr(settings, name) for name in PRODUCT_CAPACITIES})
     except core.StoreError as error:  # e.g. held by another server: an operator's error, not a crash
         raise ServeError(str(error)) from error
     try:

@@ -83,7 +83,8 @@ def test_a_machine_starts_at_its_capacities():
     assert capacities.pop("envelope_total") == core.constants.ENVELOPE_TOTAL_LIMIT_MAX
     assert current == capacities == {
         "accounts": 8, "pending": machine.ledger.pending_max, "merchants": machine.merchants.merchants_max,
-        "orders_open": 4, "codes_live": 4, "envelopes_open": machine.envelopes.open_max}
+        "orders_open": 4, "codes_live": 4, "envelopes_open": machine.envelopes.open_max,
+        "stocks_open": machine.coupons.open_max}
     assert list(machine.apply(Operation.set_limits, _limits(codes_live=1), T0)) == [0]
     other = Machine(accounts_max=8, transfers_hot_max=64, orders_max=8, codes_max=8, secret=bytes(32))
     assert list(other.apply(Operation.set_limits, _limits(codes_live=4), T0)) == [0]
