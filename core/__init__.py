@@ -28,7 +28,7 @@ try:
         CODE_ISSUED_DTYPE, CODE_CHARGE_DTYPE, CODE_CONFIRM_DTYPE, CODE_DTYPE, CodeState, OrderKind, ConfirmFlags,
         ENVELOPE_SEND_DTYPE, ENVELOPE_CLAIM_DTYPE, ENVELOPE_CLAIMED_DTYPE, ENVELOPE_DTYPE, CLAIM_DTYPE, EnvelopeState,
         STOCK_CREATE_DTYPE, STOCK_DTYPE, COUPON_GRANT_DTYPE, COUPON_DTYPE, COUPON_PAY_DTYPE, HOLDING_DTYPE, StockState,
-        CouponState, CouponChannel,
+        CouponState, CouponChannel, FX_RATE_DTYPE, FX_PAY_DTYPE, FX_PAYMENT_DTYPE, FX_REFUND_DTYPE, FX_QUOTE_DTYPE,
     )
 except ImportError as error:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
@@ -52,7 +52,8 @@ __all__ = [
     "CODE_ISSUE_DTYPE", "CODE_ISSUED_DTYPE", "CODE_CHARGE_DTYPE", "CODE_CONFIRM_DTYPE", "CODE_DTYPE", "CodeState", "OrderKind",
     "ConfirmFlags", "ENVELOPE_SEND_DTYPE", "ENVELOPE_CLAIM_DTYPE", "ENVELOPE_CLAIMED_DTYPE", "ENVELOPE_DTYPE",
     "CLAIM_DTYPE", "EnvelopeState", "STOCK_CREATE_DTYPE", "STOCK_DTYPE", "COUPON_GRANT_DTYPE", "COUPON_DTYPE",
-    "COUPON_PAY_DTYPE", "HOLDING_DTYPE", "StockState", "CouponState", "CouponChannel", "constants", "BATCH_EVENTS_MAX", "new_id", "new_ids", *_LAZY,
+    "COUPON_PAY_DTYPE", "HOLDING_DTYPE", "StockState", "CouponState", "CouponChannel", "FX_RATE_DTYPE", "FX_PAY_DTYPE", "FX_PAYMENT_DTYPE",
+    "FX_REFUND_DTYPE", "FX_QUOTE_DTYPE", "constants", "BATCH_EVENTS_MAX", "new_id", "new_ids", *_LAZY,
 ]
 
 

@@ -26,7 +26,7 @@ from core.idmap cimport IDMAP_NOT_FOUND, idmap_get, idmap_t
 from core.ledger cimport LEGS_MAX, Ledger, chain_mark_t
 from core.merchants cimport Merchants, fee_of, merchant_terms_t
 from core.orders cimport (
-    OPERATION_CHARGE_CODES, TRANSFER_CODE_ORDER_FEE, TRANSFER_CODE_ORDER_PAYMENT, Orders, leg_id_of, trade_no_valid,
+    OPERATION_CHARGE_CODES, TRANSFER_CODE_ORDER_FEE, TRANSFER_CODE_ORDER_PAYMENT, Orders, keyed_event_checks, leg_id_of,
 )
 from core.product cimport Product, all_zero, event_prologue
 from core.table cimport Table, table_find, table_set_pinned
@@ -344,21 +344,10 @@ cdef class Codes(Product):
         cdef chain_mark_t mark
         cdef result_t r
         cdef idmap_t *accounts = &self.ledger.account_map.map
-        r = event_prologue(e.flags, e.timestamp, e.reserved, sizeof(e.reserved))
+        r = keyed_event_checks(e.flags, e.timestamp, e.reserved, sizeof(e.reserved), e.order_id_lo, e.order_id_hi,
+                               e.amount, e.ledger, e.out_trade_no)
         if r != R_OK:
             return r
-        if e.flags != 0:
-            return R_RESERVED_FLAG
-        if e.order_id_lo == 0 and e.order_id_hi == 0:
-            return R_ID_MUST_NOT_BE_ZERO
-        if e.order_id_lo == U64_MAX and e.order_id_hi == U64_MAX:
-            return R_ID_MUST_NOT_BE_INT_MAX
-        if e.amount == 0:
-            return R_AMOUNT_MUST_NOT_BE_ZERO
-        if e.ledger == 0:
-            return R_LEDGER_MUST_NOT_BE_ZERO
-        if not trade_no_valid(e.out_trade_no):
-            return R_OUT_TRADE_NO_INVALID
         if e.code_hi != 0 or not (CODE_MIN <= e.code_lo < CODE_END):
             return R_CODE_INVALID
         merchant = idmap_get(accounts, e.merchant_id_lo, e.merchant_id_hi)

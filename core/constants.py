@@ -76,6 +76,14 @@ STOCK_BUDGET_MAX = 1 << 62
 #: Ended stocks a batch's start returns the budget of, at most (the rest at the next batch's start).
 STOCK_ENDS_PER_BATCH_MAX = 256
 
+#: Cross-border payments (docs/products.md "Cross-border payments"): currency pairs with a rate
+#: (in memory, 128 bytes each), payments and refunds resident in memory (the rest are cold).
+RATES_MAX = 1024
+FX_PAYMENTS_MAX_DEFAULT = 1 << 17
+FX_REFUNDS_MAX_DEFAULT = 1 << 16
+#: A rate at most: 10^9 of the merchant's minor units per payer's minor unit.
+RATE_PPB_MAX = 10**18
+
 #: Merchants with terms (fee rate, fee and settlement accounts): 128 bytes each, in memory.
 MERCHANTS_MAX_DEFAULT = 1 << 17
 
@@ -89,6 +97,8 @@ CLAIMS_MAX_LIMIT = 1 << 30
 STOCKS_MAX_LIMIT = 1 << 30
 COUPONS_MAX_LIMIT = 1 << 30
 HOLDINGS_MAX_LIMIT = 1 << 30
+FX_PAYMENTS_MAX_LIMIT = 1 << 30
+FX_REFUNDS_MAX_LIMIT = 1 << 30
 ACCOUNTS_MAX_LIMIT = 1 << 30
 TRANSFERS_HOT_MAX_LIMIT = 1 << 31
 PENDING_MAX_LIMIT = 1 << 30

@@ -24,7 +24,7 @@ from core.digest cimport key_id_digest
 from core.expiry cimport HEAP_POSITION_NONE, expiry_t, heap_count_due, heap_push, heap_remove
 from core.idmap cimport IDMAP_NOT_FOUND, idmap_get, idmap_t
 from core.ledger cimport LEGS_MAX, START_LEGS_MAX, Ledger, chain_mark_t
-from core.orders cimport leg_id_of, trade_no_valid
+from core.orders cimport keyed_event_checks, leg_id_of
 from core.product cimport event_prologue
 from core.table cimport Table, table_find, table_set_pinned
 from core.records cimport *  # result_t codes, records, stock and coupon states
@@ -285,21 +285,10 @@ cdef class Coupons(Product):
         cdef chain_mark_t mark
         cdef result_t r
         cdef idmap_t *accounts = &self.ledger.account_map.map
-        r = event_prologue(e.flags, e.timestamp, e.reserved, sizeof(e.reserved))
+        r = keyed_event_checks(e.flags, e.timestamp, e.reserved, sizeof(e.reserved), e.id_lo, e.id_hi, e.face_value,
+                               e.ledger, e.out_stock_no)
         if r != R_OK:
             return r
-        if e.flags != 0:
-            return R_RESERVED_FLAG
-        if e.id_lo == 0 and e.id_hi == 0:
-            return R_ID_MUST_NOT_BE_ZERO
-        if e.id_lo == U64_MAX and e.id_hi == U64_MAX:
-            return R_ID_MUST_NOT_BE_INT_MAX
-        if e.face_value == 0:
-            return R_AMOUNT_MUST_NOT_BE_ZERO
-        if e.ledger == 0:
-            return R_LEDGER_MUST_NOT_BE_ZERO
-        if not trade_no_valid(e.out_stock_no):
-            return R_OUT_TRADE_NO_INVALID
         key_id_digest(b"stck", <const uint8_t *> &e.merchant_id_lo, e.out_stock_no, <uint8_t *> id_)
         if not ids_equal(id_[0], id_[1], e.id_lo, e.id_hi):
             return R_ID_MISMATCH

@@ -22,7 +22,7 @@ from core.digest cimport claim_transfer_id_of, hmac_key_init, hmac_sha256, key_i
 from core.expiry cimport HEAP_POSITION_NONE, expiry_t, heap_count_due, heap_push, heap_remove
 from core.idmap cimport IDMAP_NOT_FOUND, idmap_get, idmap_t
 from core.ledger cimport LEGS_MAX, START_LEGS_MAX, Ledger, chain_mark_t
-from core.orders cimport leg_id_of, trade_no_valid
+from core.orders cimport keyed_event_checks, leg_id_of
 from core.product cimport event_prologue
 from core.table cimport Table, table_find, table_set_pinned
 from core.records cimport *  # result_t codes, records, envelope states
@@ -322,21 +322,10 @@ cdef class Envelopes(Product):
         cdef chain_mark_t mark
         cdef result_t r
         cdef idmap_t *accounts = &self.ledger.account_map.map
-        r = event_prologue(e.flags, e.timestamp, e.reserved, sizeof(e.reserved))
+        r = keyed_event_checks(e.flags, e.timestamp, e.reserved, sizeof(e.reserved), e.id_lo, e.id_hi, e.total,
+                               e.ledger, e.out_envelope_no)
         if r != R_OK:
             return r
-        if e.flags != 0:
-            return R_RESERVED_FLAG
-        if e.id_lo == 0 and e.id_hi == 0:
-            return R_ID_MUST_NOT_BE_ZERO
-        if e.id_lo == U64_MAX and e.id_hi == U64_MAX:
-            return R_ID_MUST_NOT_BE_INT_MAX
-        if e.total == 0:
-            return R_AMOUNT_MUST_NOT_BE_ZERO
-        if e.ledger == 0:
-            return R_LEDGER_MUST_NOT_BE_ZERO
-        if not trade_no_valid(e.out_envelope_no):
-            return R_OUT_TRADE_NO_INVALID
         key_id_digest(b"rpkt", <const uint8_t *> &e.sender_id_lo, e.out_envelope_no, digest)
         if not ids_equal((<uint64_t *> digest)[0], (<uint64_t *> digest)[1], e.id_lo, e.id_hi):
             return R_ID_MISMATCH

@@ -24,6 +24,7 @@ from core.operations import CREATE_COMPONENTS, Operation
 from core.codes import Codes
 from core.coupons import Coupons
 from core.envelopes import Envelopes
+from core.fx import Fx
 from core.limits import Limits
 from core.merchants import Merchants
 from core.orders import Orders
@@ -42,7 +43,9 @@ class Machine:
                  refunds_max: int = constants.REFUNDS_MAX_DEFAULT, codes_max: int = constants.CODES_MAX_DEFAULT,
                  envelopes_max: int = constants.ENVELOPES_MAX_DEFAULT, claims_max: int = constants.CLAIMS_MAX_DEFAULT,
                  stocks_max: int = constants.STOCKS_MAX_DEFAULT, coupons_max: int = constants.COUPONS_MAX_DEFAULT,
-                 holdings_max: int = constants.HOLDINGS_MAX_DEFAULT, secret: bytes):
+                 holdings_max: int = constants.HOLDINGS_MAX_DEFAULT,
+                 fx_payments_max: int = constants.FX_PAYMENTS_MAX_DEFAULT,
+                 fx_refunds_max: int = constants.FX_REFUNDS_MAX_DEFAULT, secret: bytes):
         self.ledger = Ledger(accounts_max=accounts_max, transfers_hot_max=transfers_hot_max, pending_max=pending_max)
         self.merchants = Merchants(self.ledger, merchants_max)
         self.orders = Orders(self.ledger, orders_max, secret, self.merchants)
@@ -51,18 +54,20 @@ class Machine:
         self.codes = Codes(self.ledger, self.orders, self.merchants, codes_max, secret)
         self.envelopes = Envelopes(self.ledger, envelopes_max, claims_max, secret)
         self.coupons = Coupons(self.ledger, stocks_max, coupons_max, holdings_max)
+        self.fx = Fx(self.ledger, fx_payments_max, fx_refunds_max)
         self.limits = Limits(self.ledger, self.merchants, self.orders, self.codes, self.envelopes, self.coupons)
         #: The write-back tables (core/table.pyx) by the name the operation table's ``reads`` use.
         self.tables = {"orders": self.orders.table, "refunds": self.refunds.table, "codes": self.codes.table,
                        "envelopes": self.envelopes.table, "claims": self.envelopes.claims,
-                       "stocks": self.coupons.stocks, "coupons": self.coupons.coupons, "holdings": self.coupons.holdings}
+                       "stocks": self.coupons.stocks, "coupons": self.coupons.coupons, "holdings": self.coupons.holdings,
+                       "fx_payments": self.fx.payments, "fx_refunds": self.fx.refunds}
         self._components = {"ledger": self.ledger, "orders": self.orders, "merchants": self.merchants,
                             "refunds": self.refunds, "settlement": self.settlement, "codes": self.codes,
-                            "envelopes": self.envelopes, "coupons": self.coupons, "limits": self.limits}
+                            "envelopes": self.envelopes, "coupons": self.coupons, "fx": self.fx, "limits": self.limits}
         #: The components with tables and state of their own, in the order they restore (the
         #: limits last: they are checked against the others' capacities).
         self._stateful = (self.merchants, self.orders, self.refunds, self.codes, self.envelopes, self.coupons,
-                          self.limits)
+                          self.fx, self.limits)
 
     def apply(self, operation: int, batch, now_ns: int) -> np.ndarray:
         """Apply one batch of a create operation at engine time ``now_ns``: one reply record
@@ -97,6 +102,15 @@ class Machine:
 
     def lookup_coupons(self, ids) -> np.ndarray:
         return self.coupons.lookup_coupons(ids)
+
+    def lookup_fx_payments(self, ids) -> np.ndarray:
+        return self.fx.lookup_fx_payments(ids)
+
+    def lookup_fx_refunds(self, ids) -> np.ndarray:
+        return self.fx.lookup_fx_refunds(ids)
+
+    def lookup_rates(self, ids) -> np.ndarray:
+        return self.fx.lookup_rates(ids)
 
     def derived_ids(self, operation: int, batch) -> np.ndarray:
         """The ids a batch reads that its component computes (``core.operations.DERIVED``)."""

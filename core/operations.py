@@ -27,7 +27,7 @@ from core.records import (
     NOTIFICATION_DTYPE, REFUND_DTYPE, SETTLEMENT_DTYPE, TRANSFER_DTYPE, CODE_CHARGE_DTYPE, CODE_CONFIRM_DTYPE,
     CODE_DTYPE, CODE_ISSUE_DTYPE, CODE_ISSUED_DTYPE, LIMITS_DTYPE, ENVELOPE_SEND_DTYPE, ENVELOPE_CLAIM_DTYPE,
     ENVELOPE_CLAIMED_DTYPE, ENVELOPE_DTYPE, CLAIM_DTYPE, STOCK_CREATE_DTYPE, STOCK_DTYPE, COUPON_GRANT_DTYPE,
-    COUPON_DTYPE, COUPON_PAY_DTYPE,
+    COUPON_DTYPE, COUPON_PAY_DTYPE, FX_RATE_DTYPE, FX_PAY_DTYPE, FX_PAYMENT_DTYPE, FX_REFUND_DTYPE, FX_QUOTE_DTYPE,
 )
 
 #: A create's reply: one ``core.Result`` per event.
@@ -67,6 +67,13 @@ class Operation(enum.IntEnum):
     pay_with_coupon = 122
     lookup_stocks = 123
     lookup_coupons = 124
+    set_rates = 125
+    pay_cross_border = 126
+    refund_cross_border = 127
+    lookup_fx_payments = 128
+    lookup_fx_refunds = 129
+    lookup_rates = 130
+    quote_cross_border = 131
     ping = 1000
 
 
@@ -152,6 +159,18 @@ OPERATIONS: dict[Operation, Spec] = {spec.operation: spec for spec in (
          reads=(("coupons", "coupon_id"), ("stocks", "stock_id"), ("holdings", DERIVED))),
     Spec(Operation.lookup_stocks, Kind.lookup, ID_DTYPE, STOCK_DTYPE),
     Spec(Operation.lookup_coupons, Kind.lookup, ID_DTYPE, COUPON_DTYPE),
+    # Cross-border payments (docs/products.md "Cross-border payments"): a payment's id is a digest
+    # of the payer and the wallet service's request, which the fx component derives.
+    Spec(Operation.set_rates, Kind.create, FX_RATE_DTYPE, RESULT_DTYPE, "fx"),
+    Spec(Operation.pay_cross_border, Kind.create, FX_PAY_DTYPE, RESULT_DTYPE, "fx", legs=2,
+         reads=(("fx_payments", DERIVED),)),
+    Spec(Operation.refund_cross_border, Kind.create, FX_REFUND_DTYPE, RESULT_DTYPE, "fx", legs=2,
+         reads=(("fx_payments", "payment_id"), ("fx_refunds", "id"))),
+    Spec(Operation.lookup_fx_payments, Kind.lookup, ID_DTYPE, FX_PAYMENT_DTYPE),
+    Spec(Operation.lookup_fx_refunds, Kind.lookup, ID_DTYPE, FX_REFUND_DTYPE),
+    # The rates by pair id (from_ledger | to_ledger << 32, hi 0); a quote is a msgpack body.
+    Spec(Operation.lookup_rates, Kind.lookup, ID_DTYPE, FX_RATE_DTYPE),
+    Spec(Operation.quote_cross_border, Kind.query, None, FX_QUOTE_DTYPE),
     Spec(Operation.ping, Kind.control, None, None),
 )}
 

@@ -24,7 +24,7 @@ import numpy as np
 from core.records import (
     CODE_CHARGE_DTYPE, CODE_CONFIRM_DTYPE, CODE_ISSUE_DTYPE, ORDER_CLOSE_DTYPE, ORDER_CREATE_DTYPE, ORDER_PAY_DTYPE,
     REFUND_DTYPE, ENVELOPE_CLAIM_DTYPE, ENVELOPE_SEND_DTYPE, ID_DTYPE, STOCK_CREATE_DTYPE, COUPON_GRANT_DTYPE,
-    COUPON_PAY_DTYPE, records_from_dicts,
+    COUPON_PAY_DTYPE, FX_PAY_DTYPE, FX_RATE_DTYPE, FX_REFUND_DTYPE, records_from_dicts,
 )
 
 ORDER_ID_DOMAIN = b"ordr"
@@ -38,6 +38,8 @@ STOCK_ID_DOMAIN = b"stck"
 COUPON_ID_DOMAIN = b"cpon"
 HOLDING_ID_DOMAIN = b"hold"
 PAYMENT_ID_DOMAIN = b"cpay"
+FX_PAYMENT_ID_DOMAIN = b"fxpy"
+FX_REFUND_ID_DOMAIN = b"fxrf"
 OUT_TRADE_NO_BYTES = 32
 TOKEN_BYTES = 10
 QR_PREFIX = "TALLY1"
@@ -264,3 +266,36 @@ def coupon_grants(rows) -> np.ndarray:
 def coupon_pays(rows) -> np.ndarray:
     """A ``pay_with_coupon`` batch from dicts (fields of COUPON_PAY_DTYPE)."""
     return records_from_dicts(rows, COUPON_PAY_DTYPE)
+
+
+def rate_pair_id(from_ledger: int, to_ledger: int) -> int:
+    """A currency pair's id (``lookup_rates``): from_ledger | to_ledger << 32."""
+    return from_ledger | to_ledger << 32
+
+
+def fx_payment_id(payer_id: int, request_id: int) -> int:
+    """A cross-border payment's id, from the wallet service's request number (the core computes it)."""
+    return _pair_id(FX_PAYMENT_ID_DOMAIN, payer_id, request_id)
+
+
+def fx_refund_id(payment_id: int, request_id: int) -> int:
+    """A cross-border refund's id, from the merchant's request number."""
+    return _pair_id(FX_REFUND_ID_DOMAIN, payment_id, request_id)
+
+
+def rates(rows) -> np.ndarray:
+    """A ``set_rates`` batch from dicts (from_ledger, to_ledger, rate_ppb, pool_from_id, pool_to_id)."""
+    return records_from_dicts(rows, FX_RATE_DTYPE)
+
+
+def fx_pays(rows) -> np.ndarray:
+    """A ``pay_cross_border`` batch from dicts (fields of FX_PAY_DTYPE)."""
+    return records_from_dicts(rows, FX_PAY_DTYPE)
+
+
+def fx_refunds(rows) -> np.ndarray:
+    """A ``refund_cross_border`` batch from dicts (payment_id, merchant_id, request_id,
+    merchant_amount; ``id`` is computed when not given)."""
+    rows = [row if "id" in row else dict(row, id=fx_refund_id(int(row["payment_id"]), int(row["request_id"])))
+            for row in rows]
+    return records_from_dicts(rows, FX_REFUND_DTYPE)

@@ -4,16 +4,17 @@
 # the unpaid ones (core/expiry.pxd; a paid or closed order leaves it lazily, when it reaches
 # the top or when it is evicted). Unpaid orders stay resident (pinned): at most ``open_max``.
 
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 from core.digest cimport hmac_key_t, leg_id_of  # (leg_id_of: for the modules that cimport it from here)
 from core.expiry cimport expiry_heap_t
 from core.ledger cimport Ledger
 from core.merchants cimport Merchants, merchant_terms_t
-from core.product cimport Product
+from core.product cimport Product, event_prologue
 from core.table cimport Table
 from core.records cimport (
-    ORDER_NOTPAY, ORDER_USERPAYING, result_t, tally_order_close_t, tally_order_create_t, tally_order_created_t, tally_order_pay_t, tally_order_t,
+    ORDER_NOTPAY, ORDER_USERPAYING, R_AMOUNT_MUST_NOT_BE_ZERO, R_ID_MUST_NOT_BE_INT_MAX, R_ID_MUST_NOT_BE_ZERO,
+    R_LEDGER_MUST_NOT_BE_ZERO, R_OK, R_OUT_TRADE_NO_INVALID, R_RESERVED_FLAG, result_t, tally_order_close_t, tally_order_create_t, tally_order_created_t, tally_order_pay_t, tally_order_t,
 )
 
 
@@ -72,4 +73,28 @@ cdef inline bint order_open(const tally_order_t *o) noexcept nogil:
 
 # A merchant's number (out_trade_no, out_refund_no): 1..32 bytes of [0-9A-Za-z_-|*@.], then NULs.
 cdef bint trade_no_valid(const uint8_t *p) noexcept nogil
+
+
+# The checks a product event keyed by a client's number begins with, in this order (an order,
+# a code's charge, a packet, a stock; docs/products.md): the prologue, flags, the id (not 0,
+# not 2^128 - 1), the amount, the ledger, the number.
+cdef inline result_t keyed_event_checks(uint16_t flags, uint64_t timestamp, const uint8_t *reserved,
+                                        size_t reserved_bytes, uint64_t id_lo, uint64_t id_hi, uint64_t amount,
+                                        uint32_t ledger, const uint8_t *number) noexcept nogil:
+    cdef result_t r = event_prologue(flags, timestamp, reserved, reserved_bytes)
+    if r != R_OK:
+        return r
+    if flags != 0:
+        return R_RESERVED_FLAG
+    if id_lo == 0 and id_hi == 0:
+        return R_ID_MUST_NOT_BE_ZERO
+    if id_lo == 0xFFFFFFFFFFFFFFFFULL and id_hi == 0xFFFFFFFFFFFFFFFFULL:
+        return R_ID_MUST_NOT_BE_INT_MAX
+    if amount == 0:
+        return R_AMOUNT_MUST_NOT_BE_ZERO
+    if ledger == 0:
+        return R_LEDGER_MUST_NOT_BE_ZERO
+    if not trade_no_valid(number):
+        return R_OUT_TRADE_NO_INVALID
+    return R_OK
 

@@ -84,10 +84,6 @@ cdef inline bint is_zero(uint64_t lo, uint64_t hi) noexcept nogil:
     return lo == 0 and hi == 0
 
 
-cdef inline bint is_max(uint64_t lo, uint64_t hi) noexcept nogil:
-    return lo == U64_MAX and hi == U64_MAX
-
-
 cdef inline bint tokens_equal(const uint8_t *a, const uint8_t *b) noexcept nogil:
     # In constant time, as the wire compares MACs: the time taken tells nothing of a guess.
     cdef uint8_t difference = 0
@@ -371,21 +367,10 @@ cdef class Orders(Product):
         cdef uint8_t id_bytes[16]
         cdef tally_order_t *o
         cdef tally_order_t new
-        r = event_prologue(e.flags, e.timestamp, e.reserved, sizeof(e.reserved))
+        r = keyed_event_checks(e.flags, e.timestamp, e.reserved, sizeof(e.reserved), e.id_lo, e.id_hi, e.amount,
+                               e.ledger, e.out_trade_no)
         if r != R_OK:
             return r
-        if e.flags != 0:
-            return R_RESERVED_FLAG
-        if is_zero(e.id_lo, e.id_hi):
-            return R_ID_MUST_NOT_BE_ZERO
-        if is_max(e.id_lo, e.id_hi):
-            return R_ID_MUST_NOT_BE_INT_MAX
-        if e.amount == 0:
-            return R_AMOUNT_MUST_NOT_BE_ZERO
-        if e.ledger == 0:
-            return R_LEDGER_MUST_NOT_BE_ZERO
-        if not trade_no_valid(e.out_trade_no):
-            return R_OUT_TRADE_NO_INVALID
         if e.expire_after_s != 0 and not (ORDER_EXPIRE_AFTER_S_MIN <= e.expire_after_s <= ORDER_EXPIRE_AFTER_S_MAX):
             return R_EXPIRE_AFTER_OUT_OF_RANGE
         merchant = idmap_get(&self.ledger.account_map.map, e.merchant_id_lo, e.merchant_id_hi)

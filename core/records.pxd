@@ -384,6 +384,66 @@ cdef extern from * nogil:
         uint64_t timestamp;             /* first received at */
     } tally_holding_t;
 
+    /* Cross-border payments (docs/products.md "Cross-border payments"). */
+    typedef struct TALLY_PACKED {
+        uint32_t from_ledger;           /* the payer's currency */
+        uint32_t to_ledger;             /* the merchant's */
+        uint64_t rate_ppb;              /* to-minor units per 10^9 from-minor units */
+        uint64_t pool_from_id_lo, pool_from_id_hi;  /* the FX pools (code 6), fixed at the pair's first rate */
+        uint64_t pool_to_id_lo, pool_to_id_hi;
+        uint32_t version;               /* 0 on input; kept: 1 + the rates set before for the pair */
+        uint16_t flags;                 /* must be zero */
+        uint8_t reserved_a[2];
+        uint64_t updated_at;            /* 0 on input; kept */
+        uint8_t reserved[56];
+        uint64_t timestamp;             /* 0 on input; kept: the pair's first rate */
+    } tally_fx_rate_t;
+
+    typedef struct TALLY_PACKED {
+        uint64_t payer_id_lo, payer_id_hi;
+        uint64_t merchant_id_lo, merchant_id_hi;
+        uint64_t request_id_lo, request_id_hi;  /* the wallet service's: the payment's id from it */
+        uint64_t merchant_amount;       /* the merchant's currency, minor units */
+        uint64_t payer_amount;          /* as quoted: ceil(merchant_amount x 10^9 / rate_ppb) */
+        uint32_t rate_version;          /* the quoted rate's */
+        uint32_t payer_ledger;
+        uint32_t merchant_ledger;
+        uint32_t description_code;
+        uint16_t flags;                 /* must be zero (but the server's EVENT_FLAG_FORBIDDEN) */
+        uint8_t reserved[38];
+        uint64_t timestamp;             /* must be zero */
+    } tally_fx_pay_t;
+
+    typedef struct TALLY_PACKED {
+        uint64_t id_lo, id_hi;          /* fx_payment_id(payer_id, request_id) */
+        uint64_t payer_id_lo, payer_id_hi;
+        uint64_t merchant_id_lo, merchant_id_hi;
+        uint64_t request_id_lo, request_id_hi;
+        uint64_t payer_amount;
+        uint64_t merchant_amount;
+        uint64_t payer_refunded;
+        uint64_t merchant_refunded;
+        uint64_t rate_ppb;              /* locked at payment */
+        uint32_t payer_ledger;
+        uint32_t merchant_ledger;
+        uint32_t rate_version;
+        uint16_t refund_count;
+        uint8_t reserved[2];
+        uint64_t timestamp;             /* paid at */
+    } tally_fx_payment_t;
+
+    typedef struct TALLY_PACKED {
+        uint64_t id_lo, id_hi;          /* fx_refund_id(payment_id, request_id) */
+        uint64_t payment_id_lo, payment_id_hi;
+        uint64_t merchant_id_lo, merchant_id_hi;  /* the payment's: only it refunds */
+        uint64_t request_id_lo, request_id_hi;
+        uint64_t merchant_amount;       /* the merchant's currency */
+        uint64_t payer_amount;          /* 0 on input; kept: what the payer got back, at the locked rate */
+        uint16_t flags;                 /* must be zero (but the server's EVENT_FLAG_FORBIDDEN) */
+        uint8_t reserved[38];
+        uint64_t timestamp;             /* 0 on input; kept */
+    } tally_fx_refund_t;
+
     /* A refund of (part of) a paid order: the event, and as kept (docs/products.md "Refunds"). */
     typedef struct TALLY_PACKED {
         uint64_t id_lo, id_hi;          /* refund_id(order_id, out_refund_no) */
@@ -818,6 +878,74 @@ cdef extern from * nogil:
         uint8_t reserved[64]
         uint64_t timestamp
 
+    ctypedef struct tally_fx_rate_t:
+        uint32_t from_ledger
+        uint32_t to_ledger
+        uint64_t rate_ppb
+        uint64_t pool_from_id_lo
+        uint64_t pool_from_id_hi
+        uint64_t pool_to_id_lo
+        uint64_t pool_to_id_hi
+        uint32_t version
+        uint16_t flags
+        uint8_t reserved_a[2]
+        uint64_t updated_at
+        uint8_t reserved[56]
+        uint64_t timestamp
+
+    ctypedef struct tally_fx_pay_t:
+        uint64_t payer_id_lo
+        uint64_t payer_id_hi
+        uint64_t merchant_id_lo
+        uint64_t merchant_id_hi
+        uint64_t request_id_lo
+        uint64_t request_id_hi
+        uint64_t merchant_amount
+        uint64_t payer_amount
+        uint32_t rate_version
+        uint32_t payer_ledger
+        uint32_t merchant_ledger
+        uint32_t description_code
+        uint16_t flags
+        uint8_t reserved[38]
+        uint64_t timestamp
+
+    ctypedef struct tally_fx_payment_t:
+        uint64_t id_lo
+        uint64_t id_hi
+        uint64_t payer_id_lo
+        uint64_t payer_id_hi
+        uint64_t merchant_id_lo
+        uint64_t merchant_id_hi
+        uint64_t request_id_lo
+        uint64_t request_id_hi
+        uint64_t payer_amount
+        uint64_t merchant_amount
+        uint64_t payer_refunded
+        uint64_t merchant_refunded
+        uint64_t rate_ppb
+        uint32_t payer_ledger
+        uint32_t merchant_ledger
+        uint32_t rate_version
+        uint16_t refund_count
+        uint8_t reserved[2]
+        uint64_t timestamp
+
+    ctypedef struct tally_fx_refund_t:
+        uint64_t id_lo
+        uint64_t id_hi
+        uint64_t payment_id_lo
+        uint64_t payment_id_hi
+        uint64_t merchant_id_lo
+        uint64_t merchant_id_hi
+        uint64_t request_id_lo
+        uint64_t request_id_hi
+        uint64_t merchant_amount
+        uint64_t payer_amount
+        uint16_t flags
+        uint8_t reserved[38]
+        uint64_t timestamp
+
     bint TALLY_LIKELY(bint)
     bint TALLY_UNLIKELY(bint)
     void TALLY_PREFETCH(const void *)
@@ -1065,4 +1193,12 @@ cpdef enum result_t:
     R_COUPON_REDEEMED = 130             # by another payment
     R_COUPON_EXPIRED = 131
     R_BELOW_MIN_SPEND = 132
-    R_COUNT = 133
+    # The cross-border payments' (docs/products.md "Cross-border payments").
+    R_RATE_INVALID = 133                # 0, above RATE_PPB_MAX, or a currency to itself
+    R_POOL_INVALID = 134                # not found, another ledger, not an FX pool, or not the pair's
+    R_RATES_LIMIT_REACHED = 135
+    R_RATE_NOT_FOUND = 136
+    R_RATE_CHANGED = 137                # not the rate quoted: quote again
+    R_FX_PAYMENTS_LIMIT_REACHED = 138
+    R_FX_PAYMENT_NOT_FOUND = 139
+    R_COUNT = 140

@@ -32,6 +32,11 @@ COUPON_GRANT_DTYPE: np.dtype
 COUPON_DTYPE: np.dtype
 COUPON_PAY_DTYPE: np.dtype
 HOLDING_DTYPE: np.dtype
+FX_RATE_DTYPE: np.dtype
+FX_PAY_DTYPE: np.dtype
+FX_PAYMENT_DTYPE: np.dtype
+FX_REFUND_DTYPE: np.dtype
+FX_QUOTE_DTYPE: np.dtype
 ENVELOPE_CLAIMED_DTYPE: np.dtype
 ENVELOPE_DTYPE: np.dtype
 CLAIM_DTYPE: np.dtype
@@ -172,6 +177,13 @@ class Result(enum.IntEnum):
     coupon_redeemed = 130
     coupon_expired = 131
     below_min_spend = 132
+    rate_invalid = 133
+    pool_invalid = 134
+    rates_limit_reached = 135
+    rate_not_found = 136
+    rate_changed = 137
+    fx_payments_limit_reached = 138
+    fx_payment_not_found = 139
 
 class OrderState(enum.IntEnum):
     NOTPAY = 1

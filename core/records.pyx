@@ -219,6 +219,38 @@ HOLDING_DTYPE = np.dtype([
     ("timestamp", _U64),
 ])
 
+# The cross-border payments' records (docs/products.md "Cross-border payments").
+#: ``set_rates``' events and ``lookup_rates``' records (by the pair's id: from | to << 32).
+FX_RATE_DTYPE = np.dtype([
+    ("from_ledger", _U32), ("to_ledger", _U32), ("rate_ppb", _U64), ("pool_from_id_lo", _U64), ("pool_from_id_hi", _U64),
+    ("pool_to_id_lo", _U64), ("pool_to_id_hi", _U64), ("version", _U32), ("flags", _U16), ("reserved_a", "V2"),
+    ("updated_at", _U64), ("reserved", "V56"), ("timestamp", _U64),
+])
+FX_PAY_DTYPE = np.dtype([
+    ("payer_id_lo", _U64), ("payer_id_hi", _U64), ("merchant_id_lo", _U64), ("merchant_id_hi", _U64),
+    ("request_id_lo", _U64), ("request_id_hi", _U64), ("merchant_amount", _U64), ("payer_amount", _U64),
+    ("rate_version", _U32), ("payer_ledger", _U32), ("merchant_ledger", _U32), ("description_code", _U32),
+    ("flags", _U16), ("reserved", "V38"), ("timestamp", _U64),
+])
+#: A cross-border payment as kept, its rate locked: ``lookup_fx_payments``' records.
+FX_PAYMENT_DTYPE = np.dtype([
+    ("id_lo", _U64), ("id_hi", _U64), ("payer_id_lo", _U64), ("payer_id_hi", _U64),
+    ("merchant_id_lo", _U64), ("merchant_id_hi", _U64), ("request_id_lo", _U64), ("request_id_hi", _U64),
+    ("payer_amount", _U64), ("merchant_amount", _U64), ("payer_refunded", _U64), ("merchant_refunded", _U64),
+    ("rate_ppb", _U64), ("payer_ledger", _U32), ("merchant_ledger", _U32), ("rate_version", _U32),
+    ("refund_count", _U16), ("reserved", "V2"), ("timestamp", _U64),
+])
+#: ``refund_cross_border``' events, and the refunds as kept (``lookup_fx_refunds``).
+FX_REFUND_DTYPE = np.dtype([
+    ("id_lo", _U64), ("id_hi", _U64), ("payment_id_lo", _U64), ("payment_id_hi", _U64),
+    ("merchant_id_lo", _U64), ("merchant_id_hi", _U64), ("request_id_lo", _U64), ("request_id_hi", _U64),
+    ("merchant_amount", _U64), ("payer_amount", _U64), ("flags", _U16), ("reserved", "V38"), ("timestamp", _U64),
+])
+#: ``quote_cross_border``' reply records: what the payer pays for the merchant's amount, now.
+FX_QUOTE_DTYPE = np.dtype([
+    ("result", _U32), ("rate_version", _U32), ("merchant_amount", _U64), ("payer_amount", _U64), ("rate_ppb", _U64),
+])
+
 #: A merchant's terms: ``set_merchants``' events and ``lookup_merchants``' records.
 MERCHANT_DTYPE = np.dtype([
     ("merchant_id_lo", _U64), ("merchant_id_hi", _U64),
@@ -287,6 +319,10 @@ def _check_layout():
     cdef tally_coupon_t coupon
     cdef tally_coupon_pay_t coupon_pay
     cdef tally_holding_t holding
+    cdef tally_fx_rate_t fx_rate
+    cdef tally_fx_pay_t fx_pay
+    cdef tally_fx_payment_t fx_payment
+    cdef tally_fx_refund_t fx_refund
     c_offsets = {
         ACCOUNT_DTYPE: {
             "id_lo": <size_t> (<char *> &account.id_lo - <char *> &account),
@@ -455,6 +491,28 @@ def _check_layout():
             "received": <size_t> (<char *> &holding.received - <char *> &holding),
             "timestamp": <size_t> (<char *> &holding.timestamp - <char *> &holding),
         },
+        FX_RATE_DTYPE: {
+            "pool_to_id_lo": <size_t> (<char *> &fx_rate.pool_to_id_lo - <char *> &fx_rate),
+            "version": <size_t> (<char *> &fx_rate.version - <char *> &fx_rate),
+            "updated_at": <size_t> (<char *> &fx_rate.updated_at - <char *> &fx_rate),
+            "timestamp": <size_t> (<char *> &fx_rate.timestamp - <char *> &fx_rate),
+        },
+        FX_PAY_DTYPE: {
+            "payer_amount": <size_t> (<char *> &fx_pay.payer_amount - <char *> &fx_pay),
+            "description_code": <size_t> (<char *> &fx_pay.description_code - <char *> &fx_pay),
+            "flags": <size_t> (<char *> &fx_pay.flags - <char *> &fx_pay),
+            "timestamp": <size_t> (<char *> &fx_pay.timestamp - <char *> &fx_pay),
+        },
+        FX_PAYMENT_DTYPE: {
+            "rate_ppb": <size_t> (<char *> &fx_payment.rate_ppb - <char *> &fx_payment),
+            "refund_count": <size_t> (<char *> &fx_payment.refund_count - <char *> &fx_payment),
+            "timestamp": <size_t> (<char *> &fx_payment.timestamp - <char *> &fx_payment),
+        },
+        FX_REFUND_DTYPE: {
+            "payer_amount": <size_t> (<char *> &fx_refund.payer_amount - <char *> &fx_refund),
+            "flags": <size_t> (<char *> &fx_refund.flags - <char *> &fx_refund),
+            "timestamp": <size_t> (<char *> &fx_refund.timestamp - <char *> &fx_refund),
+        },
         MERCHANT_DTYPE: {
             "settlement_account_id_lo": <size_t> (<char *> &merchant.settlement_account_id_lo - <char *> &merchant),
             "fee_bps": <size_t> (<char *> &merchant.fee_bps - <char *> &merchant),
@@ -475,7 +533,9 @@ def _check_layout():
              CLAIM_DTYPE: (sizeof(claim), 128), STOCK_CREATE_DTYPE: (sizeof(stock_create), 128),
              STOCK_DTYPE: (sizeof(stock), 128), COUPON_GRANT_DTYPE: (sizeof(coupon_grant), 128),
              COUPON_DTYPE: (sizeof(coupon), 128), COUPON_PAY_DTYPE: (sizeof(coupon_pay), 128),
-             HOLDING_DTYPE: (sizeof(holding), 128)}
+             HOLDING_DTYPE: (sizeof(holding), 128), FX_RATE_DTYPE: (sizeof(fx_rate), 128),
+             FX_PAY_DTYPE: (sizeof(fx_pay), 128), FX_PAYMENT_DTYPE: (sizeof(fx_payment), 128),
+             FX_REFUND_DTYPE: (sizeof(fx_refund), 128)}
     for dtype, offsets in c_offsets.items():
         c_size, documented = sizes[dtype]
         if not (c_size == documented == dtype.itemsize):

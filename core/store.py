@@ -58,6 +58,7 @@ from core.threads import name_this_thread
 from core import codes as codes_module
 from core import envelopes as envelopes_module
 from core import coupons as coupons_module
+from core import fx as fx_module
 from core import limits as limits_module
 from core import cold as cold_module
 from core import filter as filter_module
@@ -132,6 +133,7 @@ CHECKPOINT_ARRAYS = checkpoint.registry(ledger_module.CHECKPOINT_ARRAYS, cold_mo
                                         merchants_module.CHECKPOINT_ARRAYS, refunds_module.CHECKPOINT_ARRAYS,
                                         settlement_module.CHECKPOINT_ARRAYS, codes_module.CHECKPOINT_ARRAYS,
                                         envelopes_module.CHECKPOINT_ARRAYS, coupons_module.CHECKPOINT_ARRAYS,
+                                        fx_module.CHECKPOINT_ARRAYS,
                                         {"product_filter": checkpoint.REGIONS})
 #: The product tables' filter of the ids in their cold side (one for all: their ids are digests
 #: with a domain each, docs/products.md): 50 M ids at 10 bits each, lazily mapped.
@@ -179,6 +181,8 @@ class _Meta(msgspec.Struct, frozen=True):
     stocks_max: int = 0           # 0: a store made before coupons (the default then)
     coupons_max: int = 0
     holdings_max: int = 0
+    fx_payments_max: int = 0      # 0: a store made before cross-border payments (the default then)
+    fx_refunds_max: int = 0
     secret: bytes = b""           # keys the order tokens (core/orders.pyx); drawn once, never sent
     # The limits in force at the log's start (core/limits.pyx), and those the log has since been
     # raised to by the store itself when its capacities grew (empty: a store made before limits).
@@ -193,8 +197,14 @@ PRODUCT_CAPACITIES = {
     "refunds_max": constants.REFUNDS_MAX_DEFAULT, "codes_max": constants.CODES_MAX_DEFAULT,
     "envelopes_max": constants.ENVELOPES_MAX_DEFAULT, "claims_max": constants.CLAIMS_MAX_DEFAULT,
     "stocks_max": constants.STOCKS_MAX_DEFAULT, "coupons_max": constants.COUPONS_MAX_DEFAULT,
-    "holdings_max": constants.HOLDINGS_MAX_DEFAULT,
+    "holdings_max": constants.HOLDINGS_MAX_DEFAULT, "fx_payments_max": constants.FX_PAYMENTS_MAX_DEFAULT,
+    "fx_refunds_max": constants.FX_REFUNDS_MAX_DEFAULT,
 }
+
+
+#: The product tables with a cold side (``Machine.tables``' names).
+PRODUCT_TABLES = ("orders", "refunds", "codes", "envelopes", "claims", "stocks", "coupons", "holdings", "fx_payments",
+                  "fx_refunds")
 
 
 def _product_capacities(meta: _Meta) -> dict[str, int]:
@@ -481,6 +491,8 @@ class Store:
         self.codes = self.machine.codes
         self.envelopes = self.machine.envelopes
         self.coupons = self.machine.coupons
+        if tuple(self.machine.tables) != PRODUCT_TABLES:
+            raise AssertionError(f"the machine's tables {tuple(self.machine.tables)} are not the store's {PRODUCT_TABLES}")
         self.machine.limits.force(meta.limits_initial)  # then a checkpoint's, then the log's set_limits
         self.filter = IdFilter(meta.id_filter_bytes)
         self.ledger.attach_filter(self.filter)
@@ -822,6 +834,45 @@ class Store:
         if wait_for_commits:
             self._drain()
         return self._lookup_table("holdings", ids)
+
+    def pay_cross_border(self, batch, now_ns: int | None = None) -> np.ndarray:
+        """Cross-border payments durably (docs/products.md "Cross-border payments"); one Result
+        per event."""
+        return self.submit(Operation.pay_cross_border, batch, now_ns).result()
+
+    def refund_cross_border(self, batch, now_ns: int | None = None) -> np.ndarray:
+        """Refunds of cross-border payments at their locked rate, durably; one Result per event."""
+        return self.submit(Operation.refund_cross_border, batch, now_ns).result()
+
+    def set_rates(self, batch, now_ns: int | None = None) -> np.ndarray:
+        """Set currency pairs' rates durably (logged: replay uses the same); one Result per event."""
+        return self.submit(Operation.set_rates, batch, now_ns).result()
+
+    def quote_cross_border(self, from_ledger: int, to_ledger: int, merchant_amounts, *,
+                           wait_for_commits: bool = True) -> np.ndarray:
+        """What payers pay in ``from_ledger`` for ``merchant_amounts`` at the rate in force
+        (FX_QUOTE_DTYPE records), after every submitted batch is committed."""
+        if wait_for_commits:
+            self._drain()
+        return self.machine.fx.quote(from_ledger, to_ledger, merchant_amounts)
+
+    def lookup_rates(self, ids, *, wait_for_commits: bool = True):
+        """Currency pairs' rates by pair id (from_ledger | to_ledger << 32), those set, in order."""
+        if wait_for_commits:
+            self._drain()
+        return self.machine.fx.lookup_rates(ids)
+
+    def lookup_fx_payments(self, ids, *, wait_for_commits: bool = True):
+        """Cross-border payments by id (``core.order_keys.fx_payment_id``), as ``lookup_envelopes``."""
+        if wait_for_commits:
+            self._drain()
+        return self._lookup_table("fx_payments", ids)
+
+    def lookup_fx_refunds(self, ids, *, wait_for_commits: bool = True):
+        """Their refunds by id (``core.order_keys.fx_refund_id``), as ``lookup_envelopes``."""
+        if wait_for_commits:
+            self._drain()
+        return self._lookup_table("fx_refunds", ids)
 
     @property
     def product_capacities(self) -> dict[str, int]:
@@ -1712,8 +1763,7 @@ class Store:
         """The transfers' cold tier and each product table's cold side, in the cold environment."""
         self.cold = ColdTier(self._cold_env, self._epoch_transfers)
         self._versions = {name: ColdVersions(self._cold_env, name.encode() + b"_", table_module.OUTBOX_ENTRY_DTYPE)
-                          for name in ("orders", "refunds", "codes", "envelopes", "claims", "stocks", "coupons",
-                                       "holdings")}
+                          for name in PRODUCT_TABLES}
 
     def _open_side_env(self, subdirectory: str, map_size_bytes: int, *, sync: bool):
         directory = os.path.join(self.path, subdirectory)

@@ -40,6 +40,7 @@ from core.ids import new_id  # noqa: F401 - re-exported: services make their ids
 from engine import constants, frame
 from engine.protocol import (
     CREATE_RECORD_DTYPES, CREATE_REPLY_DTYPES, FILTER_ENCODER, LOOKUP_RECORD_DTYPES, OPERATIONS, AccountTransfersFilter,
+    QuoteRequest,
     MerchantsPage, NotificationsRequest, Operation,
 )
 
@@ -253,6 +254,41 @@ class Client:
     async def lookup_coupons(self, ids) -> np.ndarray:
         """The coupons with these ids that exist (``core.COUPON_DTYPE``)."""
         return await self._lookup(Operation.lookup_coupons, ids)
+
+    async def set_rates(self, batch: np.ndarray) -> np.ndarray:
+        """Set currency pairs' rates (``core.FX_RATE_DTYPE``; ``core.order_keys.rates``), admin
+        only: one ``core.Result`` per pair. See docs/products.md "Cross-border payments"."""
+        return await self._create(Operation.set_rates, batch)
+
+    async def quote_cross_border(self, from_ledger: int, to_ledger: int, merchant_amounts) -> np.ndarray:
+        """What a payer in ``from_ledger`` pays for each merchant amount (``to_ledger``'s minor
+        units) now: ``core.FX_QUOTE_DTYPE`` records (payer amount, rate, its version)."""
+        body = FILTER_ENCODER.encode(QuoteRequest(from_ledger, to_ledger, [int(a) for a in merchant_amounts]))
+        reply = await self.request(Operation.quote_cross_border, body)
+        return np.frombuffer(reply.body, dtype=core.FX_QUOTE_DTYPE).copy()
+
+    async def pay_cross_border(self, batch: np.ndarray) -> np.ndarray:
+        """Pay merchants in their currency from wallets in another (``core.FX_PAY_DTYPE``;
+        ``core.order_keys.fx_pays``, with the quote's payer amount and rate version): one
+        ``core.Result`` per payment (``rate_changed``: quote again)."""
+        return await self._create(Operation.pay_cross_border, batch)
+
+    async def refund_cross_border(self, batch: np.ndarray) -> np.ndarray:
+        """Refund cross-border payments at their locked rate (``core.FX_REFUND_DTYPE``;
+        ``core.order_keys.fx_refunds``): one ``core.Result`` per refund."""
+        return await self._create(Operation.refund_cross_border, batch)
+
+    async def lookup_fx_payments(self, ids) -> np.ndarray:
+        """The cross-border payments with these ids that exist (``core.FX_PAYMENT_DTYPE``)."""
+        return await self._lookup(Operation.lookup_fx_payments, ids)
+
+    async def lookup_fx_refunds(self, ids) -> np.ndarray:
+        """Their refunds with these ids that exist (``core.FX_REFUND_DTYPE``)."""
+        return await self._lookup(Operation.lookup_fx_refunds, ids)
+
+    async def lookup_rates(self, ids) -> np.ndarray:
+        """The rates of these pairs (``core.order_keys.rate_pair_id``) that are set."""
+        return await self._lookup(Operation.lookup_rates, ids)
 
     async def list_merchants(self, offset: int = 0, limit: int = core.BATCH_EVENTS_MAX) -> np.ndarray:
         """Merchants' terms (``core.MERCHANT_DTYPE``) in the order they were first set."""
@@ -601,6 +637,27 @@ class BlockingClient:
 
     def lookup_coupons(self, ids):
         return self._call(self._client.lookup_coupons(ids))
+
+    def set_rates(self, batch):
+        return self._call(self._client.set_rates(batch))
+
+    def quote_cross_border(self, from_ledger, to_ledger, merchant_amounts):
+        return self._call(self._client.quote_cross_border(from_ledger, to_ledger, merchant_amounts))
+
+    def pay_cross_border(self, batch):
+        return self._call(self._client.pay_cross_border(batch))
+
+    def refund_cross_border(self, batch):
+        return self._call(self._client.refund_cross_border(batch))
+
+    def lookup_fx_payments(self, ids):
+        return self._call(self._client.lookup_fx_payments(ids))
+
+    def lookup_fx_refunds(self, ids):
+        return self._call(self._client.lookup_fx_refunds(ids))
+
+    def lookup_rates(self, ids):
+        return self._call(self._client.lookup_rates(ids))
 
     def list_merchants(self, offset=0, limit=core.BATCH_EVENTS_MAX):
         return self._call(self._client.list_merchants(offset, limit))

@@ -114,7 +114,27 @@ class NotificationsRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defa
         return None
 
 
+class QuoteRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of ``quote_cross_border``: what a payer in ``from_ledger`` pays for each merchant
+    amount (minor units of ``to_ledger``) at the rate in force (docs/products.md
+    "Cross-border payments"); the reply is one FX_QUOTE_DTYPE record per amount."""
+    from_ledger: int
+    to_ledger: int
+    merchant_amounts: list[int]
+
+    def check(self) -> str | None:
+        """Why this request is out of range, or None."""
+        if not (0 < self.from_ledger < 1 << 32 and 0 < self.to_ledger < 1 << 32):
+            return "ledgers must be in 1..2**32 - 1"
+        if len(self.merchant_amounts) > core_constants.BATCH_EVENTS_MAX:
+            return f"at most {core_constants.BATCH_EVENTS_MAX} amounts"
+        if not all(0 <= amount <= _U64_MAX for amount in self.merchant_amounts):
+            return "amounts must fit 64 bits"
+        return None
+
+
 FILTER_ENCODER = msgspec.msgpack.Encoder()
 FILTER_DECODER = msgspec.msgpack.Decoder(AccountTransfersFilter)
 PAGE_DECODER = msgspec.msgpack.Decoder(MerchantsPage)
+QUOTE_DECODER = msgspec.msgpack.Decoder(QuoteRequest)
 NOTIFICATIONS_DECODER = msgspec.msgpack.Decoder(NotificationsRequest)

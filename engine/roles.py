@@ -4,10 +4,11 @@
 * ``wallet``: a wallet service: accounts, transfers between them, paying orders, issuing
   payment codes and confirming (or declining) their held charges, sending and claiming red
   envelopes, receiving coupons (a scan) and paying with them, and reading them (lookups, an
-  account's transfers, codes, packets, claims, stocks, coupons).
+  account's transfers, codes, packets, claims, stocks, coupons), paying across currencies at a
+  quoted rate.
 * ``merchant``: a merchant gateway bound to ``merchants`` (merchant account ids): creates, closes
   and refunds orders, charges payment codes (and revokes a held charge by closing its order),
-  creates coupon stocks and grants their coupons,
+  creates coupon stocks and grants their coupons, refunds cross-border payments,
   and reads orders, refunds, terms and settlements, only for its merchants.
 
 An operation outside the role is refused whole, with frame status ``forbidden``, before
@@ -37,13 +38,16 @@ _WALLET = frozenset({
     Operation.get_account_transfers, Operation.pay_orders, Operation.lookup_orders, Operation.lookup_refunds,
     Operation.issue_codes, Operation.confirm_charges, Operation.lookup_codes, Operation.send_envelopes,
     Operation.claim_envelopes, Operation.lookup_envelopes, Operation.lookup_envelope_claims, Operation.grant_coupons,
-    Operation.pay_with_coupon, Operation.lookup_stocks, Operation.lookup_coupons, Operation.ping,
+    Operation.pay_with_coupon, Operation.lookup_stocks, Operation.lookup_coupons, Operation.pay_cross_border,
+    Operation.quote_cross_border, Operation.lookup_fx_payments, Operation.lookup_fx_refunds, Operation.lookup_rates,
+    Operation.ping,
 })
 _MERCHANT = frozenset({
     Operation.create_orders, Operation.close_orders, Operation.refund_orders, Operation.lookup_orders,
     Operation.lookup_refunds, Operation.lookup_merchants, Operation.lookup_settlements,
     Operation.subscribe_notifications, Operation.charge_codes, Operation.create_stocks, Operation.grant_coupons,
-    Operation.lookup_stocks, Operation.ping,
+    Operation.lookup_stocks, Operation.refund_cross_border, Operation.lookup_fx_payments, Operation.lookup_fx_refunds,
+    Operation.ping,
 })
 
 #: Per operation a merchant gateway may run: the field naming the merchant in its events (creates)
@@ -54,7 +58,8 @@ MERCHANT_FIELDS = {
     Operation.lookup_refunds: "merchant_id", Operation.lookup_merchants: "merchant_id",
     Operation.lookup_settlements: "merchant_id", Operation.subscribe_notifications: "merchant_id",
     Operation.charge_codes: "merchant_id", Operation.create_stocks: "merchant_id", Operation.grant_coupons: "merchant_id",
-    Operation.lookup_stocks: "merchant_id",
+    Operation.lookup_stocks: "merchant_id", Operation.refund_cross_border: "merchant_id",
+    Operation.lookup_fx_payments: "merchant_id", Operation.lookup_fx_refunds: "merchant_id",
 }
 if set(MERCHANT_FIELDS) != _MERCHANT - {Operation.ping}:
     raise ImportError("engine.roles: every merchant operation names its merchant field")

@@ -47,7 +47,7 @@ from core import notifications
 from core.notifications import NOTIFYING_OPERATIONS
 from core import operations
 from engine.protocol import (
-    CREATE_RECORD_DTYPES, FILTER_DECODER, NOTIFICATIONS_DECODER, PAGE_DECODER, ID_BYTES, LOOKUP_RECORD_DTYPES,
+    CREATE_RECORD_DTYPES, FILTER_DECODER, NOTIFICATIONS_DECODER, PAGE_DECODER, QUOTE_DECODER, ID_BYTES, LOOKUP_RECORD_DTYPES,
     OPERATIONS, Operation,
 )
 
@@ -660,6 +660,9 @@ class Server:
                 replies.append(self._merchants_page(payload))
             elif operation == Operation.subscribe_notifications:
                 replies.append(self._subscribe(connection, request_id, client_id, payload))
+            elif operation == Operation.quote_cross_border:
+                replies.append(self._query(QUOTE_DECODER, payload, lambda quote: self.store.quote_cross_border(
+                    quote.from_ledger, quote.to_ledger, quote.merchant_amounts, wait_for_commits=False)))
             else:  # get_account_transfers
                 replies.append(self._account_transfers(payload))
         return replies

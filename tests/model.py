@@ -113,6 +113,7 @@ user_paying order_not_user_paying payer_mismatch limit_out_of_range
 envelope_total_out_of_range envelope_count_out_of_range escrow_invalid envelopes_limit_reached envelope_not_found
 envelope_empty envelope_expired claims_limit_reached claimer_not_found
 stock_count_out_of_range min_spend_below_face face_value_out_of_range budget_account_invalid stocks_limit_reached channel_invalid stock_not_found user_not_found stock_ended stock_exhausted per_user_limit_reached coupons_limit_reached coupon_not_found coupon_mismatch coupon_redeemed coupon_expired below_min_spend
+rate_invalid pool_invalid rates_limit_reached rate_not_found rate_changed fx_payments_limit_reached fx_payment_not_found
 """.split())])
 #: The server's mark on an event its client's role may not make (engine/roles.py).
 EVENT_FLAG_FORBIDDEN = 1 << 15
