@@ -513,24 +513,9 @@ class ModelLedger:
     def _create_order(self, e, ts):
         def reply(r, token=bytes(TOKEN_SIZE)):
             return {"result": int(r), "token": token}
-        if e["flags"] & EVENT_FLAG_FORBIDDEN:
-            return reply(R.forbidden)
-        if e["timestamp"]:
-            return reply(R.timestamp_must_be_zero)
-        if e["reserved"]:
-            return reply(R.reserved_field)
-        if e["flags"]:
-            return reply(R.reserved_flag)
-        if e["id"] == 0:
-            return reply(R.id_must_not_be_zero)
-        if e["id"] == U128:
-            return reply(R.id_must_not_be_int_max)
-        if e["amount"] == 0:
-            return reply(R.amount_must_not_be_zero)
-        if e["ledger"] == 0:
-            return reply(R.ledger_must_not_be_zero)
-        if not out_trade_no_valid(e["out_trade_no"]):
-            return reply(R.out_trade_no_invalid)
+        r = _prologue(e) or _keyed_checks(e, "id", "amount", "out_trade_no")
+        if r:
+            return reply(r)
         if e["expire_after_s"] != 0 and not EXPIRE_AFTER_MIN_S <= e["expire_after_s"] <= EXPIRE_AFTER_MAX_S:
             return reply(R.expire_after_out_of_range)
         merchant = self.accounts_by_id.get(e["merchant_id"])
@@ -639,14 +624,9 @@ class ModelLedger:
         return unpaid >= open_max or len(self.orders_by_id) >= self.orders_max
 
     def _close_order(self, e, ts):
-        if e["flags"] & EVENT_FLAG_FORBIDDEN:
-            return R.forbidden
-        if e["timestamp"]:
-            return R.timestamp_must_be_zero
-        if e["reserved"]:
-            return R.reserved_field
-        if e["flags"]:
-            return R.reserved_flag
+        r = _prologue(e)
+        if r:
+            return r
         if e["order_id"] == 0:
             return R.id_must_not_be_zero
         o = self.orders_by_id.get(e["order_id"])
@@ -813,14 +793,9 @@ class ModelLedger:
     def _issue_code(self, e, ts):
         def reply(r, code=0):
             return {"result": int(r), "code": code}
-        if e["flags"] & EVENT_FLAG_FORBIDDEN:
-            return reply(R.forbidden)
-        if e["timestamp"]:
-            return reply(R.timestamp_must_be_zero)
-        if e["reserved"]:
-            return reply(R.reserved_field)
-        if e["flags"]:
-            return reply(R.reserved_flag)
+        r = _prologue(e)
+        if r:
+            return reply(r)
         if e["request_id"] == 0:
             return reply(R.id_must_not_be_zero)
         if e["ledger"] == 0:
@@ -863,24 +838,9 @@ class ModelLedger:
         self.code_payments[wallet_id] = (ts // DAY_NS, self.payments_today(wallet_id, ts) + 1)
 
     def _charge_code(self, e, ts):
-        if e["flags"] & EVENT_FLAG_FORBIDDEN:
-            return R.forbidden
-        if e["timestamp"]:
-            return R.timestamp_must_be_zero
-        if e["reserved"]:
-            return R.reserved_field
-        if e["flags"]:
-            return R.reserved_flag
-        if e["order_id"] == 0:
-            return R.id_must_not_be_zero
-        if e["order_id"] == U128:
-            return R.id_must_not_be_int_max
-        if e["amount"] == 0:
-            return R.amount_must_not_be_zero
-        if e["ledger"] == 0:
-            return R.ledger_must_not_be_zero
-        if not out_trade_no_valid(e["out_trade_no"]):
-            return R.out_trade_no_invalid
+        r = _prologue(e) or _keyed_checks(e, "order_id", "amount", "out_trade_no")
+        if r:
+            return r
         if not code_valid(e["code"]):
             return R.code_invalid
         merchant = self.accounts_by_id.get(e["merchant_id"])
@@ -1052,24 +1012,9 @@ class ModelLedger:
         return [p for p in self.envelopes_by_id.values() if p["state"] == ENVELOPE_OPEN]
 
     def _send_envelope(self, e, ts):
-        if e["flags"] & EVENT_FLAG_FORBIDDEN:
-            return R.forbidden
-        if e["timestamp"]:
-            return R.timestamp_must_be_zero
-        if e["reserved"]:
-            return R.reserved_field
-        if e["flags"]:
-            return R.reserved_flag
-        if e["id"] == 0:
-            return R.id_must_not_be_zero
-        if e["id"] == U128:
-            return R.id_must_not_be_int_max
-        if e["total"] == 0:
-            return R.amount_must_not_be_zero
-        if e["ledger"] == 0:
-            return R.ledger_must_not_be_zero
-        if not out_trade_no_valid(e["out_envelope_no"]):
-            return R.out_trade_no_invalid
+        r = _prologue(e) or _keyed_checks(e, "id", "total", "out_envelope_no")
+        if r:
+            return r
         if e["id"] != envelope_id(e["sender_id"], e["out_envelope_no"]):
             return R.id_mismatch
         span = (e["expire_after_s"] or ENVELOPE_EXPIRE_AFTER_MAX_S) * NS_PER_S
@@ -1110,14 +1055,9 @@ class ModelLedger:
     def _claim_envelope(self, e, ts):
         def reply(r, position=0, amount=0):
             return {"result": int(r), "position": position, "amount": amount}
-        if e["flags"] & EVENT_FLAG_FORBIDDEN:
-            return reply(R.forbidden)
-        if e["timestamp"]:
-            return reply(R.timestamp_must_be_zero)
-        if e["reserved"]:
-            return reply(R.reserved_field)
-        if e["flags"]:
-            return reply(R.reserved_flag)
+        r = _prologue(e)
+        if r:
+            return reply(r)
         if e["envelope_id"] == 0:
             return reply(R.id_must_not_be_zero)
         p = self.envelopes_by_id.get(e["envelope_id"])
@@ -1230,6 +1170,38 @@ class ModelLedger:
             "first_activity_ts": [self.activity[i]["first"] for i in ids],
             "last_activity_ts": [self.activity[i]["last"] for i in ids],
         }
+
+
+def _prologue(e):
+    """The checks a product event begins with, in this order (as core/product.pxd's): the
+    server's forbidden mark, a timestamp the engine sets, reserved bytes, then any flag; None if
+    it passes them."""
+    if e["flags"] & EVENT_FLAG_FORBIDDEN:
+        return R.forbidden
+    if e["timestamp"]:
+        return R.timestamp_must_be_zero
+    if e["reserved"]:
+        return R.reserved_field
+    if e["flags"]:
+        return R.reserved_flag
+    return None
+
+
+def _keyed_checks(e, id_name, amount_name, number_name):
+    """The next checks of an event whose id derives from a caller's number (an order, a charge, a
+    packet), in this order: the id neither 0 nor all ones, an amount, a ledger, the number's
+    characters; None if it passes them."""
+    if e[id_name] == 0:
+        return R.id_must_not_be_zero
+    if e[id_name] == U128:
+        return R.id_must_not_be_int_max
+    if e[amount_name] == 0:
+        return R.amount_must_not_be_zero
+    if e["ledger"] == 0:
+        return R.ledger_must_not_be_zero
+    if not out_trade_no_valid(e[number_name]):
+        return R.out_trade_no_invalid
+    return None
 
 
 def _fill(event, fields):
