@@ -396,8 +396,9 @@ def _check_invariants(machine, packet_ids):
     assert len(packets) == len(packet_ids)
     held = {escrow: 0 for escrow in ESCROWS}
     for p in packets:
-        transfers = core.to_dicts(ledger.lookup_transfers(core.ids_array(
-            [claim_transfer_id(p["id"], k) for k in range(p["count"])])))
+        ids = [claim_transfer_id(p["id"], k) for k in range(min(p["count"], p["claimed"] + 1))]
+        transfers = [t for k in range(0, len(ids), 8_190)
+                     for t in core.to_dicts(ledger.lookup_transfers(core.ids_array(ids[k:k + 8_190])))]
         assert len(transfers) == p["claimed"], p   # positions 0 .. claimed - 1, no more
         remaining, claimers = p["total"], set()
         for k, t in enumerate(transfers):
@@ -526,6 +527,14 @@ def _scenarios():
                                                                                                      CLAIMERS[:2])),
                                         (CLAIM, DAY, _claims(("any", 0), CLAIMERS[:2]) + _claims(("any", 1),
                                                                                                   CLAIMERS[:3]))]),
+        # The largest total the limit allows, 10,000 shares; a batch of 1,200 claims (the core's
+        # batch loop without the GIL), each claimer many times.
+        "big_total_long_batch": ((64, 2048, 4096), [
+            (SET_LIMITS, 0, [{"envelope_total": 1 << 53}]),
+            (SEND, 0, [{"id": envelope_id(NOT_ESCROW, number), "sender_id": NOT_ESCROW, "escrow_id": ESCROW,
+                        "total": total, "count": count, "out_envelope_no": number, "ledger": CNY}
+                       for number, total, count in ((b"BIG", 1 << 53, 10_000), (b"BIG-2", (1 << 53) - 1, 2))]),
+            (CLAIM, 1, [("claim", ("any", k % 2), c, {}) for k in range(3) for c in CLAIMERS] * 10)]),
         # Small tables: two open packets, six claims.
         "small_tables": (SMALL, [(SEND, 0, [_send(E0), _send(E3), _send((SENDER, b"E-5"))]),
                                  (CLAIM, 0, _claims(("any", 0), CLAIMERS[:4]) + _claims(("any", 1), CLAIMERS[:4])),
