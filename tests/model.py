@@ -15,6 +15,12 @@ Merchants' terms and fees (``set_merchants``), refunds (``refund_orders``) and p
 pending leg with a 45 s timeout, its order ``USERPAYING``; codes and held charges expire by the
 engine clock at each batch's base) follow docs/products.md, "Merchants and fees", "Refunds" and
 "Payment codes (built)". Settlement books are not modelled.
+
+Red envelopes (``send_envelopes``, ``claim_envelopes``, ``lookup_envelopes``,
+``lookup_envelope_claims``; the ``envelope_total`` and ``envelopes_open`` limits of ``set_limits``)
+follow docs/products.md "Red envelopes": a packet and a claim are dicts, the legs go through
+``_transfer``, a claim's share is drawn here with hmac, and the refund of expired packets is made
+at every batch's start with the batch's first timestamps (``_refund_due``).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS = 1, 2
 OP_CREATE_ORDERS, OP_PAY_ORDERS, OP_CLOSE_ORDERS = 100, 101, 102
 OP_SET_MERCHANTS, OP_REFUND_ORDERS = 104, 106
 OP_ISSUE_CODES, OP_CHARGE_CODES, OP_CONFIRM_CHARGES = 112, 113, 114
+OP_SET_LIMITS, OP_SEND_ENVELOPES, OP_CLAIM_ENVELOPES = 6, 116, 117
 ORDER_CREATE_FIELDS = ("id", "merchant_id", "amount", "out_trade_no", "expire_after_s", "ledger",
                        "description_code", "flags", "reserved", "timestamp")
 ORDER_PAY_FIELDS = ("order_id", "payer_id", "amount", "token", "reserved_a", "ledger", "flags", "reserved",
@@ -62,7 +69,8 @@ CODE_CONFIRM_FIELDS = ("order_id", "wallet_id", "flags", "reserved", "timestamp"
 CODE_FIELDS = ("id", "wallet_id", "request_id", "order_id", "no_password_limit", "expires_at", "ended_at",
                "free_payments_per_day", "ledger", "state", "reserved", "timestamp")
 OUT_TRADE_NO_SIZE, TOKEN_SIZE = 32, 10
-BYTES_FIELDS = {"out_trade_no": OUT_TRADE_NO_SIZE, "token": TOKEN_SIZE, "out_refund_no": OUT_TRADE_NO_SIZE}
+BYTES_FIELDS = {"out_trade_no": OUT_TRADE_NO_SIZE, "token": TOKEN_SIZE, "out_refund_no": OUT_TRADE_NO_SIZE,
+                "out_envelope_no": OUT_TRADE_NO_SIZE}
 OUT_TRADE_NO_CHARS = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-|*@.")
 NOTPAY, SUCCESS, CLOSED, REFUND, USERPAYING = 1, 2, 3, 4, 5
 CLOSE_BY_MERCHANT, CLOSE_EXPIRED, CLOSE_REVOKED, CLOSE_DECLINED, CLOSE_TIMEOUT = 1, 2, 3, 4, 5
@@ -81,6 +89,24 @@ NO_PASSWORD_LIMIT_DEFAULT, FREE_PAYMENTS_PER_DAY_DEFAULT = 300_000, 10
 CONFIRM_DECLINE = 1
 DAY_NS = 86_400 * NS_PER_S
 CODE_MIN, CODE_END = 10 * 10**16, 16 * 10**16     # 18 digits, the prefix 10..15
+# Red envelopes (docs/products.md "Red envelopes").
+ENVELOPE_SEND_FIELDS = ("id", "sender_id", "escrow_id", "total", "out_envelope_no", "count", "ledger",
+                        "expire_after_s", "description_code", "flags", "reserved", "timestamp")
+ENVELOPE_CLAIM_FIELDS = ("envelope_id", "claimer_id", "flags", "reserved", "timestamp")
+ENVELOPE_FIELDS = ("id", "sender_id", "escrow_id", "total", "remaining", "expires_at", "ended_at", "refunded", "count",
+                   "claimed", "ledger", "description_code", "state", "reserved_a", "refund_result", "reserved",
+                   "timestamp")
+CLAIM_FIELDS = ("id", "envelope_id", "claimer_id", "transfer_id", "amount", "position", "ledger", "reserved",
+                "timestamp")
+LIMITS_FIELDS = ("accounts", "pending", "merchants", "orders_open", "codes_live", "flags", "reserved_a",
+                 "envelopes_open", "envelope_total", "reserved", "timestamp")
+ENVELOPE_OPEN, ENVELOPE_EMPTY, ENVELOPE_REFUNDED, ENVELOPE_REFUND_FAILED = 1, 2, 3, 4
+ACCOUNT_CODE_ESCROW = 4
+TRANSFER_CODE_ENVELOPE_FUND, TRANSFER_CODE_ENVELOPE_CLAIM, TRANSFER_CODE_ENVELOPE_REFUND = 6, 7, 8
+ENVELOPE_COUNT_MAX = 10_000
+ENVELOPE_EXPIRE_AFTER_MAX_S = 86_400
+ENVELOPE_TOTAL_MAX_DEFAULT, ENVELOPE_TOTAL_LIMIT_MAX = 20_000, 1 << 53
+ENVELOPE_REFUNDS_PER_BATCH_MAX = 256
 
 R = enum.IntEnum("R", [(name, code) for code, name in enumerate("""
 ok linked_event_failed linked_event_chain_open timestamp_must_be_zero reserved_field reserved_flag
@@ -127,7 +153,8 @@ LEG_ID_TAG = 0xFFFE
 
 class ModelLedger:
     def __init__(self, accounts_max: int, transfers_max: int, orders_max: int = 0, secret: bytes = bytes(32),
-                 codes_max: int = 1 << 17, refunds_max: int = 1 << 16, merchants_max: int = 1 << 17):
+                 codes_max: int = 1 << 17, refunds_max: int = 1 << 16, merchants_max: int = 1 << 17,
+                 envelopes_max: int = 1 << 17, claims_max: int = 1 << 18):
         self.accounts_max = accounts_max
         self.transfers_max = transfers_max
         self.orders_max = orders_max
@@ -145,18 +172,35 @@ class ModelLedger:
         self.transfers_by_id: dict[int, dict] = {}     # insertion order = timestamp order
         self.state: dict[int, str] = {}                # pending transfer id -> pending/posted/voided/expired
         self.activity: dict[int, dict] = {}            # account id -> features
+        self.envelopes_max = envelopes_max
+        self.claims_max = claims_max
+        self.envelopes_by_id: dict[int, dict] = {}     # insertion order = send order
+        self.claims_by_id: dict[int, dict] = {}
+        # The limits set_limits changes: open packets (a bare table's room for a batch kept back,
+        # as for orders) and a packet's total.
+        self.envelopes_pinned_max = envelopes_max - min(BATCH_EVENTS_MAX, envelopes_max // 2)
+        self.envelopes_open_max = self.envelopes_pinned_max
+        self.envelope_total_max = ENVELOPE_TOTAL_MAX_DEFAULT
         self.last = 0
 
     # -- batches
 
     def _begin(self, now_ns, count, per_event=1):
         """The batch's base timestamp; ``per_event`` timestamps are reserved for each event
-        (1 for the ledger's events, ``LEGS_MAX`` for a product's). Expires what is due by then."""
-        base = max(now_ns, self.last + 1)
-        if count:
+        (1 for the ledger's events, ``LEGS_MAX`` for a product's). Expires what is due by then.
+
+        The batch's first timestamp ``first`` goes to the refunds of the packets expired by then
+        (at most ENVELOPE_REFUNDS_PER_BATCH_MAX): they take first .. first + k - 1 and the events
+        start at ``base = first + k``. (As the core does: orders and codes expire at ``base``
+        first, the refunds follow, pending transfers expire at ``base`` last.)"""
+        first = max(now_ns, self.last + 1)
+        due = self.envelopes_due(first)
+        base = first + len(due)
+        if count or due:
             self.last = base + per_event * count - 1
         self.expire_orders(base)
         self.expire_codes(base)
+        self._refund_due(due, first)
         for tid, state in self.state.items():
             t = self.transfers_by_id[tid]
             if state == "pending" and t["timeout"] and t["timestamp"] + t["timeout"] * NS_PER_S <= base:
@@ -422,6 +466,8 @@ class ModelLedger:
     def apply(self, operation, events, now_ns):
         """A batch by operation number (core/operations.py's numbers, written out again here)."""
         run = {OP_CREATE_ACCOUNTS: self.create_accounts, OP_CREATE_TRANSFERS: self.create_transfers,
+               OP_SET_LIMITS: self.set_limits, OP_SEND_ENVELOPES: self.send_envelopes,
+               OP_CLAIM_ENVELOPES: self.claim_envelopes,
                OP_CREATE_ORDERS: self.create_orders, OP_PAY_ORDERS: self.pay_orders,
                OP_CLOSE_ORDERS: self.close_orders, OP_SET_MERCHANTS: self.set_merchants,
                OP_REFUND_ORDERS: self.refund_orders, OP_ISSUE_CODES: self.issue_codes,
@@ -469,24 +515,9 @@ class ModelLedger:
     def _create_order(self, e, ts):
         def reply(r, token=bytes(TOKEN_SIZE)):
             return {"result": int(r), "token": token}
-        if e["flags"] & EVENT_FLAG_FORBIDDEN:
-            return reply(R.forbidden)
-        if e["timestamp"]:
-            return reply(R.timestamp_must_be_zero)
-        if e["reserved"]:
-            return reply(R.reserved_field)
-        if e["flags"]:
-            return reply(R.reserved_flag)
-        if e["id"] == 0:
-            return reply(R.id_must_not_be_zero)
-        if e["id"] == U128:
-            return reply(R.id_must_not_be_int_max)
-        if e["amount"] == 0:
-            return reply(R.amount_must_not_be_zero)
-        if e["ledger"] == 0:
-            return reply(R.ledger_must_not_be_zero)
-        if not out_trade_no_valid(e["out_trade_no"]):
-            return reply(R.out_trade_no_invalid)
+        r = _prologue(e) or _keyed_checks(e, "id", "amount", "out_trade_no")
+        if r:
+            return reply(r)
         if e["expire_after_s"] != 0 and not EXPIRE_AFTER_MIN_S <= e["expire_after_s"] <= EXPIRE_AFTER_MAX_S:
             return reply(R.expire_after_out_of_range)
         merchant = self.accounts_by_id.get(e["merchant_id"])
@@ -595,14 +626,9 @@ class ModelLedger:
         return unpaid >= open_max or len(self.orders_by_id) >= self.orders_max
 
     def _close_order(self, e, ts):
-        if e["flags"] & EVENT_FLAG_FORBIDDEN:
-            return R.forbidden
-        if e["timestamp"]:
-            return R.timestamp_must_be_zero
-        if e["reserved"]:
-            return R.reserved_field
-        if e["flags"]:
-            return R.reserved_flag
+        r = _prologue(e)
+        if r:
+            return r
         if e["order_id"] == 0:
             return R.id_must_not_be_zero
         o = self.orders_by_id.get(e["order_id"])
@@ -769,14 +795,9 @@ class ModelLedger:
     def _issue_code(self, e, ts):
         def reply(r, code=0):
             return {"result": int(r), "code": code}
-        if e["flags"] & EVENT_FLAG_FORBIDDEN:
-            return reply(R.forbidden)
-        if e["timestamp"]:
-            return reply(R.timestamp_must_be_zero)
-        if e["reserved"]:
-            return reply(R.reserved_field)
-        if e["flags"]:
-            return reply(R.reserved_flag)
+        r = _prologue(e)
+        if r:
+            return reply(r)
         if e["request_id"] == 0:
             return reply(R.id_must_not_be_zero)
         if e["ledger"] == 0:
@@ -819,24 +840,9 @@ class ModelLedger:
         self.code_payments[wallet_id] = (ts // DAY_NS, self.payments_today(wallet_id, ts) + 1)
 
     def _charge_code(self, e, ts):
-        if e["flags"] & EVENT_FLAG_FORBIDDEN:
-            return R.forbidden
-        if e["timestamp"]:
-            return R.timestamp_must_be_zero
-        if e["reserved"]:
-            return R.reserved_field
-        if e["flags"]:
-            return R.reserved_flag
-        if e["order_id"] == 0:
-            return R.id_must_not_be_zero
-        if e["order_id"] == U128:
-            return R.id_must_not_be_int_max
-        if e["amount"] == 0:
-            return R.amount_must_not_be_zero
-        if e["ledger"] == 0:
-            return R.ledger_must_not_be_zero
-        if not out_trade_no_valid(e["out_trade_no"]):
-            return R.out_trade_no_invalid
+        r = _prologue(e) or _keyed_checks(e, "order_id", "amount", "out_trade_no")
+        if r:
+            return r
         if not code_valid(e["code"]):
             return R.code_invalid
         merchant = self.accounts_by_id.get(e["merchant_id"])
@@ -974,6 +980,163 @@ class ModelLedger:
         """The earliest ``expires_at`` of a LIVE code; 0 if none."""
         return min((c["expires_at"] for c in self.codes_by_id.values() if c["state"] == CODE_LIVE), default=0)
 
+    # -- red envelopes (docs/products.md "Red envelopes")
+
+    def set_limits(self, events, now_ns):
+        """Only the envelopes' limits are modelled: the other fields must be 0 (unchanged)."""
+        return [int(r) for r in self._run_orders(events, now_ns, LIMITS_FIELDS, self._set_limits)]
+
+    def _set_limits(self, e, ts):
+        if any(e[name] for name in ("accounts", "pending", "merchants", "orders_open", "codes_live")):
+            raise NotImplementedError("the model's set_limits knows the envelopes' limits only")
+        if e["timestamp"]:
+            return R.timestamp_must_be_zero
+        if e["reserved"] or e["reserved_a"]:
+            return R.reserved_field
+        if e["flags"]:
+            return R.reserved_flag
+        if e["envelopes_open"] > self.envelopes_pinned_max or e["envelope_total"] > ENVELOPE_TOTAL_LIMIT_MAX:
+            return R.limit_out_of_range
+        if e["envelopes_open"]:
+            self.envelopes_open_max = e["envelopes_open"]
+        if e["envelope_total"]:
+            self.envelope_total_max = e["envelope_total"]
+        return R.ok
+
+    def send_envelopes(self, events, now_ns):
+        return [int(r) for r in self._run_orders(events, now_ns, ENVELOPE_SEND_FIELDS, self._send_envelope)]
+
+    def claim_envelopes(self, events, now_ns):
+        """One ``{"result", "position", "amount"}`` per event (the ENVELOPE_CLAIMED reply)."""
+        return self._run_orders(events, now_ns, ENVELOPE_CLAIM_FIELDS, self._claim_envelope)
+
+    def _envelopes_open(self):
+        return [p for p in self.envelopes_by_id.values() if p["state"] == ENVELOPE_OPEN]
+
+    def _send_envelope(self, e, ts):
+        r = _prologue(e) or _keyed_checks(e, "id", "total", "out_envelope_no")
+        if r:
+            return r
+        if e["id"] != envelope_id(e["sender_id"], e["out_envelope_no"]):
+            return R.id_mismatch
+        span = (e["expire_after_s"] or ENVELOPE_EXPIRE_AFTER_MAX_S) * NS_PER_S
+        p = self.envelopes_by_id.get(e["id"])
+        if p is not None:   # a retry (the id names the sender and the number)
+            same = ((p["sender_id"], p["escrow_id"], p["total"], p["count"], p["ledger"], p["description_code"])
+                    == (e["sender_id"], e["escrow_id"], e["total"], e["count"], e["ledger"], e["description_code"])
+                    and p["expires_at"] - p["timestamp"] == span)
+            return R.exists if same else R.exists_with_different_fields
+        if e["total"] > self.envelope_total_max:
+            return R.envelope_total_out_of_range
+        if not 1 <= e["count"] <= min(ENVELOPE_COUNT_MAX, e["total"]):
+            return R.envelope_count_out_of_range
+        if e["expire_after_s"] > ENVELOPE_EXPIRE_AFTER_MAX_S:
+            return R.expire_after_out_of_range
+        sender = self.accounts_by_id.get(e["sender_id"])
+        if sender is None:
+            return R.payer_not_found
+        if sender["ledger"] != e["ledger"]:
+            return R.currency_mismatch
+        escrow = self.accounts_by_id.get(e["escrow_id"])
+        if (escrow is None or e["escrow_id"] == e["sender_id"] or escrow["ledger"] != e["ledger"]
+                or escrow["code"] != ACCOUNT_CODE_ESCROW):
+            return R.escrow_invalid
+        if len(self._envelopes_open()) >= self.envelopes_open_max or len(self.envelopes_by_id) >= self.envelopes_max:
+            return R.envelopes_limit_reached
+        r = self._chain([self._leg(leg_id(e["id"], OP_SEND_ENVELOPES, 0), e["sender_id"], e["escrow_id"], e["total"],
+                                   e["ledger"], TRANSFER_CODE_ENVELOPE_FUND, e["id"])], ts)
+        if r != R.ok:
+            return r
+        self.envelopes_by_id[e["id"]] = {
+            "id": e["id"], "sender_id": e["sender_id"], "escrow_id": e["escrow_id"], "total": e["total"],
+            "remaining": e["total"], "expires_at": ts + span, "ended_at": 0, "refunded": 0, "count": e["count"],
+            "claimed": 0, "ledger": e["ledger"], "description_code": e["description_code"], "state": ENVELOPE_OPEN,
+            "reserved_a": 0, "refund_result": 0, "reserved": 0, "timestamp": ts}
+        return R.ok
+
+    def _claim_envelope(self, e, ts):
+        def reply(r, position=0, amount=0):
+            return {"result": int(r), "position": position, "amount": amount}
+        r = _prologue(e)
+        if r:
+            return reply(r)
+        if e["envelope_id"] == 0:
+            return reply(R.id_must_not_be_zero)
+        p = self.envelopes_by_id.get(e["envelope_id"])
+        if p is None:
+            return reply(R.envelope_not_found)
+        claimer = self.accounts_by_id.get(e["claimer_id"])
+        if claimer is None:
+            return reply(R.claimer_not_found)
+        if claimer["ledger"] != p["ledger"]:
+            return reply(R.currency_mismatch)
+        cid = claim_id(p["id"], e["claimer_id"])
+        c = self.claims_by_id.get(cid)
+        if c is not None:   # a retry: the same place and share
+            return reply(R.exists, c["position"], c["amount"])
+        if p["state"] == ENVELOPE_EMPTY:
+            return reply(R.envelope_empty)
+        if p["state"] != ENVELOPE_OPEN or p["expires_at"] <= ts:
+            return reply(R.envelope_expired)
+        if len(self.claims_by_id) >= self.claims_max:
+            return reply(R.claims_limit_reached)
+        position = p["claimed"]
+        amount = envelope_share(self.secret, p["id"], e["claimer_id"], position, p["remaining"],
+                                p["count"] - position)
+        transfer = claim_transfer_id(p["id"], position)
+        r = self._chain([self._leg(transfer, p["escrow_id"], e["claimer_id"], amount, p["ledger"],
+                                   TRANSFER_CODE_ENVELOPE_CLAIM, p["id"])], ts)
+        if r != R.ok:
+            return reply(r)   # no place taken
+        self.claims_by_id[cid] = {"id": cid, "envelope_id": p["id"], "claimer_id": e["claimer_id"],
+                                  "transfer_id": transfer, "amount": amount, "position": position,
+                                  "ledger": p["ledger"], "reserved": 0, "timestamp": ts}
+        p["claimed"] += 1
+        p["remaining"] -= amount
+        if p["claimed"] == p["count"]:
+            p["state"] = ENVELOPE_EMPTY
+            p["ended_at"] = ts
+        return reply(R.ok, position, amount)
+
+    def envelopes_due(self, t):
+        """The open packets expired by ``t`` that a batch starting at ``t`` refunds: soonest
+        first (ties by send time), at most ENVELOPE_REFUNDS_PER_BATCH_MAX."""
+        due = sorted((p for p in self._envelopes_open() if p["expires_at"] <= t),
+                     key=lambda p: (p["expires_at"], p["timestamp"]))
+        return due[:ENVELOPE_REFUNDS_PER_BATCH_MAX]
+
+    def _refund_due(self, due, first):
+        """The remainder of each packet escrow -> sender, the k-th at ``first + k``: REFUNDED; a
+        leg the ledger refuses leaves it REFUND_FAILED (its result kept, the money in escrow); a
+        full transfer table stops the refunds there (the rest stay due for the next batch)."""
+        for k, p in enumerate(due):
+            ts = first + k
+            r = self._chain([self._leg(leg_id(p["id"], OP_SEND_ENVELOPES, 1), p["escrow_id"], p["sender_id"],
+                                       p["remaining"], p["ledger"], TRANSFER_CODE_ENVELOPE_REFUND, p["id"])], ts)
+            if r == R.transfers_limit_reached:
+                return
+            if r == R.ok:
+                p["refunded"], p["remaining"], p["state"] = p["remaining"], 0, ENVELOPE_REFUNDED
+            else:
+                p["refund_result"], p["state"] = int(r), ENVELOPE_REFUND_FAILED
+            p["ended_at"] = ts
+
+    def lookup_envelopes(self, ids):
+        return [dict(self.envelopes_by_id[i]) for i in ids if i in self.envelopes_by_id]
+
+    def lookup_envelope_claims(self, ids):
+        return [dict(self.claims_by_id[i]) for i in ids if i in self.claims_by_id]
+
+    def envelopes(self):
+        return [dict(p) for p in self.envelopes_by_id.values()]
+
+    def envelope_claims(self):
+        return [dict(c) for c in self.claims_by_id.values()]
+
+    def next_envelope_expiry_ns(self):
+        """The earliest ``expires_at`` of an open packet; 0 if none."""
+        return min((p["expires_at"] for p in self._envelopes_open()), default=0)
+
     # -- reads
 
     def lookup_accounts(self, ids):
@@ -1009,6 +1172,38 @@ class ModelLedger:
             "first_activity_ts": [self.activity[i]["first"] for i in ids],
             "last_activity_ts": [self.activity[i]["last"] for i in ids],
         }
+
+
+def _prologue(e):
+    """The checks a product event begins with, in this order (as core/product.pxd's): the
+    server's forbidden mark, a timestamp the engine sets, reserved bytes, then any flag; None if
+    it passes them."""
+    if e["flags"] & EVENT_FLAG_FORBIDDEN:
+        return R.forbidden
+    if e["timestamp"]:
+        return R.timestamp_must_be_zero
+    if e["reserved"]:
+        return R.reserved_field
+    if e["flags"]:
+        return R.reserved_flag
+    return None
+
+
+def _keyed_checks(e, id_name, amount_name, number_name):
+    """The next checks of an event whose id derives from a caller's number (an order, a charge, a
+    packet), in this order: the id neither 0 nor all ones, an amount, a ledger, the number's
+    characters; None if it passes them."""
+    if e[id_name] == 0:
+        return R.id_must_not_be_zero
+    if e[id_name] == U128:
+        return R.id_must_not_be_int_max
+    if e[amount_name] == 0:
+        return R.amount_must_not_be_zero
+    if e["ledger"] == 0:
+        return R.ledger_must_not_be_zero
+    if not out_trade_no_valid(e[number_name]):
+        return R.out_trade_no_invalid
+    return None
 
 
 def _fill(event, fields):
@@ -1102,3 +1297,39 @@ def leg_id(event_id, operation, leg):
     new_lo = _mix64(lo ^ salt) ^ hi
     new_hi = (_mix64(hi ^ _mix64(new_lo ^ salt)) & ((1 << 48) - 1)) | (LEG_ID_TAG << 48)
     return (new_hi << 64) | new_lo
+
+
+# -- red envelopes' ids and shares (docs/products.md "Red envelopes")
+
+def envelope_id(sender_id, out_envelope_no):
+    """The first 16 bytes of SHA-256(b"rpkt" + sender id (16 LE) + out_envelope_no (32, NUL-padded)), LE."""
+    data = b"rpkt" + sender_id.to_bytes(16, "little") + bytes(out_envelope_no).ljust(OUT_TRADE_NO_SIZE, b"\0")
+    return int.from_bytes(hashlib.sha256(data).digest()[:16], "little")
+
+
+def claim_id(envelope, claimer_id):
+    """The first 16 bytes of SHA-256(b"clam" + packet id (16 LE) + claimer id (16 LE) + 16 zero bytes), LE."""
+    data = b"clam" + envelope.to_bytes(16, "little") + claimer_id.to_bytes(16, "little") + bytes(16)
+    return int.from_bytes(hashlib.sha256(data).digest()[:16], "little")
+
+
+def claim_transfer_id(envelope, position):
+    """The claim leg at ``position``: the leg id of the packet id with its high half xor the position."""
+    return leg_id(envelope ^ (position << 64), OP_CLAIM_ENVELOPES, 0)
+
+
+def share_max(remaining, left):
+    """The largest share a claim may draw with ``left`` >= 2 shares to go: min(2R / n, R - (n - 1))."""
+    return min(2 * remaining // left, remaining - (left - 1))
+
+
+def envelope_share(secret, envelope, claimer_id, position, remaining, left):
+    """The double-mean share: the last claimer takes the rest; otherwise 1 + floor(h * m / 2^64),
+    h = the first 8 bytes (LE) of HMAC-SHA256(secret, b"shar" + packet (16 LE) + claimer (16 LE)
+    + position (u32 LE))."""
+    if left == 1:
+        return remaining
+    message = (b"shar" + envelope.to_bytes(16, "little") + claimer_id.to_bytes(16, "little")
+               + position.to_bytes(4, "little"))
+    h = int.from_bytes(hmac.new(bytes(secret), message, hashlib.sha256).digest()[:8], "little")
+    return 1 + (h * share_max(remaining, left) >> 64)

@@ -30,7 +30,7 @@ from tests.model import (CHARGE_HOLD_S, CLOSE_DECLINED, CLOSE_REVOKED, CLOSE_TIM
                          CODE_EXPIRED, CODE_LIVE, CODE_REPLACED, CODE_VALID_S, DAY_NS, ORDER_KIND_CODE, REFUND,
                          SUCCESS, U64, U128, USERPAYING, ModelLedger, R, code_of, code_token, code_valid, leg_id,
                          order_id, refund_id, token_of)
-from tests.test_order_properties import _records
+from tests.test_order_properties import _apply
 
 NS = 1_000_000_000
 # Ten minutes before a UTC day boundary: a mix's clock often crosses it (the day's free payments).
@@ -383,13 +383,7 @@ def _event_dtype(operation):
 
 def _submit(machine, operation, events, now_ns):
     """One batch on the core: result names (create_orders: with its token; issue_codes: with its code)."""
-    if operation == CREATE_ACCOUNTS:
-        batch = core.accounts_from_dicts(events)
-    elif operation == CREATE_TRANSFERS:
-        batch = core.transfers_from_dicts(events)
-    else:
-        batch = _records(events, _event_dtype(operation))
-    reply = machine.apply(operation, batch, now_ns)
+    reply = _apply(machine, operation, events, now_ns, _event_dtype)
     if operation == CREATE_ORDERS:
         return [(core.Result(row["result"]).name, row["token"]) for row in _dicts(reply)]
     if operation == ISSUE_CODES:

@@ -319,15 +319,21 @@ def _event_dtype(operation):
             CLOSE_ORDERS: core.records.ORDER_CLOSE_DTYPE}[operation]
 
 
-def _submit(machine, operation, events, now_ns):
-    """One batch on the core: result names (and, for create_orders, the tokens answered)."""
+def _apply(machine, operation, events, now_ns, dtype_of):
+    """One batch of event dicts on the core, its raw reply: accounts and transfers by the core's
+    own builders, a product's events as ``dtype_of(operation)`` records (``_records``)."""
     if operation == CREATE_ACCOUNTS:
         batch = core.accounts_from_dicts(events)
     elif operation == CREATE_TRANSFERS:
         batch = core.transfers_from_dicts(events)
     else:
-        batch = _records(events, _event_dtype(operation))
-    reply = machine.apply(operation, batch, now_ns)
+        batch = _records(events, dtype_of(operation))
+    return machine.apply(operation, batch, now_ns)
+
+
+def _submit(machine, operation, events, now_ns):
+    """One batch on the core: result names (and, for create_orders, the tokens answered)."""
+    reply = _apply(machine, operation, events, now_ns, _event_dtype)
     if operation == CREATE_ORDERS:
         rows = _dicts(reply)
         for row in rows:
