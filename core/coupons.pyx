@@ -318,7 +318,8 @@ cdef class Coupons(Product):
             return R_CURRENCY_MISMATCH
         budget = idmap_get(accounts, e.budget_account_id_lo, e.budget_account_id_hi)
         if (budget == IDMAP_NOT_FOUND or budget == merchant or self.ledger.hot[budget].ledger != e.ledger
-                or self.ledger.hot[budget].code != ACCOUNT_CODE_BUDGET):
+                or self.ledger.hot[budget].code != ACCOUNT_CODE_BUDGET
+                or self.ledger.hot[merchant].code == ACCOUNT_CODE_BUDGET):  # (its stocks' money)
             return R_BUDGET_ACCOUNT_INVALID
         if self.open_count >= self.open_max or self.stocks.free_count == 0:
             return R_STOCKS_LIMIT_REACHED

@@ -352,7 +352,8 @@ cdef class Envelopes(Product):
             return R_CURRENCY_MISMATCH
         escrow = idmap_get(accounts, e.escrow_id_lo, e.escrow_id_hi)
         if (escrow == IDMAP_NOT_FOUND or escrow == sender or self.ledger.hot[escrow].ledger != e.ledger
-                or self.ledger.hot[escrow].code != ACCOUNT_CODE_ESCROW):
+                or self.ledger.hot[escrow].code != ACCOUNT_CODE_ESCROW
+                or self.ledger.hot[sender].code == ACCOUNT_CODE_ESCROW):  # (its open packets' money)
             return R_ESCROW_INVALID
         if self.open_count >= self.open_max or self.table.free_count == 0:
             return R_ENVELOPES_LIMIT_REACHED

@@ -800,12 +800,14 @@ cdef class Ledger:
         for h in range(self.begin_hook_count):
             self.begin_hooks[h](self.begin_hook_owners[h], base)
         self.evict(count + start_legs)
+        self.prune()
+        # The pending transfers due by then expire before the start's transfers: a refund must
+        # not count a hold that has already ended.
+        self.expire_pending(base)
         for h in range(self.start_legs_tables):
             if self.start_legs_counts[h]:
                 self.start_legs_run[h](self.start_legs_owners[h], first, self.start_legs_counts[h])
                 first += self.start_legs_counts[h]
-        self.prune()
-        self.expire_pending(base)
         return base
 
     cdef uint64_t start_legs_at(self, uint64_t now_ns) noexcept nogil:

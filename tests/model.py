@@ -192,7 +192,7 @@ class ModelLedger:
         The batch's first timestamp ``first`` goes to the refunds of the packets expired by then
         (at most ENVELOPE_REFUNDS_PER_BATCH_MAX): they take first .. first + k - 1 and the events
         start at ``base = first + k``. (As the core does: orders and codes expire at ``base``
-        first, the refunds follow, pending transfers expire at ``base`` last.)"""
+        first, then pending transfers at ``base``, then the refunds.)"""
         first = max(now_ns, self.last + 1)
         due = self.envelopes_due(first)
         base = first + len(due)
@@ -200,13 +200,13 @@ class ModelLedger:
             self.last = base + per_event * count - 1
         self.expire_orders(base)
         self.expire_codes(base)
-        self._refund_due(due, first)
         for tid, state in self.state.items():
             t = self.transfers_by_id[tid]
             if state == "pending" and t["timeout"] and t["timestamp"] + t["timeout"] * NS_PER_S <= base:
                 self.state[tid] = "expired"
                 self.accounts_by_id[t["debit_account_id"]]["debits_pending"] -= t["amount"]
                 self.accounts_by_id[t["credit_account_id"]]["credits_pending"] -= t["amount"]
+        self._refund_due(due, first)
         return base
 
     def _run(self, events, now_ns, one, linked_flag):
@@ -1039,7 +1039,7 @@ class ModelLedger:
             return R.currency_mismatch
         escrow = self.accounts_by_id.get(e["escrow_id"])
         if (escrow is None or e["escrow_id"] == e["sender_id"] or escrow["ledger"] != e["ledger"]
-                or escrow["code"] != ACCOUNT_CODE_ESCROW):
+                or escrow["code"] != ACCOUNT_CODE_ESCROW or sender["code"] == ACCOUNT_CODE_ESCROW):
             return R.escrow_invalid
         if len(self._envelopes_open()) >= self.envelopes_open_max or len(self.envelopes_by_id) >= self.envelopes_max:
             return R.envelopes_limit_reached

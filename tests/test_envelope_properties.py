@@ -797,7 +797,7 @@ def test_the_mean_share_is_the_same_at_every_position(total, count):
     _check_double_mean(total, count, 100_000)
 
 
-# ---------------------------------------------------------------- where the core departs from the document
+# ---------------------------------------------------------------- where the core departed from the document (fixed)
 
 def _setup_machine(sizes=USUAL):
     machine, model = _machine(sizes), _model(sizes)
@@ -806,8 +806,6 @@ def _setup_machine(sizes=USUAL):
     return machine
 
 
-@pytest.mark.xfail(strict=True, reason="send_envelopes takes an escrow account (code 4) as the sender: a packet of "
-                                       "the money its open packets hold (docs/products.md 'The escrow account')")
 def test_an_escrow_cannot_send_the_money_its_open_packets_hold():
     """docs/products.md: "the money of open packets is never spendable by anyone but their
     claimers", and an escrow's balance "is always the sum of open packets' remaining". The core
@@ -822,13 +820,11 @@ def test_an_escrow_cannot_send_the_money_its_open_packets_hold():
     claimed = _submit(machine, CLAIM, [{"envelope_id": envelope_id(*E0), "claimer_id": CLAIMERS[0]}], now + 2 * S)
     escrow = core.to_dicts(machine.ledger.lookup_accounts([ESCROW]))[0]
     open_remaining = sum(p["remaining"] for p in _lookup(machine, "envelopes", [envelope_id(*E0)]))
-    # Refused (which code is the document's to say: escrow_invalid, say), and the escrow still holds the packet.
-    assert result != ["ok"] and claimed[0][0] == "ok", (result, claimed)
+    # Refused (escrow_invalid), and the escrow still holds the packet.
+    assert result == ["escrow_invalid"] and claimed[0][0] == "ok", (result, claimed)
     assert escrow["credits_posted"] - escrow["debits_posted"] == open_remaining
 
 
-@pytest.mark.xfail(strict=True, reason="a batch's start refunds before it expires the pending transfers due by then "
-                                       "(core/ledger.pyx begin_batch: start_legs_run, then expire_pending(base))")
 def test_a_refund_does_not_count_a_pending_transfer_expired_before_it():
     """A pending credit to the capped sender (credits may not exceed debits) with a 1 s timeout
     expires a second before the packet does. A batch between the two refunds it; a batch after
