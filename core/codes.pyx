@@ -26,7 +26,8 @@ from core.idmap cimport IDMAP_NOT_FOUND, idmap_get, idmap_t
 from core.ledger cimport LEGS_MAX, Ledger, chain_mark_t
 from core.merchants cimport Merchants, fee_of, merchant_terms_t
 from core.orders cimport (
-    OPERATION_CHARGE_CODES, TRANSFER_CODE_ORDER_FEE, TRANSFER_CODE_ORDER_PAYMENT, Orders, keyed_event_checks, leg_id_of,
+    OPERATION_CHARGE_CODES, TRANSFER_CODE_ORDER_FEE, TRANSFER_CODE_ORDER_PAYMENT, Orders, card_pack_after,
+    keyed_event_checks, leg_id_of,
 )
 from core.product cimport Product, all_zero, event_prologue
 from core.table cimport Table, table_find, table_set_pinned
@@ -36,7 +37,7 @@ from core import constants, memory, table as table_module
 from core.checkpoint import RAW
 from core.operations import Operation
 from core.orders import EXPIRY_DTYPE, SECRET_BYTES, room_reserved
-from core.records import CODE_DTYPE, ID_DTYPE
+from core.records import CODE_DTYPE, ID_DTYPE, id_pairs
 
 cdef extern from "<stdint.h>":
     const uint64_t U64_MAX "UINT64_MAX"
@@ -144,10 +145,22 @@ cdef class Codes(Product):
         """A wallet account's live code and today's code payments (tests and tools)."""
         return self._arrays["code_wallets"][account_index].copy()
 
-    def derived_ids(self, operation, events):
-        """The code each ``issue_codes`` event (a CODE_ISSUE_DTYPE array) would issue, as an
-        ID_DTYPE array: what a store loads from the cold tier before the batch (a retry finds
-        its code, a collision the other one)."""
+    def derived_ids(self, operation, str table, events):
+        """The ids a batch reads that the codes compute (``Spec.reads`` ``DERIVED``), as an
+        ID_DTYPE array: the code each ``issue_codes`` event would issue (a retry finds its code,
+        a collision the other one); for a charge or a confirm, the card pack's records its
+        payment may change (by the merchant and the code's wallet, or the order's payer)."""
+        if table != "codes":
+            words = np.ascontiguousarray(events).view(np.uint64).reshape(-1, 16)
+            if operation == OPERATION_CONFIRM_CHARGES:  # the order's merchant and payer
+                rows, found = self.orders.table.lookup(words[:, 0:2].copy().view(ID_DTYPE).reshape(-1))
+                merchants, payers = id_pairs(rows, "merchant_id"), id_pairs(rows, "payer_id")
+            else:  # a charge: its merchant, and its code's wallet (the code is resident: read first)
+                rows, found = self.table.lookup(words[:, 4:6].copy().view(ID_DTYPE).reshape(-1))
+                merchants = words[:, 2:4].copy()
+                payers = id_pairs(rows, "wallet_id")
+            merchants[~found] = 0
+            return self.orders.payment_card_pack_ids(table, merchants, payers, words[:, 0:2])
         cdef const unsigned char[::1] raw = np.ascontiguousarray(events).view(np.uint8).reshape(-1)
         cdef uint64_t count = raw.shape[0] // sizeof(tally_code_issue_t), k
         out = np.zeros(count, dtype=ID_DTYPE)
@@ -437,6 +450,7 @@ cdef class Codes(Product):
         count_payment(w, ts)
         if terms != NULL:
             self.merchants.book(terms, ts, e.amount, 0, fee, 0)
+        card_pack_after(self.orders, &self.orders.rows[slot], terms, ts)
         return R_OK
 
     cdef result_t confirm(self, const tally_code_confirm_t *e, uint64_t ts) noexcept nogil:

@@ -6,11 +6,13 @@
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
 from core.expiry cimport expiry_heap_t
+from core.merchants cimport Merchants, merchant_terms_t
+from core.orders cimport Orders
 from core.product cimport Product
 from core.table cimport Table
 from core.records cimport (
-    result_t, tally_coupon_grant_t, tally_coupon_pay_t, tally_coupon_t, tally_holding_t, tally_stock_create_t,
-    tally_stock_t,
+    result_t, tally_coupon_grant_t, tally_coupon_pay_t, tally_coupon_t, tally_holding_t, tally_member_t, tally_order_t,
+    tally_stock_create_t, tally_stock_t,
 )
 
 
@@ -28,9 +30,13 @@ cdef class Coupons(Product):
     cdef readonly Table stocks                  # a slot's aux: the budget account's index
     cdef readonly Table coupons                 # a slot's aux: the user's account index
     cdef readonly Table holdings
+    cdef readonly Table members                 # membership cards' members (merchant, user)
+    cdef Merchants merchants                    # their terms: award stock, membership
+    cdef Orders orders                          # whose payments call after_payment
     cdef tally_stock_t *stock_rows
     cdef tally_coupon_t *coupon_rows
     cdef tally_holding_t *holding_rows
+    cdef tally_member_t *member_rows
     cdef uint32_t *heap_positions               # per stock slot: its place in the expiry heap
     cdef expiry_heap_t expiry_heap              # active stocks by ends_at
     cdef dict _arrays
@@ -41,3 +47,8 @@ cdef class Coupons(Product):
     cdef result_t create(self, const tally_stock_create_t *e, uint64_t ts) noexcept nogil
     cdef result_t grant(self, const tally_coupon_grant_t *e, uint64_t ts) noexcept nogil
     cdef result_t pay(self, const tally_coupon_pay_t *e, uint64_t ts) noexcept nogil
+    cdef result_t issue(self, uint32_t stock_slot, const uint64_t *coupon_id, const uint64_t *user_id,
+                        const uint64_t *request_id, uint32_t user, uint8_t channel, uint64_t ts) noexcept nogil
+    cdef void after_payment(self, const tally_order_t *o, const merchant_terms_t *terms, uint64_t ts) noexcept nogil
+    cdef void visit(self, const uint64_t *merchant_id, const uint64_t *user_id, uint64_t amount,
+                    uint64_t ts) noexcept nogil

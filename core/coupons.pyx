@@ -24,7 +24,8 @@ from core.digest cimport key_id_digest
 from core.expiry cimport HEAP_POSITION_NONE, expiry_t, heap_count_due, heap_push, heap_remove
 from core.idmap cimport IDMAP_NOT_FOUND, idmap_get, idmap_t
 from core.ledger cimport LEGS_MAX, START_LEGS_MAX, Ledger, chain_mark_t
-from core.orders cimport keyed_event_checks, leg_id_of
+from core.merchants cimport CARD_PACK_AWARD, CARD_PACK_MEMBERSHIP, Merchants, merchant_terms_t
+from core.orders cimport Orders, keyed_event_checks, leg_id_of
 from core.product cimport event_prologue
 from core.table cimport Table, table_find, table_set_pinned
 from core.records cimport *  # result_t codes, records, stock and coupon states
@@ -33,7 +34,7 @@ from core import constants, memory, table as table_module
 from core.checkpoint import RAW
 from core.operations import Operation
 from core.orders import EXPIRY_DTYPE, room_reserved
-from core.records import COUPON_DTYPE, HOLDING_DTYPE, ID_DTYPE, STOCK_DTYPE, AccountCode, TransferCode
+from core.records import COUPON_DTYPE, HOLDING_DTYPE, ID_DTYPE, MEMBER_DTYPE, STOCK_DTYPE, AccountCode, TransferCode
 
 cdef extern from "<stdint.h>":
     const uint64_t U64_MAX "UINT64_MAX"
@@ -61,7 +62,8 @@ if constants.STOCK_ENDS_PER_BATCH_MAX != START_LEGS_MAX:
 
 #: The checkpoint arrays the coupons declare (core/checkpoint.py).
 CHECKPOINT_ARRAYS = dict(table_module.checkpoint_arrays("stocks"), **table_module.checkpoint_arrays("coupons"),
-                         **table_module.checkpoint_arrays("holdings"), stock_expiries=RAW)
+                         **table_module.checkpoint_arrays("holdings"), **table_module.checkpoint_arrays("members"),
+                         stock_expiries=RAW)
 
 
 cdef inline bint ids_equal(uint64_t a_lo, uint64_t a_hi, uint64_t b_lo, uint64_t b_hi) noexcept nogil:
@@ -89,15 +91,16 @@ cdef class Coupons(Product):
     ``create_stocks`` answers ``stocks_limit_reached``.
     """
 
-    def __cinit__(self, Ledger ledger not None, uint64_t stocks_max=constants.STOCKS_MAX_DEFAULT,
-                  uint64_t coupons_max=constants.COUPONS_MAX_DEFAULT,
-                  uint64_t holdings_max=constants.HOLDINGS_MAX_DEFAULT):
+    def __cinit__(self, Ledger ledger not None, Merchants merchants not None, Orders orders not None,
+                  uint64_t stocks_max=constants.STOCKS_MAX_DEFAULT, uint64_t coupons_max=constants.COUPONS_MAX_DEFAULT,
+                  uint64_t holdings_max=constants.HOLDINGS_MAX_DEFAULT, uint64_t members_max=constants.MEMBERS_MAX_DEFAULT):
         for name, value, limit in (("stocks_max", stocks_max, constants.STOCKS_MAX_LIMIT),
                                    ("coupons_max", coupons_max, constants.COUPONS_MAX_LIMIT),
-                                   ("holdings_max", holdings_max, constants.HOLDINGS_MAX_LIMIT)):
+                                   ("holdings_max", holdings_max, constants.HOLDINGS_MAX_LIMIT),
+                                   ("members_max", members_max, constants.MEMBERS_MAX_LIMIT)):
             if not 2 <= value <= limit:
                 raise ValueError(f"{name} must be in 2..{limit}")
-        self.ledger = ledger
+        self.ledger, self.merchants, self.orders = ledger, merchants, orders
         self.component = "coupons"
         self.stocks_max = stocks_max
         self.open_max = stocks_max - room_reserved(stocks_max)
@@ -105,6 +108,8 @@ cdef class Coupons(Product):
         self.stocks.pinned_max = self.open_max
         self.coupons = Table(COUPON_DTYPE, coupons_max, "coupons")
         self.holdings = Table(HOLDING_DTYPE, holdings_max, "holdings")
+        self.members = Table(MEMBER_DTYPE, members_max, "members")
+        self.member_rows = <tally_member_t *> self.members.rows
         self.stock_rows = <tally_stock_t *> self.stocks.rows
         self.coupon_rows = <tally_coupon_t *> self.coupons.rows
         self.holding_rows = <tally_holding_t *> self.holdings.rows
@@ -117,10 +122,15 @@ cdef class Coupons(Product):
         self.expiry_heap.positions = <char *> self.heap_positions
         self.expiry_heap.stride = sizeof(uint32_t)
         ledger.add_start_legs(_ends_due, _end_due, <void *> self)
+        orders.after_payment, orders.after_payment_owner = _after_payment, <void *> self
+        orders.card_pack_ids = self.card_pack_ids
 
     def __dealloc__(self):
         if self.ledger is not None:
             self.ledger.remove_start_legs(<void *> self)
+        if self.orders is not None and self.orders.after_payment_owner == <void *> self:
+            self.orders.after_payment_owner = NULL
+            self.orders.card_pack_ids = None
 
     # ---------------------------------------------------------------- Python API (the boundary)
 
@@ -155,9 +165,15 @@ cdef class Coupons(Product):
         rows, found = self.holdings.lookup(ids)
         return rows[found]
 
-    def derived_ids(self, operation, events):
-        """The holding each ``grant_coupons`` or ``pay_with_coupon`` event reads (the stock and
-        the user or payer), as an ID_DTYPE array: what a store loads from the cold tier first."""
+    def lookup_members(self, ids):
+        """The members with these ids (``core.order_keys.member_id``), as ``lookup_stocks``."""
+        rows, found = self.members.lookup(ids)
+        return rows[found]
+
+    def derived_ids(self, operation, str table, events):
+        """The records of ``table`` each event reads that the coupons compute (ID_DTYPE): a
+        grant's or a coupon payment's holding (the stock and the user), a coupon payment's member
+        (its merchant's card, when it has one); what a store loads from the cold tier first."""
         cdef const unsigned char[::1] raw = np.ascontiguousarray(events).view(np.uint8).reshape(-1)
         cdef uint64_t count = raw.shape[0] // sizeof(tally_coupon_grant_t), k
         cdef bint grants = operation == OPERATION_GRANT_COUPONS
@@ -165,6 +181,9 @@ cdef class Coupons(Product):
         cdef uint64_t[:, ::1] ids = out.view(np.uint64).reshape(-1, 2)
         cdef const tally_coupon_grant_t *g = <const tally_coupon_grant_t *> &raw[0] if count else NULL
         cdef const tally_coupon_pay_t *p = <const tally_coupon_pay_t *> &raw[0] if count else NULL
+        if table == "members":
+            words = np.ascontiguousarray(events).view(np.uint64).reshape(-1, 16)
+            return self.card_pack_ids(table, words[:, 2:4], words[:, 0:2], None)  # (merchant, payer)
         with nogil:
             for k in range(count):
                 if grants:
@@ -173,16 +192,44 @@ cdef class Coupons(Product):
                     pair_id(b"hold", &p[k].stock_id_lo, &p[k].payer_id_lo, NULL, &ids[k, 0])
         return out
 
+    def card_pack_ids(self, str table, merchant_ids, payer_ids, order_ids):
+        """For payments (``order_ids``) at these merchants by these payers ((n, 2) uint64 arrays,
+        lo and hi): the ``coupons`` they would award and the ``holdings`` of their award stocks,
+        or the ``members`` of their membership cards, they may change (ID_DTYPE; 0 where the
+        merchant's terms ask for none)."""
+        cdef const uint64_t[:, :] m = np.asarray(merchant_ids, dtype=np.uint64)
+        cdef const uint64_t[:, :] u = np.asarray(payer_ids, dtype=np.uint64)
+        cdef const uint64_t[:, :] o = np.asarray(order_ids if order_ids is not None else merchant_ids, dtype=np.uint64)
+        cdef Py_ssize_t k, count = m.shape[0]
+        cdef bint award = table != "members", coupons = table == "coupons"
+        cdef const merchant_terms_t *terms
+        cdef uint64_t merchant[2]
+        cdef uint64_t payer[2]
+        cdef uint64_t order[2]
+        out = np.zeros(count, dtype=ID_DTYPE)
+        cdef uint64_t[:, ::1] ids = out.view(np.uint64).reshape(-1, 2)
+        for k in range(count):
+            terms = self.merchants.terms_of(m[k, 0], m[k, 1])
+            if terms == NULL:
+                continue
+            merchant[0], merchant[1], payer[0], payer[1], order[0], order[1] = m[k, 0], m[k, 1], u[k, 0], u[k, 1], o[k, 0], o[k, 1]
+            if award and terms.card_pack & CARD_PACK_AWARD:
+                pair_id(b"cpon" if coupons else b"hold", &self.merchants.rows[terms.slot].award_stock_id_lo, payer,
+                        order if coupons else NULL, &ids[k, 0])
+            elif not award and terms.card_pack & CARD_PACK_MEMBERSHIP:
+                pair_id(b"mbr_", merchant, payer, NULL, &ids[k, 0])
+        return out
+
     def prefault(self):
         """Touch every page of the tables now (see Ledger.prefault). Returns bytes touched."""
-        return (self.stocks.prefault() + self.coupons.prefault() + self.holdings.prefault()
+        return (self.stocks.prefault() + self.coupons.prefault() + self.holdings.prefault() + self.members.prefault()
                 + memory.touch_pages(self._arrays.values()))
 
     def snapshot(self):
         """The tables' state and the expiry heap as named NumPy views and scalars, for a
         checkpoint (they alias live memory)."""
         arrays, scalars = {}, {}
-        for table in (self.stocks, self.coupons, self.holdings):
+        for table in (self.stocks, self.coupons, self.holdings, self.members):
             more_arrays, more_scalars = table.snapshot()
             arrays.update(more_arrays)
             scalars.update(more_scalars)
@@ -194,17 +241,21 @@ cdef class Coupons(Product):
         """The sums of every stock's, coupon's and holding's hash and their counts (nothing
         while no stock was ever created: a store without coupons hashes as before)."""
         if not self.stocks.records_total:
-            return {}
-        return {"stocks": self.stocks.hash_part(), "coupons": self.coupons.hash_part(),
-                "holdings": self.holdings.hash_part()}
+            return {"members": self.members.hash_part()} if self.members.records_total else {}
+        parts = {"stocks": self.stocks.hash_part(), "coupons": self.coupons.hash_part(),
+                 "holdings": self.holdings.hash_part()}
+        if self.members.records_total:  # (membership needs no stock)
+            parts["members"] = self.members.hash_part()
+        return parts
 
     def restore(self, arrays, scalars):
         """Load a snapshot into these empty tables (after the ledger's); rebuild the heap positions."""
-        if self.stocks.records_total or self.coupons.records_total or self.holdings.records_total:
+        if (self.stocks.records_total or self.coupons.records_total or self.holdings.records_total
+                or self.members.records_total):
             raise RuntimeError("restore needs empty coupon tables")
         if "stocks_rows" not in arrays:
             return  # a checkpoint from before coupons: no stock was created
-        for table in (self.stocks, self.coupons, self.holdings):
+        for table in (self.stocks, self.coupons, self.holdings, self.members):
             table.restore(arrays, scalars)
         cdef uint64_t n_e = scalars["stock_expiry_count"], i
         flat = np.frombuffer(arrays["stock_expiries"], dtype=EXPIRY_DTYPE)
@@ -354,15 +405,9 @@ cdef class Coupons(Product):
         return R_OK
 
     cdef result_t grant(self, const tally_coupon_grant_t *e, uint64_t ts) noexcept nogil:
-        cdef uint32_t stock_slot, holding_slot, user, slot
+        cdef uint32_t stock_slot, user, slot
         cdef uint64_t id_[2]
-        cdef uint64_t holding_id[2]
-        cdef uint64_t expires_at
         cdef tally_stock_t *s
-        cdef tally_coupon_t *c
-        cdef tally_coupon_t new
-        cdef tally_holding_t *h
-        cdef tally_holding_t new_holding
         cdef result_t r
         r = event_prologue(e.flags, e.timestamp, e.reserved, sizeof(e.reserved))
         if r != R_OK:
@@ -393,11 +438,25 @@ cdef class Coupons(Product):
             return R_USER_NOT_FOUND
         if self.ledger.hot[user].ledger != s.ledger:
             return R_CURRENCY_MISMATCH
+        return self.issue(stock_slot, id_, &e.user_id_lo, &e.request_id_lo, user, e.channel, ts)
+
+    cdef result_t issue(self, uint32_t stock_slot, const uint64_t *coupon_id, const uint64_t *user_id,
+                        const uint64_t *request_id, uint32_t user, uint8_t channel, uint64_t ts) noexcept nogil:
+        """A coupon of the stock into a user's card pack (by a grant, or awarded by a payment),
+        if the stock is active, has one left, and the user is under its cap."""
+        cdef uint32_t holding_slot
+        cdef uint64_t holding_id[2]
+        cdef uint64_t expires_at
+        cdef tally_stock_t *s = &self.stock_rows[stock_slot]
+        cdef tally_coupon_t *c
+        cdef tally_coupon_t new
+        cdef tally_holding_t *h
+        cdef tally_holding_t new_holding
         if s.state != STOCK_ACTIVE or s.ends_at <= ts:
             return R_STOCK_ENDED
         if <uint64_t> s.issued_scan + s.issued_api + s.issued_pay_and_get >= s.total_count:
             return R_STOCK_EXHAUSTED
-        pair_id(b"hold", &e.stock_id_lo, &e.user_id_lo, NULL, holding_id)
+        pair_id(b"hold", &s.id_lo, user_id, NULL, holding_id)
         holding_slot = table_find(self.holdings, holding_id[0], holding_id[1])
         if holding_slot != IDMAP_NOT_FOUND and self.holding_rows[holding_slot].received >= s.per_user_max:
             return R_PER_USER_LIMIT_REACHED
@@ -408,16 +467,13 @@ cdef class Coupons(Product):
             expires_at = ts + <uint64_t> s.coupon_valid_s * NS_PER_S
         c = &new
         memset(c, 0, sizeof(tally_coupon_t))
-        c.id_lo = e.id_lo
-        c.id_hi = e.id_hi
-        c.stock_id_lo = e.stock_id_lo
-        c.stock_id_hi = e.stock_id_hi
-        c.user_id_lo = e.user_id_lo
-        c.user_id_hi = e.user_id_hi
-        c.request_id_lo = e.request_id_lo
-        c.request_id_hi = e.request_id_hi
+        memcpy(&c.id_lo, coupon_id, 16)
+        c.stock_id_lo = s.id_lo
+        c.stock_id_hi = s.id_hi
+        memcpy(&c.user_id_lo, user_id, 16)
+        memcpy(&c.request_id_lo, request_id, 16)
         c.expires_at = expires_at
-        c.channel = e.channel
+        c.channel = channel
         c.state = COUPON_AVAILABLE
         c.timestamp = ts
         self.coupons.insert(c, user, ts)
@@ -426,10 +482,9 @@ cdef class Coupons(Product):
             memset(h, 0, sizeof(tally_holding_t))
             h.id_lo = holding_id[0]
             h.id_hi = holding_id[1]
-            h.stock_id_lo = e.stock_id_lo
-            h.stock_id_hi = e.stock_id_hi
-            h.user_id_lo = e.user_id_lo
-            h.user_id_hi = e.user_id_hi
+            h.stock_id_lo = s.id_lo
+            h.stock_id_hi = s.id_hi
+            memcpy(&h.user_id_lo, user_id, 16)
             h.received = 1
             h.timestamp = ts
             self.holdings.insert(h, user, ts)
@@ -437,12 +492,68 @@ cdef class Coupons(Product):
         else:
             self.holding_rows[holding_slot].received += 1
             self.holdings.touch(holding_slot, ts)
-        if e.channel == COUPON_CHANNEL_SCAN:
+        if channel == COUPON_CHANNEL_SCAN:
             s.issued_scan += 1
-        else:
+        elif channel == COUPON_CHANNEL_API:
             s.issued_api += 1
+        else:
+            s.issued_pay_and_get += 1
         self.stocks.touch(stock_slot, ts)
         return R_OK
+
+    cdef void after_payment(self, const tally_order_t *o, const merchant_terms_t *terms, uint64_t ts) noexcept nogil:
+        """A payment at a merchant whose terms ask for the card pack went through (its legs are
+        made): pay and get (a coupon of the merchant's award stock, if the payment is large
+        enough and the stock has one for the payer: otherwise none, the payment stands), and the
+        payer's visit on the merchant's membership card."""
+        cdef const tally_merchant_t *row = &self.merchants.rows[terms.slot]
+        cdef uint32_t stock_slot, payer
+        cdef uint64_t coupon_id[2]
+        if terms.card_pack & CARD_PACK_AWARD and o.amount >= row.award_min_amount:
+            stock_slot = table_find(self.stocks, row.award_stock_id_lo, row.award_stock_id_hi)
+            payer = idmap_get(&self.ledger.account_map.map, o.payer_id_lo, o.payer_id_hi)
+            if (stock_slot != IDMAP_NOT_FOUND and payer != IDMAP_NOT_FOUND
+                    and ids_equal(self.stock_rows[stock_slot].merchant_id_lo, self.stock_rows[stock_slot].merchant_id_hi,
+                                  o.merchant_id_lo, o.merchant_id_hi)
+                    and self.ledger.hot[payer].ledger == self.stock_rows[stock_slot].ledger):
+                # The order's id is the request: one coupon per payment, whatever retries.
+                pair_id(b"cpon", &row.award_stock_id_lo, &o.payer_id_lo, &o.id_lo, coupon_id)
+                if table_find(self.coupons, coupon_id[0], coupon_id[1]) == IDMAP_NOT_FOUND:
+                    self.issue(stock_slot, coupon_id, &o.payer_id_lo, &o.id_lo, payer, COUPON_CHANNEL_PAY_AND_GET, ts)
+        if terms.card_pack & CARD_PACK_MEMBERSHIP:
+            self.visit(&o.merchant_id_lo, &o.payer_id_lo, o.amount, ts)
+
+    cdef void visit(self, const uint64_t *merchant_id, const uint64_t *user_id, uint64_t amount, uint64_t ts) noexcept nogil:
+        """A payment on the merchant's membership card: the first joins (a record, if the
+        table has room), each adds a visit, the spend and its points (1 per 100 minor units)."""
+        cdef uint64_t member_id[2]
+        cdef uint32_t slot
+        cdef tally_member_t *m
+        cdef tally_member_t new
+        pair_id(b"mbr_", merchant_id, user_id, NULL, member_id)
+        slot = table_find(self.members, member_id[0], member_id[1])
+        if slot != IDMAP_NOT_FOUND:
+            m = &self.member_rows[slot]
+            m.visits += 1
+            m.spend += amount
+            m.points += amount // 100
+            m.last_visit_at = ts
+            self.members.touch(slot, ts)
+            return
+        if self.members.free_count == 0:
+            return  # (a store always has room: it loads and evicts for the batch)
+        m = &new
+        memset(m, 0, sizeof(tally_member_t))
+        m.id_lo = member_id[0]
+        m.id_hi = member_id[1]
+        memcpy(&m.merchant_id_lo, merchant_id, 16)
+        memcpy(&m.user_id_lo, user_id, 16)
+        m.visits = 1
+        m.spend = amount
+        m.points = amount // 100
+        m.last_visit_at = ts
+        m.timestamp = ts
+        self.members.insert(m, 0, ts)
 
     cdef result_t pay(self, const tally_coupon_pay_t *e, uint64_t ts) noexcept nogil:
         cdef uint32_t slot, stock_slot, holding_slot, payer, merchant
@@ -452,6 +563,7 @@ cdef class Coupons(Product):
         cdef tally_coupon_t *c
         cdef tally_stock_t *s
         cdef tally_holding_t *h
+        cdef const merchant_terms_t *terms
         cdef chain_mark_t mark
         cdef result_t r = R_OK
         cdef idmap_t *accounts = &self.ledger.account_map.map
@@ -527,6 +639,9 @@ cdef class Coupons(Product):
             self.ended(stock_slot, ts)  # the whole budget is used: nothing returns
         else:
             self.stocks.touch(stock_slot, ts)
+        terms = self.merchants.terms_of(e.merchant_id_lo, e.merchant_id_hi)
+        if terms != NULL and terms.card_pack & CARD_PACK_MEMBERSHIP:
+            self.visit(&e.merchant_id_lo, &e.payer_id_lo, e.price, ts)
         return R_OK
 
 
@@ -536,6 +651,10 @@ cdef uint64_t _ends_due(void *owner, uint64_t at_ts) noexcept nogil:
 
 cdef void _end_due(void *owner, uint64_t first_ts, uint64_t count) noexcept nogil:
     (<Coupons> owner).end_due(first_ts, count)
+
+
+cdef void _after_payment(void *owner, const tally_order_t *o, const merchant_terms_t *terms, uint64_t ts) noexcept nogil:
+    (<Coupons> owner).after_payment(o, terms, ts)
 
 
 cdef inline void *_ptr(object array) except NULL:

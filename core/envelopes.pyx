@@ -177,7 +177,7 @@ cdef class Envelopes(Product):
         rows, found = self.claims.lookup(ids)
         return rows[found]
 
-    def derived_ids(self, operation, events):
+    def derived_ids(self, operation, str table, events):
         """The claim id of each ``claim_envelopes`` event (an ENVELOPE_CLAIM_DTYPE array), as an
         ID_DTYPE array: what a store loads from the cold tier before the batch (a retry finds
         its claim)."""

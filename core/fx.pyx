@@ -177,7 +177,7 @@ cdef class Fx(Product):
         rows, found = self.refunds.lookup(ids)
         return rows[found]
 
-    def derived_ids(self, operation, events):
+    def derived_ids(self, operation, str table, events):
         """The payment id of each ``pay_cross_border`` event (payer, request), as ID_DTYPE."""
         cdef const unsigned char[::1] raw = np.ascontiguousarray(events).view(np.uint8).reshape(-1)
         cdef uint64_t count = raw.shape[0] // sizeof(tally_fx_pay_t), k

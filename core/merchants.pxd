@@ -14,6 +14,8 @@ from core.records cimport result_t, tally_merchant_t, tally_settlement_t
 
 cdef enum:
     FEE_BPS_MAX = 10000                 # 100 %
+    CARD_PACK_MEMBERSHIP = 1            # its payers join its membership card
+    CARD_PACK_AWARD = 2                 # pay and get: its payments award a coupon of its award stock
 
 
 # What a payment needs of a merchant, resolved when its terms are set (accounts never move).
@@ -21,8 +23,8 @@ cdef struct merchant_terms_t:
     uint32_t fee_index                  # the fee account's dense index
     uint32_t settlement_index           # the settlement account's, or INDEX_NONE
     uint16_t fee_bps
-    uint16_t _pad
-    uint32_t _pad2
+    uint16_t card_pack                  # CARD_PACK_*: what a payment at it does in the card pack
+    uint32_t slot                       # its slot (its row: the award stock)
 
 
 # A merchant's sales not yet settled: the open window's, and the closed windows' (summed).

@@ -37,8 +37,8 @@ CHECKPOINT_ARRAYS = {"merchants": RAW, "merchant_books": RAW, "settlements": RAW
 BOOK_DTYPE = np.dtype([(name, "<u8") for name in (
     "window", "closed_newest", "settled_through", "open_paid", "open_refunded", "open_fees", "open_fees_returned",
     "closed_paid", "closed_refunded", "closed_fees", "closed_fees_returned", "_pad")])
-TERMS_DTYPE = np.dtype([("fee_index", "<u4"), ("settlement_index", "<u4"), ("fee_bps", "<u2"), ("_pad", "<u2"),
-                        ("_pad2", "<u4")])
+TERMS_DTYPE = np.dtype([("fee_index", "<u4"), ("settlement_index", "<u4"), ("fee_bps", "<u2"), ("card_pack", "<u2"),
+                        ("slot", "<u4")])
 
 
 cdef class Merchants(Product):
@@ -119,6 +119,7 @@ cdef class Merchants(Product):
                 raise RuntimeError("merchant map full while restoring")
             if not self.resolve(&self.rows[i], &self.terms[i]):
                 raise ValueError("a merchant's accounts are missing from the ledger restored with it")
+            self.terms[i].slot = <uint32_t> i
         self.merchant_count = n
 
     # ---------------------------------------------------------------- the state machine
@@ -133,8 +134,9 @@ cdef class Merchants(Product):
             if out.settlement_index == IDMAP_NOT_FOUND:
                 return False
         out.fee_bps = e.fee_bps
-        out._pad = 0
-        out._pad2 = 0
+        out.card_pack = ((CARD_PACK_MEMBERSHIP if e.flags & MERCHANT_MEMBERSHIP else 0)
+                         | (CARD_PACK_AWARD if e.award_stock_id_lo != 0 or e.award_stock_id_hi != 0 else 0))
+        out.slot = 0
         return out.fee_index != IDMAP_NOT_FOUND
 
     cdef const merchant_terms_t *terms_of(self, uint64_t lo, uint64_t hi) noexcept nogil:
@@ -175,7 +177,7 @@ cdef class Merchants(Product):
         for i in range(sizeof(e.reserved)):
             if e.reserved[i]:
                 return R_RESERVED_FIELD
-        if e.flags != 0:
+        if e.flags & ~(<uint16_t> MERCHANT_FLAGS_KNOWN):
             return R_RESERVED_FLAG
         if e.merchant_id_lo == 0 and e.merchant_id_hi == 0:
             return R_ID_MUST_NOT_BE_ZERO
@@ -216,6 +218,7 @@ cdef class Merchants(Product):
                 return R_MERCHANTS_LIMIT_REACHED  # unreachable: the map holds merchants_max ids
             self.merchant_count += 1
         self.resolve(&row, &resolved)
+        resolved.slot = slot
         self.rows[slot] = row
         self.terms[slot] = resolved
         return R_OK

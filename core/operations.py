@@ -117,8 +117,11 @@ OPERATIONS: dict[Operation, Spec] = {spec.operation: spec for spec in (
     Spec(Operation.set_limits, Kind.create, LIMITS_DTYPE, RESULT_DTYPE, "limits"),
     Spec(Operation.create_orders, Kind.create, ORDER_CREATE_DTYPE, ORDER_CREATED_DTYPE, "orders",
          reads=(("orders", "id"),)),
+    # A payment at a merchant whose terms ask for the card pack may change its payer's holding of
+    # the award stock and its member record (docs/products.md "Pay and get, membership cards"):
+    # ids the component derives once the order (or the code) is resident, so they are read last.
     Spec(Operation.pay_orders, Kind.create, ORDER_PAY_DTYPE, RESULT_DTYPE, "orders", legs=2,
-         reads=(("orders", "order_id"),)),
+         reads=(("orders", "order_id"), ("coupons", DERIVED), ("holdings", DERIVED), ("members", DERIVED))),
     Spec(Operation.close_orders, Kind.create, ORDER_CLOSE_DTYPE, RESULT_DTYPE, "orders", legs=1,
          reads=(("orders", "order_id"),)),
     Spec(Operation.lookup_orders, Kind.lookup, ID_DTYPE, ORDER_DTYPE),
@@ -137,9 +140,10 @@ OPERATIONS: dict[Operation, Spec] = {spec.operation: spec for spec in (
     Spec(Operation.issue_codes, Kind.create, CODE_ISSUE_DTYPE, CODE_ISSUED_DTYPE, "codes",
          reads=(("codes", DERIVED),)),
     Spec(Operation.charge_codes, Kind.create, CODE_CHARGE_DTYPE, RESULT_DTYPE, "codes", legs=2,
-         reads=(("orders", "order_id"), ("codes", "code"))),
+         reads=(("orders", "order_id"), ("codes", "code"), ("coupons", DERIVED), ("holdings", DERIVED),
+                ("members", DERIVED))),
     Spec(Operation.confirm_charges, Kind.create, CODE_CONFIRM_DTYPE, RESULT_DTYPE, "codes", legs=2,
-         reads=(("orders", "order_id"),)),
+         reads=(("orders", "order_id"), ("coupons", DERIVED), ("holdings", DERIVED), ("members", DERIVED))),
     Spec(Operation.lookup_codes, Kind.lookup, ID_DTYPE, CODE_DTYPE),
     # Red envelopes (docs/products.md "Red envelopes"): a claim's record id is a digest of the
     # packet and the claimer, so the envelopes component derives the ids a claim reads.
@@ -156,7 +160,7 @@ OPERATIONS: dict[Operation, Spec] = {spec.operation: spec for spec in (
     Spec(Operation.grant_coupons, Kind.create, COUPON_GRANT_DTYPE, RESULT_DTYPE, "coupons",
          reads=(("coupons", "id"), ("stocks", "stock_id"), ("holdings", DERIVED))),
     Spec(Operation.pay_with_coupon, Kind.create, COUPON_PAY_DTYPE, RESULT_DTYPE, "coupons", legs=2,
-         reads=(("coupons", "coupon_id"), ("stocks", "stock_id"), ("holdings", DERIVED))),
+         reads=(("coupons", "coupon_id"), ("stocks", "stock_id"), ("holdings", DERIVED), ("members", DERIVED))),
     Spec(Operation.lookup_stocks, Kind.lookup, ID_DTYPE, STOCK_DTYPE),
     Spec(Operation.lookup_coupons, Kind.lookup, ID_DTYPE, COUPON_DTYPE),
     # Cross-border payments (docs/products.md "Cross-border payments"): a payment's id is a digest

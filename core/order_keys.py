@@ -37,6 +37,7 @@ CLAIM_ID_DOMAIN = b"clam"
 STOCK_ID_DOMAIN = b"stck"
 COUPON_ID_DOMAIN = b"cpon"
 HOLDING_ID_DOMAIN = b"hold"
+MEMBER_ID_DOMAIN = b"mbr_"
 PAYMENT_ID_DOMAIN = b"cpay"
 FX_PAYMENT_ID_DOMAIN = b"fxpy"
 FX_REFUND_ID_DOMAIN = b"fxrf"
@@ -238,6 +239,11 @@ def coupon_id(stock_id: int, user_id: int, request_id: int) -> int:
 def holding_id(stock_id: int, user_id: int) -> int:
     """A user's holding of a stock (its counts: received, redeemed; the core computes it)."""
     return _pair_id(HOLDING_ID_DOMAIN, stock_id, user_id)
+
+
+def member_id(merchant_id: int, user_id: int) -> int:
+    """A member of a merchant's membership card (the core computes it)."""
+    return _pair_id(MEMBER_ID_DOMAIN, merchant_id, user_id)
 
 
 def coupon_payment_id(payer_id: int, request_id: int) -> int:

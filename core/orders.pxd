@@ -31,6 +31,12 @@ cdef enum:
     OPERATION_CHARGE_CODES = 113                # a held charge's pending leg is its leg 0
 
 
+# What happens in the card pack after a payment at a merchant whose terms ask for it
+# (core/coupons.pyx: pay and get, the membership card), in the same batch loop, after the legs.
+ctypedef void (*after_payment_t)(void *owner, const tally_order_t *o, const merchant_terms_t *terms,
+                                 uint64_t ts) noexcept nogil
+
+
 cdef class Orders(Product):
     cdef readonly uint64_t orders_max           # resident orders
     cdef public uint64_t open_max               # open orders in force (core/limits.pyx; <= table.pinned_max)
@@ -49,6 +55,9 @@ cdef class Orders(Product):
     cdef readonly uint64_t expired_count        # closed by the last batch's start (ids kept: the first EXPIRIES_PER_BATCH_MAX)
     cdef public uint64_t expiries_max           # closed by a batch's start at most (EXPIRIES_PER_BATCH_MAX; more
                                                 # only to replay a log written before the bound: format < 3)
+    cdef after_payment_t after_payment          # the card pack's (None: no card pack)
+    cdef void *after_payment_owner
+    cdef public object card_pack_ids            # the card pack's records a payment may change (its derived ids)
     cdef dict _arrays
 
     cdef void expire_due(self, uint64_t base_ts) noexcept nogil
@@ -64,6 +73,13 @@ cdef class Orders(Product):
     cdef void mark_paid(self, uint32_t slot, uint64_t ts, uint64_t fee, const merchant_terms_t *terms) noexcept nogil
     cdef uint32_t insert_order(self, const tally_order_t *o, bint open_) noexcept nogil
     cdef result_t void_hold(self, const tally_order_t *o, uint64_t operation, uint64_t ts) noexcept nogil
+
+
+# A paid order's merchant asks for the card pack: pay and get, membership.
+cdef inline void card_pack_after(Orders orders, const tally_order_t *o, const merchant_terms_t *terms,
+                                 uint64_t ts) noexcept nogil:
+    if terms != NULL and terms.card_pack != 0 and orders.after_payment_owner != NULL:
+        orders.after_payment(orders.after_payment_owner, o, terms, ts)
 
 
 # An order that may still be paid: unpaid, or a payment code's charge held for confirming.

@@ -37,6 +37,7 @@ from core import constants, memory, table as table_module
 from core.checkpoint import RAW
 from core.operations import Operation
 from core.order_keys import order_creates, order_closes, order_id, order_pays, parse_qr_payload, qr_payload, token_of  # noqa: F401
+from core.records import id_pairs
 from core.records import (
     ID_DTYPE, ORDER_CLOSE_DTYPE, ORDER_CREATE_DTYPE, ORDER_CREATED_DTYPE, ORDER_DTYPE, ORDER_PAY_DTYPE, TransferCode,
 )
@@ -185,6 +186,23 @@ cdef class Orders(Product):
             raise RuntimeError(f"the last batch's start closed {self.expired_count} orders, more than a log "
                                f"entry holds ({_EXPIRIES_PER_BATCH_MAX})")
         return self._arrays["expired_ids"][:2 * self.expired_count].view(ID_DTYPE).copy()
+
+    def payment_card_pack_ids(self, str table, merchant_ids, payer_ids, order_ids):
+        """The card pack's records (``table``: coupons, holdings or members) that payments of
+        these orders at these merchants by these payers may change ((n, 2) uint64 arrays;
+        ID_DTYPE back, 0 where none)."""
+        if self.card_pack_ids is None:
+            return np.zeros(np.asarray(merchant_ids).shape[0], dtype=ID_DTYPE)
+        return self.card_pack_ids(table, merchant_ids, payer_ids, order_ids)
+
+    def derived_ids(self, operation, str table, events):
+        """The card pack's records each ``pay_orders`` event may change (``Spec.reads``
+        ``DERIVED``): by its order's merchant (the order is resident: read first) and its payer."""
+        pays = np.ascontiguousarray(events).view(np.uint64).reshape(-1, 16)
+        rows, found = self.table.lookup(pays[:, 0:2].copy().view(ID_DTYPE).reshape(-1))
+        merchants = id_pairs(rows, "merchant_id")
+        merchants[~found] = 0
+        return self.payment_card_pack_ids(table, merchants, pays[:, 2:4], pays[:, 0:2])
 
     def lookup_orders(self, ids):
         """The orders with these ids (ints or an ID_DTYPE array) that are resident or on their
@@ -504,6 +522,7 @@ cdef class Orders(Product):
         self.settled(slot, ts)
         if terms != NULL:
             self.merchants.book(terms, ts, o.amount, 0, fee, 0)
+        card_pack_after(self, o, terms, ts)
 
     cdef result_t close_order(self, const tally_order_close_t *e, uint64_t ts) noexcept nogil:
         cdef uint32_t slot

@@ -153,11 +153,27 @@ cdef extern from * nogil:
         uint64_t fee_account_id_lo, fee_account_id_hi;  /* where its fees go */
         uint64_t settlement_account_id_lo, settlement_account_id_hi;  /* its bank account; 0: none */
         uint16_t fee_bps;               /* fee rate, basis points: 0..10,000 */
-        uint16_t flags;                 /* must be zero */
+        uint16_t flags;                 /* merchant_flag_t: MERCHANT_MEMBERSHIP, or zero */
         uint32_t ledger;                /* the merchant's currency */
-        uint8_t reserved[64];
+        uint64_t award_stock_id_lo, award_stock_id_hi;  /* pay and get: a coupon of this stock per payment (0: none) */
+        uint64_t award_min_amount;      /* ... of at least this much */
+        uint8_t reserved[40];
         uint64_t timestamp;             /* 0 on input; the engine time of the last change */
     } tally_merchant_t;
+
+    /* A member of a merchant's membership card: joined at the first payment (docs/products.md
+       "Coupons and the card pack"). */
+    typedef struct TALLY_PACKED {
+        uint64_t id_lo, id_hi;          /* member_id(merchant_id, user_id) */
+        uint64_t merchant_id_lo, merchant_id_hi;
+        uint64_t user_id_lo, user_id_hi;
+        uint64_t spend;                 /* minor units paid at the merchant since joining */
+        uint64_t points;                /* 1 per 100 minor units of each payment */
+        uint64_t last_visit_at;
+        uint32_t visits;
+        uint8_t reserved[44];
+        uint64_t timestamp;             /* joined at */
+    } tally_member_t;
 
     /* The limits in force (core/limits.pyx, docs/storage.md "Capacities and limits"): 0 leaves one as it is. */
     typedef struct TALLY_PACKED {
@@ -624,7 +640,24 @@ cdef extern from * nogil:
         uint16_t fee_bps
         uint16_t flags
         uint32_t ledger
-        uint8_t reserved[64]
+        uint64_t award_stock_id_lo
+        uint64_t award_stock_id_hi
+        uint64_t award_min_amount
+        uint8_t reserved[40]
+        uint64_t timestamp
+
+    ctypedef struct tally_member_t:
+        uint64_t id_lo
+        uint64_t id_hi
+        uint64_t merchant_id_lo
+        uint64_t merchant_id_hi
+        uint64_t user_id_lo
+        uint64_t user_id_hi
+        uint64_t spend
+        uint64_t points
+        uint64_t last_visit_at
+        uint32_t visits
+        uint8_t reserved[44]
         uint64_t timestamp
 
     ctypedef struct tally_limits_t:
@@ -994,6 +1027,11 @@ cpdef enum envelope_state_t:
     ENVELOPE_EMPTY = 2          # every share claimed
     ENVELOPE_REFUNDED = 3       # expired: the remainder went back to the sender
     ENVELOPE_REFUND_FAILED = 4  # expired, the refund leg refused (refund_result): left in escrow
+
+
+cpdef enum merchant_flag_t:
+    MERCHANT_MEMBERSHIP = 1     # its payers join its membership card at their first payment
+    MERCHANT_FLAGS_KNOWN = 1
 
 
 cpdef enum stock_state_t:

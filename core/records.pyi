@@ -37,10 +37,12 @@ FX_PAY_DTYPE: np.dtype
 FX_PAYMENT_DTYPE: np.dtype
 FX_REFUND_DTYPE: np.dtype
 FX_QUOTE_DTYPE: np.dtype
+MEMBER_DTYPE: np.dtype
 ENVELOPE_CLAIMED_DTYPE: np.dtype
 ENVELOPE_DTYPE: np.dtype
 CLAIM_DTYPE: np.dtype
 U64_MAX: int
+def id_pairs(records: Any, field: str) -> np.ndarray: ...
 U128_MAX: int
 
 class Result(enum.IntEnum):

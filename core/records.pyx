@@ -256,8 +256,14 @@ MERCHANT_DTYPE = np.dtype([
     ("merchant_id_lo", _U64), ("merchant_id_hi", _U64),
     ("fee_account_id_lo", _U64), ("fee_account_id_hi", _U64),
     ("settlement_account_id_lo", _U64), ("settlement_account_id_hi", _U64),
-    ("fee_bps", _U16), ("flags", _U16), ("ledger", _U32), ("reserved", "V64"),
-    ("timestamp", _U64),
+    ("fee_bps", _U16), ("flags", _U16), ("ledger", _U32), ("award_stock_id_lo", _U64), ("award_stock_id_hi", _U64),
+    ("award_min_amount", _U64), ("reserved", "V40"), ("timestamp", _U64),
+])
+#: A member of a merchant's membership card (the card pack): ``lookup_members``' records.
+MEMBER_DTYPE = np.dtype([
+    ("id_lo", _U64), ("id_hi", _U64), ("merchant_id_lo", _U64), ("merchant_id_hi", _U64),
+    ("user_id_lo", _U64), ("user_id_hi", _U64), ("spend", _U64), ("points", _U64), ("last_visit_at", _U64),
+    ("visits", _U32), ("reserved", "V44"), ("timestamp", _U64),
 ])
 
 OrderState = enum.IntEnum("OrderState", {member.name[6:].upper(): int(member) for member in order_state_t})
@@ -323,6 +329,7 @@ def _check_layout():
     cdef tally_fx_pay_t fx_pay
     cdef tally_fx_payment_t fx_payment
     cdef tally_fx_refund_t fx_refund
+    cdef tally_member_t member
     c_offsets = {
         ACCOUNT_DTYPE: {
             "id_lo": <size_t> (<char *> &account.id_lo - <char *> &account),
@@ -491,6 +498,11 @@ def _check_layout():
             "received": <size_t> (<char *> &holding.received - <char *> &holding),
             "timestamp": <size_t> (<char *> &holding.timestamp - <char *> &holding),
         },
+        MEMBER_DTYPE: {
+            "points": <size_t> (<char *> &member.points - <char *> &member),
+            "visits": <size_t> (<char *> &member.visits - <char *> &member),
+            "timestamp": <size_t> (<char *> &member.timestamp - <char *> &member),
+        },
         FX_RATE_DTYPE: {
             "pool_to_id_lo": <size_t> (<char *> &fx_rate.pool_to_id_lo - <char *> &fx_rate),
             "version": <size_t> (<char *> &fx_rate.version - <char *> &fx_rate),
@@ -516,6 +528,7 @@ def _check_layout():
         MERCHANT_DTYPE: {
             "settlement_account_id_lo": <size_t> (<char *> &merchant.settlement_account_id_lo - <char *> &merchant),
             "fee_bps": <size_t> (<char *> &merchant.fee_bps - <char *> &merchant),
+            "award_min_amount": <size_t> (<char *> &merchant.award_min_amount - <char *> &merchant),
             "ledger": <size_t> (<char *> &merchant.ledger - <char *> &merchant),
             "timestamp": <size_t> (<char *> &merchant.timestamp - <char *> &merchant),
         },
@@ -535,7 +548,7 @@ def _check_layout():
              COUPON_DTYPE: (sizeof(coupon), 128), COUPON_PAY_DTYPE: (sizeof(coupon_pay), 128),
              HOLDING_DTYPE: (sizeof(holding), 128), FX_RATE_DTYPE: (sizeof(fx_rate), 128),
              FX_PAY_DTYPE: (sizeof(fx_pay), 128), FX_PAYMENT_DTYPE: (sizeof(fx_payment), 128),
-             FX_REFUND_DTYPE: (sizeof(fx_refund), 128)}
+             FX_REFUND_DTYPE: (sizeof(fx_refund), 128), MEMBER_DTYPE: (sizeof(member), 128)}
     for dtype, offsets in c_offsets.items():
         c_size, documented = sizes[dtype]
         if not (c_size == documented == dtype.itemsize):
@@ -614,6 +627,11 @@ class Currency(enum.IntEnum):
     JPY = 392
     USD = 840
     EUR = 978
+
+
+def id_pairs(records, str field):
+    """A 128-bit id field of records as an (n, 2) uint64 array (lo, hi)."""
+    return np.column_stack((records[f"{field}_lo"], records[f"{field}_hi"])).astype(np.uint64, copy=False)
 
 
 def _id_fields(dtype):

@@ -181,6 +181,7 @@ class _Meta(msgspec.Struct, frozen=True):
     stocks_max: int = 0           # 0: a store made before coupons (the default then)
     coupons_max: int = 0
     holdings_max: int = 0
+    members_max: int = 0
     fx_payments_max: int = 0      # 0: a store made before cross-border payments (the default then)
     fx_refunds_max: int = 0
     secret: bytes = b""           # keys the order tokens (core/orders.pyx); drawn once, never sent
@@ -197,14 +198,15 @@ PRODUCT_CAPACITIES = {
     "refunds_max": constants.REFUNDS_MAX_DEFAULT, "codes_max": constants.CODES_MAX_DEFAULT,
     "envelopes_max": constants.ENVELOPES_MAX_DEFAULT, "claims_max": constants.CLAIMS_MAX_DEFAULT,
     "stocks_max": constants.STOCKS_MAX_DEFAULT, "coupons_max": constants.COUPONS_MAX_DEFAULT,
-    "holdings_max": constants.HOLDINGS_MAX_DEFAULT, "fx_payments_max": constants.FX_PAYMENTS_MAX_DEFAULT,
+    "holdings_max": constants.HOLDINGS_MAX_DEFAULT, "members_max": constants.MEMBERS_MAX_DEFAULT,
+    "fx_payments_max": constants.FX_PAYMENTS_MAX_DEFAULT,
     "fx_refunds_max": constants.FX_REFUNDS_MAX_DEFAULT,
 }
 
 
 #: The product tables with a cold side (``Machine.tables``' names).
-PRODUCT_TABLES = ("orders", "refunds", "codes", "envelopes", "claims", "stocks", "coupons", "holdings", "fx_payments",
-                  "fx_refunds")
+PRODUCT_TABLES = ("orders", "refunds", "codes", "envelopes", "claims", "stocks", "coupons", "holdings", "members",
+                  "fx_payments", "fx_refunds")
 
 
 def _product_capacities(meta: _Meta) -> dict[str, int]:
@@ -719,7 +721,7 @@ class Store:
             if table.outbox_head == 0:
                 continue  # no record of this table has ever left memory
             if field == DERIVED:  # ids the component computes (an issued code's number)
-                ids = self.machine.derived_ids(operation, records)
+                ids = self.machine.derived_ids(operation, name, records)
             else:
                 ids = np.empty(count, dtype=ID_DTYPE)
                 ids["lo"], ids["hi"] = records[f"{field}_lo"], records[f"{field}_hi"]
@@ -828,6 +830,12 @@ class Store:
         if wait_for_commits:
             self._drain()
         return self._lookup_table("coupons", ids)
+
+    def lookup_members(self, ids, *, wait_for_commits: bool = True):
+        """Membership cards' members by ``core.order_keys.member_id`` (visits, spend, points)."""
+        if wait_for_commits:
+            self._drain()
+        return self._lookup_table("members", ids)
 
     def lookup_holdings(self, ids, *, wait_for_commits: bool = True):
         """Holdings (a user's count of a stock's coupons) by ``core.order_keys.holding_id``."""

@@ -16,6 +16,9 @@
     # stocks_max = 65536            coupon stocks held in memory (active ones: at most this less 8,190)
     # coupons_max = 262144          coupons held in memory
     # holdings_max = 262144         users' counts of a stock's coupons held in memory
+    # members_max = 262144          members of merchants' membership cards held in memory
+    # fx_payments_max = 131072      cross-border payments held in memory
+    # fx_refunds_max = 65536        their refunds held in memory
     # merchants_max = 131072        merchants with terms (fee rate, fee and settlement accounts)
     # tls_cert = "cert.pem", tls_key = "key.pem"          (optional: serve TLS only)
     # prefault = false                                     (true: touch all memory at start)
@@ -65,6 +68,9 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     stocks_max: int = core_constants.STOCKS_MAX_DEFAULT
     coupons_max: int = core_constants.COUPONS_MAX_DEFAULT
     holdings_max: int = core_constants.HOLDINGS_MAX_DEFAULT
+    members_max: int = core_constants.MEMBERS_MAX_DEFAULT
+    fx_payments_max: int = core_constants.FX_PAYMENTS_MAX_DEFAULT
+    fx_refunds_max: int = core_constants.FX_REFUNDS_MAX_DEFAULT
     merchants_max: int = core_constants.MERCHANTS_MAX_DEFAULT
     tls_cert: str | None = None
     tls_key: str | None = None

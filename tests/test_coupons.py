@@ -321,3 +321,107 @@ def test_coupons_survive_eviction_recovery_and_replay(tmp_path):
     assert reopened.state_hash() == state_hash
     reopened.close()
     assert replay_log.run(str(tmp_path / "a"), str(tmp_path / "b"))["equal"]
+
+
+# ---------------------------------------------------------------- pay and get, membership cards
+
+from core.order_keys import member_id, order_creates, order_id, order_pays  # noqa: E402
+
+
+def _terms(m, now, award_stock=0, award_min_amount=0, membership=True):
+    terms = core.records_from_dicts([{"merchant_id": MERCHANT, "fee_account_id": NOT_BUDGET, "fee_bps": 0,
+                                      "ledger": CNY, "flags": int(membership), "award_stock_id": award_stock,
+                                      "award_min_amount": award_min_amount}], core.MERCHANT_DTYPE)
+    return Result(int(m.apply(Operation.set_merchants, terms, now)[0]))
+
+
+def _qr_pay(m, now, payer, number, amount=3000):
+    created = m.apply(Operation.create_orders, order_creates([{"merchant_id": MERCHANT, "out_trade_no": number,
+                                                                "amount": amount, "ledger": CNY}]), now)
+    assert int(created["result"][0]) == 0
+    pays = order_pays([{"order_id": order_id(MERCHANT, number), "payer_id": payer, "amount": amount, "ledger": CNY,
+                        "token": bytes(created["token"][0])}])
+    return Result(int(m.apply(Operation.pay_orders, pays, now + 1)[0])), pays
+
+
+def test_a_qr_payment_at_a_pay_and_get_merchant_awards_a_coupon_and_counts_a_visit():
+    m = machine()
+    assert create(m, T0, total_count=3, per_user_max=2) is Result.ok
+    assert _terms(m, T0, award_stock=STOCK, award_min_amount=2500) is Result.ok
+    result, pays = _qr_pay(m, T0 + S, USERS[0], b"Q-1")
+    assert result is Result.ok
+    awarded = coupon_id(STOCK, USERS[0], order_id(MERCHANT, b"Q-1"))
+    coupon = core.to_dicts(m.lookup_coupons([awarded]))[0]
+    assert (coupon["channel"], coupon["state"], coupon["user_id"]) == (CouponChannel.pay_and_get, CouponState.AVAILABLE,
+                                                                         USERS[0])
+    assert stock(m)["issued_pay_and_get"] == 1
+    member = core.to_dicts(m.lookup_members([member_id(MERCHANT, USERS[0])]))[0]
+    assert (member["visits"], member["spend"], member["points"]) == (1, 3000, 30)
+    # A retried payment: exists, no second coupon, no second visit.
+    assert Result(int(m.apply(Operation.pay_orders, pays, T0 + 2 * S)[0])) is Result.exists
+    assert stock(m)["issued_pay_and_get"] == 1 and m.coupons.coupon_count == 1
+    # Below the award's minimum: a visit, no coupon. The per-user cap and the count hold.
+    assert _qr_pay(m, T0 + 3 * S, USERS[0], b"Q-2", amount=2000)[0] is Result.ok
+    assert stock(m)["issued_pay_and_get"] == 1
+    for n, user in enumerate([USERS[0], USERS[0], USERS[1], USERS[2]]):
+        assert _qr_pay(m, T0 + 4 * S + n * 10, user, f"Q-{3 + n}".encode())[0] is Result.ok
+    s = stock(m)
+    assert s["issued_pay_and_get"] == 3 and s["receivers"] == 2  # user 0: two (the cap), user 1: one, then none left
+    member = core.to_dicts(m.lookup_members([member_id(MERCHANT, USERS[0])]))[0]
+    assert (member["visits"], member["spend"]) == (4, 3000 + 2000 + 3000 + 3000)
+    # The awarded coupon pays like any other.
+    pay_row = {"payer_id": USERS[0], "merchant_id": MERCHANT, "coupon_id": awarded, "stock_id": STOCK,
+               "request_id": 5, "price": 2500, "ledger": CNY}
+    assert Result(int(m.apply(Operation.pay_with_coupon, coupon_pays([pay_row]), T0 + 9 * S)[0])) is Result.ok
+    member = core.to_dicts(m.lookup_members([member_id(MERCHANT, USERS[0])]))[0]
+    assert member["visits"] == 5
+
+
+def test_a_merchant_without_card_pack_terms_changes_nothing_in_it():
+    m = machine()
+    assert create(m, T0) is Result.ok
+    assert _terms(m, T0, membership=False) is Result.ok
+    assert _qr_pay(m, T0 + S, USERS[0], b"Q-1")[0] is Result.ok
+    assert m.coupons.coupon_count == 0 and not m.lookup_members([member_id(MERCHANT, USERS[0])]).shape[0]
+    # An award stock of another merchant awards nothing.
+    other = stock_id(OTHER_MERCHANT, b"X")
+    assert _terms(m, T0 + 2 * S, award_stock=other) is Result.ok
+    assert _qr_pay(m, T0 + 3 * S, USERS[0], b"Q-2")[0] is Result.ok
+    assert m.coupons.coupon_count == 0
+
+
+def test_card_pack_records_are_loaded_back_for_a_payment(tmp_path):
+    store = core.open(str(tmp_path / "a"), accounts_max=64, transfers_hot_max=1 << 15, cold_epoch_transfers=1024,
+                      holdings_max=16, members_max=16, coupons_max=16, secret=bytes(32), clock_ns=lambda: T0)
+    assert not store.submit(Operation.create_accounts, core.accounts_from_dicts(ACCOUNTS), T0).result().any()
+    fund = core.transfers_from_dicts(
+        [{"id": 500 + i, "debit_account_id": FUNDING, "credit_account_id": a, "amount": FUNDS, "ledger": CNY, "code": 4}
+         for i, a in enumerate([MERCHANT] + USERS)])
+    assert not store.create_transfers(fund, T0).any()
+    row = {"merchant_id": MERCHANT, "budget_account_id": BUDGET, "face_value": 100, "min_spend": 100,
+           "total_count": 1000, "per_user_max": 3, "valid_for_s": 3600, "out_stock_no": b"PAG", "ledger": CNY}
+    assert store.create_stocks(stock_creates([row]), T0).tolist() == [0]
+    pag = stock_id(MERCHANT, b"PAG")
+    terms = core.records_from_dicts([{"merchant_id": MERCHANT, "fee_account_id": NOT_BUDGET, "ledger": CNY, "flags": 1,
+                                      "award_stock_id": pag}], core.MERCHANT_DTYPE)
+    assert store.set_merchants(terms, T0).tolist() == [0]
+    now = T0 + S
+    for n in range(80):  # 20 users x 4 payments: more members, holdings and coupons than memory holds
+        number = f"P-{n}".encode()
+        created = store.create_orders(order_creates([{"merchant_id": MERCHANT, "out_trade_no": number, "amount": 500,
+                                                      "ledger": CNY}]), now)
+        pays = order_pays([{"order_id": order_id(MERCHANT, number), "payer_id": USERS[n % 20], "amount": 500,
+                            "ledger": CNY, "token": bytes(created["token"][0])}])
+        assert store.pay_orders(pays, now + 1).tolist() == [0]
+        now += S
+    members = store.lookup_members([member_id(MERCHANT, u) for u in USERS])
+    assert (members["visits"] == 4).all() and (members["spend"] == 2000).all()
+    holdings = store.lookup_holdings([holding_id(pag, u) for u in USERS])
+    assert (holdings["received"] == 3).all()  # the cap held across evictions
+    assert stock(store, pag)["issued_pay_and_get"] == 60
+    state_hash = store.state_hash()
+    store.close()
+    assert replay_log.run(str(tmp_path / "a"), str(tmp_path / "b"))["equal"]
+    reopened = core.open(str(tmp_path / "a"), secret=bytes(32), clock_ns=lambda: T0)
+    assert reopened.state_hash() == state_hash
+    reopened.close()

@@ -68,7 +68,7 @@ def balance(m, account):
 @pytest.mark.parametrize("fields,code", [
     ({"timestamp": 1}, Result.timestamp_must_be_zero),
     ({"reserved": 1}, Result.reserved_field),
-    ({"flags": 1}, Result.reserved_flag),
+    ({"flags": 2}, Result.reserved_flag),  # (1 is MERCHANT_MEMBERSHIP)
     ({"merchant_id": 0}, Result.id_must_not_be_zero),
     ({"ledger": 0}, Result.ledger_must_not_be_zero),
     ({"fee_bps": 10_001}, Result.fee_rate_out_of_range),
