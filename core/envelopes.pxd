@@ -32,6 +32,8 @@ cdef class Envelopes(Product):
     cdef uint32_t *heap_positions               # per packet slot: its place in the expiry heap
     cdef expiry_heap_t expiry_heap              # open packets by expires_at
     cdef hmac_key_t share_key                   # the store secret: keys the shares' draw
+    cdef uint64_t *scratch_claim_ids            # per event of a claim batch: its claim's id (lo, hi),
+    cdef uint32_t *scratch_claimers             # and its claimer's account index
     cdef dict _arrays
 
     cdef uint64_t refunds_due(self, uint64_t at_ts) noexcept nogil
@@ -39,4 +41,7 @@ cdef class Envelopes(Product):
     cdef void ended(self, uint32_t slot, uint8_t state, uint64_t ts) noexcept nogil
     cdef uint64_t share_of(self, const tally_envelope_t *p, const tally_envelope_claim_t *e) noexcept nogil
     cdef result_t send(self, const tally_envelope_send_t *e, uint64_t ts) noexcept nogil
-    cdef result_t claim(self, const tally_envelope_claim_t *e, uint64_t ts, tally_envelope_claimed_t *out) noexcept nogil
+    cdef void claim_batch(self, const tally_envelope_claim_t *events, uint64_t count, uint64_t base,
+                          tally_envelope_claimed_t *out) noexcept nogil
+    cdef result_t claim(self, const tally_envelope_claim_t *e, uint64_t ts, const uint64_t *claim_id, uint32_t claimer,
+                        tally_envelope_claimed_t *out) noexcept nogil
