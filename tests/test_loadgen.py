@@ -929,6 +929,16 @@ def test_the_demo_runs_merchant_payments_and_reads_them_back(tmp_path, capsys):
     assert "merchant side (read back from the server)" in out
     assert "every order's state, every refund and the fee account agree" in out and "DISAGREES" not in out
     assert "state hash of the live server" in out and "equal" in out
+    # Red envelopes: sent before the burst, claimed in it, read back; then a table per product.
+    assert "send_envelopes" in out and "claim_envelopes" in out and "red envelopes (read back from the server)" in out
+    assert "every packet, claim, share and claim transfer agrees" in out
+    table = out.split("per product:")[1].splitlines()
+    rows = {line[:15].strip(): line[15:].split() for line in table[3:7]}
+    assert list(rows) == ["QR orders", "payment codes", "refunds", "red envelopes"]
+    for product, cells in rows.items():
+        requests, ok, outcomes, refused = (int(cell.replace(",", "")) for cell in cells[:4])
+        assert requests == ok + outcomes + refused and ok > 0, product
+    assert int(rows["red envelopes"][2].replace(",", "")) > 0     # the late claimers (envelope_empty)
 
 
 def test_the_demo_refuses_a_directory_that_is_not_its_own(tmp_path):
