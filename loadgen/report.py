@@ -64,7 +64,7 @@ import math
 import os
 from dataclasses import dataclass
 
-__all__ = ["add_server_events", "html", "summary", "write"]
+__all__ = ["add_server_events", "html", "standalone_chart", "summary", "write"]
 
 FORMAT = "tally-load-report"
 VERSION = 1
@@ -405,6 +405,28 @@ def _chart(title: str, series: list[_Series], x: _Axis, y: _Axis,
         lx += item_w
     out.append("</svg>")
     return "\n".join(out)
+
+
+def standalone_chart(title: str, series: list, x_label: str, y_label: str) -> str:
+    """A line chart as a standalone SVG document (its style inside: it opens in a browser or an
+    image viewer), drawn as the report's charts are, on linear axes fitted to the data.
+    ``series``: (name, [(x, y), ...]) or (name, points, dashed) each, in the legend's order."""
+    points = [point for entry in series for point in entry[1]]
+    xs, ys = [p[0] for p in points] or [0.0], [p[1] for p in points] or [0.0]
+    drawn = [_Series(entry[0], list(entry[1]), _COLORS[i % len(_COLORS)], dashed=len(entry) > 2 and bool(entry[2]))
+             for i, entry in enumerate(series)]
+    svg = _chart(title, drawn, _linear_axis(min(xs), max(xs), x_label, integer=True),
+                 _linear_axis(min(0.0, min(ys)), max(ys), y_label))
+    style = "\n".join(line for line in _CSS.splitlines() if line.startswith("svg.chart"))
+    e = html_module.escape
+    head = 30   # the title's band above the chart
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n'
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H + head}" '
+            f'viewBox="0 0 {_W} {_H + head}">\n<title>{e(title)}</title>\n<style>{style}\n'
+            f'.title {{ font: 600 15px system-ui, "DejaVu Sans", sans-serif; fill: #1d2330; }}</style>\n'
+            f'<rect width="{_W}" height="{_H + head}" fill="#fff"/>\n'
+            f'<text class="title" x="{_LEFT}" y="{head - 8}">{e(title)}</text>\n'
+            + svg.replace("<svg ", f'<svg x="0" y="{head}" width="{_W}" height="{_H}" ', 1) + "\n</svg>\n")
 
 
 def _runs(points: list) -> list[list[tuple[float, float]]]:
