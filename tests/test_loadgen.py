@@ -518,6 +518,18 @@ def fresh_server(tmp_path, name):
     return process, runner.Target("127.0.0.1", port, 1, secret)
 
 
+def replayed_exactly(tmp_path, path):
+    """The replay of the trace at ``path`` on a fresh server (another secret), at twice the speed,
+    on one connection: its report, every result code as recorded."""
+    process, fresh = fresh_server(tmp_path, "fresh")
+    try:
+        replayed = replay.run(fresh, path, speed=2.0)
+    finally:
+        assert local_server.stop(process) == 0
+    assert replayed["comparison"]["equal"], replayed["comparison"]["differences"]
+    return replayed
+
+
 def test_open_loop_sends_on_schedule_records_and_replays_exactly(server, tmp_path):
     target, _ = server
     path = str(tmp_path / "run.tly")
@@ -604,12 +616,7 @@ def test_a_run_with_merchant_payments_agrees_with_the_server_and_replays_exactly
     (pay,) = source.take(first_pay, first_pay + 1, 0)
     assert pay.operation == Operation.pay_orders and (pay.records["token"] == 7).all()
     # On a fresh server (another secret: other tokens), one connection: every result code as recorded.
-    process, fresh = fresh_server(tmp_path, "fresh")
-    try:
-        replayed = replay.run(fresh, path, speed=2.0)
-    finally:
-        assert local_server.stop(process) == 0
-    assert replayed["comparison"]["equal"], replayed["comparison"]["differences"]
+    replayed = replayed_exactly(tmp_path, path)
     assert replayed["comparison"]["replayed"]["qr_pay"] == kinds["qr_pay"]
 
 
@@ -670,12 +677,7 @@ def test_a_run_with_payment_codes_agrees_with_the_server_and_replays_exactly(ser
     (charge,) = source.take(first_charge, first_charge + 1, 0)
     assert source.ready(first_charge, first_charge + 1) == first_charge + 1
     assert charge.operation == Operation.charge_codes and charge.records["code_lo"][0] > 11 * 10**16
-    process, fresh = fresh_server(tmp_path, "fresh")
-    try:
-        replayed = replay.run(fresh, path, speed=2.0)
-    finally:
-        assert local_server.stop(process) == 0
-    assert replayed["comparison"]["equal"], replayed["comparison"]["differences"]
+    replayed = replayed_exactly(tmp_path, path)
     assert replayed["comparison"]["replayed"]["code_charge"] == kinds["code_charge"]
 
 
@@ -734,12 +736,7 @@ def test_a_run_with_red_envelopes_agrees_with_the_server_and_replays_exactly(ser
     for frame in source.take(0, first_claim, 0):
         source.answered(frame, np.zeros(len(frame.kinds), CREATE_REPLY_DTYPES[frame.operation]), 0)
     assert source.ready(first_claim, first_claim + 1) == first_claim + 1
-    process, fresh = fresh_server(tmp_path, "fresh")
-    try:
-        replayed = replay.run(fresh, path, speed=2.0)
-    finally:
-        assert local_server.stop(process) == 0
-    assert replayed["comparison"]["equal"], replayed["comparison"]["differences"]
+    replayed = replayed_exactly(tmp_path, path)
     assert replayed["comparison"]["replayed"]["envelope_claim"] == kinds["envelope_claim"]
 
 

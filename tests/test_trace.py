@@ -306,8 +306,8 @@ def test_a_newer_minor_version_with_extra_sections_is_read(tmp_path):
     assert_same(data, expected_columns(frames))
 
 
-def valid_file_header(payload=msgspec.msgpack.encode({})):
-    fixed = bytearray(FILE_HEADER.pack(trace.TRACE_MAGIC, 1, 0, 0, len(payload), 0, 0))
+def valid_file_header(payload=msgspec.msgpack.encode({}), flags=0):
+    fixed = bytearray(FILE_HEADER.pack(trace.TRACE_MAGIC, 1, 0, flags, len(payload), 0, 0))
     body = payload + bytes(-len(payload) % 8)
     struct.pack_into("<I", fixed, 28, zlib.crc32(body, zlib.crc32(fixed[:28])))
     return bytes(fixed) + body
@@ -390,6 +390,27 @@ def product_frames(rng):
     return frames
 
 
+def refused_without_flag_or_section(path, operation, flag, section_message):
+    """A chunk of ``operation`` (one request, no extra section) is refused in a file without
+    ``flag``, and in one with it for the extra section it lacks."""
+    with pytest.raises(TraceError, match=f"unknown operation {operation}"):
+        path.write_bytes(valid_file_header() + chunk_record(operation, 1, bytes(32)))
+        read(str(path))
+    path.write_bytes(valid_file_header(flags=trace.FLAG_PRODUCTS | flag) + chunk_record(operation, 1, bytes(32)))
+    with pytest.raises(TraceError, match=section_message):
+        read(str(path))
+
+
+def random_frame(rng, operation, n, index, *, kind, results):
+    """A frame of ``n`` requests of ``operation`` from request ``index`` on: records of random ids
+    (their first 32 bytes), due times within a second, ``results`` drawn, one ``kind``."""
+    records = np.zeros(n, trace.OPERATION_DTYPES[operation])
+    records.view(np.uint8).reshape(n, 128)[:, :32] = rng.integers(0, 256, (n, 32), dtype=np.uint8)
+    return {"operation": operation, "request_index": np.arange(index, index + n, dtype=np.uint64),
+            "scheduled_ns": np.sort(rng.integers(0, 10**9, n)).astype(np.uint64), "connection": 0,
+            "kind": np.uint8(kind), "result": rng.choice(np.array(results, np.uint32), n), "events": records}
+
+
 def test_a_trace_of_the_products_operations_round_trips_and_says_so(tmp_path, monkeypatch):
     rng = np.random.default_rng(11)
     frames = product_frames(rng)
@@ -428,12 +449,7 @@ def test_a_trace_of_payment_codes_keeps_each_issues_code_and_says_so(tmp_path, m
     index = sum(len(frame["request_index"]) for frame in frames)
     issued = {}
     for operation, n in ((112, 50), (113, 40), (114, 9), (112, 70)):
-        records = np.zeros(n, trace.OPERATION_DTYPES[operation])
-        records.view(np.uint8).reshape(n, 128)[:, :32] = rng.integers(0, 256, (n, 32), dtype=np.uint8)
-        frame = {"operation": operation, "request_index": np.arange(index, index + n, dtype=np.uint64),
-                 "scheduled_ns": np.sort(rng.integers(0, 10**9, n)).astype(np.uint64), "connection": 0,
-                 "kind": np.uint8(13 + operation - 112), "result": rng.choice(np.array([0, 103], np.uint32), n),
-                 "events": records}
+        frame = random_frame(rng, operation, n, index, kind=13 + operation - 112, results=(0, 103))
         if operation == 112:
             frame["issued_code"] = rng.integers(10**17, 16 * 10**16, n, dtype=np.uint64)
             issued.update(zip(frame["request_index"].tolist(), frame["issued_code"].tolist()))
@@ -469,16 +485,7 @@ def test_a_trace_of_payment_codes_keeps_each_issues_code_and_says_so(tmp_path, m
         with pytest.raises(ValueError, match="issued_code: only for issue_codes"):
             writer.append(**dict(frames[4], issued_code=np.zeros(60, np.uint64)))
     # A codes chunk in a file without the flag, and an issue_codes chunk without its codes, are refused.
-    start = valid_file_header()
-    with pytest.raises(TraceError, match="unknown operation 112"):
-        path.write_bytes(start + chunk_record(112, 1, bytes(32)))
-        read(str(path))
-    fixed = bytearray(start[:FILE_HEADER.size])
-    struct.pack_into("<I", fixed, 12, trace.FLAG_PRODUCTS | trace.FLAG_CODES)
-    struct.pack_into("<I", fixed, 28, zlib.crc32(start[FILE_HEADER.size:], zlib.crc32(fixed[:28])))
-    path.write_bytes(bytes(fixed) + start[FILE_HEADER.size:] + chunk_record(112, 1, bytes(32)))
-    with pytest.raises(TraceError, match="an issue_codes chunk starts them with its 1 codes"):
-        read(str(path))
+    refused_without_flag_or_section(path, 112, trace.FLAG_CODES, "an issue_codes chunk starts them with its 1 codes")
 
 
 def test_a_trace_of_red_envelopes_keeps_each_claims_share_and_position_and_says_so(tmp_path, monkeypatch):
@@ -490,12 +497,7 @@ def test_a_trace_of_red_envelopes_keeps_each_claims_share_and_position_and_says_
     index = sum(len(frame["request_index"]) for frame in frames)
     answered = {}
     for operation, n in ((116, 30), (117, 41), (116, 5), (117, 78)):   # chunks of 32: the last of 23, padded
-        records = np.zeros(n, trace.OPERATION_DTYPES[operation])
-        records.view(np.uint8).reshape(n, 128)[:, :32] = rng.integers(0, 256, (n, 32), dtype=np.uint8)
-        frame = {"operation": operation, "request_index": np.arange(index, index + n, dtype=np.uint64),
-                 "scheduled_ns": np.sort(rng.integers(0, 10**9, n)).astype(np.uint64), "connection": 0,
-                 "kind": np.uint8(18 + operation - 116), "result": rng.choice(np.array([0, 112], np.uint32), n),
-                 "events": records}
+        frame = random_frame(rng, operation, n, index, kind=18 + operation - 116, results=(0, 112))
         if operation == 117:
             claimed = np.zeros(n, core.ENVELOPE_CLAIMED_DTYPE)
             claimed["result"] = frame["result"]
@@ -551,16 +553,8 @@ def test_a_trace_of_red_envelopes_keeps_each_claims_share_and_position_and_says_
         writer.append(**dict(frames[-1], claimed=None))    # no answers: 0s
     assert not read(str(tmp_path / "other.tly")).claimed_amount.any()
     # An envelopes chunk in a file without the flag, and a claims chunk without its answers, are refused.
-    start = valid_file_header()
-    with pytest.raises(TraceError, match="unknown operation 117"):
-        path.write_bytes(start + chunk_record(117, 1, bytes(32)))
-        read(str(path))
-    fixed = bytearray(start[:FILE_HEADER.size])
-    struct.pack_into("<I", fixed, 12, trace.FLAG_PRODUCTS | trace.FLAG_ENVELOPES)
-    struct.pack_into("<I", fixed, 28, zlib.crc32(start[FILE_HEADER.size:], zlib.crc32(fixed[:28])))
-    path.write_bytes(bytes(fixed) + start[FILE_HEADER.size:] + chunk_record(117, 1, bytes(32)))
-    with pytest.raises(TraceError, match="a claim_envelopes chunk starts them with its 1 shares and positions"):
-        read(str(path))
+    refused_without_flag_or_section(path, 117, trace.FLAG_ENVELOPES,
+                                    "a claim_envelopes chunk starts them with its 1 shares and positions")
 
 
 def test_a_trace_of_transfers_stays_what_a_1_0_reader_reads(tmp_path, monkeypatch):
