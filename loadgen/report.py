@@ -417,7 +417,9 @@ def standalone_chart(title: str, series: list, x_label: str, y_label: str) -> st
              for i, entry in enumerate(series)]
     svg = _chart(title, drawn, _linear_axis(min(xs), max(xs), x_label, integer=True),
                  _linear_axis(min(0.0, min(ys)), max(ys), y_label))
-    style = "\n".join(line for line in _CSS.splitlines() if line.startswith("svg.chart"))
+    # The charts' rules but their sizing in a page (a nested svg keeps its own width and height).
+    style = "\n".join(line for line in _CSS.splitlines()
+                      if line.startswith("svg.chart ") and not line.startswith("svg.chart {"))
     e = html_module.escape
     head = 30   # the title's band above the chart
     return (f'<?xml version="1.0" encoding="UTF-8"?>\n'
