@@ -202,6 +202,23 @@ def claim_id(envelope_id: int, claimer_id: int) -> int:
     return _pair_id(CLAIM_ID_DOMAIN, envelope_id, claimer_id)
 
 
+def envelope_ids(sender_ids, out_envelope_nos) -> np.ndarray:
+    """Many packets' ids at once, as ``order_ids``: ``sender_ids`` an (n, 2) uint64 array (lo,
+    hi), ``out_envelope_nos`` an (n, 32) uint8 array (NUL-padded)."""
+    from core import digest
+    return digest.key_ids(ENVELOPE_ID_DOMAIN, sender_ids, out_envelope_nos)
+
+
+def claim_ids(envelope_ids, claimer_ids) -> np.ndarray:
+    """Many claims' ids at once (``claim_id``): ``envelope_ids`` and ``claimer_ids`` (n, 2)
+    uint64 arrays (lo, hi); an (n, 2) uint64 array (lo, hi) back."""
+    from core import digest
+    claimers = np.ascontiguousarray(claimer_ids, dtype=np.uint64).reshape(-1, 2)
+    numbers = np.zeros((claimers.shape[0], OUT_TRADE_NO_BYTES), dtype=np.uint8)
+    numbers[:, :16] = claimers.view(np.uint8)
+    return digest.key_ids(CLAIM_ID_DOMAIN, envelope_ids, numbers)
+
+
 def claim_transfer_ids(envelope_id: int, claimed: int) -> np.ndarray:
     """The ids of a packet's claim transfers, positions 0 .. claimed - 1, as an ID_DTYPE array:
     ``lookup_transfers`` of them says who claimed what, when (the credit account, the amount,

@@ -1,5 +1,5 @@
 """Requests from a workload: the population to set up, then payments, P2P, holds, refunds,
-merchant orders and payment codes.
+merchant orders, payment codes and red envelopes.
 
 A *request* is one event the server authorizes: one transfer, or one order's create, payment,
 close or refund (or, while setting up, one account, top-up or merchant's terms). The load
@@ -13,10 +13,12 @@ chosen with Zipf-skewed popularity (rank r has weight 1 / r**s: a few very hot m
 long tail), and one funding card (a linked bank card) per 1,000 users that tops every wallet up
 with ``wallet_balance_minor`` before the load starts. A run with orders also has the operator's
 fee account and a settlement account per merchant, and gives every merchant its terms
-(``set_merchants``: ``orders.fee_bps``; a run with payment codes too). All ids of a run have ``id_hi = run_id``, so runs never
-collide with each other or with other data on the same server.
+(``set_merchants``: ``orders.fee_bps``; a run with payment codes too). A run with red envelopes
+also has an escrow account (``AccountCode.escrow``, debits never above credits): the run has one
+ledger, so one. All ids of a run have ``id_hi = run_id``, so runs never collide with each other
+or with other data on the same server.
 
-The requests (``Mix``, ``Payments``, ``Orders``, ``Codes``):
+The requests (``Mix``, ``Payments``, ``Orders``, ``Codes``, ``Envelopes``):
 
 * ``payment``: a uniform wallet pays a Zipf-chosen merchant a log-normal amount; wallets that
   run dry get ``exceeds_credits``, as they would.
@@ -51,6 +53,15 @@ The requests (``Mix``, ``Payments``, ``Orders``, ``Codes``):
   merchant's ``close_orders``), as drawn at the issue (``confirm_ratio``, ``decline_ratio``,
   ``revoke_ratio``); the rest are left to the engine's 45 s timeout (``codes_summary`` counts
   them). With nothing ready, a payment is made.
+* ``red_envelope``: a slot is a due claim if there is one, else a new packet. A packet: a
+  uniform wallet's ``send_envelopes`` (``out_envelope_no`` as ``out_trade_no``, the id from
+  ``core.order_keys.envelope_ids``; a total uniform in ``total_min_minor .. total_max_minor``,
+  ``count`` shares, into the escrow account). Once its answer is ``ok``, its ``claimers``
+  claims (``claim_envelopes``: the wallets after the sender, in turn) are due
+  ``claim_after_s`` later (or, with ``claims_at_burst``, not before the rate's burst, whose
+  requests above the base rate are then claims, or payments when none is due); they go out in
+  order, a packet's together as far as the slots allow. ``envelopes_summary`` counts what they
+  came to.
 
 Follow-ups are only for requests the server did not refuse: the load generator reports each
 answer (``answered``). A transfer's follow-up (a refund, a hold's resolution) may go before its
@@ -74,7 +85,7 @@ import numpy as np
 
 import core
 from core.operations import CREATE_EVENT_DTYPES, Operation
-from core.order_keys import TOKEN_BYTES, order_ids, refund_ids
+from core.order_keys import TOKEN_BYTES, envelope_ids, order_ids, refund_ids
 from loadgen.workload import HOLD_TIMEOUT_S, Workload
 
 CARD_PER_USERS = 1_000
@@ -110,6 +121,8 @@ class Kind(enum.IntEnum):
     code_confirm = 15    # the user confirms a held charge
     code_decline = 16    # the user declines it (confirm_charges with ConfirmFlags.decline)
     code_revoke = 17     # its merchant revokes it (close_orders)
+    envelope_send = 18   # a wallet sends a red envelope (a packet, into escrow)
+    envelope_claim = 19  # a wallet of its group claims it (ok, or envelope_empty when late)
 
 
 #: The operation each kind is sent with (indexed by kind): create_transfers unless named here.
@@ -119,6 +132,8 @@ KIND_OPERATIONS = np.array([{Kind.account: Operation.create_accounts, Kind.merch
                              Kind.code_issue: Operation.issue_codes, Kind.code_charge: Operation.charge_codes,
                              Kind.code_confirm: Operation.confirm_charges,
                              Kind.code_decline: Operation.confirm_charges, Kind.code_revoke: Operation.close_orders,
+                             Kind.envelope_send: Operation.send_envelopes,
+                             Kind.envelope_claim: Operation.claim_envelopes,
                              }.get(kind, Operation.create_transfers) for kind in Kind], dtype=np.uint16)
 
 #: Kinds of the setup phase (sent before the clock starts, in order, and awaited).
@@ -127,9 +142,11 @@ SETUP_KINDS = (Kind.account, Kind.top_up, Kind.merchant_terms)
 # The slots the mix is drawn over: transfers' below _QR_CREATE. ``resolve`` becomes capture or
 # void (or a payment); ``qr_follow`` pays or closes an answered order (or makes a payment);
 # ``code_charge`` charges an answered code and ``code_follow`` confirms, declines or revokes a
-# held charge (or each makes a payment).
+# held charge (or each makes a payment); ``envelope`` is a due claim or else a new packet. Not
+# drawn: ``envelope_burst``, a request above the base rate in a New Year's Eve burst: a due claim
+# or else a payment.
 (_PAYMENT, _P2P, _HOLD, _RESOLVE, _REFUND, _QR_CREATE, _QR_FOLLOW, _ORDER_REFUND, _CODE_ISSUE, _CODE_CHARGE,
- _CODE_FOLLOW) = range(11)
+ _CODE_FOLLOW, _ENVELOPE, _ENVELOPE_BURST) = range(13)
 
 
 class Frame(NamedTuple):
@@ -177,7 +194,8 @@ class Block(NamedTuple):
 
 class Population:
     """Account ids of a run: users 1..U, merchants U+1..U+M, cards after, then (with orders) the
-    fee account and a settlement account per merchant (``id_hi = run_id``)."""
+    fee account and a settlement account per merchant, then (with red envelopes) the escrow
+    account (``id_hi = run_id``)."""
 
     def __init__(self, workload: Workload, run_id: int):
         population = workload.population
@@ -192,13 +210,20 @@ class Population:
         # One fee account: the run has one ledger (CNY). Without orders, neither kind exists.
         self.fee_account = self.first_card + self.cards
         self.first_settlement = self.fee_account + 1
+        self.envelopes = workload.mix.has_envelopes
+        self.escrow_account = self.fee_account + (1 + self.merchants if self.orders else 0)
         self.wallet_balance_minor = population.wallet_balance_minor
         weights = 1.0 / np.arange(1, self.merchants + 1, dtype=np.float64) ** population.merchant_zipf_s
         self.merchant_cdf = np.cumsum(weights) / weights.sum()
 
     @property
     def accounts(self) -> int:
-        return self.users + self.merchants + self.cards + (1 + self.merchants if self.orders else 0)
+        return self.escrow_account - 1 + self.envelopes
+
+    @property
+    def escrow_account_id(self) -> int:
+        """The escrow account's 128-bit id (where open packets' money waits, with red envelopes)."""
+        return self.run_id << 64 | self.escrow_account
 
     @property
     def fee_account_id(self) -> int:
@@ -212,16 +237,23 @@ class Population:
 
     def account_batches(self, batch_events: int = core.BATCH_EVENTS_MAX):
         """The accounts, in batches of ``core.ACCOUNT_DTYPE``."""
-        starts = np.array([self.first_merchant, self.first_card, self.fee_account, self.first_settlement])
-        codes = np.array([core.AccountCode.user_wallet, core.AccountCode.merchant, core.AccountCode.funding_card,
-                          core.AccountCode.fee, core.AccountCode.settlement], dtype=np.uint16)
+        # Each kind's first id and code (the ones a run has: ids in order).
+        firsts = [(self.first_merchant, core.AccountCode.merchant), (self.first_card, core.AccountCode.funding_card)]
+        if self.orders:
+            firsts += [(self.fee_account, core.AccountCode.fee), (self.first_settlement, core.AccountCode.settlement)]
+        if self.envelopes:
+            firsts.append((self.escrow_account, core.AccountCode.escrow))
+        starts = np.array([first for first, _ in firsts], dtype=np.uint64)
+        codes = np.array([core.AccountCode.user_wallet] + [code for _, code in firsts], dtype=np.uint16)
         for first in range(1, self.accounts + 1, batch_events):
             ids = np.arange(first, min(first + batch_events, self.accounts + 1), dtype=np.uint64)
             batch = np.zeros(len(ids), dtype=core.ACCOUNT_DTYPE)
             batch["id_lo"], batch["id_hi"] = ids, self.run_id
             batch["ledger"] = core.Currency.CNY
             batch["code"] = codes[np.searchsorted(starts, ids, side="right")]
-            batch["flags"] = np.where(ids < self.first_merchant, core.AccountFlags.debits_must_not_exceed_credits, 0)
+            # Wallets and the escrow may never go below zero.
+            batch["flags"] = np.where((ids < self.first_merchant) | (batch["code"] == core.AccountCode.escrow),
+                                      core.AccountFlags.debits_must_not_exceed_credits, 0)
             yield batch
 
     def top_up_batches(self, batch_events: int = core.BATCH_EVENTS_MAX):
@@ -272,6 +304,8 @@ def timed_operations(workload: Workload) -> list[Operation]:
             (Operation.confirm_charges, codes.step_up_ratio * (codes.confirm_ratio + codes.decline_ratio)),
             (Operation.close_orders, codes.step_up_ratio * codes.revoke_ratio))
             if weight > 0 and operation not in operations]
+    if workload.mix.has_envelopes:
+        operations += [Operation.send_envelopes, Operation.claim_envelopes]
     return operations
 
 
@@ -633,6 +667,108 @@ class _Codes:
                 "follow_ups_not_sent": waiting}
 
 
+class _Envelopes:
+    """The red envelopes of a mix (``red_envelope``; see the module's docstring)."""
+
+    # Columns: sends awaited (packet id lo, hi, sender, total); answered packets to claim (id lo,
+    # hi, sender); claims (packet id lo, hi, claimer).
+    _ID_LO, _ID_HI, _SENDER, _TOTAL = 0, 1, 2, 3
+
+    def __init__(self, workload: Workload, population: Population, stride: int):
+        self.population = population
+        self.spec = workload.envelopes
+        self.tag = np.frombuffer(b"%016x" % population.run_id, dtype=np.uint8)
+        self._sends = _Awaited(QUEUE_CAPACITY, 4, stride)    # sends whose answer is awaited
+        self._packets = _Queue(QUEUE_CAPACITY, 3)            # answered packets, to claim
+        self._claims = np.zeros((3, 0), dtype=np.uint64)     # claims of packets taken, not yet handed out
+        self._claim_after_ns = int(self.spec.claim_after_s * NS_PER_S)
+        rate = workload.rate
+        # New Year's Eve: claims wait for the burst, whose requests above the base rate are envelopes'.
+        self.burst_ns = ((int(rate.burst_at_s * NS_PER_S), int((rate.burst_at_s + rate.burst_s) * NS_PER_S),
+                          1.0 - 1.0 / rate.burst_factor) if self.spec.claims_at_burst else None)
+        self.figures = dict.fromkeys(("packets_sent", "sent_minor", "sends_refused", "claims_ok", "claims_late",
+                                      "claims_refused", "claimed_minor", "packets_emptied"), 0)
+
+    def take_claims(self, wanted: int, now_ns: int) -> np.ndarray:
+        """Up to ``wanted`` due claims (columns: packet id lo, hi, claimer), a packet's in turn."""
+        claimers = self.spec.claimers
+        if self._claims.shape[1] < wanted:
+            packets = self._packets.pop_ready(-(-(wanted - self._claims.shape[1]) // claimers), now_ns)
+            if packets.shape[1]:
+                # A packet's group: the `claimers` wallets after its sender (never the sender: claimers < users).
+                turns = np.tile(np.arange(1, claimers + 1, dtype=np.uint64), packets.shape[1])
+                members = 1 + (np.repeat(packets[self._SENDER], claimers) - np.uint64(1) + turns) % np.uint64(
+                    self.population.users)
+                self._claims = np.concatenate([self._claims, np.stack([
+                    np.repeat(packets[self._ID_LO], claimers), np.repeat(packets[self._ID_HI], claimers), members])],
+                    axis=1)
+        taken, self._claims = self._claims[:, :wanted], self._claims[:, wanted:]
+        return taken
+
+    def send(self, rng, events, kinds, indexes, rows) -> None:
+        run_id, count, spec = self.population.run_id, len(rows), self.spec
+        senders = rng.integers(1, self.population.users + 1, count, dtype=np.uint64)
+        totals = rng.integers(spec.total_min_minor, spec.total_max_minor + 1, count, dtype=np.uint64)
+        numbers = _numbers(self.tag, indexes[rows])
+        ids = envelope_ids(np.stack([senders, np.full(count, run_id, dtype=np.uint64)], axis=1), numbers)
+        sends = events.view(core.ENVELOPE_SEND_DTYPE).reshape(-1)
+        sends["id_lo"][rows], sends["id_hi"][rows] = ids[:, 0], ids[:, 1]
+        sends["sender_id_lo"][rows], sends["sender_id_hi"][rows] = senders, run_id
+        sends["escrow_id_lo"][rows], sends["escrow_id_hi"][rows] = self.population.escrow_account, run_id
+        sends["total"][rows] = totals
+        sends["out_envelope_no"][rows] = numbers
+        sends["count"][rows] = spec.count
+        sends["expire_after_s"][rows] = spec.expire_after_s
+        sends["ledger"][rows] = core.Currency.CNY
+        kinds[rows] = Kind.envelope_send
+        self._sends.put(indexes[rows], np.stack([ids[:, 0], ids[:, 1], senders, totals]))
+
+    def claim(self, events, kinds, rows, claims: np.ndarray) -> None:
+        """The ``claims`` (``take_claims``' columns) in ``rows``."""
+        records = events.view(core.ENVELOPE_CLAIM_DTYPE).reshape(-1)
+        records["envelope_id_lo"][rows], records["envelope_id_hi"][rows] = claims[0], claims[1]
+        records["claimer_id_lo"][rows], records["claimer_id_hi"][rows] = claims[2], self.population.run_id
+        kinds[rows] = Kind.envelope_claim
+
+    def answered(self, indexes: np.ndarray, kinds: np.ndarray, results: np.ndarray, replies: np.ndarray,
+                 reply_ns: int) -> None:
+        figures = self.figures
+        sent = kinds == Kind.envelope_send
+        if sent.any():      # claimed from claim_after_s on (with claims_at_burst, not before the burst)
+            found, packets = self._sends.take(indexes[sent])    # forgotten whatever the answer
+            accepted = results[sent][found] == core.Result.ok
+            figures["packets_sent"] += int(accepted.sum())
+            figures["sends_refused"] += int((~accepted).sum())
+            figures["sent_minor"] += int(packets[self._TOTAL][accepted].sum())
+            ready_ns = reply_ns + self._claim_after_ns
+            if self.burst_ns is not None:
+                ready_ns = max(ready_ns, self.burst_ns[0])
+            self._packets.push(packets[:self._TOTAL, accepted], ready_ns)
+        claimed = kinds == Kind.envelope_claim
+        if claimed.any():
+            got, answers = results[claimed], replies[claimed]
+            accepted = got == core.Result.ok
+            late = got == core.Result.envelope_empty
+            figures["claims_ok"] += int(accepted.sum())
+            figures["claims_late"] += int(late.sum())
+            figures["claims_refused"] += int((~accepted & ~late).sum())
+            figures["claimed_minor"] += int(answers["amount"][accepted].sum())
+            figures["packets_emptied"] += int((answers["position"][accepted] == self.spec.count - 1).sum())
+
+    def extra_share(self, now_ns: int) -> float:
+        """With claims_at_burst, inside the burst: the share of requests above the base rate (else 0)."""
+        if self.burst_ns is None or not self.burst_ns[0] <= now_ns < self.burst_ns[1]:
+            return 0.0
+        return self.burst_ns[2]
+
+    def summary(self) -> dict:
+        """What the run's red envelopes came to: packets sent (and minor units), claims ok, late
+        (envelope_empty) or refused, minor units claimed, packets emptied, and the claims still
+        waiting to be sent at the end (their packets answered, their slots not come)."""
+        waiting = self._claims.shape[1] + (self._packets.tail - self._packets.head) * self.spec.claimers
+        return dict(self.figures, claims_waiting_at_end=int(waiting))
+
+
 class RequestGenerator:
     """Requests for a workload's mix; see the module's docstring.
 
@@ -658,7 +794,8 @@ class RequestGenerator:
         code_requests = 1.0 + (1.0 + FOLLOW_UP_SURPLUS) * (1.0 + code_follows)
         slot_weights += [mix["payment_code"] / code_requests,
                          mix["payment_code"] * (1.0 + FOLLOW_UP_SURPLUS) / code_requests,
-                         mix["payment_code"] * (1.0 + FOLLOW_UP_SURPLUS) * code_follows / code_requests]
+                         mix["payment_code"] * (1.0 + FOLLOW_UP_SURPLUS) * code_follows / code_requests,
+                         mix["red_envelope"]]
         self._slot_cdf = np.cumsum(slot_weights)
         self._slot_cdf /= self._slot_cdf[-1]
         self._refund_share = min(1.0, mix["refund"] / mix["payment"]) if mix["payment"] else 0.0
@@ -675,6 +812,7 @@ class RequestGenerator:
                      if paid_per_request else 0.0)
             self._orders = _Orders(workload, population, share, stride)
         self._codes = _Codes(workload, population, first_index, stride) if workload.mix.has_codes else None
+        self._envelopes = _Envelopes(workload, population, stride) if workload.mix.has_envelopes else None
 
     def answered(self, indexes: np.ndarray, kinds: np.ndarray, replies: np.ndarray, reply_ns: int = 0) -> None:
         """The server's answers to one frame's requests ``indexes`` (as ``next`` numbered them):
@@ -688,6 +826,12 @@ class RequestGenerator:
             self._orders.answered(indexes, kinds, results, replies, reply_ns)
         if self._codes is not None:
             self._codes.answered(indexes, kinds, results, replies, reply_ns)
+        if self._envelopes is not None:
+            self._envelopes.answered(indexes, kinds, results, replies, reply_ns)
+
+    def envelopes_summary(self) -> dict | None:
+        """With red envelopes: what they came to (``_Envelopes.summary``)."""
+        return self._envelopes.summary() if self._envelopes is not None else None
 
     def codes_summary(self, end_ns: int) -> dict | None:
         """With payment codes: what became of the held charges by ``end_ns`` (``_Codes.summary``)."""
@@ -699,6 +843,8 @@ class RequestGenerator:
         indexes = self._next_index + self._stride * np.arange(count, dtype=np.uint64)
         self._next_index += self._stride * count
         slots = np.searchsorted(self._slot_cdf, rng.random(count), side="right").clip(0, len(self._slot_cdf) - 1)
+        if self._envelopes is not None and self._envelopes.extra_share(now_ns):
+            slots[rng.random(count) < self._envelopes.extra_share(now_ns)] = _ENVELOPE_BURST
         events = np.zeros((count, RECORD_BYTES), dtype=np.uint8)
         kinds = np.full(count, Kind.payment, dtype=np.uint8)
 
@@ -723,7 +869,13 @@ class RequestGenerator:
             follow = np.flatnonzero(slots == _CODE_FOLLOW)
             held_charges = self._codes.take_held(len(follow), now_ns)
             code_followed, slots[follow[held_charges.shape[1]:]] = follow[:held_charges.shape[1]], _PAYMENT
-        if self._orders is not None or self._codes is not None:
+        if self._envelopes is not None:   # due claims first; then a slot sends a packet, a burst's pays
+            envelope = np.flatnonzero((slots == _ENVELOPE) | (slots == _ENVELOPE_BURST))
+            claims = self._envelopes.take_claims(len(envelope), now_ns)
+            claiming, rest = envelope[:claims.shape[1]], envelope[claims.shape[1]:]
+            sending = rest[slots[rest] == _ENVELOPE]
+            slots[rest[slots[rest] == _ENVELOPE_BURST]] = _PAYMENT
+        if self._orders is not None or self._codes is not None or self._envelopes is not None:
             transfer_rows = np.flatnonzero(slots < _QR_CREATE)
         else:
             transfer_rows = slice(None)
@@ -780,6 +932,9 @@ class RequestGenerator:
             self._codes.issue(rng, events, kinds, indexes, np.flatnonzero(slots == _CODE_ISSUE))
             self._codes.charge(rng, events, kinds, indexes, charged, issued_codes)
             self._codes.follow_up(events, kinds, code_followed, held_charges)
+        if self._envelopes is not None:
+            self._envelopes.claim(events, kinds, claiming, claims)
+            self._envelopes.send(rng, events, kinds, indexes, sending)
         return Block(indexes, events, kinds)
 
     @staticmethod

@@ -25,6 +25,15 @@ and carries the code of that answer (a charge of a code not issued ``ok`` would 
 ``code_invalid`` or ``code_not_found``). Confirms, declines and revokes name the order (the
 merchant and ``out_trade_no``) and the wallet: they are replayed as recorded.
 
+**Red envelopes.** A packet's id is a digest of its sender and ``out_envelope_no``, the same
+in any store, so a claim is replayed as recorded, once its packet's send has been answered in
+the replay (as in the run). Its share is drawn under the store's secret: a fresh server gives
+other shares (the trace keeps the recorded ones, format 1.3), which are not compared; the
+result codes are (who is late depends only on the order of the claims). The shares land in the
+claimers' wallets, so a wallet's balance differs from the run's by its shares' difference: a
+run whose wallets ran near empty (``exceeds_credits``) may replay some of those answers
+differently.
+
 It then compares the number of requests per (kind, result code) with the recording. Against
 a server initialised as the recorded one was (a fresh data directory, when the trace starts
 with its setup), a trace recorded on **one connection** and replayed on one connection gets
@@ -32,7 +41,8 @@ exactly the recorded counts: the server applies one connection's requests in ord
 results depend only on that order (no transfer of the generator has a timeout; an order
 expires ``expire_after_s``, at least 60 s, after its creation, a code 60 s after its issue and
 a held charge 45 s after it was made, and the run confirms, declines or revokes a held charge at
-most 30 s after it: engine time matters only to a replay that falls that far behind). With several connections, requests on different
+most 30 s after it, a packet ``expire_after_s`` after its send, 24 h by default: engine time
+matters only to a replay that falls that far behind). With several connections, requests on different
 connections may be applied in another order than they were recorded in, and counts may differ
 where they depend on each other (a capture racing its hold); the comparison says so rather
 than hiding it.
@@ -80,31 +90,34 @@ def _charged_issues(data: trace.TraceData, rows: np.ndarray) -> np.ndarray:
     return issued
 
 
-def _paid_creates(data: trace.TraceData, rows: np.ndarray) -> np.ndarray:
-    """For each request of ``rows``: if it pays an order created in ``rows``, the position of that
-    create (the first with the order's id), else -1."""
+def _made_by(data: trace.TraceData, rows: np.ndarray, making: int, using: int) -> np.ndarray:
+    """For each request of ``rows``: if it is a ``using`` request (a payment, a claim) of a record
+    a ``making`` request of ``rows`` made (an order's create, a packet's send), the position of
+    that request (the first with the record's id), else -1. The id is the first 16 bytes of both
+    records."""
     operations = data.operation[rows]
-    creates = np.flatnonzero(operations == Operation.create_orders)
-    pays = np.flatnonzero(operations == Operation.pay_orders)
-    created = np.full(len(rows), -1, dtype=np.int64)
-    if not len(creates) or not len(pays):
-        return created
+    makes = np.flatnonzero(operations == making)
+    uses = np.flatnonzero(operations == using)
+    made = np.full(len(rows), -1, dtype=np.int64)
+    if not len(makes) or not len(uses):
+        return made
 
-    def order_ids(positions):   # an order's id is the first 16 bytes of both records
+    def ids(positions):
         return np.ascontiguousarray(data.events[rows[positions], :16]).view("V16").ravel()
 
-    create_ids, pay_ids = order_ids(creates), order_ids(pays)
-    by_id = np.argsort(create_ids, kind="stable")
-    found = np.minimum(np.searchsorted(create_ids[by_id], pay_ids), len(creates) - 1)
-    match = create_ids[by_id][found] == pay_ids
-    created[pays[match]] = creates[by_id[found[match]]]
-    return created
+    make_ids, use_ids = ids(makes), ids(uses)
+    by_id = np.argsort(make_ids, kind="stable")
+    found = np.minimum(np.searchsorted(make_ids[by_id], use_ids), len(makes) - 1)
+    match = make_ids[by_id][found] == use_ids
+    made[uses[match]] = makes[by_id[found[match]]]
+    return made
 
 
 class TraceSource:
     """The timed requests of a trace, due at their recorded times divided by ``speed``; an
-    order's payment waits for its create's answer in the replay and carries its token (see the
-    module's docstring). Frames are numbered by position in ``rows``."""
+    order's payment waits for its create's answer in the replay and carries its token, a code's
+    charge for its issue's and a packet's claim for its send's (see the module's docstring).
+    Frames are numbered by position in ``rows``."""
 
     index_offset = 0   # a replay records no trace
 
@@ -115,13 +128,16 @@ class TraceSource:
         # Sent in send order: a request is due no earlier than the one sent before it.
         due_ns = (data.scheduled_ns[rows].astype(np.float64) / speed).astype(np.uint64)
         self._due_ns = np.maximum.accumulate(due_ns) if len(due_ns) else due_ns
-        self._created = _paid_creates(data, rows)
+        self._created = _made_by(data, rows, Operation.create_orders, Operation.pay_orders)
         self._pays = bool((self._created >= 0).any())
         self._issued = _charged_issues(data, rows)
         self._charges = bool((self._issued >= 0).any())
-        # The answer each request waits for (a pay its create's, a charge its issue's), or -1.
-        self._needs = np.maximum(self._created, self._issued)
-        self._answered = np.zeros(len(rows), dtype=bool)          # creates and issues answered in the replay
+        # The answer each request waits for (a pay its create's, a charge its issue's, a claim its
+        # packet's send's), or -1.
+        self._needs = np.maximum(np.maximum(self._created, self._issued),
+                                 _made_by(data, rows, Operation.send_envelopes, Operation.claim_envelopes))
+        self._waits = bool((self._needs >= 0).any())
+        self._answered = np.zeros(len(rows), dtype=bool)          # creates, issues and sends answered in the replay
         self._tokens = np.zeros((len(rows) if self._pays else 0, TOKEN_BYTES), dtype=np.uint8)
         self._codes = np.zeros(len(rows) if self._charges else 0, dtype=np.uint64)
 
@@ -132,7 +148,7 @@ class TraceSource:
         return self._due_ns[first:end]
 
     def ready(self, first: int, end: int) -> int:
-        if not self._pays and not self._charges:
+        if not self._waits:
             return end
         needs = self._needs[first:end]
         waiting = (needs >= 0) & ~self._answered[np.maximum(needs, 0)]
@@ -166,6 +182,8 @@ class TraceSource:
             self._answered[positions] = True   # unanswered: its charges go with code 0 (code_invalid)
             if self._charges and replies is not None:
                 self._codes[positions] = replies["code"]
+        elif frame.operation == Operation.send_envelopes:
+            self._answered[frame.indexes.astype(np.int64)] = True   # unanswered: its claims find no packet
 
 
 async def _send_setup(client, data: trace.TraceData, rows: np.ndarray, codes: np.ndarray) -> None:

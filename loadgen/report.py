@@ -28,6 +28,11 @@ all rates in requests per second::
                 "still_held_at_end": n, "follow_ups_not_sent": n},
                                                # optional: a run with payment codes, what became
                                                # of its held charges (loadgen.generator)
+      "envelopes": {"packets_sent": n, "sent_minor": n, "sends_refused": n, "claims_ok": n,
+                    "claims_late": n, "claims_refused": n, "claimed_minor": n,
+                    "packets_emptied": n, "claims_waiting_at_end": n},
+                                               # optional: a run with red envelopes (late: the
+                                               # claims answered envelope_empty)
       "latency_us": {"p50": .., "p90": .., "p99": .., "p99.9": .., "p99.99": .., "max": ..,
                      "mean": .., "count": n},
       "distribution": [[percentile, value_us], ...],  # HDR percentile spectrum: percentile in
@@ -59,7 +64,7 @@ import math
 import os
 from dataclasses import dataclass
 
-__all__ = ["add_server_events", "html", "summary", "write"]
+__all__ = ["add_server_events", "html", "standalone_chart", "summary", "write"]
 
 FORMAT = "tally-load-report"
 VERSION = 1
@@ -175,9 +180,12 @@ def _ordered_codes(totals: dict[str, int], extra: set[str] = frozenset()) -> lis
     return sorted(codes, key=lambda c: (c != "ok", -totals.get(c, 0), c))
 
 
-#: Answers that are outcomes, not refusals: ``ok``, and ``user_paying`` (a code charge held for
-#: the user's confirmation: its order and its hold exist). Neither is counted as "not ok".
-OUTCOMES = ("ok", "user_paying")
+#: Answers that are outcomes, not refusals: ``ok``, ``user_paying`` (a code charge held for the
+#: user's confirmation: its order and its hold exist) and ``envelope_empty`` (a red envelope's
+#: late claimer: the packet was emptied before). None is counted as "not ok"; the others than
+#: ``ok`` are shown apart, by what they mean.
+OUTCOMES = ("ok", "user_paying", "envelope_empty")
+_OUTCOME_LABELS = {"user_paying": "held", "envelope_empty": "late"}
 
 
 def _errors(report: dict) -> int:
@@ -397,6 +405,30 @@ def _chart(title: str, series: list[_Series], x: _Axis, y: _Axis,
         lx += item_w
     out.append("</svg>")
     return "\n".join(out)
+
+
+def standalone_chart(title: str, series: list, x_label: str, y_label: str) -> str:
+    """A line chart as a standalone SVG document (its style inside: it opens in a browser or an
+    image viewer), drawn as the report's charts are, on linear axes fitted to the data.
+    ``series``: (name, [(x, y), ...]) or (name, points, dashed) each, in the legend's order."""
+    points = [point for entry in series for point in entry[1]]
+    xs, ys = [p[0] for p in points] or [0.0], [p[1] for p in points] or [0.0]
+    drawn = [_Series(entry[0], list(entry[1]), _COLORS[i % len(_COLORS)], dashed=len(entry) > 2 and bool(entry[2]))
+             for i, entry in enumerate(series)]
+    svg = _chart(title, drawn, _linear_axis(min(xs), max(xs), x_label, integer=True),
+                 _linear_axis(min(0.0, min(ys)), max(ys), y_label))
+    # The charts' rules but their sizing in a page (a nested svg keeps its own width and height).
+    style = "\n".join(line for line in _CSS.splitlines()
+                      if line.startswith("svg.chart ") and not line.startswith("svg.chart {"))
+    e = html_module.escape
+    head = 30   # the title's band above the chart
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n'
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H + head}" '
+            f'viewBox="0 0 {_W} {_H + head}">\n<title>{e(title)}</title>\n<style>{style}\n'
+            f'.title {{ font: 600 15px system-ui, "DejaVu Sans", sans-serif; fill: #1d2330; }}</style>\n'
+            f'<rect width="{_W}" height="{_H + head}" fill="#fff"/>\n'
+            f'<text class="title" x="{_LEFT}" y="{head - 8}">{e(title)}</text>\n'
+            + svg.replace("<svg ", f'<svg x="0" y="{head}" width="{_W}" height="{_H}" ', 1) + "\n</svg>\n")
 
 
 def _runs(points: list) -> list[list[tuple[float, float]]]:
@@ -690,9 +722,17 @@ def _codes_table(report: dict) -> str:
 
 
 def _not_ok(codes: dict) -> list[tuple[str, int]]:
-    """The codes other than the outcomes (``ok``, ``user_paying``) with their counts, most first."""
+    """The codes other than the outcomes (``OUTCOMES``) with their counts, most first."""
     counts = {str(code): int(_num(n) or 0) for code, n in _dict(codes).items() if str(code) not in OUTCOMES}
     return sorted(((code, n) for code, n in counts.items() if n), key=lambda item: (-item[1], item[0]))
+
+
+def _apart(codes: dict, short: bool = False) -> str:
+    """The outcomes other than ``ok`` an operation got, by what they mean ("held: user_paying 3";
+    ``short``: "held 3"), or ""."""
+    counts = {code: int(_num(_dict(codes).get(code)) or 0) for code in _OUTCOME_LABELS}
+    return ", ".join((f"{label} {counts[code]:,}" if short else f"{label}: {code} {counts[code]:,}")
+                     for code, label in _OUTCOME_LABELS.items() if counts[code])
 
 
 def _operations_table(report: dict) -> str:
@@ -705,9 +745,9 @@ def _operations_table(report: dict) -> str:
         entry = _dict(entry)
         latency = _dict(entry.get("latency_us"))
         not_ok = ", ".join(f"{code} {n:,}" for code, n in _not_ok(entry.get("result_codes"))) or "none"
-        held = int(_num(_dict(entry.get("result_codes")).get("user_paying")) or 0)
-        if held:   # an outcome, shown apart from the refusals
-            not_ok = f"none (held: user_paying {held:,})" if not_ok == "none" else f"{not_ok} (held: user_paying {held:,})"
+        apart = _apart(entry.get("result_codes"))
+        if apart:   # outcomes, shown apart from the refusals
+            not_ok = f"{not_ok} ({apart})"
         rows.append(f"<tr><td>{e(str(name))}</td><td class=\"n\">{_count(entry.get('requests'))}</td>"
                     + "".join(f'<td class="n">{_ms(latency.get(key))}</td>' for key in PERCENTILES if key != "p90")
                     + f"<td>{e(not_ok)}</td></tr>")
@@ -788,18 +828,23 @@ def summary(report: dict) -> str:
             entry = _dict(entry)
             latency = _dict(entry.get("latency_us"))
             not_ok = _not_ok(entry.get("result_codes"))
-            held = int(_num(_dict(entry.get("result_codes")).get("user_paying")) or 0)
+            apart = _apart(entry.get("result_codes"), short=True)
             lines.append(("per op    " if i == 0 else " " * 10)
                          + f"{str(name):<17}{_count(entry.get('requests')):>9}  p50 {_ms(latency.get('p50')):>9}  "
                          f"p99 {_ms(latency.get('p99')):>9}  "
-                         + (f"user_paying {held:,}, " if held else "")
+                         + (f"{apart}, " if apart else "")
                          + ("not ok: " + ", ".join(f"{code} {n:,}" for code, n in not_ok) if not_ok
-                            else "all ok" if not held else "rest ok"))
+                            else "all ok" if not apart else "rest ok"))
     codes = _dict(report.get("codes"))
     if codes:
         lines.append(f"codes     charges {_count(codes.get('charged_at_once'))} paid at once, "
                      f"{_count(codes.get('held'))} held (user_paying): {_count(codes.get('still_held_at_end'))} "
                      f"still held at the end, {_count(codes.get('timed_out'))} timed out")
+    envelopes = _dict(report.get("envelopes"))
+    if envelopes:
+        lines.append(f"envelopes {_count(envelopes.get('packets_sent'))} sent ({_count(envelopes.get('sent_minor'))}), "
+                     f"claims {_count(envelopes.get('claims_ok'))} ok ({_count(envelopes.get('claimed_minor'))}) "
+                     f"{_count(envelopes.get('claims_late'))} late, {_count(envelopes.get('packets_emptied'))} emptied")
     by_label: dict[str, list[dict]] = {}
     for mark in _list(report.get("marks")):
         by_label.setdefault(str(_dict(mark).get("label") or "event"), []).append(_dict(mark))

@@ -22,9 +22,10 @@ in order, and is not timed. Latencies go into HDR histograms (``loadgen.histogra
 the run, one per second of reply time and one per operation; ``workers > 1`` runs that many
 processes, each with its share of the rate and of the connections, and their histograms are
 merged exactly. The report counts result codes per request kind and per operation
-(``create_orders``' and ``issue_codes``' 16-byte answers count by their result code) and, with
-payment codes, what became of the held charges (``codes``: held, left to the engine's 45 s
-timeout, timed out or still held at the run's end).
+(``create_orders``', ``issue_codes``' and ``claim_envelopes``' 16-byte answers count by their
+result code) and, with payment codes, what became of the held charges (``codes``: held, left to
+the engine's 45 s timeout, timed out or still held at the run's end) and, with red envelopes,
+what the packets came to (``envelopes``: sent, claimed, late claims, minor units, emptied).
 """
 
 from __future__ import annotations
@@ -292,7 +293,8 @@ async def _send_frame(client, frame: Frame, scheduled_ns, tally: Tally, recorder
     if recorder is not None and not recorder.closed:   # closed: an interrupted run's trace was aborted
         recorder.append(frame.operation, np.arange(trace_first, trace_first + count, dtype=np.uint64), scheduled_ns,
                         connection, frame.kinds, results, frame.records,
-                        issued_code=replies["code"] if frame.operation == Operation.issue_codes else None)
+                        issued_code=replies["code"] if frame.operation == Operation.issue_codes else None,
+                        claimed=replies if frame.operation == Operation.claim_envelopes else None)
 
 
 class RequestSource(Protocol):
@@ -532,6 +534,7 @@ async def _load(plan: _Plan, clients, recorder, report_progress) -> dict:
     elapsed_ns = _now_ns() - tally.start_ns
     raw["elapsed_s"] = elapsed_ns / NS_PER_S
     raw["code_charges"] = generator.codes_summary(elapsed_ns)
+    raw["envelopes"] = generator.envelopes_summary()
     raw["late_start_s"] = late_start_s
     raw["start_unix_s"] = start_unix_s
     return raw
@@ -752,9 +755,9 @@ def merge(raws: list[dict]) -> dict:
             merged[key] += raw[key]
         for error, count in raw["errors"].items():
             merged["errors"][error] = merged["errors"].get(error, 0) + count
-    code_summaries = [raw["code_charges"] for raw in raws if raw.get("code_charges")]
-    merged["code_charges"] = ({key: sum(summary[key] for summary in code_summaries) for key in code_summaries[0]}
-                       if code_summaries else None)
+    for name in ("code_charges", "envelopes"):   # the workers' summaries, added up
+        summaries = [raw[name] for raw in raws if raw.get(name)]
+        merged[name] = {key: sum(summary[key] for summary in summaries) for key in summaries[0]} if summaries else None
     merged.update(total=total, send_lag=send_lag, intervals=intervals, offered=offered, answered=answered,
                   codes=codes, operations=operations, elapsed_s=max(r["elapsed_s"] for r in raws),
                   late_start_s=max(r.get("late_start_s", 0.0) for r in raws))
@@ -815,6 +818,10 @@ def build_report(raws: list[dict], workload: Workload | None, options: Options, 
     if merged["late_start_s"] > 0.1:
         notes.append(f"a worker started {merged['late_start_s']:.2f} s after the others: per-second figures "
                      "of the workers are not aligned")
+    envelopes = merged["envelopes"]
+    if envelopes and envelopes["claims_waiting_at_end"]:
+        notes.append(f"{envelopes['claims_waiting_at_end']:,} red envelope claims were still waiting at the run's end "
+                     "(their packets answered, their turn not come): those packets are left open")
     codes_summary = merged["code_charges"]
     if codes_summary and codes_summary["still_held_at_end"]:
         notes.append(f"{codes_summary['still_held_at_end']:,} held code charges were still held at the run's end "
@@ -837,6 +844,7 @@ def build_report(raws: list[dict], workload: Workload | None, options: Options, 
         "kinds": kinds,
         "operations": operations,
         **({"codes": codes_summary} if codes_summary else {}),
+        **({"envelopes": merged["envelopes"]} if merged["envelopes"] else {}),
         "latency_us": merged["total"].summary(),
         "distribution": merged["total"].spectrum(),
         "timeline": {

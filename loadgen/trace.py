@@ -43,8 +43,8 @@ from engine.protocol import Operation
 
 TRACE_MAGIC = b"TALLYTRC"
 TRACE_VERSION = 1           # major: a reader refuses a newer one
-TRACE_MINOR_VERSION = 2     # minor: additions an older reader of the same major may skip (1.1: FLAG_PRODUCTS,
-                            # 1.2: FLAG_CODES)
+TRACE_MINOR_VERSION = 3     # minor: additions an older reader of the same major may skip (1.1: FLAG_PRODUCTS,
+                            # 1.2: FLAG_CODES, 1.3: FLAG_ENVELOPES)
 CHUNK_MAGIC = b"TRCH"
 END_MAGIC = b"TREN"
 
@@ -57,8 +57,14 @@ FLAG_PRODUCTS = 1
 #: answered (an extra section, ``code`` u64[n]): a charge's code is that of an earlier answer,
 #: which a replay against another store must substitute. Set with FLAG_PRODUCTS.
 FLAG_CODES = 2
+#: Flag (file header, 1.3): chunks may hold the red envelopes' operations (send_envelopes,
+#: claim_envelopes), and each claim_envelopes chunk carries what its requests were answered (an
+#: extra section, ``claimed``: the share u64[n], then the position u32[n]): a share is drawn
+#: under the store's secret, so a trace is the only record of what the run's claims got. Set
+#: with FLAG_PRODUCTS.
+FLAG_ENVELOPES = 4
 #: Flags (file header) this reader understands; a file with any other bit set is refused.
-FLAGS_KNOWN = FLAG_PRODUCTS | FLAG_CODES
+FLAGS_KNOWN = FLAG_PRODUCTS | FLAG_CODES | FLAG_ENVELOPES
 
 #: Limits (a limit on everything).
 HEADER_BYTES_MAX = 1 << 20          # the msgpack run header
@@ -93,6 +99,11 @@ CODE_OPERATIONS = frozenset(int(operation) for operation, component in CREATE_CO
                             if component == "codes")
 #: The operation whose chunks carry the ``code`` extra section (with FLAG_CODES).
 ISSUE_CODES = int(Operation.issue_codes)
+#: The red envelopes' operations: only in a file with FLAG_ENVELOPES (and FLAG_PRODUCTS).
+ENVELOPE_OPERATIONS = frozenset(int(operation) for operation, component in CREATE_COMPONENTS.items()
+                                if component == "envelopes")
+#: The operation whose chunks carry the ``claimed`` extra section (with FLAG_ENVELOPES).
+CLAIM_ENVELOPES = int(Operation.claim_envelopes)
 
 _U64, _U32, _U16, _U8 = np.dtype(np.uint64), np.dtype(np.uint32), np.dtype(np.uint16), np.dtype(np.uint8)
 _LIMITS = {dtype: int(np.iinfo(dtype).max) for dtype in (_U64, _U32, _U16, _U8)}
@@ -106,6 +117,11 @@ def _pad8(n: int) -> int:
 def _columns_bytes(count: int) -> int:
     size = COLUMN_BYTES_PER_EVENT * count
     return size + _pad8(size)
+
+
+def _claimed_bytes(count: int) -> int:
+    """A claim_envelopes chunk's ``claimed`` section: the shares u64[n], the positions u32[n], padding."""
+    return 12 * count + _pad8(12 * count)
 
 
 class TraceError(Exception):
@@ -126,7 +142,7 @@ class _Chunk:
     """Column buffers for up to ``capacity`` requests of one operation (reused chunk after chunk)."""
 
     __slots__ = ("operation", "fill", "request_index", "scheduled_ns", "result", "connection", "kind",
-                 "events", "code")
+                 "events", "code", "claimed_amount", "claimed_position")
 
     def __init__(self, operation: int, capacity: int):
         self.operation = operation
@@ -139,10 +155,13 @@ class _Chunk:
         self.events = np.empty(capacity * RECORD_BYTES, _U8)
         # issue_codes: the code each request was answered (the chunk's extra section).
         self.code = np.empty(capacity if operation == ISSUE_CODES else 0, _U64)
+        # claim_envelopes: the share and position each request was answered (its extra section).
+        self.claimed_amount = np.empty(capacity if operation == CLAIM_ENVELOPES else 0, _U64)
+        self.claimed_position = np.empty(capacity if operation == CLAIM_ENVELOPES else 0, _U32)
         # Touch every page now: a first touch while copying a frame in would be a page fault per
         # 4 KiB on the event loop (tens of ms for a chunk's 9 MiB).
         for array in (self.request_index, self.scheduled_ns, self.result, self.connection, self.kind,
-                      self.events, self.code):
+                      self.events, self.code, self.claimed_amount, self.claimed_position):
             array.fill(0)
 
 
@@ -214,7 +233,8 @@ class TraceWriter:
         if unknown:
             raise ValueError(f"operations {unknown}: only the logged ones can be traced")
         self._flags = ((FLAG_PRODUCTS if PRODUCT_OPERATIONS.intersection(operations) else 0)
-                       | (FLAG_CODES if CODE_OPERATIONS.intersection(operations) else 0))
+                       | (FLAG_CODES if CODE_OPERATIONS.intersection(operations) else 0)
+                       | (FLAG_ENVELOPES if ENVELOPE_OPERATIONS.intersection(operations) else 0))
         encoded = msgspec.msgpack.encode(header)
         if len(encoded) > HEADER_BYTES_MAX:
             raise ValueError(f"header is {len(encoded)} bytes encoded, more than {HEADER_BYTES_MAX}")
@@ -257,9 +277,11 @@ class TraceWriter:
     # -- the hot path
 
     def append(self, operation: int, request_index: Any, scheduled_ns: Any, connection: Any, kind: Any,
-               result: Any, events: Any, issued_code: Any = None) -> None:
+               result: Any, events: Any, issued_code: Any = None, claimed: Any = None) -> None:
         """Buffer one frame's requests (see the module docstring); columns may be scalars for all.
-        ``issued_code``: for issue_codes, the codes the requests were answered (None: 0s)."""
+        ``issued_code``: for issue_codes, the codes the requests were answered (None: 0s).
+        ``claimed``: for claim_envelopes, the replies (``core.ENVELOPE_CLAIMED_DTYPE``: their
+        ``amount`` and ``position`` are kept; None: 0s)."""
         if self._closed:
             raise ValueError("append to a closed TraceWriter")
         if self._failed is not None:
@@ -274,6 +296,9 @@ class TraceWriter:
         if operation in CODE_OPERATIONS and not self._flags & FLAG_CODES:
             raise ValueError(f"operation {operation}: a payment code's, in a trace not made for them "
                              "(give the writer operations= with one)")
+        if operation in ENVELOPE_OPERATIONS and not self._flags & FLAG_ENVELOPES:
+            raise ValueError(f"operation {operation}: a red envelope's, in a trace not made for them "
+                             "(give the writer operations= with one)")
         raw = _event_bytes(events, dtype, operation)
         n = raw.shape[0] // RECORD_BYTES
         if n == 0:
@@ -287,6 +312,16 @@ class TraceWriter:
             issued_code = _column(0 if issued_code is None else issued_code, _U64, n, "issued_code")
         elif issued_code is not None:
             raise ValueError(f"issued_code: only for issue_codes ({ISSUE_CODES}), not operation {operation}")
+        if operation == CLAIM_ENVELOPES:
+            if claimed is None:
+                claimed_amount, claimed_position = 0, 0
+            elif getattr(claimed, "shape", None) != (n,) or not {"amount", "position"} <= set(claimed.dtype.names or ()):
+                raise ValueError(f"claimed: {n} replies with amount and position (ENVELOPE_CLAIMED_DTYPE) expected")
+            else:
+                claimed_amount = _column(claimed["amount"], _U64, n, "claimed amount")
+                claimed_position = _column(claimed["position"], _U32, n, "claimed position")
+        elif claimed is not None:
+            raise ValueError(f"claimed: only for claim_envelopes ({CLAIM_ENVELOPES}), not operation {operation}")
         chunk = self._current[operation] or self._take_chunk(operation)
         done = 0
         while done < n:
@@ -300,6 +335,9 @@ class TraceWriter:
             chunk.kind[fill:end] = _part(kind, done, done + take)
             if operation == ISSUE_CODES:
                 chunk.code[fill:end] = _part(issued_code, done, done + take)
+            elif operation == CLAIM_ENVELOPES:
+                chunk.claimed_amount[fill:end] = _part(claimed_amount, done, done + take)
+                chunk.claimed_position[fill:end] = _part(claimed_position, done, done + take)
             chunk.events[fill * RECORD_BYTES:end * RECORD_BYTES] = raw[done * RECORD_BYTES:(done + take) * RECORD_BYTES]
             chunk.fill = end
             done += take
@@ -365,9 +403,15 @@ class TraceWriter:
         n = chunk.fill
         events_bytes = codec.pack_into(chunk.events[:n * RECORD_BYTES], self._packed)
         columns_padding = _ZEROS[:_pad8(COLUMN_BYTES_PER_EVENT * n)]
-        extra = [chunk.code[:n]] if chunk.operation == ISSUE_CODES else []   # the code section, 8n bytes
+        if chunk.operation == ISSUE_CODES:          # the code section, 8n bytes
+            extra = [chunk.code[:n]]
+        elif chunk.operation == CLAIM_ENVELOPES:    # the claimed section: shares, positions, padding
+            extra = [chunk.claimed_amount[:n], chunk.claimed_position[:n], _ZEROS[:_pad8(4 * n)]]
+        else:
+            extra = []
+        extra_bytes = sum(memoryview(part).nbytes for part in extra)
         header = bytearray(CHUNK_HEADER.pack(CHUNK_MAGIC, chunk.operation, 0, n, _columns_bytes(n),
-                                             events_bytes, 8 * n if extra else 0, self._sequence, 0))
+                                             events_bytes, extra_bytes, self._sequence, 0))
         body = [chunk.request_index[:n], chunk.scheduled_ns[:n], chunk.result[:n], chunk.connection[:n],
                 chunk.kind[:n], columns_padding, memoryview(self._packed)[:events_bytes],
                 _ZEROS[:_pad8(events_bytes)], *extra]
@@ -513,6 +557,8 @@ class TraceChunk(NamedTuple):
     result: np.ndarray          # uint32[n]
     events: np.ndarray | None   # uint8[n, 128], None when read with events=False
     issued_code: np.ndarray | None   # uint64[n]: issue_codes' answered codes (1.2); None for other operations
+    claimed_amount: np.ndarray | None     # uint64[n]: claim_envelopes' answered shares (1.3); None for others
+    claimed_position: np.ndarray | None   # uint32[n]: their answered positions (1.3); None for others
     offset: int                 # byte offset of the chunk record in the file
     end: int                    # byte offset just after it
 
@@ -645,7 +691,8 @@ class TraceReader:
         (_, operation, _reserved, count, columns_bytes, events_bytes, extra_bytes, sequence,
          checksum) = CHUNK_HEADER.unpack(header)
         if (operation not in OPERATION_DTYPES or (operation in PRODUCT_OPERATIONS and not self.flags & FLAG_PRODUCTS)
-                or (operation in CODE_OPERATIONS and not self.flags & FLAG_CODES)):
+                or (operation in CODE_OPERATIONS and not self.flags & FLAG_CODES)
+                or (operation in ENVELOPE_OPERATIONS and not self.flags & FLAG_ENVELOPES)):
             raise self._error(offset + 4, f"chunk {self.chunks}: unknown operation {operation}")
         if not 1 <= count <= CHUNK_EVENTS_MAX:
             raise self._error(offset + 8, f"chunk {self.chunks}: count {count} is not in 1..{CHUNK_EVENTS_MAX}")
@@ -661,6 +708,10 @@ class TraceReader:
         if operation == ISSUE_CODES and extra_bytes < 8 * count:
             raise self._error(offset + 20, f"chunk {self.chunks}: extra sections length {extra_bytes}: an "
                                            f"issue_codes chunk starts them with its {count} codes ({8 * count} bytes)")
+        if operation == CLAIM_ENVELOPES and extra_bytes < _claimed_bytes(count):
+            raise self._error(offset + 20, f"chunk {self.chunks}: extra sections length {extra_bytes}: a "
+                                           f"claim_envelopes chunk starts them with its {count} shares and "
+                                           f"positions ({_claimed_bytes(count)} bytes)")
         if sequence != self.chunks:
             raise self._error(offset + 24, f"chunk sequence number {sequence}, expected {self.chunks} "
                                            f"(a chunk is missing, repeated or damaged)")
@@ -676,7 +727,9 @@ class TraceReader:
             raise self._error(offset, f"chunk {self.chunks} checksum mismatch (damaged)")
         n = count
         used = COLUMN_BYTES_PER_EVENT * n
-        if body[used:columns_bytes].any() or body[columns_bytes + events_bytes:columns_bytes + events_padded].any():
+        extra = columns_bytes + events_padded   # where the extra sections start
+        if (body[used:columns_bytes].any() or body[columns_bytes + events_bytes:extra].any()
+                or (operation == CLAIM_ENVELOPES and body[extra + 12 * n:extra + _claimed_bytes(n)].any())):
             raise self._error(offset, f"chunk {self.chunks}: nonzero padding")
         records = None
         if self._events:
@@ -695,8 +748,9 @@ class TraceReader:
             connection=body[20 * n:22 * n].view(_U16),
             kind=body[22 * n:23 * n],
             events=records,
-            issued_code=(body[columns_bytes + events_padded:columns_bytes + events_padded + 8 * n].view(_U64)
-                         if operation == ISSUE_CODES else None),
+            issued_code=body[extra:extra + 8 * n].view(_U64) if operation == ISSUE_CODES else None,
+            claimed_amount=body[extra:extra + 8 * n].view(_U64) if operation == CLAIM_ENVELOPES else None,
+            claimed_position=body[extra + 8 * n:extra + 12 * n].view(_U32) if operation == CLAIM_ENVELOPES else None,
             offset=offset,
             end=end,
         )
@@ -782,6 +836,8 @@ class TraceData:
     result: np.ndarray           # uint32[n]
     events: np.ndarray | None    # uint8[n, 128]; rows of one operation: .view(OPERATION_DTYPES[operation])
     issued_code: np.ndarray      # uint64[n]: the code an issue_codes request was answered (1.2), else 0
+    claimed_amount: np.ndarray   # uint64[n]: the share a claim_envelopes request was answered (1.3), else 0
+    claimed_position: np.ndarray  # uint32[n]: its position (1.3), else 0
 
     def __len__(self) -> int:
         return len(self.request_index)
@@ -814,7 +870,10 @@ def read(path: str | os.PathLike, *, allow_truncated: bool = False, events: bool
     total = sum(counts)
 
     def column(name: str, dtype: np.dtype) -> np.ndarray:
-        return np.concatenate([getattr(chunk, name) for chunk in chunks]) if chunks else np.empty(0, dtype)
+        """A column of every chunk; an extra section's (None in the chunks of other operations) 0 there."""
+        parts = [getattr(chunk, name) for chunk in chunks]
+        return (np.concatenate([np.zeros(count, dtype) if part is None else part for part, count in zip(parts, counts)])
+                if chunks else np.empty(0, dtype))
 
     request_index = column("request_index", _U64)
     order = None
@@ -827,9 +886,9 @@ def read(path: str | os.PathLike, *, allow_truncated: bool = False, events: bool
         "connection": column("connection", _U16),
         "kind": column("kind", _U8),
         "result": column("result", _U32),
-        "issued_code": (np.concatenate([chunk.issued_code if chunk.issued_code is not None
-                                        else np.zeros(len(chunk.request_index), _U64) for chunk in chunks])
-                        if chunks else np.empty(0, _U64)),
+        "issued_code": column("issued_code", _U64),
+        "claimed_amount": column("claimed_amount", _U64),
+        "claimed_position": column("claimed_position", _U32),
     }
     for name, values in columns.items():
         setattr(data, name, values if order is None else values[order])

@@ -22,6 +22,7 @@ out-of-range values are refused with the key's path in the message)::
     order_refund = 2               # a paid order refunded, fully or in part
     payment_code = 4               # a wallet's payment code, then a merchant's charge of it, and (held
                                    # charges) the user's confirm or decline or the merchant's revoke
+    red_envelope = 5               # a wallet's red envelope (a packet), then its group's claims of it
                                    # (default weights: 0, but payment 1)
 
     [payments]
@@ -47,6 +48,17 @@ out-of-range values are refused with the key's path in the message)::
     revoke_ratio = 0.05            # ...or the merchant revokes (close_orders); the rest time out (45 s)
     confirm_after_s = 5.0          # a held charge is confirmed, declined or revoked this long after it
                                    # was answered (0..30)
+
+    [envelopes]                    # red envelopes (red_envelope; docs/products.md "Red envelopes")
+    count = 10                     # shares per packet (1..10,000)
+    total_min_minor = 100          # each packet's total, uniform in min..max minor units (the core
+    total_max_minor = 20_000       # refuses above its envelope_total limit: 200.00 CNY by default)
+    claimers = 12                  # a packet's group: this many wallets claim it; past count they are
+                                   # late and find it empty (envelope_empty: here 2 of 12 claims)
+    claim_after_s = 0.5            # a packet's claims are due this long after its send was answered
+    claims_at_burst = false        # true: the New Year's Eve shape (rate.shape = "burst" only), below
+    expire_after_s = 0             # a packet's life (1..86,400; 0 = the core's 24 h): the engine
+                                   # returns what is left to the sender then
 
     [rate]
     shape = "burst"                # "constant", "ramp" or "burst"
@@ -79,6 +91,26 @@ them still held: the report's ``codes`` section counts them). A wallet's first 1
 of an engine day are free of the confirmation; past them (a run of more than ``10 x users``
 codes in a day) charges are held whatever their amount, and end as drawn for them.
 
+A ``red_envelope``'s weight covers its requests: a uniform wallet's ``send_envelopes`` of a
+packet of ``count`` shares (into the run's escrow account, created by the setup), then, once
+its answer is in, ``claim_after_s`` later, the ``claim_envelopes`` of its group: the
+``claimers`` wallets after the sender, in turn (distinct, never the sender). A slot of the
+weight is a due claim if there is one, else a new packet: the shares of claims and sends follow
+from ``claimers``, and claims never pile up for ever. Claims past ``count`` find the packet
+empty (``envelope_empty``, an outcome: the late claimers); with ``claimers < count`` packets are
+left open, and the engine refunds them ``expire_after_s`` after their send (a shorter run ends
+with them open; the server holds at most ``envelopes_max`` less 8,190 open packets, past which
+sends answer ``envelopes_limit_reached``). The report's ``envelopes`` section counts packets
+sent, claims answered ok and late, minor units sent and claimed, packets emptied.
+
+**New Year's Eve** (``claims_at_burst = true``, with ``rate.shape = "burst"``): packets
+answered before the burst wait for it (midnight: the groups open their red envelopes
+together), and the burst's requests above the base rate (``1 - 1 / burst_factor`` of them) are
+their claims (payments when none is due): many packets are sent before midnight, then their
+claims come in a spike. The packets of a burst are the ``red_envelope`` share of the requests
+before it, and its claims ``claimers`` times as many: the burst's extra requests take them at
+once when they are at least that many.
+
 ``Rate.per_s_at(t_s, seconds)`` gives the offered rate at ``t_s`` seconds; ``Rate.send_times_s(seconds)``
 the open-loop schedule (request k is due at its time whatever the server's speed), and
 ``Rate.schedule(seconds)`` the same schedule as a function, for runs too long to list.
@@ -110,6 +142,11 @@ FEE_BPS_MAX = 10_000
 HOLD_TIMEOUT_S = 45
 #: A held charge's confirm, decline or revoke comes at most this long after it (well inside the hold).
 CONFIRM_AFTER_S_MAX = 30.0
+#: Red envelopes, as the core bounds them (core/constants.py): shares per packet, a packet's life
+#: (0 means its default, 24 hours), a total (the core's envelope_total limit can be raised to this).
+ENVELOPE_COUNT_MAX = 10_000
+ENVELOPE_EXPIRE_AFTER_S_MAX = 86_400
+ENVELOPE_TOTAL_LIMIT_MAX = 1 << 53
 
 
 class Population(msgspec.Struct, forbid_unknown_fields=True):
@@ -139,6 +176,7 @@ class Mix(msgspec.Struct, forbid_unknown_fields=True):
     qr_order: float = 0.0
     order_refund: float = 0.0
     payment_code: float = 0.0
+    red_envelope: float = 0.0
 
     def check(self) -> str | None:
         weights = msgspec.structs.asdict(self)
@@ -163,6 +201,11 @@ class Mix(msgspec.Struct, forbid_unknown_fields=True):
     def has_codes(self) -> bool:
         """Whether the run issues and charges payment codes."""
         return self.payment_code > 0
+
+    @property
+    def has_envelopes(self) -> bool:
+        """Whether the run sends and claims red envelopes (its setup then makes an escrow account)."""
+        return self.red_envelope > 0
 
 
 class Payments(msgspec.Struct, forbid_unknown_fields=True):
@@ -240,6 +283,32 @@ class Codes(msgspec.Struct, forbid_unknown_fields=True):
     def resolved_ratio(self) -> float:
         """The share of held charges followed up (confirmed, declined or revoked)."""
         return min(1.0, self.confirm_ratio + self.decline_ratio + self.revoke_ratio)
+
+
+class Envelopes(msgspec.Struct, forbid_unknown_fields=True):
+    """Red envelopes: the packets' shares and totals, who claims them and when."""
+    count: int = 10
+    total_min_minor: int = 100
+    total_max_minor: int = 20_000
+    claimers: int = 12
+    claim_after_s: float = 0.5
+    claims_at_burst: bool = False
+    expire_after_s: int = 0
+
+    def check(self) -> str | None:
+        if not 1 <= self.count <= ENVELOPE_COUNT_MAX:
+            return f"envelopes.count must be in 1..{ENVELOPE_COUNT_MAX:,}"
+        # Every share is at least one minor unit: a total below the count is refused by the core.
+        if not self.count <= self.total_min_minor <= self.total_max_minor <= ENVELOPE_TOTAL_LIMIT_MAX:
+            return ("envelopes: count <= total_min_minor <= total_max_minor <= "
+                    f"{ENVELOPE_TOTAL_LIMIT_MAX} must hold (a share is at least 1 minor unit)")
+        if not 1 <= self.claimers <= ENVELOPE_COUNT_MAX * 10:
+            return f"envelopes.claimers must be in 1..{ENVELOPE_COUNT_MAX * 10:,}"
+        if not 0.0 <= self.claim_after_s <= SECONDS_MAX:
+            return f"envelopes.claim_after_s must be in 0..{SECONDS_MAX}"
+        if not 0 <= self.expire_after_s <= ENVELOPE_EXPIRE_AFTER_S_MAX:
+            return f"envelopes.expire_after_s must be in 0..{ENVELOPE_EXPIRE_AFTER_S_MAX:,} (0: 24 hours)"
+        return None
 
 
 class Rate(msgspec.Struct, forbid_unknown_fields=True):
@@ -334,18 +403,24 @@ class Workload(msgspec.Struct, forbid_unknown_fields=True):
     payments: Payments = msgspec.field(default_factory=Payments)
     orders: Orders = msgspec.field(default_factory=Orders)
     codes: Codes = msgspec.field(default_factory=Codes)
+    envelopes: Envelopes = msgspec.field(default_factory=Envelopes)
     rate: Rate = msgspec.field(default_factory=Rate)
 
     def check(self) -> str | None:
         if not 0 < self.seconds <= SECONDS_MAX:
             return f"seconds must be in (0, {SECONDS_MAX}]"
         problem = (self.population.check() or self.mix.check() or self.payments.check() or self.orders.check()
-                   or self.codes.check() or self.rate.check())
+                   or self.codes.check() or self.envelopes.check() or self.rate.check())
         if problem:
             return problem
         if self.mix.order_refund > 0 and not (self.mix.qr_order > 0 and self.orders.paid_ratio > 0):
             return ("mix.order_refund needs paid orders: mix.qr_order > 0 and "
                     "orders.close_ratio + orders.expire_ratio < 1")
+        if self.mix.has_envelopes and self.envelopes.claimers >= self.population.users:
+            return (f"envelopes.claimers ({self.envelopes.claimers}) must be below population.users: a "
+                    "packet's claimers are distinct wallets other than its sender")
+        if self.envelopes.claims_at_burst and self.rate.shape != "burst":
+            return 'envelopes.claims_at_burst needs rate.shape = "burst" (the claims come in its burst)'
         if self.rate.shape == "burst" and self.rate.burst_at_s >= self.seconds:
             return f"rate.burst_at_s ({self.rate.burst_at_s:g}) is after the run's end ({self.seconds:g} s)"
         # The most requests the rate can add up to (the schedule is built only when a run starts).

@@ -38,6 +38,24 @@ closed loop, after one second of warm-up of each:
    each, in a third slice beside the other two; ``code_ratio_to_transfers`` likewise. (Held
    charges and their confirmations are the load generator's ``payment_code`` mix.)
 
+   ``red_envelope_claim_per_s``: red envelopes' claims (``claim_envelopes``) answered ``ok``
+   per second, in a fourth slice beside the other three: each request claims 819 packets of 10
+   shares whole (8,190 claims, each packet's claimers ten distinct wallets), packets sent before
+   the slices (``red_envelope_send_per_s``: those sends, ``send_envelopes`` answered ``ok`` per
+   second, closed loop, ``CLAIMS_MAX_PER_S`` x (``seconds`` + a warm-up) claims' worth, from
+   uniform wallets into one escrow account); ``claim_ratio_to_transfers`` likewise.
+
+   ``hot_packet_claims_ok``: after the slices, one packet of 1,000 shares (200.00 CNY) claimed
+   by 10,000 distinct wallets at once (a request of 10,000 / ``connections`` claims on each
+   connection, together): the claims answered ``ok``, exactly 1,000 by construction; with
+   ``hot_packet_late`` (answered ``envelope_empty``) and ``hot_packet_exact`` (the packet read
+   back emptied, its 1,000 shares summing to its total).
+
+   ``--report DIR`` (``report_dir``) adds, untimed, ``SHARE_PACKETS`` packets of 10 claimed
+   whole, and writes the distribution of a share by its claim position (``envelope_shares.svg``,
+   ``.json``, ``.csv``: count, mean, standard deviation, quantiles and the mean's distance from
+   total / count in standard errors, per position) and the result (``products.json``) there.
+
 Both processes share the machine's cores; their CPU seconds per phase are reported.
 """
 
@@ -45,6 +63,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
+import math
 import os
 import shutil
 import tempfile
@@ -54,12 +74,20 @@ import numpy as np
 
 import core
 from core import constants
-from core.order_keys import order_ids, refund_ids
+from core.order_keys import envelope_ids, order_ids, refund_ids
 from tally import bench_core, bench_e2e, bench_settle, local_server
 
 WARMUP_S = 1.0
 SLICES = 5                      # alternating slices of transfers and QR payments
 ORDER_POOL = 1 << 20            # pre-drawn merchants, payers and amounts, sliced per request
+#: Red envelopes: the bench's packets (count shares, total minor units), the hot packet's and its
+#: claimers, and the packets of the share distribution (--report).
+PACKET_COUNT = 10
+PACKET_TOTAL = 10_000
+HOT_COUNT = 1_000
+HOT_TOTAL = 20_000
+HOT_CLAIMERS = 10_000
+SHARE_PACKETS = 100_000
 
 
 class OrderStream:
@@ -88,12 +116,7 @@ class OrderStream:
         numbers = np.arange(self._next_number, self._next_number + count, dtype=np.uint64)
         self._next_number += count
         batch = np.zeros(count, dtype=core.ORDER_CREATE_DTYPE)
-        # out_trade_no: the number in 20 decimal digits, then NULs.
-        digits = np.zeros((count, 32), dtype=np.uint8)
-        remaining = numbers.copy()
-        for position in range(19, -1, -1):
-            digits[:, position] = ord("0") + (remaining % 10).astype(np.uint8)
-            remaining //= 10
+        digits = _decimal(numbers)   # out_trade_no: the number in 20 decimal digits, then NULs
         batch["out_trade_no"] = digits
         batch["merchant_id_lo"] = self._merchants[rows]
         batch["amount"] = self._amounts[rows]
@@ -147,9 +170,83 @@ class CodeStream:
         return batch
 
 
-async def _phase(clients, depth: int, seconds: float, server_pid: int, one, warmup_s: float = WARMUP_S) -> dict:
+class EnvelopeStream:
+    """Red envelopes: ``send_envelopes`` batches (packets of ``PACKET_COUNT`` shares and
+    ``PACKET_TOTAL`` minor units from pre-drawn uniform wallets, ``out_envelope_no`` from a
+    counter, into the escrow account), and ``claim_envelopes`` batches of the packets sent ok,
+    whole packets per batch, each packet's claimers ``PACKET_COUNT`` distinct wallets in turn."""
+
+    def __init__(self, accounts: int, escrow: int, packets_max: int, seed: int = 13):
+        self._wallets, _, _ = bench_core._population(accounts)
+        self._senders = np.random.default_rng(seed).integers(1, self._wallets + 1, ORDER_POOL, dtype=np.uint64)
+        self._escrow = escrow
+        self._next_number = 1
+        self._sent = np.zeros((packets_max, 2), dtype=np.uint64)   # packets answered ok, to claim
+        self.sent = self._claimed = 0
+
+    @property
+    def requested(self) -> int:
+        """Packets made so far (sent or on their way)."""
+        return self._next_number - 1
+
+    def sends(self, count: int, *, shares: int = PACKET_COUNT, total: int = PACKET_TOTAL) -> np.ndarray:
+        numbers = np.arange(self._next_number, self._next_number + count, dtype=np.uint64)
+        self._next_number += count
+        senders = self._senders[numbers % np.uint64(ORDER_POOL)]
+        batch = np.zeros(count, dtype=core.ENVELOPE_SEND_DTYPE)
+        batch["out_envelope_no"] = _decimal(numbers)
+        ids = envelope_ids(np.stack([senders, np.zeros(count, dtype=np.uint64)], axis=1), batch["out_envelope_no"])
+        batch["id_lo"], batch["id_hi"] = ids[:, 0], ids[:, 1]
+        batch["sender_id_lo"], batch["escrow_id_lo"] = senders, self._escrow
+        batch["total"], batch["count"], batch["ledger"] = total, shares, core.Currency.CNY
+        return batch
+
+    def answered(self, sends: np.ndarray, results: np.ndarray) -> None:
+        """Keep the packets sent ok (up to ``packets_max``), to claim."""
+        ok = sends[results == 0][:len(self._sent) - self.sent]
+        self._sent[self.sent:self.sent + len(ok), 0], self._sent[self.sent:self.sent + len(ok), 1] = ok["id_lo"], ok["id_hi"]
+        self.sent += len(ok)
+
+    def claims(self, count: int) -> np.ndarray | None:
+        """Claims of the next ``count // PACKET_COUNT`` packets sent (None: every one is claimed)."""
+        packets = min(max(1, count // PACKET_COUNT), self.sent - self._claimed)
+        if packets <= 0:
+            return None
+        first, self._claimed = self._claimed, self._claimed + packets
+        turns = np.arange(first * PACKET_COUNT, (first + packets) * PACKET_COUNT, dtype=np.uint64)
+        batch = np.zeros(packets * PACKET_COUNT, dtype=core.ENVELOPE_CLAIM_DTYPE)
+        batch["envelope_id_lo"] = np.repeat(self._sent[first:first + packets, 0], PACKET_COUNT)
+        batch["envelope_id_hi"] = np.repeat(self._sent[first:first + packets, 1], PACKET_COUNT)
+        batch["claimer_id_lo"] = 1 + turns % np.uint64(self._wallets)
+        return batch
+
+    def skip(self) -> None:
+        """Leave the packets sent so far unclaimed (``claims`` goes on with the next ones sent)."""
+        self._claimed = self.sent
+
+    def hot_claims(self, envelope: np.ndarray, parts: int) -> list[np.ndarray]:
+        """``HOT_CLAIMERS`` distinct wallets' claims of one packet, in ``parts`` batches."""
+        batch = np.zeros(HOT_CLAIMERS, dtype=core.ENVELOPE_CLAIM_DTYPE)
+        batch["envelope_id_lo"], batch["envelope_id_hi"] = envelope["id_lo"], envelope["id_hi"]
+        batch["claimer_id_lo"] = np.arange(1, HOT_CLAIMERS + 1, dtype=np.uint64)
+        return np.array_split(batch, parts)
+
+
+def _decimal(numbers: np.ndarray) -> np.ndarray:
+    """Numbers as 20 decimal digits, then NULs: (n, 32) uint8 (an out_trade_no, an out_envelope_no)."""
+    digits = np.zeros((len(numbers), 32), dtype=np.uint8)
+    remaining = numbers.copy()
+    for position in range(19, -1, -1):
+        digits[:, position] = ord("0") + (remaining % 10).astype(np.uint8)
+        remaining //= 10
+    return digits
+
+
+async def _phase(clients, depth: int, seconds: float, server_pid: int, one, warmup_s: float = WARMUP_S,
+                 until=None) -> dict:
     """Run ``one(client)`` (returns events answered ok, events failed) on every connection,
-    ``depth`` at a time, for ``seconds`` after ``warmup_s``; counts what ends in the window."""
+    ``depth`` at a time, for ``seconds`` after ``warmup_s`` (or until ``until()`` is true); counts
+    what ends in the window."""
     loop = asyncio.get_running_loop()
     start = loop.time()
     window_start, stop = start + warmup_s, start + warmup_s + seconds
@@ -159,7 +256,7 @@ async def _phase(clients, depth: int, seconds: float, server_pid: int, one, warm
 
     async def worker(client):
         nonlocal counted, failed, last_answer
-        while loop.time() < stop:
+        while loop.time() < stop and not (until is not None and until()):
             ok, refused = await one(client)
             now = loop.time()
             if window_start <= now <= stop:
@@ -171,7 +268,8 @@ async def _phase(clients, depth: int, seconds: float, server_pid: int, one, warm
     async def cpu_sampler():
         await asyncio.sleep(warmup_s)
         cpu["server"], cpu["client"] = bench_e2e._cpu_seconds(server_pid), time.process_time()
-        await asyncio.sleep(seconds)
+        while loop.time() < stop and not (until is not None and until()):
+            await asyncio.sleep(min(0.01, max(0.0, stop - loop.time())))
         cpu["server"] = bench_e2e._cpu_seconds(server_pid) - cpu["server"]
         cpu["client"] = time.process_time() - cpu["client"]
 
@@ -185,15 +283,43 @@ async def _phase(clients, depth: int, seconds: float, server_pid: int, one, warm
 
 
 async def _drive(port: int, secret: bytes, *, accounts: int, connections: int, depth: int, seconds: float,
-                 server_pid: int, settle_s: float, say) -> dict:
+                 server_pid: int, settle_s: float, say, packets: int, share_packets: int = 0) -> dict:
     from engine.client import Client
 
     clients = [await Client.connect("127.0.0.1", port, client_id=1, secret=secret) for _ in range(connections)]
     batch_events = constants.BATCH_EVENTS_MAX
     try:
-        say(f"creating {accounts:,} accounts and their top-ups over the wire")
+        say(f"creating {accounts:,} accounts and their top-ups over the wire, and an escrow account")
         await bench_e2e._setup(clients, accounts)
+        escrow = accounts + 1
+        if (await clients[0].create_accounts(core.accounts_from_dicts([{
+                "id": escrow, "ledger": core.Currency.CNY, "code": core.AccountCode.escrow,
+                "flags": core.AccountFlags.debits_must_not_exceed_credits}]))).any():
+            raise RuntimeError("the escrow account was refused")
         payments, orders = bench_e2e.PaymentStream(accounts, first_id=1 << 61), OrderStream(accounts)
+        envelopes = EnvelopeStream(accounts, escrow, packets + share_packets)
+
+        async def send(client):
+            if envelopes.requested >= packets:
+                return 0, 0
+            batch = envelopes.sends(min(batch_events, packets - envelopes.requested))
+            results = await client.send_envelopes(batch)
+            envelopes.answered(batch, results)
+            refused = int(np.count_nonzero(results))
+            return len(results) - refused, refused
+
+        say(f"red envelopes: {packets:,} packets of {PACKET_COUNT} sent, to be claimed")
+        sends = await _phase(clients, depth, 3600.0, server_pid, send, warmup_s=0.0,
+                             until=lambda: envelopes.requested >= packets)
+
+        async def claim(client):
+            batch = envelopes.claims(batch_events)
+            if batch is None:   # every packet claimed: more packets are needed (CLAIMS_MAX_PER_S)
+                await asyncio.sleep(0.01)
+                return 0, 0
+            results = (await client.claim_envelopes(batch))["result"]
+            refused = int(np.count_nonzero(results))
+            return len(results) - refused, refused
 
         async def transfer(client):
             results = await client.create_transfers(payments.batch(batch_events))
@@ -231,17 +357,23 @@ async def _drive(port: int, secret: bytes, *, accounts: int, connections: int, d
         # background (epoch flushes, checkpoints) and the machine's noise fall on both alike:
         # their ratio is then a measure, not the difference between two separate runs.
         slice_s = seconds / SLICES
-        say(f"transfers, QR payments (create + pay) and payment codes (issue + charge): {connections} "
-            f"connections x {depth} requests of {batch_events:,}, {SLICES} alternating slices of {slice_s:g} s each")
-        await _phase(clients, depth, 0.0, server_pid, transfer)  # warm-up of each (WARMUP_S each)
-        await _phase(clients, depth, 0.0, server_pid, qr_payment)
-        await _phase(clients, depth, 0.0, server_pid, code_payment)
-        slices = {"transfers": [], "qr": [], "codes": []}
+        say(f"transfers, QR payments (create + pay), payment codes (issue + charge) and red envelope claims: "
+            f"{connections} connections x {depth} requests of {batch_events:,}, {SLICES} alternating slices of "
+            f"{slice_s:g} s each")
+        phases = {"transfers": transfer, "qr": qr_payment, "codes": code_payment, "claims": claim}
+        for one in phases.values():   # a warm-up of each (WARMUP_S each)
+            await _phase(clients, depth, 0.0, server_pid, one)
+        slices = {name: [] for name in phases}
         for _ in range(SLICES):
-            slices["transfers"].append(await _phase(clients, depth, slice_s, server_pid, transfer, warmup_s=0.0))
-            slices["qr"].append(await _phase(clients, depth, slice_s, server_pid, qr_payment, warmup_s=0.0))
-            slices["codes"].append(await _phase(clients, depth, slice_s, server_pid, code_payment, warmup_s=0.0))
-        transfers, qr, code_payments = (_merged(slices[name]) for name in ("transfers", "qr", "codes"))
+            for name, one in phases.items():
+                slices[name].append(await _phase(clients, depth, slice_s, server_pid, one, warmup_s=0.0))
+        transfers, qr, code_payments, claims = (_merged(slices[name]) for name in phases)
+        say(f"a hot packet: {HOT_COUNT:,} shares, {HOT_CLAIMERS:,} claimers at once")
+        hot = await _hot_packet(clients, envelopes)
+        shares = None
+        if share_packets:
+            say(f"the shares' distribution: {share_packets:,} packets of {PACKET_COUNT} claimed (untimed)")
+            shares = await _shares(clients, depth, envelopes, share_packets)
         await asyncio.sleep(settle_s)
         say(f"refunds (each paid order refunded in full): the same, {seconds:g} s")
         refunds = await _phase(clients, depth, seconds, server_pid, refund)
@@ -251,7 +383,46 @@ async def _drive(port: int, secret: bytes, *, accounts: int, connections: int, d
         for client in clients:
             client.close()
     return {"transfers": transfers, "qr": qr, "codes": code_payments, "refunds": refunds,
-            "notifications": notifications}
+            "notifications": notifications, "sends": sends, "claims": claims, "hot": hot, "shares": shares}
+
+
+async def _hot_packet(clients, envelopes: EnvelopeStream) -> dict:
+    """One packet of HOT_COUNT shares claimed by HOT_CLAIMERS distinct wallets at once (a request
+    on each connection, together): how many got a share, how many came late, and whether the
+    packet read back is emptied with its shares summing to its total."""
+    packet = envelopes.sends(1, shares=HOT_COUNT, total=HOT_TOTAL)
+    if (await clients[0].send_envelopes(packet)).any():
+        raise RuntimeError("the hot packet's send was refused")
+    replies = np.concatenate(await asyncio.gather(*(
+        client.claim_envelopes(part) for client, part in zip(clients, envelopes.hot_claims(packet[0], len(clients))))))
+    ok = replies["result"] == core.Result.ok
+    (found,) = await clients[0].lookup_envelopes(core.ids_array([int(packet["id_lo"][0]) | int(packet["id_hi"][0]) << 64]))
+    exact = (int(found["state"]) == core.EnvelopeState.EMPTY and int(found["claimed"]) == HOT_COUNT
+             and int(replies["amount"][ok].sum()) == HOT_TOTAL and sorted(replies["position"][ok]) == list(range(HOT_COUNT)))
+    return {"ok": int(ok.sum()), "late": int((replies["result"] == core.Result.envelope_empty).sum()),
+            "exact": bool(exact)}
+
+
+async def _shares(clients, depth: int, envelopes: EnvelopeStream, packets: int) -> dict:
+    """``packets`` more packets sent and claimed whole (untimed): the shares answered, by position
+    (the slices' packets left unclaimed are left so)."""
+    batch_events = constants.BATCH_EVENTS_MAX
+    envelopes.skip()
+    last = envelopes.requested + packets
+    positions, amounts = [], []
+
+    async def lane(client):
+        while envelopes.requested < last:
+            batch = envelopes.sends(min(batch_events, last - envelopes.requested))
+            envelopes.answered(batch, await client.send_envelopes(batch))
+        while (batch := envelopes.claims(batch_events)) is not None:
+            replies = await client.claim_envelopes(batch)
+            ok = replies["result"] == core.Result.ok
+            positions.append(replies["position"][ok])
+            amounts.append(replies["amount"][ok])
+
+    await asyncio.gather(*(lane(client) for client in clients for _ in range(depth)))
+    return share_distribution(np.concatenate(positions), np.concatenate(amounts), PACKET_COUNT, PACKET_TOTAL)
 
 
 async def _notifications_phase(port, secret, clients, depth, seconds, server_pid, qr_payment) -> dict:
@@ -304,6 +475,62 @@ def _merged(phases: list[dict]) -> dict:
             "client_cpu_s": sum(p["client_cpu_s"] for p in phases)}
 
 
+#: The quantiles of a share given per claim position.
+SHARE_QUANTILES = (0.0, 1.0, 5.0, 25.0, 50.0, 75.0, 95.0, 99.0, 100.0)
+
+
+def share_distribution(positions: np.ndarray, amounts: np.ndarray, count: int, total: int) -> dict:
+    """The shares of packets of ``count`` shares and ``total`` minor units by claim position (0
+    first): per position how many, the mean, the standard deviation, the quantiles, and how far
+    the mean is from ``total / count`` in standard errors (the double-mean property: the same
+    expected share at every position, docs/products.md "The share")."""
+    rows = []
+    for position in range(count):
+        shares = amounts[positions == position].astype(np.float64)
+        n = len(shares)
+        mean = float(shares.mean()) if n else None
+        std = float(shares.std(ddof=1)) if n > 1 else None
+        quantiles = np.percentile(shares, SHARE_QUANTILES) if n else [None] * len(SHARE_QUANTILES)
+        rows.append({"position": position, "count": n, "mean": mean, "std": std,
+                     **{f"p{q:g}": (float(v) if v is not None else None) for q, v in zip(SHARE_QUANTILES, quantiles)},
+                     "mean_minus_expected_in_se": (round((mean - total / count) / (std / n ** 0.5), 2)
+                                                   if std else None)})
+    packets = min(row["count"] for row in rows) if rows else 0
+    return {"count": count, "total": total, "expected_mean": total / count, "packets": packets, "positions": rows}
+
+
+def write_share_report(distribution: dict, directory: str) -> dict:
+    """``envelope_shares.json``, ``.csv`` and ``.svg`` (a line chart: mean, expected mean and
+    quantiles by position, drawn by ``loadgen.report.standalone_chart``) in ``directory``;
+    their paths."""
+    from loadgen.report import standalone_chart
+
+    os.makedirs(directory, exist_ok=True)
+    paths = {kind: os.path.join(directory, f"envelope_shares.{kind}") for kind in ("json", "csv", "svg")}
+    with open(paths["json"], "w") as file:
+        json.dump(distribution, file, indent=1)
+    rows = distribution["positions"]
+    columns = list(rows[0]) if rows else []
+    with open(paths["csv"], "w") as file:
+        file.write(",".join(columns) + "\n")
+        for row in rows:
+            file.write(",".join("" if row[c] is None else f"{row[c]:g}" if isinstance(row[c], float) else str(row[c])
+                                for c in columns) + "\n")
+
+    def line(name, key):
+        return name, [(row["position"] + 1, row[key]) for row in rows if row[key] is not None]
+
+    expected = distribution["expected_mean"]
+    series = [line("mean", "mean"), ("total / count", [(1, expected), (distribution["count"], expected)], True),
+              line("median", "p50"), line("p25", "p25"), line("p75", "p75"), line("p5", "p5"), line("p95", "p95"),
+              line("p99", "p99")]
+    title = (f"Red envelope shares by claim position: {distribution['packets']:,} packets of "
+             f"{distribution['count']} shares, {distribution['total']:,} minor units each")
+    with open(paths["svg"], "w") as file:
+        file.write(standalone_chart(title, series, "claim position (1 = first)", "share (minor units)"))
+    return paths
+
+
 def full_refunds(creates: np.ndarray) -> np.ndarray:
     """A ``refund_orders`` batch refunding each of these paid orders in full (out_refund_no "R1")."""
     count = creates.shape[0]
@@ -324,12 +551,29 @@ def full_refunds(creates: np.ndarray) -> np.ndarray:
 #: faster run reports orders_limit_reached as failed events: raise this then). Orders are in
 #: memory until their cold tier is built, and the server prefaults them.
 ORDERS_MAX_PER_S = 400_000
+#: Packets sent for the claims' slices: claims for this rate over their seconds and warm-up (a
+#: faster run runs out of packets and claims nothing for the rest of its slices: raise this then).
+#: Packets and claims are held in memory (envelopes_max, claims_max: about 180 bytes each).
+CLAIMS_MAX_PER_S = 600_000
 
 
 def run(seconds: float = 5.0, connections: int = 4, depth: int = 2, accounts: int = 1_000_000,
-        data_dir: str | None = None, prefault: bool = True, progress=None, settle_merchants: int = 100_000) -> dict:
-    """The whole benchmark (see the module's docstring); ``prefault=False`` only for smoke tests."""
+        data_dir: str | None = None, prefault: bool = True, progress=None, settle_merchants: int = 100_000,
+        report_dir: str | None = None, share_packets: int = SHARE_PACKETS,
+        claims_max_per_s: int = CLAIMS_MAX_PER_S) -> dict:
+    """The whole benchmark (see the module's docstring); ``prefault=False`` and a lower
+    ``claims_max_per_s`` (fewer packets sent for the claims' slices) only for smoke tests;
+    ``report_dir``: write the shares' distribution over ``share_packets`` packets there too."""
     say = progress or (lambda message: None)
+    wallets, _, _ = bench_core._population(accounts)
+    if wallets < HOT_CLAIMERS:
+        raise ValueError(f"the hot packet needs {HOT_CLAIMERS:,} wallets: at least {HOT_CLAIMERS * 102 // 100 + 1:,} "
+                         "accounts")
+    share_packets = share_packets if report_dir else 0
+    packets = math.ceil(claims_max_per_s * (seconds + WARMUP_S) / PACKET_COUNT)
+    # Every packet resident (open ones pinned: room for a batch above them) and every claim.
+    envelopes_max = packets + share_packets + 1 + 2 * constants.BATCH_EVENTS_MAX
+    claims_max = (packets + share_packets) * PACKET_COUNT + HOT_CLAIMERS + constants.BATCH_EVENTS_MAX
     # QR and code payments' orders, and the codes: all in memory (the cold tier is not measured here).
     orders_max = min(constants.ORDERS_MAX_LIMIT, int(ORDERS_MAX_PER_S * (3 * seconds + 4 * WARMUP_S)))
     codes_max = min(constants.CODES_MAX_LIMIT, int(ORDERS_MAX_PER_S * (seconds + 2 * WARMUP_S)))
@@ -341,35 +585,52 @@ def run(seconds: float = 5.0, connections: int = 4, depth: int = 2, accounts: in
         driven, server_exit = local_server.drive(
             base_dir, lambda port, secret, pid: _drive(port, secret, accounts=accounts, connections=connections,
                                                        depth=depth, seconds=seconds, server_pid=pid,
-                                                       settle_s=bench_e2e.SETTLE_S if prefault else 0.0, say=say),
-            accounts_max=accounts, prefault=prefault, orders_max=orders_max, refunds_max=orders_max, codes_max=codes_max)
+                                                       settle_s=bench_e2e.SETTLE_S if prefault else 0.0, say=say,
+                                                       packets=packets, share_packets=share_packets),
+            accounts_max=accounts + 1, prefault=prefault, orders_max=orders_max, refunds_max=orders_max,
+            codes_max=codes_max, envelopes_max=envelopes_max, claims_max=claims_max)
     finally:
         if data_dir is None:
             shutil.rmtree(base_dir, ignore_errors=True)
     transfers, qr, code_payments, refunds = driven["transfers"], driven["qr"], driven["codes"], driven["refunds"]
+    sends, claims, hot = driven["sends"], driven["claims"], driven["hot"]
     say(f"settling {settle_merchants:,} merchants")
     settled = bench_settle.run(settle_merchants)
-    return {
+    result = {
         "transfers_per_s": round(transfers["per_s"]),
         "qr_pay_per_s": round(qr["per_s"]),
         "ratio_to_transfers": round(qr["per_s"] / transfers["per_s"], 3) if transfers["per_s"] else None,
         "payment_code_per_s": round(code_payments["per_s"]),
         "code_ratio_to_transfers": (round(code_payments["per_s"] / transfers["per_s"], 3)
                                     if transfers["per_s"] else None),
+        "red_envelope_claim_per_s": round(claims["per_s"]),
+        "claim_ratio_to_transfers": round(claims["per_s"] / transfers["per_s"], 3) if transfers["per_s"] else None,
+        "red_envelope_send_per_s": round(sends["per_s"]),
+        "hot_packet_claims_ok": hot["ok"],
+        "hot_packet_late": hot["late"],
+        "hot_packet_exact": hot["exact"],
         "refund_per_s": round(refunds["per_s"]),
         "notification_per_s": round(driven["notifications"]["per_s"]),
         "notifications_left_after_1s": driven["notifications"]["left_after_1s"],
         "qr_pay_per_s_with_subscriber": round(driven["notifications"]["qr_per_s_meanwhile"]),
         **settled,
-        "failed_events": transfers["failed"] + qr["failed"] + code_payments["failed"] + refunds["failed"],
+        "failed_events": (transfers["failed"] + qr["failed"] + code_payments["failed"] + refunds["failed"]
+                          + sends["failed"] + claims["failed"]),
         "cpu_s": {name: {"server": round(phase["server_cpu_s"], 2), "client": round(phase["client_cpu_s"], 2)}
                   for name, phase in (("transfers", transfers), ("qr", qr), ("codes", code_payments),
-                                      ("refunds", refunds))},
+                                      ("claims", claims), ("refunds", refunds))},
         "server_exit_code": server_exit,
         "config": {"seconds": seconds, "connections": connections, "depth": depth, "accounts": accounts,
-                   "request_events": constants.BATCH_EVENTS_MAX},
+                   "request_events": constants.BATCH_EVENTS_MAX, "red_envelope_packets": packets,
+                   "packet_count": PACKET_COUNT, "packet_total": PACKET_TOTAL},
         "machine": bench_e2e.machine(),
     }
+    if report_dir:
+        result["report"] = write_share_report(driven["shares"], report_dir)
+        result["report"]["result"] = os.path.join(report_dir, "products.json")
+        with open(result["report"]["result"], "w") as file:
+            json.dump(result, file, indent=1)
+    return result
 
 
 def summary(result: dict) -> str:
@@ -381,6 +642,10 @@ def summary(result: dict) -> str:
         f"  QR payments (create + pay orders) {result['qr_pay_per_s']:>12,}/s   ratio {result['ratio_to_transfers']}",
         f"  payment codes (issue + charge)    {result['payment_code_per_s']:>12,}/s   "
         f"ratio {result['code_ratio_to_transfers']}",
+        f"  red envelope claims               {result['red_envelope_claim_per_s']:>12,}/s   "
+        f"ratio {result['claim_ratio_to_transfers']}   (sends {result['red_envelope_send_per_s']:,}/s)",
+        f"  a hot packet of {HOT_COUNT:,}, {HOT_CLAIMERS:,} claimers  {result['hot_packet_claims_ok']:>6,} got a share, "
+        f"{result['hot_packet_late']:,} late, exact: {result['hot_packet_exact']}",
         f"  refunds (refund_orders, in full)  {result['refund_per_s']:>12,}/s",
         f"  notifications to a subscriber     {result['notification_per_s']:>12,}/s   (QR payments meanwhile "
         f"{result['qr_pay_per_s_with_subscriber']:,}/s; left 1 s after: {result['notifications_left_after_1s']})",
@@ -389,6 +654,7 @@ def summary(result: dict) -> str:
         f"  CPU s (server/client): transfers {result['cpu_s']['transfers']['server']}/{result['cpu_s']['transfers']['client']}, "
         f"QR {result['cpu_s']['qr']['server']}/{result['cpu_s']['qr']['client']}, "
         f"codes {result['cpu_s']['codes']['server']}/{result['cpu_s']['codes']['client']}, "
+        f"claims {result['cpu_s']['claims']['server']}/{result['cpu_s']['claims']['client']}, "
         f"refunds {result['cpu_s']['refunds']['server']}/{result['cpu_s']['refunds']['client']}; "
         f"failed events {result['failed_events']}",
-    ])
+    ] + ([f"  the shares by claim position: {result['report']['svg']} (and .json, .csv)"] if "report" in result else []))

@@ -3,7 +3,7 @@
     tally serve [--config FILE] [--data DIR] [--host H] [--port N] [--tls-cert F --tls-key F]
     tally bench core [--json] [--accounts N] [--transfers N] [--data DIR]
     tally bench e2e [--json] [--seconds N] [--connections N]
-    tally bench products [--json] [--seconds N] [--connections N]
+    tally bench products [--json] [--seconds N] [--connections N] [--report DIR]
     tally bench loadgen [--json] [--seconds N]
     tally bench latency [--json] [--seconds N] [--rates R,R,R] [--connections N]
     tally load run [WORKLOAD] [--rate N] [--seconds N] [--mode open|closed] [--record F] [--report DIR]
@@ -84,7 +84,7 @@ def _bench_products(args) -> int:
 
     progress = None if args.json else (lambda message: print(f"· {message}", file=sys.stderr))
     result = bench_products.run(seconds=args.seconds, connections=args.connections, depth=args.depth,
-                                accounts=args.accounts, data_dir=args.data, progress=progress)
+                                accounts=args.accounts, data_dir=args.data, progress=progress, report_dir=args.report)
     print(json.dumps(result) if args.json else bench_products.summary(result))
     return 0 if result["failed_events"] == 0 and result["server_exit_code"] == 0 else 1
 
@@ -434,6 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="the payment products end to end, beside plain transfers in the same run (qr_pay_per_s, ratio)")
     _closed_loop_arguments(products, "length of each phase (default 5)")
     products.add_argument("--data", default=None, help="directory for the server's data (default: a temporary one)")
+    products.add_argument("--report", metavar="DIR", default=None,
+                          help="also claim 100,000 packets of 10 (untimed) and write the red envelope shares' "
+                               "distribution by claim position there (envelope_shares.svg, .json, .csv) with "
+                               "the result (products.json)")
     products.set_defaults(run=_bench_products)
 
     loadgen_bench = _command(

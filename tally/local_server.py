@@ -29,7 +29,8 @@ def start(base_dir: str, *, secret: bytes, accounts_max: int = constants.ACCOUNT
           state_hash_on_exit: bool = False, metrics_port: int = 0,
           orders_max: int = constants.ORDERS_MAX_DEFAULT,
           refunds_max: int = constants.REFUNDS_MAX_DEFAULT,
-          codes_max: int = constants.CODES_MAX_DEFAULT) -> tuple[subprocess.Popen, int]:
+          codes_max: int = constants.CODES_MAX_DEFAULT, envelopes_max: int = constants.ENVELOPES_MAX_DEFAULT,
+          claims_max: int = constants.CLAIMS_MAX_DEFAULT) -> tuple[subprocess.Popen, int]:
     """Write ``base_dir/config.toml`` (client 1 with ``secret``), start the server on a free port.
 
     Returns the process and its port once it listens. ``metrics_port``: serve the latency
@@ -44,7 +45,8 @@ def start(base_dir: str, *, secret: bytes, accounts_max: int = constants.ACCOUNT
             f"host = \"127.0.0.1\"\nport = 0\nprefault = {'true' if prefault else 'false'}\n"
             f"checkpoint_interval_events = {checkpoint_interval_events}\n"
             f"accounts_max = {accounts_max}\ntransfers_hot_max = {transfers_hot_max}\norders_max = {orders_max}\n"
-            f"refunds_max = {refunds_max}\ncodes_max = {codes_max}\n"
+            f"refunds_max = {refunds_max}\ncodes_max = {codes_max}\nenvelopes_max = {envelopes_max}\n"
+            f"claims_max = {claims_max}\n"
             f"state_hash_on_exit = {'true' if state_hash_on_exit else 'false'}\nmetrics_port = {metrics_port}\n"
             f"[[clients]]\nid = 1\nsecret = \"{secret.hex()}\"\n")
     os.chmod(config_path, 0o600)

@@ -55,14 +55,35 @@ def test_bench_e2e_runs_a_server_process_and_reports_every_key(tmp_path):
     assert "end to end" in bench_e2e.summary(result)
 
 
-def test_bench_products_pays_qr_orders_end_to_end(tmp_path):
+def test_bench_products_pays_qr_orders_and_claims_red_envelopes_end_to_end(tmp_path):
+    import json
+
     from tally import bench_products
 
     # 2 s: slices of 0.4 s, and more paid orders than a refund phase's 1 s warm-up clears. With 0.5 s
     # (slices of 0.1 s) a request that took longer than its slice on a busy machine counted nothing,
     # and the refunds could all end inside the warm-up: rates of 0 (seen in 1 of 3 runs here).
-    result = bench_products.run(seconds=2.0, connections=2, accounts=3000, data_dir=str(tmp_path), prefault=False,
-                                settle_merchants=2_000)
+    # 12,000 accounts: the hot packet's 10,000 claimers are distinct wallets. Packets for 100,000
+    # claims a second (claims_max_per_s): a smoke test, not a measure.
+    result = bench_products.run(seconds=2.0, connections=2, accounts=12_000, data_dir=str(tmp_path / "data"),
+                                prefault=False, settle_merchants=2_000, report_dir=str(tmp_path / "report"),
+                                share_packets=3_000, claims_max_per_s=100_000)
+    # Red envelopes: claims and sends, and one packet of 1,000 claimed by 10,000 wallets at once:
+    # exactly 1,000 get a share, the others are late, and the packet read back is emptied exactly.
+    assert result["red_envelope_claim_per_s"] > 0 and result["claim_ratio_to_transfers"] > 0
+    assert result["red_envelope_send_per_s"] > 0
+    assert result["hot_packet_claims_ok"] == 1000 and result["hot_packet_late"] == 9_000 and result["hot_packet_exact"]
+    assert "red envelope claims" in bench_products.summary(result)
+    # --report: 3,000 packets' shares by position, each position's mean near total / count.
+    shares = json.loads((tmp_path / "report" / "envelope_shares.json").read_text())
+    assert shares["packets"] == 3_000 and [row["count"] for row in shares["positions"]] == [3_000] * 10
+    assert all(abs(row["mean_minus_expected_in_se"]) < 5 for row in shares["positions"])
+    assert shares["positions"][0]["p100"] <= 2 * shares["expected_mean"]          # the first: at most 2 R / n
+    csv = (tmp_path / "report" / "envelope_shares.csv").read_text().splitlines()
+    assert csv[0].startswith("position,count,mean,std") and len(csv) == 11
+    svg = (tmp_path / "report" / "envelope_shares.svg").read_text()
+    assert svg.startswith("<?xml") and svg.count("<polyline") >= 8 and "claim position" in svg
+    assert json.loads((tmp_path / "report" / "products.json").read_text())["hot_packet_claims_ok"] == 1000
     assert result["transfers_per_s"] > 0 and result["qr_pay_per_s"] > 0 and result["ratio_to_transfers"] > 0
     assert result["payment_code_per_s"] > 0 and result["code_ratio_to_transfers"] > 0
     assert result["refund_per_s"] > 0

@@ -21,7 +21,7 @@ def test_the_client_library_loads_no_database():
 
 def test_the_load_generator_loads_no_database():
     loaded = _loaded_after("import loadgen.runner, loadgen.replay, loadgen.trace, loadgen.generator, loadgen.report, "
-                           "loadgen.merchant_side")
+                           "loadgen.merchant_side, loadgen.envelope_side")
     assert not loaded & set(HEAVY), loaded & set(HEAVY)
 
 

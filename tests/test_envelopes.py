@@ -98,6 +98,22 @@ def test_a_packet_is_claimed_in_shares_that_sum_to_its_total():
     assert claim(m, T0 + 3 * S, [CLAIMERS[10]]) == [(Result.envelope_empty, 0, 0)]
 
 
+def test_many_packets_and_claims_ids_at_once_are_the_scalar_ones():
+    from core.order_keys import claim_ids, envelope_ids
+
+    senders = np.array([[SENDER, 0], [7, 1 << 63], [2**64 - 1, 5]], dtype=np.uint64)
+    numbers = np.zeros((3, 32), dtype=np.uint8)
+    for row, number in enumerate((b"E-1", b"x" * 32, b"20261231-2359")):
+        numbers[row, :len(number)] = np.frombuffer(number, dtype=np.uint8)
+    packets = envelope_ids(senders, numbers)
+    as_int = [int(lo) | int(hi) << 64 for lo, hi in packets]
+    assert as_int == [envelope_id(int(lo) | int(hi) << 64, bytes(n).rstrip(b"\0"))
+                      for (lo, hi), n in zip(senders, numbers)]
+    claimers = np.array([[CLAIMERS[0], 0], [1, 2], [3, 4]], dtype=np.uint64)
+    assert [int(lo) | int(hi) << 64 for lo, hi in claim_ids(packets, claimers)] == [
+        claim_id(packet_id, int(lo) | int(hi) << 64) for packet_id, (lo, hi) in zip(as_int, claimers)]
+
+
 def test_each_share_is_drawn_within_the_double_mean_bounds():
     m = machine()
     assert send(m, T0 + S, total=1000, count=7) is Result.ok

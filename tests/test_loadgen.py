@@ -14,10 +14,11 @@ from hypothesis import given, settings, strategies as st
 
 import core
 from core.operations import CREATE_REPLY_DTYPES, Operation
-from loadgen import merchant_side, replay, report as report_module, runner, trace
+from loadgen import envelope_side, merchant_side, replay, report as report_module, runner, trace
 from loadgen.generator import KIND_OPERATIONS, LOAD_ID_BASE, Kind, Population, RequestGenerator
 from loadgen.histogram import LATENCY_US_HIGHEST, LatencyHistogram
-from loadgen.workload import Codes, Mix, Orders, Payments, Population as PopulationSpec, Rate, Workload
+from loadgen.workload import (Codes, Envelopes, Mix, Orders, Payments, Population as PopulationSpec, Rate,
+                              Workload)
 from tally import local_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -163,7 +164,8 @@ def machine_for(population):
     from core.machine import Machine
 
     machine = Machine(accounts_max=4_096, transfers_hot_max=1 << 17, pending_max=1 << 12, orders_max=1 << 16,
-                      refunds_max=1 << 16, codes_max=1 << 14, secret=secrets.token_bytes(32))
+                      refunds_max=1 << 16, codes_max=1 << 14, envelopes_max=1 << 13, claims_max=1 << 16,
+                      secret=secrets.token_bytes(32))
     for operation, batches in ((Operation.create_accounts, population.account_batches()),
                                (Operation.create_transfers, population.top_up_batches()),
                                (Operation.set_merchants, population.merchant_terms_batches())):
@@ -371,6 +373,132 @@ def test_code_requests_are_well_formed_and_follow_their_answers():
     assert generator.codes_summary(60 * NS_PER_S)["timed_out"] == summary["left_to_time_out"] > 0
 
 
+# ----------------------------------------------------------------------------- red envelopes
+
+
+def envelopes_workload(seconds=2.0, per_s=2_000.0, users=500, rate=None, mix=None, **envelopes):
+    envelopes = dict({"count": 5, "claimers": 7, "total_min_minor": 5, "total_max_minor": 500,
+                      "claim_after_s": 0.3}, **envelopes)
+    return Workload(seconds=seconds, population=PopulationSpec(users=users, merchants=20, wallet_balance_minor=500_000),
+                    mix=Mix(**(mix or {"payment": 40, "p2p": 10, "red_envelope": 50})),
+                    envelopes=Envelopes(**envelopes), rate=rate or Rate(per_s=per_s))
+
+
+def test_the_setup_makes_an_escrow_account_when_the_mix_has_red_envelopes():
+    population = Population(envelopes_workload(), run_id=3)
+    accounts = np.concatenate(list(population.account_batches(batch_events=100)))
+    assert len(accounts) == population.accounts == 500 + 20 + 1 + 1
+    escrow = accounts[accounts["id_lo"] == population.escrow_account]
+    assert escrow["code"].tolist() == [core.AccountCode.escrow] and population.escrow_account == 522
+    assert escrow["flags"].tolist() == [core.AccountFlags.debits_must_not_exceed_credits]
+    assert population.escrow_account_id == 3 << 64 | 522
+    # With orders too, after the fee and settlement accounts.
+    both = Population(envelopes_workload(mix={"payment": 1, "qr_order": 1, "red_envelope": 1}), run_id=3)
+    accounts = np.concatenate(list(both.account_batches()))
+    assert both.escrow_account == both.accounts == 500 + 20 + 1 + 1 + 20 + 1
+    codes = dict(zip(accounts["id_lo"].tolist(), accounts["code"].tolist()))
+    assert (codes[both.fee_account], codes[both.first_settlement], codes[both.escrow_account]) == (
+        core.AccountCode.fee, core.AccountCode.settlement, core.AccountCode.escrow)
+
+
+def test_red_envelope_requests_are_well_formed_and_follow_their_answers():
+    """Against the core in process: each packet is a uniform wallet's send into the run's escrow,
+    with the id its out_envelope_no gives; once it is answered, claim_after_s later, the claimers
+    wallets after its sender claim it, each once: the first count get shares that add up to its
+    total, the others are late (envelope_empty); the summary counts what the core answered."""
+    from core.order_keys import envelope_id
+
+    workload = envelopes_workload()
+    population = Population(workload, run_id=78)
+    machine = machine_for(population)
+    generator = RequestGenerator(workload, population, seed=6)
+    tag = b"%016x" % 78
+    packets, claims, counts = {}, {}, {}
+    step_ns = NS_PER_S // 10
+    for step in range(30):
+        now_ns = step * step_ns
+        for frame in generator.next(400, now_ns).frames():
+            replies = machine.apply(frame.operation, frame.records, 10 * NS_PER_S + now_ns)
+            results = runner.result_codes(replies)
+            for kind, result in zip(frame.kinds.tolist(), results.tolist()):
+                counts[Kind(kind), core.Result(result)] = counts.get((Kind(kind), core.Result(result)), 0) + 1
+            if frame.operation == Operation.send_envelopes:
+                records = frame.records
+                assert (records["escrow_id_lo"] == population.escrow_account).all() and (records["count"] == 5).all()
+                assert ((5 <= records["total"]) & (records["total"] <= 500)).all()
+                for record, result in zip(records, results.tolist()):
+                    number = bytes(record["out_envelope_no"]).rstrip(b"\0")
+                    assert number.startswith(tag) and len(number) == 32
+                    sender = int(record["sender_id_lo"])
+                    packet = int(record["id_lo"]) | int(record["id_hi"]) << 64
+                    assert packet == envelope_id(sender | 78 << 64, number) and 1 <= sender <= 500
+                    assert result == core.Result.ok
+                    packets[packet] = (sender, int(record["total"]), now_ns)
+                    claims[packet] = []
+            elif frame.operation == Operation.claim_envelopes:
+                for record, reply in zip(frame.records, replies):
+                    packet = int(record["envelope_id_lo"]) | int(record["envelope_id_hi"]) << 64
+                    sender, _, sent_ns = packets[packet]
+                    assert now_ns >= sent_ns + 3 * step_ns, "claim_after_s after the send's answer"
+                    claimer = int(record["claimer_id_lo"])
+                    assert record["claimer_id_hi"] == 78 and claimer != sender
+                    assert claimer == 1 + (sender - 1 + len(claims[packet]) + 1) % 500, "the wallets after the sender"
+                    claims[packet].append((core.Result(int(reply["result"])), int(reply["position"]),
+                                           int(reply["amount"])))
+            else:
+                assert frame.operation == Operation.create_transfers
+            generator.answered(frame.indexes, frame.kinds, replies, now_ns)
+    claimed = [packet for packet, made in claims.items() if len(made) == 7]
+    assert len(claimed) > 100 and all(len(made) in (0, 7) or packet not in claimed for packet, made in claims.items())
+    for packet in claimed:
+        made = claims[packet]
+        assert [r for r, _, _ in made] == [core.Result.ok] * 5 + [core.Result.envelope_empty] * 2
+        assert [p for _, p, _ in made[:5]] == list(range(5))
+        assert sum(a for _, _, a in made) == packets[packet][1] and min(a for _, _, a in made[:5]) >= 1
+    # A slot is a due claim if any, else a packet: every packet's 7 claims are made or waiting.
+    sends, claim_count = sum(v for (k, _), v in counts.items() if k == Kind.envelope_send), \
+        sum(v for (k, _), v in counts.items() if k == Kind.envelope_claim)
+    summary = generator.envelopes_summary()
+    assert summary["packets_sent"] == sends == len(packets) and summary["sends_refused"] == 0
+    assert summary["claims_ok"] == counts[Kind.envelope_claim, core.Result.ok]
+    assert summary["claims_late"] == counts[Kind.envelope_claim, core.Result.envelope_empty] > 0
+    assert summary["claims_refused"] == 0 and summary["packets_emptied"] >= len(claimed)
+    assert summary["sent_minor"] == sum(total for _, total, _ in packets.values())
+    assert summary["claimed_minor"] == sum(a for made in claims.values() for _, _, a in made)
+    assert summary["claims_waiting_at_end"] == 7 * len(packets) - claim_count > 0
+
+
+def new_years_eve(share):
+    """Requests by kind before, in and after a 4x burst at 1 s (0.5 s long), each send answered
+    ok at once, with ``share`` of the mix red envelopes."""
+    rate = Rate(shape="burst", per_s=2_000.0, burst_at_s=1.0, burst_factor=4.0, burst_s=0.5)
+    workload = envelopes_workload(rate=rate, mix={"payment": 100 - share, "red_envelope": share},
+                                  claims_at_burst=True, claim_after_s=0.0)
+    generator = RequestGenerator(workload, Population(workload, run_id=4), seed=2)
+    by_step = []
+    for step in range(20):
+        now_ns = step * NS_PER_S // 10
+        block = generator.next(500, now_ns)
+        for frame in block.frames():
+            replies = np.zeros(len(frame.kinds), CREATE_REPLY_DTYPES[frame.operation])
+            generator.answered(frame.indexes, frame.kinds, replies, now_ns)
+        by_step.append(np.bincount(block.kinds, minlength=len(Kind)))
+    return [np.sum(by_step[a:b], axis=0) for a, b in ((0, 10), (10, 15), (15, 20))]
+
+
+def test_on_new_years_eve_packets_wait_for_the_burst_whose_extra_requests_are_their_claims():
+    before, burst, after = new_years_eve(share=10)
+    assert before[Kind.envelope_claim] == 0 and abs(before[Kind.envelope_send] / 5_000 - 0.1) < 0.02
+    # In the burst three quarters of the requests are above the base rate: the packets' claims
+    # (7 a packet: more than the burst takes), and the base rate's envelope slots claim too.
+    assert burst[Kind.envelope_send] == 0 and abs(burst[Kind.envelope_claim] / 2_500 - (0.75 + 0.25 * 0.1)) < 0.03
+    assert after[Kind.envelope_claim] + after[Kind.envelope_send] < 0.15 * 2_500    # back to the base share
+    # Fewer packets than the burst's claims: the claims are all taken, the rest of the burst is payments.
+    before, burst, _ = new_years_eve(share=2)
+    assert burst[Kind.envelope_claim] >= 7 * before[Kind.envelope_send] > 0   # and of those sent in it
+    assert burst[Kind.envelope_send] < 0.05 * 2_500 and burst[Kind.payment] > 0.5 * 2_500
+
+
 # ----------------------------------------------------------------------------- against a server
 
 
@@ -388,6 +516,18 @@ def fresh_server(tmp_path, name):
     process, port = local_server.start(str(tmp_path / name), secret=secret, accounts_max=50_000,
                                        transfers_hot_max=2_000_000)
     return process, runner.Target("127.0.0.1", port, 1, secret)
+
+
+def replayed_exactly(tmp_path, path):
+    """The replay of the trace at ``path`` on a fresh server (another secret), at twice the speed,
+    on one connection: its report, every result code as recorded."""
+    process, fresh = fresh_server(tmp_path, "fresh")
+    try:
+        replayed = replay.run(fresh, path, speed=2.0)
+    finally:
+        assert local_server.stop(process) == 0
+    assert replayed["comparison"]["equal"], replayed["comparison"]["differences"]
+    return replayed
 
 
 def test_open_loop_sends_on_schedule_records_and_replays_exactly(server, tmp_path):
@@ -476,12 +616,7 @@ def test_a_run_with_merchant_payments_agrees_with_the_server_and_replays_exactly
     (pay,) = source.take(first_pay, first_pay + 1, 0)
     assert pay.operation == Operation.pay_orders and (pay.records["token"] == 7).all()
     # On a fresh server (another secret: other tokens), one connection: every result code as recorded.
-    process, fresh = fresh_server(tmp_path, "fresh")
-    try:
-        replayed = replay.run(fresh, path, speed=2.0)
-    finally:
-        assert local_server.stop(process) == 0
-    assert replayed["comparison"]["equal"], replayed["comparison"]["differences"]
+    replayed = replayed_exactly(tmp_path, path)
     assert replayed["comparison"]["replayed"]["qr_pay"] == kinds["qr_pay"]
 
 
@@ -542,13 +677,67 @@ def test_a_run_with_payment_codes_agrees_with_the_server_and_replays_exactly(ser
     (charge,) = source.take(first_charge, first_charge + 1, 0)
     assert source.ready(first_charge, first_charge + 1) == first_charge + 1
     assert charge.operation == Operation.charge_codes and charge.records["code_lo"][0] > 11 * 10**16
-    process, fresh = fresh_server(tmp_path, "fresh")
-    try:
-        replayed = replay.run(fresh, path, speed=2.0)
-    finally:
-        assert local_server.stop(process) == 0
-    assert replayed["comparison"]["equal"], replayed["comparison"]["differences"]
+    replayed = replayed_exactly(tmp_path, path)
     assert replayed["comparison"]["replayed"]["code_charge"] == kinds["code_charge"]
+
+
+def test_a_run_with_red_envelopes_agrees_with_the_server_and_replays_exactly(server, tmp_path):
+    import time
+
+    target, _ = server
+    path = str(tmp_path / "envelopes.tly")
+    # Packets live 2 s: those whose claims were not due by the run's end are refunded 2 s after their send.
+    workload = envelopes_workload(seconds=2.0, per_s=2_000.0, users=2_000, claim_after_s=0.1, expire_after_s=2)
+    report = runner.run(target, workload, runner.Options(connections=1, record=path, seed=10))
+    kinds, operations = report["kinds"], report["operations"]
+    assert report["requests"]["answered"] == workload.rate.schedule(2.0).total
+    assert operations["send_envelopes"]["result_codes"] == {"ok": sum(kinds["envelope_send"].values())}
+    claims = operations["claim_envelopes"]["result_codes"]
+    assert set(claims) == {"ok", "envelope_empty"} and 2 * claims["ok"] >= 5 * claims["envelope_empty"] > 0   # 5 of 7 get one
+    envelopes = report["envelopes"]
+    assert envelopes["packets_sent"] == kinds["envelope_send"]["ok"] and envelopes["claims_ok"] == claims["ok"]
+    assert envelopes["claims_late"] == claims["envelope_empty"] and envelopes["claims_refused"] == 0
+    assert 0 < envelopes["claimed_minor"] < envelopes["sent_minor"] and envelopes["packets_emptied"] > 0
+    # envelope_empty is an outcome (the late claimers), not a refusal.
+    summary = report_module.summary(report)
+    assert "not ok" not in summary.split("claim_envelopes")[1].splitlines()[0] and "envelopes " in summary
+
+    # Read back once the engine has refunded the packets left open: every packet, claim, share and
+    # claim transfer as answered, emptied packets' shares summing to their totals, the escrow empty.
+    time.sleep(2.5)
+    data = trace.read(path)
+    assert data.minor_version == 3 and (data.claimed_amount[data.operation == Operation.claim_envelopes] > 0).any()
+    population = Population(workload, report["config"]["run_id"])
+    side = envelope_side.read_back_from(target, data, population.escrow_account_id)
+    assert envelope_side.disagreements(data, side) == []
+    figures = envelope_side.figures(data, side)
+    assert figures["packets"] == envelopes["packets_sent"] and figures["claims"] == claims["ok"]
+    assert figures["emptied"] == envelopes["packets_emptied"] and figures["refunded"] > 0 and figures["open"] == 0
+    assert figures["escrow_minor"] == 0 and figures["claimed_minor"] + figures["refunded_minor"] == envelopes["sent_minor"]
+    merchant = merchant_side.read_back_from(target, data, population.fee_account_id,
+                                            merchant_side.run_accounts(population))
+    assert merchant_side._ledger_disagreements(data, merchant) == []    # the escrow among the run's accounts
+    # The check can fail: a share the server did not answer, a claim it did not take.
+    claimed = np.flatnonzero((data.operation == Operation.claim_envelopes) & (data.result == core.Result.ok))
+    data.claimed_amount[claimed[0]] += 1
+    assert any("remaining + refunded" in problem for problem in envelope_side.disagreements(data, side))
+    data.claimed_amount[claimed[0]] -= 1
+    data.result[claimed[0]] = core.Result.envelope_empty
+    assert any("claimed count" in problem for problem in envelope_side.disagreements(data, side))
+    data.result[claimed[0]] = core.Result.ok
+
+    # Replay: a claim waits for its packet's send to be answered; on a fresh server (another
+    # secret: other shares) every result code is as recorded. (The run's first request is due at
+    # 0, as the setup's: told apart by kind.)
+    timed = np.flatnonzero(~np.isin(data.kind, [Kind.account, Kind.top_up]))
+    source = replay.TraceSource(data, timed, 1.0)
+    first_claim = int(np.argmax(data.operation[timed] == Operation.claim_envelopes))
+    assert source.ready(0, len(timed)) <= first_claim
+    for frame in source.take(0, first_claim, 0):
+        source.answered(frame, np.zeros(len(frame.kinds), CREATE_REPLY_DTYPES[frame.operation]), 0)
+    assert source.ready(first_claim, first_claim + 1) == first_claim + 1
+    replayed = replayed_exactly(tmp_path, path)
+    assert replayed["comparison"]["replayed"]["envelope_claim"] == kinds["envelope_claim"]
 
 
 def test_an_unexpected_result_code_of_an_order_shows_in_the_report(tmp_path):
@@ -737,6 +926,16 @@ def test_the_demo_runs_merchant_payments_and_reads_them_back(tmp_path, capsys):
     assert "merchant side (read back from the server)" in out
     assert "every order's state, every refund and the fee account agree" in out and "DISAGREES" not in out
     assert "state hash of the live server" in out and "equal" in out
+    # Red envelopes: sent before the burst, claimed in it, read back; then a table per product.
+    assert "send_envelopes" in out and "claim_envelopes" in out and "red envelopes (read back from the server)" in out
+    assert "every packet, claim, share and claim transfer agrees" in out
+    table = out.split("per product:")[1].splitlines()
+    rows = {line[:15].strip(): line[15:].split() for line in table[3:7]}
+    assert list(rows) == ["QR orders", "payment codes", "refunds", "red envelopes"]
+    for product, cells in rows.items():
+        requests, ok, outcomes, refused = (int(cell.replace(",", "")) for cell in cells[:4])
+        assert requests == ok + outcomes + refused and ok > 0, product
+    assert int(rows["red envelopes"][2].replace(",", "")) > 0     # the late claimers (envelope_empty)
 
 
 def test_the_demo_refuses_a_directory_that_is_not_its_own(tmp_path):

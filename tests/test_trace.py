@@ -306,8 +306,8 @@ def test_a_newer_minor_version_with_extra_sections_is_read(tmp_path):
     assert_same(data, expected_columns(frames))
 
 
-def valid_file_header(payload=msgspec.msgpack.encode({})):
-    fixed = bytearray(FILE_HEADER.pack(trace.TRACE_MAGIC, 1, 0, 0, len(payload), 0, 0))
+def valid_file_header(payload=msgspec.msgpack.encode({}), flags=0):
+    fixed = bytearray(FILE_HEADER.pack(trace.TRACE_MAGIC, 1, 0, flags, len(payload), 0, 0))
     body = payload + bytes(-len(payload) % 8)
     struct.pack_into("<I", fixed, 28, zlib.crc32(body, zlib.crc32(fixed[:28])))
     return bytes(fixed) + body
@@ -390,6 +390,27 @@ def product_frames(rng):
     return frames
 
 
+def refused_without_flag_or_section(path, operation, flag, section_message):
+    """A chunk of ``operation`` (one request, no extra section) is refused in a file without
+    ``flag``, and in one with it for the extra section it lacks."""
+    with pytest.raises(TraceError, match=f"unknown operation {operation}"):
+        path.write_bytes(valid_file_header() + chunk_record(operation, 1, bytes(32)))
+        read(str(path))
+    path.write_bytes(valid_file_header(flags=trace.FLAG_PRODUCTS | flag) + chunk_record(operation, 1, bytes(32)))
+    with pytest.raises(TraceError, match=section_message):
+        read(str(path))
+
+
+def random_frame(rng, operation, n, index, *, kind, results):
+    """A frame of ``n`` requests of ``operation`` from request ``index`` on: records of random ids
+    (their first 32 bytes), due times within a second, ``results`` drawn, one ``kind``."""
+    records = np.zeros(n, trace.OPERATION_DTYPES[operation])
+    records.view(np.uint8).reshape(n, 128)[:, :32] = rng.integers(0, 256, (n, 32), dtype=np.uint8)
+    return {"operation": operation, "request_index": np.arange(index, index + n, dtype=np.uint64),
+            "scheduled_ns": np.sort(rng.integers(0, 10**9, n)).astype(np.uint64), "connection": 0,
+            "kind": np.uint8(kind), "result": rng.choice(np.array(results, np.uint32), n), "events": records}
+
+
 def test_a_trace_of_the_products_operations_round_trips_and_says_so(tmp_path, monkeypatch):
     rng = np.random.default_rng(11)
     frames = product_frames(rng)
@@ -428,12 +449,7 @@ def test_a_trace_of_payment_codes_keeps_each_issues_code_and_says_so(tmp_path, m
     index = sum(len(frame["request_index"]) for frame in frames)
     issued = {}
     for operation, n in ((112, 50), (113, 40), (114, 9), (112, 70)):
-        records = np.zeros(n, trace.OPERATION_DTYPES[operation])
-        records.view(np.uint8).reshape(n, 128)[:, :32] = rng.integers(0, 256, (n, 32), dtype=np.uint8)
-        frame = {"operation": operation, "request_index": np.arange(index, index + n, dtype=np.uint64),
-                 "scheduled_ns": np.sort(rng.integers(0, 10**9, n)).astype(np.uint64), "connection": 0,
-                 "kind": np.uint8(13 + operation - 112), "result": rng.choice(np.array([0, 103], np.uint32), n),
-                 "events": records}
+        frame = random_frame(rng, operation, n, index, kind=13 + operation - 112, results=(0, 103))
         if operation == 112:
             frame["issued_code"] = rng.integers(10**17, 16 * 10**16, n, dtype=np.uint64)
             issued.update(zip(frame["request_index"].tolist(), frame["issued_code"].tolist()))
@@ -442,7 +458,7 @@ def test_a_trace_of_payment_codes_keeps_each_issues_code_and_says_so(tmp_path, m
     path = tmp_path / "codes.tly"
     write(path, frames, reply_order(rng, len(frames)), chunk_events=32, operations=(2, 100, 112, 113, 114))
     whole = path.read_bytes()
-    assert FILE_HEADER.unpack_from(whole)[2:4] == (2, trace.FLAG_PRODUCTS | trace.FLAG_CODES)
+    assert FILE_HEADER.unpack_from(whole)[2:4] == (trace.TRACE_MINOR_VERSION, trace.FLAG_PRODUCTS | trace.FLAG_CODES)
     data = read(str(path))
     assert_same(data, expected_columns(frames))
     assert data.totals["product_events"] == 143 + 169
@@ -469,16 +485,76 @@ def test_a_trace_of_payment_codes_keeps_each_issues_code_and_says_so(tmp_path, m
         with pytest.raises(ValueError, match="issued_code: only for issue_codes"):
             writer.append(**dict(frames[4], issued_code=np.zeros(60, np.uint64)))
     # A codes chunk in a file without the flag, and an issue_codes chunk without its codes, are refused.
-    start = valid_file_header()
-    with pytest.raises(TraceError, match="unknown operation 112"):
-        path.write_bytes(start + chunk_record(112, 1, bytes(32)))
+    refused_without_flag_or_section(path, 112, trace.FLAG_CODES, "an issue_codes chunk starts them with its 1 codes")
+
+
+def test_a_trace_of_red_envelopes_keeps_each_claims_share_and_position_and_says_so(tmp_path, monkeypatch):
+    """1.3: send_envelopes and claim_envelopes chunks, only with the envelopes flag; each
+    claim_envelopes chunk carries the share and position its requests were answered, read back
+    in send order (0 for the other operations' requests)."""
+    rng = np.random.default_rng(17)
+    frames = product_frames(rng)
+    index = sum(len(frame["request_index"]) for frame in frames)
+    answered = {}
+    for operation, n in ((116, 30), (117, 41), (116, 5), (117, 78)):   # chunks of 32: the last of 23, padded
+        frame = random_frame(rng, operation, n, index, kind=18 + operation - 116, results=(0, 112))
+        if operation == 117:
+            claimed = np.zeros(n, core.ENVELOPE_CLAIMED_DTYPE)
+            claimed["result"] = frame["result"]
+            claimed["position"] = rng.integers(0, 10_000, n)
+            claimed["amount"] = rng.integers(1, 2**40, n)
+            frame["claimed"] = claimed
+            answered.update(zip(frame["request_index"].tolist(), zip(claimed["amount"].tolist(),
+                                                                    claimed["position"].tolist())))
+        frames.append(frame)
+        index += n
+    path = tmp_path / "envelopes.tly"
+    write(path, frames, reply_order(rng, len(frames)), chunk_events=32, operations=(2, 100, 116, 117))
+    whole = path.read_bytes()
+    assert FILE_HEADER.unpack_from(whole)[2:4] == (3, trace.FLAG_PRODUCTS | trace.FLAG_ENVELOPES)
+    data = read(str(path))
+    assert_same(data, expected_columns(frames))
+    assert data.totals["product_events"] == 143 + 154
+    expected = [answered.get(i, (0, 0)) for i in data.request_index.tolist()]
+    np.testing.assert_array_equal(data.claimed_amount, np.array([a for a, _ in expected], np.uint64))
+    np.testing.assert_array_equal(data.claimed_position, np.array([p for _, p in expected], np.uint32))
+    assert data.claimed_position.dtype == np.uint32 and not data.issued_code.any()
+    chunks = [chunk for chunk in iter_chunks(str(path)) if chunk.operation == 117]
+    assert chunks and all(len(chunk.claimed_amount) == len(chunk.claimed_position) == len(chunk.request_index)
+                          for chunk in chunks)
+    # The shares and positions are covered by their chunk's checksum; their padding must be zero.
+    odd = next(chunk for chunk in chunks if len(chunk.request_index) % 2)
+    for offset in (odd.end - 9, odd.end - 1):    # a position, the padding
+        damaged = bytearray(whole)
+        damaged[offset] ^= 0x01
+        path.write_bytes(damaged)
+        with pytest.raises(TraceError, match="checksum mismatch"):
+            read(str(path))
+        struct.pack_into("<I", damaged, odd.offset + 28, zlib.crc32(damaged[odd.offset + 32:odd.end],
+                                                                   zlib.crc32(damaged[odd.offset:odd.offset + 28])))
+        path.write_bytes(damaged)   # the chunk's checksum made to match: the padding is checked, the end record's too
+        with pytest.raises(TraceError, match="nonzero padding" if offset == odd.end - 1 else "running checksum"):
+            read(str(path))
+    # A reader of 1.2 (products and codes, no envelopes) refuses the file by its flag, not midway.
+    path.write_bytes(whole)
+    monkeypatch.setattr(trace, "FLAGS_KNOWN", trace.FLAG_PRODUCTS | trace.FLAG_CODES)
+    with pytest.raises(TraceError, match=r"features this reader does not know \(flags 0x4\)"):
         read(str(path))
-    fixed = bytearray(start[:FILE_HEADER.size])
-    struct.pack_into("<I", fixed, 12, trace.FLAG_PRODUCTS | trace.FLAG_CODES)
-    struct.pack_into("<I", fixed, 28, zlib.crc32(start[FILE_HEADER.size:], zlib.crc32(fixed[:28])))
-    path.write_bytes(bytes(fixed) + start[FILE_HEADER.size:] + chunk_record(112, 1, bytes(32)))
-    with pytest.raises(TraceError, match="an issue_codes chunk starts them with its 1 codes"):
-        read(str(path))
+    monkeypatch.undo()
+    # A writer not told of envelopes refuses them; the answers are given for claims only.
+    with TraceWriter(str(tmp_path / "no-envelopes.tly"), {}, operations=(2, 100, 112)) as writer:
+        with pytest.raises(ValueError, match="red envelope's"):
+            writer.append(**frames[-1])
+    with TraceWriter(str(tmp_path / "other.tly"), {}, operations=(2, 116, 117)) as writer:
+        with pytest.raises(ValueError, match="claimed: only for claim_envelopes"):
+            writer.append(**dict(frames[-2], claimed=frames[-1]["claimed"][:5]))
+        with pytest.raises(ValueError, match="claimed: 78 replies"):
+            writer.append(**dict(frames[-1], claimed=frames[-1]["claimed"][:5]))
+        writer.append(**dict(frames[-1], claimed=None))    # no answers: 0s
+    assert not read(str(tmp_path / "other.tly")).claimed_amount.any()
+    # An envelopes chunk in a file without the flag, and a claims chunk without its answers, are refused.
+    refused_without_flag_or_section(path, 117, trace.FLAG_ENVELOPES,
+                                    "a claim_envelopes chunk starts them with its 1 shares and positions")
 
 
 def test_a_trace_of_transfers_stays_what_a_1_0_reader_reads(tmp_path, monkeypatch):

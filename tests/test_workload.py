@@ -22,6 +22,7 @@ refund = 5
 qr_order = 6
 order_refund = 1
 payment_code = 2
+red_envelope = 5
 [orders]
 fee_bps = 60
 close_ratio = 0.1
@@ -33,6 +34,14 @@ confirm_ratio = 0.7
 decline_ratio = 0.1
 revoke_ratio = 0.1
 confirm_after_s = 3
+[envelopes]
+count = 10
+total_min_minor = 600
+total_max_minor = 8_888
+claimers = 12
+claim_after_s = 0.2
+claims_at_burst = true
+expire_after_s = 3_600
 [rate]
 shape = "burst"
 per_s = 50_000
@@ -47,13 +56,19 @@ def test_the_documented_example_loads(tmp_path):
     path.write_text(EXAMPLE)
     workload = load(str(path))
     assert workload.population.users == 1_000_000 and workload.rate.shape == "burst"
-    assert workload.mix.probabilities() == {"payment": 0.71, "p2p": 0.1, "hold": 0.05, "refund": 0.05,
-                                            "qr_order": 0.06, "order_refund": 0.01, "payment_code": 0.02}
+    assert workload.mix.probabilities() == pytest.approx({
+        "payment": 71 / 105, "p2p": 10 / 105, "hold": 5 / 105, "refund": 5 / 105, "qr_order": 6 / 105,
+        "order_refund": 1 / 105, "payment_code": 2 / 105, "red_envelope": 5 / 105})
     assert workload.orders.fee_bps == 60 and workload.orders.paid_ratio == pytest.approx(0.85)
     codes = workload.codes
     assert (codes.step_up_ratio, codes.confirm_ratio, codes.decline_ratio, codes.revoke_ratio,
             codes.confirm_after_s) == (0.2, 0.7, 0.1, 0.1, 3.0)
     assert codes.resolved_ratio == pytest.approx(0.9) and workload.mix.has_codes and workload.mix.has_orders
+    envelopes = workload.envelopes
+    assert (envelopes.count, envelopes.total_min_minor, envelopes.total_max_minor, envelopes.claimers,
+            envelopes.claim_after_s, envelopes.claims_at_burst, envelopes.expire_after_s) == (
+        10, 600, 8_888, 12, 0.2, True, 3_600)
+    assert workload.mix.has_envelopes
     # The same workload as JSON.
     json_path = tmp_path / "payments.json"
     json_path.write_text(json.dumps({"seconds": 30, "rate": {"shape": "ramp", "per_s": 1000}}))
@@ -89,6 +104,17 @@ def test_the_documented_example_loads(tmp_path):
     ("[codes]\nconfirm_after_s = 31", r"codes.confirm_after_s must be in 0..30 \(a hold ends after 45 s\)"),
     ("[codes]\nconfirm_after_s = -1", "codes.confirm_after_s must be in 0..30"),
     ("[codes]\ntimeout_ratio = 0.1", "timeout_ratio"),       # an unknown key: the rest time out
+    ("[mix]\nred_envelope = -1", "finite and >= 0"),
+    ("[envelopes]\ncount = 0", "envelopes.count must be in 1..10,000"),
+    ("[envelopes]\ncount = 10001", "envelopes.count must be in 1..10,000"),
+    ("[envelopes]\ncount = 200\ntotal_min_minor = 100", "count <= total_min_minor <= total_max_minor"),
+    ("[envelopes]\ntotal_min_minor = 500\ntotal_max_minor = 400", "count <= total_min_minor <= total_max_minor"),
+    ("[envelopes]\nclaimers = 0", "envelopes.claimers must be in 1..100,000"),
+    ("[envelopes]\nclaim_after_s = -1", "envelopes.claim_after_s must be in 0..86400"),
+    ("[envelopes]\nexpire_after_s = 86401", r"envelopes.expire_after_s must be in 0..86,400 \(0: 24 hours\)"),
+    ("[envelopes]\nlate_ratio = 0.1", "late_ratio"),          # an unknown key: claimers says it
+    ("[population]\nusers = 12\n[mix]\nred_envelope = 1", "envelopes.claimers \\(12\\) must be below population.users"),
+    ("[mix]\nred_envelope = 1\n[envelopes]\nclaims_at_burst = true", 'claims_at_burst needs rate.shape = "burst"'),
     ("[mix]\nqr_order = 1\norder_refund = 1\n[orders]\nclose_ratio = 0.5\nexpire_ratio = 0.5",
      "mix.order_refund needs paid orders"),
     ("seconds = \"ten\"", "seconds"),
