@@ -29,7 +29,7 @@ try:
         ENVELOPE_SEND_DTYPE, ENVELOPE_CLAIM_DTYPE, ENVELOPE_CLAIMED_DTYPE, ENVELOPE_DTYPE, CLAIM_DTYPE, EnvelopeState,
         STOCK_CREATE_DTYPE, STOCK_DTYPE, COUPON_GRANT_DTYPE, COUPON_DTYPE, COUPON_PAY_DTYPE, HOLDING_DTYPE, StockState,
         CouponState, CouponChannel, FX_RATE_DTYPE, FX_PAY_DTYPE, FX_PAYMENT_DTYPE, FX_REFUND_DTYPE, FX_QUOTE_DTYPE,
-        MEMBER_DTYPE,
+        MEMBER_DTYPE, COUPON_PAYMENT_DTYPE,
     )
 except ImportError as error:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
@@ -54,7 +54,7 @@ __all__ = [
     "ConfirmFlags", "ENVELOPE_SEND_DTYPE", "ENVELOPE_CLAIM_DTYPE", "ENVELOPE_CLAIMED_DTYPE", "ENVELOPE_DTYPE",
     "CLAIM_DTYPE", "EnvelopeState", "STOCK_CREATE_DTYPE", "STOCK_DTYPE", "COUPON_GRANT_DTYPE", "COUPON_DTYPE",
     "COUPON_PAY_DTYPE", "HOLDING_DTYPE", "StockState", "CouponState", "CouponChannel", "FX_RATE_DTYPE", "FX_PAY_DTYPE", "FX_PAYMENT_DTYPE",
-    "FX_REFUND_DTYPE", "FX_QUOTE_DTYPE", "MEMBER_DTYPE", "constants", "BATCH_EVENTS_MAX", "new_id", "new_ids", *_LAZY,
+    "FX_REFUND_DTYPE", "FX_QUOTE_DTYPE", "MEMBER_DTYPE", "COUPON_PAYMENT_DTYPE", "constants", "BATCH_EVENTS_MAX", "new_id", "new_ids", *_LAZY,
 ]
 
 

@@ -71,6 +71,8 @@ COUPONS_MAX_DEFAULT = 1 << 18
 HOLDINGS_MAX_DEFAULT = 1 << 18
 #: Members of merchants' membership cards resident in memory (the rest are cold).
 MEMBERS_MAX_DEFAULT = 1 << 18
+#: Coupon payments (their requests' records) resident in memory (the rest are cold).
+COUPON_PAYMENTS_MAX_DEFAULT = 1 << 18
 #: A stock's coupons at most; its life at most; its budget (face x count) at most.
 STOCK_COUNT_MAX = 10_000_000
 STOCK_VALID_MAX_S = 366 * 24 * 3600
@@ -100,6 +102,7 @@ STOCKS_MAX_LIMIT = 1 << 30
 COUPONS_MAX_LIMIT = 1 << 30
 HOLDINGS_MAX_LIMIT = 1 << 30
 MEMBERS_MAX_LIMIT = 1 << 30
+COUPON_PAYMENTS_MAX_LIMIT = 1 << 30
 FX_PAYMENTS_MAX_LIMIT = 1 << 30
 FX_REFUNDS_MAX_LIMIT = 1 << 30
 ACCOUNTS_MAX_LIMIT = 1 << 30

@@ -11,7 +11,7 @@ from core.orders cimport Orders
 from core.product cimport Product
 from core.table cimport Table
 from core.records cimport (
-    result_t, tally_coupon_grant_t, tally_coupon_pay_t, tally_coupon_t, tally_holding_t, tally_member_t, tally_order_t,
+    result_t, tally_coupon_grant_t, tally_coupon_pay_t, tally_coupon_payment_t, tally_coupon_t, tally_holding_t, tally_member_t, tally_order_t,
     tally_stock_create_t, tally_stock_t,
 )
 
@@ -31,12 +31,14 @@ cdef class Coupons(Product):
     cdef readonly Table coupons                 # a slot's aux: the user's account index
     cdef readonly Table holdings
     cdef readonly Table members                 # membership cards' members (merchant, user)
+    cdef readonly Table payments                # coupon payments, by their request's id
     cdef Merchants merchants                    # their terms: award stock, membership
     cdef Orders orders                          # whose payments call after_payment
     cdef tally_stock_t *stock_rows
     cdef tally_coupon_t *coupon_rows
     cdef tally_holding_t *holding_rows
     cdef tally_member_t *member_rows
+    cdef tally_coupon_payment_t *payment_rows
     cdef uint32_t *heap_positions               # per stock slot: its place in the expiry heap
     cdef expiry_heap_t expiry_heap              # active stocks by ends_at
     cdef dict _arrays

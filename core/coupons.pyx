@@ -26,7 +26,7 @@ from core.idmap cimport IDMAP_NOT_FOUND, idmap_get, idmap_t
 from core.ledger cimport LEGS_MAX, START_LEGS_MAX, Ledger, chain_mark_t
 from core.merchants cimport CARD_PACK_AWARD, CARD_PACK_MEMBERSHIP, Merchants, merchant_terms_t
 from core.orders cimport Orders, keyed_event_checks, leg_id_of
-from core.product cimport event_prologue
+from core.product cimport event_prologue, product_account
 from core.table cimport Table, table_find, table_set_pinned
 from core.records cimport *  # result_t codes, records, stock and coupon states
 
@@ -34,7 +34,9 @@ from core import constants, memory, table as table_module
 from core.checkpoint import RAW
 from core.operations import Operation
 from core.orders import EXPIRY_DTYPE, room_reserved
-from core.records import COUPON_DTYPE, HOLDING_DTYPE, ID_DTYPE, MEMBER_DTYPE, STOCK_DTYPE, AccountCode, TransferCode
+from core.records import (
+    COUPON_DTYPE, COUPON_PAYMENT_DTYPE, HOLDING_DTYPE, ID_DTYPE, MEMBER_DTYPE, STOCK_DTYPE, AccountCode, TransferCode,
+)
 
 cdef extern from "<stdint.h>":
     const uint64_t U64_MAX "UINT64_MAX"
@@ -63,7 +65,7 @@ if constants.STOCK_ENDS_PER_BATCH_MAX != START_LEGS_MAX:
 #: The checkpoint arrays the coupons declare (core/checkpoint.py).
 CHECKPOINT_ARRAYS = dict(table_module.checkpoint_arrays("stocks"), **table_module.checkpoint_arrays("coupons"),
                          **table_module.checkpoint_arrays("holdings"), **table_module.checkpoint_arrays("members"),
-                         stock_expiries=RAW)
+                         **table_module.checkpoint_arrays("coupon_payments"), stock_expiries=RAW)
 
 
 cdef inline bint ids_equal(uint64_t a_lo, uint64_t a_hi, uint64_t b_lo, uint64_t b_hi) noexcept nogil:
@@ -93,11 +95,13 @@ cdef class Coupons(Product):
 
     def __cinit__(self, Ledger ledger not None, Merchants merchants not None, Orders orders not None,
                   uint64_t stocks_max=constants.STOCKS_MAX_DEFAULT, uint64_t coupons_max=constants.COUPONS_MAX_DEFAULT,
-                  uint64_t holdings_max=constants.HOLDINGS_MAX_DEFAULT, uint64_t members_max=constants.MEMBERS_MAX_DEFAULT):
+                  uint64_t holdings_max=constants.HOLDINGS_MAX_DEFAULT, uint64_t members_max=constants.MEMBERS_MAX_DEFAULT,
+                  uint64_t coupon_payments_max=constants.COUPON_PAYMENTS_MAX_DEFAULT):
         for name, value, limit in (("stocks_max", stocks_max, constants.STOCKS_MAX_LIMIT),
                                    ("coupons_max", coupons_max, constants.COUPONS_MAX_LIMIT),
                                    ("holdings_max", holdings_max, constants.HOLDINGS_MAX_LIMIT),
-                                   ("members_max", members_max, constants.MEMBERS_MAX_LIMIT)):
+                                   ("members_max", members_max, constants.MEMBERS_MAX_LIMIT),
+                                   ("coupon_payments_max", coupon_payments_max, constants.COUPON_PAYMENTS_MAX_LIMIT)):
             if not 2 <= value <= limit:
                 raise ValueError(f"{name} must be in 2..{limit}")
         self.ledger, self.merchants, self.orders = ledger, merchants, orders
@@ -110,6 +114,8 @@ cdef class Coupons(Product):
         self.holdings = Table(HOLDING_DTYPE, holdings_max, "holdings")
         self.members = Table(MEMBER_DTYPE, members_max, "members")
         self.member_rows = <tally_member_t *> self.members.rows
+        self.payments = Table(COUPON_PAYMENT_DTYPE, coupon_payments_max, "coupon_payments")
+        self.payment_rows = <tally_coupon_payment_t *> self.payments.rows
         self.stock_rows = <tally_stock_t *> self.stocks.rows
         self.coupon_rows = <tally_coupon_t *> self.coupons.rows
         self.holding_rows = <tally_holding_t *> self.holdings.rows
@@ -165,6 +171,11 @@ cdef class Coupons(Product):
         rows, found = self.holdings.lookup(ids)
         return rows[found]
 
+    def lookup_coupon_payments(self, ids):
+        """The coupon payments with these ids (``core.order_keys.coupon_payment_id``)."""
+        rows, found = self.payments.lookup(ids)
+        return rows[found]
+
     def lookup_members(self, ids):
         """The members with these ids (``core.order_keys.member_id``), as ``lookup_stocks``."""
         rows, found = self.members.lookup(ids)
@@ -184,9 +195,12 @@ cdef class Coupons(Product):
         if table == "members":
             words = np.ascontiguousarray(events).view(np.uint64).reshape(-1, 16)
             return self.card_pack_ids(table, words[:, 2:4], words[:, 0:2], None)  # (merchant, payer)
+        cdef bint payments = table == "coupon_payments"
         with nogil:
             for k in range(count):
-                if grants:
+                if payments:
+                    pair_id(b"cpay", &p[k].payer_id_lo, &p[k].request_id_lo, NULL, &ids[k, 0])
+                elif grants:
                     pair_id(b"hold", &g[k].stock_id_lo, &g[k].user_id_lo, NULL, &ids[k, 0])
                 else:
                     pair_id(b"hold", &p[k].stock_id_lo, &p[k].payer_id_lo, NULL, &ids[k, 0])
@@ -223,13 +237,13 @@ cdef class Coupons(Product):
     def prefault(self):
         """Touch every page of the tables now (see Ledger.prefault). Returns bytes touched."""
         return (self.stocks.prefault() + self.coupons.prefault() + self.holdings.prefault() + self.members.prefault()
-                + memory.touch_pages(self._arrays.values()))
+                + self.payments.prefault() + memory.touch_pages(self._arrays.values()))
 
     def snapshot(self):
         """The tables' state and the expiry heap as named NumPy views and scalars, for a
         checkpoint (they alias live memory)."""
         arrays, scalars = {}, {}
-        for table in (self.stocks, self.coupons, self.holdings, self.members):
+        for table in (self.stocks, self.coupons, self.holdings, self.members, self.payments):
             more_arrays, more_scalars = table.snapshot()
             arrays.update(more_arrays)
             scalars.update(more_scalars)
@@ -243,7 +257,7 @@ cdef class Coupons(Product):
         if not self.stocks.records_total:
             return {"members": self.members.hash_part()} if self.members.records_total else {}
         parts = {"stocks": self.stocks.hash_part(), "coupons": self.coupons.hash_part(),
-                 "holdings": self.holdings.hash_part()}
+                 "holdings": self.holdings.hash_part(), "coupon_payments": self.payments.hash_part()}
         if self.members.records_total:  # (membership needs no stock)
             parts["members"] = self.members.hash_part()
         return parts
@@ -251,11 +265,11 @@ cdef class Coupons(Product):
     def restore(self, arrays, scalars):
         """Load a snapshot into these empty tables (after the ledger's); rebuild the heap positions."""
         if (self.stocks.records_total or self.coupons.records_total or self.holdings.records_total
-                or self.members.records_total):
+                or self.members.records_total or self.payments.records_total):
             raise RuntimeError("restore needs empty coupon tables")
         if "stocks_rows" not in arrays:
             return  # a checkpoint from before coupons: no stock was created
-        for table in (self.stocks, self.coupons, self.holdings, self.members):
+        for table in (self.stocks, self.coupons, self.holdings, self.members, self.payments):
             table.restore(arrays, scalars)
         cdef uint64_t n_e = scalars["stock_expiry_count"], i
         flat = np.frombuffer(arrays["stock_expiries"], dtype=EXPIRY_DTYPE)
@@ -367,10 +381,11 @@ cdef class Coupons(Product):
             return R_MERCHANT_NOT_FOUND
         if self.ledger.hot[merchant].ledger != e.ledger:
             return R_CURRENCY_MISMATCH
+        if product_account(self.ledger.hot[merchant].code):
+            return R_PRODUCT_ACCOUNT  # (a budget's stocks' money, say)
         budget = idmap_get(accounts, e.budget_account_id_lo, e.budget_account_id_hi)
         if (budget == IDMAP_NOT_FOUND or budget == merchant or self.ledger.hot[budget].ledger != e.ledger
-                or self.ledger.hot[budget].code != ACCOUNT_CODE_BUDGET
-                or self.ledger.hot[merchant].code == ACCOUNT_CODE_BUDGET):  # (its stocks' money)
+                or self.ledger.hot[budget].code != ACCOUNT_CODE_BUDGET):
             return R_BUDGET_ACCOUNT_INVALID
         if self.open_count >= self.open_max or self.stocks.free_count == 0:
             return R_STOCKS_LIMIT_REACHED
@@ -438,6 +453,8 @@ cdef class Coupons(Product):
             return R_USER_NOT_FOUND
         if self.ledger.hot[user].ledger != s.ledger:
             return R_CURRENCY_MISMATCH
+        if product_account(self.ledger.hot[user].code):
+            return R_PRODUCT_ACCOUNT
         return self.issue(stock_slot, id_, &e.user_id_lo, &e.request_id_lo, user, e.channel, ts)
 
     cdef result_t issue(self, uint32_t stock_slot, const uint64_t *coupon_id, const uint64_t *user_id,
@@ -563,6 +580,9 @@ cdef class Coupons(Product):
         cdef tally_coupon_t *c
         cdef tally_stock_t *s
         cdef tally_holding_t *h
+        cdef tally_coupon_payment_t *x
+        cdef tally_coupon_payment_t new_payment
+        cdef uint32_t payment_slot
         cdef const merchant_terms_t *terms
         cdef chain_mark_t mark
         cdef result_t r = R_OK
@@ -578,6 +598,15 @@ cdef class Coupons(Product):
             return R_AMOUNT_MUST_NOT_BE_ZERO
         if e.ledger == 0:
             return R_LEDGER_MUST_NOT_BE_ZERO
+        pair_id(b"cpay", &e.payer_id_lo, &e.request_id_lo, NULL, payment_id)
+        payment_slot = table_find(self.payments, payment_id[0], payment_id[1])
+        if payment_slot != IDMAP_NOT_FOUND:  # a retry of the request (whatever its coupon since)
+            x = &self.payment_rows[payment_slot]
+            if (ids_equal(x.coupon_id_lo, x.coupon_id_hi, e.coupon_id_lo, e.coupon_id_hi) and x.price == e.price
+                    and ids_equal(x.merchant_id_lo, x.merchant_id_hi, e.merchant_id_lo, e.merchant_id_hi)
+                    and ids_equal(x.stock_id_lo, x.stock_id_hi, e.stock_id_lo, e.stock_id_hi) and x.ledger == e.ledger):
+                return R_EXISTS
+            return R_EXISTS_WITH_DIFFERENT_FIELDS
         slot = table_find(self.coupons, e.coupon_id_lo, e.coupon_id_hi)
         if slot == IDMAP_NOT_FOUND:
             return R_COUPON_NOT_FOUND
@@ -591,11 +620,8 @@ cdef class Coupons(Product):
         s = &self.stock_rows[stock_slot]
         if not ids_equal(s.merchant_id_lo, s.merchant_id_hi, e.merchant_id_lo, e.merchant_id_hi):
             return R_MERCHANT_MISMATCH
-        pair_id(b"cpay", &e.payer_id_lo, &e.request_id_lo, NULL, payment_id)
-        if c.state == COUPON_REDEEMED:
-            if not ids_equal(c.payment_id_lo, c.payment_id_hi, payment_id[0], payment_id[1]):
-                return R_COUPON_REDEEMED
-            return R_EXISTS if c.price == e.price else R_EXISTS_WITH_DIFFERENT_FIELDS
+        if c.state == COUPON_REDEEMED:  # by another request (this one's record was found above)
+            return R_COUPON_REDEEMED
         if c.expires_at <= ts or s.state != STOCK_ACTIVE:
             return R_COUPON_EXPIRED
         if e.price < s.min_spend:
@@ -610,6 +636,8 @@ cdef class Coupons(Product):
         tally_assert(holding_slot != IDMAP_NOT_FOUND)  # the store loads it with the batch
         if holding_slot == IDMAP_NOT_FOUND:
             return R_COUPON_NOT_FOUND
+        if self.payments.free_count == 0:
+            return R_COUPONS_LIMIT_REACHED
         # The legs: the user pays the price less the face, the budget the face.
         self.ledger.chain_begin(&mark)
         if e.price > s.face_value:
@@ -623,6 +651,25 @@ cdef class Coupons(Product):
         if r != R_OK:
             self.ledger.chain_abort(&mark)
             return r
+        x = &new_payment
+        memset(x, 0, sizeof(tally_coupon_payment_t))
+        x.id_lo = payment_id[0]
+        x.id_hi = payment_id[1]
+        x.payer_id_lo = e.payer_id_lo
+        x.payer_id_hi = e.payer_id_hi
+        x.merchant_id_lo = e.merchant_id_lo
+        x.merchant_id_hi = e.merchant_id_hi
+        x.coupon_id_lo = e.coupon_id_lo
+        x.coupon_id_hi = e.coupon_id_hi
+        x.stock_id_lo = e.stock_id_lo
+        x.stock_id_hi = e.stock_id_hi
+        x.request_id_lo = e.request_id_lo
+        x.request_id_hi = e.request_id_hi
+        x.price = e.price
+        x.face_value = s.face_value
+        x.ledger = e.ledger
+        x.timestamp = ts
+        self.payments.insert(x, payer, ts)
         c.state = COUPON_REDEEMED
         c.payment_id_lo = payment_id[0]
         c.payment_id_hi = payment_id[1]

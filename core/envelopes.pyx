@@ -23,7 +23,7 @@ from core.expiry cimport HEAP_POSITION_NONE, expiry_t, heap_count_due, heap_push
 from core.idmap cimport IDMAP_NOT_FOUND, idmap_get, idmap_home, idmap_t
 from core.ledger cimport LEGS_MAX, PREFETCH_DISTANCE, START_LEGS_MAX, Ledger, account_hot_t, chain_mark_t
 from core.orders cimport keyed_event_checks, leg_id_of
-from core.product cimport event_prologue
+from core.product cimport event_prologue, product_account
 from core.table cimport Table, table_find, table_set_pinned
 from core.records cimport *  # result_t codes, records, envelope states
 
@@ -378,10 +378,11 @@ cdef class Envelopes(Product):
             return R_PAYER_NOT_FOUND
         if self.ledger.hot[sender].ledger != e.ledger:
             return R_CURRENCY_MISMATCH
+        if product_account(self.ledger.hot[sender].code):
+            return R_PRODUCT_ACCOUNT  # (an escrow's open packets' money, say)
         escrow = idmap_get(accounts, e.escrow_id_lo, e.escrow_id_hi)
         if (escrow == IDMAP_NOT_FOUND or escrow == sender or self.ledger.hot[escrow].ledger != e.ledger
-                or self.ledger.hot[escrow].code != ACCOUNT_CODE_ESCROW
-                or self.ledger.hot[sender].code == ACCOUNT_CODE_ESCROW):  # (its open packets' money)
+                or self.ledger.hot[escrow].code != ACCOUNT_CODE_ESCROW):
             return R_ESCROW_INVALID
         if self.open_count >= self.open_max or self.table.free_count == 0:
             return R_ENVELOPES_LIMIT_REACHED
@@ -438,6 +439,8 @@ cdef class Envelopes(Product):
             return R_CLAIMER_NOT_FOUND
         if self.ledger.hot[claimer].ledger != p.ledger:
             return R_CURRENCY_MISMATCH
+        if product_account(self.ledger.hot[claimer].code):
+            return R_PRODUCT_ACCOUNT
         claim_slot = table_find(self.claims, claim_id[0], claim_id[1])
         if claim_slot != IDMAP_NOT_FOUND:  # a retry: the same place and share
             c = &self.claim_rows[claim_slot]

@@ -28,7 +28,7 @@ from core.digest cimport key_id_digest
 from core.idmap cimport IDMAP_NOT_FOUND, IdMap, idmap_get, idmap_put, idmap_t
 from core.ledger cimport INDEX_NONE, LEGS_MAX, Ledger, chain_mark_t
 from core.orders cimport leg_id_of
-from core.product cimport all_zero, event_prologue
+from core.product cimport all_zero, event_prologue, product_account
 from core.table cimport Table, table_find
 from core.records cimport *  # result_t codes, records
 
@@ -336,6 +336,8 @@ cdef class Fx(Product):
         rate = &self.rates[rate_slot]
         if rate.version != e.rate_version:
             return R_RATE_CHANGED
+        if tally_fx_payer_amount(e.merchant_amount, rate.rate_ppb) == U64_MAX:
+            return R_RATE_INVALID  # (the payer's amount would not fit 64 bits: as the quote says)
         if tally_fx_payer_amount(e.merchant_amount, rate.rate_ppb) != e.payer_amount:
             return R_AMOUNT_MISMATCH
         payer = idmap_get(accounts, e.payer_id_lo, e.payer_id_hi)
@@ -346,6 +348,8 @@ cdef class Fx(Product):
             return R_MERCHANT_NOT_FOUND
         if self.ledger.hot[payer].ledger != e.payer_ledger or self.ledger.hot[merchant].ledger != e.merchant_ledger:
             return R_CURRENCY_MISMATCH
+        if product_account(self.ledger.hot[payer].code) or product_account(self.ledger.hot[merchant].code):
+            return R_PRODUCT_ACCOUNT
         if self.payments.free_count == 0:
             return R_FX_PAYMENTS_LIMIT_REACHED
         # Two legs, each within one currency: the pools carry the FX position.

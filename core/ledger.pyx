@@ -335,10 +335,12 @@ cdef class Ledger:
         """The filter over every cold id, probed by ``prefetch_scan``."""
         self.cold_filter = cold_filter
 
-    def prefetch_scan(self, batch):
-        """The ids a transfer batch may need from the cold tier (an ID_DTYPE array, maybe empty).
+    def prefetch_scan(self, batch, uint64_t now_ns):
+        """The ids a transfer batch applied at ``now_ns`` may need from the cold tier (an
+        ID_DTYPE array, maybe empty).
 
-        Evicts what the batch will need room for and prunes the pending table first (so the
+        Evicts what the batch will need room for (its transfers and those its start makes:
+        ``start_legs``) and prunes the pending table first (so the
         scan sees the hot window and the pending table the batch will run against). Listed: an event id neither hot nor pending that the filter
         does not rule out; a ``pending_id`` not in the pending table that is either hot with a
         pending row (resolved and pruned: its status is cold) or not ruled out by the filter.
@@ -360,7 +362,7 @@ cdef class Ledger:
             with nogil:
                 # The batch must be scanned against the window and the pending table it will run
                 # against: evict and prune first (begin_batch then has nothing left to do).
-                self.evict(count)
+                self.evict(count + self.start_legs_at(now_ns))
                 self.prune()
                 for i in range(count):
                     if i + PREFETCH_DISTANCE < count:

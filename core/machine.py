@@ -44,6 +44,7 @@ class Machine:
                  envelopes_max: int = constants.ENVELOPES_MAX_DEFAULT, claims_max: int = constants.CLAIMS_MAX_DEFAULT,
                  stocks_max: int = constants.STOCKS_MAX_DEFAULT, coupons_max: int = constants.COUPONS_MAX_DEFAULT,
                  holdings_max: int = constants.HOLDINGS_MAX_DEFAULT, members_max: int = constants.MEMBERS_MAX_DEFAULT,
+                 coupon_payments_max: int = constants.COUPON_PAYMENTS_MAX_DEFAULT,
                  fx_payments_max: int = constants.FX_PAYMENTS_MAX_DEFAULT,
                  fx_refunds_max: int = constants.FX_REFUNDS_MAX_DEFAULT, secret: bytes):
         self.ledger = Ledger(accounts_max=accounts_max, transfers_hot_max=transfers_hot_max, pending_max=pending_max)
@@ -54,14 +55,14 @@ class Machine:
         self.codes = Codes(self.ledger, self.orders, self.merchants, codes_max, secret)
         self.envelopes = Envelopes(self.ledger, envelopes_max, claims_max, secret)
         self.coupons = Coupons(self.ledger, self.merchants, self.orders, stocks_max, coupons_max, holdings_max,
-                               members_max)
+                               members_max, coupon_payments_max)
         self.fx = Fx(self.ledger, fx_payments_max, fx_refunds_max)
         self.limits = Limits(self.ledger, self.merchants, self.orders, self.codes, self.envelopes, self.coupons)
         #: The write-back tables (core/table.pyx) by the name the operation table's ``reads`` use.
         self.tables = {"orders": self.orders.table, "refunds": self.refunds.table, "codes": self.codes.table,
                        "envelopes": self.envelopes.table, "claims": self.envelopes.claims,
                        "stocks": self.coupons.stocks, "coupons": self.coupons.coupons, "holdings": self.coupons.holdings,
-                       "members": self.coupons.members,
+                       "members": self.coupons.members, "coupon_payments": self.coupons.payments,
                        "fx_payments": self.fx.payments, "fx_refunds": self.fx.refunds}
         self._components = {"ledger": self.ledger, "orders": self.orders, "merchants": self.merchants,
                             "refunds": self.refunds, "settlement": self.settlement, "codes": self.codes,

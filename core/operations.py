@@ -160,7 +160,8 @@ OPERATIONS: dict[Operation, Spec] = {spec.operation: spec for spec in (
     Spec(Operation.grant_coupons, Kind.create, COUPON_GRANT_DTYPE, RESULT_DTYPE, "coupons",
          reads=(("coupons", "id"), ("stocks", "stock_id"), ("holdings", DERIVED))),
     Spec(Operation.pay_with_coupon, Kind.create, COUPON_PAY_DTYPE, RESULT_DTYPE, "coupons", legs=2,
-         reads=(("coupons", "coupon_id"), ("stocks", "stock_id"), ("holdings", DERIVED), ("members", DERIVED))),
+         reads=(("coupon_payments", DERIVED), ("coupons", "coupon_id"), ("stocks", "stock_id"), ("holdings", DERIVED),
+                ("members", DERIVED))),
     Spec(Operation.lookup_stocks, Kind.lookup, ID_DTYPE, STOCK_DTYPE),
     Spec(Operation.lookup_coupons, Kind.lookup, ID_DTYPE, COUPON_DTYPE),
     # Cross-border payments (docs/products.md "Cross-border payments"): a payment's id is a digest

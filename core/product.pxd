@@ -31,6 +31,13 @@ cdef inline bint all_zero(const uint8_t *p, size_t n) noexcept nogil:
     return True
 
 
+# A product's own account (an escrow, an FX pool, a coupon budget: AccountCode 4, 6, 7) holds
+# money owed to others: it may not send a packet, claim one, be a stock's merchant or pay
+# across borders (``product_account``), so no product spends another's money.
+cdef inline bint product_account(uint16_t code) noexcept nogil:
+    return code == 4 or code == 6 or code == 7
+
+
 # The checks a product event begins with, in this order: the server's mark for an event its
 # client's role may not make (engine/roles.py), a timestamp the engine sets, reserved bytes.
 cdef inline result_t event_prologue(uint16_t flags, uint64_t timestamp, const uint8_t *reserved,

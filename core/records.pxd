@@ -161,6 +161,21 @@ cdef extern from * nogil:
         uint64_t timestamp;             /* 0 on input; the engine time of the last change */
     } tally_merchant_t;
 
+    /* A coupon payment as kept: its request's record (docs/products.md "Coupons and the card pack"). */
+    typedef struct TALLY_PACKED {
+        uint64_t id_lo, id_hi;          /* coupon_payment_id(payer_id, request_id) */
+        uint64_t payer_id_lo, payer_id_hi;
+        uint64_t merchant_id_lo, merchant_id_hi;
+        uint64_t coupon_id_lo, coupon_id_hi;
+        uint64_t stock_id_lo, stock_id_hi;
+        uint64_t request_id_lo, request_id_hi;
+        uint64_t price;
+        uint64_t face_value;            /* what the budget paid */
+        uint32_t ledger;
+        uint8_t reserved[4];
+        uint64_t timestamp;             /* paid at */
+    } tally_coupon_payment_t;
+
     /* A member of a merchant's membership card: joined at the first payment (docs/products.md
        "Coupons and the card pack"). */
     typedef struct TALLY_PACKED {
@@ -644,6 +659,25 @@ cdef extern from * nogil:
         uint64_t award_stock_id_hi
         uint64_t award_min_amount
         uint8_t reserved[40]
+        uint64_t timestamp
+
+    ctypedef struct tally_coupon_payment_t:
+        uint64_t id_lo
+        uint64_t id_hi
+        uint64_t payer_id_lo
+        uint64_t payer_id_hi
+        uint64_t merchant_id_lo
+        uint64_t merchant_id_hi
+        uint64_t coupon_id_lo
+        uint64_t coupon_id_hi
+        uint64_t stock_id_lo
+        uint64_t stock_id_hi
+        uint64_t request_id_lo
+        uint64_t request_id_hi
+        uint64_t price
+        uint64_t face_value
+        uint32_t ledger
+        uint8_t reserved[4]
         uint64_t timestamp
 
     ctypedef struct tally_member_t:
@@ -1239,4 +1273,5 @@ cpdef enum result_t:
     R_RATE_CHANGED = 137                # not the rate quoted: quote again
     R_FX_PAYMENTS_LIMIT_REACHED = 138
     R_FX_PAYMENT_NOT_FOUND = 139
-    R_COUNT = 140
+    R_PRODUCT_ACCOUNT = 140             # a product's own account (escrow, FX pool, coupon budget) may not pay or be paid here
+    R_COUNT = 141

@@ -38,6 +38,7 @@ FX_PAYMENT_DTYPE: np.dtype
 FX_REFUND_DTYPE: np.dtype
 FX_QUOTE_DTYPE: np.dtype
 MEMBER_DTYPE: np.dtype
+COUPON_PAYMENT_DTYPE: np.dtype
 ENVELOPE_CLAIMED_DTYPE: np.dtype
 ENVELOPE_DTYPE: np.dtype
 CLAIM_DTYPE: np.dtype
@@ -186,6 +187,7 @@ class Result(enum.IntEnum):
     rate_changed = 137
     fx_payments_limit_reached = 138
     fx_payment_not_found = 139
+    product_account = 140
 
 class OrderState(enum.IntEnum):
     NOTPAY = 1

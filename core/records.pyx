@@ -259,6 +259,13 @@ MERCHANT_DTYPE = np.dtype([
     ("fee_bps", _U16), ("flags", _U16), ("ledger", _U32), ("award_stock_id_lo", _U64), ("award_stock_id_hi", _U64),
     ("award_min_amount", _U64), ("reserved", "V40"), ("timestamp", _U64),
 ])
+#: A coupon payment as kept (its request's record): ``Store.lookup_coupon_payments``.
+COUPON_PAYMENT_DTYPE = np.dtype([
+    ("id_lo", _U64), ("id_hi", _U64), ("payer_id_lo", _U64), ("payer_id_hi", _U64),
+    ("merchant_id_lo", _U64), ("merchant_id_hi", _U64), ("coupon_id_lo", _U64), ("coupon_id_hi", _U64),
+    ("stock_id_lo", _U64), ("stock_id_hi", _U64), ("request_id_lo", _U64), ("request_id_hi", _U64),
+    ("price", _U64), ("face_value", _U64), ("ledger", _U32), ("reserved", "V4"), ("timestamp", _U64),
+])
 #: A member of a merchant's membership card (the card pack): ``lookup_members``' records.
 MEMBER_DTYPE = np.dtype([
     ("id_lo", _U64), ("id_hi", _U64), ("merchant_id_lo", _U64), ("merchant_id_hi", _U64),
@@ -330,6 +337,7 @@ def _check_layout():
     cdef tally_fx_payment_t fx_payment
     cdef tally_fx_refund_t fx_refund
     cdef tally_member_t member
+    cdef tally_coupon_payment_t coupon_payment
     c_offsets = {
         ACCOUNT_DTYPE: {
             "id_lo": <size_t> (<char *> &account.id_lo - <char *> &account),
@@ -498,6 +506,11 @@ def _check_layout():
             "received": <size_t> (<char *> &holding.received - <char *> &holding),
             "timestamp": <size_t> (<char *> &holding.timestamp - <char *> &holding),
         },
+        COUPON_PAYMENT_DTYPE: {
+            "face_value": <size_t> (<char *> &coupon_payment.face_value - <char *> &coupon_payment),
+            "ledger": <size_t> (<char *> &coupon_payment.ledger - <char *> &coupon_payment),
+            "timestamp": <size_t> (<char *> &coupon_payment.timestamp - <char *> &coupon_payment),
+        },
         MEMBER_DTYPE: {
             "points": <size_t> (<char *> &member.points - <char *> &member),
             "visits": <size_t> (<char *> &member.visits - <char *> &member),
@@ -548,7 +561,8 @@ def _check_layout():
              COUPON_DTYPE: (sizeof(coupon), 128), COUPON_PAY_DTYPE: (sizeof(coupon_pay), 128),
              HOLDING_DTYPE: (sizeof(holding), 128), FX_RATE_DTYPE: (sizeof(fx_rate), 128),
              FX_PAY_DTYPE: (sizeof(fx_pay), 128), FX_PAYMENT_DTYPE: (sizeof(fx_payment), 128),
-             FX_REFUND_DTYPE: (sizeof(fx_refund), 128), MEMBER_DTYPE: (sizeof(member), 128)}
+             FX_REFUND_DTYPE: (sizeof(fx_refund), 128), MEMBER_DTYPE: (sizeof(member), 128),
+             COUPON_PAYMENT_DTYPE: (sizeof(coupon_payment), 128)}
     for dtype, offsets in c_offsets.items():
         c_size, documented = sizes[dtype]
         if not (c_size == documented == dtype.itemsize):

@@ -182,6 +182,7 @@ class _Meta(msgspec.Struct, frozen=True):
     coupons_max: int = 0
     holdings_max: int = 0
     members_max: int = 0
+    coupon_payments_max: int = 0
     fx_payments_max: int = 0      # 0: a store made before cross-border payments (the default then)
     fx_refunds_max: int = 0
     secret: bytes = b""           # keys the order tokens (core/orders.pyx); drawn once, never sent
@@ -199,6 +200,7 @@ PRODUCT_CAPACITIES = {
     "envelopes_max": constants.ENVELOPES_MAX_DEFAULT, "claims_max": constants.CLAIMS_MAX_DEFAULT,
     "stocks_max": constants.STOCKS_MAX_DEFAULT, "coupons_max": constants.COUPONS_MAX_DEFAULT,
     "holdings_max": constants.HOLDINGS_MAX_DEFAULT, "members_max": constants.MEMBERS_MAX_DEFAULT,
+    "coupon_payments_max": constants.COUPON_PAYMENTS_MAX_DEFAULT,
     "fx_payments_max": constants.FX_PAYMENTS_MAX_DEFAULT,
     "fx_refunds_max": constants.FX_REFUNDS_MAX_DEFAULT,
 }
@@ -206,7 +208,7 @@ PRODUCT_CAPACITIES = {
 
 #: The product tables with a cold side (``Machine.tables``' names).
 PRODUCT_TABLES = ("orders", "refunds", "codes", "envelopes", "claims", "stocks", "coupons", "holdings", "members",
-                  "fx_payments", "fx_refunds")
+                  "coupon_payments", "fx_payments", "fx_refunds")
 
 
 def _product_capacities(meta: _Meta) -> dict[str, int]:
@@ -678,7 +680,7 @@ class Store:
             if OPERATIONS[operation].reads and count <= constants.BATCH_EVENTS_MAX:
                 self._load_product_records(operation, batch, count)
             return self.machine.apply(operation, batch, now_ns)
-        ids = self.ledger.prefetch_scan(batch)  # evicts what the batch needs room for first
+        ids = self.ledger.prefetch_scan(batch, now_ns)  # evicts what the batch needs room for first
         if ids.shape[0]:
             ids = np.unique(ids)
             rows, states, found = self.cold.lookup(ids, self.ledger.hot_first_timestamp())
@@ -830,6 +832,12 @@ class Store:
         if wait_for_commits:
             self._drain()
         return self._lookup_table("coupons", ids)
+
+    def lookup_coupon_payments(self, ids, *, wait_for_commits: bool = True):
+        """Coupon payments by ``core.order_keys.coupon_payment_id`` (what each request paid)."""
+        if wait_for_commits:
+            self._drain()
+        return self._lookup_table("coupon_payments", ids)
 
     def lookup_members(self, ids, *, wait_for_commits: bool = True):
         """Membership cards' members by ``core.order_keys.member_id`` (visits, spend, points)."""

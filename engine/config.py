@@ -17,6 +17,7 @@
     # coupons_max = 262144          coupons held in memory
     # holdings_max = 262144         users' counts of a stock's coupons held in memory
     # members_max = 262144          members of merchants' membership cards held in memory
+    # coupon_payments_max = 262144  coupon payments held in memory
     # fx_payments_max = 131072      cross-border payments held in memory
     # fx_refunds_max = 65536        their refunds held in memory
     # merchants_max = 131072        merchants with terms (fee rate, fee and settlement accounts)
@@ -69,6 +70,7 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     coupons_max: int = core_constants.COUPONS_MAX_DEFAULT
     holdings_max: int = core_constants.HOLDINGS_MAX_DEFAULT
     members_max: int = core_constants.MEMBERS_MAX_DEFAULT
+    coupon_payments_max: int = core_constants.COUPON_PAYMENTS_MAX_DEFAULT
     fx_payments_max: int = core_constants.FX_PAYMENTS_MAX_DEFAULT
     fx_refunds_max: int = core_constants.FX_REFUNDS_MAX_DEFAULT
     merchants_max: int = core_constants.MERCHANTS_MAX_DEFAULT

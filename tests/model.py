@@ -139,8 +139,10 @@ user_paying order_not_user_paying payer_mismatch limit_out_of_range
 envelope_total_out_of_range envelope_count_out_of_range escrow_invalid envelopes_limit_reached envelope_not_found
 envelope_empty envelope_expired claims_limit_reached claimer_not_found
 stock_count_out_of_range min_spend_below_face face_value_out_of_range budget_account_invalid stocks_limit_reached channel_invalid stock_not_found user_not_found stock_ended stock_exhausted per_user_limit_reached coupons_limit_reached coupon_not_found coupon_mismatch coupon_redeemed coupon_expired below_min_spend
-rate_invalid pool_invalid rates_limit_reached rate_not_found rate_changed fx_payments_limit_reached fx_payment_not_found
+rate_invalid pool_invalid rates_limit_reached rate_not_found rate_changed fx_payments_limit_reached fx_payment_not_found product_account
 """.split())])
+#: A product's own accounts (escrow, FX pool, coupon budget): they may not send or claim.
+PRODUCT_ACCOUNT_CODES = (4, 6, 7)
 #: The server's mark on an event its client's role may not make (engine/roles.py).
 EVENT_FLAG_FORBIDDEN = 1 << 15
 
@@ -1037,9 +1039,11 @@ class ModelLedger:
             return R.payer_not_found
         if sender["ledger"] != e["ledger"]:
             return R.currency_mismatch
+        if sender["code"] in PRODUCT_ACCOUNT_CODES:
+            return R.product_account
         escrow = self.accounts_by_id.get(e["escrow_id"])
         if (escrow is None or e["escrow_id"] == e["sender_id"] or escrow["ledger"] != e["ledger"]
-                or escrow["code"] != ACCOUNT_CODE_ESCROW or sender["code"] == ACCOUNT_CODE_ESCROW):
+                or escrow["code"] != ACCOUNT_CODE_ESCROW):
             return R.escrow_invalid
         if len(self._envelopes_open()) >= self.envelopes_open_max or len(self.envelopes_by_id) >= self.envelopes_max:
             return R.envelopes_limit_reached
@@ -1070,6 +1074,8 @@ class ModelLedger:
             return reply(R.claimer_not_found)
         if claimer["ledger"] != p["ledger"]:
             return reply(R.currency_mismatch)
+        if claimer["code"] in PRODUCT_ACCOUNT_CODES:
+            return reply(R.product_account)
         cid = claim_id(p["id"], e["claimer_id"])
         c = self.claims_by_id.get(cid)
         if c is not None:   # a retry: the same place and share

@@ -425,3 +425,27 @@ def test_card_pack_records_are_loaded_back_for_a_payment(tmp_path):
     reopened = core.open(str(tmp_path / "a"), secret=bytes(32), clock_ns=lambda: T0)
     assert reopened.state_hash() == state_hash
     reopened.close()
+
+
+def test_a_payment_request_pays_once_whatever_coupon_a_retry_names():
+    m = machine()
+    create(m, T0, per_user_max=2)
+    grant(m, T0 + S, USERS[0], request=1)
+    grant(m, T0 + S, USERS[0], request=2)
+    assert pay(m, T0 + 2 * S, USERS[0], 2000, request=9, coupon_request=1) is Result.ok
+    before = balances(m, USERS[0], BUDGET, MERCHANT)
+    # The same request with the other coupon: refused, not a second payment.
+    assert pay(m, T0 + 3 * S, USERS[0], 2000, request=9, coupon_request=2) is Result.exists_with_different_fields
+    assert balances(m, USERS[0], BUDGET, MERCHANT) == before
+    record = core.to_dicts(m.coupons.lookup_coupon_payments([coupon_payment_id(USERS[0], 9)]))[0]
+    assert (record["coupon_id"], record["price"], record["face_value"]) == (coupon_id(STOCK, USERS[0], 1), 2000, 500)
+
+
+def test_a_product_account_may_not_be_a_stock_merchant_or_receive_coupons():
+    m = machine()
+    assert not m.apply(Operation.create_accounts, core.accounts_from_dicts([{"id": 70, "ledger": CNY, "code": 4}]),
+                       T0).any()
+    assert create(m, T0, number=b"B", merchant_id=BUDGET) is Result.product_account
+    assert create(m, T0) is Result.ok
+    assert grant(m, T0 + S, 70) is Result.product_account
+    assert balances(m, BUDGET) == [(0, 5000)]

@@ -820,8 +820,8 @@ def test_an_escrow_cannot_send_the_money_its_open_packets_hold():
     claimed = _submit(machine, CLAIM, [{"envelope_id": envelope_id(*E0), "claimer_id": CLAIMERS[0]}], now + 2 * S)
     escrow = core.to_dicts(machine.ledger.lookup_accounts([ESCROW]))[0]
     open_remaining = sum(p["remaining"] for p in _lookup(machine, "envelopes", [envelope_id(*E0)]))
-    # Refused (escrow_invalid), and the escrow still holds the packet.
-    assert result == ["escrow_invalid"] and claimed[0][0] == "ok", (result, claimed)
+    # Refused (product_account), and the escrow still holds the packet.
+    assert result == ["product_account"] and claimed[0][0] == "ok", (result, claimed)
     assert escrow["credits_posted"] - escrow["debits_posted"] == open_remaining
 
 

@@ -306,7 +306,7 @@ def test_bad_claims_get_their_codes_and_leave_the_ledger_untouched():
         ({"claimer_id": 999}, Result.claimer_not_found),
         ({"claimer_id": DOLLARS}, Result.currency_mismatch),
         ({"claimer_id": CLOSED}, Result.credit_account_closed),
-        ({"claimer_id": ESCROW}, Result.accounts_must_be_different),
+        ({"claimer_id": ESCROW}, Result.product_account),
         ({"flags": 2}, Result.reserved_flag),
         ({"timestamp": 1}, Result.timestamp_must_be_zero),
     ]
@@ -394,3 +394,47 @@ def test_packets_and_claims_survive_eviction_recovery_and_replay(tmp_path):
     assert again["result"].tolist() == [Result.exists] and int(again["amount"][0]) == kept["amount"]
     reopened.close()
     assert replay_log.run(str(tmp_path / "a"), str(tmp_path / "b"))["equal"]
+
+
+def test_a_retried_transfer_is_found_when_refunds_take_room_at_the_batch_start(tmp_path):
+    # The prefetch scan must evict the room the batch's start takes too: a transfer evicted after
+    # the scan was neither hot nor prefetched, and its retry was applied a second time.
+    store = core.open(str(tmp_path / "a"), accounts_max=64, transfers_hot_max=1024, cold_epoch_transfers=128,
+                      secret=SECRET, clock_ns=lambda: T0)
+    assert not store.submit(Operation.create_accounts, core.accounts_from_dicts(ACCOUNTS), T0).result().any()
+    fund = core.transfers_from_dicts([{"id": 500, "debit_account_id": FUNDING, "credit_account_id": SENDER,
+                                       "amount": FUNDS, "ledger": CNY, "code": 4}])
+    assert not store.create_transfers(fund, T0).any()
+    sends = envelope_sends([{"sender_id": SENDER, "escrow_id": ESCROW, "total": 100, "count": 2, "ledger": CNY,
+                             "out_envelope_no": f"R{i}".encode(), "expire_after_s": 60} for i in range(50)])
+    assert not store.send_envelopes(sends, T0 + S).any()
+    first = store.ledger.transfer_count
+
+    def row(i):
+        return {"id": 10**6 + i, "debit_account_id": CLAIMERS[i % 40], "credit_account_id": CLAIMERS[(i + 1) % 40],
+                "amount": 1, "ledger": CNY, "code": 4}
+    topups = core.transfers_from_dicts([{"id": 600 + i, "debit_account_id": FUNDING, "credit_account_id": c,
+                                         "amount": 1000, "ledger": CNY, "code": 4} for i, c in enumerate(CLAIMERS)])
+    assert not store.create_transfers(topups, T0 + S).any()
+    first = store.ledger.transfer_count
+    for b in range(0, 1500, 100):
+        assert not store.create_transfers(core.transfers_from_dicts([row(i) for i in range(b, b + 100)]), T0 + 2 * S).any()
+    assert store.ledger.start_legs(T0 + 120 * S) == 50
+    target = store.ledger.hot_first + 1 - first  # hot during the scan, evicted by the refunds' room
+    before = store.lookup_accounts([CLAIMERS[target % 40]])[0]
+    assert store.create_transfers(core.transfers_from_dicts([row(target)]), T0 + 120 * S).tolist() == [Result.exists]
+    after = store.lookup_accounts([CLAIMERS[target % 40]])[0]
+    assert int(after["debits_posted"]) == int(before["debits_posted"])
+    store.close()
+
+
+def test_a_product_account_may_not_send_or_claim():
+    m = machine()
+    accounts = core.accounts_from_dicts([{"id": 70, "ledger": CNY, "code": 7}, {"id": 71, "ledger": CNY, "code": 6}])
+    assert not m.apply(Operation.create_accounts, accounts, T0).any()
+    assert send(m, T0 + S) is Result.ok
+    before = balances(m, ESCROW, 70, 71)
+    assert send(m, T0 + S, number=b"E-2", sender_id=ESCROW, escrow_id=ESCROW) is Result.product_account
+    assert send(m, T0 + S, number=b"E-3", sender_id=70) is Result.product_account
+    assert claim(m, T0 + 2 * S, [70, 71]) == [(Result.product_account, 0, 0)] * 2
+    assert balances(m, ESCROW, 70, 71) == before

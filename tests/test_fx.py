@@ -236,3 +236,19 @@ def test_payments_survive_eviction_recovery_and_replay(tmp_path):
     assert core.to_dicts(reopened.lookup_rates([rate_pair_id(CNY, USD)]))[0]["rate_ppb"] == RATE
     reopened.close()
     assert replay_log.run(str(tmp_path / "a"), str(tmp_path / "b"))["equal"]
+
+
+def test_an_amount_past_64_bits_is_refused_not_clamped():
+    m = machine()
+    assert set_rate(m, T0 + S, rate=1) is Result.ok   # 1 ppb: 10^9 payer units per merchant unit
+    amount = 10**11
+    assert int(m.fx.quote(CNY, USD, [amount])["result"][0]) == Result.rate_invalid
+    assert pay(m, T0 + 2 * S, amount, payer_amount=2**64 - 1, version=2) is Result.rate_invalid
+    assert net(m, POOL_USD) == 0
+
+
+def test_a_product_account_may_not_pay_or_be_paid_across_borders():
+    m = machine()
+    assert pay(m, T0 + S, 100, payer_id=POOL_CNY) is Result.product_account
+    assert pay(m, T0 + S, 100, merchant_id=POOL_USD) is Result.product_account
+    assert net(m, POOL_CNY) == 0 and net(m, POOL_USD) == 0

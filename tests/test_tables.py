@@ -170,7 +170,7 @@ def test_every_array_a_checkpoint_writes_is_declared_by_its_owner(tmp_path):
                 "code_wallets": checkpoint.RAW, "envelopes_rows": checkpoint.RAW, "envelopes_slots": checkpoint.RAW,
                 "envelopes_outbox": checkpoint.RAW, "claims_rows": checkpoint.RAW, "claims_slots": checkpoint.RAW,
                 "claims_outbox": checkpoint.RAW, "envelope_expiries": checkpoint.RAW,
-                **{f"{table}_{part}": checkpoint.RAW for table in ("stocks", "coupons", "holdings", "members")
+                **{f"{table}_{part}": checkpoint.RAW for table in ("stocks", "coupons", "holdings", "members", "coupon_payments")
                    for part in ("rows", "slots", "outbox")}, "stock_expiries": checkpoint.RAW,
                 **{f"{table}_{part}": checkpoint.RAW for table in ("fx_payments", "fx_refunds")
                    for part in ("rows", "slots", "outbox")}, "fx_rates": checkpoint.RAW}
