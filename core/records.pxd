@@ -673,4 +673,14 @@ cpdef enum result_t:
     R_ORDER_NOT_USER_PAYING = 104   # not a payment code's order
     R_PAYER_MISMATCH = 105          # the wallet is not the order's payer
     R_LIMIT_OUT_OF_RANGE = 106      # set_limits: above the capacity (core/limits.pyx)
-    R_COUNT = 107
+    # The red envelopes' (docs/products.md; numbered here ahead of their build).
+    R_ENVELOPE_TOTAL_OUT_OF_RANGE = 107
+    R_ENVELOPE_COUNT_OUT_OF_RANGE = 108
+    R_ESCROW_INVALID = 109
+    R_ENVELOPES_LIMIT_REACHED = 110
+    R_ENVELOPE_NOT_FOUND = 111
+    R_ENVELOPE_EMPTY = 112
+    R_ENVELOPE_EXPIRED = 113
+    R_CLAIMS_LIMIT_REACHED = 114
+    R_CLAIMER_NOT_FOUND = 115
+    R_COUNT = 116

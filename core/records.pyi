@@ -135,6 +135,15 @@ class Result(enum.IntEnum):
     order_not_user_paying = 104
     payer_mismatch = 105
     limit_out_of_range = 106
+    envelope_total_out_of_range = 107
+    envelope_count_out_of_range = 108
+    escrow_invalid = 109
+    envelopes_limit_reached = 110
+    envelope_not_found = 111
+    envelope_empty = 112
+    envelope_expired = 113
+    claims_limit_reached = 114
+    claimer_not_found = 115
 
 class OrderState(enum.IntEnum):
     NOTPAY = 1

@@ -110,6 +110,7 @@ out_refund_no_invalid order_not_paid refund_window_closed refunds_per_order_limi
 refunds_limit_reached id_reserved merchant_not_registered settlement_window_open settlement_window_behind
 forbidden code_invalid code_not_found code_used code_expired code_replaced code_collision codes_limit_reached
 user_paying order_not_user_paying payer_mismatch limit_out_of_range
+envelope_total_out_of_range envelope_count_out_of_range escrow_invalid envelopes_limit_reached envelope_not_found envelope_empty envelope_expired claims_limit_reached claimer_not_found
 """.split())])
 #: The server's mark on an event its client's role may not make (engine/roles.py).
 EVENT_FLAG_FORBIDDEN = 1 << 15
