@@ -26,6 +26,7 @@ try:
         ORDER_CREATE_DTYPE, ORDER_PAY_DTYPE, ORDER_CLOSE_DTYPE, ORDER_DTYPE, ORDER_CREATED_DTYPE, OrderState,
         CloseReason, MERCHANT_DTYPE, NOTIFICATION_DTYPE, REFUND_DTYPE, SETTLEMENT_DTYPE, CODE_ISSUE_DTYPE,
         CODE_ISSUED_DTYPE, CODE_CHARGE_DTYPE, CODE_CONFIRM_DTYPE, CODE_DTYPE, CodeState, OrderKind, ConfirmFlags,
+        WALLET_TIER_DTYPE, TIER_LIMITS_DTYPE, WALLET_LIMITS_DTYPE,
     )
 except ImportError as error:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
@@ -47,7 +48,7 @@ __all__ = [
     "to_dicts", "ids_array", "ORDER_CREATE_DTYPE", "ORDER_PAY_DTYPE", "ORDER_CLOSE_DTYPE", "ORDER_DTYPE",
     "ORDER_CREATED_DTYPE", "OrderState", "CloseReason", "MERCHANT_DTYPE", "REFUND_DTYPE", "SETTLEMENT_DTYPE", "NOTIFICATION_DTYPE",
     "CODE_ISSUE_DTYPE", "CODE_ISSUED_DTYPE", "CODE_CHARGE_DTYPE", "CODE_CONFIRM_DTYPE", "CODE_DTYPE", "CodeState", "OrderKind",
-    "ConfirmFlags", "constants", "BATCH_EVENTS_MAX", "new_id", "new_ids", *_LAZY,
+    "ConfirmFlags", "WALLET_TIER_DTYPE", "TIER_LIMITS_DTYPE", "WALLET_LIMITS_DTYPE", "constants", "BATCH_EVENTS_MAX", "new_id", "new_ids", *_LAZY,
 ]
 
 

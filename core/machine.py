@@ -27,6 +27,7 @@ from core.merchants import Merchants
 from core.orders import Orders
 from core.refunds import Refunds
 from core.settlement import Settlement
+from core.tiers import Tiers
 
 
 class Machine:
@@ -46,14 +47,15 @@ class Machine:
         self.settlement = Settlement(self.ledger, self.merchants)
         self.codes = Codes(self.ledger, self.orders, self.merchants, codes_max, secret)
         self.limits = Limits(self.ledger, self.merchants, self.orders, self.codes)
+        self.tiers = Tiers(self.ledger)
         #: The write-back tables (core/table.pyx) by the name the operation table's ``reads`` use.
         self.tables = {"orders": self.orders.table, "refunds": self.refunds.table, "codes": self.codes.table}
         self._components = {"ledger": self.ledger, "orders": self.orders, "merchants": self.merchants,
                             "refunds": self.refunds, "settlement": self.settlement, "codes": self.codes,
-                            "limits": self.limits}
+                            "limits": self.limits, "tiers": self.tiers}
         #: The components with tables and state of their own, in the order they restore (the
         #: limits last: they are checked against the others' capacities).
-        self._stateful = (self.merchants, self.orders, self.refunds, self.codes, self.limits)
+        self._stateful = (self.merchants, self.orders, self.refunds, self.codes, self.tiers, self.limits)
 
     def apply(self, operation: int, batch, now_ns: int) -> np.ndarray:
         """Apply one batch of a create operation at engine time ``now_ns``: one reply record
@@ -76,6 +78,9 @@ class Machine:
 
     def lookup_codes(self, ids) -> np.ndarray:
         return self.codes.lookup_codes(ids)
+
+    def lookup_wallet_limits(self, ids) -> np.ndarray:
+        return self.tiers.lookup_wallet_limits(ids)
 
     def derived_ids(self, operation: int, batch) -> np.ndarray:
         """The ids a batch reads that its component computes (``core.operations.DERIVED``)."""

@@ -25,7 +25,8 @@ from core import constants
 from core.records import (
     ACCOUNT_DTYPE, ID_DTYPE, MERCHANT_DTYPE, ORDER_CLOSE_DTYPE, ORDER_CREATE_DTYPE, ORDER_CREATED_DTYPE, ORDER_DTYPE, ORDER_PAY_DTYPE,
     NOTIFICATION_DTYPE, REFUND_DTYPE, SETTLEMENT_DTYPE, TRANSFER_DTYPE, CODE_CHARGE_DTYPE, CODE_CONFIRM_DTYPE,
-    CODE_DTYPE, CODE_ISSUE_DTYPE, CODE_ISSUED_DTYPE, LIMITS_DTYPE,
+    CODE_DTYPE, CODE_ISSUE_DTYPE, CODE_ISSUED_DTYPE, LIMITS_DTYPE, TIER_LIMITS_DTYPE, WALLET_LIMITS_DTYPE,
+    WALLET_TIER_DTYPE,
 )
 
 #: A create's reply: one ``core.Result`` per event.
@@ -39,6 +40,9 @@ class Operation(enum.IntEnum):
     lookup_transfers = 4
     get_account_transfers = 5
     set_limits = 6
+    set_wallet_tiers = 7
+    lookup_wallet_limits = 8
+    set_tier_limits = 9
     # 100-199: the payment products (docs/products.md).
     create_orders = 100
     pay_orders = 101
@@ -97,6 +101,11 @@ OPERATIONS: dict[Operation, Spec] = {spec.operation: spec for spec in (
     Spec(Operation.get_account_transfers, Kind.query, None, TRANSFER_DTYPE),
     # The limits in force (core/limits.pyx): logged, so a replay answers as the live run did.
     Spec(Operation.set_limits, Kind.create, LIMITS_DTYPE, RESULT_DTYPE, "limits"),
+    # Wallet tiers and their limits (docs/products.md "Wallet limits and real-name tiers (built)"):
+    # the ledger's transfer path checks them; these set them (logged) and read a wallet's.
+    Spec(Operation.set_wallet_tiers, Kind.create, WALLET_TIER_DTYPE, RESULT_DTYPE, "tiers"),
+    Spec(Operation.lookup_wallet_limits, Kind.lookup, ID_DTYPE, WALLET_LIMITS_DTYPE),
+    Spec(Operation.set_tier_limits, Kind.create, TIER_LIMITS_DTYPE, RESULT_DTYPE, "tiers"),
     Spec(Operation.create_orders, Kind.create, ORDER_CREATE_DTYPE, ORDER_CREATED_DTYPE, "orders",
          reads=(("orders", "id"),)),
     Spec(Operation.pay_orders, Kind.create, ORDER_PAY_DTYPE, RESULT_DTYPE, "orders", legs=2,

@@ -24,6 +24,9 @@ CODE_CHARGE_DTYPE: np.dtype
 CODE_CONFIRM_DTYPE: np.dtype
 CODE_DTYPE: np.dtype
 LIMITS_DTYPE: np.dtype
+WALLET_TIER_DTYPE: np.dtype
+TIER_LIMITS_DTYPE: np.dtype
+WALLET_LIMITS_DTYPE: np.dtype
 U64_MAX: int
 U128_MAX: int
 
@@ -144,6 +147,14 @@ class Result(enum.IntEnum):
     envelope_expired = 113
     claims_limit_reached = 114
     claimer_not_found = 115
+    exceeds_payment_limit = 116
+    exceeds_daily_limit = 117
+    exceeds_yearly_limit = 118
+    exceeds_balance_limit = 119
+    tier_invalid = 120
+    account_not_found = 121
+    tier_limits_invalid = 122
+    tier_ledgers_limit_reached = 123
 
 class OrderState(enum.IntEnum):
     NOTPAY = 1

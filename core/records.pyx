@@ -15,7 +15,8 @@ from core.records cimport (
     TRANSFER_RESERVED_SIZE, result_t, account_flag_t, transfer_flag_t, tally_order_create_t, tally_order_pay_t,
     tally_order_close_t, tally_order_t, tally_order_created_t, order_state_t, close_reason_t, tally_merchant_t,
     tally_refund_t, event_flag_t, tally_code_issue_t, tally_code_issued_t, tally_code_charge_t, tally_code_confirm_t,
-    tally_code_t, code_state_t, confirm_flag_t, order_kind_t, tally_limits_t,
+    tally_code_t, code_state_t, confirm_flag_t, order_kind_t, tally_limits_t, tally_wallet_tier_t, tally_tier_limits_t,
+    tally_wallet_limits_t,
 )
 
 _U64 = "<u8"
@@ -148,6 +149,25 @@ CODE_DTYPE = np.dtype([
     ("free_payments_per_day", _U32), ("ledger", _U32), ("state", "u1"), ("reserved", "V23"), ("timestamp", _U64),
 ])
 
+# The wallet tiers' records (docs/products.md "Wallet limits and real-name tiers (built)").
+#: ``set_wallet_tiers``' events: an account's tier (0 none, 1 unverified, 2 verified, 3 bank-card linked).
+WALLET_TIER_DTYPE = np.dtype([
+    ("account_id_lo", _U64), ("account_id_hi", _U64), ("ledger", _U32), ("tier", "u1"), ("reserved_a", "u1"),
+    ("flags", _U16), ("reserved", "V96"), ("timestamp", _U64),
+])
+#: ``set_tier_limits``' events: one tier's limits in one ledger (0: the defaults), minor units.
+TIER_LIMITS_DTYPE = np.dtype([
+    ("ledger", _U32), ("tier", "u1"), ("reserved_a", "u1"), ("flags", _U16), ("payment_limit", _U64),
+    ("daily_limit", _U64), ("yearly_limit", _U64), ("balance_limit", _U64), ("reserved", "V80"), ("timestamp", _U64),
+])
+#: ``lookup_wallet_limits``' records: an account's tier, its limits in force and what it spent.
+WALLET_LIMITS_DTYPE = np.dtype([
+    ("account_id_lo", _U64), ("account_id_hi", _U64), ("ledger", _U32), ("tier", "u1"), ("reserved_a", "V3"),
+    ("payment_limit", _U64), ("daily_limit", _U64), ("yearly_limit", _U64), ("balance_limit", _U64),
+    ("day", _U32), ("year", _U32), ("day_spent", _U64), ("year_spent", _U64), ("tier_set_at", _U64),
+    ("reserved", "V32"), ("timestamp", _U64),
+])
+
 #: A merchant's terms: ``set_merchants``' events and ``lookup_merchants``' records.
 MERCHANT_DTYPE = np.dtype([
     ("merchant_id_lo", _U64), ("merchant_id_hi", _U64),
@@ -194,7 +214,31 @@ def _check_layout():
     cdef tally_code_confirm_t code_confirm
     cdef tally_code_t code
     cdef tally_limits_t limits
+    cdef tally_wallet_tier_t wallet_tier
+    cdef tally_tier_limits_t tier_limits
+    cdef tally_wallet_limits_t wallet_limits
     c_offsets = {
+        WALLET_TIER_DTYPE: {
+            "ledger": <size_t> (<char *> &wallet_tier.ledger - <char *> &wallet_tier),
+            "tier": <size_t> (<char *> &wallet_tier.tier - <char *> &wallet_tier),
+            "flags": <size_t> (<char *> &wallet_tier.flags - <char *> &wallet_tier),
+            "timestamp": <size_t> (<char *> &wallet_tier.timestamp - <char *> &wallet_tier),
+        },
+        TIER_LIMITS_DTYPE: {
+            "tier": <size_t> (<char *> &tier_limits.tier - <char *> &tier_limits),
+            "flags": <size_t> (<char *> &tier_limits.flags - <char *> &tier_limits),
+            "payment_limit": <size_t> (<char *> &tier_limits.payment_limit - <char *> &tier_limits),
+            "balance_limit": <size_t> (<char *> &tier_limits.balance_limit - <char *> &tier_limits),
+            "timestamp": <size_t> (<char *> &tier_limits.timestamp - <char *> &tier_limits),
+        },
+        WALLET_LIMITS_DTYPE: {
+            "tier": <size_t> (<char *> &wallet_limits.tier - <char *> &wallet_limits),
+            "payment_limit": <size_t> (<char *> &wallet_limits.payment_limit - <char *> &wallet_limits),
+            "day": <size_t> (<char *> &wallet_limits.day - <char *> &wallet_limits),
+            "day_spent": <size_t> (<char *> &wallet_limits.day_spent - <char *> &wallet_limits),
+            "tier_set_at": <size_t> (<char *> &wallet_limits.tier_set_at - <char *> &wallet_limits),
+            "timestamp": <size_t> (<char *> &wallet_limits.timestamp - <char *> &wallet_limits),
+        },
         ACCOUNT_DTYPE: {
             "id_lo": <size_t> (<char *> &account.id_lo - <char *> &account),
             "debits_pending": <size_t> (<char *> &account.debits_pending - <char *> &account),
@@ -307,7 +351,9 @@ def _check_layout():
              REFUND_DTYPE: (sizeof(refund), 128), SETTLEMENT_DTYPE: (sizeof(settlement), 128),
              CODE_ISSUE_DTYPE: (sizeof(code_issue), 128), CODE_ISSUED_DTYPE: (sizeof(code_issued), 16),
              CODE_CHARGE_DTYPE: (sizeof(code_charge), 128), CODE_CONFIRM_DTYPE: (sizeof(code_confirm), 128),
-             CODE_DTYPE: (sizeof(code), 128), LIMITS_DTYPE: (sizeof(limits), 128)}
+             CODE_DTYPE: (sizeof(code), 128), LIMITS_DTYPE: (sizeof(limits), 128),
+             WALLET_TIER_DTYPE: (sizeof(wallet_tier), 128), TIER_LIMITS_DTYPE: (sizeof(tier_limits), 128),
+             WALLET_LIMITS_DTYPE: (sizeof(wallet_limits), 128)}
     for dtype, offsets in c_offsets.items():
         c_size, documented = sizes[dtype]
         if not (c_size == documented == dtype.itemsize):

@@ -3,7 +3,7 @@
 * ``admin`` (the default): every operation.
 * ``wallet``: a wallet service: accounts, transfers between them, paying orders, issuing
   payment codes and confirming (or declining) their held charges, and reading them (lookups,
-  an account's transfers, codes).
+  an account's transfers, codes, a wallet's tier and limits).
 * ``merchant``: a merchant gateway bound to ``merchants`` (merchant account ids): creates, closes
   and refunds orders, charges payment codes (and revokes a held charge by closing its order),
   and reads orders, refunds, terms and settlements, only for its merchants.
@@ -33,7 +33,8 @@ ROLES = ("admin", "wallet", "merchant")
 _WALLET = frozenset({
     Operation.create_accounts, Operation.create_transfers, Operation.lookup_accounts, Operation.lookup_transfers,
     Operation.get_account_transfers, Operation.pay_orders, Operation.lookup_orders, Operation.lookup_refunds,
-    Operation.issue_codes, Operation.confirm_charges, Operation.lookup_codes, Operation.ping,
+    Operation.issue_codes, Operation.confirm_charges, Operation.lookup_codes, Operation.lookup_wallet_limits,
+    Operation.ping,
 })
 _MERCHANT = frozenset({
     Operation.create_orders, Operation.close_orders, Operation.refund_orders, Operation.lookup_orders,

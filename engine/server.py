@@ -661,6 +661,8 @@ class Server:
                     found = self.store.lookup_settlements(ids, wait_for_commits=False)
                 elif operation == Operation.lookup_codes:
                     found = self.store.lookup_codes(ids, wait_for_commits=False)
+                elif operation == Operation.lookup_wallet_limits:
+                    found = self.store.lookup_wallet_limits(ids, wait_for_commits=False)
                 else:
                     found = self.store.lookup_transfers(ids, wait_for_commits=False)  # hot, then cold
                 if operation in MERCHANT_FIELDS:  # a merchant gateway sees its merchants' only

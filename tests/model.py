@@ -111,6 +111,7 @@ refunds_limit_reached id_reserved merchant_not_registered settlement_window_open
 forbidden code_invalid code_not_found code_used code_expired code_replaced code_collision codes_limit_reached
 user_paying order_not_user_paying payer_mismatch limit_out_of_range
 envelope_total_out_of_range envelope_count_out_of_range escrow_invalid envelopes_limit_reached envelope_not_found envelope_empty envelope_expired claims_limit_reached claimer_not_found
+exceeds_payment_limit exceeds_daily_limit exceeds_yearly_limit exceeds_balance_limit tier_invalid account_not_found tier_limits_invalid tier_ledgers_limit_reached
 """.split())])
 #: The server's mark on an event its client's role may not make (engine/roles.py).
 EVENT_FLAG_FORBIDDEN = 1 << 15

@@ -167,7 +167,7 @@ def test_every_array_a_checkpoint_writes_is_declared_by_its_owner(tmp_path):
                 "refunds_rows": checkpoint.RAW, "refunds_slots": checkpoint.RAW,
                 "refunds_outbox": checkpoint.RAW, "product_filter": checkpoint.REGIONS, "codes_rows": checkpoint.RAW,
                 "codes_slots": checkpoint.RAW, "codes_outbox": checkpoint.RAW, "code_expiries": checkpoint.RAW,
-                "code_wallets": checkpoint.RAW}
+                "code_wallets": checkpoint.RAW, "wallet_windows": checkpoint.RAW, "tier_rules": checkpoint.RAW}
     assert CHECKPOINT_ARRAYS == declared
     path = str(tmp_path / "store")
     with core.open(path, accounts_max=64, transfers_hot_max=1024, cold_epoch_transfers=16, id_filter_bytes=4096) as store:
