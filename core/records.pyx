@@ -152,12 +152,12 @@ CODE_DTYPE = np.dtype([
 # The wallet tiers' records (docs/products.md "Wallet limits and real-name tiers (built)").
 #: ``set_wallet_tiers``' events: an account's tier (0 none, 1 unverified, 2 verified, 3 bank-card linked).
 WALLET_TIER_DTYPE = np.dtype([
-    ("account_id_lo", _U64), ("account_id_hi", _U64), ("ledger", _U32), ("tier", "u1"), ("reserved_a", "u1"),
+    ("account_id_lo", _U64), ("account_id_hi", _U64), ("ledger", _U32), ("tier", "u1"), ("reserved_a", "V1"),
     ("flags", _U16), ("reserved", "V96"), ("timestamp", _U64),
 ])
 #: ``set_tier_limits``' events: one tier's limits in one ledger (0: the defaults), minor units.
 TIER_LIMITS_DTYPE = np.dtype([
-    ("ledger", _U32), ("tier", "u1"), ("reserved_a", "u1"), ("flags", _U16), ("payment_limit", _U64),
+    ("ledger", _U32), ("tier", "u1"), ("reserved_a", "V1"), ("flags", _U16), ("payment_limit", _U64),
     ("daily_limit", _U64), ("yearly_limit", _U64), ("balance_limit", _U64), ("reserved", "V80"), ("timestamp", _U64),
 ])
 #: ``lookup_wallet_limits``' records: an account's tier, its limits in force and what it spent.
