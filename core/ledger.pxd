@@ -127,6 +127,23 @@ cdef struct window_undo_t:
     uint32_t _pad
 
 
+cdef extern from *:
+    """
+    #define TALLY_NS_PER_DAY 86400000000000ULL
+    """
+    const uint64_t NS_PER_DAY "TALLY_NS_PER_DAY"   # a constant: a division by it is a multiplication
+
+
+# The limits of ``tier`` (1..3) in ``ledger``: its own rule, else the default (``rules[tier - 1]``).
+cdef inline const tier_rule_t *tier_rule_of(const tier_rule_t *rules, uint32_t count, uint32_t ledger,
+                                            uint32_t tier) noexcept nogil:
+    cdef uint32_t i
+    for i in range(TIERS_MAX, count):
+        if rules[i].ledger == ledger and rules[i].tier == tier:
+            return &rules[i]
+    return &rules[tier - 1]
+
+
 # The calendar year (proleptic Gregorian, UTC) of an engine day (days since 1970-01-01): Howard
 # Hinnant's civil_from_days, integer only.
 cdef inline uint32_t civil_year(uint64_t day) noexcept nogil:
@@ -246,7 +263,6 @@ cdef class Ledger:
     cdef void pending_release(self, uint32_t entry) noexcept nogil
     cdef void save_account(self, uint32_t index) noexcept nogil
     cdef void undo_begin(self) noexcept nogil
-    cdef const tier_rule_t *tier_rule_of(self, uint32_t ledger, uint32_t tier) noexcept nogil
     cdef result_t tier_apply(self, uint32_t debit_index, uint32_t credit_index, uint64_t amount, uint64_t ts,
                              bint in_chain) noexcept nogil
     cdef void tier_give_back(self, const pending_t *p, uint64_t amount, bint in_chain) noexcept nogil

@@ -97,9 +97,6 @@ cdef enum:
     NOGIL_EVENTS_MIN = 1024
 
 
-cdef uint64_t NS_PER_DAY = 86400ULL * NS_PER_S
-
-
 cdef inline bint is_max(uint64_t lo, uint64_t hi) noexcept nogil:
     return lo == U64_MAX and hi == U64_MAX
 
@@ -673,7 +670,7 @@ cdef class Ledger:
         land on the hot path. Call once at start-up. Returns the bytes touched.
         """
         cdef uint64_t total = 0
-        for name in ("accounts", "hot", "transfers", "links", "pendings", "pending_free", "expiries"):
+        for name in ("accounts", "hot", "transfers", "links", "pendings", "pending_free", "expiries", "wallet_windows"):
             total += _touch(self._arrays[name])
         total += self.account_map.prefault() + self.transfer_map.prefault() + self.pending_map.prefault()
         return total
@@ -1068,7 +1065,10 @@ cdef class Ledger:
             account_count = self.account_count
             transfer_count = self.transfer_count
             expiring_count = self.expiring_count
-            self.undo_begin()
+            if chained:  # undo_begin(), written out (a call per transfer costs more than the stores);
+                self.account_undo_count = 0  # a lone transfer saves nothing to undo
+                self.state_undo_count = 0
+                self.window_undo_count = 0
             for k in range(i, last + 1):
                 ahead = k + PREFETCH_DISTANCE
                 if ahead < count:
@@ -1079,6 +1079,11 @@ cdef class Ledger:
                         TALLY_PREFETCH(&self.hot[cr[ahead]])
                         TALLY_PREFETCH(&self.hot[cr[ahead]].code_counts)
                     TALLY_PREFETCH(idmap_home(&self.transfer_map.map, events[ahead].id_lo, events[ahead].id_hi))
+                # A tiered payer's windows: known once its record (fetched PREFETCH_DISTANCE
+                # ahead) is in, so asked for half as far ahead.
+                ahead = k + PREFETCH_DISTANCE // 2
+                if ahead < count and dr[ahead] != INDEX_NONE and self.hot[dr[ahead]].flags & TIER_MASK:
+                    TALLY_PREFETCH(&self.windows[dr[ahead]])
                 if chained and k == count - 1 and events[k].flags & TRANSFER_LINKED:
                     r = R_LINKED_EVENT_CHAIN_OPEN
                 else:
@@ -1097,7 +1102,7 @@ cdef class Ledger:
         cdef account_hot_t *dr
         cdef account_hot_t *cr
         cdef const tally_transfer_t *x
-        cdef bint balancing, limited = False
+        cdef bint balancing, tiered = False
         cdef result_t r
         if e.timestamp != 0:
             return R_TIMESTAMP_MUST_BE_ZERO
@@ -1164,10 +1169,13 @@ cdef class Ledger:
                 return R_EXISTS_WITH_DIFFERENT_AMOUNT
             return exists_tail(e, x, True)
 
-        if dr.flags & ACCOUNT_CLOSED:
-            return R_DEBIT_ACCOUNT_CLOSED
-        if cr.flags & ACCOUNT_CLOSED:
-            return R_CREDIT_ACCOUNT_CLOSED
+        # Closed accounts and tiered wallets are rare: one test of both accounts' flags for both.
+        if TALLY_UNLIKELY((dr.flags | cr.flags) & (ACCOUNT_CLOSED | TIER_MASK)):
+            if dr.flags & ACCOUNT_CLOSED:
+                return R_DEBIT_ACCOUNT_CLOSED
+            if cr.flags & ACCOUNT_CLOSED:
+                return R_CREDIT_ACCOUNT_CLOSED
+            tiered = (dr.flags | cr.flags) & TIER_MASK
 
         amount = e.amount
         if flags & TRANSFER_BALANCING_DEBIT:
@@ -1213,12 +1221,10 @@ cdef class Ledger:
         if flags & TRANSFER_PENDING and self.pending_count >= self.pending_limit:
             return R_TRANSFERS_LIMIT_REACHED
         # A tiered wallet's limits, last: checked and counted at once (nothing after can fail).
-        # One test of words in the cache for an untiered transfer.
-        if TALLY_UNLIKELY((dr.flags | cr.flags) & TIER_MASK):
+        if TALLY_UNLIKELY(tiered):
             r = self.tier_apply(debit_index, credit_index, amount, ts, in_chain)
             if r != R_OK:
                 return r
-            limited = (dr.flags & TIER_MASK) != 0
 
         guard_hot(&self.hot_cow, debit_index)
         guard_hot(&self.hot_cow, credit_index)
@@ -1246,7 +1252,7 @@ cdef class Ledger:
         self.append_transfer(&row, debit_index, credit_index)
         cdef uint32_t entry
         if flags & TRANSFER_PENDING:
-            entry = self.pending_insert(&row, debit_index, credit_index, limited)
+            entry = self.pending_insert(&row, debit_index, credit_index, (dr.flags & TIER_MASK) != 0)
             if e.timeout != 0:
                 self.expiring[self.expiring_count] = entry
                 self.expiring_count += 1
@@ -1418,14 +1424,6 @@ cdef class Ledger:
 
     # -- wallet tiers (docs/products.md "Wallet limits and real-name tiers (built)")
 
-    cdef const tier_rule_t *tier_rule_of(self, uint32_t ledger, uint32_t tier) noexcept nogil:
-        """The limits of ``tier`` (1..3) in ``ledger``: its own, else the defaults."""
-        cdef uint32_t i
-        for i in range(TIERS_MAX, self.tier_rule_count):
-            if self.tier_rules[i].ledger == ledger and self.tier_rules[i].tier == tier:
-                return &self.tier_rules[i]
-        return &self.tier_rules[tier - 1]
-
     cdef result_t tier_apply(self, uint32_t debit_index, uint32_t credit_index, uint64_t amount, uint64_t ts,
                              bint in_chain) noexcept nogil:
         """Check a transfer against its tiered wallets' limits (the debited one's per-payment,
@@ -1439,7 +1437,7 @@ cdef class Ledger:
         cdef uint64_t day = ts // NS_PER_DAY, day_spent = 0, year_spent = 0, held
         cdef uint32_t year = 0
         if tier:
-            rule = self.tier_rule_of(dr.ledger, tier)
+            rule = tier_rule_of(self.tier_rules, self.tier_rule_count, dr.ledger, tier)
             if amount > rule.payment_max:
                 return R_EXCEEDS_PAYMENT_LIMIT
             w = &self.windows[debit_index]
@@ -1454,7 +1452,7 @@ cdef class Ledger:
                 return R_EXCEEDS_YEARLY_LIMIT
         tier = cr.flags >> TIER_SHIFT
         if tier:
-            rule = self.tier_rule_of(cr.ledger, tier)
+            rule = tier_rule_of(self.tier_rules, self.tier_rule_count, cr.ledger, tier)
             # What the wallet would hold (no overflow: overflows_credits was checked).
             held = cr.credits_posted + cr.credits_pending + amount
             held = held - cr.debits_posted if held > cr.debits_posted else 0

@@ -28,12 +28,12 @@ from libc.string cimport memset
 
 from core.idmap cimport IDMAP_NOT_FOUND, idmap_get
 from core.ledger cimport (
-    LEGS_MAX, TIER_RULES_MAX, TIER_SHIFT, TIERS_MAX, Ledger, civil_year, tier_rule_t, wallet_window_t,
+    LEGS_MAX, NS_PER_DAY, TIER_RULES_MAX, TIER_SHIFT, TIERS_MAX, Ledger, civil_year, tier_rule_of, tier_rule_t,
+    wallet_window_t,
 )
 from core.product cimport Product, all_zero
 from core.records cimport *  # result_t codes, the tiers' records
 
-from core import memory
 from core.checkpoint import RAW
 from core.ledger import TIER_RULE_DTYPE, WINDOW_DTYPE
 from core.operations import Operation
@@ -41,8 +41,6 @@ from core.records import WALLET_LIMITS_DTYPE, ids_array
 
 cdef extern from "<stdint.h>":
     const uint64_t U64_MAX "UINT64_MAX"
-
-cdef uint64_t NS_PER_DAY = 86400ULL * 1000000000ULL
 
 for _name, _number in (("set_wallet_tiers", OPERATION_SET_WALLET_TIERS), ("set_tier_limits", OPERATION_SET_TIER_LIMITS)):
     if Operation[_name] != _number:
@@ -91,7 +89,7 @@ cdef class Tiers(Product):
             r.ledger = ledger.hot[index].ledger
             r.tier = tier
             if tier:
-                rule = ledger.tier_rule_of(r.ledger, tier)
+                rule = tier_rule_of(ledger.tier_rules, ledger.tier_rule_count, r.ledger, tier)
                 r.payment_limit, r.daily_limit = rule.payment_max, rule.daily_max
                 r.yearly_limit, r.balance_limit = rule.yearly_max, rule.balance_max
             r.day = <uint32_t> day
@@ -108,8 +106,9 @@ cdef class Tiers(Product):
         return self.ledger._arrays["tier_rules"][:self.ledger.tier_rule_count].copy()
 
     def prefault(self):
-        """Touch every page of the windows now (see Ledger.prefault). Returns bytes touched."""
-        return memory.touch_pages([self.ledger._arrays["wallet_windows"]])
+        """Nothing: the ledger's prefault touches the windows (with huge pages: they are read
+        at random, a payer's at each of its debits)."""
+        return 0
 
     def snapshot(self):
         """The windows up to the ledger's accounts and the rules in force (they alias live memory)."""
