@@ -656,7 +656,8 @@ cdef class Ledger:
         """Bytes reserved per part of the in-memory state (address space; touched lazily)."""
         a = self._arrays
         return {
-            "accounts": a["accounts"].nbytes + a["hot"].nbytes + self.account_map.capacity_slots * 24,
+            "accounts": a["accounts"].nbytes + a["hot"].nbytes + a["wallet_windows"].nbytes
+                        + self.account_map.capacity_slots * 24,
             "hot_window": a["transfers"].nbytes + a["links"].nbytes + self.transfer_map.capacity_slots * 24,
             "pending": a["pendings"].nbytes + a["expiries"].nbytes + a["pending_free"].nbytes
                        + self.pending_map.capacity_slots * 24,

@@ -23,7 +23,7 @@ tier, its limits in force and what its current day and year hold.
 
 import numpy as np
 
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memset
 
 from core.idmap cimport IDMAP_NOT_FOUND, idmap_get
@@ -158,12 +158,9 @@ cdef class Tiers(Product):
 
     cdef result_t set_wallet_tier(self, const tally_wallet_tier_t *e, uint64_t ts) noexcept nogil:
         cdef uint32_t index
-        if e.timestamp != 0:
-            return R_TIMESTAMP_MUST_BE_ZERO
-        if e.reserved_a != 0 or not all_zero(e.reserved, sizeof(e.reserved)):
-            return R_RESERVED_FIELD
-        if e.flags != 0:
-            return R_RESERVED_FLAG
+        cdef result_t r = prologue(e.timestamp, e.reserved_a, e.reserved, sizeof(e.reserved), e.flags)
+        if r != R_OK:
+            return r
         if e.account_id_lo == 0 and e.account_id_hi == 0:
             return R_ID_MUST_NOT_BE_ZERO
         if e.account_id_lo == U64_MAX and e.account_id_hi == U64_MAX:
@@ -185,12 +182,9 @@ cdef class Tiers(Product):
     cdef result_t set_tier_limits(self, const tally_tier_limits_t *e, uint64_t ts) noexcept nogil:
         cdef uint32_t i, found = TIER_RULES_MAX
         cdef tier_rule_t *rule
-        if e.timestamp != 0:
-            return R_TIMESTAMP_MUST_BE_ZERO
-        if e.reserved_a != 0 or not all_zero(e.reserved, sizeof(e.reserved)):
-            return R_RESERVED_FIELD
-        if e.flags != 0:
-            return R_RESERVED_FLAG
+        cdef result_t r = prologue(e.timestamp, e.reserved_a, e.reserved, sizeof(e.reserved), e.flags)
+        if r != R_OK:
+            return r
         if not 1 <= e.tier <= TIERS_MAX:
             return R_TIER_INVALID
         if e.payment_limit > e.daily_limit or e.daily_limit > e.yearly_limit:
@@ -222,3 +216,15 @@ cdef class Tiers(Product):
         rule.balance_max = e.balance_limit
         rule.timestamp = ts
         return R_OK
+
+
+cdef inline result_t prologue(uint64_t timestamp, uint8_t reserved_a, const uint8_t *reserved, size_t reserved_bytes,
+                              uint16_t flags) noexcept nogil:
+    """The first checks of both operations, in order (no ``forbidden``: only an admin sends them)."""
+    if timestamp != 0:
+        return R_TIMESTAMP_MUST_BE_ZERO
+    if reserved_a != 0 or not all_zero(reserved, reserved_bytes):
+        return R_RESERVED_FIELD
+    if flags != 0:
+        return R_RESERVED_FLAG
+    return R_OK

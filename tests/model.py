@@ -494,13 +494,21 @@ class ModelLedger:
     def set_tier_limits(self, events, now_ns):
         return [int(r) for r in self._run_orders(events, now_ns, TIER_LIMITS_FIELDS, self._set_tier_limits)]
 
-    def _set_wallet_tier(self, e, ts):
+    @staticmethod
+    def _tier_prologue(e):
+        """The first checks of set_wallet_tiers and set_tier_limits, in order (None: passed)."""
         if e["timestamp"]:
             return R.timestamp_must_be_zero
         if e["reserved_a"] or e["reserved"]:
             return R.reserved_field
         if e["flags"]:
             return R.reserved_flag
+        return None
+
+    def _set_wallet_tier(self, e, ts):
+        r = self._tier_prologue(e)
+        if r is not None:
+            return r
         if e["account_id"] == 0:
             return R.id_must_not_be_zero
         if e["account_id"] == U128:
@@ -521,12 +529,9 @@ class ModelLedger:
         return R.ok
 
     def _set_tier_limits(self, e, ts):
-        if e["timestamp"]:
-            return R.timestamp_must_be_zero
-        if e["reserved_a"] or e["reserved"]:
-            return R.reserved_field
-        if e["flags"]:
-            return R.reserved_flag
+        r = self._tier_prologue(e)
+        if r is not None:
+            return r
         if not 1 <= e["tier"] <= 3:
             return R.tier_invalid
         limits = (e["payment_limit"], e["daily_limit"], e["yearly_limit"], e["balance_limit"])
