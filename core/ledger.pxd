@@ -234,6 +234,7 @@ cdef class Ledger:
     cdef wallet_window_t *windows               # per account: its outgoing windows
     cdef tier_rule_t *tier_rules                # [0, TIERS_MAX): the defaults; then per ledger
     cdef readonly uint32_t tier_rule_count
+    cdef public bint tiers_in_use               # a tier was ever given: the transfer loop fetches windows ahead
     cdef window_undo_t *window_undo             # windows changed by the current chain
     cdef uint64_t window_undo_count
 

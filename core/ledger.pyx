@@ -1047,7 +1047,7 @@ cdef class Ledger:
         cdef uint64_t i, k, last, ahead, account_count, transfer_count, expiring_count
         cdef uint32_t *dr = self.scratch_debit
         cdef uint32_t *cr = self.scratch_credit
-        cdef bint chained
+        cdef bint chained, tiers_in_use = self.tiers_in_use
         cdef result_t r
         # Pass 1: resolve both accounts of every event, fetching the map slots of the events
         # PREFETCH_DISTANCE ahead. Accounts never change within a transfer batch.
@@ -1083,7 +1083,7 @@ cdef class Ledger:
                 # A tiered payer's windows: known once its record (fetched PREFETCH_DISTANCE
                 # ahead) is in, so asked for half as far ahead.
                 ahead = k + PREFETCH_DISTANCE // 2
-                if ahead < count and dr[ahead] != INDEX_NONE and self.hot[dr[ahead]].flags & TIER_MASK:
+                if tiers_in_use and ahead < count and dr[ahead] != INDEX_NONE and self.hot[dr[ahead]].flags & TIER_MASK:
                     TALLY_PREFETCH(&self.windows[dr[ahead]])
                 if chained and k == count - 1 and events[k].flags & TRANSFER_LINKED:
                     r = R_LINKED_EVENT_CHAIN_OPEN
@@ -1491,6 +1491,8 @@ cdef class Ledger:
         """An account's tier (0..3) from ``ts`` on (core/tiers.pyx checked it)."""
         guard_hot(&self.hot_cow, index)
         self.hot[index].flags = <uint16_t> ((self.hot[index].flags & ~(<uint16_t> TIER_MASK)) | (tier << TIER_SHIFT))
+        if tier:
+            self.tiers_in_use = True
         self.windows[index].tier_set_at = ts
 
     cdef void rollback(self, uint64_t account_count, uint64_t transfer_count,

@@ -139,6 +139,7 @@ cdef class Tiers(Product):
         a["tier_rules"][:rules.shape[0]] = rules
         self.ledger.tier_rule_count = <uint32_t> rules.shape[0]
         self.changes = scalars["tier_changes"]
+        self.ledger.tiers_in_use = self.changes != 0  # (only the windows' prefetch reads it)
 
     # ---------------------------------------------------------------- the state machine
 
