@@ -23,7 +23,8 @@ extensions = [
         # Python's own CFLAGS carry -DNDEBUG: a debug build must undo it for the asserts to exist.
         extra_compile_args=["-O2", "-fno-strict-aliasing"] + (["-UNDEBUG"] if DEBUG else ["-DNDEBUG"]),
     )
-    for name in ("records", "idmap", "filter", "ledger", "codec", "digest", "product", "table", "merchants", "orders", "refunds", "settlement", "codes", "envelopes", "coupons", "fx", "limits")
+    for name in ("records", "idmap", "filter", "ledger", "codec", "digest", "product", "table", "merchants", "orders",
+                 "refunds", "settlement", "codes", "envelopes", "coupons", "fx", "limits", "tiers")
 ] + [
     # The wire protocol's frame checks and seals (engine/wire.pyx): plain C, no NumPy.
     Extension("engine.wire", ["engine/wire.pyx"],

@@ -88,6 +88,22 @@ FX_REFUNDS_MAX_DEFAULT = 1 << 16
 #: A rate at most: 10^9 of the merchant's minor units per payer's minor unit.
 RATE_PPB_MAX = 10**18
 
+#: Wallet tiers (docs/products.md "Wallet limits and real-name tiers (built)"): 1 unverified,
+#: 2 verified, 3 bank-card linked (0: none, no limits). Each tier's default limits, in minor
+#: units of any ledger without limits of its own (CNY figures: per payment, daily, yearly
+#: outgoing, and the most the wallet may hold), after the PBOC's class I/II/III accounts
+#: (1,000 CNY since opening; 100,000 and 200,000 CNY a year) and its barcode rules (500 to
+#: 5,000 CNY a day).
+TIERS = 3
+TIER_LIMITS_DEFAULT = {
+    1: {"payment": 50_000, "daily": 100_000, "yearly": 100_000, "balance": 100_000},
+    2: {"payment": 500_000, "daily": 1_000_000, "yearly": 10_000_000, "balance": 10_000_000},
+    3: {"payment": 5_000_000, "daily": 10_000_000, "yearly": 20_000_000, "balance": 100_000_000},
+}
+#: Ledgers (currencies) that may have tier limits of their own (set_tier_limits), beside the
+#: defaults: TIERS entries each, scanned for a tiered wallet's debits.
+TIER_LEDGERS_MAX = 32
+
 #: Merchants with terms (fee rate, fee and settlement accounts): 128 bytes each, in memory.
 MERCHANTS_MAX_DEFAULT = 1 << 17
 
@@ -161,4 +177,6 @@ _check(PENDING_MAX_DEFAULT <= PENDING_MAX_LIMIT, "PENDING_MAX_DEFAULT too large"
 _check(TRANSFERS_HOT_MAX_DEFAULT >= COLD_EPOCH_TRANSFERS_DEFAULT + 2 * BATCH_EVENTS_MAX,
        "hot window below an epoch + a batch of product events (two legs each)")
 _check(ID_FILTER_BYTES_DEFAULT % 64 == 0, "filter size not a multiple of 64 bytes")
+_check(sorted(TIER_LIMITS_DEFAULT) == list(range(1, TIERS + 1)) and all(
+    t["payment"] <= t["daily"] <= t["yearly"] for t in TIER_LIMITS_DEFAULT.values()), "tier limits out of order")
 _check(ACCOUNT_TRANSFERS_LIMIT_MAX <= BATCH_EVENTS_MAX, "page larger than a batch")

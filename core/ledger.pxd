@@ -26,6 +26,13 @@ cdef enum:
     # The operations the ledger applies, by their numbers in core/operations.py (checked at import).
     OPERATION_CREATE_ACCOUNTS = 1
     OPERATION_CREATE_TRANSFERS = 2
+    # Wallet tiers (docs/products.md "Wallet limits and real-name tiers (built)"): the tier is
+    # account_hot_t.flags' two top bits (the client's account flags are bits 0-3, kept in the
+    # account row), so an untiered transfer tests a word it has in the cache and nothing else.
+    TIER_SHIFT = 14
+    TIER_MASK = 0xC000
+    TIERS_MAX = 3               # 1 unverified, 2 verified, 3 bank-card linked (0: none)
+    TIER_RULES_MAX = 99         # the 3 defaults and TIER_LEDGERS_MAX (32) ledgers x 3 tiers
 
 
 ctypedef enum transfer_state_t:
@@ -77,7 +84,8 @@ cdef struct pending_t:
     uint32_t credit_index
     uint32_t heap_pos           # its place in the expiry heap, or INDEX_NONE
     uint8_t state               # transfer_state_t (STATE_FREE: entry unused)
-    uint8_t _pad[3]
+    uint8_t limited             # counted in its debit wallet's windows at creation: given back if unused
+    uint8_t _pad[2]
 
 
 # What a linked chain must restore if one of its events fails.
@@ -91,6 +99,63 @@ cdef struct state_undo_t:
     uint64_t resolved_at
     uint32_t entry
     uint8_t state
+
+
+# A tiered wallet's outgoing windows (per account index, 32 bytes; read only for a tiered
+# account): the debits counted in the engine day ``day`` (UTC) and in the calendar year ``year``.
+cdef struct wallet_window_t:
+    uint64_t day_spent          # minor units
+    uint64_t year_spent         # minor units
+    uint64_t tier_set_at        # engine ns the tier was last set (0: never)
+    uint32_t day                # engine day (timestamp // 86,400 s) day_spent counts
+    uint32_t year               # calendar year (UTC) year_spent counts
+
+
+# One tier's limits in one ledger (ledger 0: the defaults), minor units. 48 bytes.
+cdef struct tier_rule_t:
+    uint64_t payment_max        # one debit at most
+    uint64_t daily_max          # a day's debits at most
+    uint64_t yearly_max         # a year's debits at most
+    uint64_t balance_max        # credits_posted + credits_pending - debits_posted at most
+    uint64_t timestamp          # engine ns it was set (0: the built-in default)
+    uint32_t ledger
+    uint8_t tier
+    uint8_t _pad[3]
+
+
+cdef struct window_undo_t:
+    wallet_window_t saved
+    uint32_t index
+    uint32_t _pad
+
+
+cdef extern from *:
+    """
+    #define TALLY_NS_PER_DAY 86400000000000ULL
+    """
+    const uint64_t NS_PER_DAY "TALLY_NS_PER_DAY"   # a constant: a division by it is a multiplication
+
+
+# The limits of ``tier`` (1..3) in ``ledger``: its own rule, else the default (``rules[tier - 1]``).
+cdef inline const tier_rule_t *tier_rule_of(const tier_rule_t *rules, uint32_t count, uint32_t ledger,
+                                            uint32_t tier) noexcept nogil:
+    cdef uint32_t i
+    for i in range(TIERS_MAX, count):
+        if rules[i].ledger == ledger and rules[i].tier == tier:
+            return &rules[i]
+    return &rules[tier - 1]
+
+
+# The calendar year (proleptic Gregorian, UTC) of an engine day (days since 1970-01-01): Howard
+# Hinnant's civil_from_days, integer only.
+cdef inline uint32_t civil_year(uint64_t day) noexcept nogil:
+    cdef uint64_t z = day + 719468
+    cdef uint64_t era = z // 146097
+    cdef uint64_t doe = z - era * 146097
+    cdef uint64_t yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    cdef uint64_t doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    cdef uint64_t mp = (5 * doy + 2) // 153
+    return <uint32_t> (yoe + era * 400 + (1 if mp >= 10 else 0))
 
 
 # A product record's field as it was before a chain changed it (docs/products.md "Typed undo").
@@ -180,6 +245,13 @@ cdef class Ledger:
     cdef uint64_t expiring_count
     cdef field_undo_t *field_undo               # product fields changed by the current chain
     cdef uint64_t field_undo_count
+    # Wallet tiers (core/tiers.pyx applies the operations that set them).
+    cdef wallet_window_t *windows               # per account: its outgoing windows
+    cdef tier_rule_t *tier_rules                # [0, TIERS_MAX): the defaults; then per ledger
+    cdef readonly uint32_t tier_rule_count
+    cdef public bint tiers_in_use               # a tier was ever given: the transfer loop fetches windows ahead
+    cdef window_undo_t *window_undo             # windows changed by the current chain
+    cdef uint64_t window_undo_count
 
     cdef dict _arrays                           # NumPy arrays owning every buffer above
 
@@ -203,9 +275,14 @@ cdef class Ledger:
     cdef void append_transfer(self, const tally_transfer_t *row, uint32_t debit_index,
                               uint32_t credit_index) noexcept nogil
     cdef uint32_t pending_insert(self, const tally_transfer_t *row, uint32_t debit_index,
-                                 uint32_t credit_index) noexcept nogil
+                                 uint32_t credit_index, bint limited) noexcept nogil
     cdef void pending_release(self, uint32_t entry) noexcept nogil
     cdef void save_account(self, uint32_t index) noexcept nogil
+    cdef void undo_begin(self) noexcept nogil
+    cdef result_t tier_apply(self, uint32_t debit_index, uint32_t credit_index, uint64_t amount, uint64_t ts,
+                             bint in_chain) noexcept nogil
+    cdef void tier_give_back(self, const pending_t *p, uint64_t amount, bint in_chain) noexcept nogil
+    cdef void set_tier(self, uint32_t index, uint32_t tier, uint64_t ts) noexcept nogil
     cdef void rollback(self, uint64_t account_count, uint64_t transfer_count,
                        uint64_t expiring_count) noexcept nogil
     cdef void schedule_expiries(self) noexcept nogil

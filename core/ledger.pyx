@@ -70,7 +70,8 @@ from core.records cimport (
     R_PENDING_TRANSFER_EXPIRED, R_DEBIT_ACCOUNT_CLOSED, R_CREDIT_ACCOUNT_CLOSED,
     R_OVERFLOWS_DEBITS_PENDING, R_OVERFLOWS_CREDITS_PENDING, R_OVERFLOWS_DEBITS_POSTED,
     R_OVERFLOWS_CREDITS_POSTED, R_OVERFLOWS_DEBITS, R_OVERFLOWS_CREDITS, R_OVERFLOWS_TIMEOUT,
-    R_EXCEEDS_CREDITS, R_EXCEEDS_DEBITS, R_TRANSFERS_LIMIT_REACHED,
+    R_EXCEEDS_CREDITS, R_EXCEEDS_DEBITS, R_TRANSFERS_LIMIT_REACHED, R_EXCEEDS_PAYMENT_LIMIT, R_EXCEEDS_DAILY_LIMIT,
+    R_EXCEEDS_YEARLY_LIMIT, R_EXCEEDS_BALANCE_LIMIT,
 )
 
 from core import constants, records
@@ -169,8 +170,17 @@ LINKS_DTYPE = np.dtype([
 #: NumPy mirror of pending_t: one per pending-table entry.
 PENDING_DTYPE = np.dtype([
     ("row", TRANSFER_DTYPE), ("number", "<u8"), ("resolved_at", "<u8"), ("debit_index", "<u4"),
-    ("credit_index", "<u4"), ("heap_pos", "<u4"), ("state", "u1"), ("_pad", "u1", (3,)),
+    ("credit_index", "<u4"), ("heap_pos", "<u4"), ("state", "u1"), ("limited", "u1"), ("_pad", "u1", (2,)),
 ])
+
+#: NumPy mirror of wallet_window_t: a tiered wallet's outgoing windows, per account index.
+WINDOW_DTYPE = np.dtype([("day_spent", "<u8"), ("year_spent", "<u8"), ("tier_set_at", "<u8"), ("day", "<u4"),
+                         ("year", "<u4")])
+
+#: NumPy mirror of tier_rule_t: one tier's limits in one ledger (0: the defaults).
+TIER_RULE_DTYPE = np.dtype([("payment_max", "<u8"), ("daily_max", "<u8"), ("yearly_max", "<u8"),
+                            ("balance_max", "<u8"), ("timestamp", "<u8"), ("ledger", "<u4"), ("tier", "u1"),
+                            ("_pad", "u1", (3,))])
 
 #: NumPy mirror of expiry_t: the expiry heap.
 EXPIRY_DTYPE = np.dtype([("expires_at", "<u8"), ("number", "<u8"), ("entry", "<u4"), ("_pad", "<u4")])
@@ -253,10 +263,21 @@ cdef class Ledger:
         self.state_undo = <state_undo_t *> np_ptr(
             _buffer(a, "state_undo", np.uint8, batch_max * sizeof(state_undo_t)))
         self.expiring = <uint32_t *> np_ptr(_buffer(a, "expiring", np.uint32, batch_max))
+        # Wallet tiers: the windows' pages are mapped when a tiered wallet first writes them.
+        self.windows = <wallet_window_t *> np_ptr(_buffer(a, "wallet_windows", WINDOW_DTYPE, accounts_max))
+        rules = _buffer(a, "tier_rules", TIER_RULE_DTYPE, TIER_RULES_MAX)
+        for tier, limits in constants.TIER_LIMITS_DEFAULT.items():
+            rules[tier - 1] = (limits["payment"], limits["daily"], limits["yearly"], limits["balance"], 0, 0, tier, 0)
+        self.tier_rules = <tier_rule_t *> np_ptr(rules)
+        self.tier_rule_count = TIERS_MAX
+        self.window_undo = <window_undo_t *> np_ptr(
+            _buffer(a, "window_undo", np.uint8, 2 * batch_max * sizeof(window_undo_t)))
         if sizeof(account_hot_t) != HOT_DTYPE.itemsize or sizeof(account_hot_t) != 128:
             raise ImportError("account_hot_t and HOT_DTYPE disagree")
         if (sizeof(transfer_links_t) != LINKS_DTYPE.itemsize or sizeof(pending_t) != PENDING_DTYPE.itemsize
-                or sizeof(expiry_t) != EXPIRY_DTYPE.itemsize):
+                or sizeof(expiry_t) != EXPIRY_DTYPE.itemsize or sizeof(wallet_window_t) != WINDOW_DTYPE.itemsize
+                or sizeof(tier_rule_t) != TIER_RULE_DTYPE.itemsize
+                or constants.TIERS != TIERS_MAX or TIER_RULES_MAX != TIERS_MAX * (1 + constants.TIER_LEDGERS_MAX)):
             raise ImportError("ledger.pxd structs and their NumPy mirrors disagree")
 
     # ---------------------------------------------------------------- Python API (the boundary)
@@ -637,7 +658,8 @@ cdef class Ledger:
         """Bytes reserved per part of the in-memory state (address space; touched lazily)."""
         a = self._arrays
         return {
-            "accounts": a["accounts"].nbytes + a["hot"].nbytes + self.account_map.capacity_slots * 24,
+            "accounts": a["accounts"].nbytes + a["hot"].nbytes + a["wallet_windows"].nbytes
+                        + self.account_map.capacity_slots * 24,
             "hot_window": a["transfers"].nbytes + a["links"].nbytes + self.transfer_map.capacity_slots * 24,
             "pending": a["pendings"].nbytes + a["expiries"].nbytes + a["pending_free"].nbytes
                        + self.pending_map.capacity_slots * 24,
@@ -651,7 +673,7 @@ cdef class Ledger:
         land on the hot path. Call once at start-up. Returns the bytes touched.
         """
         cdef uint64_t total = 0
-        for name in ("accounts", "hot", "transfers", "links", "pendings", "pending_free", "expiries"):
+        for name in ("accounts", "hot", "transfers", "links", "pendings", "pending_free", "expiries", "wallet_windows"):
             total += _touch(self._arrays[name])
         total += self.account_map.prefault() + self.transfer_map.prefault() + self.pending_map.prefault()
         return total
@@ -889,11 +911,13 @@ cdef class Ledger:
             tally_assert(dr.debits_pending >= p.row.amount and cr.credits_pending >= p.row.amount)
             dr.debits_pending -= p.row.amount
             cr.credits_pending -= p.row.amount
+            if p.limited:
+                self.tier_give_back(p, p.row.amount, False)
 
     # -- the pending table
 
     cdef uint32_t pending_insert(self, const tally_transfer_t *row, uint32_t debit_index,
-                                 uint32_t credit_index) noexcept nogil:
+                                 uint32_t credit_index, bint limited) noexcept nogil:
         """Enter a new pending transfer (the caller checked there is room)."""
         cdef uint32_t entry
         cdef pending_t *p
@@ -911,6 +935,7 @@ cdef class Ledger:
         p.credit_index = credit_index
         p.heap_pos = HEAP_POSITION_NONE
         p.state = STATE_PENDING
+        p.limited = limited
         if idmap_put(&self.pending_map.map, row.id_lo, row.id_hi, entry) != 0:
             tally_assert(False)
         self.pending_count += 1
@@ -969,8 +994,7 @@ cdef class Ledger:
                 account_count = self.account_count
                 # Account chains save nothing to undo (new accounts are simply dropped), but the
                 # undo logs may still hold a previous batch's entries: start them empty.
-                self.account_undo_count = 0
-                self.state_undo_count = 0
+                self.undo_begin()
                 for k in range(i, last + 1):
                     if k == count - 1 and events[k].flags & ACCOUNT_LINKED:
                         r = R_LINKED_EVENT_CHAIN_OPEN
@@ -1050,7 +1074,7 @@ cdef class Ledger:
         cdef uint64_t i, k, last, ahead, account_count, transfer_count, expiring_count
         cdef uint32_t *dr = self.scratch_debit
         cdef uint32_t *cr = self.scratch_credit
-        cdef bint chained
+        cdef bint chained, tiers_in_use = self.tiers_in_use
         cdef result_t r
         # Pass 1: resolve both accounts of every event, fetching the map slots of the events
         # PREFETCH_DISTANCE ahead. Accounts never change within a transfer batch.
@@ -1069,8 +1093,10 @@ cdef class Ledger:
             account_count = self.account_count
             transfer_count = self.transfer_count
             expiring_count = self.expiring_count
-            self.account_undo_count = 0
-            self.state_undo_count = 0
+            if chained:  # undo_begin(), written out (a call per transfer costs more than the stores);
+                self.account_undo_count = 0  # a lone transfer saves nothing to undo
+                self.state_undo_count = 0
+                self.window_undo_count = 0
             for k in range(i, last + 1):
                 ahead = k + PREFETCH_DISTANCE
                 if ahead < count:
@@ -1081,6 +1107,11 @@ cdef class Ledger:
                         TALLY_PREFETCH(&self.hot[cr[ahead]])
                         TALLY_PREFETCH(&self.hot[cr[ahead]].code_counts)
                     TALLY_PREFETCH(idmap_home(&self.transfer_map.map, events[ahead].id_lo, events[ahead].id_hi))
+                # A tiered payer's windows: known once its record (fetched PREFETCH_DISTANCE
+                # ahead) is in, so asked for half as far ahead.
+                ahead = k + PREFETCH_DISTANCE // 2
+                if tiers_in_use and ahead < count and dr[ahead] != INDEX_NONE and self.hot[dr[ahead]].flags & TIER_MASK:
+                    TALLY_PREFETCH(&self.windows[dr[ahead]])
                 if chained and k == count - 1 and events[k].flags & TRANSFER_LINKED:
                     r = R_LINKED_EVENT_CHAIN_OPEN
                 else:
@@ -1099,7 +1130,8 @@ cdef class Ledger:
         cdef account_hot_t *dr
         cdef account_hot_t *cr
         cdef const tally_transfer_t *x
-        cdef bint balancing
+        cdef bint balancing, tiered = False
+        cdef result_t r
         if e.timestamp != 0:
             return R_TIMESTAMP_MUST_BE_ZERO
         memcpy(&reserved, e.reserved, 8)
@@ -1165,10 +1197,13 @@ cdef class Ledger:
                 return R_EXISTS_WITH_DIFFERENT_AMOUNT
             return exists_tail(e, x, True)
 
-        if dr.flags & ACCOUNT_CLOSED:
-            return R_DEBIT_ACCOUNT_CLOSED
-        if cr.flags & ACCOUNT_CLOSED:
-            return R_CREDIT_ACCOUNT_CLOSED
+        # Closed accounts and tiered wallets are rare: one test of both accounts' flags for both.
+        if TALLY_UNLIKELY((dr.flags | cr.flags) & (ACCOUNT_CLOSED | TIER_MASK)):
+            if dr.flags & ACCOUNT_CLOSED:
+                return R_DEBIT_ACCOUNT_CLOSED
+            if cr.flags & ACCOUNT_CLOSED:
+                return R_CREDIT_ACCOUNT_CLOSED
+            tiered = (dr.flags | cr.flags) & TIER_MASK
 
         amount = e.amount
         if flags & TRANSFER_BALANCING_DEBIT:
@@ -1213,6 +1248,11 @@ cdef class Ledger:
             return R_TRANSFERS_LIMIT_REACHED
         if flags & TRANSFER_PENDING and self.pending_count >= self.pending_limit:
             return R_TRANSFERS_LIMIT_REACHED
+        # A tiered wallet's limits, last: checked and counted at once (nothing after can fail).
+        if TALLY_UNLIKELY(tiered):
+            r = self.tier_apply(debit_index, credit_index, amount, ts, in_chain)
+            if r != R_OK:
+                return r
 
         guard_hot(&self.hot_cow, debit_index)
         guard_hot(&self.hot_cow, credit_index)
@@ -1240,7 +1280,7 @@ cdef class Ledger:
         self.append_transfer(&row, debit_index, credit_index)
         cdef uint32_t entry
         if flags & TRANSFER_PENDING:
-            entry = self.pending_insert(&row, debit_index, credit_index)
+            entry = self.pending_insert(&row, debit_index, credit_index, (dr.flags & TIER_MASK) != 0)
             if e.timeout != 0:
                 self.expiring[self.expiring_count] = entry
                 self.expiring_count += 1
@@ -1356,6 +1396,9 @@ cdef class Ledger:
         else:
             touch(dr, ts)
             touch(cr, ts)
+        if pending.limited and (not post or amount < p.amount):
+            # The allowance the hold took and does not use comes back (docs/products.md).
+            self.tier_give_back(pending, p.amount - amount if post else p.amount, in_chain)
         pending.state = STATE_POSTED if post else STATE_VOIDED
         pending.resolved_at = self.transfer_count
         cdef tally_transfer_t row = e[0]
@@ -1401,12 +1444,91 @@ cdef class Ledger:
         u.saved = self.hot[index]
         self.account_undo_count += 1
 
+    cdef void undo_begin(self) noexcept nogil:
+        """A chain begins: the undo logs start empty (a previous batch may have left entries)."""
+        self.account_undo_count = 0
+        self.state_undo_count = 0
+        self.window_undo_count = 0
+
+    # -- wallet tiers (docs/products.md "Wallet limits and real-name tiers (built)")
+
+    cdef result_t tier_apply(self, uint32_t debit_index, uint32_t credit_index, uint64_t amount, uint64_t ts,
+                             bint in_chain) noexcept nogil:
+        """Check a transfer against its tiered wallets' limits (the debited one's per-payment,
+        daily and yearly, the credited one's balance); if it passes, count it in the debited
+        wallet's windows (saved first inside a chain). The caller's checks have all passed."""
+        cdef account_hot_t *dr = &self.hot[debit_index]
+        cdef account_hot_t *cr = &self.hot[credit_index]
+        cdef uint32_t tier = dr.flags >> TIER_SHIFT
+        cdef const tier_rule_t *rule
+        cdef wallet_window_t *w = NULL
+        cdef uint64_t day = ts // NS_PER_DAY, day_spent = 0, year_spent = 0, held
+        cdef uint32_t year = 0
+        if tier:
+            rule = tier_rule_of(self.tier_rules, self.tier_rule_count, dr.ledger, tier)
+            if amount > rule.payment_max:
+                return R_EXCEEDS_PAYMENT_LIMIT
+            w = &self.windows[debit_index]
+            if w.year != 0 and w.day == day:  # (year 0: the windows were never used)
+                day_spent, year, year_spent = w.day_spent, w.year, w.year_spent
+            else:  # a new day: a new year only if the calendar says so
+                year = civil_year(day)
+                year_spent = w.year_spent if w.year == year else 0
+            if amount > rule.daily_max or day_spent > rule.daily_max - amount:
+                return R_EXCEEDS_DAILY_LIMIT
+            if amount > rule.yearly_max or year_spent > rule.yearly_max - amount:
+                return R_EXCEEDS_YEARLY_LIMIT
+        tier = cr.flags >> TIER_SHIFT
+        if tier:
+            rule = tier_rule_of(self.tier_rules, self.tier_rule_count, cr.ledger, tier)
+            # What the wallet would hold (no overflow: overflows_credits was checked).
+            held = cr.credits_posted + cr.credits_pending + amount
+            held = held - cr.debits_posted if held > cr.debits_posted else 0
+            if held > rule.balance_max:
+                return R_EXCEEDS_BALANCE_LIMIT
+        if w != NULL:
+            if in_chain:
+                self.window_undo[self.window_undo_count].index = debit_index
+                self.window_undo[self.window_undo_count].saved = w[0]
+                self.window_undo_count += 1
+            w.day = <uint32_t> day
+            w.day_spent = day_spent + amount
+            w.year = year
+            w.year_spent = year_spent + amount
+        return R_OK
+
+    cdef void tier_give_back(self, const pending_t *p, uint64_t amount, bint in_chain) noexcept nogil:
+        """A counted hold is voided, expires or is posted for less: ``amount`` leaves the counts
+        of the windows it was counted in, if they are still the wallet's current ones."""
+        cdef wallet_window_t *w = &self.windows[p.debit_index]
+        cdef uint64_t day = p.row.timestamp // NS_PER_DAY
+        cdef bint same_day = w.year != 0 and w.day == day
+        cdef bint same_year = w.year != 0 and (same_day or w.year == civil_year(day))
+        if not same_year or amount == 0:
+            return
+        if in_chain:
+            self.window_undo[self.window_undo_count].index = p.debit_index
+            self.window_undo[self.window_undo_count].saved = w[0]
+            self.window_undo_count += 1
+        if same_day:
+            w.day_spent -= amount if amount < w.day_spent else w.day_spent
+        w.year_spent -= amount if amount < w.year_spent else w.year_spent
+
+    cdef void set_tier(self, uint32_t index, uint32_t tier, uint64_t ts) noexcept nogil:
+        """An account's tier (0..3) from ``ts`` on (core/tiers.pyx checked it)."""
+        guard_hot(&self.hot_cow, index)
+        self.hot[index].flags = <uint16_t> ((self.hot[index].flags & ~(<uint16_t> TIER_MASK)) | (tier << TIER_SHIFT))
+        if tier:
+            self.tiers_in_use = True
+        self.windows[index].tier_set_at = ts
+
     cdef void rollback(self, uint64_t account_count, uint64_t transfer_count,
                        uint64_t expiring_count) noexcept nogil:
-        """Undo a failed chain: restore saved accounts and pending states (newest first), drop
-        new records."""
+        """Undo a failed chain: restore saved accounts, pending states and wallet windows
+        (newest first), drop new records."""
         cdef account_undo_t *u
         cdef state_undo_t *s
+        cdef window_undo_t *v
         cdef uint32_t slot, entry
         self.expiring_count = expiring_count
         while self.account_undo_count:
@@ -1419,6 +1541,10 @@ cdef class Ledger:
             s = &self.state_undo[self.state_undo_count]
             self.pendings[s.entry].state = s.state
             self.pendings[s.entry].resolved_at = s.resolved_at
+        while self.window_undo_count:
+            self.window_undo_count -= 1
+            v = &self.window_undo[self.window_undo_count]
+            self.windows[v.index] = v.saved
         while self.transfer_count > transfer_count:
             self.transfer_count -= 1
             slot = <uint32_t> (self.transfer_count & self.ring_mask)
@@ -1430,7 +1556,7 @@ cdef class Ledger:
             memset(&self.transfer_rows[slot], 0, sizeof(tally_transfer_t))
             memset(&self.links[slot], 0, sizeof(transfer_links_t))
         # Every undo entry was applied, newest first: the logs are empty again.
-        tally_assert(self.account_undo_count == 0 and self.state_undo_count == 0)
+        tally_assert(self.account_undo_count == 0 and self.state_undo_count == 0 and self.window_undo_count == 0)
         while self.account_count > account_count:
             self.account_count -= 1
             idmap_remove(&self.account_map.map, self.account_rows[self.account_count].id_lo,
@@ -1447,8 +1573,7 @@ cdef class Ledger:
         mark.account_count = self.account_count
         mark.transfer_count = self.transfer_count
         mark.expiring_count = self.expiring_count
-        self.account_undo_count = 0
-        self.state_undo_count = 0
+        self.undo_begin()
         self.field_undo_count = 0
 
     cdef void chain_abort(self, const chain_mark_t *mark) noexcept nogil:

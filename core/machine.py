@@ -30,6 +30,7 @@ from core.merchants import Merchants
 from core.orders import Orders
 from core.refunds import Refunds
 from core.settlement import Settlement
+from core.tiers import Tiers
 
 
 class Machine:
@@ -58,6 +59,7 @@ class Machine:
                                members_max, coupon_payments_max)
         self.fx = Fx(self.ledger, fx_payments_max, fx_refunds_max)
         self.limits = Limits(self.ledger, self.merchants, self.orders, self.codes, self.envelopes, self.coupons)
+        self.tiers = Tiers(self.ledger)
         #: The write-back tables (core/table.pyx) by the name the operation table's ``reads`` use.
         self.tables = {"orders": self.orders.table, "refunds": self.refunds.table, "codes": self.codes.table,
                        "envelopes": self.envelopes.table, "claims": self.envelopes.claims,
@@ -66,11 +68,12 @@ class Machine:
                        "fx_payments": self.fx.payments, "fx_refunds": self.fx.refunds}
         self._components = {"ledger": self.ledger, "orders": self.orders, "merchants": self.merchants,
                             "refunds": self.refunds, "settlement": self.settlement, "codes": self.codes,
-                            "envelopes": self.envelopes, "coupons": self.coupons, "fx": self.fx, "limits": self.limits}
+                            "envelopes": self.envelopes, "coupons": self.coupons, "fx": self.fx, "limits": self.limits,
+                            "tiers": self.tiers}
         #: The components with tables and state of their own, in the order they restore (the
         #: limits last: they are checked against the others' capacities).
         self._stateful = (self.merchants, self.orders, self.refunds, self.codes, self.envelopes, self.coupons,
-                          self.fx, self.limits)
+                          self.fx, self.tiers, self.limits)
 
     def apply(self, operation: int, batch, now_ns: int) -> np.ndarray:
         """Apply one batch of a create operation at engine time ``now_ns``: one reply record
@@ -93,6 +96,9 @@ class Machine:
 
     def lookup_codes(self, ids) -> np.ndarray:
         return self.codes.lookup_codes(ids)
+
+    def lookup_wallet_limits(self, ids) -> np.ndarray:
+        return self.tiers.lookup_wallet_limits(ids)
 
     def lookup_envelopes(self, ids) -> np.ndarray:
         return self.envelopes.lookup_envelopes(ids)

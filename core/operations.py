@@ -28,6 +28,7 @@ from core.records import (
     CODE_DTYPE, CODE_ISSUE_DTYPE, CODE_ISSUED_DTYPE, LIMITS_DTYPE, ENVELOPE_SEND_DTYPE, ENVELOPE_CLAIM_DTYPE,
     ENVELOPE_CLAIMED_DTYPE, ENVELOPE_DTYPE, CLAIM_DTYPE, STOCK_CREATE_DTYPE, STOCK_DTYPE, COUPON_GRANT_DTYPE,
     COUPON_DTYPE, COUPON_PAY_DTYPE, FX_RATE_DTYPE, FX_PAY_DTYPE, FX_PAYMENT_DTYPE, FX_REFUND_DTYPE, FX_QUOTE_DTYPE,
+    TIER_LIMITS_DTYPE, WALLET_LIMITS_DTYPE, WALLET_TIER_DTYPE,
 )
 
 #: A create's reply: one ``core.Result`` per event.
@@ -41,6 +42,9 @@ class Operation(enum.IntEnum):
     lookup_transfers = 4
     get_account_transfers = 5
     set_limits = 6
+    set_wallet_tiers = 7
+    lookup_wallet_limits = 8
+    set_tier_limits = 9
     # 100-199: the payment products (docs/products.md).
     create_orders = 100
     pay_orders = 101
@@ -115,6 +119,11 @@ OPERATIONS: dict[Operation, Spec] = {spec.operation: spec for spec in (
     Spec(Operation.get_account_transfers, Kind.query, None, TRANSFER_DTYPE),
     # The limits in force (core/limits.pyx): logged, so a replay answers as the live run did.
     Spec(Operation.set_limits, Kind.create, LIMITS_DTYPE, RESULT_DTYPE, "limits"),
+    # Wallet tiers and their limits (docs/products.md "Wallet limits and real-name tiers (built)"):
+    # the ledger's transfer path checks them; these set them (logged) and read a wallet's.
+    Spec(Operation.set_wallet_tiers, Kind.create, WALLET_TIER_DTYPE, RESULT_DTYPE, "tiers"),
+    Spec(Operation.lookup_wallet_limits, Kind.lookup, ID_DTYPE, WALLET_LIMITS_DTYPE),
+    Spec(Operation.set_tier_limits, Kind.create, TIER_LIMITS_DTYPE, RESULT_DTYPE, "tiers"),
     Spec(Operation.create_orders, Kind.create, ORDER_CREATE_DTYPE, ORDER_CREATED_DTYPE, "orders",
          reads=(("orders", "id"),)),
     # A payment at a merchant whose terms ask for the card pack may change its payer's holding of

@@ -506,6 +506,43 @@ cdef extern from * nogil:
         uint8_t reserved_b[16];
         uint64_t timestamp;             /* 0 on input; kept: when */
     } tally_settlement_t;
+    /* Wallet tiers and their limits (docs/products.md "Wallet limits and real-name tiers (built)"). */
+    typedef struct TALLY_PACKED {
+        uint64_t account_id_lo, account_id_hi;
+        uint32_t ledger;                /* the account's */
+        uint8_t tier;                   /* 0 none, 1 unverified, 2 verified, 3 bank-card linked */
+        uint8_t reserved_a;
+        uint16_t flags;                 /* must be zero */
+        uint8_t reserved[96];
+        uint64_t timestamp;             /* must be zero */
+    } tally_wallet_tier_t;
+
+    typedef struct TALLY_PACKED {
+        uint32_t ledger;                /* 0: the defaults of every ledger without its own */
+        uint8_t tier;                   /* 1..3 */
+        uint8_t reserved_a;
+        uint16_t flags;                 /* must be zero */
+        uint64_t payment_limit;         /* minor units: one debit at most */
+        uint64_t daily_limit;           /* debits of an engine day (UTC) */
+        uint64_t yearly_limit;          /* debits of a calendar year (UTC) */
+        uint64_t balance_limit;         /* what the wallet may hold */
+        uint8_t reserved[80];
+        uint64_t timestamp;             /* must be zero */
+    } tally_tier_limits_t;
+
+    typedef struct TALLY_PACKED {
+        uint64_t account_id_lo, account_id_hi;
+        uint32_t ledger;
+        uint8_t tier;
+        uint8_t reserved_a[3];
+        uint64_t payment_limit, daily_limit, yearly_limit, balance_limit;  /* in force; 0 for tier 0 */
+        uint32_t day;                   /* engine day of timestamp */
+        uint32_t year;                  /* its calendar year */
+        uint64_t day_spent, year_spent; /* debits counted in those windows */
+        uint64_t tier_set_at;           /* engine ns; 0: never */
+        uint8_t reserved[32];
+        uint64_t timestamp;             /* the engine time the answer is as of */
+    } tally_wallet_limits_t;
     """
     ctypedef struct tally_account_t:
         uint64_t id_lo
@@ -1013,6 +1050,46 @@ cdef extern from * nogil:
         uint8_t reserved[38]
         uint64_t timestamp
 
+    ctypedef struct tally_wallet_tier_t:
+        uint64_t account_id_lo
+        uint64_t account_id_hi
+        uint32_t ledger
+        uint8_t tier
+        uint8_t reserved_a
+        uint16_t flags
+        uint8_t reserved[96]
+        uint64_t timestamp
+
+    ctypedef struct tally_tier_limits_t:
+        uint32_t ledger
+        uint8_t tier
+        uint8_t reserved_a
+        uint16_t flags
+        uint64_t payment_limit
+        uint64_t daily_limit
+        uint64_t yearly_limit
+        uint64_t balance_limit
+        uint8_t reserved[80]
+        uint64_t timestamp
+
+    ctypedef struct tally_wallet_limits_t:
+        uint64_t account_id_lo
+        uint64_t account_id_hi
+        uint32_t ledger
+        uint8_t tier
+        uint8_t reserved_a[3]
+        uint64_t payment_limit
+        uint64_t daily_limit
+        uint64_t yearly_limit
+        uint64_t balance_limit
+        uint32_t day
+        uint32_t year
+        uint64_t day_spent
+        uint64_t year_spent
+        uint64_t tier_set_at
+        uint8_t reserved[32]
+        uint64_t timestamp
+
     bint TALLY_LIKELY(bint)
     bint TALLY_UNLIKELY(bint)
     void TALLY_PREFETCH(const void *)
@@ -1274,4 +1351,13 @@ cpdef enum result_t:
     R_FX_PAYMENTS_LIMIT_REACHED = 138
     R_FX_PAYMENT_NOT_FOUND = 139
     R_PRODUCT_ACCOUNT = 140             # a product's own account (escrow, FX pool, coupon budget) may not pay or be paid here
-    R_COUNT = 141
+    # The wallet tiers' (docs/products.md "Wallet limits and real-name tiers (built)").
+    R_EXCEEDS_PAYMENT_LIMIT = 141   # one debit of a tiered wallet above its tier's per-payment limit
+    R_EXCEEDS_DAILY_LIMIT = 142     # its debits of the engine day (UTC) would pass the daily limit
+    R_EXCEEDS_YEARLY_LIMIT = 143    # its debits of the calendar year would pass the yearly limit
+    R_EXCEEDS_BALANCE_LIMIT = 144   # a credit would take what a tiered wallet holds above its limit
+    R_TIER_INVALID = 145            # set_wallet_tiers: above 3; set_tier_limits: not 1..3
+    R_ACCOUNT_NOT_FOUND = 146       # set_wallet_tiers: no such account
+    R_TIER_LIMITS_INVALID = 147     # set_tier_limits: per payment above daily, or daily above yearly
+    R_TIER_LEDGERS_LIMIT_REACHED = 148  # set_tier_limits: TIER_LEDGERS_MAX ledgers have their own already
+    R_COUNT = 149

@@ -42,6 +42,9 @@ COUPON_PAYMENT_DTYPE: np.dtype
 ENVELOPE_CLAIMED_DTYPE: np.dtype
 ENVELOPE_DTYPE: np.dtype
 CLAIM_DTYPE: np.dtype
+WALLET_TIER_DTYPE: np.dtype
+TIER_LIMITS_DTYPE: np.dtype
+WALLET_LIMITS_DTYPE: np.dtype
 U64_MAX: int
 def id_pairs(records: Any, field: str) -> np.ndarray: ...
 U128_MAX: int
@@ -188,6 +191,14 @@ class Result(enum.IntEnum):
     fx_payments_limit_reached = 138
     fx_payment_not_found = 139
     product_account = 140
+    exceeds_payment_limit = 141
+    exceeds_daily_limit = 142
+    exceeds_yearly_limit = 143
+    exceeds_balance_limit = 144
+    tier_invalid = 145
+    account_not_found = 146
+    tier_limits_invalid = 147
+    tier_ledgers_limit_reached = 148
 
 class OrderState(enum.IntEnum):
     NOTPAY = 1

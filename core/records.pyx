@@ -15,7 +15,8 @@ from core.records cimport (
     TRANSFER_RESERVED_SIZE, result_t, account_flag_t, transfer_flag_t, tally_order_create_t, tally_order_pay_t,
     tally_order_close_t, tally_order_t, tally_order_created_t, order_state_t, close_reason_t, tally_merchant_t,
     tally_refund_t, event_flag_t, tally_code_issue_t, tally_code_issued_t, tally_code_charge_t, tally_code_confirm_t,
-    tally_code_t, code_state_t, confirm_flag_t, order_kind_t, tally_limits_t,
+    tally_code_t, code_state_t, confirm_flag_t, order_kind_t, tally_limits_t, tally_wallet_tier_t, tally_tier_limits_t,
+    tally_wallet_limits_t,
 )
 
 _U64 = "<u8"
@@ -251,6 +252,25 @@ FX_QUOTE_DTYPE = np.dtype([
     ("result", _U32), ("rate_version", _U32), ("merchant_amount", _U64), ("payer_amount", _U64), ("rate_ppb", _U64),
 ])
 
+# The wallet tiers' records (docs/products.md "Wallet limits and real-name tiers (built)").
+#: ``set_wallet_tiers``' events: an account's tier (0 none, 1 unverified, 2 verified, 3 bank-card linked).
+WALLET_TIER_DTYPE = np.dtype([
+    ("account_id_lo", _U64), ("account_id_hi", _U64), ("ledger", _U32), ("tier", "u1"), ("reserved_a", "V1"),
+    ("flags", _U16), ("reserved", "V96"), ("timestamp", _U64),
+])
+#: ``set_tier_limits``' events: one tier's limits in one ledger (0: the defaults), minor units.
+TIER_LIMITS_DTYPE = np.dtype([
+    ("ledger", _U32), ("tier", "u1"), ("reserved_a", "V1"), ("flags", _U16), ("payment_limit", _U64),
+    ("daily_limit", _U64), ("yearly_limit", _U64), ("balance_limit", _U64), ("reserved", "V80"), ("timestamp", _U64),
+])
+#: ``lookup_wallet_limits``' records: an account's tier, its limits in force and what it spent.
+WALLET_LIMITS_DTYPE = np.dtype([
+    ("account_id_lo", _U64), ("account_id_hi", _U64), ("ledger", _U32), ("tier", "u1"), ("reserved_a", "V3"),
+    ("payment_limit", _U64), ("daily_limit", _U64), ("yearly_limit", _U64), ("balance_limit", _U64),
+    ("day", _U32), ("year", _U32), ("day_spent", _U64), ("year_spent", _U64), ("tier_set_at", _U64),
+    ("reserved", "V32"), ("timestamp", _U64),
+])
+
 #: A merchant's terms: ``set_merchants``' events and ``lookup_merchants``' records.
 MERCHANT_DTYPE = np.dtype([
     ("merchant_id_lo", _U64), ("merchant_id_hi", _U64),
@@ -338,7 +358,31 @@ def _check_layout():
     cdef tally_fx_refund_t fx_refund
     cdef tally_member_t member
     cdef tally_coupon_payment_t coupon_payment
+    cdef tally_wallet_tier_t wallet_tier
+    cdef tally_tier_limits_t tier_limits
+    cdef tally_wallet_limits_t wallet_limits
     c_offsets = {
+        WALLET_TIER_DTYPE: {
+            "ledger": <size_t> (<char *> &wallet_tier.ledger - <char *> &wallet_tier),
+            "tier": <size_t> (<char *> &wallet_tier.tier - <char *> &wallet_tier),
+            "flags": <size_t> (<char *> &wallet_tier.flags - <char *> &wallet_tier),
+            "timestamp": <size_t> (<char *> &wallet_tier.timestamp - <char *> &wallet_tier),
+        },
+        TIER_LIMITS_DTYPE: {
+            "tier": <size_t> (<char *> &tier_limits.tier - <char *> &tier_limits),
+            "flags": <size_t> (<char *> &tier_limits.flags - <char *> &tier_limits),
+            "payment_limit": <size_t> (<char *> &tier_limits.payment_limit - <char *> &tier_limits),
+            "balance_limit": <size_t> (<char *> &tier_limits.balance_limit - <char *> &tier_limits),
+            "timestamp": <size_t> (<char *> &tier_limits.timestamp - <char *> &tier_limits),
+        },
+        WALLET_LIMITS_DTYPE: {
+            "tier": <size_t> (<char *> &wallet_limits.tier - <char *> &wallet_limits),
+            "payment_limit": <size_t> (<char *> &wallet_limits.payment_limit - <char *> &wallet_limits),
+            "day": <size_t> (<char *> &wallet_limits.day - <char *> &wallet_limits),
+            "day_spent": <size_t> (<char *> &wallet_limits.day_spent - <char *> &wallet_limits),
+            "tier_set_at": <size_t> (<char *> &wallet_limits.tier_set_at - <char *> &wallet_limits),
+            "timestamp": <size_t> (<char *> &wallet_limits.timestamp - <char *> &wallet_limits),
+        },
         ACCOUNT_DTYPE: {
             "id_lo": <size_t> (<char *> &account.id_lo - <char *> &account),
             "debits_pending": <size_t> (<char *> &account.debits_pending - <char *> &account),
@@ -562,7 +606,9 @@ def _check_layout():
              HOLDING_DTYPE: (sizeof(holding), 128), FX_RATE_DTYPE: (sizeof(fx_rate), 128),
              FX_PAY_DTYPE: (sizeof(fx_pay), 128), FX_PAYMENT_DTYPE: (sizeof(fx_payment), 128),
              FX_REFUND_DTYPE: (sizeof(fx_refund), 128), MEMBER_DTYPE: (sizeof(member), 128),
-             COUPON_PAYMENT_DTYPE: (sizeof(coupon_payment), 128)}
+             COUPON_PAYMENT_DTYPE: (sizeof(coupon_payment), 128),
+             WALLET_TIER_DTYPE: (sizeof(wallet_tier), 128), TIER_LIMITS_DTYPE: (sizeof(tier_limits), 128),
+             WALLET_LIMITS_DTYPE: (sizeof(wallet_limits), 128)}
     for dtype, offsets in c_offsets.items():
         c_size, documented = sizes[dtype]
         if not (c_size == documented == dtype.itemsize):

@@ -68,6 +68,7 @@ from core import orders as orders_module
 from core import refunds as refunds_module
 from core import settlement as settlement_module
 from core import table as table_module
+from core import tiers as tiers_module
 from core.archive import ArchiveError, LogArchive
 from core.cold import ColdTier, ColdVersions
 from core.filter import IdFilter
@@ -133,7 +134,7 @@ CHECKPOINT_ARRAYS = checkpoint.registry(ledger_module.CHECKPOINT_ARRAYS, cold_mo
                                         merchants_module.CHECKPOINT_ARRAYS, refunds_module.CHECKPOINT_ARRAYS,
                                         settlement_module.CHECKPOINT_ARRAYS, codes_module.CHECKPOINT_ARRAYS,
                                         envelopes_module.CHECKPOINT_ARRAYS, coupons_module.CHECKPOINT_ARRAYS,
-                                        fx_module.CHECKPOINT_ARRAYS,
+                                        fx_module.CHECKPOINT_ARRAYS, tiers_module.CHECKPOINT_ARRAYS,
                                         {"product_filter": checkpoint.REGIONS})
 #: The product tables' filter of the ids in their cold side (one for all: their ids are digests
 #: with a domain each, docs/products.md): 50 M ids at 10 bits each, lazily mapped.
@@ -894,6 +895,23 @@ class Store:
     def product_capacities(self) -> dict[str, int]:
         """The product tables' capacities (a replay's target takes its source's)."""
         return _product_capacities(self._meta)
+
+    def set_wallet_tiers(self, batch, now_ns: int | None = None) -> np.ndarray:
+        """Set wallets' tiers durably (docs/products.md "Wallet limits and real-name tiers
+        (built)"); one Result per event."""
+        return self.submit(Operation.set_wallet_tiers, batch, now_ns).result()
+
+    def set_tier_limits(self, batch, now_ns: int | None = None) -> np.ndarray:
+        """Set tiers' limits (per ledger, or the defaults) durably; one Result per event."""
+        return self.submit(Operation.set_tier_limits, batch, now_ns).result()
+
+    def lookup_wallet_limits(self, ids, *, wait_for_commits: bool = True):
+        """Accounts' tiers, limits in force and what their current day and year hold
+        (WALLET_LIMITS_DTYPE), in order, unknown ids left out; after every submitted batch is
+        committed (``wait_for_commits``: see ``lookup_transfers``)."""
+        if wait_for_commits:
+            self._drain()
+        return self.machine.lookup_wallet_limits(ids)
 
     def lookup_refunds(self, ids, *, wait_for_commits: bool = True):
         """Refunds by id, in order, missing ones left out; after every submitted batch is

@@ -290,6 +290,36 @@ class Client:
         """The rates of these pairs (``core.order_keys.rate_pair_id``) that are set."""
         return await self._lookup(Operation.lookup_rates, ids)
 
+    async def set_wallet_tiers(self, batch: np.ndarray) -> np.ndarray:
+        """Give wallets their tiers (``core.WALLET_TIER_DTYPE``: account, ledger, tier 0-3; an
+        admin's operation, docs/products.md "Wallet limits and real-name tiers (built)"); one
+        u32 Result per event::
+
+            tiers = core.records_from_dicts([{"account_id": 42, "ledger": 156, "tier": 2}], core.WALLET_TIER_DTYPE)
+            await client.set_wallet_tiers(tiers)          # [ok]; again: [exists]
+        """
+        return await self._create(Operation.set_wallet_tiers, batch)
+
+    async def set_tier_limits(self, batch: np.ndarray) -> np.ndarray:
+        """Set tiers' limits per ledger (ledger 0: the defaults) in minor units
+        (``core.TIER_LIMITS_DTYPE``; an admin's operation); one u32 Result per event::
+
+            jpy = core.records_from_dicts([{"ledger": 392, "tier": 1, "payment_limit": 10_000,
+                                            "daily_limit": 20_000, "yearly_limit": 20_000,
+                                            "balance_limit": 20_000}], core.TIER_LIMITS_DTYPE)
+            await client.set_tier_limits(jpy)             # [ok]
+        """
+        return await self._create(Operation.set_tier_limits, batch)
+
+    async def lookup_wallet_limits(self, ids) -> np.ndarray:
+        """Wallets' tiers, their limits in force and what their current engine day and calendar
+        year hold (``core.WALLET_LIMITS_DTYPE``), unknown ids left out::
+
+            row = (await client.lookup_wallet_limits([42]))[0]
+            left_today = row["daily_limit"] - row["day_spent"]
+        """
+        return await self._lookup(Operation.lookup_wallet_limits, ids)
+
     async def list_merchants(self, offset: int = 0, limit: int = core.BATCH_EVENTS_MAX) -> np.ndarray:
         """Merchants' terms (``core.MERCHANT_DTYPE``) in the order they were first set."""
         reply = await self.request(Operation.list_merchants, FILTER_ENCODER.encode(MerchantsPage(offset, limit)))
@@ -658,6 +688,15 @@ class BlockingClient:
 
     def lookup_rates(self, ids):
         return self._call(self._client.lookup_rates(ids))
+
+    def set_wallet_tiers(self, batch):
+        return self._call(self._client.set_wallet_tiers(batch))
+
+    def set_tier_limits(self, batch):
+        return self._call(self._client.set_tier_limits(batch))
+
+    def lookup_wallet_limits(self, ids):
+        return self._call(self._client.lookup_wallet_limits(ids))
 
     def list_merchants(self, offset=0, limit=core.BATCH_EVENTS_MAX):
         return self._call(self._client.list_merchants(offset, limit))

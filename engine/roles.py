@@ -4,8 +4,8 @@
 * ``wallet``: a wallet service: accounts, transfers between them, paying orders, issuing
   payment codes and confirming (or declining) their held charges, sending and claiming red
   envelopes, receiving coupons (a scan) and paying with them, and reading them (lookups, an
-  account's transfers, codes, packets, claims, stocks, coupons), paying across currencies at a
-  quoted rate.
+  account's transfers, codes, packets, claims, stocks, coupons, a wallet's tier and limits),
+  paying across currencies at a quoted rate.
 * ``merchant``: a merchant gateway bound to ``merchants`` (merchant account ids): creates, closes
   and refunds orders, charges payment codes (and revokes a held charge by closing its order),
   creates coupon stocks and grants their coupons, refunds cross-border payments,
@@ -40,6 +40,7 @@ _WALLET = frozenset({
     Operation.claim_envelopes, Operation.lookup_envelopes, Operation.lookup_envelope_claims, Operation.grant_coupons,
     Operation.pay_with_coupon, Operation.lookup_stocks, Operation.lookup_coupons, Operation.pay_cross_border,
     Operation.quote_cross_border, Operation.lookup_fx_payments, Operation.lookup_fx_refunds, Operation.lookup_rates,
+    Operation.lookup_wallet_limits,
     Operation.ping,
 })
 _MERCHANT = frozenset({

@@ -21,11 +21,18 @@ Red envelopes (``send_envelopes``, ``claim_envelopes``, ``lookup_envelopes``,
 follow docs/products.md "Red envelopes": a packet and a claim are dicts, the legs go through
 ``_transfer``, a claim's share is drawn here with hmac, and the refund of expired packets is made
 at every batch's start with the batch's first timestamps (``_refund_due``).
+
+Wallet tiers (``set_wallet_tiers``, ``set_tier_limits``, ``lookup_wallet_limits``; every
+transfer and leg debiting a tiered wallet checked against its per-payment, daily and yearly
+limits, every credit to one against its balance limit, holds counted at creation and given back
+on void, expiry or a smaller post) follow docs/products.md "Wallet limits and real-name tiers
+(built)": windows are dicts, the calendar year comes from ``datetime``.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime
 import enum
 import hashlib
 import hmac
@@ -140,6 +147,7 @@ envelope_total_out_of_range envelope_count_out_of_range escrow_invalid envelopes
 envelope_empty envelope_expired claims_limit_reached claimer_not_found
 stock_count_out_of_range min_spend_below_face face_value_out_of_range budget_account_invalid stocks_limit_reached channel_invalid stock_not_found user_not_found stock_ended stock_exhausted per_user_limit_reached coupons_limit_reached coupon_not_found coupon_mismatch coupon_redeemed coupon_expired below_min_spend
 rate_invalid pool_invalid rates_limit_reached rate_not_found rate_changed fx_payments_limit_reached fx_payment_not_found product_account
+exceeds_payment_limit exceeds_daily_limit exceeds_yearly_limit exceeds_balance_limit tier_invalid account_not_found tier_limits_invalid tier_ledgers_limit_reached
 """.split())])
 #: A product's own accounts (escrow, FX pool, coupon budget): they may not send or claim.
 PRODUCT_ACCOUNT_CODES = (4, 6, 7)
@@ -151,6 +159,16 @@ EXPIRIES_PER_BATCH_MAX = 8190
 
 #: Transfer ids with these top 16 bits are the products' legs': a client's may not use them.
 LEG_ID_TAG = 0xFFFE
+
+# Wallet tiers (docs/products.md "Wallet limits and real-name tiers (built)").
+OP_SET_WALLET_TIERS, OP_SET_TIER_LIMITS = 7, 9
+WALLET_TIER_FIELDS = ("account_id", "ledger", "tier", "reserved_a", "flags", "reserved", "timestamp")
+TIER_LIMITS_FIELDS = ("ledger", "tier", "reserved_a", "flags", "payment_limit", "daily_limit", "yearly_limit",
+                      "balance_limit", "reserved", "timestamp")
+#: The defaults (ledger 0), minor units: per payment, daily, yearly, balance.
+TIER_LIMITS_DEFAULT = {1: (50_000, 100_000, 100_000, 100_000), 2: (500_000, 1_000_000, 10_000_000, 10_000_000),
+                       3: (5_000_000, 10_000_000, 20_000_000, 100_000_000)}
+TIER_RULES_OWN_MAX = 32 * 3    # (ledger, tier) pairs with limits of their own
 
 
 class ModelLedger:
@@ -183,7 +201,20 @@ class ModelLedger:
         self.envelopes_pinned_max = envelopes_max - min(BATCH_EVENTS_MAX, envelopes_max // 2)
         self.envelopes_open_max = self.envelopes_pinned_max
         self.envelope_total_max = ENVELOPE_TOTAL_MAX_DEFAULT
+        self.tiers: dict[int, int] = {}                # account id -> tier (absent: 0)
+        self.windows: dict[int, dict] = {}             # account id -> day, day_spent, year, year_spent, tier_set_at
+        self.counted: set[int] = set()                 # pending transfers counted in their wallet's windows
+        self.tier_rules: dict[tuple, tuple] = {(0, t): v for t, v in TIER_LIMITS_DEFAULT.items()}
         self.last = 0
+
+    def _save(self):
+        """What a failed chain restores (a deep copy)."""
+        return copy.deepcopy((self.accounts_by_id, self.transfers_by_id, self.state, self.activity, self.windows,
+                              self.counted))
+
+    def _restore(self, saved):
+        (self.accounts_by_id, self.transfers_by_id, self.state, self.activity, self.windows,
+         self.counted) = saved
 
     # -- batches
 
@@ -208,6 +239,7 @@ class ModelLedger:
                 self.state[tid] = "expired"
                 self.accounts_by_id[t["debit_account_id"]]["debits_pending"] -= t["amount"]
                 self.accounts_by_id[t["credit_account_id"]]["credits_pending"] -= t["amount"]
+                self._give_back(t, t["amount"])
         self._refund_due(due, first)
         return base
 
@@ -223,7 +255,7 @@ class ModelLedger:
             if last == i and not events[i]["flags"] & linked_flag:
                 results[i] = one(events[i], base + i)
             else:
-                saved = copy.deepcopy((self.accounts_by_id, self.transfers_by_id, self.state, self.activity))
+                saved = self._save()
                 for k in range(i, last + 1):
                     if k == len(events) - 1 and events[k]["flags"] & linked_flag:
                         r = R.linked_event_chain_open
@@ -231,7 +263,7 @@ class ModelLedger:
                         r = one(events[k], base + k)
                     results[k] = r
                     if r != R.ok:
-                        self.accounts_by_id, self.transfers_by_id, self.state, self.activity = saved
+                        self._restore(saved)
                         for j in range(i, last + 1):
                             if j != k:
                                 results[j] = R.linked_event_failed
@@ -376,11 +408,17 @@ class ModelLedger:
             return R.exceeds_debits
         if len(self.transfers_by_id) >= self.transfers_max:
             return R.transfers_limit_reached
+        r, count = self._tier_check(dr, cr, amount, ts)
+        if r != R.ok:
+            return r
+        count()
         dr["debits_" + kind] += amount
         cr["credits_" + kind] += amount
         self.transfers_by_id[e["id"]] = dict(e, amount=amount, timestamp=ts)
         if f & T_PENDING:
             self.state[e["id"]] = "pending"
+            if self.tiers.get(dr["id"]):
+                self.counted.add(e["id"])
             self._activity(dr["id"], cr["id"], ts, None)
         else:
             self._activity(dr["id"], cr["id"], ts, e["code"])
@@ -448,11 +486,133 @@ class ModelLedger:
             dr["debits_posted"] += amount
             cr["credits_posted"] += amount
         self.state[p["id"]] = "posted" if post else "voided"
+        self._give_back(p, p["amount"] - amount if post else p["amount"])
         self.transfers_by_id[e["id"]] = dict(e, debit_account_id=p["debit_account_id"],
                                              credit_account_id=p["credit_account_id"], ledger=p["ledger"],
                                              code=p["code"], amount=amount, timestamp=ts)
         self._activity(dr["id"], cr["id"], ts, p["code"] if post else None)
         return R.ok
+
+    # -- wallet tiers (docs/products.md "Wallet limits and real-name tiers (built)")
+
+    def _rule(self, ledger, tier):
+        return self.tier_rules.get((ledger, tier)) or self.tier_rules[(0, tier)]
+
+    def _tier_check(self, dr, cr, amount, ts):
+        """(result, count): the tiered wallets' limits, last of a transfer's checks; ``count()``
+        adds the debit to the debited wallet's windows once the transfer is made."""
+        tier = self.tiers.get(dr["id"], 0)
+        count = lambda: None  # noqa: E731
+        if tier:
+            payment, daily, yearly, _ = self._rule(dr["ledger"], tier)
+            if amount > payment:
+                return R.exceeds_payment_limit, count
+            w = self.windows.setdefault(dr["id"], _window())
+            day, year = ts // DAY_NS, year_of_day(ts // DAY_NS)
+            day_spent = w["day_spent"] if w["year"] and w["day"] == day else 0
+            year_spent = w["year_spent"] if w["year"] == year else 0
+            if day_spent + amount > daily:
+                return R.exceeds_daily_limit, count
+            if year_spent + amount > yearly:
+                return R.exceeds_yearly_limit, count
+
+            def count():
+                w.update(day=day, day_spent=day_spent + amount, year=year, year_spent=year_spent + amount)
+        tier = self.tiers.get(cr["id"], 0)
+        if tier and max(0, cr["credits_posted"] + cr["credits_pending"] + amount - cr["debits_posted"]) > \
+                self._rule(cr["ledger"], tier)[3]:
+            return R.exceeds_balance_limit, count
+        return R.ok, count
+
+    def _give_back(self, p, amount):
+        """A counted hold voided, expired or posted for less: ``amount`` leaves the windows it was
+        counted in while they are the wallet's current ones."""
+        if p["id"] not in self.counted:
+            return
+        self.counted.discard(p["id"])
+        w = self.windows[p["debit_account_id"]]
+        day = p["timestamp"] // DAY_NS
+        if w["year"] and w["day"] == day:
+            w["day_spent"] -= min(amount, w["day_spent"])
+        if w["year"] == year_of_day(day):
+            w["year_spent"] -= min(amount, w["year_spent"])
+
+    def set_wallet_tiers(self, events, now_ns):
+        return [int(r) for r in self._run_orders(events, now_ns, WALLET_TIER_FIELDS, self._set_wallet_tier)]
+
+    def set_tier_limits(self, events, now_ns):
+        return [int(r) for r in self._run_orders(events, now_ns, TIER_LIMITS_FIELDS, self._set_tier_limits)]
+
+    @staticmethod
+    def _tier_prologue(e):
+        """The first checks of set_wallet_tiers and set_tier_limits, in order (None: passed)."""
+        if e["timestamp"]:
+            return R.timestamp_must_be_zero
+        if e["reserved_a"] or e["reserved"]:
+            return R.reserved_field
+        if e["flags"]:
+            return R.reserved_flag
+        return None
+
+    def _set_wallet_tier(self, e, ts):
+        r = self._tier_prologue(e)
+        if r is not None:
+            return r
+        if e["account_id"] == 0:
+            return R.id_must_not_be_zero
+        if e["account_id"] == U128:
+            return R.id_must_not_be_int_max
+        if e["ledger"] == 0:
+            return R.ledger_must_not_be_zero
+        if e["tier"] > 3:
+            return R.tier_invalid
+        a = self.accounts_by_id.get(e["account_id"])
+        if a is None:
+            return R.account_not_found
+        if a["ledger"] != e["ledger"]:
+            return R.currency_mismatch
+        if self.tiers.get(a["id"], 0) == e["tier"]:
+            return R.exists
+        self.tiers[a["id"]] = e["tier"]
+        self.windows.setdefault(a["id"], _window())["tier_set_at"] = ts
+        return R.ok
+
+    def _set_tier_limits(self, e, ts):
+        r = self._tier_prologue(e)
+        if r is not None:
+            return r
+        if not 1 <= e["tier"] <= 3:
+            return R.tier_invalid
+        limits = (e["payment_limit"], e["daily_limit"], e["yearly_limit"], e["balance_limit"])
+        if limits[0] > limits[1] or limits[1] > limits[2]:
+            return R.tier_limits_invalid
+        key = (e["ledger"], e["tier"])
+        if self.tier_rules.get(key) == limits:
+            return R.exists
+        if key not in self.tier_rules and len(self.tier_rules) - 3 >= TIER_RULES_OWN_MAX:
+            return R.tier_ledgers_limit_reached
+        self.tier_rules[key] = limits
+        return R.ok
+
+    def lookup_wallet_limits(self, ids):
+        """WALLET_LIMITS records, as of the engine's last timestamp."""
+        day = self.last // DAY_NS
+        year = year_of_day(day)
+        out = []
+        for i in ids:
+            a = self.accounts_by_id.get(i)
+            if a is None:
+                continue
+            tier = self.tiers.get(i, 0)
+            w = self.windows.get(i, _window())
+            limits = self._rule(a["ledger"], tier) if tier else (0, 0, 0, 0)
+            out.append({"account_id": i, "ledger": a["ledger"], "tier": tier, "reserved_a": 0,
+                        "payment_limit": limits[0], "daily_limit": limits[1], "yearly_limit": limits[2],
+                        "balance_limit": limits[3], "day": day, "year": year,
+                        "day_spent": w["day_spent"] if w["year"] and w["day"] == day else 0,
+                        "year_spent": w["year_spent"] if w["year"] == year else 0,
+                        "tier_set_at": w["tier_set_at"], "reserved": 0, "timestamp": self.last})
+        return out
 
     def _activity(self, debit_id, credit_id, ts, settled_code):
         for account_id in (debit_id, credit_id):
@@ -473,7 +633,8 @@ class ModelLedger:
                OP_CREATE_ORDERS: self.create_orders, OP_PAY_ORDERS: self.pay_orders,
                OP_CLOSE_ORDERS: self.close_orders, OP_SET_MERCHANTS: self.set_merchants,
                OP_REFUND_ORDERS: self.refund_orders, OP_ISSUE_CODES: self.issue_codes,
-               OP_CHARGE_CODES: self.charge_codes, OP_CONFIRM_CHARGES: self.confirm_charges}[operation]
+               OP_CHARGE_CODES: self.charge_codes, OP_CONFIRM_CHARGES: self.confirm_charges,
+               OP_SET_WALLET_TIERS: self.set_wallet_tiers, OP_SET_TIER_LIMITS: self.set_tier_limits}[operation]
         return run(events, now_ns)
 
     def expire_orders(self, t):
@@ -612,11 +773,11 @@ class ModelLedger:
         """Legs ``j`` at ``ts + j``; the first failure undoes the ones before and is the result."""
         if len(legs) == 1:   # a failing transfer changes nothing: no copy to undo
             return self._transfer(legs[0], ts, is_leg=True)
-        saved = copy.deepcopy((self.accounts_by_id, self.transfers_by_id, self.state, self.activity))
+        saved = self._save()
         for j, leg in enumerate(legs):
             r = self._transfer(leg, ts + j, is_leg=True)
             if r != R.ok:
-                self.accounts_by_id, self.transfers_by_id, self.state, self.activity = saved
+                self._restore(saved)
                 return r
         return R.ok
 
@@ -1210,6 +1371,15 @@ def _keyed_checks(e, id_name, amount_name, number_name):
     if not out_trade_no_valid(e[number_name]):
         return R.out_trade_no_invalid
     return None
+
+
+def _window():
+    return {"day": 0, "day_spent": 0, "year": 0, "year_spent": 0, "tier_set_at": 0}
+
+
+def year_of_day(day):
+    """The calendar year (UTC) of an engine day (days since 1970-01-01)."""
+    return (datetime.date(1970, 1, 1) + datetime.timedelta(days=day)).year
 
 
 def _fill(event, fields):

@@ -22,7 +22,8 @@ def test_numbers_are_in_their_ranges_and_every_create_has_128_byte_events():
             assert spec.event_dtype.itemsize == constants.RECORD_SIZE_BYTES
             # One reply record per event, its u32 result first (create_orders' carries a token).
             assert spec.reply_dtype == np.dtype(np.uint32) or spec.reply_dtype.fields["result"] == (np.dtype("<u4"), 0)
-            assert spec.component in ("ledger", "orders", "merchants", "refunds", "settlement", "codes", "envelopes", "coupons", "fx", "limits")
+            assert spec.component in ("ledger", "orders", "merchants", "refunds", "settlement", "codes", "envelopes",
+                                      "coupons", "fx", "limits", "tiers")
         if spec.kind is Kind.lookup:
             assert spec.event_dtype.itemsize == 16 and spec.reply_dtype.itemsize == constants.RECORD_SIZE_BYTES
     assert set(OPERATIONS) == set(Operation)

@@ -342,8 +342,8 @@ def test_orders_over_the_protocol(tmp_path):
 def test_the_product_modules_examples_run():
     import doctest
 
-    from core import machine, merchants, order_keys, orders
-    for module in (machine, merchants, order_keys, orders):
+    from core import machine, merchants, order_keys, orders, tiers
+    for module in (machine, merchants, order_keys, orders, tiers):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
 

@@ -7,15 +7,25 @@ accounts, every transfer in the id pool, the activity features and the per-accou
 histories must be identical. Separately, per ledger, debits equal credits (posted and pending),
 no account breaks its balance limit, and a retried batch changes nothing.
 
+Wallet tiers (docs/products.md "Wallet limits and real-name tiers (built)") ride along: the
+setup gives two CNY wallets and the USD merchant tiers, ledger 156 small tier limits (so that
+the random amounts meet them), and the random steps set tiers and tier limits (valid and not),
+with clocks that jump to the last nanoseconds of a UTC day or a year; the wallets' windows
+(``lookup_wallet_limits``) must match the model's. On fixed tiers, no tiered wallet's day or
+year ever holds more than its limits, nor a debit more than its per-payment limit.
+
 The default runs fit CI; ``pytest -m slow`` runs many more examples.
 """
+
+import datetime
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import core
-from tests.model import ModelLedger, U64, U128
+from core.tiers import Tiers
+from tests.model import DAY_NS, ModelLedger, U64, U128
 
 ACCOUNT_IDS = list(range(1, 9))
 TRANSFER_IDS = list(range(1, 25))
@@ -24,6 +34,7 @@ ACCOUNTS_MAX = 7          # one less than the ids: accounts_limit_reached happen
 TRANSFERS_MAX = 23        # fewer than the setup plus the id pool: transfers_limit_reached happens
 START_NS = 1_700_000_000 * 10**9
 LOOKUP_IDS = TRANSFER_IDS + [0, U128, 99]  # reserved and unknown ids are never found
+LOOKUP_ACCOUNTS = ACCOUNT_IDS + [0, U128, 99]
 
 SETUP_ACCOUNTS = [
     {"id": 1, "ledger": 156, "code": 3},                  # funding cards: may go negative
@@ -38,6 +49,17 @@ SETUP_TRANSFERS = [  # fund the wallets, draw on the credit line (ids outside th
     {"id": 1002, "debit_account_id": 2, "credit_account_id": 4, "amount": 5_000, "ledger": 156, "code": 4},
     {"id": 1003, "debit_account_id": 5, "credit_account_id": 6, "amount": 3_000, "ledger": 840, "code": 8},
 ]
+# CNY's tiers 1 and 2 get limits the random amounts (1..1,000) reach; USD keeps the defaults.
+SETUP_TIER_LIMITS = [
+    {"ledger": 156, "tier": 1, "payment_limit": 600, "daily_limit": 900, "yearly_limit": 1_000, "balance_limit": 6_000},
+    {"ledger": 156, "tier": 2, "payment_limit": 900, "daily_limit": 1_000, "yearly_limit": 1_200, "balance_limit": 7_000},
+]
+SETUP_TIERS = [{"account_id": 3, "ledger": 156, "tier": 1}, {"account_id": 4, "ledger": 156, "tier": 2},
+               {"account_id": 6, "ledger": 840, "tier": 1}]
+SETUP = [("accounts", 0, SETUP_ACCOUNTS), ("transfers", 0, SETUP_TRANSFERS), ("tier_limits", 0, SETUP_TIER_LIMITS),
+         ("tiers", 0, SETUP_TIERS)]
+#: Clock steps to the last nanoseconds of the engine's UTC day, or of its year (handled by _timed).
+TO_DAY_END, TO_YEAR_END = "day_end", "year_end"
 
 def _mostly(usual, unusual, percent_unusual=5):
     """``usual`` values, and ``unusual`` ones in about ``percent_unusual``% of draws."""
@@ -72,7 +94,7 @@ def account_events(draw):
 
 
 TRANSFER_FLAG_SHAPES = [0, 0, 0, 1, 2, 2, 2, 2, 2, 3, 4, 4, 4, 5, 8, 8, 9, 16, 32, 48, 17, 18]
-LEDGER_GROUPS = {156: [1, 2, 3, 4, 7], 840: [5, 6, 8]}
+LEDGER_GROUPS = {156: [1, 2, 3, 3, 4, 4, 7], 840: [5, 6, 8]}  # the tiered wallets 3 and 4 twice
 
 
 @st.composite
@@ -109,40 +131,86 @@ def transfer_events(draw):
     return event
 
 
+@st.composite
+def tier_events(draw):
+    event = {"account_id": draw(account_ids), "ledger": draw(_mostly(st.sampled_from([156, 840]), ledgers)),
+             "tier": draw(_mostly(st.integers(0, 3), st.sampled_from([4, 255])))}
+    if draw(rare):
+        event[draw(st.sampled_from(["reserved_a", "reserved", "flags", "timestamp"]))] = 1
+    return event
+
+
+@st.composite
+def tier_limit_events(draw):
+    payment = draw(st.integers(0, 1_200))
+    daily = draw(_mostly(st.integers(payment, 3_000), st.integers(0, 3_000), 10))
+    yearly = draw(_mostly(st.integers(daily, 6_000), st.integers(0, 6_000), 10))
+    event = {"ledger": draw(st.sampled_from([156, 156, 840, 0, 978])), "tier": draw(_mostly(st.integers(1, 3), st.sampled_from([0, 4]))),
+             "payment_limit": payment, "daily_limit": daily, "yearly_limit": yearly,
+             "balance_limit": draw(st.sampled_from([0, 5_500, 8_000, 20_000, U64]))}
+    if draw(rare):
+        event[draw(st.sampled_from(["reserved_a", "reserved", "flags", "timestamp"]))] = 1
+    return event
+
+
 steps_kinds = st.one_of(
     st.tuples(st.just("accounts"), st.lists(account_events(), max_size=6)),
+    st.tuples(st.just("tiers"), st.lists(tier_events(), max_size=3)),
+    st.tuples(st.just("tier_limits"), st.lists(tier_limit_events(), max_size=2)),
     st.tuples(st.just("transfers"), st.lists(transfer_events(), max_size=10)),
     st.tuples(st.just("transfers"), st.lists(transfer_events(), max_size=10)),
     st.tuples(st.just("transfers"), st.lists(transfer_events(), max_size=10)),
 )
 time_steps_ns = st.one_of(st.just(0), st.just(1), st.integers(0, 3).map(lambda s: s * 10**9),
-                          st.sampled_from([-10**9, 10**9 + 3, 5 * 10**9]))
+                          st.sampled_from([-10**9, 10**9 + 3, 5 * 10**9]), st.sampled_from([TO_DAY_END, TO_YEAR_END]))
 batches = st.lists(st.tuples(time_steps_ns, steps_kinds).map(lambda t: (t[1][0], t[0], t[1][1])),
-                   min_size=1, max_size=12).map(
-    lambda steps: [("accounts", 0, SETUP_ACCOUNTS), ("transfers", 0, SETUP_TRANSFERS)] + steps)
+                   min_size=1, max_size=12).map(lambda steps: SETUP + steps)
+#: The same without tier changes: the tiers and their limits stay the setup's.
+fixed_tier_batches = batches.map(lambda steps: SETUP + [s for s in steps[len(SETUP):] if s[0] in ("accounts", "transfers")])
 
 
 def _timed(steps):
     """The steps with their engine time: (kind, now_ns, events)."""
     now = START_NS
     for kind, step_ns, events in steps:
-        now += step_ns
+        if step_ns == TO_DAY_END:      # a batch's events straddle midnight
+            now = (now // DAY_NS + 1) * DAY_NS - 2
+        elif step_ns == TO_YEAR_END:   # ...and New Year's Eve's
+            year = datetime.datetime.fromtimestamp(now // 10**9, datetime.timezone.utc).year
+            now = int(datetime.datetime(year + 1, 1, 1, tzinfo=datetime.timezone.utc).timestamp()) * 10**9 - 2
+        else:
+            now += step_ns
         yield kind, now, events
 
 
-def _submit(ledger, kind, events, now_ns):
-    """Apply one batch of event dicts to a core ledger; returns the result codes as a list."""
+class Core:
+    """A bare ledger and the tiers over it (set_wallet_tiers and set_tier_limits are theirs)."""
+
+    def __init__(self):
+        self.ledger = core.Ledger(accounts_max=ACCOUNTS_MAX, transfers_hot_max=TRANSFERS_MAX)
+        self.tiers = Tiers(self.ledger)
+
+
+def _submit(machine, kind, events, now_ns):
+    """Apply one batch of event dicts to the core; returns the result codes as a list."""
     if kind == "accounts":
-        return ledger.create_accounts(core.accounts_from_dicts(events), now_ns).tolist()
-    return ledger.create_transfers(core.transfers_from_dicts(events), now_ns).tolist()
+        return machine.ledger.create_accounts(core.accounts_from_dicts(events), now_ns).tolist()
+    if kind == "tiers":
+        return machine.tiers.apply(7, core.records_from_dicts(events, core.WALLET_TIER_DTYPE), now_ns).tolist()
+    if kind == "tier_limits":
+        return machine.tiers.apply(9, core.records_from_dicts(events, core.TIER_LIMITS_DTYPE), now_ns).tolist()
+    return machine.ledger.create_transfers(core.transfers_from_dicts(events), now_ns).tolist()
 
 
-def _apply(core_ledger, model, kind, now_ns, events):
-    want = model.create_accounts(events, now_ns) if kind == "accounts" else model.create_transfers(events, now_ns)
-    return _submit(core_ledger, kind, events, now_ns), want
+def _apply(machine, model, kind, now_ns, events):
+    want = {"accounts": model.create_accounts, "transfers": model.create_transfers,
+            "tiers": model.set_wallet_tiers, "tier_limits": model.set_tier_limits}[kind](events, now_ns)
+    return _submit(machine, kind, events, now_ns), want
 
 
-def _assert_same_state(core_ledger, model):
+def _assert_same_state(machine, model):
+    core_ledger = machine.ledger
+    assert core.to_dicts(machine.tiers.lookup_wallet_limits(LOOKUP_ACCOUNTS)) == model.lookup_wallet_limits(LOOKUP_ACCOUNTS)
     assert core.to_dicts(core_ledger.accounts()) == model.accounts()
     assert core.to_dicts(core_ledger.lookup_transfers(LOOKUP_IDS)) == model.lookup_transfers(LOOKUP_IDS)
     assert core.to_dicts(core_ledger.lookup_accounts(LOOKUP_IDS)) == model.lookup_accounts(LOOKUP_IDS)
@@ -159,13 +227,13 @@ def _assert_same_state(core_ledger, model):
 
 
 def _run_against_model(steps):
-    core_ledger = core.Ledger(accounts_max=ACCOUNTS_MAX, transfers_hot_max=TRANSFERS_MAX)
+    machine = Core()
     model = ModelLedger(ACCOUNTS_MAX, TRANSFERS_MAX)
     for kind, now, events in _timed(steps):
-        got, want = _apply(core_ledger, model, kind, now, events)
+        got, want = _apply(machine, model, kind, now, events)
         assert got == want, (kind, events)
-        assert core_ledger.last_timestamp == model.last
-        _assert_same_state(core_ledger, model)
+        assert machine.ledger.last_timestamp == model.last
+        _assert_same_state(machine, model)
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -195,22 +263,52 @@ def _check_invariants(ledger):
             assert a["credits_pending"] + a["credits_posted"] <= a["debits_posted"]
 
 
+def _check_tier_invariants(machine):
+    """No tiered wallet's windows hold more than its limits, no debit of one is above its
+    per-payment limit, none holds more than its balance limit (the tiers never change here, and
+    were set before any money moved but the setup's)."""
+    for row in core.to_dicts(machine.tiers.lookup_wallet_limits(ACCOUNT_IDS)):
+        if not row["tier"]:
+            continue
+        assert row["day_spent"] <= row["daily_limit"] and row["year_spent"] <= row["yearly_limit"], row
+        account = core.to_dicts(machine.ledger.lookup_accounts([row["account_id"]]))[0]
+        assert account["credits_posted"] + account["credits_pending"] - account["debits_posted"] <= row["balance_limit"]
+        debits = core.to_dicts(machine.ledger.get_account_transfers(row["account_id"], credits=False))
+        assert all(t["amount"] <= row["payment_limit"] for t in debits if t["timestamp"] > row["tier_set_at"])
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches)
 def test_money_is_conserved_and_limits_hold(steps):
-    ledger = core.Ledger(accounts_max=ACCOUNTS_MAX, transfers_hot_max=TRANSFERS_MAX)
+    machine = Core()
     for kind, now, events in _timed(steps):
-        _submit(ledger, kind, events, now)
-        _check_invariants(ledger)
+        _submit(machine, kind, events, now)
+        _check_invariants(machine.ledger)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fixed_tier_batches)
+def test_tiered_wallets_never_pass_their_limits(steps):
+    machine = Core()
+    for kind, now, events in _timed(steps):
+        _submit(machine, kind, events, now)
+        _check_invariants(machine.ledger)
+        _check_tier_invariants(machine)
+
+
+SET_KEYS = {"tiers": lambda e: e["account_id"], "tier_limits": lambda e: (e["ledger"], e["tier"])}
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches)
 def test_a_retried_request_changes_nothing(steps):
-    ledger = core.Ledger(accounts_max=ACCOUNTS_MAX, transfers_hot_max=TRANSFERS_MAX)
+    machine = Core()
+    ledger = machine.ledger
     for kind, now, events in _timed(steps):
-        first = _submit(ledger, kind, events, now)
+        first = _submit(machine, kind, events, now)
         acknowledged = [e for e, r in zip(events, first) if r == core.Result.ok]
+        if kind in SET_KEYS:  # a set's last event per key is in force: that one is the retry
+            acknowledged = list({SET_KEYS[kind](e): e for e in acknowledged}.values())
         if not acknowledged:
             continue
         # Let the engine's clock expire what is due first, so that only the retry is measured.
@@ -218,8 +316,12 @@ def test_a_retried_request_changes_nothing(steps):
         accounts = ledger.accounts()
         transfers = ledger.lookup_transfers(TRANSFER_IDS)
         features = ledger.features()
-        retry = _submit(ledger, kind, acknowledged, now)
+        # The windows as kept (a lookup answers as of the engine's clock, which the retry moves on).
+        windows = {name: array.copy() for name, array in machine.tiers.snapshot()[0].items()}
+        retry = _submit(machine, kind, acknowledged, now)
         assert core.Result.ok not in retry
+        for name, array in machine.tiers.snapshot()[0].items():
+            assert np.array_equal(array, windows[name]), name
         assert np.array_equal(ledger.accounts(), accounts)
         assert np.array_equal(ledger.lookup_transfers(TRANSFER_IDS), transfers)
         for key, value in ledger.features().items():

@@ -173,7 +173,8 @@ def test_every_array_a_checkpoint_writes_is_declared_by_its_owner(tmp_path):
                 **{f"{table}_{part}": checkpoint.RAW for table in ("stocks", "coupons", "holdings", "members", "coupon_payments")
                    for part in ("rows", "slots", "outbox")}, "stock_expiries": checkpoint.RAW,
                 **{f"{table}_{part}": checkpoint.RAW for table in ("fx_payments", "fx_refunds")
-                   for part in ("rows", "slots", "outbox")}, "fx_rates": checkpoint.RAW}
+                   for part in ("rows", "slots", "outbox")}, "fx_rates": checkpoint.RAW,
+                "wallet_windows": checkpoint.RAW, "tier_rules": checkpoint.RAW}
     assert CHECKPOINT_ARRAYS == declared
     path = str(tmp_path / "store")
     with core.open(path, accounts_max=64, transfers_hot_max=1024, cold_epoch_transfers=16, id_filter_bytes=4096) as store:

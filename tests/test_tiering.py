@@ -7,8 +7,8 @@ an id filter whose every bit is set (it answers "maybe" for every id): so most l
 retries, posts, voids and history pages go to LMDB through the prefetch. The store is closed and
 reopened at a random point (recovery from a checkpoint plus the log, the ring's tail restored,
 the rest cold), and after every batch the results, accounts, features, lookups and every
-account's history pages must equal the model's. The state hash must survive the reopen and
-equal ``tally replay-log``'s.
+account's history pages must equal the model's (the tiered wallets' windows too: the batches
+set tiers and tier limits). The state hash must survive the reopen and equal ``tally replay-log``'s.
 """
 
 import os
@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import core
 from core import replay_log
 from tests.model import ModelLedger
-from tests.test_properties import ACCOUNTS_MAX, ACCOUNT_IDS, TRANSFER_IDS, LOOKUP_IDS, U128, _timed, batches
+from tests.test_properties import ACCOUNTS_MAX, ACCOUNT_IDS, LOOKUP_ACCOUNTS, LOOKUP_IDS, TRANSFER_IDS, U128, _timed, batches
 
 TINY = dict(transfers_hot_max=11, cold_epoch_transfers=1, id_filter_bytes=64, pending_max=256,
             checkpoint_interval_batches=3)
@@ -48,12 +48,17 @@ class _Tiered:
     def apply(self, kind, events, now_ns):
         if kind == "accounts":
             return self.store.create_accounts(core.accounts_from_dicts(events), now_ns).tolist()
+        if kind == "tiers":
+            return self.store.set_wallet_tiers(core.records_from_dicts(events, core.WALLET_TIER_DTYPE), now_ns).tolist()
+        if kind == "tier_limits":
+            return self.store.set_tier_limits(core.records_from_dicts(events, core.TIER_LIMITS_DTYPE), now_ns).tolist()
         return self.store.create_transfers(core.transfers_from_dicts(events), now_ns).tolist()
 
 
 def _assert_same_state(tiered: _Tiered, model: ModelLedger):
     store = tiered.store
     assert core.to_dicts(store.ledger.accounts()) == model.accounts()
+    assert core.to_dicts(store.lookup_wallet_limits(LOOKUP_ACCOUNTS)) == model.lookup_wallet_limits(LOOKUP_ACCOUNTS)
     assert core.to_dicts(store.lookup_transfers(LOOKUP_IDS)) == model.lookup_transfers(LOOKUP_IDS)
     features = store.ledger.features()
     for key, expected in model.features_by_index().items():
@@ -84,7 +89,8 @@ def _run(steps, reopen_at, tmp_path_factory):
                 before = tiered.store.state_hash()
                 tiered.reopen()
                 assert tiered.store.state_hash() == before
-            want = model.create_accounts(events, now) if kind == "accounts" else model.create_transfers(events, now)
+            want = {"accounts": model.create_accounts, "transfers": model.create_transfers,
+                    "tiers": model.set_wallet_tiers, "tier_limits": model.set_tier_limits}[kind](events, now)
             assert tiered.apply(kind, events, now) == want, (kind, events)
             assert tiered.store.ledger.last_timestamp == model.last
             _assert_same_state(tiered, model)
