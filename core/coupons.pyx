@@ -393,7 +393,7 @@ cdef class Coupons(Product):
             return R_USER_NOT_FOUND
         if self.ledger.hot[user].ledger != s.ledger:
             return R_CURRENCY_MISMATCH
-        if s.state != STOCK_ACTIVE or s.ends_at <= ts:
+        if s.ends_at <= ts:  # by the clock (a stock every coupon of which was redeemed is exhausted)
             return R_STOCK_ENDED
         if <uint64_t> s.issued_scan + s.issued_api + s.issued_pay_and_get >= s.total_count:
             return R_STOCK_EXHAUSTED
