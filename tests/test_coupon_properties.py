@@ -30,7 +30,6 @@ stocks have not paid out or returned). Separately: a retried batch changes nothi
 edges; the places where the core departs from the document, each an xfail(strict) test.
 """
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -38,7 +37,10 @@ import core
 import core.machine
 from tests.model import (COUPON_AVAILABLE, COUPON_REDEEMED, LEGS_MAX, STOCK_ACTIVE, STOCK_ENDED, U128, ModelLedger, R,
                          coupon_id, coupon_payment_id, envelope_id, holding_id, leg_id, stock_id)
-from tests.test_order_properties import _apply, _dicts
+from tests.product_properties import (applied, assert_retries_change_nothing, assert_same_ledger, balances, exists_again,
+                                      expect, keyed_faults, ledger_state, model_run, mostly as _mostly, pulse_both, rare,
+                                      run_both, submit, timed)
+from tests.test_order_properties import _dicts
 
 NS = S = 1_000_000_000
 DAY = 86_400 * S
@@ -48,8 +50,6 @@ assert len(SECRET) == 32
 
 # Operation numbers (docs/products.md; core/operations.py).
 CREATE_ACCOUNTS, CREATE_TRANSFERS, SET_LIMITS, SEND, CREATE_STOCKS, GRANT, PAY = 1, 2, 6, 116, 120, 121, 122
-NAMES = {CREATE_ACCOUNTS: "create_accounts", CREATE_TRANSFERS: "create_transfers", SET_LIMITS: "set_limits",
-         SEND: "send_envelopes", CREATE_STOCKS: "create_stocks", GRANT: "grant_coupons", PAY: "pay_with_coupon"}
 EVENT_DTYPES = {CREATE_STOCKS: core.records.STOCK_CREATE_DTYPE, GRANT: core.records.COUPON_GRANT_DTYPE,
                 PAY: core.records.COUPON_PAY_DTYPE, SET_LIMITS: core.records.LIMITS_DTYPE,
                 SEND: core.records.ENVELOPE_SEND_DTYPE}
@@ -131,11 +131,6 @@ ROOMY = (1024, 512, 512, 2048)
 
 # ---------------------------------------------------------------- strategies
 
-def _mostly(usual, unusual, percent_unusual=5):
-    return st.integers(0, 99).flatmap(lambda roll: unusual if roll < percent_unusual else usual)
-
-
-rare = st.integers(0, 99).map(lambda x: x < 4)
 hot_keys = _mostly(st.sampled_from([KEYS[0], KEYS[1], KEYS[2], KEYS[4], KEYS[6], KEYS[7], KEYS[11]]),
                    st.sampled_from(KEYS), 35)
 
@@ -175,13 +170,7 @@ def create_events(draw):
         event["out_stock_no"] = draw(_mostly(st.just(event["out_stock_no"]),
                                              st.sampled_from([b"", b"a b", b"\xff", b"x" * 32]), 40))
         event["id"] = stock_id(merchant, event["out_stock_no"])
-    if draw(rare):
-        event["id"] = draw(st.sampled_from([0, U128, event["id"] ^ 1]))
-    if draw(rare):
-        event["ledger"] = draw(st.sampled_from([0, USD if event["ledger"] == CNY else CNY]))
-    if draw(rare):
-        event[draw(st.sampled_from(["timestamp", "reserved", "flags"]))] = draw(st.sampled_from([1, FORBIDDEN]))
-    return event
+    return keyed_faults(draw, event, (CNY, USD))
 
 
 # Grants and payments name the state as it is when their batch runs (resolved against the model):
@@ -436,24 +425,8 @@ def _edge_time(model, kind, k, d):
 def _timed(steps, model, requests=None):
     """The steps as (operation, now_ns, events), resolved against the model as each batch runs."""
     requests = requests or Requests()
-    now, previous = START_NS, None
-    for operation, step, events in steps:
-        if isinstance(step, tuple):
-            at = _edge_time(model, *step[1:])
-            if at is not None:
-                now = max(now, at)
-        else:
-            now += step
-        if operation == "again":
-            if previous is None:
-                continue
-            operation, events = previous
-        elif operation == "burst":
-            operation, events = CREATE_STOCKS, _burst()
-        else:
-            events = [_resolve(model, requests, e, now) for e in events]
-        previous = operation, events
-        yield operation, now, events
+    return timed(steps, START_NS, lambda event, now: _resolve(model, requests, event, now),
+                 lambda *edge: _edge_time(model, *edge), lambda burst: (CREATE_STOCKS, _burst()))
 
 
 # ---------------------------------------------------------------- the core and the model
@@ -474,13 +447,10 @@ def _model(sizes=USUAL):
 
 
 def _submit(machine, operation, events, now_ns):
-    """One batch on the core: result names."""
-    reply = _apply(machine, operation, events, now_ns, EVENT_DTYPES.get)
-    return [core.Result(int(r)).name for r in np.asarray(reply).tolist()]
+    return submit(machine, operation, events, now_ns, EVENT_DTYPES)
 
 
-def _expect(model, operation, events, now_ns):
-    return [R(r).name for r in model.apply(operation, events, now_ns)]
+_expect = expect
 
 
 def _lookup(machine, what, ids):
@@ -502,9 +472,7 @@ def _holding_ids(model):
 
 
 def _assert_same_state(machine, model):
-    ledger = machine.ledger
-    assert ledger.last_timestamp == model.last   # the starts' timestamps, then 4 per event
-    assert core.to_dicts(ledger.accounts()) == model.accounts()
+    assert_same_ledger(machine, model, ACCOUNT_IDS[:16] + USERS[:4], TOP_UP_IDS)   # (the starts' timestamps too)
     coupons = machine.coupons
     assert coupons.stock_count == len(model.stocks_by_id)
     assert coupons.coupon_count == len(model.coupons_by_id)
@@ -516,32 +484,13 @@ def _assert_same_state(machine, model):
     assert _lookup(machine, "coupons", coupon_ids) == model.lookup_coupons(coupon_ids)
     assert _lookup(machine, "holdings", holding_ids) == model.lookup_holdings(holding_ids)
     assert _lookup(machine, "envelopes", list(model.envelopes_by_id)) == model.lookup_envelopes(model.envelopes_by_id)
-    assert ledger.transfer_count == len(model.transfers_by_id)
-    transfer_ids = list(dict.fromkeys(list(model.transfers_by_id) + TOP_UP_IDS + [0, U128]))
-    assert core.to_dicts(ledger.lookup_transfers(transfer_ids)) == model.lookup_transfers(transfer_ids)
-    for account_id in ACCOUNT_IDS[:16] + USERS[:4]:
-        assert core.to_dicts(ledger.get_account_transfers(account_id)) == model.get_account_transfers(account_id)
-    features, expected = ledger.features(), model.features_by_index()
-    for key in expected:
-        assert features[key].tolist() == expected[key], key
 
 
 def _check_invariants(machine, stock_ids, coupon_ids):
     """What holds of the core's state after any batch (``stock_ids``, ``coupon_ids``: every
     stock created and coupon granted): the money, the caps and the analytics recomputed."""
     ledger = machine.ledger
-    accounts = ledger.accounts()
-    for ledger_number in np.unique(accounts["ledger"]):
-        same = accounts[accounts["ledger"] == ledger_number]
-        assert sum(map(int, same["debits_posted"])) == sum(map(int, same["credits_posted"]))
-        assert sum(map(int, same["debits_pending"])) == sum(map(int, same["credits_pending"]))
-    balance = {}
-    for a in core.to_dicts(accounts):
-        if a["flags"] & 2:   # debits_must_not_exceed_credits
-            assert a["debits_pending"] + a["debits_posted"] <= a["credits_posted"], a
-        if a["flags"] & 4:   # credits_must_not_exceed_debits
-            assert a["credits_pending"] + a["credits_posted"] <= a["debits_posted"], a
-        balance[a["id"]] = a["credits_posted"] - a["debits_posted"]
+    balance = balances(ledger)
     stocks = {s["id"]: s for s in _lookup(machine, "stocks", stock_ids)}
     coupons = _lookup(machine, "coupons", coupon_ids)
     assert len(stocks) == len(stock_ids) and len(coupons) == len(coupon_ids)
@@ -619,18 +568,14 @@ def _check_invariants(machine, stock_ids, coupon_ids):
 
 def _run_against_model(steps, sizes=USUAL):
     machine, model = _machine(sizes), _model(sizes)
-    now = START_NS
-    for operation, now, events in _timed(SETUP + steps, model):
-        want = _expect(model, operation, events, now)
-        got = _submit(machine, operation, events, now)
-        assert got == want, (NAMES[operation], now, events)
+
+    def check(_):
         _assert_same_state(machine, model)
         _check_invariants(machine, list(model.stocks_by_id), list(model.coupons_by_id))
+
+    now = run_both(machine, model, _timed(SETUP + steps, model), _submit, _expect, check)
     # 367 days after the last creation every stock has ended: pulses end what is left (256 a batch start).
-    later = max(now, model.last) + 367 * DAY
-    for k in range(3):
-        _submit(machine, CREATE_TRANSFERS, [], later + k)
-        model.apply(CREATE_TRANSFERS, [], later + k)
+    pulse_both(machine, model, _submit, max(now, model.last) + 367 * DAY)
     _assert_same_state(machine, model)
     _check_invariants(machine, list(model.stocks_by_id), list(model.coupons_by_id))
     ring_full = model.transfers_max - len(model.transfers_by_id) < 1
@@ -757,12 +702,8 @@ def test_core_coupons_match_the_reference_model_on_the_edges(name):
 # ---------------------------------------------------------------- retries, on the core
 
 def _state(machine, model):
-    ledger = machine.ledger
-    transfer_ids = list(model.transfers_by_id) + TOP_UP_IDS
-    return (core.to_dicts(ledger.accounts()), _lookup(machine, "stocks", _stock_ids(model)),
-            _lookup(machine, "coupons", _coupon_ids(model)), _lookup(machine, "holdings", _holding_ids(model)),
-            ledger.transfer_count, core.to_dicts(ledger.lookup_transfers(transfer_ids)),
-            {k: v.tolist() for k, v in ledger.features().items()})
+    return (ledger_state(machine, list(model.transfers_by_id) + TOP_UP_IDS), _lookup(machine, "stocks", _stock_ids(model)),
+            _lookup(machine, "coupons", _coupon_ids(model)), _lookup(machine, "holdings", _holding_ids(model)))
 
 
 # The mixes without what a retry may not repeat: a burst past the stocks_open limit and the limits
@@ -774,34 +715,18 @@ retry_mixes = mixes.map(lambda steps: [s for s in steps if s[0] not in ("burst",
 @given(retry_mixes)
 def test_a_retried_batch_changes_nothing(steps):
     """Each batch again, once the clock's own changes by then are made (a pulse past the retry's
-    timestamps): what took answers ``exists``, and nothing changes."""
-    machine, model = _machine(), _model()
-    for operation, now, events in _timed(SETUP + steps, model):
-        model.apply(operation, events, now)
-        first = _submit(machine, operation, events, now)
-        if operation == CREATE_ACCOUNTS:
-            continue
-        for _ in range(2):   # (a pulse that ends stocks moves the clock on: again, past that)
-            after = machine.ledger.last_timestamp + LEGS_MAX * len(events) + 2
-            _submit(machine, CREATE_TRANSFERS, [], after)
-            model.apply(CREATE_TRANSFERS, [], after)
-        before = _state(machine, model)
-        retry = _submit(machine, operation, events, after)
-        model.apply(operation, events, after)
-        assert _state(machine, model) == before, (NAMES[operation], events, first, retry)
-        for event, was, now_is in zip(events, first, retry):
-            if was in ("ok", "exists") and operation != CREATE_TRANSFERS:
-                assert now_is == "exists", (event, was, now_is)
+    timestamps): stocks, grants and payments that took answer ``exists``, and nothing changes."""
+    model = _model()
+    assert_retries_change_nothing(_machine(), model, _timed(SETUP + steps, model), _submit, _state,
+                                  exists_again(CREATE_STOCKS, GRANT, PAY))
 
 
 # ---------------------------------------------------------------- the model's own coupon rules (no core needed)
 
 def _model_run(name):
     sizes, steps = _scenarios()[name]
-    model, out = _model(sizes), []
-    for operation, now, events in _timed(SETUP + steps, model):
-        out.append((max(now, model.last + 1), _expect(model, operation, events, now)))
-    return model, out
+    model = _model(sizes)
+    return model, model_run(model, _timed(SETUP + steps, model), _expect)
 
 
 def test_model_ids_follow_the_document():
@@ -880,10 +805,7 @@ def test_model_end_refused_keeps_the_rest_in_the_budget():
 # ---------------------------------------------------------------- where the core departs from the document
 
 def _setup_machine(sizes=USUAL):
-    machine, model = _machine(sizes), _model(sizes)
-    for operation, now, events in _timed(SETUP, model):
-        assert set(_submit(machine, operation, events, now)) == {"ok"}
-    return machine
+    return applied(_machine(sizes), _timed(SETUP, _model(sizes)), _submit)
 
 
 def _grant_now(machine, now, stock, user, request=1):

@@ -26,7 +26,6 @@ batch changes nothing; hand-made edges; the places where the core departs from t
 an xfail(strict) test.
 """
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -34,7 +33,9 @@ import core
 import core.machine
 from tests.model import (PPB, U64, U128, ModelLedger, R, fx_payer_amount, fx_payment_id, fx_refund_id, fx_refund_share,
                          leg_id)
-from tests.test_order_properties import _apply, _dicts
+from tests.product_properties import (applied, assert_retries_change_nothing, assert_same_ledger, balances, exists_again,
+                                      expect, ledger_state, model_run, mostly as _mostly, run_both, submit, timed)
+from tests.test_order_properties import _dicts
 
 S = 1_000_000_000
 START_NS = 1_700_000_000 * S
@@ -43,8 +44,6 @@ assert len(SECRET) == 32
 
 # Operation numbers (docs/products.md; core/operations.py).
 CREATE_ACCOUNTS, CREATE_TRANSFERS, SET_RATES, PAY, REFUND = 1, 2, 125, 126, 127
-NAMES = {CREATE_ACCOUNTS: "create_accounts", CREATE_TRANSFERS: "create_transfers", SET_RATES: "set_rates",
-         PAY: "pay_cross_border", REFUND: "refund_cross_border"}
 EVENT_DTYPES = {SET_RATES: core.records.FX_RATE_DTYPE, PAY: core.records.FX_PAY_DTYPE,
                 REFUND: core.records.FX_REFUND_DTYPE}
 CODE_FX = 10
@@ -109,11 +108,6 @@ USUAL, SMALL, TINY_RING = (256, 256, 2048), (3, 4, 2048), (64, 64, SETUP_TRANSFE
 
 # ---------------------------------------------------------------- strategies
 
-def _mostly(usual, unusual, percent_unusual=5):
-    return st.integers(0, 99).flatmap(lambda roll: unusual if roll < percent_unusual else usual)
-
-
-rare = st.integers(0, 99).map(lambda x: x < 4)
 pairs = _mostly(st.sampled_from(PAIRS[:2] + PAIRS), st.just((JPY, CNY)), 3)
 
 
@@ -309,17 +303,7 @@ def _resolve(model, quotes, event):
 def _timed(steps, model):
     """The steps as (operation, now_ns, events), resolved against the model as each batch runs."""
     quotes = Quotes()
-    now, previous = START_NS, None
-    for operation, step, events in steps:
-        now += step
-        if operation == "again":
-            if previous is None:
-                continue
-            operation, events = previous
-        else:
-            events = [_resolve(model, quotes, e) for e in events]
-        previous = operation, events
-        yield operation, now, events
+    return timed(steps, START_NS, lambda event, now: _resolve(model, quotes, event))
 
 
 # ---------------------------------------------------------------- the core and the model
@@ -340,12 +324,10 @@ def _model(sizes=USUAL):
 
 
 def _submit(machine, operation, events, now_ns):
-    reply = _apply(machine, operation, events, now_ns, EVENT_DTYPES.get)
-    return [core.Result(int(r)).name for r in np.asarray(reply).tolist()]
+    return submit(machine, operation, events, now_ns, EVENT_DTYPES)
 
 
-def _expect(model, operation, events, now_ns):
-    return [R(r).name for r in model.apply(operation, events, now_ns)]
+_expect = expect
 
 
 def _lookup(machine, what, ids):
@@ -362,9 +344,7 @@ def _assert_same_quotes(machine, model):
 
 
 def _assert_same_state(machine, model):
-    ledger = machine.ledger
-    assert ledger.last_timestamp == model.last
-    assert core.to_dicts(ledger.accounts()) == model.accounts()
+    assert_same_ledger(machine, model, POOLS + PAYERS + MERCHANTS)
     pair_ids = [a | b << 32 for a, b in PAIRS + [(JPY, CNY)]]
     assert _dicts(machine.lookup_rates(pair_ids)) == model.lookup_rates(PAIRS + [(JPY, CNY)])
     assert machine.fx.rate_count == len(model.rates)
@@ -374,14 +354,6 @@ def _assert_same_state(machine, model):
     assert _lookup(machine, "fx_payments", payment_ids) == model.lookup_fx_payments(payment_ids)
     refund_ids = list(model.fx_refunds_by_id) + [0, U128]
     assert _lookup(machine, "fx_refunds", refund_ids) == model.lookup_fx_refunds(refund_ids)
-    assert ledger.transfer_count == len(model.transfers_by_id)
-    transfer_ids = list(dict.fromkeys(list(model.transfers_by_id) + [0, U128]))
-    assert core.to_dicts(ledger.lookup_transfers(transfer_ids)) == model.lookup_transfers(transfer_ids)
-    for account_id in POOLS + PAYERS + MERCHANTS:
-        assert core.to_dicts(ledger.get_account_transfers(account_id)) == model.get_account_transfers(account_id)
-    features, expected = ledger.features(), model.features_by_index()
-    for key in expected:
-        assert features[key].tolist() == expected[key], key
     _assert_same_quotes(machine, model)
 
 
@@ -389,17 +361,7 @@ def _check_invariants(machine, payment_ids, refund_ids):
     """What holds of the core's state after any batch (``payment_ids``, ``refund_ids``: every
     payment and refund made)."""
     ledger = machine.ledger
-    accounts = ledger.accounts()
-    for ledger_number in np.unique(accounts["ledger"]):
-        same = accounts[accounts["ledger"] == ledger_number]
-        assert sum(map(int, same["debits_posted"])) == sum(map(int, same["credits_posted"]))
-    balance = {}
-    for a in core.to_dicts(accounts):
-        if a["flags"] & 2:
-            assert a["debits_pending"] + a["debits_posted"] <= a["credits_posted"], a
-        if a["flags"] & 4:
-            assert a["credits_pending"] + a["credits_posted"] <= a["debits_posted"], a
-        balance[a["id"]] = a["credits_posted"] - a["debits_posted"]
+    balance = balances(ledger)
     # Where each account started: the setup's transfers.
     expected = {a: 0 for a in ACCOUNT_IDS}
     for t in SETUP_TRANSFERS:
@@ -453,13 +415,13 @@ def _check_invariants(machine, payment_ids, refund_ids):
 
 def _run_against_model(steps, sizes=USUAL):
     machine, model = _machine(sizes), _model(sizes)
-    for k, (operation, now, events) in enumerate(_timed(SETUP + steps, model)):
-        want = _expect(model, operation, events, now)
-        got = _submit(machine, operation, events, now)
-        assert got == want, (NAMES[operation], now, events)
+
+    def check(index):
         _assert_same_state(machine, model)
-        if k >= len(SETUP):
+        if index >= len(SETUP):   # (the invariants count from the setup's balances)
             _check_invariants(machine, list(model.fx_payments_by_id), list(model.fx_refunds_by_id))
+
+    run_both(machine, model, _timed(SETUP + steps, model), _submit, _expect, check)
     return machine, model
 
 
@@ -578,14 +540,12 @@ def test_the_rate_table_holds_rates_max_pairs():
 # ---------------------------------------------------------------- retries, on the core
 
 def _state(machine, model):
-    ledger = machine.ledger
-    return (core.to_dicts(ledger.accounts()), _lookup(machine, "fx_payments", list(model.fx_payments_by_id)),
-            _lookup(machine, "fx_refunds", list(model.fx_refunds_by_id)), ledger.transfer_count,
-            core.to_dicts(ledger.lookup_transfers(list(model.transfers_by_id))),
-            {k: v.tolist() for k, v in ledger.features().items()})
+    return (ledger_state(machine, list(model.transfers_by_id)), _lookup(machine, "fx_payments", list(model.fx_payments_by_id)),
+            _lookup(machine, "fx_refunds", list(model.fx_refunds_by_id)))
 
 
-# Without set_rates: a rate set again is a new version (set_rates has no request id to find a retry by).
+# Set_rates but the first: a rate set again is a new version (set_rates has no request id to find a
+# retry by; the first batch's again moves every pair to version 2, before any quote).
 retry_mixes = mixes.map(lambda steps: steps[:1] + [s for s in steps[1:] if s[0] != SET_RATES])
 
 
@@ -593,29 +553,17 @@ retry_mixes = mixes.map(lambda steps: steps[:1] + [s for s in steps[1:] if s[0] 
 @given(retry_mixes)
 def test_a_retried_batch_changes_nothing(steps):
     """Each batch of payments and refunds again: what took answers ``exists``, nothing changes."""
-    machine, model = _machine(), _model()
-    for operation, now, events in _timed(SETUP + steps, model):
-        model.apply(operation, events, now)
-        first = _submit(machine, operation, events, now)
-        if operation in (CREATE_ACCOUNTS, SET_RATES):
-            continue
-        before = _state(machine, model)
-        retry = _submit(machine, operation, events, now + S)
-        model.apply(operation, events, now + S)
-        assert _state(machine, model) == before, (NAMES[operation], events, first, retry)
-        for event, was, now_is in zip(events, first, retry):
-            if was in ("ok", "exists") and operation != CREATE_TRANSFERS:
-                assert now_is == "exists", (event, was, now_is)
+    model = _model()
+    assert_retries_change_nothing(_machine(), model, _timed(SETUP + steps, model), _submit, _state,
+                                  exists_again(PAY, REFUND))
 
 
 # ---------------------------------------------------------------- the model's own rules (no core needed)
 
 def _model_run(name):
     sizes, steps = _scenarios()[name]
-    model, out = _model(sizes), []
-    for operation, now, events in _timed(SETUP + steps, model):
-        out.append(_expect(model, operation, events, now))
-    return model, out
+    model = _model(sizes)
+    return model, [results for _, results in model_run(model, _timed(SETUP + steps, model), _expect)]
 
 
 def test_model_ids_and_amounts_follow_the_document():
@@ -666,10 +614,7 @@ def test_model_refunds_returning_nothing_until_the_last():
 # ---------------------------------------------------------------- where the core departs from the document
 
 def _one_pair_machine(rate_ppb):
-    machine = _machine()
-    for operation, now, events in _timed(SETUP + [(SET_RATES, 0, [_rate(CU, rate_ppb)])], _model()):
-        assert set(_submit(machine, operation, events, now)) == {"ok"}
-    return machine
+    return applied(_machine(), _timed(SETUP + [(SET_RATES, 0, [_rate(CU, rate_ppb)])], _model()), _submit)
 
 
 @pytest.mark.xfail(strict=True, reason="UINT64_MAX is the core's overflow mark for ceil(b x 10^9 / rate): a payment "
@@ -707,8 +652,7 @@ def test_a_payments_refund_count_counts_its_refunds():
     65,537 refunds of one unit leave it at 1 (the amounts stay right)."""
     machine = core.machine.Machine(accounts_max=ACCOUNTS_MAX, transfers_hot_max=1 << 18, fx_refunds_max=1 << 17,
                                    secret=SECRET)
-    for operation, now, events in _timed(SETUP + [(SET_RATES, 0, [_rate(CU, PPB)])], _model()):
-        assert set(_submit(machine, operation, events, now)) == {"ok"}
+    applied(machine, _timed(SETUP + [(SET_RATES, 0, [_rate(CU, PPB)])], _model()), _submit)
     n = 65_537
     row = {"payer_id": PAYER_CNY, "merchant_id": MERCHANT_USD, "request_id": 1, "merchant_amount": n,
            "payer_amount": n, "rate_version": 1, "payer_ledger": CNY, "merchant_ledger": USD}
