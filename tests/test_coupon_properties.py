@@ -850,3 +850,26 @@ def test_a_budget_account_cannot_spend_its_stocks_money_with_a_coupon():
     assert others == ["ok"] * 7, (granted, paid, others)
     assert budget_paid <= 500 * 8, budget_paid
 
+
+
+@pytest.mark.xfail(strict=True, reason="an escrow account (code 4) may receive a coupon and pay with it: its part of "
+                                       "the price is its open packets' money (docs/products.md 'Red envelopes': 'the "
+                                       "money of open packets is never spendable by anyone but their claimers')")
+def test_an_escrow_cannot_spend_its_open_packets_money_with_a_coupon():
+    """The escrow holds a packet of 100 in 3 shares; it receives a coupon (300 off 301) and pays
+    400 with it: 100 from the escrow, the packet's whole remainder, to the merchant; then the
+    packet's claims answer exceeds_credits (its refund would fail too)."""
+    machine = _setup_machine()
+    now = START_NS + S
+    stock = stock_id(*K_MANY)
+    assert _submit(machine, SEND, [_packet(b"P-1", 600)], now) == ["ok"]
+    assert _submit(machine, CREATE_STOCKS, [_create(K_MANY)], now) == ["ok"]
+    granted = _grant_now(machine, now + S, stock, ESCROW)
+    paid = _pay_now(machine, now + 2 * S, stock, ESCROW, 400) if granted == "ok" else "not granted"
+    from core.order_keys import envelope_claims
+    claims = machine.apply(117, envelope_claims([{"envelope_id": envelope_id(MERCHANT, b"P-1"), "claimer_id": u}
+                                                 for u in USERS[:3]]), now + 3 * S)
+    (escrow,) = core.to_dicts(machine.ledger.lookup_accounts([ESCROW]))
+    # The document's promise: the packet's three claims take its 100, all of the escrow's money.
+    assert not claims["result"].any() and escrow["debits_posted"] == escrow["credits_posted"] == 100, (
+        granted, paid, claims["result"].tolist(), escrow)
