@@ -469,7 +469,7 @@ cdef class Coupons(Product):
         cdef tally_coupon_t new
         cdef tally_holding_t *h
         cdef tally_holding_t new_holding
-        if s.state != STOCK_ACTIVE or s.ends_at <= ts:
+        if s.ends_at <= ts:  # by the clock (a stock every coupon of which was redeemed is exhausted)
             return R_STOCK_ENDED
         if <uint64_t> s.issued_scan + s.issued_api + s.issued_pay_and_get >= s.total_count:
             return R_STOCK_EXHAUSTED

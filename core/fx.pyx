@@ -39,16 +39,18 @@ from core.records import FX_PAYMENT_DTYPE, FX_QUOTE_DTYPE, FX_RATE_DTYPE, FX_REF
 
 cdef extern from *:
     """
-    /* ceil(b * 10^9 / rate) and floor(x * a / b) with 128-bit products; UINT64_MAX on overflow. */
-    static inline uint64_t tally_fx_payer_amount(uint64_t b, uint64_t rate) {
+    /* ceil(b * 10^9 / rate) and floor(x * a / b) with 128-bit products; an amount past 64
+       bits sets *overflow (its value is then 0). */
+    static inline uint64_t tally_fx_payer_amount(uint64_t b, uint64_t rate, int *overflow) {
         unsigned __int128 q = (((unsigned __int128) b * 1000000000u) + rate - 1) / rate;
-        return q > UINT64_MAX ? UINT64_MAX : (uint64_t) q;
+        *overflow = q > UINT64_MAX;
+        return *overflow ? 0 : (uint64_t) q;
     }
     static inline uint64_t tally_fx_share(uint64_t x, uint64_t a, uint64_t b) {
         return (uint64_t) (((unsigned __int128) x * a) / b);
     }
     """
-    uint64_t tally_fx_payer_amount(uint64_t b, uint64_t rate) nogil
+    uint64_t tally_fx_payer_amount(uint64_t b, uint64_t rate, int *overflow) nogil
     uint64_t tally_fx_share(uint64_t x, uint64_t a, uint64_t b) nogil
 
 cdef extern from "<stdint.h>":
@@ -59,6 +61,7 @@ cdef extern from "assert.h" nogil:
 
 cdef uint64_t RATES_MAX = constants.RATES_MAX
 cdef uint64_t RATE_PPB_MAX = constants.RATE_PPB_MAX
+cdef uint64_t REFUNDS_PER_PAYMENT_MAX = constants.REFUNDS_PER_ORDER_MAX  # (as an order's: 50)
 cdef uint16_t ACCOUNT_CODE_POOL = AccountCode.fx_pool
 cdef uint16_t CODE_FX = TransferCode.fx
 
@@ -74,9 +77,13 @@ CHECKPOINT_ARRAYS = dict(table_module.checkpoint_arrays("fx_payments"), **table_
 
 def payer_amount_of(uint64_t merchant_amount, uint64_t rate_ppb) -> int:
     """What the payer pays for ``merchant_amount`` at ``rate_ppb``: ceil(b x 10^9 / rate)."""
+    cdef int overflow
     if rate_ppb == 0:
         raise ValueError("a rate is not 0")
-    return tally_fx_payer_amount(merchant_amount, rate_ppb)
+    cdef uint64_t amount = tally_fx_payer_amount(merchant_amount, rate_ppb, &overflow)
+    if overflow:
+        raise OverflowError("the payer's amount does not fit 64 bits")
+    return amount
 
 
 def refund_payer_amount(uint64_t payer_amount, uint64_t merchant_amount, uint64_t payer_refunded,
@@ -153,9 +160,10 @@ cdef class Fx(Product):
             return out
         cdef const tally_fx_rate_t *rate = &self.rates[slot]
         cdef Py_ssize_t i
+        cdef int overflow
         for i in range(amounts.shape[0]):
-            payer = tally_fx_payer_amount(amounts[i], rate.rate_ppb)
-            if amounts[i] == 0 or payer == U64_MAX:
+            payer = tally_fx_payer_amount(amounts[i], rate.rate_ppb, &overflow)
+            if amounts[i] == 0 or overflow:
                 out["result"][i] = R_RATE_INVALID if amounts[i] else R_AMOUNT_MUST_NOT_BE_ZERO
                 continue
             out["payer_amount"][i] = payer
@@ -302,7 +310,8 @@ cdef class Fx(Product):
     cdef result_t pay(self, const tally_fx_pay_t *e, uint64_t ts) noexcept nogil:
         cdef uint32_t rate_slot, payer, merchant, slot
         cdef uint64_t payment_id[2]
-        cdef uint64_t leg_lo, leg_hi
+        cdef uint64_t leg_lo, leg_hi, payer_amount
+        cdef int overflow
         cdef const tally_fx_rate_t *rate
         cdef tally_fx_payment_t *p
         cdef tally_fx_payment_t new
@@ -336,9 +345,10 @@ cdef class Fx(Product):
         rate = &self.rates[rate_slot]
         if rate.version != e.rate_version:
             return R_RATE_CHANGED
-        if tally_fx_payer_amount(e.merchant_amount, rate.rate_ppb) == U64_MAX:
+        payer_amount = tally_fx_payer_amount(e.merchant_amount, rate.rate_ppb, &overflow)
+        if overflow:
             return R_RATE_INVALID  # (the payer's amount would not fit 64 bits: as the quote says)
-        if tally_fx_payer_amount(e.merchant_amount, rate.rate_ppb) != e.payer_amount:
+        if payer_amount != e.payer_amount:
             return R_AMOUNT_MISMATCH
         payer = idmap_get(accounts, e.payer_id_lo, e.payer_id_hi)
         if payer == IDMAP_NOT_FOUND:
@@ -419,6 +429,8 @@ cdef class Fx(Product):
             return R_EXISTS if self.refund_rows[slot].merchant_amount == e.merchant_amount else R_EXISTS_WITH_DIFFERENT_FIELDS
         if e.merchant_amount > p.merchant_amount - p.merchant_refunded:
             return R_EXCEEDS_PAID_AMOUNT
+        if p.refund_count >= REFUNDS_PER_PAYMENT_MAX:
+            return R_REFUNDS_PER_ORDER_LIMIT_REACHED
         if self.refunds.free_count == 0:
             return R_REFUNDS_LIMIT_REACHED
         rate_slot = self.payments.slots[payment_slot].aux

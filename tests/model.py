@@ -27,6 +27,19 @@ transfer and leg debiting a tiered wallet checked against its per-payment, daily
 limits, every credit to one against its balance limit, holds counted at creation and given back
 on void, expiry or a smaller post) follow docs/products.md "Wallet limits and real-name tiers
 (built)": windows are dicts, the calendar year comes from ``datetime``.
+
+Coupons (``create_stocks``, ``grant_coupons``, ``pay_with_coupon``, ``lookup_stocks``,
+``lookup_coupons``, ``lookup_holdings``; the ``stocks_open`` limit) follow docs/products.md
+"Coupons and the card pack": a stock, a coupon and a holding are dicts, the analytics counters
+are kept as the document says, a coupon expires by the clock (no event), and a stock's end is
+made at a batch's start after the packets' refunds (``_end_stocks``), each table's transfers
+taking the next of the batch's first timestamps.
+
+Cross-border payments (``set_rates``, ``quote``, ``pay_cross_border``, ``refund_cross_border``,
+``lookup_rates``, ``lookup_fx_payments``, ``lookup_fx_refunds``) follow docs/products.md
+"Cross-border payments": a rate per pair with a version, the payer's amount ceil(b x 10^9 / rate),
+the rate locked in the payment, refunds at it, the last the rest. The document gives no order of
+checks for them: the model's is the one written in core/fx.pyx (each check is the document's).
 """
 
 from __future__ import annotations
@@ -56,6 +69,8 @@ OP_CREATE_ORDERS, OP_PAY_ORDERS, OP_CLOSE_ORDERS = 100, 101, 102
 OP_SET_MERCHANTS, OP_REFUND_ORDERS = 104, 106
 OP_ISSUE_CODES, OP_CHARGE_CODES, OP_CONFIRM_CHARGES = 112, 113, 114
 OP_SET_LIMITS, OP_SEND_ENVELOPES, OP_CLAIM_ENVELOPES = 6, 116, 117
+OP_CREATE_STOCKS, OP_GRANT_COUPONS, OP_PAY_WITH_COUPON = 120, 121, 122
+OP_SET_RATES, OP_PAY_CROSS_BORDER, OP_REFUND_CROSS_BORDER = 125, 126, 127
 ORDER_CREATE_FIELDS = ("id", "merchant_id", "amount", "out_trade_no", "expire_after_s", "ledger",
                        "description_code", "flags", "reserved", "timestamp")
 ORDER_PAY_FIELDS = ("order_id", "payer_id", "amount", "token", "reserved_a", "ledger", "flags", "reserved",
@@ -77,7 +92,7 @@ CODE_FIELDS = ("id", "wallet_id", "request_id", "order_id", "no_password_limit",
                "free_payments_per_day", "ledger", "state", "reserved", "timestamp")
 OUT_TRADE_NO_SIZE, TOKEN_SIZE = 32, 10
 BYTES_FIELDS = {"out_trade_no": OUT_TRADE_NO_SIZE, "token": TOKEN_SIZE, "out_refund_no": OUT_TRADE_NO_SIZE,
-                "out_envelope_no": OUT_TRADE_NO_SIZE}
+                "out_envelope_no": OUT_TRADE_NO_SIZE, "out_stock_no": OUT_TRADE_NO_SIZE}
 OUT_TRADE_NO_CHARS = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-|*@.")
 NOTPAY, SUCCESS, CLOSED, REFUND, USERPAYING = 1, 2, 3, 4, 5
 CLOSE_BY_MERCHANT, CLOSE_EXPIRED, CLOSE_REVOKED, CLOSE_DECLINED, CLOSE_TIMEOUT = 1, 2, 3, 4, 5
@@ -106,7 +121,7 @@ ENVELOPE_FIELDS = ("id", "sender_id", "escrow_id", "total", "remaining", "expire
 CLAIM_FIELDS = ("id", "envelope_id", "claimer_id", "transfer_id", "amount", "position", "ledger", "reserved",
                 "timestamp")
 LIMITS_FIELDS = ("accounts", "pending", "merchants", "orders_open", "codes_live", "flags", "reserved_a",
-                 "envelopes_open", "envelope_total", "reserved", "timestamp")
+                 "envelopes_open", "envelope_total", "stocks_open", "reserved", "timestamp")
 ENVELOPE_OPEN, ENVELOPE_EMPTY, ENVELOPE_REFUNDED, ENVELOPE_REFUND_FAILED = 1, 2, 3, 4
 ACCOUNT_CODE_ESCROW = 4
 TRANSFER_CODE_ENVELOPE_FUND, TRANSFER_CODE_ENVELOPE_CLAIM, TRANSFER_CODE_ENVELOPE_REFUND = 6, 7, 8
@@ -114,6 +129,44 @@ ENVELOPE_COUNT_MAX = 10_000
 ENVELOPE_EXPIRE_AFTER_MAX_S = 86_400
 ENVELOPE_TOTAL_MAX_DEFAULT, ENVELOPE_TOTAL_LIMIT_MAX = 20_000, 1 << 53
 ENVELOPE_REFUNDS_PER_BATCH_MAX = 256
+# Coupons (docs/products.md "Coupons and the card pack").
+STOCK_CREATE_FIELDS = ("id", "merchant_id", "budget_account_id", "face_value", "min_spend", "out_stock_no",
+                       "total_count", "per_user_max", "valid_for_s", "coupon_valid_s", "ledger", "flags", "reserved",
+                       "timestamp")
+STOCK_FIELDS = ("id", "merchant_id", "budget_account_id", "face_value", "min_spend", "ends_at", "total_count",
+                "per_user_max", "coupon_valid_s", "ledger", "issued_scan", "issued_api", "issued_pay_and_get",
+                "redeemed", "receivers", "repeat_buyers", "state", "reserved_a", "end_result", "reserved", "timestamp")
+COUPON_GRANT_FIELDS = ("id", "stock_id", "user_id", "request_id", "merchant_id", "channel", "reserved_a", "flags",
+                       "reserved", "timestamp")
+COUPON_FIELDS = ("id", "stock_id", "user_id", "request_id", "payment_id", "expires_at", "redeemed_at", "price",
+                 "channel", "state", "reserved", "timestamp")
+COUPON_PAY_FIELDS = ("payer_id", "merchant_id", "coupon_id", "stock_id", "request_id", "price", "ledger", "flags",
+                     "reserved", "timestamp")
+HOLDING_FIELDS = ("id", "stock_id", "user_id", "received", "redeemed", "reserved", "timestamp")
+STOCK_ACTIVE, STOCK_ENDED = 1, 2
+COUPON_AVAILABLE, COUPON_REDEEMED = 1, 2
+CHANNEL_SCAN, CHANNEL_API = 1, 2
+ACCOUNT_CODE_COUPON_BUDGET = 7
+TRANSFER_CODE_PAYMENT, TRANSFER_CODE_COUPON = 1, 9
+STOCK_COUNT_MAX = 10_000_000
+STOCK_VALID_MAX_S = 366 * 86_400
+STOCK_BUDGET_MAX = 1 << 62
+STOCK_ENDS_PER_BATCH_MAX = 256
+# Cross-border payments (docs/products.md "Cross-border payments").
+FX_RATE_FIELDS = ("from_ledger", "to_ledger", "rate_ppb", "pool_from_id", "pool_to_id", "version", "flags",
+                  "reserved_a", "updated_at", "reserved", "timestamp")
+FX_PAY_FIELDS = ("payer_id", "merchant_id", "request_id", "merchant_amount", "payer_amount", "rate_version",
+                 "payer_ledger", "merchant_ledger", "description_code", "flags", "reserved", "timestamp")
+FX_PAYMENT_FIELDS = ("id", "payer_id", "merchant_id", "request_id", "payer_amount", "merchant_amount",
+                     "payer_refunded", "merchant_refunded", "rate_ppb", "payer_ledger", "merchant_ledger",
+                     "rate_version", "refund_count", "reserved", "timestamp")
+FX_REFUND_FIELDS = ("id", "payment_id", "merchant_id", "request_id", "merchant_amount", "payer_amount", "flags",
+                    "reserved", "timestamp")
+ACCOUNT_CODE_FX_POOL = 6
+TRANSFER_CODE_FX = 10
+RATES_MAX = 1024
+RATE_PPB_MAX = 10**18
+PPB = 10**9
 
 R = enum.IntEnum("R", [(name, code) for code, name in enumerate("""
 ok linked_event_failed linked_event_chain_open timestamp_must_be_zero reserved_field reserved_flag
@@ -174,7 +227,9 @@ TIER_RULES_OWN_MAX = 32 * 3    # (ledger, tier) pairs with limits of their own
 class ModelLedger:
     def __init__(self, accounts_max: int, transfers_max: int, orders_max: int = 0, secret: bytes = bytes(32),
                  codes_max: int = 1 << 17, refunds_max: int = 1 << 16, merchants_max: int = 1 << 17,
-                 envelopes_max: int = 1 << 17, claims_max: int = 1 << 18):
+                 envelopes_max: int = 1 << 17, claims_max: int = 1 << 18, stocks_max: int = 1 << 16,
+                 coupons_max: int = 1 << 18, holdings_max: int = 1 << 18, fx_payments_max: int = 1 << 17,
+                 fx_refunds_max: int = 1 << 16):
         self.accounts_max = accounts_max
         self.transfers_max = transfers_max
         self.orders_max = orders_max
@@ -205,6 +260,17 @@ class ModelLedger:
         self.windows: dict[int, dict] = {}             # account id -> day, day_spent, year, year_spent, tier_set_at
         self.counted: set[int] = set()                 # pending transfers counted in their wallet's windows
         self.tier_rules: dict[tuple, tuple] = {(0, t): v for t, v in TIER_LIMITS_DEFAULT.items()}
+        self.stocks_max, self.coupons_max, self.holdings_max = stocks_max, coupons_max, holdings_max
+        self.stocks_by_id: dict[int, dict] = {}        # insertion order = creation order
+        self.coupons_by_id: dict[int, dict] = {}
+        self.holdings_by_id: dict[int, dict] = {}
+        self.coupon_payments_by_id: dict[int, dict] = {}
+        self.stocks_pinned_max = stocks_max - min(BATCH_EVENTS_MAX, stocks_max // 2)
+        self.stocks_open_max = self.stocks_pinned_max
+        self.fx_payments_max, self.fx_refunds_max = fx_payments_max, fx_refunds_max
+        self.rates: dict[tuple, dict] = {}             # (from ledger, to ledger) -> FX_RATE record
+        self.fx_payments_by_id: dict[int, dict] = {}
+        self.fx_refunds_by_id: dict[int, dict] = {}
         self.last = 0
 
     def _save(self):
@@ -225,11 +291,14 @@ class ModelLedger:
         The batch's first timestamp ``first`` goes to the refunds of the packets expired by then
         (at most ENVELOPE_REFUNDS_PER_BATCH_MAX): they take first .. first + k - 1 and the events
         start at ``base = first + k``. (As the core does: orders and codes expire at ``base``
-        first, then pending transfers at ``base``, then the refunds.)"""
+        first, then pending transfers at ``base``, then the refunds.) The stocks ended by
+        ``first`` (at most STOCK_ENDS_PER_BATCH_MAX) take the timestamps after the refunds'
+        (``first + k ..``), before the events: ``base = first + k + j``."""
         first = max(now_ns, self.last + 1)
         due = self.envelopes_due(first)
-        base = first + len(due)
-        if count or due:
+        ending = self.stocks_due(first)
+        base = first + len(due) + len(ending)
+        if count or due or ending:
             self.last = base + per_event * count - 1
         self.expire_orders(base)
         self.expire_codes(base)
@@ -241,6 +310,7 @@ class ModelLedger:
                 self.accounts_by_id[t["credit_account_id"]]["credits_pending"] -= t["amount"]
                 self._give_back(t, t["amount"])
         self._refund_due(due, first)
+        self._end_stocks(ending, first + len(due))
         return base
 
     def _run(self, events, now_ns, one, linked_flag):
@@ -634,7 +704,11 @@ class ModelLedger:
                OP_CLOSE_ORDERS: self.close_orders, OP_SET_MERCHANTS: self.set_merchants,
                OP_REFUND_ORDERS: self.refund_orders, OP_ISSUE_CODES: self.issue_codes,
                OP_CHARGE_CODES: self.charge_codes, OP_CONFIRM_CHARGES: self.confirm_charges,
-               OP_SET_WALLET_TIERS: self.set_wallet_tiers, OP_SET_TIER_LIMITS: self.set_tier_limits}[operation]
+               OP_SET_WALLET_TIERS: self.set_wallet_tiers, OP_SET_TIER_LIMITS: self.set_tier_limits,
+               OP_CREATE_STOCKS: self.create_stocks, OP_GRANT_COUPONS: self.grant_coupons,
+               OP_PAY_WITH_COUPON: self.pay_with_coupon, OP_SET_RATES: self.set_rates,
+               OP_PAY_CROSS_BORDER: self.pay_cross_border,
+               OP_REFUND_CROSS_BORDER: self.refund_cross_border}[operation]
         return run(events, now_ns)
 
     def expire_orders(self, t):
@@ -769,12 +843,14 @@ class ModelLedger:
         """Post (its whole amount) or void a pending leg: only the ids and the flag are set."""
         return _fill({"id": tid, "pending_id": pending_id, "flags": T_POST if post else T_VOID}, TRANSFER_FIELDS)
 
-    def _chain(self, legs, ts):
-        """Legs ``j`` at ``ts + j``; the first failure undoes the ones before and is the result."""
+    def _chain(self, legs, ts, offsets=None):
+        """Legs ``j`` at ``ts + j`` (or ``ts + offsets[j]``: a leg's number, when an earlier leg
+        is left out); the first failure undoes the ones before and is the result."""
+        offsets = offsets or range(len(legs))
         if len(legs) == 1:   # a failing transfer changes nothing: no copy to undo
-            return self._transfer(legs[0], ts, is_leg=True)
+            return self._transfer(legs[0], ts + offsets[0], is_leg=True)
         saved = self._save()
-        for j, leg in enumerate(legs):
+        for j, leg in zip(offsets, legs):
             r = self._transfer(leg, ts + j, is_leg=True)
             if r != R.ok:
                 self._restore(saved)
@@ -1146,24 +1222,28 @@ class ModelLedger:
     # -- red envelopes (docs/products.md "Red envelopes")
 
     def set_limits(self, events, now_ns):
-        """Only the envelopes' limits are modelled: the other fields must be 0 (unchanged)."""
+        """Only the envelopes' and the stocks' limits are modelled: the other fields must be 0
+        (unchanged)."""
         return [int(r) for r in self._run_orders(events, now_ns, LIMITS_FIELDS, self._set_limits)]
 
     def _set_limits(self, e, ts):
         if any(e[name] for name in ("accounts", "pending", "merchants", "orders_open", "codes_live")):
-            raise NotImplementedError("the model's set_limits knows the envelopes' limits only")
+            raise NotImplementedError("the model's set_limits knows the envelopes' and the stocks' limits only")
         if e["timestamp"]:
             return R.timestamp_must_be_zero
         if e["reserved"] or e["reserved_a"]:
             return R.reserved_field
         if e["flags"]:
             return R.reserved_flag
-        if e["envelopes_open"] > self.envelopes_pinned_max or e["envelope_total"] > ENVELOPE_TOTAL_LIMIT_MAX:
+        if (e["envelopes_open"] > self.envelopes_pinned_max or e["envelope_total"] > ENVELOPE_TOTAL_LIMIT_MAX
+                or e["stocks_open"] > self.stocks_pinned_max):
             return R.limit_out_of_range
         if e["envelopes_open"]:
             self.envelopes_open_max = e["envelopes_open"]
         if e["envelope_total"]:
             self.envelope_total_max = e["envelope_total"]
+        if e["stocks_open"]:
+            self.stocks_open_max = e["stocks_open"]
         return R.ok
 
     def send_envelopes(self, events, now_ns):
@@ -1303,6 +1383,369 @@ class ModelLedger:
     def next_envelope_expiry_ns(self):
         """The earliest ``expires_at`` of an open packet; 0 if none."""
         return min((p["expires_at"] for p in self._envelopes_open()), default=0)
+
+    # -- coupons (docs/products.md "Coupons and the card pack")
+
+    def create_stocks(self, events, now_ns):
+        return [int(r) for r in self._run_orders(events, now_ns, STOCK_CREATE_FIELDS, self._create_stock)]
+
+    def grant_coupons(self, events, now_ns):
+        return [int(r) for r in self._run_orders(events, now_ns, COUPON_GRANT_FIELDS, self._grant_coupon)]
+
+    def pay_with_coupon(self, events, now_ns):
+        return [int(r) for r in self._run_orders(events, now_ns, COUPON_PAY_FIELDS, self._pay_with_coupon)]
+
+    def _stocks_active(self):
+        return [s for s in self.stocks_by_id.values() if s["state"] == STOCK_ACTIVE]
+
+    def _create_stock(self, e, ts):
+        r = _prologue(e) or _keyed_checks(e, "id", "face_value", "out_stock_no")
+        if r:
+            return r
+        if e["id"] != stock_id(e["merchant_id"], e["out_stock_no"]):
+            return R.id_mismatch
+        per_user_max = e["per_user_max"] or 1
+        s = self.stocks_by_id.get(e["id"])
+        if s is not None:   # a retry (the id names the merchant and the number)
+            same = ((s["budget_account_id"], s["face_value"], s["min_spend"], s["total_count"], s["per_user_max"],
+                     s["coupon_valid_s"], s["ledger"], s["ends_at"] - s["timestamp"])
+                    == (e["budget_account_id"], e["face_value"], e["min_spend"], e["total_count"], per_user_max,
+                        e["coupon_valid_s"], e["ledger"], e["valid_for_s"] * NS_PER_S))
+            return R.exists if same else R.exists_with_different_fields
+        if not 1 <= e["total_count"] <= STOCK_COUNT_MAX:
+            return R.stock_count_out_of_range
+        if e["min_spend"] < e["face_value"]:
+            return R.min_spend_below_face
+        if e["face_value"] * e["total_count"] > STOCK_BUDGET_MAX:
+            return R.face_value_out_of_range
+        if not 1 <= e["valid_for_s"] <= STOCK_VALID_MAX_S or e["coupon_valid_s"] > e["valid_for_s"]:
+            return R.expire_after_out_of_range
+        merchant = self.accounts_by_id.get(e["merchant_id"])
+        if merchant is None:
+            return R.merchant_not_found
+        if merchant["ledger"] != e["ledger"]:
+            return R.currency_mismatch
+        if merchant["code"] in PRODUCT_ACCOUNT_CODES:
+            return R.product_account
+        budget = self.accounts_by_id.get(e["budget_account_id"])
+        if (budget is None or e["budget_account_id"] == e["merchant_id"] or budget["ledger"] != e["ledger"]
+                or budget["code"] != ACCOUNT_CODE_COUPON_BUDGET):
+            return R.budget_account_invalid
+        if len(self._stocks_active()) >= self.stocks_open_max or len(self.stocks_by_id) >= self.stocks_max:
+            return R.stocks_limit_reached
+        r = self._chain([self._leg(leg_id(e["id"], OP_CREATE_STOCKS, 0), e["merchant_id"], e["budget_account_id"],
+                                   e["face_value"] * e["total_count"], e["ledger"], TRANSFER_CODE_COUPON, e["id"])], ts)
+        if r != R.ok:
+            return r
+        self.stocks_by_id[e["id"]] = {
+            "id": e["id"], "merchant_id": e["merchant_id"], "budget_account_id": e["budget_account_id"],
+            "face_value": e["face_value"], "min_spend": e["min_spend"], "ends_at": ts + e["valid_for_s"] * NS_PER_S,
+            "total_count": e["total_count"], "per_user_max": per_user_max, "coupon_valid_s": e["coupon_valid_s"],
+            "ledger": e["ledger"], "issued_scan": 0, "issued_api": 0, "issued_pay_and_get": 0, "redeemed": 0,
+            "receivers": 0, "repeat_buyers": 0, "state": STOCK_ACTIVE, "reserved_a": 0, "end_result": 0,
+            "reserved": 0, "timestamp": ts}
+        return R.ok
+
+    def _grant_coupon(self, e, ts):
+        r = _prologue(dict(e, reserved=e["reserved"] or e["reserved_a"]))
+        if r:
+            return r
+        if e["id"] == 0 or e["stock_id"] == 0 or e["request_id"] == 0:
+            return R.id_must_not_be_zero
+        if e["channel"] not in (CHANNEL_SCAN, CHANNEL_API):
+            return R.channel_invalid
+        if e["id"] != coupon_id(e["stock_id"], e["user_id"], e["request_id"]):
+            return R.id_mismatch
+        c = self.coupons_by_id.get(e["id"])
+        if c is not None:   # a retry: the id holds the stock, the user and the request
+            return R.exists if c["channel"] == e["channel"] else R.exists_with_different_fields
+        s = self.stocks_by_id.get(e["stock_id"])
+        if s is None:
+            return R.stock_not_found
+        if e["merchant_id"] != s["merchant_id"]:
+            return R.merchant_mismatch
+        user = self.accounts_by_id.get(e["user_id"])
+        if user is None:
+            return R.user_not_found
+        if user["ledger"] != s["ledger"]:
+            return R.currency_mismatch
+        if user["code"] in PRODUCT_ACCOUNT_CODES:
+            return R.product_account
+        if s["ends_at"] <= ts:   # by the clock (the batch's start may not have ended it yet)
+            return R.stock_ended
+        if s["issued_scan"] + s["issued_api"] + s["issued_pay_and_get"] >= s["total_count"]:
+            return R.stock_exhausted
+        hid = holding_id(e["stock_id"], e["user_id"])
+        h = self.holdings_by_id.get(hid)
+        if h is not None and h["received"] >= s["per_user_max"]:
+            return R.per_user_limit_reached
+        if len(self.coupons_by_id) >= self.coupons_max or (h is None and len(self.holdings_by_id) >= self.holdings_max):
+            return R.coupons_limit_reached
+        expires_at = s["ends_at"]
+        if s["coupon_valid_s"]:
+            expires_at = min(expires_at, ts + s["coupon_valid_s"] * NS_PER_S)
+        self.coupons_by_id[e["id"]] = {
+            "id": e["id"], "stock_id": e["stock_id"], "user_id": e["user_id"], "request_id": e["request_id"],
+            "payment_id": 0, "expires_at": expires_at, "redeemed_at": 0, "price": 0, "channel": e["channel"],
+            "state": COUPON_AVAILABLE, "reserved": 0, "timestamp": ts}
+        if h is None:
+            self.holdings_by_id[hid] = {"id": hid, "stock_id": e["stock_id"], "user_id": e["user_id"], "received": 1,
+                                        "redeemed": 0, "reserved": 0, "timestamp": ts}
+            s["receivers"] += 1
+        else:
+            h["received"] += 1
+        s["issued_scan" if e["channel"] == CHANNEL_SCAN else "issued_api"] += 1
+        return R.ok
+
+    def _pay_with_coupon(self, e, ts):
+        r = _prologue(e)
+        if r:
+            return r
+        if e["coupon_id"] == 0 or e["request_id"] == 0:
+            return R.id_must_not_be_zero
+        if e["price"] == 0:
+            return R.amount_must_not_be_zero
+        if e["ledger"] == 0:
+            return R.ledger_must_not_be_zero
+        payment = coupon_payment_id(e["payer_id"], e["request_id"])
+        x = self.coupon_payments_by_id.get(payment)
+        if x is not None:   # a retry of the request, whatever coupon it names now
+            fields = ("coupon_id", "price", "merchant_id", "stock_id", "ledger")
+            return R.exists if all(x[f] == e[f] for f in fields) else R.exists_with_different_fields
+        c = self.coupons_by_id.get(e["coupon_id"])
+        if c is None:
+            return R.coupon_not_found
+        if c["user_id"] != e["payer_id"] or c["stock_id"] != e["stock_id"]:
+            return R.coupon_mismatch
+        s = self.stocks_by_id.get(e["stock_id"])
+        if s is None:
+            return R.stock_not_found
+        if e["merchant_id"] != s["merchant_id"]:
+            return R.merchant_mismatch
+        if c["state"] == COUPON_REDEEMED:   # by another request
+            return R.coupon_redeemed
+        if c["expires_at"] <= ts or s["state"] != STOCK_ACTIVE:
+            return R.coupon_expired
+        if e["price"] < s["min_spend"]:
+            return R.below_min_spend
+        if e["ledger"] != s["ledger"] or self.accounts_by_id[e["payer_id"]]["ledger"] != s["ledger"]:
+            return R.currency_mismatch
+        legs, offsets = [], []
+        if e["price"] > s["face_value"]:   # the user's part (none when the face pays it all)
+            legs.append(self._leg(leg_id(payment, OP_PAY_WITH_COUPON, 0), e["payer_id"], s["merchant_id"],
+                                  e["price"] - s["face_value"], s["ledger"], TRANSFER_CODE_PAYMENT, c["id"]))
+            offsets.append(0)
+        legs.append(self._leg(leg_id(payment, OP_PAY_WITH_COUPON, 1), s["budget_account_id"], s["merchant_id"],
+                              s["face_value"], s["ledger"], TRANSFER_CODE_COUPON, c["id"]))
+        offsets.append(1)
+        r = self._chain(legs, ts, offsets)
+        if r != R.ok:
+            return r
+        self.coupon_payments_by_id[payment] = {
+            "id": payment, "payer_id": e["payer_id"], "merchant_id": e["merchant_id"], "coupon_id": e["coupon_id"],
+            "stock_id": e["stock_id"], "request_id": e["request_id"], "price": e["price"],
+            "face_value": s["face_value"], "ledger": e["ledger"], "reserved": 0, "timestamp": ts}
+        c.update(state=COUPON_REDEEMED, payment_id=payment, price=e["price"], redeemed_at=ts)
+        h = self.holdings_by_id[holding_id(s["id"], e["payer_id"])]
+        h["redeemed"] += 1
+        s["redeemed"] += 1
+        if h["redeemed"] == 2:
+            s["repeat_buyers"] += 1
+        if s["redeemed"] == s["total_count"]:
+            s["state"] = STOCK_ENDED   # the whole budget is used: nothing returns
+        return R.ok
+
+    def stocks_due(self, t):
+        """The active stocks ended by ``t`` that a batch starting at ``t`` ends: soonest first
+        (ties by creation), at most STOCK_ENDS_PER_BATCH_MAX."""
+        due = sorted((s for s in self._stocks_active() if s["ends_at"] <= t),
+                     key=lambda s: (s["ends_at"], s["timestamp"]))
+        return due[:STOCK_ENDS_PER_BATCH_MAX]
+
+    def _end_stocks(self, due, first):
+        """What the redemptions left of each budget returns budget -> merchant, the k-th at
+        ``first + k``: ENDED; a leg the ledger refuses leaves its result in ``end_result`` (the
+        money in the budget account); a full transfer table stops there (the rest stay due)."""
+        for k, s in enumerate(due):
+            rest = s["face_value"] * (s["total_count"] - s["redeemed"])
+            r = self._chain([self._leg(leg_id(s["id"], OP_CREATE_STOCKS, 1), s["budget_account_id"], s["merchant_id"],
+                                       rest, s["ledger"], TRANSFER_CODE_COUPON, s["id"])], first + k)
+            if r == R.transfers_limit_reached:
+                return
+            if r != R.ok:
+                s["end_result"] = int(r)
+            s["state"] = STOCK_ENDED
+
+    def lookup_stocks(self, ids):
+        return [dict(self.stocks_by_id[i]) for i in ids if i in self.stocks_by_id]
+
+    def lookup_coupons(self, ids):
+        return [dict(self.coupons_by_id[i]) for i in ids if i in self.coupons_by_id]
+
+    def lookup_holdings(self, ids):
+        return [dict(self.holdings_by_id[i]) for i in ids if i in self.holdings_by_id]
+
+    def next_stock_end_ns(self):
+        """The earliest ``ends_at`` of an active stock; 0 if none."""
+        return min((s["ends_at"] for s in self._stocks_active()), default=0)
+
+    # -- cross-border payments (docs/products.md "Cross-border payments")
+
+    def set_rates(self, events, now_ns):
+        return [int(r) for r in self._run_orders(events, now_ns, FX_RATE_FIELDS, self._set_rate)]
+
+    def pay_cross_border(self, events, now_ns):
+        return [int(r) for r in self._run_orders(events, now_ns, FX_PAY_FIELDS, self._pay_cross_border)]
+
+    def refund_cross_border(self, events, now_ns):
+        return [int(r) for r in self._run_orders(events, now_ns, FX_REFUND_FIELDS, self._refund_cross_border)]
+
+    def quote(self, from_ledger, to_ledger, merchant_amounts):
+        """What payers pay in ``from_ledger`` for ``merchant_amounts`` at the rate in force: one
+        ``{"result", "rate_version", "merchant_amount", "payer_amount", "rate_ppb"}`` each (a
+        query: nothing changes, no timestamp)."""
+        rate = self.rates.get((from_ledger, to_ledger))
+        out = []
+        for b in merchant_amounts:
+            row = {"result": 0, "rate_version": 0, "merchant_amount": b, "payer_amount": 0, "rate_ppb": 0}
+            if rate is None:
+                row["result"] = int(R.rate_not_found)
+            elif b == 0:
+                row["result"] = int(R.amount_must_not_be_zero)
+            elif fx_payer_amount(b, rate["rate_ppb"]) > U64:
+                row["result"] = int(R.rate_invalid)   # the payer's amount overflows
+            else:
+                row.update(payer_amount=fx_payer_amount(b, rate["rate_ppb"]), rate_ppb=rate["rate_ppb"],
+                           rate_version=rate["version"])
+            out.append(row)
+        return out
+
+    def _set_rate(self, e, ts):
+        if e["timestamp"]:
+            return R.timestamp_must_be_zero
+        if e["reserved"] or e["reserved_a"] or e["version"] or e["updated_at"]:
+            return R.reserved_field
+        if e["flags"]:
+            return R.reserved_flag
+        if e["from_ledger"] == 0 or e["to_ledger"] == 0:
+            return R.ledger_must_not_be_zero
+        if e["from_ledger"] == e["to_ledger"] or not 1 <= e["rate_ppb"] <= RATE_PPB_MAX:
+            return R.rate_invalid
+        pools = (self.accounts_by_id.get(e["pool_from_id"]), self.accounts_by_id.get(e["pool_to_id"]))
+        if any(p is None or p["code"] != ACCOUNT_CODE_FX_POOL for p in pools) or (
+                pools[0]["ledger"], pools[1]["ledger"]) != (e["from_ledger"], e["to_ledger"]):
+            return R.pool_invalid
+        rate = self.rates.get((e["from_ledger"], e["to_ledger"]))
+        if rate is not None:
+            if (rate["pool_from_id"], rate["pool_to_id"]) != (e["pool_from_id"], e["pool_to_id"]):
+                return R.pool_invalid   # a pair's pools are fixed at its first rate
+            rate.update(rate_ppb=e["rate_ppb"], version=rate["version"] + 1, updated_at=ts)
+            return R.ok
+        if len(self.rates) >= RATES_MAX:
+            return R.rates_limit_reached
+        self.rates[(e["from_ledger"], e["to_ledger"])] = dict(e, version=1, updated_at=ts, timestamp=ts)
+        return R.ok
+
+    def _pay_cross_border(self, e, ts):
+        r = _prologue(e)
+        if r:
+            return r
+        if e["request_id"] == 0:
+            return R.id_must_not_be_zero
+        if e["merchant_amount"] == 0 or e["payer_amount"] == 0:
+            return R.amount_must_not_be_zero
+        if e["payer_ledger"] == 0 or e["merchant_ledger"] == 0:
+            return R.ledger_must_not_be_zero
+        pid = fx_payment_id(e["payer_id"], e["request_id"])
+        p = self.fx_payments_by_id.get(pid)
+        if p is not None:   # a retry
+            fields = ("merchant_id", "merchant_amount", "payer_amount", "payer_ledger", "merchant_ledger", "rate_version")
+            return R.exists if all(p[f] == e[f] for f in fields) else R.exists_with_different_fields
+        rate = self.rates.get((e["payer_ledger"], e["merchant_ledger"]))
+        if rate is None:
+            return R.rate_not_found
+        if rate["version"] != e["rate_version"]:
+            return R.rate_changed
+        if fx_payer_amount(e["merchant_amount"], rate["rate_ppb"]) > U64:
+            return R.rate_invalid   # the payer's amount would not fit 64 bits (as the quote says)
+        if fx_payer_amount(e["merchant_amount"], rate["rate_ppb"]) != e["payer_amount"]:
+            return R.amount_mismatch
+        payer = self.accounts_by_id.get(e["payer_id"])
+        if payer is None:
+            return R.payer_not_found
+        merchant = self.accounts_by_id.get(e["merchant_id"])
+        if merchant is None:
+            return R.merchant_not_found
+        if payer["ledger"] != e["payer_ledger"] or merchant["ledger"] != e["merchant_ledger"]:
+            return R.currency_mismatch
+        if payer["code"] in PRODUCT_ACCOUNT_CODES or merchant["code"] in PRODUCT_ACCOUNT_CODES:
+            return R.product_account
+        if len(self.fx_payments_by_id) >= self.fx_payments_max:
+            return R.fx_payments_limit_reached
+        r = self._chain([self._leg(leg_id(pid, OP_PAY_CROSS_BORDER, 0), e["payer_id"], rate["pool_from_id"],
+                                   e["payer_amount"], e["payer_ledger"], TRANSFER_CODE_FX, pid),
+                         self._leg(leg_id(pid, OP_PAY_CROSS_BORDER, 1), rate["pool_to_id"], e["merchant_id"],
+                                   e["merchant_amount"], e["merchant_ledger"], TRANSFER_CODE_FX, pid)], ts)
+        if r != R.ok:
+            return r
+        self.fx_payments_by_id[pid] = {
+            "id": pid, "payer_id": e["payer_id"], "merchant_id": e["merchant_id"], "request_id": e["request_id"],
+            "payer_amount": e["payer_amount"], "merchant_amount": e["merchant_amount"], "payer_refunded": 0,
+            "merchant_refunded": 0, "rate_ppb": rate["rate_ppb"], "payer_ledger": e["payer_ledger"],
+            "merchant_ledger": e["merchant_ledger"], "rate_version": rate["version"], "refund_count": 0,
+            "reserved": 0, "timestamp": ts}
+        return R.ok
+
+    def _refund_cross_border(self, e, ts):
+        r = _prologue(dict(e, reserved=e["reserved"] or e["payer_amount"]))   # (the engine fills payer_amount)
+        if r:
+            return r
+        if e["id"] == 0 or e["request_id"] == 0:
+            return R.id_must_not_be_zero
+        if e["merchant_amount"] == 0:
+            return R.amount_must_not_be_zero
+        if e["id"] != fx_refund_id(e["payment_id"], e["request_id"]):
+            return R.id_mismatch
+        p = self.fx_payments_by_id.get(e["payment_id"])
+        if p is None:
+            return R.fx_payment_not_found
+        if e["merchant_id"] != p["merchant_id"]:
+            return R.merchant_mismatch
+        x = self.fx_refunds_by_id.get(e["id"])
+        if x is not None:   # a retry
+            return R.exists if x["merchant_amount"] == e["merchant_amount"] else R.exists_with_different_fields
+        if e["merchant_amount"] > p["merchant_amount"] - p["merchant_refunded"]:
+            return R.exceeds_paid_amount
+        if p["refund_count"] >= REFUNDS_PER_ORDER_MAX:
+            return R.refunds_per_order_limit_reached
+        if len(self.fx_refunds_by_id) >= self.fx_refunds_max:
+            return R.refunds_limit_reached
+        back = fx_refund_share(p["payer_amount"], p["merchant_amount"], p["payer_refunded"], p["merchant_refunded"],
+                               e["merchant_amount"])
+        rate = self.rates[(p["payer_ledger"], p["merchant_ledger"])]
+        legs = [self._leg(leg_id(e["id"], OP_REFUND_CROSS_BORDER, 0), p["merchant_id"], rate["pool_to_id"],
+                          e["merchant_amount"], p["merchant_ledger"], TRANSFER_CODE_FX, p["id"])]
+        if back:
+            legs.append(self._leg(leg_id(e["id"], OP_REFUND_CROSS_BORDER, 1), rate["pool_from_id"], p["payer_id"], back,
+                                  p["payer_ledger"], TRANSFER_CODE_FX, p["id"]))
+        r = self._chain(legs, ts)
+        if r != R.ok:
+            return r
+        self.fx_refunds_by_id[e["id"]] = dict(e, payer_amount=back, timestamp=ts)
+        p["merchant_refunded"] += e["merchant_amount"]
+        p["payer_refunded"] += back
+        p["refund_count"] += 1
+        return R.ok
+
+    def lookup_rates(self, pairs):
+        """The rates of these (from ledger, to ledger) pairs, those set, in order."""
+        return [dict(self.rates[p]) for p in pairs if p in self.rates]
+
+    def lookup_fx_payments(self, ids):
+        return [dict(self.fx_payments_by_id[i]) for i in ids if i in self.fx_payments_by_id]
+
+    def lookup_fx_refunds(self, ids):
+        return [dict(self.fx_refunds_by_id[i]) for i in ids if i in self.fx_refunds_by_id]
 
     # -- reads
 
@@ -1509,3 +1952,58 @@ def envelope_share(secret, envelope, claimer_id, position, remaining, left):
                + position.to_bytes(4, "little"))
     h = int.from_bytes(hmac.new(bytes(secret), message, hashlib.sha256).digest()[:8], "little")
     return 1 + (h * share_max(remaining, left) >> 64)
+
+
+# -- coupons' ids (docs/products.md "Coupons and the card pack")
+
+def _pair_digest(domain, key, first, second=0):
+    """The first 16 bytes of SHA-256(domain + key + first + second, 16 bytes LE each), LE."""
+    data = domain + key.to_bytes(16, "little") + first.to_bytes(16, "little") + second.to_bytes(16, "little")
+    return int.from_bytes(hashlib.sha256(data).digest()[:16], "little")
+
+
+def stock_id(merchant_id, out_stock_no):
+    """The first 16 bytes of SHA-256(b"stck" + merchant id (16 LE) + out_stock_no (32, NUL-padded)), LE."""
+    data = b"stck" + merchant_id.to_bytes(16, "little") + bytes(out_stock_no).ljust(OUT_TRADE_NO_SIZE, b"\0")
+    return int.from_bytes(hashlib.sha256(data).digest()[:16], "little")
+
+
+def coupon_id(stock, user_id, request_id):
+    """SHA-256(b"cpon" + stock id + user id + request id)[:16]."""
+    return _pair_digest(b"cpon", stock, user_id, request_id)
+
+
+def holding_id(stock, user_id):
+    """SHA-256(b"hold" + stock id + user id + 16 zero bytes)[:16]."""
+    return _pair_digest(b"hold", stock, user_id)
+
+
+def coupon_payment_id(payer_id, request_id):
+    """SHA-256(b"cpay" + payer id + request id + 16 zero bytes)[:16]."""
+    return _pair_digest(b"cpay", payer_id, request_id)
+
+
+# -- cross-border payments' ids and amounts (docs/products.md "Cross-border payments")
+
+def fx_payment_id(payer_id, request_id):
+    """SHA-256(b"fxpy" + payer id + request id + 16 zero bytes)[:16]."""
+    return _pair_digest(b"fxpy", payer_id, request_id)
+
+
+def fx_refund_id(payment_id, request_id):
+    """SHA-256(b"fxrf" + payment id + request id + 16 zero bytes)[:16]."""
+    return _pair_digest(b"fxrf", payment_id, request_id)
+
+
+def fx_payer_amount(merchant_amount, rate_ppb):
+    """What the payer pays for ``merchant_amount`` at ``rate_ppb``: ceil(b x 10^9 / rate) (the
+    payer pays the rounding), exact (it may exceed 64 bits)."""
+    return -(-merchant_amount * PPB // rate_ppb)
+
+
+def fx_refund_share(payer_amount, merchant_amount, payer_refunded, merchant_refunded, refund):
+    """What a refund of ``refund`` returns to the payer at the locked rate: floor(b' x a / b),
+    the last refund (the merchant's amount all refunded) the rest of ``payer_amount``."""
+    if merchant_refunded + refund == merchant_amount:
+        return payer_amount - payer_refunded
+    return refund * payer_amount // merchant_amount

@@ -175,6 +175,21 @@ def test_a_stock_whose_coupons_are_all_redeemed_ends_with_nothing_to_return():
     assert balances(m, BUDGET) == [(1000, 1000)]
 
 
+def test_a_grant_on_a_stock_whose_coupons_were_all_redeemed_is_exhausted_not_ended():
+    """docs/products.md grant_coupons: ``stock_ended`` (by the clock), ``stock_exhausted``
+    (issued = total_count). A stock every coupon of which was redeemed has ended before its
+    ends_at; a grant on it answered stock_ended (the state was checked with the clock)."""
+    m = machine()
+    create(m, T0, total_count=2, per_user_max=1)
+    for user in USERS[:2]:
+        grant(m, T0 + S, user)
+        assert pay(m, T0 + 2 * S, user, 2000) is Result.ok
+    s = stock(m)
+    assert s["state"] == StockState.ENDED and s["ends_at"] > T0 + 3 * S
+    assert grant(m, T0 + 3 * S, USERS[2]) is Result.stock_exhausted
+    assert grant(m, s["ends_at"], USERS[2]) is Result.stock_ended
+
+
 def test_bad_stocks_get_their_codes_and_leave_the_ledger_untouched():
     m = machine()
     before = balances(m, MERCHANT, BUDGET)

@@ -34,6 +34,9 @@ import core
 import core.machine
 from tests.model import (ENVELOPE_EMPTY, ENVELOPE_OPEN, ENVELOPE_REFUND_FAILED, ENVELOPE_REFUNDED, LEGS_MAX, U64, U128,
                          ModelLedger, R, claim_id, claim_transfer_id, envelope_id, envelope_share, leg_id, share_max)
+from tests.product_properties import (applied, assert_retries_change_nothing, assert_same_ledger, balances, exists_again,
+                                      keyed_faults, ledger_state, model_run, mostly as _mostly, pulse_both, rare,
+                                      run_both, timed)
 from tests.test_order_properties import _apply, _dicts
 
 NS = 1_000_000_000
@@ -45,8 +48,6 @@ assert len(SECRET) == 32
 
 # Operation numbers (docs/products.md; core/operations.py).
 CREATE_ACCOUNTS, CREATE_TRANSFERS, SET_LIMITS, SEND, CLAIM = 1, 2, 6, 116, 117
-NAMES = {CREATE_ACCOUNTS: "create_accounts", CREATE_TRANSFERS: "create_transfers", SET_LIMITS: "set_limits",
-         SEND: "send_envelopes", CLAIM: "claim_envelopes"}
 EVENT_DTYPES = {SEND: core.records.ENVELOPE_SEND_DTYPE, CLAIM: core.records.ENVELOPE_CLAIM_DTYPE,
                 SET_LIMITS: core.records.LIMITS_DTYPE}
 CODE_FUND, CODE_CLAIM, CODE_REFUND = 6, 7, 8
@@ -117,11 +118,6 @@ USUAL, SMALL, TINY_RING, ROOMY = (64, 256, 512), (4, 6, 24), (16, 64, 12), (1024
 
 # ---------------------------------------------------------------- strategies
 
-def _mostly(usual, unusual, percent_unusual=5):
-    return st.integers(0, 99).flatmap(lambda roll: unusual if roll < percent_unusual else usual)
-
-
-rare = st.integers(0, 99).map(lambda x: x < 4)
 hot_keys = _mostly(st.sampled_from([(SENDER, b"E-0"), (SENDER, b"E-1"), (SENDER, b"E-3"), (SENDER, b"E-5"),
                                     (CAPPED_SENDER, b"E-0"), (CAPPED_SENDER, b"E-5")]), st.sampled_from(KEYS), 40)
 
@@ -149,13 +145,7 @@ def send_events(draw):
         event["out_envelope_no"] = draw(_mostly(st.just(number), st.sampled_from([b"", b"a b", b"\xff", b"x" * 32]),
                                                 40))
         event["id"] = envelope_id(event["sender_id"], event["out_envelope_no"])
-    if draw(rare):
-        event["id"] = draw(st.sampled_from([0, U128, event["id"] ^ 1]))
-    if draw(rare):
-        event["ledger"] = draw(st.sampled_from([0, USD if event["ledger"] == CNY else CNY]))
-    if draw(rare):
-        event[draw(st.sampled_from(["timestamp", "reserved", "flags"]))] = draw(st.sampled_from([1, FORBIDDEN]))
-    return event
+    return keyed_faults(draw, event, (CNY, USD))
 
 
 # A claim names the state as it is when its batch runs: ("open", k) is the k-th open packet,
@@ -292,26 +282,12 @@ def _burst():
 
 
 def _timed(steps, model):
-    """The steps as (operation, now_ns, events), resolved against the model as each batch runs."""
-    now, previous = START_NS, None
-    for operation, step, events in steps:
-        if isinstance(step, tuple):
-            _, k, d = step
-            due = sorted(p["expires_at"] for p in model.envelopes_by_id.values() if p["state"] == ENVELOPE_OPEN)
-            if due:
-                now = max(now, due[k % len(due)] + d)
-        else:
-            now += step
-        if operation == "again":
-            if previous is None:
-                continue
-            operation, events = previous
-        elif operation == "burst":
-            operation, events = SEND, _burst()
-        else:
-            events = [_resolve(model, e) for e in events]
-        previous = operation, events
-        yield operation, now, events
+    """The steps as (operation, now_ns, events), resolved against the model as each batch runs;
+    ("edge", k, d): d ns from the k-th soonest expires_at of an open packet."""
+    def edge_time(k, d):
+        due = sorted(p["expires_at"] for p in model.envelopes_by_id.values() if p["state"] == ENVELOPE_OPEN)
+        return due[k % len(due)] + d if due else None
+    return timed(steps, START_NS, lambda event, now: _resolve(model, event), edge_time, lambda burst: (SEND, _burst()))
 
 
 # ---------------------------------------------------------------- the core and the model
@@ -356,9 +332,7 @@ def _claim_ids(model):
 
 
 def _assert_same_state(machine, model):
-    ledger = machine.ledger
-    assert ledger.last_timestamp == model.last   # the refunds' timestamps, then 4 per event
-    assert core.to_dicts(ledger.accounts()) == model.accounts()
+    assert_same_ledger(machine, model, ACCOUNT_IDS[:14] + CLAIMERS[:6], TOP_UP_IDS)
     packet_ids = _packet_ids(model)
     assert machine.envelopes.envelope_count == len(model.envelopes_by_id)
     assert _lookup(machine, "envelopes", packet_ids) == model.lookup_envelopes(packet_ids)
@@ -367,31 +341,12 @@ def _assert_same_state(machine, model):
     assert machine.envelopes.claim_count == len(model.claims_by_id)
     claim_ids = _claim_ids(model)
     assert _lookup(machine, "envelope_claims", claim_ids) == model.lookup_envelope_claims(claim_ids)
-    assert ledger.transfer_count == len(model.transfers_by_id)
-    transfer_ids = list(dict.fromkeys(list(model.transfers_by_id) + TOP_UP_IDS + [0, U128]))
-    assert core.to_dicts(ledger.lookup_transfers(transfer_ids)) == model.lookup_transfers(transfer_ids)
-    for account_id in ACCOUNT_IDS[:14] + CLAIMERS[:6]:
-        assert core.to_dicts(ledger.get_account_transfers(account_id)) == model.get_account_transfers(account_id)
-    features, expected = ledger.features(), model.features_by_index()
-    for key in expected:
-        assert features[key].tolist() == expected[key], key
 
 
 def _check_invariants(machine, packet_ids):
     """What holds of the core's state after any batch (``packet_ids``: every packet sent)."""
     ledger = machine.ledger
-    accounts = ledger.accounts()
-    for ledger_number in np.unique(accounts["ledger"]):
-        same = accounts[accounts["ledger"] == ledger_number]
-        assert sum(map(int, same["debits_posted"])) == sum(map(int, same["credits_posted"]))
-        assert sum(map(int, same["debits_pending"])) == sum(map(int, same["credits_pending"]))
-    balance = {}
-    for a in core.to_dicts(accounts):
-        if a["flags"] & 2:   # debits_must_not_exceed_credits
-            assert a["debits_pending"] + a["debits_posted"] <= a["credits_posted"], a
-        if a["flags"] & 4:   # credits_must_not_exceed_debits
-            assert a["credits_pending"] + a["credits_posted"] <= a["debits_posted"], a
-        balance[a["id"]] = a["credits_posted"] - a["debits_posted"]
+    balance = balances(ledger)
     packets = _lookup(machine, "envelopes", packet_ids)
     assert len(packets) == len(packet_ids)
     held = {escrow: 0 for escrow in ESCROWS}
@@ -430,18 +385,14 @@ def _check_invariants(machine, packet_ids):
 
 def _run_against_model(steps, sizes=USUAL):
     machine, model = _machine(sizes), _model(sizes)
-    now = START_NS
-    for operation, now, events in _timed(SETUP + steps, model):
-        want = _expect(model, operation, events, now)
-        got = _submit(machine, operation, events, now)
-        assert got == want, (NAMES[operation], now, events)
+
+    def check(_):
         _assert_same_state(machine, model)
         _check_invariants(machine, list(model.envelopes_by_id))
+
+    now = run_both(machine, model, _timed(SETUP + steps, model), _submit, _expect, check)
     # A day after the last send every packet has ended: pulses refund what is left (256 a batch start).
-    later = max(now, model.last) + DAY
-    for k in range(3):
-        _submit(machine, CREATE_TRANSFERS, [], later + k)
-        model.apply(CREATE_TRANSFERS, [], later + k)
+    pulse_both(machine, model, _submit, max(now, model.last) + DAY)
     _assert_same_state(machine, model)
     _check_invariants(machine, list(model.envelopes_by_id))
     ring_full = model.transfers_max - len(model.transfers_by_id) < 1
@@ -551,11 +502,15 @@ def test_core_envelopes_match_the_reference_model_on_the_edges(name):
 # ---------------------------------------------------------------- retries, on the core
 
 def _state(machine, model):
-    ledger = machine.ledger
-    transfer_ids = list(model.transfers_by_id) + TOP_UP_IDS
-    return (core.to_dicts(ledger.accounts()), _lookup(machine, "envelopes", _packet_ids(model)),
-            _lookup(machine, "envelope_claims", _claim_ids(model)), ledger.transfer_count,
-            core.to_dicts(ledger.lookup_transfers(transfer_ids)), {k: v.tolist() for k, v in ledger.features().items()})
+    return (ledger_state(machine, list(model.transfers_by_id) + TOP_UP_IDS),
+            _lookup(machine, "envelopes", _packet_ids(model)), _lookup(machine, "envelope_claims", _claim_ids(model)))
+
+
+def _again(operation, was):
+    """A send or a claim that took answers ``exists`` again (a claim with its place and share)."""
+    if operation == CLAIM:
+        return ("exists",) + was[1:] if was[0] in ("ok", "exists") else None
+    return exists_again(SEND)(operation, was)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -564,25 +519,8 @@ def test_a_retried_batch_changes_nothing(steps):
     """Each batch again, once the clock's own changes by then are made (a pulse past the
     retry's timestamps): sends and claims that took answer ``exists`` (a claim with its place
     and share), and nothing changes."""
-    machine, model = _machine(), _model()
-    for operation, now, events in _timed(SETUP + steps, model):
-        model.apply(operation, events, now)
-        first = _submit(machine, operation, events, now)
-        if operation == CREATE_ACCOUNTS:
-            continue
-        for _ in range(3):   # (a pulse that refunds moves the clock on: again, past that)
-            after = machine.ledger.last_timestamp + LEGS_MAX * len(events) + 2
-            _submit(machine, CREATE_TRANSFERS, [], after)
-            model.apply(CREATE_TRANSFERS, [], after)
-        before = _state(machine, model)
-        retry = _submit(machine, operation, events, after)
-        model.apply(operation, events, after)
-        assert _state(machine, model) == before, (NAMES[operation], events, first, retry)
-        for event, was, now_is in zip(events, first, retry):
-            if operation == CLAIM and was[0] in ("ok", "exists"):
-                assert now_is == ("exists",) + was[1:], (event, was, now_is)
-            elif operation == SEND and was in ("ok", "exists"):
-                assert now_is == "exists", (event, was, now_is)
+    model = _model()
+    assert_retries_change_nothing(_machine(), model, _timed(SETUP + steps, model), _submit, _state, _again)
 
 
 
@@ -590,10 +528,8 @@ def test_a_retried_batch_changes_nothing(steps):
 
 def _model_run(name):
     sizes, steps = _scenarios()[name]
-    model, out = _model(sizes), []
-    for operation, now, events in _timed(SETUP + steps, model):
-        out.append((max(now, model.last + 1), _expect(model, operation, events, now)))
-    return model, out
+    model = _model(sizes)
+    return model, model_run(model, _timed(SETUP + steps, model), _expect)
 
 
 def test_model_ids_and_shares_follow_the_document():
@@ -800,10 +736,7 @@ def test_the_mean_share_is_the_same_at_every_position(total, count):
 # ---------------------------------------------------------------- where the core departed from the document (fixed)
 
 def _setup_machine(sizes=USUAL):
-    machine, model = _machine(sizes), _model(sizes)
-    for operation, now, events in _timed(SETUP, model):
-        assert set(_submit(machine, operation, events, now)) == {"ok"}
-    return machine
+    return applied(_machine(sizes), _timed(SETUP, _model(sizes)), _submit)
 
 
 def test_an_escrow_cannot_send_the_money_its_open_packets_hold():

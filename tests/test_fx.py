@@ -129,7 +129,10 @@ def test_partial_refunds_return_shares_and_the_last_the_rest():
 @given(rate=st.integers(1, 10**18), amount=st.integers(1, 10**12),
        parts=st.lists(st.integers(1, 10**4), min_size=1, max_size=8))
 def test_rounding_never_makes_or_loses_a_minor_unit(rate, amount, parts):
-    payer = payer_amount_of(amount, rate)
+    try:
+        payer = payer_amount_of(amount, rate)
+    except OverflowError:   # (the quote answers rate_invalid)
+        return
     if payer >= 1 << 63:
         return
     assert payer * rate >= amount * 10**9 > (payer - 1) * rate  # the payer pays the rounding, at most 1
