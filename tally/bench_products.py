@@ -462,31 +462,12 @@ async def _drive(port: int, secret: bytes, *, accounts: int, connections: int, d
                 "pool_from_id": first["pools"], "pool_to_id": first["pools"] + 1}]))).any():
             raise RuntimeError("the CNY -> USD rate was refused")
 
-        async def send(client):
-            if envelopes.requested >= packets:
-                return 0, 0
-            batch = envelopes.sends(min(batch_events, packets - envelopes.requested))
-            results = await client.send_envelopes(batch)
-            envelopes.answered(batch, results)
-            refused = int(np.count_nonzero(results))
-            return len(results) - refused, refused
-
         say(f"red envelopes: {packets:,} packets of {PACKET_COUNT} sent, to be claimed")
-        sends = await _phase(clients, depth, 3600.0, server_pid, send, warmup_s=0.0,
-                             until=lambda: envelopes.requested >= packets)
-
-        async def grant(client):
-            if coupon_stream.requested >= coupons:
-                return 0, 0
-            batch = coupon_stream.grants(min(batch_events, coupons - coupon_stream.requested))
-            results = await client.grant_coupons(batch)
-            coupon_stream.answered(batch, results)
-            refused = int(np.count_nonzero(results))
-            return len(results) - refused, refused
-
+        sends = await _made_before(clients, depth, server_pid, packets, lambda: envelopes.requested,
+                                   envelopes.sends, lambda client: client.send_envelopes, envelopes.answered)
         say(f"coupons: {COUPON_STOCKS} stocks, {coupons:,} coupons granted by scan, to be paid with")
-        grants = await _phase(clients, depth, 3600.0, server_pid, grant, warmup_s=0.0,
-                              until=lambda: coupon_stream.requested >= coupons)
+        grants = await _made_before(clients, depth, server_pid, coupons, lambda: coupon_stream.requested,
+                                    coupon_stream.grants, lambda client: client.grant_coupons, coupon_stream.answered)
 
         async def quote(client):
             asked = fx.quotes(batch_events)
@@ -588,6 +569,24 @@ async def _drive(port: int, secret: bytes, *, accounts: int, connections: int, d
     return {"transfers": transfers, "qr": qr, "codes": code_payments, "refunds": refunds,
             "notifications": notifications, "sends": sends, "claims": claims, "hot": hot, "shares": shares,
             "grants": grants, "coupons": coupon_pays, "quotes": quotes, "cross_border": fx_pays}
+
+
+async def _made_before(clients, depth: int, server_pid: int, total: int, requested, make, operation,
+                       answered) -> dict:
+    """``total`` events made before the slices, closed loop: ``make(count)`` the next batch
+    (``requested()``: how many were made so far), ``operation(client)`` sends it, ``answered(batch,
+    results)`` keeps those answered ok; the phase's figures (events ok per second)."""
+    async def one(client):
+        left = total - requested()
+        if left <= 0:
+            return 0, 0
+        batch = make(min(constants.BATCH_EVENTS_MAX, left))
+        results = await operation(client)(batch)
+        answered(batch, results)
+        refused = int(np.count_nonzero(results))
+        return len(results) - refused, refused
+
+    return await _phase(clients, depth, 3600.0, server_pid, one, warmup_s=0.0, until=lambda: requested() >= total)
 
 
 async def _hot_packet(clients, envelopes: EnvelopeStream) -> dict:
