@@ -253,6 +253,17 @@ def coupon_id(stock_id: int, user_id: int, request_id: int) -> int:
     return _pair_id(COUPON_ID_DOMAIN, stock_id, user_id, request_id)
 
 
+def coupon_ids(stock_ids, user_ids, request_ids) -> np.ndarray:
+    """Many coupons' ids at once (``coupon_id``), as ``claim_ids``: ``stock_ids``, ``user_ids``
+    and ``request_ids`` (n, 2) uint64 arrays (lo, hi); an (n, 2) uint64 array (lo, hi) back."""
+    from core import digest
+    users = np.ascontiguousarray(user_ids, dtype=np.uint64).reshape(-1, 2)
+    numbers = np.zeros((users.shape[0], OUT_TRADE_NO_BYTES), dtype=np.uint8)
+    numbers[:, :16] = users.view(np.uint8)
+    numbers[:, 16:] = np.ascontiguousarray(request_ids, dtype=np.uint64).reshape(-1, 2).view(np.uint8)
+    return digest.key_ids(COUPON_ID_DOMAIN, stock_ids, numbers)
+
+
 def holding_id(stock_id: int, user_id: int) -> int:
     """A user's holding of a stock (its counts: received, redeemed; the core computes it)."""
     return _pair_id(HOLDING_ID_DOMAIN, stock_id, user_id)

@@ -43,8 +43,8 @@ from engine.protocol import Operation
 
 TRACE_MAGIC = b"TALLYTRC"
 TRACE_VERSION = 1           # major: a reader refuses a newer one
-TRACE_MINOR_VERSION = 3     # minor: additions an older reader of the same major may skip (1.1: FLAG_PRODUCTS,
-                            # 1.2: FLAG_CODES, 1.3: FLAG_ENVELOPES)
+TRACE_MINOR_VERSION = 4     # minor: additions an older reader of the same major may skip (1.1: FLAG_PRODUCTS,
+                            # 1.2: FLAG_CODES, 1.3: FLAG_ENVELOPES, 1.4: FLAG_COUPONS, FLAG_FX)
 CHUNK_MAGIC = b"TRCH"
 END_MAGIC = b"TREN"
 
@@ -63,8 +63,16 @@ FLAG_CODES = 2
 #: under the store's secret, so a trace is the only record of what the run's claims got. Set
 #: with FLAG_PRODUCTS.
 FLAG_ENVELOPES = 4
+#: Flag (file header, 1.4): chunks may hold the coupons' operations (create_stocks,
+#: grant_coupons, pay_with_coupon). No extra section: a coupon's and a payment's ids are digests
+#: of what the events hold. Set with FLAG_PRODUCTS.
+FLAG_COUPONS = 8
+#: Flag (file header, 1.4): chunks may hold the cross-border payments' operations (set_rates,
+#: pay_cross_border, refund_cross_border; a quote is a query, not traced). No extra section: a
+#: payment holds the payer amount and rate version it was quoted. Set with FLAG_PRODUCTS.
+FLAG_FX = 16
 #: Flags (file header) this reader understands; a file with any other bit set is refused.
-FLAGS_KNOWN = FLAG_PRODUCTS | FLAG_CODES | FLAG_ENVELOPES
+FLAGS_KNOWN = FLAG_PRODUCTS | FLAG_CODES | FLAG_ENVELOPES | FLAG_COUPONS | FLAG_FX
 
 #: Limits (a limit on everything).
 HEADER_BYTES_MAX = 1 << 20          # the msgpack run header
@@ -104,6 +112,29 @@ ENVELOPE_OPERATIONS = frozenset(int(operation) for operation, component in CREAT
                                 if component == "envelopes")
 #: The operation whose chunks carry the ``claimed`` extra section (with FLAG_ENVELOPES).
 CLAIM_ENVELOPES = int(Operation.claim_envelopes)
+#: The coupons' and the cross-border payments' operations: only in a file with their flag.
+COUPON_OPERATIONS = frozenset(int(operation) for operation, component in CREATE_COMPONENTS.items()
+                              if component == "coupons")
+FX_OPERATIONS = frozenset(int(operation) for operation, component in CREATE_COMPONENTS.items() if component == "fx")
+#: Each product's flag, its operations and what they are called in a writer's refusal.
+_PRODUCT_FLAGS = ((FLAG_PRODUCTS, PRODUCT_OPERATIONS, "a product's"),
+                  (FLAG_CODES, CODE_OPERATIONS, "a payment code's"),
+                  (FLAG_ENVELOPES, ENVELOPE_OPERATIONS, "a red envelope's"),
+                  (FLAG_COUPONS, COUPON_OPERATIONS, "a coupon's"),
+                  (FLAG_FX, FX_OPERATIONS, "a cross-border payment's"))
+
+
+def _flags_of(operations) -> int:
+    """The flags a file holding these operations sets."""
+    return sum(flag for flag, members, _ in _PRODUCT_FLAGS if members.intersection(operations))
+
+
+def _flagged_out(operation: int, flags: int) -> str | None:
+    """What ``operation`` is if a file with ``flags`` may not hold it (None: it may)."""
+    for flag, members, name in _PRODUCT_FLAGS:
+        if operation in members and not flags & flag:
+            return name
+    return None
 
 _U64, _U32, _U16, _U8 = np.dtype(np.uint64), np.dtype(np.uint32), np.dtype(np.uint16), np.dtype(np.uint8)
 _LIMITS = {dtype: int(np.iinfo(dtype).max) for dtype in (_U64, _U32, _U16, _U8)}
@@ -232,9 +263,7 @@ class TraceWriter:
         unknown = [operation for operation in operations if operation not in OPERATION_DTYPES]
         if unknown:
             raise ValueError(f"operations {unknown}: only the logged ones can be traced")
-        self._flags = ((FLAG_PRODUCTS if PRODUCT_OPERATIONS.intersection(operations) else 0)
-                       | (FLAG_CODES if CODE_OPERATIONS.intersection(operations) else 0)
-                       | (FLAG_ENVELOPES if ENVELOPE_OPERATIONS.intersection(operations) else 0))
+        self._flags = _flags_of(operations)
         encoded = msgspec.msgpack.encode(header)
         if len(encoded) > HEADER_BYTES_MAX:
             raise ValueError(f"header is {len(encoded)} bytes encoded, more than {HEADER_BYTES_MAX}")
@@ -290,15 +319,10 @@ class TraceWriter:
         if dtype is None:
             raise ValueError(f"operation {operation!r}: only the logged operations (core/operations.py) are traced")
         operation = int(operation)
-        if operation in PRODUCT_OPERATIONS and not self._flags & FLAG_PRODUCTS:
-            raise ValueError(f"operation {operation}: a product's, in a trace not made for them "
+        flagged_out = _flagged_out(operation, self._flags)
+        if flagged_out is not None:
+            raise ValueError(f"operation {operation}: {flagged_out}, in a trace not made for them "
                              "(give the writer operations= with it)")
-        if operation in CODE_OPERATIONS and not self._flags & FLAG_CODES:
-            raise ValueError(f"operation {operation}: a payment code's, in a trace not made for them "
-                             "(give the writer operations= with one)")
-        if operation in ENVELOPE_OPERATIONS and not self._flags & FLAG_ENVELOPES:
-            raise ValueError(f"operation {operation}: a red envelope's, in a trace not made for them "
-                             "(give the writer operations= with one)")
         raw = _event_bytes(events, dtype, operation)
         n = raw.shape[0] // RECORD_BYTES
         if n == 0:
@@ -690,9 +714,7 @@ class TraceReader:
         header = self._read(offset, CHUNK_HEADER.size).tobytes()
         (_, operation, _reserved, count, columns_bytes, events_bytes, extra_bytes, sequence,
          checksum) = CHUNK_HEADER.unpack(header)
-        if (operation not in OPERATION_DTYPES or (operation in PRODUCT_OPERATIONS and not self.flags & FLAG_PRODUCTS)
-                or (operation in CODE_OPERATIONS and not self.flags & FLAG_CODES)
-                or (operation in ENVELOPE_OPERATIONS and not self.flags & FLAG_ENVELOPES)):
+        if operation not in OPERATION_DTYPES or _flagged_out(operation, self.flags) is not None:
             raise self._error(offset + 4, f"chunk {self.chunks}: unknown operation {operation}")
         if not 1 <= count <= CHUNK_EVENTS_MAX:
             raise self._error(offset + 8, f"chunk {self.chunks}: count {count} is not in 1..{CHUNK_EVENTS_MAX}")

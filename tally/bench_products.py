@@ -51,6 +51,22 @@ closed loop, after one second of warm-up of each:
    ``hot_packet_late`` (answered ``envelope_empty``) and ``hot_packet_exact`` (the packet read
    back emptied, its 1,000 shares summing to its total).
 
+   ``pay_with_coupon_per_s``: coupon payments (``pay_with_coupon``) answered ``ok`` per second,
+   in a fifth slice: each redeems a coupon granted before the slices (``coupon_grant_per_s``:
+   those grants, ``grant_coupons`` by scan answered ``ok`` per second, closed loop,
+   ``COUPON_PAYS_MAX_PER_S`` x (``seconds`` + a warm-up) of them, each wallet receiving coupons of
+   one of ``COUPON_STOCKS`` stocks, a stock per merchant funded into its budget account when
+   created), paid by its user at the stock's merchant, a price above the minimum spend: the user
+   pays the price less the face, the budget the face, one chain; ``coupon_ratio_to_transfers``
+   likewise. (Pay-and-get and membership merchants are the load generator's ``coupon`` mix.)
+
+   ``cross_border_pay_per_s``: cross-border payments (``pay_cross_border``) answered ``ok`` per
+   second, in a sixth slice: CNY wallets (uniform) paying ``FX_MERCHANTS`` USD merchants (Zipf)
+   amounts quoted before the slices (``cross_border_quote_per_s``: ``quote_cross_border`` of
+   ``ORDER_POOL`` amounts, a request of 8,190 each, after an admin's ``set_rates`` of CNY -> USD
+   through two FX pools), each payment at its quote's payer amount and rate version: payer ->
+   pool(CNY), pool(USD) -> merchant, one chain; ``cross_border_ratio_to_transfers`` likewise.
+
    ``--report DIR`` (``report_dir``) adds, untimed, ``SHARE_PACKETS`` packets of 10 claimed
    whole, and writes the distribution of a share by its claim position (``envelope_shares.svg``,
    ``.json``, ``.csv``: count, mean, standard deviation, quantiles and the mean's distance from
@@ -74,11 +90,11 @@ import numpy as np
 
 import core
 from core import constants
-from core.order_keys import envelope_ids, order_ids, refund_ids
+from core.order_keys import coupon_ids, envelope_ids, order_ids, refund_ids, stock_creates
 from tally import bench_core, bench_e2e, bench_settle, local_server
 
 WARMUP_S = 1.0
-SLICES = 5                      # alternating slices of transfers and QR payments
+SLICES = 5                      # alternating slices of transfers and each product's payments
 ORDER_POOL = 1 << 20            # pre-drawn merchants, payers and amounts, sliced per request
 #: Red envelopes: the bench's packets (count shares, total minor units), the hot packet's and its
 #: claimers, and the packets of the share distribution (--report).
@@ -88,6 +104,15 @@ HOT_COUNT = 1_000
 HOT_TOTAL = 20_000
 HOT_CLAIMERS = 10_000
 SHARE_PACKETS = 100_000
+#: Coupons: a stock at each of the first COUPON_STOCKS merchants (each with its budget account),
+#: its face and minimum spend (minor units); a payment's price is drawn in min spend..10,000.
+COUPON_STOCKS = 16
+COUPON_FACE = 500
+COUPON_MIN_SPEND = 1_000
+#: Cross-border payments: FX_MERCHANTS merchants in USD (Zipf), paid by CNY wallets (uniform) at
+#: FX_RATE_PPB (US cents per 10^9 fen), amounts in 1..10,000 US cents.
+FX_MERCHANTS = 1_000
+FX_RATE_PPB = 138_000_000
 
 
 class OrderStream:
@@ -232,6 +257,113 @@ class EnvelopeStream:
         return np.array_split(batch, parts)
 
 
+class CouponStream:
+    """Coupons: a ``create_stocks`` batch (a stock at each of ``COUPON_STOCKS`` merchants, funded
+    into its budget account), ``grant_coupons`` batches (by scan: wallets in turn, each receiving
+    a coupon of stock ``wallet % COUPON_STOCKS``, request ids from a counter) and
+    ``pay_with_coupon`` batches redeeming the coupons granted ok, in turn, each by its user at its
+    stock's merchant (pre-drawn prices, request ids from another counter)."""
+
+    def __init__(self, accounts: int, budgets_first: int, coupons_max: int, seed: int = 17):
+        self._wallets, _, _ = bench_core._population(accounts)
+        self._merchants = np.arange(self._wallets + 1, self._wallets + 1 + COUPON_STOCKS, dtype=np.uint64)
+        self._budgets = np.arange(budgets_first, budgets_first + COUPON_STOCKS, dtype=np.uint64)
+        self._coupons_max = coupons_max
+        rows = [{"merchant_id": int(merchant), "budget_account_id": int(budget), "face_value": COUPON_FACE,
+                 "min_spend": COUPON_MIN_SPEND, "total_count": min(constants.STOCK_COUNT_MAX, coupons_max),
+                 "per_user_max": min(coupons_max, 2**32 - 1), "valid_for_s": 86_400,
+                 "out_stock_no": b"BENCH-%d" % number, "ledger": core.Currency.CNY}
+                for number, (merchant, budget) in enumerate(zip(self._merchants, self._budgets))]
+        self.stocks = stock_creates(rows)
+        self._prices = np.random.default_rng(seed).integers(COUPON_MIN_SPEND, 10_001, ORDER_POOL, dtype=np.uint64)
+        self._granted = np.zeros((coupons_max, 3), dtype=np.uint64)   # coupons granted ok: id lo, hi, user
+        self.granted = self._paid = self.requested = 0
+
+    def grants(self, count: int) -> np.ndarray:
+        numbers = np.arange(self.requested, self.requested + count, dtype=np.uint64)
+        self.requested += count
+        users = 1 + numbers % np.uint64(self._wallets)
+        stocks = (users % np.uint64(COUPON_STOCKS)).astype(np.intp)
+        batch = np.zeros(count, dtype=core.COUPON_GRANT_DTYPE)
+        batch["stock_id_lo"], batch["stock_id_hi"] = self.stocks["id_lo"][stocks], self.stocks["id_hi"][stocks]
+        batch["user_id_lo"], batch["request_id_lo"] = users, numbers + np.uint64(1)
+        batch["merchant_id_lo"], batch["channel"] = self._merchants[stocks], core.CouponChannel.scan
+        ids = coupon_ids(np.stack([batch["stock_id_lo"], batch["stock_id_hi"]], axis=1),
+                         np.stack([users, np.zeros(count, dtype=np.uint64)], axis=1),
+                         np.stack([batch["request_id_lo"], np.zeros(count, dtype=np.uint64)], axis=1))
+        batch["id_lo"], batch["id_hi"] = ids[:, 0], ids[:, 1]
+        return batch
+
+    def answered(self, grants: np.ndarray, results: np.ndarray) -> None:
+        """Keep the coupons granted ok (up to ``coupons_max``), to pay with."""
+        ok = grants[results == 0][:self._coupons_max - self.granted]
+        rows = self._granted[self.granted:self.granted + len(ok)]
+        rows[:, 0], rows[:, 1], rows[:, 2] = ok["id_lo"], ok["id_hi"], ok["user_id_lo"]
+        self.granted += len(ok)
+
+    def pays(self, count: int) -> np.ndarray | None:
+        """Payments redeeming the next ``count`` coupons granted (None: every one is redeemed)."""
+        count = min(count, self.granted - self._paid)
+        if count <= 0:
+            return None
+        first, self._paid = self._paid, self._paid + count
+        coupons = self._granted[first:first + count]
+        stocks = (coupons[:, 2] % np.uint64(COUPON_STOCKS)).astype(np.intp)
+        batch = np.zeros(count, dtype=core.COUPON_PAY_DTYPE)
+        batch["payer_id_lo"], batch["merchant_id_lo"] = coupons[:, 2], self._merchants[stocks]
+        batch["coupon_id_lo"], batch["coupon_id_hi"] = coupons[:, 0], coupons[:, 1]
+        batch["stock_id_lo"], batch["stock_id_hi"] = self.stocks["id_lo"][stocks], self.stocks["id_hi"][stocks]
+        batch["request_id_lo"] = np.arange(first + 1, first + count + 1, dtype=np.uint64)
+        batch["price"] = self._prices[np.arange(first, first + count) % ORDER_POOL]
+        batch["ledger"] = core.Currency.CNY
+        return batch
+
+
+class CrossBorderStream:
+    """Cross-border payments: CNY wallets (uniform) paying ``FX_MERCHANTS`` USD merchants (Zipf)
+    pre-drawn amounts in US cents. ``quotes`` asks for the pool's amounts (``quote_cross_border``,
+    a request of up to ``BATCH_EVENTS_MAX``), ``quoted`` keeps what each payer pays and the rate's
+    version, and ``pays`` makes ``pay_cross_border`` batches of quoted amounts (request ids from
+    a counter: each payment its own)."""
+
+    def __init__(self, accounts: int, merchants_first: int, seed: int = 19):
+        wallets, _, _ = bench_core._population(accounts)
+        rng = np.random.default_rng(seed)
+        self._payers = rng.integers(1, wallets + 1, ORDER_POOL, dtype=np.uint64)
+        self._merchants = merchants_first + bench_core._zipf_indices(rng, ORDER_POOL, FX_MERCHANTS).astype(np.uint64)
+        self.amounts = rng.integers(1, 10_001, ORDER_POOL, dtype=np.uint64)
+        self._payer_amounts = np.zeros(ORDER_POOL, dtype=np.uint64)
+        self._versions = np.zeros(ORDER_POOL, dtype=np.uint32)
+        self.quoted = self.requested = self.paid = 0
+
+    def quotes(self, count: int) -> tuple[int, np.ndarray] | None:
+        """The next pool rows to quote (their first row, their amounts); None once all are asked."""
+        count = min(count, ORDER_POOL - self.requested)
+        if count <= 0:
+            return None
+        first, self.requested = self.requested, self.requested + count
+        return first, self.amounts[first:first + count]
+
+    def answered(self, first: int, quotes: np.ndarray) -> None:
+        if (quotes["result"] != 0).any():
+            raise RuntimeError(f"a quote was refused: {core.Result(int(quotes['result'][quotes['result'] != 0][0])).name}")
+        self._payer_amounts[first:first + len(quotes)] = quotes["payer_amount"]
+        self._versions[first:first + len(quotes)] = quotes["rate_version"]
+        self.quoted += len(quotes)
+
+    def pays(self, count: int) -> np.ndarray:
+        numbers = np.arange(self.paid, self.paid + count, dtype=np.uint64)
+        self.paid += count
+        rows = (numbers % np.uint64(ORDER_POOL)).astype(np.intp)
+        batch = np.zeros(count, dtype=core.FX_PAY_DTYPE)
+        batch["payer_id_lo"], batch["merchant_id_lo"] = self._payers[rows], self._merchants[rows]
+        batch["request_id_lo"] = numbers + np.uint64(1)
+        batch["merchant_amount"], batch["payer_amount"] = self.amounts[rows], self._payer_amounts[rows]
+        batch["rate_version"] = self._versions[rows]
+        batch["payer_ledger"], batch["merchant_ledger"] = core.Currency.CNY, core.Currency.USD
+        return batch
+
+
 def _decimal(numbers: np.ndarray) -> np.ndarray:
     """Numbers as 20 decimal digits, then NULs: (n, 32) uint8 (an out_trade_no, an out_envelope_no)."""
     digits = np.zeros((len(numbers), 32), dtype=np.uint8)
@@ -282,35 +414,86 @@ async def _phase(clients, depth: int, seconds: float, server_pid: int, one, warm
             "client_cpu_s": cpu["client"]}
 
 
+def _product_accounts(accounts: int) -> dict:
+    """The accounts the products need after the population's ``accounts``: their first ids."""
+    escrow = accounts + 1
+    budgets = escrow + 1
+    pools = budgets + COUPON_STOCKS          # CNY's, then USD's
+    fx_merchants = pools + 2
+    return {"escrow": escrow, "budgets": budgets, "pools": pools, "fx_merchants": fx_merchants,
+            "end": fx_merchants + FX_MERCHANTS}
+
+
+def _product_account_records(first: dict) -> np.ndarray:
+    cny, usd, debits_limited = core.Currency.CNY, core.Currency.USD, core.AccountFlags.debits_must_not_exceed_credits
+    rows = ([{"id": first["escrow"], "ledger": cny, "code": core.AccountCode.escrow, "flags": debits_limited}]
+            + [{"id": first["budgets"] + i, "ledger": cny, "code": core.AccountCode.coupon_budget, "flags": debits_limited}
+               for i in range(COUPON_STOCKS)]
+            + [{"id": first["pools"], "ledger": cny, "code": core.AccountCode.fx_pool},
+               {"id": first["pools"] + 1, "ledger": usd, "code": core.AccountCode.fx_pool}]
+            + [{"id": first["fx_merchants"] + i, "ledger": usd, "code": core.AccountCode.merchant}
+               for i in range(FX_MERCHANTS)])
+    return core.accounts_from_dicts(rows)
+
+
 async def _drive(port: int, secret: bytes, *, accounts: int, connections: int, depth: int, seconds: float,
-                 server_pid: int, settle_s: float, say, packets: int, share_packets: int = 0) -> dict:
+                 server_pid: int, settle_s: float, say, packets: int, coupons: int, share_packets: int = 0) -> dict:
     from engine.client import Client
+    from core.order_keys import rates
 
     clients = [await Client.connect("127.0.0.1", port, client_id=1, secret=secret) for _ in range(connections)]
     batch_events = constants.BATCH_EVENTS_MAX
     try:
-        say(f"creating {accounts:,} accounts and their top-ups over the wire, and an escrow account")
+        say(f"creating {accounts:,} accounts and their top-ups over the wire, an escrow account, {COUPON_STOCKS} "
+            f"coupon budget accounts, two FX pools and {FX_MERCHANTS:,} merchants in USD")
         await bench_e2e._setup(clients, accounts)
-        escrow = accounts + 1
-        if (await clients[0].create_accounts(core.accounts_from_dicts([{
-                "id": escrow, "ledger": core.Currency.CNY, "code": core.AccountCode.escrow,
-                "flags": core.AccountFlags.debits_must_not_exceed_credits}]))).any():
-            raise RuntimeError("the escrow account was refused")
+        first = _product_accounts(accounts)
+        if (await clients[0].create_accounts(_product_account_records(first))).any():
+            raise RuntimeError("the products' accounts were refused")
+        escrow = first["escrow"]
         payments, orders = bench_e2e.PaymentStream(accounts, first_id=1 << 61), OrderStream(accounts)
         envelopes = EnvelopeStream(accounts, escrow, packets + share_packets)
+        coupon_stream = CouponStream(accounts, first["budgets"], coupons)
+        fx = CrossBorderStream(accounts, first["fx_merchants"])
+        if (await clients[0].create_stocks(coupon_stream.stocks)).any():
+            raise RuntimeError("the coupon stocks were refused")
+        if (await clients[0].set_rates(rates([{
+                "from_ledger": core.Currency.CNY, "to_ledger": core.Currency.USD, "rate_ppb": FX_RATE_PPB,
+                "pool_from_id": first["pools"], "pool_to_id": first["pools"] + 1}]))).any():
+            raise RuntimeError("the CNY -> USD rate was refused")
 
-        async def send(client):
-            if envelopes.requested >= packets:
+        say(f"red envelopes: {packets:,} packets of {PACKET_COUNT} sent, to be claimed")
+        sends = await _made_before(clients, depth, server_pid, packets, lambda: envelopes.requested,
+                                   envelopes.sends, lambda client: client.send_envelopes, envelopes.answered)
+        say(f"coupons: {COUPON_STOCKS} stocks, {coupons:,} coupons granted by scan, to be paid with")
+        grants = await _made_before(clients, depth, server_pid, coupons, lambda: coupon_stream.requested,
+                                    coupon_stream.grants, lambda client: client.grant_coupons, coupon_stream.answered)
+
+        async def quote(client):
+            asked = fx.quotes(batch_events)
+            if asked is None:
                 return 0, 0
-            batch = envelopes.sends(min(batch_events, packets - envelopes.requested))
-            results = await client.send_envelopes(batch)
-            envelopes.answered(batch, results)
+            replies = await client.quote_cross_border(core.Currency.CNY, core.Currency.USD, asked[1])
+            fx.answered(asked[0], replies)
+            return len(replies), 0
+
+        say(f"cross-border: {ORDER_POOL:,} amounts in USD quoted in CNY, to be paid")
+        quotes = await _phase(clients, depth, 3600.0, server_pid, quote, warmup_s=0.0,
+                              until=lambda: fx.requested >= ORDER_POOL)
+
+        async def coupon_payment(client):
+            batch = coupon_stream.pays(batch_events)
+            if batch is None:   # every coupon redeemed: more are needed (COUPON_PAYS_MAX_PER_S)
+                await asyncio.sleep(0.01)
+                return 0, 0
+            results = await client.pay_with_coupon(batch)
             refused = int(np.count_nonzero(results))
             return len(results) - refused, refused
 
-        say(f"red envelopes: {packets:,} packets of {PACKET_COUNT} sent, to be claimed")
-        sends = await _phase(clients, depth, 3600.0, server_pid, send, warmup_s=0.0,
-                             until=lambda: envelopes.requested >= packets)
+        async def cross_border_payment(client):
+            results = await client.pay_cross_border(fx.pays(batch_events))
+            refused = int(np.count_nonzero(results))
+            return len(results) - refused, refused
 
         async def claim(client):
             batch = envelopes.claims(batch_events)
@@ -357,17 +540,18 @@ async def _drive(port: int, secret: bytes, *, accounts: int, connections: int, d
         # background (epoch flushes, checkpoints) and the machine's noise fall on both alike:
         # their ratio is then a measure, not the difference between two separate runs.
         slice_s = seconds / SLICES
-        say(f"transfers, QR payments (create + pay), payment codes (issue + charge) and red envelope claims: "
-            f"{connections} connections x {depth} requests of {batch_events:,}, {SLICES} alternating slices of "
-            f"{slice_s:g} s each")
-        phases = {"transfers": transfer, "qr": qr_payment, "codes": code_payment, "claims": claim}
+        say(f"transfers, QR payments (create + pay), payment codes (issue + charge), red envelope claims, coupon "
+            f"payments and cross-border payments: {connections} connections x {depth} requests of {batch_events:,}, "
+            f"{SLICES} alternating slices of {slice_s:g} s each")
+        phases = {"transfers": transfer, "qr": qr_payment, "codes": code_payment, "claims": claim,
+                  "coupons": coupon_payment, "cross_border": cross_border_payment}
         for one in phases.values():   # a warm-up of each (WARMUP_S each)
             await _phase(clients, depth, 0.0, server_pid, one)
         slices = {name: [] for name in phases}
         for _ in range(SLICES):
             for name, one in phases.items():
                 slices[name].append(await _phase(clients, depth, slice_s, server_pid, one, warmup_s=0.0))
-        transfers, qr, code_payments, claims = (_merged(slices[name]) for name in phases)
+        transfers, qr, code_payments, claims, coupon_pays, fx_pays = (_merged(slices[name]) for name in phases)
         say(f"a hot packet: {HOT_COUNT:,} shares, {HOT_CLAIMERS:,} claimers at once")
         hot = await _hot_packet(clients, envelopes)
         shares = None
@@ -383,7 +567,26 @@ async def _drive(port: int, secret: bytes, *, accounts: int, connections: int, d
         for client in clients:
             client.close()
     return {"transfers": transfers, "qr": qr, "codes": code_payments, "refunds": refunds,
-            "notifications": notifications, "sends": sends, "claims": claims, "hot": hot, "shares": shares}
+            "notifications": notifications, "sends": sends, "claims": claims, "hot": hot, "shares": shares,
+            "grants": grants, "coupons": coupon_pays, "quotes": quotes, "cross_border": fx_pays}
+
+
+async def _made_before(clients, depth: int, server_pid: int, total: int, requested, make, operation,
+                       answered) -> dict:
+    """``total`` events made before the slices, closed loop: ``make(count)`` the next batch
+    (``requested()``: how many were made so far), ``operation(client)`` sends it, ``answered(batch,
+    results)`` keeps those answered ok; the phase's figures (events ok per second)."""
+    async def one(client):
+        left = total - requested()
+        if left <= 0:
+            return 0, 0
+        batch = make(min(constants.BATCH_EVENTS_MAX, left))
+        results = await operation(client)(batch)
+        answered(batch, results)
+        refused = int(np.count_nonzero(results))
+        return len(results) - refused, refused
+
+    return await _phase(clients, depth, 3600.0, server_pid, one, warmup_s=0.0, until=lambda: requested() >= total)
 
 
 async def _hot_packet(clients, envelopes: EnvelopeStream) -> dict:
@@ -465,6 +668,10 @@ async def _notifications_phase(port, secret, clients, depth, seconds, server_pid
     await more.aclose()
     return {"per_s": during / elapsed_s, "received": received[0] - history, "history": history,
             "left_after_1s": left, "qr_per_s_meanwhile": load["per_s"]}
+
+
+def _ratio(phase: dict, transfers: dict) -> float | None:
+    return round(phase["per_s"] / transfers["per_s"], 3) if transfers["per_s"] else None
 
 
 def _merged(phases: list[dict]) -> dict:
@@ -555,14 +762,26 @@ ORDERS_MAX_PER_S = 400_000
 #: faster run runs out of packets and claims nothing for the rest of its slices: raise this then).
 #: Packets and claims are held in memory (envelopes_max, claims_max: about 180 bytes each).
 CLAIMS_MAX_PER_S = 600_000
+#: Coupons granted for the coupon payments' slices: payments at this rate over their seconds and
+#: warm-up (a faster run runs out of coupons and pays nothing for the rest of its slices: raise
+#: this then). Coupons, holdings and cross-border payments are held in memory (coupons_max,
+#: holdings_max, fx_payments_max). Not more than needed: the grants are events the server logs
+#: and checkpoints before and during the slices (its background work falls on every slice), and
+#: at 3,600,000 coupons (600,000/s) a coupon payment ran at 40-60 % of its rate at 600,000
+#: coupons on a loaded machine (a larger table's probes miss the cache).
+COUPON_PAYS_MAX_PER_S = 300_000
+#: Cross-border payments the server holds: this rate over their seconds and warm-up.
+FX_PAYS_MAX_PER_S = 300_000
 
 
 def run(seconds: float = 5.0, connections: int = 4, depth: int = 2, accounts: int = 1_000_000,
         data_dir: str | None = None, prefault: bool = True, progress=None, settle_merchants: int = 100_000,
         report_dir: str | None = None, share_packets: int = SHARE_PACKETS,
-        claims_max_per_s: int = CLAIMS_MAX_PER_S) -> dict:
+        claims_max_per_s: int = CLAIMS_MAX_PER_S, coupon_pays_max_per_s: int = COUPON_PAYS_MAX_PER_S,
+        fx_pays_max_per_s: int = FX_PAYS_MAX_PER_S) -> dict:
     """The whole benchmark (see the module's docstring); ``prefault=False`` and a lower
-    ``claims_max_per_s`` (fewer packets sent for the claims' slices) only for smoke tests;
+    ``claims_max_per_s`` (fewer packets sent for the claims' slices), ``coupon_pays_max_per_s``
+    (fewer coupons granted) and ``fx_pays_max_per_s`` only for smoke tests;
     ``report_dir``: write the shares' distribution over ``share_packets`` packets there too."""
     say = progress or (lambda message: None)
     wallets, _, _ = bench_core._population(accounts)
@@ -577,6 +796,13 @@ def run(seconds: float = 5.0, connections: int = 4, depth: int = 2, accounts: in
     # QR and code payments' orders, and the codes: all in memory (the cold tier is not measured here).
     orders_max = min(constants.ORDERS_MAX_LIMIT, int(ORDERS_MAX_PER_S * (3 * seconds + 4 * WARMUP_S)))
     codes_max = min(constants.CODES_MAX_LIMIT, int(ORDERS_MAX_PER_S * (seconds + 2 * WARMUP_S)))
+    # Coupons: one per payment at up to coupon_pays_max_per_s, each wallet's of one stock (a
+    # holding per wallet); cross-border payments at up to fx_pays_max_per_s; all in memory.
+    coupons = math.ceil(coupon_pays_max_per_s * (seconds + WARMUP_S))
+    coupons_max = min(constants.COUPONS_MAX_LIMIT, coupons + constants.BATCH_EVENTS_MAX)
+    holdings_max = min(constants.HOLDINGS_MAX_LIMIT, min(coupons, wallets) + constants.BATCH_EVENTS_MAX)
+    fx_payments_max = min(constants.FX_PAYMENTS_MAX_LIMIT,
+                          math.ceil(fx_pays_max_per_s * (seconds + WARMUP_S)) + constants.BATCH_EVENTS_MAX)
     base_dir = data_dir or tempfile.mkdtemp(prefix="tally-products-")
     os.makedirs(base_dir, exist_ok=True)
     shutil.rmtree(os.path.join(base_dir, "server"), ignore_errors=True)
@@ -586,43 +812,55 @@ def run(seconds: float = 5.0, connections: int = 4, depth: int = 2, accounts: in
             base_dir, lambda port, secret, pid: _drive(port, secret, accounts=accounts, connections=connections,
                                                        depth=depth, seconds=seconds, server_pid=pid,
                                                        settle_s=bench_e2e.SETTLE_S if prefault else 0.0, say=say,
-                                                       packets=packets, share_packets=share_packets),
-            accounts_max=accounts + 1, prefault=prefault, orders_max=orders_max, refunds_max=orders_max,
-            codes_max=codes_max, envelopes_max=envelopes_max, claims_max=claims_max)
+                                                       packets=packets, coupons=coupons,
+                                                       share_packets=share_packets),
+            accounts_max=_product_accounts(accounts)["end"], prefault=prefault, orders_max=orders_max,
+            refunds_max=orders_max, codes_max=codes_max, envelopes_max=envelopes_max, claims_max=claims_max,
+            coupons_max=coupons_max, holdings_max=holdings_max, fx_payments_max=fx_payments_max)
     finally:
         if data_dir is None:
             shutil.rmtree(base_dir, ignore_errors=True)
     transfers, qr, code_payments, refunds = driven["transfers"], driven["qr"], driven["codes"], driven["refunds"]
     sends, claims, hot = driven["sends"], driven["claims"], driven["hot"]
+    grants, coupon_pays, quotes, fx_pays = driven["grants"], driven["coupons"], driven["quotes"], driven["cross_border"]
     say(f"settling {settle_merchants:,} merchants")
     settled = bench_settle.run(settle_merchants)
     result = {
         "transfers_per_s": round(transfers["per_s"]),
         "qr_pay_per_s": round(qr["per_s"]),
-        "ratio_to_transfers": round(qr["per_s"] / transfers["per_s"], 3) if transfers["per_s"] else None,
+        "ratio_to_transfers": _ratio(qr, transfers),
         "payment_code_per_s": round(code_payments["per_s"]),
-        "code_ratio_to_transfers": (round(code_payments["per_s"] / transfers["per_s"], 3)
-                                    if transfers["per_s"] else None),
+        "code_ratio_to_transfers": _ratio(code_payments, transfers),
         "red_envelope_claim_per_s": round(claims["per_s"]),
-        "claim_ratio_to_transfers": round(claims["per_s"] / transfers["per_s"], 3) if transfers["per_s"] else None,
+        "claim_ratio_to_transfers": _ratio(claims, transfers),
         "red_envelope_send_per_s": round(sends["per_s"]),
         "hot_packet_claims_ok": hot["ok"],
         "hot_packet_late": hot["late"],
         "hot_packet_exact": hot["exact"],
+        "pay_with_coupon_per_s": round(coupon_pays["per_s"]),
+        "coupon_ratio_to_transfers": _ratio(coupon_pays, transfers),
+        "coupon_grant_per_s": round(grants["per_s"]),
+        "cross_border_pay_per_s": round(fx_pays["per_s"]),
+        "cross_border_ratio_to_transfers": _ratio(fx_pays, transfers),
+        "cross_border_quote_per_s": round(quotes["per_s"]),
         "refund_per_s": round(refunds["per_s"]),
         "notification_per_s": round(driven["notifications"]["per_s"]),
         "notifications_left_after_1s": driven["notifications"]["left_after_1s"],
         "qr_pay_per_s_with_subscriber": round(driven["notifications"]["qr_per_s_meanwhile"]),
         **settled,
         "failed_events": (transfers["failed"] + qr["failed"] + code_payments["failed"] + refunds["failed"]
-                          + sends["failed"] + claims["failed"]),
+                          + sends["failed"] + claims["failed"] + grants["failed"] + coupon_pays["failed"]
+                          + fx_pays["failed"]),
         "cpu_s": {name: {"server": round(phase["server_cpu_s"], 2), "client": round(phase["client_cpu_s"], 2)}
                   for name, phase in (("transfers", transfers), ("qr", qr), ("codes", code_payments),
-                                      ("claims", claims), ("refunds", refunds))},
+                                      ("claims", claims), ("coupons", coupon_pays), ("cross_border", fx_pays),
+                                      ("refunds", refunds))},
         "server_exit_code": server_exit,
         "config": {"seconds": seconds, "connections": connections, "depth": depth, "accounts": accounts,
                    "request_events": constants.BATCH_EVENTS_MAX, "red_envelope_packets": packets,
-                   "packet_count": PACKET_COUNT, "packet_total": PACKET_TOTAL},
+                   "packet_count": PACKET_COUNT, "packet_total": PACKET_TOTAL, "coupons": coupons,
+                   "coupon_stocks": COUPON_STOCKS, "coupon_face": COUPON_FACE, "fx_merchants": FX_MERCHANTS,
+                   "fx_rate_ppb": FX_RATE_PPB},
         "machine": bench_e2e.machine(),
     }
     if report_dir:
@@ -646,6 +884,10 @@ def summary(result: dict) -> str:
         f"ratio {result['claim_ratio_to_transfers']}   (sends {result['red_envelope_send_per_s']:,}/s)",
         f"  a hot packet of {HOT_COUNT:,}, {HOT_CLAIMERS:,} claimers  {result['hot_packet_claims_ok']:>6,} got a share, "
         f"{result['hot_packet_late']:,} late, exact: {result['hot_packet_exact']}",
+        f"  coupon payments (pay_with_coupon) {result['pay_with_coupon_per_s']:>12,}/s   "
+        f"ratio {result['coupon_ratio_to_transfers']}   (grants {result['coupon_grant_per_s']:,}/s)",
+        f"  cross-border (pay_cross_border)   {result['cross_border_pay_per_s']:>12,}/s   "
+        f"ratio {result['cross_border_ratio_to_transfers']}   (quotes {result['cross_border_quote_per_s']:,}/s)",
         f"  refunds (refund_orders, in full)  {result['refund_per_s']:>12,}/s",
         f"  notifications to a subscriber     {result['notification_per_s']:>12,}/s   (QR payments meanwhile "
         f"{result['qr_pay_per_s_with_subscriber']:,}/s; left 1 s after: {result['notifications_left_after_1s']})",
@@ -655,6 +897,8 @@ def summary(result: dict) -> str:
         f"QR {result['cpu_s']['qr']['server']}/{result['cpu_s']['qr']['client']}, "
         f"codes {result['cpu_s']['codes']['server']}/{result['cpu_s']['codes']['client']}, "
         f"claims {result['cpu_s']['claims']['server']}/{result['cpu_s']['claims']['client']}, "
+        f"coupons {result['cpu_s']['coupons']['server']}/{result['cpu_s']['coupons']['client']}, "
+        f"cross-border {result['cpu_s']['cross_border']['server']}/{result['cpu_s']['cross_border']['client']}, "
         f"refunds {result['cpu_s']['refunds']['server']}/{result['cpu_s']['refunds']['client']}; "
         f"failed events {result['failed_events']}",
     ] + ([f"  the shares by claim position: {result['report']['svg']} (and .json, .csv)"] if "report" in result else []))

@@ -26,16 +26,19 @@ SERVER_STOP_TIMEOUT_S = 120.0
 def start(base_dir: str, *, secret: bytes, accounts_max: int = constants.ACCOUNTS_MAX_DEFAULT,
           transfers_hot_max: int = constants.TRANSFERS_HOT_MAX_DEFAULT, prefault: bool = False,
           checkpoint_interval_events: int = constants.CHECKPOINT_INTERVAL_EVENTS_DEFAULT,
-          state_hash_on_exit: bool = False, metrics_port: int = 0,
-          orders_max: int = constants.ORDERS_MAX_DEFAULT,
-          refunds_max: int = constants.REFUNDS_MAX_DEFAULT,
-          codes_max: int = constants.CODES_MAX_DEFAULT, envelopes_max: int = constants.ENVELOPES_MAX_DEFAULT,
-          claims_max: int = constants.CLAIMS_MAX_DEFAULT) -> tuple[subprocess.Popen, int]:
+          state_hash_on_exit: bool = False, metrics_port: int = 0, **capacities: int) -> tuple[subprocess.Popen, int]:
     """Write ``base_dir/config.toml`` (client 1 with ``secret``), start the server on a free port.
 
     Returns the process and its port once it listens. ``metrics_port``: serve the latency
-    histograms there (``engine.metrics``; 0: off).
+    histograms there (``engine.metrics``; 0: off). ``capacities``: other tables' capacities, by
+    their name in the server's config (``orders_max``, ``coupons_max``, ...; the rest default).
     """
+    from engine.config import ServerSettings
+
+    unknown = sorted(name for name in capacities
+                     if not name.endswith("_max") or name not in ServerSettings.__struct_fields__)
+    if unknown:
+        raise TypeError(f"unknown capacities: {', '.join(unknown)}")
     os.makedirs(base_dir, exist_ok=True)
     config_path = os.path.join(base_dir, "config.toml")
     with open(config_path, "w") as file:
@@ -44,9 +47,8 @@ def start(base_dir: str, *, secret: bytes, accounts_max: int = constants.ACCOUNT
             f"data = {json.dumps(os.path.join(base_dir, 'server'))}\n"   # a JSON string is a TOML basic string
             f"host = \"127.0.0.1\"\nport = 0\nprefault = {'true' if prefault else 'false'}\n"
             f"checkpoint_interval_events = {checkpoint_interval_events}\n"
-            f"accounts_max = {accounts_max}\ntransfers_hot_max = {transfers_hot_max}\norders_max = {orders_max}\n"
-            f"refunds_max = {refunds_max}\ncodes_max = {codes_max}\nenvelopes_max = {envelopes_max}\n"
-            f"claims_max = {claims_max}\n"
+            f"accounts_max = {accounts_max}\ntransfers_hot_max = {transfers_hot_max}\n"
+            + "".join(f"{name} = {int(value)}\n" for name, value in capacities.items()) +
             f"state_hash_on_exit = {'true' if state_hash_on_exit else 'false'}\nmetrics_port = {metrics_port}\n"
             f"[[clients]]\nid = 1\nsecret = \"{secret.hex()}\"\n")
     os.chmod(config_path, 0o600)

@@ -55,7 +55,7 @@ def test_bench_e2e_runs_a_server_process_and_reports_every_key(tmp_path):
     assert "end to end" in bench_e2e.summary(result)
 
 
-def test_bench_products_pays_qr_orders_and_claims_red_envelopes_end_to_end(tmp_path):
+def test_bench_products_pays_qr_orders_claims_red_envelopes_and_pays_with_coupons_and_across_borders(tmp_path):
     import json
 
     from tally import bench_products
@@ -63,11 +63,13 @@ def test_bench_products_pays_qr_orders_and_claims_red_envelopes_end_to_end(tmp_p
     # 2 s: slices of 0.4 s, and more paid orders than a refund phase's 1 s warm-up clears. With 0.5 s
     # (slices of 0.1 s) a request that took longer than its slice on a busy machine counted nothing,
     # and the refunds could all end inside the warm-up: rates of 0 (seen in 1 of 3 runs here).
-    # 12,000 accounts: the hot packet's 10,000 claimers are distinct wallets. Packets for 100,000
-    # claims a second (claims_max_per_s): a smoke test, not a measure.
+    # 12,000 accounts: the hot packet's 10,000 claimers are distinct wallets. Packets for 300,000
+    # claims a second (claims_max_per_s), coupons for 300,000 payments: a smoke test, not a measure;
+    # with 100,000 the claims of a fast moment ran out in their warm-up (claims 0 in 2 of 4 runs).
     result = bench_products.run(seconds=2.0, connections=2, accounts=12_000, data_dir=str(tmp_path / "data"),
                                 prefault=False, settle_merchants=2_000, report_dir=str(tmp_path / "report"),
-                                share_packets=3_000, claims_max_per_s=100_000)
+                                share_packets=3_000, claims_max_per_s=300_000, coupon_pays_max_per_s=300_000,
+                                fx_pays_max_per_s=300_000)
     # Red envelopes: claims and sends, and one packet of 1,000 claimed by 10,000 wallets at once:
     # exactly 1,000 get a share, the others are late, and the packet read back is emptied exactly.
     assert result["red_envelope_claim_per_s"] > 0 and result["claim_ratio_to_transfers"] > 0
@@ -87,9 +89,18 @@ def test_bench_products_pays_qr_orders_and_claims_red_envelopes_end_to_end(tmp_p
     assert result["transfers_per_s"] > 0 and result["qr_pay_per_s"] > 0 and result["ratio_to_transfers"] > 0
     assert result["payment_code_per_s"] > 0 and result["code_ratio_to_transfers"] > 0
     assert result["refund_per_s"] > 0
+    # Coupons granted before, then redeemed by payments in their slice; cross-border payments at
+    # quotes taken before (every one answered ok: failed_events below).
+    assert result["pay_with_coupon_per_s"] > 0 and result["coupon_ratio_to_transfers"] > 0
+    assert result["coupon_grant_per_s"] > 0
+    assert result["cross_border_pay_per_s"] > 0 and result["cross_border_ratio_to_transfers"] > 0
+    assert result["cross_border_quote_per_s"] > 0
+    assert "coupon payments" in bench_products.summary(result) and "cross-border" in bench_products.summary(result)
     assert result["settle_merchants"] == result["settle_moved"] == 2_000 and result["settle_reconciled"]
     assert result["notification_per_s"] > 0 and result["notifications_left_after_1s"] == 0
-    assert result["failed_events"] == 0  # every order created and paid once, every code issued and charged once
+    # Every order created and paid once, every code issued and charged once, every coupon granted
+    # and redeemed once, every cross-border payment at its quote.
+    assert result["failed_events"] == 0
     assert result["server_exit_code"] == 0
     assert "QR payments" in bench_products.summary(result) and "payment codes" in bench_products.summary(result)
 

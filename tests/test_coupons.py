@@ -102,6 +102,20 @@ def test_a_stock_is_funded_and_a_coupon_pays_part_of_a_payment_in_one_chain():
     assert (s["issued_scan"], s["redeemed"], s["receivers"], s["repeat_buyers"]) == (1, 1, 1, 0)
 
 
+def test_many_coupons_ids_at_once_are_the_scalar_ones():
+    from core.order_keys import coupon_ids
+
+    stocks = np.array([[STOCK & (2**64 - 1), STOCK >> 64], [7, 1 << 63], [2**64 - 1, 5]], dtype=np.uint64)
+    users = np.array([[USERS[0], 0], [1, 2], [3, 4]], dtype=np.uint64)
+    requests = np.array([[1, 0], [2**64 - 1, 9], [0, 1]], dtype=np.uint64)
+
+    def as_int(pairs):
+        return [int(lo) | int(hi) << 64 for lo, hi in pairs]
+
+    assert as_int(coupon_ids(stocks, users, requests)) == [
+        coupon_id(s, u, r) for s, u, r in zip(as_int(stocks), as_int(users), as_int(requests))]
+
+
 def test_a_retried_payment_changes_nothing_and_a_coupon_pays_once():
     m = machine()
     create(m, T0)

@@ -272,8 +272,8 @@ def test_wrong_magic_newer_version_and_unknown_flags_are_refused_clearly(tmp_pat
     bad.write_bytes(patched_file_header(whole, version=0))
     with pytest.raises(TraceError, match="not supported"):
         read(str(bad))
-    bad.write_bytes(patched_file_header(whole, flags=1 << 3))
-    with pytest.raises(TraceError, match=r"features this reader does not know \(flags 0x8\)"):
+    bad.write_bytes(patched_file_header(whole, flags=1 << 5))
+    with pytest.raises(TraceError, match=r"features this reader does not know \(flags 0x20\)"):
         read(str(bad))
     with pytest.raises(TraceError, match="cannot open"):
         read(str(tmp_path / "missing"))
@@ -511,7 +511,7 @@ def test_a_trace_of_red_envelopes_keeps_each_claims_share_and_position_and_says_
     path = tmp_path / "envelopes.tly"
     write(path, frames, reply_order(rng, len(frames)), chunk_events=32, operations=(2, 100, 116, 117))
     whole = path.read_bytes()
-    assert FILE_HEADER.unpack_from(whole)[2:4] == (3, trace.FLAG_PRODUCTS | trace.FLAG_ENVELOPES)
+    assert FILE_HEADER.unpack_from(whole)[2:4] == (trace.TRACE_MINOR_VERSION, trace.FLAG_PRODUCTS | trace.FLAG_ENVELOPES)
     data = read(str(path))
     assert_same(data, expected_columns(frames))
     assert data.totals["product_events"] == 143 + 154
@@ -555,6 +555,44 @@ def test_a_trace_of_red_envelopes_keeps_each_claims_share_and_position_and_says_
     # An envelopes chunk in a file without the flag, and a claims chunk without its answers, are refused.
     refused_without_flag_or_section(path, 117, trace.FLAG_ENVELOPES,
                                     "a claim_envelopes chunk starts them with its 1 shares and positions")
+
+
+def test_a_trace_of_coupons_and_cross_border_payments_says_so(tmp_path, monkeypatch):
+    """1.4: create_stocks, grant_coupons and pay_with_coupon chunks only with the coupons flag,
+    set_rates, pay_cross_border and refund_cross_border chunks only with the fx flag; no extra
+    section (their ids are digests of what their events hold)."""
+    rng = np.random.default_rng(19)
+    frames = product_frames(rng)
+    index = sum(len(frame["request_index"]) for frame in frames)
+    for operation, n in ((120, 3), (121, 45), (122, 37), (125, 1), (126, 50), (127, 6), (122, 11)):
+        frames.append(random_frame(rng, operation, n, index, kind=20, results=(0, 116)))
+        index += n
+    path = tmp_path / "coupons-fx.tly"
+    write(path, frames, reply_order(rng, len(frames)), chunk_events=32, operations=(2, 100, 120, 121, 122, 126))
+    whole = path.read_bytes()
+    flags = trace.FLAG_PRODUCTS | trace.FLAG_COUPONS | trace.FLAG_FX
+    assert FILE_HEADER.unpack_from(whole)[2:4] == (4, flags)
+    data = read(str(path))
+    assert_same(data, expected_columns(frames))
+    assert data.totals["product_events"] == 143 + 153
+    assert data.records(126).dtype == core.FX_PAY_DTYPE and len(data.records(122)) == 48
+    # A reader of 1.3 (no coupons, no fx) refuses the file by its flags, not midway.
+    monkeypatch.setattr(trace, "FLAGS_KNOWN", trace.FLAG_PRODUCTS | trace.FLAG_CODES | trace.FLAG_ENVELOPES)
+    with pytest.raises(TraceError, match=r"features this reader does not know \(flags 0x18\)"):
+        read(str(path))
+    monkeypatch.undo()
+    # A writer not told of coupons (or of fx) refuses theirs.
+    with TraceWriter(str(tmp_path / "no-coupons.tly"), {}, operations=(2, 100, 126)) as writer:
+        with pytest.raises(ValueError, match="coupon's"):
+            writer.append(**frames[-1])
+    with TraceWriter(str(tmp_path / "no-fx.tly"), {}, operations=(2, 100, 122)) as writer:
+        with pytest.raises(ValueError, match="cross-border payment's"):
+            writer.append(**frames[-3])
+    # Their chunks in a file without their flag are refused.
+    for operation, flag in ((121, trace.FLAG_FX), (126, trace.FLAG_COUPONS)):
+        path.write_bytes(valid_file_header(flags=trace.FLAG_PRODUCTS | flag) + chunk_record(operation, 1, bytes(32)))
+        with pytest.raises(TraceError, match=f"unknown operation {operation}"):
+            read(str(path))
 
 
 def test_a_trace_of_transfers_stays_what_a_1_0_reader_reads(tmp_path, monkeypatch):
