@@ -750,23 +750,50 @@ cpdef enum result_t:
     R_ORDER_NOT_USER_PAYING = 104   # not a payment code's order
     R_PAYER_MISMATCH = 105          # the wallet is not the order's payer
     R_LIMIT_OUT_OF_RANGE = 106      # set_limits: above the capacity (core/limits.pyx)
-    # The red envelopes' (docs/products.md; numbered here ahead of their build).
-    R_ENVELOPE_TOTAL_OUT_OF_RANGE = 107
-    R_ENVELOPE_COUNT_OUT_OF_RANGE = 108
-    R_ESCROW_INVALID = 109
+    # The red envelopes' (docs/products.md "Red envelopes").
+    R_ENVELOPE_TOTAL_OUT_OF_RANGE = 107  # above the envelope_total limit
+    R_ENVELOPE_COUNT_OUT_OF_RANGE = 108  # 0, above ENVELOPE_COUNT_MAX, or above the total
+    R_ESCROW_INVALID = 109          # not found, another ledger, not an escrow account, or the sender
     R_ENVELOPES_LIMIT_REACHED = 110
     R_ENVELOPE_NOT_FOUND = 111
-    R_ENVELOPE_EMPTY = 112
+    R_ENVELOPE_EMPTY = 112          # every share is claimed
     R_ENVELOPE_EXPIRED = 113
     R_CLAIMS_LIMIT_REACHED = 114
     R_CLAIMER_NOT_FOUND = 115
+    # The coupons' (docs/products.md "Coupons and the card pack").
+    R_STOCK_COUNT_OUT_OF_RANGE = 116    # 0 or above STOCK_COUNT_MAX
+    R_MIN_SPEND_BELOW_FACE = 117
+    R_FACE_VALUE_OUT_OF_RANGE = 118     # face x count above the budget's ceiling
+    R_BUDGET_ACCOUNT_INVALID = 119      # not found, another ledger, not a budget account, or the merchant
+    R_STOCKS_LIMIT_REACHED = 120
+    R_CHANNEL_INVALID = 121
+    R_STOCK_NOT_FOUND = 122
+    R_USER_NOT_FOUND = 123
+    R_STOCK_ENDED = 124
+    R_STOCK_EXHAUSTED = 125             # every coupon of the stock is issued
+    R_PER_USER_LIMIT_REACHED = 126
+    R_COUPONS_LIMIT_REACHED = 127
+    R_COUPON_NOT_FOUND = 128
+    R_COUPON_MISMATCH = 129             # not the payer's, or not of the named stock
+    R_COUPON_REDEEMED = 130             # by another payment
+    R_COUPON_EXPIRED = 131
+    R_BELOW_MIN_SPEND = 132
+    # The cross-border payments' (docs/products.md "Cross-border payments").
+    R_RATE_INVALID = 133                # 0, above RATE_PPB_MAX, or a currency to itself
+    R_POOL_INVALID = 134                # not found, another ledger, not an FX pool, or not the pair's
+    R_RATES_LIMIT_REACHED = 135
+    R_RATE_NOT_FOUND = 136
+    R_RATE_CHANGED = 137                # not the rate quoted: quote again
+    R_FX_PAYMENTS_LIMIT_REACHED = 138
+    R_FX_PAYMENT_NOT_FOUND = 139
+    R_PRODUCT_ACCOUNT = 140             # a product's own account (escrow, FX pool, coupon budget) may not pay or be paid here
     # The wallet tiers' (docs/products.md "Wallet limits and real-name tiers (built)").
-    R_EXCEEDS_PAYMENT_LIMIT = 116   # one debit of a tiered wallet above its tier's per-payment limit
-    R_EXCEEDS_DAILY_LIMIT = 117     # its debits of the engine day (UTC) would pass the daily limit
-    R_EXCEEDS_YEARLY_LIMIT = 118    # its debits of the calendar year would pass the yearly limit
-    R_EXCEEDS_BALANCE_LIMIT = 119   # a credit would take what a tiered wallet holds above its limit
-    R_TIER_INVALID = 120            # set_wallet_tiers: above 3; set_tier_limits: not 1..3
-    R_ACCOUNT_NOT_FOUND = 121       # set_wallet_tiers: no such account
-    R_TIER_LIMITS_INVALID = 122     # set_tier_limits: per payment above daily, or daily above yearly
-    R_TIER_LEDGERS_LIMIT_REACHED = 123  # set_tier_limits: TIER_LEDGERS_MAX ledgers have their own already
-    R_COUNT = 124
+    R_EXCEEDS_PAYMENT_LIMIT = 141   # one debit of a tiered wallet above its tier's per-payment limit
+    R_EXCEEDS_DAILY_LIMIT = 142     # its debits of the engine day (UTC) would pass the daily limit
+    R_EXCEEDS_YEARLY_LIMIT = 143    # its debits of the calendar year would pass the yearly limit
+    R_EXCEEDS_BALANCE_LIMIT = 144   # a credit would take what a tiered wallet holds above its limit
+    R_TIER_INVALID = 145            # set_wallet_tiers: above 3; set_tier_limits: not 1..3
+    R_ACCOUNT_NOT_FOUND = 146       # set_wallet_tiers: no such account
+    R_TIER_LIMITS_INVALID = 147     # set_tier_limits: per payment above daily, or daily above yearly
+    R_TIER_LEDGERS_LIMIT_REACHED = 148  # set_tier_limits: TIER_LEDGERS_MAX x 3 (ledger, tier) pairs have their own already
+    R_COUNT = 149

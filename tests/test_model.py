@@ -104,7 +104,8 @@ def assert_conserved(book):
 
 
 def test_result_codes_are_numbered_as_documented():
-    assert len(R) == 124 and R.id_reserved == 91 and R.forbidden == 95
+    assert len(R) == 149 and R.product_account == 140 and R.claimer_not_found == 115 and R.below_min_spend == 132 and R.id_reserved == 91 and R.forbidden == 95
+    assert R.exceeds_payment_limit == 141 and R.exceeds_balance_limit == 144 and R.tier_ledgers_limit_reached == 148
     assert R.code_invalid == 96 and R.codes_limit_reached == 102 and R.user_paying == 103 and R.payer_mismatch == 105
     assert R.out_trade_no_invalid == 66 and R.order_token_invalid == 74 and R.merchant_mismatch == 80
     assert R.ok == 0 and R.linked_event_failed == 1 and R.linked_event_chain_open == 2
