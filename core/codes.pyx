@@ -145,22 +145,24 @@ cdef class Codes(Product):
         """A wallet account's live code and today's code payments (tests and tools)."""
         return self._arrays["code_wallets"][account_index].copy()
 
+    def payment_keys(self, operation, events):
+        """Each charge's or confirm's merchant, payer and order, as (n, 2) uint64 arrays (see
+        ``Orders.payment_keys``): a charge's merchant and its code's wallet (the code is
+        resident: read first), a confirm's order's merchant and payer; 0 where not found."""
+        words = np.ascontiguousarray(events).view(np.uint64).reshape(-1, 16)
+        if operation == OPERATION_CONFIRM_CHARGES:
+            rows, found = self.orders.table.lookup(words[:, 0:2].copy().view(ID_DTYPE).reshape(-1))
+            merchants, payers = id_pairs(rows, "merchant_id"), id_pairs(rows, "payer_id")
+        else:
+            rows, found = self.table.lookup(words[:, 4:6].copy().view(ID_DTYPE).reshape(-1))
+            merchants, payers = words[:, 2:4].copy(), id_pairs(rows, "wallet_id")
+        merchants[~found] = 0
+        return merchants, payers, words[:, 0:2]
+
     def derived_ids(self, operation, str table, events):
-        """The ids a batch reads that the codes compute (``Spec.reads`` ``DERIVED``), as an
-        ID_DTYPE array: the code each ``issue_codes`` event would issue (a retry finds its code,
-        a collision the other one); for a charge or a confirm, the card pack's records its
-        payment may change (by the merchant and the code's wallet, or the order's payer)."""
-        if table != "codes":
-            words = np.ascontiguousarray(events).view(np.uint64).reshape(-1, 16)
-            if operation == OPERATION_CONFIRM_CHARGES:  # the order's merchant and payer
-                rows, found = self.orders.table.lookup(words[:, 0:2].copy().view(ID_DTYPE).reshape(-1))
-                merchants, payers = id_pairs(rows, "merchant_id"), id_pairs(rows, "payer_id")
-            else:  # a charge: its merchant, and its code's wallet (the code is resident: read first)
-                rows, found = self.table.lookup(words[:, 4:6].copy().view(ID_DTYPE).reshape(-1))
-                merchants = words[:, 2:4].copy()
-                payers = id_pairs(rows, "wallet_id")
-            merchants[~found] = 0
-            return self.orders.payment_card_pack_ids(table, merchants, payers, words[:, 0:2])
+        """The code each ``issue_codes`` event would issue, as an ID_DTYPE array: what a store
+        loads from the cold tier before the batch (a retry finds its code, a collision the other
+        one)."""
         cdef const unsigned char[::1] raw = np.ascontiguousarray(events).view(np.uint8).reshape(-1)
         cdef uint64_t count = raw.shape[0] // sizeof(tally_code_issue_t), k
         out = np.zeros(count, dtype=ID_DTYPE)

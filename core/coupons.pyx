@@ -129,14 +129,12 @@ cdef class Coupons(Product):
         self.expiry_heap.stride = sizeof(uint32_t)
         ledger.add_start_legs(_ends_due, _end_due, <void *> self)
         orders.after_payment, orders.after_payment_owner = _after_payment, <void *> self
-        orders.card_pack_ids = self.card_pack_ids
 
     def __dealloc__(self):
         if self.ledger is not None:
             self.ledger.remove_start_legs(<void *> self)
         if self.orders is not None and self.orders.after_payment_owner == <void *> self:
             self.orders.after_payment_owner = NULL
-            self.orders.card_pack_ids = None
 
     # ---------------------------------------------------------------- Python API (the boundary)
 

@@ -33,6 +33,10 @@ from core.settlement import Settlement
 from core.tiers import Tiers
 
 
+#: The card pack's tables a payment at a merchant may change (pay and get, membership).
+CARD_PACK_TABLES = ("coupons", "holdings", "members")
+
+
 class Machine:
     """A ledger and its product tables, applied as one (no durability: see ``core.open``)."""
 
@@ -125,8 +129,13 @@ class Machine:
         return self.fx.lookup_rates(ids)
 
     def derived_ids(self, operation: int, table: str, batch) -> np.ndarray:
-        """The ids of ``table`` a batch reads that its component computes (``core.operations.DERIVED``)."""
-        return self._components[CREATE_COMPONENTS[operation]].derived_ids(operation, table, batch)
+        """The ids of ``table`` a batch reads that its component computes (``core.operations.DERIVED``):
+        for a payment by another component (a QR order's, a code's), the card pack's records it
+        may change, from its merchant, payer and order."""
+        component = self._components[CREATE_COMPONENTS[operation]]
+        if table in CARD_PACK_TABLES and component is not self.coupons:
+            return self.coupons.card_pack_ids(table, *component.payment_keys(operation, batch))
+        return component.derived_ids(operation, table, batch)
 
     def lookup_settlements(self, ids) -> np.ndarray:
         return self.merchants.lookup_settlements(ids)

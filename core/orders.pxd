@@ -57,7 +57,6 @@ cdef class Orders(Product):
                                                 # only to replay a log written before the bound: format < 3)
     cdef after_payment_t after_payment          # the card pack's (None: no card pack)
     cdef void *after_payment_owner
-    cdef public object card_pack_ids            # the card pack's records a payment may change (its derived ids)
     cdef dict _arrays
 
     cdef void expire_due(self, uint64_t base_ts) noexcept nogil

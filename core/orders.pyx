@@ -187,22 +187,15 @@ cdef class Orders(Product):
                                f"entry holds ({_EXPIRIES_PER_BATCH_MAX})")
         return self._arrays["expired_ids"][:2 * self.expired_count].view(ID_DTYPE).copy()
 
-    def payment_card_pack_ids(self, str table, merchant_ids, payer_ids, order_ids):
-        """The card pack's records (``table``: coupons, holdings or members) that payments of
-        these orders at these merchants by these payers may change ((n, 2) uint64 arrays;
-        ID_DTYPE back, 0 where none)."""
-        if self.card_pack_ids is None:
-            return np.zeros(np.asarray(merchant_ids).shape[0], dtype=ID_DTYPE)
-        return self.card_pack_ids(table, merchant_ids, payer_ids, order_ids)
-
-    def derived_ids(self, operation, str table, events):
-        """The card pack's records each ``pay_orders`` event may change (``Spec.reads``
-        ``DERIVED``): by its order's merchant (the order is resident: read first) and its payer."""
+    def payment_keys(self, operation, events):
+        """Each ``pay_orders`` event's merchant (its order's: the order is resident, read first;
+        0 if not found), payer and order, as (n, 2) uint64 arrays: what the card pack's records
+        a payment may change derive from (``Coupons.card_pack_ids``)."""
         pays = np.ascontiguousarray(events).view(np.uint64).reshape(-1, 16)
         rows, found = self.table.lookup(pays[:, 0:2].copy().view(ID_DTYPE).reshape(-1))
         merchants = id_pairs(rows, "merchant_id")
         merchants[~found] = 0
-        return self.payment_card_pack_ids(table, merchants, pays[:, 2:4], pays[:, 0:2])
+        return merchants, pays[:, 2:4], pays[:, 0:2]
 
     def lookup_orders(self, ids):
         """The orders with these ids (ints or an ID_DTYPE array) that are resident or on their

@@ -7,7 +7,6 @@ documented result code with the ledger untouched, and the tables through the sto
 recovery and replay."""
 
 import numpy as np
-import pytest
 
 import core
 from core import CouponChannel, CouponState, Result, StockState

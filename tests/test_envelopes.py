@@ -6,7 +6,6 @@ ledger untouched, and packets and claims through the store's eviction to the col
 recovery after a restart and replay of the log."""
 
 import numpy as np
-import pytest
 
 import core
 from core import EnvelopeState, Result

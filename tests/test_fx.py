@@ -5,8 +5,6 @@ bears no FX drift), per currency debits equal credits, no minor unit made or los
 every documented result code with the ledger untouched, and the tables through the store's
 eviction, recovery and replay."""
 
-import numpy as np
-import pytest
 from hypothesis import given, settings, strategies as st
 
 import core
