@@ -35,6 +35,18 @@ cdef extern from * nogil:
     static inline void tally_store_fence(void) {}
     #endif
 
+    /* Large arrays (the tables, the maps) are calloc'd and mostly never touched. glibc's dynamic
+       mmap threshold rises to the size of the largest block freed (up to 32 MiB), after which
+       such arrays come from the heap: calloc zeroes (touches) them and free keeps the pages, so a
+       process that makes and drops machines (tests, replay) grew by gigabytes. A fixed threshold
+       keeps every block above 128 KiB lazily mapped and returned when freed. */
+    #if defined(__GLIBC__)
+    #include <malloc.h>
+    static void tally_fix_mmap_threshold(void) { mallopt(M_MMAP_THRESHOLD, 128 * 1024); }
+    #else
+    static void tally_fix_mmap_threshold(void) {}
+    #endif
+
     /* Write every page once (volatile: the compiler must not drop the no-op store), after
        asking for transparent huge pages where the kernel gives them on request (THP "madvise"):
        a table touched at random costs a TLB miss per access with 4 KiB pages. */
@@ -1094,6 +1106,7 @@ cdef extern from * nogil:
     bint TALLY_UNLIKELY(bint)
     void TALLY_PREFETCH(const void *)
     void tally_touch_pages(void *data, size_t size)
+    void tally_fix_mmap_threshold()
     void tally_stream_store(void *dst, const void *src, size_t size)
     void tally_store_fence()
 

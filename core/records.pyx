@@ -324,6 +324,9 @@ U64_MAX = (1 << 64) - 1
 U128_MAX = (1 << 128) - 1
 
 
+tally_fix_mmap_threshold()  # (core/records.pxd: before any table is made)
+
+
 def _check_layout():
     cdef tally_account_t account
     cdef tally_transfer_t transfer
