@@ -706,7 +706,7 @@ def test_a_run_with_red_envelopes_agrees_with_the_server_and_replays_exactly(ser
     # claim transfer as answered, emptied packets' shares summing to their totals, the escrow empty.
     time.sleep(2.5)
     data = trace.read(path)
-    assert data.minor_version == 3 and (data.claimed_amount[data.operation == Operation.claim_envelopes] > 0).any()
+    assert data.minor_version == trace.TRACE_MINOR_VERSION and (data.claimed_amount[data.operation == Operation.claim_envelopes] > 0).any()
     population = Population(workload, report["config"]["run_id"])
     side = envelope_side.read_back_from(target, data, population.escrow_account_id)
     assert envelope_side.disagreements(data, side) == []
