@@ -58,7 +58,7 @@ from engine.frame import HEADER, FrameError, Status
 from core.machine import Machine
 from engine.protocol import (
     CREATE_RECORD_DTYPES, FILTER_DECODER, FILTER_ENCODER, ID_BYTES, LOOKUP_RECORD_DTYPES, NOTIFICATIONS_DECODER,
-    OPERATIONS, PAGE_DECODER,
+    OPERATIONS, PAGE_DECODER, QUOTE_DECODER,
     AccountTransfersFilter, Operation,
 )
 from engine.server import Server
@@ -401,18 +401,19 @@ class Mirror:
             if len(item.body) % ID_BYTES or len(item.body) // ID_BYTES > constants.EVENTS_PER_REQUEST_MAX:
                 return (*head, Status.bad_record_size, 0, b"")
             ids = np.frombuffer(bytes(item.body), dtype=core.ID_DTYPE)
-            found = {Operation.lookup_accounts: self.ledger.lookup_accounts,
-                     Operation.lookup_transfers: self.ledger.lookup_transfers,
-                     Operation.lookup_orders: self.machine.lookup_orders,
-                     Operation.lookup_merchants: self.machine.lookup_merchants,
-                     Operation.lookup_refunds: self.machine.lookup_refunds,
-                     Operation.lookup_settlements: self.machine.lookup_settlements}[item.operation](ids)
+            # Every lookup is the machine's (or its ledger's) method of the operation's name.
+            owner = self.ledger if item.operation in (Operation.lookup_accounts, Operation.lookup_transfers) else self.machine
+            found = getattr(owner, Operation(item.operation).name)(ids)
             return (*head, Status.ok, len(found), record_ids(found, LOOKUP_RECORD_DTYPES[item.operation]))
         decoder = {Operation.subscribe_notifications: NOTIFICATIONS_DECODER, Operation.list_merchants: PAGE_DECODER,
-                   Operation.get_account_transfers: FILTER_DECODER}[item.operation]
+                   Operation.get_account_transfers: FILTER_DECODER,
+                   Operation.quote_cross_border: QUOTE_DECODER}[item.operation]
         query = _decoded(decoder, bytes(item.body))
         if query is None:
             return (*head, Status.bad_body, 0, b"")
+        if item.operation == Operation.quote_cross_border:
+            found = self.machine.fx.quote(query.from_ledger, query.to_ledger, query.merchant_amounts)
+            return (*head, Status.ok, len(found), record_ids(found.tobytes(), core.FX_QUOTE_DTYPE))
         if item.operation == Operation.subscribe_notifications:  # read from the log: not mirrored
             return (*head, Status.ok, ANY, ANY)
         if item.operation == Operation.list_merchants:
@@ -443,6 +444,8 @@ def reply_key(reply: frame.Frame) -> tuple:
         body = record_ids(body, core.MERCHANT_DTYPE)
     elif reply.status == Status.ok and reply.operation == Operation.get_account_transfers:
         body = record_ids(body, core.TRANSFER_DTYPE)
+    elif reply.status == Status.ok and reply.operation == Operation.quote_cross_border:
+        body = record_ids(body, core.FX_QUOTE_DTYPE)
     return reply.operation, reply.request_id, reply.client_id, reply.status, reply.event_count, body
 
 
