@@ -138,8 +138,7 @@ cdef class Codes(Product):
     def lookup_codes(self, ids):
         """The codes with these ids (ints or an ID_DTYPE array) that are resident or on their
         way to the cold tier, in order; the others are left out (a store looks them up cold)."""
-        rows, found = self.table.lookup(ids)
-        return rows[found]
+        return self.table.lookup_found(ids)
 
     def wallet_state(self, account_index):
         """A wallet account's live code and today's code payments (tests and tools)."""

@@ -156,28 +156,23 @@ cdef class Coupons(Product):
     def lookup_stocks(self, ids):
         """The stocks with these ids (ints or an ID_DTYPE array) that are resident or on their
         way to the cold tier, in order; the others are left out (a store looks them up cold)."""
-        rows, found = self.stocks.lookup(ids)
-        return rows[found]
+        return self.stocks.lookup_found(ids)
 
     def lookup_coupons(self, ids):
         """The coupons with these ids, as ``lookup_stocks``."""
-        rows, found = self.coupons.lookup(ids)
-        return rows[found]
+        return self.coupons.lookup_found(ids)
 
     def lookup_holdings(self, ids):
         """The holdings with these ids (``core.order_keys.holding_id``), as ``lookup_stocks``."""
-        rows, found = self.holdings.lookup(ids)
-        return rows[found]
+        return self.holdings.lookup_found(ids)
 
     def lookup_coupon_payments(self, ids):
         """The coupon payments with these ids (``core.order_keys.coupon_payment_id``)."""
-        rows, found = self.payments.lookup(ids)
-        return rows[found]
+        return self.payments.lookup_found(ids)
 
     def lookup_members(self, ids):
         """The members with these ids (``core.order_keys.member_id``), as ``lookup_stocks``."""
-        rows, found = self.members.lookup(ids)
-        return rows[found]
+        return self.members.lookup_found(ids)
 
     def derived_ids(self, operation, str table, events):
         """The records of ``table`` each event reads that the coupons compute (ID_DTYPE): a

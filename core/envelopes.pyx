@@ -173,13 +173,11 @@ cdef class Envelopes(Product):
     def lookup_envelopes(self, ids):
         """The packets with these ids (ints or an ID_DTYPE array) that are resident or on their
         way to the cold tier, in order; the others are left out (a store looks them up cold)."""
-        rows, found = self.table.lookup(ids)
-        return rows[found]
+        return self.table.lookup_found(ids)
 
     def lookup_envelope_claims(self, ids):
         """The claims with these ids, as ``lookup_envelopes``."""
-        rows, found = self.claims.lookup(ids)
-        return rows[found]
+        return self.claims.lookup_found(ids)
 
     def derived_ids(self, operation, str table, events):
         """The claim id of each ``claim_envelopes`` event (an ENVELOPE_CLAIM_DTYPE array), as an

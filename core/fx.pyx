@@ -177,13 +177,11 @@ cdef class Fx(Product):
 
     def lookup_fx_payments(self, ids):
         """The payments with these ids that are resident or on their way to the cold tier."""
-        rows, found = self.payments.lookup(ids)
-        return rows[found]
+        return self.payments.lookup_found(ids)
 
     def lookup_fx_refunds(self, ids):
         """The refunds with these ids, as ``lookup_fx_payments``."""
-        rows, found = self.refunds.lookup(ids)
-        return rows[found]
+        return self.refunds.lookup_found(ids)
 
     def derived_ids(self, operation, str table, events):
         """The payment id of each ``pay_cross_border`` event (payer, request), as ID_DTYPE."""

@@ -200,8 +200,7 @@ cdef class Orders(Product):
     def lookup_orders(self, ids):
         """The orders with these ids (ints or an ID_DTYPE array) that are resident or on their
         way to the cold tier, in order; the others are left out (a store looks them up cold)."""
-        rows, found = self.table.lookup(ids)
-        return rows[found]
+        return self.table.lookup_found(ids)
 
     def prefault(self):
         """Touch every page of the table now (see Ledger.prefault). Returns bytes touched."""

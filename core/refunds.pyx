@@ -84,8 +84,7 @@ cdef class Refunds(Product):
     def lookup_refunds(self, ids):
         """The refunds with these ids (ints or an ID_DTYPE array) that are resident or on their
         way to the cold tier, in order; the others are left out (a store looks them up cold)."""
-        rows, found = self.table.lookup(ids)
-        return rows[found]
+        return self.table.lookup_found(ids)
 
     def snapshot(self):
         return self.table.snapshot()

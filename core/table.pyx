@@ -278,6 +278,12 @@ cdef class Table:
                 idmap_remove(&self.outbox_map.map, words[i, 0], words[i, 1])
         self.outbox_tail = end
 
+    def lookup_found(self, ids):
+        """The records with these ids that are resident or in the outbox, in order, the others
+        left out (a product's lookup; a store looks those up in the cold tier)."""
+        rows, found = self.lookup(ids)
+        return rows[found]
+
     def lookup(self, ids):
         """(rows, found): the records with these ids (ints or ID_DTYPE) that are resident or
         in the outbox, in order; the rest are the cold tier's."""
